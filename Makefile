@@ -1,0 +1,58 @@
+# Fusion Gateway — the two commands are `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+HOST ?= 127.0.0.1
+STAMP := $(VENV)/.installed
+ZONES := default identity audit
+DEBIAN_TOOLS := dcmdump:dcmtk dciodvfy:dicom3tools
+
+.PHONY: run test lint install sysdeps migrate seed serve clean
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): requirements.lock | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements.lock
+	touch $@
+
+install: $(STAMP)
+
+# Debian packages the tests need: dcmtk (real DICOM peers), dicom3tools (IOD validator).
+sysdeps:
+	@missing=""; \
+	for entry in $(DEBIAN_TOOLS); do command -v $${entry%%:*} >/dev/null || missing="$$missing $${entry##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "ERROR: the tests need Debian packages:$$missing — run: sudo apt-get install$$missing" >&2; exit 1; \
+	  fi; \
+	fi
+
+migrate: install
+	@for zone in $(ZONES); do $(BIN)/python manage.py migrate --database $$zone --noinput -v0 || exit 1; done
+
+seed: migrate
+	$(BIN)/python manage.py seed_demo
+
+serve:
+	$(BIN)/python manage.py collectstatic --noinput -v0
+	$(BIN)/daphne -b $(HOST) -p $(PORT) gateway.asgi:application
+
+run: seed
+	@$(MAKE) --no-print-directory serve
+
+test: install sysdeps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,62 @@
+"""Create one demo account per role and the demo PET/CT study, once."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from imaging.phantom import phantom_write
+
+from accounts.models import Role, User
+from accounts.services import user_create
+from gateway.config import private_file_write
+
+DEMO_PEOPLE = {
+    Role.DOCTOR: ("dr.ada", "Ada", "Lovelace"),
+    Role.NURSE: ("nurse.florence", "Florence", "Nightingale"),
+    Role.ADMIN_STAFF: ("desk.grace", "Grace", "Hopper"),
+    Role.DEVICE: ("device.pet-ct-1", "PET/CT", "scanner 1"),
+    Role.AUDITOR: ("audit.alan", "Alan", "Turing"),
+    Role.IT_ADMIN: ("it.linus", "Linus", "Admin"),
+}
+
+
+class Command(BaseCommand):
+    help = "Create demo users (one per role) and the demo PET/CT phantom; safe to run twice."
+
+    def handle(self, *args: object, **options: object) -> None:
+        if not settings.DEMO_ALLOWED:
+            raise CommandError("demo data is disabled here (GATEWAY_DEMO=0)")
+        credentials = self._credentials()
+        for role, (username, first_name, last_name) in DEMO_PEOPLE.items():
+            if not User.objects.filter(username=username).exists():
+                user_create(username=username, password=credentials[username], role=role,
+                            first_name=first_name, last_name=last_name)
+        self._phantom()
+        self._announce(credentials)
+
+    def _credentials(self) -> dict[str, str]:
+        path = Path(settings.VAR_DIR) / "demo-credentials.json"
+        fresh = {username: secrets.token_urlsafe(12) for username, _, _ in DEMO_PEOPLE.values()}
+        private_file_write(path, json.dumps(fresh, indent=2).encode())
+        stored: dict[str, str] = json.loads(path.read_text(encoding="utf-8"))
+        return {**fresh, **stored}
+
+    def _phantom(self) -> None:
+        out = Path(settings.VAR_DIR) / "demo" / "phantom"
+        if (out / "truth.json").exists():
+            return
+        self.stdout.write("writing the demo PET/CT phantom (first run only)...")
+        phantom_write(out_dir=out)
+
+    def _announce(self, credentials: dict[str, str]) -> None:
+        self.stdout.write(self.style.SUCCESS("Demo accounts (passwords kept in var/demo-credentials.json):"))
+        for role, (username, _, _) in DEMO_PEOPLE.items():
+            self.stdout.write(f"  {role.label:<22} {username:<18} {credentials[username]}")
+        self.stdout.write(
+            "Second factor: TOTP enrolment is not in this build yet (issue #4); "
+            "sign in with the password above."
+        )

@@ -1,0 +1,3 @@
+"""Embedded defaults for ``make run``; see base.py for every variable."""
+
+from gateway.settings.base import *  # noqa: F403

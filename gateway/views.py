@@ -1,0 +1,37 @@
+"""Views of the gate itself: the health probe and the signed-in home page."""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_not_required
+from django.db import DatabaseError, connections
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_GET
+
+ZONES = ("default", "identity", "audit")
+
+
+def _database_reachable(alias: str) -> bool:
+    try:
+        with connections[alias].cursor() as cursor:
+            cursor.execute("SELECT 1")
+            return cursor.fetchone() == (1,)
+    except DatabaseError:
+        return False
+
+
+@require_GET
+@login_not_required
+def healthz(request: HttpRequest) -> JsonResponse:
+    """Liveness and database reachability, for load balancers; never shows data."""
+    databases = {alias: "ok" if _database_reachable(alias) else "unreachable" for alias in ZONES}
+    healthy = all(state == "ok" for state in databases.values())
+    return JsonResponse(
+        {"status": "ok" if healthy else "degraded", "databases": databases},
+        status=200 if healthy else 503,
+    )
+
+
+@require_GET
+def home(request: HttpRequest) -> HttpResponse:
+    return render(request, "gateway/home.html")

@@ -1,0 +1,46 @@
+"""Fixtures shared by the whole suite."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway import keys
+
+REPO = Path(__file__).resolve().parents[1]
+ZONES = ["default", "identity", "audit"]
+
+
+@pytest.fixture
+def keys_dir(tmp_path: Path, settings) -> Iterator[Path]:
+    """A private, empty key directory for one test; keyrings are reloaded around it."""
+    directory = tmp_path / "keys"
+    settings.KEYS_DIR = directory
+    settings.KEYS_GENERATE = True
+    keys.keyrings_forget()
+    yield directory
+    keys.keyrings_forget()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def manage(*arguments: str, env: dict[str, str] | None = None,
+           timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``manage.py`` in a child process with exactly ``env`` added to a clean environment."""
+    child_env = {key: value for key, value in os.environ.items()
+                 if not key.startswith(("GATEWAY_", "DJANGO_"))}
+    child_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, str(REPO / "manage.py"), *arguments],
+        cwd=REPO, env=child_env, capture_output=True, text=True, timeout=timeout, check=False,
+    )
