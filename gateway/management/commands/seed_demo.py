@@ -7,12 +7,12 @@ import secrets
 from pathlib import Path
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
-from imaging.phantom import phantom_write
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from accounts.models import Role, User
 from accounts.services import user_create
 from gateway.config import private_file_write
+from imaging.phantom import phantom_write
 
 DEMO_PEOPLE = {
     Role.DOCTOR: ("dr.ada", "Ada", "Lovelace"),
@@ -27,6 +27,10 @@ DEMO_PEOPLE = {
 class Command(BaseCommand):
     help = "Create demo users (one per role) and the demo PET/CT phantom; safe to run twice."
 
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--phantom-slices", type=int, default=200,
+                            help="CT slices of the demo phantom (default 200)")
+
     def handle(self, *args: object, **options: object) -> None:
         if not settings.DEMO_ALLOWED:
             raise CommandError("demo data is disabled here (GATEWAY_DEMO=0)")
@@ -35,7 +39,7 @@ class Command(BaseCommand):
             if not User.objects.filter(username=username).exists():
                 user_create(username=username, password=credentials[username], role=role,
                             first_name=first_name, last_name=last_name)
-        self._phantom()
+        self._phantom(int(options["phantom_slices"]))  # type: ignore[call-overload]
         self._announce(credentials)
 
     def _credentials(self) -> dict[str, str]:
@@ -45,12 +49,12 @@ class Command(BaseCommand):
         stored: dict[str, str] = json.loads(path.read_text(encoding="utf-8"))
         return {**fresh, **stored}
 
-    def _phantom(self) -> None:
+    def _phantom(self, slices: int) -> None:
         out = Path(settings.VAR_DIR) / "demo" / "phantom"
         if (out / "truth.json").exists():
             return
         self.stdout.write("writing the demo PET/CT phantom (first run only)...")
-        phantom_write(out_dir=out)
+        phantom_write(out_dir=out, slices=slices)
 
     def _announce(self, credentials: dict[str, str]) -> None:
         self.stdout.write(self.style.SUCCESS("Demo accounts (passwords kept in var/demo-credentials.json):"))
