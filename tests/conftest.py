@@ -44,3 +44,36 @@ def manage(*arguments: str, env: dict[str, str] | None = None,
         [sys.executable, str(REPO / "manage.py"), *arguments],
         cwd=REPO, env=child_env, capture_output=True, text=True, timeout=timeout, check=False,
     )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _audit_rows_removable_between_transactional_tests():
+    """Let Django's test flush empty the append-only audit table.
+
+    Transactional tests end with a flush (DELETE or TRUNCATE), which the
+    append-only triggers rightly refuse. Only here, in the test harness, the
+    flush lifts the triggers, empties the table and puts them back in one
+    transaction; no production code path can do this.
+    """
+    from django.db.backends.base.operations import BaseDatabaseOperations
+
+    from gateway.audit import append_only
+
+    original = BaseDatabaseOperations.execute_sql_flush
+
+    def execute_sql_flush(self, sql_list):
+        if any(append_only.TABLE in statement for statement in sql_list):
+            sql_list = [*append_only.statements(self.connection, enable=False), *sql_list,
+                        *append_only.statements(self.connection, enable=True)]
+        original(self, sql_list)
+
+    BaseDatabaseOperations.execute_sql_flush = execute_sql_flush
+    yield
+    BaseDatabaseOperations.execute_sql_flush = original
+
+
+@pytest.fixture
+def checkpoint_dir(tmp_path: Path, settings) -> Path:
+    directory = tmp_path / "audit-checkpoints"
+    settings.AUDIT_CHECKPOINT_DIR = directory
+    return directory

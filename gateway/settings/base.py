@@ -57,10 +57,14 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
     "gateway",
     "accounts",
     "imaging",
     "imaging.identity",
+    "gateway.audit",
     "rendering",
 ]
 
@@ -73,6 +77,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -219,6 +224,11 @@ CONTENT_SECURITY_POLICY = {
 PERMISSIONS_POLICY = "camera=(), microphone=(), geolocation=(), payment=(), usb=()"
 
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("GATEWAY_UPLOAD_MAX_MEMORY_BYTES", 2_621_440)
+
+AUDIT_CHECKPOINT_DIR = Path(
+    env_str("GATEWAY_AUDIT_CHECKPOINT_DIR", str(VAR_DIR / "audit-checkpoints"))
+).resolve()
+AUDIT_CHECKPOINT_SYSLOG = env_str("GATEWAY_AUDIT_CHECKPOINT_SYSLOG")
 
 LOGGING = {
     "version": 1,
