@@ -40,8 +40,12 @@ migrate: install
 seed: migrate
 	$(BIN)/python manage.py seed_demo
 
+# daphne serves the gateway; beside it, the audit chain head is signed every minute.
 serve:
 	$(BIN)/python manage.py collectstatic --noinput -v0
+	@$(BIN)/python manage.py audit_checkpoint --every 60 & checkpoints=$$!; \
+	trap 'kill $$checkpoints 2>/dev/null' EXIT INT TERM; \
+	echo "serving on http://$(HOST):$(PORT)/ (audit checkpoints every 60 s)"; \
 	$(BIN)/daphne -b $(HOST) -p $(PORT) gateway.asgi:application
 
 run: seed

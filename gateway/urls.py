@@ -1,9 +1,12 @@
 from django.urls import include, path
 
+from accounts.admin import site as admin_site
 from gateway import views
 
 urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
     path("accounts/", include("accounts.urls")),
+    path("audit/", include("gateway.audit.urls")),
+    path("admin/", admin_site.urls),
 ]

@@ -77,3 +77,31 @@ def checkpoint_dir(tmp_path: Path, settings) -> Path:
     directory = tmp_path / "audit-checkpoints"
     settings.AUDIT_CHECKPOINT_DIR = directory
     return directory
+
+
+@pytest.fixture
+def signed_in(client):
+    """Sign a fresh user of ``role`` in with both factors (password and a TOTP device)."""
+    from django_otp import DEVICE_ID_SESSION_KEY
+
+    from accounts.models import User
+    from accounts.services import totp_device_create
+
+    def sign_in(role: str, *, username: str | None = None, second_factor: bool = True,
+                permissions: tuple[str, ...] = ()):
+        user = User.objects.create_user(username=username or f"{role}-user",
+                                        password="correct horse battery staple", role=role)
+        for codename in permissions:
+            from django.contrib.auth.models import Permission
+            app_label, _, name = codename.partition(".")
+            user.user_permissions.add(
+                Permission.objects.get(content_type__app_label=app_label, codename=name))
+        client.force_login(user)
+        if second_factor:
+            device = totp_device_create(user=user, confirmed=True)
+            session = client.session
+            session[DEVICE_ID_SESSION_KEY] = device.persistent_id
+            session.save()
+        return user
+
+    return sign_in

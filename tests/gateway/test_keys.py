@@ -159,3 +159,19 @@ def test_key_material_never_appears_in_repr(keys_dir):
     key = keys.keyring(KeyPurpose.MASTER).active
     assert base64.b64encode(key.material).decode() not in repr(key)
     assert key.material.hex() not in repr(key)
+
+
+@pytest.mark.django_db(databases=["default", "identity", "audit"])
+def test_rotate_command_rotates_and_is_audited(keys_dir, capsys):
+    from django.core.management import call_command
+
+    from gateway.audit.models import AuditEvent
+
+    before = keys.keyring(KeyPurpose.SHARE).active.kid
+    call_command("keys_rotate", purpose="share", operator="it.linus")
+    after = keys.keyring(KeyPurpose.SHARE).active.kid
+    assert after != before
+    assert after in capsys.readouterr().out
+    event = AuditEvent.objects.get(action="admin.key")
+    assert (event.actor, event.outcome) == ("it.linus", "success")
+    assert after in event.details and keys.keyring(KeyPurpose.SHARE).active.material.hex() not in event.details

@@ -1,0 +1,82 @@
+"""Reads of the audit log for the console and exports."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db.models import QuerySet
+
+from gateway.audit.catalogue import Action
+from gateway.audit.models import AuditEvent
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    actor: str = ""
+    actor_role: str = ""
+    patient_pseudonyms: tuple[str, ...] = field(default_factory=tuple)
+    action: str = ""
+    outcome: str = ""
+    source_ip: str = ""
+    matches_nothing: bool = False
+
+    def described(self) -> dict[str, Any]:
+        """The filter as audit details (no patient ID ever appears here, only pseudonyms)."""
+        described = {
+            "since": self.since.isoformat() if self.since else "",
+            "until": self.until.isoformat() if self.until else "",
+            "actor": self.actor, "actor_role": self.actor_role,
+            "patient_pseudonyms": list(self.patient_pseudonyms), "action": self.action,
+            "outcome": self.outcome, "source_ip": self.source_ip,
+        }
+        return {key: value for key, value in described.items() if value}
+
+
+def events_filter(criteria: EventFilter) -> QuerySet[AuditEvent]:
+    events = AuditEvent.objects.all()
+    if criteria.matches_nothing:
+        return events.none()
+    if criteria.since:
+        events = events.filter(occurred_at__gte=criteria.since)
+    if criteria.until:
+        events = events.filter(occurred_at__lt=criteria.until)
+    if criteria.actor:
+        events = events.filter(actor=criteria.actor)
+    if criteria.actor_role:
+        events = events.filter(actor_role=criteria.actor_role)
+    if criteria.patient_pseudonyms:
+        events = events.filter(patient_pseudonym__in=criteria.patient_pseudonyms)
+    if criteria.action:
+        events = events.filter(action=criteria.action)
+    if criteria.outcome:
+        events = events.filter(outcome=criteria.outcome)
+    if criteria.source_ip:
+        events = events.filter(source_ip=criteria.source_ip)
+    return events.order_by("-sequence")
+
+
+@dataclass(frozen=True)
+class ChainStatus:
+    state: str
+    through_sequence: int | None = None
+    verified_at: dt.datetime | None = None
+    problem: str = ""
+    first_bad_sequence: int | None = None
+
+
+def chain_status_latest() -> ChainStatus:
+    """The outcome of the most recent verification run, for the console badge."""
+    latest = (AuditEvent.objects.filter(action=Action.AUDIT_VERIFY)
+              .order_by("-sequence").first())
+    if latest is None:
+        return ChainStatus("unverified")
+    summary = json.loads(latest.details or "{}")
+    if summary.get("ok"):
+        return ChainStatus("verified", summary.get("through_sequence"), latest.occurred_at)
+    return ChainStatus("failed", summary.get("through_sequence"), latest.occurred_at,
+                       summary.get("problem", ""), summary.get("first_bad_sequence"))

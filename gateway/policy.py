@@ -1,0 +1,328 @@
+"""The one place that decides every access: ``may(principal, permission, resource)``.
+
+Default deny. A person acts only after both factors (password and TOTP or a
+backup code); a role grants a fixed set of permissions; anything not granted
+is refused. Views, consumers, the DICOM SCP and STOW-RS all ask here; none
+decides for itself.
+
+The same data decides which route each principal reaches (``ROUTES``,
+``WEBSOCKET_ROUTES``, :func:`route_access`): ``accounts.middleware.AccessGate``
+applies it to every request, a route missing from the table is refused, and
+``docs/access-matrix.md`` is generated from this module
+(``python manage.py access_matrix --write``); a test fails when the document,
+the table and the URL resolver disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
+
+from accounts.models import Role
+
+
+class Permission(StrEnum):
+    PATIENT_SEARCH = "patient.search"
+    PATIENT_DEMOGRAPHICS = "patient.demographics"
+    SCHEDULE_MANAGE = "schedule.manage"
+    STUDY_VIEW = "study.view"
+    STUDY_MEASURE = "study.measure"
+    STUDY_REPORT = "study.report"
+    STUDY_SHARE = "study.share"
+    STUDY_INGEST = "study.ingest"
+    AUDIT_READ = "audit.read"
+    AUDIT_EXPORT = "audit.export"
+    AUDIT_VERIFY = "audit.verify"
+    AUDIT_RESOLVE = "audit.resolve"
+    USER_MANAGE = "user.manage"
+    DEVICE_MANAGE = "device.manage"
+    KEY_MANAGE = "key.manage"
+
+
+PERMISSION_MEANING: dict[Permission, str] = {
+    Permission.PATIENT_SEARCH: "search patients (pseudonymised worklist)",
+    Permission.PATIENT_DEMOGRAPHICS: "read and edit patient demographics (identity zone)",
+    Permission.SCHEDULE_MANAGE: "manage scheduling",
+    Permission.STUDY_VIEW: "open a study in the viewer (images)",
+    Permission.STUDY_MEASURE: "measure on images",
+    Permission.STUDY_REPORT: "write and read findings/reports",
+    Permission.STUDY_SHARE: "share a patient or study with a consultant (mint a macaroon)",
+    Permission.STUDY_INGEST: "append new images (C-STORE, STOW-RS); never read",
+    Permission.AUDIT_READ: "read and filter the audit log",
+    Permission.AUDIT_EXPORT: "export the audit log (FHIR, DICOM, CSV)",
+    Permission.AUDIT_VERIFY: "verify the audit chain",
+    Permission.AUDIT_RESOLVE: "look up a pseudonym by patient ID (individual grant)",
+    Permission.USER_MANAGE: "manage user accounts, roles, second factors, unlocks",
+    Permission.DEVICE_MANAGE: "manage imaging device accounts",
+    Permission.KEY_MANAGE: "rotate keys",
+}
+
+ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
+    Role.DOCTOR: frozenset({Permission.PATIENT_SEARCH, Permission.STUDY_VIEW,
+                            Permission.STUDY_MEASURE, Permission.STUDY_REPORT,
+                            Permission.STUDY_SHARE}),
+    Role.NURSE: frozenset({Permission.PATIENT_SEARCH, Permission.STUDY_VIEW}),
+    Role.ADMIN_STAFF: frozenset({Permission.PATIENT_SEARCH, Permission.PATIENT_DEMOGRAPHICS,
+                                 Permission.SCHEDULE_MANAGE}),
+    Role.DEVICE: frozenset({Permission.STUDY_INGEST}),
+    Role.AUDITOR: frozenset({Permission.AUDIT_READ, Permission.AUDIT_EXPORT,
+                             Permission.AUDIT_VERIFY}),
+    Role.IT_ADMIN: frozenset({Permission.USER_MANAGE, Permission.DEVICE_MANAGE,
+                              Permission.KEY_MANAGE}),
+}
+
+# Granted to individual auditors on top of their role (Django permission
+# ``audit.resolve_patient_identity``), because resolving a pseudonym to a
+# patient reaches into the identity zone.
+INDIVIDUAL_GRANTS: dict[Permission, str] = {
+    Permission.AUDIT_RESOLVE: "audit.resolve_patient_identity",
+}
+INDIVIDUAL_GRANT_ROLES: dict[Permission, frozenset[str]] = {
+    Permission.AUDIT_RESOLVE: frozenset({Role.AUDITOR}),
+}
+
+# What an external consultant may do, and only inside the caveats of the
+# share (macaroon) they hold: that patient or study, until it expires.
+CAPABILITY_PERMISSIONS = frozenset({Permission.STUDY_VIEW, Permission.STUDY_MEASURE})
+
+# Devices never sign in to the web: they authenticate with their own
+# credential (AE title + device credential / token) at the ingest endpoints,
+# whose authenticator marks the principal ``device_credential_verified``.
+ROLES_WITHOUT_SECOND_FACTOR = frozenset({Role.DEVICE})
+
+
+@runtime_checkable
+class CapabilityPrincipal(Protocol):
+    """A consultant holding a verified share (macaroon), not a user account.
+
+    ``grants`` answers whether every caveat of the capability is met for
+    ``permission`` on ``resource`` (the patient or study asked for); an
+    unknown caveat must answer False.
+    """
+
+    is_capability: bool
+
+    def grants(self, permission: Permission, resource: Any) -> bool: ...
+
+
+def _is_capability(principal: Any) -> bool:
+    return getattr(principal, "is_capability", False) is True
+
+
+def authenticated(principal: Any) -> bool:
+    """True when ``principal`` has proved everything its kind must prove."""
+    if principal is None or not getattr(principal, "is_authenticated", False):
+        return False
+    if not getattr(principal, "is_active", False):
+        return False
+    if getattr(principal, "role", None) in ROLES_WITHOUT_SECOND_FACTOR:
+        return getattr(principal, "device_credential_verified", False) is True
+    is_verified = getattr(principal, "is_verified", None)
+    return bool(is_verified and is_verified())
+
+
+def may(principal: Any, permission: Permission, resource: Any = None) -> bool:
+    """True only when ``principal`` is fully authenticated and granted ``permission``."""
+    if _is_capability(principal):
+        return (permission in CAPABILITY_PERMISSIONS and resource is not None
+                and principal.grants(permission, resource) is True)
+    if not authenticated(principal):
+        return False
+    role = getattr(principal, "role", None)
+    if permission in INDIVIDUAL_GRANTS:
+        return (role in INDIVIDUAL_GRANT_ROLES[permission]
+                and principal.has_perm(INDIVIDUAL_GRANTS[permission]))
+    return permission in ROLE_PERMISSIONS.get(role, frozenset())
+
+
+# --- routes -----------------------------------------------------------------
+
+class Stage(StrEnum):
+    """How far a session must have come before a route is considered."""
+
+    PUBLIC = "public"              # anyone, signed in or not
+    FIRST_FACTOR = "first-factor"  # password accepted; the second factor may still be pending
+    SIGNED_IN = "signed-in"        # both factors
+
+
+class Access(StrEnum):
+    ALLOW = "allow"
+    SIGN_IN = "sign-in"  # redirected to the sign-in page
+    DENY = "deny"        # 403; never the page
+
+
+@dataclass(frozen=True)
+class RouteRule:
+    stage: Stage
+    permission: Permission | None = None
+    note: str = ""
+
+
+ROUTES: dict[str, RouteRule] = {
+    "healthz": RouteRule(Stage.PUBLIC, note="liveness and database reachability"),
+    "accounts:login": RouteRule(Stage.PUBLIC, note="first factor: user name and password"),
+    "accounts:otp": RouteRule(Stage.FIRST_FACTOR, note="second factor: TOTP or backup code"),
+    "accounts:enrol": RouteRule(Stage.FIRST_FACTOR,
+                                note="TOTP enrolment; only while the account has no confirmed device"),
+    "accounts:logout": RouteRule(Stage.FIRST_FACTOR, note="sign out (POST)"),
+    "home": RouteRule(Stage.SIGNED_IN, note="start page"),
+    "accounts:security": RouteRule(Stage.SIGNED_IN, note="own second factors and sessions"),
+    "accounts:backup_codes": RouteRule(Stage.SIGNED_IN,
+                                       note="regenerate own backup codes (POST)"),
+    "accounts:logout_everywhere": RouteRule(Stage.SIGNED_IN,
+                                            note="end every session of the account (POST)"),
+    "audit:console": RouteRule(Stage.SIGNED_IN, Permission.AUDIT_READ, "audit console"),
+    "audit:export": RouteRule(Stage.SIGNED_IN, Permission.AUDIT_EXPORT, "audit export"),
+    "audit:verify": RouteRule(Stage.SIGNED_IN, Permission.AUDIT_VERIFY,
+                              "verify the audit chain (POST)"),
+    "admin:*": RouteRule(Stage.SIGNED_IN, Permission.USER_MANAGE,
+                         "every page of the Django admin (users, roles, devices, unlocks)"),
+}
+
+# Websocket routes by their path pattern (``str(pattern.pattern)``).
+WEBSOCKET_ROUTES: dict[str, RouteRule] = {}
+
+
+def route_rule(view_name: str | None, table: dict[str, RouteRule] | None = None) -> RouteRule | None:
+    """The rule for a route name (``namespace:name``); ``namespace:*`` covers a whole namespace."""
+    table = ROUTES if table is None else table
+    if not view_name:
+        return None
+    if view_name in table:
+        return table[view_name]
+    namespace, separator, _ = view_name.rpartition(":")
+    if separator:
+        return table.get(f"{namespace}:*")
+    return None
+
+
+def route_access(principal: Any, rule: RouteRule | None) -> Access:
+    """What ``principal`` gets on a route with ``rule``; no rule means deny."""
+    if rule is None:
+        return Access.DENY
+    if rule.stage is Stage.PUBLIC:
+        return Access.ALLOW
+    if principal is None or not getattr(principal, "is_authenticated", False):
+        return Access.SIGN_IN
+    if not getattr(principal, "is_active", False):
+        return Access.SIGN_IN
+    if getattr(principal, "role", None) in ROLES_WITHOUT_SECOND_FACTOR:
+        return Access.DENY  # device accounts have no interactive sign-in
+    if rule.stage is Stage.FIRST_FACTOR:
+        return Access.ALLOW
+    if not authenticated(principal):
+        return Access.DENY
+    if rule.permission is None or may(principal, rule.permission):
+        return Access.ALLOW
+    return Access.DENY
+
+
+# --- the documented matrix ---------------------------------------------------
+
+@dataclass(frozen=True)
+class PrincipalSketch:
+    """A stand-in principal for the documented matrix (and for tests)."""
+
+    label: str
+    role: str = ""
+    is_authenticated: bool = True
+    verified: bool = True
+    is_active: bool = True
+
+    def is_verified(self) -> bool:
+        return self.verified
+
+    def has_perm(self, perm: str) -> bool:
+        return False
+
+
+MATRIX_PRINCIPALS: tuple[PrincipalSketch, ...] = (
+    PrincipalSketch("anonymous", is_authenticated=False, verified=False),
+    PrincipalSketch("password-only", role=Role.DOCTOR, verified=False),
+    *(PrincipalSketch(role.value, role=role.value) for role in Role),
+)
+
+
+def matrix_markdown(route_names: list[str] | None = None,
+                    websocket_routes: list[str] | None = None) -> str:
+    """``docs/access-matrix.md``, generated from this module."""
+    roles = [role.value for role in Role]
+    lines = [
+        "# Access matrix",
+        "",
+        "Generated from `gateway/policy.py` by `python manage.py access_matrix --write`;",
+        "`tests/security/test_access_matrix.py` fails when this file, the policy and the",
+        "URL resolver disagree. Default deny: an action or route not listed here is refused.",
+        "",
+        "## Actions × roles",
+        "",
+        "`yes`: granted by the role, after both factors (devices: after their device",
+        "credential). `grant`: only to individual users of that role holding the Django",
+        "permission named below. `share`: an external consultant, only inside the caveats of",
+        "the share they hold (that patient or study, those actions, until it expires).",
+        "",
+        "| action | meaning | " + " | ".join(roles) + " | consultant |",
+        "|---|---|" + "---|" * (len(roles) + 1),
+    ]
+    for permission in Permission:
+        cells = []
+        for role in roles:
+            if permission in INDIVIDUAL_GRANTS:
+                granted = role in INDIVIDUAL_GRANT_ROLES[permission]
+                cells.append("grant" if granted else "—")
+            else:
+                cells.append("yes" if permission in ROLE_PERMISSIONS.get(role, frozenset()) else "—")
+        cells.append("share" if permission in CAPABILITY_PERMISSIONS else "—")
+        lines.append(f"| `{permission.value}` | {PERMISSION_MEANING[permission]} | "
+                     + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Individual grants: "
+        + ", ".join(f"`{p.value}` ← Django permission `{codename}`"
+                    for p, codename in INDIVIDUAL_GRANTS.items()) + ".",
+        "",
+        "## Routes × principals",
+        "",
+        "`allow`: the page is served (it may still answer 405 to a wrong method);",
+        "`sign-in`: redirected to the sign-in page; `deny`: 403, never the page.",
+        "`password-only` is a session whose password was accepted but whose second factor",
+        "was not (yet). `device` is a device account in a browser session: devices have no",
+        "interactive sign-in and are refused everywhere but the public pages.",
+        "",
+        "| route | rule | " + " | ".join(p.label for p in MATRIX_PRINCIPALS) + " |",
+        "|---|---|" + "---|" * len(MATRIX_PRINCIPALS),
+    ]
+    names = sorted(route_names if route_names is not None else ROUTES)
+    for name in names:
+        rule = route_rule(name)
+        shown = "—" if rule is None else (
+            rule.stage.value + (f" + `{rule.permission.value}`" if rule.permission else ""))
+        cells = [route_access(principal, rule).value for principal in MATRIX_PRINCIPALS]
+        lines.append(f"| `{name}` | {shown} | " + " | ".join(cells) + " |")
+    lines += ["", "## Websocket routes × principals", ""]
+    ws_names = sorted(websocket_routes if websocket_routes is not None else WEBSOCKET_ROUTES)
+    if not ws_names:
+        lines.append("No websocket route exists yet; every websocket path is refused"
+                     " (`gateway.consumers.RefuseConsumer`), as is every foreign Origin.")
+    else:
+        lines += ["| path | rule | " + " | ".join(p.label for p in MATRIX_PRINCIPALS) + " |",
+                  "|---|---|" + "---|" * len(MATRIX_PRINCIPALS)]
+        for name in ws_names:
+            rule = route_rule(name, WEBSOCKET_ROUTES)
+            shown = "—" if rule is None else rule.stage.value
+            cells = [route_access(principal, rule).value for principal in MATRIX_PRINCIPALS]
+            lines.append(f"| `{name}` | {shown} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Notes",
+        "",
+        "- `admin:*` stands for every route of the Django admin (`/admin/`); the route",
+        "  inventory test checks each concrete admin route against it. Inside the admin,",
+        "  each model asks `may()` again (`user.manage`, `device.manage`).",
+        "- Sessions end after 30 minutes idle or 12 hours in all, for HTTP and websockets;",
+        "  an IT admin or the user can end every session of an account at once.",
+        "- A verified user refused by a permission is recorded in the audit log.",
+        "",
+    ]
+    return "\n".join(lines)
