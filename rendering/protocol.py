@@ -1,0 +1,250 @@
+"""The viewer's wire protocol: JSON messages in, binary frames out.
+
+Every client message is untrusted, also after authentication: it is parsed
+with a size limit, must be a JSON object of a known ``type``, and every
+field is type- and range-checked here, before the consumer acts on it. A bad
+message becomes a :class:`ProtocolError` (answered with an ``error``
+message), never an exception that closes the socket. docs/protocol.md is the
+reference for clients.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+MAX_MESSAGE_BYTES = 8192
+MAX_VIEWS = 4
+FRAME_MAGIC = b"FGF1"
+FRAME_VERSION = 1
+FRAME_HEADER = struct.Struct(">4sBBBBIHHI")
+LAYOUTS = {"1x1": 1, "1x2": 2, "1x3": 3, "2x2": 4, "petct": 4}
+
+
+class Encoding(IntEnum):
+    JPEG = 1
+    PNG = 2
+    WEBP = 3
+
+
+class ProtocolError(ValueError):
+    """A client message that cannot be acted on; ``code`` is stable for clients."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Number:
+    low: float
+    high: float
+    integer: bool = False
+
+
+@dataclass(frozen=True)
+class Text:
+    choices: frozenset[str]
+
+
+FieldRule = Number | Text
+
+# The arguments of every input operation; anything not listed is refused.
+OPERATIONS: dict[str, dict[str, FieldRule]] = {
+    "scroll": {"delta": Number(-2000, 2000, integer=True)},
+    "window": {"dc": Number(-10000, 10000), "dw": Number(-10000, 10000)},
+    "zoom": {"factor": Number(0.05, 20)},
+    "pan": {"dx": Number(-4, 4), "dy": Number(-4, 4)},
+    "rotate": {"dazimuth": Number(-360, 360), "delevation": Number(-360, 360)},
+    "tilt": {"dtilt": Number(-180, 180), "dspin": Number(-180, 180)},
+    "focus": {"x": Number(0, 4096, integer=True), "y": Number(0, 4096, integer=True)},
+    "reset": {},
+}
+SETTINGS: dict[str, FieldRule] = {
+    "kind": Text(frozenset({"axial", "coronal", "sagittal", "oblique", "3d"})),
+    "slab_mode": Text(frozenset({"none", "mip", "minip", "average"})),
+    "slab_thickness": Number(0, 500),
+    "window_preset": Text(frozenset({"brain", "lung", "bone", "abdomen", "soft_tissue",
+                                     "suv_0_5", "suv_0_10"})),
+    "volume_preset": Text(frozenset({"ct_bone", "ct_soft_tissue", "ct_lung", "pet_mip"})),
+    "palette": Text(frozenset({"grey", "hot_iron", "rainbow", "inverted_grey"})),
+    "opacity": Number(0, 1),
+}
+
+
+@dataclass(frozen=True)
+class Acknowledge:
+    view: int
+    sequence: int
+
+
+@dataclass(frozen=True)
+class Input:
+    view: int
+    operation: str
+    arguments: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Setting:
+    view: int
+    name: str
+    value: float | str
+    layer: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    layout: str
+
+
+@dataclass(frozen=True)
+class Probe:
+    view: int
+    x: int
+    y: int
+
+
+@dataclass(frozen=True)
+class Resize:
+    view: int
+    width: int
+    height: int
+
+
+Message = Acknowledge | Input | Setting | Layout | Probe | Resize
+
+
+def _field(message: dict[str, Any], name: str, rule: FieldRule) -> Any:
+    if name not in message:
+        raise ProtocolError("missing_field", f"{name!r} is required")
+    value = message[name]
+    if isinstance(rule, Text):
+        if not isinstance(value, str) or value not in rule.choices:
+            raise ProtocolError("bad_value", f"{name!r} must be one of {sorted(rule.choices)}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProtocolError("bad_value", f"{name!r} must be a number")
+    if not math.isfinite(value) or not rule.low <= value <= rule.high:
+        raise ProtocolError("bad_value", f"{name!r} must be between {rule.low} and {rule.high}")
+    if rule.integer and value != int(value):
+        raise ProtocolError("bad_value", f"{name!r} must be a whole number")
+    return int(value) if rule.integer else float(value)
+
+
+def _exact_keys(message: dict[str, Any], allowed: set[str]) -> None:
+    unknown = set(message) - allowed
+    if unknown:
+        raise ProtocolError("unknown_field", f"unknown field(s): {', '.join(sorted(unknown))}")
+
+
+def _view(message: dict[str, Any], views: int) -> int:
+    return int(_field(message, "view", Number(0, max(0, views - 1), integer=True)))
+
+
+def message_parse(raw: str | bytes | None, *, views: int) -> Message:
+    """Validate one client message against the protocol; raises :class:`ProtocolError`."""
+    if raw is None:
+        raise ProtocolError("not_text", "messages are JSON text")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise ProtocolError("too_large", f"messages are limited to {MAX_MESSAGE_BYTES} bytes")
+    try:
+        message = json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError("not_json", "the message is not valid JSON") from exc
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ProtocolError("bad_message", "a message is a JSON object with a string 'type'")
+    parser = _PARSERS.get(message["type"])
+    if parser is None:
+        raise ProtocolError("unknown_type", f"unknown message type {message['type']!r}")
+    return parser(message, views)
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number")
+
+
+def _parse_ack(message: dict[str, Any], views: int) -> Acknowledge:
+    _exact_keys(message, {"type", "view", "seq"})
+    return Acknowledge(_view(message, views), _field(message, "seq", Number(0, 2**32 - 1, True)))
+
+
+def _parse_input(message: dict[str, Any], views: int) -> Input:
+    operation = message.get("op")
+    if not isinstance(operation, str) or operation not in OPERATIONS:
+        raise ProtocolError("unknown_operation", f"unknown input operation {operation!r}")
+    rules = OPERATIONS[operation]
+    _exact_keys(message, {"type", "view", "op", *rules})
+    arguments = {name: _field(message, name, rule) for name, rule in rules.items()}
+    return Input(_view(message, views), operation, arguments)
+
+
+def _parse_set(message: dict[str, Any], views: int) -> Setting:
+    _exact_keys(message, {"type", "view", "name", "value", "layer"})
+    name = message.get("name")
+    if not isinstance(name, str) or name not in SETTINGS:
+        raise ProtocolError("unknown_setting", f"unknown setting {name!r}")
+    layer = _field(message, "layer", Number(0, 3, True)) if "layer" in message else 0
+    return Setting(_view(message, views), name, _field(message, "value", SETTINGS[name]), layer)
+
+
+def _parse_layout(message: dict[str, Any], views: int) -> Layout:
+    _exact_keys(message, {"type", "layout"})
+    return Layout(_field(message, "layout", Text(frozenset(LAYOUTS))))
+
+
+def _parse_probe(message: dict[str, Any], views: int) -> Probe:
+    _exact_keys(message, {"type", "view", "x", "y"})
+    coordinate = Number(0, 4096, integer=True)
+    return Probe(_view(message, views), _field(message, "x", coordinate),
+                 _field(message, "y", coordinate))
+
+
+def _parse_resize(message: dict[str, Any], views: int) -> Resize:
+    _exact_keys(message, {"type", "view", "width", "height"})
+    size = Number(64, 2048, integer=True)
+    return Resize(_view(message, views), _field(message, "width", size),
+                  _field(message, "height", size))
+
+
+_PARSERS = {"ack": _parse_ack, "input": _parse_input, "set": _parse_set,
+            "layout": _parse_layout, "probe": _parse_probe, "resize": _parse_resize}
+
+
+def frame_pack(*, view: int, sequence: int, quality: int, encoding: Encoding, width: int,
+               height: int, overlay: dict[str, Any], image: bytes) -> bytes:
+    """One binary websocket message: 20-byte header, overlay JSON, encoded image."""
+    overlay_bytes = json.dumps(overlay, separators=(",", ":"), allow_nan=False).encode()
+    header = FRAME_HEADER.pack(FRAME_MAGIC, FRAME_VERSION, view, quality, int(encoding),
+                               sequence, width, height, len(overlay_bytes))
+    return header + overlay_bytes + image
+
+
+@dataclass(frozen=True)
+class Frame:
+    view: int
+    sequence: int
+    quality: int
+    encoding: Encoding
+    width: int
+    height: int
+    overlay: dict[str, Any]
+    image: bytes
+
+
+def frame_unpack(message: bytes) -> Frame:
+    """Inverse of :func:`frame_pack` (clients and tests)."""
+    if len(message) < FRAME_HEADER.size:
+        raise ProtocolError("short_frame", "frame shorter than its header")
+    magic, version, view, quality, encoding, sequence, width, height, overlay_length = (
+        FRAME_HEADER.unpack_from(message))
+    if magic != FRAME_MAGIC or version != FRAME_VERSION:
+        raise ProtocolError("bad_frame", "not a Fusion Gateway frame")
+    start = FRAME_HEADER.size
+    overlay = json.loads(message[start:start + overlay_length])
+    return Frame(view, sequence, quality, Encoding(encoding), width, height, overlay,
+                 message[start + overlay_length:])

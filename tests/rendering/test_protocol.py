@@ -1,0 +1,114 @@
+"""Every client message is validated; anything malformed is a ProtocolError, nothing else."""
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rendering.protocol import (
+    MAX_MESSAGE_BYTES,
+    Acknowledge,
+    Encoding,
+    Input,
+    Layout,
+    Probe,
+    ProtocolError,
+    Resize,
+    Setting,
+    frame_pack,
+    frame_unpack,
+    message_parse,
+)
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ('{"type":"ack","view":1,"seq":7}', Acknowledge(1, 7)),
+    ('{"type":"input","view":0,"op":"scroll","delta":-3}', Input(0, "scroll", {"delta": -3})),
+    ('{"type":"input","view":0,"op":"window","dc":10,"dw":-5.5}',
+     Input(0, "window", {"dc": 10.0, "dw": -5.5})),
+    ('{"type":"input","view":2,"op":"reset"}', Input(2, "reset", {})),
+    ('{"type":"set","view":0,"name":"palette","value":"hot_iron","layer":1}',
+     Setting(0, "palette", "hot_iron", 1)),
+    ('{"type":"set","view":0,"name":"slab_thickness","value":10}',
+     Setting(0, "slab_thickness", 10.0, 0)),
+    ('{"type":"layout","layout":"petct"}', Layout("petct")),
+    ('{"type":"probe","view":3,"x":10,"y":500}', Probe(3, 10, 500)),
+    ('{"type":"resize","view":0,"width":512,"height":384}', Resize(0, 512, 384)),
+])
+def test_valid_messages_parse(raw, expected):
+    assert message_parse(raw, views=4) == expected
+
+
+@pytest.mark.parametrize(("raw", "code"), [
+    (None, "not_text"),
+    ("x" * (MAX_MESSAGE_BYTES + 1), "too_large"),
+    ("{not json", "not_json"),
+    ("[1,2]", "bad_message"),
+    ('{"type": 3}', "bad_message"),
+    ('{"type":"download","series":"1"}', "unknown_type"),
+    ('{"type":"ack","view":4,"seq":1}', "bad_value"),
+    ('{"type":"ack","view":-1,"seq":1}', "bad_value"),
+    ('{"type":"ack","view":0}', "missing_field"),
+    ('{"type":"ack","view":0,"seq":1,"extra":1}', "unknown_field"),
+    ('{"type":"input","view":0,"op":"scroll","delta":1.5}', "bad_value"),
+    ('{"type":"input","view":0,"op":"scroll","delta":true}', "bad_value"),
+    ('{"type":"input","view":0,"op":"scroll","delta":NaN}', "not_json"),
+    ('{"type":"input","view":0,"op":"scroll","delta":1e400}', "bad_value"),
+    ('{"type":"input","view":0,"op":"export_voxels"}', "unknown_operation"),
+    ('{"type":"set","view":0,"name":"series","value":"1.2.3"}', "unknown_setting"),
+    ('{"type":"set","view":0,"name":"palette","value":"neon"}', "bad_value"),
+    ('{"type":"layout","layout":"9x9"}', "bad_value"),
+    ('{"type":"resize","view":0,"width":100000,"height":10}', "bad_value"),
+    ("[" * 100000, "too_large"),
+])
+def test_malformed_messages_are_refused_with_a_code(raw, code):
+    with pytest.raises(ProtocolError) as refused:
+        message_parse(raw, views=4)
+    assert refused.value.code == code
+
+
+def test_deeply_nested_json_is_refused_cleanly():
+    with pytest.raises(ProtocolError):
+        message_parse('{"type":"ack","view":' + "[" * 3000 + "]" * 3000 + "}", views=1)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10),
+                                                                      children, max_size=5),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.sampled_from(["type", "view", "seq", "op", "delta", "name", "value",
+                                        "layer", "layout", "x", "y", "width", "height", "dc"]),
+                       json_values | st.sampled_from(["ack", "input", "set", "layout", "probe",
+                                                      "resize", "scroll", "palette"]),
+                       max_size=7))
+def test_any_json_object_parses_or_raises_protocol_error(message):
+    try:
+        parsed = message_parse(json.dumps(message), views=2)
+    except ProtocolError:
+        return
+    assert type(parsed).__name__ in {"Acknowledge", "Input", "Setting", "Layout", "Probe",
+                                     "Resize"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_crash_the_parser(raw):
+    with pytest.raises(ProtocolError):
+        message_parse(raw, views=1)
+
+
+def test_frames_round_trip():
+    packed = frame_pack(view=2, sequence=41, quality=1, encoding=Encoding.PNG, width=512,
+                        height=256, overlay={"wl": [40, 400]}, image=b"\x89PNG...")
+    frame = frame_unpack(packed)
+    assert (frame.view, frame.sequence, frame.quality, frame.encoding) == (2, 41, 1, Encoding.PNG)
+    assert (frame.width, frame.height, frame.overlay, frame.image) == (512, 256, {"wl": [40, 400]},
+                                                                       b"\x89PNG...")
+    with pytest.raises(ProtocolError):
+        frame_unpack(b"XXXX" + packed[4:])
