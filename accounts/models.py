@@ -1,9 +1,19 @@
-"""People who sign in to the gateway, each with exactly one role."""
+"""People who sign in to the gateway, each with exactly one role, and their second factors."""
 
 from __future__ import annotations
 
+import base64
+import hmac
+import re
+from urllib.parse import quote, urlencode
+
 from django.contrib.auth.models import AbstractUser
-from django.db import models
+from django.db import models, transaction
+from django.utils.crypto import salted_hmac
+from django_otp.models import Device
+from django_otp.oath import TOTP
+
+from accounts import clock, conf, crypto
 
 
 class Role(models.TextChoices):
@@ -15,10 +25,13 @@ class Role(models.TextChoices):
     IT_ADMIN = "it_admin", "IT administrator"
 
 
-class User(AbstractUser):
+class User(AbstractUser):  # type: ignore[django-manager-missing]
     """A person or device account; the role decides what the policy allows."""
 
     role = models.CharField(max_length=16, choices=Role.choices)
+    # Part of the session hash: raising it ends every session of the account
+    # ("log out everywhere"), for HTTP and websockets alike.
+    session_generation = models.PositiveIntegerField(default=0, editable=False)
 
     class Meta:
         constraints = [
@@ -29,3 +42,133 @@ class User(AbstractUser):
 
     def __str__(self) -> str:
         return f"{self.username} ({self.get_role_display()})"
+
+    def _get_session_auth_hash(self, secret: str | None = None) -> str:
+        key_salt = "accounts.User.session_auth_hash"
+        return salted_hmac(key_salt, f"{self.password}\x00{self.session_generation}",
+                           secret=secret, algorithm="sha256").hexdigest()
+
+
+_DIGITS = re.compile(r"^[0-9]{6}$")
+
+
+class TOTPDevice(Device):
+    """An RFC 6238 authenticator (30 s, 6 digits, SHA-1), secret sealed at rest.
+
+    Every verification runs in a transaction on a locked row and remembers the
+    last accepted time step: a code (or any code of an earlier step) is never
+    accepted twice, whichever path submits it.
+    """
+
+    key_kid = models.CharField(max_length=64)
+    key_sealed = models.BinaryField()
+    last_t = models.BigIntegerField(default=-1)
+    created_at = models.DateTimeField(default=clock.now)
+
+    class Meta:
+        verbose_name = "TOTP device"
+        constraints = [models.UniqueConstraint(fields=["user"], name="accounts_one_totp_per_user")]
+
+    def secret(self) -> bytes:
+        return crypto.secret_open(kid=self.key_kid, sealed=bytes(self.key_sealed), user_id=self.user_id)
+
+    def config_url(self) -> str:
+        """The ``otpauth://`` URI an authenticator app imports (shown at enrolment only)."""
+        issuer = conf.TOTP_ISSUER
+        label = quote(f"{issuer}:{self.user.username}")
+        query = urlencode({
+            "secret": base64.b32encode(self.secret()).decode().rstrip("="),
+            "issuer": issuer, "algorithm": "SHA1",
+            "digits": conf.TOTP_DIGITS, "period": conf.TOTP_STEP_SECONDS,
+        }, quote_via=quote)
+        return f"otpauth://totp/{label}?{query}"
+
+    def _totp(self, at: float) -> TOTP:
+        totp = TOTP(self.secret(), step=conf.TOTP_STEP_SECONDS, digits=conf.TOTP_DIGITS)
+        totp.time = at
+        return totp
+
+    def token_at(self, at: float) -> str:
+        """The code valid at ``at`` (Unix time): for tests and the demo helper."""
+        return f"{self._totp(at).token():0{conf.TOTP_DIGITS}d}"
+
+    def verify_token(self, token: object) -> bool:
+        candidate = str(token).strip().replace(" ", "")
+        if not _DIGITS.match(candidate):
+            return False
+        with transaction.atomic():
+            locked = type(self).objects.select_for_update().get(pk=self.pk)
+            totp = locked._totp(clock.timestamp())
+            if not totp.verify(int(candidate), tolerance=conf.TOTP_TOLERANCE_STEPS,
+                               min_t=locked.last_t + 1):
+                return False
+            locked.last_t = totp.t()
+            locked.save(update_fields=["last_t"])
+        self.last_t = locked.last_t
+        return True
+
+
+class BackupCodeDevice(Device):
+    """The account's current set of single-use backup codes (stored as keyed hashes)."""
+
+    generated_at = models.DateTimeField(default=clock.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user"], name="accounts_one_backup_set_per_user")]
+
+    def remaining(self) -> int:
+        return self.codes.filter(used_at__isnull=True).count()
+
+    def verify_token(self, token: object) -> bool:
+        candidate = backup_code_normalise(str(token))
+        if len(candidate) != 16:
+            return False
+        with transaction.atomic():
+            type(self).objects.select_for_update().get(pk=self.pk)
+            for code in self.codes.select_for_update().filter(used_at__isnull=True):
+                _, digest = crypto.code_digest(candidate, kid=code.key_kid)
+                if hmac.compare_digest(digest, code.digest):
+                    code.used_at = clock.now()
+                    code.save(update_fields=["used_at"])
+                    return True
+        return False
+
+
+def backup_code_normalise(raw: str) -> str:
+    return re.sub(r"[^A-Z2-7]", "", raw.upper())
+
+
+class BackupCode(models.Model):
+    device = models.ForeignKey(BackupCodeDevice, on_delete=models.CASCADE, related_name="codes")
+    key_kid = models.CharField(max_length=64)
+    digest = models.CharField(max_length=64)
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"backup code of {self.device.user_id} ({'used' if self.used_at else 'unused'})"
+
+
+class LoginThrottle(models.Model):
+    """Consecutive sign-in failures of one account name or one source address.
+
+    Delays grow with each failure; at the lockout threshold the row is locked
+    until an IT admin unlocks it (NIST SP 800-63B 5.2.2). Rows exist for
+    names that match no account too, so the answer never tells which exist.
+    """
+
+    class Scope(models.TextChoices):
+        ACCOUNT = "account", "Account"
+        ADDRESS = "address", "Source address"
+
+    scope = models.CharField(max_length=8, choices=Scope.choices)
+    key = models.CharField(max_length=200)
+    failures = models.PositiveIntegerField(default=0)
+    last_failure_at = models.DateTimeField(null=True, blank=True)
+    locked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["scope", "key"], name="accounts_throttle_unique")]
+
+    def __str__(self) -> str:
+        state = "locked" if self.locked_at else f"{self.failures} failures"
+        return f"{self.get_scope_display()} {self.key}: {state}"

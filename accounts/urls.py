@@ -1,14 +1,15 @@
-from django.contrib.auth import views as auth_views
 from django.urls import path
+
+from accounts import views
 
 app_name = "accounts"
 
 urlpatterns = [
-    path(
-        "login/",
-        auth_views.LoginView.as_view(template_name="accounts/login.html",
-                                     redirect_authenticated_user=True),
-        name="login",
-    ),
-    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("login/", views.login_view, name="login"),
+    path("otp/", views.otp_view, name="otp"),
+    path("enrol/", views.enrol_view, name="enrol"),
+    path("logout/", views.logout_view, name="logout"),
+    path("security/", views.security_view, name="security"),
+    path("security/backup-codes/", views.backup_codes_view, name="backup_codes"),
+    path("security/logout-everywhere/", views.logout_everywhere_view, name="logout_everywhere"),
 ]

@@ -1,6 +1,6 @@
 """The gateway's keys: where they come from, how they rotate.
 
-Four purposes, each a keyring whose first key is active and whose older keys
+Five purposes, each a keyring whose first key is active and whose older keys
 stay readable so data written under them can still be opened:
 
 ``master``
@@ -10,7 +10,10 @@ stay readable so data written under them can still be opened:
 ``audit-signing``
     Ed25519 seed that signs audit checkpoints;
 ``share``
-    encrypts the per-share macaroon root keys.
+    encrypts the per-share macaroon root keys;
+``otp``
+    seals TOTP secrets at rest (AES-256-GCM) and keys the HMAC under which
+    backup codes are stored (``accounts.crypto``).
 
 Sources, first match wins: ``GATEWAY_<PURPOSE>_KEYS`` (``kid:base64,...``,
 first active), a keyring file named by ``GATEWAY_<PURPOSE>_KEYS_FILE``, or
@@ -51,6 +54,7 @@ class KeyPurpose(StrEnum):
     PSEUDONYM = "pseudonym"
     AUDIT_SIGNING = "audit-signing"
     SHARE = "share"
+    OTP = "otp"
 
     @property
     def environment_name(self) -> str:

@@ -133,7 +133,7 @@ def may(principal: Any, permission: Permission, resource: Any = None) -> bool:
     if permission in INDIVIDUAL_GRANTS:
         return (role in INDIVIDUAL_GRANT_ROLES[permission]
                 and principal.has_perm(INDIVIDUAL_GRANTS[permission]))
-    return permission in ROLE_PERMISSIONS.get(role, frozenset())
+    return permission in ROLE_PERMISSIONS.get(str(role), frozenset())
 
 
 # --- routes -----------------------------------------------------------------
@@ -255,7 +255,7 @@ def matrix_markdown(route_names: list[str] | None = None,
         "`tests/security/test_access_matrix.py` fails when this file, the policy and the",
         "URL resolver disagree. Default deny: an action or route not listed here is refused.",
         "",
-        "## Actions × roles",
+        "## Actions x roles",
         "",
         "`yes`: granted by the role, after both factors (devices: after their device",
         "credential). `grant`: only to individual users of that role holding the Django",
@@ -282,7 +282,7 @@ def matrix_markdown(route_names: list[str] | None = None,
         + ", ".join(f"`{p.value}` ← Django permission `{codename}`"
                     for p, codename in INDIVIDUAL_GRANTS.items()) + ".",
         "",
-        "## Routes × principals",
+        "## Routes x principals",
         "",
         "`allow`: the page is served (it may still answer 405 to a wrong method);",
         "`sign-in`: redirected to the sign-in page; `deny`: 403, never the page.",
@@ -300,7 +300,7 @@ def matrix_markdown(route_names: list[str] | None = None,
             rule.stage.value + (f" + `{rule.permission.value}`" if rule.permission else ""))
         cells = [route_access(principal, rule).value for principal in MATRIX_PRINCIPALS]
         lines.append(f"| `{name}` | {shown} | " + " | ".join(cells) + " |")
-    lines += ["", "## Websocket routes × principals", ""]
+    lines += ["", "## Websocket routes x principals", ""]
     ws_names = sorted(websocket_routes if websocket_routes is not None else WEBSOCKET_ROUTES)
     if not ws_names:
         lines.append("No websocket route exists yet; every websocket path is refused"

@@ -49,8 +49,13 @@ def _secret_key() -> str:
 
 SECRET_KEY = _secret_key()
 
+# django-otp's own TOTP and static-token plugins are deliberately absent: they
+# keep TOTP keys and backup codes in plaintext. accounts.TOTPDevice (sealed
+# secret, replay-proof) and accounts.BackupCodeDevice (keyed hashes) replace
+# them; the check accounts.E001 refuses the plugins.
 INSTALLED_APPS = [
     "daphne",
+    "django.contrib.admin.apps.SimpleAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -58,8 +63,6 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "django_otp",
-    "django_otp.plugins.otp_totp",
-    "django_otp.plugins.otp_static",
     "gateway",
     "accounts",
     "imaging",
@@ -77,7 +80,9 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "accounts.middleware.SessionPolicyMiddleware",
     "django_otp.middleware.OTPMiddleware",
+    "accounts.middleware.AccessGate",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -117,6 +122,10 @@ def _sqlite(name: str) -> dict:
             "transaction_mode": "IMMEDIATE",
             "timeout": 20,
         },
+        # Test databases are files too: an in-memory shared-cache database
+        # answers "table is locked" at once instead of waiting, so row-lock
+        # semantics (BEGIN IMMEDIATE + busy timeout) could not be tested.
+        "TEST": {"NAME": str(VAR_DIR / "db" / f"test_{name}.sqlite3")},
     }
 
 
@@ -157,14 +166,28 @@ PASSWORD_HASHERS = [
     "django.contrib.auth.hashers.Argon2PasswordHasher",
     "django.contrib.auth.hashers.PBKDF2PasswordHasher",
 ]
+# NIST SP 800-63B 5.1.1: length, not composition. Argon2id hashes the whole
+# password (no truncation), so the maximum only bounds request size.
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {
         "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
         "OPTIONS": {"min_length": 12},
     },
+    {"NAME": "accounts.validators.MaximumLengthValidator", "OPTIONS": {"max_length": 256}},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "accounts.validators.ContextWordsValidator"},
 ]
+
+# Throttling and lockout (accounts.services): after THROTTLE_FREE_FAILURES
+# consecutive failures each attempt waits BASE * 2^n seconds (at most MAX);
+# at LOCKOUT_THRESHOLD the account name or source address is locked until an
+# IT admin unlocks it. Counts reset only when both factors succeed.
+ACCOUNTS_LOCKOUT_THRESHOLD = env_int("GATEWAY_LOCKOUT_THRESHOLD", 100)
+ACCOUNTS_THROTTLE_FREE_FAILURES = env_int("GATEWAY_THROTTLE_FREE_FAILURES", 3)
+ACCOUNTS_THROTTLE_BASE_SECONDS = env_int("GATEWAY_THROTTLE_BASE_SECONDS", 2)
+ACCOUNTS_THROTTLE_MAX_SECONDS = env_int("GATEWAY_THROTTLE_MAX_SECONDS", 900)
+ACCOUNTS_WEBSOCKET_SESSION_CHECK_SECONDS = env_int("GATEWAY_WEBSOCKET_SESSION_CHECK_SECONDS", 30)
 
 LANGUAGE_CODE = "en"
 TIME_ZONE = env_str("GATEWAY_TIME_ZONE", "UTC")
@@ -229,6 +252,13 @@ AUDIT_CHECKPOINT_DIR = Path(
     env_str("GATEWAY_AUDIT_CHECKPOINT_DIR", str(VAR_DIR / "audit-checkpoints"))
 ).resolve()
 AUDIT_CHECKPOINT_SYSLOG = env_str("GATEWAY_AUDIT_CHECKPOINT_SYSLOG")
+
+# Imaging (imaging.conf): encrypted object store, ingest limits, the SCP.
+IMAGING_STORAGE_DIR = Path(env_str("GATEWAY_STORAGE_DIR", str(VAR_DIR / "objects"))).resolve()
+IMAGING_MAX_OBJECT_BYTES = env_int("GATEWAY_MAX_OBJECT_BYTES", 1 << 30)
+IMAGING_SCP_AE_TITLE = env_str("GATEWAY_SCP_AE_TITLE", "FUSIONGW")
+IMAGING_SCP_PORT = env_int("GATEWAY_SCP_PORT", 11112)
+IMAGING_STOW_MAX_BYTES = env_int("GATEWAY_STOW_MAX_BYTES", 1 << 30)
 
 LOGGING = {
     "version": 1,

@@ -2,25 +2,15 @@
 
 import pytest
 from django.db import DatabaseError
-from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from django.urls import reverse
 
 from accounts.models import User
 from tests.conftest import ZONES
+from tests.security.inventory import http_routes
 
 pytestmark = pytest.mark.django_db(databases=ZONES)
 
 PUBLIC_ROUTES = {"healthz", "accounts:login"}
-
-
-def _named_routes(resolver=None, namespace=""):
-    resolver = resolver or get_resolver()
-    for pattern in resolver.url_patterns:
-        if isinstance(pattern, URLResolver):
-            inner = f"{namespace}{pattern.namespace}:" if pattern.namespace else namespace
-            yield from _named_routes(pattern, inner)
-        elif isinstance(pattern, URLPattern):
-            assert pattern.name, f"unnamed route {pattern.pattern} cannot be inventoried"
-            yield f"{namespace}{pattern.name}"
 
 
 def test_healthz_reports_every_zone_without_authentication(client):
@@ -56,15 +46,16 @@ def test_healthz_accepts_only_get(client):
     assert client.post("/healthz").status_code == 405
 
 
-@pytest.mark.parametrize("route", sorted(set(_named_routes()) - PUBLIC_ROUTES))
+@pytest.mark.parametrize("route", [r for r in http_routes() if r.view_name not in PUBLIC_ROUTES],
+                         ids=lambda route: route.view_name)
 def test_every_other_route_requires_sign_in(client, route):
-    response = client.get(reverse(route))
+    response = client.get(route.url)
     assert response.status_code == 302
     assert response.url.startswith(reverse("accounts:login"))
 
 
 def test_the_public_route_list_is_exactly_what_exists():
-    assert set(_named_routes()) >= PUBLIC_ROUTES
+    assert {route.view_name for route in http_routes()} >= PUBLIC_ROUTES
 
 
 def test_login_page_carries_the_security_headers(client):
@@ -83,8 +74,15 @@ def test_login_page_carries_the_security_headers(client):
 
 
 def test_signed_in_pages_are_never_cached(client):
+    from django_otp import DEVICE_ID_SESSION_KEY
+
+    from accounts.services import totp_device_create
+
     user = User.objects.create_user(username="reader", password="x" * 16, role="doctor")
     client.force_login(user)
+    session = client.session
+    session[DEVICE_ID_SESSION_KEY] = totp_device_create(user=user, confirmed=True).persistent_id
+    session.save()
     response = client.get(reverse("home"))
     assert response.status_code == 200
     cache_control = {part.strip() for part in response.headers["Cache-Control"].split(",")}

@@ -11,7 +11,7 @@ PRINT = ("shell", "--no-imports", "-c")
 def _inline_keys() -> dict[str, str]:
     return {
         f"GATEWAY_{name}_KEYS": f"k1:{base64.b64encode(os.urandom(32)).decode()}"
-        for name in ("MASTER", "PSEUDONYM", "AUDIT_SIGNING", "SHARE")
+        for name in ("MASTER", "PSEUDONYM", "AUDIT_SIGNING", "SHARE", "OTP")
     }
 
 

@@ -1,4 +1,11 @@
-"""Create one demo account per role and the demo PET/CT study, once."""
+"""Create one demo account per role and the demo PET/CT study, once.
+
+Every person gets a TOTP authenticator; its ``otpauth://`` URI is printed and
+kept, with the passwords, in ``var/demo-credentials.json`` (mode 0600) under
+``"totp"``. The device account gets none: devices have no interactive sign-in
+and authenticate with their device credential (its password here) at the
+ingest endpoints.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +16,9 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from accounts.models import Role, User
-from accounts.services import user_create
-from gateway.config import private_file_write
+from accounts.models import Role, TOTPDevice, User
+from accounts.services import totp_device_create, user_create
+from gateway.config import private_file_replace, private_file_write
 from imaging.phantom import phantom_write
 
 DEMO_PEOPLE = {
@@ -39,14 +46,34 @@ class Command(BaseCommand):
             if not User.objects.filter(username=username).exists():
                 user_create(username=username, password=credentials[username], role=role,
                             first_name=first_name, last_name=last_name)
+        totp = self._authenticators()
+        self._store(credentials, totp)
         self._phantom(int(options["phantom_slices"]))  # type: ignore[call-overload]
-        self._announce(credentials)
+        self._announce(credentials, totp)
+
+    def _authenticators(self) -> dict[str, str]:
+        uris = {}
+        for role, (username, _, _) in DEMO_PEOPLE.items():
+            if role == Role.DEVICE:
+                continue
+            user = User.objects.get(username=username)
+            device = TOTPDevice.objects.filter(user=user, confirmed=True).first()
+            if device is None:
+                device = totp_device_create(user=user, confirmed=True)
+            uris[username] = device.config_url()
+        return uris
+
+    def _store(self, credentials: dict[str, str], totp: dict[str, str]) -> None:
+        path = Path(settings.VAR_DIR) / "demo-credentials.json"
+        document = {**credentials, "totp": totp}
+        private_file_replace(path, json.dumps(document, indent=2).encode())
 
     def _credentials(self) -> dict[str, str]:
         path = Path(settings.VAR_DIR) / "demo-credentials.json"
         fresh = {username: secrets.token_urlsafe(12) for username, _, _ in DEMO_PEOPLE.values()}
         private_file_write(path, json.dumps(fresh, indent=2).encode())
-        stored: dict[str, str] = json.loads(path.read_text(encoding="utf-8"))
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        stored.pop("totp", None)
         return {**fresh, **stored}
 
     def _phantom(self, slices: int) -> None:
@@ -56,11 +83,12 @@ class Command(BaseCommand):
         self.stdout.write("writing the demo PET/CT phantom (first run only)...")
         phantom_write(out_dir=out, slices=slices)
 
-    def _announce(self, credentials: dict[str, str]) -> None:
+    def _announce(self, credentials: dict[str, str], totp: dict[str, str]) -> None:
         self.stdout.write(self.style.SUCCESS("Demo accounts (passwords kept in var/demo-credentials.json):"))
         for role, (username, _, _) in DEMO_PEOPLE.items():
             self.stdout.write(f"  {role.label:<22} {username:<18} {credentials[username]}")
-        self.stdout.write(
-            "Second factor: TOTP enrolment is not in this build yet (issue #4); "
-            "sign in with the password above."
-        )
+        self.stdout.write("Second factor: add each URI below to an authenticator app "
+                          "(the device account has no interactive sign-in):")
+        for username, uri in totp.items():
+            self.stdout.write(f"  {username}:")
+            self.stdout.write(uri)

@@ -1,0 +1,1 @@
+from tests.accounts.conftest import clock, person  # noqa: F401
