@@ -39,6 +39,8 @@ class GatewayAdminSite(OTPAdminSite):
 
     def login(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
         target = request.GET.get("next") or reverse("admin:index", current_app=self.name)
+        if self.has_permission(request):
+            return HttpResponseRedirect(reverse("admin:index", current_app=self.name))
         return HttpResponseRedirect(f"{reverse('accounts:login')}?{urlencode({'next': target})}")
 
 

@@ -1,0 +1,87 @@
+"""The admin sits behind both factors and the policy; every change is audited."""
+
+import pytest
+from django.test import RequestFactory
+from django.urls import reverse
+
+from accounts.admin import site
+from accounts.models import BackupCodeDevice, LoginThrottle, TOTPDevice, User
+from accounts.services import backup_codes_regenerate
+from gateway.audit.models import AuditEvent
+from tests.accounts.conftest import password_step, sign_in
+from tests.conftest import ZONES
+
+pytestmark = pytest.mark.django_db(databases=ZONES)
+
+
+def test_the_admin_needs_the_second_factor(client, person, clock):
+    admin = person("it.root", role="it_admin")
+    assert client.get("/admin/").url.startswith(reverse("accounts:login"))
+    password_step(client, admin.username)
+    assert client.get("/admin/").status_code == 403
+    assert client.get(reverse("admin:accounts_user_changelist")).status_code == 403
+    request = RequestFactory().get("/admin/")
+    request.user = admin
+    admin.is_verified = lambda: False
+    assert not site.has_permission(request)
+    admin.is_verified = lambda: True
+    assert site.has_permission(request)
+
+
+def test_other_roles_are_refused_and_the_refusal_is_audited(client, person, clock):
+    doctor = person("dr.nosy")
+    sign_in(client, doctor, clock)
+    assert client.get("/admin/").status_code == 403
+    assert AuditEvent.objects.filter(actor="dr.nosy", action="admin.user", outcome="denied").exists()
+
+
+def test_an_it_admin_changes_a_role_and_it_is_audited(client, person, clock,
+                                                      django_capture_on_commit_callbacks):
+    admin = person("it.root", role="it_admin")
+    nurse = person("nurse.ann", role="nurse")
+    sign_in(client, admin, clock)
+    assert client.get("/admin/").status_code == 200
+    change = reverse("admin:accounts_user_change", args=[nurse.pk])
+    form = client.get(change).context["adminform"].form
+    data = {name: value for name, value in form.initial.items() if value is not None}
+    data.update(role="doctor", is_active="on", user_permissions=[],
+                last_login_0="", last_login_1="", date_joined_0="2026-01-01", date_joined_1="00:00:00")
+    data.pop("password", None)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(change, data)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    assert User.objects.get(pk=nurse.pk).role == "doctor"
+    event = AuditEvent.objects.get(action="admin.role")
+    assert event.actor == "it.root" and '"to":"doctor"' in event.details
+    assert AuditEvent.objects.filter(action="admin.user", actor="it.root",
+                                     details__contains="changed").exists()
+
+
+def test_lost_phone_reset_and_unlock_are_admin_actions_and_audited(client, person, clock,
+                                                                   django_capture_on_commit_callbacks):
+    admin = person("it.root", role="it_admin")
+    victim = person("dr.lost")
+    backup_codes_regenerate(user=victim, actor=victim)
+    LoginThrottle.objects.create(scope="account", key="dr.lost", failures=100, locked_at=clock.now)
+    sign_in(client, admin, clock)
+    changelist = reverse("admin:accounts_user_changelist")
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(changelist, {"action": "reset_second_factor", "_selected_action": [victim.pk]})
+        client.post(changelist, {"action": "unlock_sign_in", "_selected_action": [victim.pk]})
+    assert not TOTPDevice.objects.filter(user=victim).exists()
+    assert not BackupCodeDevice.objects.filter(user=victim).exists()
+    assert LoginThrottle.objects.get(key="dr.lost").locked_at is None
+    assert AuditEvent.objects.filter(action="admin.user", details__contains="second-factor-reset").exists()
+    assert AuditEvent.objects.filter(action="auth.unlock", actor="it.root").exists()
+    # The user re-enrols at the next sign-in.
+    client.post(reverse("accounts:logout"))
+    password_step(client, "dr.lost")
+    assert client.get(reverse("accounts:otp")).url == reverse("accounts:enrol")
+
+
+def test_the_admin_never_shows_a_totp_secret(client, person, clock):
+    admin = person("it.root", role="it_admin")
+    sign_in(client, admin, clock)
+    device = TOTPDevice.objects.get(user=admin)
+    page = client.get(reverse("admin:accounts_totpdevice_change", args=[device.pk])).content.decode()
+    assert "key_sealed" not in page and device.config_url().split("secret=")[1][:16] not in page
