@@ -1,0 +1,310 @@
+"""The render engine: a complete :class:`ViewState` plus volumes in, one encoded frame out.
+
+Stateless between calls apart from caches (VTK mappers for 3-D), so any worker process
+can serve any request. ``render`` and ``probe`` never touch the network or a database.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rendering.encoding import Encoding, encoder_for
+from rendering.engine import planes
+from rendering.engine.palettes import GREYSCALE, LUTS, window_indices
+from rendering.viewstate import Layer, Preset3D, Quality, ViewKind, ViewState, WindowUnit
+from rendering.volume import Volume
+
+
+class RenderError(Exception):
+    """The state cannot be rendered with these volumes; the message is safe to show the user."""
+
+
+class FrameOfReferenceError(RenderError):
+    """Layers come from different frames of reference and no registration was supplied."""
+
+
+class MissingVolumeError(RenderError):
+    """A layer names a series the caller did not supply (or the source does not know)."""
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    series_id: str
+    modality: str
+    window_center: float
+    window_width: float
+    unit: str
+    palette: str
+    opacity: float
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """Facts the client draws itself (no PHI): letters, scale, position, windows."""
+
+    orientation: dict[str, str]
+    """Letters for the ``left``, ``right``, ``top`` and ``bottom`` edges (L/R, A/P, H/F)."""
+    mm_per_pixel: float | None
+    """Of the encoded frame's pixels (None for 3-D); the scale bar."""
+    slice_position_mm: float | None
+    """Focus along the plane normal (axial z, coronal y, sagittal x; LPS mm)."""
+    slice_index: int | None
+    slice_count: int | None
+    focus_mm: tuple[float, float, float] | None
+    crosshair_px: tuple[float, float] | None
+    """Where the focus lies in viewport pixels; reference lines of orthogonal views go through it."""
+    plane: dict | None
+    """Plane geometry (``center_mm``, ``right``, ``down``, ``normal``, ``mm_per_pixel``)."""
+    layers: tuple[LayerInfo, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class RenderedFrame:
+    data: bytes
+    encoding: Encoding
+    width: int
+    """Encoded image size; an interactive 3-D frame may be smaller than the viewport (scale it up)."""
+    height: int
+    quality: Quality
+    overlay: Overlay
+    render_ms: float
+    encode_ms: float
+
+
+@dataclass(frozen=True)
+class ProbeValue:
+    series_id: str
+    value: float | None
+    unit: str
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    point_mm: tuple[float, float, float]
+    values: tuple[ProbeValue, ...]
+
+    @property
+    def value(self) -> float | None:
+        """Value of the top-most layer that has one here (the fused overlay, else the base)."""
+        for item in reversed(self.values):
+            if item.value is not None:
+                return item.value
+        return None
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    layer: Layer
+    volume: Volume
+    transform: np.ndarray | None
+    low: float
+    high: float
+
+
+def _display_unit(volume: Volume, layer: Layer) -> str:
+    if layer.window_unit is WindowUnit.SUV:
+        return "SUV"
+    return {"CT": "HU", "PT": "BQML", "NM": "BQML"}.get(volume.modality, "")
+
+
+def _value_unit(volume: Volume) -> tuple[float, str]:
+    if volume.modality == "CT":
+        return 1.0, "HU"
+    if volume.uses_suv:
+        return float(volume.suv_factor or 1.0), "SUV"
+    return 1.0, "BQML" if volume.modality in ("PT", "NM") else ""
+
+
+def _resolve(state: ViewState, volumes: Mapping[str, Volume]) -> list[_Resolved]:
+    resolved = []
+    reference: str | None = None
+    for n, layer in enumerate(state.layers):
+        volume = volumes.get(layer.series_id)
+        if volume is None:
+            raise MissingVolumeError(f"layer {n}: series {layer.series_id} is not available")
+        transform = None
+        if layer.registration is not None:
+            transform = np.array(layer.registration, dtype=np.float64).reshape(4, 4)
+        if n == 0:
+            reference = volume.frame_of_reference_uid
+        elif transform is None and volume.frame_of_reference_uid != reference:
+            raise FrameOfReferenceError(
+                f"layer {n} ({volume.modality}) is in a different frame of reference from layer 0; "
+                "fusing them needs a registration"
+            )
+        low = layer.window_center - layer.window_width / 2
+        high = layer.window_center + layer.window_width / 2
+        if layer.window_unit is WindowUnit.SUV:
+            if not volume.uses_suv:
+                raise RenderError(f"layer {n}: an SUV window needs a PET volume with an SUV factor")
+            factor = float(volume.suv_factor or 1.0)
+            low, high = low / factor, high / factor
+        resolved.append(_Resolved(layer, volume, transform, low, high))
+    return resolved
+
+
+def _layer_info(item: _Resolved) -> LayerInfo:
+    layer = item.layer
+    return LayerInfo(layer.series_id, item.volume.modality, layer.window_center, layer.window_width,
+                     _display_unit(item.volume, layer), layer.palette.value, layer.opacity)
+
+
+class RenderEngine:
+    """Renders view states. One per process; not thread-safe (VTK)."""
+
+    def __init__(self, *, mapper: str = "auto") -> None:
+        self._mapper = mapper
+        self._volume_renderer = None
+
+    @property
+    def volume_renderer(self):
+        if self._volume_renderer is None:
+            from rendering.engine.volume3d import VolumeRenderer
+
+            self._volume_renderer = VolumeRenderer(self._mapper)
+        return self._volume_renderer
+
+    # --- public -----------------------------------------------------------------------------
+
+    def render(self, state: ViewState, volumes: Mapping[str, Volume], *,
+               encoding: Encoding | None = None) -> RenderedFrame:
+        """Render and encode one frame (JPEG while interactive, lossless when still)."""
+        started = time.perf_counter()
+        resolved = _resolve(state, volumes)
+        if state.view is ViewKind.VOLUME_3D:
+            pixels, overlay = self._render_3d(state, resolved)
+        else:
+            pixels, overlay = self._render_2d(state, resolved)
+        rendered = time.perf_counter()
+        encoder = encoder_for(state.quality, encoding)
+        data = encoder.encode(pixels)
+        finished = time.perf_counter()
+        return RenderedFrame(
+            data=data, encoding=encoder.encoding, width=int(pixels.shape[1]), height=int(pixels.shape[0]),
+            quality=state.quality, overlay=overlay,
+            render_ms=(rendered - started) * 1000, encode_ms=(finished - rendered) * 1000,
+        )
+
+    def pixels(self, state: ViewState, volumes: Mapping[str, Volume]) -> np.ndarray:
+        """The unencoded 8-bit image (grey (H, W) or RGB (H, W, 3)); for tests and tools."""
+        resolved = _resolve(state, volumes)
+        if state.view is ViewKind.VOLUME_3D:
+            return self._render_3d(state, resolved)[0]
+        return self._render_2d(state, resolved)[0]
+
+    def probe(self, state: ViewState, volumes: Mapping[str, Volume], x: float, y: float) -> ProbeResult:
+        """Patient point and nearest-voxel value of every layer under viewport pixel (x, y).
+
+        Values are HU for CT, SUVbw for PET with an SUV factor, else the stored unit.
+        For 3-D views there is no single point: raises :class:`RenderError`.
+        """
+        if state.view is ViewKind.VOLUME_3D:
+            raise RenderError("probe is defined for 2-D views only")
+        if not (0 <= x <= state.width and 0 <= y <= state.height):
+            raise RenderError("probe position is outside the viewport")
+        resolved = _resolve(state, volumes)
+        plane = planes.view_plane(state, resolved[0].volume)
+        point = plane.point(x, y)
+        values = []
+        for item in resolved:
+            raw = planes.probe_voxel(item.volume, point, item.transform)
+            factor, unit = _value_unit(item.volume)
+            values.append(ProbeValue(item.layer.series_id, None if raw is None else raw * factor, unit))
+        return ProbeResult(tuple(float(v) for v in point), tuple(values))  # type: ignore[arg-type]
+
+    # --- 2-D --------------------------------------------------------------------------------
+
+    def _render_2d(self, state: ViewState, resolved: list[_Resolved]) -> tuple[np.ndarray, Overlay]:
+        base = resolved[0].volume
+        plane = planes.view_plane(state, base)
+        linear = state.quality is Quality.STILL
+        single_grey = (len(resolved) == 1 and resolved[0].layer.palette in GREYSCALE
+                       and resolved[0].layer.opacity == 1.0)
+        image: np.ndarray | None = None
+        for item in resolved:
+            sampled = planes.sample(plane, item.volume, mode=state.slab.mode,
+                                    thickness_mm=state.slab.thickness_mm, linear=linear,
+                                    transform=item.transform)
+            index = window_indices(sampled.values, item.low, item.high)
+            lut = LUTS[item.layer.palette]
+            if single_grey:
+                image = lut[:, 0][index]
+                if sampled.valid is not None:
+                    image[~sampled.valid] = 0
+                break
+            rgb = lut[index].astype(np.float32)
+            if image is None:
+                image = np.zeros((state.height, state.width, 3), np.float32)
+            alpha: np.ndarray | float = item.layer.opacity
+            if sampled.valid is not None:
+                alpha = sampled.valid[..., None].astype(np.float32) * np.float32(item.layer.opacity)
+            image += (rgb - image) * alpha
+        if image is None:
+            raise RenderError("no layer to render")
+        if image.dtype != np.uint8:
+            image = np.clip(image + 0.5, 0, 255).astype(np.uint8)
+        return image, self._overlay_2d(state, resolved, plane)
+
+    def _overlay_2d(self, state: ViewState, resolved: list[_Resolved], plane: planes.Plane) -> Overlay:
+        base = resolved[0].volume
+        focus = np.asarray(state.focus_mm, dtype=np.float64) if state.focus_mm else base.center()
+        slice_index = slice_count = None
+        direction_index = base.patient_to_index(focus + plane.normal) - base.patient_to_index(focus)
+        axis = planes._aligned_axis(direction_index)
+        if axis is not None:
+            slice_count = base.shape[axis]
+            position = float(base.patient_to_index(focus)[axis])
+            slice_index = int(np.clip(np.floor(position + 0.5), 0, slice_count - 1))
+        return Overlay(
+            orientation=planes.edge_letters(plane.right, plane.down),
+            mm_per_pixel=plane.mm_per_pixel,
+            slice_position_mm=float(focus @ plane.normal),
+            slice_index=slice_index,
+            slice_count=slice_count,
+            focus_mm=tuple(float(v) for v in focus),  # type: ignore[arg-type]
+            crosshair_px=plane.screen(focus),
+            plane=plane.as_dict(),
+            layers=tuple(_layer_info(item) for item in resolved),
+        )
+
+    # --- 3-D --------------------------------------------------------------------------------
+
+    def _render_3d(self, state: ViewState, resolved: list[_Resolved]) -> tuple[np.ndarray, Overlay]:
+        wanted = ("PT", "NM") if state.preset3d is Preset3D.PET_MIP else ("CT",)
+        item = next((r for r in resolved if r.volume.modality in wanted), resolved[0])
+        rgb, right, down = self.volume_renderer.render(
+            volume=item.volume, preset=state.preset3d, camera=state.camera3d,
+            width=state.width, height=state.height, quality=state.quality,
+            window=(item.low, item.high), lut=LUTS[item.layer.palette],
+        )
+        overlay = Overlay(
+            orientation=planes.edge_letters(right, down), mm_per_pixel=None, slice_position_mm=None,
+            slice_index=None, slice_count=None, focus_mm=None, crosshair_px=None, plane=None,
+            layers=(_layer_info(item),),
+        )
+        return rgb, overlay
+
+
+_default: RenderEngine | None = None
+
+
+def default_engine() -> RenderEngine:
+    global _default
+    if _default is None:
+        _default = RenderEngine()
+    return _default
+
+
+def render(state: ViewState, volumes: Mapping[str, Volume], *,
+           encoding: Encoding | None = None) -> RenderedFrame:
+    """Render one frame with this process's engine (see :meth:`RenderEngine.render`)."""
+    return default_engine().render(state, volumes, encoding=encoding)
+
+
+def probe(state: ViewState, volumes: Mapping[str, Volume], x: float, y: float) -> ProbeResult:
+    """Value under a viewport pixel (see :meth:`RenderEngine.probe`)."""
+    return default_engine().probe(state, volumes, x, y)

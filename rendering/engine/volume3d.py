@@ -1,0 +1,234 @@
+"""3-D volume rendering with VTK off-screen (EGL), presets as transfer functions.
+
+Mapper choice, measured on the 2-core llvmpipe machine (docs/benchmarks.md): the
+OpenGL GPU ray caster costs 250 ms for a 128^3 proxy at 256^2 and 1.7 s for the full CT,
+while the multithreaded CPU ray caster (``vtkFixedPointVolumeRayCastMapper``) costs
+~40 ms and ~90 ms. ``mapper="auto"`` therefore takes the CPU ray caster when the OpenGL
+renderer is llvmpipe/softpipe and the GPU ray caster when a real GPU is present.
+
+Interactive quality renders a block-averaged proxy (longest side <= 128 voxels) into a
+viewport at most 256 pixels on its longest side; still quality renders the full viewport
+from the volume block-averaged only as far as needed to stay under 32 M voxels (a
+512x512x300 CT renders at 256x256x150: ~0.3 s instead of ~0.5 s warm and 8 s cold).
+Each (series, level) keeps its mapper, so gradients and min/max tables are computed
+once per worker.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+
+os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+
+import numpy as np
+import vtkmodules.vtkRenderingVolumeOpenGL2  # noqa: F401  (registers OpenGL volume overrides)
+from vtkmodules.util.numpy_support import numpy_to_vtk, vtk_to_numpy
+from vtkmodules.vtkCommonCore import vtkUnsignedCharArray
+from vtkmodules.vtkCommonDataModel import vtkImageData, vtkPiecewiseFunction
+from vtkmodules.vtkCommonMath import vtkMatrix4x4
+from vtkmodules.vtkRenderingCore import (
+    vtkColorTransferFunction,
+    vtkRenderer,
+    vtkVolume,
+    vtkVolumeProperty,
+)
+from vtkmodules.vtkRenderingOpenGL2 import vtkEGLRenderWindow
+from vtkmodules.vtkRenderingVolume import vtkFixedPointVolumeRayCastMapper
+from vtkmodules.vtkRenderingVolumeOpenGL2 import vtkOpenGLGPUVolumeRayCastMapper
+
+from rendering.viewstate import Camera3D, Preset3D, Quality
+from rendering.volume import Volume
+
+PROXY_MAX_VOXELS_SIDE = 128
+INTERACTIVE_MAX_PIXELS_SIDE = 256
+STILL_MAX_VOXELS = 32 * 1024 * 1024
+MAPPER_CACHE = 3
+
+
+@dataclass(frozen=True)
+class TransferFunction:
+    colours: tuple[tuple[float, tuple[float, float, float]], ...]
+    opacities: tuple[tuple[float, float], ...]
+    shade: bool
+    mip: bool = False
+
+
+CT_PRESETS: dict[Preset3D, TransferFunction] = {
+    Preset3D.CT_BONE: TransferFunction(
+        colours=((-1000, (0, 0, 0)), (150, (0.73, 0.25, 0.30)), (300, (0.90, 0.82, 0.56)),
+                 (1000, (1.0, 1.0, 0.95)), (3000, (1, 1, 1))),
+        opacities=((-1000, 0.0), (150, 0.0), (250, 0.25), (600, 0.7), (3000, 0.9)),
+        shade=True,
+    ),
+    Preset3D.CT_SOFT_TISSUE: TransferFunction(
+        colours=((-1000, (0, 0, 0)), (-300, (0.55, 0.25, 0.15)), (-100, (0.88, 0.60, 0.29)),
+                 (40, (0.80, 0.30, 0.25)), (200, (1.0, 0.94, 0.85)), (3000, (1, 1, 1))),
+        opacities=((-1000, 0.0), (-300, 0.0), (-120, 0.0), (-60, 0.01), (20, 0.03), (60, 0.12),
+                   (250, 0.6), (3000, 0.8)),
+        shade=True,
+    ),
+    Preset3D.CT_LUNG: TransferFunction(
+        colours=((-1000, (0, 0, 0)), (-900, (0.9, 0.55, 0.5)), (-600, (0.95, 0.75, 0.7)),
+                 (-200, (0.8, 0.4, 0.3)), (300, (1, 1, 0.9))),
+        opacities=((-1000, 0.0), (-940, 0.0), (-850, 0.08), (-700, 0.15), (-500, 0.0),
+                   (200, 0.0), (400, 0.3), (3000, 0.5)),
+        shade=True,
+    ),
+}
+
+
+def opengl_is_software(window) -> bool:
+    info = (window.ReportCapabilities() or "").lower()
+    return any(name in info for name in ("llvmpipe", "softpipe", "swrast", "software"))
+
+
+def block_mean(voxels: np.ndarray, factor: int) -> np.ndarray:
+    if factor == 1:
+        return voxels
+    nz, ny, nx = (max(1, s // factor) for s in voxels.shape)
+    cropped = voxels[: nz * factor, : ny * factor, : nx * factor]
+    blocks = cropped.reshape(nz, factor, ny, factor, nx, factor)
+    return blocks.mean(axis=(1, 3, 5), dtype=np.float32).astype(voxels.dtype)
+
+
+def level_factor(volume: Volume, quality: Quality) -> int:
+    if quality is Quality.INTERACTIVE:
+        return max(1, math.ceil(max(volume.shape) / PROXY_MAX_VOXELS_SIDE))
+    count = math.prod(volume.shape)
+    return max(1, math.ceil((count / STILL_MAX_VOXELS) ** (1 / 3)))
+
+
+def render_size(width: int, height: int, quality: Quality) -> tuple[int, int]:
+    if quality is Quality.STILL:
+        return width, height
+    scale = min(1.0, INTERACTIVE_MAX_PIXELS_SIDE / max(width, height))
+    return max(16, round(width * scale)), max(16, round(height * scale))
+
+
+def camera_vectors(camera: Camera3D) -> tuple[np.ndarray, np.ndarray]:
+    """(direction from focal point to eye, view up) in LPS; 0/0 looks at the patient's front."""
+    az, el = math.radians(camera.azimuth), math.radians(camera.elevation)
+    eye = np.array([math.cos(el) * math.sin(az), -math.cos(el) * math.cos(az), math.sin(el)])
+    up = np.array([-math.sin(el) * math.sin(az), math.sin(el) * math.cos(az), math.cos(el)])
+    return eye, up
+
+
+class VolumeRenderer:
+    """One off-screen EGL window per process; not thread-safe (one render at a time)."""
+
+    def __init__(self, mapper: str = "auto") -> None:
+        self.window = vtkEGLRenderWindow()
+        self.window.SetOffScreenRendering(1)
+        self.window.SetSize(64, 64)
+        self.renderer = vtkRenderer()
+        self.window.AddRenderer(self.renderer)
+        self.window.Render()
+        if mapper == "auto":
+            mapper = "cpu" if opengl_is_software(self.window) else "gpu"
+        self.mapper_kind = mapper
+        self.actor = vtkVolume()
+        self.property = vtkVolumeProperty()
+        self.property.SetInterpolationTypeToLinear()
+        self.actor.SetProperty(self.property)
+        self.renderer.AddVolume(self.actor)
+        self._levels: OrderedDict[tuple, tuple] = OrderedDict()
+
+    def _level(self, volume: Volume, quality: Quality, mip: bool):
+        factor = level_factor(volume, quality)
+        key = (volume.series_id, id(volume), factor, mip)
+        if key in self._levels:
+            self._levels.move_to_end(key)
+            return self._levels[key]
+        voxels = np.ascontiguousarray(block_mean(volume.voxels, factor))
+        spacing = [s * factor for s in volume.spacing]
+        image = vtkImageData()
+        image.SetDimensions(voxels.shape[2], voxels.shape[1], voxels.shape[0])
+        image.SetSpacing(spacing[2], spacing[1], spacing[0])
+        image.GetPointData().SetScalars(numpy_to_vtk(voxels.reshape(-1), deep=False))
+        if self.mapper_kind == "gpu":
+            mapper = vtkOpenGLGPUVolumeRayCastMapper()
+            mapper.SetAutoAdjustSampleDistances(0)
+            mapper.SetSampleDistance(min(spacing) * 0.5)
+        else:
+            mapper = vtkFixedPointVolumeRayCastMapper()
+            mapper.SetAutoAdjustSampleDistances(0)
+            mapper.SetSampleDistance(min(spacing) * (0.5 if factor > 1 else 1.0))
+            mapper.SetImageSampleDistance(1.0)
+        mapper.SetInputData(image)
+        if mip:
+            mapper.SetBlendModeToMaximumIntensity()
+        else:
+            mapper.SetBlendModeToComposite()
+        origin = np.asarray(volume.origin) + volume.direction @ (
+            np.array([spacing[2], spacing[1], spacing[0]]) - np.array(volume.spacing[::-1])) / 2
+        matrix = vtkMatrix4x4()
+        for r in range(3):
+            for c in range(3):
+                matrix.SetElement(r, c, float(volume.direction[r, c]))
+            matrix.SetElement(r, 3, float(origin[r]))
+        entry = (mapper, matrix, voxels, image)
+        self._levels[key] = entry
+        while len(self._levels) > MAPPER_CACHE:
+            self._levels.popitem(last=False)
+        return entry
+
+    def render(self, *, volume: Volume, preset: Preset3D, camera: Camera3D, width: int, height: int,
+               quality: Quality, window: tuple[float, float] | None = None,
+               lut: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """RGB image (h, w, 3) uint8 plus the screen's right and down vectors in LPS.
+
+        ``window`` (low, high in native units) and ``lut`` (256x3 uint8) colour the PET MIP.
+        """
+        mip = preset is Preset3D.PET_MIP
+        mapper, matrix, _, _ = self._level(volume, quality, mip)
+        self.actor.SetMapper(mapper)
+        self.actor.SetUserMatrix(matrix)
+        colour, opacity = vtkColorTransferFunction(), vtkPiecewiseFunction()
+        if mip:
+            low, high = window if window else (float(volume.voxels.min()), float(volume.voxels.max()))
+            table = lut if lut is not None else np.stack([np.arange(256)] * 3, axis=1)
+            for index in range(0, 256, 15):
+                value = low + (high - low) * index / 255
+                colour.AddRGBPoint(value, *(float(c) / 255 for c in table[index]))
+            colour.AddRGBPoint(high, *(float(c) / 255 for c in table[255]))
+            opacity.AddPoint(low, 1.0)
+            opacity.AddPoint(high, 1.0)
+            self.property.ShadeOff()
+            background = table[0] / 255.0
+        else:
+            function = CT_PRESETS[preset]
+            for value, rgb in function.colours:
+                colour.AddRGBPoint(value, *rgb)
+            for value, alpha in function.opacities:
+                opacity.AddPoint(value, alpha)
+            self.property.SetShade(int(function.shade))
+            self.property.SetAmbient(0.3)
+            self.property.SetDiffuse(0.7)
+            self.property.SetSpecular(0.2)
+            background = np.zeros(3)
+        self.property.SetColor(colour)
+        self.property.SetScalarOpacity(opacity)
+        self.renderer.SetBackground(*(float(v) for v in background))
+        w, h = render_size(width, height, quality)
+        self.window.SetSize(w, h)
+        eye, up = camera_vectors(camera)
+        bounds = self.actor.GetBounds()
+        centre = np.array([(bounds[0] + bounds[1]) / 2, (bounds[2] + bounds[3]) / 2,
+                           (bounds[4] + bounds[5]) / 2])
+        half = max(bounds[1] - bounds[0], bounds[3] - bounds[2], bounds[5] - bounds[4]) / 2
+        cam = self.renderer.GetActiveCamera()
+        cam.ParallelProjectionOn()
+        cam.SetFocalPoint(*centre)
+        cam.SetPosition(*(centre + eye * half * 4))
+        cam.SetViewUp(*up)
+        cam.SetParallelScale(half * 1.05 / camera.zoom)
+        self.renderer.ResetCameraClippingRange()
+        self.window.Render()
+        buffer = vtkUnsignedCharArray()
+        self.window.GetRGBACharPixelData(0, 0, w - 1, h - 1, 0, buffer)
+        rgb = vtk_to_numpy(buffer).reshape(h, w, 4)[::-1, :, :3]
+        right = np.cross(-eye, up)
+        return np.ascontiguousarray(rgb), right, -up

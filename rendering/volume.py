@@ -1,0 +1,125 @@
+"""The voxel volume the render engine consumes, and the interface that supplies it.
+
+Coordinate conventions (see ``docs/rendering.md``):
+
+* ``voxels`` is indexed ``[k, j, i]`` = ``[slice, row, column]`` (z, y, x in index space).
+* ``spacing`` is ``(k, j, i)`` in mm, the same order as the array axes.
+* ``origin`` is the patient position (x, y, z in DICOM LPS mm) of the centre of voxel ``[0, 0, 0]``.
+* ``direction`` is a 3x3 matrix whose *columns* are the LPS unit vectors of increasing
+  column ``i``, row ``j`` and slice ``k`` (the ITK/SimpleITK convention). For a DICOM
+  series, column 0 and column 1 are the two halves of ``ImageOrientationPatient``.
+
+So ``patient = origin + direction @ (i * spacing_i, j * spacing_j, k * spacing_k)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+MODALITIES_SUV = frozenset({"PT", "NM"})
+
+
+class VolumeError(ValueError):
+    """A volume is malformed (shape, dtype, geometry)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """One ready-to-render series, values already rescaled (HU for CT, Bq/ml for PET).
+
+    ``suv_factor`` multiplies Bq/ml to give SUVbw (None when it cannot be computed);
+    ``frame_of_reference_uid`` decides which volumes may be fused without a registration.
+    """
+
+    voxels: np.ndarray
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: np.ndarray
+    modality: str
+    series_id: str
+    frame_of_reference_uid: str
+    suv_factor: float | None = None
+    _inverse: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        voxels = self.voxels
+        if not isinstance(voxels, np.ndarray) or voxels.ndim != 3 or min(voxels.shape) < 1:
+            raise VolumeError("voxels must be a 3-D numpy array [z, y, x]")
+        if voxels.dtype not in (np.float32, np.int16):
+            raise VolumeError(f"voxels must be float32 or int16, not {voxels.dtype}")
+        spacing = tuple(float(s) for s in self.spacing)
+        origin = tuple(float(o) for o in self.origin)
+        if len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
+            raise VolumeError("spacing must be three positive mm values (z, y, x)")
+        if len(origin) != 3 or not all(np.isfinite(origin)):
+            raise VolumeError("origin must be three finite mm values (x, y, z)")
+        direction = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+        if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
+            raise VolumeError("direction must be orthonormal (columns: i, j, k axes in LPS)")
+        if self.suv_factor is not None and not (np.isfinite(self.suv_factor) and self.suv_factor > 0):
+            raise VolumeError("suv_factor must be positive or None")
+        voxels.setflags(write=False)
+        direction.setflags(write=False)
+        object.__setattr__(self, "spacing", spacing)
+        object.__setattr__(self, "origin", origin)
+        object.__setattr__(self, "direction", direction)
+        # index (k, j, i) -> patient: origin + direction @ diag(sx, sy, sz) @ (i, j, k)
+        scaled = direction * np.array([spacing[2], spacing[1], spacing[0]])
+        object.__setattr__(self, "_inverse", np.linalg.inv(scaled))
+
+    # --- geometry -------------------------------------------------------------------------
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(n) for n in self.voxels.shape)  # type: ignore[return-value]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.voxels.nbytes)
+
+    @property
+    def index_to_patient_matrix(self) -> np.ndarray:
+        """3x3 matrix M with ``patient = origin + M @ (i, j, k)`` (note: i, j, k order)."""
+        return self.direction * np.array([self.spacing[2], self.spacing[1], self.spacing[0]])
+
+    def index_to_patient(self, index: np.ndarray | tuple[float, float, float]) -> np.ndarray:
+        """Patient LPS mm of continuous voxel indices ``(..., 3)`` given as (k, j, i)."""
+        kji = np.asarray(index, dtype=np.float64)
+        ijk = kji[..., ::-1]
+        return np.asarray(self.origin) + ijk @ self.index_to_patient_matrix.T
+
+    def patient_to_index(self, point: np.ndarray | tuple[float, float, float]) -> np.ndarray:
+        """Continuous voxel indices (k, j, i) of patient LPS points ``(..., 3)``."""
+        xyz = np.asarray(point, dtype=np.float64) - np.asarray(self.origin)
+        ijk = xyz @ self._inverse.T
+        return ijk[..., ::-1]
+
+    def corners(self) -> np.ndarray:
+        """Patient coordinates (8, 3) of the centres of the eight corner voxels."""
+        nk, nj, ni = self.shape
+        kji = np.array([[k, j, i] for k in (0, nk - 1) for j in (0, nj - 1) for i in (0, ni - 1)], float)
+        return self.index_to_patient(kji)
+
+    def center(self) -> np.ndarray:
+        """Patient coordinates of the volume's centre."""
+        return self.index_to_patient((np.array(self.shape, dtype=np.float64) - 1) / 2)
+
+    @property
+    def uses_suv(self) -> bool:
+        return self.modality in MODALITIES_SUV and self.suv_factor is not None
+
+
+@runtime_checkable
+class VolumeSource(Protocol):
+    """Supplies volumes by series id.
+
+    Contract: ``load`` returns the whole volume for an opaque ``series_id`` or raises
+    ``KeyError`` when it does not exist (or is not visible to this source). It may be
+    slow (decryption, parsing); callers cache. Implementations must be constructible in
+    a worker process from picklable arguments (see ``rendering.workers.SourceSpec``).
+    """
+
+    def load(self, series_id: str) -> Volume: ...
