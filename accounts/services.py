@@ -32,19 +32,18 @@ def _admin_action(user: User) -> Action:
 
 @transaction.atomic
 def user_create(*, username: str, password: str, role: Role | str, first_name: str = "",
-                last_name: str = "", email: str = "", actor: Actor | str | None = None,
+                last_name: str = "", email: str = "", actor: Actor | str = "system",
                 source_ip: str | None = None) -> User:
-    """Create an account after the password passes every password rule."""
+    """Create an account after the password passes every password rule; always audited."""
     user = User(username=username, role=role, first_name=first_name, last_name=last_name,
                 email=email)
     validate_password(password, user)
     user.set_password(password)
     user.full_clean()
     user.save()
-    if actor is not None:
-        audit_record(actor=actor, action=_admin_action(user), outcome=Outcome.SUCCESS,
-                     source_ip=source_ip,
-                     details={"change": "created", "user": user.username, "role": user.role})
+    audit_record(actor=actor, action=_admin_action(user), outcome=Outcome.SUCCESS,
+                 source_ip=source_ip,
+                 details={"change": "created", "user": user.username, "role": user.role})
     return user
 
 

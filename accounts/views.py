@@ -97,7 +97,7 @@ def login_view(request: HttpRequest) -> HttpResponse:
                 services.throttle_failure(username=username, address=address, step="password")
                 error = BAD_CREDENTIALS
             else:
-                auth_login(request, user)  # rotates the session key; audited as LOGIN/password
+                auth_login(request, user)  # rotates the session key; LOGIN is audited after both factors
                 session_begin(request.session)
                 request.session[NEXT] = _next_url(request, next_url)
                 return redirect("accounts:otp")

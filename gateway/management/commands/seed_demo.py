@@ -45,7 +45,7 @@ class Command(BaseCommand):
         for role, (username, first_name, last_name) in DEMO_PEOPLE.items():
             if not User.objects.filter(username=username).exists():
                 user_create(username=username, password=credentials[username], role=role,
-                            first_name=first_name, last_name=last_name)
+                            first_name=first_name, last_name=last_name, actor="system:seed_demo")
         totp = self._authenticators()
         self._store(credentials, totp)
         self._phantom(int(options["phantom_slices"]))  # type: ignore[call-overload]
