@@ -150,8 +150,6 @@ def _fail(path: str, why: str) -> ViewStateError:
 def _mapping(value: Any, path: str, allowed: set[str], required: set[str] = frozenset()) -> dict:
     if not isinstance(value, Mapping):
         raise _fail(path, "must be an object")
-    if len(value) > len(allowed):
-        raise _fail(path, "too many keys")
     for key in value:
         if not isinstance(key, str):
             raise _fail(path, "keys must be strings")

@@ -1,0 +1,289 @@
+"""De-identification: DICOM PS3.15 Annex E, Basic Application Level Confidentiality Profile.
+
+The action table is the whole of PS3.15 Table E.1-1 as maintained by Kitware's
+``dicom-anonymizer`` (edition 2026c, 655 attributes and repeating groups);
+the engine that applies it is ours, because the profile options we need are
+not in that package:
+
+* **Retain Longitudinal Temporal Information with Modified Dates** (E.3.6):
+  every DA and DT value, at any depth, is shifted by one whole-day offset
+  per patient; TM values are kept. Intervals, and so PET decay and SUV, are
+  exact.
+* **Retain Patient Characteristics**, restricted to ``PatientWeight`` and
+  ``PatientSize`` (SUVbw and SUL need them); age and sex are removed.
+* **Retain Safe Private** (E.3.10) for a short safe-list; every other private
+  attribute is removed.
+* UIDs (action U, and every UI value that is not a UID of the standard) are
+  replaced by ``2.25.<128-bit keyed hash>``: always the same replacement for
+  the same original, so references between objects stay intact, and never
+  reversible without the pseudonym key. The caller records the map in the
+  identity zone.
+
+The table is applied at every depth of nested sequences. Ambiguous actions
+are resolved towards keeping the object valid without keeping a value:
+Z/D, X/Z, X/Z/D → zero-length; X/D → removed; X/Z/U* → kept with its UIDs
+replaced; D on a sequence → emptied.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+
+from dicomanonymizer.dicomfields_selector import dicom_anonymization_database_selector
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
+from pydicom.uid import UID_dictionary
+
+TABLE_EDITION = "dicomfields_2026c"
+# DeidentificationMethod is LO (64 characters); the code sequence carries the options.
+PROFILE_DESCRIPTION = "Fusion Gateway: PS3.15 Annex E (2026c) Basic Profile + options"
+DEIDENTIFICATION_CODES = (
+    ("113100", "Basic Application Confidentiality Profile"),
+    ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
+    ("113108", "Retain Patient Characteristics Option"),
+    ("113111", "Retain Safe Private Option"),
+)
+# The birth date and time are removed, not shifted: the option retains event dates only.
+NOT_SHIFTED = frozenset({0x00100030, 0x00100032})  # PatientBirthDate, PatientBirthTime
+RETAINED_CHARACTERISTICS = frozenset({0x00101030, 0x00101020})  # PatientWeight, PatientSize
+# (private creator, group, element low byte) known safe: PS3.15 Table E.3.10-1.
+SAFE_PRIVATE = frozenset({
+    ("Philips PET Private Group", 0x7053, 0x00),  # SUV Factor
+    ("Philips PET Private Group", 0x7053, 0x09),  # Activity Concentration Scale Factor
+})
+PIXELS_MAY_IDENTIFY_MODALITIES = frozenset({"US", "SC", "OT", "XC"})
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+_CATEGORY_ACTION = {
+    "D_TAGS": "D", "Z_TAGS": "Z", "X_TAGS": "X", "U_TAGS": "U", "Z_D_TAGS": "Z",
+    "X_Z_TAGS": "Z", "X_D_TAGS": "X", "X_Z_D_TAGS": "Z", "X_Z_U_STAR_TAGS": "U*",
+}
+_DUMMY_TEXT = "ANONYMIZED"
+
+
+@cache
+def action_table() -> tuple[dict[int, str], tuple[tuple[int, int, int, int, str], ...]]:
+    """(exact tag → action, masked repeating groups) from PS3.15 Table E.1-1."""
+    database = dicom_anonymization_database_selector(TABLE_EDITION)
+    exact: dict[int, str] = {}
+    masked: list[tuple[int, int, int, int, str]] = []
+    for category, action in _CATEGORY_ACTION.items():
+        for entry in database[category]:
+            if len(entry) == 2:
+                exact[(entry[0] << 16) | entry[1]] = action
+            else:
+                group, element, group_mask, element_mask = entry
+                masked.append((group, element, group_mask, element_mask, action))
+    return exact, tuple(masked)
+
+
+def _action_for(tag: BaseTag) -> str | None:
+    exact, masked = action_table()
+    action = exact.get(int(tag))
+    if action is not None:
+        return action
+    for group, element, group_mask, element_mask, masked_action in masked:
+        if (tag.group & group_mask) == (group & group_mask) and (
+                tag.element & element_mask) == (element & element_mask):
+            return masked_action
+    return None
+
+
+def uid_replacement(key: bytes, original: str) -> str:
+    """The replacement of ``original``: ``2.25.`` and a 128-bit keyed hash (≤ 44 characters)."""
+    digest = hmac.new(key, b"uid\x1f" + original.encode("ascii", "replace"), hashlib.sha256).digest()
+    return f"2.25.{int.from_bytes(digest[:16], 'big')}"
+
+
+def _is_standard_uid(value: str) -> bool:
+    return value in UID_dictionary
+
+
+def date_shift(value: str, days: int) -> str:
+    """Shift a DA value (``YYYYMMDD``, or a range/list) by ``days``; unparseable values are emptied."""
+    if not value:
+        return value
+    try:
+        day = dt.datetime.strptime(value[:8], "%Y%m%d").date()  # noqa: DTZ007
+    except ValueError:
+        return ""
+    return (day + dt.timedelta(days=days)).strftime("%Y%m%d")
+
+
+def datetime_shift(value: str, days: int) -> str:
+    """Shift a DT value by ``days``, keeping its time part and offset."""
+    if not value:
+        return value
+    shifted = date_shift(value[:8], days)
+    return shifted + value[8:] if shifted else ""
+
+
+@dataclass
+class DeidReport:
+    uid_map: dict[str, str] = field(default_factory=dict)
+    removed_private: int = 0
+    pixels_may_identify: bool = False
+
+
+@dataclass
+class Deidentifier:
+    """Apply the profile to datasets of one patient.
+
+    Parameters
+    ----------
+    uid_key : bytes
+        Key of the UID replacement hash.
+    date_shift_days : int
+        This patient's whole-day date offset.
+    pseudonym : str
+        Written as the new ``PatientID``.
+    """
+
+    uid_key: bytes
+    date_shift_days: int
+    pseudonym: str
+    report: DeidReport = field(default_factory=DeidReport)
+
+    def _uid(self, value: str) -> str:
+        value = value.strip().rstrip("\0")
+        if not value or _is_standard_uid(value):
+            return value
+        replacement = self.report.uid_map.get(value)
+        if replacement is None:
+            replacement = uid_replacement(self.uid_key, value)
+            self.report.uid_map[value] = replacement
+        return replacement
+
+    def _uid_element(self, element: DataElement) -> None:
+        if element.VM > 1:
+            element.value = [self._uid(str(v)) for v in element.value]
+        elif element.value:
+            element.value = self._uid(str(element.value))
+
+    def _temporal(self, element: DataElement) -> None:
+        shift: Callable[[str, int], str] = date_shift if element.VR == "DA" else datetime_shift
+        if element.VM > 1:
+            element.value = [shift(str(v), self.date_shift_days) for v in element.value]
+        elif element.value:
+            element.value = shift(str(element.value), self.date_shift_days)
+
+    def _dummy(self, element: DataElement) -> None:
+        vr = element.VR
+        if vr == "SQ":
+            element.value = Sequence()
+        elif vr == "UI":
+            self._uid_element(element)
+        elif vr in ("DA", "DT"):
+            self._temporal(element)
+        elif vr == "TM":
+            pass
+        elif vr in ("IS", "DS"):
+            element.value = "0"
+        elif vr in ("US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"):
+            element.value = 0
+        elif vr in ("OB", "OW", "OF", "OD", "OL", "OV", "UN"):
+            element.value = b""
+        elif vr == "PN":
+            element.value = "ANONYMOUS"
+        elif vr == "CS":
+            element.value = "ANONYMIZED"
+        elif vr == "AS":
+            element.value = "000Y"
+        else:
+            element.value = _DUMMY_TEXT
+
+    @staticmethod
+    def _empty(element: DataElement) -> None:
+        element.value = Sequence() if element.VR == "SQ" else None
+
+    def _private_safe(self, dataset: Dataset, tag: BaseTag) -> bool:
+        if tag.element < 0x1000:
+            return False
+        creator_tag = (tag.group << 16) | (tag.element >> 8)
+        creator = dataset.get(creator_tag)
+        if creator is None:
+            return False
+        return (str(creator.value), tag.group, tag.element & 0xFF) in SAFE_PRIVATE
+
+    def _private_creators_needed(self, dataset: Dataset, kept: set[int]) -> set[int]:
+        return {(tag >> 16 << 16) | ((tag & 0xFFFF) >> 8) for tag in kept}
+
+    def clean(self, dataset: Dataset) -> None:
+        """De-identify ``dataset`` in place, recursing into every sequence item."""
+        kept_private: set[int] = set()
+        for tag in list(dataset.keys()):
+            element = dataset[tag]
+            if tag.is_private:
+                if not tag.is_private_creator and self._private_safe(dataset, tag):
+                    kept_private.add(int(tag))
+                continue
+            if int(tag) in RETAINED_CHARACTERISTICS:
+                continue
+            action = _action_for(tag)
+            if int(tag) not in NOT_SHIFTED:
+                if element.VR in ("DA", "DT") and action != "U":
+                    self._temporal(element)
+                    continue
+                if element.VR == "TM":
+                    continue
+            if action == "X":
+                del dataset[tag]
+                continue
+            if action == "Z":
+                self._empty(element)
+                continue
+            if action == "D":
+                self._dummy(element)
+                continue
+            if element.VR == "UI":
+                self._uid_element(element)
+            elif element.VR == "SQ":
+                for item in element.value:
+                    self.clean(item)
+        creators = self._private_creators_needed(dataset, kept_private)
+        for tag in [t for t in dataset.keys() if t.is_private]:  # noqa: SIM118 - tags, not elements
+            if int(tag) not in kept_private and int(tag) not in creators:
+                del dataset[tag]
+                self.report.removed_private += 1
+
+    def apply(self, dataset: Dataset) -> DeidReport:
+        """De-identify a whole instance and mark it (PatientIdentityRemoved, method codes)."""
+        self.report.pixels_may_identify = pixels_may_identify(dataset)
+        self.clean(dataset)
+        dataset.PatientID = self.pseudonym
+        dataset.PatientIdentityRemoved = "YES"
+        dataset.LongitudinalTemporalInformationModified = "MODIFIED"
+        dataset.DeidentificationMethod = PROFILE_DESCRIPTION
+        codes = []
+        for value, meaning in DEIDENTIFICATION_CODES:
+            item = Dataset()
+            item.CodeValue = value
+            item.CodingSchemeDesignator = "DCM"
+            item.CodeMeaning = meaning
+            codes.append(item)
+        dataset.DeidentificationMethodCodeSequence = codes
+        if getattr(dataset, "file_meta", None) is not None:
+            meta = dataset.file_meta
+            for keyword in ("SourceApplicationEntityTitle", "SendingApplicationEntityTitle",
+                            "ReceivingApplicationEntityTitle", "PrivateInformation",
+                            "PrivateInformationCreatorUID"):
+                if keyword in meta:
+                    delattr(meta, keyword)
+            if "MediaStorageSOPInstanceUID" in meta:
+                meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+        return self.report
+
+
+def pixels_may_identify(dataset: Dataset) -> bool:
+    """True when the pixels themselves may show identity (burned-in text)."""
+    burned = str(dataset.get("BurnedInAnnotation", "")).upper()
+    modality = str(dataset.get("Modality", "")).upper()
+    sop_class = str(dataset.get("SOPClassUID", ""))
+    return (burned == "YES" or modality in PIXELS_MAY_IDENTIFY_MODALITIES
+            or sop_class.startswith(SECONDARY_CAPTURE_PREFIX))

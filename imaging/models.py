@@ -1,0 +1,97 @@
+"""Clinical-zone imaging records: pseudonymised and de-identified only.
+
+Nothing here names a patient: ``Patient.pseudonym`` is an HMAC of the issuer and
+patient ID under a key the clinical zone does not hold; UIDs are replacements;
+dates are shifted per patient. The identifying side lives in
+:mod:`imaging.identity.models` (identity zone).
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class Patient(models.Model):
+    pseudonym = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"patient {self.pseudonym[:12]}"
+
+
+class Study(models.Model):
+    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="studies")
+    study_instance_uid = models.CharField(max_length=64, unique=True)
+    study_date = models.DateField(null=True, blank=True, help_text="shifted per patient")
+    study_time = models.CharField(max_length=32, blank=True)
+    study_description = models.CharField(max_length=128, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "studies"
+
+    def __str__(self) -> str:
+        return self.study_instance_uid
+
+
+class VolumeState(models.TextChoices):
+    PENDING = "pending"
+    READY = "ready"
+    REFUSED = "refused"
+
+
+class Series(models.Model):
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="series")
+    series_instance_uid = models.CharField(max_length=64, unique=True)
+    modality = models.CharField(max_length=16, blank=True)
+    series_number = models.IntegerField(null=True, blank=True)
+    series_description = models.CharField(max_length=128, blank=True)
+    frame_of_reference_uid = models.CharField(max_length=64, blank=True)
+    pixels_may_identify = models.BooleanField(
+        default=False, help_text="burned-in annotation declared, or a modality prone to it")
+    volume_state = models.CharField(max_length=16, choices=VolumeState.choices,
+                                    default=VolumeState.PENDING)
+    volume_object = models.CharField(max_length=80, blank=True)
+    volume_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "series"
+
+    def __str__(self) -> str:
+        return self.series_instance_uid
+
+
+class Instance(models.Model):
+    series = models.ForeignKey(Series, on_delete=models.PROTECT, related_name="instances")
+    sop_instance_uid = models.CharField(max_length=64, unique=True)
+    sop_class_uid = models.CharField(max_length=64)
+    transfer_syntax_uid = models.CharField(max_length=64)
+    instance_number = models.IntegerField(null=True, blank=True)
+    number_of_frames = models.IntegerField(default=1)
+    object_id = models.CharField(max_length=80, unique=True)
+    size = models.BigIntegerField()
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.sop_instance_uid
+
+
+class DeviceEndpoint(models.Model):
+    """How one device account reaches the ingest doors.
+
+    ``ae_title`` is the calling AE title allowed to associate with the SCP;
+    ``token_hash`` is SHA-256 of the STOW-RS bearer token (the token itself is
+    shown once, at creation, and never stored).
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                             related_name="device_endpoints")
+    ae_title = models.CharField(max_length=16, unique=True)
+    token_hash = models.CharField(max_length=64, unique=True, null=True, blank=True)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"device {self.ae_title}"

@@ -1,0 +1,54 @@
+"""Phantom volumes and helpers shared by the rendering tests."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imaging.phantom import phantom_write
+from rendering.engine import RenderedFrame, RenderEngine
+from rendering.testing import volumes_from_phantom
+from rendering.viewstate import viewstate_from_dict
+
+SLICES = 40
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("render_phantom")
+    phantom_write(out_dir=out, slices=SLICES, patients=1, seed=7)
+    return out
+
+
+@pytest.fixture(scope="session")
+def phantom(phantom_dir):
+    """(ct, pet, truth-of-patient-0, volumes mapping)."""
+    ct, pet, truth = volumes_from_phantom(phantom_dir)
+    return ct, pet, truth, {ct.series_id: ct, pet.series_id: pet}
+
+
+@pytest.fixture(scope="session")
+def engine() -> RenderEngine:
+    return RenderEngine()
+
+
+def decode(frame: RenderedFrame) -> np.ndarray:
+    image = Image.open(io.BytesIO(frame.data))
+    assert image.size == (frame.width, frame.height)
+    return np.asarray(image)
+
+
+def state(ct, **overrides):
+    data = {
+        "view": "axial",
+        "layers": [{"series_id": ct.series_id, "window_preset": "abdomen"}],
+        "quality": "still",
+        "width": 512,
+        "height": 512,
+    }
+    data.update(overrides)
+    return viewstate_from_dict(data)
