@@ -1,0 +1,81 @@
+"""Device credentials for the ingest doors: calling AE titles and STOW-RS tokens.
+
+A device is a ``role=device`` account (accounts app). Its
+:class:`~imaging.models.DeviceEndpoint` names the calling AE title the SCP
+accepts from it and holds SHA-256 of its STOW-RS bearer token (tokens are
+256-bit random, so a plain hash is enough and lookups stay indexed). A
+principal returned here carries ``device_credential_verified`` so that
+``gateway.policy.may`` can grant it ``study.ingest`` and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from typing import Any
+
+from accounts.models import Role, User
+from gateway.audit.catalogue import Action, Outcome
+from gateway.audit.services import audit_record
+from gateway.policy import Permission, may
+from imaging.models import DeviceEndpoint
+
+TOKEN_PREFIX = "fgw_"  # noqa: S105 - a marker, not a secret
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def device_endpoint_register(*, user: User, ae_title: str,
+                             actor: Any = "system") -> tuple[DeviceEndpoint, str]:
+    """Allow ``user`` (a device account) to call as ``ae_title``; returns (endpoint, new token).
+
+    The token is shown once; only its hash is kept. Registering an AE title
+    again issues a fresh token and revokes the old one.
+    """
+    if user.role != Role.DEVICE:
+        raise ValueError(f"{user.username} is not a device account")
+    ae_title = ae_title.strip()
+    if not ae_title or len(ae_title) > 16 or not ae_title.isascii() or "\\" in ae_title:
+        raise ValueError("an AE title is 1 to 16 ASCII characters")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    endpoint, _ = DeviceEndpoint.objects.update_or_create(
+        ae_title=ae_title, defaults={"user": user, "token_hash": token_hash(token), "active": True})
+    audit_record(actor=actor, action=Action.ADMIN_DEVICE, outcome=Outcome.SUCCESS,
+                 details={"change": "endpoint registered", "user": user.username, "ae_title": ae_title})
+    return endpoint, token
+
+
+def _principal(endpoint: DeviceEndpoint | None) -> User | None:
+    if endpoint is None or not endpoint.active:
+        return None
+    user = endpoint.user
+    if user.role != Role.DEVICE or not user.is_active:
+        return None
+    user.device_credential_verified = True  # type: ignore[attr-defined]
+    user.device_ae_title = endpoint.ae_title  # type: ignore[attr-defined]
+    return user if may(user, Permission.STUDY_INGEST) else None
+
+
+def device_by_ae_title(ae_title: str) -> User | None:
+    """The device principal allowed to call as ``ae_title``, or None."""
+    endpoint = DeviceEndpoint.objects.select_related("user").filter(ae_title=ae_title.strip()).first()
+    return _principal(endpoint)
+
+
+def device_by_token(token: str) -> User | None:
+    """The device principal holding ``token``, or None."""
+    if not token.startswith(TOKEN_PREFIX):
+        return None
+    digest = token_hash(token)
+    endpoint = DeviceEndpoint.objects.select_related("user").filter(token_hash=digest).first()
+    if endpoint is None or not hmac.compare_digest(endpoint.token_hash or "", digest):
+        return None
+    return _principal(endpoint)
+
+
+def allowed_ae_titles() -> list[str]:
+    return sorted(DeviceEndpoint.objects.filter(
+        active=True, user__is_active=True, user__role=Role.DEVICE).values_list("ae_title", flat=True))

@@ -1,0 +1,163 @@
+"""The DICOM C-STORE SCP door (pynetdicom): C-ECHO and C-STORE of image objects only.
+
+Calling AE titles are allowlisted per device account (:mod:`imaging.devices`):
+an association from any other title is rejected at negotiation (A-ASSOCIATE-RJ,
+"calling AE title not recognised"), and every C-STORE asks the policy again.
+C-FIND, C-MOVE and C-GET are not offered, so their presentation contexts are
+refused. The handlers only translate between DIMSE and
+:mod:`imaging.services`; storage is not their business.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from typing import Any
+
+from django.db import close_old_connections, connections
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom.presentation import StoragePresentationContexts
+from pynetdicom.sop_class import Verification
+
+from gateway.audit.catalogue import Action, Outcome
+from gateway.audit.services import audit_record
+from imaging.devices import allowed_ae_titles, device_by_ae_title
+from imaging.services import IngestBatch, Reason, Status
+
+log = logging.getLogger(__name__)
+
+IMAGE_CLASS_WORDS = ("Image", "Segmentation", "Positron", "Nuclear Medicine", "Secondary Capture",
+                     "Ultrasound", "Photograph", "Volume")
+STATUS_FOR_REASON = {
+    Reason.OVERSIZE: 0xA700,       # Refused: out of resources
+    Reason.MISSING_UID: 0xA900,    # Error: data set does not match SOP class
+    Reason.NOT_IMAGE: 0xA900,
+    Reason.NOT_DICOM: 0xC000,      # Error: cannot understand
+    Reason.TRUNCATED: 0xC000,
+    Reason.UNDECODABLE: 0xC000,
+    Reason.UNAUTHORISED: 0x0124,   # Refused: not authorised
+    Reason.INTERNAL: 0xC001,
+}
+
+
+def image_storage_classes() -> list[str]:
+    """Storage SOP classes of images (CT, MR, PET, NM, SC, enhanced CT/MR, SEG, ...)."""
+    classes = []
+    for context in StoragePresentationContexts:
+        uid = UID(context.abstract_syntax)
+        if any(word in uid.name for word in IMAGE_CLASS_WORDS) and "Report" not in uid.name:
+            classes.append(str(uid))
+    return classes
+
+
+class GatewayAE(AE):
+    """An AE whose calling-AE allowlist is read from the device accounts at each association."""
+
+    @property  # type: ignore[override]
+    def require_calling_aet(self) -> list[str]:
+        try:
+            titles = allowed_ae_titles()
+        finally:
+            close_old_connections()
+        # An empty list would mean "anyone" to pynetdicom: no device means nobody.
+        return titles or ["\x00"]
+
+    @require_calling_aet.setter
+    def require_calling_aet(self, ae_titles: list[str]) -> None:
+        raise AttributeError("the allowlist comes from the device accounts")
+
+
+class Associations:
+    """One :class:`IngestBatch` per association, closed (audited) when it ends."""
+
+    def __init__(self, *, build_volumes: bool = True) -> None:
+        self._batches: dict[int, IngestBatch] = {}
+        self._lock = threading.Lock()
+        self.build_volumes = build_volumes
+
+    def batch(self, event: Any) -> IngestBatch | None:
+        key = id(event.assoc)
+        with self._lock:
+            if key in self._batches:
+                return self._batches[key]
+        device = device_by_ae_title(event.assoc.requestor.ae_title)
+        if device is None:
+            return None
+        batch = IngestBatch(actor=device, door="c-store", source_ip=str(event.assoc.requestor.address),
+                            build_volumes=self.build_volumes)
+        with self._lock:
+            return self._batches.setdefault(key, batch)
+
+    def close(self, event: Any) -> None:
+        with self._lock:
+            batch = self._batches.pop(id(event.assoc), None)
+        try:
+            if batch is not None and batch.outcomes:
+                batch.close()
+        except Exception:
+            log.exception("closing the ingest batch of an association failed")
+        finally:
+            connections.close_all()
+
+
+def _status(code: int, comment: str = "") -> Dataset:
+    status = Dataset()
+    status.Status = code
+    if comment:
+        status.ErrorComment = comment[:64]
+    return status
+
+
+def handle_echo(event: Any, associations: Associations) -> int:
+    return 0x0000 if device_by_ae_title(event.assoc.requestor.ae_title) else 0x0124
+
+
+def handle_store(event: Any, associations: Associations) -> Dataset:
+    """C-STORE: hand the encoded instance to the ingest service; answer its outcome."""
+    batch = associations.batch(event)
+    if batch is None:
+        audit_record(actor=f"ae:{event.assoc.requestor.ae_title}", action=Action.INGEST,
+                     outcome=Outcome.DENIED, source_ip=str(event.assoc.requestor.address),
+                     details={"door": "c-store", "reason": "calling AE title not allowed"})
+        return _status(0x0124, "calling AE title is not allowed to store")
+    outcome = batch.ingest(bytes(event.encoded_dataset(include_meta=True)))
+    if outcome.status is Status.REJECTED:
+        return _status(STATUS_FOR_REASON.get(outcome.reason, 0xC000),  # type: ignore[arg-type]
+                       f"{outcome.reason}: {outcome.detail}")
+    return _status(0x0000)
+
+
+def scp_build(*, ae_title: str, build_volumes: bool = True) -> tuple[AE, list[tuple[Any, Any, list]]]:
+    """The SCP application entity and its event handlers."""
+    ae = GatewayAE(ae_title=ae_title)
+    ae.require_called_aet = True
+    ae.maximum_pdu_size = 0
+    ae.add_supported_context(Verification)
+    for sop_class in image_storage_classes():
+        ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
+    associations = Associations(build_volumes=build_volumes)
+    handlers = [
+        (evt.EVT_C_ECHO, handle_echo, [associations]),
+        (evt.EVT_C_STORE, handle_store, [associations]),
+        (evt.EVT_RELEASED, _closed, [associations]),
+        (evt.EVT_ABORTED, _closed, [associations]),
+    ]
+    return ae, handlers
+
+
+def _closed(event: Any, associations: Associations) -> None:
+    associations.close(event)
+
+
+def tls_context(*, certificate: str, key: str, client_ca: str | None) -> ssl.SSLContext:
+    """Server TLS (1.2+); with ``client_ca`` the device must present a certificate it signed."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certificate, key)
+    if client_ca:
+        context.load_verify_locations(client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context

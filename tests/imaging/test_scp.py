@@ -1,0 +1,123 @@
+"""The C-STORE SCP against real dcmtk peers (echoscu, storescu, findscu)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, ZONES, free_port, manage
+from tests.imaging.conftest import phantom_files
+
+pytestmark = pytest.mark.server
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not on PATH: apt-get install dcmtk (make test installs it)")
+    return path
+
+
+@pytest.fixture
+def scp(tmp_path):
+    """A migrated gateway with device account CT01 and run_scp listening on a free port."""
+    var = tmp_path / "var"
+    env = {"GATEWAY_VAR_DIR": str(var)}
+    for zone in ZONES:
+        assert manage("migrate", "--database", zone, "--noinput", env=env).returncode == 0
+    created = manage("create_user", "--username", "device.ct01", "--role", "device", env=env)
+    assert created.returncode == 0, created.stderr
+    registered = manage("device_register", "device.ct01", "--ae-title", "CT01", env=env)
+    assert registered.returncode == 0, registered.stderr
+    port = free_port()
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "DJANGO_"))}
+    server = subprocess.Popen(
+        [sys.executable, str(REPO / "manage.py"), "run_scp", "--port", str(port),
+         "--ae-title", "FUSIONGW"],
+        cwd=REPO, env={**child_env, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if server.poll() is not None:
+                pytest.fail(f"run_scp exited: {server.stdout.read()}")
+            time.sleep(0.1)
+    yield port, var
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def _dcmtk(*arguments: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    return subprocess.run(list(arguments), capture_output=True, text=True, timeout=120, env=env,
+                          check=False)
+
+
+def _rows(var: Path, sql: str, database: str = "clinical") -> list[tuple]:
+    with sqlite3.connect(var / "db" / f"{database}.sqlite3") as db:
+        return db.execute(sql).fetchall()
+
+
+def test_echo_from_an_allowlisted_ae_is_accepted_and_others_are_refused(scp):
+    port, _ = scp
+    ok = _dcmtk(_tool("echoscu"), "-aet", "CT01", "-aec", "FUSIONGW", "127.0.0.1", str(port))
+    assert ok.returncode == 0, ok.stderr
+    refused = _dcmtk(_tool("echoscu"), "-aet", "INTRUDER", "-aec", "FUSIONGW", "127.0.0.1", str(port))
+    assert refused.returncode != 0
+    assert "Calling AE Title Not Recognized" in refused.stderr + refused.stdout
+
+
+def test_storescu_from_allowlisted_ae_stores_and_is_audited(scp, phantom):
+    port, var = scp
+    out, _ = phantom
+    files = [str(p) for p in phantom_files(out) if "patient_01" in str(p)]
+    sent = _dcmtk(_tool("storescu"), "-aet", "CT01", "-aec", "FUSIONGW", "127.0.0.1", str(port), *files)
+    assert sent.returncode == 0, sent.stderr
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        states = _rows(var, "SELECT volume_state FROM imaging_series")
+        if len(states) == 2 and {s for (s,) in states} == {"ready"}:
+            break
+        time.sleep(0.2)
+    assert _rows(var, "SELECT COUNT(*) FROM imaging_instance") == [(len(files),)]
+    assert {s for (s,) in _rows(var, "SELECT volume_state FROM imaging_series")} == {"ready"}
+    events = _rows(var, "SELECT actor, outcome, details FROM audit_auditevent WHERE action = 'ingest'",
+                   "audit")
+    assert ("device.ct01", "success") in {(actor, outcome) for actor, outcome, _ in events}
+    again = _dcmtk(_tool("storescu"), "-aet", "CT01", "-aec", "FUSIONGW", "127.0.0.1", str(port),
+                   *files[:3])
+    assert again.returncode == 0
+    assert _rows(var, "SELECT COUNT(*) FROM imaging_instance") == [(len(files),)]
+
+
+def test_storescu_from_another_ae_is_refused_and_stores_nothing(scp, phantom):
+    port, var = scp
+    out, _ = phantom
+    sent = _dcmtk(_tool("storescu"), "-aet", "STRANGER", "-aec", "FUSIONGW", "127.0.0.1", str(port),
+                  str(phantom_files(out)[0]))
+    assert sent.returncode != 0
+    assert "Calling AE Title Not Recognized" in sent.stderr + sent.stdout
+    assert _rows(var, "SELECT COUNT(*) FROM imaging_instance") == [(0,)]
+
+
+def test_find_is_refused_and_a_bad_instance_gets_a_failure_status(scp, tmp_path):
+    port, var = scp
+    found = _dcmtk(_tool("findscu"), "-aet", "CT01", "-aec", "FUSIONGW", "-S", "-k",
+                   "QueryRetrieveLevel=STUDY", "127.0.0.1", str(port))
+    assert found.returncode != 0
+    from pydicom.data import get_testdata_file
+    # A structured report is not an image: no presentation context for it.
+    report = _dcmtk(_tool("storescu"), "-aet", "CT01", "-aec", "FUSIONGW", "127.0.0.1", str(port),
+                    get_testdata_file("rtplan.dcm"))
+    assert report.returncode != 0 or "No presentation context" in report.stderr + report.stdout
+    assert _rows(var, "SELECT COUNT(*) FROM imaging_instance") == [(0,)]
