@@ -155,3 +155,17 @@ async def test_frame_of_reference_mismatch_is_refused_through_the_pool(phantom_d
             await pool.render(state(ct).__class__(**{**state(ct).__dict__, "width": 10}), source="foreign")
         layers[1]["registration"] = [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1]
         assert (await pool.render(state(ct, layers=layers), source="foreign")).width == 512
+
+
+async def test_cancelled_request_that_was_not_sent_is_dropped(phantom_dir, phantom):
+    ct, _, _, _ = phantom
+    spec = SourceSpec("rendering.testing:PhantomSource", {"root": str(phantom_dir), "delay_s": 0.5})
+    async with RenderPool(sources={"slow": spec}, size=1) as pool:
+        first = asyncio.create_task(pool.render(state(ct), source="slow"))
+        superseded = asyncio.create_task(pool.render(state(ct), source="slow"))
+        await asyncio.sleep(0.1)
+        superseded.cancel()
+        await first
+        await asyncio.sleep(0.1)
+        assert superseded.cancelled()
+        assert pool.stats()[0]["served"] == 1
