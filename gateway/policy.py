@@ -176,6 +176,10 @@ ROUTES: dict[str, RouteRule] = {
     "audit:export": RouteRule(Stage.SIGNED_IN, Permission.AUDIT_EXPORT, "audit export"),
     "audit:verify": RouteRule(Stage.SIGNED_IN, Permission.AUDIT_VERIFY,
                               "verify the audit chain (POST)"),
+    "imaging:worklist": RouteRule(Stage.SIGNED_IN, Permission.PATIENT_SEARCH,
+                                  "worklist: patient search (audited; studies only with study.view)"),
+    "dicomweb:stow": RouteRule(Stage.PUBLIC, note="STOW-RS for devices: no session; the view "
+                               "requires a device bearer token, then study.ingest"),
     "admin:*": RouteRule(Stage.SIGNED_IN, Permission.USER_MANAGE,
                          "every page of the Django admin (users, roles, devices, unlocks)"),
 }

@@ -8,5 +8,7 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("accounts/", include("accounts.urls")),
     path("audit/", include("gateway.audit.urls")),
+    path("imaging/", include("imaging.urls")),
+    path("dicomweb/", include("imaging.dicomweb_urls")),
     path("admin/", admin_site.urls),
 ]

@@ -61,7 +61,7 @@ def test_phantom_is_stored_split_and_audited(store, phantom):
 
 
 def test_stored_object_is_de_identified_and_references_hold(store, phantom):
-    out, truth = phantom
+    out, _ = phantom
     _ingest_all(phantom_files(out)[:3])
     instance = Instance.objects.first()
     ds = pydicom.dcmread(io.BytesIO(storage.object_get(instance.object_id)))

@@ -1,0 +1,84 @@
+"""Worklist: patient search through the policy, audited by parameters (keyed hashes), not results."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.urls import reverse
+
+from gateway.audit.models import AuditEvent
+from imaging.selectors import search_value_digest
+from imaging.services import IngestBatch
+from tests.conftest import ZONES
+from tests.imaging.conftest import phantom_files
+
+pytestmark = pytest.mark.django_db(databases=ZONES, transaction=True)
+
+
+@pytest.fixture
+def ingested(store, phantom):
+    out, truth = phantom
+    batch = IngestBatch(actor="cli:test", door="import", build_volumes=False)
+    for path in phantom_files(out):
+        batch.ingest(path.read_bytes())
+    batch.close()
+    return truth
+
+
+def _search_events():
+    return list(AuditEvent.objects.using("audit").filter(action="patient.search").order_by("sequence"))
+
+
+def test_doctor_finds_patient_by_name_and_sees_pseudonymised_studies(client, signed_in, ingested):
+    signed_in("doctor")
+    who = ingested["patients"][0]["identity"]
+    family = who["patient_name"].split("^")[0]
+    response = client.get(reverse("imaging:worklist"), {"name": family})
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert who["patient_id"] in page
+    assert ingested["patients"][0]["study_instance_uid"] not in page
+    rows = response.context["rows"]
+    assert rows and rows[0].studies and rows[0].studies[0].modalities == ["CT", "PT"]
+    assert rows[0].studies[0].study_instance_uid.startswith("2.25.")
+    event = _search_events()[-1]
+    assert event.outcome == "success" and event.actor == "doctor-user"
+    details = json.loads(event.details)
+    assert details["criteria"] == {"name": search_value_digest(family)}
+    assert family not in event.details and who["patient_id"] not in event.details
+
+
+def test_search_by_id_and_birth_date(client, signed_in, ingested):
+    signed_in("nurse")
+    who = ingested["patients"][1]["identity"]
+    birth = f"{who['birth_date'][:4]}-{who['birth_date'][4:6]}-{who['birth_date'][6:]}"
+    response = client.get(reverse("imaging:worklist"), {"patient_id": who["patient_id"],
+                                                        "birth_date": birth})
+    assert [row.patient_id for row in response.context["rows"]] == [who["patient_id"]]
+    wrong = client.get(reverse("imaging:worklist"), {"patient_id": who["patient_id"],
+                                                     "birth_date": "1900-01-01"})
+    assert wrong.context["rows"] == []
+
+
+def test_admin_staff_see_demographics_only(client, signed_in, ingested):
+    signed_in("admin_staff")
+    who = ingested["patients"][0]["identity"]
+    response = client.get(reverse("imaging:worklist"), {"patient_id": who["patient_id"]})
+    assert response.status_code == 200
+    rows = response.context["rows"]
+    assert rows[0].patient_name == who["patient_name"] and rows[0].studies is None
+    assert "2.25." not in response.content.decode()
+
+
+@pytest.mark.parametrize("role", ["auditor", "it_admin"])
+def test_roles_without_search_are_refused_and_audited(client, signed_in, ingested, role):
+    signed_in(role)
+    response = client.get(reverse("imaging:worklist"), {"name": "Doe"})
+    assert response.status_code == 403
+    assert _search_events()[-1].outcome == "denied"
+
+
+def test_home_links_to_the_worklist(client, signed_in):
+    signed_in("doctor")
+    assert reverse("imaging:worklist") in client.get(reverse("home")).content.decode()
