@@ -117,12 +117,18 @@ class SessionGuardedConsumer(AsyncWebsocketConsumer):
 
     _watchdog: asyncio.Task[None] | None = None
 
+    refusal_code = CLOSE_SESSION_OVER
+
     async def connect(self) -> None:
-        if not await session_alive(self.scope) or not await self.session_connect():
+        if not await session_alive(self.scope):
             await self.close(code=CLOSE_SESSION_OVER)
+            return
+        if not await self.session_connect():
+            await self.close(code=self.refusal_code)
             return
         await self.accept()
         self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+        await self.session_ready()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if not await session_alive(self.scope):
@@ -147,7 +153,11 @@ class SessionGuardedConsumer(AsyncWebsocketConsumer):
         await self.close(code=CLOSE_SESSION_OVER)
 
     async def session_connect(self) -> bool:
+        """Decide whether to accept; set ``refusal_code`` before returning False."""
         return True
+
+    async def session_ready(self) -> None:
+        """Runs once the socket is accepted (send the first messages here)."""
 
     async def session_receive(self, text_data: str | None, bytes_data: bytes | None) -> None:
         raise NotImplementedError

@@ -178,6 +178,8 @@ ROUTES: dict[str, RouteRule] = {
                               "verify the audit chain (POST)"),
     "imaging:worklist": RouteRule(Stage.SIGNED_IN, Permission.PATIENT_SEARCH,
                                   "worklist: patient search (audited; studies only with study.view)"),
+    "rendering:viewer": RouteRule(Stage.SIGNED_IN, Permission.STUDY_VIEW,
+                                  "open a study in the viewer (audited as study.open)"),
     "dicomweb:stow": RouteRule(Stage.PUBLIC, note="STOW-RS for devices: no session; the view "
                                "requires a device bearer token, then study.ingest"),
     "admin:*": RouteRule(Stage.SIGNED_IN, Permission.USER_MANAGE,
@@ -185,7 +187,11 @@ ROUTES: dict[str, RouteRule] = {
 }
 
 # Websocket routes by their path pattern (``str(pattern.pattern)``).
-WEBSOCKET_ROUTES: dict[str, RouteRule] = {}
+WEBSOCKET_ROUTES: dict[str, RouteRule] = {
+    r"^ws/viewer/(?P<study>[0-9.]{1,64})/$": RouteRule(
+        Stage.SIGNED_IN, Permission.STUDY_VIEW,
+        "viewer frames for one study; policy asked on connect, session checked on every message"),
+}
 
 
 def route_rule(view_name: str | None, table: dict[str, RouteRule] | None = None) -> RouteRule | None:

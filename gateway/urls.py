@@ -9,6 +9,7 @@ urlpatterns = [
     path("accounts/", include("accounts.urls")),
     path("audit/", include("gateway.audit.urls")),
     path("imaging/", include("imaging.urls")),
+    path("", include("rendering.urls")),
     path("dicomweb/", include("imaging.dicomweb_urls")),
     path("admin/", admin_site.urls),
 ]

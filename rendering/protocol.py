@@ -68,10 +68,9 @@ SETTINGS: dict[str, FieldRule] = {
     "kind": Text(frozenset({"axial", "coronal", "sagittal", "oblique", "3d"})),
     "slab_mode": Text(frozenset({"none", "mip", "minip", "average"})),
     "slab_thickness": Number(0, 500),
-    "window_preset": Text(frozenset({"brain", "lung", "bone", "abdomen", "soft_tissue",
-                                     "suv_0_5", "suv_0_10"})),
+    "window_preset": Text(frozenset({"brain", "lung", "bone", "abdomen", "suv_0_5", "suv_0_10"})),
     "volume_preset": Text(frozenset({"ct_bone", "ct_soft_tissue", "ct_lung", "pet_mip"})),
-    "palette": Text(frozenset({"grey", "hot_iron", "rainbow", "inverted_grey"})),
+    "palette": Text(frozenset({"grey", "hot_iron", "rainbow", "inverted"})),
     "opacity": Number(0, 1),
 }
 

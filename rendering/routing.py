@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
-from django.urls import URLPattern
+from django.urls import URLPattern, re_path
 
-websocket_urlpatterns: list[URLPattern] = []
+from rendering.consumers import ViewerConsumer
+
+websocket_urlpatterns: list[URLPattern] = [
+    re_path(r"^ws/viewer/(?P<study>[0-9.]{1,64})/$", ViewerConsumer.as_asgi(), name="viewer"),
+]

@@ -123,3 +123,18 @@ class VolumeSource(Protocol):
     """
 
     def load(self, series_id: str) -> Volume: ...
+
+
+def volume_describe(volume: Volume) -> dict:
+    """Geometry and modality as plain JSON-ready numbers (never voxel values)."""
+    return {
+        "shape": list(volume.shape),
+        "spacing": [float(s) for s in volume.spacing],
+        "origin": [float(o) for o in volume.origin],
+        "direction": [[float(v) for v in row] for row in np.asarray(volume.direction)],
+        "center": [float(c) for c in volume.center()],
+        "modality": volume.modality,
+        "frame_of_reference_uid": volume.frame_of_reference_uid,
+        "suv": volume.suv_factor is not None,
+        "range": [float(v) for v in np.percentile(volume.voxels[::4, ::4, ::4], [1, 99])],
+    }

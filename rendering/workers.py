@@ -54,7 +54,7 @@ from rendering.engine.core import (
     RenderError,
 )
 from rendering.viewstate import ViewState, ViewStateError, viewstate_from_dict, viewstate_to_dict
-from rendering.volume import Volume, VolumeSource
+from rendering.volume import Volume, VolumeSource, volume_describe
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +186,9 @@ def _worker_main(conn: Connection, sources: dict[str, SourceSpec], cache_bytes: 
                     reply = engine.render(state, volumes, encoding=encoding)
                 elif op == "probe":
                     reply = engine.probe(state, volumes, payload["x"], payload["y"])
+                elif op == "describe":
+                    reply = {series_id: volume_describe(volume)
+                             for series_id, volume in volumes.items()}
                 else:
                     raise RenderError(f"unknown operation {op!r}")
             conn.send(("ok", reply))
@@ -314,6 +317,10 @@ class RenderPool:
     async def probe(self, state: ViewState, *, source: str, x: float, y: float) -> ProbeResult:
         """Value under viewport pixel (x, y), computed in a worker."""
         return await asyncio.wrap_future(self._submit("probe", state, source, {"x": x, "y": y}))
+
+    async def describe(self, state: ViewState, *, source: str) -> dict[str, dict]:
+        """Geometry and modality of every layer's volume (and warms the worker's cache)."""
+        return await asyncio.wrap_future(self._submit("describe", state, source, {}))
 
     async def ping(self) -> list[dict]:
         """Each worker's pid and cache figures (one request per worker)."""

@@ -248,6 +248,10 @@ PERMISSIONS_POLICY = "camera=(), microphone=(), geolocation=(), payment=(), usb=
 
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("GATEWAY_UPLOAD_MAX_MEMORY_BYTES", 2_621_440)
 
+# Render workers per server process (0: one per core) and each worker's volume cache.
+RENDER_WORKERS = env_int("GATEWAY_RENDER_WORKERS", 0)
+RENDER_CACHE_MB = env_int("GATEWAY_RENDER_CACHE_MB", 2048)
+
 AUDIT_CHECKPOINT_DIR = Path(
     env_str("GATEWAY_AUDIT_CHECKPOINT_DIR", str(VAR_DIR / "audit-checkpoints"))
 ).resolve()

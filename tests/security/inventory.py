@@ -16,6 +16,7 @@ SAMPLES = {
     "content_type_id": "1",
     "id": "1",
     "url": "x",
+    "study": "2.25.1",
 }
 
 

@@ -1,0 +1,229 @@
+"""The viewer websocket: JSON input in, encoded frames out, nothing else.
+
+Lives exactly as long as its two-factor session (``SessionGuardedConsumer``),
+asks the policy for the study on connect, audits the render session's start
+and end, and owns the view state. Rendering happens in the worker pool; this
+consumer only validates, schedules and forwards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import replace
+from typing import Any
+
+from channels.db import database_sync_to_async
+
+from accounts.websocket import SessionGuardedConsumer
+from gateway.audit.catalogue import Action, Outcome
+from gateway.audit.services import audit_record
+from gateway.net import scope_address
+from imaging.access import StudyNotFound, ViewerStudy, study_for_viewer
+from rendering import protocol
+from rendering.engine.core import FrameOfReferenceError, MissingVolumeError, RenderedFrame
+from rendering.pool import CLINICAL, render_pool_async
+from rendering.scheduler import Quality as SchedulerQuality
+from rendering.scheduler import ViewScheduler
+from rendering.session import SeriesInfo, SessionError, ViewerSession
+from rendering.viewstate import Quality, ViewStateError, viewstate_from_dict
+from rendering.workers import RenderError
+
+logger = logging.getLogger("rendering.viewer")
+
+CLOSE_NOT_FOUND = 4404
+MESSAGES_PER_SECOND = 120
+WIRE_ENCODING = {"jpeg": protocol.Encoding.JPEG, "png": protocol.Encoding.PNG,
+                 "webp": protocol.Encoding.WEBP}
+
+
+def overlay_wire(frame: RenderedFrame, kind: str, viewport_width: int) -> dict[str, Any]:
+    """The overlay facts a client draws, as plain numbers and letters (no PHI).
+
+    Scale is given per *viewport* pixel: a reduced interactive frame is stretched
+    to the viewport by the client.
+    """
+    overlay = frame.overlay
+    wire: dict[str, Any] = {
+        "kind": kind, "orientation": overlay.orientation,
+        "windows": [{"center": layer.window_center, "width": layer.window_width,
+                     "unit": layer.unit, "modality": layer.modality}
+                    for layer in overlay.layers],
+        "render_ms": round(frame.render_ms + frame.encode_ms, 2),
+    }
+    if overlay.mm_per_pixel is not None:
+        wire["mm_per_pixel"] = overlay.mm_per_pixel * frame.width / max(viewport_width, 1)
+    if overlay.slice_position_mm is not None:
+        wire["position"] = overlay.slice_position_mm
+    if overlay.slice_index is not None and overlay.slice_count is not None:
+        wire["slice"] = [overlay.slice_index + 1, overlay.slice_count]
+    if overlay.crosshair_px is not None:
+        wire["crosshair"] = [round(v, 1) for v in overlay.crosshair_px]
+    if overlay.plane is not None:
+        wire["plane"] = overlay.plane
+    return wire
+
+
+class ViewerConsumer(SessionGuardedConsumer):
+    study: ViewerStudy
+    session: ViewerSession
+
+    async def session_connect(self) -> bool:
+        user = self.scope["user"]
+        study_uid = self.scope["url_route"]["kwargs"]["study"]
+        try:
+            self.study = await database_sync_to_async(study_for_viewer)(
+                principal=user, study_uid=study_uid)
+        except StudyNotFound:
+            await self._audit(Action.RENDER_START, Outcome.DENIED, study=study_uid[:64],
+                              details={"reason": "study not found or not permitted"})
+            self.refusal_code = CLOSE_NOT_FOUND
+            return False
+        self.pool = await render_pool_async()
+        try:
+            self.session = ViewerSession(study_uid=self.study.study_uid,
+                                         series=await self._describe_series())
+        except (SessionError, RenderError, MissingVolumeError) as error:
+            await self._audit(Action.RENDER_START, Outcome.FAILURE, details={"reason": str(error)})
+            self.refusal_code = CLOSE_NOT_FOUND
+            return False
+        self.schedulers: list[ViewScheduler] = []
+        self.frames_sent = 0
+        self.started = time.monotonic()
+        self.budget = (time.monotonic(), 0)
+        await self._audit(Action.RENDER_START, Outcome.SUCCESS,
+                          details={"series": len(self.session.series),
+                                   "layout": self.session.layout})
+        return True
+
+    async def _describe_series(self) -> list[SeriesInfo]:
+        described = []
+        for series in self.study.series:
+            state = viewstate_from_dict({"view": "axial", "layers": [
+                {"series_id": series.uid, "window_center": 0, "window_width": 1}]})
+            try:
+                geometry = (await self.pool.describe(state, source=CLINICAL))[series.uid]
+            except (RenderError, MissingVolumeError):
+                logger.info("series %s has no volume to show", series.uid)
+                continue
+            described.append(SeriesInfo(series.uid, series.modality, series.description, geometry))
+        return described
+
+    async def session_ready(self) -> None:
+        await self._send_ready()
+        self._render(list(range(len(self.session.views))))
+
+    async def _send_ready(self) -> None:
+        for scheduler in self.schedulers:
+            await scheduler.close()
+        self.schedulers = [self._scheduler(index) for index in range(len(self.session.views))]
+        await self.send(text_data=json.dumps({
+            "type": "ready", "study": {"uid": self.study.study_uid},
+            "limits": {"max_message_bytes": protocol.MAX_MESSAGE_BYTES,
+                       "messages_per_second": MESSAGES_PER_SECOND},
+            **self.session.describe(),
+        }))
+
+    def _scheduler(self, index: int) -> ViewScheduler:
+        async def render(state: Any, quality: SchedulerQuality) -> RenderedFrame:
+            wanted = Quality.STILL if quality is SchedulerQuality.STILL else Quality.INTERACTIVE
+            return await self.pool.render(replace(state, quality=wanted), source=CLINICAL)
+
+        async def push(sequence: int, quality: SchedulerQuality, frame: RenderedFrame) -> None:
+            self.session.rendered(index, frame.overlay.plane)
+            view = self.session.views[index]
+            await self.send(bytes_data=protocol.frame_pack(
+                view=index, sequence=sequence, quality=int(quality),
+                encoding=WIRE_ENCODING[frame.encoding.value], width=frame.width,
+                height=frame.height, overlay=overlay_wire(frame, view.kind, view.width),
+                image=frame.data))
+            self.frames_sent += 1
+
+        async def failed(sequence: int, error: BaseException) -> None:
+            code = "frame_of_reference" if isinstance(error, FrameOfReferenceError) else "render_failed"
+            await self._error(code, str(error) if isinstance(error, RenderError | FrameOfReferenceError)
+                              else "the frame could not be rendered", view=index)
+
+        return ViewScheduler(render=render, push=push, on_failure=failed)
+
+    async def session_receive(self, text_data: str | None, bytes_data: bytes | None) -> None:
+        if not self._within_rate():
+            await self._error("rate_limited", f"at most {MESSAGES_PER_SECOND} messages a second")
+            return
+        try:
+            message = protocol.message_parse(text_data if text_data is not None else bytes_data,
+                                              views=len(self.session.views))
+            await self._handle(message)
+        except (protocol.ProtocolError, SessionError, ViewStateError) as error:
+            await self._error(getattr(error, "code", "refused"), str(error))
+
+    def _within_rate(self) -> bool:
+        second, count = self.budget
+        now = time.monotonic()
+        if now - second >= 1.0:
+            self.budget = (now, 1)
+            return True
+        self.budget = (second, count + 1)
+        return count < MESSAGES_PER_SECOND
+
+    async def _handle(self, message: protocol.Message) -> None:
+        if isinstance(message, protocol.Acknowledge):
+            self.schedulers[message.view].acknowledge(message.sequence)
+        elif isinstance(message, protocol.Input):
+            self._render(self.session.apply_input(message))
+        elif isinstance(message, protocol.Setting):
+            self._render(self.session.apply_setting(message))
+        elif isinstance(message, protocol.Resize):
+            self._render(self.session.resize(message.view, message.width, message.height))
+        elif isinstance(message, protocol.Layout):
+            self.session.layout_apply(message.layout)
+            await self._send_ready()
+            self._render(list(range(len(self.session.views))))
+        elif isinstance(message, protocol.Probe):
+            await self._probe(message)
+
+    def _render(self, views: list[int]) -> None:
+        for index in views:
+            self.schedulers[index].submit(self.session.state(index))
+
+    async def _probe(self, message: protocol.Probe) -> None:
+        state = self.session.state(message.view, quality="still")
+        try:
+            result = await self.pool.probe(state, source=CLINICAL, x=message.x, y=message.y)
+        except (RenderError, FrameOfReferenceError, MissingVolumeError) as error:
+            await self._error("probe_failed", str(error), view=message.view)
+            return
+        top = next((item for item in reversed(result.values) if item.value is not None), None)
+        await self.send(text_data=json.dumps({
+            "type": "probe", "view": message.view, "x": message.x, "y": message.y,
+            "value": top.value if top else None, "unit": top.unit if top else "",
+            "point": [round(v, 2) for v in result.point_mm],
+        }))
+
+    async def _error(self, code: str, text: str, *, view: int | None = None) -> None:
+        body: dict[str, Any] = {"type": "error", "code": code, "message": text}
+        if view is not None:
+            body["view"] = view
+        await self.send(text_data=json.dumps(body))
+
+    async def _audit(self, action: Action, outcome: Outcome, *, study: str | None = None,
+                     details: dict[str, Any] | None = None) -> None:
+        viewer_study = getattr(self, "study", None)
+        await database_sync_to_async(audit_record)(
+            actor=self.scope["user"], action=action, outcome=outcome,
+            patient_pseudonym=viewer_study.patient_pseudonym if viewer_study else "",
+            study=viewer_study.study_uid if viewer_study else (study or ""),
+            source_ip=scope_address(self.scope), details=details)
+
+    async def disconnect(self, code: int) -> None:
+        await super().disconnect(code)
+        if not hasattr(self, "started"):
+            return
+        for scheduler in self.schedulers:
+            await scheduler.close()
+        await self._audit(Action.RENDER_END, Outcome.SUCCESS, details={
+            "frames": self.frames_sent, "seconds": round(time.monotonic() - self.started, 1),
+            "close_code": code})
+
+

@@ -1,0 +1,311 @@
+"""What one open viewer shows: its layout, each view's settings, and the shared crosshair.
+
+The consumer owns a :class:`ViewerSession`; every validated client message
+becomes a change here, and the session answers with the views to render
+again. Views whose base series share a frame of reference share one focus
+point, so scrolling or clicking in one moves the crosshair — and the slice —
+in all of them. The session never touches voxels: geometry comes from the
+render workers' ``describe``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from rendering.protocol import LAYOUTS, Input, Setting
+from rendering.viewstate import WINDOW_PRESETS, ViewState, viewstate_from_dict
+
+MPR_KINDS = {"axial", "coronal", "sagittal", "oblique"}
+NORMALS = {"axial": (0.0, 0.0, 1.0), "coronal": (0.0, 1.0, 0.0), "sagittal": (1.0, 0.0, 0.0)}
+PRESET_NAMES = {"suv_0_5": "pet_suv_0_5", "suv_0_10": "pet_suv_0_10"}
+SUV_MODALITIES = {"PT", "NM"}
+
+
+class SessionError(ValueError):
+    """A request the session cannot honour (no such series, no PET for fusion...)."""
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """A series the principal may view, with its geometry from ``describe``."""
+
+    uid: str
+    modality: str
+    description: str
+    geometry: dict[str, Any]
+
+    @property
+    def frame_of_reference(self) -> str:
+        return str(self.geometry.get("frame_of_reference_uid") or self.uid)
+
+    @property
+    def suv(self) -> bool:
+        return bool(self.geometry.get("suv"))
+
+    def slice_step(self, normal: np.ndarray) -> float:
+        """Spacing of the volume axis most aligned with ``normal`` (mm)."""
+        direction = np.asarray(self.geometry["direction"], dtype=np.float64)
+        spacing_kji = self.geometry["spacing"]
+        alignment = np.abs(direction.T @ normal)
+        axis_ijk = int(np.argmax(alignment))
+        return float(spacing_kji[2 - axis_ijk])
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        direction = np.asarray(self.geometry["direction"], dtype=np.float64)
+        shape_kji = self.geometry["shape"]
+        spacing_kji = self.geometry["spacing"]
+        origin = np.asarray(self.geometry["origin"], dtype=np.float64)
+        extent_ijk = np.array([(shape_kji[2 - a] - 1) * spacing_kji[2 - a] for a in range(3)])
+        corners = [origin + direction @ (extent_ijk * np.array(c))
+                   for c in np.ndindex(2, 2, 2)]
+        return np.min(corners, axis=0), np.max(corners, axis=0)
+
+
+@dataclass
+class ViewModel:
+    kind: str
+    layers: list[dict[str, Any]]
+    slab: dict[str, Any] = field(default_factory=lambda: {"mode": "none", "thickness_mm": 0.0})
+    zoom: float = 1.0
+    pan_mm: tuple[float, float] = (0.0, 0.0)
+    camera3d: dict[str, float] = field(
+        default_factory=lambda: {"azimuth": 0.0, "elevation": 0.0, "zoom": 1.0})
+    preset3d: str = "ct_soft_tissue"
+    oblique_deg: tuple[float, float] = (0.0, 0.0)
+    width: int = 512
+    height: int = 512
+    plane: dict[str, Any] | None = None
+
+
+def _layer(series: SeriesInfo, *, palette: str = "grey", opacity: float = 1.0) -> dict[str, Any]:
+    if series.modality in SUV_MODALITIES and series.suv:
+        preset = WINDOW_PRESETS["pet_suv_0_5"]
+        center, width, unit = preset.center, preset.width, "suv"
+    elif series.modality == "CT":
+        center, width, unit = 40.0, 400.0, "native"
+    else:
+        low, high = series.geometry.get("range", [0.0, 1000.0])
+        center, width, unit = (low + high) / 2, max(high - low, 1e-3), "native"
+    return {"series_id": series.uid, "window_center": center, "window_width": width,
+            "window_unit": unit, "palette": palette, "opacity": opacity}
+
+
+class ViewerSession:
+    """Layout, per-view settings and one focus point per frame of reference."""
+
+    def __init__(self, *, study_uid: str, series: list[SeriesInfo]) -> None:
+        if not series:
+            raise SessionError("this study has no series that can be shown")
+        self.study_uid = study_uid
+        self.series = {info.uid: info for info in series}
+        self.focus: dict[str, np.ndarray] = {}
+        for info in series:
+            self.focus.setdefault(info.frame_of_reference,
+                                  np.asarray(info.geometry["center"], dtype=np.float64))
+        self.views: list[ViewModel] = []
+        self.layout = ""
+        self.layout_apply(self._default_layout())
+
+    # --- layouts ----------------------------------------------------------------------------
+
+    def _first(self, modalities: set[str]) -> SeriesInfo | None:
+        return next((s for s in self.series.values() if s.modality in modalities), None)
+
+    def _default_layout(self) -> str:
+        return "petct" if self._first({"CT"}) and self._first(SUV_MODALITIES) else "1x1"
+
+    def layout_apply(self, name: str) -> list[int]:
+        if name not in LAYOUTS:
+            raise SessionError(f"unknown layout {name!r}")
+        ct = self._first({"CT"})
+        pet = self._first(SUV_MODALITIES)
+        base = ct or next(iter(self.series.values()))
+        if name == "petct":
+            if ct is None or pet is None:
+                raise SessionError("the PET/CT layout needs a CT and a PET series")
+            views = [
+                ViewModel("axial", [_layer(ct)]),
+                ViewModel("axial", [_layer(pet, palette="inverted")]),
+                ViewModel("axial", [_layer(ct), _layer(pet, palette="hot_iron", opacity=0.5)]),
+                ViewModel("3d", [_layer(pet, palette="inverted")], preset3d="pet_mip"),
+            ]
+        elif name == "1x2":
+            second = pet or base
+            views = [ViewModel("axial", [_layer(base)]),
+                     ViewModel("axial" if second is not base else "coronal", [_layer(second)])]
+        elif name == "1x3":
+            views = [ViewModel(kind, [_layer(base)]) for kind in ("axial", "coronal", "sagittal")]
+        elif name == "2x2":
+            views = [ViewModel(kind, [_layer(base)]) for kind in ("axial", "coronal", "sagittal")]
+            views.append(ViewModel("3d", [_layer(base)],
+                                   preset3d="ct_bone" if base.modality == "CT" else "pet_mip"))
+        else:
+            views = [ViewModel("axial", [_layer(base)])]
+        for old, new in zip(self.views, views, strict=False):
+            new.width, new.height = old.width, old.height
+        self.views, self.layout = views, name
+        return list(range(len(views)))
+
+    # --- state ------------------------------------------------------------------------------
+
+    def _base(self, view: ViewModel) -> SeriesInfo:
+        return self.series[view.layers[0]["series_id"]]
+
+    def state(self, index: int, *, quality: str = "interactive") -> ViewState:
+        view = self.views[index]
+        focus = self.focus[self._base(view).frame_of_reference]
+        return viewstate_from_dict({
+            "view": view.kind, "layers": view.layers,
+            "focus_mm": [float(v) for v in focus],
+            "oblique_deg": list(view.oblique_deg), "slab": view.slab,
+            "camera2d": {"zoom": view.zoom, "pan_mm": list(view.pan_mm)},
+            "camera3d": view.camera3d, "preset3d": view.preset3d,
+            "width": view.width, "height": view.height, "quality": quality,
+        })
+
+    def rendered(self, index: int, plane: dict[str, Any] | None) -> None:
+        """Remember the plane the last frame of view ``index`` showed (for clicks and pans)."""
+        if 0 <= index < len(self.views):
+            self.views[index].plane = plane
+
+    def _sharing_focus(self, index: int) -> list[int]:
+        frame = self._base(self.views[index]).frame_of_reference
+        return [i for i, view in enumerate(self.views)
+                if view.kind in MPR_KINDS and self._base(view).frame_of_reference == frame]
+
+    def _normal(self, view: ViewModel) -> np.ndarray:
+        if view.plane is not None:
+            return np.asarray(view.plane["normal"], dtype=np.float64)
+        return np.asarray(NORMALS.get(view.kind, (0.0, 0.0, 1.0)))
+
+    def _move_focus(self, index: int, point: np.ndarray) -> list[int]:
+        base = self._base(self.views[index])
+        low, high = base.bounds()
+        self.focus[base.frame_of_reference] = np.clip(point, low, high)
+        return self._sharing_focus(index)
+
+    # --- input ------------------------------------------------------------------------------
+
+    def resize(self, index: int, width: int, height: int) -> list[int]:
+        view = self.views[index]
+        view.width, view.height = width, height
+        return [index]
+
+    def apply_input(self, message: Input) -> list[int]:
+        index, view, args = message.view, self.views[message.view], message.arguments
+        handler = getattr(self, f"_input_{message.operation}")
+        return handler(index, view, args)
+
+    def _input_scroll(self, index: int, view: ViewModel, args: dict[str, float]) -> list[int]:
+        if view.kind == "3d":
+            view.camera3d["azimuth"] = ((view.camera3d["azimuth"] + 5 * args["delta"] + 360) % 720) - 360
+            return [index]
+        normal = self._normal(view)
+        focus = self.focus[self._base(view).frame_of_reference]
+        step = self._base(view).slice_step(normal)
+        return self._move_focus(index, focus + normal * step * args["delta"])
+
+    def _input_window(self, index: int, view: ViewModel, args: dict[str, float]) -> list[int]:
+        layer = view.layers[0]
+        scale = max(float(layer["window_width"]), 1e-3) / 512
+        layer["window_center"] = float(np.clip(layer["window_center"] + args["dc"] * scale,
+                                               -1e6, 1e6))
+        layer["window_width"] = float(np.clip(layer["window_width"] + args["dw"] * scale,
+                                              1e-3, 1e6))
+        return [index]
+
+    def _input_zoom(self, index: int, view: ViewModel, args: dict[str, float]) -> list[int]:
+        if view.kind == "3d":
+            view.camera3d["zoom"] = float(np.clip(view.camera3d["zoom"] * args["factor"], 0.05, 50))
+        else:
+            view.zoom = float(np.clip(view.zoom * args["factor"], 0.05, 50))
+        return [index]
+
+    def _input_pan(self, index: int, view: ViewModel, args: dict[str, float]) -> list[int]:
+        mm_per_pixel = view.plane["mm_per_pixel"] if view.plane else 1.0
+        view.pan_mm = (view.pan_mm[0] - args["dx"] * view.width * mm_per_pixel,
+                       view.pan_mm[1] - args["dy"] * view.height * mm_per_pixel)
+        return [index]
+
+    def _input_rotate(self, index: int, view: ViewModel, args: dict[str, float]) -> list[int]:
+        if view.kind == "oblique":
+            return self._input_tilt(index, view, {"dtilt": args["delevation"],
+                                                  "dspin": args["dazimuth"]})
+        camera = view.camera3d
+        camera["azimuth"] = ((camera["azimuth"] + args["dazimuth"] + 360) % 720) - 360
+        camera["elevation"] = float(np.clip(camera["elevation"] + args["delevation"], -90, 90))
+        return [index]
+
+    def _input_tilt(self, index: int, view: ViewModel, args: dict[str, float]) -> list[int]:
+        tilt = float(np.clip(view.oblique_deg[0] + args["dtilt"], -180, 180))
+        spin = float(np.clip(view.oblique_deg[1] + args["dspin"], -180, 180))
+        view.oblique_deg = (tilt, spin)
+        return [index]
+
+    def _input_focus(self, index: int, view: ViewModel, args: dict[str, float]) -> list[int]:
+        if view.kind not in MPR_KINDS or view.plane is None:
+            return []
+        plane = view.plane
+        center = np.asarray(plane["center_mm"], dtype=np.float64)
+        point = (center
+                 + (args["x"] - view.width / 2) * plane["mm_per_pixel"] * np.asarray(plane["right"])
+                 + (args["y"] - view.height / 2) * plane["mm_per_pixel"] * np.asarray(plane["down"]))
+        return self._move_focus(index, point)
+
+    def _input_reset(self, index: int, view: ViewModel, args: dict[str, float]) -> list[int]:
+        fresh = [_layer(self.series[layer["series_id"]], palette=layer["palette"],
+                        opacity=layer["opacity"]) for layer in view.layers]
+        self.views[index] = replace(view, layers=fresh, zoom=1.0, pan_mm=(0.0, 0.0),
+                                    oblique_deg=(0.0, 0.0),
+                                    camera3d={"azimuth": 0.0, "elevation": 0.0, "zoom": 1.0})
+        base = self._base(view)
+        self.focus[base.frame_of_reference] = np.asarray(base.geometry["center"], np.float64)
+        return sorted({index, *self._sharing_focus(index)})
+
+    def apply_setting(self, message: Setting) -> list[int]:
+        view = self.views[message.view]
+        if message.layer >= len(view.layers):
+            raise SessionError(f"view {message.view} has no layer {message.layer}")
+        layer = view.layers[message.layer]
+        name, value = message.name, message.value
+        if name == "kind":
+            view.kind, view.plane = str(value), None
+            if view.kind == "3d":
+                view.preset3d = "pet_mip" if self._base(view).modality in SUV_MODALITIES else "ct_bone"
+        elif name == "slab_mode":
+            view.slab = {"mode": value, "thickness_mm": view.slab["thickness_mm"] or 20.0}
+        elif name == "slab_thickness":
+            view.slab = {**view.slab, "thickness_mm": float(value)}
+        elif name == "window_preset":
+            self._window_preset(layer, str(value))
+        elif name == "volume_preset":
+            view.preset3d = str(value)
+        elif name in {"palette", "opacity"}:
+            layer[name] = value
+        return [message.view]
+
+    def _window_preset(self, layer: dict[str, Any], name: str) -> None:
+        preset = WINDOW_PRESETS.get(PRESET_NAMES.get(name, name))
+        if preset is None:
+            raise SessionError(f"unknown window preset {name!r}")
+        series = self.series[layer["series_id"]]
+        if preset.unit.value == "suv" and not series.suv:
+            raise SessionError("this series has no SUV calibration")
+        if preset.unit.value == "native" and series.modality in SUV_MODALITIES and series.suv:
+            raise SessionError("a CT window does not apply to a PET layer")
+        layer.update(window_center=preset.center, window_width=preset.width,
+                     window_unit=preset.unit.value)
+
+    def describe(self) -> dict[str, Any]:
+        """The ``ready`` message body: views and series, no identifying data."""
+        return {
+            "layout": self.layout,
+            "views": [{"kind": view.kind, "layers": [layer["series_id"] for layer in view.layers]}
+                      for view in self.views],
+            "series": [{"uid": s.uid, "modality": s.modality, "description": s.description}
+                       for s in self.series.values()],
+        }
+

@@ -1,0 +1,75 @@
+"""Where render workers get their volumes: the gateway's encrypted clinical store.
+
+Runs inside a render worker process. The worker is a fresh interpreter, so
+the source sets Django up itself, with the parent's settings module and the
+few settings that must match the parent exactly (database files, keys,
+object store) passed in explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from rendering.volume import Volume
+
+
+def clinical_spec_arguments() -> dict[str, Any]:
+    """What a worker needs to open the same clinical store as this process (picklable)."""
+    from django.conf import settings
+
+    return {
+        "settings_module": os.environ.get("DJANGO_SETTINGS_MODULE", "gateway.settings.local"),
+        "database": {key: (str(value) if key == "NAME" else value)
+                     for key, value in settings.DATABASES["default"].items()
+                     if key in {"ENGINE", "NAME", "USER", "PASSWORD", "HOST", "PORT", "OPTIONS"}},
+        "keys_dir": str(settings.KEYS_DIR),
+        "storage_dir": str(settings.IMAGING_STORAGE_DIR),
+    }
+
+
+class ClinicalVolumes:
+    """``VolumeSource`` over imaging's ready-built volumes, keyed by series UID."""
+
+    def __init__(self, *, settings_module: str, database: dict[str, Any], keys_dir: str,
+                 storage_dir: str) -> None:
+        os.environ["DJANGO_SETTINGS_MODULE"] = settings_module
+        import django
+        from django.conf import settings
+
+        settings.DATABASES["default"].update(database)
+        settings.KEYS_DIR = keys_dir
+        settings.IMAGING_STORAGE_DIR = storage_dir
+        django.setup()
+
+    def load(self, series_id: str) -> Volume:
+        from django.db import close_old_connections
+
+        from imaging.models import Series
+        from imaging.volumes import load_volume
+
+        close_old_connections()
+        series = Series.objects.filter(series_instance_uid=series_id).first()
+        if series is None:
+            raise KeyError(series_id)
+        return _as_render_volume(series_id, load_volume(series))
+
+
+def _as_render_volume(series_id: str, stored: Any) -> Volume:
+    # imaging keeps spacing in (i, j, k) order; the render engine wants (k, j, i).
+    voxels = stored.voxels
+    if voxels.dtype not in (np.float32, np.int16):
+        voxels = voxels.astype(np.float32)
+    display = stored.display
+    return Volume(
+        voxels=voxels,
+        spacing=(float(stored.spacing[2]), float(stored.spacing[1]), float(stored.spacing[0])),
+        origin=tuple(float(v) for v in stored.origin),  # type: ignore[arg-type]
+        direction=np.array(stored.direction, dtype=np.float64),
+        modality=str(display.get("modality", "")),
+        series_id=series_id,
+        frame_of_reference_uid=str(display.get("frame_of_reference_uid", "")),
+        suv_factor=display.get("suvbw_factor"),
+    )

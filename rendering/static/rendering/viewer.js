@@ -1,0 +1,233 @@
+// The viewer page: canvases that show server-rendered frames and send input.
+// No pixel data ever arrives here except encoded frames of the rendered view.
+import { decodeFrame } from "./frames.js";
+
+const root = document.getElementById("viewer");
+const grid = document.getElementById("views");
+const statusLine = document.getElementById("status");
+const probeLine = document.getElementById("probe");
+const study = root.dataset.study;
+
+const views = [];
+let socket = null;
+let layout = "1x1";
+let reconnectDelay = 500;
+
+function send(message) {
+  if (socket && socket.readyState === WebSocket.OPEN) {
+    socket.send(JSON.stringify(message));
+  }
+}
+
+function setStatus(text, isError = false) {
+  statusLine.textContent = text;
+  statusLine.classList.toggle("error", isError);
+}
+
+function buildViews(count) {
+  grid.replaceChildren();
+  grid.dataset.layout = layout;
+  views.length = 0;
+  for (let index = 0; index < count; index += 1) {
+    const cell = document.createElement("div");
+    cell.className = "view";
+    const canvas = document.createElement("canvas");
+    canvas.tabIndex = 0;
+    canvas.dataset.view = String(index);
+    canvas.setAttribute("aria-label", `view ${index + 1}`);
+    const overlay = document.createElement("div");
+    overlay.className = "overlay";
+    cell.append(canvas, overlay);
+    grid.append(cell);
+    const state = { index, canvas, overlay, lastSequence: 0, frames: 0, since: performance.now() };
+    views.push(state);
+    attachInput(state);
+  }
+  requestAnimationFrame(sendSizes);
+}
+
+function sendSizes() {
+  for (const view of views) {
+    const box = view.canvas.parentElement.getBoundingClientRect();
+    const width = Math.max(64, Math.min(2048, Math.round(box.width)));
+    const height = Math.max(64, Math.min(2048, Math.round(box.height)));
+    view.canvas.width = width;
+    view.canvas.height = height;
+    send({ type: "resize", view: view.index, width, height });
+  }
+}
+
+function describeOverlay(overlay) {
+  const lines = [];
+  if (overlay.kind) lines.push(overlay.kind);
+  if (overlay.position !== undefined) lines.push(`pos ${Number(overlay.position).toFixed(1)} mm`);
+  for (const [index, layer] of (overlay.windows || []).entries()) {
+    const unit = layer.unit ? ` ${layer.unit}` : "";
+    lines.push(`L${index + 1} W ${Math.round(layer.width * 10) / 10} C ${Math.round(layer.center * 10) / 10}${unit}`);
+  }
+  if (overlay.slab) lines.push(overlay.slab);
+  return lines;
+}
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// Built with DOM calls, not HTML strings: the CSP forbids inline styles and
+// nothing the server sends is ever interpreted as markup.
+function drawOverlay(view, frame, fps) {
+  const overlay = frame.overlay || {};
+  const orientation = overlay.orientation || {};
+  const nodes = ["top", "bottom", "left", "right"]
+    .map((edge) => element("span", `edge ${edge}`, orientation[edge] || ""));
+  const facts = element("div", "facts");
+  for (const line of describeOverlay(overlay)) facts.append(element("div", "", line));
+  facts.append(element("div", "", `${fps.toFixed(0)} fps · ${frame.quality}`));
+  nodes.push(facts);
+  if (overlay.mm_per_pixel) {
+    const pixels = Math.round(50 / overlay.mm_per_pixel);
+    if (pixels > 10 && pixels < view.canvas.width) {
+      const scale = element("div", "scale", "50 mm");
+      scale.style.width = `${pixels}px`;
+      nodes.push(scale);
+    }
+  }
+  view.overlay.replaceChildren(...nodes);
+}
+
+async function showFrame(buffer) {
+  let frame;
+  try {
+    frame = decodeFrame(buffer);
+  } catch (error) {
+    setStatus(`bad frame: ${error.message}`, true);
+    return;
+  }
+  const view = views[frame.view];
+  if (!view || frame.sequence < view.lastSequence) return;
+  view.lastSequence = frame.sequence;
+  const bitmap = await createImageBitmap(frame.image);
+  const context = view.canvas.getContext("2d");
+  context.drawImage(bitmap, 0, 0, view.canvas.width, view.canvas.height);
+  bitmap.close();
+  view.frames += 1;
+  const now = performance.now();
+  const fps = (view.frames * 1000) / Math.max(1, now - view.since);
+  if (now - view.since > 2000) { view.frames = 0; view.since = now; }
+  drawOverlay(view, frame, fps);
+  view.canvas.dataset.sequence = String(frame.sequence);
+  view.canvas.dataset.quality = frame.quality;
+  send({ type: "ack", view: frame.view, seq: frame.sequence });
+}
+
+function handleText(message) {
+  if (message.type === "ready") {
+    layout = message.layout;
+    buildViews(message.views.length);
+    setStatus(`${message.study.description || "study"} · ${message.series.length} series`);
+    document.getElementById("layout").value = layout;
+  } else if (message.type === "probe") {
+    probeLine.textContent = message.value === null ? "outside the volume"
+      : `${message.value.toFixed(1)} ${message.unit} at (${message.point.map((v) => v.toFixed(1)).join(", ")}) mm`;
+  } else if (message.type === "error") {
+    setStatus(`${message.code}: ${message.message}`, true);
+  } else if (message.type === "closing") {
+    setStatus(message.reason, true);
+  }
+}
+
+function connect() {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  socket = new WebSocket(`${scheme}://${location.host}/ws/viewer/${encodeURIComponent(study)}/`);
+  socket.binaryType = "arraybuffer";
+  socket.addEventListener("open", () => { reconnectDelay = 500; setStatus("connected"); });
+  socket.addEventListener("message", (event) => {
+    if (typeof event.data === "string") handleText(JSON.parse(event.data));
+    else showFrame(event.data);
+  });
+  socket.addEventListener("close", (event) => {
+    if (event.code === 4401 || event.code === 4403 || event.code === 4404) {
+      setStatus(event.code === 4401 ? "session ended — sign in again" : "not permitted", true);
+      return;
+    }
+    setStatus("connection lost — reconnecting…", true);
+    setTimeout(connect, reconnectDelay);
+    reconnectDelay = Math.min(8000, reconnectDelay * 2);
+  });
+}
+
+function attachInput(view) {
+  const { canvas, index } = view;
+  let drag = null;
+  let lastProbe = 0;
+  canvas.addEventListener("wheel", (event) => {
+    event.preventDefault();
+    send({ type: "input", view: index, op: event.ctrlKey ? "zoom" : "scroll",
+           ...(event.ctrlKey ? { factor: event.deltaY < 0 ? 1.1 : 1 / 1.1 }
+                             : { delta: Math.sign(event.deltaY) || 1 }) });
+  }, { passive: false });
+  canvas.addEventListener("contextmenu", (event) => event.preventDefault());
+  canvas.addEventListener("pointerdown", (event) => {
+    canvas.setPointerCapture(event.pointerId);
+    drag = { x: event.clientX, y: event.clientY, button: event.button, shift: event.shiftKey,
+             moved: false };
+  });
+  canvas.addEventListener("pointermove", (event) => {
+    const now = performance.now();
+    if (!drag && now - lastProbe > 100) {
+      lastProbe = now;
+      send({ type: "probe", view: index, x: Math.round(event.offsetX), y: Math.round(event.offsetY) });
+    }
+    if (!drag) return;
+    const dx = event.clientX - drag.x;
+    const dy = event.clientY - drag.y;
+    if (Math.abs(dx) + Math.abs(dy) < 2) return;
+    drag.moved = true;
+    drag.x = event.clientX;
+    drag.y = event.clientY;
+    if (drag.button === 1 || drag.shift) {
+      send({ type: "input", view: index, op: "pan", dx: dx / canvas.width, dy: dy / canvas.height });
+    } else if (drag.button === 2) {
+      send({ type: "input", view: index, op: "rotate", dazimuth: dx * 0.5, delevation: dy * 0.5 });
+    } else {
+      send({ type: "input", view: index, op: "window", dc: dy * 2, dw: dx * 4 });
+    }
+  });
+  canvas.addEventListener("pointerup", (event) => {
+    if (drag && !drag.moved && drag.button === 0) {
+      send({ type: "input", view: index, op: "focus", x: Math.round(event.offsetX), y: Math.round(event.offsetY) });
+    }
+    drag = null;
+  });
+  canvas.addEventListener("keydown", (event) => keyboard(event, index));
+}
+
+const WINDOW_KEYS = { 1: "abdomen", 2: "lung", 3: "bone", 4: "brain", 5: "suv_0_5", 6: "suv_0_10" };
+let cine = null;
+
+function keyboard(event, index) {
+  const key = event.key;
+  if (key === "ArrowUp" || key === "PageUp") send({ type: "input", view: index, op: "scroll", delta: key === "PageUp" ? 10 : 1 });
+  else if (key === "ArrowDown" || key === "PageDown") send({ type: "input", view: index, op: "scroll", delta: key === "PageDown" ? -10 : -1 });
+  else if (WINDOW_KEYS[key]) send({ type: "set", view: index, name: "window_preset", value: WINDOW_KEYS[key] });
+  else if (key === "r") send({ type: "input", view: index, op: "reset" });
+  else if (key === "m") send({ type: "set", view: index, name: "slab_mode", value: "mip" });
+  else if (key === "n") send({ type: "set", view: index, name: "slab_mode", value: "none" });
+  else if (key === "a" || key === "c" || key === "s") send({ type: "set", view: index, name: "kind", value: { a: "axial", c: "coronal", s: "sagittal" }[key] });
+  else if (key === "v") send({ type: "set", view: index, name: "kind", value: "3d" });
+  else if (key === " ") {
+    if (cine) { clearInterval(cine); cine = null; } else {
+      cine = setInterval(() => send({ type: "input", view: index, op: "scroll", delta: 1 }), 66);
+    }
+  } else return;
+  event.preventDefault();
+}
+
+document.getElementById("layout").addEventListener("change", (event) => {
+  send({ type: "layout", layout: event.target.value });
+});
+window.addEventListener("resize", () => requestAnimationFrame(sendSizes));
+connect();

@@ -1,0 +1,308 @@
+"""The viewer websocket end to end: a real session, the ingested phantom, real render workers.
+
+Frames are decoded and checked for content (orientation, W/L, the fusion colour
+at a planted lesion, SUV under the cursor); refusals are checked for every kind
+of principal; malformed input never closes the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from PIL import Image
+
+from gateway.asgi import application
+from gateway.audit.models import AuditEvent
+from imaging.models import Study
+from imaging.phantom import phantom_write
+from imaging.services import IngestBatch, ingest_caches_clear
+from rendering import pool as pool_module
+from rendering.protocol import frame_unpack
+from tests.conftest import ZONES
+
+pytestmark = pytest.mark.django_db(databases=ZONES, transaction=True)
+
+HOST = [(b"host", b"127.0.0.1"), (b"origin", b"http://127.0.0.1")]
+TIMEOUT = 30
+
+
+@pytest.fixture(scope="module")
+def phantom_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("viewer-phantom")
+    return out, phantom_write(out_dir=out, slices=40, patients=1, seed=3)
+
+
+@pytest.fixture
+def study(phantom_dir, keys_dir, tmp_path, settings):
+    settings.IMAGING_STORAGE_DIR = tmp_path / "objects"
+    ingest_caches_clear()
+    pool_module.render_pool_stop()
+    out, truth = phantom_dir
+    batch = IngestBatch(actor="cli:test", door="import")
+    for path in sorted(out.rglob("*.dcm")):
+        batch.ingest(path.read_bytes())
+    batch.close()
+    yield Study.objects.get(), truth["patients"][0]
+    pool_module.render_pool_stop()
+    ingest_caches_clear()
+
+
+def _cookie(client) -> list[tuple[bytes, bytes]]:
+    return [(b"cookie", f"gateway-session={client.cookies['gateway-session'].value}".encode())]
+
+
+async def _open(client, study_uid: str, headers=None):
+    communicator = WebsocketCommunicator(application, f"/ws/viewer/{study_uid}/",
+                                         headers=headers if headers is not None
+                                         else HOST + _cookie(client))
+    connected, code = await communicator.connect(timeout=TIMEOUT)
+    return communicator, connected, code
+
+
+async def _next(communicator):
+    message = await communicator.receive_output(timeout=TIMEOUT)
+    if message["type"] == "websocket.close":
+        raise AssertionError(f"socket closed: {message}")
+    if message.get("bytes") is not None:
+        return frame_unpack(message["bytes"])
+    return json.loads(message["text"])
+
+
+async def _frames(communicator, views: int) -> dict:
+    """Read until every one of ``views`` views has shown a frame; the latest frame of each."""
+    latest: dict = {}
+    while len(latest) < views:
+        item = await _next(communicator)
+        if isinstance(item, dict):
+            assert item["type"] != "error", item
+            continue
+        latest[item.view] = item
+        await communicator.send_json_to({"type": "ack", "view": item.view, "seq": item.sequence})
+    return latest
+
+
+async def _until(communicator, predicate):
+    while True:
+        item = await _next(communicator)
+        if not isinstance(item, dict):
+            await communicator.send_json_to({"type": "ack", "view": item.view, "seq": item.sequence})
+        if predicate(item):
+            return item
+
+
+async def _stills(communicator, views: set[int], at: tuple[int, int]) -> dict:
+    """The first still (lossless) frame of each of ``views`` whose crosshair is at ``at``."""
+    found: dict = {}
+    while set(found) != views:
+        item = await _next(communicator)
+        if isinstance(item, dict):
+            continue
+        await communicator.send_json_to({"type": "ack", "view": item.view, "seq": item.sequence})
+        crosshair = item.overlay.get("crosshair") or (-99, -99)
+        if (item.quality == 1 and item.view in views
+                and abs(crosshair[0] - at[0]) <= 1.5 and abs(crosshair[1] - at[1]) <= 1.5):
+            found[item.view] = item
+    return found
+
+
+def _rgb(frame) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(frame.image)).convert("RGB"))
+
+
+def _pixel_of(frame, point_mm) -> tuple[int, int]:
+    plane = frame.overlay["plane"]
+    offset = np.asarray(point_mm) - np.asarray(plane["center_mm"])
+    scale = plane["mm_per_pixel"]
+    x = offset @ np.asarray(plane["right"]) / scale + frame.width / 2
+    y = offset @ np.asarray(plane["down"]) / scale + frame.height / 2
+    return round(x), round(y)
+
+
+async def test_a_doctor_gets_the_pet_ct_hanging_protocol(client, signed_in, study):
+    await database_sync_to_async(signed_in)("doctor")
+    record, _ = study
+    communicator, connected, _ = await _open(client, record.study_instance_uid)
+    assert connected
+    ready = await _next(communicator)
+    assert ready["type"] == "ready" and ready["layout"] == "petct"
+    assert [view["kind"] for view in ready["views"]] == ["axial", "axial", "axial", "3d"]
+    assert {series["modality"] for series in ready["series"]} == {"CT", "PT"}
+    frames = await _frames(communicator, 4)
+    assert set(frames) == {0, 1, 2, 3}
+    axial = frames[0]
+    assert axial.overlay["orientation"] == {"left": "R", "right": "L", "top": "A", "bottom": "P"}
+    assert axial.encoding.name in {"JPEG", "PNG"}
+    assert _rgb(axial).shape == (axial.height, axial.width, 3)
+    await communicator.disconnect()
+
+
+async def test_window_level_changes_pixel_values(client, signed_in, study):
+    await database_sync_to_async(signed_in)("doctor")
+    record, _ = study
+    communicator, _, _ = await _open(client, record.study_instance_uid)
+    await _next(communicator)
+    first = (await _until(communicator, lambda f: not isinstance(f, dict) and f.view == 0))
+    await communicator.send_json_to({"type": "set", "view": 0, "name": "window_preset",
+                                     "value": "lung"})
+    lung = await _until(communicator, lambda f: not isinstance(f, dict) and f.view == 0
+                        and f.overlay["windows"][0]["width"] == 1500)
+    body = _rgb(first).astype(int)[..., 0]
+    lung_body = _rgb(lung).astype(int)[..., 0]
+    # Soft tissue (about 40 HU) sits mid-grey in the abdomen window and brighter in the lung
+    # window (centre -600): the same pixels get lighter, and the frames differ.
+    assert not np.array_equal(body, lung_body)
+    assert lung_body.mean() > body.mean()
+    await communicator.disconnect()
+
+
+async def test_the_fusion_colour_appears_at_a_planted_lesion(client, signed_in, study):
+    await database_sync_to_async(signed_in)("doctor")
+    record, truth = study
+    lesion = max(truth["lesions"], key=lambda item: item["radius_mm"])
+    centre = np.asarray(lesion["center_mm"], dtype=float)
+    communicator, _, _ = await _open(client, record.study_instance_uid)
+    await _next(communicator)
+    fusion = await _until(communicator, lambda f: not isinstance(f, dict) and f.view == 2)
+    current_z = fusion.overlay["position"]
+    await communicator.send_json_to({"type": "input", "view": 2, "op": "scroll",
+                                     "delta": round((centre[2] - current_z) / 2.0)})
+    fusion = await _until(communicator, lambda f: not isinstance(f, dict) and f.view == 2
+                          and abs(f.overlay["position"] - centre[2]) <= 1.01)
+    x, y = _pixel_of(fusion, centre)
+    await communicator.send_json_to({"type": "input", "view": 2, "op": "focus", "x": x, "y": y})
+    stills = await _stills(communicator, {0, 2}, at=(x, y))
+    fusion, ct = stills[2], stills[0]
+    fx, fy = (int(v) for v in fusion.overlay["crosshair"])
+    reach = int(lesion["radius_mm"] / fusion.overlay["plane"]["mm_per_pixel"])
+    window = (slice(fy - reach, fy + reach + 1), slice(fx - reach, fx + reach + 1))
+    fused = _rgb(fusion)[window].astype(int)
+    grey = _rgb(ct)[window].astype(int)
+    coloured = (fused[..., 0] > fused[..., 1] + 40) & (fused[..., 0] > fused[..., 2] + 40)
+    assert coloured.sum() >= 5, "no PET colour around the lesion in the fused view"
+    assert np.abs(grey[..., 0] - grey[..., 2]).max() < 8, "the CT view must stay grey"
+    await communicator.send_json_to({"type": "probe", "view": 1, "x": fx, "y": fy})
+    probe = await _until(communicator, lambda item: isinstance(item, dict)
+                         and item["type"] == "probe")
+    assert probe["unit"] == "SUV"
+    assert probe["value"] == pytest.approx(lesion["suv_max"], rel=0.02)
+    await communicator.disconnect()
+
+
+async def test_malformed_messages_get_errors_and_the_viewer_keeps_working(client, signed_in, study):
+    await database_sync_to_async(signed_in)("nurse")
+    record, _ = study
+    communicator, _, _ = await _open(client, record.study_instance_uid)
+    await _next(communicator)
+    for bad in ["{not json", json.dumps({"type": "download", "series": "x"}),
+                json.dumps({"type": "input", "view": 9, "op": "scroll", "delta": 1}),
+                json.dumps({"type": "set", "view": 0, "name": "window_preset", "value": "suv_0_5"}),
+                "x" * 20000]:
+        await communicator.send_to(text_data=bad)
+        await _until(communicator, lambda item: isinstance(item, dict) and item["type"] == "error")
+    await communicator.send_to(bytes_data=b"\x00\x01binary")
+    error = await _until(communicator, lambda item: isinstance(item, dict) and item["type"] == "error")
+    assert error["code"] == "not_json"
+    await communicator.send_json_to({"type": "input", "view": 0, "op": "scroll", "delta": 1})
+    assert (await _until(communicator, lambda f: not isinstance(f, dict) and f.view == 0)).view == 0
+    await communicator.disconnect()
+
+
+async def test_latest_input_wins_and_unacknowledged_frames_are_bounded(client, signed_in, study):
+    await database_sync_to_async(signed_in)("doctor")
+    record, _ = study
+    communicator, _, _ = await _open(client, record.study_instance_uid)
+    await _next(communicator)
+    await _frames(communicator, 4)
+    await communicator.send_json_to({"type": "layout", "layout": "1x1"})
+    await _until(communicator, lambda item: isinstance(item, dict) and item["type"] == "ready")
+    first = await _until(communicator, lambda f: not isinstance(f, dict))
+    for _ in range(40):
+        await communicator.send_json_to({"type": "input", "view": 0, "op": "scroll", "delta": 1})
+    received = []
+    try:
+        while True:
+            item = await asyncio.wait_for(_next(communicator), timeout=1.5)
+            if not isinstance(item, dict):
+                received.append(item)
+    except TimeoutError:
+        pass
+    assert 1 <= len(received) <= 2
+    sequences = [frame.sequence for frame in received]
+    assert sequences == sorted(sequences) and sequences[0] > first.sequence
+    await communicator.send_json_to({"type": "ack", "view": 0, "seq": sequences[-1]})
+    latest = await _until(communicator, lambda f: not isinstance(f, dict) and f.sequence == 41)
+    assert latest.sequence == 41
+    await communicator.disconnect()
+
+
+async def test_a_render_worker_crash_does_not_end_the_session(client, signed_in, study):
+    await database_sync_to_async(signed_in)("doctor")
+    record, _ = study
+    communicator, _, _ = await _open(client, record.study_instance_uid)
+    await _next(communicator)
+    await _frames(communicator, 4)
+    for pid in pool_module._pool.worker_pids():
+        os.kill(pid, signal.SIGKILL)
+    await communicator.send_json_to({"type": "input", "view": 0, "op": "scroll", "delta": 2})
+    frame = await _until(communicator, lambda f: not isinstance(f, dict) and f.view == 0)
+    assert frame.view == 0
+    await communicator.disconnect()
+
+
+async def test_start_and_end_of_the_render_session_are_audited(client, signed_in, study):
+    doctor = await database_sync_to_async(signed_in)("doctor")
+    record, _ = study
+    communicator, _, _ = await _open(client, record.study_instance_uid)
+    await _next(communicator)
+    await _frames(communicator, 4)
+    await communicator.disconnect()
+    await asyncio.sleep(0.2)
+    events = await database_sync_to_async(lambda: list(
+        AuditEvent.objects.filter(actor=doctor.username).values_list("action", "outcome",
+                                                                     "study", "details")))()
+    actions = [(action, outcome) for action, outcome, _, _ in events]
+    assert actions == [("render.start", "success"), ("render.end", "success")]
+    assert all(study_uid == record.study_instance_uid for _, _, study_uid, _ in events)
+    assert json.loads(events[1][3])["frames"] >= 4
+
+
+@pytest.mark.parametrize("role", ["admin_staff", "auditor", "it_admin"])
+async def test_roles_without_study_view_are_refused_and_audited(client, signed_in, study, role):
+    user = await database_sync_to_async(signed_in)(role)
+    record, _ = study
+    _, connected, code = await _open(client, record.study_instance_uid)
+    assert not connected and code == 4404
+    denied = await database_sync_to_async(lambda: AuditEvent.objects.filter(
+        actor=user.username, action="render.start", outcome="denied").count())()
+    assert denied == 1
+
+
+async def test_an_unknown_study_is_refused_like_a_forbidden_one(client, signed_in, study):
+    await database_sync_to_async(signed_in)("doctor")
+    _, connected, code = await _open(client, "1.2.3.4.5")
+    assert not connected and code == 4404
+
+
+async def test_a_password_only_session_is_refused(client, signed_in, study):
+    await database_sync_to_async(signed_in)("doctor", second_factor=False)
+    record, _ = study
+    _, connected, code = await _open(client, record.study_instance_uid)
+    assert not connected and code == 4401
+
+
+async def test_no_session_and_foreign_origins_are_refused(client, signed_in, study):
+    record, _ = study
+    _, connected, _ = await _open(client, record.study_instance_uid, headers=HOST)
+    assert not connected
+    await database_sync_to_async(signed_in)("doctor")
+    foreign = [(b"host", b"127.0.0.1"), (b"origin", b"http://evil.example"), *_cookie(client)]
+    _, connected, _ = await _open(client, record.study_instance_uid, headers=foreign)
+    assert not connected
