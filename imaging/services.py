@@ -483,6 +483,11 @@ class IngestBatch:
             self.outcomes.append(outcome)
         return outcome
 
+    def record(self, outcome: IngestOutcome) -> None:
+        """Add an outcome produced elsewhere (a worker process, a refused part)."""
+        with self._lock:
+            self.outcomes.append(outcome)
+
     def reject(self, outcome: IngestOutcome) -> None:
         with self._lock:
             self.outcomes.append(outcome)

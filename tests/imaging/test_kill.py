@@ -35,15 +35,17 @@ def test_killed_import_then_retry_stores_everything_once(phantom, tmp_path, sett
     child_env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "DJANGO_"))}
     child = subprocess.Popen(
         [sys.executable, str(REPO / "manage.py"), "import_dicom", "--no-progress", str(out)],
-        cwd=REPO, env={**child_env, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cwd=REPO, env={**child_env, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
     objects = var / "objects"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if len(list(objects.glob("??/??/dcm-*"))) >= 10:
             break
         time.sleep(0.01)
-    child.send_signal(signal.SIGKILL)
+    os.killpg(child.pid, signal.SIGKILL)  # the command and its worker processes, mid-write
     child.wait()
+    time.sleep(0.5)
     stored_before = _rows(var, "imaging_instance")
     assert 0 < stored_before < total, "the import was not killed mid-way"
 

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import getpass
+import multiprocessing
+import os
+import signal
+import sys
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connections
 from tqdm import tqdm
 
 from imaging import conf, storage
-from imaging.services import IngestBatch, IngestOutcome, Reason, Status
+from imaging.services import IngestBatch, IngestOutcome, Reason, Status, instance_ingest
 
 ZIP_MEMBER_LIMIT = 100_000
 
@@ -49,11 +54,33 @@ def _read(path: Path, member: str | None) -> bytes:
         return archive.read(member)
 
 
+def _ingest_source(source: tuple[str, Path, str | None]) -> tuple[str, IngestOutcome]:
+    label, path, member = source
+    try:
+        data = _read(path, member)
+    except (OSError, zipfile.BadZipFile, KeyError) as exc:
+        return label, IngestOutcome(Status.REJECTED, Reason.NOT_DICOM, f"unreadable ({exc})")
+    if member is not None and not data:
+        return label, IngestOutcome(Status.REJECTED, Reason.OVERSIZE, "zip member too large")
+    return label, instance_ingest(data=data)
+
+
+def _worker_start() -> None:
+    connections.close_all()
+    if sys.platform == "linux":
+        # Die with the parent: a killed import must not leave workers writing behind it.
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class Command(BaseCommand):
     help = "Ingest DICOM files, folders and zip archives: validate, de-identify, encrypt, store."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("paths", nargs="+", type=Path)
+        parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1),
+                            help="worker processes (default: the CPU count, at most 4)")
         parser.add_argument("--no-volumes", action="store_true",
                             help="do not build series volumes now (they are built on first load)")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -65,26 +92,32 @@ class Command(BaseCommand):
         batch = IngestBatch(actor=f"cli:{getpass.getuser()}", actor_role="operator", door="import",
                             build_volumes=not options["no_volumes"])
         rejected: list[tuple[str, IngestOutcome]] = []
-        progress = tqdm(sources, unit="file", disable=bool(options["no_progress"]),
+        progress = tqdm(total=len(sources), unit="file", disable=bool(options["no_progress"]),
                         file=self.stderr._out)  # type: ignore[attr-defined]
-        for label, path, member in progress:
-            try:
-                data = _read(path, member)
-            except (OSError, zipfile.BadZipFile, KeyError) as exc:
-                outcome = IngestOutcome(Status.REJECTED, Reason.NOT_DICOM, f"unreadable ({exc})")
-                batch.reject(outcome)
-            else:
-                if member is not None and not data:
-                    outcome = IngestOutcome(Status.REJECTED, Reason.OVERSIZE, "zip member too large")
-                    batch.reject(outcome)
-                else:
-                    outcome = batch.ingest(data)
-            if outcome.status is Status.REJECTED:
-                rejected.append((label, outcome))
+        jobs = max(1, int(options["jobs"]))  # type: ignore[call-overload]
+        if jobs > 1 and len(sources) > 4 * jobs:
+            # pydicom is pure Python: processes, not threads, use the cores. Each worker
+            # opens its own database connections (closed here before the fork).
+            connections.close_all()
+            pool = multiprocessing.get_context("fork").Pool(jobs, initializer=_worker_start)
+            results = pool.imap_unordered(_ingest_source, sources, chunksize=4)
+        else:
+            pool = None
+            results = map(_ingest_source, sources)
+        try:
+            for label, outcome in results:
+                batch.record(outcome)
+                if outcome.status is Status.REJECTED:
+                    rejected.append((label, outcome))
+                progress.update()
+        finally:
+            if pool is not None:
+                pool.close()
+                pool.join()
         progress.close()
         batch.close()
         counts: Counter[str] = batch.counts()
-        for label, outcome in rejected:
+        for label, outcome in sorted(rejected, key=lambda item: item[0]):
             self.stdout.write(f"rejected {label}: {outcome.reason}: {outcome.detail}")
         self.stdout.write(f"stored {counts['stored']}, duplicates {counts['duplicate']}, "
                           f"rejected {counts['rejected']}")
