@@ -27,6 +27,11 @@ def test_seed_demo_creates_one_account_per_role_once(settings, tmp_path, capsys)
     assert "first run only" not in second_output
     truth = json.loads((tmp_path / "demo" / "phantom" / "truth.json").read_text())
     assert len(truth["patients"]) == 1
+    assert "stored 48, duplicates 0" in first_output and "importing" not in second_output
+    assert "AE title PETCT1" in first_output and "AE title" not in second_output
+    from imaging.models import Instance, Series
+    assert Instance.objects.count() == 48
+    assert set(Series.objects.values_list("volume_state", flat=True)) == {"ready"}
 
 
 def test_seed_demo_refuses_where_demo_data_is_disabled(settings, tmp_path):

@@ -31,6 +31,9 @@ DEMO_PEOPLE = {
 }
 
 
+DEMO_DEVICE_AE_TITLE = "PETCT1"
+
+
 class Command(BaseCommand):
     help = "Create demo users (one per role) and the demo PET/CT phantom; safe to run twice."
 
@@ -78,10 +81,30 @@ class Command(BaseCommand):
 
     def _phantom(self, slices: int) -> None:
         out = Path(settings.VAR_DIR) / "demo" / "phantom"
-        if (out / "truth.json").exists():
-            return
-        self.stdout.write("writing the demo PET/CT phantom (first run only)...")
-        phantom_write(out_dir=out, slices=slices)
+        if not (out / "truth.json").exists():
+            self.stdout.write("writing the demo PET/CT phantom (first run only)...")
+            phantom_write(out_dir=out, slices=slices)
+        self._phantom_import(out)
+
+    def _phantom_import(self, out: Path) -> None:
+        """Ingest the phantom once (de-identified, encrypted), and let the demo device send."""
+        from django.core.management import call_command
+
+        from imaging.devices import device_endpoint_register
+        from imaging.identity.models import StudyIdentity
+        from imaging.models import DeviceEndpoint
+
+        truth = json.loads((out / "truth.json").read_text(encoding="utf-8"))
+        studies = [patient["study_instance_uid"] for patient in truth["patients"]]
+        if StudyIdentity.objects.filter(original_study_instance_uid__in=studies).count() < len(studies):
+            self.stdout.write("importing the demo phantom (first run only)...")
+            call_command("import_dicom", str(out), no_progress=True, jobs=1, stdout=self.stdout)
+        device = User.objects.get(username=DEMO_PEOPLE[Role.DEVICE][0])
+        if not DeviceEndpoint.objects.filter(user=device).exists():
+            endpoint, token = device_endpoint_register(user=device, ae_title=DEMO_DEVICE_AE_TITLE,
+                                                       actor="system:seed_demo")
+            self.stdout.write(f"demo device {device.username}: AE title {endpoint.ae_title}; "
+                              f"STOW-RS token (shown once): {token}")
 
     def _announce(self, credentials: dict[str, str], totp: dict[str, str]) -> None:
         self.stdout.write(self.style.SUCCESS("Demo accounts (passwords kept in var/demo-credentials.json):"))
