@@ -7,7 +7,7 @@ PORT ?= 8000
 HOST ?= 127.0.0.1
 STAMP := $(VENV)/.installed
 ZONES := default identity audit
-DEBIAN_TOOLS := dcmdump:dcmtk dciodvfy:dicom3tools
+DEBIAN_TOOLS := dcmdump:dcmtk dciodvfy:dicom3tools chromium:chromium
 
 .PHONY: run test lint install sysdeps migrate seed serve clean
 
@@ -21,7 +21,8 @@ $(STAMP): requirements.lock | $(BIN)/python
 
 install: $(STAMP)
 
-# Debian packages the tests need: dcmtk (real DICOM peers), dicom3tools (IOD validator).
+# Debian packages the tests need: dcmtk (real DICOM peers), dicom3tools (IOD validator),
+# chromium (the browser test drives it through Playwright; no browser is downloaded).
 sysdeps:
 	@missing=""; \
 	for entry in $(DEBIAN_TOOLS); do command -v $${entry%%:*} >/dev/null || missing="$$missing $${entry##*:}"; done; \
