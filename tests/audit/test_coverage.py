@@ -1,0 +1,211 @@
+"""Every route, websocket route and management command is mapped to the audit events it
+must emit, and each mapping is proved by exercising it.
+
+A new route or command without an entry here fails ``test_every_route_is_mapped`` /
+``test_every_command_is_mapped``: deciding what it must audit is part of adding it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command, get_commands
+from django.urls import reverse
+
+from gateway.audit.models import AuditEvent
+from gateway.policy import ROUTES, WEBSOCKET_ROUTES
+from tests.accounts.conftest import clock, code_now, otp_step, password_step, person, sign_in
+from tests.conftest import REPO, ZONES
+from tests.security.inventory import http_routes
+
+pytestmark = pytest.mark.django_db(databases=ZONES)
+__all__ = ["clock", "person"]
+
+
+@dataclass(frozen=True)
+class Case:
+    """Do ``act(client, people)``; the events appended meanwhile must be exactly ``emits``."""
+
+    act: Callable
+    emits: tuple[str, ...]
+
+
+def _new_actions(before: int) -> list[str]:
+    return list(AuditEvent.objects.filter(sequence__gt=before).order_by("sequence")
+                .values_list("action", flat=True))
+
+
+def _head() -> int:
+    last = AuditEvent.objects.order_by("-sequence").first()
+    return last.sequence if last else 0
+
+
+def _post(name: str, data: dict | None = None):
+    return lambda client, people: client.post(reverse(name), data or {})
+
+
+def _get(name: str, query: dict | None = None):
+    return lambda client, people: client.get(reverse(name), query or {})
+
+
+ROUTE_CASES: dict[str, list[tuple[str, Case]]] = {
+    "healthz": [("probe", Case(_get("healthz"), ()))],
+    "accounts:login": [
+        ("wrong password", Case(lambda c, p: password_step(c, p["doctor"].username, "wrong " * 3),
+                                ("auth.login-failed",))),
+        ("unknown account", Case(lambda c, p: password_step(c, "nobody", "wrong " * 3),
+                                 ("auth.login-failed",))),
+        ("right password", Case(lambda c, p: password_step(c, p["doctor"].username), ())),
+    ],
+    "accounts:otp": [
+        ("wrong code", Case(lambda c, p: (password_step(c, p["doctor"].username),
+                                          otp_step(c, "000000")), ("auth.otp-failed",))),
+        ("right code", Case(lambda c, p: (password_step(c, p["doctor"].username),
+                                          otp_step(c, code_now(p["doctor"], p["clock"]))),
+                            ("auth.login",))),
+    ],
+    "accounts:logout": [("sign out", Case(lambda c, p: (sign_in(c, p["doctor"], p["clock"]),
+                                                       c.post(reverse("accounts:logout"))),
+                                          ("auth.login", "auth.logout")))],
+    "home": [("start page", Case(lambda c, p: (sign_in(c, p["doctor"], p["clock"]),
+                                                c.get(reverse("home"))), ("auth.login",)))],
+    "accounts:security": [("own security page", Case(
+        lambda c, p: (sign_in(c, p["doctor"], p["clock"]), c.get(reverse("accounts:security"))),
+        ("auth.login",)))],
+    "accounts:backup_codes": [("regenerate", Case(
+        lambda c, p: (sign_in(c, p["doctor"], p["clock"]),
+                      c.post(reverse("accounts:backup_codes"))),
+        ("auth.login", "admin.user")))],
+    "accounts:logout_everywhere": [("everywhere", Case(
+        lambda c, p: (sign_in(c, p["doctor"], p["clock"]),
+                      c.post(reverse("accounts:logout_everywhere"))),
+        ("auth.login", "auth.logout")))],
+    "accounts:enrol": [
+        ("wrong code", Case(lambda c, p: (password_step(c, p["newcomer"].username),
+                                          c.post(reverse("accounts:enrol"),
+                                                 {"otp_token": "000000"})),
+                            ("auth.otp-failed",))),
+    ],
+    "imaging:worklist": [("patient search", Case(
+        lambda c, p: (sign_in(c, p["doctor"], p["clock"]),
+                      c.get(reverse("imaging:worklist"), {"name": "Doe"})),
+        ("auth.login", "patient.search")))],
+    "rendering:viewer": [("no such study", Case(
+        lambda c, p: (sign_in(c, p["doctor"], p["clock"]),
+                      c.get(reverse("rendering:viewer", args=["1.2.3.4"]))),
+        ("auth.login", "study.open")))],
+    "dicomweb:stow": [("no device token", Case(
+        lambda c, p: c.post(reverse("dicomweb:stow"), b"--x--",
+                            content_type="multipart/related; type=\"application/dicom\"; boundary=x"),
+        ("ingest",)))],
+    "audit:console": [("read", Case(lambda c, p: (sign_in(c, p["auditor"], p["clock"]),
+                                                  c.get(reverse("audit:console"))),
+                                    ("auth.login", "audit.read")))],
+    "audit:export": [("export", Case(lambda c, p: (sign_in(c, p["auditor"], p["clock"]),
+                                                   c.get(reverse("audit:export"),
+                                                         {"format": "csv"})),
+                                     ("auth.login", "audit.export")))],
+    "audit:verify": [("verify", Case(lambda c, p: (sign_in(c, p["auditor"], p["clock"]),
+                                                   c.post(reverse("audit:verify"))),
+                                     ("auth.login", "audit.verify")))],
+}
+COMMAND_CASES: dict[str, tuple[Callable, tuple[str, ...]]] = {
+    "audit_verify": (lambda: call_command("audit_verify"), ("audit.verify",)),
+    "keys_rotate": (lambda: call_command("keys_rotate", purpose="share"), ("admin.key",)),
+    "audit_checkpoint": (lambda: call_command("audit_checkpoint"), ()),
+    "create_user": (lambda: call_command("create_user", username="new.nurse", role="nurse"),
+                    ("admin.user",)),
+    "seed_demo": (lambda: call_command("seed_demo", phantom_slices=32),
+                  ("admin.user",) * 3 + ("admin.device",) + ("admin.user",) * 2
+                  + ("admin.device", "ingest", "ingest")),
+    "device_register": (lambda: (call_command("create_user", username="ct.scanner", role="device",
+                                              password="a long device secret 1"),
+                                 call_command("device_register", "ct.scanner", ae_title="CT9")),
+                        ("admin.device", "admin.device")),
+    "import_dicom": (lambda: call_command("import_dicom", str(_one_instance()), no_progress=True),
+                     ("ingest",)),
+}
+# Long-running servers: proved by their own tests against real peers.
+PROVED_ELSEWHERE = {
+    "run_scp": "tests/imaging/test_scp.py::test_storescu_from_allowlisted_ae_stores_and_is_audited",
+    r"^ws/viewer/(?P<study>[0-9.]{1,64})/$":
+        "tests/rendering/test_consumer.py::test_start_and_end_of_the_render_session_are_audited",
+}
+# Project commands that touch no patient data and change no access; why each is silent.
+SILENT_COMMANDS = {
+    "make_phantom": "writes synthetic DICOM files; no patient or account is touched",
+    "access_matrix": "writes or checks docs/access-matrix.md from the policy module",
+}
+
+
+@pytest.fixture
+def people(person, clock, keys_dir, checkpoint_dir):
+    return {"doctor": person("dr.case", "doctor"), "auditor": person("audit.case", "auditor"),
+            "newcomer": person("new.case", "nurse", device=False), "clock": clock}
+
+
+def named_routes() -> set[str]:
+    return {route.view_name for route in http_routes()}
+
+
+def _one_instance():
+    from imaging.phantom import phantom_write
+
+    out = Path(tempfile.mkdtemp(prefix="coverage-phantom-"))
+    phantom_write(out_dir=out, slices=32)
+    return next(out.rglob("*.dcm"))
+
+
+def _project_commands() -> set[str]:
+    return {name for name, app in get_commands().items()
+            if app.split(".")[0] in {"gateway", "accounts", "imaging", "rendering"}}
+
+
+def test_every_route_is_mapped():
+    unmapped = {name for name in named_routes() if not name.startswith("admin:")} - set(ROUTE_CASES)
+    assert unmapped == set(), f"routes with no audit mapping: {sorted(unmapped)}"
+
+
+def test_every_websocket_route_is_mapped():
+    assert set(WEBSOCKET_ROUTES) <= set(ROUTE_CASES) | set(PROVED_ELSEWHERE)
+
+
+def test_every_command_is_mapped():
+    unmapped = _project_commands() - set(COMMAND_CASES) - set(SILENT_COMMANDS)
+    assert unmapped - set(PROVED_ELSEWHERE) == set()
+
+
+@pytest.mark.parametrize("proof", sorted(PROVED_ELSEWHERE.values()))
+def test_the_proofs_named_elsewhere_exist(proof):
+    path, _, name = proof.partition("::")
+    assert f"def {name}(" in (REPO / path).read_text() or f"async def {name}(" in (
+        REPO / path).read_text()
+
+
+@pytest.mark.parametrize(("route", "label"),
+                         [(route, label) for route, cases in ROUTE_CASES.items()
+                          for label, _ in cases])
+def test_route_emits_its_events(client, people, route, label,
+                                django_capture_on_commit_callbacks):
+    case = dict(ROUTE_CASES[route])[label]
+    before = _head()
+    with django_capture_on_commit_callbacks(execute=True):
+        case.act(client, people)
+    assert _new_actions(before) == list(case.emits)
+
+
+@pytest.mark.parametrize("command", sorted(COMMAND_CASES))
+def test_command_emits_its_events(people, command, django_capture_on_commit_callbacks):
+    run, emits = COMMAND_CASES[command]
+    before = _head()
+    with django_capture_on_commit_callbacks(execute=True):
+        run()
+    assert sorted(_new_actions(before)) == sorted(emits)
+
+
+def test_rules_and_routes_agree():
+    assert {name for name in named_routes() if not name.startswith("admin:")} <= set(ROUTES)
