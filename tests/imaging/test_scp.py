@@ -29,6 +29,10 @@ def _tool(name: str) -> str:
 @pytest.fixture
 def scp(tmp_path):
     """A migrated gateway with device account CT01 and run_scp listening on a free port."""
+    yield from _scp(tmp_path)
+
+
+def _scp(tmp_path, *extra: str):
     var = tmp_path / "var"
     env = {"GATEWAY_VAR_DIR": str(var)}
     for zone in ZONES:
@@ -41,7 +45,7 @@ def scp(tmp_path):
     child_env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "DJANGO_"))}
     server = subprocess.Popen(
         [sys.executable, str(REPO / "manage.py"), "run_scp", "--port", str(port),
-         "--ae-title", "FUSIONGW"],
+         "--ae-title", "FUSIONGW", *extra],
         cwd=REPO, env={**child_env, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -121,3 +125,80 @@ def test_find_is_refused_and_a_bad_instance_gets_a_failure_status(scp, tmp_path)
                     get_testdata_file("rtplan.dcm"))
     assert report.returncode != 0 or "No presentation context" in report.stderr + report.stdout
     assert _rows(var, "SELECT COUNT(*) FROM imaging_instance") == [(0,)]
+
+
+def test_a_truncated_pixel_stream_gets_a_failure_status_with_its_reason(scp, phantom, tmp_path):
+    port, var = scp
+    out, _ = phantom
+    import pydicom
+
+    dataset = pydicom.dcmread(phantom_files(out)[0])
+    dataset.Rows = 1024  # the pixel data now holds half of what the header promises
+    broken = tmp_path / "broken.dcm"
+    dataset.save_as(broken)
+    sent = _dcmtk(_tool("storescu"), "-d", "-aet", "CT01", "-aec", "FUSIONGW", "127.0.0.1", str(port),
+                  str(broken))
+    log = sent.stdout + sent.stderr
+    assert "0xc000: Error: Cannot understand" in log, log
+    assert "ErrorComment" in log and "truncated: pixel data holds" in log, log
+    assert _rows(var, "SELECT COUNT(*) FROM imaging_instance") == [(0,)]
+
+
+def _certificates(folder: Path) -> dict[str, Path]:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+
+    def issue(name: str, issuer_key, issuer_name, *, ca: bool, key=None, san: bool = False):
+        key = key or ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        builder = (x509.CertificateBuilder().subject_name(subject)
+                   .issuer_name(issuer_name or subject).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now - dt.timedelta(minutes=5))
+                   .not_valid_after(now + dt.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        certificate = builder.sign(issuer_key or key, hashes.SHA256())
+        return key, certificate
+
+    ca_key, ca = issue("Fusion test CA", None, None, ca=True)
+    paths = {}
+    for name, (key, certificate) in {
+        "ca": (ca_key, ca),
+        "server": issue("localhost", ca_key, ca.subject, ca=False, san=True),
+        "client": issue("CT01", ca_key, ca.subject, ca=False),
+    }.items():
+        paths[f"{name}.key"] = folder / f"{name}.key"
+        paths[f"{name}.crt"] = folder / f"{name}.crt"
+        paths[f"{name}.key"].write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
+        paths[f"{name}.crt"].write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return paths
+
+
+def test_tls_with_client_certificates(tmp_path):
+    pem = _certificates(tmp_path)
+    fixture = _scp(tmp_path, "--tls-cert", str(pem["server.crt"]), "--tls-key", str(pem["server.key"]),
+                   "--tls-client-ca", str(pem["ca.crt"]))
+    port, _ = next(fixture)
+    try:
+        echo = _tool("echoscu")
+        common = ["-aet", "CT01", "-aec", "FUSIONGW", "127.0.0.1", str(port)]
+        ok = _dcmtk(echo, "+tls", str(pem["client.key"]), str(pem["client.crt"]),
+                    "+cf", str(pem["ca.crt"]), *common)
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        plain = _dcmtk(echo, *common)
+        assert plain.returncode != 0
+        anonymous = _dcmtk(echo, "+tla", "+cf", str(pem["ca.crt"]), *common)
+        assert anonymous.returncode != 0
+    finally:
+        fixture.close()
