@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.presentation import StoragePresentationContexts
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from gateway.audit.catalogue import Action, Outcome
 from gateway.audit.services import audit_record
@@ -47,7 +47,7 @@ def image_storage_classes() -> list[str]:
     """Storage SOP classes of images (CT, MR, PET, NM, SC, enhanced CT/MR, SEG, ...)."""
     classes = []
     for context in StoragePresentationContexts:
-        uid = UID(context.abstract_syntax)
+        uid = UID(str(context.abstract_syntax))
         if any(word in uid.name for word in IMAGE_CLASS_WORDS) and "Report" not in uid.name:
             classes.append(str(uid))
     return classes

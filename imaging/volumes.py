@@ -332,7 +332,8 @@ def volume_from_datasets(datasets: list[Dataset]) -> tuple[Volume, str]:
         "frame_of_reference_uid": str(first.get("FrameOfReferenceUID", "")),
         "note": note,
     }
-    direction = tuple(tuple(float(v) for v in axis) for axis in np.stack([row_dir, col_dir, normal], 1))
+    matrix = np.stack([row_dir, col_dir, normal], 1)
+    direction = tuple((float(r[0]), float(r[1]), float(r[2])) for r in matrix)
     volume = Volume(
         voxels=np.ascontiguousarray(stack),
         origin=origin,  # type: ignore[arg-type]
@@ -362,7 +363,7 @@ def _decode(blob: bytes) -> Volume:
 
 
 def _series_datasets(series: Series) -> list[Dataset]:
-    datasets = []
+    datasets: list[Dataset] = []
     for object_id in Instance.objects.filter(series=series).values_list("object_id", flat=True):
         datasets.append(pydicom.dcmread(io.BytesIO(storage.object_get(object_id))))
     return datasets
