@@ -223,3 +223,17 @@ def test_identity_database_holds_the_identity(store, phantom):
         dump = "\n".join(db.iterdump())
     assert truth["patients"][0]["identity"]["patient_name"] in dump or \
         truth["patients"][1]["identity"]["patient_name"] in dump
+
+
+def test_the_leak_search_finds_what_a_broken_profile_would_leak(store, phantom, monkeypatch):
+    """Guard for the leak test itself: with de-identification switched off it must find hits."""
+    from imaging import deid
+
+    out, truth = phantom
+    monkeypatch.setattr(deid.Deidentifier, "clean", lambda self, dataset: None)
+    paths = phantom_files(out)[:1]
+    _ingest_all(paths)
+    secrets = _identifying_strings(paths, truth)
+    stored = "".join(storage.object_get(o).decode("latin-1") for o in storage.storage_objects())
+    assert truth["patients"][0]["identity"]["patient_name"] in secrets
+    assert any(secret in stored for secret in secrets)
