@@ -42,6 +42,8 @@ def test_doctor_finds_patient_by_name_and_sees_pseudonymised_studies(client, sig
     rows = response.context["rows"]
     assert rows and rows[0].studies and rows[0].studies[0].modalities == ["CT", "PT"]
     assert rows[0].studies[0].study_instance_uid.startswith("2.25.")
+    viewer = reverse("rendering:viewer", args=[rows[0].studies[0].study_instance_uid])
+    assert f'href="{viewer}"' in page
     event = _search_events()[-1]
     assert event.outcome == "success" and event.actor == "doctor-user"
     details = json.loads(event.details)
