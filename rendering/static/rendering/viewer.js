@@ -39,7 +39,8 @@ function buildViews(count) {
     overlay.className = "overlay";
     cell.append(canvas, overlay);
     grid.append(cell);
-    const state = { index, canvas, overlay, lastSequence: 0, frames: 0, since: performance.now() };
+    const state = { index, canvas, overlay, lastSequence: 0, frames: 0, since: performance.now(),
+                    showCrosshair: true, slab: 0, preset: 0 };
     views.push(state);
     attachInput(state);
   }
@@ -67,6 +68,21 @@ function describeOverlay(overlay) {
   }
   if (overlay.slab) lines.push(overlay.slab);
   return lines;
+}
+
+// Reference lines: where the other views' planes cut this one (they all pass
+// through the shared focus point).
+function drawCrosshair(context, view, overlay) {
+  if (!overlay.crosshair || !view.showCrosshair) return;
+  const [x, y] = overlay.crosshair;
+  context.save();
+  context.strokeStyle = "rgba(80, 200, 255, 0.55)";
+  context.lineWidth = 1;
+  context.beginPath();
+  context.moveTo(0, y + 0.5); context.lineTo(view.canvas.width, y + 0.5);
+  context.moveTo(x + 0.5, 0); context.lineTo(x + 0.5, view.canvas.height);
+  context.stroke();
+  context.restore();
 }
 
 function element(tag, className, text) {
@@ -113,6 +129,7 @@ async function showFrame(buffer) {
   const context = view.canvas.getContext("2d");
   context.drawImage(bitmap, 0, 0, view.canvas.width, view.canvas.height);
   bitmap.close();
+  drawCrosshair(context, view, frame.overlay || {});
   view.frames += 1;
   const now = performance.now();
   const fps = (view.frames * 1000) / Math.max(1, now - view.since);
@@ -205,6 +222,8 @@ function attachInput(view) {
   canvas.addEventListener("keydown", (event) => keyboard(event, index));
 }
 
+const SLAB_MODES = ["mip", "minip", "average", "none"];
+const VOLUME_PRESETS = ["ct_bone", "ct_soft_tissue", "ct_lung", "pet_mip"];
 const WINDOW_KEYS = { 1: "abdomen", 2: "lung", 3: "bone", 4: "brain", 5: "suv_0_5", 6: "suv_0_10" };
 let cine = null;
 
@@ -214,8 +233,18 @@ function keyboard(event, index) {
   else if (key === "ArrowDown" || key === "PageDown") send({ type: "input", view: index, op: "scroll", delta: key === "PageDown" ? -10 : -1 });
   else if (WINDOW_KEYS[key]) send({ type: "set", view: index, name: "window_preset", value: WINDOW_KEYS[key] });
   else if (key === "r") send({ type: "input", view: index, op: "reset" });
-  else if (key === "m") send({ type: "set", view: index, name: "slab_mode", value: "mip" });
-  else if (key === "n") send({ type: "set", view: index, name: "slab_mode", value: "none" });
+  else if (key === "m") {
+    const view = views[index];
+    view.slab = (view.slab + 1) % SLAB_MODES.length;
+    send({ type: "set", view: index, name: "slab_mode", value: SLAB_MODES[view.slab] });
+  } else if (key === "n") send({ type: "set", view: index, name: "slab_mode", value: "none" });
+  else if (key === "[" || key === "]") send({ type: "set", view: index, name: "slab_thickness", value: key === "]" ? 40 : 10 });
+  else if (key === "o") send({ type: "set", view: index, name: "kind", value: "oblique" });
+  else if (key === "p") {
+    const view = views[index];
+    view.preset = (view.preset + 1) % VOLUME_PRESETS.length;
+    send({ type: "set", view: index, name: "volume_preset", value: VOLUME_PRESETS[view.preset] });
+  } else if (key === "x") { views[index].showCrosshair = !views[index].showCrosshair; }
   else if (key === "a" || key === "c" || key === "s") send({ type: "set", view: index, name: "kind", value: { a: "axial", c: "coronal", s: "sagittal" }[key] });
   else if (key === "v") send({ type: "set", view: index, name: "kind", value: "3d" });
   else if (key === " ") {

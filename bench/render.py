@@ -1,0 +1,317 @@
+"""Benchmark the viewer end to end: daphne, the websocket, the consumer, the render pool.
+
+Serves a fresh demo (PET/CT phantom, CT 512x512xN) with daphne on a loopback
+port, signs a doctor in with password + TOTP over HTTP, and drives viewer
+websockets with the `websockets` client. Prints one JSON document:
+
+    python bench/render.py [--slices 300] [--inputs 60] [--sessions 16] [--workers 2]
+
+Figures per view type: input-to-frame latency (p50/p95, ms) measured one input
+at a time, frames/s, bytes per interactive frame; time to first image cold
+(fresh workers) and warm; memory per session (server RSS growth / sessions);
+and many sessions scrolling at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import http.cookiejar
+import json
+import os
+import platform
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import websockets
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rendering.protocol import frame_unpack  # noqa: E402
+
+
+def _percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def _summary(latencies: list[float], sizes: list[int]) -> dict[str, float]:
+    return {"p50_ms": round(statistics.median(latencies) * 1000, 1),
+            "p95_ms": round(_percentile(latencies, 0.95) * 1000, 1),
+            "frames_per_second": round(len(latencies) / sum(latencies), 1),
+            "bytes_per_frame": int(statistics.median(sizes)) if sizes else 0,
+            "samples": len(latencies)}
+
+
+def _manage(env: dict[str, str], *arguments: str) -> str:
+    result = subprocess.run([sys.executable, str(ROOT / "manage.py"), *arguments], cwd=ROOT,
+                            env=env, capture_output=True, text=True, check=True, timeout=1800)
+    return result.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _totp(uri: str) -> str:
+    from django_otp.oath import TOTP
+
+    secret = urllib.parse.parse_qs(urllib.parse.urlparse(uri).query)["secret"][0]
+    key = base64.b32decode(secret + "=" * (-len(secret) % 8))
+    return f"{TOTP(key, step=30, digits=6).token():06d}"
+
+
+class Browserless:
+    """Just enough of a browser to sign in: cookies, CSRF form tokens, redirects."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+
+    def _form(self, path: str, fields: dict[str, str]) -> str:
+        page = self.opener.open(self.base + path, timeout=30).read().decode()
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+        body = urllib.parse.urlencode({"csrfmiddlewaretoken": token, **fields}).encode()
+        request = urllib.request.Request(self.base + path, data=body,  # noqa: S310
+                                         headers={"Origin": self.base, "Referer": self.base + path})
+        return self.opener.open(request, timeout=30).geturl()
+
+    def sign_in(self, username: str, password: str, otpauth: str) -> None:
+        self._form("/accounts/login/", {"username": username, "password": password})
+        landed = self._form("/accounts/otp/", {"otp_token": _totp(otpauth)})
+        if landed.rstrip("/") != self.base:
+            raise SystemExit(f"sign-in failed (landed on {landed})")
+
+    def cookie_header(self) -> str:
+        return "; ".join(f"{c.name}={c.value}" for c in self.jar)
+
+
+class Viewer:
+    def __init__(self, socket_: websockets.ClientConnection) -> None:
+        self.socket = socket_
+        self.pending: list = []
+
+    @classmethod
+    async def open(cls, base: str, study: str, cookie: str) -> tuple[Viewer, dict]:
+        url = base.replace("http", "ws", 1) + f"/ws/viewer/{study}/"
+        connection = await websockets.connect(url, additional_headers={"Cookie": cookie,
+                                                                      "Origin": base},
+                                              max_size=2**24)
+        viewer = cls(connection)
+        ready = await viewer.text("ready")
+        return viewer, ready
+
+    async def text(self, kind: str) -> dict:
+        while True:
+            message = await self.socket.recv()
+            if isinstance(message, str):
+                body = json.loads(message)
+                if body["type"] == "error":
+                    raise RuntimeError(body)
+                if body["type"] == kind:
+                    return body
+            else:
+                frame = frame_unpack(message)
+                await self.ack(frame)
+
+    async def ack(self, frame) -> None:
+        await self.socket.send(json.dumps({"type": "ack", "view": frame.view, "seq": frame.sequence}))
+
+    async def frame(self, view: int, *, quality: int | None = None, after: int = 0):
+        while True:
+            message = await self.socket.recv()
+            if isinstance(message, str):
+                body = json.loads(message)
+                if body["type"] == "error":
+                    raise RuntimeError(body)
+                continue
+            frame = frame_unpack(message)
+            await self.ack(frame)
+            if frame.view == view and frame.sequence > after and (
+                    quality is None or frame.quality == quality):
+                return frame
+
+    async def send(self, body: dict) -> None:
+        await self.socket.send(json.dumps(body))
+
+    async def settle(self, seconds: float = 0.4) -> None:
+        """Drain frames (acknowledging them) until the socket is quiet."""
+        while True:
+            try:
+                message = await asyncio.wait_for(self.socket.recv(), timeout=seconds)
+            except TimeoutError:
+                return
+            if not isinstance(message, str):
+                await self.ack(frame_unpack(message))
+
+    async def layout(self, name: str) -> dict:
+        await self.send({"type": "layout", "layout": name})
+        ready = await self.text("ready")
+        for index in range(len(ready["views"])):
+            await self.send({"type": "resize", "view": index, "width": 512, "height": 512})
+        await self.settle()
+        return ready
+
+
+async def _measure(viewer: Viewer, view: int, inputs: int, make_input) -> dict:
+    latencies, sizes, sequence = [], [], 0
+    for step in range(inputs):
+        started = time.perf_counter()
+        await viewer.send(make_input(step))
+        frame = await viewer.frame(view, quality=0, after=sequence)
+        latencies.append(time.perf_counter() - started)
+        sizes.append(len(frame.image))
+        sequence = frame.sequence
+    await viewer.settle()
+    return _summary(latencies, sizes)
+
+
+def _scroll(view: int):
+    return lambda step: {"type": "input", "view": view, "op": "scroll",
+                         "delta": 1 if (step // 20) % 2 == 0 else -1}
+
+
+async def _still(viewer: Viewer, view: int, repeats: int = 5) -> dict:
+    times, renders = [], []
+    for step in range(repeats):
+        await viewer.send({"type": "input", "view": view, "op": "rotate",
+                           "dazimuth": 7 + step, "delevation": 0})
+        started = time.perf_counter()
+        frame = await viewer.frame(view, quality=1)
+        times.append(time.perf_counter() - started)
+        renders.append(frame.overlay.get("render_ms", 0))
+        await viewer.settle()
+    return {"input_pause_to_still_p50_ms": round(statistics.median(times) * 1000, 1),
+            "render_p50_ms": round(statistics.median(renders), 1),
+            "bytes_per_frame": len(frame.image)}
+
+
+async def _first_image(base: str, study: str, cookie: str) -> float:
+    started = time.perf_counter()
+    viewer, _ = await Viewer.open(base, study, cookie)
+    await viewer.frame(0)
+    elapsed = time.perf_counter() - started
+    await viewer.socket.close()
+    return elapsed
+
+
+async def _crowd(base: str, study: str, cookie: str, sessions: int, inputs: int) -> dict:
+    async def one() -> list[float]:
+        viewer, _ = await Viewer.open(base, study, cookie)
+        await viewer.layout("1x1")
+        result = await _measure(viewer, 0, inputs, _scroll(0))
+        await viewer.socket.close()
+        return [result["p50_ms"], result["p95_ms"]]
+
+    results = await asyncio.gather(*(one() for _ in range(sessions)), return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    good = [r for r in results if not isinstance(r, BaseException)]
+    return {"sessions": sessions, "errors": len(errors),
+            "p50_ms_median_of_sessions": round(statistics.median(r[0] for r in good), 1) if good else None,
+            "p95_ms_worst_session": round(max(r[1] for r in good), 1) if good else None,
+            "error_examples": [repr(e)[:200] for e in errors[:3]]}
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def _run(base: str, study: str, cookie: str, arguments, server_pid: int) -> dict:
+    cold = await _first_image(base, study, cookie)
+    warm = await _first_image(base, study, cookie)
+    viewer, _ = await Viewer.open(base, study, cookie)
+    figures: dict = {"time_to_first_image_s": {"cold": round(cold, 3), "warm": round(warm, 3)}}
+    await viewer.layout("1x1")
+    figures["mpr_scroll"] = await _measure(viewer, 0, arguments.inputs, _scroll(0))
+    figures["wl_drag"] = await _measure(viewer, 0, arguments.inputs, lambda step: {
+        "type": "input", "view": 0, "op": "window", "dc": 3 if step % 2 else -3, "dw": 5})
+    await viewer.send({"type": "set", "view": 0, "name": "slab_mode", "value": "mip"})
+    await viewer.send({"type": "set", "view": 0, "name": "slab_thickness", "value": 20})
+    await viewer.settle()
+    figures["slab_mip_20mm"] = await _measure(viewer, 0, arguments.inputs, _scroll(0))
+    await viewer.layout("petct")
+    figures["fusion_wl_drag"] = await _measure(viewer, 2, arguments.inputs, lambda step: {
+        "type": "input", "view": 2, "op": "window", "dc": 3 if step % 2 else -3, "dw": 5})
+    figures["petct_scroll_fusion_view"] = await _measure(viewer, 2, arguments.inputs, _scroll(2))
+    await viewer.layout("2x2")
+    figures["3d_rotate_interactive"] = await _measure(viewer, 3, arguments.inputs, lambda step: {
+        "type": "input", "view": 3, "op": "rotate", "dazimuth": 4, "delevation": 0})
+    figures["3d_still"] = await _still(viewer, 3)
+    await viewer.socket.close()
+    before = _rss_kb(server_pid)
+    holders = [await Viewer.open(base, study, cookie) for _ in range(arguments.sessions)]
+    for holder, _ in holders:
+        await holder.frame(0)
+    figures["memory_per_session_kb"] = round((_rss_kb(server_pid) - before) / arguments.sessions)
+    for holder, _ in holders:
+        await holder.socket.close()
+    figures["crowd_scrolling"] = await _crowd(base, study, cookie, arguments.sessions,
+                                              max(10, arguments.inputs // 3))
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--inputs", type=int, default=60)
+    parser.add_argument("--sessions", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2)
+    arguments = parser.parse_args()
+
+    var_dir = tempfile.mkdtemp(prefix="bench-render-")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "DJANGO_"))}
+    env.update(GATEWAY_VAR_DIR=var_dir, GATEWAY_RENDER_WORKERS=str(arguments.workers))
+    for zone in ("default", "identity", "audit"):
+        _manage(env, "migrate", "--database", zone, "--noinput", "-v0")
+    _manage(env, "collectstatic", "--noinput", "-v0")
+    _manage(env, "seed_demo", "--phantom-slices", str(arguments.slices))
+    study = _manage(env, "shell", "--no-imports", "-c",
+                    "from imaging.models import Study; print(Study.objects.get().study_instance_uid)"
+                    ).strip()
+    credentials = json.loads((Path(var_dir) / "demo-credentials.json").read_text())
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([str(Path(sys.executable).with_name("daphne")), "-b", "127.0.0.1",
+                               "-p", str(port), "gateway.asgi:application"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(base + "/healthz", timeout=2)  # noqa: S310
+                break
+            except OSError:
+                time.sleep(0.2)
+        client = Browserless(base)
+        client.sign_in("dr.ada", credentials["dr.ada"], credentials["totp"]["dr.ada"])
+        figures = asyncio.run(_run(base, study, client.cookie_header(), arguments, server.pid))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    print(json.dumps({
+        "benchmark": "render",
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "python": platform.python_version()},
+        "study": {"ct_slices": arguments.slices, "viewport": "512x512"},
+        "render_workers": arguments.workers,
+        **figures,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""No DICOM bytes, voxel arrays or raw slices leave the gateway, by any route or message.
+
+HTTP: every route in the resolver is requested by a signed-in doctor (the role
+that sees the most images), including the viewer page of a real ingested
+study; no response is DICOM, octet-stream or multipart, none carries a DICOM
+preamble, and none is large enough to hold a slice. Websocket: every client
+message type and operation is sent to a live viewer; every server message is
+a known JSON message of modest size or a frame whose payload is an encoded
+picture (JPEG, PNG, WebP) of exactly the size its header declares.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from channels.db import database_sync_to_async
+from PIL import Image
+
+from rendering.protocol import FRAME_HEADER, LAYOUTS, OPERATIONS, SETTINGS, Text, frame_unpack
+from tests.conftest import ZONES
+from tests.rendering.test_consumer import _next, _open, phantom_dir, study  # noqa: F401
+from tests.security.inventory import http_routes
+
+pytestmark = pytest.mark.django_db(databases=ZONES, transaction=True)
+
+FORBIDDEN_TYPES = ("application/dicom", "application/octet-stream", "multipart/related",
+                   "image/", "application/x-numpy")
+MAX_TEXT_BYTES = 16_384
+IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF")
+ARGUMENTS = {"delta": 1, "dc": 5, "dw": 5, "factor": 1.1, "dx": 0.01, "dy": 0.01,
+             "dazimuth": 5, "delevation": 5, "dtilt": 5, "dspin": 5, "x": 100, "y": 100}
+
+
+def _assert_not_pixels(url: str, response) -> None:
+    content_type = response.headers.get("Content-Type", "")
+    body = b"".join(response.streaming_content) if response.streaming else response.content
+    assert not content_type.startswith(FORBIDDEN_TYPES), (url, content_type)
+    assert body[128:132] != b"DICM", url
+    assert len(body) < 512 * 1024, (url, len(body))
+
+
+def test_no_http_route_returns_pixels(client, signed_in, study):
+    signed_in("doctor")
+    record, _ = study
+    urls = [route.url for route in http_routes() if not route.view_name.startswith("admin:")]
+    urls.append(f"/viewer/{record.study_instance_uid}/")
+    for url in urls:
+        _assert_not_pixels(url, client.get(url))
+
+
+def _every_client_message() -> list[dict]:
+    messages: list[dict] = [{"type": "resize", "view": 0, "width": 300, "height": 200},
+                            {"type": "probe", "view": 0, "x": 10, "y": 10},
+                            {"type": "ack", "view": 0, "seq": 1}]
+    for operation, rules in OPERATIONS.items():
+        messages.append({"type": "input", "view": 0, "op": operation,
+                         **{name: ARGUMENTS[name] for name in rules}})
+    for name, rule in SETTINGS.items():
+        values = sorted(rule.choices) if isinstance(rule, Text) else [rule.high / 2]
+        messages.extend({"type": "set", "view": 0, "name": name, "value": value}
+                        for value in values)
+    messages.extend({"type": "layout", "layout": layout} for layout in LAYOUTS)
+    return messages
+
+
+async def _collect(communicator, seconds: float = 1.0) -> list:
+    received = []
+    while not await communicator.receive_nothing(timeout=seconds, interval=0.02):
+        message = await communicator.receive_output()
+        received.append(message)
+        if message.get("bytes"):
+            frame = frame_unpack(message["bytes"])
+            await communicator.send_json_to({"type": "ack", "view": frame.view,
+                                             "seq": frame.sequence})
+    return received
+
+
+def _assert_frame_is_a_picture(raw: bytes) -> None:
+    assert len(raw) > FRAME_HEADER.size
+    frame = frame_unpack(raw)
+    assert frame.image.startswith(IMAGE_MAGIC), frame.image[:8]
+    with Image.open(io.BytesIO(frame.image)) as picture:
+        assert picture.size == (frame.width, frame.height)
+        assert picture.mode in {"L", "RGB", "RGBA", "P"}
+
+
+async def test_every_websocket_message_yields_only_pictures_and_small_json(client, signed_in,
+                                                                            study):
+    await database_sync_to_async(signed_in)("doctor")
+    record, _ = study
+    communicator, connected, _ = await _open(client, record.study_instance_uid)
+    assert connected
+    received = await _collect(communicator, seconds=3.0)
+    for message in _every_client_message():
+        await communicator.send_json_to(message)
+        received.extend(await _collect(communicator, seconds=0.4))
+    await communicator.disconnect()
+    kinds, frames = set(), 0
+    for message in received:
+        if message["type"] == "websocket.close":
+            continue
+        if message.get("bytes"):
+            _assert_frame_is_a_picture(message["bytes"])
+            frames += 1
+            continue
+        text = message["text"]
+        assert len(text.encode()) < MAX_TEXT_BYTES
+        body = json.loads(text)
+        assert body["type"] in {"ready", "error", "probe"}, body
+        kinds.add(body["type"])
+    assert frames > 10
+    assert {"ready", "probe"} <= kinds
