@@ -185,18 +185,21 @@ def _scroll(view: int):
 
 
 async def _still(viewer: Viewer, view: int, repeats: int = 5) -> dict:
-    times, renders = [], []
+    """Input, its interactive frame, then the lossless still of that same state."""
+    times, renders, size = [], [], 0
     for step in range(repeats):
+        started = time.perf_counter()
         await viewer.send({"type": "input", "view": view, "op": "rotate",
                            "dazimuth": 7 + step, "delevation": 0})
-        started = time.perf_counter()
-        frame = await viewer.frame(view, quality=1)
+        interactive = await viewer.frame(view, quality=0)
+        frame = await viewer.frame(view, quality=1, after=interactive.sequence - 1)
         times.append(time.perf_counter() - started)
         renders.append(frame.overlay.get("render_ms", 0))
-        await viewer.settle()
-    return {"input_pause_to_still_p50_ms": round(statistics.median(times) * 1000, 1),
-            "render_p50_ms": round(statistics.median(renders), 1),
-            "bytes_per_frame": len(frame.image)}
+        size = len(frame.image)
+        await viewer.settle(1.0)
+    return {"input_to_still_p50_ms": round(statistics.median(times) * 1000, 1),
+            "still_render_p50_ms": round(statistics.median(renders), 1),
+            "bytes_per_frame": size}
 
 
 async def _first_image(base: str, study: str, cookie: str) -> float:

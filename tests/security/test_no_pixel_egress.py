@@ -41,7 +41,7 @@ def _assert_not_pixels(url: str, response) -> None:
     assert len(body) < 512 * 1024, (url, len(body))
 
 
-def test_no_http_route_returns_pixels(client, signed_in, study):
+def test_no_http_route_returns_pixels(client, signed_in, study):  # noqa: F811
     signed_in("doctor")
     record, _ = study
     urls = [route.url for route in http_routes() if not route.view_name.startswith("admin:")]
@@ -87,7 +87,7 @@ def _assert_frame_is_a_picture(raw: bytes) -> None:
 
 
 async def test_every_websocket_message_yields_only_pictures_and_small_json(client, signed_in,
-                                                                            study):
+                                                                            study):  # noqa: F811
     await database_sync_to_async(signed_in)("doctor")
     record, _ = study
     communicator, connected, _ = await _open(client, record.study_instance_uid)
