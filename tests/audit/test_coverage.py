@@ -121,7 +121,7 @@ COMMAND_CASES: dict[str, tuple[Callable, tuple[str, ...]]] = {
                     ("admin.user",)),
     "seed_demo": (lambda: call_command("seed_demo", phantom_slices=32),
                   ("admin.user",) * 3 + ("admin.device",) + ("admin.user",) * 2
-                  + ("admin.device", "ingest", "ingest")),
+                  + ("admin.device", "ingest")),
     "device_register": (lambda: (call_command("create_user", username="ct.scanner", role="device",
                                               password="a long device secret 1"),
                                  call_command("device_register", "ct.scanner", ae_title="CT9")),
@@ -139,6 +139,9 @@ PROVED_ELSEWHERE = {
 SILENT_COMMANDS = {
     "make_phantom": "writes synthetic DICOM files; no patient or account is touched",
     "access_matrix": "writes or checks docs/access-matrix.md from the policy module",
+    "render_worker": ("renders only on signed requests from gateway processes, which have "
+                      "already authorised and audited the render session (render.start/end); "
+                      "it holds no principal to audit and no access decision of its own"),
 }
 
 

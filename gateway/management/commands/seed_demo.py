@@ -98,7 +98,8 @@ class Command(BaseCommand):
         studies = [patient["study_instance_uid"] for patient in truth["patients"]]
         if StudyIdentity.objects.filter(original_study_instance_uid__in=studies).count() < len(studies):
             self.stdout.write("importing the demo phantom (first run only)...")
-            call_command("import_dicom", str(out), no_progress=True, jobs=1, stdout=self.stdout)
+            folders = [str(path) for path in sorted(out.iterdir()) if path.is_dir()]
+            call_command("import_dicom", *folders, no_progress=True, jobs=1, stdout=self.stdout)
         device = User.objects.get(username=DEMO_PEOPLE[Role.DEVICE][0])
         if not DeviceEndpoint.objects.filter(user=device).exists():
             endpoint, token = device_endpoint_register(user=device, ae_title=DEMO_DEVICE_AE_TITLE,
