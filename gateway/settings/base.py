@@ -69,6 +69,7 @@ INSTALLED_APPS = [
     "imaging.identity",
     "gateway.audit",
     "rendering",
+    "gateway.sharing",
 ]
 
 MIDDLEWARE = [
@@ -82,6 +83,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "accounts.middleware.SessionPolicyMiddleware",
     "django_otp.middleware.OTPMiddleware",
+    "gateway.sharing.middleware.CapabilityMiddleware",
     "accounts.middleware.AccessGate",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -151,11 +153,20 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {"hosts": [REDIS_URL]},
-        }
+        },
+        # Render requests and replies (GATEWAY_RENDER_MODE=remote): a layer instance of
+        # their own, so they never share a receive loop or a capacity with the websockets.
+        # Short expiry: a frame nobody collected within 30 s is stale anyway.
+        "render": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": "gateway-render:", "expiry": 30,
+                       "capacity": 1000},
+        },
     }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"},
+                      "render": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 AUTH_USER_MODEL = "accounts.User"
 LOGIN_URL = "accounts:login"
@@ -253,6 +264,20 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("GATEWAY_UPLOAD_MAX_MEMORY_BYTES", 2_621_4
 # Render workers per server process (0: one per core) and each worker's volume cache.
 RENDER_WORKERS = env_int("GATEWAY_RENDER_WORKERS", 0)
 RENDER_CACHE_MB = env_int("GATEWAY_RENDER_CACHE_MB", 2048)
+# "local": those workers run beside each server process. "remote": requests go over the
+# "render" channel layer (Redis) to `manage.py render_worker` on any host (rendering/remote.py).
+RENDER_MODE = env_str("GATEWAY_RENDER_MODE", "local")
+RENDER_CHANNEL = env_str("GATEWAY_RENDER_CHANNEL", "render")
+RENDER_CHANNEL_LAYER = "render"
+# An accepted request whose worker falls silent this long is sent to another worker;
+# one nobody accepts within the queue limit is sent again.
+RENDER_REMOTE_SILENCE_MS = env_int("GATEWAY_RENDER_SILENCE_MS", 1000)
+RENDER_REMOTE_QUEUE_MS = env_int("GATEWAY_RENDER_QUEUE_MS", 10000)
+
+# Shares for external consultants (gateway.sharing.conf).
+SHARING_DEFAULT_HOURS = env_int("GATEWAY_SHARE_DEFAULT_HOURS", 72)
+SHARING_MAX_DAYS = env_int("GATEWAY_SHARE_MAX_DAYS", 30)
+SHARING_PIN_ATTEMPTS = env_int("GATEWAY_SHARE_PIN_ATTEMPTS", 5)
 
 AUDIT_CHECKPOINT_DIR = Path(
     env_str("GATEWAY_AUDIT_CHECKPOINT_DIR", str(VAR_DIR / "audit-checkpoints"))

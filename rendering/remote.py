@@ -1,0 +1,382 @@
+"""Render requests over the channel layer: render workers on other hosts.
+
+Shape::
+
+    ASGI process ──RemoteRenderPool.render(state)──▶ "render" channel (Redis) ──▶ any render_worker
+        ◀── reply channel of that ASGI process ◀── accepted / alive … / reply ◀──┘
+
+* The request carries the whole view state (as its validated dict) and the *name* of a
+  volume source, exactly like a local :class:`~rendering.workers.RenderPool` request, so
+  any worker can serve any session; workers keep nothing but their volume cache.
+* ``render`` is a plain channel: each request goes to one worker, and a worker only pulls
+  a request when it has a free render process, so an idle worker takes the next one.
+* Liveness, not a render-time limit, decides a retry: a worker answers ``accepted`` as
+  soon as it takes a request and ``alive`` every :data:`HEARTBEAT_S` while it renders.
+  When an accepted request goes silent for ``silence_s`` (default 1 s) its worker is taken
+  for dead and the request is sent again, to whichever worker is free; a request nobody
+  accepts within ``queue_s`` is sent again too (and the worker that finally pulls the
+  stale copy drops it). The first reply wins; a late duplicate is ignored.
+* Every message is HMAC-SHA256 signed under the render key (``GATEWAY_RENDER_KEY``), so a
+  client of Redis that is not a gateway process can neither ask a worker for a picture of
+  a series nor slip a forged frame to a viewer. Redis must still be private (see
+  docs/deployment.md): the frames themselves are not encrypted by this layer.
+* Frames, probe results and geometry cross as plain msgpack-able dicts, never pickles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import socket
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from channels.exceptions import ChannelFull
+from channels.layers import BaseChannelLayer, get_channel_layer
+
+from rendering.encoding import Encoding
+from rendering.engine.core import (
+    LayerInfo,
+    Overlay,
+    ProbeResult,
+    ProbeValue,
+    RenderedFrame,
+    RenderError,
+)
+from rendering.viewstate import Quality, ViewState, viewstate_from_dict, viewstate_to_dict
+from rendering.workers import ERRORS, PoolClosed, RenderPool, RenderTimeout, WorkerCrashed
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_S = 0.25
+REMOTE_ERRORS: dict[str, type[Exception]] = {
+    **ERRORS, "RenderTimeout": RenderTimeout, "WorkerCrashed": WorkerCrashed,
+}
+
+
+class RemoteUnavailable(WorkerCrashed):
+    """No render worker took the request (or every one that did died) within the attempts."""
+
+
+# --- the render key and signatures -----------------------------------------------------------
+
+
+def render_key() -> bytes:
+    """``GATEWAY_RENDER_KEY(_FILE)``, or a key generated under ``KEYS_DIR`` where that is allowed.
+
+    Every ASGI process and every render worker must hold the same key; on one host the
+    generated file is shared, across hosts it is supplied like the other secrets.
+    """
+    from django.conf import settings
+
+    from gateway.config import ConfigurationError, private_file_check, private_file_write, secret
+
+    configured = secret("GATEWAY_RENDER_KEY")
+    if configured:
+        return configured.encode()
+    if not settings.KEYS_GENERATE:
+        raise ConfigurationError("GATEWAY_RENDER_KEY or GATEWAY_RENDER_KEY_FILE must be set "
+                                 "for remote rendering")
+    path = Path(settings.KEYS_DIR) / "render-key"
+    private_file_write(path, secrets.token_urlsafe(48).encode())
+    private_file_check(path)
+    return path.read_bytes().strip()
+
+
+def _digest(key: bytes, message: dict[str, Any]) -> str:
+    body = {name: value for name, value in message.items() if name != "sig"}
+    return hmac.new(key, msgpack.packb(body, use_bin_type=True), hashlib.sha256).hexdigest()
+
+
+def sign(key: bytes, message: dict[str, Any]) -> dict[str, Any]:
+    return {**message, "sig": _digest(key, message)}
+
+
+def verify(key: bytes, message: dict[str, Any]) -> bool:
+    given = message.get("sig")
+    return isinstance(given, str) and hmac.compare_digest(given, _digest(key, message))
+
+
+# --- results as plain data ---------------------------------------------------------------------
+
+
+def result_to_wire(op: str, result: Any) -> Any:
+    if op == "render":
+        frame: RenderedFrame = result
+        overlay = asdict(frame.overlay)
+        return {"data": frame.data, "encoding": frame.encoding.value, "width": frame.width,
+                "height": frame.height, "quality": frame.quality.value, "overlay": overlay,
+                "render_ms": frame.render_ms, "encode_ms": frame.encode_ms}
+    if op == "probe":
+        probe: ProbeResult = result
+        return {"point_mm": list(probe.point_mm), "values": [asdict(v) for v in probe.values]}
+    return result
+
+
+def _tuple_or_none(value: Any) -> Any:
+    return tuple(value) if value is not None else None
+
+
+def result_from_wire(op: str, wire: Any) -> Any:
+    if op == "render":
+        overlay = dict(wire["overlay"])
+        overlay["layers"] = tuple(LayerInfo(**layer) for layer in overlay.get("layers", ()))
+        overlay["focus_mm"] = _tuple_or_none(overlay.get("focus_mm"))
+        overlay["crosshair_px"] = _tuple_or_none(overlay.get("crosshair_px"))
+        return RenderedFrame(data=wire["data"], encoding=Encoding(wire["encoding"]),
+                             width=wire["width"], height=wire["height"],
+                             quality=Quality(wire["quality"]), overlay=Overlay(**overlay),
+                             render_ms=wire["render_ms"], encode_ms=wire["encode_ms"])
+    if op == "probe":
+        return ProbeResult(point_mm=tuple(wire["point_mm"]),  # type: ignore[arg-type]
+                           values=tuple(ProbeValue(**value) for value in wire["values"]))
+    return wire
+
+
+# --- the requesting side -------------------------------------------------------------------------
+
+
+@dataclass
+class _LoopState:
+    layer: BaseChannelLayer
+    reply_channel: str
+    receiver: asyncio.Task
+    waiters: dict[str, asyncio.Queue] = field(default_factory=dict)
+
+
+class RemoteRenderPool:
+    """The :class:`~rendering.workers.RenderPool` request API, served by remote render workers.
+
+    Parameters
+    ----------
+    channel:
+        The channel render workers listen on.
+    layer_alias:
+        Which ``CHANNEL_LAYERS`` entry carries the requests.
+    silence_s:
+        An accepted request whose worker sends nothing for this long is sent again.
+    queue_s:
+        A request no worker accepts for this long is sent again.
+    attempts:
+        How many times a request is sent before it fails with :class:`RemoteUnavailable`.
+    """
+
+    def __init__(self, *, channel: str = "render", layer_alias: str = "render", key: bytes,
+                 silence_s: float = 1.0, queue_s: float = 10.0, attempts: int = 3) -> None:
+        self.channel = channel
+        self.layer_alias = layer_alias
+        self.key = key
+        self.silence_s = silence_s
+        self.queue_s = queue_s
+        self.attempts = attempts
+        self._loops: dict[asyncio.AbstractEventLoop, _LoopState] = {}
+        self.retries = 0
+
+    async def render(self, state: ViewState, *, source: str,
+                     encoding: Encoding | None = None) -> RenderedFrame:
+        return await self._request("render", state, source,
+                                   {"encoding": encoding.value if encoding else None})
+
+    async def probe(self, state: ViewState, *, source: str, x: float, y: float) -> ProbeResult:
+        return await self._request("probe", state, source, {"x": x, "y": y})
+
+    async def describe(self, state: ViewState, *, source: str) -> dict[str, dict]:
+        return await self._request("describe", state, source, {})
+
+    def close(self) -> None:
+        for state in self._loops.values():
+            state.receiver.cancel()
+        self._loops.clear()
+
+    async def _state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is None or state.receiver.done():
+            layer = get_channel_layer(self.layer_alias)
+            if layer is None:
+                raise RenderError(f"no channel layer {self.layer_alias!r} for remote rendering")
+            reply_channel = await layer.new_channel(prefix="render-reply")
+            waiters: dict[str, asyncio.Queue] = {}
+            receiver = loop.create_task(self._receive(layer, reply_channel, waiters),
+                                        name="render-replies")
+            state = _LoopState(layer, reply_channel, receiver, waiters)
+            self._loops = {known: value for known, value in self._loops.items() if not known.is_closed()}
+            self._loops[loop] = state
+        return state
+
+    async def _receive(self, layer: BaseChannelLayer, channel: str,
+                       waiters: dict[str, asyncio.Queue]) -> None:
+        while True:
+            message = await layer.receive(channel)
+            waiter = waiters.get(message.get("id", ""))
+            if waiter is not None:
+                waiter.put_nowait(message)
+
+    async def _request(self, op: str, state: ViewState, source: str, extra: dict) -> Any:
+        loop_state = await self._state()
+        payload = {"state": viewstate_to_dict(state), "source": source, **extra}
+        for attempt in range(self.attempts):
+            request_id = uuid.uuid4().hex
+            inbox: asyncio.Queue = asyncio.Queue()
+            loop_state.waiters[request_id] = inbox
+            try:
+                message = sign(self.key, {
+                    "type": "render.request", "id": request_id, "op": op, "payload": payload,
+                    "reply": loop_state.reply_channel, "accept_by": time.time() + self.queue_s,
+                    "attempt": attempt})
+                try:
+                    await loop_state.layer.send(self.channel, message)
+                except ChannelFull:
+                    raise RenderError("the render queue is full; try again") from None
+                outcome = await self._await_reply(inbox, op)
+            finally:
+                loop_state.waiters.pop(request_id, None)
+            if outcome is not None:
+                return outcome.value
+            self.retries += 1
+            logger.warning("render request %s (%s) got no live worker; sending it again", request_id, op)
+        raise RemoteUnavailable(f"no render worker served the request after {self.attempts} tries")
+
+    async def _await_reply(self, inbox: asyncio.Queue, op: str) -> _Outcome | None:
+        accepted = False
+        while True:
+            try:
+                message = await asyncio.wait_for(
+                    inbox.get(), timeout=self.silence_s if accepted else self.queue_s)
+            except TimeoutError:
+                return None
+            if not verify(self.key, message):
+                logger.error("dropped a render reply with a bad signature")
+                continue
+            kind = message.get("type")
+            if kind in {"render.accepted", "render.alive"}:
+                accepted = True
+                continue
+            if message.get("ok"):
+                return _Outcome(result_from_wire(op, message["result"]))
+            raise REMOTE_ERRORS.get(message.get("error", ""), RenderError)(message.get("message", ""))
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    value: Any
+
+
+# --- the serving side (manage.py render_worker) ------------------------------------------------------
+
+
+@dataclass
+class ServeStats:
+    served: int = 0
+    failed: int = 0
+    dropped: int = 0
+
+
+async def render_serve(*, pool: RenderPool, key: bytes, channel: str = "render",
+                       layer_alias: str = "render", concurrency: int | None = None,
+                       name: str | None = None, stop: asyncio.Event | None = None,
+                       stats: ServeStats | None = None) -> ServeStats:
+    """Serve render requests from ``channel`` with ``pool`` until ``stop`` is set.
+
+    At most ``concurrency`` requests (default: the pool's size) are taken at once, so a
+    busy worker leaves the queue to the others.
+    """
+    layer = get_channel_layer(layer_alias)
+    if layer is None:
+        raise RenderError(f"no channel layer {layer_alias!r}")
+    name = name or f"{socket.gethostname()}:{os.getpid()}"
+    stop = stop or asyncio.Event()
+    stats = stats or ServeStats()
+    slots = asyncio.Semaphore(concurrency or pool.size)
+    running: set[asyncio.Task] = set()
+
+    async def serve_one(message: dict) -> None:
+        try:
+            await _serve_request(layer, pool, key, name, message, stats)
+        except Exception:
+            stats.failed += 1
+            logger.exception("render worker: could not serve a request")
+        finally:
+            slots.release()
+
+    try:
+        while not stop.is_set():
+            await slots.acquire()
+            receive = asyncio.ensure_future(layer.receive(channel))
+            stopped = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait({receive, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if receive not in done:
+                receive.cancel()
+                slots.release()
+                break
+            stopped.cancel()
+            task = asyncio.create_task(serve_one(receive.result()))
+            running.add(task)
+            task.add_done_callback(running.discard)
+    finally:
+        for task in list(running):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return stats
+
+
+async def _serve_request(layer: BaseChannelLayer, pool: RenderPool, key: bytes, name: str,
+                         message: dict, stats: ServeStats) -> None:
+    if not verify(key, message) or message.get("type") != "render.request":
+        stats.dropped += 1
+        logger.error("render worker: dropped a request with a bad signature")
+        return
+    if time.time() > float(message.get("accept_by", 0)):
+        stats.dropped += 1
+        return
+    request_id, op, reply = message["id"], message["op"], message["reply"]
+
+    async def tell(body: dict) -> None:
+        with contextlib.suppress(ChannelFull):
+            await layer.send(reply, sign(key, {"id": request_id, "worker": name, **body}))
+
+    await tell({"type": "render.accepted"})
+
+    async def heartbeat() -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            await tell({"type": "render.alive"})
+
+    beating = asyncio.create_task(heartbeat())
+    try:
+        payload = message["payload"]
+        state = viewstate_from_dict(payload["state"])
+        source = payload["source"]
+        if op == "render":
+            encoding = Encoding(payload["encoding"]) if payload.get("encoding") else None
+            result: Any = await pool.render(state, source=source, encoding=encoding)
+        elif op == "probe":
+            result = await pool.probe(state, source=source, x=payload["x"], y=payload["y"])
+        elif op == "describe":
+            result = await pool.describe(state, source=source)
+        else:
+            raise RenderError(f"unknown operation {op!r}")
+        body: dict[str, Any] = {"type": "render.reply", "ok": True, "result": result_to_wire(op, result)}
+        stats.served += 1
+    except PoolClosed:
+        raise
+    except Exception as exc:
+        known = type(exc).__name__ in REMOTE_ERRORS
+        if not known:
+            logger.exception("render worker: request failed")
+        body = {"type": "render.reply", "ok": False,
+                "error": type(exc).__name__ if known else "RenderError",
+                "message": str(exc) if known else f"render failed ({type(exc).__name__})"}
+        stats.failed += 1
+    finally:
+        beating.cancel()
+    await tell(body)
