@@ -7,9 +7,9 @@ PORT ?= 8000
 HOST ?= 127.0.0.1
 STAMP := $(VENV)/.installed
 ZONES := default identity audit
-DEBIAN_TOOLS := dcmdump:dcmtk dciodvfy:dicom3tools chromium:chromium
+DEBIAN_TOOLS := dcmdump:dcmtk dciodvfy:dicom3tools chromium:chromium nginx:nginx-light
 
-.PHONY: run test lint install sysdeps migrate seed serve clean
+.PHONY: run test test-cluster lint install sysdeps migrate seed serve clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
@@ -22,10 +22,11 @@ $(STAMP): requirements.lock | $(BIN)/python
 install: $(STAMP)
 
 # Debian packages the tests need: dcmtk (real DICOM peers), dicom3tools (IOD validator),
-# chromium (the browser test drives it through Playwright; no browser is downloaded).
+# chromium (the browser test drives it through Playwright; no browser is downloaded),
+# nginx (the TLS front of the cluster test; nginx-light has ssl, http2 and websockets).
 sysdeps:
 	@missing=""; \
-	for entry in $(DEBIAN_TOOLS); do command -v $${entry%%:*} >/dev/null || missing="$$missing $${entry##*:}"; done; \
+	for entry in $(DEBIAN_TOOLS); do PATH="$$PATH:/usr/sbin" command -v $${entry%%:*} >/dev/null || missing="$$missing $${entry##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages:$$missing"; \
@@ -54,6 +55,12 @@ run: seed
 
 test: install sysdeps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The deployment as processes: nginx (TLS) in front of two daphne, two render workers
+# over Redis, the SCP, PostgreSQL with least roles; kills a worker and a server mid-session.
+# Needs PostgreSQL at 127.0.0.1:5432 and Redis at 127.0.0.1:6379 (.ci/run starts them).
+test-cluster: install sysdeps
+	PATH="$$PATH:/usr/sbin" $(BIN)/python -m pytest -m cluster tests/deploy/test_cluster.py $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

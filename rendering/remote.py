@@ -171,7 +171,7 @@ class RemoteRenderPool:
     """
 
     def __init__(self, *, channel: str = "render", layer_alias: str = "render", key: bytes,
-                 silence_s: float = 1.0, queue_s: float = 10.0, attempts: int = 3) -> None:
+                 silence_s: float = 1.0, queue_s: float = 5.0, attempts: int = 3) -> None:
         self.channel = channel
         self.layer_alias = layer_alias
         self.key = key
@@ -216,7 +216,14 @@ class RemoteRenderPool:
     async def _receive(self, layer: BaseChannelLayer, channel: str,
                        waiters: dict[str, asyncio.Queue]) -> None:
         while True:
-            message = await layer.receive(channel)
+            try:
+                message = await layer.receive(channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("render replies: the channel layer failed; retrying")
+                await asyncio.sleep(0.5)
+                continue
             waiter = waiters.get(message.get("id", ""))
             if waiter is not None:
                 waiter.put_nowait(message)
@@ -319,6 +326,11 @@ async def render_serve(*, pool: RenderPool, key: bytes, channel: str = "render",
                 slots.release()
                 break
             stopped.cancel()
+            if receive.exception() is not None:
+                logger.error("render worker: the channel layer failed (%r); retrying", receive.exception())
+                slots.release()
+                await asyncio.sleep(0.5)
+                continue
             task = asyncio.create_task(serve_one(receive.result()))
             running.add(task)
             task.add_done_callback(running.discard)

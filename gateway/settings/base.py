@@ -147,19 +147,23 @@ DATABASE_ROUTERS = ["gateway.routers.ZoneRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL")
+# redis-py 8 reads with a 5 s socket timeout by default, the same 5 s that channels_redis
+# blocks for in BZPOPMIN: the read then times out and the websocket consumer dies with
+# 1011. The socket timeout must exceed the blocking pop.
+_REDIS_HOST = {"address": REDIS_URL, "socket_timeout": 30, "socket_connect_timeout": 5}
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            "CONFIG": {"hosts": [_REDIS_HOST]},
         },
         # Render requests and replies (GATEWAY_RENDER_MODE=remote): a layer instance of
         # their own, so they never share a receive loop or a capacity with the websockets.
         # Short expiry: a frame nobody collected within 30 s is stale anyway.
         "render": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": "gateway-render:", "expiry": 30,
+            "CONFIG": {"hosts": [_REDIS_HOST], "prefix": "gateway-render:", "expiry": 30,
                        "capacity": 1000},
         },
     }
@@ -272,7 +276,7 @@ RENDER_CHANNEL_LAYER = "render"
 # An accepted request whose worker falls silent this long is sent to another worker;
 # one nobody accepts within the queue limit is sent again.
 RENDER_REMOTE_SILENCE_MS = env_int("GATEWAY_RENDER_SILENCE_MS", 1000)
-RENDER_REMOTE_QUEUE_MS = env_int("GATEWAY_RENDER_QUEUE_MS", 10000)
+RENDER_REMOTE_QUEUE_MS = env_int("GATEWAY_RENDER_QUEUE_MS", 5000)
 
 # Shares for external consultants (gateway.sharing.conf).
 SHARING_DEFAULT_HOURS = env_int("GATEWAY_SHARE_DEFAULT_HOURS", 72)

@@ -9,89 +9,43 @@ cluster.sql serialises their creation (see test_provisioning_can_run_in_parallel
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import threading
 import uuid
-from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import errors
 
-from tests.conftest import REPO, manage
+from tests.conftest import manage
+from tests.deploy.postgres import (
+    SERVER,
+    ZONE_SQL,
+    ProvisionError,
+    pg_url,
+    provision,
+    zone_env,
+    zones_create,
+    zones_drop,
+)
 
 pytestmark = pytest.mark.postgres
-
-SERVER = os.environ.get("GATEWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-SQL = REPO / "deploy" / "postgres"
-ZONE_SQL = {"clinical": "clinical-roles.sql", "identity": "identity-roles.sql", "audit": "audit-roles.sql"}
-
-
-def _info() -> dict:
-    return psycopg.conninfo.conninfo_to_dict(SERVER)
-
-
-def _host() -> str:
-    info = _info()
-    return f"{info.get('host', '127.0.0.1')}:{info.get('port', 5432)}"
-
-
-def _url(database: str, user: str) -> str:
-    return psycopg.conninfo.make_conninfo(**{**_info(), "dbname": database, "user": user})
-
-
-def _django_url(database: str, user: str) -> str:
-    return f"postgres://{user}@{_host()}/{database}"
-
-
-def psql(*arguments: str, url: str = SERVER) -> subprocess.CompletedProcess[str]:
-    binary = shutil.which("psql")
-    if binary is None:
-        pytest.fail("the deployment SQL is applied with psql: apt-get install postgresql-client")
-    return subprocess.run([binary, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, *arguments],
-                          capture_output=True, text=True, timeout=120, check=False)
-
-
-def provision(names: dict[str, str]) -> None:
-    done = psql("-v", f"clinical_db={names['clinical']}", "-v", f"identity_db={names['identity']}",
-                "-v", f"audit_db={names['audit']}", "-f", str(SQL / "cluster.sql"))
-    assert done.returncode == 0, done.stderr
-
-
-def zone_env(names: dict[str, str], *, clinical: str, identity: str, audit: str,
-             var_dir: Path) -> dict[str, str]:
-    return {"GATEWAY_VAR_DIR": str(var_dir),
-            "DATABASE_URL": _django_url(names["clinical"], clinical),
-            "IDENTITY_DATABASE_URL": _django_url(names["identity"], identity),
-            "AUDIT_DATABASE_URL": _django_url(names["audit"], audit)}
-
 
 @pytest.fixture(scope="module")
 def zones(tmp_path_factory):
     try:
-        admin = psycopg.connect(SERVER, autocommit=True, connect_timeout=5)
+        psycopg.connect(SERVER, connect_timeout=5).close()
     except psycopg.OperationalError as exc:
         pytest.fail(f"PostgreSQL must answer at {SERVER} for the deployment role tests: {exc}")
     suffix = uuid.uuid4().hex[:10]
     names = {zone: f"gateway_t_{zone}_{suffix}" for zone in ZONE_SQL}
     var_dir = tmp_path_factory.mktemp("pg-zones-var")
     try:
-        provision(names)
-        owner_env = zone_env(names, clinical="gateway_owner", identity="gateway_owner",
-                             audit="gateway_owner", var_dir=var_dir)
-        for zone in ("default", "identity", "audit"):
-            migrated = manage("migrate", "--database", zone, "--noinput", env=owner_env)
-            assert migrated.returncode == 0, migrated.stderr
-        for zone, script in ZONE_SQL.items():
-            granted = psql("-f", str(SQL / script), url=_url(names[zone], "gateway_owner"))
-            assert granted.returncode == 0, granted.stderr
+        zones_create(names, var_dir)
         yield names, var_dir
+    except ProvisionError as error:
+        pytest.fail(f"provisioning with deploy/postgres failed: {error}")
     finally:
-        for name in names.values():
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+        zones_drop(names)
 
 
 def app_env(names, var_dir):
@@ -107,7 +61,7 @@ def ingest_env(names, var_dir):
 def test_the_owner_migrates_and_owns_every_table_but_is_no_superuser(zones):
     names, _ = zones
     for zone, name in names.items():
-        with psycopg.connect(_url(name, "gateway_owner")) as owner:
+        with psycopg.connect(pg_url(name, "gateway_owner")) as owner:
             owners = owner.execute("SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'"
                                    ).fetchall()
             assert owners == [("gateway_owner",)], zone
@@ -134,7 +88,7 @@ def test_the_ingest_role_appends_a_study(zones, tmp_path):
     imported = manage("import_dicom", str(tmp_path), "--no-progress", env=ingest_env(names, var_dir),
                       timeout=300)
     assert imported.returncode == 0, imported.stderr + imported.stdout
-    with psycopg.connect(_url(names["clinical"], "gateway_owner")) as owner:
+    with psycopg.connect(pg_url(names["clinical"], "gateway_owner")) as owner:
         assert owner.execute("SELECT count(*) FROM imaging_instance").fetchone()[0] > 32
         assert owner.execute("SELECT count(*) FROM imaging_series WHERE volume_state = 'ready'"
                              ).fetchone()[0] >= 1
@@ -142,7 +96,7 @@ def test_the_ingest_role_appends_a_study(zones, tmp_path):
 
 def test_the_render_role_reads_series_and_records_volume_state(zones):
     names, _ = zones
-    with psycopg.connect(_url(names["clinical"], "gateway_render")) as render:
+    with psycopg.connect(pg_url(names["clinical"], "gateway_render")) as render:
         render.execute("SELECT series_instance_uid, volume_object FROM imaging_series").fetchall()
         render.execute("UPDATE imaging_series SET volume_state = volume_state")
 
@@ -180,7 +134,7 @@ FORBIDDEN = [
 @pytest.mark.parametrize(("role", "zone", "statement"), FORBIDDEN)
 def test_a_least_role_cannot_step_outside_its_grants(zones, role, zone, statement):
     names, _ = zones
-    with psycopg.connect(_url(names[zone], role)) as connection, \
+    with psycopg.connect(pg_url(names[zone], role)) as connection, \
             pytest.raises(errors.InsufficientPrivilege):
         connection.execute(statement)
 
@@ -193,12 +147,12 @@ def test_a_least_role_cannot_step_outside_its_grants(zones, role, zone, statemen
 def test_a_role_cannot_even_connect_to_another_zone(zones, role, zone):
     names, _ = zones
     with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
-        psycopg.connect(_url(names[zone], role), connect_timeout=5).close()
+        psycopg.connect(pg_url(names[zone], role), connect_timeout=5).close()
 
 
 def test_the_auditor_reads_the_chain(zones):
     names, _ = zones
-    with psycopg.connect(_url(names["audit"], "gateway_auditor")) as auditor:
+    with psycopg.connect(pg_url(names["audit"], "gateway_auditor")) as auditor:
         assert auditor.execute("SELECT count(*) FROM audit_auditevent").fetchone()[0] >= 1
 
 
@@ -211,7 +165,7 @@ def test_provisioning_can_run_in_parallel():
     def run(names):
         try:
             provision(names)
-        except AssertionError as error:
+        except ProvisionError as error:
             failures.append(str(error))
 
     threads = [threading.Thread(target=run, args=(names,)) for names in sets]
@@ -222,7 +176,5 @@ def test_provisioning_can_run_in_parallel():
             thread.join(timeout=120)
         assert failures == []
     finally:
-        with psycopg.connect(SERVER, autocommit=True) as admin:
-            for names in sets:
-                for name in names.values():
-                    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for names in sets:
+            zones_drop(names)
