@@ -34,6 +34,7 @@ DENIAL_ACTIONS: dict[Permission, Action] = {
     Permission.STUDY_MEASURE: Action.STUDY_OPEN,
     Permission.STUDY_REPORT: Action.STUDY_OPEN,
     Permission.STUDY_SHARE: Action.SHARE_MINT,
+    Permission.SHARE_MANAGE: Action.SHARE_REVOKE,
     Permission.STUDY_INGEST: Action.INGEST,
     Permission.AUDIT_READ: Action.AUDIT_READ,
     Permission.AUDIT_EXPORT: Action.AUDIT_EXPORT,

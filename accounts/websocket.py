@@ -12,8 +12,11 @@ limits. An expired session is deleted and the timeout audited.
 
 ``SessionGuardedConsumer`` applies it at connect, on every message (which
 also counts as activity) and from a watchdog task, and closes the socket
-with code 4401 once the session is over; the future viewer consumer
-subclasses it.
+with code 4401 once the session is over. The check is one overridable
+method, :meth:`SessionGuardedConsumer.guard_alive`, which also names the
+principal the consumer acts for (``self.principal``): the viewer's base,
+``gateway.sharing.websocket.PrincipalGuardedConsumer``, extends it to accept
+a consultant session bound to a share as well.
 """
 
 from __future__ import annotations
@@ -118,10 +121,20 @@ class SessionGuardedConsumer(AsyncWebsocketConsumer):
     _watchdog: asyncio.Task[None] | None = None
 
     refusal_code = CLOSE_SESSION_OVER
+    over_code = CLOSE_SESSION_OVER
+
+    @property
+    def principal(self) -> Any:
+        """Who this socket acts for (the session's user here)."""
+        return self.scope["user"]
+
+    async def guard_alive(self, *, touch: bool) -> bool:
+        """May the socket still be used? Called at connect, per message and by the watchdog."""
+        return await session_alive(self.scope, touch=touch)
 
     async def connect(self) -> None:
-        if not await session_alive(self.scope):
-            await self.close(code=CLOSE_SESSION_OVER)
+        if not await self.guard_alive(touch=True):
+            await self.close(code=self.over_code)
             return
         if not await self.session_connect():
             await self.close(code=self.refusal_code)
@@ -131,7 +144,7 @@ class SessionGuardedConsumer(AsyncWebsocketConsumer):
         await self.session_ready()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if not await session_alive(self.scope):
+        if not await self.guard_alive(touch=True):
             await self.session_over()
             return
         await self.session_receive(text_data, bytes_data)
@@ -145,12 +158,12 @@ class SessionGuardedConsumer(AsyncWebsocketConsumer):
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(conf.websocket_session_check_seconds())
-            if not await session_alive(self.scope, touch=False):
+            if not await self.guard_alive(touch=False):
                 await self.session_over()
                 return
 
     async def session_over(self) -> None:
-        await self.close(code=CLOSE_SESSION_OVER)
+        await self.close(code=self.over_code)
 
     async def session_connect(self) -> bool:
         """Decide whether to accept; set ``refusal_code`` before returning False."""

@@ -30,6 +30,7 @@ class Permission(StrEnum):
     STUDY_MEASURE = "study.measure"
     STUDY_REPORT = "study.report"
     STUDY_SHARE = "study.share"
+    SHARE_MANAGE = "share.manage"
     STUDY_INGEST = "study.ingest"
     AUDIT_READ = "audit.read"
     AUDIT_EXPORT = "audit.export"
@@ -48,6 +49,8 @@ PERMISSION_MEANING: dict[Permission, str] = {
     Permission.STUDY_MEASURE: "measure on images",
     Permission.STUDY_REPORT: "write and read findings/reports",
     Permission.STUDY_SHARE: "share a patient or study with a consultant (mint a macaroon)",
+    Permission.SHARE_MANAGE: "list active shares with their last use and revoke them "
+                             "(doctors: the shares they issued; IT admins: all)",
     Permission.STUDY_INGEST: "append new images (C-STORE, STOW-RS); never read",
     Permission.AUDIT_READ: "read and filter the audit log",
     Permission.AUDIT_EXPORT: "export the audit log (FHIR, DICOM, CSV)",
@@ -61,7 +64,7 @@ PERMISSION_MEANING: dict[Permission, str] = {
 ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
     Role.DOCTOR: frozenset({Permission.PATIENT_SEARCH, Permission.STUDY_VIEW,
                             Permission.STUDY_MEASURE, Permission.STUDY_REPORT,
-                            Permission.STUDY_SHARE}),
+                            Permission.STUDY_SHARE, Permission.SHARE_MANAGE}),
     Role.NURSE: frozenset({Permission.PATIENT_SEARCH, Permission.STUDY_VIEW}),
     Role.ADMIN_STAFF: frozenset({Permission.PATIENT_SEARCH, Permission.PATIENT_DEMOGRAPHICS,
                                  Permission.SCHEDULE_MANAGE}),
@@ -69,7 +72,7 @@ ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
     Role.AUDITOR: frozenset({Permission.AUDIT_READ, Permission.AUDIT_EXPORT,
                              Permission.AUDIT_VERIFY}),
     Role.IT_ADMIN: frozenset({Permission.USER_MANAGE, Permission.DEVICE_MANAGE,
-                              Permission.KEY_MANAGE}),
+                              Permission.KEY_MANAGE, Permission.SHARE_MANAGE}),
 }
 
 # Granted to individual auditors on top of their role (Django permission
@@ -144,6 +147,7 @@ class Stage(StrEnum):
     PUBLIC = "public"              # anyone, signed in or not
     FIRST_FACTOR = "first-factor"  # password accepted; the second factor may still be pending
     SIGNED_IN = "signed-in"        # both factors
+    CAPABILITY = "capability"      # only a consultant session bound to a live share
 
 
 class Access(StrEnum):
@@ -154,9 +158,13 @@ class Access(StrEnum):
 
 @dataclass(frozen=True)
 class RouteRule:
+    """``capability``: a consultant session also reaches the route (a signed-in rule only);
+    the view then asks ``may()`` with the resource, which the share's caveats decide."""
+
     stage: Stage
     permission: Permission | None = None
     note: str = ""
+    capability: bool = False
 
 
 ROUTES: dict[str, RouteRule] = {
@@ -179,7 +187,23 @@ ROUTES: dict[str, RouteRule] = {
     "imaging:worklist": RouteRule(Stage.SIGNED_IN, Permission.PATIENT_SEARCH,
                                   "worklist: patient search (audited; studies only with study.view)"),
     "rendering:viewer": RouteRule(Stage.SIGNED_IN, Permission.STUDY_VIEW,
-                                  "open a study in the viewer (audited as study.open)"),
+                                  "open a study in the viewer (audited as study.open); "
+                                  "consultants: only a study their share grants",
+                                  capability=True),
+    "sharing:mint": RouteRule(Stage.SIGNED_IN, Permission.STUDY_SHARE,
+                              "share a study or its patient with a consultant (token shown once)"),
+    "sharing:active": RouteRule(Stage.SIGNED_IN, Permission.SHARE_MANAGE,
+                                "active shares with their last use"),
+    "sharing:revoke": RouteRule(Stage.SIGNED_IN, Permission.SHARE_MANAGE,
+                                "revoke a share and all derived from it (POST)"),
+    "sharing:open": RouteRule(Stage.PUBLIC, note="share link: the page posts the token from "
+                              "the URL fragment; no access until the PIN is given"),
+    "sharing:pin": RouteRule(Stage.PUBLIC, note="the share's one-time PIN (5 wrong PINs burn it)"),
+    "sharing:home": RouteRule(Stage.CAPABILITY, Permission.STUDY_VIEW,
+                              "consultant: the studies the share grants"),
+    "sharing:forward": RouteRule(Stage.CAPABILITY, Permission.STUDY_VIEW,
+                                 "consultant: derive a narrower share for a colleague"),
+    "sharing:leave": RouteRule(Stage.CAPABILITY, note="consultant: end the session (POST)"),
     "dicomweb:stow": RouteRule(Stage.PUBLIC, note="STOW-RS for devices: no session; the view "
                                "requires a device bearer token, then study.ingest"),
     "admin:*": RouteRule(Stage.SIGNED_IN, Permission.USER_MANAGE,
@@ -190,7 +214,8 @@ ROUTES: dict[str, RouteRule] = {
 WEBSOCKET_ROUTES: dict[str, RouteRule] = {
     r"^ws/viewer/(?P<study>[0-9.]{1,64})/$": RouteRule(
         Stage.SIGNED_IN, Permission.STUDY_VIEW,
-        "viewer frames for one study; policy asked on connect, session checked on every message"),
+        "viewer frames for one study; policy asked on connect, session (or share) checked on "
+        "every message", capability=True),
 }
 
 
@@ -213,8 +238,15 @@ def route_access(principal: Any, rule: RouteRule | None) -> Access:
         return Access.DENY
     if rule.stage is Stage.PUBLIC:
         return Access.ALLOW
+    if _is_capability(principal):
+        admitted = rule.stage is Stage.CAPABILITY or rule.capability
+        if admitted and (rule.permission is None or rule.permission in CAPABILITY_PERMISSIONS):
+            return Access.ALLOW
+        return Access.DENY
     if principal is None or not getattr(principal, "is_authenticated", False):
         return Access.SIGN_IN
+    if rule.stage is Stage.CAPABILITY:
+        return Access.DENY  # a consultant route: no user account reaches it
     if not getattr(principal, "is_active", False):
         return Access.SIGN_IN
     if getattr(principal, "role", None) in ROLES_WITHOUT_SECOND_FACTOR:
@@ -247,10 +279,23 @@ class PrincipalSketch:
         return False
 
 
-MATRIX_PRINCIPALS: tuple[PrincipalSketch, ...] = (
+@dataclass(frozen=True)
+class CapabilitySketch:
+    """A stand-in consultant session for the documented matrix: routes only, no resource."""
+
+    label: str = "consultant"
+    is_capability: bool = True
+    is_authenticated: bool = False
+
+    def grants(self, permission: Permission, resource: Any) -> bool:
+        return False
+
+
+MATRIX_PRINCIPALS: tuple[PrincipalSketch | CapabilitySketch, ...] = (
     PrincipalSketch("anonymous", is_authenticated=False, verified=False),
     PrincipalSketch("password-only", role=Role.DOCTOR, verified=False),
     *(PrincipalSketch(role.value, role=role.value) for role in Role),
+    CapabilitySketch(),
 )
 
 
@@ -296,6 +341,8 @@ def matrix_markdown(route_names: list[str] | None = None,
         "",
         "`allow`: the page is served (it may still answer 405 to a wrong method);",
         "`sign-in`: redirected to the sign-in page; `deny`: 403, never the page.",
+        "`consultant` is a session bound to a redeemed share (token + one-time PIN); it",
+        "reaches the consultant routes and, for the studies its caveats grant, the viewer.",
         "`password-only` is a session whose password was accepted but whose second factor",
         "was not (yet). `device` is a device account in a browser session: devices have no",
         "interactive sign-in and are refused everywhere but the public pages.",
@@ -307,7 +354,8 @@ def matrix_markdown(route_names: list[str] | None = None,
     for name in names:
         rule = route_rule(name)
         shown = "—" if rule is None else (
-            rule.stage.value + (f" + `{rule.permission.value}`" if rule.permission else ""))
+            rule.stage.value + (f" + `{rule.permission.value}`" if rule.permission else "")
+            + (" + share" if rule.capability else ""))
         cells = [route_access(principal, rule).value for principal in MATRIX_PRINCIPALS]
         lines.append(f"| `{name}` | {shown} | " + " | ".join(cells) + " |")
     lines += ["", "## Websocket routes x principals", ""]
@@ -320,7 +368,8 @@ def matrix_markdown(route_names: list[str] | None = None,
                   "|---|---|" + "---|" * len(MATRIX_PRINCIPALS)]
         for name in ws_names:
             rule = route_rule(name, WEBSOCKET_ROUTES)
-            shown = "—" if rule is None else rule.stage.value
+            shown = "—" if rule is None else rule.stage.value + (" or share" if rule.capability
+                                                                  else "")
             cells = [route_access(principal, rule).value for principal in MATRIX_PRINCIPALS]
             lines.append(f"| `{name}` | {shown} | " + " | ".join(cells) + " |")
     lines += [
@@ -333,6 +382,10 @@ def matrix_markdown(route_names: list[str] | None = None,
         "- Sessions end after 30 minutes idle or 12 hours in all, for HTTP and websockets;",
         "  an IT admin or the user can end every session of an account at once.",
         "- A verified user refused by a permission is recorded in the audit log.",
+        "- `capability` routes answer only to a consultant session; `+ share` marks a",
+        "  signed-in route that a consultant also reaches. A consultant session is",
+        "  re-verified (token signature, share chain, expiry, client address) on every request",
+        "  and websocket message; see docs/sharing.md.",
         "",
     ]
     return "\n".join(lines)

@@ -11,5 +11,6 @@ urlpatterns = [
     path("imaging/", include("imaging.urls")),
     path("", include("rendering.urls")),
     path("dicomweb/", include("imaging.dicomweb_urls")),
+    path("share/", include("gateway.sharing.urls")),
     path("admin/", admin_site.urls),
 ]

@@ -1,9 +1,11 @@
 """The viewer websocket: JSON input in, encoded frames out, nothing else.
 
-Lives exactly as long as its two-factor session (``SessionGuardedConsumer``),
-asks the policy for the study on connect, audits the render session's start
-and end, and owns the view state. Rendering happens in the worker pool; this
-consumer only validates, schedules and forwards.
+Lives exactly as long as its two-factor session, or as long as a consultant's
+share grants this study (``PrincipalGuardedConsumer``: re-verified on every
+message, closed on revocation or expiry); asks the policy for the study on
+connect, audits the render session's start and end, and owns the view state.
+Rendering happens in the worker pool; this consumer only validates, schedules
+and forwards.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 
-from accounts.websocket import SessionGuardedConsumer
 from gateway.audit.catalogue import Action, Outcome
 from gateway.audit.services import audit_record
 from gateway.net import scope_address
+from gateway.sharing.principal import audit_fields
+from gateway.sharing.services import share_use_record
+from gateway.sharing.websocket import PrincipalGuardedConsumer
 from imaging.access import StudyNotFound, ViewerStudy, study_for_viewer
 from rendering import protocol
 from rendering.engine.core import FrameOfReferenceError, MissingVolumeError, RenderedFrame
@@ -65,12 +69,15 @@ def overlay_wire(frame: RenderedFrame, kind: str, viewport_width: int) -> dict[s
     return wire
 
 
-class ViewerConsumer(SessionGuardedConsumer):
+class ViewerConsumer(PrincipalGuardedConsumer):
     study: ViewerStudy
     session: ViewerSession
 
+    def capability_resource(self) -> str | None:
+        return str(self.scope["url_route"]["kwargs"]["study"])
+
     async def session_connect(self) -> bool:
-        user = self.scope["user"]
+        user = self.principal
         study_uid = self.scope["url_route"]["kwargs"]["study"]
         try:
             self.study = await database_sync_to_async(study_for_viewer)(
@@ -95,6 +102,10 @@ class ViewerConsumer(SessionGuardedConsumer):
         await self._audit(Action.RENDER_START, Outcome.SUCCESS,
                           details={"series": len(self.session.series),
                                    "layout": self.session.layout})
+        if getattr(user, "is_capability", False) is True:
+            await database_sync_to_async(share_use_record)(
+                principal=user, source_ip=scope_address(self.scope), what="viewer",
+                study=self.study.study_uid, pseudonym=self.study.patient_pseudonym)
         return True
 
     async def _describe_series(self) -> list[SeriesInfo]:
@@ -211,7 +222,7 @@ class ViewerConsumer(SessionGuardedConsumer):
                      details: dict[str, Any] | None = None) -> None:
         viewer_study = getattr(self, "study", None)
         await database_sync_to_async(audit_record)(
-            actor=self.scope["user"], action=action, outcome=outcome,
+            **audit_fields(self.principal), action=action, outcome=outcome,
             patient_pseudonym=viewer_study.patient_pseudonym if viewer_study else "",
             study=viewer_study.study_uid if viewer_study else (study or ""),
             source_ip=scope_address(self.scope), details=details)

@@ -21,6 +21,7 @@ from gateway.policy import ROUTES, WEBSOCKET_ROUTES
 from tests.accounts.conftest import clock, code_now, otp_step, password_step, person, sign_in
 from tests.conftest import REPO, ZONES
 from tests.security.inventory import http_routes
+from tests.sharing import factories as sharing_factories
 
 pytestmark = pytest.mark.django_db(databases=ZONES)
 __all__ = ["clock", "person"]
@@ -113,6 +114,63 @@ ROUTE_CASES: dict[str, list[tuple[str, Case]]] = {
                                                    c.post(reverse("audit:verify"))),
                                      ("auth.login", "audit.verify")))],
 }
+
+
+def _shared(people, *, redeemed: bool, client=None):
+    """A share of a fresh study minted by the case doctor; redeemed in ``client`` when asked."""
+    study = sharing_factories.clinical_study(uid="2.25.4242")
+    minted = sharing_factories.mint(people["doctor"], study)
+    if redeemed:
+        assert sharing_factories.redeem(client, minted).status_code == 302
+    return minted
+
+
+def _forward(client, people):
+    _shared(people, redeemed=True, client=client)
+    return client.post(reverse("sharing:forward"), {"study": "", "actions": "view", "hours": 2,
+                                                     "recipient": "Dr Colleague"})
+
+
+def _wrong_pin(client, people):
+    minted = _shared(people, redeemed=False)
+    client.post(reverse("sharing:open"), {"token": minted.token})
+    return client.post(reverse("sharing:pin"), {"pin": "x"})
+
+
+def _revoke(client, people):
+    minted = _shared(people, redeemed=False)
+    sign_in(client, people["doctor"], people["clock"])
+    return client.post(reverse("sharing:revoke", args=[minted.share.public_id]))
+
+
+SHARING_CASES: dict[str, list[tuple[str, Case]]] = {
+    "sharing:mint": [("mint", Case(
+        lambda c, p: (sign_in(c, p["doctor"], p["clock"]),
+                      c.post(reverse("sharing:mint", args=[
+                          sharing_factories.clinical_study(uid="2.25.4343").study_instance_uid]),
+                          {"scope": "study", "actions": "view", "hours": 72,
+                           "recipient": "Dr Case"})),
+        ("auth.login", "share.mint")))],
+    "sharing:active": [("list", Case(lambda c, p: (sign_in(c, p["doctor"], p["clock"]),
+                                                   c.get(reverse("sharing:active"))),
+                                     ("auth.login",)))],
+    "sharing:revoke": [("revoke", Case(_revoke, ("auth.login", "share.mint", "share.revoke")))],
+    "sharing:open": [("bad token", Case(
+        lambda c, p: c.post(reverse("sharing:open"), {"token": "not-a-token"}), ("share.deny",)))],
+    "sharing:pin": [
+        ("wrong pin", Case(_wrong_pin, ("share.mint", "share.deny"))),
+        ("right pin", Case(lambda c, p: _shared(p, redeemed=True, client=c),
+                           ("share.mint", "share.redeem"))),
+    ],
+    "sharing:home": [("list", Case(lambda c, p: (_shared(p, redeemed=True, client=c),
+                                                 c.get(reverse("sharing:home"))),
+                                   ("share.mint", "share.redeem", "share.use")))],
+    "sharing:forward": [("forward", Case(_forward, ("share.mint", "share.redeem", "share.mint")))],
+    "sharing:leave": [("leave", Case(lambda c, p: (_shared(p, redeemed=True, client=c),
+                                                   c.post(reverse("sharing:leave"))),
+                                     ("share.mint", "share.redeem")))],
+}
+ROUTE_CASES.update(SHARING_CASES)
 COMMAND_CASES: dict[str, tuple[Callable, tuple[str, ...]]] = {
     "audit_verify": (lambda: call_command("audit_verify"), ("audit.verify",)),
     "keys_rotate": (lambda: call_command("keys_rotate", purpose="share"), ("admin.key",)),

@@ -11,7 +11,7 @@ from tests.security.inventory import http_routes
 pytestmark = pytest.mark.django_db(databases=ZONES)
 
 # dicomweb:stow has no session: devices authenticate with a bearer token in the view (401 otherwise).
-PUBLIC_ROUTES = {"healthz", "accounts:login", "dicomweb:stow"}
+PUBLIC_ROUTES = {"healthz", "accounts:login", "dicomweb:stow", "sharing:open", "sharing:pin"}
 
 
 def test_healthz_reports_every_zone_without_authentication(client):

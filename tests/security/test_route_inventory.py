@@ -21,11 +21,12 @@ from accounts.services import totp_device_create
 from tests.accounts.conftest import PASSWORD, password_step
 from tests.conftest import ZONES
 from tests.security.inventory import http_routes
+from tests.sharing import factories
 
 pytestmark = pytest.mark.django_db(databases=ZONES)
 
 PRINCIPALS = ["anonymous", "password-only", "doctor", "nurse", "admin_staff", "device", "auditor",
-              "it_admin"]
+              "it_admin", "consultant"]
 
 
 def _documented() -> dict[str, dict[str, str]]:
@@ -55,6 +56,9 @@ def _client_for(principal: str) -> Client:
     client = Client()
     if principal == "anonymous":
         return client
+    if principal == "consultant":  # a session bound to a redeemed share of one study
+        study = factories.clinical_study(uid="2.25.77")
+        return factories.consultant_client(factories.mint(factories.doctor("dr.sharer"), study))
     if principal == "password-only":
         user = User.objects.create_user(username="half", password=PASSWORD, role="doctor")
         totp_device_create(user=user, confirmed=True)

@@ -167,7 +167,9 @@ function connect() {
   });
   socket.addEventListener("close", (event) => {
     if (event.code === 4401 || event.code === 4403 || event.code === 4404) {
-      setStatus(event.code === 4401 ? "session ended — sign in again" : "not permitted", true);
+      setStatus(event.code === 4401 ? "session ended — sign in again"
+        : event.code === 4403 ? "access ended (share expired or revoked, or not permitted)"
+        : "not permitted", true);
       return;
     }
     setStatus("connection lost — reconnecting…", true);

@@ -1,0 +1,9 @@
+from django.apps import AppConfig
+
+
+class SharingConfig(AppConfig):
+    """Per-patient shares for external consultants (macaroons); clinical zone."""
+
+    name = "gateway.sharing"
+    label = "sharing"
+    verbose_name = "Shares"

@@ -1,0 +1,61 @@
+"""Turn a consultant session into its principal, verifying the share on every request.
+
+A session that redeemed a share (token + PIN) carries the token; each
+request re-verifies it (signature, share chain state, expiry, client
+address) and then sets ``request.user``/``request.principal`` to the
+:class:`~gateway.sharing.principal.ConsultantPrincipal`, so the access gate
+and the views ask the policy about it like any principal. A token that no
+longer verifies ends the session (audited as ``share.deny``). The idle and
+absolute session limits apply as for any session. Placed after
+``OTPMiddleware`` and before ``AccessGate``; it only annotates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse
+
+from accounts.sessions import SessionVerdict, session_touch, session_verdict
+from gateway.net import client_address
+from gateway.sharing.services import ShareRefused, capability_verify, share_deny_record
+
+SESSION_TOKEN = "gw.share.token"  # noqa: S105 - a session key name, not a secret
+SESSION_PENDING = "gw.share.pending"
+SHARE_KEYS = (SESSION_TOKEN, SESSION_PENDING)
+
+
+def capability_from_session(session: Any, address: str | None) -> Any:
+    """The consultant principal of a session, None when there is none; ends a dead one."""
+    token = session.get(SESSION_TOKEN)
+    if token is None:
+        return None
+    verdict = session_verdict(session)
+    try:
+        if verdict is not SessionVerdict.ACTIVE:
+            raise ShareRefused(f"session {verdict.value}")
+        return capability_verify(token, client_ip=address)
+    except ShareRefused as refusal:
+        share_deny_record(refusal=refusal, source_ip=address)
+        session.flush()
+        return None
+
+
+class CapabilityMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        request.principal = request.user  # type: ignore[attr-defined]
+        session = request.session
+        if SESSION_TOKEN in session:
+            if request.user.is_authenticated:
+                for key in SHARE_KEYS:  # a user signed in here: the consultant session is over
+                    session.pop(key, None)
+            else:
+                principal = capability_from_session(session, client_address(request))
+                if principal is not None:
+                    session_touch(session)
+                    request.user = request.principal = principal  # type: ignore[attr-defined]
+        return self.get_response(request)

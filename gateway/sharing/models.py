@@ -1,0 +1,62 @@
+"""Shares (clinical zone): who shared which patient or study with whom, and its state.
+
+Only a root share (minted by a doctor) has a root key, stored sealed under
+the ``share`` keyring; revoking or burning it deletes the key, which kills
+the root token and every token derived from it. A forwarded share (a holder
+derived a narrower token for a colleague) has a ``parent`` and its own PIN,
+but no key: its token is the parent's token plus caveats, ending with
+``delegate = <its id>``.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class ShareState(models.TextChoices):
+    PENDING = "pending", "not yet redeemed"
+    ACTIVE = "active", "redeemed"
+    REVOKED = "revoked", "revoked"
+    BURNED = "burned", "burned (wrong PINs)"
+
+
+LIVE_STATES = (ShareState.PENDING, ShareState.ACTIVE)
+
+
+class Share(models.Model):
+    public_id = models.CharField(max_length=24, unique=True)
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT,
+                               related_name="children")
+    issued_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT,
+                                  related_name="shares_issued",
+                                  help_text="the doctor on whose authority the share exists")
+    patient = models.ForeignKey("imaging.Patient", on_delete=models.PROTECT, related_name="+")
+    study = models.ForeignKey("imaging.Study", null=True, blank=True, on_delete=models.PROTECT,
+                              related_name="+", help_text="empty: every study of the patient")
+    actions = models.CharField(max_length=32)
+    not_before = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    client_cidr = models.CharField(max_length=64, blank=True)
+    recipient = models.CharField(max_length=120)
+    root_kid = models.CharField(max_length=64, blank=True)
+    root_sealed = models.BinaryField(null=True, blank=True)
+    pin_kid = models.CharField(max_length=64)
+    pin_mac = models.CharField(max_length=64)
+    pin_failures = models.PositiveSmallIntegerField(default=0)
+    state = models.CharField(max_length=16, choices=ShareState.choices, default=ShareState.PENDING)
+    created_at = models.DateTimeField(auto_now_add=True)
+    redeemed_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.CharField(max_length=150, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"share {self.public_id}"
+
+    @property
+    def actor(self) -> str:
+        return f"share:{self.public_id}"

@@ -1,0 +1,432 @@
+"""Minting, redeeming, forwarding, verifying and revoking shares.
+
+Every state change is one function, one transaction, with its audit event
+written in it (the outbox appends it to the chain on commit). Verification
+(:func:`capability_verify`) runs on every request and websocket message of a
+consultant: it parses the token strictly, reads the share chain (root key
+included) in one query, checks the HMAC chain in constant time, and the time
+and address caveats; the resource caveats are asked per study by
+``ConsultantPrincipal.grants``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import logging
+import secrets
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import Role
+from gateway.audit.catalogue import Action, Outcome
+from gateway.audit.services import audit_record
+from gateway.policy import Permission, may
+from gateway.sharing import conf
+from gateway.sharing.caveats import (
+    ActionIn,
+    Caveat,
+    ClientIn,
+    Context,
+    Delegate,
+    ExpiresBefore,
+    NotBefore,
+    PatientIs,
+    ShareAction,
+    StudyIs,
+    TokenMalformed,
+)
+from gateway.sharing.crypto import (
+    RootKeyUnavailable,
+    pin_matches,
+    pin_new,
+    pin_protect,
+    root_key_new,
+    root_key_open,
+    root_key_seal,
+)
+from gateway.sharing.models import LIVE_STATES, Share, ShareState
+from gateway.sharing.principal import ChainLink, ConsultantPrincipal
+from gateway.sharing.tokens import ParsedToken, signature_valid, token_attenuate, token_mint, token_parse
+from imaging.models import Study
+
+logger = logging.getLogger(__name__)
+
+
+class ShareRefused(Exception):
+    """A token or request that the share does not allow; ``reason`` goes to the audit log."""
+
+    def __init__(self, reason: str, *, share_id: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.share_id = share_id
+
+
+class ShareNotFound(LookupError):
+    """No such share or study, or not for this user (one error for both)."""
+
+
+class ShareInvalid(ValueError):
+    """A mint or forward request outside the rules (expiry, actions, network)."""
+
+
+class Scope(StrEnum):
+    STUDY = "study"
+    PATIENT = "patient"
+
+
+@dataclass(frozen=True)
+class Minted:
+    """Shown once: the token (for the link's fragment) and the PIN (for another channel)."""
+
+    share: Share
+    token: str
+    pin: str
+
+
+def share_group(share_id: str) -> str:
+    """The channel-layer group that every open viewer of this share (or its descendants) joins."""
+    return f"share.{share_id}"
+
+
+def _address(value: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(value or "")
+    except ValueError:
+        return None
+
+
+def _network(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    value = (value or "").strip()
+    if not value:
+        return None
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except ValueError as exc:
+        raise ShareInvalid("the client network must be an address or a CIDR block") from exc
+
+
+def _actions(actions: Any) -> frozenset[ShareAction]:
+    try:
+        chosen = frozenset(ShareAction(a) for a in actions)
+    except ValueError as exc:
+        raise ShareInvalid("actions are view or view+measure") from exc
+    if ShareAction.VIEW not in chosen:
+        raise ShareInvalid("a share always includes view")
+    return chosen
+
+
+def _expiry(now: dt.datetime, hours: float, ceiling: dt.datetime) -> dt.datetime:
+    if not 0 < hours <= conf.max_days() * 24:
+        raise ShareInvalid(f"expiry is between 1 hour and {conf.max_days()} days")
+    expires = (now + dt.timedelta(hours=hours)).replace(microsecond=0)
+    if expires > ceiling:
+        raise ShareInvalid("the expiry may not be later than the share it derives from")
+    return expires
+
+
+def _new_id() -> str:
+    return secrets.token_hex(12)
+
+
+def study_for_share(*, principal: Any, study_uid: str) -> Study:
+    """The study a doctor may share, or :class:`ShareNotFound` (missing or forbidden alike)."""
+    if not may(principal, Permission.STUDY_SHARE, study_uid):
+        raise ShareNotFound(study_uid)
+    study = Study.objects.filter(study_instance_uid=study_uid).select_related("patient").first()
+    if study is None:
+        raise ShareNotFound(study_uid)
+    return study
+
+
+def share_mint(*, doctor: Any, study_uid: str, scope: Scope, actions: Any, hours: float,
+               client_cidr: str = "", recipient: str, source_ip: str | None = None) -> Minted:
+    """Mint a root share of one study (or all of its patient's studies) for a consultant."""
+    study = study_for_share(principal=doctor, study_uid=study_uid)
+    chosen = _actions(actions)
+    network = _network(client_cidr)
+    recipient = (recipient or "").strip()[:120]
+    if not recipient:
+        raise ShareInvalid("name the recipient")
+    now = timezone.now().replace(microsecond=0)
+    expires = _expiry(now, hours, now + dt.timedelta(days=conf.max_days()))
+    share_id = _new_id()
+    root_key = root_key_new()
+    pin = pin_new()
+    caveats: list[Caveat] = [PatientIs("patient", pseudonym=study.patient.pseudonym)]
+    if scope is Scope.STUDY:
+        caveats.append(StudyIs("study", uid=study.study_instance_uid))
+    caveats += [ActionIn("action", actions=chosen),
+                ExpiresBefore("expires", session=True, moment=expires),
+                NotBefore("not-before", session=True, moment=now)]
+    if network is not None:
+        caveats.append(ClientIn("client-ip", session=True, network=network))
+    token = token_mint(share_id=share_id, root_key=root_key, caveats=caveats)
+    root_kid, sealed = root_key_seal(share_id, root_key)
+    pin_kid, pin_mac = pin_protect(share_id, pin)
+    with transaction.atomic():
+        share = Share.objects.create(
+            public_id=share_id, issued_by_id=doctor.pk, patient=study.patient,
+            study=study if scope is Scope.STUDY else None,
+            actions=",".join(a.value for a in ShareAction if a in chosen),
+            not_before=now, expires_at=expires, client_cidr=str(network or ""),
+            recipient=recipient, root_kid=root_kid, root_sealed=sealed,
+            pin_kid=pin_kid, pin_mac=pin_mac)
+        audit_record(actor=doctor, action=Action.SHARE_MINT, outcome=Outcome.SUCCESS,
+                     patient_pseudonym=study.patient.pseudonym,
+                     study=study.study_instance_uid if scope is Scope.STUDY else "",
+                     source_ip=source_ip,
+                     details={"share": share_id, "chain": [share_id], "scope": scope.value,
+                              "actions": share.actions, "expires": expires.isoformat(),
+                              "client_cidr": share.client_cidr, "recipient": recipient})
+    return Minted(share=share, token=token, pin=pin)
+
+
+_CHAIN_FIELDS = ("pk", "public_id", "parent_id", "state", "expires_at", "root_kid", "root_sealed",
+                 "issued_by__username")
+
+
+def capability_verify(token: object, *, client_ip: str | None, redeemed: bool = True,
+                      now: dt.datetime | None = None) -> ConsultantPrincipal:
+    """Verify a token for a request; returns the principal or raises :class:`ShareRefused`.
+
+    ``redeemed``: the last share of the chain must have been redeemed (a
+    consultant session); False while the PIN is still to be given.
+    """
+    try:
+        parsed = token_parse(token)
+    except TokenMalformed as malformed:
+        raise ShareRefused(f"malformed: {malformed.reason}") from None
+    ids = [parsed.share_id, *parsed.delegates]
+    if len(parsed.delegates) > conf.MAX_DELEGATION_DEPTH or len(set(ids)) != len(ids):
+        raise ShareRefused("delegation chain", share_id=parsed.share_id)
+    rows = {row[1]: row for row in Share.objects.filter(public_id__in=ids).values_list(*_CHAIN_FIELDS)}
+    if len(rows) != len(ids):
+        raise ShareRefused("unknown share", share_id=parsed.leaf_id)
+    root = rows[parsed.share_id]
+    if root[2] is not None:
+        raise ShareRefused("not a root share", share_id=parsed.leaf_id)
+    try:
+        root_key = root_key_open(root[1], root[5], root[6])
+    except RootKeyUnavailable:
+        raise ShareRefused("revoked", share_id=parsed.leaf_id) from None
+    if not signature_valid(parsed, root_key):
+        raise ShareRefused("signature", share_id=parsed.leaf_id)
+    now = now or timezone.now()
+    chain: list[ChainLink] = []
+    previous: int | None = None
+    for share_id in ids:
+        pk, public_id, parent_id, state, expires_at = rows[share_id][:5]
+        if parent_id != previous:
+            raise ShareRefused("delegation chain", share_id=parsed.leaf_id)
+        if state not in LIVE_STATES:
+            raise ShareRefused(state, share_id=parsed.leaf_id)
+        if now >= expires_at:
+            raise ShareRefused("expired", share_id=parsed.leaf_id)
+        chain.append(ChainLink(pk, public_id, parent_id, state, expires_at))
+        previous = pk
+    wanted = ShareState.ACTIVE if redeemed else ShareState.PENDING
+    if chain[-1].state != wanted:
+        raise ShareRefused("not redeemed" if redeemed else "already redeemed",
+                           share_id=parsed.leaf_id)
+    address = _address(client_ip)
+    if not parsed.holds(Context(now=now, client_ip=address), session_only=True):
+        raise ShareRefused("caveat", share_id=parsed.leaf_id)
+    return ConsultantPrincipal(token=parsed, chain=tuple(chain), issuer=root[7], client_ip=address)
+
+
+def share_deny_record(*, refusal: ShareRefused, source_ip: str | None, study: str = "",
+                      channel: str = "http") -> None:
+    """Audit a refused use of a share (the token itself is never recorded)."""
+    audit_record(actor=f"share:{refusal.share_id}" if refusal.share_id else "anonymous",
+                 actor_role="consultant", action=Action.SHARE_DENY, outcome=Outcome.DENIED,
+                 study=study[:64], source_ip=source_ip,
+                 details={"reason": refusal.reason, "channel": channel})
+
+
+def share_use_record(*, principal: ConsultantPrincipal, source_ip: str | None, what: str,
+                     study: str = "", pseudonym: str = "") -> None:
+    """Audit a use of the capability and note when the shares were last used."""
+    now = timezone.now()
+    with transaction.atomic():
+        Share.objects.filter(pk__in=[link.pk for link in principal.chain]).update(last_used_at=now)
+        audit_record(**principal.audit_fields(), action=Action.SHARE_USE, outcome=Outcome.SUCCESS,
+                     patient_pseudonym=pseudonym, study=study, source_ip=source_ip,
+                     details={"what": what, "chain": principal.chain_ids})
+
+
+class PinResult(StrEnum):
+    REDEEMED = "redeemed"
+    WRONG = "wrong"
+    BURNED = "burned"
+
+
+def share_redeem(*, token: str, pin: str, source_ip: str | None) -> tuple[PinResult, int]:
+    """Check the one-time PIN of the token's share; returns (result, attempts left).
+
+    The share row is locked while the PIN is checked, so attempts cannot race
+    past the limit. The last allowed wrong PIN burns the share: a root share
+    loses its key (so every token derived from it dies), a forwarded share
+    only itself.
+    """
+    principal = capability_verify(token, client_ip=source_ip, redeemed=False)
+    leaf_id = principal.share_id
+    with transaction.atomic():
+        share = Share.objects.select_for_update().get(public_id=leaf_id)
+        if share.state != ShareState.PENDING:
+            raise ShareRefused("already redeemed" if share.state == ShareState.ACTIVE
+                               else share.state, share_id=leaf_id)
+        audit = {**principal.audit_fields(), "patient_pseudonym": share.patient.pseudonym,
+                 "source_ip": source_ip}
+        if pin_matches(share.public_id, share.pin_kid, share.pin_mac, pin):
+            share.state = ShareState.ACTIVE
+            share.redeemed_at = share.last_used_at = timezone.now()
+            share.save(update_fields=["state", "redeemed_at", "last_used_at"])
+            audit_record(**audit, action=Action.SHARE_REDEEM, outcome=Outcome.SUCCESS,
+                         details={"chain": principal.chain_ids})
+            return PinResult.REDEEMED, 0
+        share.pin_failures += 1
+        left = max(conf.pin_attempts() - share.pin_failures, 0)
+        audit_record(**audit, action=Action.SHARE_DENY, outcome=Outcome.DENIED,
+                     details={"reason": "wrong pin", "attempts_left": left,
+                              "chain": principal.chain_ids})
+        if left:
+            share.save(update_fields=["pin_failures"])
+            return PinResult.WRONG, left
+        _end(share, state=ShareState.BURNED, by=principal.username)
+        audit_record(**audit, action=Action.SHARE_REVOKE, outcome=Outcome.SUCCESS,
+                     details={"reason": f"{conf.pin_attempts()} wrong PINs", "share": leaf_id,
+                              "chain": principal.chain_ids})
+    return PinResult.BURNED, 0
+
+
+def _descendants(share: Share) -> list[Share]:
+    found, frontier = [], [share]
+    while frontier:
+        children = list(Share.objects.select_for_update().filter(parent__in=frontier))
+        found += children
+        frontier = children
+    return found
+
+
+def _end(share: Share, *, state: ShareState, by: str) -> list[str]:
+    """Revoke or burn ``share`` and its descendants; delete a root key. Returns the ids ended."""
+    now = timezone.now()
+    ended = []
+    for item in [share, *_descendants(share)]:
+        if item.state in LIVE_STATES:
+            item.state = state if item.pk == share.pk else ShareState.REVOKED
+            item.revoked_at = now
+            item.revoked_by = by
+        item.root_sealed = None
+        item.root_kid = ""
+        item.save(update_fields=["state", "revoked_at", "revoked_by", "root_sealed", "root_kid"])
+        ended.append(item.public_id)
+    transaction.on_commit(lambda: shares_broadcast_ended(ended))
+    return ended
+
+
+def shares_broadcast_ended(share_ids: list[str]) -> None:
+    """Tell every open viewer of these shares to close now (the per-message check is the backstop)."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    for share_id in share_ids:
+        try:
+            async_to_sync(layer.group_send)(share_group(share_id), {"type": "share.ended"})
+        except Exception:
+            logger.exception("could not tell viewers of share %s to close", share_id)
+
+
+def shares_manageable(user: Any):
+    """Shares this user may see and revoke: a doctor their own, an IT admin all."""
+    if not may(user, Permission.SHARE_MANAGE):
+        return Share.objects.none()
+    shares = Share.objects.select_related("patient", "study", "parent", "issued_by")
+    if getattr(user, "role", None) != Role.IT_ADMIN:
+        shares = shares.filter(issued_by=user)
+    return shares
+
+
+def share_revoke(*, user: Any, share_id: str, source_ip: str | None) -> list[str]:
+    """Revoke a share and everything derived from it; takes effect on the next request or message."""
+    with transaction.atomic():
+        share = shares_manageable(user).select_for_update(of=("self",)).filter(
+            public_id=share_id).first()
+        if share is None:
+            raise ShareNotFound(share_id)
+        if share.state not in LIVE_STATES:
+            return []
+        ended = _end(share, state=ShareState.REVOKED, by=user.username)
+        audit_record(actor=user, action=Action.SHARE_REVOKE, outcome=Outcome.SUCCESS,
+                     acting_for=share.issued_by.username,
+                     patient_pseudonym=share.patient.pseudonym,
+                     study=share.study.study_instance_uid if share.study else "",
+                     source_ip=source_ip, details={"share": share_id, "ended": ended})
+    return ended
+
+
+def share_forward(*, holder: ConsultantPrincipal, token: str, study_uid: str | None, actions: Any,
+                  hours: float, client_cidr: str = "", recipient: str,
+                  source_ip: str | None) -> Minted:
+    """Derive a narrower token for a colleague, redeemed with its own PIN.
+
+    The new token is the holder's token plus caveats (never fewer), ending in
+    ``delegate = <new share>``; so it can only be narrower, whatever is asked
+    here. Asking for more than the holder has is refused rather than
+    silently narrowed, so the holder knows what they forwarded.
+    """
+    if len(holder.chain) > conf.MAX_DELEGATION_DEPTH:
+        raise ShareInvalid("this share cannot be forwarded further")
+    chosen = _actions(actions)
+    if not chosen <= holder.actions:
+        raise ShareInvalid("a forwarded share cannot allow more actions")
+    network = _network(client_cidr)
+    recipient = (recipient or "").strip()[:120]
+    if not recipient:
+        raise ShareInvalid("name the recipient")
+    now = timezone.now().replace(microsecond=0)
+    expires = _expiry(now, hours, holder.expires_at)
+    study = None
+    if study_uid:
+        if not holder.grants(Permission.STUDY_VIEW, study_uid):
+            raise ShareInvalid("that study is not part of this share")
+        study = Study.objects.get(study_instance_uid=study_uid)
+    child_id = _new_id()
+    caveats: list[Caveat] = [Delegate("delegate", session=True, share_id=child_id),
+                             ActionIn("action", actions=chosen),
+                             ExpiresBefore("expires", session=True, moment=expires)]
+    if study is not None:
+        caveats.append(StudyIs("study", uid=study.study_instance_uid))
+    if network is not None:
+        caveats.append(ClientIn("client-ip", session=True, network=network))
+    derived = token_attenuate(token, caveats)
+    pin = pin_new()
+    pin_kid, pin_mac = pin_protect(child_id, pin)
+    with transaction.atomic():
+        parent = Share.objects.select_related("patient", "study").get(pk=holder.chain[-1].pk)
+        child = Share.objects.create(
+            public_id=child_id, parent=parent, issued_by=parent.issued_by, patient=parent.patient,
+            study=study or parent.study,
+            actions=",".join(a.value for a in ShareAction if a in chosen),
+            not_before=now, expires_at=expires, client_cidr=str(network or ""),
+            recipient=recipient, pin_kid=pin_kid, pin_mac=pin_mac)
+        audit_record(**holder.audit_fields(), action=Action.SHARE_MINT, outcome=Outcome.SUCCESS,
+                     patient_pseudonym=parent.patient.pseudonym,
+                     study=child.study.study_instance_uid if child.study else "",
+                     source_ip=source_ip,
+                     details={"share": child_id, "forwarded_from": parent.public_id,
+                              "chain": [*holder.chain_ids, child_id], "actions": child.actions,
+                              "expires": expires.isoformat(), "client_cidr": child.client_cidr,
+                              "recipient": recipient})
+    return Minted(share=child, token=derived, pin=pin)
+
+
+def parsed_expiry(token: ParsedToken) -> dt.datetime | None:
+    return min(token.expires) if token.expires else None
