@@ -24,6 +24,24 @@ PERMISSION_ACTIONS = {Permission.STUDY_VIEW: ShareAction.VIEW,
                       Permission.STUDY_MEASURE: ShareAction.MEASURE}
 
 
+def study_pseudonym(study_uid: str) -> str | None:
+    """The patient pseudonym of a study (one indexed query; asked on every consultant message)."""
+    from django.db import connections, router
+
+    from imaging.models import Patient, Study
+
+    alias = router.db_for_read(Study)
+    connection = connections[alias]
+    quote = connection.ops.quote_name
+    sql = (f"SELECT p.{quote('pseudonym')} FROM {quote(Study._meta.db_table)} s "  # noqa: S608
+           f"JOIN {quote(Patient._meta.db_table)} p ON p.{quote('id')} = s.{quote('patient_id')} "
+           f"WHERE s.{quote('study_instance_uid')} = %s")  # names from _meta; the value is bound
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [study_uid])
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
 @dataclass(frozen=True)
 class ChainLink:
     """One share of the token's chain (root first), as read for this request."""
@@ -92,10 +110,7 @@ class ConsultantPrincipal:
 
     def _patient_of(self, study_uid: str) -> str | None:
         if study_uid not in self._patients:
-            from imaging.models import Study
-
-            self._patients[study_uid] = (Study.objects.filter(study_instance_uid=study_uid)
-                                         .values_list("patient__pseudonym", flat=True).first())
+            self._patients[study_uid] = study_pseudonym(study_uid)
         return self._patients[study_uid]
 
     def grants(self, permission: Permission, resource: Any) -> bool:

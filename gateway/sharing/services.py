@@ -21,7 +21,7 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.db import transaction
+from django.db import connections, router, transaction
 from django.utils import timezone
 
 from accounts.models import Role
@@ -192,6 +192,33 @@ _CHAIN_FIELDS = ("pk", "public_id", "parent_id", "state", "expires_at", "root_ki
                  "issued_by__username")
 
 
+_chain_sql: dict[tuple[str, int], str] = {}
+
+
+def _aware(value: Any) -> dt.datetime:
+    if isinstance(value, str):  # SQLite hands back naive UTC text
+        value = dt.datetime.fromisoformat(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+def _chain_rows(ids: list[str]) -> list[tuple[Any, ...]]:
+    """The chain's rows in one query, on the hot path of every consultant request.
+
+    The SQL is built by the ORM once per chain length and kept: building a
+    query costs several times more than running it (docs/benchmarks.md).
+    """
+    alias = router.db_for_read(Share)
+    sql = _chain_sql.get((alias, len(ids)))
+    if sql is None:
+        queryset = (Share.objects.using(alias).filter(public_id__in=ids).order_by()
+                    .values_list(*_CHAIN_FIELDS))
+        sql = queryset.query.get_compiler(using=alias).as_sql()[0]
+        _chain_sql[(alias, len(ids))] = sql
+    with connections[alias].cursor() as cursor:
+        cursor.execute(sql, ids)
+        return [(*row[:4], _aware(row[4]), *row[5:]) for row in cursor.fetchall()]
+
+
 def capability_verify(token: object, *, client_ip: str | None, redeemed: bool = True,
                       now: dt.datetime | None = None) -> ConsultantPrincipal:
     """Verify a token for a request; returns the principal or raises :class:`ShareRefused`.
@@ -206,7 +233,7 @@ def capability_verify(token: object, *, client_ip: str | None, redeemed: bool = 
     ids = [parsed.share_id, *parsed.delegates]
     if len(parsed.delegates) > conf.MAX_DELEGATION_DEPTH or len(set(ids)) != len(ids):
         raise ShareRefused("delegation chain", share_id=parsed.share_id)
-    rows = {row[1]: row for row in Share.objects.filter(public_id__in=ids).values_list(*_CHAIN_FIELDS)}
+    rows = {row[1]: row for row in _chain_rows(ids)}
     if len(rows) != len(ids):
         raise ShareRefused("unknown share", share_id=parsed.leaf_id)
     root = rows[parsed.share_id]
