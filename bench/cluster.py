@@ -5,8 +5,8 @@ PostgreSQL zone databases with least roles, Redis, nginx with TLS, two daphne pr
 render workers in remote mode; no SCP), signs a doctor in with password + TOTP through
 nginx and opens ``--sessions`` viewer websockets (1x1 axial CT, 512x512), each scrolling
 in a closed loop (next input when a frame arrives, at most 50 inputs/s like a wheel).
-Measures frames/s with one render worker, adds a second worker on the same host and
-measures again. Prints one JSON document:
+Measures frames/s with two render workers and with one, alternating (``--rounds``
+times) so that drift on a shared machine hits both alike. Prints one JSON document:
 
     python bench/cluster.py [--sessions 8] [--seconds 15] [--slices 120]
 
@@ -36,7 +36,6 @@ from tests.deploy.cluster import (  # noqa: E402
     ViewerRun,
     cluster_start,
     cluster_stop,
-    render_service,
     sign_in,
     viewer_scroll,
 )
@@ -71,36 +70,54 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--warmup", type=float, default=4.0)
     parser.add_argument("--slices", type=int, default=120, help="CT slices of the phantom")
+    parser.add_argument("--rounds", type=int, default=2, help="alternations of 2 and 1 workers")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
-    cluster = cluster_start(root, web=2, render=1, render_processes=1, scp=False,
+    cluster = cluster_start(root, web=2, render=2, render_processes=1, scp=False,
                             phantom_slices=args.slices)
+    rounds: dict[int, list[dict]] = {1: [], 2: []}
+    load = [round(v, 2) for v in os.getloadavg()]
     try:
         cookie = sign_in(cluster, "dr.ada")
-        one = asyncio.run(measure(cluster, cookie, sessions=args.sessions, seconds=args.seconds,
-                                  warmup=args.warmup))
-        second = render_service(cluster, 1, 1)
-        second.start()
-        cluster.render.append(second)
-        deadline = time.monotonic() + 90
-        while "serving channel" not in (second.log.read_text() if second.log.exists() else ""):
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the second render worker did not start:\n{second.tail()}")
-            time.sleep(0.2)
-        two = asyncio.run(measure(cluster, cookie, sessions=args.sessions, seconds=args.seconds,
-                                  warmup=args.warmup))
+        # Alternate 2, 1, 2, 1, ... workers so that drift on a shared machine hits both alike.
+        for _ in range(args.rounds):
+            for workers in (2, 1):
+                set_workers(cluster, workers)
+                rounds[workers].append(asyncio.run(measure(
+                    cluster, cookie, sessions=args.sessions, seconds=args.seconds, warmup=args.warmup)))
     finally:
         cluster_stop(cluster)
+    totals = {n: [r["frames_per_s_total"] for r in rounds[n]] for n in rounds}
+    medians = {n: statistics.median(totals[n]) for n in totals}
     print(json.dumps({
         "benchmark": "cluster scale-out (remote render workers over Redis, through nginx TLS)",
         "host": {"cpus": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
-                 "python": platform.python_version(), "machine": platform.machine()},
+                 "python": platform.python_version(), "machine": platform.machine(),
+                 "loadavg_before": load, "loadavg_after": [round(v, 2) for v in os.getloadavg()]},
         "view": "1x1 axial CT 512x512, closed-loop scroll (<= 50 inputs/s per session)",
-        "phantom_slices": args.slices,
-        "render_workers_1": one, "render_workers_2": two,
-        "scaling_ratio": round(two["frames_per_s_total"] / max(one["frames_per_s_total"], 1e-9), 2),
+        "phantom_slices": args.slices, "rounds": args.rounds,
+        "render_workers_1": {"frames_per_s_total": totals[1], "median": medians[1], "last": rounds[1][-1]},
+        "render_workers_2": {"frames_per_s_total": totals[2], "median": medians[2], "last": rounds[2][-1]},
+        "scaling_ratio": round(medians[2] / max(medians[1], 1e-9), 2),
     }, indent=2))
+
+
+def set_workers(cluster, count: int) -> None:
+    """Stop or (re)start the second render worker; wait until it serves."""
+    second = cluster.render[1]
+    if count == 1:
+        second.stop()
+        return
+    if second.process is not None and second.process.poll() is None:
+        return
+    marker = second.log.read_text().count("serving channel") if second.log.exists() else 0
+    second.start()
+    deadline = time.monotonic() + 90
+    while (second.log.read_text().count("serving channel") if second.log.exists() else 0) <= marker:
+        if time.monotonic() > deadline or second.process.poll() is not None:
+            raise SystemExit(f"the second render worker did not start:\n{second.tail()}")
+        time.sleep(0.2)
 
 
 if __name__ == "__main__":
