@@ -21,6 +21,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from accounts.sessions import TOUCH_GRANULARITY, session_touch
 from accounts.websocket import SessionGuardedConsumer
 from gateway.net import scope_address
 from gateway.policy import Permission, may
@@ -37,8 +38,13 @@ def _session_store(scope: dict[str, Any]) -> Any:
     return import_module(settings.SESSION_ENGINE).SessionStore(key)
 
 
-def _consultant_alive(scope: dict[str, Any], resource: str | None) -> tuple[bool, Any]:
-    """(is this a consultant session, its principal if it may still act on ``resource``)."""
+def _consultant_alive(scope: dict[str, Any], resource: str | None,
+                      touch: bool) -> tuple[bool, Any]:
+    """(is this a consultant session, its principal if it may still act on ``resource``).
+
+    ``touch`` counts the message as activity, as for user sessions, so a
+    consultant working only in the viewer is not timed out as idle.
+    """
     store = _session_store(scope)
     if store is None or store.get(SESSION_TOKEN) is None:
         return False, None
@@ -46,6 +52,8 @@ def _consultant_alive(scope: dict[str, Any], resource: str | None) -> tuple[bool
     principal = capability_from_session(store, address)
     if principal is None:
         return True, None
+    if touch and session_touch(store, granularity=TOUCH_GRANULARITY):
+        store.save()
     if resource is not None and not may(principal, Permission.STUDY_VIEW, resource):
         share_deny_record(refusal=ShareRefused("resource", share_id=principal.share_id),
                           source_ip=address, study=resource, channel="websocket")
@@ -70,7 +78,7 @@ class PrincipalGuardedConsumer(SessionGuardedConsumer):
 
     async def guard_alive(self, *, touch: bool) -> bool:
         consultant, principal = await database_sync_to_async(_consultant_alive)(
-            self.scope, self.capability_resource())
+            self.scope, self.capability_resource(), touch)
         if not consultant:
             if self._principal is not None:
                 return False  # a consultant socket whose session lost its share

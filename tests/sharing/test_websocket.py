@@ -94,6 +94,20 @@ async def _closed(communicator, within: float) -> tuple[int, float]:
             return message.get("code"), time.monotonic() - started
 
 
+async def _still_open(communicator, seconds: float) -> None:
+    """Read (and acknowledge) whatever comes for ``seconds``; fail if the server closes."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if await communicator.receive_nothing(timeout=0.1):
+            continue  # (a timed-out receive_output would cancel the application)
+        message = await communicator.receive_output(timeout=TIMEOUT)
+        assert message["type"] != "websocket.close", message
+        if message.get("bytes") is not None:
+            frame = frame_unpack(message["bytes"])
+            await communicator.send_json_to({"type": "ack", "view": frame.view,
+                                             "seq": frame.sequence})
+
+
 def _identity_strings(truth: dict) -> list[str]:
     identity = truth["identity"]
     values = [identity["patient_name"], identity["patient_id"], identity["other_patient_id"],
@@ -211,3 +225,24 @@ async def test_expiry_mid_session_closes_the_viewer(study):
     assert code == 4403
     assert timezone.now() >= soon
     await asyncio.sleep(0)
+
+
+async def test_viewer_activity_keeps_a_consultant_session_from_idling(study, monkeypatch):
+    from accounts import clock as clock_module
+
+    record, _ = study
+    issuer = await database_sync_to_async(doctor)()
+    minted = await database_sync_to_async(mint)(issuer, record)
+    consultant = await database_sync_to_async(consultant_client)(minted)
+    communicator, connected, _ = await _open(consultant, record.study_instance_uid)
+    assert connected and (await _text(communicator))["type"] == "ready"
+    now = clock_module.source()
+    for minutes in (20, 40, 60):  # 20 min apart: under the 30 min idle limit each time
+        monkeypatch.setattr(clock_module, "source",
+                            lambda m=minutes: now + timezone.timedelta(minutes=m))
+        await communicator.send_json_to({"type": "input", "view": 0, "op": "scroll", "delta": 1})
+        await _still_open(communicator, seconds=0.5)
+    monkeypatch.setattr(clock_module, "source", lambda: now + timezone.timedelta(minutes=95))
+    await communicator.send_json_to({"type": "input", "view": 0, "op": "scroll", "delta": 1})
+    code, _ = await _closed(communicator, within=5)
+    assert code == 4403
