@@ -7,3 +7,8 @@ class SharingConfig(AppConfig):
     name = "gateway.sharing"
     label = "sharing"
     verbose_name = "Shares"
+
+    def ready(self) -> None:
+        from gateway.sharing import checks
+
+        checks.register()

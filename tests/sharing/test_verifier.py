@@ -289,3 +289,15 @@ def test_adding_any_caveat_never_turns_a_deny_into_an_allow(token, extra, contex
         after = allows(attenuated, context)
         assert not (after and not before)
         before = after
+
+
+def test_the_middleware_order_is_checked(settings):
+    from gateway.sharing.checks import middleware_order
+
+    assert middleware_order() == []
+    chain = list(settings.MIDDLEWARE)
+    chain.remove("gateway.sharing.middleware.CapabilityMiddleware")
+    settings.MIDDLEWARE = chain
+    assert [error.id for error in middleware_order()] == ["sharing.E001"]
+    settings.MIDDLEWARE = ["gateway.sharing.middleware.CapabilityMiddleware", *chain]
+    assert [error.id for error in middleware_order()] == ["sharing.E002"]
