@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -88,6 +89,7 @@ def main() -> None:
                     cluster, cookie, sessions=args.sessions, seconds=args.seconds, warmup=args.warmup)))
     finally:
         cluster_stop(cluster)
+        shutil.rmtree(root, ignore_errors=True)
     totals = {n: [r["frames_per_s_total"] for r in rounds[n]] for n in rounds}
     medians = {n: statistics.median(totals[n]) for n in totals}
     print(json.dumps({
