@@ -56,9 +56,12 @@ def _scp(tmp_path, *extra: str):
             if server.poll() is not None:
                 pytest.fail(f"run_scp exited: {server.stdout.read()}")
             time.sleep(0.1)
-    yield port, var
-    server.terminate()
-    server.wait(timeout=10)
+    try:
+        yield port, var
+    finally:
+        # generator.close() raises GeneratorExit at the yield: only a finally runs then.
+        server.terminate()
+        server.wait(timeout=10)
 
 
 def _dcmtk(*arguments: str) -> subprocess.CompletedProcess[str]:
