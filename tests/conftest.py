@@ -105,3 +105,18 @@ def signed_in(client):
         return user
 
     return sign_in
+
+
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer():
+    """A new channel layer object for every test.
+
+    Each async test runs on its own event loop; a Redis channel layer keeps
+    connections and locks bound to the loop that first used them, so a layer
+    reused by a later test can wait forever on a closed loop's lock.
+    """
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()

@@ -39,6 +39,23 @@ HOST = [(b"host", b"127.0.0.1"), (b"origin", b"http://127.0.0.1")]
 TIMEOUT = 30
 
 
+@pytest.fixture(autouse=True)
+def _in_process_channel_layer(settings):
+    """These tests run consumer and revocation in one process, on the in-memory layer.
+
+    On the Redis layer, tests that each run on their own event loop hang in
+    teardown (a loop-bound receive that never finishes cancelling). Revocation
+    across processes over Redis is what production uses; the cluster test
+    (tests/deploy) exercises that layer between real processes.
+    """
+    from channels.layers import channel_layers
+
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
+
+
 @pytest.fixture(scope="module")
 def phantom_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("share-phantom")
