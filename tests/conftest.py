@@ -34,11 +34,23 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+# A child process gets its own configuration from the test: never the suite's
+# databases or Redis (in the PostgreSQL pass those are shared, long-lived
+# databases that children would otherwise fill and trip over).
+INHERITED_CONFIGURATION = ("GATEWAY_", "DJANGO_", "DATABASE_URL", "IDENTITY_DATABASE_URL",
+                           "AUDIT_DATABASE_URL", "REDIS_URL")
+
+
+def child_environment() -> dict[str, str]:
+    """This process's environment without the gateway's configuration."""
+    return {key: value for key, value in os.environ.items()
+            if not key.startswith(INHERITED_CONFIGURATION)}
+
+
 def manage(*arguments: str, env: dict[str, str] | None = None,
            timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run ``manage.py`` in a child process with exactly ``env`` added to a clean environment."""
-    child_env = {key: value for key, value in os.environ.items()
-                 if not key.startswith(("GATEWAY_", "DJANGO_"))}
+    child_env = child_environment()
     child_env.update(env or {})
     return subprocess.run(
         [sys.executable, str(REPO / "manage.py"), *arguments],

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 from django_otp.oath import TOTP
 
-from tests.conftest import REPO, ZONES, free_port, manage
+from tests.conftest import REPO, ZONES, child_environment, free_port, manage
 from tests.test_server import _wait_until_serving
 
 pytestmark = pytest.mark.browser
@@ -64,7 +63,7 @@ def demo_gateway(tmp_path_factory):
                    env=env)
     credentials = json.loads((var_dir / "demo-credentials.json").read_text())
     port = free_port()
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "DJANGO_"))}
+    child_env = child_environment()
     process = subprocess.Popen(
         [str(Path(sys.executable).with_name("daphne")), "-b", "127.0.0.1", "-p", str(port),
          "gateway.asgi:application"],

@@ -1,7 +1,6 @@
 """The gateway served the way ``make run`` serves it: daphne over a real socket."""
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, ZONES, free_port, manage
+from tests.conftest import REPO, ZONES, child_environment, free_port, manage
 
 pytestmark = pytest.mark.server
 
@@ -46,7 +45,7 @@ def served_gateway(tmp_path_factory):
         assert migrated.returncode == 0, migrated.stderr
     assert manage("collectstatic", "--noinput", env=env).returncode == 0
     port = free_port()
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "DJANGO_"))}
+    child_env = child_environment()
     process = subprocess.Popen(
         [str(Path(sys.executable).with_name("daphne")), "-b", "127.0.0.1", "-p", str(port),
          "gateway.asgi:application"],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -218,11 +217,11 @@ def test_corpus_stored_or_rejected_and_no_identifying_string_reaches_the_clinica
 def test_identity_database_holds_the_identity(store, phantom):
     out, truth = phantom
     _ingest_all(phantom_files(out)[:2])
-    path = connections["identity"].settings_dict["NAME"]
-    with sqlite3.connect(path) as db:
-        dump = "\n".join(db.iterdump())
-    assert truth["patients"][0]["identity"]["patient_name"] in dump or \
-        truth["patients"][1]["identity"]["patient_name"] in dump
+    with connections["identity"].cursor() as cursor:
+        cursor.execute("SELECT patient_name FROM identity_patientidentity")
+        names = {row[0] for row in cursor.fetchall()}
+    assert names & {truth["patients"][0]["identity"]["patient_name"],
+                    truth["patients"][1]["identity"]["patient_name"]}
 
 
 def test_the_leak_search_finds_what_a_broken_profile_would_leak(store, phantom, monkeypatch):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gateway import keys
 from imaging import storage
-from tests.conftest import REPO, ZONES, manage
+from tests.conftest import REPO, ZONES, child_environment, manage
 from tests.imaging.conftest import phantom_files
 
 
@@ -32,7 +32,7 @@ def test_killed_import_then_retry_stores_everything_once(phantom, tmp_path, sett
     for zone in ZONES:
         assert manage("migrate", "--database", zone, "--noinput", env=env).returncode == 0
     total = len(phantom_files(out))
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "DJANGO_"))}
+    child_env = child_environment()
     child = subprocess.Popen(
         [sys.executable, str(REPO / "manage.py"), "import_dicom", "--no-progress", str(out)],
         cwd=REPO, env={**child_env, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

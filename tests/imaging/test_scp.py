@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, ZONES, free_port, manage
+from tests.conftest import REPO, ZONES, child_environment, free_port, manage
 from tests.imaging.conftest import phantom_files
 
 pytestmark = pytest.mark.server
@@ -42,7 +42,7 @@ def _scp(tmp_path, *extra: str):
     registered = manage("device_register", "device.ct01", "--ae-title", "CT01", env=env)
     assert registered.returncode == 0, registered.stderr
     port = free_port()
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "DJANGO_"))}
+    child_env = child_environment()
     server = subprocess.Popen(
         [sys.executable, str(REPO / "manage.py"), "run_scp", "--port", str(port),
          "--ae-title", "FUSIONGW", *extra],
