@@ -10,6 +10,7 @@ and forwards.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -109,17 +110,20 @@ class ViewerConsumer(PrincipalGuardedConsumer):
         return True
 
     async def _describe_series(self) -> list[SeriesInfo]:
-        described = []
-        for series in self.study.series:
-            state = viewstate_from_dict({"view": "axial", "layers": [
-                {"series_id": series.uid, "window_center": 0, "window_width": 1}]})
-            try:
-                geometry = (await self.pool.describe(state, source=CLINICAL))[series.uid]
-            except (RenderError, MissingVolumeError):
-                logger.info("series %s has no volume to show", series.uid)
-                continue
-            described.append(SeriesInfo(series.uid, series.modality, series.description, geometry))
-        return described
+        """Every series' geometry, asked of the workers at once (one round trip, not one each)."""
+        answers = await asyncio.gather(*(self._describe(series.uid) for series in self.study.series))
+        return [SeriesInfo(series.uid, series.modality, series.description, geometry)
+                for series, geometry in zip(self.study.series, answers, strict=True)
+                if geometry is not None]
+
+    async def _describe(self, series_uid: str) -> dict[str, Any] | None:
+        state = viewstate_from_dict({"view": "axial", "layers": [
+            {"series_id": series_uid, "window_center": 0, "window_width": 1}]})
+        try:
+            return (await self.pool.describe(state, source=CLINICAL))[series_uid]
+        except (RenderError, MissingVolumeError):
+            logger.info("series %s has no volume to show", series_uid)
+            return None
 
     async def session_ready(self) -> None:
         await self._send_ready()

@@ -155,6 +155,9 @@ def _worker_main(conn: Connection, sources: dict[str, SourceSpec], cache_bytes: 
     engine = RenderEngine()
     cache = VolumeCache(cache_bytes)
     built: dict[str, VolumeSource] = {}
+    # Geometry (and the robust value range, a percentile pass) per cached volume:
+    # every viewer connect asks, so it is computed once per worker.
+    described: dict[tuple[str, str], dict] = {}
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -187,7 +190,8 @@ def _worker_main(conn: Connection, sources: dict[str, SourceSpec], cache_bytes: 
                 elif op == "probe":
                     reply = engine.probe(state, volumes, payload["x"], payload["y"])
                 elif op == "describe":
-                    reply = {series_id: volume_describe(volume)
+                    reply = {series_id: described.get((name, series_id))
+                             or described.setdefault((name, series_id), volume_describe(volume))
                              for series_id, volume in volumes.items()}
                 else:
                     raise RenderError(f"unknown operation {op!r}")

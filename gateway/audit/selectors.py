@@ -37,26 +37,20 @@ class EventFilter:
         return {key: value for key, value in described.items() if value}
 
 
+# Filter field -> query lookup; an empty value means "any".
+_LOOKUPS = {
+    "since": "occurred_at__gte", "until": "occurred_at__lt", "actor": "actor",
+    "actor_role": "actor_role", "patient_pseudonyms": "patient_pseudonym__in",
+    "action": "action", "outcome": "outcome", "source_ip": "source_ip",
+}
+
+
 def events_filter(criteria: EventFilter) -> QuerySet[AuditEvent]:
     events = AuditEvent.objects.all()
     if criteria.matches_nothing:
         return events.none()
-    if criteria.since:
-        events = events.filter(occurred_at__gte=criteria.since)
-    if criteria.until:
-        events = events.filter(occurred_at__lt=criteria.until)
-    if criteria.actor:
-        events = events.filter(actor=criteria.actor)
-    if criteria.actor_role:
-        events = events.filter(actor_role=criteria.actor_role)
-    if criteria.patient_pseudonyms:
-        events = events.filter(patient_pseudonym__in=criteria.patient_pseudonyms)
-    if criteria.action:
-        events = events.filter(action=criteria.action)
-    if criteria.outcome:
-        events = events.filter(outcome=criteria.outcome)
-    if criteria.source_ip:
-        events = events.filter(source_ip=criteria.source_ip)
+    wanted = {lookup: getattr(criteria, name) for name, lookup in _LOOKUPS.items()}
+    events = events.filter(**{lookup: value for lookup, value in wanted.items() if value})
     return events.order_by("-sequence")
 
 
