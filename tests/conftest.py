@@ -132,3 +132,18 @@ def _fresh_channel_layer():
     channel_layers.backends.clear()
     yield
     channel_layers.backends.clear()
+
+
+@pytest.fixture(scope="session")
+def served_demo(tmp_path_factory):
+    """One gateway for the session, served by daphne, with the demo seeded (40-slice PET/CT).
+
+    Tests change it only by adding their own people, shares and devices.
+    """
+    from tests.served import gateway_serve
+
+    gateway = gateway_serve(tmp_path_factory.mktemp("served-demo"), seed=True)
+    try:
+        yield gateway
+    finally:
+        gateway.stop()

@@ -1,0 +1,220 @@
+"""A gateway served the way ``make run`` serves it, and the real clients that meet it.
+
+Behaviour at the socket (handshakes, close codes, Origin, request bodies,
+rate limits) is tested here, against daphne on a loopback port, with a real
+HTTP client (``http.client``/``urllib``) and a real websocket client
+(``websockets``): ``WebsocketCommunicator`` and Django's test client skip the
+server's own handling. The harness creates people with ``manage.py`` in the
+served gateway's own databases and signs them in over HTTP with password and
+TOTP, exactly as a browser does.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.cookiejar
+import json
+import re
+import secrets
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from django_otp.oath import TOTP
+
+from tests.conftest import REPO, ZONES, child_environment, free_port, manage
+
+DAPHNE = str(Path(sys.executable).with_name("daphne"))
+_CSRF_FIELD = re.compile(rb'name="csrfmiddlewaretoken" value="([^"]+)"')
+
+
+def totp_now(otpauth_uri: str) -> str:
+    secret = urllib.parse.parse_qs(urllib.parse.urlparse(otpauth_uri).query)["secret"][0]
+    key = base64.b32decode(secret + "=" * (-len(secret) % 8))
+    return f"{TOTP(key, step=30, digits=6).token():06d}"
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Browser:
+    """One cookie jar against one gateway: what a signed-in browser tab holds."""
+
+    base: str
+    jar: http.cookiejar.CookieJar = field(default_factory=http.cookiejar.CookieJar)
+
+    def _opener(self, follow: bool) -> urllib.request.OpenerDirector:
+        handlers: list[Any] = [urllib.request.HTTPCookieProcessor(self.jar)]
+        if not follow:
+            handlers.append(_NoRedirect())
+        return urllib.request.build_opener(*handlers)
+
+    def request(self, path: str, *, data: dict[str, str] | None = None, follow: bool = False,
+                headers: dict[str, str] | None = None) -> Response:
+        body = urllib.parse.urlencode(data).encode() if data is not None else None
+        request = urllib.request.Request(f"{self.base}{path}", data=body,  # noqa: S310
+                                         headers={"Origin": self.base, **(headers or {})})
+        try:
+            with self._opener(follow).open(request, timeout=30) as answer:
+                return Response(answer.status, dict(answer.headers), answer.read())
+        except urllib.error.HTTPError as error:
+            return Response(error.code, dict(error.headers), error.read())
+
+    def form(self, path: str, fields: dict[str, str], *, follow: bool = False) -> Response:
+        """GET the form at ``path`` for its CSRF token, then POST ``fields`` to it."""
+        page = self.request(path, follow=True)
+        match = _CSRF_FIELD.search(page.body)
+        assert match, f"no CSRF token on {path} ({page.status})"
+        return self.request(path, data={"csrfmiddlewaretoken": match.group(1).decode(), **fields},
+                            follow=follow)
+
+    def cookie(self, name: str) -> str | None:
+        return next((c.value for c in self.jar if c.name == name), None)
+
+    @property
+    def cookie_header(self) -> str:
+        return "; ".join(f"{c.name}={c.value}" for c in self.jar)
+
+
+@dataclass(frozen=True)
+class Person:
+    username: str
+    password: str
+    otpauth: str
+
+
+@dataclass
+class ServedGateway:
+    """daphne serving ``gateway.asgi:application`` on a private var dir and a free port."""
+
+    var_dir: Path
+    env: dict[str, str]
+    port: int = 0
+    process: subprocess.Popen[str] | None = None
+    study_uid: str = ""
+    _people: int = 0
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_base(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def manage(self, *arguments: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return manage(*arguments, env=self.env, timeout=timeout)
+
+    def shell(self, code: str) -> str:
+        done = self.manage("shell", "--no-imports", "-c", code)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    def prepare(self, *, seed: bool) -> None:
+        for zone in ZONES:
+            migrated = self.manage("migrate", "--database", zone, "--noinput", "-v0")
+            assert migrated.returncode == 0, migrated.stderr
+        assert self.manage("collectstatic", "--noinput", "-v0").returncode == 0
+        if seed:
+            seeded = self.manage("seed_demo", "--phantom-slices", "40", timeout=600)
+            assert seeded.returncode == 0, seeded.stderr
+            self.study_uid = self.shell(
+                "from imaging.models import Study; print(Study.objects.get().study_instance_uid)")
+
+    def start(self) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [DAPHNE, "-b", "127.0.0.1", "-p", str(self.port), "gateway.asgi:application"],
+            cwd=REPO, env={**child_environment(), **self.env}, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"daphne exited early: {self.process.stderr.read()}")  # type: ignore[union-attr]
+            try:
+                urllib.request.urlopen(f"{self.base}/healthz", timeout=5).close()  # noqa: S310
+                return
+            except (ConnectionError, urllib.error.URLError):
+                time.sleep(0.2)
+        raise AssertionError(f"nothing answered at {self.base} within 60 s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+    def rss_kib(self) -> int:
+        assert self.process is not None
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+
+    # --- people -------------------------------------------------------------------------------
+
+    def person(self, role: str = "doctor", *, username: str | None = None) -> Person:
+        """A new account with a confirmed TOTP authenticator, in the served gateway's zones."""
+        self._people += 1
+        username = username or f"{role}-{self._people}-{secrets.token_hex(3)}"
+        password = f"served {secrets.token_urlsafe(12)} gateway"
+        created = self.manage("create_user", "--username", username, "--role", role,
+                              "--password", password, "--operator", "tests")
+        assert created.returncode == 0, created.stderr
+        otpauth = next((line for line in created.stdout.splitlines()
+                        if line.startswith("otpauth://")), "")
+        return Person(username, password, otpauth)
+
+    def sign_in(self, person: Person) -> Browser:
+        """Password, then the current TOTP code, over HTTP; the browser's jar holds the session."""
+        browser = Browser(self.base)
+        first = browser.form("/accounts/login/",
+                             {"username": person.username, "password": person.password})
+        assert first.status == 302, (first.status, first.body[:300])
+        second = browser.form("/accounts/otp/", {"otp_token": totp_now(person.otpauth)})
+        assert second.status == 302, (second.status, second.body[:300])
+        return browser
+
+    def doctor(self) -> Browser:
+        return self.sign_in(self.person("doctor"))
+
+
+def gateway_serve(tmp_path: Path, *, seed: bool = False,
+                  env: dict[str, str] | None = None) -> ServedGateway:
+    """Migrate, optionally seed the demo, and serve; the caller stops it."""
+    gateway = ServedGateway(var_dir=tmp_path, env={"GATEWAY_VAR_DIR": str(tmp_path),
+                                                   "GATEWAY_RENDER_WORKERS": "1", **(env or {})})
+    gateway.prepare(seed=seed)
+    gateway.start()
+    return gateway
+
+
+def viewer_socket(gateway: ServedGateway, browser: Browser | None, *, study: str | None = None,
+                  origin: str | None = None, path: str | None = None) -> Any:
+    """A real websocket client on the viewer route, with the browser's cookies and Origin."""
+    from websockets.sync.client import connect
+
+    headers = {"Cookie": browser.cookie_header} if browser is not None else {}
+    url = f"{gateway.ws_base}{path or f'/ws/viewer/{study or gateway.study_uid}/'}"
+    return connect(url, origin=origin or gateway.base, additional_headers=headers,  # type: ignore[arg-type]
+                   open_timeout=60, close_timeout=5, max_size=2**24)
