@@ -6,10 +6,12 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 HOST ?= 127.0.0.1
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+UV ?= uv
 ZONES := default identity audit
 DEBIAN_TOOLS := dcmdump:dcmtk dciodvfy:dicom3tools chromium:chromium nginx:nginx-light
 
-.PHONY: run test test-cluster lint install sysdeps migrate seed serve clean
+.PHONY: run test test-cluster lint install install-dev lock sysdeps migrate seed serve clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
@@ -19,7 +21,24 @@ $(STAMP): requirements.lock | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements.lock
 	touch $@
 
+# The runtime lock is all that make run (and the image) installs; the tests and linters
+# add the dev lock, which pins only the tools, at versions that agree with the runtime lock.
+$(DEV_STAMP): requirements-dev.lock $(STAMP)
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements.lock -r requirements-dev.lock
+	touch $@
+
 install: $(STAMP)
+
+install-dev: $(DEV_STAMP)
+
+# Both locks from pyproject.toml with uv (pip install uv). The current pins are kept
+# (uv prefers the versions already in the output file): LOCK_ARGS=--upgrade moves them.
+LOCK := $(UV) pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+	--custom-compile-command "make lock" $(LOCK_ARGS)
+lock:
+	$(LOCK) pyproject.toml -o requirements.lock
+	$(LOCK) pyproject.toml --extra dev -c requirements.lock -o requirements-dev.lock \
+	  $$(sed -n 's/^\([A-Za-z0-9][A-Za-z0-9._-]*\)==.*/--no-emit-package \1/p' requirements.lock | sort -u)
 
 # Debian packages the tests need: dcmtk (real DICOM peers), dicom3tools (IOD validator),
 # chromium (the browser test drives it through Playwright; no browser is downloaded),
@@ -53,16 +72,16 @@ serve:
 run: seed
 	@$(MAKE) --no-print-directory serve
 
-test: install sysdeps
+test: install-dev sysdeps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The deployment as processes: nginx (TLS) in front of two daphne, two render workers
 # over Redis, the SCP, PostgreSQL with least roles; kills a worker and a server mid-session.
 # Needs PostgreSQL at 127.0.0.1:5432 and Redis at 127.0.0.1:6379 (.ci/run starts them).
-test-cluster: install sysdeps
+test-cluster: install-dev sysdeps
 	PATH="$$PATH:/usr/sbin" $(BIN)/python -m pytest -m cluster tests/deploy/test_cluster.py $(PYTEST_ARGS)
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
