@@ -39,7 +39,8 @@ class FrameEncoder(Protocol):
     encoders reproduce the pixels exactly.
     """
 
-    encoding: Encoding
+    @property
+    def encoding(self) -> Encoding: ...
 
     def encode(self, pixels: np.ndarray) -> bytes: ...
 

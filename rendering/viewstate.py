@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -147,7 +147,7 @@ def _fail(path: str, why: str) -> ViewStateError:
     return ViewStateError(f"{path}: {why}")
 
 
-def _mapping(value: Any, path: str, allowed: set[str], required: set[str] = frozenset()) -> dict:
+def _mapping(value: Any, path: str, allowed: Set[str], required: Set[str] = frozenset()) -> dict:
     if not isinstance(value, Mapping):
         raise _fail(path, "must be an object")
     for key in value:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,6 +18,9 @@ from rendering.engine import planes
 from rendering.engine.palettes import GREYSCALE, LUTS, window_indices
 from rendering.viewstate import Layer, Preset3D, Quality, ViewKind, ViewState, WindowUnit
 from rendering.volume import Volume
+
+if TYPE_CHECKING:
+    from rendering.engine.volume3d import VolumeRenderer
 
 
 class RenderError(Exception):
@@ -158,10 +162,10 @@ class RenderEngine:
 
     def __init__(self, *, mapper: str = "auto") -> None:
         self._mapper = mapper
-        self._volume_renderer = None
+        self._volume_renderer: VolumeRenderer | None = None
 
     @property
-    def volume_renderer(self):
+    def volume_renderer(self) -> VolumeRenderer:
         if self._volume_renderer is None:
             from rendering.engine.volume3d import VolumeRenderer
 

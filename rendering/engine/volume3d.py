@@ -36,7 +36,7 @@ from vtkmodules.vtkRenderingCore import (
     vtkVolumeProperty,
 )
 from vtkmodules.vtkRenderingOpenGL2 import vtkEGLRenderWindow
-from vtkmodules.vtkRenderingVolume import vtkFixedPointVolumeRayCastMapper
+from vtkmodules.vtkRenderingVolume import vtkFixedPointVolumeRayCastMapper, vtkVolumeMapper
 from vtkmodules.vtkRenderingVolumeOpenGL2 import vtkOpenGLGPUVolumeRayCastMapper
 
 from rendering.viewstate import Camera3D, Preset3D, Quality
@@ -148,15 +148,18 @@ class VolumeRenderer:
         image.SetDimensions(voxels.shape[2], voxels.shape[1], voxels.shape[0])
         image.SetSpacing(spacing[2], spacing[1], spacing[0])
         image.GetPointData().SetScalars(numpy_to_vtk(voxels.reshape(-1), deep=False))
+        mapper: vtkVolumeMapper
         if self.mapper_kind == "gpu":
-            mapper = vtkOpenGLGPUVolumeRayCastMapper()
-            mapper.SetAutoAdjustSampleDistances(0)
-            mapper.SetSampleDistance(min(spacing) * 0.5)
+            gpu = vtkOpenGLGPUVolumeRayCastMapper()
+            gpu.SetAutoAdjustSampleDistances(0)
+            gpu.SetSampleDistance(min(spacing) * 0.5)
+            mapper = gpu
         else:
-            mapper = vtkFixedPointVolumeRayCastMapper()
-            mapper.SetAutoAdjustSampleDistances(0)
-            mapper.SetSampleDistance(min(spacing) * (0.5 if factor > 1 else 1.0))
-            mapper.SetImageSampleDistance(1.0)
+            cpu = vtkFixedPointVolumeRayCastMapper()
+            cpu.SetAutoAdjustSampleDistances(0)
+            cpu.SetSampleDistance(min(spacing) * (0.5 if factor > 1 else 1.0))
+            cpu.SetImageSampleDistance(1.0)
+            mapper = cpu
         mapper.SetInputData(image)
         if mip:
             mapper.SetBlendModeToMaximumIntensity()
