@@ -11,7 +11,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponseBase
 from django.template.response import TemplateResponse
 
 from gateway.audit.catalogue import Action, Outcome
@@ -19,7 +19,7 @@ from gateway.audit.services import audit_record
 from gateway.net import client_address
 from gateway.policy import Permission, may
 
-View = Callable[..., HttpResponse]
+View = Callable[..., HttpResponseBase]
 
 
 def require(permission: Permission, *, audit_as: Action) -> Callable[[View], View]:
@@ -27,7 +27,7 @@ def require(permission: Permission, *, audit_as: Action) -> Callable[[View], Vie
 
     def decorator(view: View) -> View:
         @functools.wraps(view)
-        def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             if not may(request.user, permission):
                 audit_record(actor=request.user, action=audit_as, outcome=Outcome.DENIED,
                              source_ip=client_address(request),

@@ -33,8 +33,10 @@ _process_lock = threading.Lock()
 
 
 class Actor(Protocol):
-    username: str
-    role: str
+    """Who acted: a user (its ``role`` is recorded where it has one) or Django's AnonymousUser."""
+
+    @property
+    def username(self) -> str: ...
 
 
 @dataclass(frozen=True)

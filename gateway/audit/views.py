@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.utils import timezone
@@ -70,7 +70,7 @@ def console(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @require(Permission.AUDIT_EXPORT, audit_as=Action.AUDIT_EXPORT)
-def export(request: HttpRequest) -> HttpResponse:
+def export(request: HttpRequest) -> HttpResponseBase:
     form = _filter_form(request)
     chosen = request.GET.get("format", "")
     if chosen not in exports.EXPORT_FORMATS or not form.is_valid():
