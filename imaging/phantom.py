@@ -25,10 +25,12 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
     PositronEmissionTomographyImageStorage,
@@ -690,14 +692,14 @@ def _add_plane_and_pixels(ds: Dataset, grid: Grid, signed: bool, bits_stored: in
 
 def _set_slice(ds: Dataset, grid: Grid, k: int, sop_uid: str, pixels: np.ndarray) -> None:
     z = float(grid.zs[k])
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     ds.InstanceNumber = k + 1
     ds.ImagePositionPatient = [_ds(grid.xs[0]), _ds(grid.xs[0]), _ds(z)]
     ds.SliceLocation = _ds(z)
     ds.PixelData = pixels.tobytes()
 
 
-def _new_dataset(sop_class: str) -> Dataset:
+def _new_dataset(sop_class: UID) -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = sop_class
@@ -909,7 +911,7 @@ def phantom_write(*, out_dir: Path, slices: int = 200, patients: int = 1, seed: 
     ct = Grid(CT_SIZE, CT_SLICE_MM, slices)
     pet = Grid(PET_SIZE, PET_SLICE_MM, math.ceil(slices * CT_SLICE_MM / PET_SLICE_MM))
     anatomy = Anatomy(slices * CT_SLICE_MM)
-    truth = {
+    truth: dict[str, Any] = {
         "generator": "imaging.phantom",
         "seed": seed,
         "layout": LAYOUT,

@@ -95,6 +95,7 @@ class Command(BaseCommand):
         progress = tqdm(total=len(sources), unit="file", disable=bool(options["no_progress"]),
                         file=self.stderr._out)  # type: ignore[attr-defined]
         jobs = max(1, int(options["jobs"]))  # type: ignore[call-overload]
+        results: Iterator[tuple[str, IngestOutcome]]
         if jobs > 1 and len(sources) > 4 * jobs:
             # pydicom is pure Python: processes, not threads, use the cores. Each worker
             # opens its own database connections (closed here before the fork).
