@@ -130,7 +130,7 @@ def handle_store(event: Any, associations: Associations) -> Dataset:
     return _status(0x0000)
 
 
-def scp_build(*, ae_title: str, build_volumes: bool = True) -> tuple[AE, list[tuple[Any, Any, list]]]:
+def scp_build(*, ae_title: str, build_volumes: bool = True) -> tuple[AE, list[evt.EventHandlerType]]:
     """The SCP application entity and its event handlers."""
     ae = GatewayAE(ae_title=ae_title)
     ae.require_called_aet = True
@@ -139,7 +139,7 @@ def scp_build(*, ae_title: str, build_volumes: bool = True) -> tuple[AE, list[tu
     for sop_class in image_storage_classes():
         ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
     associations = Associations(build_volumes=build_volumes)
-    handlers = [
+    handlers: list[evt.EventHandlerType] = [
         (evt.EVT_C_ECHO, handle_echo, [associations]),
         (evt.EVT_C_STORE, handle_store, [associations]),
         (evt.EVT_RELEASED, _closed, [associations]),
