@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -210,8 +211,10 @@ def _parse_resize(message: dict[str, Any], views: int) -> Resize:
                   _field(message, "height", size))
 
 
-_PARSERS = {"ack": _parse_ack, "input": _parse_input, "set": _parse_set,
-            "layout": _parse_layout, "probe": _parse_probe, "resize": _parse_resize}
+_PARSERS: dict[str, Callable[[dict[str, Any], int], Message]] = {
+    "ack": _parse_ack, "input": _parse_input, "set": _parse_set,
+    "layout": _parse_layout, "probe": _parse_probe, "resize": _parse_resize,
+}
 
 
 def frame_pack(*, view: int, sequence: int, quality: int, encoding: Encoding, width: int,
