@@ -6,6 +6,7 @@ class AccountsConfig(AppConfig):
     verbose_name = "People, roles and their second factors"
 
     def ready(self) -> None:
-        from accounts import checks
+        from accounts import checks, signals
 
         checks.register()
+        signals.connect()

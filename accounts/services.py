@@ -13,6 +13,7 @@ from django.db.models import F
 from django_otp.models import Device
 
 from accounts import clock, conf, crypto
+from accounts.broadcast import sessions_changed
 from accounts.models import (
     BackupCode,
     BackupCodeDevice,
@@ -128,6 +129,7 @@ def second_factor_reset(*, user: User, actor: Actor | str, source_ip: str | None
     TOTPDevice.objects.filter(user=user).delete()
     BackupCodeDevice.objects.filter(user=user).delete()
     User.objects.filter(pk=user.pk).update(session_generation=F("session_generation") + 1)
+    sessions_changed(user_id=user.pk)
     audit_record(actor=actor, action=Action.ADMIN_USER, outcome=Outcome.SUCCESS, source_ip=source_ip,
                  details={"change": "second-factor-reset", "user": user.username})
 
@@ -137,6 +139,7 @@ def user_logout_everywhere(*, user: User, actor: Actor | str, source_ip: str | N
     """End every session of ``user`` (HTTP and websocket) by changing its session hash."""
     User.objects.filter(pk=user.pk).update(session_generation=F("session_generation") + 1)
     user.refresh_from_db(fields=["session_generation"])
+    sessions_changed(user_id=user.pk)
     audit_record(actor=actor, action=Action.LOGOUT, outcome=Outcome.SUCCESS, source_ip=source_ip,
                  acting_for="" if getattr(actor, "pk", None) == user.pk else user.username,
                  details={"scope": "everywhere", "user": user.username})

@@ -10,13 +10,13 @@ session hash still matches (so "log out everywhere" and a password change
 end it), both factors were passed, and it is inside the idle and absolute
 limits. An expired session is deleted and the timeout audited.
 
-``SessionGuardedConsumer`` applies it at connect, on every message (which
-also counts as activity) and from a watchdog task, and closes the socket
-with code 4401 once the session is over. The check is one overridable
-method, :meth:`SessionGuardedConsumer.guard_alive`, which also names the
-principal the consumer acts for (``self.principal``): the viewer's base,
-``gateway.sharing.websocket.PrincipalGuardedConsumer``, extends it to accept
-a consultant session bound to a share as well.
+``SessionGuardedConsumer`` applies it at connect, when told that the session
+may have changed (:mod:`accounts.broadcast`) and from a watchdog task, and
+closes the socket with code 4401 once the session is over. The check is one
+overridable method, :meth:`SessionGuardedConsumer.guard_alive`, which also
+names the principal the consumer acts for (``self.principal``): the viewer's
+base, ``gateway.sharing.websocket.PrincipalGuardedConsumer``, extends it to
+accept a consultant session bound to a share as well.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from django.utils.crypto import constant_time_compare
 from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp.models import Device
 
-from accounts import conf
+from accounts import clock, conf
+from accounts.broadcast import account_group, session_group
 from accounts.models import Role, User
 from accounts.sessions import TOUCH_GRANULARITY, SessionVerdict, session_touch, session_verdict
 from gateway.audit.catalogue import Action, Outcome
@@ -114,11 +115,27 @@ async def session_alive(scope: dict[str, Any], *, touch: bool = True) -> bool:
 class SessionGuardedConsumer(AsyncWebsocketConsumer):
     """A websocket consumer that lives exactly as long as its two-factor session.
 
+    The session is checked at connect, then only when something may have
+    ended it (a ``session.changed`` message, :mod:`accounts.broadcast`) and by
+    a watchdog every ``GATEWAY_WEBSOCKET_SESSION_CHECK_SECONDS``; a message
+    arriving when a check is due runs it first. Otherwise a message costs no
+    database round trip. Messages count as activity: the next check touches
+    the session when any arrived since the last one.
+
+    A refused socket is accepted and then closed with its code (4401, 4403,
+    4404): closing before accepting makes daphne answer the handshake with
+    HTTP 403, and a browser would only ever see 1006.
+
     Subclasses implement :meth:`session_connect` (return False to refuse) and
     :meth:`session_receive`; they must not override ``connect``/``receive``.
     """
 
     _watchdog: asyncio.Task[None] | None = None
+    _active = False
+    _accepted = False
+    _over = False
+    _checked_at = float("-inf")
+    _groups: tuple[str, ...] = ()
 
     refusal_code = CLOSE_SESSION_OVER
     over_code = CLOSE_SESSION_OVER
@@ -129,40 +146,87 @@ class SessionGuardedConsumer(AsyncWebsocketConsumer):
         return self.scope["user"]
 
     async def guard_alive(self, *, touch: bool) -> bool:
-        """May the socket still be used? Called at connect, per message and by the watchdog."""
+        """May the socket still be used? Called at connect, on change and by the watchdog."""
         return await session_alive(self.scope, touch=touch)
 
     async def connect(self) -> None:
-        if not await self.guard_alive(touch=True):
-            await self.close(code=self.over_code)
-            return
-        if not await self.session_connect():
-            await self.close(code=self.refusal_code)
-            return
+        admitted = await self.guard_alive(touch=True)
+        self._checked_at = clock.timestamp()
+        code = self.over_code
+        if admitted:
+            admitted = await self.session_connect()
+            code = self.refusal_code
         await self.accept()
+        self._accepted = True
+        if not admitted or self._over:  # refused, or ended while connecting
+            self._over = True
+            await self.close(code=code if not admitted else self.over_code)
+            return
+        await self._join(self.session_groups())
         self._watchdog = asyncio.get_running_loop().create_task(self._watch())
         await self.session_ready()
 
+    def session_groups(self) -> list[str]:
+        """The channel-layer groups that announce a change of this socket's session."""
+        groups = []
+        user_id = getattr(self.scope.get("user"), "pk", None)
+        if user_id is not None:
+            groups.append(account_group(user_id))
+        key = getattr(self.scope.get("session"), "session_key", None)
+        if key:
+            groups.append(session_group(key))
+        return groups
+
+    async def _join(self, groups: list[str]) -> None:
+        if self.channel_layer is None:
+            return
+        for group in groups:
+            if group not in self._groups:
+                await self.channel_layer.group_add(group, self.channel_name)
+                self._groups = (*self._groups, group)
+
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if not await self.guard_alive(touch=True):
-            await self.session_over()
+        if self._over:
+            return
+        self._active = True
+        due = clock.timestamp() - self._checked_at >= conf.websocket_session_check_seconds()
+        if due and not await self._recheck(touch=True):
             return
         await self.session_receive(text_data, bytes_data)
 
+    async def session_changed(self, event: dict[str, Any]) -> None:
+        """Channel-layer message: the session or its account changed; check it now."""
+        await self._recheck(touch=False)
+
+    async def _recheck(self, *, touch: bool) -> bool:
+        if self._over:
+            return False
+        if touch:
+            self._active = False
+        if await self.guard_alive(touch=touch):
+            self._checked_at = clock.timestamp()
+            return True
+        await self.session_over()
+        return False
+
     async def disconnect(self, code: int) -> None:
+        self._over = True
         if self._watchdog is not None:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watchdog
+        if self.channel_layer is not None:
+            for group in self._groups:
+                await self.channel_layer.group_discard(group, self.channel_name)
 
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(conf.websocket_session_check_seconds())
-            if not await self.guard_alive(touch=False):
-                await self.session_over()
+            if not await self._recheck(touch=self._active):
                 return
 
     async def session_over(self) -> None:
+        self._over = True
         await self.close(code=self.over_code)
 
     async def session_connect(self) -> bool:

@@ -1,16 +1,19 @@
 """The viewer websocket: JSON input in, encoded frames out, nothing else.
 
 Lives exactly as long as its two-factor session, or as long as a consultant's
-share grants this study (``PrincipalGuardedConsumer``: re-verified on every
-message, closed on revocation or expiry); asks the policy for the study on
-connect, audits the render session's start and end, and owns the view state.
-Rendering happens in the worker pool; this consumer only validates, schedules
-and forwards.
+share grants this study (``PrincipalGuardedConsumer``: closed on sign-out,
+revocation or expiry, without a database round trip per message); asks the
+policy for the study on connect, audits the render session's start and end,
+and owns the view state. Rendering happens in the worker pool; this consumer
+only validates, schedules and forwards, and handles each message without
+waiting on a worker, so input is counted (``rendering.flow``) and coalesced
+as it arrives.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -28,6 +31,7 @@ from gateway.sharing.websocket import PrincipalGuardedConsumer
 from imaging.access import StudyNotFound, ViewerStudy, study_for_viewer
 from rendering import protocol
 from rendering.engine.core import FrameOfReferenceError, MissingVolumeError, RenderedFrame
+from rendering.flow import MessageBudget
 from rendering.pool import CLINICAL, render_pool_async
 from rendering.scheduler import Quality as SchedulerQuality
 from rendering.scheduler import ViewScheduler
@@ -39,6 +43,7 @@ logger = logging.getLogger("rendering.viewer")
 
 CLOSE_NOT_FOUND = 4404
 MESSAGES_PER_SECOND = 120
+MESSAGE_BURST = 240
 WIRE_ENCODING = {"jpeg": protocol.Encoding.JPEG, "png": protocol.Encoding.PNG,
                  "webp": protocol.Encoding.WEBP}
 
@@ -99,7 +104,9 @@ class ViewerConsumer(PrincipalGuardedConsumer):
         self.schedulers: list[ViewScheduler] = []
         self.frames_sent = 0
         self.started = time.monotonic()
-        self.budget = (time.monotonic(), 0)
+        self.budget = MessageBudget(rate=MESSAGES_PER_SECOND, burst=MESSAGE_BURST)
+        self.probe_wanted: protocol.Probe | None = None
+        self.probe_task: asyncio.Task[None] | None = None
         await self._audit(Action.RENDER_START, Outcome.SUCCESS,
                           details={"series": len(self.session.series),
                                    "layout": self.session.layout})
@@ -136,7 +143,7 @@ class ViewerConsumer(PrincipalGuardedConsumer):
         await self.send(text_data=json.dumps({
             "type": "ready", "study": {"uid": self.study.study_uid},
             "limits": {"max_message_bytes": protocol.MAX_MESSAGE_BYTES,
-                       "messages_per_second": MESSAGES_PER_SECOND},
+                       "messages_per_second": MESSAGES_PER_SECOND, "message_burst": MESSAGE_BURST},
             **self.session.describe(),
         }))
 
@@ -163,24 +170,28 @@ class ViewerConsumer(PrincipalGuardedConsumer):
         return ViewScheduler(render=render, push=push, on_failure=failed)
 
     async def session_receive(self, text_data: str | None, bytes_data: bytes | None) -> None:
-        if not self._within_rate():
-            await self._error("rate_limited", f"at most {MESSAGES_PER_SECOND} messages a second")
-            return
         try:
             message = protocol.message_parse(text_data if text_data is not None else bytes_data,
                                               views=len(self.session.views))
+        except protocol.ProtocolError as error:
+            if self.budget.take():
+                await self._error(error.code, str(error))
+            return
+        if not isinstance(message, protocol.Acknowledge) and not self.budget.take():
+            await self._rate_limited()
+            return
+        try:
             await self._handle(message)
-        except (protocol.ProtocolError, SessionError, ViewStateError) as error:
+        except (SessionError, ViewStateError) as error:
             await self._error(getattr(error, "code", "refused"), str(error))
 
-    def _within_rate(self) -> bool:
-        second, count = self.budget
-        now = time.monotonic()
-        if now - second >= 1.0:
-            self.budget = (now, 1)
-            return True
-        self.budget = (second, count + 1)
-        return count < MESSAGES_PER_SECOND
+    async def _rate_limited(self) -> None:
+        if self.budget.notice_due():
+            await self.send(text_data=json.dumps({
+                "type": "error", "code": "rate_limited",
+                "message": f"at most {MESSAGES_PER_SECOND} messages a second (bursts of "
+                           f"{MESSAGE_BURST}); messages beyond it were dropped unprocessed",
+                "retry_after_ms": self.budget.retry_after_ms()}))
 
     async def _handle(self, message: protocol.Message) -> None:
         if isinstance(message, protocol.Acknowledge):
@@ -203,6 +214,19 @@ class ViewerConsumer(PrincipalGuardedConsumer):
             self.schedulers[index].submit(self.session.state(index))
 
     async def _probe(self, message: protocol.Probe) -> None:
+        """Latest wins: one probe in flight per socket; newer ones replace the waiting one."""
+        self.probe_wanted = message
+        if self.probe_task is None or self.probe_task.done():
+            self.probe_task = asyncio.get_running_loop().create_task(self._probe_latest())
+
+    async def _probe_latest(self) -> None:
+        while self.probe_wanted is not None:
+            message, self.probe_wanted = self.probe_wanted, None
+            await self._probe_one(message)
+
+    async def _probe_one(self, message: protocol.Probe) -> None:
+        if message.view >= len(self.session.views):
+            return
         state = self.session.state(message.view, quality="still")
         try:
             result = await self.pool.probe(state, source=CLINICAL, x=message.x, y=message.y)
@@ -237,6 +261,10 @@ class ViewerConsumer(PrincipalGuardedConsumer):
             return
         for scheduler in self.schedulers:
             await scheduler.close()
+        if self.probe_task is not None:
+            self.probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.probe_task
         await self._audit(Action.RENDER_END, Outcome.SUCCESS, details={
             "frames": self.frames_sent, "seconds": round(time.monotonic() - self.started, 1),
             "close_code": code})

@@ -20,6 +20,7 @@ from typing import Any
 
 MAX_MESSAGE_BYTES = 8192
 MAX_VIEWS = 4
+SHOWN_CHARS = 40
 FRAME_MAGIC = b"FGF1"
 FRAME_VERSION = 1
 FRAME_HEADER = struct.Struct(">4sBBBBIHHI")
@@ -136,10 +137,18 @@ def _field(message: dict[str, Any], name: str, rule: FieldRule) -> Any:
     return int(value) if rule.integer else float(value)
 
 
+def shown(value: object) -> str:
+    """A client-supplied value as an error may quote it: short, never the whole string."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "…"
+
+
 def _exact_keys(message: dict[str, Any], allowed: set[str]) -> None:
-    unknown = set(message) - allowed
+    unknown = sorted(set(message) - allowed)
     if unknown:
-        raise ProtocolError("unknown_field", f"unknown field(s): {', '.join(sorted(unknown))}")
+        listed = ", ".join(shown(name) for name in unknown[:3])
+        more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+        raise ProtocolError("unknown_field", f"unknown field(s): {listed}{more}")
 
 
 def _view(message: dict[str, Any], views: int) -> int:
@@ -160,7 +169,7 @@ def message_parse(raw: str | bytes | None, *, views: int) -> Message:
         raise ProtocolError("bad_message", "a message is a JSON object with a string 'type'")
     parser = _PARSERS.get(message["type"])
     if parser is None:
-        raise ProtocolError("unknown_type", f"unknown message type {message['type']!r}")
+        raise ProtocolError("unknown_type", f"unknown message type {shown(message['type'])}")
     return parser(message, views)
 
 
@@ -176,7 +185,7 @@ def _parse_ack(message: dict[str, Any], views: int) -> Acknowledge:
 def _parse_input(message: dict[str, Any], views: int) -> Input:
     operation = message.get("op")
     if not isinstance(operation, str) or operation not in OPERATIONS:
-        raise ProtocolError("unknown_operation", f"unknown input operation {operation!r}")
+        raise ProtocolError("unknown_operation", f"unknown input operation {shown(operation)}")
     rules = OPERATIONS[operation]
     _exact_keys(message, {"type", "view", "op", *rules})
     arguments = {name: _field(message, name, rule) for name, rule in rules.items()}
@@ -187,7 +196,7 @@ def _parse_set(message: dict[str, Any], views: int) -> Setting:
     _exact_keys(message, {"type", "view", "name", "value", "layer"})
     name = message.get("name")
     if not isinstance(name, str) or name not in SETTINGS:
-        raise ProtocolError("unknown_setting", f"unknown setting {name!r}")
+        raise ProtocolError("unknown_setting", f"unknown setting {shown(name)}")
     layer = _field(message, "layer", Number(0, 3, True)) if "layer" in message else 0
     return Setting(_view(message, views), name, _field(message, "value", SETTINGS[name]), layer)
 

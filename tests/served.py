@@ -79,13 +79,14 @@ class Browser:
         except urllib.error.HTTPError as error:
             return Response(error.code, dict(error.headers), error.read())
 
-    def form(self, path: str, fields: dict[str, str], *, follow: bool = False) -> Response:
-        """GET the form at ``path`` for its CSRF token, then POST ``fields`` to it."""
+    def form(self, path: str, fields: dict[str, str], *, follow: bool = False,
+             action: str | None = None) -> Response:
+        """GET the page at ``path`` for its CSRF token, then POST ``fields`` to ``action`` (or it)."""
         page = self.request(path, follow=True)
         match = _CSRF_FIELD.search(page.body)
         assert match, f"no CSRF token on {path} ({page.status})"
-        return self.request(path, data={"csrfmiddlewaretoken": match.group(1).decode(), **fields},
-                            follow=follow)
+        return self.request(action or path, follow=follow,
+                            data={"csrfmiddlewaretoken": match.group(1).decode(), **fields})
 
     def cookie(self, name: str) -> str | None:
         return next((c.value for c in self.jar if c.name == name), None)
@@ -118,6 +119,10 @@ class ServedGateway:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def log_path(self) -> Path:
+        return self.var_dir / "daphne.log"
+
+    @property
     def ws_base(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
@@ -142,14 +147,15 @@ class ServedGateway:
 
     def start(self) -> None:
         self.port = free_port()
-        self.process = subprocess.Popen(
-            [DAPHNE, "-b", "127.0.0.1", "-p", str(self.port), "gateway.asgi:application"],
-            cwd=REPO, env={**child_environment(), **self.env}, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True)
+        # A file, not a pipe: a pipe nobody reads fills up and blocks daphne's logging.
+        with self.log_path.open("a") as log:
+            self.process = subprocess.Popen(
+                [DAPHNE, "-b", "127.0.0.1", "-p", str(self.port), "gateway.asgi:application"],
+                cwd=REPO, env={**child_environment(), **self.env}, stdout=log, stderr=log, text=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"daphne exited early: {self.process.stderr.read()}")  # type: ignore[union-attr]
+                raise AssertionError(f"daphne exited early: {self.log_path.read_text()[-3000:]}")
             try:
                 urllib.request.urlopen(f"{self.base}/healthz", timeout=5).close()  # noqa: S310
                 return

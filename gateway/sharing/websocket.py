@@ -4,10 +4,11 @@ consultant session bound to a share.
 For a user session nothing changes (``SessionGuardedConsumer``). For a
 consultant, :meth:`PrincipalGuardedConsumer.guard_alive` re-verifies the share
 token (signature, chain state, expiry, client address) and asks whether it
-still grants the socket's resource, at connect and on every message. Three
-things close the socket promptly with 4403: a ``share.ended`` message on the
-channel-layer group of any share of the chain (sent on revocation), a timer
-set at the share's expiry, and the per-message check itself.
+still grants the socket's resource, at connect, on a session change and from
+the watchdog — not per message. Three things close the socket promptly with
+4403: a ``share.ended`` message on the channel-layer group of any share of
+the chain (sent on revocation or burn), a timer set at the share's expiry,
+and the watchdog's periodic re-verification.
 """
 
 from __future__ import annotations
@@ -110,6 +111,11 @@ class PrincipalGuardedConsumer(SessionGuardedConsumer):
         await self._share_over("revoked")
 
     async def _share_over(self, reason: str) -> None:
+        if self._over:
+            return
+        self._over = True
+        if not self._accepted:
+            return  # connect() closes it with the code once accepted
         with contextlib.suppress(Exception):
             await self.send(text_data=json.dumps({"type": "closing", "reason": f"share {reason}"}))
         await self.close(code=CLOSE_SHARE_OVER)

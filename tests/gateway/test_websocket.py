@@ -1,9 +1,10 @@
-"""The websocket stack: foreign origins and unrouted paths are refused."""
+"""The websocket stack: foreign origins are refused at the handshake, unrouted paths with 4404."""
 
 import pytest
 from channels.testing import WebsocketCommunicator
 
 from gateway.asgi import application
+from tests.sockets import socket_open
 
 pytestmark = pytest.mark.django_db(databases=["default"], transaction=True)
 
@@ -26,4 +27,6 @@ async def test_a_foreign_origin_is_refused(origin):
 
 @pytest.mark.parametrize("path", ["/ws/anything/", "/", "/ws/viewer/../../etc/passwd"])
 async def test_a_path_no_route_names_is_refused_even_from_our_origin(path):
-    assert not await _connects(path, b"http://127.0.0.1")
+    communicator = WebsocketCommunicator(application, path, headers=[
+        (b"host", b"127.0.0.1"), (b"origin", b"http://127.0.0.1")])
+    assert await socket_open(communicator, quiet=True) == (False, 4404)

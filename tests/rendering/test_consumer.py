@@ -27,6 +27,7 @@ from imaging.services import IngestBatch, ingest_caches_clear
 from rendering import pool as pool_module
 from rendering.protocol import frame_unpack
 from tests.conftest import ZONES
+from tests.sockets import socket_open
 
 pytestmark = pytest.mark.django_db(databases=ZONES, transaction=True)
 
@@ -63,7 +64,7 @@ async def _open(client, study_uid: str, headers=None):
     communicator = WebsocketCommunicator(application, f"/ws/viewer/{study_uid}/",
                                          headers=headers if headers is not None
                                          else HOST + _cookie(client))
-    connected, code = await communicator.connect(timeout=TIMEOUT)
+    connected, code = await socket_open(communicator, timeout=TIMEOUT)
     return communicator, connected, code
 
 
@@ -300,9 +301,11 @@ async def test_a_password_only_session_is_refused(client, signed_in, study):
 
 async def test_no_session_and_foreign_origins_are_refused(client, signed_in, study):
     record, _ = study
-    _, connected, _ = await _open(client, record.study_instance_uid, headers=HOST)
-    assert not connected
+    _, connected, code = await _open(client, record.study_instance_uid, headers=HOST)
+    assert not connected and code == 4401
     await database_sync_to_async(signed_in)("doctor")
     foreign = [(b"host", b"127.0.0.1"), (b"origin", b"http://evil.example"), *_cookie(client)]
-    _, connected, _ = await _open(client, record.study_instance_uid, headers=foreign)
-    assert not connected
+    communicator = WebsocketCommunicator(application, f"/ws/viewer/{record.study_instance_uid}/",
+                                         headers=foreign)
+    accepted, _ = await communicator.connect(timeout=TIMEOUT)
+    assert not accepted, "a foreign origin is refused at the handshake"

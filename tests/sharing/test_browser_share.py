@@ -2,7 +2,8 @@
 
 Proves what only a browser can: the token travels in the URL fragment and is
 posted by ``open.js`` (never in any request URL or Referer), the CSP admits the
-page's script, and a revoked share closes the consultant's open viewer.
+page's script, and a revoked share closes the consultant's open viewer and clears
+every canvas it drew.
 """
 
 from __future__ import annotations
@@ -64,8 +65,15 @@ def test_a_consultant_opens_a_share_link_views_and_is_cut_off_by_revocation(demo
             status = consultant.text_content("#status") or ""
             consultant.wait_for_timeout(50)
         closed_after = time.monotonic() - revoked
+        cleared = consultant.evaluate("""() => [...document.querySelectorAll('canvas[data-view]')]
+            .map((canvas) => {
+              const blank = document.createElement('canvas');
+              blank.width = canvas.width; blank.height = canvas.height;
+              return canvas.toDataURL() === blank.toDataURL();
+            })""")
         browser.close()
     assert "access ended" in status, status
     assert closed_after < 2.0, closed_after
+    assert cleared and all(cleared), "the revoked study's frames stay on the consultant's screen"
     assert not [entry for entry in seen if token[:24] in entry], "the token left the fragment"
     assert not [e for e in errors if "Content Security Policy" in e], errors

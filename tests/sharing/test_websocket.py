@@ -32,6 +32,7 @@ from rendering import pool as pool_module
 from rendering.protocol import frame_unpack
 from tests.conftest import ZONES
 from tests.sharing.factories import clinical_study, consultant_client, doctor, mint, verified
+from tests.sockets import socket_open
 
 pytestmark = pytest.mark.django_db(databases=ZONES, transaction=True)
 
@@ -85,7 +86,7 @@ async def _open(client: Client, study_uid: str, *, remote: str = "127.0.0.1"):
     communicator = WebsocketCommunicator(application, f"/ws/viewer/{study_uid}/",
                                          headers=HOST + _cookie(client))
     communicator.scope["client"] = (remote, 50000)
-    connected, code = await communicator.connect(timeout=TIMEOUT)
+    connected, code = await socket_open(communicator, timeout=TIMEOUT)
     return communicator, connected, code
 
 
@@ -213,9 +214,10 @@ async def test_revocation_closes_an_open_viewer_within_a_second(study):
     assert time.monotonic() - started < 1.0
 
 
-async def test_every_message_rechecks_the_share(study, monkeypatch):
-    """Even if the revocation notice never arrives, the next message closes the viewer."""
+async def test_the_watchdog_rechecks_the_share_when_the_notice_is_lost(study, monkeypatch, settings):
+    """Even if the revocation notice never arrives, the watchdog closes the viewer."""
     record, _ = study
+    settings.ACCOUNTS_WEBSOCKET_SESSION_CHECK_SECONDS = 0.2
     monkeypatch.setattr(services, "shares_broadcast_ended", lambda share_ids: None)
     issuer = await database_sync_to_async(doctor)()
     minted = await database_sync_to_async(mint)(issuer, record)
@@ -224,7 +226,6 @@ async def test_every_message_rechecks_the_share(study, monkeypatch):
     assert (await _text(communicator))["type"] == "ready"
     await database_sync_to_async(share_revoke)(user=verified(issuer),
                                                share_id=minted.share.public_id, source_ip=None)
-    await communicator.send_json_to({"type": "input", "view": 0, "op": "scroll", "delta": 1})
     code, elapsed = await _closed(communicator, within=5)
     assert code == 4403 and elapsed < 1.0
 
@@ -233,7 +234,7 @@ async def test_expiry_mid_session_closes_the_viewer(study):
     record, _ = study
     issuer = await database_sync_to_async(doctor)()
     minted = await database_sync_to_async(mint)(issuer, record)
-    soon = timezone.now() + timezone.timedelta(seconds=5)
+    soon = timezone.now() + timezone.timedelta(seconds=8)
     await database_sync_to_async(Share.objects.filter(pk=minted.share.pk).update)(expires_at=soon)
     consultant = await database_sync_to_async(consultant_client)(minted)
     communicator, connected, _ = await _open(consultant, record.study_instance_uid)

@@ -12,11 +12,58 @@ const views = [];
 let socket = null;
 let layout = "1x1";
 let reconnectDelay = 500;
+let failedAttempts = 0;
+let ended = false;
+let holdInputUntil = 0;
+const MAX_FAILED_ATTEMPTS = 6;
 
 function send(message) {
   if (socket && socket.readyState === WebSocket.OPEN) {
     socket.send(JSON.stringify(message));
   }
+}
+
+// Input is coalesced: deltas that arrive within one animation frame (a 144 Hz
+// wheel, a fast drag) go out as one message per view and operation, and are
+// held while the server has said it is rate limiting (docs/protocol.md).
+const pendingInput = new Map();
+let flushScheduled = false;
+
+function queueInput(view, op, deltas) {
+  const key = `${view}:${op}`;
+  const pending = pendingInput.get(key) || { type: "input", view, op };
+  for (const [name, value] of Object.entries(deltas)) {
+    pending[name] = op === "zoom" ? (pending[name] || 1) * value : (pending[name] || 0) + value;
+  }
+  pendingInput.set(key, pending);
+  scheduleFlush();
+}
+
+function scheduleFlush() {
+  if (flushScheduled) return;
+  flushScheduled = true;
+  const wait = Math.max(0, holdInputUntil - performance.now());
+  const flush = () => { flushScheduled = false; flushInput(); };
+  if (wait > 0) setTimeout(flush, wait); else requestAnimationFrame(flush);
+}
+
+function flushInput() {
+  if (performance.now() < holdInputUntil) { scheduleFlush(); return; }
+  for (const message of pendingInput.values()) {
+    if (message.op === "scroll") message.delta = Math.max(-2000, Math.min(2000, message.delta));
+    if (message.op === "zoom") message.factor = Math.max(0.05, Math.min(20, message.factor));
+    if (message.op === "pan") { message.dx = clamp(message.dx, 4); message.dy = clamp(message.dy, 4); }
+    if (message.op === "rotate") {
+      message.dazimuth = clamp(message.dazimuth, 360); message.delevation = clamp(message.delevation, 360);
+    }
+    if (message.op === "window") { message.dc = clamp(message.dc, 10000); message.dw = clamp(message.dw, 10000); }
+    if (message.op !== "scroll" || message.delta !== 0) send(message);
+  }
+  pendingInput.clear();
+}
+
+function clamp(value, limit) {
+  return Math.max(-limit, Math.min(limit, value));
 }
 
 function setStatus(text, isError = false) {
@@ -39,7 +86,8 @@ function buildViews(count) {
     overlay.className = "overlay";
     cell.append(canvas, overlay);
     grid.append(cell);
-    const state = { index, canvas, overlay, lastSequence: 0, frames: 0, since: performance.now(),
+    const state = { index, canvas, overlay, lastSequence: 0, shownRank: -1, frames: 0,
+                    since: performance.now(),
                     showCrosshair: true, slab: 0, preset: 0 };
     views.push(state);
     attachInput(state);
@@ -114,6 +162,13 @@ function drawOverlay(view, frame, fps) {
   view.overlay.replaceChildren(...nodes);
 }
 
+// Frames are decoded concurrently (a PNG still decodes slower than a JPEG), so
+// the order is decided after decoding: a frame older than the one on screen —
+// or the interactive twin of a still already shown — is dropped, never painted.
+function frameRank(frame) {
+  return frame.sequence * 2 + (frame.quality === "still" ? 1 : 0);
+}
+
 async function showFrame(buffer) {
   let frame;
   try {
@@ -123,9 +178,21 @@ async function showFrame(buffer) {
     return;
   }
   const view = views[frame.view];
-  if (!view || frame.sequence < view.lastSequence) return;
+  if (!view) return;
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(frame.image);
+  } catch (error) {
+    send({ type: "ack", view: frame.view, seq: frame.sequence });
+    return;
+  }
+  if (ended || frameRank(frame) <= view.shownRank) {
+    bitmap.close();
+    send({ type: "ack", view: frame.view, seq: frame.sequence });
+    return;
+  }
+  view.shownRank = frameRank(frame);
   view.lastSequence = frame.sequence;
-  const bitmap = await createImageBitmap(frame.image);
   const context = view.canvas.getContext("2d");
   context.drawImage(bitmap, 0, 0, view.canvas.width, view.canvas.height);
   bitmap.close();
@@ -150,26 +217,61 @@ function handleText(message) {
     probeLine.textContent = message.value === null ? "outside the volume"
       : `${message.value.toFixed(1)} ${message.unit} at (${message.point.map((v) => v.toFixed(1)).join(", ")}) mm`;
   } else if (message.type === "error") {
+    if (message.code === "rate_limited") {
+      holdInputUntil = performance.now() + (message.retry_after_ms || 0) + 50;
+    }
     setStatus(`${message.code}: ${message.message}`, true);
   } else if (message.type === "closing") {
-    setStatus(message.reason, true);
+    end(message.reason);
   }
 }
+
+// The study is no longer ours to see: nothing it showed stays on screen.
+function clearViews() {
+  for (const view of views) {
+    view.canvas.getContext("2d").clearRect(0, 0, view.canvas.width, view.canvas.height);
+    view.canvas.dataset.cleared = "true";
+    view.overlay.replaceChildren();
+  }
+  probeLine.textContent = "";
+}
+
+function end(text, link) {
+  ended = true;
+  clearViews();
+  statusLine.replaceChildren(document.createTextNode(text));
+  if (link) {
+    const anchor = element("a", "", link.text);
+    anchor.href = link.href;
+    statusLine.append(" — ", anchor);
+  }
+  statusLine.classList.add("error");
+}
+
+const CLOSE_REASONS = {
+  4401: () => end("session ended", { text: "sign in again",
+    href: `/accounts/login/?next=${encodeURIComponent(location.pathname)}` }),
+  4403: () => end("access ended: the share expired or was revoked"),
+  4404: () => end("this study is not available to you"),
+};
 
 function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   socket = new WebSocket(`${scheme}://${location.host}/ws/viewer/${encodeURIComponent(study)}/`);
   socket.binaryType = "arraybuffer";
-  socket.addEventListener("open", () => { reconnectDelay = 500; setStatus("connected"); });
+  socket.addEventListener("open", () => {
+    reconnectDelay = 500; failedAttempts = 0; setStatus("connected");
+  });
   socket.addEventListener("message", (event) => {
     if (typeof event.data === "string") handleText(JSON.parse(event.data));
     else showFrame(event.data);
   });
   socket.addEventListener("close", (event) => {
-    if (event.code === 4401 || event.code === 4403 || event.code === 4404) {
-      setStatus(event.code === 4401 ? "session ended — sign in again"
-        : event.code === 4403 ? "access ended (share expired or revoked, or not permitted)"
-        : "not permitted", true);
+    if (ended) return;
+    if (CLOSE_REASONS[event.code]) { CLOSE_REASONS[event.code](); return; }
+    failedAttempts += 1;
+    if (failedAttempts >= MAX_FAILED_ATTEMPTS) {
+      setStatus("cannot reach the gateway — reload the page to try again", true);
       return;
     }
     setStatus("connection lost — reconnecting…", true);
@@ -184,9 +286,8 @@ function attachInput(view) {
   let lastProbe = 0;
   canvas.addEventListener("wheel", (event) => {
     event.preventDefault();
-    send({ type: "input", view: index, op: event.ctrlKey ? "zoom" : "scroll",
-           ...(event.ctrlKey ? { factor: event.deltaY < 0 ? 1.1 : 1 / 1.1 }
-                             : { delta: Math.sign(event.deltaY) || 1 }) });
+    if (event.ctrlKey) queueInput(index, "zoom", { factor: event.deltaY < 0 ? 1.1 : 1 / 1.1 });
+    else queueInput(index, "scroll", { delta: Math.sign(event.deltaY) || 1 });
   }, { passive: false });
   canvas.addEventListener("contextmenu", (event) => event.preventDefault());
   canvas.addEventListener("pointerdown", (event) => {
@@ -208,11 +309,11 @@ function attachInput(view) {
     drag.x = event.clientX;
     drag.y = event.clientY;
     if (drag.button === 1 || drag.shift) {
-      send({ type: "input", view: index, op: "pan", dx: dx / canvas.width, dy: dy / canvas.height });
+      queueInput(index, "pan", { dx: dx / canvas.width, dy: dy / canvas.height });
     } else if (drag.button === 2) {
-      send({ type: "input", view: index, op: "rotate", dazimuth: dx * 0.5, delevation: dy * 0.5 });
+      queueInput(index, "rotate", { dazimuth: dx * 0.5, delevation: dy * 0.5 });
     } else {
-      send({ type: "input", view: index, op: "window", dc: dy * 2, dw: dx * 4 });
+      queueInput(index, "window", { dc: dy * 2, dw: dx * 4 });
     }
   });
   canvas.addEventListener("pointerup", (event) => {
@@ -231,8 +332,8 @@ let cine = null;
 
 function keyboard(event, index) {
   const key = event.key;
-  if (key === "ArrowUp" || key === "PageUp") send({ type: "input", view: index, op: "scroll", delta: key === "PageUp" ? 10 : 1 });
-  else if (key === "ArrowDown" || key === "PageDown") send({ type: "input", view: index, op: "scroll", delta: key === "PageDown" ? -10 : -1 });
+  if (key === "ArrowUp" || key === "PageUp") queueInput(index, "scroll", { delta: key === "PageUp" ? 10 : 1 });
+  else if (key === "ArrowDown" || key === "PageDown") queueInput(index, "scroll", { delta: key === "PageDown" ? -10 : -1 });
   else if (WINDOW_KEYS[key]) send({ type: "set", view: index, name: "window_preset", value: WINDOW_KEYS[key] });
   else if (key === "r") send({ type: "input", view: index, op: "reset" });
   else if (key === "m") {

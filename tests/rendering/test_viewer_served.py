@@ -1,0 +1,213 @@
+"""The viewer websocket as a browser meets it: daphne on a loopback port, a real client.
+
+Handshakes, Origin, close codes, rate limits and message limits are the
+server's own behaviour at the socket; ``WebsocketCommunicator`` skips it (a
+close before accept reached it as a code while browsers saw HTTP 403).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from rendering.protocol import frame_unpack
+from tests.served import viewer_socket
+
+pytestmark = pytest.mark.server
+
+
+def _until(ws, predicate, *, seconds: float = 60):
+    """Read (and acknowledge, as the viewer does) until ``predicate(message)`` holds.
+
+    Returns (that message, everything read).
+    """
+    seen = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        raw = ws.recv(timeout=max(0.01, deadline - time.monotonic()))
+        message = frame_unpack(raw) if isinstance(raw, bytes) else json.loads(raw)
+        if isinstance(raw, bytes):
+            ws.send(json.dumps({"type": "ack", "view": message.view, "seq": message.sequence}))
+        seen.append(message)
+        if predicate(message):
+            return message, seen
+    raise AssertionError(f"not seen within {seconds} s; last: {seen[-3:]}")
+
+
+def _is_frame(message) -> bool:
+    return not isinstance(message, dict)
+
+
+def _closed_code(ws, *, seconds: float = 10) -> int:
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            ws.recv(timeout=deadline - time.monotonic())
+    except ConnectionClosed as closed:
+        assert closed.rcvd is not None, "the server closed without a close frame"
+        return closed.rcvd.code
+    raise AssertionError("still open")
+
+
+def _ready(ws):
+    return _until(ws, lambda m: isinstance(m, dict) and m.get("type") == "ready")[0]
+
+
+@pytest.fixture(scope="module")
+def doctor(served_demo):
+    return served_demo.doctor()
+
+
+# --- Origin: scheme, host and port ---------------------------------------------------------
+
+@pytest.mark.parametrize("origin", ["http://127.0.0.1:{other}", "https://127.0.0.1:{port}",
+                                    "http://localhost:{port}", "http://127.0.0.1",
+                                    "http://evil.example:{port}", "null"])
+def test_a_signed_in_cookie_from_another_origin_is_refused_at_the_handshake(served_demo, doctor,
+                                                                            origin):
+    port = served_demo.port
+    foreign = origin.format(port=port, other=port + 1)
+    with pytest.raises(InvalidStatus) as refused:
+        viewer_socket(served_demo, doctor, origin=foreign)
+    assert refused.value.response.status_code == 403
+
+
+def test_the_gateway_s_own_origin_is_accepted(served_demo, doctor):
+    with viewer_socket(served_demo, doctor) as ws:
+        ready = _ready(ws)
+        assert ready["study"]["uid"] == served_demo.study_uid
+        _until(ws, _is_frame)
+
+
+# --- close codes reach the client -----------------------------------------------------------
+
+def test_no_session_is_closed_with_4401(served_demo):
+    with viewer_socket(served_demo, None) as ws:
+        assert _closed_code(ws) == 4401
+
+
+def test_a_password_only_session_is_closed_with_4401(served_demo):
+    from tests.served import Browser
+
+    person = served_demo.person("doctor")
+    browser = Browser(served_demo.base)
+    first = browser.form("/accounts/login/", {"username": person.username,
+                                              "password": person.password})
+    assert first.status == 302
+    with viewer_socket(served_demo, browser) as ws:
+        assert _closed_code(ws) == 4401
+
+
+def test_a_study_the_role_may_not_view_is_closed_with_4404(served_demo):
+    desk = served_demo.sign_in(served_demo.person("admin_staff"))
+    with viewer_socket(served_demo, desk) as ws:
+        assert _closed_code(ws) == 4404
+    with viewer_socket(served_demo, served_demo.doctor(), study="1.2.3.4.5") as ws:
+        assert _closed_code(ws) == 4404
+
+
+def test_a_path_no_route_names_is_closed_with_4404(served_demo, doctor):
+    with viewer_socket(served_demo, doctor, path="/ws/nothing-here/") as ws:
+        assert _closed_code(ws) == 4404
+
+
+def test_log_out_everywhere_closes_an_open_viewer_within_a_second(served_demo):
+    browser = served_demo.doctor()
+    with viewer_socket(served_demo, browser) as ws:
+        _ready(ws)
+        _until(ws, _is_frame)
+        done = browser.form("/accounts/security/", {},
+                            action="/accounts/security/logout-everywhere/")
+        assert done.status in (302, 303), done.status
+        posted = time.monotonic()
+        assert _closed_code(ws, seconds=5) == 4401
+        assert time.monotonic() - posted < 1.0
+
+
+# --- rate limits, acknowledgements and coalescing -------------------------------------------
+
+def test_a_burst_is_coalesced_and_the_last_state_arrives_promptly(served_demo, doctor):
+    with viewer_socket(served_demo, doctor) as ws:
+        _ready(ws)
+        _until(ws, lambda m: _is_frame(m) and m.view == 0 and m.quality == 1)
+        sent_at = time.monotonic()
+        for _ in range(500):
+            ws.send(json.dumps({"type": "input", "view": 0, "op": "window", "dc": 1, "dw": 0}))
+        burst_ms = (time.monotonic() - sent_at) * 1000
+        last, seen = _until(ws, lambda m: _is_frame(m) and m.view == 0 and m.quality == 1,
+                            seconds=10)
+        waited = time.monotonic() - sent_at
+    notices = [m for m in seen if isinstance(m, dict) and m.get("code") == "rate_limited"]
+    assert len(notices) <= 1, "the client is told once, not once per dropped message"
+    assert all(m["retry_after_ms"] >= 0 for m in notices)
+    assert waited < 2.0 + burst_ms / 1000, f"the still came {waited:.2f} s after the burst"
+    frames = [m for m in seen if _is_frame(m) and m.view == 0]
+    assert len(frames) < 50, "a burst is coalesced into a few frames, not a queue of stale ones"
+    assert last.sequence == max(f.sequence for f in frames)
+
+
+def test_acknowledgements_are_never_rate_limited_and_views_never_freeze(served_demo, doctor):
+    """PET/CT layout, one scroll per wheel event at ~144/s, an ack for every frame."""
+    latest: dict[int, int] = {}
+    limited = 0
+    with viewer_socket(served_demo, doctor) as ws:
+        views = len(_ready(ws)["views"])
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            ws.send(json.dumps({"type": "input", "view": 0, "op": "scroll", "delta": 1}))
+            deadline = time.monotonic() + 1 / 144
+            while True:
+                try:
+                    raw = ws.recv(timeout=max(0.0, deadline - time.monotonic()))
+                except TimeoutError:
+                    break
+                if isinstance(raw, bytes):
+                    frame = frame_unpack(raw)
+                    latest[frame.view] = frame.sequence
+                    ws.send(json.dumps({"type": "ack", "view": frame.view, "seq": frame.sequence}))
+                elif json.loads(raw).get("code") == "rate_limited":
+                    limited += 1
+        stills, _ = _until(ws, lambda m: _is_frame(m) and m.view == 0 and m.quality == 1,
+                           seconds=10)
+    assert stills.sequence >= latest.get(0, 0), "the last state is shown at still quality"
+    assert limited <= 3
+    assert len(latest) == views or 0 in latest
+
+
+def test_an_unknown_type_is_not_echoed_back_in_full(served_demo, doctor):
+    with viewer_socket(served_demo, doctor) as ws:
+        _ready(ws)
+        ws.send(json.dumps({"type": "x" * 7000}))
+        error, _ = _until(ws, lambda m: isinstance(m, dict) and m.get("type") == "error")
+        ws.send(json.dumps({"type": "ack", "view": 0, "seq": 1, **{f"k{i}" * 50: 1 for i in range(40)}}))
+        second, _ = _until(ws, lambda m: isinstance(m, dict) and m.get("type") == "error")
+    assert error["code"] == "unknown_type" and len(error["message"]) < 120
+    assert second["code"] == "unknown_field" and len(second["message"]) < 300
+
+
+def test_a_message_over_the_protocol_limit_is_refused_and_the_socket_stays(served_demo, doctor):
+    with viewer_socket(served_demo, doctor) as ws:
+        ready = _ready(ws)
+        ws.send(json.dumps({"type": "probe", "pad": "x" * ready["limits"]["max_message_bytes"]}))
+        error, _ = _until(ws, lambda m: isinstance(m, dict) and m.get("type") == "error")
+        assert error["code"] == "too_large"
+        ws.send(json.dumps({"type": "input", "view": 0, "op": "scroll", "delta": 1}))
+        _until(ws, _is_frame)
+
+
+def test_a_message_over_daphne_s_one_mebibyte_drops_the_connection_not_the_server(served_demo,
+                                                                                 doctor):
+    """daphne (autobahn) fails the connection without a close frame: a browser reports 1006."""
+    with viewer_socket(served_demo, doctor) as ws:
+        _ready(ws)
+        ws.send("x" * (1024 * 1024 + 1))
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                ws.recv(timeout=10)
+        assert closed.value.rcvd is None
+    with viewer_socket(served_demo, doctor) as ws:
+        _ready(ws)
+        _until(ws, _is_frame)
