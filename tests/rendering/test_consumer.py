@@ -309,3 +309,29 @@ async def test_no_session_and_foreign_origins_are_refused(client, signed_in, stu
                                          headers=foreign)
     accepted, _ = await communicator.connect(timeout=TIMEOUT)
     assert not accepted, "a foreign origin is refused at the handshake"
+
+
+async def test_acknowledgements_pass_a_spent_budget_and_the_view_does_not_freeze(
+        client, signed_in, study, monkeypatch):
+    """With the input budget spent, acks still go through: the view reaches its still frame."""
+    from rendering import consumers
+
+    monkeypatch.setattr(consumers, "MESSAGES_PER_SECOND", 0.01)
+    monkeypatch.setattr(consumers, "MESSAGE_BURST", 6)
+    await database_sync_to_async(signed_in)("doctor")
+    record, _ = study
+    communicator, _, _ = await _open(client, record.study_instance_uid)
+    await _next(communicator)
+    for _ in range(7):  # the seventh finds the budget spent
+        await communicator.send_json_to({"type": "input", "view": 0, "op": "scroll", "delta": 1})
+    seen: list = []
+
+    def still_of_the_last_state(item) -> bool:
+        seen.append(item)
+        return (not isinstance(item, dict) and item.view == 0 and item.quality == 1
+                and item.sequence == 7)
+
+    await _until(communicator, still_of_the_last_state)
+    notices = [item for item in seen if isinstance(item, dict) and item.get("code") == "rate_limited"]
+    assert len(notices) == 1 and notices[0]["retry_after_ms"] > 0
+    await communicator.disconnect()
