@@ -10,10 +10,14 @@ principal returned here carries ``device_credential_verified`` so that
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import hmac
 import secrets
 from typing import Any
+
+from django.db import connections, router
 
 from accounts.models import Role, User
 from gateway.audit.catalogue import Action, Outcome
@@ -48,21 +52,70 @@ def device_endpoint_register(*, user: User, ae_title: str,
     return endpoint, token
 
 
-def _principal(endpoint: DeviceEndpoint | None) -> User | None:
-    if endpoint is None or not endpoint.active:
-        return None
-    user = endpoint.user
-    if user.role != Role.DEVICE or not user.is_active:
+def _device_principal(user: User, *, endpoint_active: bool, ae_title: str) -> User | None:
+    if not endpoint_active or user.role != Role.DEVICE or not user.is_active:
         return None
     user.device_credential_verified = True  # type: ignore[attr-defined]
-    user.device_ae_title = endpoint.ae_title  # type: ignore[attr-defined]
+    user.device_ae_title = ae_title  # type: ignore[attr-defined]
     return user if may(user, Permission.STUDY_INGEST) else None
+
+
+def _principal(endpoint: DeviceEndpoint | None) -> User | None:
+    if endpoint is None:
+        return None
+    return _device_principal(endpoint.user, endpoint_active=endpoint.active, ae_title=endpoint.ae_title)
 
 
 def device_by_ae_title(ae_title: str) -> User | None:
     """The device principal allowed to call as ``ae_title``, or None."""
     endpoint = DeviceEndpoint.objects.select_related("user").filter(ae_title=ae_title.strip()).first()
     return _principal(endpoint)
+
+
+@functools.cache
+def _endpoint_state_sql(alias: str) -> str:
+    """The SQL of one indexed lookup (unique AE title) of an endpoint's state and its account's."""
+    query = DeviceEndpoint.objects.using(alias).filter(ae_title="AE").values_list(
+        "active", "user_id", "user__is_active", "user__role").query
+    sql, params = query.get_compiler(alias).as_sql()
+    if list(params) != ["AE"]:
+        raise RuntimeError(f"expected the AE title as the only parameter, got {params!r}")
+    return sql
+
+
+def device_still_allowed(*, device: User, ae_title: str) -> bool:
+    """Whether ``device`` may still store as ``ae_title``: asked again for every C-STORE.
+
+    Parameters
+    ----------
+    device : User
+        The principal :func:`device_by_ae_title` gave when the association began.
+    ae_title : str
+        The association's calling AE title.
+
+    Returns
+    -------
+    bool
+        False once the account is deactivated or no longer a device, the
+        endpoint is deactivated, removed or renamed, or the AE title now
+        belongs to another account; otherwise what ``gateway.policy.may``
+        answers for ``study.ingest``. One indexed query whose SQL the ORM
+        builds once: compiling the query anew would cost a C-STORE more than
+        running it.
+    """
+    alias = router.db_for_read(DeviceEndpoint)
+    with connections[alias].cursor() as cursor:
+        cursor.execute(_endpoint_state_sql(alias), [ae_title.strip()])
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    endpoint_active, user_id, is_active, role = row
+    if user_id != device.pk:
+        return False
+    current = copy.copy(device)  # the association's principal keeps its audited role
+    current.is_active, current.role = bool(is_active), role
+    return _device_principal(current, endpoint_active=bool(endpoint_active),
+                             ae_title=ae_title.strip()) is not None
 
 
 def device_by_token(token: str) -> User | None:

@@ -2,7 +2,10 @@
 
 Calling AE titles are allowlisted per device account (:mod:`imaging.devices`):
 an association from any other title is rejected at negotiation (A-ASSOCIATE-RJ,
-"calling AE title not recognised"), and every C-STORE asks the policy again.
+"calling AE title not recognised"), and every C-STORE asks the policy again:
+one indexed lookup of the calling AE title's device per instance, so a device
+account deactivated, moved to another role or stripped of its AE title in the
+middle of an association is refused (0x0124) from its next C-STORE on.
 C-FIND, C-MOVE and C-GET are not offered, so their presentation contexts are
 refused. The handlers only translate between DIMSE and
 :mod:`imaging.services`; storage is not their business.
@@ -24,7 +27,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from gateway.audit.catalogue import Action, Outcome
 from gateway.audit.services import audit_record
-from imaging.devices import allowed_ae_titles, device_by_ae_title
+from imaging.devices import allowed_ae_titles, device_by_ae_title, device_still_allowed
 from imaging.services import IngestBatch, Reason, Status
 
 log = logging.getLogger(__name__)
@@ -79,11 +82,19 @@ class Associations:
         self.build_volumes = build_volumes
 
     def batch(self, event: Any) -> IngestBatch | None:
-        key = id(event.assoc)
+        """The association's batch, or None when the policy refuses this C-STORE.
+
+        The device is looked up, and the policy asked, for every C-STORE rather
+        than once per association: a device disabled mid-association must stop
+        storing at once. The batch keeps the account it was opened for; the
+        calling AE title now naming another account is refused too.
+        """
+        key, ae_title = id(event.assoc), event.assoc.requestor.ae_title
         with self._lock:
-            if key in self._batches:
-                return self._batches[key]
-        device = device_by_ae_title(event.assoc.requestor.ae_title)
+            batch = self._batches.get(key)
+        if batch is not None:
+            return batch if device_still_allowed(device=batch.actor, ae_title=ae_title) else None
+        device = device_by_ae_title(ae_title)
         if device is None:
             return None
         batch = IngestBatch(actor=device, door="c-store", source_ip=str(event.assoc.requestor.address),
@@ -116,7 +127,7 @@ def handle_echo(event: Any, associations: Associations) -> int:
 
 
 def handle_store(event: Any, associations: Associations) -> Dataset:
-    """C-STORE: hand the encoded instance to the ingest service; answer its outcome."""
+    """C-STORE: ask the policy, hand the encoded instance to the ingest service, answer its outcome."""
     batch = associations.batch(event)
     if batch is None:
         audit_record(actor=f"ae:{event.assoc.requestor.ae_title}", action=Action.INGEST,

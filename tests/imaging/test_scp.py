@@ -205,3 +205,62 @@ def test_tls_with_client_certificates(tmp_path):
         assert anonymous.returncode != 0
     finally:
         fixture.close()
+
+
+# The ways an IT admin takes a device off the SCP, as the ORM change each one makes.
+DEVICE_DISABLED_BY = {
+    "account deactivated": "User.objects.filter(username='{user}').update(is_active=False)",
+    "endpoint deactivated": "DeviceEndpoint.objects.filter(ae_title='{ae}').update(active=False)",
+    "AE title changed": "DeviceEndpoint.objects.filter(ae_title='{ae}').update(ae_title='{ae}X')",
+    "AE title removed": "DeviceEndpoint.objects.filter(ae_title='{ae}').delete()",
+    "role changed": "User.objects.filter(username='{user}').update(role='doctor')",
+    "AE title given to another device": (
+        "user_create(username='{user}.new', password='correct horse battery staple', "
+        "role='device'); device_endpoint_register(user=User.objects.get(username='{user}.new'), "
+        "ae_title='{ae}')"),
+}
+_SHELL_IMPORTS = ("from accounts.models import User; from accounts.services import user_create; "
+                  "from imaging.devices import device_endpoint_register; "
+                  "from imaging.models import DeviceEndpoint; ")
+
+
+def _shell(var: Path, code: str) -> None:
+    done = manage("shell", "-c", _SHELL_IMPORTS + code, env={"GATEWAY_VAR_DIR": str(var)})
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_device_disabled_mid_association_is_refused_from_its_next_c_store(scp, phantom):
+    """One association per way of disabling a device: it stores one instance, the device is
+    disabled from outside, and the next C-STOREs on the same association get 0x0124."""
+    import pydicom
+    from pynetdicom import AE
+
+    port, var = scp
+    out, _ = phantom
+    files = iter(p for p in phantom_files(out) if "patient_01" in str(p) and "CT" in p.parts)
+    cases = {f"DEV{n}": (f"device.dev{n}", how) for n, how in enumerate(DEVICE_DISABLED_BY)}
+    _shell(var, "; ".join(
+        f"device_endpoint_register(user=user_create(username='{user}', password='correct horse "
+        f"battery staple', role='device'), ae_title='{ae}')" for ae, (user, _) in cases.items()))
+    stored = 0
+    for ae_title, (user, how) in cases.items():
+        first, second, third = (pydicom.dcmread(next(files)) for _ in range(3))
+        client = AE(ae_title=ae_title)
+        client.add_requested_context(first.SOPClassUID, first.file_meta.TransferSyntaxUID)
+        association = client.associate("127.0.0.1", port, ae_title="FUSIONGW")
+        assert association.is_established, how
+        try:
+            assert association.send_c_store(first).Status == 0x0000, how
+            stored += 1
+            assert _rows(var, "SELECT COUNT(*) FROM imaging_instance") == [(stored,)], how
+            _shell(var, DEVICE_DISABLED_BY[how].format(user=user, ae=ae_title))
+            for refused in (second, third):
+                status = association.send_c_store(refused)
+                assert status.Status == 0x0124, (how, status)
+                assert "not allowed" in status.ErrorComment, (how, status)
+        finally:
+            association.release()
+        assert _rows(var, "SELECT COUNT(*) FROM imaging_instance") == [(stored,)], how
+    denied = dict(_rows(var, "SELECT actor, COUNT(*) FROM audit_auditevent WHERE action = 'ingest' "
+                             "AND outcome = 'denied' GROUP BY actor", "audit"))
+    assert denied == {f"ae:{ae_title}": 2 for ae_title in cases}
