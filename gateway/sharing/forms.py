@@ -2,13 +2,46 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import cast
 
 from django import forms
+from django.core.validators import RegexValidator
+from django.http import QueryDict
 
 from gateway.sharing import conf
 
 ACTION_CHOICES = [("view", "view"), ("view,measure", "view and measure")]
+
+
+IDEMPOTENCY_KEY = "idempotency_key"
+_EXPIRED = "This form has expired: check it and submit it again."
+
+
+def idempotency_key_new() -> str:
+    return secrets.token_urlsafe(24)
+
+
+class _Once(forms.Form):
+    """A form whose every rendering carries a fresh idempotency key (hidden): posting the same
+    rendering twice (a double click, a resubmitted POST) mints one share."""
+
+    idempotency_key = forms.CharField(
+        widget=forms.HiddenInput, min_length=16, max_length=64,
+        validators=[RegexValidator(r"^[A-Za-z0-9_-]+\Z", message=_EXPIRED)],
+        error_messages={"required": _EXPIRED, "min_length": _EXPIRED, "max_length": _EXPIRED})
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields[IDEMPOTENCY_KEY].initial = idempotency_key_new()
+
+    def renew_key(self) -> None:
+        """After a refusal: a rendering with a key that did not mint keeps it, a bad one gets a new one."""
+        if self.is_bound and IDEMPOTENCY_KEY in self.errors:
+            data = QueryDict(mutable=True)
+            data.update(self.data)
+            data[IDEMPOTENCY_KEY] = idempotency_key_new()
+            self.data = data
 
 
 def _hours_field(initial: int) -> forms.IntegerField:
@@ -18,7 +51,7 @@ def _hours_field(initial: int) -> forms.IntegerField:
                                         f"{conf.max_days()} days")
 
 
-class ShareForm(forms.Form):
+class ShareForm(_Once):
     scope = forms.ChoiceField(choices=[("study", "this study"),
                                        ("patient", "all studies of this patient")],
                               initial="study", widget=forms.RadioSelect)
@@ -33,7 +66,7 @@ class ShareForm(forms.Form):
         self.fields["hours"] = _hours_field(conf.default_hours())
 
 
-class ForwardForm(forms.Form):
+class ForwardForm(_Once):
     study = forms.ChoiceField(label="Scope", required=False)
     actions = forms.ChoiceField(choices=ACTION_CHOICES, initial="view")
     hours = forms.IntegerField()

@@ -19,7 +19,12 @@ from django.http import HttpRequest, HttpResponse
 
 from accounts.sessions import SessionVerdict, session_touch, session_verdict
 from gateway.net import client_address
-from gateway.sharing.services import ShareRefused, capability_verify, share_deny_record
+from gateway.sharing.services import (
+    ShareRefused,
+    capability_verify,
+    share_deny_record,
+    share_refusal,
+)
 
 SESSION_TOKEN = "gw.share.token"  # noqa: S105 - a session key name, not a secret
 SESSION_PENDING = "gw.share.pending"
@@ -34,7 +39,7 @@ def capability_from_session(session: Any, address: str | None) -> Any:
     verdict = session_verdict(session)
     try:
         if verdict is not SessionVerdict.ACTIVE:
-            raise ShareRefused(f"session {verdict.value}")
+            raise share_refusal(f"session {verdict.value}", token=token)
         return capability_verify(token, client_ip=address)
     except ShareRefused as refusal:
         share_deny_record(refusal=refusal, source_ip=address)

@@ -50,9 +50,25 @@ class Share(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     revoked_by = models.CharField(max_length=150, blank=True)
+    token_digest = models.CharField(
+        max_length=64, blank=True,
+        help_text="SHA-256 of the token as issued (tokens.token_digest): names the share of a "
+                  "refused token after its root key is gone; never grants anything")
+    mint_key = models.CharField(
+        max_length=64, blank=True,
+        help_text="idempotency key of the form that minted it: the same form posted twice "
+                  "mints one share")
 
     class Meta:
         ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["issued_by", "mint_key"], name="sharing_share_root_mint_key",
+                condition=models.Q(parent__isnull=True) & ~models.Q(mint_key="")),
+            models.UniqueConstraint(
+                fields=["parent", "mint_key"], name="sharing_share_forward_mint_key",
+                condition=models.Q(parent__isnull=False) & ~models.Q(mint_key="")),
+        ]
 
     def __str__(self) -> str:
         return f"share {self.public_id}"

@@ -7,11 +7,27 @@ consultant: it parses the token strictly, reads the share chain (root key
 included) in one query, checks the HMAC chain in constant time, and the time
 and address caveats; the resource caveats are asked per study by
 ``ConsultantPrincipal.grants``.
+
+Attribution of refusals: a ``share.deny`` names the share (``actor
+share:<id>``) and its issuing doctor (``acting_for``) only when the share is
+*identified*, i.e. the token is provably one the gateway issued: its HMAC
+chain verifies under the share's root key, or, once that key is gone
+(revoked, burned), the token is byte for byte the one recorded at issue
+(:func:`~gateway.sharing.tokens.token_digest`). A token that merely names a
+real share id (a forgery, or one whose signature fails) is recorded as
+``anonymous`` with the id under ``claimed_share``: anyone can write a share id
+into a token, and the audit must not let them speak for a doctor.
+
+Minting and forwarding take an idempotency key (the form's): the same key
+twice from the same doctor (or the same holder's share) mints one share;
+the second call raises :class:`ShareAlreadyMinted`, and a unique constraint
+settles a race.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import ipaddress
 import logging
 import secrets
@@ -21,7 +37,7 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.db import connections, router, transaction
+from django.db import IntegrityError, connections, router, transaction
 from django.utils import timezone
 
 from accounts.models import Role
@@ -53,19 +69,41 @@ from gateway.sharing.crypto import (
 )
 from gateway.sharing.models import LIVE_STATES, Share, ShareState
 from gateway.sharing.principal import ChainLink, ConsultantPrincipal
-from gateway.sharing.tokens import ParsedToken, signature_valid, token_attenuate, token_mint, token_parse
+from gateway.sharing.tokens import (
+    ParsedToken,
+    signature_valid,
+    token_attenuate,
+    token_digest,
+    token_mint,
+    token_parse,
+)
 from imaging.models import Study
 
 logger = logging.getLogger(__name__)
 
 
 class ShareRefused(Exception):
-    """A token or request that the share does not allow; ``reason`` goes to the audit log."""
+    """A token or request that the share does not allow; ``reason`` goes to the audit log.
 
-    def __init__(self, reason: str, *, share_id: str = "") -> None:
+    ``share_id`` is set only for an *identified* share (the token verified, or
+    is the one issued; see the module docstring), with ``issuer`` its issuing
+    doctor when the raiser knows it (:func:`share_deny_record` looks it up
+    otherwise). ``claimed`` is the share id an unidentified token names:
+    recorded, never trusted.
+    """
+
+    def __init__(self, reason: str, *, share_id: str = "", issuer: str = "",
+                 claimed: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
         self.share_id = share_id
+        self.issuer = issuer
+        self.claimed = claimed
+
+    @classmethod
+    def of(cls, principal: ConsultantPrincipal, reason: str) -> ShareRefused:
+        """A refusal of something a verified consultant asked (e.g. a study outside the share)."""
+        return cls(reason, share_id=principal.share_id, issuer=principal.issuer)
 
 
 class ShareNotFound(LookupError):
@@ -74,6 +112,18 @@ class ShareNotFound(LookupError):
 
 class ShareInvalid(ValueError):
     """A mint or forward request outside the rules (expiry, actions, network)."""
+
+
+class ShareAlreadyMinted(Exception):
+    """This idempotency key already minted ``share_id``: nothing new was minted.
+
+    Its token and PIN were handed out once, to the first request; they are not
+    kept, so they cannot be handed out again.
+    """
+
+    def __init__(self, share_id: str) -> None:
+        super().__init__(share_id)
+        self.share_id = share_id
 
 
 class Scope(StrEnum):
@@ -145,10 +195,39 @@ def study_for_share(*, principal: Any, study_uid: str) -> Study:
     return study
 
 
+def _minted_before(**lookup: Any) -> None:
+    earlier = Share.objects.filter(**lookup).values_list("public_id", flat=True).first()
+    if earlier is not None:
+        raise ShareAlreadyMinted(earlier)
+
+
+def _create_once(fields: dict[str, Any], *, once: dict[str, Any], audit: dict[str, Any]) -> Share:
+    """Create the share and its audit event; a racing twin with the same key loses on the
+    unique constraint and gets :class:`ShareAlreadyMinted` (and leaves no event)."""
+    try:
+        with transaction.atomic():
+            share = Share.objects.create(**fields)
+            audit_record(**audit)
+    except IntegrityError:
+        if not fields.get("mint_key"):
+            raise
+        _minted_before(**once)
+        raise
+    return share
+
+
 def share_mint(*, doctor: Any, study_uid: str, scope: Scope, actions: Any, hours: float,
-               client_cidr: str = "", recipient: str, source_ip: str | None = None) -> Minted:
-    """Mint a root share of one study (or all of its patient's studies) for a consultant."""
+               client_cidr: str = "", recipient: str, source_ip: str | None = None,
+               idempotency_key: str = "") -> Minted:
+    """Mint a root share of one study (or all of its patient's studies) for a consultant.
+
+    ``idempotency_key`` (the mint form's): a second call with the same key by
+    the same doctor raises :class:`ShareAlreadyMinted` instead of minting.
+    """
     study = study_for_share(principal=doctor, study_uid=study_uid)
+    once = {"issued_by_id": doctor.pk, "parent__isnull": True, "mint_key": idempotency_key}
+    if idempotency_key:
+        _minted_before(**once)
     chosen = _actions(actions)
     network = _network(client_cidr)
     recipient = (recipient or "").strip()[:120]
@@ -170,21 +249,21 @@ def share_mint(*, doctor: Any, study_uid: str, scope: Scope, actions: Any, hours
     token = token_mint(share_id=share_id, root_key=root_key, caveats=caveats)
     root_kid, sealed = root_key_seal(share_id, root_key)
     pin_kid, pin_mac = pin_protect(share_id, pin)
-    with transaction.atomic():
-        share = Share.objects.create(
-            public_id=share_id, issued_by_id=doctor.pk, patient=study.patient,
-            study=study if scope is Scope.STUDY else None,
-            actions=",".join(a.value for a in ShareAction if a in chosen),
-            not_before=now, expires_at=expires, client_cidr=str(network or ""),
-            recipient=recipient, root_kid=root_kid, root_sealed=sealed,
-            pin_kid=pin_kid, pin_mac=pin_mac)
-        audit_record(actor=doctor, action=Action.SHARE_MINT, outcome=Outcome.SUCCESS,
-                     patient_pseudonym=study.patient.pseudonym,
-                     study=study.study_instance_uid if scope is Scope.STUDY else "",
-                     source_ip=source_ip,
-                     details={"share": share_id, "chain": [share_id], "scope": scope.value,
-                              "actions": share.actions, "expires": expires.isoformat(),
-                              "client_cidr": share.client_cidr, "recipient": recipient})
+    actions_text = ",".join(a.value for a in ShareAction if a in chosen)
+    share = _create_once(dict(
+        public_id=share_id, issued_by_id=doctor.pk, patient=study.patient,
+        study=study if scope is Scope.STUDY else None, actions=actions_text,
+        not_before=now, expires_at=expires, client_cidr=str(network or ""),
+        recipient=recipient, root_kid=root_kid, root_sealed=sealed,
+        pin_kid=pin_kid, pin_mac=pin_mac, token_digest=token_digest(token),
+        mint_key=idempotency_key), once=once, audit=dict(
+        actor=doctor, action=Action.SHARE_MINT, outcome=Outcome.SUCCESS,
+        patient_pseudonym=study.patient.pseudonym,
+        study=study.study_instance_uid if scope is Scope.STUDY else "",
+        source_ip=source_ip,
+        details={"share": share_id, "chain": [share_id], "scope": scope.value,
+                 "actions": actions_text, "expires": expires.isoformat(),
+                 "client_cidr": str(network or ""), "recipient": recipient}))
     return Minted(share=share, token=token, pin=pin)
 
 
@@ -230,51 +309,96 @@ def capability_verify(token: object, *, client_ip: str | None, redeemed: bool = 
         parsed = token_parse(token)
     except TokenMalformed as malformed:
         raise ShareRefused(f"malformed: {malformed.reason}") from None
+    claimed = parsed.leaf_id
     ids = [parsed.share_id, *parsed.delegates]
     if len(parsed.delegates) > conf.MAX_DELEGATION_DEPTH or len(set(ids)) != len(ids):
-        raise ShareRefused("delegation chain", share_id=parsed.share_id)
+        raise ShareRefused("delegation chain", claimed=claimed)
     rows = {row[1]: row for row in _chain_rows(ids)}
     if len(rows) != len(ids):
-        raise ShareRefused("unknown share", share_id=parsed.leaf_id)
+        raise ShareRefused("unknown share", claimed=claimed)
     root = rows[parsed.share_id]
     if root[2] is not None:
-        raise ShareRefused("not a root share", share_id=parsed.leaf_id)
+        raise ShareRefused("not a root share", claimed=claimed)
     try:
         root_key = root_key_open(root[1], root[5], root[6])
     except RootKeyUnavailable:
-        raise ShareRefused("revoked", share_id=parsed.leaf_id) from None
+        raise _keyless_refusal(str(token), ids, rows) from None
     if not signature_valid(parsed, root_key):
-        raise ShareRefused("signature", share_id=parsed.leaf_id)
+        raise ShareRefused("signature", claimed=claimed)
+
+    def refused(reason: str) -> ShareRefused:  # from here on the share is identified
+        return ShareRefused(reason, share_id=claimed, issuer=root[7])
+
     now = now or timezone.now()
     chain: list[ChainLink] = []
     previous: int | None = None
     for share_id in ids:
         pk, public_id, parent_id, state, expires_at = rows[share_id][:5]
         if parent_id != previous:
-            raise ShareRefused("delegation chain", share_id=parsed.leaf_id)
+            # signed under the root's key, but not the recorded chain: the issuer is proven,
+            # the share it claims to be is not
+            raise ShareRefused("delegation chain", claimed=claimed, issuer=root[7])
         if state not in LIVE_STATES:
-            raise ShareRefused(state, share_id=parsed.leaf_id)
+            raise refused(state)
         if now >= expires_at:
-            raise ShareRefused("expired", share_id=parsed.leaf_id)
+            raise refused("expired")
         chain.append(ChainLink(pk, public_id, parent_id, state, expires_at))
         previous = pk
     wanted = ShareState.ACTIVE if redeemed else ShareState.PENDING
     if chain[-1].state != wanted:
-        raise ShareRefused("not redeemed" if redeemed else "already redeemed",
-                           share_id=parsed.leaf_id)
+        raise refused("not redeemed" if redeemed else "already redeemed")
     address = _address(client_ip)
     if not parsed.holds(Context(now=now, client_ip=address), session_only=True):
-        raise ShareRefused("caveat", share_id=parsed.leaf_id)
+        raise refused("caveat")
     return ConsultantPrincipal(token=parsed, chain=tuple(chain), issuer=root[7], client_ip=address)
+
+
+def _keyless_refusal(token: str, ids: list[str], rows: dict[str, tuple[Any, ...]]) -> ShareRefused:
+    """The refusal of a token whose root key is gone: named after the chain's first dead share.
+
+    The signature cannot be checked any more, so the share counts as
+    identified only if the token is exactly the one issued for its last
+    share (digest recorded at mint or forward); anything else is a claim.
+    """
+    reason = next((rows[i][3] for i in ids if rows[i][3] not in LIVE_STATES), "root key unavailable")
+    leaf = ids[-1]
+    issued = Share.objects.filter(public_id=leaf).values_list("token_digest", flat=True).first()
+    if issued and hmac.compare_digest(issued, token_digest(token)):
+        return ShareRefused(reason, share_id=leaf, issuer=rows[ids[0]][7])
+    return ShareRefused(reason, claimed=leaf)
+
+
+def share_refusal(reason: str, *, token: object) -> ShareRefused:
+    """A refusal for ``reason`` (e.g. the session timed out) about whatever share ``token`` is,
+    identified exactly as :func:`capability_verify` would identify it."""
+    try:
+        principal = capability_verify(token, client_ip=None, redeemed=True)
+    except ShareRefused as other:
+        return ShareRefused(reason, share_id=other.share_id, issuer=other.issuer,
+                            claimed=other.claimed)
+    return ShareRefused.of(principal, reason)
+
+
+def _issuer_of(share_id: str) -> str:
+    return Share.objects.filter(public_id=share_id).values_list(
+        "issued_by__username", flat=True).first() or ""
 
 
 def share_deny_record(*, refusal: ShareRefused, source_ip: str | None, study: str = "",
                       channel: str = "http") -> None:
-    """Audit a refused use of a share (the token itself is never recorded)."""
+    """Audit a refused use of a share (the token itself is never recorded).
+
+    An identified share is the actor (``share:<id>``), acting for its issuing
+    doctor, like every other event of a consultant; an unidentified claim is
+    ``anonymous`` with ``claimed_share`` in the details (module docstring).
+    """
+    issuer = refusal.issuer or (_issuer_of(refusal.share_id) if refusal.share_id else "")
+    details: dict[str, Any] = {"reason": refusal.reason, "channel": channel}
+    if refusal.claimed and not refusal.share_id:
+        details["claimed_share"] = refusal.claimed
     audit_record(actor=f"share:{refusal.share_id}" if refusal.share_id else "anonymous",
-                 actor_role="consultant", action=Action.SHARE_DENY, outcome=Outcome.DENIED,
-                 study=study[:64], source_ip=source_ip,
-                 details={"reason": refusal.reason, "channel": channel})
+                 actor_role="consultant", acting_for=issuer, action=Action.SHARE_DENY,
+                 outcome=Outcome.DENIED, study=study[:64], source_ip=source_ip, details=details)
 
 
 def share_use_record(*, principal: ConsultantPrincipal, source_ip: str | None, what: str,
@@ -307,8 +431,8 @@ def share_redeem(*, token: str, pin: str, source_ip: str | None) -> tuple[PinRes
     with transaction.atomic():
         share = Share.objects.select_for_update().get(public_id=leaf_id)
         if share.state != ShareState.PENDING:
-            raise ShareRefused("already redeemed" if share.state == ShareState.ACTIVE
-                               else share.state, share_id=leaf_id)
+            raise ShareRefused.of(principal, "already redeemed"
+                                  if share.state == ShareState.ACTIVE else share.state)
         audit = {**principal.audit_fields(), "patient_pseudonym": share.patient.pseudonym,
                  "source_ip": source_ip}
         if pin_matches(share.public_id, share.pin_kid, share.pin_mac, pin):
@@ -401,14 +525,18 @@ def share_revoke(*, user: Any, share_id: str, source_ip: str | None) -> list[str
 
 def share_forward(*, holder: ConsultantPrincipal, token: str, study_uid: str | None, actions: Any,
                   hours: float, client_cidr: str = "", recipient: str,
-                  source_ip: str | None) -> Minted:
+                  source_ip: str | None, idempotency_key: str = "") -> Minted:
     """Derive a narrower token for a colleague, redeemed with its own PIN.
 
     The new token is the holder's token plus caveats (never fewer), ending in
     ``delegate = <new share>``; so it can only be narrower, whatever is asked
     here. Asking for more than the holder has is refused rather than
     silently narrowed, so the holder knows what they forwarded.
+    ``idempotency_key``: as for :func:`share_mint`, per holder's share.
     """
+    once = {"parent_id": holder.chain[-1].pk, "mint_key": idempotency_key}
+    if idempotency_key:
+        _minted_before(**once)
     if len(holder.chain) > conf.MAX_DELEGATION_DEPTH:
         raise ShareInvalid("this share cannot be forwarded further")
     chosen = _actions(actions)
@@ -436,22 +564,23 @@ def share_forward(*, holder: ConsultantPrincipal, token: str, study_uid: str | N
     derived = token_attenuate(token, caveats)
     pin = pin_new()
     pin_kid, pin_mac = pin_protect(child_id, pin)
-    with transaction.atomic():
-        parent = Share.objects.select_related("patient", "study").get(pk=holder.chain[-1].pk)
-        child = Share.objects.create(
-            public_id=child_id, parent=parent, issued_by=parent.issued_by, patient=parent.patient,
-            study=study or parent.study,
-            actions=",".join(a.value for a in ShareAction if a in chosen),
-            not_before=now, expires_at=expires, client_cidr=str(network or ""),
-            recipient=recipient, pin_kid=pin_kid, pin_mac=pin_mac)
-        audit_record(**holder.audit_fields(), action=Action.SHARE_MINT, outcome=Outcome.SUCCESS,
-                     patient_pseudonym=parent.patient.pseudonym,
-                     study=child.study.study_instance_uid if child.study else "",
-                     source_ip=source_ip,
-                     details={"share": child_id, "forwarded_from": parent.public_id,
-                              "chain": [*holder.chain_ids, child_id], "actions": child.actions,
-                              "expires": expires.isoformat(), "client_cidr": child.client_cidr,
-                              "recipient": recipient})
+    parent = Share.objects.select_related("patient", "study").get(pk=holder.chain[-1].pk)
+    child_study = study or parent.study
+    actions_text = ",".join(a.value for a in ShareAction if a in chosen)
+    child = _create_once(dict(
+        public_id=child_id, parent=parent, issued_by_id=parent.issued_by_id,
+        patient=parent.patient, study=child_study, actions=actions_text,
+        not_before=now, expires_at=expires, client_cidr=str(network or ""),
+        recipient=recipient, pin_kid=pin_kid, pin_mac=pin_mac,
+        token_digest=token_digest(derived), mint_key=idempotency_key), once=once, audit=dict(
+        **holder.audit_fields(), action=Action.SHARE_MINT, outcome=Outcome.SUCCESS,
+        patient_pseudonym=parent.patient.pseudonym,
+        study=child_study.study_instance_uid if child_study else "",
+        source_ip=source_ip,
+        details={"share": child_id, "forwarded_from": parent.public_id,
+                 "chain": [*holder.chain_ids, child_id], "actions": actions_text,
+                 "expires": expires.isoformat(), "client_cidr": str(network or ""),
+                 "recipient": recipient}))
     return Minted(share=child, token=derived, pin=pin)
 
 

@@ -11,6 +11,13 @@ input. Instead:
   :data:`MAX_CAVEATS` caveats, first-party caveats only, every caveat in the
   language of :mod:`gateway.sharing.caveats`; anything else raises
   :class:`TokenMalformed` and nothing else.
+- A token has exactly one spelling: the unpadded base64url of exactly the
+  bytes its macaroon serialises to, with our location. pymacaroons' decoder
+  stops after the signature and ignores what follows, and base64 decoders
+  ignore the unused low bits of the last character; so without this check
+  ``T + "A"``, ``T + T`` or ``T`` with a flipped last character would be the
+  same share under another name (a second session key, a second cache entry,
+  a second string that is not the one that was issued).
 - :func:`signature_valid` recomputes the HMAC-SHA256 chain from the share's
   root key and compares it in constant time.
 - :meth:`ParsedToken.holds` asks every caveat's own checker; all must hold.
@@ -91,13 +98,21 @@ class ParsedToken:
                    if caveat.session or not session_only)
 
 
+def _b64encode(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
 def _b64decode(token: str) -> bytes:
-    if not _BASE64URL.fullmatch(token):
+    """Strict unpadded base64url: the alphabet only, and the one canonical spelling of its bytes."""
+    if not _BASE64URL.fullmatch(token) or len(token) % 4 == 1:
         raise TokenMalformed("encoding")
     try:
-        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (binascii.Error, ValueError) as exc:
         raise TokenMalformed("encoding") from exc
+    if _b64encode(raw) != token:  # non-zero unused bits in the last character
+        raise TokenMalformed("non-canonical encoding")
+    return raw
 
 
 def token_parse(token: object) -> ParsedToken:
@@ -119,11 +134,13 @@ def _token_parse(token: str) -> ParsedToken:
     raw = _b64decode(token)
     if not raw or raw[0] != MACAROON_V2:
         raise TokenMalformed("format")
+    serializer = BinarySerializer()
     try:
-        macaroon = BinarySerializer().deserialize_raw(raw)
+        macaroon = serializer.deserialize_raw(raw)
         identifier = bytes(macaroon.identifier_bytes)
         signature = binascii.unhexlify(macaroon.signature_bytes)
         caveats = list(macaroon.caveats)
+        canonical = serializer.serialize_raw(macaroon)
     except TokenMalformed:
         raise
     except Exception as exc:
@@ -131,6 +148,10 @@ def _token_parse(token: str) -> ParsedToken:
     match = _ROOT_ID.fullmatch(identifier)
     if match is None:
         raise TokenMalformed("identifier")
+    if macaroon.location != LOCATION:  # not covered by the signature: one value only
+        raise TokenMalformed("location")
+    if canonical != raw:  # the V2 parse must consume all input, in its one encoding
+        raise TokenMalformed("trailing bytes" if raw.startswith(canonical) else "non-canonical")
     if len(signature) != SIGNATURE_BYTES:
         raise TokenMalformed("signature")
     if len(caveats) > MAX_CAVEATS:
@@ -166,8 +187,20 @@ def signature_valid(token: ParsedToken, root_key: bytes) -> bool:
 
 
 def _serialise(macaroon: Macaroon) -> str:
-    raw = BinarySerializer().serialize_raw(macaroon)
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    return _b64encode(BinarySerializer().serialize_raw(macaroon))
+
+
+def token_digest(token: str) -> str:
+    """SHA-256 of a token as issued, kept with its share to recognise it after its key is gone.
+
+    A revoked or burned root share loses its root key, so the signature of
+    a token presented later can no longer be checked; comparing the token's
+    digest with the one recorded when it was issued still tells the
+    gateway's own token (whose share the audit may then name) from a
+    forgery that merely claims the share's id. A digest cannot be turned
+    back into a token, and access never consults it.
+    """
+    return hashlib.sha256(b"fusion-gateway share token\0" + token.encode("ascii")).hexdigest()
 
 
 def token_mint(*, share_id: str, root_key: bytes, caveats: Iterable[Caveat]) -> str:

@@ -1,18 +1,28 @@
 """Sharing pages: thin; the services decide and audit.
 
-The token is shown exactly once, in the mint (or forward) response, inside a
-link whose fragment carries it: a fragment is never sent to a server, so it
-stays out of access logs, proxies and Referer headers. The open page's
-script posts it in a form body and removes it from the address bar.
+The token is shown exactly once, inside a link whose fragment carries it: a
+fragment is never sent to a server, so it stays out of access logs, proxies
+and Referer headers. The open page's script posts it in a form body and
+removes it from the address bar.
+
+Minting and forwarding are POST → 303 → GET: the POST mints, keeps the link
+and PIN in the (server-side) session and redirects to ``?created=<share>``
+on the same route (so the same access rule guards it); that GET pops them
+and shows them once. A reload of that page, or a second POST of the same
+form (its idempotency key), shows "already shown" and mints nothing. What
+is kept for display lives at most :data:`SHOWN_SECONDS`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import math
+import re
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib.auth.decorators import login_not_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -20,13 +30,14 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from accounts.sessions import session_begin
 from gateway.net import client_address
-from gateway.sharing.forms import ForwardForm, ShareForm
+from gateway.sharing.forms import IDEMPOTENCY_KEY, ForwardForm, ShareForm
 from gateway.sharing.middleware import SESSION_PENDING, SESSION_TOKEN
 from gateway.sharing.selectors import shared_studies, shares_live
 from gateway.sharing.services import (
     Minted,
     PinResult,
     Scope,
+    ShareAlreadyMinted,
     ShareInvalid,
     ShareNotFound,
     ShareRefused,
@@ -41,15 +52,55 @@ from gateway.sharing.services import (
     study_for_share,
 )
 
+SESSION_SHOWN = "gw.share.shown"
+SHOWN_SECONDS = 600
+_SHARE_ID = re.compile(r"[0-9a-f]{24}")
 
-def _link(request: HttpRequest, minted: Minted) -> str:
-    return request.build_absolute_uri(reverse("sharing:open")) + "#" + minted.token
+
+def _link(request: HttpRequest, token: str) -> str:
+    return request.build_absolute_uri(reverse("sharing:open")) + "#" + token
 
 
-def _minted(request: HttpRequest, minted: Minted, *, forwarded: bool) -> HttpResponse:
-    return render(request, "sharing/minted.html", {
-        "link": _link(request, minted), "pin": minted.pin, "share": minted.share,
-        "forwarded": forwarded})
+def _see_created(request: HttpRequest, share_id: str) -> HttpResponse:
+    response = HttpResponseRedirect(f"{request.path}?{urlencode({'created': share_id})}")
+    response.status_code = 303
+    return response
+
+
+def _shown_pending(request: HttpRequest) -> dict[str, dict[str, Any]]:
+    """What awaits its one display, without what has waited too long."""
+    now = timezone.now().timestamp()
+    return {share_id: entry for share_id, entry in request.session.get(SESSION_SHOWN, {}).items()
+            if now - entry["at"] < SHOWN_SECONDS}
+
+
+def _minted(request: HttpRequest, minted: Minted) -> HttpResponse:
+    """Keep the link and PIN for the one GET that shows them; redirect there (303)."""
+    pending = _shown_pending(request)
+    pending[minted.share.public_id] = {
+        "path": request.path, "token": minted.token, "pin": minted.pin,
+        "recipient": minted.share.recipient, "expires_at": minted.share.expires_at.isoformat(),
+        "at": timezone.now().timestamp()}
+    request.session[SESSION_SHOWN] = pending
+    return _see_created(request, minted.share.public_id)
+
+
+def _created(request: HttpRequest, *, forwarded: bool) -> HttpResponse:
+    """The link and PIN of a share just minted here, once; afterwards "already shown"."""
+    share_id = request.GET.get("created", "")
+    pending = _shown_pending(request)
+    entry = pending.get(share_id) if _SHARE_ID.fullmatch(share_id) else None
+    context: dict[str, Any] = {"forwarded": forwarded, "shown": False}
+    if entry is not None and entry["path"] == request.path:
+        del pending[share_id]
+        context.update(shown=True, link=_link(request, entry["token"]), pin=entry["pin"],
+                       recipient=entry["recipient"],
+                       expires_at=dt.datetime.fromisoformat(entry["expires_at"]))
+    if pending:
+        request.session[SESSION_SHOWN] = pending
+    else:
+        request.session.pop(SESSION_SHOWN, None)
+    return render(request, "sharing/minted.html", context)
 
 
 @require_http_methods(["GET", "POST"])
@@ -58,6 +109,8 @@ def mint(request: HttpRequest, study: str) -> HttpResponse:
         record = study_for_share(principal=request.user, study_uid=study)
     except ShareNotFound:
         raise Http404("No such study.") from None
+    if request.method == "GET" and "created" in request.GET:
+        return _created(request, forwarded=False)
     form = ShareForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
@@ -67,11 +120,15 @@ def mint(request: HttpRequest, study: str) -> HttpResponse:
                                 hours=form.cleaned_data["hours"],
                                 client_cidr=form.cleaned_data["client_cidr"],
                                 recipient=form.cleaned_data["recipient"],
-                                source_ip=client_address(request))
+                                source_ip=client_address(request),
+                                idempotency_key=form.cleaned_data[IDEMPOTENCY_KEY])
         except ShareInvalid as invalid:
             form.add_error(None, str(invalid))
+        except ShareAlreadyMinted as earlier:
+            return _see_created(request, earlier.share_id)
         else:
-            return _minted(request, minted, forwarded=False)
+            return _minted(request, minted)
+    form.renew_key()
     return render(request, "sharing/mint.html", {"form": form, "study": record},
                   status=400 if form.errors else 200)
 
@@ -165,6 +222,8 @@ def home(request: HttpRequest) -> HttpResponse:
 @login_not_required
 @require_http_methods(["GET", "POST"])
 def forward(request: HttpRequest) -> HttpResponse:
+    if request.method == "GET" and "created" in request.GET:
+        return _created(request, forwarded=True)
     principal: Any = request.user
     studies = shared_studies(principal)
     form = ForwardForm(request.POST or None,
@@ -179,11 +238,15 @@ def forward(request: HttpRequest) -> HttpResponse:
                                    hours=form.cleaned_data["hours"],
                                    client_cidr=form.cleaned_data["client_cidr"],
                                    recipient=form.cleaned_data["recipient"],
-                                   source_ip=client_address(request))
+                                   source_ip=client_address(request),
+                                   idempotency_key=form.cleaned_data[IDEMPOTENCY_KEY])
         except ShareInvalid as invalid:
             form.add_error(None, str(invalid))
+        except ShareAlreadyMinted as earlier:
+            return _see_created(request, earlier.share_id)
         else:
-            return _minted(request, minted, forwarded=True)
+            return _minted(request, minted)
+    form.renew_key()
     return render(request, "sharing/forward.html", {"form": form},
                   status=400 if form.errors else 200)
 

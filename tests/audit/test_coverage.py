@@ -128,7 +128,8 @@ def _shared(people, *, redeemed: bool, client=None):
 def _forward(client, people):
     _shared(people, redeemed=True, client=client)
     return client.post(reverse("sharing:forward"), {"study": "", "actions": "view", "hours": 2,
-                                                     "recipient": "Dr Colleague"})
+                                                     "recipient": "Dr Colleague",
+                                                     "idempotency_key": "f" * 32})
 
 
 def _wrong_pin(client, people):
@@ -149,7 +150,7 @@ SHARING_CASES: dict[str, list[tuple[str, Case]]] = {
                       c.post(reverse("sharing:mint", args=[
                           sharing_factories.clinical_study(uid="2.25.4343").study_instance_uid]),
                           {"scope": "study", "actions": "view", "hours": 72,
-                           "recipient": "Dr Case"})),
+                           "recipient": "Dr Case", "idempotency_key": "m" * 32})),
         ("auth.login", "share.mint")))],
     "sharing:active": [("list", Case(lambda c, p: (sign_in(c, p["doctor"], p["clock"]),
                                                    c.get(reverse("sharing:active"))),

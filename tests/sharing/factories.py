@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 from django.test import Client
@@ -11,6 +12,33 @@ from django.urls import reverse
 from accounts.models import User
 from gateway.sharing.services import Minted, Scope, share_mint
 from imaging.models import Patient, Series, Study
+
+_FORM_KEY = re.compile(r'name="idempotency_key" value="([A-Za-z0-9_-]+)"')
+_LINK = re.compile(r"/share/open/#([A-Za-z0-9_-]+)<")
+_PIN = re.compile(r'class="share-pin"><strong>(\d{4}) (\d{4})<')
+
+
+def form_key(html: str | bytes) -> str:
+    """The idempotency key of the mint or forward form in a page."""
+    text = html.decode() if isinstance(html, bytes) else html
+    match = _FORM_KEY.search(text)
+    assert match, "no idempotency key in the form"
+    return match.group(1)
+
+
+def shown(html: str | bytes) -> tuple[str, str] | None:
+    """(token, PIN) from a "share created" page, None when it says they were shown already."""
+    text = html.decode() if isinstance(html, bytes) else html
+    link, pin = _LINK.search(text), _PIN.search(text)
+    assert bool(link) == bool(pin), "a link without its PIN, or a PIN without its link"
+    return (link.group(1), pin.group(1) + pin.group(2)) if link and pin else None
+
+
+def post_form(client: Client, url: str, fields: dict[str, Any]) -> Any:
+    """GET the form at ``url`` for its idempotency key, then POST ``fields`` with it."""
+    page = client.get(url)
+    assert page.status_code == 200, page.status_code
+    return client.post(url, {"idempotency_key": form_key(page.content), **fields})
 
 
 def pseudonym_for(label: str) -> str:
@@ -40,10 +68,11 @@ def verified(user: User) -> User:
 
 def mint(issuer: User, study: Study, *, scope: Scope = Scope.STUDY, actions=("view",),
          hours: float = 72, client_cidr: str = "", recipient: str = "Dr Consult, Elsewhere UH",
-         source_ip: str = "127.0.0.1") -> Minted:
+         source_ip: str = "127.0.0.1", idempotency_key: str = "") -> Minted:
     minted = share_mint(doctor=verified(issuer), study_uid=study.study_instance_uid, scope=scope,
                         actions=actions, hours=hours, client_cidr=client_cidr,
-                        recipient=recipient, source_ip=source_ip)
+                        recipient=recipient, source_ip=source_ip,
+                        idempotency_key=idempotency_key)
     return minted
 
 

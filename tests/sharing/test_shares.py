@@ -39,11 +39,15 @@ def issuer():
 def test_mint_page_shows_the_token_once_in_the_fragment_and_the_pin_apart(client, signed_in, study,
                                                                           audit_log):
     user = signed_in("doctor")
-    page = client.get(reverse("sharing:mint", args=[study.study_instance_uid]))
+    url = reverse("sharing:mint", args=[study.study_instance_uid])
+    page = client.get(url)
     assert page.status_code == 200 and b"72" in page.content
-    response = client.post(reverse("sharing:mint", args=[study.study_instance_uid]), {
+    response = client.post(url, {
         "scope": "study", "actions": "view", "hours": 72, "client_cidr": "",
-        "recipient": "Dr Second Opinion"})
+        "recipient": "Dr Second Opinion", "idempotency_key": factories.form_key(page.content)})
+    assert response.status_code == 303
+    assert response.url == f"{url}?created={Share.objects.get().public_id}"
+    response = client.get(response.url)
     assert response.status_code == 200
     html = response.content.decode()
     share = Share.objects.get()
@@ -87,7 +91,7 @@ def test_only_doctors_share_and_only_studies_they_may_view(client, signed_in, st
 ])
 def test_mint_refuses_bad_requests(client, signed_in, study, hours, cidr, recipient):
     signed_in("doctor")
-    response = client.post(reverse("sharing:mint", args=[study.study_instance_uid]), {
+    response = factories.post_form(client, reverse("sharing:mint", args=[study.study_instance_uid]), {
         "scope": "study", "actions": "view", "hours": hours, "client_cidr": cidr,
         "recipient": recipient})
     assert response.status_code == 400
@@ -235,17 +239,15 @@ def test_forwarding_narrows_and_has_its_own_pin(study, issuer, audit_log):
     holder = consultant_client(minted)
     page = holder.get(reverse("sharing:forward"))
     assert page.status_code == 200
-    widened = holder.post(reverse("sharing:forward"), {
+    widened = factories.post_form(holder, reverse("sharing:forward"), {
         "study": "", "actions": "view,measure", "hours": 24 * 30, "recipient": "Dr Third"})
     assert widened.status_code == 400 and not Share.objects.filter(parent__isnull=False).exists()
-    response = holder.post(reverse("sharing:forward"), {
+    response = factories.post_form(holder, reverse("sharing:forward"), {
         "study": other.study_instance_uid, "actions": "view", "hours": 12,
         "recipient": "Dr Third"})
-    assert response.status_code == 200
-    html = response.content.decode()
-    token = html.split("/share/open/#", 1)[1].split("<", 1)[0]
+    assert response.status_code == 303
+    token, pin = factories.shown(holder.get(response.url).content)
     child = Share.objects.get(parent__isnull=False)
-    pin = html.split('class="share-pin"><strong>', 1)[1].split("<", 1)[0].replace(" ", "")
     parsed = capability_verify(token, client_ip="127.0.0.1", redeemed=False)
     assert parsed.chain_ids == [minted.share.public_id, child.public_id]
     assert parsed.actions == {services.ShareAction.VIEW}

@@ -245,6 +245,86 @@ def test_a_foreign_identifier_is_refused():
         token_parse(token)
 
 
+# --- one spelling per token ----------------------------------------------------------------
+
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def _token_with_spare_bits() -> str:
+    """A token whose last base64 character has unused low bits (length not a multiple of 4)."""
+    for cidr in (None, "10.0.0.0/8", "10.0.0.0/16", "10.10.0.0/16"):
+        token = _token(cidr=cidr)
+        if len(token) % 4:
+            return token
+    raise AssertionError("every candidate token has a length divisible by 4")
+
+
+def _raw(token: str) -> bytes:
+    return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+
+
+def _spellings(token: str) -> dict[str, str]:
+    """Other spellings of ``token`` that a lenient decoder reads as the same macaroon."""
+    last = _ALPHABET.index(token[-1])
+    raw = _raw(token)
+    minimal = raw[1:2]  # the first packet's field type, one varint byte (location = 1)
+    assert minimal == b"\x01"
+    return {
+        "T+A": token + "A",
+        "T+T": token + token,
+        "T+24 random": token + "".join(secrets.choice(_ALPHABET) for _ in range(24)),
+        "flipped spare bit": token[:-1] + _ALPHABET[last ^ 1],
+        "padded": token + "=" * (-len(token) % 4),
+        "standard alphabet": base64.b64encode(raw).rstrip(b"=").decode().replace("-", "+") + "/",
+        "trailing raw byte": base64.urlsafe_b64encode(raw + b"\0").rstrip(b"=").decode(),
+        "non-minimal varint": base64.urlsafe_b64encode(
+            raw[:1] + b"\x81\x00" + raw[2:]).rstrip(b"=").decode(),
+        "white space": token + "\n",
+    }
+
+
+def test_a_token_has_exactly_one_spelling():
+    token = _token_with_spare_bits()
+    assert allows(token, _context())
+    for label, spelling in _spellings(token).items():
+        assert spelling != token
+        with pytest.raises(TokenMalformed):
+            token_parse(spelling)
+        assert not allows(spelling, _context()), label
+
+
+@pytest.mark.parametrize("cidr", [None, "10.0.0.0/8", "10.0.0.0/16", "10.10.0.0/16"])
+def test_trailing_bytes_are_refused_whatever_the_length(cidr):
+    token = _token(cidr=cidr)
+    with pytest.raises(TokenMalformed):
+        token_parse(token + token)
+    with pytest.raises(TokenMalformed, match="trailing bytes"):
+        token_parse(base64.urlsafe_b64encode(_raw(token) * 2).rstrip(b"=").decode())
+    with pytest.raises(TokenMalformed, match="trailing bytes"):
+        token_parse(base64.urlsafe_b64encode(_raw(token) + secrets.token_bytes(18))
+                    .rstrip(b"=").decode())
+
+
+def test_the_unsigned_location_has_one_value():
+    """The location is outside the HMAC chain: another one would be the same token renamed."""
+    elsewhere = Macaroon(location="elsewhere", identifier=b"fg1:" + SHARE_ID.encode(), key=ROOT_KEY,
+                         version=MACAROON_V2)
+    for caveat in _root_caveats():
+        elsewhere.add_first_party_caveat(caveat.text())
+    token = elsewhere.serialize().rstrip("=").replace("+", "-").replace("/", "_")
+    assert _raw(token)[-32:] == token_parse(_token()).signature  # the very same signature
+    with pytest.raises(TokenMalformed, match="location"):
+        token_parse(token)
+
+
+def test_what_we_mint_and_attenuate_is_canonical():
+    token = _token_with_spare_bits()
+    assert token_parse(token).signature == _raw(token)[-32:]
+    attenuated = token_attenuate(token, [cv.caveat_parse(b"study = 2.25.11")])
+    assert token_parse(attenuated).caveats[-1] == cv.caveat_parse(b"study = 2.25.11")
+    token_parse(_add_raw_caveat(token, b"action in view"))  # pymacaroons' own encoding agrees
+
+
 # --- the property: adding any caveat never turns a deny into an allow --------------------------
 
 _times = st.datetimes(min_value=dt.datetime(2025, 1, 1), max_value=dt.datetime(2028, 1, 1),  # noqa: DTZ001 - hypothesis wants naive bounds
