@@ -35,7 +35,13 @@ import pydicom
 from django.db import IntegrityError, transaction
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    MediaStorageDirectoryStorage,
+)
 
 from gateway import keys
 from gateway.audit.catalogue import Action, Outcome
@@ -45,6 +51,7 @@ from imaging import conf, storage
 from imaging.deid import Deidentifier
 from imaging.identity.models import PatientDateShift, PatientIdentity, StudyIdentity, UIDMap
 from imaging.models import Instance, Patient, Series, Study, VolumeState
+from imaging.pixels import decode_failure_describe, jpeg_scan_headers_repair, pixels_decode
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +290,14 @@ def _parse(data: bytes) -> Dataset:
     return ds
 
 
+def _check_not_directory(ds: Dataset) -> None:
+    meta = getattr(ds, "file_meta", None)
+    media_class = meta.get("MediaStorageSOPClassUID") if meta is not None else None
+    if media_class == MediaStorageDirectoryStorage or "DirectoryRecordSequence" in ds:
+        raise Rejected(Reason.NOT_IMAGE, "DICOMDIR (a media directory, not an instance); "
+                                         "import the folder it indexes")
+
+
 def _check_uids(ds: Dataset) -> None:
     for keyword in REQUIRED_UIDS:
         value = _text(ds, keyword).rstrip("\0")
@@ -318,12 +333,13 @@ def _check_pixels(ds: Dataset) -> None:
         if len(ds.PixelData) < expected:
             raise Rejected(Reason.TRUNCATED,
                            f"pixel data holds {len(ds.PixelData)} of {expected} bytes")
+    jpeg_scan_headers_repair(ds=ds, syntax=syntax)
     try:
-        ds.pixel_array  # noqa: B018 - decode once: proves a maintained plugin handles it
+        pixels_decode(ds=ds)
     except Exception as exc:
         raise Rejected(Reason.UNDECODABLE,
                        f"pixel data in transfer syntax {syntax.name} cannot be decoded "
-                       f"({type(exc).__name__}: {str(exc)[:200]})") from exc
+                       f"({decode_failure_describe(error=exc)[:300]})") from exc
 
 
 def _encode(ds: Dataset, syntax: UID) -> bytes:
@@ -366,6 +382,7 @@ def instance_ingest(*, data: bytes) -> IngestOutcome:
         ds = _parse(data)
         sop_class = _text(ds, "SOPClassUID")[:64]
         sop_instance = _text(ds, "SOPInstanceUID")[:64]
+        _check_not_directory(ds)
         _check_uids(ds)
         _check_pixels(ds)
         return _ingest_valid(ds)
