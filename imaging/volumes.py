@@ -33,6 +33,7 @@ from pydicom.dataset import Dataset
 
 from imaging import storage
 from imaging.models import Instance, Series, VolumeState
+from imaging.pixels import decoder_attempts_demoted
 
 SPACING_TOLERANCE = 0.01  # relative
 ORIENTATION_TOLERANCE = 1e-3
@@ -172,7 +173,8 @@ def _functional(ds: Dataset, frame: int, sequence: str, attribute: str) -> Any:
 
 
 def _frames(ds: Dataset) -> np.ndarray:
-    pixels = ds.pixel_array
+    with decoder_attempts_demoted():
+        pixels = ds.pixel_array
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if frames == 1:
