@@ -56,7 +56,7 @@ def _consultant_alive(scope: dict[str, Any], resource: str | None,
     if touch and session_touch(store, granularity=TOUCH_GRANULARITY):
         store.save()
     if resource is not None and not may(principal, Permission.STUDY_VIEW, resource):
-        share_deny_record(refusal=ShareRefused("resource", share_id=principal.share_id),
+        share_deny_record(refusal=ShareRefused.of(principal, "resource"),
                           source_ip=address, study=resource, channel="websocket")
         return True, None
     return True, principal

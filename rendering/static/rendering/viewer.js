@@ -222,7 +222,7 @@ function handleText(message) {
     }
     setStatus(`${message.code}: ${message.message}`, true);
   } else if (message.type === "closing") {
-    end(message.reason);
+    end(`access ended: ${message.reason}`);
   }
 }
 
