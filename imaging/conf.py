@@ -26,4 +26,21 @@ def scp_port() -> int:
 
 
 def stow_max_bytes() -> int:
+    """``GATEWAY_STOW_MAX_BYTES``: the largest STOW-RS request body, declared or streamed (default 1 GiB)."""
     return int(getattr(settings, "IMAGING_STOW_MAX_BYTES", 1 << 30))
+
+
+def stow_max_parts() -> int:
+    """``GATEWAY_STOW_MAX_PARTS``: the most parts (instances) in one STOW-RS request (default 10000)."""
+    return int(getattr(settings, "IMAGING_STOW_MAX_PARTS", 10_000))
+
+
+def stow_concurrent_per_device() -> int:
+    """``GATEWAY_STOW_CONCURRENT_PER_DEVICE``: STOW-RS uploads one device may have in flight
+    in one server process (default 2)."""
+    return int(getattr(settings, "IMAGING_STOW_CONCURRENT_PER_DEVICE", 2))
+
+
+def stow_spool_dir() -> Path:
+    """Where a STOW-RS body is spooled while it arrives (``var/stow``; the files are unlinked)."""
+    return Path(getattr(settings, "IMAGING_STOW_SPOOL_DIR", Path(settings.VAR_DIR) / "stow"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from accounts.models import User
 from gateway.audit.models import AuditEvent
 from imaging.devices import device_endpoint_register
 from imaging.models import Instance
+from imaging.stow import in_flight
 from tests.conftest import ZONES
 from tests.imaging.conftest import phantom_files
 
@@ -30,6 +32,11 @@ def _post(client, body: bytes, token: str | None):
     return client.generic("POST", "/dicomweb/studies", body,
                           content_type=f'multipart/related; type="application/dicom"; boundary={BOUNDARY}',
                           **headers)
+
+
+@pytest.fixture(autouse=True)
+def _spool(tmp_path, settings):
+    settings.IMAGING_STOW_SPOOL_DIR = tmp_path / "stow"
 
 
 @pytest.fixture
@@ -96,3 +103,52 @@ def test_a_person_session_cannot_use_stow(client, signed_in, phantom, store):
 
 def test_get_on_stow_is_refused(client):
     assert client.get("/dicomweb/studies").status_code == 405
+
+
+def _denied_reasons() -> list[str]:
+    return [json.loads(event.details)["reason"] for event in AuditEvent.objects.using("audit")
+            .filter(action="ingest", outcome="denied").order_by("pk")]
+
+
+def test_stow_stores_nothing_without_the_closing_delimiter(client, device_token, phantom):
+    out, _ = phantom
+    body = _multipart([("application/dicom", f.read_bytes()) for f in phantom_files(out)[:2]])
+    response = _post(client, body[: body.rindex(f"--{BOUNDARY}--".encode())], device_token)
+    assert response.status_code == 400
+    assert Instance.objects.count() == 0
+    assert _denied_reasons() == ["multipart without closing delimiter"]
+
+
+def test_stow_limits_the_body_the_parts_and_each_instance(client, device_token, phantom, settings):
+    out, _ = phantom
+    files = phantom_files(out)[:3]
+    body = _multipart([("application/dicom", f.read_bytes()) for f in files])
+    settings.IMAGING_STOW_MAX_BYTES = len(body) - 1
+    assert _post(client, body, device_token).status_code == 413
+    settings.IMAGING_STOW_MAX_BYTES = len(body)
+    settings.IMAGING_STOW_MAX_PARTS = 2
+    assert _post(client, body, device_token).status_code == 413
+    assert Instance.objects.count() == 0
+    settings.IMAGING_STOW_MAX_PARTS = 3
+    settings.IMAGING_MAX_OBJECT_BYTES = min(f.stat().st_size for f in files) - 1
+    response = _post(client, body, device_token)
+    assert response.status_code == 409
+    assert {item["00000902"]["Value"][0].split(":")[0]
+            for item in response.json()["00081198"]["Value"]} == {"oversize"}
+    assert _denied_reasons() == ["request over GATEWAY_STOW_MAX_BYTES", "request over GATEWAY_STOW_MAX_PARTS"]
+    device = User.objects.get(username="device.stow")
+    assert in_flight.count(device.pk) == 0
+
+
+def test_stow_refuses_a_device_over_its_concurrent_uploads(client, device_token, phantom, settings):
+    out, _ = phantom
+    device = User.objects.get(username="device.stow")
+    settings.IMAGING_STOW_CONCURRENT_PER_DEVICE = 1
+    assert in_flight.acquire(device.pk, 1)
+    try:
+        response = _post(client, _multipart([("application/dicom", phantom_files(out)[0].read_bytes())]),
+                         device_token)
+    finally:
+        in_flight.release(device.pk)
+    assert response.status_code == 429 and int(response["Retry-After"]) > 0
+    assert _denied_reasons() == ["too many concurrent uploads"]
