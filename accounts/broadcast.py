@@ -33,16 +33,20 @@ def session_group(session_key: str) -> str:
     return "session-" + hashlib.sha256(session_key.encode()).hexdigest()[:40]
 
 
-def _send(groups: list[str]) -> None:
+def groups_tell(groups: list[str], message: dict[str, str]) -> None:
+    """Send ``message`` to each channel-layer group now; a failure is logged, never raised.
+
+    Callers keep a backstop (the sockets' watchdog), so a lost notice only
+    delays a close; it never keeps a socket open for good.
+    """
     layer = get_channel_layer()
     if layer is None:
         return
     for group in groups:
         try:
-            async_to_sync(layer.group_send)(group, CHANGED)
+            async_to_sync(layer.group_send)(group, message)
         except Exception:
-            # The watchdog still closes the socket within its check interval.
-            log.exception("could not tell websockets of group %s that their session changed", group)
+            log.exception("could not send %s to websocket group %s", message.get("type"), group)
 
 
 def sessions_changed(*, user_id: Any = None, session_key: str | None = None) -> None:
@@ -53,4 +57,4 @@ def sessions_changed(*, user_id: Any = None, session_key: str | None = None) -> 
     if session_key:
         groups.append(session_group(session_key))
     if groups:
-        transaction.on_commit(lambda: _send(groups), robust=True)
+        transaction.on_commit(lambda: groups_tell(groups, CHANGED), robust=True)

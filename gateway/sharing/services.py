@@ -29,17 +29,15 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import ipaddress
-import logging
 import secrets
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.db import IntegrityError, connections, router, transaction
 from django.utils import timezone
 
+from accounts.broadcast import groups_tell
 from accounts.models import Role
 from gateway.audit.catalogue import Action, Outcome
 from gateway.audit.services import audit_record
@@ -78,8 +76,6 @@ from gateway.sharing.tokens import (
     token_parse,
 )
 from imaging.models import Study
-
-logger = logging.getLogger(__name__)
 
 
 class ShareRefused(Exception):
@@ -484,15 +480,8 @@ def _end(share: Share, *, state: ShareState, by: str) -> list[str]:
 
 
 def shares_broadcast_ended(share_ids: list[str]) -> None:
-    """Tell every open viewer of these shares to close now (the per-message check is the backstop)."""
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    for share_id in share_ids:
-        try:
-            async_to_sync(layer.group_send)(share_group(share_id), {"type": "share.ended"})
-        except Exception:
-            logger.exception("could not tell viewers of share %s to close", share_id)
+    """Tell every open viewer of these shares to close now (the watchdog is the backstop)."""
+    groups_tell([share_group(share_id) for share_id in share_ids], {"type": "share.ended"})
 
 
 def shares_manageable(user: Any):
