@@ -8,6 +8,7 @@ import pytest
 
 from gateway.audit.models import AuditEvent
 from gateway.audit.services import audit_outbox_drain
+from tests.sharing.factories import clinical_study, doctor
 
 
 @pytest.fixture
@@ -36,3 +37,15 @@ class AuditLog:
 @pytest.fixture
 def audit_log(db) -> AuditLog:
     return AuditLog()
+
+
+@pytest.fixture
+def study():
+    """A clinical study (no pixels) of one patient; modules that render override it."""
+    return clinical_study()
+
+
+@pytest.fixture
+def issuer():
+    """The doctor who mints the shares."""
+    return doctor()

@@ -33,16 +33,6 @@ from tests.sharing.factories import clinical_study, consultant_client, doctor, m
 pytestmark = [pytest.mark.django_db(databases=ZONES), pytest.mark.usefixtures("committed")]
 
 
-@pytest.fixture
-def study():
-    return clinical_study()
-
-
-@pytest.fixture
-def issuer():
-    return doctor()
-
-
 def denial(audit_log):
     """The last ``share.deny`` event and its details."""
     event = [e for e in audit_log.events() if e.action == "share.deny"][-1]

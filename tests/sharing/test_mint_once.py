@@ -31,11 +31,6 @@ FIELDS = {"scope": "study", "actions": "view", "hours": 72, "client_cidr": "",
           "recipient": "Dr Second Opinion"}
 
 
-@pytest.fixture
-def study():
-    return clinical_study()
-
-
 def _mint_form(client: Client, study) -> tuple[str, dict]:
     url = reverse("sharing:mint", args=[study.study_instance_uid])
     page = client.get(url)

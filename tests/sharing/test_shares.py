@@ -16,7 +16,7 @@ from gateway.sharing.models import Share, ShareState
 from gateway.sharing.services import Scope, ShareRefused, capability_verify
 from tests.conftest import ZONES
 from tests.sharing import factories
-from tests.sharing.factories import clinical_study, consultant_client, doctor, mint, redeem
+from tests.sharing.factories import clinical_study, consultant_client, mint, redeem
 
 pytestmark = [pytest.mark.django_db(databases=ZONES), pytest.mark.usefixtures("committed")]
 
@@ -24,16 +24,6 @@ pytestmark = [pytest.mark.django_db(databases=ZONES), pytest.mark.usefixtures("c
 def assert_ended(response) -> None:
     """A consultant whose share ended has no session left: sent away, never served."""
     assert response.status_code == 302 and response.url.startswith(reverse("accounts:login"))
-
-
-@pytest.fixture
-def study():
-    return clinical_study()
-
-
-@pytest.fixture
-def issuer():
-    return doctor()
 
 
 def test_mint_page_shows_the_token_once_in_the_fragment_and_the_pin_apart(client, signed_in, study,
