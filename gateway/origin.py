@@ -46,8 +46,12 @@ def _normalised(origin: str) -> tuple[str, str, int] | None:
 def _request_scheme(scope: dict[str, Any]) -> str:
     if scope.get("scheme") == "wss":
         return "https"
-    if getattr(settings, "SECURE_PROXY_SSL_HEADER", None):
-        return "https" if (_header(scope, b"x-forwarded-proto") or "").lower() == "https" else "http"
+    proxy_header = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
+    if proxy_header:  # the same trusted header HttpRequest.is_secure reads
+        name, secure_value = proxy_header
+        header = name.removeprefix("HTTP_").replace("_", "-").lower().encode("latin-1")
+        value = (_header(scope, header) or "").split(",", 1)[0].strip()
+        return "https" if value == secure_value else "http"
     return "http"
 
 

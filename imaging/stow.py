@@ -354,13 +354,10 @@ def stow_admit(*, headers: Mapping[str, str], source_ip: str) -> StowReceipt:
 def stow_refusal_record(receipt: StowReceipt, refusal: Refusal) -> None:
     """Audit a refused request: ``ingest`` denied, with the reason."""
     details: dict[str, Any] = {"door": "stow-rs", "reason": refusal.reason}
-    if receipt.device is None:
-        audit_record(actor="stow:unknown", action=Action.INGEST, outcome=Outcome.DENIED,
-                     source_ip=receipt.source_ip, details=details)
-        return
-    details["status"] = refusal.status
-    audit_record(actor=receipt.device, action=Action.INGEST, outcome=Outcome.DENIED,
-                 source_ip=receipt.source_ip, details=details)
+    if receipt.device is not None:
+        details["status"] = refusal.status
+    audit_record(actor=receipt.device or "stow:unknown", action=Action.INGEST,
+                 outcome=Outcome.DENIED, source_ip=receipt.source_ip, details=details)
 
 
 def _item(outcome: IngestOutcome) -> dict[str, Any]:

@@ -20,13 +20,15 @@ last byte).
 from __future__ import annotations
 
 import asyncio
+import io
 import re
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.http.request import split_domain_port, validate_host
+from django.core.exceptions import DisallowedHost
+from django.core.handlers.asgi import ASGIRequest
 from django.urls import Resolver404, resolve
 
 from gateway.net import scope_address
@@ -56,33 +58,21 @@ def _headers(scope: dict[str, Any]) -> dict[str, str]:
     return headers
 
 
-def _refused_by_middleware(scope: dict[str, Any], headers: dict[str, str]) -> bool:
-    """Would Django's middleware refuse this request whatever its body (host, HTTPS)?"""
-    if settings.USE_X_FORWARDED_HOST and "x-forwarded-host" in headers:
-        host = headers["x-forwarded-host"]
-    else:
-        server = scope.get("server") or ("", None)
-        host = headers.get("host") or str(server[0])
-    domain, _ = split_domain_port(host)
-    allowed = settings.ALLOWED_HOSTS
-    if settings.DEBUG and not allowed:
-        allowed = [".localhost", "127.0.0.1", "[::1]"]  # as HttpRequest.get_host
-    if not domain or not validate_host(domain, allowed):
+def _refused_by_middleware(scope: dict[str, Any]) -> bool:
+    """Would Django's middleware refuse this request whatever its body (host, HTTPS)?
+
+    Asked of Django's own ``ASGIRequest`` (with no body), so the answer stays
+    the one ``CommonMiddleware`` and ``SecurityMiddleware`` will give.
+    """
+    request = ASGIRequest(scope, io.BytesIO())
+    try:
+        request.get_host()
+    except DisallowedHost:
         return True
-    if not settings.SECURE_SSL_REDIRECT or _secure(scope, headers):
+    if not settings.SECURE_SSL_REDIRECT or request.is_secure():
         return False
-    path = scope.get("path", "").lstrip("/")
+    path = request.path.lstrip("/")
     return not any(re.search(pattern, path) for pattern in settings.SECURE_REDIRECT_EXEMPT)
-
-
-def _secure(scope: dict[str, Any], headers: dict[str, str]) -> bool:
-    """As ``HttpRequest.is_secure``: the proxy's header when configured, else the scope's scheme."""
-    if settings.SECURE_PROXY_SSL_HEADER:
-        header, secure_value = settings.SECURE_PROXY_SSL_HEADER
-        value = headers.get(header.removeprefix("HTTP_").replace("_", "-").lower())
-        if value is not None:
-            return value.split(",", 1)[0].strip() == secure_value
-    return scope.get("scheme") == "https"
 
 
 async def _receive_body(receipt: StowReceipt, receive: Any) -> bool:
@@ -136,7 +126,7 @@ class StowGate:
             return
         headers = _headers(scope)
         source_ip = scope_address(scope)
-        if _refused_by_middleware(scope, headers):
+        if _refused_by_middleware(scope):
             receipt = StowReceipt(source_ip=source_ip, refusal=Refusal(
                 400, "request refused before its body", "refused by middleware"))
         else:
