@@ -16,8 +16,10 @@ def _logged_out(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
     sessions_changed(user_id=getattr(user, "pk", None), session_key=key)
 
 
-def _account_saved(sender: Any, instance: User, created: bool, **kwargs: Any) -> None:
-    if not created:
+def _account_saved(sender: Any, instance: User, created: bool,
+                   update_fields: frozenset[str] | None = None, **kwargs: Any) -> None:
+    # A sign-in elsewhere only stamps last_login: nothing an open socket depends on.
+    if not created and update_fields != frozenset({"last_login"}):
         sessions_changed(user_id=instance.pk)
 
 

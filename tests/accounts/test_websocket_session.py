@@ -93,3 +93,22 @@ async def test_the_watchdog_closes_a_silent_socket_at_the_absolute_limit(verifie
     clock.advance(12 * 3600)
     assert await _closed(communicator)
     assert await sync_to_async(lambda: client.get(reverse("home")).status_code)() == 302
+
+
+async def test_deactivating_the_account_closes_an_open_socket_within_a_second(verified):
+    user, client = verified
+    communicator = _communicator(client)
+    assert (await communicator.connect())[0]
+    user.is_active = False
+    await sync_to_async(user.save)()
+    assert await _closed(communicator, within=1.0)
+
+
+async def test_a_sign_in_elsewhere_leaves_an_open_socket_alone(verified):
+    user, client = verified
+    communicator = _communicator(client)
+    assert (await communicator.connect())[0]
+    await sync_to_async(user.save)(update_fields=["last_login"])
+    await communicator.send_to(text_data="still here")
+    assert await communicator.receive_from() == "echo still here"
+    await communicator.disconnect()
