@@ -15,7 +15,7 @@ import numpy as np
 
 from rendering.encoding import Encoding, encoder_for
 from rendering.engine import planes
-from rendering.engine.palettes import GREYSCALE, LUTS, window_indices
+from rendering.engine.palettes import GREYSCALE, LUTS, palette_rgb, window_grey, window_indices
 from rendering.viewstate import Layer, Preset3D, Quality, ViewKind, ViewState, WindowUnit
 from rendering.volume import Volume
 
@@ -151,6 +151,27 @@ def _resolve(state: ViewState, volumes: Mapping[str, Volume]) -> list[_Resolved]
     return resolved
 
 
+def _blend(under: np.ndarray | None, over: np.ndarray, opacity: float,
+           valid: np.ndarray | None) -> np.ndarray:
+    """``over`` on ``under`` (black if None) at ``opacity``, where ``valid``; 8-bit fixed point.
+
+    Weights out of 256 in uint16 (255 * 256 + 128 fits): no float image temporaries.
+    """
+    weight = round(opacity * 256)
+    if under is None and weight == 256 and valid is None:
+        return over
+    alpha: np.ndarray | int = weight
+    if valid is not None:
+        alpha = valid[..., None].astype(np.uint16) * np.uint16(weight)
+    mixed = over.astype(np.uint16)
+    mixed *= alpha
+    if under is not None:
+        mixed += under.astype(np.uint16) * (np.uint16(256) - alpha)
+    mixed += np.uint16(128)
+    mixed >>= 8
+    return mixed.astype(np.uint8)
+
+
 def _layer_info(item: _Resolved) -> LayerInfo:
     layer = item.layer
     return LayerInfo(layer.series_id, item.volume.modality, layer.window_center, layer.window_width,
@@ -223,8 +244,7 @@ class RenderEngine:
     # --- 2-D --------------------------------------------------------------------------------
 
     def _render_2d(self, state: ViewState, resolved: list[_Resolved]) -> tuple[np.ndarray, Overlay]:
-        base = resolved[0].volume
-        plane = planes.view_plane(state, base)
+        plane = planes.view_plane(state, resolved[0].volume)
         linear = state.quality is Quality.STILL
         single_grey = (len(resolved) == 1 and resolved[0].layer.palette in GREYSCALE
                        and resolved[0].layer.opacity == 1.0)
@@ -233,24 +253,15 @@ class RenderEngine:
             sampled = planes.sample(plane, item.volume, mode=state.slab.mode,
                                     thickness_mm=state.slab.thickness_mm, linear=linear,
                                     transform=item.transform)
-            index = window_indices(sampled.values, item.low, item.high)
-            lut = LUTS[item.layer.palette]
             if single_grey:
-                image = lut[:, 0][index]
+                image = window_grey(sampled.values, item.low, item.high, item.layer.palette)
                 if sampled.valid is not None:
                     image[~sampled.valid] = 0
                 break
-            rgb = lut[index].astype(np.float32)
-            if image is None:
-                image = np.zeros((state.height, state.width, 3), np.float32)
-            alpha: np.ndarray | float = item.layer.opacity
-            if sampled.valid is not None:
-                alpha = sampled.valid[..., None].astype(np.float32) * np.float32(item.layer.opacity)
-            image += (rgb - image) * alpha
+            rgb = palette_rgb(window_indices(sampled.values, item.low, item.high), item.layer.palette)
+            image = _blend(image, rgb, item.layer.opacity, sampled.valid)
         if image is None:
             raise RenderError("no layer to render")
-        if image.dtype != np.uint8:
-            image = np.clip(image + 0.5, 0, 255).astype(np.uint8)
         return image, self._overlay_2d(state, resolved, plane)
 
     def _overlay_2d(self, state: ViewState, resolved: list[_Resolved], plane: planes.Plane) -> Overlay:

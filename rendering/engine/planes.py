@@ -197,24 +197,41 @@ def _sample_fast(plane, volume, a, b, c, n, axes, mode, thickness_mm, linear) ->
     else:
         index[ax_n] = slice(lo, hi)
         slab = _reduce(volume.voxels[tuple(index)], mode, ax_n)
+    if ax_r < ax_d:
+        slab = slab.T  # a view: rows of the slab are now screen rows
     r0, r1, rw, rvalid = _table(a[ax_r], b[ax_r], plane.width, shape[ax_r], linear)
     d0, d1, dw, dvalid = _table(a[ax_d], c[ax_d], plane.height, shape[ax_d], linear)
-    if ax_d < ax_r:
-        def pick(ds, rs):
-            return slab[ds[:, None], rs[None, :]]
-    else:
-        def pick(ds, rs):
-            return slab[rs[None, :], ds[:, None]]
     if linear:
-        top = pick(d0, r0) * (1 - rw) + pick(d0, r1) * rw
-        bottom = pick(d1, r0) * (1 - rw) + pick(d1, r1) * rw
+        top, bottom = _pick(slab, d0, r0, r1, rw), _pick(slab, d1, r0, r1, rw)
         values = top * (1 - dw[:, None]) + bottom * dw[:, None]
     else:
-        values = pick(d0, r0)
+        values = _pick(slab, d0, r0)
     valid = None
     if not (rvalid.all() and dvalid.all()):
         valid = dvalid[:, None] & rvalid[None, :]
     return Sampled(values, valid)
+
+
+def _as_slice(indices: np.ndarray) -> slice | None:
+    """The basic slice equal to an index table in arithmetic progression, else None."""
+    if indices.size < 2:
+        return slice(int(indices[0]), int(indices[0]) + 1) if indices.size else None
+    step = int(indices[1] - indices[0])
+    if step == 0 or not np.array_equal(np.diff(indices), np.full(indices.size - 1, step)):
+        return None
+    stop = int(indices[-1]) + step
+    return slice(int(indices[0]), None if stop < 0 else stop, step)
+
+
+def _pick(slab: np.ndarray, rows: np.ndarray, columns: np.ndarray,
+          right: np.ndarray | None = None, weight: np.ndarray | None = None) -> np.ndarray:
+    """``slab[rows][:, columns]`` (blended with ``right`` by ``weight``): views where the tables allow."""
+    row_slice = _as_slice(rows)
+    picked = slab[row_slice] if row_slice is not None else slab.take(rows, axis=0)
+    if right is None or weight is None:
+        column_slice = _as_slice(columns)
+        return picked[:, column_slice] if column_slice is not None else picked.take(columns, axis=1)
+    return picked.take(columns, axis=1) * (1 - weight) + picked.take(right, axis=1) * weight
 
 
 def _gather(flat: np.ndarray, shape, k, j, i) -> np.ndarray:

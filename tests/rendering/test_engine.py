@@ -311,3 +311,58 @@ def test_suv_window_needs_an_suv_volume_and_missing_series_is_named(phantom, eng
                       volumes)
     with pytest.raises(MissingVolumeError):
         engine.render(state(ct, layers=[{"series_id": "nope", "window_preset": "lung"}]), volumes)
+
+
+@pytest.mark.parametrize("view", ["axial", "coronal", "sagittal"])
+@pytest.mark.parametrize("camera", [{"zoom": 1.0, "pan_mm": [0, 0]}, {"zoom": 2.3, "pan_mm": [17, -9]},
+                                    {"zoom": 0.6, "pan_mm": [-40, 25]}])
+@pytest.mark.parametrize("flip", [False, True])
+def test_fast_sampler_equals_per_pixel_nearest_voxel(phantom, view, camera, flip):
+    ct, _, truth, _ = phantom
+    volume = ct
+    if flip:
+        volume = Volume(np.ascontiguousarray(ct.voxels[::-1, ::-1, :]), ct.spacing,
+                        tuple(ct.index_to_patient([ct.shape[0] - 1, ct.shape[1] - 1, 0])),
+                        ct.direction @ np.diag([1.0, -1.0, -1.0]), "CT", "flipped", ct.frame_of_reference_uid)
+    s = state(volume, view=view, camera2d=camera, focus_mm=truth["organ_samples_mm"]["liver"],
+              width=480, height=352)
+    plane = planes.view_plane(s, volume)
+    fast = planes.sample(plane, volume, mode=SlabMode.NONE, thickness_mm=0, linear=False)
+    ys, xs = np.mgrid[0:352, 0:480]
+    centres = (plane.center + ((xs[..., None] + 0.5 - 240) * plane.right
+                               + (ys[..., None] + 0.5 - 176) * plane.down) * plane.mm_per_pixel)
+    continuous = volume.patient_to_index(centres)
+    index = np.floor(continuous + 0.5).astype(int)
+    inside = np.all((index >= 0) & (index < np.array(volume.shape)), axis=-1)
+    # A centre within rounding noise of a half-voxel may round either way.
+    tie = np.any(np.abs(continuous - np.floor(continuous) - 0.5) < 1e-6, axis=-1)[inside]
+    assert fast.values.shape == (352, 480)
+    assert np.array_equal(fast.valid if fast.valid is not None else np.ones_like(inside), inside)
+    k, j, i = (index[..., axis][inside] for axis in range(3))
+    match = fast.values[inside] == volume.voxels[k, j, i]
+    assert np.all(match | tie)
+    assert tie.mean() < 0.2
+
+
+def test_axial_slice_at_native_resolution_is_a_view_of_the_volume(phantom):
+    ct, _, _, _ = phantom
+    s = state(ct, view="axial", width=ct.shape[2], height=ct.shape[1], quality="interactive")
+    sampled = planes.sample(planes.view_plane(s, ct), ct, mode=SlabMode.NONE, thickness_mm=0, linear=False)
+    assert np.shares_memory(sampled.values, ct.voxels)
+    k = int(np.floor(ct.patient_to_index(ct.center())[0] + 0.5))
+    assert np.array_equal(sampled.values, ct.voxels[k])
+
+
+@pytest.mark.parametrize("palette", ["grey", "inverted"])
+@pytest.mark.parametrize("low, high", [(-160.0, 240.0), (-1350.0, 150.0), (0.5, 0.75), (-32768.0, 32767.0)])
+def test_grey_window_equals_the_formula_for_every_int16_value(low, high, palette):
+    from rendering.engine.palettes import LUTS, window_grey
+    from rendering.viewstate import Palette
+
+    values = np.arange(-32768, 32768, dtype=np.int64)
+    index = np.clip(np.floor((values - low) * (255.0 / (high - low)) + 0.5), 0, 255).astype(np.int64)
+    expected = index if palette == "grey" else 255 - index
+    got = window_grey(values.astype(np.int16), low, high, Palette(palette)).astype(np.int64)
+    assert np.abs(got - expected).max() <= 1  # float32 arithmetic may round a tie the other way
+    assert (got != expected).mean() < 1e-3
+    assert np.array_equal(LUTS[Palette(palette)][:, 0][index], expected)
