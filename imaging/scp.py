@@ -8,7 +8,12 @@ account deactivated, moved to another role or stripped of its AE title in the
 middle of an association is refused (0x0124) from its next C-STORE on.
 C-FIND, C-MOVE and C-GET are not offered, so their presentation contexts are
 refused. The handlers only translate between DIMSE and
-:mod:`imaging.services`; storage is not their business.
+:mod:`imaging.services`; storage is not their business, and neither is
+serving several associations at once on several cores
+(:mod:`imaging.scp_server`). Each C-STORE's status is the outcome of that
+instance's own ingest, answered only once it is durably stored; an
+association's release audits its batch and builds nothing (the volume
+builder picks its series up).
 """
 
 from __future__ import annotations
@@ -76,7 +81,7 @@ class GatewayAE(AE):
 class Associations:
     """One :class:`IngestBatch` per association, closed (audited) when it ends."""
 
-    def __init__(self, *, build_volumes: bool = True) -> None:
+    def __init__(self, *, build_volumes: bool = False) -> None:
         self._batches: dict[int, IngestBatch] = {}
         self._lock = threading.Lock()
         self.build_volumes = build_volumes
@@ -141,8 +146,12 @@ def handle_store(event: Any, associations: Associations) -> Dataset:
     return _status(0x0000)
 
 
-def scp_build(*, ae_title: str, build_volumes: bool = True) -> tuple[AE, list[evt.EventHandlerType]]:
-    """The SCP application entity and its event handlers."""
+def scp_build(*, ae_title: str, build_volumes: bool = False) -> tuple[AE, list[evt.EventHandlerType]]:
+    """The SCP application entity and its event handlers.
+
+    ``build_volumes`` builds the touched series when an association ends, in
+    the association's thread: off by default, the volume builder does it.
+    """
     ae = GatewayAE(ae_title=ae_title)
     ae.require_called_aet = True
     ae.maximum_pdu_size = 0

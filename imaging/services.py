@@ -5,7 +5,9 @@ content, de-identifies it, stores it encrypted and records it; it answers
 with an :class:`IngestOutcome` (stored, duplicate, or rejected with a reason)
 and never raises for a bad instance. ``IngestBatch`` groups the outcomes of
 one import, association or STOW request: it writes the audit events (one per
-study, one for the rejects) and builds the volumes of the series it touched.
+study, one for the rejects) and, for the import command only, builds the
+volumes of the series it touched; the SCP and STOW-RS leave them ``pending``
+for the volume builder (:mod:`imaging.volumes`).
 
 Order of writes, so that a process killed at any point leaves nothing that
 breaks anything: identity rows first (idempotent, harmless alone), then the
@@ -13,6 +15,15 @@ encrypted object (atomic rename; its id derives from the replacement SOP
 Instance UID, so a retry rewrites the same file), then the clinical rows in
 one transaction. A killed ingest leaves at most an unreferenced object or
 identity row, which the retry reuses.
+
+Durability: an outcome ``stored`` is returned only once the object and its
+directory entry are fsynced (:func:`imaging.storage.object_put`) and the rows
+are committed with a synced write-ahead log (on SQLite the ingest
+connections run ``synchronous=FULL``; PostgreSQL syncs each commit by
+default). Every instance pays its own syncs: a C-STORE's status may only
+say "success" once its data would survive a power cut, and a peer sends the
+next instance of an association only after that status, so there is no
+batch to share them with.
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ from enum import StrEnum
 from typing import Any
 
 import pydicom
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, transaction
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
@@ -138,14 +149,42 @@ def _date(value: str) -> dt.date | None:
 _cache_lock = threading.Lock()
 _patient_cache: dict[tuple[str, str], tuple[str, int]] = {}
 _uid_cache: dict[str, str] = {}
+_study_identity_cache: set[str] = set()  # replacement study UIDs whose identity row exists
+_series_cache: dict[str, int] = {}  # replacement series UID -> pk, once its row (and its study's) exists
 _CACHE_LIMIT = 100_000
 
 
 def ingest_caches_clear() -> None:
-    """Forget cached identity lookups (tests; after the identity DB is emptied)."""
+    """Forget cached identity lookups and row ids (tests; after a database is emptied)."""
     with _cache_lock:
         _patient_cache.clear()
         _uid_cache.clear()
+        _study_identity_cache.clear()
+        _series_cache.clear()
+
+
+def _cache_put(cache: dict[Any, Any] | set[Any], key: Any, value: Any = None) -> None:
+    with _cache_lock:
+        if len(cache) > _CACHE_LIMIT:
+            cache.clear()
+        if isinstance(cache, set):
+            cache.add(key)
+        else:
+            cache[key] = value
+
+
+def _commits_durable() -> None:
+    """Make this thread's ingest commits survive a power cut on SQLite.
+
+    The settings run SQLite's WAL with ``synchronous=NORMAL``, which may roll
+    back the last commits after a power cut; an instance acknowledged as
+    stored must not be among them. The pragma is per connection, and cheap.
+    """
+    for alias in (CLINICAL, IDENTITY):
+        connection = connections[alias]
+        if connection.vendor == "sqlite" and not connection.in_atomic_block:
+            with connection.cursor() as cursor:
+                cursor.execute("PRAGMA synchronous=FULL")
 
 
 def _patient_identity(ds: Dataset) -> tuple[str, int]:
@@ -233,7 +272,11 @@ def _uid_map_record(uid_map: dict[str, str], pseudonym: str) -> None:
 
 
 def _study_identity(ds: Dataset, *, pseudonym: str, study_uid: str) -> None:
+    with _cache_lock:
+        if study_uid in _study_identity_cache:
+            return
     if StudyIdentity.objects.filter(study_instance_uid=study_uid).exists():
+        _cache_put(_study_identity_cache, study_uid)
         return
     with contextlib.suppress(IntegrityError), transaction.atomic(using=IDENTITY):
         StudyIdentity.objects.create(
@@ -252,6 +295,7 @@ def _study_identity(ds: Dataset, *, pseudonym: str, study_uid: str) -> None:
             institution_address=_text(ds, "InstitutionAddress"),
             station_names=_text(ds, "StationName"),
         )
+    _cache_put(_study_identity_cache, study_uid)
 
 
 # --- validation -------------------------------------------------------------------
@@ -379,6 +423,7 @@ def instance_ingest(*, data: bytes) -> IngestOutcome:
     """
     sop_class = sop_instance = ""
     try:
+        _commits_durable()
         ds = _parse(data)
         sop_class = _text(ds, "SOPClassUID")[:64]
         sop_instance = _text(ds, "SOPInstanceUID")[:64]
@@ -428,26 +473,10 @@ def _ingest_valid(ds: Dataset) -> IngestOutcome:
     storage.object_put(object_id, encoded)
     try:
         with transaction.atomic(using=CLINICAL):
-            patient, _ = Patient.objects.get_or_create(pseudonym=pseudonym)
-            study, _ = Study.objects.get_or_create(
-                study_instance_uid=study_uid,
-                defaults={"patient": patient, "study_date": _date(_text(ds, "StudyDate")),
-                          "study_time": _text(ds, "StudyTime")[:32],
-                          "study_description": _text(ds, "StudyDescription")[:128]})
-            series, created = Series.objects.get_or_create(
-                series_instance_uid=series_uid,
-                defaults={"study": study, "modality": _text(ds, "Modality")[:16],
-                          "series_number": _int(ds.get("SeriesNumber")),
-                          "series_description": _text(ds, "SeriesDescription")[:128],
-                          "frame_of_reference_uid": _text(ds, "FrameOfReferenceUID")[:64],
-                          "pixels_may_identify": report.pixels_may_identify})
-            if not created:
-                updates: dict[str, Any] = {"volume_state": VolumeState.PENDING}
-                if report.pixels_may_identify and not series.pixels_may_identify:
-                    updates["pixels_may_identify"] = True
-                Series.objects.filter(pk=series.pk).update(**updates)
+            series_pk = _series_row(ds, study_uid=study_uid, series_uid=series_uid, pseudonym=pseudonym,
+                                    pixels_may_identify=report.pixels_may_identify)
             Instance.objects.create(
-                series=series, sop_instance_uid=new_sop, sop_class_uid=sop_class[:64],
+                series_id=series_pk, sop_instance_uid=new_sop, sop_class_uid=sop_class[:64],
                 transfer_syntax_uid=str(syntax), instance_number=_int(ds.get("InstanceNumber")),
                 number_of_frames=_int(ds.get("NumberOfFrames")) or 1,
                 object_id=object_id, size=len(encoded))
@@ -458,8 +487,50 @@ def _ingest_valid(ds: Dataset) -> IngestOutcome:
             raise
         outcome.status, outcome.series_id = Status.DUPLICATE, existing[0]
         return outcome
-    outcome.series_id = series.pk
+    outcome.series_id = series_pk
     return outcome
+
+
+def _series_row(ds: Dataset, *, study_uid: str, series_uid: str, pseudonym: str,
+                pixels_may_identify: bool) -> int:
+    """The series' pk, its row (and its study's and patient's) created on first sight.
+
+    Inside the instance's transaction. A series that existed is marked
+    ``pending`` by an UPDATE even when it already is: on PostgreSQL the row
+    lock it takes until commit makes a builder claiming the series wait for
+    this instance, and a builder already building it loses its claim
+    (:mod:`imaging.volumes`). The pk is cached per process once the row exists.
+    """
+    with _cache_lock:
+        cached = _series_cache.get(series_uid)
+    if cached is not None:
+        updates: dict[str, Any] = {"volume_state": VolumeState.PENDING}
+        if pixels_may_identify:
+            updates["pixels_may_identify"] = True
+        if Series.objects.filter(pk=cached).update(**updates):
+            return cached
+        with _cache_lock:
+            _series_cache.pop(series_uid, None)  # the row went away: take the long way
+    patient, _ = Patient.objects.get_or_create(pseudonym=pseudonym)
+    study, _ = Study.objects.get_or_create(
+        study_instance_uid=study_uid,
+        defaults={"patient": patient, "study_date": _date(_text(ds, "StudyDate")),
+                  "study_time": _text(ds, "StudyTime")[:32],
+                  "study_description": _text(ds, "StudyDescription")[:128]})
+    series, created = Series.objects.get_or_create(
+        series_instance_uid=series_uid,
+        defaults={"study": study, "modality": _text(ds, "Modality")[:16],
+                  "series_number": _int(ds.get("SeriesNumber")),
+                  "series_description": _text(ds, "SeriesDescription")[:128],
+                  "frame_of_reference_uid": _text(ds, "FrameOfReferenceUID")[:64],
+                  "pixels_may_identify": pixels_may_identify})
+    if not created:
+        updates = {"volume_state": VolumeState.PENDING}
+        if pixels_may_identify and not series.pixels_may_identify:
+            updates["pixels_may_identify"] = True
+        Series.objects.filter(pk=series.pk).update(**updates)
+    transaction.on_commit(lambda: _cache_put(_series_cache, series_uid, series.pk), using=CLINICAL)
+    return series.pk
 
 
 def _int(value: Any) -> int | None:
@@ -483,7 +554,10 @@ class IngestBatch:
     door : str
         ``import``, ``c-store`` or ``stow-rs``.
     build_volumes : bool
-        Build the volume of every touched series on :meth:`close`.
+        Build the volume of every touched series on :meth:`close` (the import
+        command). The SCP and STOW-RS pass False: their series stay
+        ``pending`` for the volume builder, so neither an association's release
+        nor a STOW request waits for, or holds in memory, a volume.
     """
 
     actor: Any

@@ -14,9 +14,12 @@ or a header edited to name another key, fails to decrypt.
 
 Writes go to a temporary file in the destination directory, are fsynced,
 renamed over the final name and the directory is fsynced: a reader sees the
-old object, the new one, or none, never half of one. A process killed
-mid-write leaves at most a ``.tmp-*`` file, which nothing reads and
-:func:`storage_sweep` removes.
+old object, the new one, or none, never half of one, and once
+:func:`object_put` returns the object survives a power cut. A fan-out
+directory created for the object is made durable too (its parent is fsynced
+after the ``mkdir``), so the object's path does not vanish with the crash.
+A process killed mid-write leaves at most a ``.tmp-*`` file, which nothing
+reads and :func:`storage_sweep` removes.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import os
 import re
 import secrets
 import struct
+import threading
 import time
 from pathlib import Path
 
@@ -56,16 +60,22 @@ def _associated_data(object_id: str, kid: bytes, wrapped: bytes) -> bytes:
     return MAGIC + object_id.encode() + b"\0" + kid + b"\0" + wrapped
 
 
-def object_encrypt(object_id: str, plaintext: bytes | memoryview) -> bytes:
-    """The stored form of ``plaintext`` under a fresh data key."""
+def _encrypt_parts(object_id: str, plaintext: bytes | bytearray | memoryview) -> tuple[bytes, bytes]:
+    """(header, ciphertext) of the stored form; the plaintext is read in place, not copied."""
     data_key = AESGCM.generate_key(bit_length=256)
     kid, wrapped = keys.data_key_wrap(data_key)
     kid_bytes = kid.encode("ascii")
     nonce = secrets.token_bytes(NONCE_BYTES)
-    ciphertext = AESGCM(data_key).encrypt(nonce, bytes(plaintext),
+    ciphertext = AESGCM(data_key).encrypt(nonce, plaintext,
                                           _associated_data(object_id, kid_bytes, wrapped))
     header = (MAGIC + struct.pack(">B", len(kid_bytes)) + kid_bytes
               + struct.pack(">B", len(wrapped)) + wrapped + nonce)
+    return header, ciphertext
+
+
+def object_encrypt(object_id: str, plaintext: bytes | bytearray | memoryview) -> bytes:
+    """The stored form of ``plaintext`` under a fresh data key."""
+    header, ciphertext = _encrypt_parts(object_id, plaintext)
     return header + ciphertext
 
 
@@ -100,19 +110,56 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def object_put(object_id: str, plaintext: bytes | memoryview) -> int:
-    """Encrypt and store ``plaintext`` atomically under ``object_id``; returns the stored size.
+_known_dirs: set[Path] = set()
+_known_dirs_lock = threading.Lock()
 
-    Writing the same id again replaces the object atomically (idempotent re-ingest).
+
+def _directory_ensure(directory: Path) -> None:
+    """Create ``directory`` (and missing parents) durably; remembered once it exists."""
+    with _known_dirs_lock:
+        if directory in _known_dirs:
+            return
+    missing = []
+    probe = directory
+    while not probe.is_dir():
+        missing.append(probe)
+        probe = probe.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        _fsync_dir(path.parent)  # the new entry itself must survive a crash
+    with _known_dirs_lock:
+        if len(_known_dirs) > 70_000:
+            _known_dirs.clear()
+        _known_dirs.add(directory)
+
+
+def object_put(object_id: str, plaintext: bytes | bytearray | memoryview) -> int:
+    """Encrypt and store ``plaintext`` atomically and durably under ``object_id``.
+
+    Returns the stored size. Writing the same id again replaces the object
+    atomically (idempotent re-ingest). When it returns, the file's data and
+    its directory entry have been fsynced: an instance acknowledged after this
+    call survives a power cut.
     """
     path = object_path(object_id)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    stored = object_encrypt(object_id, plaintext)
+    _directory_ensure(path.parent)
+    header, ciphertext = _encrypt_parts(object_id, plaintext)
     temp = path.parent / f"{TEMP_PREFIX}{object_id}-{secrets.token_hex(6)}"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileNotFoundError:
+        # The directory went away (a test emptied the store): forget it and create it again.
+        with _known_dirs_lock:
+            _known_dirs.discard(path.parent)
+        _directory_ensure(path.parent)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb", closefd=True) as handle:
-            handle.write(stored)
+            handle.write(header)
+            handle.write(ciphertext)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
@@ -121,7 +168,7 @@ def object_put(object_id: str, plaintext: bytes | memoryview) -> int:
             temp.unlink()
         raise
     _fsync_dir(path.parent)
-    return len(stored)
+    return len(header) + len(ciphertext)
 
 
 def object_get(object_id: str) -> bytes:

@@ -381,7 +381,7 @@ def stow_store(*, device: Any, upload: StowUpload, source_ip: str) -> tuple[int,
     (00081199) and FailedSOPSequence (00081198) items with FailureReason and
     ErrorComment.
     """
-    batch = IngestBatch(actor=device, door="stow-rs", source_ip=source_ip)
+    batch = IngestBatch(actor=device, door="stow-rs", source_ip=source_ip, build_volumes=False)
     limit = conf.max_object_bytes()
     for part in upload.parts:
         if part.content_type != "application/dicom":

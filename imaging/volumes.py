@@ -1,4 +1,4 @@
-"""Series → ready-to-render 3-D volumes, built once at ingest and stored encrypted.
+"""Series → ready-to-render 3-D volumes, built once after ingest and stored encrypted.
 
 A volume is the series' voxels in patient space: slices sorted by position
 along the slice normal, uniform spacing (a slightly irregular stack is
@@ -14,6 +14,21 @@ Stored form (inside the encrypted object ``vol-<sha256(series UID)>``)::
 
 :func:`load_volume` decrypts one object and maps the voxels without copying,
 so opening a 512x512x300 CT costs one read and one AES-GCM pass.
+
+Who builds, and when (:func:`volume_claim`): ingest only marks a touched
+series ``pending``; a builder (``manage.py build_volumes --watch``, which
+``run_scp`` starts beside its listeners) claims pending series one at a time,
+and :func:`load_volume` claims a stale one on demand. A claim lives in the
+series row, in the only columns every role that builds may update
+(``volume_state``, ``volume_reason``; see ``deploy/postgres/clinical-roles.sql``):
+state ``building`` and a reason ``building: claim <token> until <epoch s>``.
+Taking, renewing, finishing and releasing a claim are each one conditional
+``UPDATE`` on the row's current state and reason, so of several builders on
+SQLite or PostgreSQL exactly one wins a series, and a builder that died
+leaves a claim that lapses after its lease. An instance stored while its
+series is being built sets the state back to ``pending`` (the claim text
+stays): the builder's finishing ``UPDATE`` then matches nothing, the build
+is discarded and the series released, to be built again with every instance.
 """
 
 from __future__ import annotations
@@ -22,9 +37,15 @@ import datetime as dt
 import hashlib
 import io
 import json
+import logging
 import math
+import secrets
 import struct
+import threading
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -35,9 +56,15 @@ from imaging import storage
 from imaging.models import Instance, Series, VolumeState
 from imaging.pixels import decoder_attempts_demoted
 
+log = logging.getLogger(__name__)
+
 SPACING_TOLERANCE = 0.01  # relative
 ORIENTATION_TOLERANCE = 1e-3
 MAX_RESAMPLE_IRREGULARITY = 2.0  # largest gap / smallest gap that is still resampled
+BUILDING = "building"  # volume_state while a builder holds the series' claim
+CLAIM_PREFIX = "building: claim "
+CLAIM_LEASE_S = 300.0  # renewed every third of it while the build runs
+LOAD_WAIT_S = 120.0  # load_volume waits this long for another builder's claim
 
 
 class VolumeRefused(ValueError):
@@ -150,6 +177,7 @@ class _Slice:
     pixels: np.ndarray
     slope: float
     intercept: float
+    rescaled: bool = False  # pixels already hold rescaled values (slope and intercept applied)
 
 
 def _rescale(item: Dataset | None, ds: Dataset) -> tuple[float, float]:
@@ -216,10 +244,18 @@ def _nm_slices(ds: Dataset, pixels: np.ndarray) -> tuple[list[_Slice], list[floa
     return slices, orientation, spacing
 
 
-def _single_frame_slices(datasets: list[Dataset]) -> tuple[list[_Slice], list[float], list[float]]:
-    first = datasets[0]
+def _single_frame_slices(datasets: Iterable[Dataset]) -> tuple[list[_Slice], list[float], list[float]]:
+    """Slices of a single-frame stack, rescaled as they are read.
+
+    The datasets are consumed one at a time and only their rescaled pixels are
+    kept: a series read lazily from storage (:func:`_series_datasets`) holds
+    one instance's dataset at a time beside the slices.
+    """
+    items = iter(datasets)
+    first = next(items)
+    second = next(items, None)
     if "ImageOrientationPatient" not in first or "ImagePositionPatient" not in first:
-        if len(datasets) > 1:
+        if second is not None:
             raise VolumeRefused("several images without ImagePositionPatient/ImageOrientationPatient")
         orientation, position = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0]
     else:
@@ -228,7 +264,7 @@ def _single_frame_slices(datasets: list[Dataset]) -> tuple[list[_Slice], list[fl
     spacing = _floats(first.get("PixelSpacing") or first.get("ImagerPixelSpacing") or [1, 1])
     slices = []
     shape = None
-    for ds in datasets:
+    for ds in chain([first], [second] if second is not None else [], items):
         if "ImageOrientationPatient" in ds and not np.allclose(
                 _floats(ds.ImageOrientationPatient), orientation, atol=ORIENTATION_TOLERANCE):
             raise VolumeRefused("images of the series have different orientations")
@@ -241,14 +277,19 @@ def _single_frame_slices(datasets: list[Dataset]) -> tuple[list[_Slice], list[fl
             raise VolumeRefused("a series mixing multi-frame and single-frame images")
         where = position if position is not None else _floats(ds.ImagePositionPatient)
         slope, intercept = _rescale(None, ds)
-        slices.append(_Slice(np.array(where), pixels[0], slope, intercept))
+        read = _Slice(np.array(where), pixels[0], slope, intercept)
+        slices.append(_Slice(read.position, _rescaled(read), 1.0, 0.0, rescaled=True))
     return slices, orientation, spacing
 
 
 def _regular(slices: list[_Slice], normal: np.ndarray, fallback: float) -> tuple[np.ndarray, float, str]:
     """Stack sorted along the normal; resample an irregular stack. Returns (stack, spacing, note)."""
     slices.sort(key=lambda s: float(np.dot(s.position, normal)))
-    stack = np.stack([_rescaled(s) for s in slices])
+    dtype = np.result_type(*(_rescaled_dtype(s) for s in slices))
+    stack = np.empty((len(slices), *slices[0].pixels.shape), dtype=dtype)
+    for index, item in enumerate(slices):
+        stack[index] = _rescaled(item)
+        item.pixels = stack[index]  # the slice's own copy is freed as the stack fills
     if len(slices) == 1:
         return stack, fallback, ""
     along = np.array([float(np.dot(s.position, normal)) for s in slices])
@@ -271,8 +312,14 @@ def _regular(slices: list[_Slice], normal: np.ndarray, fallback: float) -> tuple
     return resampled.astype(np.float32), median, f"resampled from irregular spacing onto {median:.4g} mm"
 
 
+def _rescaled_dtype(s: _Slice) -> np.dtype:
+    if s.rescaled or s.pixels.ndim == 3:
+        return s.pixels.dtype
+    return _rescaled(s).dtype if s.slope == 1.0 and float(s.intercept).is_integer() else np.dtype(np.float32)
+
+
 def _rescaled(s: _Slice) -> np.ndarray:
-    if s.pixels.ndim == 3:  # colour: no rescale
+    if s.rescaled or s.pixels.ndim == 3:  # colour: no rescale
         return s.pixels
     if s.slope == 1.0 and float(s.intercept).is_integer():
         value = s.pixels.astype(np.int32) + int(s.intercept)
@@ -295,13 +342,23 @@ def _window(ds: Dataset) -> tuple[float | None, float | None]:
     return first(center), first(width)
 
 
-def volume_from_datasets(datasets: list[Dataset]) -> tuple[Volume, str]:
-    """Build a :class:`Volume` from a series' datasets; returns (volume, note)."""
-    if not datasets:
+def volume_from_datasets(datasets: Iterable[Dataset]) -> tuple[Volume, str]:
+    """Build a :class:`Volume` from a series' datasets; returns (volume, note).
+
+    Parameters
+    ----------
+    datasets : iterable of Dataset
+        The series' instances in any order; an iterator is consumed one
+        dataset at a time (a single-frame stack keeps only rescaled slices).
+    """
+    items = iter(datasets)
+    first = next(items, None)
+    if first is None:
         raise VolumeRefused("the series has no images")
-    first = datasets[0]
+    second = next(items, None)
+    datasets = chain([first], [second] if second is not None else [], items)
     modality = str(first.get("Modality", ""))
-    if len(datasets) == 1 and int(first.get("NumberOfFrames", 1) or 1) > 1:
+    if second is None and int(first.get("NumberOfFrames", 1) or 1) > 1:
         pixels = _frames(first)
         if "PerFrameFunctionalGroupsSequence" in first or "SharedFunctionalGroupsSequence" in first:
             slices, orientation, spacing = _enhanced_slices(first, pixels)
@@ -346,14 +403,19 @@ def volume_from_datasets(datasets: list[Dataset]) -> tuple[Volume, str]:
     return volume, note
 
 
-def _encode(volume: Volume) -> bytes:
+def _encode(volume: Volume) -> bytearray:
+    """The stored form, with one copy of the voxels (no ``tobytes()`` then concatenation)."""
     meta = {
         "dtype": volume.voxels.dtype.str, "shape": list(volume.voxels.shape),
         "origin": list(volume.origin), "spacing": list(volume.spacing),
         "direction": [list(row) for row in volume.direction], "display": volume.display,
     }
     header = json.dumps(meta).encode()
-    return struct.pack(">I", len(header)) + header + volume.voxels.tobytes()
+    voxels = np.ascontiguousarray(volume.voxels)
+    blob = bytearray(4 + len(header) + voxels.nbytes)
+    blob[:4 + len(header)] = struct.pack(">I", len(header)) + header
+    np.frombuffer(blob, dtype=np.uint8, offset=4 + len(header))[:] = voxels.reshape(-1).view(np.uint8)
+    return blob
 
 
 def _decode(blob: bytes) -> Volume:
@@ -364,43 +426,218 @@ def _decode(blob: bytes) -> Volume:
                   direction=tuple(tuple(row) for row in meta["direction"]), display=meta["display"])
 
 
-def _series_datasets(series: Series) -> list[Dataset]:
-    datasets: list[Dataset] = []
-    for object_id in Instance.objects.filter(series=series).values_list("object_id", flat=True):
-        datasets.append(pydicom.dcmread(io.BytesIO(storage.object_get(object_id))))
-    return datasets
+def _series_datasets(object_ids: list[str]) -> Iterator[Dataset]:
+    """The instances, decrypted and parsed one at a time as the build consumes them."""
+    for object_id in object_ids:
+        yield pydicom.dcmread(io.BytesIO(storage.object_get(object_id)))
 
 
-def series_volume_build(*, series: Series) -> Series:
-    """Build and store the series' volume, or record why it cannot be one."""
+# --- claims: one builder per series at a time --------------------------------------------
+
+
+def _claim_text(token: str, until: float) -> str:
+    return f"{CLAIM_PREFIX}{token} until {int(until)}"
+
+
+def claim_live(reason: str, *, now: float | None = None) -> bool:
+    """Whether ``volume_reason`` holds a claim whose lease has not lapsed."""
+    if not reason.startswith(CLAIM_PREFIX):
+        return False
+    _, _, until = reason.rpartition(" until ")
     try:
-        volume, note = volume_from_datasets(_series_datasets(series))
-    except VolumeRefused as refused:
-        Series.objects.filter(pk=series.pk).update(volume_state=VolumeState.REFUSED,
-                                                   volume_reason=str(refused), volume_object="")
-        series.refresh_from_db()
-        return series
-    except Exception as exc:
-        Series.objects.filter(pk=series.pk).update(
-            volume_state=VolumeState.REFUSED, volume_object="",
-            volume_reason=f"cannot decode the images ({type(exc).__name__}: {str(exc)[:200]})")
-        series.refresh_from_db()
-        return series
-    object_id = volume_object_id(series.series_instance_uid)
-    storage.object_put(object_id, _encode(volume))
-    Series.objects.filter(pk=series.pk).update(volume_state=VolumeState.READY, volume_object=object_id,
-                                               volume_reason=note)
-    series.refresh_from_db()
-    return series
+        return float(until) > (time.time() if now is None else now)
+    except ValueError:
+        return False
+
+
+@dataclass
+class VolumeClaim:
+    """A builder's hold on one series: the claim text now in its ``volume_reason``."""
+
+    series_id: int
+    text: str
+    _lock: threading.Lock
+
+    def renew(self, *, lease_s: float) -> bool:
+        """Extend the lease (one conditional UPDATE); False once the claim is lost."""
+        with self._lock:
+            token = self.text[len(CLAIM_PREFIX):].partition(" ")[0]
+            fresh = _claim_text(token, time.time() + lease_s)
+            won = Series.objects.filter(pk=self.series_id, volume_reason=self.text).update(
+                volume_reason=fresh)
+            if won:
+                self.text = fresh
+            return bool(won)
+
+    def finish(self, **fields: Any) -> bool:
+        """Record the build, only if the series is still ``building`` under this claim.
+
+        An instance stored meanwhile set the state to ``pending``: nothing is
+        recorded, the claim is released and the series waits for its next build.
+        """
+        with self._lock:
+            won = Series.objects.filter(pk=self.series_id, volume_state=BUILDING,
+                                        volume_reason=self.text).update(**fields)
+            if not won:
+                Series.objects.filter(pk=self.series_id, volume_reason=self.text).update(
+                    volume_reason="")
+            return bool(won)
+
+    def release(self) -> None:
+        """Give the series back as ``pending`` (the build failed or was interrupted)."""
+        with self._lock:
+            Series.objects.filter(pk=self.series_id, volume_reason=self.text).update(
+                volume_state=VolumeState.PENDING, volume_reason="")
+
+
+def volume_claim(*, series_id: int, lease_s: float = CLAIM_LEASE_S,
+                 include_built: bool = False) -> VolumeClaim | None:
+    """Claim a series for building, or None when there is nothing to build or another holds it.
+
+    Claimable: ``pending`` without a live claim, or a lapsed claim (its builder
+    died); with ``include_built`` also ``ready`` and ``refused`` (an explicit
+    rebuild). The claim is a compare-and-set on the state and reason just read,
+    so two builders racing for one series cannot both win it.
+    """
+    row = Series.objects.filter(pk=series_id).values_list("volume_state", "volume_reason").first()
+    if row is None:
+        return None
+    state, reason = row
+    if claim_live(reason):
+        return None
+    if state in (VolumeState.READY, VolumeState.REFUSED) and not include_built:
+        return None
+    text = _claim_text(secrets.token_hex(8), time.time() + lease_s)
+    won = Series.objects.filter(pk=series_id, volume_state=state, volume_reason=reason).update(
+        volume_state=BUILDING, volume_reason=text)
+    return VolumeClaim(series_id, text, threading.Lock()) if won else None
+
+
+def volumes_pending(*, limit: int = 100) -> list[int]:
+    """Ids of series waiting for a build (pending, or a lapsed claim), oldest first."""
+    rows = (Series.objects.filter(volume_state__in=(VolumeState.PENDING, BUILDING))
+            .order_by("id").values_list("id", "volume_reason")[:limit * 4])
+    return [pk for pk, reason in rows if not claim_live(reason)][:limit]
+
+
+class _Heartbeat(threading.Thread):
+    """Renews a claim every third of its lease while a long build runs."""
+
+    def __init__(self, claim: VolumeClaim, lease_s: float) -> None:
+        super().__init__(name=f"volume-claim-{claim.series_id}", daemon=True)
+        self.claim, self.lease_s, self.stopped = claim, lease_s, threading.Event()
+
+    def run(self) -> None:
+        from django.db import connections
+
+        try:
+            while not self.stopped.wait(self.lease_s / 3) and self.claim.renew(lease_s=self.lease_s):
+                pass
+        finally:
+            connections.close_all()
+
+
+def _build_claimed(series: Series, claim: VolumeClaim, lease_s: float) -> None:
+    """Build under ``claim`` and record the outcome through it."""
+    heartbeat = _Heartbeat(claim, lease_s)
+    heartbeat.start()
+    try:
+        object_ids = list(Instance.objects.filter(series_id=series.pk).order_by("id")
+                          .values_list("object_id", flat=True))
+        try:
+            volume, note = volume_from_datasets(_series_datasets(object_ids))
+        except VolumeRefused as refused:
+            claim.finish(volume_state=VolumeState.REFUSED, volume_reason=str(refused), volume_object="")
+            return
+        except Exception as exc:
+            claim.finish(volume_state=VolumeState.REFUSED, volume_object="",
+                         volume_reason=f"cannot decode the images ({type(exc).__name__}: {str(exc)[:200]})")
+            return
+        object_id = volume_object_id(series.series_instance_uid)
+        blob = _encode(volume)
+        del volume
+        storage.object_put(object_id, blob)
+        del blob
+        claim.finish(volume_state=VolumeState.READY, volume_object=object_id, volume_reason=note)
+    except BaseException:
+        claim.release()
+        raise
+    finally:
+        heartbeat.stopped.set()
+        heartbeat.join()
+
+
+def series_volume_build(*, series: Series, wait_s: float = LOAD_WAIT_S,
+                        lease_s: float = CLAIM_LEASE_S) -> Series:
+    """Build and store the series' volume now, or record why it cannot be one.
+
+    Claims the series first (whatever its state); where another builder holds
+    it, waits up to ``wait_s`` for that build instead of repeating it. Returns
+    the series as it is afterwards (``ready``, ``refused``, or still not built
+    when the wait ran out or instances kept arriving).
+    """
+    deadline = time.monotonic() + wait_s
+    include_built = True
+    while True:
+        claim = volume_claim(series_id=series.pk, lease_s=lease_s, include_built=include_built)
+        if claim is not None:
+            _build_claimed(series, claim, lease_s)
+            series.refresh_from_db()
+            if series.volume_state != VolumeState.PENDING:
+                return series
+        else:
+            series.refresh_from_db()
+            if series.volume_state in (VolumeState.READY, VolumeState.REFUSED) and not include_built:
+                return series
+            include_built = False  # someone else builds it: their result will do
+        if time.monotonic() >= deadline:
+            return series
+        time.sleep(0.2)
+
+
+def volumes_build_pending(*, limit: int = 100, lease_s: float = CLAIM_LEASE_S) -> int:
+    """Build pending series one at a time (each claimed first); returns how many were built."""
+    built = 0
+    for series_id in volumes_pending(limit=limit):
+        claim = volume_claim(series_id=series_id, lease_s=lease_s)
+        if claim is None:
+            continue  # another builder was quicker
+        series = Series.objects.filter(pk=series_id).first()
+        if series is None:
+            continue
+        _build_claimed(series, claim, lease_s)
+        built += 1
+    return built
 
 
 def load_volume(series: Series) -> Volume:
     """The series' voxels, geometry and display metadata; builds the volume if it is stale.
 
+    A stale volume is built here on demand, under a claim like any builder's;
+    where a builder already holds the series, this waits for its result (up
+    to ``LOAD_WAIT_S``) rather than building it a second time.
     Raises :class:`VolumeRefused` (with the reason) for a series that is not one volume.
     """
     if series.volume_state != VolumeState.READY or not series.volume_object:
-        series = series_volume_build(series=series)
+        series = _build_or_wait(series)
     if series.volume_state == VolumeState.REFUSED:
         raise VolumeRefused(series.volume_reason)
+    if series.volume_state != VolumeState.READY or not series.volume_object:
+        # Still not built: instances keep arriving, or another builder is slow. Build it
+        # here, in memory only, without recording it.
+        object_ids = list(Instance.objects.filter(series_id=series.pk).order_by("id")
+                          .values_list("object_id", flat=True))
+        return volume_from_datasets(_series_datasets(object_ids))[0]
     return _decode(storage.object_get(series.volume_object))
+
+
+def _build_or_wait(series: Series) -> Series:
+    deadline = time.monotonic() + LOAD_WAIT_S
+    while True:
+        claim = volume_claim(series_id=series.pk)
+        if claim is not None:
+            _build_claimed(series, claim, CLAIM_LEASE_S)
+        series.refresh_from_db()
+        if series.volume_state in (VolumeState.READY, VolumeState.REFUSED) or time.monotonic() >= deadline:
+            return series
+        time.sleep(0.2)

@@ -1,0 +1,175 @@
+"""The SCP as processes: one listening socket, several pynetdicom servers, one volume builder.
+
+pydicom and pynetdicom are pure Python, so one process serves its
+associations on one core whatever its threads. ``run_scp`` therefore binds
+the listening socket once and forks ``processes`` children that all accept
+from it, each a threaded pynetdicom server (an association per thread, its
+C-STOREs ingested in that thread: no instance crosses a process boundary).
+The socket is non-blocking: the children that wake for a connection race to
+accept it and the losers go back to waiting; a child that is already
+serving associations waits a little before accepting, so an idle child
+takes a new association first. A further child runs the volume builder
+(:mod:`imaging.volume_builder`). The parent only supervises: a child that
+dies is started again, and SIGTERM or SIGINT ends them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import ssl
+import sys
+import time
+from multiprocessing.process import BaseProcess
+from types import FrameType
+from typing import Any
+
+from django.db import connections
+from pynetdicom.transport import ThreadedAssociationServer
+
+from imaging.scp import scp_build
+
+log = logging.getLogger(__name__)
+
+BACKLOG = 64
+BUSY_ACCEPT_DELAY_S = 0.01  # per association a child already serves, at most 0.05 s
+RESTART_BACKOFF_S = 1.0
+
+
+def listening_socket(address: tuple[str, int]) -> socket.socket:
+    """A bound, listening, non-blocking TCP socket the children share."""
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(address)
+    sock.listen(BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+class SharedSocketServer(ThreadedAssociationServer):
+    """A pynetdicom threaded server accepting from a socket bound by the parent.
+
+    Set ``listening`` on a subclass (:func:`_server_class`) before it is made.
+    """
+
+    listening: socket.socket
+
+    def server_bind(self) -> None:
+        if self.socket is not None:
+            self.socket.close()  # the one socketserver made; the shared one replaces it
+        self.socket = self.listening
+        self.server_address = self.listening.getsockname()
+
+    def server_activate(self) -> None:
+        pass  # already listening
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        busy = len(self.active_associations)
+        if busy:
+            time.sleep(min(0.05, BUSY_ACCEPT_DELAY_S * busy))
+        client, address = super().get_request()  # BlockingIOError when another child won
+        client.setblocking(True)
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client, address
+
+
+def _server_class(listening: socket.socket) -> type[SharedSocketServer]:
+    return type("SharedSocketServerBound", (SharedSocketServer,), {"listening": listening})
+
+
+def _die_with_parent() -> None:
+    if sys.platform == "linux":
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _serve_child(listening: socket.socket, ae_title: str, ssl_context: ssl.SSLContext | None) -> None:
+    _die_with_parent()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    ae, handlers = scp_build(ae_title=ae_title)
+    server = ae.make_server(listening.getsockname()[:2], evt_handlers=handlers, ssl_context=ssl_context,
+                            server_class=_server_class(listening))
+    server.serve_forever()
+
+
+def _builder_child() -> None:
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    from imaging.volume_builder import volume_builder_forever
+
+    volume_builder_forever()
+
+
+def scp_serve(*, address: tuple[str, int], ae_title: str, processes: int,
+              ssl_context: ssl.SSLContext | None = None, volume_builder: bool = True,
+              on_listening: Any = None) -> None:
+    """Serve the SCP on ``address`` from ``processes`` children (and a builder); blocks.
+
+    Parameters
+    ----------
+    address : (host, port)
+        Where to listen.
+    ae_title : str
+        The called AE title the SCP answers to.
+    processes : int
+        How many children accept associations (each serves any number of them).
+    ssl_context : ssl.SSLContext, optional
+        Serve DICOM over TLS.
+    volume_builder : bool
+        Also run a volume builder child.
+    on_listening : callable, optional
+        Called with the bound address once the socket listens.
+    """
+    listening = listening_socket(address)
+    if on_listening is not None:
+        on_listening(listening.getsockname()[:2])
+    context = multiprocessing.get_context("fork")
+    specs: dict[str, tuple[Any, tuple[Any, ...]]] = {
+        f"scp-{n}": (_serve_child, (listening, ae_title, ssl_context)) for n in range(max(1, processes))}
+    if volume_builder:
+        specs["volume-builder"] = (_builder_child, ())
+    children: dict[str, BaseProcess] = {}
+    stopping = False
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+
+    def start(name: str) -> None:
+        target, arguments = specs[name]
+        connections.close_all()  # a child opens its own database connections
+        child = context.Process(target=target, args=arguments, name=name, daemon=False)
+        child.start()
+        children[name] = child
+
+    try:
+        for name in specs:
+            start(name)
+        while not stopping:
+            time.sleep(0.2)
+            for name, child in list(children.items()):
+                if not child.is_alive() and not stopping:
+                    log.error("SCP child %s exited with %s; starting it again", name, child.exitcode)
+                    time.sleep(RESTART_BACKOFF_S)
+                    start(name)
+    finally:
+        for child in children.values():
+            if child.is_alive() and child.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for child in children.values():
+            child.join(max(0.0, deadline - time.monotonic()))
+            if child.is_alive():
+                child.kill()
+                child.join()
+        listening.close()
