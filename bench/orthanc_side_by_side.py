@@ -416,6 +416,7 @@ class CountingViewer(Viewer):
     def __init__(self, socket_: Any) -> None:
         super().__init__(socket_)
         self.acked: dict[int, int] = {}
+        self.limits: dict[str, Any] = {}
 
     async def ack(self, frame: Any) -> None:
         self.acked[frame.quality] = self.acked.get(frame.quality, 0) + 1
@@ -427,9 +428,27 @@ def _scroll_delta(step: int) -> int:
 
 
 async def gateway_open(deployment: Deployment, study: str, cookie: str) -> CountingViewer:
-    viewer, _ = await CountingViewer.open(deployment.base, study, cookie)
+    viewer, ready = await CountingViewer.open(deployment.base, study, cookie)
+    viewer.limits = ready.get("limits", {})  # type: ignore[attr-defined]
     await viewer.layout("1x1")
     return viewer  # type: ignore[return-value]
+
+
+def input_interval(limits: dict[str, Any], max_rate: float | None) -> tuple[float, float]:
+    """Seconds between a client's inputs: 90 % of the rate the viewer socket announces, or ``max_rate``.
+
+    The viewer drops input beyond ``messages_per_second`` (acks are not counted),
+    so an unpaced closed loop on a fast gateway measures the limiter; both sides
+    are paced alike. ``max_rate`` 0 means unpaced.
+    """
+    rate = max_rate if max_rate is not None else 0.9 * float(limits.get("messages_per_second", 0))
+    return (1.0 / rate if rate > 0 else 0.0), rate
+
+
+async def _pace(started: float, interval: float) -> None:
+    remaining = started + interval - time.perf_counter()
+    if remaining > 0:
+        await asyncio.sleep(remaining)
 
 
 async def gateway_frame(viewer: CountingViewer, step: int, after: int) -> Any:
@@ -589,13 +608,17 @@ def cstore(files: list[Path], *, called: str, port: int) -> dict[str, Any]:
 
 
 async def single_slice(deployment: Deployment, study: str, cookie: str, orthanc: Orthanc,
-                       phantom: Phantom, *, samples: int, blocks: int = 4) -> dict[str, Any]:
+                       phantom: Phantom, *, samples: int, max_rate: float | None,
+                       blocks: int = 4) -> dict[str, Any]:
     """One input at a time on each side, in alternating blocks; warm-ups not counted."""
     viewer = await gateway_open(deployment, study, cookie)
+    interval, rate = input_interval(viewer.limits, max_rate)
     sequence, step = 0, 0
     for _ in range(20):
+        started = time.perf_counter()
         frame = await gateway_frame(viewer, step, sequence)
         sequence, step = frame.sequence, step + 1
+        await _pace(started, interval)
     await viewer.settle(0.3)
     gateway_sample = frame
     client = OrthancViewer(orthanc)
@@ -618,6 +641,7 @@ async def single_slice(deployment: Deployment, study: str, cookie: str, orthanc:
             gateway_times.append(time.perf_counter() - started)
             gateway_sizes.append(len(frame.image))
             sequence, step = frame.sequence, step + 1
+            await _pace(started, interval)
         await viewer.settle(0.3)
         for _ in range(per_block):
             started = time.perf_counter()
@@ -625,6 +649,7 @@ async def single_slice(deployment: Deployment, study: str, cookie: str, orthanc:
             orthanc_times.append(time.perf_counter() - started)
             orthanc_sizes.append(len(body))
             ostep += 1
+            await _pace(started, interval)
     await viewer.socket.close()
     await client.http.close()
     return {
@@ -635,6 +660,7 @@ async def single_slice(deployment: Deployment, study: str, cookie: str, orthanc:
         "orthanc": {**_latency(orthanc_times, orthanc_sizes),
                     "vs_floor_image": image_difference(orthanc_sample, phantom.hu)},
         "blocks": blocks, "order": "gateway block, then Orthanc block, repeated",
+        "gateway_limits": viewer.limits, "input_cap_per_s": round(rate, 1), "interval_s": interval,
     }
 
 
@@ -650,7 +676,8 @@ class ClientResult:
     stills: int = 0
 
 
-async def _closed_loop(frame_for_step, t_measure: float, t_end: float, result: ClientResult) -> None:
+async def _closed_loop(frame_for_step, t_measure: float, t_end: float, result: ClientResult,
+                       interval: float) -> None:
     step = 0
     try:
         while (started := time.perf_counter()) < t_end:
@@ -659,12 +686,13 @@ async def _closed_loop(frame_for_step, t_measure: float, t_end: float, result: C
             step += 1
             if started >= t_measure and done <= t_end:
                 result.latencies.append(done - started)
+            await _pace(started, interval)
     except Exception as error:
         result.error = repr(error)[:200]
 
 
 async def crowd_gateway(deployment: Deployment, study: str, cookie: str, clients: int, warmup: float,
-                        seconds: float, sampler) -> dict[str, Any]:
+                        seconds: float, sampler, interval: float) -> dict[str, Any]:
     opened = await asyncio.gather(*(gateway_open(deployment, study, cookie) for _ in range(clients)),
                                   return_exceptions=True)
     viewers = [v for v in opened if not isinstance(v, BaseException)]
@@ -681,7 +709,7 @@ async def crowd_gateway(deployment: Deployment, study: str, cookie: str, clients
 
     for viewer in viewers:
         viewer.acked.clear()
-    summary = await _crowd_run([runner(v) for v in viewers], results, warmup, seconds, sampler)
+    summary = await _crowd_run([runner(v) for v in viewers], results, warmup, seconds, sampler, interval)
     for viewer, result in zip(viewers, results, strict=True):
         result.stills = sum(n for quality, n in viewer.acked.items() if quality != 0)
     for viewer in viewers:
@@ -692,25 +720,25 @@ async def crowd_gateway(deployment: Deployment, study: str, cookie: str, clients
 
 
 async def crowd_orthanc(orthanc: Orthanc, clients: int, warmup: float, seconds: float,
-                        sampler) -> dict[str, Any]:
+                        sampler, interval: float) -> dict[str, Any]:
     viewers = [OrthancViewer(orthanc) for _ in range(clients)]
     opened = await asyncio.gather(*(v.http.connect() for v in viewers), return_exceptions=True)
     open_errors = [repr(e)[:200] for e in opened if isinstance(e, BaseException)]
     viewers = [v for v, e in zip(viewers, opened, strict=True) if not isinstance(e, BaseException)]
     results = [ClientResult() for _ in viewers]
-    summary = await _crowd_run([v.frame for v in viewers], results, warmup, seconds, sampler)
+    summary = await _crowd_run([v.frame for v in viewers], results, warmup, seconds, sampler, interval)
     for viewer in viewers:
         await viewer.http.close()
     return {**summary, **_crowd_summary(results, seconds, open_errors)}
 
 
 async def _crowd_run(loops: list, results: list[ClientResult], warmup: float, seconds: float,
-                     sampler) -> dict[str, Any]:
+                     sampler, interval: float) -> dict[str, Any]:
     t_measure = time.perf_counter() + warmup
     t_end = t_measure + seconds
     sampling = asyncio.create_task(sampler(t_measure, t_end)) if sampler else None
     cpu_client = time.process_time()
-    await asyncio.gather(*(_closed_loop(loop, t_measure, t_end, result)
+    await asyncio.gather(*(_closed_loop(loop, t_measure, t_end, result, interval)
                            for loop, result in zip(loops, results, strict=True)))
     memory = await sampling if sampling else None
     out: dict[str, Any] = {"client_cpu_s": round(time.process_time() - cpu_client, 2)}
@@ -754,7 +782,7 @@ def memory_sampler(roots: list[int]):
 
 
 async def crowds(deployment: Deployment, study: str, cookie: str, orthanc: Orthanc, counts: list[int],
-                 warmup: float, seconds: float, memory_at: int) -> dict[str, Any]:
+                 warmup: float, seconds: float, memory_at: int, interval: float) -> dict[str, Any]:
     rounds: dict[str, Any] = {}
     for position, clients in enumerate(counts):
         sides = ["gateway", "orthanc"] if position % 2 == 0 else ["orthanc", "gateway"]
@@ -767,9 +795,10 @@ async def crowds(deployment: Deployment, study: str, cookie: str, orthanc: Ortha
                       "orthanc_cpu_s": cpu_seconds([orthanc.process.pid])}
             wall = time.perf_counter()
             if side == "gateway":
-                result = await crowd_gateway(deployment, study, cookie, clients, warmup, seconds, sampler)
+                result = await crowd_gateway(deployment, study, cookie, clients, warmup, seconds, sampler,
+                                             interval)
             else:
-                result = await crowd_orthanc(orthanc, clients, warmup, seconds, sampler)
+                result = await crowd_orthanc(orthanc, clients, warmup, seconds, sampler, interval)
             wall = time.perf_counter() - wall
             result["load_before"] = before["load_1_5_15"]
             result["server_cpu_cores"] = {
@@ -910,7 +939,7 @@ def run(arguments: argparse.Namespace, cleanup: Cleanup) -> dict[str, Any]:
 
     phase("single_slice")
     one = asyncio.run(single_slice(deployment, study["study"], cookie, orthanc, phantom,
-                                   samples=arguments.samples))
+                                   samples=arguments.samples, max_rate=arguments.max_rate))
     one["ratio_p50_gateway_over_orthanc"] = _ratio(one["gateway"]["p50_ms"], one["orthanc"]["p50_ms"])
     one["ratio_p95_gateway_over_orthanc"] = _ratio(one["gateway"]["p95_ms"], one["orthanc"]["p95_ms"])
     one["ratio_p50_gateway_over_floor"] = _ratio(one["gateway"]["p50_ms"], result["floor"]["median_ms"])
@@ -924,9 +953,11 @@ def run(arguments: argparse.Namespace, cleanup: Cleanup) -> dict[str, Any]:
     phase("crowds")
     memory_at = 16 if 16 in arguments.clients else max(arguments.clients)
     rounds = asyncio.run(crowds(deployment, study["study"], cookie, orthanc, arguments.clients,
-                                arguments.warmup, arguments.seconds, memory_at))
+                                arguments.warmup, arguments.seconds, memory_at, one["interval_s"]))
     result["crowds"] = rounds
-    result["crowd_method"] = (f"closed loop per client (input, wait for its frame, next input); "
+    result["crowd_method"] = (f"closed loop per client (input, wait for its frame, next input), at most "
+                              f"{one['input_cap_per_s']:g} inputs/s per client on both sides (90 % of "
+                              "the viewer socket's announced message rate; 0 = unpaced); "
                               f"{arguments.warmup:g} s warm-up then {arguments.seconds:g} s measured; "
                               "sides interleaved per client count, the first side alternating; "
                               "gateway clients share one signed-in doctor session, one websocket each; "
@@ -952,6 +983,9 @@ def main() -> None:
     parser.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",") if x],
                         default=[1, 4, 8, 16, 32], help="client counts, comma-separated")
     parser.add_argument("--samples", type=int, default=200, help="one-at-a-time inputs per side")
+    parser.add_argument("--max-rate", type=float, default=None,
+                        help="inputs/s per client on both sides (default 90%% of the gateway's "
+                             "announced limit; 0 = unpaced)")
     parser.add_argument("--workers", type=int, default=None,
                         help="GATEWAY_RENDER_WORKERS (default: the gateway's own default)")
     parser.add_argument("--server", choices=("auto", "serve", "daphne"), default="auto",
