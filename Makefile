@@ -61,13 +61,14 @@ migrate: install
 seed: migrate
 	$(BIN)/python manage.py seed_demo
 
-# daphne serves the gateway; beside it, the audit chain head is signed every minute.
+# daphne processes (one per core, GATEWAY_WEB_PROCESSES) serve the gateway on one port;
+# beside them, the audit chain head is signed every minute.
 serve:
 	$(BIN)/python manage.py collectstatic --noinput -v0
 	@$(BIN)/python manage.py audit_checkpoint --every 60 & checkpoints=$$!; \
 	trap 'kill $$checkpoints 2>/dev/null' EXIT INT TERM; \
-	echo "serving on http://$(HOST):$(PORT)/ (audit checkpoints every 60 s)"; \
-	$(BIN)/daphne -b $(HOST) -p $(PORT) gateway.asgi:application
+	echo "audit checkpoints every 60 s"; \
+	$(BIN)/python manage.py serve --host $(HOST) --port $(PORT)
 
 run: seed
 	@$(MAKE) --no-print-directory serve

@@ -30,8 +30,14 @@ from django_otp.oath import TOTP
 
 from tests.conftest import REPO, ZONES, child_environment, free_port, manage
 
-DAPHNE = str(Path(sys.executable).with_name("daphne"))
 _CSRF_FIELD = re.compile(rb'name="csrfmiddlewaretoken" value="([^"]+)"')
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return b""
 
 
 def totp_now(otpauth_uri: str) -> str:
@@ -105,10 +111,11 @@ class Person:
 
 @dataclass
 class ServedGateway:
-    """daphne serving ``gateway.asgi:application`` on a private var dir and a free port."""
+    """``manage.py serve`` (daphne processes, as ``make run``) on a private var dir and a free port."""
 
     var_dir: Path
     env: dict[str, str]
+    processes: int = 2
     port: int = 0
     process: subprocess.Popen[str] | None = None
     study_uid: str = ""
@@ -150,18 +157,34 @@ class ServedGateway:
         # A file, not a pipe: a pipe nobody reads fills up and blocks daphne's logging.
         with self.log_path.open("a") as log:
             self.process = subprocess.Popen(
-                [DAPHNE, "-b", "127.0.0.1", "-p", str(self.port), "gateway.asgi:application"],
+                [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--processes", str(self.processes)],
                 cwd=REPO, env={**child_environment(), **self.env}, stdout=log, stderr=log, text=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"daphne exited early: {self.log_path.read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(f"{self.base}/healthz", timeout=5).close()  # noqa: S310
+                raise AssertionError(f"the server exited early: {self.log_path.read_text()[-3000:]}")
+            if len(self.server_pids()) == self.processes and self._answers():
                 return
-            except (ConnectionError, urllib.error.URLError):
-                time.sleep(0.2)
-        raise AssertionError(f"nothing answered at {self.base} within 60 s")
+            time.sleep(0.2)
+        raise AssertionError(f"{self.processes} servers did not answer at {self.base} within 60 s")
+
+    def _answers(self) -> bool:
+        try:
+            urllib.request.urlopen(f"{self.base}/healthz", timeout=5).close()  # noqa: S310
+        except (ConnectionError, urllib.error.URLError):
+            return False
+        return True
+
+    def server_pids(self) -> list[int]:
+        """The daphne processes under ``manage.py serve`` (not their render workers)."""
+        assert self.process is not None
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        try:
+            pids = [int(pid) for pid in children.read_text().split()]
+        except FileNotFoundError:
+            return []
+        return [pid for pid in pids if b"daphne" in _cmdline(pid)]
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -173,9 +196,12 @@ class ServedGateway:
                 self.process.wait(timeout=10)
 
     def rss_kib(self) -> int:
-        assert self.process is not None
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+        """Resident memory of the daphne processes together."""
+        total = 0
+        for pid in self.server_pids():
+            status = Path(f"/proc/{pid}/status").read_text()
+            total += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+        return total
 
     # --- people -------------------------------------------------------------------------------
 
@@ -205,11 +231,12 @@ class ServedGateway:
         return self.sign_in(self.person("doctor"))
 
 
-def gateway_serve(tmp_path: Path, *, seed: bool = False,
-                  env: dict[str, str] | None = None) -> ServedGateway:
-    """Migrate, optionally seed the demo, and serve; the caller stops it."""
+def gateway_serve(tmp_path: Path, *, seed: bool = False, env: dict[str, str] | None = None,
+                  processes: int = 2) -> ServedGateway:
+    """Migrate, optionally seed the demo, and serve from ``processes`` daphne; the caller stops it."""
     gateway = ServedGateway(var_dir=tmp_path, env={"GATEWAY_VAR_DIR": str(tmp_path),
-                                                   "GATEWAY_RENDER_WORKERS": "1", **(env or {})})
+                                                   "GATEWAY_RENDER_WORKERS": "1", **(env or {})},
+                            processes=processes)
     gateway.prepare(seed=seed)
     gateway.start()
     return gateway
@@ -224,3 +251,25 @@ def viewer_socket(gateway: ServedGateway, browser: Browser | None, *, study: str
     url = f"{gateway.ws_base}{path or f'/ws/viewer/{study or gateway.study_uid}/'}"
     return connect(url, origin=origin or gateway.base, additional_headers=headers,  # type: ignore[arg-type]
                    open_timeout=60, close_timeout=5, max_size=2**24)
+
+
+def serving_pid(gateway: ServedGateway, client_port: int) -> int | None:
+    """The daphne process that holds the server end of the loopback connection from ``client_port``."""
+    wanted = f":{gateway.port:04X}"
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(wanted) and fields[2].endswith(f":{client_port:04X}"):
+            inode = fields[9]
+    if inode is None:
+        return None
+    target = f"socket:[{inode}]"
+    for pid in gateway.server_pids():
+        fds = Path(f"/proc/{pid}/fd")
+        for fd in fds.iterdir():
+            try:
+                if str(fd.readlink()) == target:
+                    return pid
+            except FileNotFoundError:
+                continue
+    return None

@@ -169,7 +169,10 @@ if REDIS_URL:
     }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"},
+    # Without Redis, group messages (sign-out, revocation) still reach every server
+    # process of this host: see gateway.hostlayer.
+    CHANNEL_LAYERS = {"default": {"BACKEND": "gateway.hostlayer.HostChannelLayer",
+                                  "CONFIG": {"directory": str(VAR_DIR / "run" / "channels")}},
                       "render": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 AUTH_USER_MODEL = "accounts.User"
@@ -265,7 +268,10 @@ PERMISSIONS_POLICY = "camera=(), microphone=(), geolocation=(), payment=(), usb=
 
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("GATEWAY_UPLOAD_MAX_MEMORY_BYTES", 2_621_440)
 
-# Render workers per server process (0: one per core) and each worker's volume cache.
+# daphne processes of `manage.py serve` (make run's web tier; 0: one per core).
+WEB_PROCESSES = env_int("GATEWAY_WEB_PROCESSES", 0)
+# Render workers per server process (0: one per core; `serve` divides the cores among
+# its processes) and each worker's volume cache.
 RENDER_WORKERS = env_int("GATEWAY_RENDER_WORKERS", 0)
 RENDER_CACHE_MB = env_int("GATEWAY_RENDER_CACHE_MB", 2048)
 # "local": those workers run beside each server process. "remote": requests go over the

@@ -1,0 +1,107 @@
+"""``manage.py serve``: several daphne processes on one port, and what must reach all of them."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+import urllib.request
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from rendering.protocol import frame_unpack
+from tests.served import gateway_serve, serving_pid, viewer_socket
+
+
+def _ready(ws) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        raw = ws.recv(timeout=deadline - time.monotonic())
+        if isinstance(raw, bytes):
+            frame = frame_unpack(raw)
+            ws.send(json.dumps({"type": "ack", "view": frame.view, "seq": frame.sequence}))
+        elif json.loads(raw).get("type") == "ready":
+            return
+    raise AssertionError("no ready message within 60 s")
+
+
+def _close_code(ws, seconds: float) -> int:
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            ws.recv(timeout=deadline - time.monotonic())
+    except ConnectionClosed as closed:
+        assert closed.rcvd is not None, "closed without a close frame"
+        return closed.rcvd.code
+    raise AssertionError("still open")
+
+
+def _viewers_on_every_process(gateway, browser, stack: contextlib.ExitStack) -> list:
+    """Viewer sockets, opened until every daphne holds one (the kernel spreads them by hash)."""
+    sockets, holders = [], set()
+    while len(holders) < len(gateway.server_pids()) and len(sockets) < 24:
+        ws = stack.enter_context(viewer_socket(gateway, browser))
+        sockets.append(ws)
+        holders.add(serving_pid(gateway, ws.socket.getsockname()[1]))
+    assert holders == set(gateway.server_pids()), f"{len(sockets)} connections all landed on one process"
+    for ws in sockets:
+        _ready(ws)
+    return sockets
+
+
+def test_sign_out_everywhere_closes_viewers_held_by_every_process_within_a_second(served_demo):
+    assert len(served_demo.server_pids()) == 2
+    browser = served_demo.doctor()
+    with contextlib.ExitStack() as stack:
+        sockets = _viewers_on_every_process(served_demo, browser, stack)
+        done = browser.form("/accounts/security/", {}, action="/accounts/security/logout-everywhere/")
+        assert done.status in (302, 303), done.status
+        posted = time.monotonic()
+        codes = [_close_code(ws, seconds=5) for ws in sockets]
+        assert time.monotonic() - posted < 1.0
+    assert codes == [4401] * len(sockets)
+
+
+def test_an_account_deactivated_from_the_command_line_is_closed_on_every_process(served_demo):
+    person = served_demo.person("doctor")
+    with contextlib.ExitStack() as stack:
+        sockets = _viewers_on_every_process(served_demo, served_demo.sign_in(person), stack)
+        served_demo.shell("from accounts.models import User; "
+                          f"u = User.objects.get(username={person.username!r}); "
+                          "u.is_active = False; u.save()")
+        changed = time.monotonic()
+        codes = [_close_code(ws, seconds=5) for ws in sockets]
+        assert time.monotonic() - changed < 1.0
+    assert set(codes) == {4401}
+
+
+@pytest.fixture
+def bare_gateway(tmp_path):
+    gateway = gateway_serve(tmp_path)
+    yield gateway
+    gateway.stop()
+
+
+def test_a_process_that_dies_is_replaced_and_the_port_keeps_answering(bare_gateway):
+    first, second = bare_gateway.server_pids()
+    os.kill(first, signal.SIGKILL)
+    for _ in range(10):
+        with urllib.request.urlopen(f"{bare_gateway.base}/healthz", timeout=10) as response:  # noqa: S310
+            assert response.status == 200
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        pids = bare_gateway.server_pids()
+        if len(pids) == 2 and first not in pids:
+            break
+        time.sleep(0.2)
+    assert second in pids and first not in pids and len(pids) == 2
+
+
+def test_stopping_the_server_stops_every_process(bare_gateway):
+    pids = bare_gateway.server_pids()
+    bare_gateway.stop()
+    assert bare_gateway.process is not None and bare_gateway.process.returncode == 0
+    assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
