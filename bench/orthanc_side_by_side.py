@@ -840,10 +840,14 @@ def git_facts() -> dict[str, Any]:
         return subprocess.run(["git", *arguments], cwd=ROOT, capture_output=True, text=True,
                               check=False).stdout.strip()
 
-    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                            capture_output=True, text=True, check=False).stdout
-    dirty = [line[3:] for line in status.splitlines() if line.strip()]
-    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_tracked_changes": dirty}
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", "accounts",
+                             "gateway", "imaging", "rendering", "manage.py", "requirements.lock"],
+                            cwd=ROOT, capture_output=True, text=True, check=False).stdout
+    dirty = [line for line in status.splitlines() if line.strip()]
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "uncommitted_code_in_the_measured_tree": dirty,
+            "note": "others edit this working tree while it runs: the gateway measured is the commit "
+                    "plus these changes (git status --porcelain of the gateway's code, at start)"}
 
 
 def targets(result: dict[str, Any]) -> dict[str, Any]:
