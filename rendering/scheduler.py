@@ -5,7 +5,9 @@ rendered and sent. While frames are outstanding (rendering, or sent and not
 yet acknowledged by the client), newer input only replaces the pending
 state, so a fast scroll never queues stale work. A frame older than one
 already sent is dropped. When input stops for ``still_delay`` seconds, the
-latest state is rendered once more at still (diagnostic, lossless) quality.
+latest state is rendered once more at still (diagnostic, lossless) quality;
+new input cancels a still not yet delivered, so the pool drops it unless a
+worker has already started it (the pool serves stills after interactive work).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class ViewScheduler:
         self._last_sent = 0
         self._still_sent_for = 0
         self._still_timer: asyncio.TimerHandle | None = None
+        self._still_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -68,6 +71,8 @@ class ViewScheduler:
         self._sequence += 1
         self._pending = self._latest = (self._sequence, state)
         self._cancel_still()
+        if self._still_task is not None and not self._still_task.done():
+            self._still_task.cancel()
         self._dispatch()
         return self._sequence
 
@@ -93,16 +98,19 @@ class ViewScheduler:
         self._pending = None
         self._start(sequence, state, Quality.INTERACTIVE)
 
-    def _start(self, sequence: int, state: Any, quality: Quality) -> None:
+    def _start(self, sequence: int, state: Any, quality: Quality) -> asyncio.Task[None]:
         self._rendering += 1
         task = asyncio.get_running_loop().create_task(self._produce(sequence, state, quality))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _produce(self, sequence: int, state: Any, quality: Quality) -> None:
         try:
             frame = await self._render(state, quality)
         except asyncio.CancelledError:
+            self._rendering -= 1
+            self._dispatch()
             raise
         except Exception as error:  # any render failure is reported, never fatal
             logger.warning("frame %s failed: %s", sequence, error)
@@ -137,7 +145,7 @@ class ViewScheduler:
         if self.outstanding >= self._max_in_flight:
             return
         self._still_sent_for = sequence
-        self._start(sequence, self._latest[1], Quality.STILL)
+        self._still_task = self._start(sequence, self._latest[1], Quality.STILL)
 
     def _cancel_still(self) -> None:
         if self._still_timer is not None:

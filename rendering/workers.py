@@ -19,6 +19,9 @@ Shape::
   :class:`RenderTimeout`.
 * Routing prefers the worker chosen by a hash of the first layer's series id (cache
   affinity) and falls back to the least-busy worker when that one has a backlog.
+* A worker's queue serves interactive requests (and probes) first, in arrival order;
+  stills wait behind all of them, so a still nobody is looking at yet never delays
+  another session's scroll, and a still cancelled by newer input never reaches a worker.
 * ``await pool.render(...)`` never blocks the event loop: the caller's loop only puts a
   job on a queue and awaits a wrapped ``concurrent.futures.Future``. Cancelling the
   awaiting task drops the job if it has not been sent yet (latest-wins callers).
@@ -29,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import itertools
 import logging
 import os
 import queue
@@ -53,7 +57,7 @@ from rendering.engine.core import (
     RenderedFrame,
     RenderError,
 )
-from rendering.viewstate import ViewState, ViewStateError, viewstate_from_dict, viewstate_to_dict
+from rendering.viewstate import Quality, ViewState, ViewStateError, viewstate_from_dict, viewstate_to_dict
 from rendering.volume import Volume, VolumeSource, volume_describe
 
 logger = logging.getLogger(__name__)
@@ -221,6 +225,11 @@ class _Job:
     payload: dict
     future: Future
     attempts: int = 0
+    background: bool = False
+    """A still: served after every interactive request queued for the worker."""
+
+
+URGENT, BACKGROUND, STOP = 0, 1, 2
 
 
 class _Slot:
@@ -228,7 +237,8 @@ class _Slot:
         self.index = index
         self.process: subprocess.Popen | None = None
         self.conn: Connection | None = None
-        self.jobs: queue.Queue[_Job | None] = queue.Queue()
+        self.jobs: queue.PriorityQueue[tuple[int, int, _Job | None]] = queue.PriorityQueue()
+        self.order = itertools.count()
         self.pending = 0
         self.restarts = 0
         self.served = 0
@@ -284,7 +294,7 @@ class RenderPool:
             return
         self._running = False
         for slot in self._slots:
-            slot.jobs.put(None)
+            slot.jobs.put((STOP, next(slot.order), None))
         for slot in self._slots:
             if slot.thread is not None:
                 slot.thread.join(timeout=self.timeout_s + 5)
@@ -346,7 +356,8 @@ class RenderPool:
         if source not in self.sources:
             raise RenderError(f"unknown volume source {source!r}")
         payload = {"state": viewstate_to_dict(state), "source": source, **extra}
-        return self._enqueue(self._route(state.layers[0].series_id), _Job(op, payload, Future()))
+        job = _Job(op, payload, Future(), background=op == "render" and state.quality is Quality.STILL)
+        return self._enqueue(self._route(state.layers[0].series_id), job)
 
     def _route(self, series_id: str) -> _Slot:
         with self._lock:
@@ -357,14 +368,14 @@ class RenderPool:
     def _enqueue(self, slot: _Slot, job: _Job) -> Future:
         with self._lock:
             slot.pending += 1
-        slot.jobs.put(job)
+        slot.jobs.put((BACKGROUND if job.background else URGENT, next(slot.order), job))
         return job.future
 
     # --- dispatcher thread ----------------------------------------------------------------------
 
     def _dispatch(self, slot: _Slot) -> None:
         while True:
-            job = slot.jobs.get()
+            _, _, job = slot.jobs.get()
             if job is None:
                 return
             try:

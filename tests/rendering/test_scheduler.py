@@ -146,3 +146,24 @@ async def test_a_closed_scheduler_refuses_input_and_sends_nothing_more():
     assert recorder.pushed == []
     with pytest.raises(RuntimeError):
         scheduler.submit(2)
+
+
+async def test_new_input_cancels_a_still_already_rendering_and_is_not_held_up_by_it():
+    recorder = Recorder(render_seconds=0.005)
+    scheduler = _scheduler(recorder, still_delay=0.02, max_in_flight=1)
+    scheduler.submit(1)
+    await _settle(0.02)
+    scheduler.acknowledge(1)
+    recorder.render_seconds = 0.5  # the still is slow
+    await _settle(0.05)
+    assert recorder.rendered[-1] == (1, Quality.STILL)
+    recorder.render_seconds = 0.005
+    scheduler.submit(2)
+    await _settle(0.05)
+    assert [(seq, quality) for seq, quality, _ in recorder.pushed] == [
+        (1, Quality.INTERACTIVE), (2, Quality.INTERACTIVE)], "the interactive frame waited for the still"
+    scheduler.acknowledge(2)
+    await _settle(0.1)
+    assert recorder.pushed[-1][:2] == (2, Quality.STILL)
+    assert scheduler.outstanding == 1  # the still just sent, awaiting its acknowledgement
+    await scheduler.close()

@@ -169,3 +169,22 @@ async def test_cancelled_request_that_was_not_sent_is_dropped(phantom_dir, phant
         await asyncio.sleep(0.1)
         assert superseded.cancelled()
         assert pool.stats()[0]["served"] == 1
+
+
+async def test_queued_interactive_requests_are_served_before_a_queued_still(phantom_dir, phantom):
+    ct, _, _, _ = phantom
+    spec = SourceSpec("rendering.testing:PhantomSource", {"root": str(phantom_dir), "delay_s": 0.5})
+    finished: list[str] = []
+
+    async def render(name: str, quality: str) -> None:
+        await pool.render(state(ct, quality=quality), source="slow")
+        finished.append(name)
+
+    async with RenderPool(sources={"slow": spec}, size=1) as pool:
+        busy = asyncio.create_task(render("busy", "interactive"))
+        await asyncio.sleep(0.1)
+        queued = [asyncio.create_task(render("still", "still"))]
+        await asyncio.sleep(0.01)
+        queued += [asyncio.create_task(render(name, "interactive")) for name in ("first", "second")]
+        await asyncio.gather(busy, *queued)
+    assert finished == ["busy", "first", "second", "still"]
