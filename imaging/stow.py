@@ -9,8 +9,8 @@ three stages, each of which may refuse it:
    ``multipart/related`` with a boundary (415); its length is declared,
    by ``Content-Length`` or the chunked transfer coding (411), and a declared
    length is not over ``GATEWAY_STOW_MAX_BYTES`` (413); the device has fewer
-   than ``GATEWAY_STOW_CONCURRENT_PER_DEVICE`` uploads in flight in this
-   server process (429, ``Retry-After``).
+   than ``GATEWAY_STOW_CONCURRENT_PER_DEVICE`` uploads in flight on this
+   host, whichever server process holds them (429, ``Retry-After``).
 2. **Reception** (:class:`StowUpload`): the body is parsed as it arrives
    (python-multipart's callback parser) and the parts' bytes written to one
    temporary file under the var dir, unlinked from the start, so memory stays
@@ -32,10 +32,13 @@ view audits refusals and answers.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import tempfile
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 from python_multipart.exceptions import MultipartParseError
@@ -75,30 +78,62 @@ def _too_large(limit: int) -> Refusal:
 
 
 class _InFlight:
-    """Uploads in flight per device in this process (a thread-safe counter)."""
+    """Uploads in flight per device on this host, across every server process.
+
+    One lock file per (device, slot) under ``var/run/stow-slots``; an upload
+    holds an exclusive ``flock`` on one slot. The kernel drops the lock when
+    the holder closes it or dies, so a crashed process never leaks a slot.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counts: dict[Any, int] = {}
+        self._held: dict[Any, list[int]] = {}
+
+    @staticmethod
+    def _directory() -> Path:
+        from django.conf import settings
+
+        directory = Path(settings.VAR_DIR) / "run" / "stow-slots"
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return directory
+
+    def _slot_files(self, key: Any, limit: int) -> list[Path]:
+        return [self._directory() / f"{key}.{slot}" for slot in range(limit)]
 
     def acquire(self, key: Any, limit: int) -> bool:
-        with self._lock:
-            if self._counts.get(key, 0) >= limit:
-                return False
-            self._counts[key] = self._counts.get(key, 0) + 1
+        for path in self._slot_files(key, limit):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            with self._lock:
+                self._held.setdefault(key, []).append(fd)
             return True
+        return False
 
     def release(self, key: Any) -> None:
         with self._lock:
-            left = self._counts.get(key, 0) - 1
-            if left > 0:
-                self._counts[key] = left
-            else:
-                self._counts.pop(key, None)
+            held = self._held.get(key, [])
+            fd = held.pop() if held else None
+            if not held:
+                self._held.pop(key, None)
+        if fd is not None:
+            os.close(fd)  # closing the last descriptor releases the flock
 
     def count(self, key: Any) -> int:
-        with self._lock:
-            return self._counts.get(key, 0)
+        """Slots of ``key`` held by any process on this host now."""
+        busy = 0
+        for path in self._directory().glob(f"{key}.*"):
+            fd = os.open(path, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                busy += 1
+            finally:
+                os.close(fd)
+        return busy
 
 
 in_flight = _InFlight()
