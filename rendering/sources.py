@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from rendering.hostvolumes import HostVolumes
 from rendering.volume import Volume
 
 
@@ -27,6 +28,8 @@ def clinical_spec_arguments() -> dict[str, Any]:
                      if key in {"ENGINE", "NAME", "USER", "PASSWORD", "HOST", "PORT", "OPTIONS"}},
         "keys_dir": str(settings.KEYS_DIR),
         "storage_dir": str(settings.IMAGING_STORAGE_DIR),
+        "shared_dir": settings.RENDER_SHARED_DIR,
+        "shared_bytes": settings.RENDER_SHARED_MB * 1024 * 1024,
     }
 
 
@@ -34,7 +37,7 @@ class ClinicalVolumes:
     """``VolumeSource`` over imaging's ready-built volumes, keyed by series UID."""
 
     def __init__(self, *, settings_module: str, database: dict[str, Any], keys_dir: str,
-                 storage_dir: str) -> None:
+                 storage_dir: str, shared_dir: str = "", shared_bytes: int = 0) -> None:
         os.environ["DJANGO_SETTINGS_MODULE"] = settings_module
         import django
         from django.conf import settings
@@ -43,6 +46,7 @@ class ClinicalVolumes:
         settings.KEYS_DIR = keys_dir
         settings.IMAGING_STORAGE_DIR = storage_dir
         django.setup()
+        self._host = HostVolumes(shared_dir, shared_bytes) if shared_dir and shared_bytes else None
 
     def load(self, series_id: str) -> Volume:
         from django.db import close_old_connections
@@ -54,7 +58,29 @@ class ClinicalVolumes:
         series = Series.objects.filter(series_instance_uid=series_id).first()
         if series is None:
             raise KeyError(series_id)
-        return _as_render_volume(series_id, load_volume(series))
+        key = _version_key(series) if self._host is not None else None
+        if key is not None and self._host is not None:
+            shared = self._host.get(key, series_id)
+            if shared is not None:
+                return shared
+        volume = _as_render_volume(series_id, load_volume(series))
+        if key is not None and self._host is not None:
+            return self._host.put(key, volume)
+        return volume
+
+
+def _version_key(series: Any) -> str | None:
+    """Names this build of the series' volume: the encrypted object is rewritten (new inode) on rebuild."""
+    from imaging import storage
+    from imaging.models import VolumeState
+
+    if series.volume_state != VolumeState.READY or not series.volume_object:
+        return None
+    try:
+        stat = os.stat(storage.object_path(series.volume_object))
+    except OSError:
+        return None
+    return f"{series.series_instance_uid}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def _as_render_volume(series_id: str, stored: Any) -> Volume:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from gateway import keys
 
 REPO = Path(__file__).resolve().parents[1]
 ZONES = ["default", "identity", "audit"]
+SHARED_VOLUMES = Path("/dev/shm") / f"fusion-gateway-{os.getuid()}-*"  # noqa: S108
 
 
 @pytest.fixture
@@ -56,6 +58,15 @@ def manage(*arguments: str, env: dict[str, str] | None = None,
         [sys.executable, str(REPO / "manage.py"), *arguments],
         cwd=REPO, env=child_env, capture_output=True, text=True, timeout=timeout, check=False,
     )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _shared_volumes_of_served_gateways_removed():
+    """Gateways the tests serve share decrypted volumes in /dev/shm (memory): none may outlive the run."""
+    before = set(SHARED_VOLUMES.parent.glob(SHARED_VOLUMES.name))
+    yield
+    for directory in set(SHARED_VOLUMES.parent.glob(SHARED_VOLUMES.name)) - before:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -8,6 +8,8 @@ fresh machine. Production sets the ``*_DATABASE_URL`` variables, ``REDIS_URL``,
 
 from __future__ import annotations
 
+import hashlib
+import os
 import secrets
 from pathlib import Path
 
@@ -274,6 +276,14 @@ WEB_PROCESSES = env_int("GATEWAY_WEB_PROCESSES", 0)
 # its processes) and each worker's volume cache.
 RENDER_WORKERS = env_int("GATEWAY_RENDER_WORKERS", 0)
 RENDER_CACHE_MB = env_int("GATEWAY_RENDER_CACHE_MB", 2048)
+# One decrypted copy of each volume per host, mapped by every worker (rendering/hostvolumes.py):
+# a tmpfs directory private to this deployment ("" turns sharing off) and its budget.
+_SHM = Path("/dev/shm")  # noqa: S108  (memory-backed; the directory below is 0700)
+RENDER_SHARED_DIR = env_str(
+    "GATEWAY_RENDER_SHARED_DIR",
+    str(_SHM / f"fusion-gateway-{os.getuid()}-{hashlib.sha256(str(VAR_DIR).encode()).hexdigest()[:12]}")
+    if _SHM.is_dir() else "")
+RENDER_SHARED_MB = env_int("GATEWAY_RENDER_SHARED_MB", 2048)
 # "local": those workers run beside each server process. "remote": requests go over the
 # "render" channel layer (Redis) to `manage.py render_worker` on any host (rendering/remote.py).
 RENDER_MODE = env_str("GATEWAY_RENDER_MODE", "local")

@@ -11,7 +11,10 @@ from django.core.exceptions import ImproperlyConfigured
 os.environ.setdefault("GATEWAY_VAR_DIR", tempfile.mkdtemp(prefix="gateway-test-"))
 
 from gateway.settings.base import *  # noqa: F403
-from gateway.settings.base import DATABASES, REDIS_URL, STATIC_ROOT
+from gateway.settings.base import DATABASES, REDIS_URL, STATIC_ROOT, VAR_DIR
+
+# The suite's own in-process pools share volumes in its temporary var dir, not in /dev/shm.
+RENDER_SHARED_DIR = str(VAR_DIR / "shared-volumes")
 
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 

@@ -6,8 +6,10 @@ import contextlib
 import json
 import os
 import signal
+import stat
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -105,3 +107,23 @@ def test_stopping_the_server_stops_every_process(bare_gateway):
     bare_gateway.stop()
     assert bare_gateway.process is not None and bare_gateway.process.returncode == 0
     assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
+
+
+def _mapped_volume_files(pid: int) -> set[str]:
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return {line.split()[-1] for line in maps.splitlines() if line.endswith(".vol")}
+
+
+def test_render_workers_of_every_process_map_one_shared_copy_of_each_volume(served_demo):
+    browser = served_demo.doctor()
+    with contextlib.ExitStack() as stack:
+        _viewers_on_every_process(served_demo, browser, stack)  # each process rendered the PET/CT
+        workers = [int(pid) for server in served_demo.server_pids()
+                   for task in Path(f"/proc/{server}/task").iterdir()
+                   for pid in (task / "children").read_text().split()]
+        mapped = [_mapped_volume_files(pid) for pid in workers]
+    assert len(workers) == 2
+    assert mapped[0] == mapped[1] and len(mapped[0]) == 2, mapped  # CT and PET, once each on the host
+    for name in mapped[0]:
+        assert stat.S_IMODE(os.stat(name).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(os.path.dirname(name)).st_mode) == 0o700

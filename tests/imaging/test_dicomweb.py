@@ -11,7 +11,7 @@ from pydicom.data import get_testdata_file
 from accounts.models import User
 from gateway.audit.models import AuditEvent
 from imaging.devices import device_endpoint_register
-from imaging.models import Instance
+from imaging.models import Instance, Series, VolumeState
 from imaging.stow import in_flight
 from tests.conftest import ZONES
 from tests.imaging.conftest import phantom_files
@@ -61,6 +61,9 @@ def test_stow_stores_and_answers_per_instance(client, device_token, phantom):
     assert failed[0]["00081197"]["Value"] == [0xC000]
     assert "not-dicom" in failed[0]["00000902"]["Value"][0]
     assert Instance.objects.count() == 3
+    # The request built no volume: its series wait for the volume builder.
+    assert set(Series.objects.values_list("volume_state", flat=True)) == {VolumeState.PENDING}
+    assert set(Series.objects.values_list("volume_object", flat=True)) == {""}
     assert AuditEvent.objects.using("audit").filter(action="ingest", actor="device.stow").count() == 2
     again = _post(client, _multipart([("application/dicom", files[0].read_bytes())]), device_token)
     assert again.status_code == 200 and Instance.objects.count() == 3

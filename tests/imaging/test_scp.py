@@ -33,6 +33,12 @@ def scp(tmp_path):
 
 
 def _scp(tmp_path, *extra: str):
+    for port, var, _ in _scp_started(tmp_path, *extra):
+        yield port, var
+
+
+def _scp_started(tmp_path, *extra: str):
+    """As :func:`_scp`, yielding the run_scp process too."""
     var = tmp_path / "var"
     env = {"GATEWAY_VAR_DIR": str(var)}
     for zone in ZONES:
@@ -57,7 +63,7 @@ def _scp(tmp_path, *extra: str):
                 pytest.fail(f"run_scp exited: {server.stdout.read()}")
             time.sleep(0.1)
     try:
-        yield port, var
+        yield port, var, server
     finally:
         # generator.close() raises GeneratorExit at the yield: only a finally runs then.
         server.terminate()
@@ -264,3 +270,120 @@ def test_a_device_disabled_mid_association_is_refused_from_its_next_c_store(scp,
     denied = dict(_rows(var, "SELECT actor, COUNT(*) FROM audit_auditevent WHERE action = 'ingest' "
                              "AND outcome = 'denied' GROUP BY actor", "audit"))
     assert denied == {f"ae:{ae_title}": 2 for ae_title in cases}
+
+
+def test_a_c_store_succeeds_without_building_and_the_builder_builds_after(tmp_path, phantom):
+    """The association builds nothing (no builder here): its series stay pending, no volume
+    object exists, until build_volumes builds them."""
+    fixture = _scp(tmp_path, "--no-volumes")
+    port, var = next(fixture)
+    try:
+        out, _ = phantom
+        files = [str(p) for p in phantom_files(out) if "patient_01" in str(p)]
+        sent = _dcmtk(_tool("storescu"), "-aet", "CT01", "-aec", "FUSIONGW", "127.0.0.1", str(port),
+                      *files)
+        assert sent.returncode == 0, sent.stderr
+        assert _rows(var, "SELECT COUNT(*) FROM imaging_instance") == [(len(files),)]
+        time.sleep(1)  # were anything building behind the association, it would show now
+        assert _rows(var, "SELECT volume_state, volume_object FROM imaging_series") == [
+            ("pending", ""), ("pending", "")]
+        assert list((var / "objects").rglob("vol-*")) == []
+    finally:
+        fixture.close()
+    built = manage("build_volumes", env={"GATEWAY_VAR_DIR": str(var)})
+    assert built.returncode == 0, built.stderr
+    assert "built 2 volume(s)" in built.stdout
+    assert {s for (s,) in _rows(var, "SELECT volume_state FROM imaging_series")} == {"ready"}
+    assert len(list((var / "objects").rglob("vol-*"))) == 2
+
+
+def _serving_pid(scp_pid: int, server_port: int, client_port: int) -> int | None:
+    """The run_scp child whose socket is this connection (read from /proc)."""
+    children = [int(pid) for task in Path(f"/proc/{scp_pid}/task").iterdir()
+                for pid in (task / "children").read_text().split()]
+    for child in children:
+        inodes = set()
+        for line in Path(f"/proc/{child}/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote = fields[1].split(":"), fields[2].split(":")
+            if int(local[1], 16) == server_port and int(remote[1], 16) == client_port:
+                inodes.add(fields[9])
+        for fd in Path(f"/proc/{child}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                return child
+    return None
+
+
+def test_two_associations_at_once_are_served_by_two_processes_each_status_its_own(tmp_path, phantom):
+    """Two associations open together land on two SCP processes; each C-STORE's status is its
+    own instance's outcome (a truncated instance among good ones gets 0xC000)."""
+    import threading
+
+    import pydicom
+    from pynetdicom import AE
+
+    fixture = _scp_started(tmp_path, "--processes", "2", "--no-volumes")
+    port, var, server = next(fixture)
+    try:
+        out, _ = phantom
+        ct = [p for p in phantom_files(out) if "patient_01" in str(p) and "CT" in p.parts]
+        sends = {}
+        for n in range(2):
+            good = [pydicom.dcmread(path) for path in ct[n * 4:(n + 1) * 4]]
+            broken = pydicom.dcmread(ct[20 + n])
+            broken.Rows = 1024  # the pixel data holds half of what the header promises
+            sends[n] = [*good[:2], broken, *good[2:]]
+        established = threading.Barrier(3)
+        done = threading.Barrier(3)
+        statuses: dict[int, list[tuple[int, str]]] = {}
+        client_ports: dict[int, int] = {}
+        errors = []
+
+        def associate(n: int) -> None:
+            client = AE(ae_title="CT01")
+            first = sends[n][0]
+            client.add_requested_context(first.SOPClassUID, first.file_meta.TransferSyntaxUID)
+            association = client.associate("127.0.0.1", port, ae_title="FUSIONGW")
+            try:
+                assert association.is_established
+                client_ports[n] = association.dul.socket.socket.getsockname()[1]
+                established.wait(timeout=60)
+                statuses[n] = [(int(status.Status), str(status.get("ErrorComment", "")))
+                               for status in (association.send_c_store(ds) for ds in sends[n])]
+                done.wait(timeout=120)
+            except Exception as exc:  # reported below, in the test's thread
+                errors.append(exc)
+                established.abort()
+                done.abort()
+            finally:
+                association.release()
+
+        threads = [threading.Thread(target=associate, args=(n,)) for n in range(2)]
+        for thread in threads:
+            thread.start()
+        established.wait(timeout=60)
+        deadline = time.monotonic() + 10
+        pids = {}
+        while time.monotonic() < deadline and len(pids) < 2:
+            pids = {n: pid for n in client_ports
+                    if (pid := _serving_pid(server.pid, port, client_ports[n])) is not None}
+            time.sleep(0.1)
+        done.wait(timeout=120)
+        for thread in threads:
+            thread.join(timeout=60)
+        assert errors == []
+        assert len(set(pids.values())) == 2, pids
+        for n in range(2):
+            codes = [code for code, _ in statuses[n]]
+            assert codes == [0x0000, 0x0000, 0xC000, 0x0000, 0x0000], statuses[n]
+            assert "truncated: pixel data holds" in statuses[n][2][1]
+        assert _rows(var, "SELECT COUNT(*) FROM imaging_instance") == [(8,)]
+        rejected = _rows(var, "SELECT details FROM audit_auditevent WHERE action = 'ingest' "
+                              "AND outcome = 'failure'", "audit")
+        assert len(rejected) == 2 and all('"truncated": 1' in details for (details,) in rejected)
+    finally:
+        fixture.close()

@@ -14,6 +14,7 @@ are divided among the processes unless ``GATEWAY_RENDER_WORKERS`` says otherwise
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -129,6 +130,8 @@ class Supervisor:
                 process.wait()
         for child in self.children:
             child.listener.close()
+        if settings.RENDER_SHARED_DIR:  # the host's decrypted volumes: memory, not to outlive the server
+            shutil.rmtree(settings.RENDER_SHARED_DIR, ignore_errors=True)
 
 
 class Command(BaseCommand):
