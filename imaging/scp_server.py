@@ -37,7 +37,7 @@ from imaging.scp import scp_build
 log = logging.getLogger(__name__)
 
 BACKLOG = 64
-BUSY_ACCEPT_DELAY_S = 0.01  # per association a child already serves, at most 0.05 s
+BUSY_ACCEPT_DELAY_S = 0.05  # per association a child already serves, at most 0.25 s
 RESTART_BACKOFF_S = 1.0
 
 
@@ -70,12 +70,16 @@ class SharedSocketServer(ThreadedAssociationServer):
         pass  # already listening
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        busy = len(self.active_associations)
-        if busy:
-            time.sleep(min(0.05, BUSY_ACCEPT_DELAY_S * busy))
+        # Connections this child accepted and pynetdicom has not closed yet: counted from the
+        # accept on, since the association's own thread starts a moment later.
+        open_connections = [sock for sock in getattr(self, "_accepted", []) if sock.fileno() >= 0]
+        self._accepted = open_connections
+        if open_connections:
+            time.sleep(min(0.25, BUSY_ACCEPT_DELAY_S * len(open_connections)))
         client, address = super().get_request()  # BlockingIOError when another child won
         client.setblocking(True)
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._accepted.append(client)
         return client, address
 
 

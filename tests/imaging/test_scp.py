@@ -382,8 +382,14 @@ def test_two_associations_at_once_are_served_by_two_processes_each_status_its_ow
             assert codes == [0x0000, 0x0000, 0xC000, 0x0000, 0x0000], statuses[n]
             assert "truncated: pixel data holds" in statuses[n][2][1]
         assert _rows(var, "SELECT COUNT(*) FROM imaging_instance") == [(8,)]
-        rejected = _rows(var, "SELECT details FROM audit_auditevent WHERE action = 'ingest' "
-                              "AND outcome = 'failure'", "audit")
-        assert len(rejected) == 2 and all('"truncated": 1' in details for (details,) in rejected)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # each batch is audited as its association ends
+            rejected = _rows(var, "SELECT details FROM audit_auditevent WHERE action = 'ingest' "
+                                  "AND outcome = 'failure'", "audit")
+            if len(rejected) == 2:
+                break
+            time.sleep(0.2)
+        assert len(rejected) == 2, rejected
+        assert all('"reasons":{"truncated":1}' in details for (details,) in rejected), rejected
     finally:
         fixture.close()
