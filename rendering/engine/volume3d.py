@@ -7,7 +7,8 @@ while the multithreaded CPU ray caster (``vtkFixedPointVolumeRayCastMapper``) co
 renderer is llvmpipe/softpipe and the GPU ray caster when a real GPU is present.
 
 Interactive quality renders a block-averaged proxy (longest side <= 128 voxels) into a
-viewport at most 256 pixels on its longest side; still quality renders the full viewport
+viewport at most 256 pixels on its longest side, one sample per proxy voxel (half-voxel
+steps cost 97 against 62 ms a frame for the bone preset, same run); still quality renders the full viewport
 from the volume block-averaged only as far as needed to stay under 32 M voxels (a
 512x512x300 CT renders at 256x256x150: ~0.3 s instead of ~0.5 s warm and 8 s cold).
 Each (series, level) keeps its mapper, so gradients and min/max tables are computed
@@ -157,7 +158,7 @@ class VolumeRenderer:
         else:
             cpu = vtkFixedPointVolumeRayCastMapper()
             cpu.SetAutoAdjustSampleDistances(0)
-            cpu.SetSampleDistance(min(spacing) * (0.5 if factor > 1 else 1.0))
+            cpu.SetSampleDistance(min(spacing))
             cpu.SetImageSampleDistance(1.0)
             mapper = cpu
         mapper.SetInputData(image)
