@@ -76,6 +76,13 @@ class Cleanup:
     def __init__(self) -> None:
         self.processes: list[subprocess.Popen] = []
         self.directories: list[Path] = []
+        self.logs: Path | None = None
+
+    def log_tails(self) -> str:
+        """The end of every server log, for the error report (the logs go with the directory)."""
+        if self.logs is None or not self.logs.is_dir():
+            return ""
+        return "\n".join(f"--- {log.name}\n{_tail(log)}" for log in sorted(self.logs.glob("*.log")))
 
     def spawn(self, arguments: list[str], *, log: Path, **kwargs: Any) -> subprocess.Popen:
         with open(log, "ab") as out:
@@ -158,11 +165,43 @@ def _proc_memory(pid: int) -> dict[str, Any]:
     return facts
 
 
-def memory_snapshot(roots: list[int]) -> dict[str, Any]:
+def _mapped_pss_kb(pid: int, under: Path) -> int:
+    """PSS of the process's mappings of files under ``under`` (the shared volume copies)."""
+    total, inside = 0, False
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+            head = line.split(maxsplit=5)
+            if len(head) >= 5 and "-" in head[0] and ":" in head[3]:
+                inside = len(head) == 6 and head[5].startswith(str(under) + "/")
+            elif inside and line.startswith("Pss:"):
+                total += int(line.split()[1])
+    return total
+
+
+def _tree_kb(directory: Path) -> int:
+    return sum(path.lstat().st_blocks * 512 for path in directory.rglob("*")) // 1024
+
+
+def memory_snapshot(roots: list[int], tmpfs: Path | None = None) -> dict[str, Any]:
+    """Per-process RSS and PSS; with ``tmpfs``, the memory-backed files the tree keeps there.
+
+    ``footprint_mb`` is what the tree costs the host: the PSS sum (a page shared by
+    n processes counted 1/n in each) plus the tmpfs files not mapped by any of them.
+    """
     processes = [_proc_memory(pid) for pid in process_tree(roots)]
-    return {"rss_mb_total": round(sum(p.get("rss_mb", 0) for p in processes), 1),
-            "pss_mb_total": round(sum(p.get("pss_mb", 0) for p in processes), 1),
-            "processes": processes}
+    snapshot = {"rss_mb_total": round(sum(p.get("rss_mb", 0) for p in processes), 1),
+                "pss_mb_total": round(sum(p.get("pss_mb", 0) for p in processes), 1),
+                "processes": processes}
+    footprint = snapshot["pss_mb_total"]
+    if tmpfs is not None and tmpfs.is_dir():
+        mapped = 0.0
+        for facts in processes:
+            facts["tmpfs_pss_mb"] = round(_mapped_pss_kb(facts["pid"], tmpfs) / 1024, 1)
+            mapped += facts["tmpfs_pss_mb"]
+        snapshot["tmpfs_files_mb"] = round(_tree_kb(tmpfs) / 1024, 1)
+        footprint += max(0.0, snapshot["tmpfs_files_mb"] - mapped)
+    snapshot["footprint_mb"] = round(footprint, 1)
+    return snapshot
 
 
 def cpu_seconds(roots: list[int]) -> float:
@@ -319,6 +358,7 @@ class Deployment:
     scp: subprocess.Popen | None = None
     scp_port: int = 0
     base: str = ""
+    shared: Path | None = None
     setup_s: dict[str, float] = field(default_factory=dict)
 
     def roots(self) -> list[int]:
@@ -333,13 +373,21 @@ def _manage(env: dict[str, str], *arguments: str) -> str:
     return result.stdout
 
 
-def gateway_prepare(var: Path, logs: Path, workers: int | None) -> Deployment:
-    """A fresh deployment: databases, a doctor (password + TOTP), a device that may C-STORE."""
+def gateway_prepare(cleanup: Cleanup, var: Path, logs: Path, workers: int | None) -> Deployment:
+    """A fresh deployment: databases, a doctor (password + TOTP), a device that may C-STORE.
+
+    The host-wide volume copies go to a tmpfs directory of this run's own (the
+    default's place, ``/dev/shm``), so that they are measured and removed with it.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "DJANGO_"))}
     env["GATEWAY_VAR_DIR"] = str(var)
     if workers:
         env["GATEWAY_RENDER_WORKERS"] = str(workers)
     deployment = Deployment(env=env, var=var, logs=logs)
+    if Path("/dev/shm").is_dir():  # noqa: S108
+        deployment.shared = Path(tempfile.mkdtemp(prefix="bench-orthanc-side-", dir="/dev/shm"))
+        cleanup.directories.append(deployment.shared)
+        env["GATEWAY_RENDER_SHARED_DIR"] = str(deployment.shared)
     started = time.perf_counter()
     for zone in ZONES:
         _manage(env, "migrate", "--database", zone, "--noinput", "-v0")
@@ -525,17 +573,33 @@ RENDERED_QUERY = urllib.parse.urlencode({"window-center": int(CT_WINDOW[0]),
 class HttpClient:
     """One keep-alive HTTP/1.1 connection, as lean as the websocket client (asyncio streams)."""
 
+    reconnects = 0  # stale keep-alive connections replaced, over all clients
+
     def __init__(self, port: int) -> None:
         self.port = port
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.served = 0
 
     async def connect(self) -> None:
         self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.served = 0
 
     async def get(self, path: str, accept: str = "image/jpeg") -> tuple[int, bytes]:
+        """GET; a reused connection that the server closed before answering is replaced once."""
         if self.writer is None:
             await self.connect()
+        try:
+            return await self._get(path, accept)
+        except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError) as error:
+            if self.served == 0 or (isinstance(error, asyncio.IncompleteReadError) and error.partial):
+                raise
+            await self.close()
+            HttpClient.reconnects += 1
+            await self.connect()
+            return await self._get(path, accept)
+
+    async def _get(self, path: str, accept: str) -> tuple[int, bytes]:
         if self.reader is None or self.writer is None:
             raise ConnectionError("not connected")
         self.writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nAccept: {accept}\r\n"
@@ -556,6 +620,7 @@ class HttpClient:
         else:
             body = await self.reader.read()
             headers["connection"] = "close"
+        self.served += 1
         if headers.get("connection", "").lower() == "close":
             await self.close()
         return status, body
@@ -657,7 +722,7 @@ async def single_slice(deployment: Deployment, study: str, cookie: str, orthanc:
                     "frame": {"encoding": str(gateway_sample.encoding), "width": gateway_sample.width,
                               "height": gateway_sample.height},
                     "vs_floor_image": image_difference(gateway_sample.image, phantom.hu)},
-        "orthanc": {**_latency(orthanc_times, orthanc_sizes),
+        "orthanc": {**_latency(orthanc_times, orthanc_sizes), "reconnects": HttpClient.reconnects,
                     "vs_floor_image": image_difference(orthanc_sample, phantom.hu)},
         "blocks": blocks, "order": "gateway block, then Orthanc block, repeated",
         "gateway_limits": viewer.limits, "input_cap_per_s": round(rate, 1), "interval_s": interval,
@@ -721,6 +786,7 @@ async def crowd_gateway(deployment: Deployment, study: str, cookie: str, clients
 
 async def crowd_orthanc(orthanc: Orthanc, clients: int, warmup: float, seconds: float,
                         sampler, interval: float) -> dict[str, Any]:
+    reconnects = HttpClient.reconnects
     viewers = [OrthancViewer(orthanc) for _ in range(clients)]
     opened = await asyncio.gather(*(v.http.connect() for v in viewers), return_exceptions=True)
     open_errors = [repr(e)[:200] for e in opened if isinstance(e, BaseException)]
@@ -729,7 +795,8 @@ async def crowd_orthanc(orthanc: Orthanc, clients: int, warmup: float, seconds: 
     summary = await _crowd_run([v.frame for v in viewers], results, warmup, seconds, sampler, interval)
     for viewer in viewers:
         await viewer.http.close()
-    return {**summary, **_crowd_summary(results, seconds, open_errors)}
+    return {**summary, **_crowd_summary(results, seconds, open_errors),
+            "reconnects": HttpClient.reconnects - reconnects}
 
 
 async def _crowd_run(loops: list, results: list[ClientResult], warmup: float, seconds: float,
@@ -763,7 +830,7 @@ def _crowd_summary(results: list[ClientResult], seconds: float, open_errors: lis
     }
 
 
-def memory_sampler(roots: list[int]):
+def memory_sampler(roots: list[int], tmpfs: Path | None):
     """Sample the tree's memory each second of the measured window; keep the largest total."""
 
     async def sample(t_measure: float, t_end: float) -> dict[str, Any]:
@@ -771,12 +838,12 @@ def memory_sampler(roots: list[int]):
         best: dict[str, Any] | None = None
         samples = 0
         while time.perf_counter() < t_end - 0.2:
-            snapshot = memory_snapshot(roots)
+            snapshot = memory_snapshot(roots, tmpfs)
             samples += 1
-            if best is None or snapshot["rss_mb_total"] > best["rss_mb_total"]:
+            if best is None or snapshot["footprint_mb"] > best["footprint_mb"]:
                 best = snapshot
             await asyncio.sleep(1.0)
-        return {**(best or {}), "samples": samples, "kept": "the sample with the largest RSS total"}
+        return {**(best or {}), "samples": samples, "kept": "the sample with the largest footprint"}
 
     return sample
 
@@ -790,7 +857,8 @@ async def crowds(deployment: Deployment, study: str, cookie: str, orthanc: Ortha
         for side in sides:
             await asyncio.sleep(1.0)
             roots = deployment.roots() if side == "gateway" else [orthanc.process.pid]
-            sampler = memory_sampler(roots) if clients == memory_at else None
+            tmpfs = deployment.shared if side == "gateway" else None
+            sampler = memory_sampler(roots, tmpfs) if clients == memory_at else None
             before = {"load_1_5_15": load(), "gateway_cpu_s": cpu_seconds(deployment.roots()),
                       "orthanc_cpu_s": cpu_seconds([orthanc.process.pid])}
             wall = time.perf_counter()
@@ -873,6 +941,7 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
     memory = result.get("memory_at_16", {}).get("gateway")
     if memory:
         check("gateway_rss_mb_total_at_16", memory["rss_mb_total"], 600, True)
+        check("gateway_footprint_mb_at_16", memory["footprint_mb"], 600, True)
     return checks
 
 
@@ -881,6 +950,7 @@ def run(arguments: argparse.Namespace, cleanup: Cleanup) -> dict[str, Any]:
     scratch = Path(tempfile.mkdtemp(prefix="bench-orthanc-side-"))
     cleanup.directories.append(scratch)
     logs = scratch / "logs"
+    cleanup.logs = logs
     for folder in ("logs", "gateway-var", "orthanc", "phantom"):
         (scratch / folder).mkdir()
     phases: dict[str, Any] = {}
@@ -896,7 +966,7 @@ def run(arguments: argparse.Namespace, cleanup: Cleanup) -> dict[str, Any]:
                        "window_center_width": list(CT_WINDOW), "jpeg_quality": JPEG_QUALITY}
 
     phase("start")
-    deployment = gateway_prepare(scratch / "gateway-var", logs, arguments.workers)
+    deployment = gateway_prepare(cleanup, scratch / "gateway-var", logs, arguments.workers)
     start_scp(cleanup, deployment)
     start_gateway(cleanup, deployment, port=_free_port(), server=arguments.server)
     orthanc = start_orthanc(cleanup, scratch / "orthanc", logs)
@@ -970,8 +1040,10 @@ def run(arguments: argparse.Namespace, cleanup: Cleanup) -> dict[str, Any]:
     result[memory_key] = {side: rounds[str(memory_at)][side].pop("memory", None)
                           for side in ("gateway", "orthanc")}
     result[memory_key]["note"] = ("gateway = the server process(es) and all their children (render "
-                                  "workers) + the SCP; sums of per-process RSS count shared pages "
-                                  "repeatedly, PSS does not")
+                                  "workers) + the SCP and its children; sums of per-process RSS count "
+                                  "shared pages (libraries, a volume mapped by several workers) once per "
+                                  "process, PSS once in all; footprint = PSS sum + tmpfs volume files "
+                                  "that no process maps")
     phase("end")
     result["targets"] = targets(result)
     result["run_s"] = round(time.perf_counter() - begun, 1)
@@ -1005,6 +1077,9 @@ def main() -> None:
         signal.signal(signum, terminated)
     try:
         result = run(arguments, cleanup)
+    except Exception:
+        print(cleanup.log_tails(), file=sys.stderr)
+        raise
     except KeyboardInterrupt as interrupt:
         cleanup.close()
         print(f"interrupted ({interrupt}); every process and temporary directory removed", file=sys.stderr)
