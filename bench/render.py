@@ -1,14 +1,16 @@
 """Benchmark the viewer end to end: daphne, the websocket, the consumer, the render pool.
 
-Serves a fresh demo (PET/CT phantom, CT 512x512xN) with daphne on a loopback
-port, signs a doctor in with password + TOTP over HTTP, and drives viewer
-websockets with the `websockets` client. Prints one JSON document:
+Serves a fresh demo (PET/CT phantom, CT 512x512xN) with ``manage.py serve`` (as
+``make run``: one daphne per core) on a loopback port, signs a doctor in with
+password + TOTP over HTTP, and drives viewer websockets with the `websockets` client.
+Prints one JSON document:
 
-    python bench/render.py [--slices 300] [--inputs 60] [--sessions 16] [--workers 2]
+    python bench/render.py [--slices 300] [--inputs 60] [--sessions 16] [--processes 0] [--workers 0]
 
 Figures per view type: input-to-frame latency (p50/p95, ms) measured one input
 at a time, frames/s, bytes per interactive frame; time to first image cold
-(fresh workers) and warm; memory per session (server RSS growth / sessions);
+(fresh workers) and warm; memory per session (PSS growth of the server's process
+tree / sessions) and the tree's RSS and PSS with that many sessions open;
 and many sessions scrolling at once.
 """
 
@@ -228,11 +230,28 @@ async def _crowd(base: str, study: str, cookie: str, sessions: int, inputs: int)
             "error_examples": [repr(e)[:200] for e in errors[:3]]}
 
 
-def _rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+def _descendants(pid: int) -> list[int]:
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += _descendants(int(child))
+    return found
+
+
+def _memory_kb(pid: int) -> dict[str, int]:
+    """RSS and PSS (shared pages divided among their users) of ``pid`` and all its descendants."""
+    totals = {"rss_kb": 0, "pss_kb": 0}
+    for process in _descendants(pid):
+        try:
+            rollup = Path(f"/proc/{process}/smaps_rollup").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        for line in rollup.splitlines():
+            if line.startswith("Rss:"):
+                totals["rss_kb"] += int(line.split()[1])
+            elif line.startswith("Pss:"):
+                totals["pss_kb"] += int(line.split()[1])
+    return totals
 
 
 async def _run(base: str, study: str, cookie: str, arguments, server_pid: int) -> dict:
@@ -257,11 +276,13 @@ async def _run(base: str, study: str, cookie: str, arguments, server_pid: int) -
         "type": "input", "view": 3, "op": "rotate", "dazimuth": 4, "delevation": 0})
     figures["3d_still"] = await _still(viewer, 3)
     await viewer.socket.close()
-    before = _rss_kb(server_pid)
+    before = _memory_kb(server_pid)
     holders = [await Viewer.open(base, study, cookie) for _ in range(arguments.sessions)]
     for holder, _ in holders:
         await holder.frame(0)
-    figures["memory_per_session_kb"] = round((_rss_kb(server_pid) - before) / arguments.sessions)
+    during = _memory_kb(server_pid)
+    figures["memory_per_session_kb"] = round((during["pss_kb"] - before["pss_kb"]) / arguments.sessions)
+    figures["memory_at_sessions_kb"] = {"sessions": arguments.sessions, **during}
     for holder, _ in holders:
         await holder.socket.close()
     figures["crowd_scrolling"] = await _crowd(base, study, cookie, arguments.sessions,
@@ -274,12 +295,16 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--inputs", type=int, default=60)
     parser.add_argument("--sessions", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--processes", type=int, default=0, help="daphne processes (0: one per core)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="render workers per process (0: manage.py serve divides the cores)")
     arguments = parser.parse_args()
 
     var_dir = tempfile.mkdtemp(prefix="bench-render-")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "DJANGO_"))}
-    env.update(GATEWAY_VAR_DIR=var_dir, GATEWAY_RENDER_WORKERS=str(arguments.workers))
+    env.update(GATEWAY_VAR_DIR=var_dir)
+    if arguments.workers:
+        env["GATEWAY_RENDER_WORKERS"] = str(arguments.workers)
     for zone in ("default", "identity", "audit"):
         _manage(env, "migrate", "--database", zone, "--noinput", "-v0")
     _manage(env, "collectstatic", "--noinput", "-v0")
@@ -290,16 +315,20 @@ def main() -> None:
     credentials = json.loads((Path(var_dir) / "demo-credentials.json").read_text())
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([str(Path(sys.executable).with_name("daphne")), "-b", "127.0.0.1",
-                               "-p", str(port), "gateway.asgi:application"], cwd=ROOT, env=env,
+    processes = arguments.processes or len(os.sched_getaffinity(0))
+    server = subprocess.Popen([sys.executable, "manage.py", "serve", "--host", "127.0.0.1",
+                               "--port", str(port), "--processes", str(processes)], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(100):
+        for _ in range(300):
             try:
                 urllib.request.urlopen(base + "/healthz", timeout=2)  # noqa: S310
-                break
+                if len(_descendants(server.pid)) > processes:
+                    break
             except OSError:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
+        time.sleep(3)  # every daphne imports Django before it accepts
         client = Browserless(base)
         client.sign_in("dr.ada", credentials["dr.ada"], credentials["totp"]["dr.ada"])
         figures = asyncio.run(_run(base, study, client.cookie_header(), arguments, server.pid))
@@ -311,7 +340,8 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "python": platform.python_version()},
         "study": {"ct_slices": arguments.slices, "viewport": "512x512"},
-        "render_workers": arguments.workers,
+        "web_processes": processes,
+        "render_workers_per_process": arguments.workers or max(1, len(os.sched_getaffinity(0)) // processes),
         **figures,
     }, indent=2))
 

@@ -23,6 +23,7 @@ from gateway.bodies import bodies_streamed  # noqa: E402
 from gateway.consumers import RefuseConsumer  # noqa: E402
 from gateway.origin import SameOriginValidator  # noqa: E402
 from imaging.stow_asgi import StowGate  # noqa: E402
+from rendering.pool import render_pool_prestart  # noqa: E402
 from rendering.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
@@ -35,3 +36,8 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+# manage.py serve starts each process's render workers with the process, not with its
+# first viewer (whose first image would otherwise wait for them).
+if os.environ.get("GATEWAY_RENDER_PRESTART") == "1":
+    render_pool_prestart()

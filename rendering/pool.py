@@ -10,6 +10,7 @@ channel layer to ``manage.py render_worker`` processes on any host
 from __future__ import annotations
 
 import atexit
+import logging
 import threading
 from typing import Protocol
 
@@ -20,6 +21,8 @@ from rendering.engine.core import ProbeResult, RenderedFrame
 from rendering.sources import clinical_spec_arguments
 from rendering.viewstate import ViewState
 from rendering.workers import RenderPool, SourceSpec
+
+logger = logging.getLogger(__name__)
 
 CLINICAL = "clinical"
 LOCAL = "local"
@@ -55,6 +58,19 @@ def render_pool() -> RenderPool:
             _pool = local_pool_build().start()
             atexit.register(_pool.close)
         return _pool
+
+
+def render_pool_prestart() -> None:
+    """Start the local pool in the background now (a server process that is about to need it)."""
+    if settings.RENDER_MODE == LOCAL:
+        threading.Thread(target=_prestart, name="render-pool-prestart", daemon=True).start()
+
+
+def _prestart() -> None:
+    try:
+        render_pool()
+    except Exception:
+        logger.exception("the render workers could not be started ahead of the first viewer")
 
 
 def remote_pool():

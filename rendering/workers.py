@@ -19,9 +19,10 @@ Shape::
   :class:`RenderTimeout`.
 * Routing prefers the worker chosen by a hash of the first layer's series id (cache
   affinity) and falls back to the least-busy worker when that one has a backlog.
-* A worker's queue serves interactive requests (and probes) first, in arrival order;
-  stills wait behind all of them, so a still nobody is looking at yet never delays
-  another session's scroll, and a still cancelled by newer input never reaches a worker.
+* A worker's queue serves a viewer's opening ``describe`` first, then interactive
+  requests and probes in arrival order; stills wait behind all of them, so a still
+  nobody is looking at yet never delays another session's scroll, and a still
+  cancelled by newer input never reaches a worker.
 * ``await pool.render(...)`` never blocks the event loop: the caller's loop only puts a
   job on a queue and awaits a wrapped ``concurrent.futures.Future``. Cancelling the
   awaiting task drops the job if it has not been sent yet (latest-wins callers).
@@ -225,11 +226,11 @@ class _Job:
     payload: dict
     future: Future
     attempts: int = 0
-    background: bool = False
-    """A still: served after every interactive request queued for the worker."""
+    priority: int = 1
+    """FIRST: a viewer opening (describe); URGENT: interaction and probes; BACKGROUND: stills."""
 
 
-URGENT, BACKGROUND, STOP = 0, 1, 2
+FIRST, URGENT, BACKGROUND, STOP = 0, 1, 2, 3
 
 
 class _Slot:
@@ -356,7 +357,9 @@ class RenderPool:
         if source not in self.sources:
             raise RenderError(f"unknown volume source {source!r}")
         payload = {"state": viewstate_to_dict(state), "source": source, **extra}
-        job = _Job(op, payload, Future(), background=op == "render" and state.quality is Quality.STILL)
+        priority = FIRST if op == "describe" else (
+            BACKGROUND if op == "render" and state.quality is Quality.STILL else URGENT)
+        job = _Job(op, payload, Future(), priority=priority)
         return self._enqueue(self._route(state.layers[0].series_id), job)
 
     def _route(self, series_id: str) -> _Slot:
@@ -368,7 +371,7 @@ class RenderPool:
     def _enqueue(self, slot: _Slot, job: _Job) -> Future:
         with self._lock:
             slot.pending += 1
-        slot.jobs.put((BACKGROUND if job.background else URGENT, next(slot.order), job))
+        slot.jobs.put((job.priority, next(slot.order), job))
         return job.future
 
     # --- dispatcher thread ----------------------------------------------------------------------

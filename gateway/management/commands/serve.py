@@ -8,7 +8,8 @@ open, so connections that arrive meanwhile wait in that socket's backlog
 instead of being refused. Group messages (sign-out, revocation) reach every
 process through the channel layer: Redis when configured, else
 :mod:`gateway.hostlayer`. Each child runs its own render workers: the cores
-are divided among the processes unless ``GATEWAY_RENDER_WORKERS`` says otherwise.
+are divided among the processes unless ``GATEWAY_RENDER_WORKERS`` says otherwise,
+and started with the process (``GATEWAY_RENDER_PRESTART``), not by its first viewer.
 """
 
 from __future__ import annotations
@@ -157,6 +158,7 @@ class Command(BaseCommand):
             raise CommandError(f"cannot listen on {options['host']}:{options['port']}: {error}") from error
         port = listeners[0].getsockname()[1]
         env = dict(os.environ)
+        env.setdefault("GATEWAY_RENDER_PRESTART", "1")
         if not int(env.get("GATEWAY_RENDER_WORKERS") or 0):
             env["GATEWAY_RENDER_WORKERS"] = str(max(1, cores() // processes))
         self.stdout.write(f"serving on http://{options['host']}:{port}/ from {processes} daphne processes "
