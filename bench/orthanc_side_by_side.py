@@ -14,9 +14,12 @@ two sides interleaved:
   Pillow JPEG q80) in this process;
 * closed-loop crowds (each client scrolls, waits for its frame, scrolls
   again) for a fixed time after a warm-up: aggregate frames/s, worst-client
-  p95, errors;
-* RSS and PSS of every gateway process (server(s), render workers, SCP) and of
-  Orthanc while 16 clients scroll;
+  p95, errors; every client of both sides is paced to 90 % of the input rate
+  the viewer socket announces (it drops input beyond it), ``--max-rate``
+  overrides;
+* RSS and PSS of every gateway process (server(s), render workers, SCP and
+  its children) and of Orthanc while 16 clients scroll, and the gateway's
+  footprint: PSS plus the tmpfs volume copies that no process maps;
 * ``uptime`` load before each phase, and the machine.
 
 Prints one JSON document:
