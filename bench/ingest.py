@@ -7,10 +7,17 @@ Writes a phantom PET/CT (CT slices x 512 x 512, PET half as many slices of
   ``call_command``; de-identification, encryption and fsync included; volumes
   not built here);
 * C-STORE instances/s with ``storescu`` (``TCP_NODELAY=1``) to ``run_scp`` in a
-  second, empty deployment, for the CT and the PET series;
+  second, empty deployment (de-identification, encryption, fsync and the
+  per-C-STORE device policy check included; ``--no-volumes``, so no builder
+  competes for the cores): the CT and the PET series of one patient over one
+  association each, then a second patient's CT split over 4 associations from
+  4 concurrent ``storescu`` processes (aggregate instances/s);
+* the 1-, 5- and 15-minute load average (``os.getloadavg``) before and after
+  each C-STORE run, since the machine may be shared, and the CPU time the SCP's
+  processes spent per instance (from /proc: less disturbed by other load);
 * the time to build the CT volume once, and ``load_volume`` of it (median of 5).
 
-    python bench/ingest.py [--slices 300]
+    python bench/ingest.py [--slices 300] [--scp-arg=--processes=2 ...]
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import os
 import platform
 import shutil
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -46,7 +54,50 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _cstore(files_by_series: dict[str, list[Path]]) -> dict[str, float]:
+def _load() -> str:
+    """The load averages as ``uptime`` prints them (1, 5, 15 minutes)."""
+    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid`` and its live descendants, from /proc."""
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending.extend(int(child) for child in (task / "children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def _storescu(storescu: str, port: int, files: list[Path]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([storescu, "-aet", "BENCH", "-aec", "FUSIONGW", "127.0.0.1", str(port),
+                             *map(str, files)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "TCP_NODELAY": "1"})
+
+
+def _timed(storescu: str, port: int, groups: list[list[Path]], scp_pid: int) -> dict[str, object]:
+    load_before = _load()
+    cpu_before = _tree_cpu_s(scp_pid)
+    started = time.perf_counter()
+    senders = [_storescu(storescu, port, files) for files in groups]
+    for sender in senders:
+        _, stderr = sender.communicate(timeout=600)
+        if sender.returncode != 0:
+            raise SystemExit(f"storescu failed: {stderr.decode(errors='replace')[-2000:]}")
+    elapsed = time.perf_counter() - started
+    count = sum(len(files) for files in groups)
+    return {"instances": count, "associations": len(groups), "seconds": round(elapsed, 2),
+            "instances_per_s": round(count / elapsed, 1),
+            "scp_cpu_ms_per_instance": round((_tree_cpu_s(scp_pid) - cpu_before) * 1000 / count, 1),
+            "load_before": load_before, "load_after": _load()}
+
+
+def _cstore(runs: dict[str, list[list[Path]]], scp_arguments: list[str]) -> dict[str, object]:
     storescu = shutil.which("storescu")
     if storescu is None:
         raise SystemExit("storescu is not on PATH: apt-get install dcmtk")
@@ -58,7 +109,8 @@ def _cstore(files_by_series: dict[str, list[Path]]) -> dict[str, float]:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "DJANGO_"))}
     server = subprocess.Popen(
-        [sys.executable, str(REPO / "manage.py"), "run_scp", "--port", str(port), "--no-volumes"],
+        [sys.executable, str(REPO / "manage.py"), "run_scp", "--port", str(port), "--no-volumes",
+         *scp_arguments],
         cwd=REPO, env={**env, "GATEWAY_VAR_DIR": str(var)},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -68,23 +120,31 @@ def _cstore(files_by_series: dict[str, list[Path]]) -> dict[str, float]:
                 break
             except OSError:
                 time.sleep(0.1)
-        rates = {}
-        for name, files in files_by_series.items():
-            started = time.perf_counter()
-            subprocess.run([storescu, "-aet", "BENCH", "-aec", "FUSIONGW", "127.0.0.1", str(port),
-                            *map(str, files)], check=True, capture_output=True,
-                           env={**os.environ, "TCP_NODELAY": "1"})
-            rates[name] = len(files) / (time.perf_counter() - started)
-        return rates
+        time.sleep(2)  # let forked children finish starting
+        results = {name: _timed(storescu, port, groups, server.pid) for name, groups in runs.items()}
+        stored = sqlite3.connect(var / "db" / "clinical.sqlite3").execute(
+            "SELECT COUNT(*) FROM imaging_instance").fetchone()[0]
+        expected = sum(len(files) for groups in runs.values() for files in groups)
+        if stored != expected:
+            raise SystemExit(f"the SCP stored {stored} of {expected} instances")
+        return results
     finally:
         server.terminate()
         server.wait(timeout=30)
         shutil.rmtree(var, ignore_errors=True)
 
 
+def _machine() -> dict[str, object]:
+    return {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--scp-arg", action="append", default=[],
+                        help="extra run_scp argument, e.g. --scp-arg=--processes=2")
+    parser.add_argument("--skip-import", action="store_true",
+                        help="C-STORE only (no import_dicom, volume build or load_volume)")
     arguments = parser.parse_args()
 
     var = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
@@ -102,9 +162,17 @@ def main() -> None:
     from imaging.volumes import load_volume, series_volume_build
 
     phantom = var / "phantom"
-    truth = phantom_write(out_dir=phantom, slices=arguments.slices, patients=1, seed=7)
+    truth = phantom_write(out_dir=phantom, slices=arguments.slices, patients=2, seed=7)
     folder = phantom / truth["patients"][0]["folder"]
     files = {"CT": sorted((folder / "CT").glob("*.dcm")), "PET": sorted((folder / "PT").glob("*.dcm"))}
+    second_ct = sorted((phantom / truth["patients"][1]["folder"] / "CT").glob("*.dcm"))
+    cstore_runs = {"CT_1_association": [files["CT"]], "PET_1_association": [files["PET"]],
+                   "CT_4_associations": [second_ct[n::4] for n in range(4)]}
+    if arguments.skip_import:
+        print(json.dumps({"machine": _machine(), "phantom": {"ct_instances": len(files["CT"])},
+                          "cstore_storescu": _cstore(cstore_runs, arguments.scp_arg)}, indent=2))
+        shutil.rmtree(var, ignore_errors=True)
+        return
 
     imported = {}
     for name, paths in files.items():
@@ -125,14 +193,13 @@ def main() -> None:
         del volume
     shape = list(load_volume(ct).voxels.shape)
 
-    cstore = _cstore(files)
+    cstore = _cstore(cstore_runs, arguments.scp_arg)
     print(json.dumps({
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                    "platform": platform.platform()},
+        "machine": _machine(),
         "phantom": {"ct_instances": len(files["CT"]), "pet_instances": len(files["PET"]),
                     "ct_shape": shape},
         "import_dicom_instances_per_s": {k: round(v, 1) for k, v in imported.items()},
-        "cstore_storescu_instances_per_s": {k: round(v, 1) for k, v in cstore.items()},
+        "cstore_storescu": cstore,
         "ct_volume_build_s": round(build_s, 3),
         "load_volume_s": {"median": round(statistics.median(loads), 3), "max": round(max(loads), 3)},
     }, indent=2))

@@ -9,7 +9,8 @@ The socket is non-blocking: the children that wake for a connection race to
 accept it and the losers go back to waiting; a child that is already
 serving associations waits a little before accepting, so an idle child
 takes a new association first. A further child runs the volume builder
-(:mod:`imaging.volume_builder`). The parent only supervises: a child that
+(:mod:`imaging.volume_builder`) at a lower CPU priority, so a build never
+slows the associations. The parent only supervises: a child that
 dies is started again, and SIGTERM or SIGINT ends them all.
 """
 
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 BACKLOG = 64
 BUSY_ACCEPT_DELAY_S = 0.05  # per association a child already serves, at most 0.25 s
 RESTART_BACKOFF_S = 1.0
+BUILDER_NICENESS = 10
 
 
 def listening_socket(address: tuple[str, int]) -> socket.socket:
@@ -105,6 +107,7 @@ def _serve_child(listening: socket.socket, ae_title: str, ssl_context: ssl.SSLCo
 def _builder_child() -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.nice(BUILDER_NICENESS)  # a waiting device comes before a volume nobody may have opened yet
     from imaging.volume_builder import volume_builder_forever
 
     volume_builder_forever()
