@@ -335,3 +335,31 @@ async def test_acknowledgements_pass_a_spent_budget_and_the_view_does_not_freeze
     notices = [item for item in seen if isinstance(item, dict) and item.get("code") == "rate_limited"]
     assert len(notices) == 1 and notices[0]["retry_after_ms"] > 0
     await communicator.disconnect()
+
+
+async def test_inputs_and_acknowledgements_cost_no_hop_to_the_database_thread(client, signed_in, study,
+                                                                                monkeypatch):
+    import channels.consumer
+
+    await database_sync_to_async(signed_in)("doctor")
+    record, _ = study
+    communicator, _, _ = await _open(client, record.study_instance_uid)
+    await _next(communicator)
+    await communicator.send_json_to({"type": "layout", "layout": "1x1"})
+    await _until(communicator, lambda item: isinstance(item, dict) and item["type"] == "ready")
+    hops = []
+    original = channels.consumer.aclose_old_connections
+
+    async def counted() -> None:
+        hops.append(1)
+        await original()
+
+    monkeypatch.setattr(channels.consumer, "aclose_old_connections", counted)
+    for step in range(30):
+        await communicator.send_json_to({"type": "input", "view": 0, "op": "scroll",
+                                         "delta": 1 if step % 2 else -1})
+        frame = await _until(communicator,
+                             lambda f: not isinstance(f, dict) and f.view == 0 and f.quality == 0)
+        await communicator.send_json_to({"type": "ack", "view": 0, "seq": frame.sequence})
+    assert len(hops) == 0, f"{len(hops)} database-thread calls for 60 client messages"
+    await communicator.disconnect()
