@@ -10,6 +10,7 @@ render workers' ``describe``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -53,7 +54,8 @@ class SeriesInfo:
         axis_ijk = int(np.argmax(alignment))
         return float(spacing_kji[2 - axis_ijk])
 
-    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+    @functools.cached_property
+    def _bounds(self) -> tuple[np.ndarray, np.ndarray]:
         direction = np.asarray(self.geometry["direction"], dtype=np.float64)
         shape_kji = self.geometry["shape"]
         spacing_kji = self.geometry["spacing"]
@@ -62,6 +64,11 @@ class SeriesInfo:
         corners = [origin + direction @ (extent_ijk * np.array(c))
                    for c in np.ndindex(2, 2, 2)]
         return np.min(corners, axis=0), np.max(corners, axis=0)
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Patient-space box of the voxel centres (computed once: the geometry never changes)."""
+        low, high = self._bounds
+        return low.copy(), high.copy()
 
 
 @dataclass
