@@ -17,7 +17,10 @@ Writes a phantom PET/CT (CT slices x 512 x 512, PET half as many slices of
   processes spent per instance (from /proc: less disturbed by other load);
 * the time to build the CT volume once, and ``load_volume`` of it (median of 5).
 
-    python bench/ingest.py [--slices 300] [--scp-arg=--processes=2 ...]
+* with ``--orthanc``, the same runs into Debian's Orthanc (defaults: no
+  de-identification, no encryption) right after, for ratios under the same load.
+
+    python bench/ingest.py [--slices 300] [--orthanc] [--scp-arg=--processes=2 ...]
 """
 
 from __future__ import annotations
@@ -121,7 +124,8 @@ def _cstore(runs: dict[str, list[list[Path]]], scp_arguments: list[str]) -> dict
             except OSError:
                 time.sleep(0.1)
         time.sleep(2)  # let forked children finish starting
-        results = {name: _timed(storescu, port, groups, server.pid) for name, groups in runs.items()}
+        results: dict[str, object] = {name: _timed(storescu, port, groups, server.pid)
+                                      for name, groups in runs.items()}
         stored = sqlite3.connect(var / "db" / "clinical.sqlite3").execute(
             "SELECT COUNT(*) FROM imaging_instance").fetchone()[0]
         expected = sum(len(files) for groups in runs.values() for files in groups)
@@ -138,11 +142,43 @@ def _machine() -> dict[str, object]:
     return {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
 
 
+def _orthanc(runs: dict[str, list[list[Path]]]) -> dict[str, object]:
+    """The same C-STORE runs into Debian's Orthanc on loopback (its defaults: no de-identification,
+    no encryption), for a ratio measured under the same load."""
+    binary = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin")
+    storescu = shutil.which("storescu")
+    if binary is None or storescu is None:
+        raise SystemExit("--orthanc needs Debian's orthanc and dcmtk")
+    folder = Path(tempfile.mkdtemp(prefix="bench-orthanc-"))
+    port, http = _free_port(), _free_port()
+    (folder / "orthanc.json").write_text(json.dumps({
+        "Name": "bench", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
+        "DicomAet": "FUSIONGW", "DicomPort": port, "HttpPort": http, "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "Plugins": []}))
+    # Orthanc speaks DICOM through dcmtk, which leaves Nagle on unless TCP_NODELAY is set.
+    server = subprocess.Popen([binary, str(folder / "orthanc.json")], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env={**os.environ, "TCP_NODELAY": "1"})
+    try:
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        return {name: _timed(storescu, port, groups, server.pid) for name, groups in runs.items()}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--scp-arg", action="append", default=[],
                         help="extra run_scp argument, e.g. --scp-arg=--processes=2")
+    parser.add_argument("--orthanc", action="store_true",
+                        help="also time the same C-STORE runs into Debian's Orthanc, for ratios")
     parser.add_argument("--skip-import", action="store_true",
                         help="C-STORE only (no import_dicom, volume build or load_volume)")
     arguments = parser.parse_args()
@@ -169,8 +205,11 @@ def main() -> None:
     cstore_runs = {"CT_1_association": [files["CT"]], "PET_1_association": [files["PET"]],
                    "CT_4_associations": [second_ct[n::4] for n in range(4)]}
     if arguments.skip_import:
-        print(json.dumps({"machine": _machine(), "phantom": {"ct_instances": len(files["CT"])},
-                          "cstore_storescu": _cstore(cstore_runs, arguments.scp_arg)}, indent=2))
+        document: dict[str, object] = {"machine": _machine(), "phantom": {"ct_instances": len(files["CT"])},
+                                       "cstore_storescu": _cstore(cstore_runs, arguments.scp_arg)}
+        if arguments.orthanc:
+            document["orthanc_cstore_storescu"] = _orthanc(cstore_runs)
+        print(json.dumps(document, indent=2))
         shutil.rmtree(var, ignore_errors=True)
         return
 
@@ -194,12 +233,14 @@ def main() -> None:
     shape = list(load_volume(ct).voxels.shape)
 
     cstore = _cstore(cstore_runs, arguments.scp_arg)
+    orthanc = _orthanc(cstore_runs) if arguments.orthanc else None
     print(json.dumps({
         "machine": _machine(),
         "phantom": {"ct_instances": len(files["CT"]), "pet_instances": len(files["PET"]),
                     "ct_shape": shape},
         "import_dicom_instances_per_s": {k: round(v, 1) for k, v in imported.items()},
         "cstore_storescu": cstore,
+        **({"orthanc_cstore_storescu": orthanc} if orthanc else {}),
         "ct_volume_build_s": round(build_s, 3),
         "load_volume_s": {"median": round(statistics.median(loads), 3), "max": round(max(loads), 3)},
     }, indent=2))
