@@ -201,6 +201,10 @@ SILENT_COMMANDS = {
     "render_worker": ("renders only on signed requests from gateway processes, which have "
                       "already authorised and audited the render session (render.start/end); "
                       "it holds no principal to audit and no access decision of its own"),
+    "serve": ("starts and restarts daphne processes; every request and websocket they serve "
+              "is audited by its own view or consumer"),
+    "build_volumes": ("builds render volumes of series whose ingest was already audited; "
+                      "it acts for no principal and grants no access"),
 }
 
 
