@@ -60,6 +60,16 @@ def manage(*arguments: str, env: dict[str, str] | None = None,
     )
 
 
+@pytest.fixture(autouse=True)
+def _ingest_caches_forgotten():
+    """Ingest caches row ids and identity rows it has seen; every test's databases start empty."""
+    from imaging.services import ingest_caches_clear
+
+    ingest_caches_clear()
+    yield
+    ingest_caches_clear()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _shared_volumes_of_served_gateways_removed():
     """Gateways the tests serve share decrypted volumes in /dev/shm (memory): none may outlive the run."""
