@@ -2,8 +2,8 @@
 
 pydicom and pynetdicom are pure Python, so one process serves its
 associations on one core whatever its threads. ``run_scp`` therefore binds
-the listening socket once and forks ``processes`` children that all accept
-from it, each a threaded pynetdicom server (an association per thread, its
+the socket once, forks ``processes`` children and, once each is ready, listens;
+the children all accept from it, each a threaded pynetdicom server (an association per thread, its
 C-STOREs ingested in that thread: no instance crosses a process boundary).
 The socket is non-blocking: the children that wake for a connection race to
 accept it and the losers go back to waiting; a child that is already
@@ -40,16 +40,16 @@ log = logging.getLogger(__name__)
 BACKLOG = 64
 BUSY_ACCEPT_DELAY_S = 0.05  # per association a child already serves, at most 0.25 s
 RESTART_BACKOFF_S = 1.0
+STARTUP_S = 60.0
 BUILDER_NICENESS = 10
 
 
-def listening_socket(address: tuple[str, int]) -> socket.socket:
-    """A bound, listening, non-blocking TCP socket the children share."""
+def bound_socket(address: tuple[str, int]) -> socket.socket:
+    """A bound, non-blocking TCP socket the children share (the parent calls ``listen``)."""
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(address)
-    sock.listen(BACKLOG)
     sock.setblocking(False)
     return sock
 
@@ -72,9 +72,10 @@ class SharedSocketServer(ThreadedAssociationServer):
         pass  # already listening
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        # Connections this child accepted and pynetdicom has not closed yet: counted from the
-        # accept on, since the association's own thread starts a moment later.
-        open_connections = [sock for sock in getattr(self, "_accepted", []) if sock.fileno() >= 0]
+        # Connections this child accepted whose peer is still there: counted from the accept
+        # on (the association's own thread starts a moment later), and not once the peer has
+        # gone (a port probe lingers in pynetdicom until its timers run out).
+        open_connections = [sock for sock in getattr(self, "_accepted", []) if _peer_present(sock)]
         self._accepted = open_connections
         if open_connections:
             time.sleep(min(0.25, BUSY_ACCEPT_DELAY_S * len(open_connections)))
@@ -83,6 +84,20 @@ class SharedSocketServer(ThreadedAssociationServer):
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._accepted.append(client)
         return client, address
+
+
+def _peer_present(sock: socket.socket) -> bool:
+    """Whether an accepted connection is open at both ends (reads nothing from it)."""
+    if sock.fileno() < 0:
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+    except BlockingIOError:
+        return True  # open, nothing waiting
+    except ValueError:
+        return True  # TLS: no peeking below the record layer; count it
+    except OSError:
+        return False  # reset
 
 
 def _server_class(listening: socket.socket) -> type[SharedSocketServer]:
@@ -94,13 +109,16 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _serve_child(listening: socket.socket, ae_title: str, ssl_context: ssl.SSLContext | None) -> None:
+def _serve_child(listening: socket.socket, ae_title: str, ssl_context: ssl.SSLContext | None,
+                 ready: Any, go: Any) -> None:
     _die_with_parent()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     ae, handlers = scp_build(ae_title=ae_title)
     server = ae.make_server(listening.getsockname()[:2], evt_handlers=handlers, ssl_context=ssl_context,
                             server_class=_server_class(listening))
+    ready.set()
+    go.wait()  # the socket listens once every child can accept
     server.serve_forever()
 
 
@@ -133,12 +151,12 @@ def scp_serve(*, address: tuple[str, int], ae_title: str, processes: int,
     on_listening : callable, optional
         Called with the bound address once the socket listens.
     """
-    listening = listening_socket(address)
-    if on_listening is not None:
-        on_listening(listening.getsockname()[:2])
+    listening = bound_socket(address)
     context = multiprocessing.get_context("fork")
+    go = context.Event()
+    ready = {f"scp-{n}": context.Event() for n in range(max(1, processes))}
     specs: dict[str, tuple[Any, tuple[Any, ...]]] = {
-        f"scp-{n}": (_serve_child, (listening, ae_title, ssl_context)) for n in range(max(1, processes))}
+        name: (_serve_child, (listening, ae_title, ssl_context, ready[name], go)) for name in ready}
     if volume_builder:
         specs["volume-builder"] = (_builder_child, ())
     children: dict[str, BaseProcess] = {}
@@ -161,6 +179,17 @@ def scp_serve(*, address: tuple[str, int], ae_title: str, processes: int,
     try:
         for name in specs:
             start(name)
+        # Listen only once every SCP child can accept: a peer that connects as soon as the
+        # port answers finds all of them, not the first one started.
+        deadline = time.monotonic() + STARTUP_S
+        for name, event in ready.items():
+            while not event.wait(0.2) and not stopping and time.monotonic() < deadline:
+                if not children[name].is_alive():
+                    break
+        listening.listen(BACKLOG)
+        go.set()
+        if on_listening is not None:
+            on_listening(listening.getsockname()[:2])
         while not stopping:
             time.sleep(0.2)
             for name, child in list(children.items()):
