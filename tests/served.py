@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from django_otp.oath import TOTP
+from websockets.exceptions import ConnectionClosed
 
+from rendering.protocol import frame_unpack
 from tests.conftest import REPO, ZONES, child_environment, free_port, manage
 
 _CSRF_FIELD = re.compile(rb'name="csrfmiddlewaretoken" value="([^"]+)"')
@@ -271,3 +273,40 @@ def serving_pid(gateway: ServedGateway, client_port: int) -> int | None:
             except FileNotFoundError:
                 continue
     return None
+
+
+def viewer_until(ws, predicate, *, seconds: float = 60):
+    """Read (and acknowledge, as the viewer does) until ``predicate(message)`` holds.
+
+    Returns (that message, everything read).
+    """
+    seen = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        raw = ws.recv(timeout=max(0.01, deadline - time.monotonic()))
+        message = frame_unpack(raw) if isinstance(raw, bytes) else json.loads(raw)
+        if isinstance(raw, bytes):
+            ws.send(json.dumps({"type": "ack", "view": message.view, "seq": message.sequence}))
+        seen.append(message)
+        if predicate(message):
+            return message, seen
+    raise AssertionError(f"not seen within {seconds} s; last: {seen[-3:]}")
+
+
+def is_frame(message) -> bool:
+    return not isinstance(message, dict)
+
+
+def closed_code(ws, *, seconds: float = 10) -> int:
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            ws.recv(timeout=deadline - time.monotonic())
+    except ConnectionClosed as closed:
+        assert closed.rcvd is not None, "the server closed without a close frame"
+        return closed.rcvd.code
+    raise AssertionError("still open")
+
+
+def viewer_ready(ws):
+    return viewer_until(ws, lambda m: isinstance(m, dict) and m.get("type") == "ready")[0]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import stat
@@ -12,33 +11,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from websockets.exceptions import ConnectionClosed
 
-from rendering.protocol import frame_unpack
-from tests.served import gateway_serve, serving_pid, viewer_socket
-
-
-def _ready(ws) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        raw = ws.recv(timeout=deadline - time.monotonic())
-        if isinstance(raw, bytes):
-            frame = frame_unpack(raw)
-            ws.send(json.dumps({"type": "ack", "view": frame.view, "seq": frame.sequence}))
-        elif json.loads(raw).get("type") == "ready":
-            return
-    raise AssertionError("no ready message within 60 s")
-
-
-def _close_code(ws, seconds: float) -> int:
-    deadline = time.monotonic() + seconds
-    try:
-        while time.monotonic() < deadline:
-            ws.recv(timeout=deadline - time.monotonic())
-    except ConnectionClosed as closed:
-        assert closed.rcvd is not None, "closed without a close frame"
-        return closed.rcvd.code
-    raise AssertionError("still open")
+from tests.served import closed_code, gateway_serve, serving_pid, viewer_ready, viewer_socket
 
 
 def _viewers_on_every_process(gateway, browser, stack: contextlib.ExitStack) -> list:
@@ -50,7 +24,7 @@ def _viewers_on_every_process(gateway, browser, stack: contextlib.ExitStack) -> 
         holders.add(serving_pid(gateway, ws.socket.getsockname()[1]))
     assert holders == set(gateway.server_pids()), f"{len(sockets)} connections all landed on one process"
     for ws in sockets:
-        _ready(ws)
+        viewer_ready(ws)
     return sockets
 
 
@@ -62,7 +36,7 @@ def test_sign_out_everywhere_closes_viewers_held_by_every_process_within_a_secon
         done = browser.form("/accounts/security/", {}, action="/accounts/security/logout-everywhere/")
         assert done.status in (302, 303), done.status
         posted = time.monotonic()
-        codes = [_close_code(ws, seconds=5) for ws in sockets]
+        codes = [closed_code(ws, seconds=5) for ws in sockets]
         assert time.monotonic() - posted < 1.0
     assert codes == [4401] * len(sockets)
 
@@ -75,7 +49,7 @@ def test_an_account_deactivated_from_the_command_line_is_closed_on_every_process
                           f"u = User.objects.get(username={person.username!r}); "
                           "u.is_active = False; u.save()")
         changed = time.monotonic()
-        codes = [_close_code(ws, seconds=5) for ws in sockets]
+        codes = [closed_code(ws, seconds=5) for ws in sockets]
         assert time.monotonic() - changed < 1.0
     assert set(codes) == {4401}
 

@@ -14,46 +14,9 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from rendering.protocol import frame_unpack
-from tests.served import viewer_socket
+from tests.served import closed_code, is_frame, viewer_ready, viewer_socket, viewer_until
 
 pytestmark = pytest.mark.server
-
-
-def _until(ws, predicate, *, seconds: float = 60):
-    """Read (and acknowledge, as the viewer does) until ``predicate(message)`` holds.
-
-    Returns (that message, everything read).
-    """
-    seen = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        raw = ws.recv(timeout=max(0.01, deadline - time.monotonic()))
-        message = frame_unpack(raw) if isinstance(raw, bytes) else json.loads(raw)
-        if isinstance(raw, bytes):
-            ws.send(json.dumps({"type": "ack", "view": message.view, "seq": message.sequence}))
-        seen.append(message)
-        if predicate(message):
-            return message, seen
-    raise AssertionError(f"not seen within {seconds} s; last: {seen[-3:]}")
-
-
-def _is_frame(message) -> bool:
-    return not isinstance(message, dict)
-
-
-def _closed_code(ws, *, seconds: float = 10) -> int:
-    deadline = time.monotonic() + seconds
-    try:
-        while time.monotonic() < deadline:
-            ws.recv(timeout=deadline - time.monotonic())
-    except ConnectionClosed as closed:
-        assert closed.rcvd is not None, "the server closed without a close frame"
-        return closed.rcvd.code
-    raise AssertionError("still open")
-
-
-def _ready(ws):
-    return _until(ws, lambda m: isinstance(m, dict) and m.get("type") == "ready")[0]
 
 
 @pytest.fixture(scope="module")
@@ -77,16 +40,16 @@ def test_a_signed_in_cookie_from_another_origin_is_refused_at_the_handshake(serv
 
 def test_the_gateway_s_own_origin_is_accepted(served_demo, doctor):
     with viewer_socket(served_demo, doctor) as ws:
-        ready = _ready(ws)
+        ready = viewer_ready(ws)
         assert ready["study"]["uid"] == served_demo.study_uid
-        _until(ws, _is_frame)
+        viewer_until(ws, is_frame)
 
 
 # --- close codes reach the client -----------------------------------------------------------
 
 def test_no_session_is_closed_with_4401(served_demo):
     with viewer_socket(served_demo, None) as ws:
-        assert _closed_code(ws) == 4401
+        assert closed_code(ws) == 4401
 
 
 def test_a_password_only_session_is_closed_with_4401(served_demo):
@@ -98,32 +61,32 @@ def test_a_password_only_session_is_closed_with_4401(served_demo):
                                               "password": person.password})
     assert first.status == 302
     with viewer_socket(served_demo, browser) as ws:
-        assert _closed_code(ws) == 4401
+        assert closed_code(ws) == 4401
 
 
 def test_a_study_the_role_may_not_view_is_closed_with_4404(served_demo):
     desk = served_demo.sign_in(served_demo.person("admin_staff"))
     with viewer_socket(served_demo, desk) as ws:
-        assert _closed_code(ws) == 4404
+        assert closed_code(ws) == 4404
     with viewer_socket(served_demo, served_demo.doctor(), study="1.2.3.4.5") as ws:
-        assert _closed_code(ws) == 4404
+        assert closed_code(ws) == 4404
 
 
 def test_a_path_no_route_names_is_closed_with_4404(served_demo, doctor):
     with viewer_socket(served_demo, doctor, path="/ws/nothing-here/") as ws:
-        assert _closed_code(ws) == 4404
+        assert closed_code(ws) == 4404
 
 
 def test_log_out_everywhere_closes_an_open_viewer_within_a_second(served_demo):
     browser = served_demo.doctor()
     with viewer_socket(served_demo, browser) as ws:
-        _ready(ws)
-        _until(ws, _is_frame)
+        viewer_ready(ws)
+        viewer_until(ws, is_frame)
         done = browser.form("/accounts/security/", {},
                             action="/accounts/security/logout-everywhere/")
         assert done.status in (302, 303), done.status
         posted = time.monotonic()
-        assert _closed_code(ws, seconds=5) == 4401
+        assert closed_code(ws, seconds=5) == 4401
         assert time.monotonic() - posted < 1.0
 
 
@@ -131,20 +94,20 @@ def test_log_out_everywhere_closes_an_open_viewer_within_a_second(served_demo):
 
 def test_a_burst_is_coalesced_and_the_last_state_arrives_promptly(served_demo, doctor):
     with viewer_socket(served_demo, doctor) as ws:
-        _ready(ws)
-        _until(ws, lambda m: _is_frame(m) and m.view == 0 and m.quality == 1)
+        viewer_ready(ws)
+        viewer_until(ws, lambda m: is_frame(m) and m.view == 0 and m.quality == 1)
         sent_at = time.monotonic()
         for _ in range(500):
             ws.send(json.dumps({"type": "input", "view": 0, "op": "window", "dc": 1, "dw": 0}))
         burst_ms = (time.monotonic() - sent_at) * 1000
-        last, seen = _until(ws, lambda m: _is_frame(m) and m.view == 0 and m.quality == 1,
+        last, seen = viewer_until(ws, lambda m: is_frame(m) and m.view == 0 and m.quality == 1,
                             seconds=10)
         waited = time.monotonic() - sent_at
     notices = [m for m in seen if isinstance(m, dict) and m.get("code") == "rate_limited"]
     assert len(notices) <= 1, "the client is told once, not once per dropped message"
     assert all(m["retry_after_ms"] >= 0 for m in notices)
     assert waited < 2.0 + burst_ms / 1000, f"the still came {waited:.2f} s after the burst"
-    frames = [m for m in seen if _is_frame(m) and m.view == 0]
+    frames = [m for m in seen if is_frame(m) and m.view == 0]
     assert len(frames) < 50, "a burst is coalesced into a few frames, not a queue of stale ones"
     assert last.sequence == max(f.sequence for f in frames)
 
@@ -154,7 +117,7 @@ def test_acknowledgements_are_never_rate_limited_and_views_never_freeze(served_d
     latest: dict[int, int] = {}
     limited = 0
     with viewer_socket(served_demo, doctor) as ws:
-        views = len(_ready(ws)["views"])
+        views = len(viewer_ready(ws)["views"])
         end = time.monotonic() + 3
         while time.monotonic() < end:
             ws.send(json.dumps({"type": "input", "view": 0, "op": "scroll", "delta": 1}))
@@ -170,7 +133,7 @@ def test_acknowledgements_are_never_rate_limited_and_views_never_freeze(served_d
                     ws.send(json.dumps({"type": "ack", "view": frame.view, "seq": frame.sequence}))
                 elif json.loads(raw).get("code") == "rate_limited":
                     limited += 1
-        stills, _ = _until(ws, lambda m: _is_frame(m) and m.view == 0 and m.quality == 1,
+        stills, _ = viewer_until(ws, lambda m: is_frame(m) and m.view == 0 and m.quality == 1,
                            seconds=10)
     assert stills.sequence >= latest.get(0, 0), "the last state is shown at still quality"
     assert limited <= 3
@@ -179,35 +142,35 @@ def test_acknowledgements_are_never_rate_limited_and_views_never_freeze(served_d
 
 def test_an_unknown_type_is_not_echoed_back_in_full(served_demo, doctor):
     with viewer_socket(served_demo, doctor) as ws:
-        _ready(ws)
+        viewer_ready(ws)
         ws.send(json.dumps({"type": "x" * 7000}))
-        error, _ = _until(ws, lambda m: isinstance(m, dict) and m.get("type") == "error")
+        error, _ = viewer_until(ws, lambda m: isinstance(m, dict) and m.get("type") == "error")
         ws.send(json.dumps({"type": "ack", "view": 0, "seq": 1, **{f"k{i}" * 50: 1 for i in range(40)}}))
-        second, _ = _until(ws, lambda m: isinstance(m, dict) and m.get("type") == "error")
+        second, _ = viewer_until(ws, lambda m: isinstance(m, dict) and m.get("type") == "error")
     assert error["code"] == "unknown_type" and len(error["message"]) < 120
     assert second["code"] == "unknown_field" and len(second["message"]) < 300
 
 
 def test_a_message_over_the_protocol_limit_is_refused_and_the_socket_stays(served_demo, doctor):
     with viewer_socket(served_demo, doctor) as ws:
-        ready = _ready(ws)
+        ready = viewer_ready(ws)
         ws.send(json.dumps({"type": "probe", "pad": "x" * ready["limits"]["max_message_bytes"]}))
-        error, _ = _until(ws, lambda m: isinstance(m, dict) and m.get("type") == "error")
+        error, _ = viewer_until(ws, lambda m: isinstance(m, dict) and m.get("type") == "error")
         assert error["code"] == "too_large"
         ws.send(json.dumps({"type": "input", "view": 0, "op": "scroll", "delta": 1}))
-        _until(ws, _is_frame)
+        viewer_until(ws, is_frame)
 
 
 def test_a_message_over_daphne_s_one_mebibyte_drops_the_connection_not_the_server(served_demo,
                                                                                  doctor):
     """daphne (autobahn) fails the connection without a close frame: a browser reports 1006."""
     with viewer_socket(served_demo, doctor) as ws:
-        _ready(ws)
+        viewer_ready(ws)
         ws.send("x" * (1024 * 1024 + 1))
         with pytest.raises(ConnectionClosed) as closed:
             while True:
                 ws.recv(timeout=10)
         assert closed.value.rcvd is None
     with viewer_socket(served_demo, doctor) as ws:
-        _ready(ws)
-        _until(ws, _is_frame)
+        viewer_ready(ws)
+        viewer_until(ws, is_frame)
