@@ -62,12 +62,14 @@ seed: migrate
 	$(BIN)/python manage.py seed_demo
 
 # daphne processes (one per core, GATEWAY_WEB_PROCESSES) serve the gateway on one port;
-# beside them, the audit chain head is signed every minute.
+# beside them, the audit chain head is signed every minute and the volumes of series
+# stored over STOW-RS are built (ingest never builds them on the request's path).
 serve:
 	$(BIN)/python manage.py collectstatic --noinput -v0
 	@$(BIN)/python manage.py audit_checkpoint --every 60 & checkpoints=$$!; \
-	trap 'kill $$checkpoints 2>/dev/null' EXIT INT TERM; \
-	echo "audit checkpoints every 60 s"; \
+	$(BIN)/python manage.py build_volumes --watch & volumes=$$!; \
+	trap 'kill $$checkpoints $$volumes 2>/dev/null' EXIT INT TERM; \
+	echo "audit checkpoints every 60 s; volumes of new series built in the background"; \
 	$(BIN)/python manage.py serve --host $(HOST) --port $(PORT)
 
 run: seed

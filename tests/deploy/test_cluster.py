@@ -109,7 +109,8 @@ def test_the_cluster_survives_a_render_worker_and_an_asgi_process_dying(cluster,
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         count, pending = owner_sql(cluster, "clinical", "SELECT (SELECT count(*) FROM imaging_instance), "
-                                   "(SELECT count(*) FROM imaging_series WHERE volume_state = 'pending')")[0]
+                                   "(SELECT count(*) FROM imaging_series "
+                                   "WHERE volume_state IN ('pending', 'building'))")[0]
         if count == expected and pending == 0:
             break
         time.sleep(0.5)
