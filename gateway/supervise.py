@@ -9,6 +9,7 @@ that command: ``python -m gateway.supervise --fds 8,9 [--shared-dir D] [-- daphn
 from __future__ import annotations
 
 import argparse
+import ctypes
 import shutil
 import signal
 import socket
@@ -23,6 +24,19 @@ CRASH_WINDOW_S = 10.0
 CRASHES_ALLOWED = 5
 STOP_GRACE_S = 20.0
 
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(signum: int = signal.SIGTERM) -> None:
+    """Have the kernel send ``signum`` to this process when its parent dies (Linux; else nothing).
+
+    A supervisor killed outright (SIGKILL, the OOM killer) must not leave servers
+    behind it holding the port and the sessions' sockets.
+    """
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
 
 
 @dataclass
@@ -48,8 +62,9 @@ class Supervisor:
         return [sys.executable, "-m", "daphne", "-e", endpoint, *self.extra, "gateway.asgi:application"]
 
     def spawn(self, child: Child) -> None:
+        # preexec_fn is safe here: the supervisor runs no threads.
         child.process = subprocess.Popen(  # noqa: S603  (this interpreter, fixed module, no shell)
-            self.command(child), pass_fds=(child.listener.fileno(),))
+            self.command(child), pass_fds=(child.listener.fileno(),), preexec_fn=die_with_parent)
         child.started = time.monotonic()
 
     def run(self) -> int:

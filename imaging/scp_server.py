@@ -17,14 +17,12 @@ dies is started again, and SIGTERM or SIGINT ends them all.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import multiprocessing
 import os
 import signal
 import socket
 import ssl
-import sys
 import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -33,6 +31,7 @@ from typing import Any
 from django.db import connections
 from pynetdicom.transport import ThreadedAssociationServer
 
+from gateway.supervise import die_with_parent
 from imaging.scp import scp_build
 
 log = logging.getLogger(__name__)
@@ -104,14 +103,9 @@ def _server_class(listening: socket.socket) -> type[SharedSocketServer]:
     return type("SharedSocketServerBound", (SharedSocketServer,), {"listening": listening})
 
 
-def _die_with_parent() -> None:
-    if sys.platform == "linux":
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 def _serve_child(listening: socket.socket, ae_title: str, ssl_context: ssl.SSLContext | None,
                  ready: Any, go: Any) -> None:
-    _die_with_parent()
+    die_with_parent(signal.SIGKILL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     ae, handlers = scp_build(ae_title=ae_title)
@@ -123,7 +117,7 @@ def _serve_child(listening: socket.socket, ae_title: str, ssl_context: ssl.SSLCo
 
 
 def _builder_child() -> None:
-    _die_with_parent()
+    die_with_parent(signal.SIGKILL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     os.nice(BUILDER_NICENESS)  # a waiting device comes before a volume nobody may have opened yet
     from imaging.volume_builder import volume_builder_forever

@@ -101,3 +101,14 @@ def test_render_workers_of_every_process_map_one_shared_copy_of_each_volume(serv
     for name in mapped[0]:
         assert stat.S_IMODE(os.stat(name).st_mode) == 0o600
         assert stat.S_IMODE(os.stat(os.path.dirname(name)).st_mode) == 0o700
+
+
+def test_the_servers_go_when_the_supervisor_is_killed_outright(bare_gateway):
+    pids = bare_gateway.server_pids()
+    assert bare_gateway.process is not None
+    os.kill(bare_gateway.process.pid, signal.SIGKILL)
+    bare_gateway.process.wait(timeout=10)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{pid}") for pid in pids):
+        time.sleep(0.2)
+    assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")], "daphne outlived its supervisor"
