@@ -62,6 +62,20 @@ def private_file_check(path: Path) -> None:
         )
 
 
+def private_directory_make(path: Path) -> None:
+    """Create ``path`` (0700), or accept it only as a real directory of ours that nobody else may enter.
+
+    For directories under world-writable places (``/dev/shm``): a directory another
+    user made first, or a symbolic link, would let them plant or read its files.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise PermissionError(f"{path} is not a directory owned by this user")
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        os.chmod(path, 0o700)
+
+
 def secret(name: str) -> str | None:
     """Return the secret from ``$NAME`` or from the file named by ``$NAME_FILE``."""
     value = os.environ.get(name)

@@ -19,17 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
 import logging
 import os
 import secrets
 import socket
-import stat
 from pathlib import Path
 from typing import Any
 
 import msgpack
 from channels.layers import InMemoryChannelLayer
+
+from gateway.config import private_directory_make
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,19 @@ class HostChannelLayer(InMemoryChannelLayer):
         self._inbox_path: Path | None = None
         self._reader_loop: asyncio.AbstractEventLoop | None = None
         self._outbox: socket.socket | None = None
+        self._private: bool | None = None
+
+    def _directory_private(self) -> bool:
+        """Relay only through a directory of ours (else: this process's sockets only, and say so)."""
+        if self._private is None:
+            try:
+                private_directory_make(self._directory)
+                self._private = True
+            except OSError as error:
+                log.error("group messages stay in this process: %s (%s); sockets elsewhere close "
+                          "at their next session check", self._directory, error)
+                self._private = False
+        return self._private
 
     async def group_add(self, group: str, channel: str) -> None:
         await super().group_add(group, channel)
@@ -64,7 +77,7 @@ class HostChannelLayer(InMemoryChannelLayer):
     # --- receiving ----------------------------------------------------------------------------
 
     def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._reader_loop is loop:
+        if self._reader_loop is loop or not self._directory_private():
             return
         if self._inbox is None:
             self._inbox = self._bind()
@@ -74,7 +87,6 @@ class HostChannelLayer(InMemoryChannelLayer):
         self._reader_loop = loop
 
     def _bind(self) -> socket.socket:
-        directory_make(self._directory)
         path = self._directory / f"{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}"
         inbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         inbox.setblocking(False)
@@ -116,6 +128,8 @@ class HostChannelLayer(InMemoryChannelLayer):
     # --- sending ------------------------------------------------------------------------------
 
     def _relay(self, datagram: bytes, message: dict[str, Any]) -> None:
+        if not self._directory_private():
+            return
         if self._outbox is None:
             self._outbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._outbox.setblocking(False)
@@ -135,17 +149,6 @@ class HostChannelLayer(InMemoryChannelLayer):
         except FileNotFoundError:
             return []
         return [entry for entry in entries if entry.name.endswith(SUFFIX) and entry != self._inbox_path]
-
-
-def directory_make(directory: Path) -> None:
-    """The relay directory, private to the gateway's user (refused if another user can enter it)."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    mode = stat.S_IMODE(directory.stat().st_mode)
-    if mode & 0o077:
-        with contextlib.suppress(PermissionError):
-            os.chmod(directory, 0o700)
-        if stat.S_IMODE(directory.stat().st_mode) & 0o077:
-            raise PermissionError(f"{directory} must be private to the gateway (mode 0700)")
 
 
 def _encoded(group: str, message: dict[str, Any]) -> bytes:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gateway.config import private_directory_make
 from rendering.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class HostVolumes:
         """The shared volume stored under ``key``, mapped read-only, or None."""
         path = self._path(key)
         try:
+            private_directory_make(self.directory)
             volume = _mapped(path, series_id)
             os.utime(path)
         except FileNotFoundError:
@@ -68,7 +70,7 @@ class HostVolumes:
             return volume
         path = self._path(key)
         try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_directory_make(self.directory)
             self._evict(room_for=volume.nbytes)
             _write(path, volume)
             return _mapped(path, volume.series_id)

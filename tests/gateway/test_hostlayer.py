@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import stat
 
@@ -69,3 +70,21 @@ async def test_the_directory_is_private_and_a_message_too_large_is_refused(tmp_p
         await HostChannelLayer(directory).group_send("account-1", {"type": "x", "blob": "a" * 20000})
     await holder.close()
     assert _inbox_paths(directory) == []
+
+
+@pytest.mark.asyncio
+async def test_a_directory_someone_else_owns_is_never_used(tmp_path):
+    planted = tmp_path / "channels"
+    planted.mkdir(mode=0o777)
+    os.chown(planted, 65534, 65534)  # nobody, who got there first
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(planted / "1-eavesdrop.sock"))
+    listener.setblocking(False)
+    layer = HostChannelLayer(planted)
+    channel = await _member(layer, "account-1")
+    await layer.group_send("account-1", {"type": "session.changed"})
+    assert await asyncio.wait_for(layer.receive(channel), 2) == {"type": "session.changed"}  # still local
+    assert _inbox_paths(planted) == [planted / "1-eavesdrop.sock"]
+    with pytest.raises(BlockingIOError):
+        listener.recv(100)
+    listener.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -52,3 +54,18 @@ def test_a_volume_over_the_budget_or_a_damaged_file_costs_only_the_sharing(tmp_p
     (stored,) = tmp_path.glob("*.vol")
     stored.write_bytes(b"not a volume")
     assert roomy.get("s1", "s1") is None
+
+
+def test_a_directory_someone_else_owns_or_a_link_is_never_shared_through(tmp_path):
+    planted = tmp_path / "planted"
+    planted.mkdir(mode=0o777)
+    os.chown(planted, 65534, 65534)
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "elsewhere").mkdir()
+    for directory in (planted, link):
+        host = HostVolumes(directory, 1 << 20)
+        original = _volume("s1")
+        assert host.put("s1", original) is original
+        assert host.get("s1", "s1") is None
+    assert list(planted.iterdir()) == [] and list((tmp_path / "elsewhere").iterdir()) == []
