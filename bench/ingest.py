@@ -117,12 +117,7 @@ def _cstore(runs: dict[str, list[list[Path]]], scp_arguments: list[str]) -> dict
         cwd=REPO, env={**env, "GATEWAY_VAR_DIR": str(var)},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+        _port_wait(port)
         time.sleep(2)  # let forked children finish starting
         results: dict[str, object] = {name: _timed(storescu, port, groups, server.pid)
                                       for name, groups in runs.items()}
@@ -136,6 +131,18 @@ def _cstore(runs: dict[str, list[list[Path]]], scp_arguments: list[str]) -> dict
         server.terminate()
         server.wait(timeout=30)
         shutil.rmtree(var, ignore_errors=True)
+
+
+def _port_wait(port: int, seconds: float = 30.0) -> None:
+    """Until something accepts on the loopback port; a server that never does ends the bench."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listened on port {port} within {seconds:.0f} s")
 
 
 def _machine() -> dict[str, object]:
@@ -159,12 +166,7 @@ def _orthanc(runs: dict[str, list[list[Path]]]) -> dict[str, object]:
     server = subprocess.Popen([binary, str(folder / "orthanc.json")], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, env={**os.environ, "TCP_NODELAY": "1"})
     try:
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+        _port_wait(port)
         return {name: _timed(storescu, port, groups, server.pid) for name, groups in runs.items()}
     finally:
         server.terminate()

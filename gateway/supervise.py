@@ -43,7 +43,6 @@ def die_with_parent(signum: int = signal.SIGTERM) -> None:
 class Child:
     listener: socket.socket
     process: subprocess.Popen[bytes] | None = None
-    started: float = 0.0
     crashes: list[float] = field(default_factory=list)
 
 
@@ -65,7 +64,6 @@ class Supervisor:
         # preexec_fn is safe here: the supervisor runs no threads.
         child.process = subprocess.Popen(  # noqa: S603  (this interpreter, fixed module, no shell)
             self.command(child), pass_fds=(child.listener.fileno(),), preexec_fn=die_with_parent)
-        child.started = time.monotonic()
 
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

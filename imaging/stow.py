@@ -46,6 +46,7 @@ from python_multipart.multipart import MultipartParser
 
 from gateway.audit.catalogue import Action, Outcome
 from gateway.audit.services import audit_record
+from gateway.config import private_directory_make
 from gateway.policy import Permission, may
 from imaging import conf
 from imaging.devices import device_by_token
@@ -94,7 +95,7 @@ class _InFlight:
         from django.conf import settings
 
         directory = Path(settings.VAR_DIR) / "run" / "stow-slots"
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_directory_make(directory)
         return directory
 
     def _slot_files(self, key: Any, limit: int) -> list[Path]:

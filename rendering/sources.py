@@ -59,14 +59,12 @@ class ClinicalVolumes:
         if series is None:
             raise KeyError(series_id)
         key = _version_key(series) if self._host is not None else None
-        if key is not None and self._host is not None:
-            shared = self._host.get(key, series_id)
-            if shared is not None:
-                return shared
-        volume = _as_render_volume(series_id, load_volume(series))
-        if key is not None and self._host is not None:
-            return self._host.put(key, volume)
-        return volume
+        if self._host is None or key is None:
+            return _as_render_volume(series_id, load_volume(series))
+        shared = self._host.get(key, series_id)
+        if shared is not None:
+            return shared
+        return self._host.put(key, _as_render_volume(series_id, load_volume(series)))
 
 
 def _version_key(series: Any) -> str | None:

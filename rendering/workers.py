@@ -220,17 +220,18 @@ class _Timeout(Exception):
     pass
 
 
+FIRST, URGENT, BACKGROUND, STOP = 0, 1, 2, 3  # worker queue order: lower first
+
+
 @dataclass
 class _Job:
     op: str
     payload: dict
     future: Future
     attempts: int = 0
-    priority: int = 1
+    priority: int = URGENT
     """FIRST: a viewer opening (describe); URGENT: interaction and probes; BACKGROUND: stills."""
 
-
-FIRST, URGENT, BACKGROUND, STOP = 0, 1, 2, 3
 
 
 class _Slot:
