@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from django.db.models import Sum
+
 from gateway.policy import Permission, may
 from imaging.models import Study, VolumeState
 
@@ -24,6 +26,10 @@ class ViewerSeries:
     modality: str
     description: str
     frame_of_reference_uid: str
+    number: int | None = None
+    images: int = 0
+    refused: str = ""
+    """Why the series cannot be shown (empty when it can)."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,11 @@ class ViewerStudy:
     study_uid: str
     patient_pseudonym: str
     series: tuple[ViewerSeries, ...]
+    description: str = ""
+
+    @property
+    def showable(self) -> tuple[ViewerSeries, ...]:
+        return tuple(s for s in self.series if not s.refused)
 
 
 def _withheld(principal: Any) -> bool:
@@ -45,12 +56,21 @@ def study_for_viewer(*, principal: Any, study_uid: str) -> ViewerStudy:
              .first())
     if study is None:
         raise StudyNotFound(study_uid)
-    series = study.series.exclude(volume_state=VolumeState.REFUSED).order_by("series_number", "id")
+    series = (study.series.annotate(images=Sum("instances__number_of_frames"))
+              .order_by("series_number", "id"))
     if _withheld(principal):
         series = series.filter(pixels_may_identify=False)
     return ViewerStudy(
         study_uid=study.study_instance_uid,
         patient_pseudonym=study.patient.pseudonym,
+        description=study.study_description,
         series=tuple(ViewerSeries(s.series_instance_uid, s.modality, s.series_description,
-                                  s.frame_of_reference_uid) for s in series),
+                                  s.frame_of_reference_uid, s.series_number, int(s.images or 0),
+                                  _refusal(s)) for s in series),
     )
+
+
+def _refusal(series: Any) -> str:
+    if series.volume_state != VolumeState.REFUSED:
+        return ""
+    return series.volume_reason or "the images cannot be shown"

@@ -43,7 +43,7 @@ import secrets
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -54,7 +54,7 @@ from pydicom.dataset import Dataset
 
 from imaging import storage
 from imaging.models import Instance, Series, VolumeState
-from imaging.pixels import decoder_attempts_demoted
+from imaging.presentation import decoded_frames, display_facts, modality_lut_values
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,10 @@ LOAD_WAIT_S = 120.0  # load_volume waits this long for another builder's claim
 
 class VolumeRefused(ValueError):
     """The series cannot form one regular volume; the message says why."""
+
+
+class NotAVolume(VolumeRefused):
+    """The series is pictures by nature (no patient geometry, cine, planar NM): shown as 2-D images."""
 
 
 @dataclass(frozen=True)
@@ -201,15 +205,7 @@ def _functional(ds: Dataset, frame: int, sequence: str, attribute: str) -> Any:
 
 
 def _frames(ds: Dataset) -> np.ndarray:
-    with decoder_attempts_demoted():
-        pixels = ds.pixel_array
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    if frames == 1:
-        pixels = pixels[None, ...]
-    if samples == 1 and pixels.ndim == 4:
-        pixels = pixels[..., 0]
-    return pixels
+    return decoded_frames(ds)
 
 
 def _enhanced_slices(ds: Dataset, pixels: np.ndarray) -> tuple[list[_Slice], list[float], list[float]]:
@@ -244,6 +240,15 @@ def _nm_slices(ds: Dataset, pixels: np.ndarray) -> tuple[list[_Slice], list[floa
     return slices, orientation, spacing
 
 
+def _nm_reconstruction(ds: Dataset) -> bool:
+    """A reconstructed SPECT/PET-on-NM volume (ImageType RECON TOMO / RECON GATED TOMO), not planar frames."""
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    if len(image_type) > 2:
+        return image_type[2] in {"RECON TOMO", "RECON GATED TOMO"}
+    detector = (ds.get("DetectorInformationSequence") or [Dataset()])[0]
+    return "SpacingBetweenSlices" in ds and "ImagePositionPatient" in detector
+
+
 def _single_frame_slices(datasets: Iterable[Dataset]) -> tuple[list[_Slice], list[float], list[float]]:
     """Slices of a single-frame stack, rescaled as they are read.
 
@@ -255,12 +260,8 @@ def _single_frame_slices(datasets: Iterable[Dataset]) -> tuple[list[_Slice], lis
     first = next(items)
     second = next(items, None)
     if "ImageOrientationPatient" not in first or "ImagePositionPatient" not in first:
-        if second is not None:
-            raise VolumeRefused("several images without ImagePositionPatient/ImageOrientationPatient")
-        orientation, position = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0]
-    else:
-        orientation = _floats(first.ImageOrientationPatient)
-        position = None
+        raise NotAVolume("images without ImagePositionPatient/ImageOrientationPatient")
+    orientation = _floats(first.ImageOrientationPatient)
     spacing = _floats(first.get("PixelSpacing") or first.get("ImagerPixelSpacing") or [1, 1])
     slices = []
     shape = None
@@ -275,10 +276,16 @@ def _single_frame_slices(datasets: Iterable[Dataset]) -> tuple[list[_Slice], lis
             raise VolumeRefused("images of the series have different sizes")
         if pixels.shape[0] != 1:
             raise VolumeRefused("a series mixing multi-frame and single-frame images")
-        where = position if position is not None else _floats(ds.ImagePositionPatient)
+        if "ImagePositionPatient" not in ds:
+            raise VolumeRefused("an image of the series has no ImagePositionPatient")
+        where = np.array(_floats(ds.ImagePositionPatient))
+        lut = modality_lut_values(ds, pixels[0])
+        if lut is not None:
+            slices.append(_Slice(where, lut, 1.0, 0.0, rescaled=True))
+            continue
         slope, intercept = _rescale(None, ds)
-        read = _Slice(np.array(where), pixels[0], slope, intercept)
-        slices.append(_Slice(read.position, _rescaled(read), 1.0, 0.0, rescaled=True))
+        slices.append(_Slice(where, _rescaled(_Slice(where, pixels[0], slope, intercept)), 1.0, 0.0,
+                             rescaled=True))
     return slices, orientation, spacing
 
 
@@ -362,14 +369,10 @@ def volume_from_datasets(datasets: Iterable[Dataset]) -> tuple[Volume, str]:
         pixels = _frames(first)
         if "PerFrameFunctionalGroupsSequence" in first or "SharedFunctionalGroupsSequence" in first:
             slices, orientation, spacing = _enhanced_slices(first, pixels)
-        elif modality == "NM" or "DetectorInformationSequence" in first:
+        elif _nm_reconstruction(first):
             slices, orientation, spacing = _nm_slices(first, pixels)
         else:
-            slope, intercept = _rescale(None, first)
-            slices = [_Slice(np.array([0.0, 0.0, float(k)]), pixels[k], slope, intercept)
-                      for k in range(pixels.shape[0])]
-            orientation, spacing = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0], _floats(
-                first.get("PixelSpacing", [1, 1]))
+            raise NotAVolume("a multi-frame object without per-frame positions (cine, planar or dynamic)")
     else:
         slices, orientation, spacing = _single_frame_slices(datasets)
     row_dir = np.array(orientation[:3])
@@ -390,6 +393,8 @@ def volume_from_datasets(datasets: Iterable[Dataset]) -> tuple[Volume, str]:
         "suvbw_factor": suvbw_factor(first) if modality == "PT" else None,
         "frame_of_reference_uid": str(first.get("FrameOfReferenceUID", "")),
         "note": note,
+        "kind": "volume",
+        **display_facts(first),
     }
     matrix = np.stack([row_dir, col_dir, normal], 1)
     direction = tuple((float(r[0]), float(r[1]), float(r[2])) for r in matrix)
@@ -401,6 +406,26 @@ def volume_from_datasets(datasets: Iterable[Dataset]) -> tuple[Volume, str]:
         display=display,
     )
     return volume, note
+
+
+def series_display_build(open_datasets: Callable[[], Iterable[Dataset]]) -> tuple[Volume, str]:
+    """What the viewer shows of a series: one volume where its geometry allows, else its pictures.
+
+    ``open_datasets`` is called once per attempt (the series is read again,
+    one instance at a time, when a volume turns out impossible). A series
+    that is pictures by nature (:class:`NotAVolume`) becomes a picture stack
+    with no note; one whose geometry merely fails (several orientations,
+    repeated positions, wildly varying gaps) becomes one with the reason.
+    """
+    from imaging.image_stacks import images_from_datasets  # it builds on this module's helpers
+
+    try:
+        return volume_from_datasets(open_datasets())
+    except NotAVolume:
+        return images_from_datasets(open_datasets())
+    except VolumeRefused as refused:
+        stack, _ = images_from_datasets(open_datasets())
+        return stack, f"shown as 2-D images: {refused}"
 
 
 def _encode(volume: Volume) -> bytearray:
@@ -545,7 +570,7 @@ def _build_claimed(series: Series, claim: VolumeClaim, lease_s: float) -> None:
         object_ids = list(Instance.objects.filter(series_id=series.pk).order_by("id")
                           .values_list("object_id", flat=True))
         try:
-            volume, note = volume_from_datasets(_series_datasets(object_ids))
+            volume, note = series_display_build(lambda: _series_datasets(object_ids))
         except VolumeRefused as refused:
             claim.finish(volume_state=VolumeState.REFUSED, volume_reason=str(refused), volume_object="")
             return
@@ -627,7 +652,7 @@ def load_volume(series: Series) -> Volume:
         # here, in memory only, without recording it.
         object_ids = list(Instance.objects.filter(series_id=series.pk).order_by("id")
                           .values_list("object_id", flat=True))
-        return volume_from_datasets(_series_datasets(object_ids))[0]
+        return series_display_build(lambda: _series_datasets(object_ids))[0]
     return _decode(storage.object_get(series.volume_object))
 
 

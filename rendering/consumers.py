@@ -13,6 +13,7 @@ as it arrives.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -28,7 +29,7 @@ from gateway.net import scope_address
 from gateway.sharing.principal import audit_fields
 from gateway.sharing.services import share_use_record
 from gateway.sharing.websocket import PrincipalGuardedConsumer
-from imaging.access import StudyNotFound, ViewerStudy, study_for_viewer
+from imaging.access import StudyNotFound, ViewerSeries, ViewerStudy, study_for_viewer
 from rendering import protocol
 from rendering.engine.core import FrameOfReferenceError, MissingVolumeError, RenderedFrame
 from rendering.flow import MessageBudget
@@ -44,6 +45,7 @@ logger = logging.getLogger("rendering.viewer")
 CLOSE_NOT_FOUND = 4404
 MESSAGES_PER_SECOND = 120
 MESSAGE_BURST = 240
+THUMBNAIL_PIXELS = 96
 WIRE_ENCODING = {"jpeg": protocol.Encoding.JPEG, "png": protocol.Encoding.PNG,
                  "webp": protocol.Encoding.WEBP}
 
@@ -75,6 +77,11 @@ def overlay_wire(frame: RenderedFrame, kind: str, viewport_width: int) -> dict[s
     return wire
 
 
+def _unavailable(series: ViewerSeries, reason: str) -> dict[str, Any]:
+    return {"uid": series.uid, "modality": series.modality, "description": series.description,
+            "number": series.number, "images": series.images, "available": False, "reason": reason}
+
+
 class ViewerConsumer(PrincipalGuardedConsumer):
     study: ViewerStudy
     session: ViewerSession
@@ -95,8 +102,9 @@ class ViewerConsumer(PrincipalGuardedConsumer):
             return False
         self.pool = await render_pool_async()
         try:
-            self.session = ViewerSession(study_uid=self.study.study_uid,
-                                         series=await self._describe_series())
+            shown, unavailable = await self._describe_series()
+            self.session = ViewerSession(study_uid=self.study.study_uid, series=shown,
+                                         unavailable=unavailable)
         except (SessionError, RenderError, MissingVolumeError) as error:
             await self._audit(Action.RENDER_START, Outcome.FAILURE, details={"reason": str(error)})
             self.refusal_code = CLOSE_NOT_FOUND
@@ -107,6 +115,7 @@ class ViewerConsumer(PrincipalGuardedConsumer):
         self.budget = MessageBudget(rate=MESSAGES_PER_SECOND, burst=MESSAGE_BURST)
         self.probe_wanted: protocol.Probe | None = None
         self.probe_task: asyncio.Task[None] | None = None
+        self.thumbnail_task: asyncio.Task[None] | None = None
         await self._audit(Action.RENDER_START, Outcome.SUCCESS,
                           details={"series": len(self.session.series),
                                    "layout": self.session.layout})
@@ -116,21 +125,31 @@ class ViewerConsumer(PrincipalGuardedConsumer):
                 study=self.study.study_uid, pseudonym=self.study.patient_pseudonym)
         return True
 
-    async def _describe_series(self) -> list[SeriesInfo]:
-        """Every series' geometry, asked of the workers at once (one round trip, not one each)."""
-        answers = await asyncio.gather(*(self._describe(series.uid) for series in self.study.series))
-        return [SeriesInfo(series.uid, series.modality, series.description, geometry)
-                for series, geometry in zip(self.study.series, answers, strict=True)
-                if geometry is not None]
+    async def _describe_series(self) -> tuple[list[SeriesInfo], list[dict[str, Any]]]:
+        """(series that can be shown, with geometry; the others, each with why not).
 
-    async def _describe(self, series_uid: str) -> dict[str, Any] | None:
-        state = viewstate_from_dict({"view": "axial", "layers": [
+        Geometry is asked of the workers for every series at once (one round
+        trip, not one each).
+        """
+        showable = self.study.showable
+        answers = await asyncio.gather(*(self._describe(series.uid) for series in showable))
+        shown, unavailable = [], [_unavailable(s, s.refused) for s in self.study.series if s.refused]
+        for series, (geometry, reason) in zip(showable, answers, strict=True):
+            if geometry is None:
+                unavailable.append(_unavailable(series, reason))
+            else:
+                shown.append(SeriesInfo(series.uid, series.modality, series.description, geometry,
+                                        number=series.number, images=series.images))
+        return shown, unavailable
+
+    async def _describe(self, series_uid: str) -> tuple[dict[str, Any] | None, str]:
+        state = viewstate_from_dict({"view": "native", "layers": [
             {"series_id": series_uid, "window_center": 0, "window_width": 1}]})
         try:
-            return (await self.pool.describe(state, source=CLINICAL))[series_uid]
-        except (RenderError, MissingVolumeError):
-            logger.info("series %s has no volume to show", series_uid)
-            return None
+            return (await self.pool.describe(state, source=CLINICAL))[series_uid], ""
+        except (RenderError, MissingVolumeError) as error:
+            logger.info("series %s cannot be shown: %s", series_uid, error)
+            return None, str(error) if isinstance(error, RenderError) else "the images cannot be read"
 
     async def session_ready(self) -> None:
         await self._send_ready()
@@ -141,7 +160,8 @@ class ViewerConsumer(PrincipalGuardedConsumer):
             await scheduler.close()
         self.schedulers = [self._scheduler(index) for index in range(len(self.session.views))]
         await self.send(text_data=json.dumps({
-            "type": "ready", "study": {"uid": self.study.study_uid},
+            "type": "ready", "study": {"uid": self.study.study_uid,
+                                       "description": self.study.description},
             "limits": {"max_message_bytes": protocol.MAX_MESSAGE_BYTES,
                        "messages_per_second": MESSAGES_PER_SECOND, "message_burst": MESSAGE_BURST},
             **self.session.describe(),
@@ -208,6 +228,22 @@ class ViewerConsumer(PrincipalGuardedConsumer):
             self._render(list(range(len(self.session.views))))
         elif isinstance(message, protocol.Probe):
             await self._probe(message)
+        elif isinstance(message, protocol.Thumbnails):
+            if self.thumbnail_task is None or self.thumbnail_task.done():
+                self.thumbnail_task = asyncio.get_running_loop().create_task(self._thumbnails())
+
+    async def _thumbnails(self) -> None:
+        """One small interactive-quality picture of each series: a frame like any other, as text."""
+        for series in list(self.session.series.values()):
+            state = viewstate_from_dict(self.session.thumbnail_state(series.uid, size=THUMBNAIL_PIXELS))
+            try:
+                frame = await self.pool.render(state, source=CLINICAL)
+            except (RenderError, FrameOfReferenceError, MissingVolumeError) as error:
+                logger.info("no thumbnail for series %s: %s", series.uid, error)
+                continue
+            await self.send(text_data=json.dumps({
+                "type": "thumbnail", "series": series.uid, "encoding": frame.encoding.value,
+                "image": base64.b64encode(frame.data).decode("ascii")}))
 
     def _render(self, views: list[int]) -> None:
         for index in views:
@@ -261,10 +297,11 @@ class ViewerConsumer(PrincipalGuardedConsumer):
             return
         for scheduler in self.schedulers:
             await scheduler.close()
-        if self.probe_task is not None:
-            self.probe_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.probe_task
+        for task in (self.probe_task, self.thumbnail_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         await self._audit(Action.RENDER_END, Outcome.SUCCESS, details={
             "frames": self.frames_sent, "seconds": round(time.monotonic() - self.started, 1),
             "close_code": code})

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from gateway.config import private_directory_make
-from rendering.volume import Volume
+from rendering.volume import Volume, presentation_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +103,10 @@ class HostVolumes:
 
 def _header(volume: Volume) -> bytes:
     meta = {
-        "dtype": volume.voxels.dtype.str, "shape": list(volume.shape), "spacing": list(volume.spacing),
+        "dtype": volume.voxels.dtype.str, "shape": list(volume.voxels.shape), "spacing": list(volume.spacing),
         "origin": list(volume.origin), "direction": np.asarray(volume.direction).tolist(),
         "modality": volume.modality, "frame_of_reference_uid": volume.frame_of_reference_uid,
-        "suv_factor": volume.suv_factor,
+        "suv_factor": volume.suv_factor, "presentation": volume.presentation.as_dict(),
     }
     body = json.dumps(meta).encode()
     start = len(MAGIC) + 4 + len(body)
@@ -138,4 +138,5 @@ def _mapped(path: Path, series_id: str) -> Volume:
                        shape=tuple(meta["shape"]))
     return Volume(voxels=voxels, spacing=tuple(meta["spacing"]), origin=tuple(meta["origin"]),
                   direction=np.array(meta["direction"]), modality=meta["modality"], series_id=series_id,
-                  frame_of_reference_uid=meta["frame_of_reference_uid"], suv_factor=meta["suv_factor"])
+                  frame_of_reference_uid=meta["frame_of_reference_uid"], suv_factor=meta["suv_factor"],
+                  presentation=presentation_from_dict(meta.get("presentation") or {}))

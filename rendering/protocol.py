@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,7 +54,15 @@ class Text:
     choices: frozenset[str]
 
 
-FieldRule = Number | Text
+@dataclass(frozen=True)
+class Identifier:
+    """A name the server gave the client (a series UID); the session checks it exists."""
+
+    pattern: re.Pattern[str]
+
+
+FieldRule = Number | Text | Identifier
+SERIES_UID = Identifier(re.compile(r"[A-Za-z0-9._:\-]{1,128}"))
 
 # The arguments of every input operation; anything not listed is refused.
 OPERATIONS: dict[str, dict[str, FieldRule]] = {
@@ -64,10 +73,12 @@ OPERATIONS: dict[str, dict[str, FieldRule]] = {
     "rotate": {"dazimuth": Number(-360, 360), "delevation": Number(-360, 360)},
     "tilt": {"dtilt": Number(-180, 180), "dspin": Number(-180, 180)},
     "focus": {"x": Number(0, 4096, integer=True), "y": Number(0, 4096, integer=True)},
+    "frame": {"index": Number(0, 100_000, integer=True)},
     "reset": {},
 }
 SETTINGS: dict[str, FieldRule] = {
-    "kind": Text(frozenset({"axial", "coronal", "sagittal", "oblique", "3d"})),
+    "kind": Text(frozenset({"native", "axial", "coronal", "sagittal", "oblique", "3d"})),
+    "series": SERIES_UID,
     "slab_mode": Text(frozenset({"none", "mip", "minip", "average"})),
     "slab_thickness": Number(0, 500),
     "window_preset": Text(frozenset({"brain", "lung", "bone", "abdomen", "suv_0_5", "suv_0_10"})),
@@ -117,13 +128,22 @@ class Resize:
     height: int
 
 
-Message = Acknowledge | Input | Setting | Layout | Probe | Resize
+@dataclass(frozen=True)
+class Thumbnails:
+    """Asks for one small picture of every series the viewer may show."""
+
+
+Message = Acknowledge | Input | Setting | Layout | Probe | Resize | Thumbnails
 
 
 def _field(message: dict[str, Any], name: str, rule: FieldRule) -> Any:
     if name not in message:
         raise ProtocolError("missing_field", f"{name!r} is required")
     value = message[name]
+    if isinstance(rule, Identifier):
+        if not isinstance(value, str) or not rule.pattern.fullmatch(value):
+            raise ProtocolError("bad_value", f"{name!r} must be a series identifier")
+        return value
     if isinstance(rule, Text):
         if not isinstance(value, str) or value not in rule.choices:
             raise ProtocolError("bad_value", f"{name!r} must be one of {sorted(rule.choices)}")
@@ -220,9 +240,15 @@ def _parse_resize(message: dict[str, Any], views: int) -> Resize:
                   _field(message, "height", size))
 
 
+def _parse_thumbnails(message: dict[str, Any], views: int) -> Thumbnails:
+    _exact_keys(message, {"type"})
+    return Thumbnails()
+
+
 _PARSERS: dict[str, Callable[[dict[str, Any], int], Message]] = {
     "ack": _parse_ack, "input": _parse_input, "set": _parse_set,
     "layout": _parse_layout, "probe": _parse_probe, "resize": _parse_resize,
+    "thumbnails": _parse_thumbnails,
 }
 
 

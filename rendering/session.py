@@ -19,7 +19,8 @@ import numpy as np
 from rendering.protocol import LAYOUTS, Input, Setting
 from rendering.viewstate import WINDOW_PRESETS, ViewState, viewstate_from_dict
 
-MPR_KINDS = {"axial", "coronal", "sagittal", "oblique"}
+MPR_KINDS = {"native", "axial", "coronal", "sagittal", "oblique"}
+PLANE_KINDS = {"axial", "coronal", "sagittal"}
 NORMALS = {"axial": (0.0, 0.0, 1.0), "coronal": (0.0, 1.0, 0.0), "sagittal": (1.0, 0.0, 0.0)}
 PRESET_NAMES = {"suv_0_5": "pet_suv_0_5", "suv_0_10": "pet_suv_0_10"}
 SUV_MODALITIES = {"PT", "NM"}
@@ -37,10 +38,38 @@ class SeriesInfo:
     modality: str
     description: str
     geometry: dict[str, Any]
+    number: int | None = None
+    images: int = 0
+
+    @property
+    def kind(self) -> str:
+        return str(self.geometry.get("kind", "volume"))
+
+    @property
+    def mpr(self) -> bool:
+        """Reformats, 3-D and fusion apply (a volume of at least three slices, not colour)."""
+        return bool(self.geometry.get("mpr", True))
+
+    @property
+    def opening_kind(self) -> str:
+        """The view kind a series opens in: its acquisition plane, as a reader names it."""
+        plane = str(self.geometry.get("plane", "axial"))
+        return plane if self.mpr and plane in PLANE_KINDS else "native"
 
     @property
     def frame_of_reference(self) -> str:
+        if self.kind != "volume":
+            return self.uid  # pictures have no patient geometry to share
         return str(self.geometry.get("frame_of_reference_uid") or self.uid)
+
+    def wire(self) -> dict[str, Any]:
+        """This series in the ``ready`` message (no identifying data)."""
+        shape = self.geometry.get("shape", [0])
+        return {"uid": self.uid, "modality": self.modality, "description": self.description,
+                "number": self.number, "images": self.images or int(shape[0]), "kind": self.kind,
+                "plane": self.geometry.get("plane", "axial"), "mpr": self.mpr,
+                "colour": bool(self.geometry.get("colour")),
+                "frame_time_ms": self.geometry.get("frame_time_ms"), "available": True}
 
     @property
     def suv(self) -> bool:
@@ -55,15 +84,18 @@ class SeriesInfo:
         return float(spacing_kji[2 - axis_ijk])
 
     @functools.cached_property
-    def _bounds(self) -> tuple[np.ndarray, np.ndarray]:
+    def corners(self) -> np.ndarray:
+        """Patient positions (8, 3) of the corner voxels' centres."""
         direction = np.asarray(self.geometry["direction"], dtype=np.float64)
         shape_kji = self.geometry["shape"]
         spacing_kji = self.geometry["spacing"]
         origin = np.asarray(self.geometry["origin"], dtype=np.float64)
         extent_ijk = np.array([(shape_kji[2 - a] - 1) * spacing_kji[2 - a] for a in range(3)])
-        corners = [origin + direction @ (extent_ijk * np.array(c))
-                   for c in np.ndindex(2, 2, 2)]
-        return np.min(corners, axis=0), np.max(corners, axis=0)
+        return np.array([origin + direction @ (extent_ijk * np.array(c)) for c in np.ndindex(2, 2, 2)])
+
+    @functools.cached_property
+    def _bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.min(self.corners, axis=0), np.max(self.corners, axis=0)
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Patient-space box of the voxel centres (computed once: the geometry never changes)."""
@@ -87,10 +119,15 @@ class ViewModel:
     plane: dict[str, Any] | None = None
 
 
-def _layer(series: SeriesInfo, *, palette: str = "grey", opacity: float = 1.0) -> dict[str, Any]:
+def _layer(series: SeriesInfo, *, palette: str | None = None, opacity: float = 1.0) -> dict[str, Any]:
+    if palette is None:
+        palette = "inverted" if series.geometry.get("invert") else "grey"
+    windows = series.geometry.get("windows") or []
     if series.modality in SUV_MODALITIES and series.suv:
         preset = WINDOW_PRESETS["pet_suv_0_5"]
         center, width, unit = preset.center, preset.width, "suv"
+    elif windows:
+        center, width, unit = float(windows[0][0]), float(windows[0][1]), "native"
     elif series.modality == "CT":
         center, width, unit = 40.0, 400.0, "native"
     else:
@@ -103,11 +140,13 @@ def _layer(series: SeriesInfo, *, palette: str = "grey", opacity: float = 1.0) -
 class ViewerSession:
     """Layout, per-view settings and one focus point per frame of reference."""
 
-    def __init__(self, *, study_uid: str, series: list[SeriesInfo]) -> None:
+    def __init__(self, *, study_uid: str, series: list[SeriesInfo],
+                 unavailable: list[dict[str, Any]] | None = None) -> None:
         if not series:
             raise SessionError("this study has no series that can be shown")
         self.study_uid = study_uid
         self.series = {info.uid: info for info in series}
+        self.unavailable = list(unavailable or [])
         self.focus: dict[str, np.ndarray] = {}
         for info in series:
             self.focus.setdefault(info.frame_of_reference,
@@ -119,7 +158,13 @@ class ViewerSession:
     # --- layouts ----------------------------------------------------------------------------
 
     def _first(self, modalities: set[str]) -> SeriesInfo | None:
-        return next((s for s in self.series.values() if s.modality in modalities), None)
+        return next((s for s in self.series.values() if s.modality in modalities and s.mpr), None)
+
+    def _volume_base(self) -> SeriesInfo:
+        base = self._first({"CT"}) or next((s for s in self.series.values() if s.mpr), None)
+        if base is None:
+            raise SessionError("this layout needs a volume; the study has only 2-D images")
+        return base
 
     def _default_layout(self) -> str:
         return "petct" if self._first({"CT"}) and self._first(SUV_MODALITIES) else "1x1"
@@ -129,7 +174,7 @@ class ViewerSession:
             raise SessionError(f"unknown layout {name!r}")
         ct = self._first({"CT"})
         pet = self._first(SUV_MODALITIES)
-        base = ct or next(iter(self.series.values()))
+        first = next(iter(self.series.values()))
         if name == "petct":
             if ct is None or pet is None:
                 raise SessionError("the PET/CT layout needs a CT and a PET series")
@@ -140,17 +185,22 @@ class ViewerSession:
                 ViewModel("3d", [_layer(pet, palette="inverted")], preset3d="pet_mip"),
             ]
         elif name == "1x2":
-            second = pet or base
-            views = [ViewModel("axial", [_layer(base)]),
-                     ViewModel("axial" if second is not base else "coronal", [_layer(second)])]
+            base = ct or first
+            others = [s for s in self.series.values() if s is not base]
+            second = pet or (others[0] if others else base)
+            second_kind = "coronal" if second is base and base.mpr else second.opening_kind
+            views = [ViewModel(base.opening_kind, [_layer(base)]), ViewModel(second_kind, [_layer(second)])]
         elif name == "1x3":
+            base = self._volume_base()
             views = [ViewModel(kind, [_layer(base)]) for kind in ("axial", "coronal", "sagittal")]
         elif name == "2x2":
+            base = self._volume_base()
             views = [ViewModel(kind, [_layer(base)]) for kind in ("axial", "coronal", "sagittal")]
             views.append(ViewModel("3d", [_layer(base)],
                                    preset3d="ct_bone" if base.modality == "CT" else "pet_mip"))
         else:
-            views = [ViewModel("axial", [_layer(base)])]
+            base = ct or first
+            views = [ViewModel(base.opening_kind, [_layer(base)])]
         for old, new in zip(self.views, views, strict=False):
             new.width, new.height = old.width, old.height
         self.views, self.layout = views, name
@@ -173,6 +223,13 @@ class ViewerSession:
             "width": view.width, "height": view.height, "quality": quality,
         })
 
+    def thumbnail_state(self, uid: str, *, size: int) -> dict[str, Any]:
+        """The view state of a series' thumbnail: its middle image, in its own plane, whole."""
+        series = self.series[uid]
+        return {"view": series.opening_kind, "layers": [_layer(series)],
+                "focus_mm": [float(v) for v in series.geometry["center"]],
+                "width": size, "height": size, "quality": "interactive"}
+
     def rendered(self, index: int, plane: dict[str, Any] | None) -> None:
         """Remember the plane the last frame of view ``index`` showed (for clicks and pans)."""
         if 0 <= index < len(self.views):
@@ -186,6 +243,8 @@ class ViewerSession:
     def _normal(self, view: ViewModel) -> np.ndarray:
         if view.plane is not None:
             return np.asarray(view.plane["normal"], dtype=np.float64)
+        if view.kind == "native":
+            return np.asarray(self._base(view).geometry["direction"], dtype=np.float64)[:, 2]
         return np.asarray(NORMALS.get(view.kind, (0.0, 0.0, 1.0)))
 
     def _move_focus(self, index: int, point: np.ndarray) -> list[int]:
@@ -214,6 +273,17 @@ class ViewerSession:
         focus = self.focus[self._base(view).frame_of_reference]
         step = self._base(view).slice_step(normal)
         return self._move_focus(index, focus + normal * step * args["delta"])
+
+    def _input_frame(self, index: int, view: ViewModel, args: dict[str, float]) -> list[int]:
+        """Go to image (slice) ``index`` counted from the start of the series along the view's normal."""
+        if view.kind not in MPR_KINDS:
+            return []
+        normal = self._normal(view)
+        base = self._base(view)
+        start = float((base.corners @ normal).min())
+        focus = self.focus[base.frame_of_reference]
+        target = start + base.slice_step(normal) * args["index"]
+        return self._move_focus(index, focus + normal * (target - float(focus @ normal)))
 
     def _input_window(self, index: int, view: ViewModel, args: dict[str, float]) -> list[int]:
         layer = view.layers[0]
@@ -278,7 +348,12 @@ class ViewerSession:
             raise SessionError(f"view {message.view} has no layer {message.layer}")
         layer = view.layers[message.layer]
         name, value = message.name, message.value
+        if name == "series":
+            return self._show_series(message.view, str(value))
         if name == "kind":
+            if value != "native" and not self._base(view).mpr:
+                raise SessionError("this series is shown in its own plane only "
+                                   "(no reformat or 3-D of 2-D images, cine or colour)")
             view.kind, view.plane = str(value), None
             if view.kind == "3d":
                 view.preset3d = "pet_mip" if self._base(view).modality in SUV_MODALITIES else "ct_bone"
@@ -293,6 +368,16 @@ class ViewerSession:
         elif name in {"palette", "opacity"}:
             layer[name] = value
         return [message.view]
+
+    def _show_series(self, index: int, uid: str) -> list[int]:
+        """Put series ``uid`` alone in view ``index``, in its acquisition plane."""
+        series = self.series.get(uid)
+        if series is None:
+            raise SessionError("no such series in this study, or it cannot be shown")
+        old = self.views[index]
+        self.views[index] = ViewModel(series.opening_kind, [_layer(series)],
+                                      width=old.width, height=old.height)
+        return [index]
 
     def _window_preset(self, layer: dict[str, Any], name: str) -> None:
         preset = WINDOW_PRESETS.get(PRESET_NAMES.get(name, name))
@@ -312,7 +397,7 @@ class ViewerSession:
             "layout": self.layout,
             "views": [{"kind": view.kind, "layers": [layer["series_id"] for layer in view.layers]}
                       for view in self.views],
-            "series": [{"uid": s.uid, "modality": s.modality, "description": s.description}
-                       for s in self.series.values()],
+            "series": sorted([*(s.wire() for s in self.series.values()), *self.unavailable],
+                             key=lambda item: (item["number"] is None, item["number"] or 0)),
         }
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from rendering.hostvolumes import HostVolumes
-from rendering.volume import Volume
+from rendering.volume import Volume, presentation_from_dict
 
 
 def clinical_spec_arguments() -> dict[str, Any]:
@@ -84,7 +84,7 @@ def _version_key(series: Any) -> str | None:
 def _as_render_volume(series_id: str, stored: Any) -> Volume:
     # imaging keeps spacing in (i, j, k) order; the render engine wants (k, j, i).
     voxels = stored.voxels
-    if voxels.dtype not in (np.float32, np.int16):
+    if voxels.ndim == 3 and voxels.dtype not in (np.float32, np.int16):
         voxels = voxels.astype(np.float32)
     display = stored.display
     return Volume(
@@ -96,4 +96,5 @@ def _as_render_volume(series_id: str, stored: Any) -> Volume:
         series_id=series_id,
         frame_of_reference_uid=str(display.get("frame_of_reference_uid", "")),
         suv_factor=display.get("suvbw_factor"),
+        presentation=presentation_from_dict(display),
     )

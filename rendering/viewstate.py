@@ -28,6 +28,8 @@ class ViewKind(Enum):
     CORONAL = "coronal"
     SAGITTAL = "sagittal"
     OBLIQUE = "oblique"
+    NATIVE = "native"
+    """The series' own acquisition plane, shown as stored (rows down, columns right)."""
     VOLUME_3D = "3d"
 
 

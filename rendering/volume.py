@@ -22,8 +22,39 @@ import numpy as np
 MODALITIES_SUV = frozenset({"PT", "NM"})
 
 
+SERIES_KINDS = frozenset({"volume", "images", "cine"})
+
+
 class VolumeError(ValueError):
     """A volume is malformed (shape, dtype, geometry)."""
+
+
+@dataclass(frozen=True)
+class Presentation:
+    """How the series is meant to look, from its header (see ``imaging.presentation``).
+
+    ``kind`` is ``volume`` (patient geometry: reformats and fusion), ``images``
+    or ``cine`` (pictures shown one at a time in their own plane); ``windows``
+    are the file's (centre, width) suggestions; ``invert`` is MONOCHROME1.
+    """
+
+    kind: str = "volume"
+    invert: bool = False
+    windows: tuple[tuple[float, float], ...] = ()
+    frame_time_ms: float | None = None
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "invert": self.invert,
+                "windows": [list(pair) for pair in self.windows], "frame_time_ms": self.frame_time_ms}
+
+
+def presentation_from_dict(facts: dict) -> Presentation:
+    kind = str(facts.get("kind") or "volume")
+    frame_time = facts.get("frame_time_ms")
+    return Presentation(
+        kind=kind if kind in SERIES_KINDS else "volume", invert=bool(facts.get("invert")),
+        windows=tuple((float(c), float(w)) for c, w in (facts.get("windows") or [])[:8]),
+        frame_time_ms=float(frame_time) if frame_time else None)
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,13 +73,17 @@ class Volume:
     series_id: str
     frame_of_reference_uid: str
     suv_factor: float | None = None
+    presentation: Presentation = field(default_factory=Presentation)
     _inverse: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         voxels = self.voxels
-        if not isinstance(voxels, np.ndarray) or voxels.ndim != 3 or min(voxels.shape) < 1:
-            raise VolumeError("voxels must be a 3-D numpy array [z, y, x]")
-        if voxels.dtype not in (np.float32, np.int16):
+        colour = isinstance(voxels, np.ndarray) and voxels.ndim == 4 and voxels.shape[3] == 3
+        if not isinstance(voxels, np.ndarray) or (voxels.ndim != 3 and not colour) or min(voxels.shape) < 1:
+            raise VolumeError("voxels must be a numpy array [z, y, x] or RGB [z, y, x, 3]")
+        if colour and voxels.dtype != np.uint8:
+            raise VolumeError(f"colour voxels must be uint8, not {voxels.dtype}")
+        if not colour and voxels.dtype not in (np.float32, np.int16):
             raise VolumeError(f"voxels must be float32 or int16, not {voxels.dtype}")
         spacing = tuple(float(s) for s in self.spacing)
         origin = tuple(float(o) for o in self.origin)
@@ -74,7 +109,16 @@ class Volume:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(int(n) for n in self.voxels.shape)  # type: ignore[return-value]
+        return tuple(int(n) for n in self.voxels.shape[:3])  # type: ignore[return-value]
+
+    @property
+    def colour(self) -> bool:
+        return self.voxels.ndim == 4
+
+    @property
+    def reformattable(self) -> bool:
+        """Whether reformats (MPR, oblique, 3-D) and fusion by geometry make sense."""
+        return self.presentation.kind == "volume" and not self.colour and min(self.shape) >= 3
 
     @property
     def nbytes(self) -> int:
@@ -136,5 +180,26 @@ def volume_describe(volume: Volume) -> dict:
         "modality": volume.modality,
         "frame_of_reference_uid": volume.frame_of_reference_uid,
         "suv": volume.suv_factor is not None,
-        "range": [float(v) for v in np.percentile(volume.voxels[::4, ::4, ::4], [1, 99])],
+        "range": _value_range(volume),
+        "plane": acquisition_plane(volume),
+        "mpr": volume.reformattable,
+        "colour": volume.colour,
+        **volume.presentation.as_dict(),
     }
+
+
+def _value_range(volume: Volume) -> list[float]:
+    step = max(1, round(volume.voxels[0].size ** 0.5 / 128))
+    sample = volume.voxels[::max(1, volume.shape[0] // 32), ::step, ::step]
+    return [float(v) for v in np.percentile(sample, [1, 99])]
+
+
+def acquisition_plane(volume: Volume) -> str:
+    """The plane the series was acquired in, named as a reader would (``image`` for pictures)."""
+    if volume.presentation.kind != "volume":
+        return "image"
+    normal = np.abs(np.asarray(volume.direction)[:, 2])
+    axis = int(np.argmax(normal))
+    if normal[axis] < 0.8:
+        return "oblique"
+    return ("sagittal", "coronal", "axial")[axis]

@@ -172,6 +172,18 @@ def _blend(under: np.ndarray | None, over: np.ndarray, opacity: float,
     return mixed.astype(np.uint8)
 
 
+def _check_pictures(state: ViewState, resolved: list[_Resolved]) -> None:
+    """Pictures (2-D images, cine, colour) are shown alone, in their own plane."""
+    for n, item in enumerate(resolved):
+        if item.volume.reformattable:
+            continue
+        if state.view is not ViewKind.NATIVE:
+            raise RenderError(f"layer {n}: this series is shown in its own plane only "
+                              "(no reformat of 2-D images, cine or colour)")
+        if len(resolved) > 1 and (item.volume.colour or item.volume.presentation.kind != "volume"):
+            raise RenderError(f"layer {n}: 2-D images, cine and colour cannot be fused")
+
+
 def _layer_info(item: _Resolved) -> LayerInfo:
     layer = item.layer
     return LayerInfo(layer.series_id, item.volume.modality, layer.window_center, layer.window_width,
@@ -236,6 +248,9 @@ class RenderEngine:
         point = plane.point(x, y)
         values = []
         for item in resolved:
+            if item.volume.colour:
+                values.append(ProbeValue(item.layer.series_id, None, "RGB"))
+                continue
             raw = planes.probe_voxel(item.volume, point, item.transform)
             factor, unit = _value_unit(item.volume)
             values.append(ProbeValue(item.layer.series_id, None if raw is None else raw * factor, unit))
@@ -244,8 +259,11 @@ class RenderEngine:
     # --- 2-D --------------------------------------------------------------------------------
 
     def _render_2d(self, state: ViewState, resolved: list[_Resolved]) -> tuple[np.ndarray, Overlay]:
+        _check_pictures(state, resolved)
         plane = planes.view_plane(state, resolved[0].volume)
         linear = state.quality is Quality.STILL
+        if resolved[0].volume.colour:
+            return self._render_colour(state, resolved[0], plane, linear)
         single_grey = (len(resolved) == 1 and resolved[0].layer.palette in GREYSCALE
                        and resolved[0].layer.opacity == 1.0)
         image: np.ndarray | None = None
@@ -263,6 +281,18 @@ class RenderEngine:
         if image is None:
             raise RenderError("no layer to render")
         return image, self._overlay_2d(state, resolved, plane)
+
+    def _render_colour(self, state: ViewState, item: _Resolved, plane: planes.Plane,
+                       linear: bool) -> tuple[np.ndarray, Overlay]:
+        """A colour picture as stored (RGB; window and palette do not apply)."""
+        sampled = planes.sample(plane, item.volume, mode=state.slab.mode,
+                                thickness_mm=state.slab.thickness_mm, linear=linear)
+        image = sampled.values if sampled.values.dtype == np.uint8 else (
+            np.clip(sampled.values + 0.5, 0, 255).astype(np.uint8))
+        if sampled.valid is not None:
+            image = image.copy()
+            image[~sampled.valid] = 0
+        return np.ascontiguousarray(image), self._overlay_2d(state, [item], plane)
 
     def _overlay_2d(self, state: ViewState, resolved: list[_Resolved], plane: planes.Plane) -> Overlay:
         base = resolved[0].volume
@@ -289,6 +319,8 @@ class RenderEngine:
     # --- 3-D --------------------------------------------------------------------------------
 
     def _render_3d(self, state: ViewState, resolved: list[_Resolved]) -> tuple[np.ndarray, Overlay]:
+        if not resolved[0].volume.reformattable:
+            raise RenderError("3-D needs a volume; this series is shown in its own plane only")
         wanted = ("PT", "NM") if state.preset3d is Preset3D.PET_MIP else ("CT",)
         item = next((r for r in resolved if r.volume.modality in wanted), resolved[0])
         rgb, right, down = self.volume_renderer.render(

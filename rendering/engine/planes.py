@@ -48,8 +48,11 @@ def edge_letters(right: np.ndarray, down: np.ndarray) -> dict[str, str]:
     }
 
 
-def plane_axes(state: ViewState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def plane_axes(state: ViewState, base: Volume) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(right, down, normal) unit vectors in patient LPS for a 2-D view."""
+    if state.view is ViewKind.NATIVE:
+        direction = np.asarray(base.direction, dtype=np.float64)
+        return direction[:, 0].copy(), direction[:, 1].copy(), direction[:, 2].copy()
     if state.view is ViewKind.OBLIQUE:
         a, b = (math.radians(v) for v in state.oblique_deg)
         rx = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
@@ -98,7 +101,7 @@ class Plane:
 
 def view_plane(state: ViewState, base: Volume) -> Plane:
     """The plane through the focus, fitted so zoom 1 shows the whole base volume."""
-    right, down, normal = plane_axes(state)
+    right, down, normal = plane_axes(state, base)
     focus = np.asarray(state.focus_mm, dtype=np.float64) if state.focus_mm else base.center()
     half = base.index_to_patient_matrix * 0.5
     corners = base.corners()
@@ -185,7 +188,7 @@ def _sample_fast(plane, volume, a, b, c, n, axes, mode, thickness_mm, linear) ->
     count = _slab_count(mode, thickness_mm, step_mm)
     center = a[ax_n]
     if not -0.5 <= center <= shape[ax_n] - 0.5:
-        return Sampled(np.zeros((plane.height, plane.width), np.float32),
+        return Sampled(np.zeros((plane.height, plane.width, *volume.voxels.shape[3:]), np.float32),
                        np.zeros((plane.height, plane.width), bool))
     k = int(np.clip(math.floor(center + 0.5), 0, shape[ax_n] - 1))
     lo = max(0, k - count // 2)
@@ -198,12 +201,13 @@ def _sample_fast(plane, volume, a, b, c, n, axes, mode, thickness_mm, linear) ->
         index[ax_n] = slice(lo, hi)
         slab = _reduce(volume.voxels[tuple(index)], mode, ax_n)
     if ax_r < ax_d:
-        slab = slab.T  # a view: rows of the slab are now screen rows
+        slab = np.swapaxes(slab, 0, 1)  # a view: rows of the slab are now screen rows
     r0, r1, rw, rvalid = _table(a[ax_r], b[ax_r], plane.width, shape[ax_r], linear)
     d0, d1, dw, dvalid = _table(a[ax_d], c[ax_d], plane.height, shape[ax_d], linear)
     if linear:
         top, bottom = _pick(slab, d0, r0, r1, rw), _pick(slab, d1, r0, r1, rw)
-        values = top * (1 - dw[:, None]) + bottom * dw[:, None]
+        column = _trailing(dw, top.ndim - 1)
+        values = top * (1 - column) + bottom * column
     else:
         values = _pick(slab, d0, r0)
     valid = None
@@ -231,7 +235,13 @@ def _pick(slab: np.ndarray, rows: np.ndarray, columns: np.ndarray,
     if right is None or weight is None:
         column_slice = _as_slice(columns)
         return picked[:, column_slice] if column_slice is not None else picked.take(columns, axis=1)
+    weight = _trailing(weight, picked.ndim - 2)
     return picked.take(columns, axis=1) * (1 - weight) + picked.take(right, axis=1) * weight
+
+
+def _trailing(weights: np.ndarray, extra: int) -> np.ndarray:
+    """Per-row or per-column weights shaped to broadcast over ``extra`` trailing (colour) axes."""
+    return weights.reshape(weights.shape + (1,) * extra)
 
 
 def _gather(flat: np.ndarray, shape, k, j, i) -> np.ndarray:

@@ -15,7 +15,14 @@ from pydicom.uid import ExplicitVRLittleEndian, NuclearMedicineImageStorage
 from imaging import storage
 from imaging.models import Series
 from imaging.services import IngestBatch
-from imaging.volumes import VolumeRefused, load_volume, suvbw_factor, volume_from_datasets
+from imaging.volumes import (
+    NotAVolume,
+    VolumeRefused,
+    load_volume,
+    series_display_build,
+    suvbw_factor,
+    volume_from_datasets,
+)
 from tests.conftest import ZONES
 from tests.imaging.conftest import PHANTOM_SLICES, phantom_files
 
@@ -76,10 +83,13 @@ def test_enhanced_multiframe_ct_uses_per_frame_functional_groups():
     assert np.allclose(volume.origin, first)
 
 
-def test_multiframe_mr_is_a_stack():
+def test_multiframe_without_frame_positions_is_a_stack_of_pictures():
     ds = pydicom.dcmread(get_testdata_file("emri_small.dcm"))
-    volume, _ = volume_from_datasets([ds])
-    assert volume.voxels.shape[0] == int(ds.NumberOfFrames)
+    with pytest.raises(NotAVolume):
+        volume_from_datasets([ds])
+    stack, _ = series_display_build(lambda: [ds])
+    assert stack.voxels.shape[0] == int(ds.NumberOfFrames)
+    assert stack.display["kind"] == "cine"
 
 
 def test_nm_multiframe_uses_detector_geometry():

@@ -1,0 +1,96 @@
+"""Series that are pictures, not one volume: radiographs, ultrasound, secondary captures, cine, planar NM.
+
+Every frame of every instance, in InstanceNumber order (then arrival order),
+becomes one plane of a stack shown in its own plane, one image at a time:
+no reformat, no fusion by geometry. Images of different sizes are centred on
+the largest, with the series' lowest value (black for colour) around them.
+Geometry is the picture's own: column and row spacing from the header, one
+step per image, identity direction; ``display["kind"]`` says ``cine`` (one
+multi-frame object) or ``images``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from imaging import volumes
+from imaging.presentation import decoded_frames, display_facts, modality_lut_values, pixel_spacing
+
+MAX_STACK_BYTES = 2 * 1024**3
+
+
+def _instance_frames(ds: Dataset) -> list[np.ndarray]:
+    pixels = decoded_frames(ds)
+    if pixels.ndim == 4:
+        return list(pixels)
+    slope, intercept = volumes._rescale(None, ds)
+    frames = []
+    for frame in pixels:
+        lut = modality_lut_values(ds, frame)
+        if lut is not None:
+            frames.append(lut)
+        else:
+            frames.append(volumes._rescaled(volumes._Slice(np.zeros(3), frame, slope, intercept)))
+    return frames
+
+
+def _centred(frames: list[np.ndarray]) -> np.ndarray:
+    rows = max(f.shape[0] for f in frames)
+    columns = max(f.shape[1] for f in frames)
+    dtype = np.result_type(*(f.dtype for f in frames))
+    colour = frames[0].ndim == 3
+    fill = 0 if colour else min(f.min(initial=0) for f in frames)
+    nbytes = len(frames) * rows * columns * (3 if colour else 1) * dtype.itemsize
+    if nbytes > MAX_STACK_BYTES:
+        raise volumes.VolumeRefused(f"the series' images need {nbytes / 1024**3:.1f} GiB, more than "
+                                    f"the {MAX_STACK_BYTES / 1024**3:.0f} GiB a series may use")
+    stack = np.full((len(frames), rows, columns, *frames[0].shape[2:]), fill, dtype=dtype)
+    for index, frame in enumerate(frames):
+        top, left = (rows - frame.shape[0]) // 2, (columns - frame.shape[1]) // 2
+        stack[index, top:top + frame.shape[0], left:left + frame.shape[1]] = frame
+    return stack
+
+
+def images_from_datasets(datasets: Iterable[Dataset]) -> tuple[volumes.Volume, str]:
+    """Build the picture stack of a series; returns (stack as a Volume, note)."""
+    ordered: list[tuple[tuple[int, int], list[np.ndarray]]] = []
+    first: Dataset | None = None
+    objects = 0
+    for order, ds in enumerate(datasets):
+        first = ds if first is None else first
+        objects += 1
+        number = ds.get("InstanceNumber")
+        ordered.append(((int(number) if str(number or "").lstrip("-").isdigit() else 0, order),
+                        _instance_frames(ds)))
+    if first is None:
+        raise volumes.VolumeRefused("the series has no images")
+    frames = [frame for _, group in sorted(ordered, key=lambda item: item[0]) for frame in group]
+    if len({frame.ndim for frame in frames}) != 1:
+        raise volumes.VolumeRefused("the series mixes colour and greyscale images")
+    stack = _centred(frames)
+    kind = "cine" if objects == 1 and len(frames) > 1 else "images"
+    row_spacing, column_spacing = pixel_spacing(first)
+    display = _display(first, kind)
+    identity = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+    volume = volumes.Volume(voxels=np.ascontiguousarray(stack), origin=(0.0, 0.0, 0.0),
+                            spacing=(column_spacing, row_spacing, 1.0), direction=identity,
+                            display=display)
+    return volume, ""
+
+
+def _display(ds: Dataset, kind: str) -> dict[str, Any]:
+    facts = display_facts(ds)
+    centre, width = (facts["windows"][0] if facts["windows"] else (None, None))
+    return {
+        "modality": str(ds.get("Modality", "")),
+        "photometric_interpretation": str(ds.get("PhotometricInterpretation", "")),
+        "window_center": centre, "window_width": width,
+        "units": str(ds.get("Units", "")) or str(ds.get("RescaleType", "")),
+        "suvbw_factor": None,
+        "frame_of_reference_uid": "",
+        "kind": kind, **facts,
+    }

@@ -1,0 +1,140 @@
+"""How a stored image is meant to look: decoded colour, pixel geometry, windows, frame timing.
+
+Everything here reads the header the way PS3.3 C.7.6.3 (Image Pixel), C.11
+(LUTs) and C.7.6.5 (Cine) describe it, so a series shows as its modality
+meant: palette colour becomes RGB through its own LUTs, YCbCr becomes RGB
+(pydicom's decoders convert it, ``as_rgb``), MONOCHROME1 is flagged to be
+shown inverted, and the pixel size comes from the first attribute that
+gives it (PixelSpacing, then ImagerPixelSpacing, then the ultrasound
+region's physical deltas, then PixelAspectRatio).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_color_lut, apply_modality_lut
+
+from imaging.pixels import decoder_attempts_demoted
+
+CENTIMETRES = 3  # PhysicalUnitsXDirection code for cm (PS3.3 C.8.5.5.1.15)
+COLOUR_INTERPRETATIONS = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT",
+                                    "YBR_PARTIAL_420", "PALETTE COLOR"})
+
+
+def decoded_frames(ds: Dataset) -> np.ndarray:
+    """Pixels as ``[frame, row, column]`` (grey) or ``[frame, row, column, 3]`` RGB uint8."""
+    with decoder_attempts_demoted():
+        pixels = ds.pixel_array
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    interpretation = str(ds.get("PhotometricInterpretation", "")).upper()
+    if interpretation == "PALETTE COLOR" and samples == 1:
+        pixels = apply_color_lut(pixels, ds)
+        samples = 3
+    if frames == 1:
+        pixels = pixels[None, ...]
+    if samples == 1 and pixels.ndim == 4:
+        pixels = pixels[..., 0]
+    if samples == 3 and pixels.dtype != np.uint8:
+        pixels = _eight_bit(pixels)
+    return pixels
+
+
+def _eight_bit(rgb: np.ndarray) -> np.ndarray:
+    """Colour with more than 8 bits per sample (16-bit palette LUTs) scaled to 0..255."""
+    top = int(rgb.max(initial=0))
+    shift = max(0, top.bit_length() - 8)
+    return (rgb >> shift).astype(np.uint8) if shift else rgb.astype(np.uint8)
+
+
+def modality_lut_values(ds: Dataset, pixels: np.ndarray) -> np.ndarray | None:
+    """Values through a Modality LUT Sequence (float32), or None when the header has none."""
+    if "ModalityLUTSequence" not in ds or pixels.ndim != 2:
+        return None
+    return np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
+
+
+def _pair(values: Any) -> tuple[float, float] | None:
+    try:
+        first, second = (float(v) for v in values)
+    except (TypeError, ValueError):
+        return None
+    return (first, second) if first > 0 and second > 0 else None
+
+
+def pixel_spacing(ds: Dataset) -> tuple[float, float]:
+    """(row spacing, column spacing) in mm; (1, 1) when nothing in the header gives it."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing"):
+        spacing = _pair(ds.get(keyword))
+        if spacing is not None:
+            return spacing
+    for region in ds.get("SequenceOfUltrasoundRegions") or []:
+        if region.get("PhysicalUnitsXDirection") == CENTIMETRES == region.get("PhysicalUnitsYDirection"):
+            delta = _pair([abs(float(region.get("PhysicalDeltaY", 0) or 0)) * 10,
+                           abs(float(region.get("PhysicalDeltaX", 0) or 0)) * 10])
+            if delta is not None:
+                return delta
+    aspect = _pair(ds.get("PixelAspectRatio"))
+    if aspect is not None:
+        return aspect[0] / aspect[1], 1.0
+    return 1.0, 1.0
+
+
+def _numbers(value: Any) -> list[float]:
+    if value is None or value == "":
+        return []
+    items = value if isinstance(value, list | tuple | MultiValue) else [value]
+    out = []
+    for item in items:
+        try:
+            out.append(float(item))
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def window_presets(ds: Dataset) -> list[list[float]]:
+    """Every (centre, width) the file suggests, in its order; a VOI LUT gives its input range.
+
+    A VOI LUT Sequence is not applied entry by entry: its input range (first
+    mapped value, entry count) becomes a linear window, which is exact for the
+    linear LUTs modalities write and an approximation for curved ones.
+    """
+    centres, widths = _numbers(ds.get("WindowCenter")), _numbers(ds.get("WindowWidth"))
+    presets = [[c, w] for c, w in zip(centres, widths, strict=False) if w > 0]
+    for item in ds.get("VOILUTSequence") or []:
+        descriptor = _numbers(item.get("LUTDescriptor"))
+        if len(descriptor) >= 2:
+            count = descriptor[0] or 65536.0
+            presets.append([descriptor[1] + count / 2, count])
+    return presets
+
+
+def frame_time_ms(ds: Dataset) -> float | None:
+    """The interval between frames of a cine (FrameTime, FrameTimeVector, CineRate, RecommendedDisplayFrameRate)."""
+    frame_time = _numbers(ds.get("FrameTime"))
+    if frame_time and frame_time[0] > 0:
+        return frame_time[0]
+    vector = [v for v in _numbers(ds.get("FrameTimeVector")) if v > 0]
+    if vector:
+        return float(np.median(vector))
+    for keyword in ("CineRate", "RecommendedDisplayFrameRate"):
+        rate = _numbers(ds.get(keyword))
+        if rate and rate[0] > 0:
+            return 1000.0 / rate[0]
+    return None
+
+
+def display_facts(ds: Dataset) -> dict[str, Any]:
+    """What the viewer needs to show the series as its modality meant (JSON-ready)."""
+    interpretation = str(ds.get("PhotometricInterpretation", "")).upper()
+    return {
+        "invert": interpretation == "MONOCHROME1",
+        "colour": interpretation in COLOUR_INTERPRETATIONS,
+        "windows": window_presets(ds),
+        "frame_time_ms": frame_time_ms(ds),
+    }

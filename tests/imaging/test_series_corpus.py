@@ -1,0 +1,212 @@
+"""Every image series of the public test corpora opens, in its own plane, looking as its header says.
+
+The corpus is pydicom's and pydicom-data's test files, ingested through the
+import door as a hospital's files would be. Truth is computed here from the
+stored (de-identified) DICOM with pydicom alone: pixel size and the plane
+from the header, colour through ``convert_color_space``/``apply_color_lut``,
+values through ``apply_modality_lut``/``apply_voi_lut``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file, get_testdata_files
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, convert_color_space
+
+from imaging import storage
+from imaging.models import Instance, Series, VolumeState
+from imaging.services import IngestBatch, Status
+from imaging.volumes import load_volume
+from rendering.engine.core import RenderEngine
+from rendering.sources import _as_render_volume
+from rendering.viewstate import viewstate_from_dict
+from rendering.volume import Volume, volume_describe
+from tests.conftest import ZONES
+
+pytestmark = pytest.mark.django_db(databases=ZONES, transaction=True)
+
+VIEWPORT = 256
+ENGINE = RenderEngine()
+
+
+def _ingest(paths: list[Path]) -> int:
+    batch = IngestBatch(actor="cli:test", door="import")
+    stored = sum(batch.ingest(Path(path).read_bytes()).status is Status.STORED for path in paths)
+    batch.close()
+    return stored
+
+
+def _first_instance(series: Series) -> pydicom.Dataset:
+    instance = Instance.objects.filter(series=series).order_by("instance_number", "id").first()
+    return pydicom.dcmread(io.BytesIO(storage.object_get(instance.object_id)))
+
+
+def _header_spacing(ds: pydicom.Dataset) -> tuple[float, float]:
+    """(row, column) mm per pixel as PS3.3 gives them, read here without the gateway's code."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        values = [float(v) for v in ds.get(keyword) or []]
+        if len(values) == 2 and min(values) > 0:
+            return values[0], values[1]
+    for region in ds.get("SequenceOfUltrasoundRegions") or []:
+        if region.get("PhysicalUnitsXDirection") == 3 == region.get("PhysicalUnitsYDirection"):
+            return abs(float(region.PhysicalDeltaY)) * 10, abs(float(region.PhysicalDeltaX)) * 10
+    ratio = [float(v) for v in ds.get("PixelAspectRatio") or []]
+    return (ratio[0] / ratio[1], 1.0) if len(ratio) == 2 else (1.0, 1.0)
+
+
+def _header_plane(ds: pydicom.Dataset) -> str:
+    orientation = [float(v) for v in ds.get("ImageOrientationPatient") or []]
+    if len(orientation) != 6 or "ImagePositionPatient" not in ds:
+        return "image"
+    normal = np.abs(np.cross(orientation[:3], orientation[3:]))
+    return "oblique" if normal.max() < 0.8 else ("sagittal", "coronal", "axial")[int(np.argmax(normal))]
+
+
+def _native(volume: Volume, *, width: int, height: int, low: float, high: float,
+            palette: str = "grey", frame: int | None = None) -> np.ndarray:
+    geometry = volume_describe(volume)
+    focus = list(geometry["center"])
+    if frame is not None:
+        focus = [float(v) for v in volume.index_to_patient((frame, (volume.shape[1] - 1) / 2,
+                                                             (volume.shape[2] - 1) / 2))]
+    state = viewstate_from_dict({
+        "view": "native", "width": width, "height": height, "focus_mm": focus, "quality": "interactive",
+        "layers": [{"series_id": volume.series_id, "window_center": (low + high) / 2,
+                    "window_width": high - low, "palette": palette}]})
+    return ENGINE.pixels(state, {volume.series_id: volume})
+
+
+def _content_box(image: np.ndarray) -> tuple[int, int]:
+    rows, columns = np.nonzero(image)
+    return int(columns.max() - columns.min() + 1), int(rows.max() - rows.min() + 1)
+
+
+def _fitted(width_mm: float, height_mm: float) -> tuple[float, float]:
+    scale = VIEWPORT / max(width_mm, height_mm)
+    return width_mm * scale, height_mm * scale
+
+
+def _check_series(series: Series) -> list[str]:
+    problems = []
+    ds = _first_instance(series)
+    volume = _as_render_volume(series.series_instance_uid, load_volume(series))
+    geometry = volume_describe(volume)
+    header_plane = _header_plane(ds)
+    if header_plane != "image" and geometry["plane"] not in (header_plane, "image"):
+        problems.append(f"plane {geometry['plane']} where the header says {header_plane}")
+    middle = volume.voxels[volume.shape[0] // 2]
+    if volume.colour:
+        shown = _native(volume, width=VIEWPORT, height=VIEWPORT, low=0, high=255)
+        if middle.std() > 0 and shown.std() == 0:
+            problems.append("blank colour frame")
+        return problems
+    lowest, highest = float(middle.min()), float(middle.max())
+    spread = max(highest - lowest, 1.0)
+    # every value inside the picture maps to at least mid-grey; outside it stays black
+    shown = _native(volume, width=VIEWPORT, height=VIEWPORT, low=lowest - spread - 1, high=highest + 1)
+    if highest > lowest and np.unique(shown[shown > 0]).size < 2:
+        problems.append("blank frame")
+    sizes = set(Instance.objects.filter(series=series).values_list("number_of_frames", flat=True))
+    if len(sizes) == 1 and not series.volume_reason:
+        row_mm, column_mm = _header_spacing(ds)
+        expected = _fitted(int(ds.Columns) * column_mm, int(ds.Rows) * row_mm)
+        got = _content_box(shown)
+        if abs(got[0] - expected[0]) > 2 or abs(got[1] - expected[1]) > 2:
+            problems.append(f"shown {got[0]}x{got[1]} px where the header implies "
+                            f"{expected[0]:.0f}x{expected[1]:.0f}")
+    return problems
+
+
+def test_every_series_the_import_accepts_opens_in_its_own_plane(store):
+    corpus = [Path(p) for p in get_testdata_files("**/*") if os.path.isfile(p)]
+    assert len(corpus) > 150, "pydicom-data is not installed"
+    assert _ingest(corpus) > 80
+    failures = {}
+    checked = 0
+    for series in Series.objects.order_by("id"):
+        if series.volume_state != VolumeState.READY:
+            failures[series.series_instance_uid] = [f"{series.volume_state}: {series.volume_reason}"]
+            continue
+        problems = _check_series(series)
+        checked += 1
+        if problems:
+            failures[f"{series.modality} {series.series_description}"] = problems
+    assert checked > 40
+    assert failures == {}
+
+
+def _one_series(name: str) -> tuple[pydicom.Dataset, Volume]:
+    assert _ingest([Path(get_testdata_file(name))]) == 1
+    series = Series.objects.get()
+    assert series.volume_state == VolumeState.READY, series.volume_reason
+    return _first_instance(series), _as_render_volume(series.series_instance_uid, load_volume(series))
+
+
+def _raw(ds: pydicom.Dataset) -> np.ndarray:
+    ds.pixel_array_options(as_rgb=False)
+    pixels = ds.pixel_array
+    return pixels[0] if int(ds.get("NumberOfFrames", 1) or 1) > 1 else pixels
+
+
+@pytest.mark.parametrize("name", ["SC_ybr_full_uncompressed.dcm", "examples_ybr_color.dcm",
+                                  "SC_rgb_jpeg_dcmd.dcm", "US1_UNCR.dcm"])
+def test_colour_pictures_match_pydicoms_colour_conversion(store, name):
+    ds, volume = _one_series(name)
+    raw = _raw(ds)
+    interpretation = str(ds.PhotometricInterpretation)
+    expected = raw if interpretation == "RGB" else convert_color_space(raw, interpretation, "RGB")
+    shown = _native(volume, width=int(ds.Columns), height=int(ds.Rows), low=0, high=255, frame=0)
+    assert shown.shape == expected.shape
+    difference = np.abs(shown.astype(int) - expected.astype(int))
+    assert difference.max() <= 3 and difference.mean() < 1.0
+
+
+@pytest.mark.parametrize("name", ["gdcm-US-ALOKA-16.dcm", "examples_palette.dcm"])
+def test_palette_colour_pictures_match_their_lookup_tables(store, name):
+    ds, volume = _one_series(name)
+    expected = apply_color_lut(_raw(ds), ds)
+    if int(ds.RedPaletteColorLookupTableDescriptor[2]) == 16:
+        expected = expected >> 8
+    row_mm, column_mm = _header_spacing(ds)
+    assert row_mm == pytest.approx(column_mm), "the 1:1 comparison needs square pixels"
+    shown = _native(volume, width=int(ds.Columns), height=int(ds.Rows), low=0, high=255, frame=0)
+    assert np.array_equal(shown, expected.astype(np.uint8))
+
+
+def _windowed(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    low = center - width / 2
+    return np.clip((values - low) * 255.0 / width, 0, 255)
+
+
+def test_monochrome1_shows_inverted_in_the_files_window(store):
+    ds, volume = _one_series("RG1_UNCR.dcm")
+    geometry = volume_describe(volume)
+    assert geometry["invert"] is True and geometry["windows"][0] == [15000.0, 30000.0]
+    values = apply_modality_lut(_raw(ds), ds).astype(np.float64)
+    expected = 255 - _windowed(values, 15000.0, 30000.0)
+    shown = _native(volume, width=int(ds.Columns), height=int(ds.Rows), low=0, high=30000,
+                    palette="inverted", frame=0)
+    assert np.abs(shown - expected).max() <= 1.0
+
+
+def test_modality_lut_gives_the_values_pydicom_gives(store):
+    ds, volume = _one_series("mlut_18.dcm")
+    values = apply_modality_lut(_raw(ds), ds).astype(np.float64)
+    low, high = float(values.min()), float(values.max())
+    shown = _native(volume, width=int(ds.Columns), height=int(ds.Rows), low=low, high=high, frame=0)
+    assert np.abs(shown - _windowed(values, (low + high) / 2, high - low)).max() <= 1.0
+
+
+def test_a_voi_lut_becomes_the_window_pydicom_applies(store):
+    ds, volume = _one_series("vlut_04.dcm")
+    center, width = volume_describe(volume)["windows"][0]
+    expected = apply_voi_lut(_raw(ds), ds).astype(np.float64) * 255.0 / 65535.0
+    shown = _native(volume, width=int(ds.Columns), height=int(ds.Rows), low=center - width / 2,
+                    high=center + width / 2, frame=0)
+    assert np.abs(shown - expected).max() <= 2.0
