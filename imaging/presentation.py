@@ -115,7 +115,7 @@ def window_presets(ds: Dataset) -> list[list[float]]:
 
 
 def frame_time_ms(ds: Dataset) -> float | None:
-    """The interval between frames of a cine (FrameTime, FrameTimeVector, CineRate, RecommendedDisplayFrameRate)."""
+    """Milliseconds between cine frames: FrameTime, FrameTimeVector, CineRate or the display rate."""
     frame_time = _numbers(ds.get("FrameTime"))
     if frame_time and frame_time[0] > 0:
         return frame_time[0]

@@ -228,9 +228,9 @@ class ViewerConsumer(PrincipalGuardedConsumer):
             self._render(list(range(len(self.session.views))))
         elif isinstance(message, protocol.Probe):
             await self._probe(message)
-        elif isinstance(message, protocol.Thumbnails):
-            if self.thumbnail_task is None or self.thumbnail_task.done():
-                self.thumbnail_task = asyncio.get_running_loop().create_task(self._thumbnails())
+        elif isinstance(message, protocol.Thumbnails) and (
+                self.thumbnail_task is None or self.thumbnail_task.done()):
+            self.thumbnail_task = asyncio.get_running_loop().create_task(self._thumbnails())
 
     async def _thumbnails(self) -> None:
         """One small interactive-quality picture of each series: a frame like any other, as text."""
