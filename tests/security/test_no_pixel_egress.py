@@ -11,6 +11,7 @@ picture (JPEG, PNG, WebP) of exactly the size its header declares.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 
@@ -18,7 +19,15 @@ import pytest
 from channels.db import database_sync_to_async
 from PIL import Image
 
-from rendering.protocol import FRAME_HEADER, LAYOUTS, OPERATIONS, SETTINGS, Text, frame_unpack
+from rendering.protocol import (
+    FRAME_HEADER,
+    LAYOUTS,
+    OPERATIONS,
+    SETTINGS,
+    Identifier,
+    Text,
+    frame_unpack,
+)
 from tests.conftest import ZONES
 from tests.rendering.test_consumer import _next, _open, phantom_dir, study  # noqa: F401
 from tests.security.inventory import http_routes
@@ -30,7 +39,7 @@ FORBIDDEN_TYPES = ("application/dicom", "application/octet-stream", "multipart/r
 MAX_TEXT_BYTES = 16_384
 IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF")
 ARGUMENTS = {"delta": 1, "dc": 5, "dw": 5, "factor": 1.1, "dx": 0.01, "dy": 0.01,
-             "dazimuth": 5, "delevation": 5, "dtilt": 5, "dspin": 5, "x": 100, "y": 100}
+             "dazimuth": 5, "delevation": 5, "dtilt": 5, "dspin": 5, "x": 100, "y": 100, "index": 3}
 
 
 def _assert_not_pixels(url: str, response) -> None:
@@ -53,12 +62,15 @@ def test_no_http_route_returns_pixels(client, signed_in, study):  # noqa: F811
 def _every_client_message() -> list[dict]:
     messages: list[dict] = [{"type": "resize", "view": 0, "width": 300, "height": 200},
                             {"type": "probe", "view": 0, "x": 10, "y": 10},
-                            {"type": "ack", "view": 0, "seq": 1}]
+                            {"type": "ack", "view": 0, "seq": 1}, {"type": "thumbnails"}]
     for operation, rules in OPERATIONS.items():
         messages.append({"type": "input", "view": 0, "op": operation,
                          **{name: ARGUMENTS[name] for name in rules}})
     for name, rule in SETTINGS.items():
-        values = sorted(rule.choices) if isinstance(rule, Text) else [rule.high / 2]
+        if isinstance(rule, Identifier):
+            values = ["1.2.3"]  # a well-formed uid of no series here: refused with an error
+        else:
+            values = sorted(rule.choices) if isinstance(rule, Text) else [rule.high / 2]
         messages.extend({"type": "set", "view": 0, "name": name, "value": value}
                         for value in values)
     messages.extend({"type": "layout", "layout": layout} for layout in LAYOUTS)
@@ -108,7 +120,16 @@ async def test_every_websocket_message_yields_only_pictures_and_small_json(clien
         text = message["text"]
         assert len(text.encode()) < MAX_TEXT_BYTES
         body = json.loads(text)
-        assert body["type"] in {"ready", "error", "probe"}, body
+        assert body["type"] in {"ready", "error", "probe", "thumbnail"}, body
+        if body["type"] == "thumbnail":
+            _assert_thumbnail_is_a_picture(body)
         kinds.add(body["type"])
     assert frames > 10
-    assert {"ready", "probe"} <= kinds
+    assert {"ready", "probe", "thumbnail"} <= kinds
+
+
+def _assert_thumbnail_is_a_picture(body: dict) -> None:
+    image = base64.b64decode(body["image"])
+    assert image.startswith(IMAGE_MAGIC)
+    with Image.open(io.BytesIO(image)) as picture:
+        assert max(picture.size) <= 96 and picture.mode in {"L", "RGB"}
