@@ -174,3 +174,37 @@ def test_a_message_over_daphne_s_one_mebibyte_drops_the_connection_not_the_serve
     with viewer_socket(served_demo, doctor) as ws:
         viewer_ready(ws)
         viewer_until(ws, is_frame)
+
+
+# --- series browser over the socket ----------------------------------------------------------
+
+def test_thumbnails_series_switch_and_frame_reach_a_real_client(served_demo, doctor):
+    import base64
+    import io
+
+    from PIL import Image
+
+    with viewer_socket(served_demo, doctor) as ws:
+        ready = viewer_ready(ws)
+        series = {s["uid"]: s for s in ready["series"]}
+        assert {s["modality"] for s in series.values()} >= {"CT", "PT"}
+        assert all(s["available"] and s["kind"] == "volume" and s["plane"] == "axial"
+                   for s in series.values())
+        ws.send(json.dumps({"type": "thumbnails"}))
+        thumbnails = {}
+        while len(thumbnails) < len(series):
+            message, _ = viewer_until(ws, lambda m: isinstance(m, dict) and m.get("type") == "thumbnail")
+            with Image.open(io.BytesIO(base64.b64decode(message["image"]))) as picture:
+                assert max(picture.size) == 96 and picture.getextrema() != ((0, 0),) * len(picture.mode)
+            thumbnails[message["series"]] = True
+        assert set(thumbnails) == set(series)
+        pet = next(uid for uid, s in series.items() if s["modality"] == "PT")
+        ws.send(json.dumps({"type": "set", "view": 0, "name": "series", "value": pet}))
+        frame, _ = viewer_until(ws, lambda m: is_frame(m) and m.view == 0
+                                and m.overlay["windows"][0]["modality"] == "PT")
+        ws.send(json.dumps({"type": "input", "view": 0, "op": "frame", "index": 0}))
+        first, _ = viewer_until(ws, lambda m: is_frame(m) and m.view == 0 and m.overlay["slice"][0] == 1)
+        assert first.overlay["slice"][1] == frame.overlay["slice"][1]
+        ws.send(json.dumps({"type": "set", "view": 0, "name": "series", "value": "9.9.9"}))
+        refused, _ = viewer_until(ws, lambda m: isinstance(m, dict) and m.get("type") == "error")
+        assert refused["code"] == "refused"
