@@ -13,7 +13,7 @@ from gateway.audit.catalogue import Action, Outcome
 from gateway.audit.services import audit_record
 from gateway.policy import Permission, may
 from imaging.identity.models import PatientIdentity, StudyIdentity
-from imaging.models import Study
+from imaging.models import Study, VolumeState
 
 SEARCH_LIMIT = 50
 
@@ -25,6 +25,12 @@ class StudyRow:
     description: str
     modalities: list[str]
     series_count: int
+    unavailable: list[str] = field(default_factory=list)
+    """One line per series that cannot be shown: modality, description, why."""
+
+    @property
+    def viewable(self) -> bool:
+        return len(self.unavailable) < self.series_count
 
 
 @dataclass
@@ -98,4 +104,6 @@ def _attach_studies(rows: list[PatientRow]) -> None:
             study_date=identity.study_date if identity else None,
             description=identity.study_description if identity else "",
             modalities=sorted({s.modality for s in series if s.modality}),
-            series_count=len(series)))
+            series_count=len(series),
+            unavailable=[f"{s.modality} {s.series_description}".strip() + f": {s.volume_reason}"
+                         for s in series if s.volume_state == VolumeState.REFUSED]))

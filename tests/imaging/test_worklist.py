@@ -84,3 +84,28 @@ def test_roles_without_search_are_refused_and_audited(client, signed_in, ingeste
 def test_home_links_to_the_worklist(client, signed_in):
     signed_in("doctor")
     assert reverse("imaging:worklist") in client.get(reverse("home")).content.decode()
+
+
+def test_a_series_that_cannot_be_shown_says_why_before_anyone_clicks(client, signed_in, ingested):
+    from imaging.models import Series, VolumeState
+
+    signed_in("doctor")
+    who = ingested["patients"][0]["identity"]
+    study_uid = None
+    for series in Series.objects.filter(study__patient__studies__isnull=False).distinct():
+        study_uid = series.study.study_instance_uid
+        break
+    Series.objects.filter(study__study_instance_uid=study_uid, modality="PT").update(
+        volume_state=VolumeState.REFUSED, volume_reason="the pixel data cannot be decoded")
+    page = client.get(reverse("imaging:worklist"), {"patient_id": who["patient_id"]}).content.decode()
+    page += client.get(reverse("imaging:worklist"),
+                       {"patient_id": ingested["patients"][1]["identity"]["patient_id"]}).content.decode()
+    assert "PT" in page and "the pixel data cannot be decoded" in page
+    Series.objects.filter(study__study_instance_uid=study_uid).update(volume_state=VolumeState.REFUSED)
+    rows = [row for pid in (p["identity"]["patient_id"] for p in ingested["patients"])
+            for row in client.get(reverse("imaging:worklist"), {"patient_id": pid}).context["rows"]]
+    study = next(s for row in rows for s in row.studies if s.study_instance_uid == study_uid)
+    assert not study.viewable and len(study.unavailable) == study.series_count
+    page = "".join(client.get(reverse("imaging:worklist"), {"patient_id": p["identity"]["patient_id"]})
+                   .content.decode() for p in ingested["patients"])
+    assert reverse("rendering:viewer", args=[study_uid]) not in page
