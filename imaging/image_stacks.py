@@ -12,13 +12,12 @@ multi-frame object) or ``images``.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
 
 from imaging import volumes
-from imaging.presentation import decoded_frames, display_facts, modality_lut_values, pixel_spacing
+from imaging.presentation import decoded_frames, pixel_spacing
 
 MAX_STACK_BYTES = 2 * 1024**3
 
@@ -27,15 +26,7 @@ def _instance_frames(ds: Dataset) -> list[np.ndarray]:
     pixels = decoded_frames(ds)
     if pixels.ndim == 4:
         return list(pixels)
-    slope, intercept = volumes._rescale(None, ds)
-    frames = []
-    for frame in pixels:
-        lut = modality_lut_values(ds, frame)
-        if lut is not None:
-            frames.append(lut)
-        else:
-            frames.append(volumes._rescaled(volumes._Slice(np.zeros(3), frame, slope, intercept)))
-    return frames
+    return [volumes.frame_values(ds, frame) for frame in pixels]
 
 
 def _centred(frames: list[np.ndarray]) -> np.ndarray:
@@ -74,23 +65,10 @@ def images_from_datasets(datasets: Iterable[Dataset]) -> tuple[volumes.Volume, s
     stack = _centred(frames)
     kind = "cine" if objects == 1 and len(frames) > 1 else "images"
     row_spacing, column_spacing = pixel_spacing(first)
-    display = _display(first, kind)
+    display = volumes.series_display(first, kind=kind)
     identity = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
     volume = volumes.Volume(voxels=np.ascontiguousarray(stack), origin=(0.0, 0.0, 0.0),
                             spacing=(column_spacing, row_spacing, 1.0), direction=identity,
                             display=display)
     return volume, ""
 
-
-def _display(ds: Dataset, kind: str) -> dict[str, Any]:
-    facts = display_facts(ds)
-    centre, width = (facts["windows"][0] if facts["windows"] else (None, None))
-    return {
-        "modality": str(ds.get("Modality", "")),
-        "photometric_interpretation": str(ds.get("PhotometricInterpretation", "")),
-        "window_center": centre, "window_width": width,
-        "units": str(ds.get("Units", "")) or str(ds.get("RescaleType", "")),
-        "suvbw_factor": None,
-        "frame_of_reference_uid": "",
-        "kind": kind, **facts,
-    }

@@ -204,10 +204,6 @@ def _functional(ds: Dataset, frame: int, sequence: str, attribute: str) -> Any:
     return None
 
 
-def _frames(ds: Dataset) -> np.ndarray:
-    return decoded_frames(ds)
-
-
 def _enhanced_slices(ds: Dataset, pixels: np.ndarray) -> tuple[list[_Slice], list[float], list[float]]:
     slices = []
     orientation = _functional(ds, 0, "PlaneOrientationSequence", "ImageOrientationPatient")
@@ -269,7 +265,7 @@ def _single_frame_slices(datasets: Iterable[Dataset]) -> tuple[list[_Slice], lis
         if "ImageOrientationPatient" in ds and not np.allclose(
                 _floats(ds.ImageOrientationPatient), orientation, atol=ORIENTATION_TOLERANCE):
             raise VolumeRefused("images of the series have different orientations")
-        pixels = _frames(ds)
+        pixels = decoded_frames(ds)
         if shape is None:
             shape = pixels.shape[1:]
         elif pixels.shape[1:] != shape:
@@ -279,13 +275,7 @@ def _single_frame_slices(datasets: Iterable[Dataset]) -> tuple[list[_Slice], lis
         if "ImagePositionPatient" not in ds:
             raise VolumeRefused("an image of the series has no ImagePositionPatient")
         where = np.array(_floats(ds.ImagePositionPatient))
-        lut = modality_lut_values(ds, pixels[0])
-        if lut is not None:
-            slices.append(_Slice(where, lut, 1.0, 0.0, rescaled=True))
-            continue
-        slope, intercept = _rescale(None, ds)
-        slices.append(_Slice(where, _rescaled(_Slice(where, pixels[0], slope, intercept)), 1.0, 0.0,
-                             rescaled=True))
+        slices.append(_Slice(where, frame_values(ds, pixels[0]), 1.0, 0.0, rescaled=True))
     return slices, orientation, spacing
 
 
@@ -319,6 +309,15 @@ def _regular(slices: list[_Slice], normal: np.ndarray, fallback: float) -> tuple
     return resampled.astype(np.float32), median, f"resampled from irregular spacing onto {median:.4g} mm"
 
 
+def frame_values(ds: Dataset, frame: np.ndarray) -> np.ndarray:
+    """One greyscale frame in the modality's values: Modality LUT Sequence, else rescale slope/intercept."""
+    lut = modality_lut_values(ds, frame)
+    if lut is not None:
+        return lut
+    slope, intercept = _rescale(None, ds)
+    return _rescaled(_Slice(np.zeros(3), frame, slope, intercept))
+
+
 def _rescaled_dtype(s: _Slice) -> np.dtype:
     if s.rescaled or s.pixels.ndim == 3:
         return s.pixels.dtype
@@ -349,6 +348,25 @@ def _window(ds: Dataset) -> tuple[float | None, float | None]:
     return first(center), first(width)
 
 
+def series_display(ds: Dataset, *, kind: str, note: str = "") -> dict[str, Any]:
+    """The stored display metadata of a series, from its first instance (no identifying data)."""
+    modality = str(ds.get("Modality", ""))
+    geometric = kind == "volume"
+    center, width = _window(ds)
+    return {
+        "modality": modality,
+        "photometric_interpretation": str(ds.get("PhotometricInterpretation", "")),
+        "window_center": center,
+        "window_width": width,
+        "units": str(ds.get("Units", "")) or str(ds.get("RescaleType", "")),
+        "suvbw_factor": suvbw_factor(ds) if geometric and modality == "PT" else None,
+        "frame_of_reference_uid": str(ds.get("FrameOfReferenceUID", "")) if geometric else "",
+        "note": note,
+        "kind": kind,
+        **display_facts(ds),
+    }
+
+
 def volume_from_datasets(datasets: Iterable[Dataset]) -> tuple[Volume, str]:
     """Build a :class:`Volume` from a series' datasets; returns (volume, note).
 
@@ -364,9 +382,8 @@ def volume_from_datasets(datasets: Iterable[Dataset]) -> tuple[Volume, str]:
         raise VolumeRefused("the series has no images")
     second = next(items, None)
     datasets = chain([first], [second] if second is not None else [], items)
-    modality = str(first.get("Modality", ""))
     if second is None and int(first.get("NumberOfFrames", 1) or 1) > 1:
-        pixels = _frames(first)
+        pixels = decoded_frames(first)
         if "PerFrameFunctionalGroupsSequence" in first or "SharedFunctionalGroupsSequence" in first:
             slices, orientation, spacing = _enhanced_slices(first, pixels)
         elif _nm_reconstruction(first):
@@ -383,19 +400,7 @@ def volume_from_datasets(datasets: Iterable[Dataset]) -> tuple[Volume, str]:
     fallback = float(first.get("SpacingBetweenSlices", 0) or first.get("SliceThickness", 0) or 1.0)
     stack, slice_spacing, note = _regular(slices, normal, fallback)
     origin = tuple(float(v) for v in min(slices, key=lambda s: float(np.dot(s.position, normal))).position)
-    center, width = _window(first)
-    display = {
-        "modality": modality,
-        "photometric_interpretation": str(first.get("PhotometricInterpretation", "")),
-        "window_center": center,
-        "window_width": width,
-        "units": str(first.get("Units", "")) or str(first.get("RescaleType", "")),
-        "suvbw_factor": suvbw_factor(first) if modality == "PT" else None,
-        "frame_of_reference_uid": str(first.get("FrameOfReferenceUID", "")),
-        "note": note,
-        "kind": "volume",
-        **display_facts(first),
-    }
+    display = series_display(first, kind="volume", note=note)
     matrix = np.stack([row_dir, col_dir, normal], 1)
     direction = tuple((float(r[0]), float(r[1]), float(r[2])) for r in matrix)
     volume = Volume(
