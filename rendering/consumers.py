@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -32,6 +33,7 @@ from gateway.sharing.websocket import PrincipalGuardedConsumer
 from imaging.access import StudyNotFound, ViewerSeries, ViewerStudy, study_for_viewer
 from rendering import protocol
 from rendering.engine.core import FrameOfReferenceError, MissingVolumeError, RenderedFrame
+from rendering.engine.palettes import palette_stops
 from rendering.flow import MessageBudget
 from rendering.pool import CLINICAL, render_pool_async
 from rendering.scheduler import Quality as SchedulerQuality
@@ -46,6 +48,7 @@ CLOSE_NOT_FOUND = 4404
 MESSAGES_PER_SECOND = 120
 MESSAGE_BURST = 240
 THUMBNAIL_PIXELS = 96
+VOCABULARY = protocol.vocabulary(palette_stops())
 WIRE_ENCODING = {"jpeg": protocol.Encoding.JPEG, "png": protocol.Encoding.PNG,
                  "webp": protocol.Encoding.WEBP}
 
@@ -60,7 +63,8 @@ def overlay_wire(frame: RenderedFrame, kind: str, viewport_width: int) -> dict[s
     wire: dict[str, Any] = {
         "kind": kind, "orientation": overlay.orientation,
         "windows": [{"center": layer.window_center, "width": layer.window_width,
-                     "unit": layer.unit, "modality": layer.modality}
+                     "unit": layer.unit, "modality": layer.modality, "palette": layer.palette,
+                     "opacity": layer.opacity}
                     for layer in overlay.layers],
         "render_ms": round(frame.render_ms + frame.encode_ms, 2),
     }
@@ -74,6 +78,10 @@ def overlay_wire(frame: RenderedFrame, kind: str, viewport_width: int) -> dict[s
         wire["crosshair"] = [round(v, 1) for v in overlay.crosshair_px]
     if overlay.plane is not None:
         wire["plane"] = overlay.plane
+    if overlay.zoom is not None:
+        wire["zoom"] = round(overlay.zoom, 3)
+    if overlay.slab is not None:
+        wire["slab"] = {"mode": overlay.slab[0], "thickness_mm": round(overlay.slab[1], 2)}
     return wire
 
 
@@ -164,6 +172,7 @@ class ViewerConsumer(PrincipalGuardedConsumer):
                                        "description": self.study.description},
             "limits": {"max_message_bytes": protocol.MAX_MESSAGE_BYTES,
                        "messages_per_second": MESSAGES_PER_SECOND, "message_burst": MESSAGE_BURST},
+            "vocabulary": VOCABULARY,
             **self.session.describe(),
         }))
 
@@ -214,22 +223,27 @@ class ViewerConsumer(PrincipalGuardedConsumer):
                 "retry_after_ms": self.budget.retry_after_ms()}))
 
     async def _handle(self, message: protocol.Message) -> None:
-        if isinstance(message, protocol.Acknowledge):
-            self.schedulers[message.view].acknowledge(message.sequence)
-        elif isinstance(message, protocol.Input):
-            self._render(self.session.apply_input(message))
-        elif isinstance(message, protocol.Setting):
-            self._render(self.session.apply_setting(message))
-        elif isinstance(message, protocol.Resize):
-            self._render(self.session.resize(message.view, message.width, message.height))
-        elif isinstance(message, protocol.Layout):
-            self.session.layout_apply(message.layout)
-            await self._send_ready()
-            self._render(list(range(len(self.session.views))))
-        elif isinstance(message, protocol.Probe):
-            await self._probe(message)
-        elif isinstance(message, protocol.Thumbnails) and (
-                self.thumbnail_task is None or self.thumbnail_task.done()):
+        await MESSAGE_HANDLERS[type(message)](self, message)
+
+    async def _on_acknowledge(self, message: protocol.Acknowledge) -> None:
+        self.schedulers[message.view].acknowledge(message.sequence)
+
+    async def _on_input(self, message: protocol.Input) -> None:
+        self._render(self.session.apply_input(message))
+
+    async def _on_setting(self, message: protocol.Setting) -> None:
+        self._render(self.session.apply_setting(message))
+
+    async def _on_resize(self, message: protocol.Resize) -> None:
+        self._render(self.session.resize(message.view, message.width, message.height))
+
+    async def _on_layout(self, message: protocol.Layout) -> None:
+        self.session.layout_apply(message.layout)
+        await self._send_ready()
+        self._render(list(range(len(self.session.views))))
+
+    async def _on_thumbnails(self, message: protocol.Thumbnails) -> None:
+        if self.thumbnail_task is None or self.thumbnail_task.done():
             self.thumbnail_task = asyncio.get_running_loop().create_task(self._thumbnails())
 
     async def _thumbnails(self) -> None:
@@ -249,7 +263,7 @@ class ViewerConsumer(PrincipalGuardedConsumer):
         for index in views:
             self.schedulers[index].submit(self.session.state(index))
 
-    async def _probe(self, message: protocol.Probe) -> None:
+    async def _on_probe(self, message: protocol.Probe) -> None:
         """Latest wins: one probe in flight per socket; newer ones replace the waiting one."""
         self.probe_wanted = message
         if self.probe_task is None or self.probe_task.done():
@@ -307,3 +321,11 @@ class ViewerConsumer(PrincipalGuardedConsumer):
             "close_code": code})
 
 
+
+
+MESSAGE_HANDLERS: dict[type, Callable[[ViewerConsumer, Any], Awaitable[None]]] = {
+    protocol.Acknowledge: ViewerConsumer._on_acknowledge, protocol.Input: ViewerConsumer._on_input,
+    protocol.Setting: ViewerConsumer._on_setting, protocol.Resize: ViewerConsumer._on_resize,
+    protocol.Layout: ViewerConsumer._on_layout, protocol.Probe: ViewerConsumer._on_probe,
+    protocol.Thumbnails: ViewerConsumer._on_thumbnails,
+}

@@ -4,7 +4,9 @@
 stopped at exit (:class:`~rendering.workers.RenderPool`). ``remote``: requests go over the
 channel layer to ``manage.py render_worker`` processes on any host
 (:class:`~rendering.remote.RemoteRenderPool`). Both answer the same awaitables,
-``render``, ``probe`` and ``describe``, so the viewer consumer does not know which it has.
+``request(name, state, …)`` for every operation registered in :mod:`rendering.operations`
+(and its shortcuts ``render``, ``probe``, ``describe``), so the viewer consumer does not know
+which it has.
 """
 
 from __future__ import annotations
@@ -12,14 +14,12 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
-from typing import Protocol
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from rendering.engine.core import ProbeResult, RenderedFrame
+from rendering.operations import OperationClient
 from rendering.sources import clinical_spec_arguments
-from rendering.viewstate import ViewState
 from rendering.workers import RenderPool, SourceSpec
 
 logger = logging.getLogger(__name__)
@@ -33,14 +33,8 @@ _remote = None
 _lock = threading.Lock()
 
 
-class RenderBackend(Protocol):
-    """What the viewer consumer needs of a pool; every call carries the whole view state."""
-
-    async def render(self, state: ViewState, *, source: str, encoding=None) -> RenderedFrame: ...
-
-    async def probe(self, state: ViewState, *, source: str, x: float, y: float) -> ProbeResult: ...
-
-    async def describe(self, state: ViewState, *, source: str) -> dict[str, dict]: ...
+RenderBackend = OperationClient
+"""What the viewer consumer needs of a pool: ``request`` (every call carries the whole view state)."""
 
 
 def local_pool_build(*, size: int | None = None) -> RenderPool:

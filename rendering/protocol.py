@@ -51,7 +51,8 @@ class Number:
 
 @dataclass(frozen=True)
 class Text:
-    choices: frozenset[str]
+    choices: tuple[str, ...]
+    """In the order a client offers them (menus, number keys)."""
 
 
 @dataclass(frozen=True)
@@ -77,13 +78,13 @@ OPERATIONS: dict[str, dict[str, FieldRule]] = {
     "reset": {},
 }
 SETTINGS: dict[str, FieldRule] = {
-    "kind": Text(frozenset({"native", "axial", "coronal", "sagittal", "oblique", "3d"})),
+    "kind": Text(("native", "axial", "coronal", "sagittal", "oblique", "3d")),
     "series": SERIES_UID,
-    "slab_mode": Text(frozenset({"none", "mip", "minip", "average"})),
+    "slab_mode": Text(("none", "mip", "minip", "average")),
     "slab_thickness": Number(0, 500),
-    "window_preset": Text(frozenset({"brain", "lung", "bone", "abdomen", "suv_0_5", "suv_0_10"})),
-    "volume_preset": Text(frozenset({"ct_bone", "ct_soft_tissue", "ct_lung", "pet_mip"})),
-    "palette": Text(frozenset({"grey", "hot_iron", "rainbow", "inverted"})),
+    "window_preset": Text(("abdomen", "lung", "bone", "brain", "suv_0_5", "suv_0_10")),
+    "volume_preset": Text(("ct_bone", "ct_soft_tissue", "ct_lung", "pet_mip")),
+    "palette": Text(("grey", "hot_iron", "rainbow", "inverted")),
     "opacity": Number(0, 1),
 }
 
@@ -146,7 +147,7 @@ def _field(message: dict[str, Any], name: str, rule: FieldRule) -> Any:
         return value
     if isinstance(rule, Text):
         if not isinstance(value, str) or value not in rule.choices:
-            raise ProtocolError("bad_value", f"{name!r} must be one of {sorted(rule.choices)}")
+            raise ProtocolError("bad_value", f"{name!r} must be one of {list(rule.choices)}")
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ProtocolError("bad_value", f"{name!r} must be a number")
@@ -223,7 +224,7 @@ def _parse_set(message: dict[str, Any], views: int) -> Setting:
 
 def _parse_layout(message: dict[str, Any], views: int) -> Layout:
     _exact_keys(message, {"type", "layout"})
-    return Layout(_field(message, "layout", Text(frozenset(LAYOUTS))))
+    return Layout(_field(message, "layout", Text(tuple(LAYOUTS))))
 
 
 def _parse_probe(message: dict[str, Any], views: int) -> Probe:
@@ -250,6 +251,25 @@ _PARSERS: dict[str, Callable[[dict[str, Any], int], Message]] = {
     "layout": _parse_layout, "probe": _parse_probe, "resize": _parse_resize,
     "thumbnails": _parse_thumbnails,
 }
+
+
+def rule_wire(rule: FieldRule) -> dict[str, Any]:
+    if isinstance(rule, Text):
+        return {"choices": list(rule.choices)}
+    if isinstance(rule, Identifier):
+        return {"identifier": True}
+    return {"min": rule.low, "max": rule.high, **({"integer": True} if rule.integer else {})}
+
+
+def vocabulary(palettes: dict[str, list[str]]) -> dict[str, Any]:
+    """What a client may send, announced in ``ready`` so its menus and keys follow the server."""
+    return {
+        "settings": {name: rule_wire(rule) for name, rule in SETTINGS.items()},
+        "inputs": {op: {name: rule_wire(rule) for name, rule in rules.items()}
+                   for op, rules in OPERATIONS.items()},
+        "layouts": list(LAYOUTS),
+        "palettes": palettes,
+    }
 
 
 def frame_pack(*, view: int, sequence: int, quality: int, encoding: Encoding, width: int,

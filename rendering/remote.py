@@ -35,7 +35,7 @@ import secrets
 import socket
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +43,9 @@ import msgpack
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer, get_channel_layer
 
-from rendering.encoding import Encoding
-from rendering.engine.core import (
-    LayerInfo,
-    Overlay,
-    ProbeResult,
-    ProbeValue,
-    RenderedFrame,
-    RenderError,
-)
-from rendering.viewstate import Quality, ViewState, viewstate_from_dict, viewstate_to_dict
+from rendering.engine.core import RenderError
+from rendering.operations import Operation, OperationClient, operation_named
+from rendering.viewstate import ViewState, viewstate_from_dict, viewstate_to_dict
 from rendering.workers import ERRORS, PoolClosed, RenderPool, RenderTimeout, WorkerCrashed
 
 logger = logging.getLogger(__name__)
@@ -106,42 +99,6 @@ def verify(key: bytes, message: dict[str, Any]) -> bool:
     return isinstance(given, str) and hmac.compare_digest(given, _digest(key, message))
 
 
-# --- results as plain data ---------------------------------------------------------------------
-
-
-def result_to_wire(op: str, result: Any) -> Any:
-    if op == "render":
-        frame: RenderedFrame = result
-        overlay = asdict(frame.overlay)
-        return {"data": frame.data, "encoding": frame.encoding.value, "width": frame.width,
-                "height": frame.height, "quality": frame.quality.value, "overlay": overlay,
-                "render_ms": frame.render_ms, "encode_ms": frame.encode_ms}
-    if op == "probe":
-        probe: ProbeResult = result
-        return {"point_mm": list(probe.point_mm), "values": [asdict(v) for v in probe.values]}
-    return result
-
-
-def _tuple_or_none(value: Any) -> Any:
-    return tuple(value) if value is not None else None
-
-
-def result_from_wire(op: str, wire: Any) -> Any:
-    if op == "render":
-        overlay = dict(wire["overlay"])
-        overlay["layers"] = tuple(LayerInfo(**layer) for layer in overlay.get("layers", ()))
-        overlay["focus_mm"] = _tuple_or_none(overlay.get("focus_mm"))
-        overlay["crosshair_px"] = _tuple_or_none(overlay.get("crosshair_px"))
-        return RenderedFrame(data=wire["data"], encoding=Encoding(wire["encoding"]),
-                             width=wire["width"], height=wire["height"],
-                             quality=Quality(wire["quality"]), overlay=Overlay(**overlay),
-                             render_ms=wire["render_ms"], encode_ms=wire["encode_ms"])
-    if op == "probe":
-        return ProbeResult(point_mm=tuple(wire["point_mm"]),  # type: ignore[arg-type]
-                           values=tuple(ProbeValue(**value) for value in wire["values"]))
-    return wire
-
-
 # --- the requesting side -------------------------------------------------------------------------
 
 
@@ -153,7 +110,7 @@ class _LoopState:
     waiters: dict[str, asyncio.Queue] = field(default_factory=dict)
 
 
-class RemoteRenderPool:
+class RemoteRenderPool(OperationClient):
     """The :class:`~rendering.workers.RenderPool` request API, served by remote render workers.
 
     Parameters
@@ -180,17 +137,6 @@ class RemoteRenderPool:
         self.attempts = attempts
         self._loops: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self.retries = 0
-
-    async def render(self, state: ViewState, *, source: str,
-                     encoding: Encoding | None = None) -> RenderedFrame:
-        return await self._request("render", state, source,
-                                   {"encoding": encoding.value if encoding else None})
-
-    async def probe(self, state: ViewState, *, source: str, x: float, y: float) -> ProbeResult:
-        return await self._request("probe", state, source, {"x": x, "y": y})
-
-    async def describe(self, state: ViewState, *, source: str) -> dict[str, dict]:
-        return await self._request("describe", state, source, {})
 
     def close(self) -> None:
         for state in self._loops.values():
@@ -228,32 +174,34 @@ class RemoteRenderPool:
             if waiter is not None:
                 waiter.put_nowait(message)
 
-    async def _request(self, op: str, state: ViewState, source: str, extra: dict) -> Any:
+    async def request(self, name: str, state: ViewState, *, source: str, **arguments: Any) -> Any:
+        """Run operation ``name`` on whichever remote worker is free; see the module docstring."""
+        operation = operation_named(name)
         loop_state = await self._state()
-        payload = {"state": viewstate_to_dict(state), "source": source, **extra}
+        payload = {"state": viewstate_to_dict(state), "source": source, "arguments": arguments}
         for attempt in range(self.attempts):
             request_id = uuid.uuid4().hex
             inbox: asyncio.Queue = asyncio.Queue()
             loop_state.waiters[request_id] = inbox
             try:
                 message = sign(self.key, {
-                    "type": "render.request", "id": request_id, "op": op, "payload": payload,
+                    "type": "render.request", "id": request_id, "op": name, "payload": payload,
                     "reply": loop_state.reply_channel, "accept_by": time.time() + self.queue_s,
                     "attempt": attempt})
                 try:
                     await loop_state.layer.send(self.channel, message)
                 except ChannelFull:
                     raise RenderError("the render queue is full; try again") from None
-                outcome = await self._await_reply(inbox, op)
+                outcome = await self._await_reply(inbox, operation)
             finally:
                 loop_state.waiters.pop(request_id, None)
             if outcome is not None:
                 return outcome.value
             self.retries += 1
-            logger.warning("render request %s (%s) got no live worker; sending it again", request_id, op)
+            logger.warning("render request %s (%s) got no live worker; sending it again", request_id, name)
         raise RemoteUnavailable(f"no render worker served the request after {self.attempts} tries")
 
-    async def _await_reply(self, inbox: asyncio.Queue, op: str) -> _Outcome | None:
+    async def _await_reply(self, inbox: asyncio.Queue, operation: Operation) -> _Outcome | None:
         accepted = False
         while True:
             try:
@@ -269,7 +217,7 @@ class RemoteRenderPool:
                 accepted = True
                 continue
             if message.get("ok"):
-                return _Outcome(result_from_wire(op, message["result"]))
+                return _Outcome(operation.from_wire(message["result"]))
             raise REMOTE_ERRORS.get(message.get("error", ""), RenderError)(message.get("message", ""))
 
 
@@ -365,19 +313,11 @@ async def _serve_request(layer: BaseChannelLayer, pool: RenderPool, key: bytes, 
 
     beating = asyncio.create_task(heartbeat())
     try:
+        operation = operation_named(op)
         payload = message["payload"]
         state = viewstate_from_dict(payload["state"])
-        source = payload["source"]
-        if op == "render":
-            encoding = Encoding(payload["encoding"]) if payload.get("encoding") else None
-            result: Any = await pool.render(state, source=source, encoding=encoding)
-        elif op == "probe":
-            result = await pool.probe(state, source=source, x=payload["x"], y=payload["y"])
-        elif op == "describe":
-            result = await pool.describe(state, source=source)
-        else:
-            raise RenderError(f"unknown operation {op!r}")
-        body: dict[str, Any] = {"type": "render.reply", "ok": True, "result": result_to_wire(op, result)}
+        result = await pool.request(operation.name, state, source=payload["source"], **payload["arguments"])
+        body: dict[str, Any] = {"type": "render.reply", "ok": True, "result": operation.to_wire(result)}
         stats.served += 1
     except PoolClosed:
         raise

@@ -1,35 +1,26 @@
 """Volumes from the synthetic phantom, for tests and the benchmark (not for production).
 
 Production volumes come from ``imaging``; this module reads the phantom's DICOM files
-with SimpleITK (which handles PET's per-slice rescale slope) and computes the SUVbw
-factor from the header, the same way ``tests/imaging/test_phantom.py`` does.
+with SimpleITK (which handles PET's per-slice rescale slope) and takes the SUVbw
+factor from :func:`imaging.suv.suvbw_factor`, as ingest does.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
 import SimpleITK as sitk
 
+from imaging.suv import suvbw_factor
+from rendering.operations import WorkerContext, operation
+from rendering.viewstate import ViewState
 from rendering.volume import Volume
-
-
-def _seconds(tm: str) -> float:
-    return int(tm[:2]) * 3600 + int(tm[2:4]) * 60 + float(tm[4:])
-
-
-def suv_factor_from_header(ds: pydicom.Dataset) -> float | None:
-    """SUVbw per Bq/ml (DecayCorrection START: decay the dose to SeriesTime)."""
-    if ds.get("Units") != "BQML" or "RadiopharmaceuticalInformationSequence" not in ds:
-        return None
-    drug = ds.RadiopharmaceuticalInformationSequence[0]
-    uptake = _seconds(ds.SeriesTime) - _seconds(drug.RadiopharmaceuticalStartTime)
-    dose = float(drug.RadionuclideTotalDose) * 2.0 ** (-uptake / float(drug.RadionuclideHalfLife))
-    return float(ds.PatientWeight) * 1000.0 / dose
 
 
 def volume_from_dicom_folder(folder: Path, series_id: str | None = None) -> Volume:
@@ -52,7 +43,7 @@ def volume_from_dicom_folder(folder: Path, series_id: str | None = None) -> Volu
         modality=modality,
         series_id=series_id or str(header.SeriesInstanceUID),
         frame_of_reference_uid=str(header.FrameOfReferenceUID),
-        suv_factor=suv_factor_from_header(header) if modality in ("PT", "NM") else None,
+        suv_factor=suvbw_factor(header) if modality in ("PT", "NM") else None,
     )
 
 
@@ -94,3 +85,11 @@ class PhantomSource:
             time.sleep(self.delay_s)
         folder = self._folders[series_id]
         return volume_from_dicom_folder(folder, series_id)
+
+
+@operation("layer_voxels")
+def _layer_voxels(context: WorkerContext, state: ViewState, volumes: Mapping[str, Volume],
+                  arguments: dict[str, Any]) -> dict[str, int]:
+    """Voxel count of every layer: an operation registered outside the pools, for their tests."""
+    return {series_id: int(volume.voxels.size) * int(arguments.get("times", 1))
+            for series_id, volume in volumes.items()}

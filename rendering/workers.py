@@ -54,12 +54,12 @@ from rendering.encoding import Encoding
 from rendering.engine.core import (
     FrameOfReferenceError,
     MissingVolumeError,
-    ProbeResult,
     RenderedFrame,
     RenderError,
 )
-from rendering.viewstate import Quality, ViewState, ViewStateError, viewstate_from_dict, viewstate_to_dict
-from rendering.volume import Volume, VolumeSource, volume_describe
+from rendering.operations import OperationClient, Urgency, WorkerContext, operation_named
+from rendering.viewstate import ViewState, ViewStateError, viewstate_from_dict, viewstate_to_dict
+from rendering.volume import Volume, VolumeSource
 
 logger = logging.getLogger(__name__)
 
@@ -160,9 +160,7 @@ def _worker_main(conn: Connection, sources: dict[str, SourceSpec], cache_bytes: 
     engine = RenderEngine()
     cache = VolumeCache(cache_bytes)
     built: dict[str, VolumeSource] = {}
-    # Geometry (and the robust value range, a percentile pass) per cached volume:
-    # every viewer connect asks, so it is computed once per worker.
-    described: dict[tuple[str, str], dict] = {}
+    contexts: dict[str, WorkerContext] = {}
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -171,35 +169,22 @@ def _worker_main(conn: Connection, sources: dict[str, SourceSpec], cache_bytes: 
             return
         if message is None:
             return
-        op, payload = message
+        name, payload = message
         try:
-            if op == "ping":
+            if name == "ping":
                 reply: Any = {"pid": os.getpid(), "cache_bytes": cache.used_bytes,
                               "hits": cache.hits, "misses": cache.misses}
             else:
+                operation = operation_named(name)
                 state = viewstate_from_dict(payload["state"])
-                name = payload["source"]
-                if name not in sources:
-                    raise RenderError(f"unknown volume source {name!r}")
-                if name not in built:
-                    built[name] = sources[name].build()
-                volumes = {}
-                for series_id in state.series_ids:
-                    try:
-                        volumes[series_id] = cache.get(name, series_id, built[name])
-                    except KeyError:
-                        raise MissingVolumeError(f"series {series_id} is not available") from None
-                if op == "render":
-                    encoding = Encoding(payload["encoding"]) if payload.get("encoding") else None
-                    reply = engine.render(state, volumes, encoding=encoding)
-                elif op == "probe":
-                    reply = engine.probe(state, volumes, payload["x"], payload["y"])
-                elif op == "describe":
-                    reply = {series_id: described.get((name, series_id))
-                             or described.setdefault((name, series_id), volume_describe(volume))
-                             for series_id, volume in volumes.items()}
-                else:
-                    raise RenderError(f"unknown operation {op!r}")
+                source = payload["source"]
+                if source not in sources:
+                    raise RenderError(f"unknown volume source {source!r}")
+                if source not in built:
+                    built[source] = sources[source].build()
+                context = contexts.setdefault(source, WorkerContext(engine, source))
+                volumes = _volumes(cache, source, built[source], state)
+                reply = operation.run(context, state, volumes, payload["arguments"])
             conn.send(("ok", reply))
         except Exception as exc:
             known = type(exc).__name__ in ERRORS
@@ -207,6 +192,17 @@ def _worker_main(conn: Connection, sources: dict[str, SourceSpec], cache_bytes: 
                 logger.exception("render worker: request failed")
             conn.send(("error", type(exc).__name__ if known else "RenderError",
                        str(exc) if known else f"render failed ({type(exc).__name__})"))
+
+
+def _volumes(cache: VolumeCache, source_name: str, source: VolumeSource,
+             state: ViewState) -> dict[str, Volume]:
+    volumes = {}
+    for series_id in state.series_ids:
+        try:
+            volumes[series_id] = cache.get(source_name, series_id, source)
+        except KeyError:
+            raise MissingVolumeError(f"series {series_id} is not available") from None
+    return volumes
 
 
 # --- pool -------------------------------------------------------------------------------------
@@ -220,7 +216,7 @@ class _Timeout(Exception):
     pass
 
 
-FIRST, URGENT, BACKGROUND, STOP = 0, 1, 2, 3  # worker queue order: lower first
+STOP = len(Urgency)  # after every operation in a worker's queue
 
 
 @dataclass
@@ -229,8 +225,7 @@ class _Job:
     payload: dict
     future: Future
     attempts: int = 0
-    priority: int = URGENT
-    """FIRST: a viewer opening (describe); URGENT: interaction and probes; BACKGROUND: stills."""
+    priority: int = Urgency.INTERACTIVE
 
 
 
@@ -247,7 +242,7 @@ class _Slot:
         self.thread: threading.Thread | None = None
 
 
-class RenderPool:
+class RenderPool(OperationClient):
     """Render worker processes; see the module docstring for the contract.
 
     Parameters
@@ -324,43 +319,32 @@ class RenderPool:
 
     # --- requests -----------------------------------------------------------------------------
 
-    async def render(self, state: ViewState, *, source: str,
-                     encoding: Encoding | None = None) -> RenderedFrame:
-        """Render ``state`` in a worker, loading volumes from the named source."""
-        payload = {"encoding": encoding.value if encoding else None}
-        return await asyncio.wrap_future(self._submit("render", state, source, payload))
+    async def request(self, name: str, state: ViewState, *, source: str, **arguments: Any) -> Any:
+        """Run operation ``name`` on ``state`` in a worker, loading volumes from the named source."""
+        return await asyncio.wrap_future(self._submit(name, state, source, arguments))
 
-    async def probe(self, state: ViewState, *, source: str, x: float, y: float) -> ProbeResult:
-        """Value under viewport pixel (x, y), computed in a worker."""
-        return await asyncio.wrap_future(self._submit("probe", state, source, {"x": x, "y": y}))
+    def request_sync(self, name: str, state: ViewState, *, source: str, **arguments: Any) -> Any:
+        """Blocking variant for threads, scripts and benchmarks (never call on an event loop)."""
+        return self._submit(name, state, source, arguments).result()
 
-    async def describe(self, state: ViewState, *, source: str) -> dict[str, dict]:
-        """Geometry and modality of every layer's volume (and warms the worker's cache)."""
-        return await asyncio.wrap_future(self._submit("describe", state, source, {}))
+    def render_sync(self, state: ViewState, *, source: str,
+                    encoding: Encoding | None = None) -> RenderedFrame:
+        return self.request_sync("render", state, source=source,
+                                 encoding=encoding.value if encoding else None)
 
     async def ping(self) -> list[dict]:
         """Each worker's pid and cache figures (one request per worker)."""
         futures = [self._enqueue(slot, _Job("ping", {}, Future())) for slot in self._slots]
         return [await asyncio.wrap_future(f) for f in futures]
 
-    def render_sync(self, state: ViewState, *, source: str,
-                    encoding: Encoding | None = None) -> RenderedFrame:
-        """Blocking variant for threads, scripts and benchmarks (never call on an event loop)."""
-        payload = {"encoding": encoding.value if encoding else None}
-        return self._submit("render", state, source, payload).result()
-
-    def probe_sync(self, state: ViewState, *, source: str, x: float, y: float) -> ProbeResult:
-        return self._submit("probe", state, source, {"x": x, "y": y}).result()
-
-    def _submit(self, op: str, state: ViewState, source: str, extra: dict) -> Future:
+    def _submit(self, name: str, state: ViewState, source: str, arguments: dict) -> Future:
         if not self._running:
             raise PoolClosed("the render pool is not running")
         if source not in self.sources:
             raise RenderError(f"unknown volume source {source!r}")
-        payload = {"state": viewstate_to_dict(state), "source": source, **extra}
-        priority = FIRST if op == "describe" else (
-            BACKGROUND if op == "render" and state.quality is Quality.STILL else URGENT)
-        job = _Job(op, payload, Future(), priority=priority)
+        operation = operation_named(name)
+        payload = {"state": viewstate_to_dict(state), "source": source, "arguments": arguments}
+        job = _Job(name, payload, Future(), priority=operation.urgency(state))
         return self._enqueue(self._route(state.layers[0].series_id), job)
 
     def _route(self, series_id: str) -> _Slot:

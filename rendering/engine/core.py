@@ -16,7 +16,7 @@ import numpy as np
 from rendering.encoding import Encoding, encoder_for
 from rendering.engine import planes
 from rendering.engine.palettes import GREYSCALE, LUTS, palette_rgb, window_grey, window_indices
-from rendering.viewstate import Layer, Preset3D, Quality, ViewKind, ViewState, WindowUnit
+from rendering.viewstate import Layer, Preset3D, Quality, SlabMode, ViewKind, ViewState, WindowUnit
 from rendering.volume import Volume
 
 if TYPE_CHECKING:
@@ -64,6 +64,10 @@ class Overlay:
     plane: dict | None
     """Plane geometry (``center_mm``, ``right``, ``down``, ``normal``, ``mm_per_pixel``)."""
     layers: tuple[LayerInfo, ...] = field(default=())
+    zoom: float | None = None
+    """The 2-D camera's zoom, 1 = fitted to the viewport (None for 3-D)."""
+    slab: tuple[str, float] | None = None
+    """Slab mode and thickness in mm, when a slab is shown."""
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,34 @@ def _blend(under: np.ndarray | None, over: np.ndarray, opacity: float,
     return mixed.astype(np.uint8)
 
 
+def _base_colours(rgb: np.ndarray, item: _Resolved, valid: np.ndarray | None) -> np.ndarray:
+    """The first layer, with the space outside its volume in the palette's lowest colour.
+
+    So an inverted or rainbow palette shows the patient, not the scanner's field of view as a square.
+    """
+    image = _blend(None, rgb, item.layer.opacity, None)
+    if valid is not None:
+        image = image.copy() if image is rgb else image
+        image[~valid] = LUTS[item.layer.palette][0]
+    return image
+
+
+def _shown_over(indices: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """Where a fused layer covers the ones below: inside its volume and above its window's floor.
+
+    Values under the floor are transparent, as fusion displays do, so the CT shows through
+    instead of the palette's lowest colour.
+    """
+    above = indices > 0
+    return above if valid is None else above & valid
+
+
+def _slab_shown(state: ViewState) -> tuple[str, float] | None:
+    if state.slab.mode is SlabMode.NONE or state.slab.thickness_mm <= 0:
+        return None
+    return state.slab.mode.value, state.slab.thickness_mm
+
+
 def _check_pictures(state: ViewState, resolved: list[_Resolved]) -> None:
     """Pictures (2-D images, cine, colour) are shown alone, in their own plane."""
     for n, item in enumerate(resolved):
@@ -274,10 +306,14 @@ class RenderEngine:
             if single_grey:
                 image = window_grey(sampled.values, item.low, item.high, item.layer.palette)
                 if sampled.valid is not None:
-                    image[~sampled.valid] = 0
+                    image[~sampled.valid] = LUTS[item.layer.palette][0, 0]
                 break
-            rgb = palette_rgb(window_indices(sampled.values, item.low, item.high), item.layer.palette)
-            image = _blend(image, rgb, item.layer.opacity, sampled.valid)
+            indices = window_indices(sampled.values, item.low, item.high)
+            rgb = palette_rgb(indices, item.layer.palette)
+            if image is None:
+                image = _base_colours(rgb, item, sampled.valid)
+            else:
+                image = _blend(image, rgb, item.layer.opacity, _shown_over(indices, sampled.valid))
         if image is None:
             raise RenderError("no layer to render")
         return image, self._overlay_2d(state, resolved, plane)
@@ -313,6 +349,8 @@ class RenderEngine:
             focus_mm=tuple(float(v) for v in focus),  # type: ignore[arg-type]
             crosshair_px=plane.screen(focus),
             plane=plane.as_dict(),
+            zoom=state.camera2d.zoom,
+            slab=_slab_shown(state),
             layers=tuple(_layer_info(item) for item in resolved),
         )
 

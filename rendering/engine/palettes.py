@@ -22,8 +22,9 @@ LUTS: dict[Palette, np.ndarray] = {
         (0.0, (0, 0, 0)), (0.25, (128, 0, 0)), (0.5, (255, 64, 0)),
         (0.75, (255, 192, 0)), (1.0, (255, 255, 255)),
     ]),
+    # From black, as nuclear-medicine rainbows start: no activity reads as background.
     Palette.RAINBOW: _ramp([
-        (0.0, (0, 0, 128)), (0.2, (0, 0, 255)), (0.4, (0, 255, 255)), (0.6, (0, 255, 0)),
+        (0.0, (0, 0, 0)), (0.2, (0, 0, 255)), (0.4, (0, 255, 255)), (0.6, (0, 255, 0)),
         (0.8, (255, 255, 0)), (1.0, (255, 0, 0)),
     ]),
 }
@@ -69,3 +70,9 @@ def window_grey(values: np.ndarray, low: float, high: float, palette: Palette) -
     elif palette is not Palette.GREY:
         raise ValueError(f"{palette.value} is not a greyscale palette")
     return grey
+
+
+def palette_stops(count: int = 17) -> dict[str, list[str]]:
+    """Each palette as ``count`` evenly spaced CSS colours, low to high (a client's colour bar)."""
+    positions = np.rint(np.linspace(0, 255, count)).astype(int)
+    return {palette.value: ["#" + bytes(LUTS[palette][i]).hex() for i in positions] for palette in LUTS}

@@ -254,6 +254,41 @@ def test_fusion_palettes_differ_and_opacity_zero_shows_ct(phantom, engine):
     assert np.array_equal(hidden[..., 0], ct_only) and np.array_equal(hidden[..., 2], ct_only)
 
 
+def _screen(overlay, point) -> tuple[int, int]:
+    plane = overlay.plane
+    offset = np.asarray(point) - np.asarray(plane["center_mm"])
+    return (round(offset @ np.asarray(plane["right"]) / plane["mm_per_pixel"] + 256),
+            round(offset @ np.asarray(plane["down"]) / plane["mm_per_pixel"] + 256))
+
+
+def _air_inside_pet(pet) -> np.ndarray:
+    """A point 3 voxels in from the PET volume's corner, on its middle slice: air, inside the field."""
+    return np.asarray(pet.index_to_patient((pet.shape[0] // 2, 3, 3)))
+
+
+@pytest.mark.parametrize("palette", ["grey", "inverted", "hot_iron", "rainbow"])
+def test_a_pet_alone_shows_no_square_where_its_field_of_view_ends(phantom, engine, palette):
+    _, pet, _, volumes = phantom
+    air = _air_inside_pet(pet)
+    layers = [{"series_id": pet.series_id, "window_center": 3, "window_width": 4, "window_unit": "suv",
+               "palette": palette}]
+    frame = engine.render(state(pet, focus_mm=list(air), layers=layers, camera2d={"zoom": 0.5}), volumes)
+    image = decode(frame)
+    x, y = _screen(frame.overlay, air)
+    assert 5 < x < 250 and 5 < y < 250, "the corner of the field of view is on screen"
+    assert np.array_equal(image[2, 2], image[y, x]), "outside and inside the field look alike"
+
+
+def test_pet_below_its_window_floor_leaves_the_ct_showing_through(phantom, engine):
+    ct, pet, _, volumes = phantom
+    air = _air_inside_pet(pet)
+    ct_only = engine.pixels(state(ct, focus_mm=list(air)), volumes)
+    for palette in ("rainbow", "inverted", "hot_iron"):
+        fused = state(ct, focus_mm=list(air), layers=fusion_layers(ct, pet, 3, 4, palette))
+        x, y = _screen(engine.render(fused, volumes).overlay, air)
+        assert engine.pixels(fused, volumes)[y, x].tolist() == [ct_only[y, x]] * 3
+
+
 def test_probe_returns_planted_suvmax_at_lesion_centre(phantom, engine):
     ct, pet, truth, volumes = phantom
     for lesion in truth["lesions"]:

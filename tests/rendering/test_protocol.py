@@ -1,11 +1,13 @@
 """Every client message is validated; anything malformed is a ProtocolError, nothing else."""
 
 import json
+import typing
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rendering import protocol
 from rendering.protocol import (
     MAX_MESSAGE_BYTES,
     Acknowledge,
@@ -115,3 +117,50 @@ def test_frames_round_trip():
                                                                        b"\x89PNG...")
     with pytest.raises(ProtocolError):
         frame_unpack(b"XXXX" + packed[4:])
+
+
+def test_every_message_type_the_parser_returns_has_a_handler():
+    from rendering.consumers import MESSAGE_HANDLERS
+
+    assert set(MESSAGE_HANDLERS) == set(typing.get_args(protocol.Message))
+
+
+def _example(rule: dict) -> object:
+    if "choices" in rule:
+        return rule["choices"][-1]
+    if rule.get("identifier"):
+        return "1.2.3"
+    return rule["max"]
+
+
+def test_what_the_vocabulary_announces_the_parser_accepts_and_nothing_beyond():
+    announced = protocol.vocabulary({})
+    for name, rule in announced["settings"].items():
+        parsed = message_parse(json.dumps({"type": "set", "view": 0, "name": name,
+                                           "value": _example(rule)}), views=1)
+        assert parsed == Setting(0, name, _example(rule), 0)
+        if "choices" in rule:
+            with pytest.raises(ProtocolError):
+                message_parse(json.dumps({"type": "set", "view": 0, "name": name, "value": "unannounced"}),
+                              views=1)
+        elif "max" in rule:
+            with pytest.raises(ProtocolError):
+                message_parse(json.dumps({"type": "set", "view": 0, "name": name,
+                                          "value": rule["max"] + 1}), views=1)
+    for op, arguments in announced["inputs"].items():
+        message = {"type": "input", "view": 0, "op": op, **{n: _example(r) for n, r in arguments.items()}}
+        assert message_parse(json.dumps(message), views=1).operation == op
+    for layout in announced["layouts"]:
+        assert message_parse(json.dumps({"type": "layout", "layout": layout}), views=1) == Layout(layout)
+    assert json.loads(json.dumps(announced)) == announced
+
+
+def test_the_announced_palettes_are_the_engine_s_own_colours():
+    from rendering.engine.palettes import LUTS, palette_stops
+    from rendering.viewstate import Palette
+
+    stops = palette_stops()
+    assert set(stops) == set(protocol.SETTINGS["palette"].choices)  # type: ignore[union-attr]
+    for name, colours in stops.items():
+        lut = LUTS[Palette(name)]
+        assert colours[0] == "#" + bytes(lut[0]).hex() and colours[-1] == "#" + bytes(lut[255]).hex()

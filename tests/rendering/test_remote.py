@@ -10,21 +10,22 @@ from __future__ import annotations
 import asyncio
 import time
 
+import msgpack
 import numpy as np
 import pytest
 from channels.layers import get_channel_layer
 
-from rendering.engine import MissingVolumeError
+from rendering.engine import MissingVolumeError, RenderError
+from rendering.operations import OPERATIONS
 from rendering.remote import (
     RemoteRenderPool,
     RemoteUnavailable,
     ServeStats,
     render_serve,
-    result_from_wire,
-    result_to_wire,
     sign,
     verify,
 )
+from rendering.viewstate import viewstate_to_dict
 from rendering.workers import RenderPool, SourceSpec
 
 from .conftest import decode, state
@@ -88,9 +89,55 @@ async def test_a_remote_frame_equals_the_local_frame(layers, local_pool, phantom
 
 
 def test_the_wire_form_round_trips(phantom, engine):
-    ct, _, _, volumes = phantom
-    frame = engine.render(state(ct, view="axial"), volumes)
-    assert result_from_wire("render", result_to_wire("render", frame)) == frame
+    ct, pet, truth, volumes = phantom
+    slab = state(ct, view="coronal", slab={"mode": "mip", "thickness_mm": 12},
+                 focus_mm=truth["lesions"][0]["center_mm"],
+                 layers=[{"series_id": ct.series_id, "window_preset": "abdomen"},
+                         {"series_id": pet.series_id, "window_preset": "pet_suv_0_10", "palette": "rainbow"}])
+    frame = engine.render(slab, volumes)
+    assert frame.overlay.slab == ("mip", 12.0)
+    render = OPERATIONS["render"]
+    assert render.from_wire(msgpack.unpackb(msgpack.packb(render.to_wire(frame)))) == frame
+    x, y = frame.overlay.crosshair_px
+    probe = OPERATIONS["probe"]
+    probed = engine.probe(slab, volumes, x, y)
+    assert probe.from_wire(msgpack.unpackb(msgpack.packb(probe.to_wire(probed)))) == probed
+
+
+async def test_an_operation_registered_outside_the_pools_runs_local_and_remote(layers, local_pool, phantom):
+    ct, pet, _, _ = phantom
+    s = state(ct, layers=[{"series_id": ct.series_id, "window_preset": "abdomen"},
+                          {"series_id": pet.series_id, "window_preset": "pet_suv_0_10"}])
+    truth = {ct.series_id: 2 * ct.voxels.size, pet.series_id: 2 * pet.voxels.size}
+    assert await local_pool.request("layer_voxels", s, source="phantom", times=2) == truth
+    worker = Worker(local_pool, "w1")
+    remote = RemoteRenderPool(key=KEY)
+    try:
+        assert await remote.request("layer_voxels", s, source="phantom", times=2) == truth
+        with pytest.raises(RenderError, match="unknown operation"):
+            await remote.request("export_voxels", s, source="phantom")
+    finally:
+        remote.close()
+        await worker.close()
+    with pytest.raises(RenderError, match="unknown operation"):
+        await local_pool.request("export_voxels", s, source="phantom")
+
+
+async def test_a_worker_refuses_a_signed_request_for_an_unregistered_operation(layers, local_pool, phantom):
+    ct, _, _, _ = phantom
+    worker = Worker(local_pool, "w1")
+    layer = get_channel_layer("render")
+    reply = await layer.new_channel()
+    try:
+        await layer.send("render", sign(KEY, {
+            "type": "render.request", "id": "r1", "op": "export_voxels", "reply": reply,
+            "accept_by": time.time() + 5, "attempt": 0,
+            "payload": {"state": viewstate_to_dict(state(ct)), "source": "phantom", "arguments": {}}}))
+        while (answer := await asyncio.wait_for(layer.receive(reply), 10))["type"] != "render.reply":
+            pass
+    finally:
+        await worker.close()
+    assert answer["ok"] is False and "unknown operation" in answer["message"]
 
 
 def test_signatures_bind_every_field():
