@@ -69,7 +69,8 @@ class SeriesInfo:
                 "number": self.number, "images": self.images or int(shape[0]), "kind": self.kind,
                 "plane": self.geometry.get("plane", "axial"), "mpr": self.mpr,
                 "colour": bool(self.geometry.get("colour")),
-                "frame_time_ms": self.geometry.get("frame_time_ms"), "available": True}
+                "frame_time_ms": self.geometry.get("frame_time_ms"), "units": self.geometry.get("units", ""),
+                "panels": list(self.geometry.get("panels") or []), "available": True}
 
     @property
     def suv(self) -> bool:

@@ -42,9 +42,13 @@ class Presentation:
     invert: bool = False
     windows: tuple[tuple[float, float], ...] = ()
     frame_time_ms: float | None = None
+    units: str = ""
+    """The header's Units or RescaleType (``BQML``, ``CNTS``, ``HU``…), empty when it names none."""
+    panels: tuple[str, ...] = ()
+    """Views shown side by side in one picture, left to right (a whole-body scan's anterior, posterior)."""
 
     def as_dict(self) -> dict:
-        return {"kind": self.kind, "invert": self.invert,
+        return {"kind": self.kind, "invert": self.invert, "units": self.units, "panels": list(self.panels),
                 "windows": [list(pair) for pair in self.windows], "frame_time_ms": self.frame_time_ms}
 
 
@@ -54,7 +58,9 @@ def presentation_from_dict(facts: dict) -> Presentation:
     return Presentation(
         kind=kind if kind in SERIES_KINDS else "volume", invert=bool(facts.get("invert")),
         windows=tuple((float(c), float(w)) for c, w in (facts.get("windows") or [])[:8]),
-        frame_time_ms=float(frame_time) if frame_time else None)
+        frame_time_ms=float(frame_time) if frame_time else None,
+        units=str(facts.get("units") or "")[:16],
+        panels=tuple(str(name)[:32] for name in (facts.get("panels") or [])[:4]))
 
 
 @dataclass(frozen=True, eq=False)

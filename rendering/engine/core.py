@@ -116,15 +116,26 @@ class _Resolved:
 def _display_unit(volume: Volume, layer: Layer) -> str:
     if layer.window_unit is WindowUnit.SUV:
         return "SUV"
-    return {"CT": "HU", "PT": "BQML", "NM": "BQML"}.get(volume.modality, "")
+    return _value_unit(volume)[1]
+
+
+UNSPECIFIED_UNITS = frozenset({"", "US", "UNSPECIFIED", "NONE"})
 
 
 def _value_unit(volume: Volume) -> tuple[float, str]:
+    """(factor, unit) of the values a reader is shown: HU, SUV, the header's unit, counts, or raw."""
+    if volume.colour:
+        return 1.0, "RGB"
     if volume.modality == "CT":
         return 1.0, "HU"
     if volume.uses_suv:
         return float(volume.suv_factor or 1.0), "SUV"
-    return 1.0, "BQML" if volume.modality in ("PT", "NM") else ""
+    stored = volume.presentation.units.upper()
+    if stored not in UNSPECIFIED_UNITS:
+        return 1.0, stored
+    if volume.modality == "PT":
+        return 1.0, "BQML"
+    return 1.0, "CNTS" if volume.modality == "NM" else "raw"
 
 
 def _resolve(state: ViewState, volumes: Mapping[str, Volume]) -> list[_Resolved]:
@@ -281,7 +292,7 @@ class RenderEngine:
         values = []
         for item in resolved:
             if item.volume.colour:
-                values.append(ProbeValue(item.layer.series_id, None, "RGB"))
+                values.append(ProbeValue(item.layer.series_id, None, _value_unit(item.volume)[1]))
                 continue
             raw = planes.probe_voxel(item.volume, point, item.transform)
             factor, unit = _value_unit(item.volume)

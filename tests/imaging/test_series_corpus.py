@@ -210,3 +210,56 @@ def test_a_voi_lut_becomes_the_window_pydicom_applies(store):
     shown = _native(volume, width=int(ds.Columns), height=int(ds.Rows), low=center - width / 2,
                     high=center + width / 2, frame=0)
     assert np.abs(shown - expected).max() <= 2.0
+
+
+def _whole_body_pair(tmp_path: Path) -> Path:
+    """pydicom's whole-body bone scan as a two-detector object: frame 1 posterior, frame 2 anterior."""
+    ds = pydicom.dcmread(get_testdata_file("JPEG2000_UNC.dcm"))
+    anterior = ds.pixel_array.astype(np.int16)
+    posterior = np.ascontiguousarray(anterior[:, ::-1] // 2)
+    ds.NumberOfFrames = 2
+    ds.NumberOfDetectors = 2
+    ds.DetectorVector = [2, 1]
+    ds.PixelData = np.stack([posterior, anterior]).tobytes()
+    detectors = []
+    for meaning, code in (("anterior", "G-A100"), ("posterior", "G-A101")):
+        view = pydicom.Dataset()
+        view.CodeValue, view.CodingSchemeDesignator, view.CodeMeaning = code, "SRT", meaning
+        detector = pydicom.Dataset()
+        detector.ViewCodeSequence = [view]
+        detectors.append(detector)
+    ds.DetectorInformationSequence = detectors
+    path = tmp_path / "whole_body_pair.dcm"
+    ds.save_as(path)
+    return path
+
+
+def test_a_whole_body_scan_shows_anterior_and_posterior_side_by_side(store, tmp_path):
+    assert _ingest([_whole_body_pair(tmp_path)]) == 1
+    series = Series.objects.get()
+    ds = _first_instance(series)
+    frames = {str(detector.ViewCodeSequence[0].CodeMeaning): ds.pixel_array[n]
+              for n, detector in enumerate(ds.DetectorInformationSequence[index - 1]
+                                           for index in ds.DetectorVector)}
+    volume = _as_render_volume(series.series_instance_uid, load_volume(series))
+    rows, columns = frames["anterior"].shape
+    assert volume.shape[0] == 1 and volume.shape[1] == rows and volume.shape[2] > 2 * columns
+    picture = volume.voxels[0]
+    assert np.array_equal(picture[:, :columns], frames["anterior"])
+    assert np.array_equal(picture[:, -columns:], frames["posterior"])
+    assert volume_describe(volume)["panels"] == ["anterior", "posterior"]
+
+
+@pytest.mark.parametrize(("name", "unit"), [("CT_small.dcm", "HU"), ("MR_small.dcm", "raw"),
+                                            ("JPEG2000_UNC.dcm", "CNTS"), ("US1_UNCR.dcm", "RGB")])
+def test_the_value_under_the_cursor_names_the_series_unit(store, name, unit):
+    _, volume = _one_series(name)
+    geometry = volume_describe(volume)
+    state = viewstate_from_dict({
+        "view": "native", "width": VIEWPORT, "height": VIEWPORT, "focus_mm": geometry["center"],
+        "layers": [{"series_id": volume.series_id, "window_center": 0, "window_width": 1}]})
+    probed = ENGINE.probe(state, {volume.series_id: volume}, VIEWPORT / 2, VIEWPORT / 2)
+    assert probed.values[0].unit == unit
+    if unit not in {"RGB"}:
+        middle = volume.voxels[volume.shape[0] // 2]
+        assert middle.min() <= probed.values[0].value <= middle.max()
