@@ -35,6 +35,9 @@ def decoded_frames(ds: Dataset) -> np.ndarray:
     if interpretation == "PALETTE COLOR" and samples == 1:
         pixels = apply_color_lut(pixels, ds)
         samples = 3
+    elif supplemental_palette(ds):
+        pixels = _supplemented(ds, pixels)
+        samples = 3
     if frames == 1:
         pixels = pixels[None, ...]
     if samples == 1 and pixels.ndim == 4:
@@ -42,6 +45,51 @@ def decoded_frames(ds: Dataset) -> np.ndarray:
     if samples == 3 and pixels.dtype != np.uint8:
         pixels = _eight_bit(pixels)
     return pixels
+
+
+def supplemental_palette(ds: Dataset) -> bool:
+    """A greyscale image whose highest values are shown in colour (PS3.3 C.7.6.19; perfusion maps)."""
+    return (str(ds.get("PhotometricInterpretation", "")).upper() in {"MONOCHROME1", "MONOCHROME2"}
+            and "RedPaletteColorLookupTableDescriptor" in ds
+            and str(ds.get("PixelPresentation", "")).upper() in {"COLOR", "MIXED"})
+
+
+def _supplemented(ds: Dataset, stored: np.ndarray) -> np.ndarray:
+    """RGB: stored values inside the palette's range through it, the others grey in the file's window."""
+    descriptor = _numbers(ds.RedPaletteColorLookupTableDescriptor)
+    entries, first = int(descriptor[0]) or 65536, int(descriptor[1])
+    coloured = (stored >= first) & (stored < first + entries)
+    palette = apply_color_lut(np.clip(stored, first, first + entries - 1), _palette_only(ds))[..., :3]
+    if palette.dtype != np.uint8:
+        palette = (palette >> 8).astype(np.uint8)
+    out = np.repeat(_grey(ds, stored, ~coloured)[..., None], 3, axis=-1)
+    out[coloured] = palette[coloured]
+    return out
+
+
+def _palette_only(ds: Dataset) -> Dataset:
+    """The palette elements alone: pydicom applies the table itself but refuses the whole pipeline."""
+    palette = Dataset()
+    for element in ds:
+        if "PaletteColorLookupTable" in element.keyword:
+            palette.add(element)
+    return palette
+
+
+def _grey(ds: Dataset, stored: np.ndarray, shown: np.ndarray) -> np.ndarray:
+    """8-bit grey of the values through the modality transform and the file's first window."""
+    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    windows = window_presets(ds)
+    if windows:
+        centre, width = windows[0]
+        low, high = centre - width / 2, centre + width / 2
+    else:
+        seen = values[shown] if shown.any() else values
+        low, high = float(seen.min()), float(seen.max())
+    grey = np.clip((values - low) / max(high - low, 1e-6) * 255 + 0.5, 0, 255).astype(np.uint8)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        grey = 255 - grey
+    return grey
 
 
 def _eight_bit(rgb: np.ndarray) -> np.ndarray:
@@ -133,8 +181,8 @@ def display_facts(ds: Dataset) -> dict[str, Any]:
     """What the viewer needs to show the series as its modality meant (JSON-ready)."""
     interpretation = str(ds.get("PhotometricInterpretation", "")).upper()
     return {
-        "invert": interpretation == "MONOCHROME1",
-        "colour": interpretation in COLOUR_INTERPRETATIONS,
+        "invert": interpretation == "MONOCHROME1" and not supplemental_palette(ds),
+        "colour": interpretation in COLOUR_INTERPRETATIONS or supplemental_palette(ds),
         "windows": window_presets(ds),
         "frame_time_ms": frame_time_ms(ds),
     }

@@ -263,3 +263,38 @@ def test_the_value_under_the_cursor_names_the_series_unit(store, name, unit):
     if unit not in {"RGB"}:
         middle = volume.voxels[volume.shape[0] // 2]
         assert middle.min() <= probed.values[0].value <= middle.max()
+
+
+def _perfusion_map(tmp_path: Path) -> Path:
+    """pydicom's CT slice with a Supplemental Palette Color LUT over stored values 1500..1755."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ramp = np.arange(256, dtype=np.uint16)
+    for colour, table in (("Red", ramp * 257), ("Green", (255 - ramp) * 257), ("Blue", (ramp // 2) * 257)):
+        ds.add_new(f"{colour}PaletteColorLookupTableDescriptor", "US", [256, 1500, 16])
+        ds.add_new(f"{colour}PaletteColorLookupTableData", "OW", table.astype("<u2").tobytes())
+    ds.PixelPresentation = "MIXED"
+    ds.WindowCenter, ds.WindowWidth = 40, 400
+    path = tmp_path / "perfusion.dcm"
+    ds.save_as(path)
+    return path
+
+
+def test_a_supplemental_palette_colours_its_range_and_leaves_the_rest_grey(store, tmp_path):
+    assert _ingest([_perfusion_map(tmp_path)]) == 1
+    series = Series.objects.get()
+    assert series.volume_state == VolumeState.READY, series.volume_reason
+    ds = _first_instance(series)
+    stored = ds.pixel_array
+    volume = _as_render_volume(series.series_instance_uid, load_volume(series))
+    assert volume.colour
+    shown = volume.voxels[0].astype(int)
+    inside = (stored >= 1500) & (stored < 1756)
+    assert inside.any() and (~inside).any()
+    index = stored[inside].astype(int) - 1500
+    expected = np.stack([index, 255 - index, index // 2], axis=-1)
+    assert np.array_equal(shown[inside], expected)
+    # PS3.3 C.11.2.1.2.1, the linear window function, onto 0..255
+    values, centre, width = apply_modality_lut(stored, ds), float(ds.WindowCenter), float(ds.WindowWidth)
+    grey = np.clip(((values - (centre - 0.5)) / (width - 1) + 0.5) * 255, 0, 255)
+    assert np.abs(shown[~inside][:, 0] - grey[~inside]).max() <= 2
+    assert np.array_equal(shown[~inside][:, 0], shown[~inside][:, 2])
