@@ -10,7 +10,7 @@ import datetime as dt
 from pydicom.dataset import Dataset
 
 
-def _dicom_datetime(date: str, time: str) -> dt.datetime | None:
+def dicom_datetime(date: str, time: str) -> dt.datetime | None:
     date, time = (date or "").strip(), (time or "").strip()
     if len(date) < 8 or len(time) < 4:
         return None
@@ -50,11 +50,11 @@ def suvbw_factor(ds: Dataset) -> float | None:
     injected = None
     start_dt = str(drug.get("RadiopharmaceuticalStartDateTime", "") or "")
     if start_dt:
-        injected = _dicom_datetime(start_dt[:8], start_dt[8:])
+        injected = dicom_datetime(start_dt[:8], start_dt[8:])
     series_date = str(ds.get("SeriesDate", "") or ds.get("AcquisitionDate", "") or "")
     if injected is None:
-        injected = _dicom_datetime(series_date, str(drug.get("RadiopharmaceuticalStartTime", "")))
-    scanned = _dicom_datetime(series_date, str(ds.get("SeriesTime", "")))
+        injected = dicom_datetime(series_date, str(drug.get("RadiopharmaceuticalStartTime", "")))
+    scanned = dicom_datetime(series_date, str(ds.get("SeriesTime", "")))
     if injected is None or scanned is None:
         return None
     elapsed = (scanned - injected).total_seconds()

@@ -33,6 +33,7 @@ is discarded and the series released, to be built again with every instance.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -54,7 +55,7 @@ from pydicom.dataset import Dataset
 from imaging import storage
 from imaging.models import Instance, Series, VolumeState
 from imaging.presentation import decoded_frames, display_facts, modality_lut_values
-from imaging.suv import suvbw_factor
+from imaging.suv import dicom_datetime, suvbw_factor
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,7 @@ class _Slice:
     slope: float
     intercept: float
     rescaled: bool = False  # pixels already hold rescaled values (slope and intercept applied)
+    time: float = 0.0  # orders the time points of a dynamic series
 
 
 def _rescale(item: Dataset | None, ds: Dataset) -> tuple[float, float]:
@@ -162,9 +164,11 @@ def _enhanced_slices(ds: Dataset, pixels: np.ndarray) -> tuple[list[_Slice], lis
         slope = _functional(ds, frame, "PixelValueTransformationSequence", "RescaleSlope")
         intercept = _functional(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept")
         base_slope, base_intercept = _rescale(None, ds)
+        temporal = _functional(ds, frame, "FrameContentSequence", "TemporalPositionIndex")
         slices.append(_Slice(np.array(_floats(position)), pixels[frame],
                              float(slope) if slope is not None else base_slope,
-                             float(intercept) if intercept is not None else base_intercept))
+                             float(intercept) if intercept is not None else base_intercept,
+                             time=float(temporal) if temporal is not None else 0.0))
     return slices, _floats(orientation), _floats(spacing)
 
 
@@ -220,8 +224,44 @@ def _single_frame_slices(datasets: Iterable[Dataset]) -> tuple[list[_Slice], lis
         if "ImagePositionPatient" not in ds:
             raise VolumeRefused("an image of the series has no ImagePositionPatient")
         where = np.array(_floats(ds.ImagePositionPatient))
-        slices.append(_Slice(where, frame_values(ds, pixels[0]), 1.0, 0.0, rescaled=True))
+        slices.append(_Slice(where, frame_values(ds, pixels[0]), 1.0, 0.0, rescaled=True,
+                             time=_acquired(ds)))
     return slices, orientation, spacing
+
+
+def _acquired(ds: Dataset) -> float:
+    """When an image was taken, for ordering a dynamic series' time points (seconds, comparable within it)."""
+    for keyword in ("TemporalPositionIdentifier", "FrameReferenceTime", "TriggerTime"):
+        value = ds.get(keyword)
+        with contextlib.suppress(TypeError, ValueError):
+            if value is not None and value != "":
+                return float(value)
+    moment = dicom_datetime(str(ds.get("AcquisitionDate", "") or ds.get("SeriesDate", "") or "19700101"),
+                             str(ds.get("AcquisitionTime", "") or ds.get("ContentTime", "") or ""))
+    return moment.timestamp() if moment is not None else float(ds.get("InstanceNumber", 0) or 0)
+
+
+def _time_points(slices: list[_Slice], normal: np.ndarray) -> list[list[_Slice]]:
+    """The slices as time points when every position recurs equally often (dynamic PET/NM/MR)."""
+    positions: dict[float, list[_Slice]] = {}
+    for item in slices:
+        positions.setdefault(round(float(np.dot(item.position, normal)), 2), []).append(item)
+    counts = {len(group) for group in positions.values()}
+    if len(counts) != 1 or len(positions) < 2 or (count := counts.pop()) < 2:
+        return [slices]
+    for group in positions.values():
+        group.sort(key=lambda item: item.time)
+    return [[group[t] for group in positions.values()] for t in range(count)]
+
+
+def _stacked(slices: list[_Slice], normal: np.ndarray, fallback: float) -> tuple[np.ndarray, float, str, int]:
+    """(voxels, slice spacing, note, time points): one volume, or a dynamic series' volumes end to end."""
+    groups = _time_points(slices, normal)
+    if len(groups) == 1:
+        return (*_regular(slices, normal, fallback), 1)
+    built = [_regular(group, normal, fallback) for group in groups]
+    stack = np.concatenate([voxels for voxels, _, _ in built])
+    return stack, built[0][1], built[0][2], len(groups)
 
 
 def _regular(slices: list[_Slice], normal: np.ndarray, fallback: float) -> tuple[np.ndarray, float, str]:
@@ -296,7 +336,7 @@ def _window(ds: Dataset) -> tuple[float | None, float | None]:
 def series_display(ds: Dataset, *, kind: str, note: str = "") -> dict[str, Any]:
     """The stored display metadata of a series, from its first instance (no identifying data)."""
     modality = str(ds.get("Modality", ""))
-    geometric = kind == "volume"
+    geometric = kind in {"volume", "dynamic"}
     center, width = _window(ds)
     return {
         "modality": modality,
@@ -343,9 +383,10 @@ def volume_from_datasets(datasets: Iterable[Dataset]) -> tuple[Volume, str]:
     if not math.isclose(float(np.linalg.norm(normal)), 1.0, abs_tol=1e-2):
         raise VolumeRefused("ImageOrientationPatient is not two orthogonal unit vectors")
     fallback = float(first.get("SpacingBetweenSlices", 0) or first.get("SliceThickness", 0) or 1.0)
-    stack, slice_spacing, note = _regular(slices, normal, fallback)
+    stack, slice_spacing, note, times = _stacked(slices, normal, fallback)
     origin = tuple(float(v) for v in min(slices, key=lambda s: float(np.dot(s.position, normal))).position)
-    display = series_display(first, kind="volume", note=note)
+    display = series_display(first, kind="dynamic" if times > 1 else "volume", note=note)
+    display["time_points"] = times
     matrix = np.stack([row_dir, col_dir, normal], 1)
     direction = tuple((float(r[0]), float(r[1]), float(r[2])) for r in matrix)
     volume = Volume(

@@ -82,6 +82,8 @@ def overlay_wire(frame: RenderedFrame, kind: str, viewport_width: int) -> dict[s
         wire["zoom"] = round(overlay.zoom, 3)
     if overlay.slab is not None:
         wire["slab"] = {"mode": overlay.slab[0], "thickness_mm": round(overlay.slab[1], 2)}
+    if overlay.time_point is not None:
+        wire["time"] = list(overlay.time_point)
     return wire
 
 

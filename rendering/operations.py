@@ -134,7 +134,7 @@ def _tuple_or_none(value: Any) -> Any:
 def _frame_from_wire(wire: dict[str, Any]) -> RenderedFrame:
     overlay = dict(wire["overlay"])
     overlay["layers"] = tuple(LayerInfo(**layer) for layer in overlay.get("layers", ()))
-    for name in ("focus_mm", "crosshair_px", "slab"):
+    for name in ("focus_mm", "crosshair_px", "slab", "time_point"):
         overlay[name] = _tuple_or_none(overlay.get(name))
     return RenderedFrame(data=wire["data"], encoding=Encoding(wire["encoding"]),
                          width=wire["width"], height=wire["height"],

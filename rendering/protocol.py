@@ -75,6 +75,7 @@ OPERATIONS: dict[str, dict[str, FieldRule]] = {
     "tilt": {"dtilt": Number(-180, 180), "dspin": Number(-180, 180)},
     "focus": {"x": Number(0, 4096, integer=True), "y": Number(0, 4096, integer=True)},
     "frame": {"index": Number(0, 100_000, integer=True)},
+    "time": {"index": Number(0, 4095, integer=True)},
     "reset": {},
 }
 SETTINGS: dict[str, FieldRule] = {

@@ -57,8 +57,12 @@ class SeriesInfo:
         return plane if self.mpr and plane in PLANE_KINDS else "native"
 
     @property
+    def time_points(self) -> int:
+        return int(self.geometry.get("time_points") or 1)
+
+    @property
     def frame_of_reference(self) -> str:
-        if self.kind != "volume":
+        if self.kind not in {"volume", "dynamic"}:
             return self.uid  # pictures have no patient geometry to share
         return str(self.geometry.get("frame_of_reference_uid") or self.uid)
 
@@ -70,7 +74,8 @@ class SeriesInfo:
                 "plane": self.geometry.get("plane", "axial"), "mpr": self.mpr,
                 "colour": bool(self.geometry.get("colour")),
                 "frame_time_ms": self.geometry.get("frame_time_ms"), "units": self.geometry.get("units", ""),
-                "panels": list(self.geometry.get("panels") or []), "available": True}
+                "panels": list(self.geometry.get("panels") or []), "time_points": self.time_points,
+                "available": True}
 
     @property
     def suv(self) -> bool:
@@ -285,6 +290,19 @@ class ViewerSession:
         focus = self.focus[base.frame_of_reference]
         target = start + base.slice_step(normal) * args["index"]
         return self._move_focus(index, focus + normal * (target - float(focus @ normal)))
+
+    def _input_time(self, index: int, view: ViewModel, args: dict[str, float]) -> list[int]:
+        """Show time point ``index`` of the view's dynamic series, in every view that shows it."""
+        dynamic = {layer["series_id"] for layer in view.layers
+                   if self.series[layer["series_id"]].time_points > 1}
+        changed = []
+        for number, other in enumerate(self.views):
+            for layer in other.layers:
+                if layer["series_id"] in dynamic:
+                    last = self.series[layer["series_id"]].time_points - 1
+                    layer["time_point"] = int(min(max(args["index"], 0), last))
+                    changed.append(number)
+        return sorted(set(changed))
 
     def _input_window(self, index: int, view: ViewModel, args: dict[str, float]) -> list[int]:
         layer = view.layers[0]

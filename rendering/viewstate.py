@@ -81,6 +81,7 @@ WINDOW_PRESETS: Mapping[str, WindowPreset] = {
 }
 
 MAX_LAYERS = 4
+MAX_TIME_POINT = 4095
 VIEWPORT_MIN, VIEWPORT_MAX = 64, 2048
 COORD_LIMIT_MM = 100_000.0
 WINDOW_LIMIT = 1.0e7
@@ -99,6 +100,8 @@ class Layer:
     opacity: float = 1.0
     registration: tuple[float, ...] | None = None
     """Row-major 4x4 rigid/affine matrix mapping this layer's patient mm into layer 0's frame."""
+    time_point: int = 0
+    """Which volume of a dynamic series (0 for any other)."""
 
 
 @dataclass(frozen=True)
@@ -202,7 +205,7 @@ def _layer(value: Any, path: str) -> Layer:
     data = _mapping(
         value, path,
         {"series_id", "window_center", "window_width", "window_unit", "palette", "opacity",
-         "registration", "window_preset"},
+         "registration", "window_preset", "time_point"},
         {"series_id"},
     )
     series_id = data["series_id"]
@@ -242,6 +245,7 @@ def _layer(value: Any, path: str) -> Layer:
         palette=_enum(Palette, data.get("palette", "grey"), f"{path}.palette"),
         opacity=_number(data.get("opacity", 1.0), f"{path}.opacity", 0.0, 1.0),
         registration=registration,
+        time_point=_integer(data.get("time_point", 0), f"{path}.time_point", 0, MAX_TIME_POINT),
     )
 
 
@@ -325,6 +329,7 @@ def viewstate_to_dict(state: ViewState) -> dict[str, Any]:
                 "palette": layer.palette.value,
                 "opacity": layer.opacity,
                 **({"registration": list(layer.registration)} if layer.registration else {}),
+                **({"time_point": layer.time_point} if layer.time_point else {}),
             }
             for layer in state.layers
         ],

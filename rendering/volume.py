@@ -14,7 +14,7 @@ So ``patient = origin + direction @ (i * spacing_i, j * spacing_j, k * spacing_k
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -22,7 +22,8 @@ import numpy as np
 MODALITIES_SUV = frozenset({"PT", "NM"})
 
 
-SERIES_KINDS = frozenset({"volume", "images", "cine"})
+SERIES_KINDS = frozenset({"volume", "dynamic", "images", "cine"})
+MAX_TIME_POINTS = 4096
 
 
 class VolumeError(ValueError):
@@ -46,9 +47,12 @@ class Presentation:
     """The header's Units or RescaleType (``BQML``, ``CNTS``, ``HU``…), empty when it names none."""
     panels: tuple[str, ...] = ()
     """Views shown side by side in one picture, left to right (a whole-body scan's anterior, posterior)."""
+    time_points: int = 1
+    """A ``dynamic`` series' volumes, stored end to end along the slice axis."""
 
     def as_dict(self) -> dict:
         return {"kind": self.kind, "invert": self.invert, "units": self.units, "panels": list(self.panels),
+                "time_points": self.time_points,
                 "windows": [list(pair) for pair in self.windows], "frame_time_ms": self.frame_time_ms}
 
 
@@ -60,7 +64,12 @@ def presentation_from_dict(facts: dict) -> Presentation:
         windows=tuple((float(c), float(w)) for c, w in (facts.get("windows") or [])[:8]),
         frame_time_ms=float(frame_time) if frame_time else None,
         units=str(facts.get("units") or "")[:16],
-        panels=tuple(str(name)[:32] for name in (facts.get("panels") or [])[:4]))
+        panels=tuple(str(name)[:32] for name in (facts.get("panels") or [])[:4]),
+        time_points=_time_points(facts) if kind == "dynamic" else 1)
+
+
+def _time_points(facts: dict) -> int:
+    return min(max(int(facts.get("time_points") or 1), 1), MAX_TIME_POINTS)
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,6 +90,7 @@ class Volume:
     suv_factor: float | None = None
     presentation: Presentation = field(default_factory=Presentation)
     _inverse: np.ndarray = field(init=False, repr=False)
+    _times: dict[int, Volume] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         voxels = self.voxels
@@ -102,6 +112,8 @@ class Volume:
             raise VolumeError("direction must be orthonormal (columns: i, j, k axes in LPS)")
         if self.suv_factor is not None and not (np.isfinite(self.suv_factor) and self.suv_factor > 0):
             raise VolumeError("suv_factor must be positive or None")
+        if voxels.shape[0] % self.presentation.time_points:
+            raise VolumeError("a dynamic series' slices must divide evenly into its time points")
         voxels.setflags(write=False)
         direction.setflags(write=False)
         object.__setattr__(self, "spacing", spacing)
@@ -110,6 +122,29 @@ class Volume:
         # index (k, j, i) -> patient: origin + direction @ diag(sx, sy, sz) @ (i, j, k)
         scaled = direction * np.array([spacing[2], spacing[1], spacing[0]])
         object.__setattr__(self, "_inverse", np.linalg.inv(scaled))
+
+    # --- time -----------------------------------------------------------------------------
+
+    @property
+    def time_points(self) -> int:
+        return self.presentation.time_points
+
+    def at_time(self, index: int) -> Volume:
+        """Time point ``index`` of a dynamic series as a volume of its own (itself when not dynamic).
+
+        Made once per time point, so caches keyed by the volume (3-D mappers) stay valid.
+        """
+        if self.time_points == 1:
+            return self
+        if not 0 <= index < self.time_points:
+            raise VolumeError(f"time point {index + 1} of {self.time_points} does not exist")
+        found = self._times.get(index)
+        if found is None:
+            depth = self.voxels.shape[0] // self.time_points
+            found = replace(self, voxels=self.voxels[index * depth:(index + 1) * depth],
+                            presentation=replace(self.presentation, kind="volume", time_points=1))
+            self._times[index] = found
+        return found
 
     # --- geometry -------------------------------------------------------------------------
 
@@ -175,8 +210,12 @@ class VolumeSource(Protocol):
     def load(self, series_id: str) -> Volume: ...
 
 
-def volume_describe(volume: Volume) -> dict:
-    """Geometry and modality as plain JSON-ready numbers (never voxel values)."""
+def volume_describe(container: Volume) -> dict:
+    """Geometry and modality as plain JSON-ready numbers (never voxel values).
+
+    A dynamic series is described by its first time point, plus ``time_points``.
+    """
+    volume = container.at_time(0)
     return {
         "shape": list(volume.shape),
         "spacing": [float(s) for s in volume.spacing],
@@ -190,7 +229,7 @@ def volume_describe(volume: Volume) -> dict:
         "plane": acquisition_plane(volume),
         "mpr": volume.reformattable,
         "colour": volume.colour,
-        **volume.presentation.as_dict(),
+        **container.presentation.as_dict(),
     }
 
 
@@ -202,7 +241,7 @@ def _value_range(volume: Volume) -> list[float]:
 
 def acquisition_plane(volume: Volume) -> str:
     """The plane the series was acquired in, named as a reader would (``image`` for pictures)."""
-    if volume.presentation.kind != "volume":
+    if volume.presentation.kind not in {"volume", "dynamic"}:
         return "image"
     normal = np.abs(np.asarray(volume.direction)[:, 2])
     axis = int(np.argmax(normal))

@@ -68,6 +68,8 @@ class Overlay:
     """The 2-D camera's zoom, 1 = fitted to the viewport (None for 3-D)."""
     slab: tuple[str, float] | None = None
     """Slab mode and thickness in mm, when a slab is shown."""
+    time_point: tuple[int, int] | None = None
+    """(1-based time point, time points) of a dynamic base layer."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ class _Resolved:
     transform: np.ndarray | None
     low: float
     high: float
+    time_points: int = 1
 
 
 def _display_unit(volume: Volume, layer: Layer) -> str:
@@ -142,9 +145,13 @@ def _resolve(state: ViewState, volumes: Mapping[str, Volume]) -> list[_Resolved]
     resolved = []
     reference: str | None = None
     for n, layer in enumerate(state.layers):
-        volume = volumes.get(layer.series_id)
-        if volume is None:
+        stored = volumes.get(layer.series_id)
+        if stored is None:
             raise MissingVolumeError(f"layer {n}: series {layer.series_id} is not available")
+        if layer.time_point >= stored.time_points:
+            raise RenderError(f"layer {n}: the series has {stored.time_points} time point(s), "
+                              f"not {layer.time_point + 1}")
+        volume = stored.at_time(layer.time_point)
         transform = None
         if layer.registration is not None:
             transform = np.array(layer.registration, dtype=np.float64).reshape(4, 4)
@@ -162,7 +169,7 @@ def _resolve(state: ViewState, volumes: Mapping[str, Volume]) -> list[_Resolved]
                 raise RenderError(f"layer {n}: an SUV window needs a PET volume with an SUV factor")
             factor = float(volume.suv_factor or 1.0)
             low, high = low / factor, high / factor
-        resolved.append(_Resolved(layer, volume, transform, low, high))
+        resolved.append(_Resolved(layer, volume, transform, low, high, stored.time_points))
     return resolved
 
 
@@ -207,6 +214,10 @@ def _shown_over(indices: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
     """
     above = indices > 0
     return above if valid is None else above & valid
+
+
+def _time_shown(base: _Resolved) -> tuple[int, int] | None:
+    return (base.layer.time_point + 1, base.time_points) if base.time_points > 1 else None
 
 
 def _slab_shown(state: ViewState) -> tuple[str, float] | None:
@@ -362,6 +373,7 @@ class RenderEngine:
             plane=plane.as_dict(),
             zoom=state.camera2d.zoom,
             slab=_slab_shown(state),
+            time_point=_time_shown(resolved[0]),
             layers=tuple(_layer_info(item) for item in resolved),
         )
 

@@ -9,6 +9,7 @@ values through ``apply_modality_lut``/``apply_voi_lut``.
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 from pathlib import Path
@@ -298,3 +299,50 @@ def test_a_supplemental_palette_colours_its_range_and_leaves_the_rest_grey(store
     grey = np.clip(((values - (centre - 0.5)) / (width - 1) + 0.5) * 255, 0, 255)
     assert np.abs(shown[~inside][:, 0] - grey[~inside]).max() <= 2
     assert np.array_equal(shown[~inside][:, 0], shown[~inside][:, 2])
+
+
+TIMES, DEPTH = 3, 4
+
+
+def _dynamic_series(tmp_path: Path) -> list[Path]:
+    """pydicom's CT slice as 3 time points x 4 positions, written in a scrambled order."""
+    template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    orientation = np.array([float(v) for v in template.ImageOrientationPatient])
+    normal = np.cross(orientation[:3], orientation[3:])
+    series_uid = pydicom.uid.generate_uid()
+    paths = []
+    for t, z in [(t, z) for z in (2, 0, 3, 1) for t in (1, 2, 0)]:
+        ds = copy.deepcopy(template)
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.SeriesInstanceUID = series_uid
+        position = np.array(template.ImagePositionPatient, float) + normal * 2 * z
+        ds.ImagePositionPatient = [float(v) for v in position]
+        ds.InstanceNumber = 1 + 7 * z + 11 * t  # no order to lean on
+        ds.TemporalPositionIdentifier = t + 1
+        ds.PixelData = (template.pixel_array + 100 * t + 10 * z).astype(np.int16).tobytes()
+        paths.append(tmp_path / f"t{t}z{z}.dcm")
+        ds.save_as(paths[-1])
+    return paths
+
+
+def test_a_dynamic_series_opens_as_one_volume_per_time_point(store, tmp_path):
+    assert _ingest(_dynamic_series(tmp_path)) == TIMES * DEPTH
+    series = Series.objects.get()
+    assert series.volume_state == VolumeState.READY, series.volume_reason
+    base = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    hu = base.pixel_array.astype(np.float64) * float(base.RescaleSlope) + float(base.RescaleIntercept)
+    volume = _as_render_volume(series.series_instance_uid, load_volume(series))
+    described = volume_describe(volume)
+    assert described["kind"] == "dynamic" and described["time_points"] == TIMES
+    assert described["shape"] == [DEPTH, *hu.shape] and described["mpr"] is True
+    for t in range(TIMES):
+        for z in range(DEPTH):
+            assert np.array_equal(volume.at_time(t).voxels[z], hu + 100 * t + 10 * z)
+    point = volume.at_time(0).index_to_patient((2, 20, 30))
+    state = viewstate_from_dict({
+        "view": "axial", "width": VIEWPORT, "height": VIEWPORT, "focus_mm": [float(v) for v in point],
+        "layers": [{"series_id": volume.series_id, "window_center": 0, "window_width": 1, "time_point": 2}]})
+    frame = ENGINE.render(state, {volume.series_id: volume})
+    assert frame.overlay.time_point == (3, TIMES)
+    x, y = frame.overlay.crosshair_px
+    assert ENGINE.probe(state, {volume.series_id: volume}, x, y).values[0].value == hu[20, 30] + 200 + 20

@@ -80,3 +80,21 @@ def test_frame_moves_the_focus_to_that_image_of_a_cine():
     assert focus[2] == pytest.approx(7 * 2.0)  # slice spacing 2 mm along k = z
     session.apply_input(Input(0, "frame", {"index": 500}))
     assert session.focus["1.3"][2] == pytest.approx(29 * 2.0)  # clamped to the last image
+
+
+def test_a_time_point_change_reaches_every_view_of_the_dynamic_series_and_stops_at_the_last():
+    dynamic = {**_geometry(kind="dynamic", plane="axial", mpr=True), "time_points": 5}
+    session = ViewerSession(study_uid="9.9", series=[SeriesInfo("2.1", "PT", "dynamic", dynamic, number=1)])
+    session.layout_apply("1x3")
+    assert session.describe()["series"][0]["time_points"] == 5
+    assert session.apply_input(Input(1, "time", {"index": 3})) == [0, 1, 2]
+    assert [view.layers[0]["time_point"] for view in session.views] == [3, 3, 3]
+    assert session.state(2).layers[0].time_point == 3
+    session.apply_input(Input(0, "time", {"index": 40}))
+    assert session.state(0).layers[0].time_point == 4
+
+
+def test_a_time_point_does_nothing_to_a_series_with_one():
+    session = _session()
+    assert session.apply_input(Input(0, "time", {"index": 2})) == []
+    assert session.state(0).layers[0].time_point == 0
