@@ -6,12 +6,15 @@ password + TOTP over HTTP, and drives viewer websockets with the `websockets` cl
 Prints one JSON document:
 
     python bench/render.py [--slices 300] [--inputs 60] [--sessions 16] [--processes 0] [--workers 0]
+                           [--series | --series-only] [--rounds 9] [--no-peer]
 
 Figures per view type: input-to-frame latency (p50/p95, ms) measured one input
 at a time, frames/s, bytes per interactive frame; time to first image cold
 (fresh workers) and warm; memory per session (PSS growth of the server's process
 tree / sessions) and the tree's RSS and PSS with that many sessions open;
-and many sessions scrolling at once.
+and many sessions scrolling at once. ``--series`` adds, and ``--series-only``
+measures alone, radiographs, ultrasound cine and a 10-series thumbnail strip
+(``bench/series.py``), with Orthanc's rendered radiograph as a peer.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import http.cookiejar
 import json
 import os
@@ -32,6 +36,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import websockets
@@ -42,20 +47,20 @@ sys.path.insert(0, str(ROOT))
 from rendering.protocol import frame_unpack  # noqa: E402
 
 
-def _percentile(samples: list[float], fraction: float) -> float:
+def percentile(samples: list[float], fraction: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def _summary(latencies: list[float], sizes: list[int]) -> dict[str, float]:
     return {"p50_ms": round(statistics.median(latencies) * 1000, 1),
-            "p95_ms": round(_percentile(latencies, 0.95) * 1000, 1),
+            "p95_ms": round(percentile(latencies, 0.95) * 1000, 1),
             "frames_per_second": round(len(latencies) / sum(latencies), 1),
             "bytes_per_frame": int(statistics.median(sizes)) if sizes else 0,
             "samples": len(latencies)}
 
 
-def _manage(env: dict[str, str], *arguments: str) -> str:
+def manage(env: dict[str, str], *arguments: str) -> str:
     result = subprocess.run([sys.executable, str(ROOT / "manage.py"), *arguments], cwd=ROOT,
                             env=env, capture_output=True, text=True, check=True, timeout=1800)
     return result.stdout
@@ -290,35 +295,48 @@ async def _run(base: str, study: str, cookie: str, arguments, server_pid: int) -
     return figures
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--slices", type=int, default=0,
+                        help="CT slices (default 300, 32 with --series-only)")
     parser.add_argument("--inputs", type=int, default=60)
     parser.add_argument("--sessions", type=int, default=16)
     parser.add_argument("--processes", type=int, default=0, help="daphne processes (0: one per core)")
     parser.add_argument("--workers", type=int, default=0,
                         help="render workers per process (0: manage.py serve divides the cores)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--series", action="store_true", help="add the radiograph, cine and thumbnail figures")
+    which.add_argument("--series-only", action="store_true", help="only those figures")
+    parser.add_argument("--rounds", type=int, default=9, help="rounds of each series figure")
+    parser.add_argument("--no-peer", action="store_true", help="no Orthanc peer for the radiograph")
     arguments = parser.parse_args()
+    arguments.slices = arguments.slices or (32 if arguments.series_only else 300)
+    return arguments
 
-    var_dir = tempfile.mkdtemp(prefix="bench-render-")
+
+def _deploy(arguments: argparse.Namespace) -> tuple[dict[str, str], Path]:
+    """A fresh gateway's databases, static files and demo (users, PET/CT) in a new directory."""
+    var_dir = Path(tempfile.mkdtemp(prefix="bench-render-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "DJANGO_"))}
-    env.update(GATEWAY_VAR_DIR=var_dir)
+    env.update(GATEWAY_VAR_DIR=str(var_dir))
     if arguments.workers:
         env["GATEWAY_RENDER_WORKERS"] = str(arguments.workers)
     for zone in ("default", "identity", "audit"):
-        _manage(env, "migrate", "--database", zone, "--noinput", "-v0")
-    _manage(env, "collectstatic", "--noinput", "-v0")
-    _manage(env, "seed_demo", "--phantom-slices", str(arguments.slices))
-    study = _manage(env, "shell", "--no-imports", "-c",
-                    "from imaging.models import Study; print(Study.objects.get().study_instance_uid)"
-                    ).strip()
-    credentials = json.loads((Path(var_dir) / "demo-credentials.json").read_text())
+        manage(env, "migrate", "--database", zone, "--noinput", "-v0")
+    manage(env, "collectstatic", "--noinput", "-v0")
+    manage(env, "seed_demo", "--phantom-slices", str(arguments.slices))
+    return env, var_dir
+
+
+@contextlib.contextmanager
+def _served(env: dict[str, str], processes: int, log: Path) -> Iterator[tuple[str, int]]:
+    """``manage.py serve`` on a free loopback port until every daphne is up: (base URL, pid)."""
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    processes = arguments.processes or len(os.sched_getaffinity(0))
-    server = subprocess.Popen([sys.executable, "manage.py", "serve", "--host", "127.0.0.1",
-                               "--port", str(port), "--processes", str(processes)], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(log, "ab") as out:
+        server = subprocess.Popen([sys.executable, "manage.py", "serve", "--host", "127.0.0.1",
+                                   "--port", str(port), "--processes", str(processes)], cwd=ROOT, env=env,
+                                  stdout=out, stderr=subprocess.STDOUT)
     try:
         for _ in range(300):
             try:
@@ -329,16 +347,46 @@ def main() -> None:
                 pass
             time.sleep(0.2)
         time.sleep(3)  # every daphne imports Django before it accepts
-        client = Browserless(base)
-        client.sign_in("dr.ada", credentials["dr.ada"], credentials["totp"]["dr.ada"])
-        figures = asyncio.run(_run(base, study, client.cookie_header(), arguments, server.pid))
+        yield base, server.pid
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def main() -> None:
+    arguments = _arguments()
+    load_at_start = os.getloadavg()
+    env, var_dir = _deploy(arguments)
+    study = manage(env, "shell", "--no-imports", "-c",
+                   "from imaging.models import Study; print(Study.objects.get().study_instance_uid)"
+                   ).strip()
+    studies = None
+    if arguments.series or arguments.series_only:
+        import series
+
+        studies = series.prepare(env, var_dir)
+    credentials = json.loads((var_dir / "demo-credentials.json").read_text())
+    processes = arguments.processes or len(os.sched_getaffinity(0))
+    with _served(env, processes, var_dir / "server.log") as (base, server_pid):
+        client = Browserless(base)
+        client.sign_in("dr.ada", credentials["dr.ada"], credentials["totp"]["dr.ada"])
+        cookie, figures = client.cookie_header(), {}
+        load_at_measuring = os.getloadavg()
+        if not arguments.series_only:
+            figures.update(asyncio.run(_run(base, study, cookie, arguments, server_pid)))
+        if studies is not None:
+            figures["series"] = {"fresh_workers": arguments.series_only,
+                                 **asyncio.run(series.measure(base, cookie, studies, arguments.rounds))}
+    if studies is not None and not arguments.no_peer:
+        figures["series"] = series.with_peer_ratio(
+            figures["series"], series.orthanc_peer(studies.radiograph_file, arguments.rounds))
     print(json.dumps({
         "benchmark": "render",
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "python": platform.python_version()},
+        "load_average": {"at_start": load_at_start, "at_measuring": load_at_measuring,
+                         "at_end": os.getloadavg()},
+        "server_log": str(var_dir / "server.log"),
         "study": {"ct_slices": arguments.slices, "viewport": "512x512"},
         "web_processes": processes,
         "render_workers_per_process": arguments.workers or max(1, len(os.sched_getaffinity(0)) // processes),
