@@ -62,10 +62,15 @@ class PhantomSource:
 
     ``delay_s`` makes every load slow (the crash-recovery test kills a worker while it
     waits); ``marker`` is a folder where a file named after the loading process id is
-    touched when a load starts.
+    touched when a load starts, and ``setup-<pid>`` when the source is set up.
     """
 
     def __init__(self, root: str, delay_s: float = 0.0, marker: str | None = None) -> None:
+        if marker:
+            import os
+
+            Path(marker).mkdir(parents=True, exist_ok=True)
+            (Path(marker) / f"setup-{os.getpid()}").touch()
         self.root = Path(root)
         self.delay_s = delay_s
         self.marker = Path(marker) if marker else None

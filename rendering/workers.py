@@ -159,7 +159,7 @@ def _worker_main(conn: Connection, sources: dict[str, SourceSpec], cache_bytes: 
 
     engine = RenderEngine()
     cache = VolumeCache(cache_bytes)
-    built: dict[str, VolumeSource] = {}
+    built = _sources_built(sources)
     contexts: dict[str, WorkerContext] = {}
     conn.send(("ready", os.getpid()))
     while True:
@@ -192,6 +192,21 @@ def _worker_main(conn: Connection, sources: dict[str, SourceSpec], cache_bytes: 
                 logger.exception("render worker: request failed")
             conn.send(("error", type(exc).__name__ if known else "RenderError",
                        str(exc) if known else f"render failed ({type(exc).__name__})"))
+
+
+def _sources_built(sources: dict[str, SourceSpec]) -> dict[str, VolumeSource]:
+    """Every source set up before the worker says it is ready, so no viewer waits on it (~1 s).
+
+    A source that cannot be set up now is tried again on its first request, which then
+    fails with the reason.
+    """
+    built = {}
+    for name, spec in sources.items():
+        try:
+            built[name] = spec.build()
+        except Exception:
+            logger.exception("render worker: volume source %r could not be set up; retrying on use", name)
+    return built
 
 
 def _volumes(cache: VolumeCache, source_name: str, source: VolumeSource,

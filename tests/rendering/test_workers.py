@@ -98,11 +98,18 @@ def test_volume_cache_respects_its_budget(phantom):
 
 async def wait_for_marker(folder: Path, exclude: set[str]) -> int:
     for _ in range(600):
-        found = {p.name for p in folder.glob("*")} - exclude if folder.exists() else set()
+        found = {p.name for p in folder.glob("[0-9]*")} - exclude if folder.exists() else set()
         if found:
             return int(found.pop())
         await asyncio.sleep(0.05)
     raise AssertionError("no worker started loading")
+
+
+def test_workers_set_their_source_up_before_they_report_ready(phantom_dir, tmp_path):
+    marker = tmp_path / "setup"
+    spec = SourceSpec("rendering.testing:PhantomSource", {"root": str(phantom_dir), "marker": str(marker)})
+    with RenderPool(sources={"phantom": spec}, size=2) as pool:
+        assert {p.name for p in marker.glob("setup-*")} == {f"setup-{pid}" for pid in pool.worker_pids()}
 
 
 async def test_killed_worker_is_replaced_and_the_frame_still_arrives(phantom_dir, phantom, tmp_path):
