@@ -74,3 +74,28 @@ def _refusal(series: Any) -> str:
     if series.volume_state != VolumeState.REFUSED:
         return ""
     return series.volume_reason or "the images cannot be shown"
+
+
+@dataclass(frozen=True)
+class RelatedStudy:
+    """Another study of the same patient that this principal may view (a prior, or a later one)."""
+
+    study_uid: str
+    date: str
+    description: str
+    modalities: tuple[str, ...]
+
+    def wire(self) -> dict[str, Any]:
+        return {"uid": self.study_uid, "date": self.date, "description": self.description,
+                "modalities": list(self.modalities)}
+
+
+def related_studies(*, principal: Any, study: ViewerStudy) -> list[RelatedStudy]:
+    """The patient's other studies the policy lets this principal view, newest first (shifted dates)."""
+    others = (Study.objects.filter(patient__pseudonym=study.patient_pseudonym)
+              .exclude(study_instance_uid=study.study_uid)
+              .prefetch_related("series").order_by("-study_date", "-study_time", "-id"))
+    return [RelatedStudy(other.study_instance_uid, other.study_date.isoformat() if other.study_date else "",
+                         other.study_description,
+                         tuple(sorted({s.modality for s in other.series.all() if s.modality})))
+            for other in others if may(principal, Permission.STUDY_VIEW, other.study_instance_uid)]

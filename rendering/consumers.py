@@ -30,7 +30,7 @@ from gateway.net import scope_address
 from gateway.sharing.principal import audit_fields
 from gateway.sharing.services import share_use_record
 from gateway.sharing.websocket import PrincipalGuardedConsumer
-from imaging.access import StudyNotFound, ViewerSeries, ViewerStudy, study_for_viewer
+from imaging.access import StudyNotFound, ViewerSeries, ViewerStudy, related_studies, study_for_viewer
 from rendering import protocol
 from rendering.engine.core import FrameOfReferenceError, MissingVolumeError, RenderedFrame
 from rendering.engine.palettes import palette_stops
@@ -87,9 +87,10 @@ def overlay_wire(frame: RenderedFrame, kind: str, viewport_width: int) -> dict[s
     return wire
 
 
-def _unavailable(series: ViewerSeries, reason: str) -> dict[str, Any]:
+def _unavailable(series: ViewerSeries, reason: str, study: str) -> dict[str, Any]:
     return {"uid": series.uid, "modality": series.modality, "description": series.description,
-            "number": series.number, "images": series.images, "available": False, "reason": reason}
+            "number": series.number, "images": series.images, "study": study, "available": False,
+            "reason": reason}
 
 
 class ViewerConsumer(PrincipalGuardedConsumer):
@@ -111,8 +112,9 @@ class ViewerConsumer(PrincipalGuardedConsumer):
             self.refusal_code = CLOSE_NOT_FOUND
             return False
         self.pool = await render_pool_async()
+        self.related = await database_sync_to_async(related_studies)(principal=user, study=self.study)
         try:
-            shown, unavailable = await self._describe_series()
+            shown, unavailable = await self._describe_series(self.study)
             self.session = ViewerSession(study_uid=self.study.study_uid, series=shown,
                                          unavailable=unavailable)
         except (SessionError, RenderError, MissingVolumeError) as error:
@@ -135,21 +137,22 @@ class ViewerConsumer(PrincipalGuardedConsumer):
                 study=self.study.study_uid, pseudonym=self.study.patient_pseudonym)
         return True
 
-    async def _describe_series(self) -> tuple[list[SeriesInfo], list[dict[str, Any]]]:
+    async def _describe_series(self, study: ViewerStudy) -> tuple[list[SeriesInfo], list[dict[str, Any]]]:
         """(series that can be shown, with geometry; the others, each with why not).
 
         Geometry is asked of the workers for every series at once (one round
         trip, not one each).
         """
-        showable = self.study.showable
+        showable = study.showable
         answers = await asyncio.gather(*(self._describe(series.uid) for series in showable))
-        shown, unavailable = [], [_unavailable(s, s.refused) for s in self.study.series if s.refused]
+        uid = study.study_uid
+        shown, unavailable = [], [_unavailable(s, s.refused, uid) for s in study.series if s.refused]
         for series, (geometry, reason) in zip(showable, answers, strict=True):
             if geometry is None:
-                unavailable.append(_unavailable(series, reason))
+                unavailable.append(_unavailable(series, reason, uid))
             else:
                 shown.append(SeriesInfo(series.uid, series.modality, series.description, geometry,
-                                        number=series.number, images=series.images))
+                                        number=series.number, images=series.images, study=uid))
         return shown, unavailable
 
     async def _describe(self, series_uid: str) -> tuple[dict[str, Any] | None, str]:
@@ -175,6 +178,7 @@ class ViewerConsumer(PrincipalGuardedConsumer):
             "limits": {"max_message_bytes": protocol.MAX_MESSAGE_BYTES,
                        "messages_per_second": MESSAGES_PER_SECOND, "message_burst": MESSAGE_BURST},
             "vocabulary": VOCABULARY,
+            "related": [study.wire() for study in self.related],
             **self.session.describe(),
         }))
 
@@ -228,7 +232,8 @@ class ViewerConsumer(PrincipalGuardedConsumer):
         await MESSAGE_HANDLERS[type(message)](self, message)
 
     async def _on_acknowledge(self, message: protocol.Acknowledge) -> None:
-        self.schedulers[message.view].acknowledge(message.sequence)
+        if message.view < len(self.schedulers):
+            self.schedulers[message.view].acknowledge(message.sequence)
 
     async def _on_input(self, message: protocol.Input) -> None:
         self._render(self.session.apply_input(message))
@@ -247,6 +252,32 @@ class ViewerConsumer(PrincipalGuardedConsumer):
     async def _on_thumbnails(self, message: protocol.Thumbnails) -> None:
         if self.thumbnail_task is None or self.thumbnail_task.done():
             self.thumbnail_task = asyncio.get_running_loop().create_task(self._thumbnails())
+
+    async def _on_open_study(self, message: protocol.OpenStudy) -> None:
+        """A prior beside the study: the policy decides, the audit records, then the compare layout."""
+        if message.study in self.session.studies:
+            return
+        try:
+            if message.study not in {study.study_uid for study in self.related}:
+                raise StudyNotFound(message.study)
+            other = await database_sync_to_async(study_for_viewer)(principal=self.principal,
+                                                                   study_uid=message.study)
+        except StudyNotFound:
+            await self._audit(Action.RENDER_START, Outcome.DENIED, study=message.study[:64],
+                              details={"reason": "not a study of this patient the principal may view"})
+            await self._error("refused", "no such study of this patient, or not permitted")
+            return
+        shown, unavailable = await self._describe_series(other)
+        self.session.study_add(other.study_uid, shown, unavailable)
+        await self._audit(Action.RENDER_START, Outcome.SUCCESS, study=other.study_uid,
+                          details={"series": len(shown), "beside": self.study.study_uid})
+        if getattr(self.principal, "is_capability", False) is True:
+            await database_sync_to_async(share_use_record)(
+                principal=self.principal, source_ip=scope_address(self.scope), what="viewer",
+                study=other.study_uid, pseudonym=other.patient_pseudonym)
+        self.session.layout_apply("compare")
+        await self._send_ready()
+        self._render(list(range(len(self.session.views))))
 
     async def _thumbnails(self) -> None:
         """One small interactive-quality picture of each series: a frame like any other, as text."""
@@ -304,7 +335,7 @@ class ViewerConsumer(PrincipalGuardedConsumer):
         await database_sync_to_async(audit_record)(
             **audit_fields(self.principal), action=action, outcome=outcome,
             patient_pseudonym=viewer_study.patient_pseudonym if viewer_study else "",
-            study=viewer_study.study_uid if viewer_study else (study or ""),
+            study=study or (viewer_study.study_uid if viewer_study else ""),
             source_ip=scope_address(self.scope), details=details)
 
     async def disconnect(self, code: int) -> None:
@@ -329,5 +360,5 @@ MESSAGE_HANDLERS: dict[type, Callable[[ViewerConsumer, Any], Awaitable[None]]] =
     protocol.Acknowledge: ViewerConsumer._on_acknowledge, protocol.Input: ViewerConsumer._on_input,
     protocol.Setting: ViewerConsumer._on_setting, protocol.Resize: ViewerConsumer._on_resize,
     protocol.Layout: ViewerConsumer._on_layout, protocol.Probe: ViewerConsumer._on_probe,
-    protocol.Thumbnails: ViewerConsumer._on_thumbnails,
+    protocol.Thumbnails: ViewerConsumer._on_thumbnails, protocol.OpenStudy: ViewerConsumer._on_open_study,
 }

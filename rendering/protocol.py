@@ -25,7 +25,7 @@ SHOWN_CHARS = 40
 FRAME_MAGIC = b"FGF1"
 FRAME_VERSION = 1
 FRAME_HEADER = struct.Struct(">4sBBBBIHHI")
-LAYOUTS = {"1x1": 1, "1x2": 2, "1x3": 3, "2x2": 4, "petct": 4}
+LAYOUTS = {"1x1": 1, "1x2": 2, "1x3": 3, "2x2": 4, "petct": 4, "compare": 2}
 
 
 class Encoding(IntEnum):
@@ -64,6 +64,7 @@ class Identifier:
 
 FieldRule = Number | Text | Identifier
 SERIES_UID = Identifier(re.compile(r"[A-Za-z0-9._:\-]{1,128}"))
+STUDY_UID = Identifier(re.compile(r"[0-9.]{1,64}"))
 
 # The arguments of every input operation; anything not listed is refused.
 OPERATIONS: dict[str, dict[str, FieldRule]] = {
@@ -135,7 +136,14 @@ class Thumbnails:
     """Asks for one small picture of every series the viewer may show."""
 
 
-Message = Acknowledge | Input | Setting | Layout | Probe | Resize | Thumbnails
+@dataclass(frozen=True)
+class OpenStudy:
+    """Adds another study of the same patient (a prior) to the session, beside the first."""
+
+    study: str
+
+
+Message = Acknowledge | Input | Setting | Layout | Probe | Resize | Thumbnails | OpenStudy
 
 
 def _field(message: dict[str, Any], name: str, rule: FieldRule) -> Any:
@@ -144,7 +152,7 @@ def _field(message: dict[str, Any], name: str, rule: FieldRule) -> Any:
     value = message[name]
     if isinstance(rule, Identifier):
         if not isinstance(value, str) or not rule.pattern.fullmatch(value):
-            raise ProtocolError("bad_value", f"{name!r} must be a series identifier")
+            raise ProtocolError("bad_value", f"{name!r} must be an identifier the server gave")
         return value
     if isinstance(rule, Text):
         if not isinstance(value, str) or value not in rule.choices:
@@ -200,8 +208,9 @@ def _refuse_constant(name: str) -> None:
 
 
 def _parse_ack(message: dict[str, Any], views: int) -> Acknowledge:
+    # Any view a layout can have: an acknowledgement may cross a layout change in flight.
     _exact_keys(message, {"type", "view", "seq"})
-    return Acknowledge(_view(message, views), _field(message, "seq", Number(0, 2**32 - 1, True)))
+    return Acknowledge(_view(message, MAX_VIEWS), _field(message, "seq", Number(0, 2**32 - 1, True)))
 
 
 def _parse_input(message: dict[str, Any], views: int) -> Input:
@@ -247,10 +256,15 @@ def _parse_thumbnails(message: dict[str, Any], views: int) -> Thumbnails:
     return Thumbnails()
 
 
+def _parse_open(message: dict[str, Any], views: int) -> OpenStudy:
+    _exact_keys(message, {"type", "study"})
+    return OpenStudy(_field(message, "study", STUDY_UID))
+
+
 _PARSERS: dict[str, Callable[[dict[str, Any], int], Message]] = {
     "ack": _parse_ack, "input": _parse_input, "set": _parse_set,
     "layout": _parse_layout, "probe": _parse_probe, "resize": _parse_resize,
-    "thumbnails": _parse_thumbnails,
+    "thumbnails": _parse_thumbnails, "open": _parse_open,
 }
 
 

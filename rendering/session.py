@@ -40,6 +40,8 @@ class SeriesInfo:
     geometry: dict[str, Any]
     number: int | None = None
     images: int = 0
+    study: str = ""
+    """The study the series belongs to (empty: the session's first study)."""
 
     @property
     def kind(self) -> str:
@@ -75,7 +77,7 @@ class SeriesInfo:
                 "colour": bool(self.geometry.get("colour")),
                 "frame_time_ms": self.geometry.get("frame_time_ms"), "units": self.geometry.get("units", ""),
                 "panels": list(self.geometry.get("panels") or []), "time_points": self.time_points,
-                "available": True}
+                "study": self.study, "available": True}
 
     @property
     def suv(self) -> bool:
@@ -151,15 +153,35 @@ class ViewerSession:
         if not series:
             raise SessionError("this study has no series that can be shown")
         self.study_uid = study_uid
-        self.series = {info.uid: info for info in series}
-        self.unavailable = list(unavailable or [])
+        self.studies = [study_uid]
+        self.series: dict[str, SeriesInfo] = {}
+        self.unavailable: list[dict[str, Any]] = []
         self.focus: dict[str, np.ndarray] = {}
-        for info in series:
-            self.focus.setdefault(info.frame_of_reference,
-                                  np.asarray(info.geometry["center"], dtype=np.float64))
+        self._series_add(series, unavailable or [])
         self.views: list[ViewModel] = []
         self.layout = ""
         self.layout_apply(self._default_layout())
+
+    def _series_add(self, series: list[SeriesInfo], unavailable: list[dict[str, Any]]) -> None:
+        for info in series:
+            self.series.setdefault(info.uid, info)
+            self.focus.setdefault(info.frame_of_reference,
+                                  np.asarray(info.geometry["center"], dtype=np.float64))
+        self.unavailable.extend(unavailable)
+
+    def study_add(self, study_uid: str, series: list[SeriesInfo],
+                  unavailable: list[dict[str, Any]]) -> None:
+        """Another study of the patient beside the first: its series join; views sharing a frame
+        of reference stay in step, others move on their own until they are registered."""
+        if study_uid in self.studies:
+            return
+        if not series:
+            raise SessionError("that study has no series that can be shown")
+        self.studies.append(study_uid)
+        self._series_add(series, unavailable)
+
+    def _of_study(self, study_uid: str) -> list[SeriesInfo]:
+        return [s for s in self.series.values() if (s.study or self.study_uid) == study_uid]
 
     # --- layouts ----------------------------------------------------------------------------
 
@@ -190,6 +212,8 @@ class ViewerSession:
                 ViewModel("axial", [_layer(ct), _layer(pet, palette="hot_iron", opacity=0.5)]),
                 ViewModel("3d", [_layer(pet, palette="inverted")], preset3d="pet_mip"),
             ]
+        elif name == "compare":
+            views = self._compare_views()
         elif name == "1x2":
             base = ct or first
             others = [s for s in self.series.values() if s is not base]
@@ -211,6 +235,17 @@ class ViewerSession:
             new.width, new.height = old.width, old.height
         self.views, self.layout = views, name
         return list(range(len(views)))
+
+    def _compare_views(self) -> list[ViewModel]:
+        """The first study's main series beside the latest other study's series most like it."""
+        if len(self.studies) < 2:
+            raise SessionError("the compare layout needs another study of the patient: open one first")
+        current = self._of_study(self.studies[0])
+        other = self._of_study(self.studies[-1])
+        left = next((s for s in current if s.modality == "CT" and s.mpr), current[0])
+        right = max(other, key=lambda s: (s.modality == left.modality, s.mpr == left.mpr,
+                                          s.geometry.get("plane") == left.geometry.get("plane")))
+        return [ViewModel(left.opening_kind, [_layer(left)]), ViewModel(right.opening_kind, [_layer(right)])]
 
     # --- state ------------------------------------------------------------------------------
 
@@ -413,7 +448,7 @@ class ViewerSession:
     def describe(self) -> dict[str, Any]:
         """The ``ready`` message body: views and series, no identifying data."""
         return {
-            "layout": self.layout,
+            "layout": self.layout, "studies": list(self.studies),
             "views": [{"kind": view.kind, "layers": [layer["series_id"] for layer in view.layers]}
                       for view in self.views],
             "series": sorted([*(s.wire() for s in self.series.values()), *self.unavailable],

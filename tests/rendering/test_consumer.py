@@ -363,3 +363,60 @@ async def test_inputs_and_acknowledgements_cost_no_hop_to_the_database_thread(cl
         await communicator.send_json_to({"type": "ack", "view": 0, "seq": frame.sequence})
     assert len(hops) == 0, f"{len(hops)} database-thread calls for 60 client messages"
     await communicator.disconnect()
+
+
+def _prior_of(phantom_out, *, patient_id: str | None = None) -> None:
+    """The phantom's CT again as an earlier study of the same patient (or of ``patient_id``)."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    study_uid, series_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
+    batch = IngestBatch(actor="cli:test", door="import")
+    for path in sorted(phantom_out.rglob("CT/*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+        ds.SOPInstanceUID = generate_uid()
+        ds.StudyDate = ds.SeriesDate = "20200101"
+        if patient_id is not None:
+            ds.PatientID, ds.PatientName = patient_id, "Other^Patient"
+        buffer = io.BytesIO()
+        ds.save_as(buffer)
+        batch.ingest(buffer.getvalue())
+    batch.close()
+
+
+async def test_a_prior_opens_beside_the_study_in_the_compare_layout_and_is_audited(
+        client, signed_in, study, phantom_dir):
+    doctor = await database_sync_to_async(signed_in)("doctor")
+    record, _ = study
+    await database_sync_to_async(_prior_of)(phantom_dir[0])
+    await database_sync_to_async(_prior_of)(phantom_dir[0], patient_id="SOMEONE-ELSE")
+    prior_record = await database_sync_to_async(lambda: Study.objects.filter(
+        patient=record.patient).exclude(id=record.id).get())()
+    prior = prior_record.study_instance_uid
+    stranger = await database_sync_to_async(lambda: Study.objects.exclude(
+        patient=record.patient).get().study_instance_uid)()
+    communicator, _, _ = await _open(client, record.study_instance_uid)
+    ready = await _next(communicator)
+    assert [s["uid"] for s in ready["related"]] == [prior]
+    assert ready["related"][0]["date"] == prior_record.study_date.isoformat() < record.study_date.isoformat()
+    assert ready["related"][0]["modalities"] == ["CT"]
+    await _frames(communicator, 4)
+    await communicator.send_json_to({"type": "open", "study": stranger})
+    refused = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] == "error")
+    assert refused["code"] == "refused"
+    await communicator.send_json_to({"type": "open", "study": prior})
+    again = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] == "ready")
+    assert again["layout"] == "compare" and again["studies"] == [record.study_instance_uid, prior]
+    by_uid = {s["uid"]: s for s in again["series"]}
+    left, right = (view["layers"][0] for view in again["views"])
+    assert by_uid[left]["study"] == record.study_instance_uid and by_uid[left]["modality"] == "CT"
+    assert by_uid[right]["study"] == prior and by_uid[right]["modality"] == "CT"
+    frames = await _frames(communicator, 2)
+    assert frames[1].overlay["windows"][0]["modality"] == "CT"
+    await communicator.disconnect()
+    await asyncio.sleep(0.2)
+    events = await database_sync_to_async(lambda: list(AuditEvent.objects.filter(
+        actor=doctor.username, action="render.start").values_list("outcome", "study")))()
+    assert sorted(events) == sorted([("success", record.study_instance_uid), ("denied", stranger),
+                                     ("success", prior)])

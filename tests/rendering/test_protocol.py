@@ -64,6 +64,9 @@ def test_valid_messages_parse(raw, expected):
     ('{"type":"input","view":0,"op":"frame","index":-1}', "bad_value"),
     ('{"type":"set","view":0,"name":"palette","value":"neon"}', "bad_value"),
     ('{"type":"layout","layout":"9x9"}', "bad_value"),
+    ('{"type":"open","study":"1.2.3/../4"}', "bad_value"),
+    ('{"type":"open","study":"1.2.3","series":"4"}', "unknown_field"),
+    ('{"type":"open"}', "missing_field"),
     ('{"type":"resize","view":0,"width":100000,"height":10}', "bad_value"),
     ("[" * 100000, "too_large"),
 ])
@@ -164,3 +167,11 @@ def test_the_announced_palettes_are_the_engine_s_own_colours():
     for name, colours in stops.items():
         lut = LUTS[Palette(name)]
         assert colours[0] == "#" + bytes(lut[0]).hex() and colours[-1] == "#" + bytes(lut[255]).hex()
+
+
+def test_a_prior_is_asked_for_by_study_uid():
+    assert message_parse('{"type":"open","study":"1.2.840.5"}', views=1) == protocol.OpenStudy("1.2.840.5")
+
+
+def test_an_acknowledgement_may_name_a_view_a_layout_change_just_removed():
+    assert message_parse('{"type":"ack","view":3,"seq":9}', views=1) == Acknowledge(3, 9)

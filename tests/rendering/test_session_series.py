@@ -98,3 +98,19 @@ def test_a_time_point_does_nothing_to_a_series_with_one():
     session = _session()
     assert session.apply_input(Input(0, "time", {"index": 2})) == []
     assert session.state(0).layers[0].time_point == 0
+
+
+def test_the_compare_layout_needs_a_second_study_and_hangs_its_closest_series_beside():
+    session = _session()
+    with pytest.raises(SessionError, match="another study"):
+        session.layout_apply("compare")
+    prior = [SeriesInfo("3.1", "CR", "old chest", _geometry(kind="images", plane="image", mpr=False,
+                                                            shape=(1, 300, 200)), number=1, study="8.8"),
+             SeriesInfo("3.2", "MR", "old sag T1", _geometry(kind="volume", plane="sagittal", mpr=True),
+                        number=2, study="8.8")]
+    session.study_add("8.8", prior, [])
+    session.study_add("8.8", prior, [])
+    assert session.describe()["studies"] == ["9.9", "8.8"]
+    session.layout_apply("compare")
+    assert [view.layers[0]["series_id"] for view in session.views] == ["1.1", "3.2"]
+    assert {s["uid"]: s.get("study") for s in session.describe()["series"]}["3.1"] == "8.8"

@@ -208,3 +208,19 @@ def test_thumbnails_series_switch_and_frame_reach_a_real_client(served_demo, doc
         ws.send(json.dumps({"type": "set", "view": 0, "name": "series", "value": "9.9.9"}))
         refused, _ = viewer_until(ws, lambda m: isinstance(m, dict) and m.get("type") == "error")
         assert refused["code"] == "refused"
+
+
+def test_ready_names_the_vocabulary_and_a_study_that_is_no_prior_is_refused_on_a_live_socket(served_demo,
+                                                                                          doctor):
+    with viewer_socket(served_demo, doctor) as ws:
+        ready = viewer_ready(ws)
+        assert ready["related"] == [] and ready["studies"] == [ready["study"]["uid"]]
+        palettes = ready["vocabulary"]["settings"]["palette"]["choices"]
+        assert set(ready["vocabulary"]["palettes"]) == set(palettes)
+        ws.send(json.dumps({"type": "open", "study": "1.2.3.4"}))
+        refused, _ = viewer_until(ws, lambda m: isinstance(m, dict) and m.get("type") == "error")
+        assert refused["code"] == "refused"
+        ws.send(json.dumps({"type": "set", "view": 1, "name": "palette", "value": palettes[-1]}))
+        frame, _ = viewer_until(ws, lambda m: is_frame(m) and m.view == 1
+                                and m.overlay["windows"][0]["palette"] == palettes[-1])
+        assert frame.overlay["zoom"] == 1.0
