@@ -109,9 +109,8 @@ def images_from_datasets(datasets: Iterable[Dataset]) -> tuple[volumes.Volume, s
     kind = "cine" if objects == 1 and len(frames) > 1 else "images"
     row_spacing, column_spacing = pixel_spacing(first)
     display = {**volumes.series_display(first, kind=kind), "panels": list(panels)}
-    identity = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
-    volume = volumes.Volume(voxels=np.ascontiguousarray(stack), origin=(0.0, 0.0, 0.0),
-                            spacing=(column_spacing, row_spacing, 1.0), direction=identity,
-                            display=display)
+    volume = volumes.volume_assemble(voxels=np.ascontiguousarray(stack), origin=(0.0, 0.0, 0.0),
+                                     spacing_ijk=(column_spacing, row_spacing, 1.0), direction=np.eye(3),
+                                     display=display, series_id=str(first.get("SeriesInstanceUID", "")))
     return volume, ""
 

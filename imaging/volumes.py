@@ -56,6 +56,7 @@ from imaging import storage
 from imaging.models import Instance, Series, VolumeState
 from imaging.presentation import decoded_frames, display_facts, modality_lut_values
 from imaging.suv import dicom_datetime, suvbw_factor
+from rendering.volume import Volume, presentation_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -76,35 +77,23 @@ class NotAVolume(VolumeRefused):
     """The series is pictures by nature (no patient geometry, cine, planar NM): shown as 2-D images."""
 
 
-@dataclass(frozen=True)
-class Volume:
-    """Voxels ``[k, j, i]`` (slice, row, column) and where they lie in patient space (LPS, mm).
+def volume_assemble(*, voxels: np.ndarray, origin: tuple[float, float, float],
+                    spacing_ijk: tuple[float, float, float], direction: Any, display: dict[str, Any],
+                    series_id: str) -> Volume:
+    """The one :class:`~rendering.volume.Volume` type from what a builder or the stored form holds.
 
-    ``direction`` columns are the unit vectors of increasing i (along a row),
-    j (down a column) and k (slice normal); ``affine`` maps (i, j, k, 1) to
-    patient coordinates. ``display`` holds modality, window, units and, for
-    PET in Bq/ml, ``suvbw_factor`` (SUVbw = voxel x factor). The voxel array
-    is read-only.
+    ``spacing_ijk`` is (column, row, slice) spacing as DICOM gives it; ``display`` the
+    series' display metadata (modality, windows, units, frame of reference, SUV factor, kind).
     """
-
-    voxels: np.ndarray
-    origin: tuple[float, float, float]
-    spacing: tuple[float, float, float]
-    direction: tuple[tuple[float, float, float], ...]
-    display: dict[str, Any]
-
-    @property
-    def affine(self) -> np.ndarray:
-        matrix = np.eye(4)
-        matrix[:3, :3] = np.array(self.direction) * np.array(self.spacing)[None, :]
-        matrix[:3, 3] = self.origin
-        return matrix
-
-    def index_to_patient(self, ijk: tuple[float, float, float]) -> np.ndarray:
-        return (self.affine @ np.array([*ijk, 1.0]))[:3]
-
-    def patient_to_index(self, xyz: tuple[float, float, float]) -> np.ndarray:
-        return (np.linalg.inv(self.affine) @ np.array([*xyz, 1.0]))[:3]
+    if voxels.ndim == 3 and voxels.dtype not in (np.float32, np.int16):
+        voxels = voxels.astype(np.float32)
+    return Volume(
+        voxels=voxels, spacing=(float(spacing_ijk[2]), float(spacing_ijk[1]), float(spacing_ijk[0])),
+        origin=tuple(float(v) for v in origin),  # type: ignore[arg-type]
+        direction=np.array(direction, dtype=np.float64), modality=str(display.get("modality", "")),
+        series_id=series_id, frame_of_reference_uid=str(display.get("frame_of_reference_uid", "")),
+        suv_factor=display.get("suvbw_factor"), presentation=presentation_from_dict(display),
+        display=dict(display))
 
 
 def volume_object_id(series_uid: str) -> str:
@@ -389,13 +378,10 @@ def volume_from_datasets(datasets: Iterable[Dataset]) -> tuple[Volume, str]:
     display["time_points"] = times
     matrix = np.stack([row_dir, col_dir, normal], 1)
     direction = tuple((float(r[0]), float(r[1]), float(r[2])) for r in matrix)
-    volume = Volume(
-        voxels=np.ascontiguousarray(stack),
-        origin=origin,  # type: ignore[arg-type]
-        spacing=(float(spacing[1]), float(spacing[0]), float(slice_spacing)),
-        direction=direction,
-        display=display,
-    )
+    volume = volume_assemble(
+        voxels=np.ascontiguousarray(stack), origin=origin,  # type: ignore[arg-type]
+        spacing_ijk=(float(spacing[1]), float(spacing[0]), float(slice_spacing)), direction=direction,
+        display=display, series_id=str(first.get("SeriesInstanceUID", "")))
     return volume, note
 
 
@@ -423,8 +409,8 @@ def _encode(volume: Volume) -> bytearray:
     """The stored form, with one copy of the voxels (no ``tobytes()`` then concatenation)."""
     meta = {
         "dtype": volume.voxels.dtype.str, "shape": list(volume.voxels.shape),
-        "origin": list(volume.origin), "spacing": list(volume.spacing),
-        "direction": [list(row) for row in volume.direction], "display": volume.display,
+        "origin": list(volume.origin), "spacing": list(volume.spacing[::-1]),
+        "direction": [[float(v) for v in row] for row in volume.direction], "display": volume.display,
     }
     header = json.dumps(meta).encode()
     voxels = np.ascontiguousarray(volume.voxels)
@@ -434,12 +420,12 @@ def _encode(volume: Volume) -> bytearray:
     return blob
 
 
-def _decode(blob: bytes) -> Volume:
+def _decode(blob: bytes, series_id: str) -> Volume:
     (length,) = struct.unpack(">I", blob[:4])
     meta = json.loads(blob[4:4 + length])
     voxels = np.frombuffer(blob, dtype=np.dtype(meta["dtype"]), offset=4 + length).reshape(meta["shape"])
-    return Volume(voxels=voxels, origin=tuple(meta["origin"]), spacing=tuple(meta["spacing"]),
-                  direction=tuple(tuple(row) for row in meta["direction"]), display=meta["display"])
+    return volume_assemble(voxels=voxels, origin=tuple(meta["origin"]), spacing_ijk=tuple(meta["spacing"]),
+                           direction=meta["direction"], display=meta["display"], series_id=series_id)
 
 
 def _series_datasets(object_ids: list[str]) -> Iterator[Dataset]:
@@ -644,7 +630,7 @@ def load_volume(series: Series) -> Volume:
         object_ids = list(Instance.objects.filter(series_id=series.pk).order_by("id")
                           .values_list("object_id", flat=True))
         return series_display_build(lambda: _series_datasets(object_ids))[0]
-    return _decode(storage.object_get(series.volume_object))
+    return _decode(storage.object_get(series.volume_object), series.series_instance_uid)
 
 
 def _build_or_wait(series: Series) -> Series:

@@ -11,10 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import numpy as np
-
 from rendering.hostvolumes import HostVolumes
-from rendering.volume import Volume, presentation_from_dict
+from rendering.volume import Volume
 
 
 def clinical_spec_arguments() -> dict[str, Any]:
@@ -60,11 +58,11 @@ class ClinicalVolumes:
             raise KeyError(series_id)
         key = _version_key(series) if self._host is not None else None
         if self._host is None or key is None:
-            return _as_render_volume(series_id, load_volume(series))
+            return load_volume(series)
         shared = self._host.get(key, series_id)
         if shared is not None:
             return shared
-        return self._host.put(key, _as_render_volume(series_id, load_volume(series)))
+        return self._host.put(key, load_volume(series))
 
 
 def _version_key(series: Any) -> str | None:
@@ -79,22 +77,3 @@ def _version_key(series: Any) -> str | None:
     except OSError:
         return None
     return f"{series.series_instance_uid}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}"
-
-
-def _as_render_volume(series_id: str, stored: Any) -> Volume:
-    # imaging keeps spacing in (i, j, k) order; the render engine wants (k, j, i).
-    voxels = stored.voxels
-    if voxels.ndim == 3 and voxels.dtype not in (np.float32, np.int16):
-        voxels = voxels.astype(np.float32)
-    display = stored.display
-    return Volume(
-        voxels=voxels,
-        spacing=(float(stored.spacing[2]), float(stored.spacing[1]), float(stored.spacing[0])),
-        origin=tuple(float(v) for v in stored.origin),  # type: ignore[arg-type]
-        direction=np.array(stored.direction, dtype=np.float64),
-        modality=str(display.get("modality", "")),
-        series_id=series_id,
-        frame_of_reference_uid=str(display.get("frame_of_reference_uid", "")),
-        suv_factor=display.get("suvbw_factor"),
-        presentation=presentation_from_dict(display),
-    )

@@ -89,6 +89,8 @@ class Volume:
     frame_of_reference_uid: str
     suv_factor: float | None = None
     presentation: Presentation = field(default_factory=Presentation)
+    display: dict = field(default_factory=dict, repr=False)
+    """The series' stored display metadata as imaging built it (what the stored form keeps)."""
     _inverse: np.ndarray = field(init=False, repr=False)
     _times: dict[int, Volume] = field(init=False, repr=False, default_factory=dict)
 

@@ -90,11 +90,10 @@ def test_pet_suvmax_at_each_lesion_after_ingest_matches_truth(store, phantom):
         study = StudyIdentity.objects.get(original_study_instance_uid=patient["study_instance_uid"])
         series = Series.objects.get(study__study_instance_uid=study.study_instance_uid, modality="PT")
         volume = load_volume(series)
-        suv = volume.voxels.astype(np.float64) * volume.display["suvbw_factor"]
-        k, j, i = np.indices(volume.voxels.shape)
-        points = volume.affine @ np.stack([i.ravel(), j.ravel(), k.ravel(), np.ones(i.size)])
+        suv = volume.voxels.astype(np.float64) * volume.suv_factor
+        points = volume.index_to_patient(np.indices(volume.voxels.shape).reshape(3, -1).T)
         for lesion in patient["lesions"]:
-            distance = np.linalg.norm(points[:3].T - np.array(lesion["center_mm"]), axis=1)
+            distance = np.linalg.norm(points - np.array(lesion["center_mm"]), axis=1)
             measured = suv.ravel()[distance <= lesion["radius_mm"]].max()
             assert measured == pytest.approx(lesion["suv_max"], rel=0.02), lesion
 

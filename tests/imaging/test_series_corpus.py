@@ -25,7 +25,6 @@ from imaging.models import Instance, Series, VolumeState
 from imaging.services import IngestBatch, Status
 from imaging.volumes import load_volume
 from rendering.engine.core import RenderEngine
-from rendering.sources import _as_render_volume
 from rendering.viewstate import viewstate_from_dict
 from rendering.volume import Volume, volume_describe
 from tests.conftest import ZONES
@@ -96,7 +95,7 @@ def _fitted(width_mm: float, height_mm: float) -> tuple[float, float]:
 def _check_series(series: Series) -> list[str]:
     problems = []
     ds = _first_instance(series)
-    volume = _as_render_volume(series.series_instance_uid, load_volume(series))
+    volume = load_volume(series)
     geometry = volume_describe(volume)
     header_plane = _header_plane(ds)
     if header_plane != "image" and geometry["plane"] not in (header_plane, "image"):
@@ -146,7 +145,7 @@ def _one_series(name: str) -> tuple[pydicom.Dataset, Volume]:
     assert _ingest([Path(get_testdata_file(name))]) == 1
     series = Series.objects.get()
     assert series.volume_state == VolumeState.READY, series.volume_reason
-    return _first_instance(series), _as_render_volume(series.series_instance_uid, load_volume(series))
+    return _first_instance(series), load_volume(series)
 
 
 def _raw(ds: pydicom.Dataset) -> np.ndarray:
@@ -242,7 +241,7 @@ def test_a_whole_body_scan_shows_anterior_and_posterior_side_by_side(store, tmp_
     frames = {str(detector.ViewCodeSequence[0].CodeMeaning): ds.pixel_array[n]
               for n, detector in enumerate(ds.DetectorInformationSequence[index - 1]
                                            for index in ds.DetectorVector)}
-    volume = _as_render_volume(series.series_instance_uid, load_volume(series))
+    volume = load_volume(series)
     rows, columns = frames["anterior"].shape
     assert volume.shape[0] == 1 and volume.shape[1] == rows and volume.shape[2] > 2 * columns
     picture = volume.voxels[0]
@@ -286,7 +285,7 @@ def test_a_supplemental_palette_colours_its_range_and_leaves_the_rest_grey(store
     assert series.volume_state == VolumeState.READY, series.volume_reason
     ds = _first_instance(series)
     stored = ds.pixel_array
-    volume = _as_render_volume(series.series_instance_uid, load_volume(series))
+    volume = load_volume(series)
     assert volume.colour
     shown = volume.voxels[0].astype(int)
     inside = (stored >= 1500) & (stored < 1756)
@@ -331,7 +330,7 @@ def test_a_dynamic_series_opens_as_one_volume_per_time_point(store, tmp_path):
     assert series.volume_state == VolumeState.READY, series.volume_reason
     base = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     hu = base.pixel_array.astype(np.float64) * float(base.RescaleSlope) + float(base.RescaleIntercept)
-    volume = _as_render_volume(series.series_instance_uid, load_volume(series))
+    volume = load_volume(series)
     described = volume_describe(volume)
     assert described["kind"] == "dynamic" and described["time_points"] == TIMES
     assert described["shape"] == [DEPTH, *hu.shape] and described["mpr"] is True
