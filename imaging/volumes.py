@@ -174,6 +174,27 @@ def _nm_slices(ds: Dataset, pixels: np.ndarray) -> tuple[list[_Slice], list[floa
     return slices, orientation, spacing
 
 
+def _grid_slices(ds: Dataset, pixels: np.ndarray) -> tuple[list[_Slice], list[float], list[float]]:
+    """An RT Dose grid: frame k lies GridFrameOffsetVector[k] along the normal (PS3.3 C.8.8.3.2).
+
+    Offsets starting at 0 are relative to ImagePositionPatient; otherwise they are
+    the frames' patient z (axial grids). Values are scaled by DoseGridScaling.
+    """
+    orientation = _floats(ds.ImageOrientationPatient)
+    origin = np.array(_floats(ds.ImagePositionPatient))
+    offsets = _floats(ds.GridFrameOffsetVector)
+    if len(offsets) != pixels.shape[0] or len(orientation) != 6 or len(origin) != 3:
+        raise VolumeRefused("the dose grid's frame offsets do not match its frames")
+    normal = np.cross(orientation[:3], orientation[3:])
+    relative = offsets[0] == 0
+    scaling = float(ds.get("DoseGridScaling", 1) or 1)
+    slices = []
+    for frame, offset in enumerate(offsets):
+        position = origin + normal * offset if relative else np.array([origin[0], origin[1], offset])
+        slices.append(_Slice(position, pixels[frame], scaling, 0.0))
+    return slices, orientation, _floats(ds.get("PixelSpacing") or [1, 1])
+
+
 def _nm_reconstruction(ds: Dataset) -> bool:
     """A reconstructed SPECT/PET-on-NM volume (ImageType RECON TOMO / RECON GATED TOMO), not planar frames."""
     image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
@@ -332,7 +353,7 @@ def series_display(ds: Dataset, *, kind: str, note: str = "") -> dict[str, Any]:
         "photometric_interpretation": str(ds.get("PhotometricInterpretation", "")),
         "window_center": center,
         "window_width": width,
-        "units": str(ds.get("Units", "")) or str(ds.get("RescaleType", "")),
+        "units": str(ds.get("Units", "")) or str(ds.get("RescaleType", "")) or str(ds.get("DoseUnits", "")),
         "suvbw_factor": suvbw_factor(ds) if geometric and modality == "PT" else None,
         "frame_of_reference_uid": str(ds.get("FrameOfReferenceUID", "")) if geometric else "",
         "note": note,
@@ -362,6 +383,8 @@ def volume_from_datasets(datasets: Iterable[Dataset]) -> tuple[Volume, str]:
             slices, orientation, spacing = _enhanced_slices(first, pixels)
         elif _nm_reconstruction(first):
             slices, orientation, spacing = _nm_slices(first, pixels)
+        elif "GridFrameOffsetVector" in first and "ImagePositionPatient" in first:
+            slices, orientation, spacing = _grid_slices(first, pixels)
         else:
             raise NotAVolume("a multi-frame object without per-frame positions (cine, planar or dynamic)")
     else:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from rendering.protocol import LAYOUTS, Input, Setting
-from rendering.viewstate import WINDOW_PRESETS, ViewState, viewstate_from_dict
+from rendering.viewstate import WINDOW_LIMIT, WINDOW_PRESETS, ViewState, viewstate_from_dict
 
 MPR_KINDS = {"native", "axial", "coronal", "sagittal", "oblique"}
 PLANE_KINDS = {"axial", "coronal", "sagittal"}
@@ -343,9 +343,9 @@ class ViewerSession:
         layer = view.layers[0]
         scale = max(float(layer["window_width"]), 1e-3) / 512
         layer["window_center"] = float(np.clip(layer["window_center"] + args["dc"] * scale,
-                                               -1e6, 1e6))
+                                               -WINDOW_LIMIT, WINDOW_LIMIT))
         layer["window_width"] = float(np.clip(layer["window_width"] + args["dw"] * scale,
-                                              1e-3, 1e6))
+                                              1e-6, WINDOW_LIMIT))
         return [index]
 
     def _input_zoom(self, index: int, view: ViewModel, args: dict[str, float]) -> list[int]:

@@ -168,3 +168,24 @@ def served_demo(tmp_path_factory):
         yield gateway
     finally:
         gateway.stop()
+
+
+@pytest.fixture(scope="session")
+def served_corpus(tmp_path_factory):
+    """A fresh gateway served by daphne, with pydicom's and pydicom-data's test files imported.
+
+    The files go through the import door (``manage.py import_dicom``) as a
+    hospital's would, together with one study made from corpus files whose
+    second series can never be shown (``tests.served.corpus_unshowable_study``).
+    Fails, never skips, without pydicom-data. Tests change it only by adding people.
+    """
+    from tests.served import corpus_files, corpus_import, corpus_unshowable_study, gateway_serve
+
+    directory = tmp_path_factory.mktemp("served-corpus")
+    files = corpus_files() + corpus_unshowable_study(directory / "made")
+    (directory / "var").mkdir()
+    gateway = gateway_serve(directory / "var")
+    try:
+        yield corpus_import(gateway, files, directory)
+    finally:
+        gateway.stop()

@@ -310,3 +310,193 @@ def closed_code(ws, *, seconds: float = 10) -> int:
 
 def viewer_ready(ws):
     return viewer_until(ws, lambda m: isinstance(m, dict) and m.get("type") == "ready")[0]
+
+
+# --- a public corpus imported through the import door ------------------------------------------
+
+CORPUS_MINIMUM = 150  # pydicom alone ships about 90 files; pydicom-data brings the total to about 240
+
+
+def corpus_files() -> list[Path]:
+    """pydicom's and pydicom-data's test files; fails (never skips) without pydicom-data."""
+    from pydicom.data import get_testdata_files
+
+    files = sorted({Path(p) for p in get_testdata_files("**/*") if Path(p).is_file()})
+    assert len(files) > CORPUS_MINIMUM, (
+        f"only {len(files)} corpus files: pydicom-data is not installed (make install-dev installs it)")
+    return files
+
+
+def corpus_name(path: Path) -> str:
+    """A corpus file's name as the corpus knows it: ``CT_small.dcm``, ``dicomdirtests/77654033/CT2/17106``."""
+    parts = path.parts
+    for anchor in ("test_files", "data"):
+        if anchor in parts:
+            return "/".join(parts[len(parts) - parts[::-1].index(anchor):])
+    return path.name
+
+
+UNSHOWABLE_REASON = "the series mixes colour and greyscale images"
+
+
+def corpus_unshowable_study(directory: Path) -> list[Path]:
+    """One study made from two corpus files: a showable CT image, and a series mixing it with a colour one.
+
+    The second series can never be shown (``UNSHOWABLE_REASON``); the study can, so
+    its viewer opens and must list that series as unavailable, with why.
+    """
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    directory.mkdir(parents=True, exist_ok=True)
+    study, shown, mixed = generate_uid(), generate_uid(), generate_uid()
+    written = []
+    for index, (name, series, number) in enumerate([("CT_small.dcm", shown, 1), ("CT_small.dcm", mixed, 2),
+                                                    ("SC_rgb.dcm", mixed, 2)]):
+        ds = pydicom.dcmread(get_testdata_file(name))
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SeriesNumber = study, series, number
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.PatientID, ds.PatientName, ds.Modality, ds.InstanceNumber = (
+            "CORPUS-UNSHOWABLE", "Corpus^Unshowable", "OT", index + 1)
+        path = directory / f"unshowable-{index}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        written.append(path)
+    return written
+
+
+@dataclass(frozen=True)
+class StoredSeries:
+    """One series as the served gateway stored it, and the corpus files it came from."""
+
+    study: str
+    uid: str
+    modality: str
+    state: str
+    reason: str
+    patient_id: str
+    files: tuple[Path, ...]  # the stored (de-identified) objects, decrypted, in instance order
+    sources: tuple[str, ...]  # the corpus files whose SOP Instance UID each stored object carries
+    imported: tuple[str, ...] = ()  # of those, the file each stored object is (the others: duplicates)
+
+    def __str__(self) -> str:
+        names = list(self.imported or self.sources)
+        more = f" (+{len(names) - 4})" if len(names) > 4 else ""
+        return f"{self.modality or '?'} series of {', '.join(names[:4]) + more or 'no known file'}"
+
+
+@dataclass
+class ServedCorpus:
+    gateway: ServedGateway
+    series: list[StoredSeries]
+    report: str  # import_dicom's output: what it stored, and each file it rejected with why
+
+    def studies(self) -> dict[str, list[StoredSeries]]:
+        found: dict[str, list[StoredSeries]] = {}
+        for series in self.series:
+            found.setdefault(series.study, []).append(series)
+        return found
+
+    def series_of(self, source: str) -> StoredSeries:
+        """The stored series holding the corpus file ``source`` (a name as ``corpus_name`` gives it)."""
+        matches = [s for s in self.series if source in s.sources]
+        assert len(matches) == 1, f"{source} is in {len(matches)} stored series"
+        return matches[0]
+
+
+def gateway_import(gateway: ServedGateway, paths: list[Path], *, jobs: int = 1,
+                   timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    """``manage.py import_dicom`` into the served gateway: the import door a hospital's files go through.
+
+    One job imports the files in the order given, so of the files that share a SOP
+    Instance UID the first is stored and the others are duplicates, every time.
+    """
+    return gateway.manage("import_dicom", "--no-progress", "--jobs", str(jobs), *map(str, paths),
+                          timeout=timeout)
+
+
+_STORED_SERIES = """
+import json, pathlib
+from imaging import storage
+from imaging.identity.models import PatientIdentity, UIDMap
+from imaging.models import Instance, Series
+out = pathlib.Path({out!r})
+rows = []
+for series in Series.objects.select_related("study__patient").order_by("id"):
+    instances = list(Instance.objects.filter(series=series).order_by("instance_number", "id"))
+    for instance in instances:
+        (out / f"{{instance.id}}.dcm").write_bytes(storage.object_get(instance.object_id))
+    originals = dict(UIDMap.objects.filter(replacement__in=[i.sop_instance_uid for i in instances])
+                     .values_list("replacement", "original"))
+    patient = PatientIdentity.objects.filter(pseudonym=series.study.patient.pseudonym).first()
+    rows.append({{"study": series.study.study_instance_uid, "uid": series.series_instance_uid,
+                 "modality": series.modality, "state": series.volume_state, "reason": series.volume_reason,
+                 "patient_id": patient.patient_id if patient else "",
+                 "files": [str(out / f"{{i.id}}.dcm") for i in instances],
+                 "originals": [originals.get(i.sop_instance_uid, "") for i in instances]}})
+print(json.dumps(rows))
+"""
+
+
+def stored_series(gateway: ServedGateway, directory: Path, sources: dict[str, list[str]],
+                  imported: dict[str, str] | None = None) -> list[StoredSeries]:
+    """Every series the gateway stored, with its objects decrypted into ``directory`` for pydicom.
+
+    ``sources`` maps an original SOP Instance UID to the corpus files that carry it, and
+    ``imported`` to the one that was stored; the gateway's UID map (identity zone) ties
+    each stored object back to them.
+    """
+    imported = imported or {}
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = json.loads(gateway.shell(_STORED_SERIES.format(out=str(directory))).splitlines()[-1])
+    return [StoredSeries(study=row["study"], uid=row["uid"], modality=row["modality"], state=row["state"],
+                         reason=row["reason"], patient_id=row["patient_id"],
+                         files=tuple(Path(f) for f in row["files"]),
+                         sources=tuple(sorted({name for uid in row["originals"]
+                                               for name in sources.get(uid, [])})),
+                         imported=tuple(imported[uid] for uid in row["originals"] if uid in imported))
+            for row in rows]
+
+
+def corpus_import(gateway: ServedGateway, files: list[Path], directory: Path) -> ServedCorpus:
+    """Import ``files`` through the import door and read back what was stored."""
+    import pydicom
+
+    done = gateway_import(gateway, files)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rejected = {line.split(": ", 1)[0].removeprefix("rejected ")
+                for line in done.stdout.splitlines() if line.startswith("rejected ")}
+    sources: dict[str, list[str]] = {}
+    imported: dict[str, str] = {}
+    for path in files:
+        try:
+            uid = pydicom.dcmread(path, stop_before_pixels=True, force=True).get("SOPInstanceUID")
+        except Exception:  # not DICOM at all: the import rejected it too
+            uid = None
+        if uid:
+            sources.setdefault(str(uid), []).append(corpus_name(path))
+            if str(path) not in rejected:  # one job: the first accepted is stored, the rest are duplicates
+                imported.setdefault(str(uid), corpus_name(path))
+    return ServedCorpus(gateway, stored_series(gateway, directory / "stored", sources, imported), done.stdout)
+
+
+def worklist_studies(browser: Browser, patient_id: str) -> dict[str, dict[str, Any]]:
+    """The worklist's answer to a search by patient ID: each study's viewer link, and what cannot be shown.
+
+    Keyed by the study UID of the viewer link, or by ``"unviewable-N"`` for a study
+    the page offers no viewer for.
+    """
+    import lxml.html
+
+    page = browser.request(f"/imaging/worklist?{urllib.parse.urlencode({'patient_id': patient_id})}")
+    assert page.status == 200, (page.status, page.body[:300])
+    studies: dict[str, dict[str, Any]] = {}
+    for block in lxml.html.fromstring(page.body).xpath("//div[@class='study']"):
+        links = [a.get("href", "") for a in block.xpath(".//a[@class='open']")]
+        unavailable = [" ".join(d.text_content().split())
+                       for d in block.xpath(".//div[@class='unavailable']")]
+        match = re.fullmatch(r"/viewer/([0-9.]+)/", links[0]) if links else None
+        key = match.group(1) if match else f"unviewable-{len(studies)}"
+        studies[key] = {"links": links, "unavailable": unavailable,
+                        "text": " ".join(block.text_content().split())}
+    return studies

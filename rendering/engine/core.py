@@ -202,8 +202,18 @@ def _base_colours(rgb: np.ndarray, item: _Resolved, valid: np.ndarray | None) ->
     image = _blend(None, rgb, item.layer.opacity, None)
     if valid is not None:
         image = image.copy() if image is rgb else image
-        image[~valid] = LUTS[item.layer.palette][0]
+        image[~valid] = _surround(item)
     return image
+
+
+def _surround(item: _Resolved) -> np.ndarray:
+    """The colour around a picture: the palette's lowest, or black where the file asks to be inverted.
+
+    A MONOCHROME1 radiograph keeps a black surround, so its edges stay visible.
+    """
+    if item.volume.presentation.invert:
+        return np.zeros(3, np.uint8)
+    return LUTS[item.layer.palette][0]
 
 
 def _shown_over(indices: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
@@ -328,7 +338,7 @@ class RenderEngine:
             if single_grey:
                 image = window_grey(sampled.values, item.low, item.high, item.layer.palette)
                 if sampled.valid is not None:
-                    image[~sampled.valid] = LUTS[item.layer.palette][0, 0]
+                    image[~sampled.valid] = _surround(item)[0]
                 break
             indices = window_indices(sampled.values, item.low, item.high)
             rgb = palette_rgb(indices, item.layer.palette)

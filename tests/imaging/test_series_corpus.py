@@ -193,6 +193,8 @@ def test_monochrome1_shows_inverted_in_the_files_window(store):
     shown = _native(volume, width=int(ds.Columns), height=int(ds.Rows), low=0, high=30000,
                     palette="inverted", frame=0)
     assert np.abs(shown - expected).max() <= 1.0
+    wide = _native(volume, width=512, height=128, low=0, high=30000, palette="inverted", frame=0)
+    assert wide[:, :5].max() == 0 and wide[:, -5:].max() == 0, "a black surround, not white"
 
 
 def test_modality_lut_gives_the_values_pydicom_gives(store):
@@ -345,3 +347,17 @@ def test_a_dynamic_series_opens_as_one_volume_per_time_point(store, tmp_path):
     assert frame.overlay.time_point == (3, TIMES)
     x, y = frame.overlay.crosshair_px
     assert ENGINE.probe(state, {volume.series_id: volume}, x, y).values[0].value == hu[20, 30] + 200 + 20
+
+
+def test_an_rt_dose_grid_is_a_volume_along_its_frame_offsets_in_its_dose_units(store):
+    ds, volume = _one_series("rtdose.dcm")
+    offsets = [float(v) for v in ds.GridFrameOffsetVector]
+    described = volume_describe(volume)
+    assert described["kind"] == "volume" and described["plane"] == "axial"
+    assert volume.shape[0] == len(offsets) == int(ds.NumberOfFrames)
+    assert volume.spacing[0] == pytest.approx(offsets[1] - offsets[0])
+    corner = [float(v) for v in ds.ImagePositionPatient]
+    assert np.allclose(volume.index_to_patient((len(offsets) - 1, 0, 0)),
+                       [corner[0], corner[1], corner[2] + offsets[-1]])
+    assert np.allclose(volume.voxels, ds.pixel_array * float(ds.DoseGridScaling), rtol=1e-6)
+    assert volume.presentation.units == str(ds.DoseUnits)
