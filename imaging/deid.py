@@ -13,6 +13,11 @@ not in that package:
   ``PatientSize`` (SUVbw and SUL need them); age and sex are removed.
 * **Retain Safe Private** (E.3.10) for a short safe-list; every other private
   attribute is removed.
+* **Clean Descriptors** (E.3.5), for the study and series descriptions only:
+  a reader picks series by them ("T1 SAG", "CT chest w/o"). They are kept
+  after every word of the patient's names, identifiers, accession number,
+  birth date and staff names found in the same object is blanked, and every
+  date-like or long number is too; every other descriptor follows the table.
 * UIDs (action U, and every UI value that is not a UID of the standard) are
   replaced by ``2.25.<128-bit keyed hash>``: always the same replacement for
   the same original, so references between objects stay intact, and never
@@ -30,6 +35,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -37,6 +43,7 @@ from functools import cache
 from dicomanonymizer.dicomfields_selector import dicom_anonymization_database_selector
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from pydicom.uid import UID_dictionary
@@ -49,6 +56,7 @@ DEIDENTIFICATION_CODES = (
     ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
     ("113108", "Retain Patient Characteristics Option"),
     ("113111", "Retain Safe Private Option"),
+    ("113105", "Clean Descriptors Option"),
 )
 # The birth date and time are removed, not shifted: the option retains event dates only.
 NOT_SHIFTED = frozenset({0x00100030, 0x00100032})  # PatientBirthDate, PatientBirthTime
@@ -58,6 +66,16 @@ SAFE_PRIVATE = frozenset({
     ("Philips PET Private Group", 0x7053, 0x00),  # SUV Factor
     ("Philips PET Private Group", 0x7053, 0x09),  # Activity Concentration Scale Factor
 })
+CLEANED_DESCRIPTORS = frozenset({0x00081030, 0x0008103E})  # StudyDescription, SeriesDescription
+IDENTIFYING_WORDS_FROM = (
+    "PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "PatientBirthName",
+    "PatientMotherBirthName", "AccessionNumber", "PatientBirthDate", "ReferringPhysicianName",
+    "PerformingPhysicianName", "OperatorsName", "NameOfPhysiciansReadingStudy", "StudyID",
+    "InstitutionName", "StationName",
+)
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_DATE_OR_NUMBER = re.compile(r"\d{1,4}[./-]\d{1,2}[./-]\d{1,4}|\d{5,}")
+_BLANKED = "***"
 PIXELS_MAY_IDENTIFY_MODALITIES = frozenset({"US", "SC", "OT", "XC"})
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 _CATEGORY_ACTION = {
@@ -93,6 +111,23 @@ def _action_for(tag: BaseTag) -> str | None:
                 tag.element & element_mask) == (element & element_mask):
             return masked_action
     return None
+
+
+def identifying_words(dataset: Dataset) -> frozenset[str]:
+    """Lower-case words of the identifying attributes of ``dataset`` (names, IDs, birth date)."""
+    words: set[str] = set()
+    for keyword in IDENTIFYING_WORDS_FROM:
+        value = dataset.get(keyword)
+        values = value if isinstance(value, list | tuple | MultiValue) else [value]
+        for item in values:
+            words.update(word.lower() for word in _WORD.findall(str(item or "")) if len(word) >= 2)
+    return frozenset(words)
+
+
+def descriptor_cleaned(text: str, identifying: frozenset[str]) -> str:
+    """``text`` with identifying words, dates and long numbers blanked (Clean Descriptors)."""
+    text = _DATE_OR_NUMBER.sub(_BLANKED, text)
+    return _WORD.sub(lambda word: _BLANKED if word.group().lower() in identifying else word.group(), text)
 
 
 def uid_replacement(key: bytes, original: str) -> str:
@@ -149,6 +184,7 @@ class Deidentifier:
     date_shift_days: int
     pseudonym: str
     report: DeidReport = field(default_factory=DeidReport)
+    identifying: frozenset[str] = frozenset()
 
     def _uid(self, value: str) -> str:
         value = value.strip().rstrip("\0")
@@ -214,7 +250,7 @@ class Deidentifier:
     def _private_creators_needed(self, dataset: Dataset, kept: set[int]) -> set[int]:
         return {(tag >> 16 << 16) | ((tag & 0xFFFF) >> 8) for tag in kept}
 
-    def clean(self, dataset: Dataset) -> None:
+    def clean(self, dataset: Dataset, *, top: bool = False) -> None:
         """De-identify ``dataset`` in place, recursing into every sequence item."""
         kept_private: set[int] = set()
         for tag in list(dataset.keys()):
@@ -224,6 +260,9 @@ class Deidentifier:
                     kept_private.add(int(tag))
                 continue
             if int(tag) in RETAINED_CHARACTERISTICS:
+                continue
+            if top and int(tag) in CLEANED_DESCRIPTORS and element.VR == "LO":
+                element.value = descriptor_cleaned(str(element.value or ""), self.identifying)[:64]
                 continue
             action = _action_for(tag)
             if int(tag) not in NOT_SHIFTED:
@@ -255,7 +294,8 @@ class Deidentifier:
     def apply(self, dataset: Dataset) -> DeidReport:
         """De-identify a whole instance and mark it (PatientIdentityRemoved, method codes)."""
         self.report.pixels_may_identify = pixels_may_identify(dataset)
-        self.clean(dataset)
+        self.identifying = identifying_words(dataset)
+        self.clean(dataset, top=True)
         dataset.PatientID = self.pseudonym
         dataset.PatientIdentityRemoved = "YES"
         dataset.LongitudinalTemporalInformationModified = "MODIFIED"

@@ -95,3 +95,23 @@ def test_pixels_may_identify():
         other = Dataset()
         other.Modality = modality
         assert deid.pixels_may_identify(other)
+
+
+def test_study_and_series_descriptions_are_kept_with_identifying_words_blanked():
+    ds = _dataset()
+    ds.StudyDescription = "PET-CT Doe follow-up 12.04.1960 ACC1"
+    ds.SeriesDescription = "T1 SAG jane mrn0042 riverside 1234567"
+    ds.ProtocolName = "Doe protocol"
+    nested = Dataset()
+    nested.StudyDescription = "requested for Doe"
+    ds.RequestAttributesSequence = Sequence([nested])
+    deid.Deidentifier(uid_key=KEY, date_shift_days=-100, pseudonym="p" * 64).apply(ds)
+    assert ds.StudyDescription == "PET-CT *** follow-up *** ***"
+    assert ds.SeriesDescription == "T1 SAG *** *** *** ***"
+    assert "Doe" not in str(ds) and "1960" not in str(ds)
+    assert "113105" in [item.CodeValue for item in ds.DeidentificationMethodCodeSequence]
+
+
+def test_a_descriptor_with_nothing_identifying_is_kept_as_written():
+    assert deid.descriptor_cleaned("CT Chest w/o contrast 5mm", frozenset({"doe", "jane"})) == (
+        "CT Chest w/o contrast 5mm")

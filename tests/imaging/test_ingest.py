@@ -228,7 +228,7 @@ def test_the_leak_search_finds_what_a_broken_profile_would_leak(store, phantom, 
     from imaging import deid
 
     out, truth = phantom
-    monkeypatch.setattr(deid.Deidentifier, "clean", lambda self, dataset: None)
+    monkeypatch.setattr(deid.Deidentifier, "clean", lambda self, dataset, **_: None)
     paths = phantom_files(out)[:1]
     _ingest_all(paths)
     secrets = _identifying_strings(paths, truth)
