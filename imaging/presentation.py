@@ -174,7 +174,18 @@ def frame_time_ms(ds: Dataset) -> float | None:
         rate = _numbers(ds.get(keyword))
         if rate and rate[0] > 0:
             return 1000.0 / rate[0]
-    return None
+    return _nm_frame_duration(ds)
+
+
+def _nm_frame_duration(ds: Dataset) -> float | None:
+    """An NM dynamic or gated acquisition's frame length (ms): its phases' ActualFrameDuration."""
+    for keyword in ("PhaseInformationSequence", "RotationInformationSequence"):
+        for item in ds.get(keyword) or []:
+            duration = _numbers(item.get("ActualFrameDuration"))
+            if duration and duration[0] > 0:
+                return duration[0]
+    duration = _numbers(ds.get("ActualFrameDuration"))
+    return duration[0] if duration and duration[0] > 0 else None
 
 
 def display_facts(ds: Dataset) -> dict[str, Any]:

@@ -128,6 +128,7 @@ class ViewerConsumer(PrincipalGuardedConsumer):
         self.probe_wanted: protocol.Probe | None = None
         self.probe_task: asyncio.Task[None] | None = None
         self.thumbnail_task: asyncio.Task[None] | None = None
+        self.thumbnails_wanted: dict[str, None] = {}  # series uids, in order, each queued once
         await self._audit(Action.RENDER_START, Outcome.SUCCESS,
                           details={"series": len(self.session.series),
                                    "layout": self.session.layout})
@@ -250,6 +251,8 @@ class ViewerConsumer(PrincipalGuardedConsumer):
         self._render(list(range(len(self.session.views))))
 
     async def _on_thumbnails(self, message: protocol.Thumbnails) -> None:
+        """Every series shown now, also those a study opened since the last request added."""
+        self.thumbnails_wanted.update(dict.fromkeys(self.session.series))
         if self.thumbnail_task is None or self.thumbnail_task.done():
             self.thumbnail_task = asyncio.get_running_loop().create_task(self._thumbnails())
 
@@ -280,16 +283,18 @@ class ViewerConsumer(PrincipalGuardedConsumer):
         self._render(list(range(len(self.session.views))))
 
     async def _thumbnails(self) -> None:
-        """One small interactive-quality picture of each series: a frame like any other, as text."""
-        for series in list(self.session.series.values()):
-            state = viewstate_from_dict(self.session.thumbnail_state(series.uid, size=THUMBNAIL_PIXELS))
+        """One small interactive-quality picture of each wanted series: a frame like any other, as text."""
+        while self.thumbnails_wanted:
+            uid = next(iter(self.thumbnails_wanted))
+            del self.thumbnails_wanted[uid]
+            state = viewstate_from_dict(self.session.thumbnail_state(uid, size=THUMBNAIL_PIXELS))
             try:
                 frame = await self.pool.render(state, source=CLINICAL)
             except (RenderError, FrameOfReferenceError, MissingVolumeError) as error:
-                logger.info("no thumbnail for series %s: %s", series.uid, error)
+                logger.info("no thumbnail for series %s: %s", uid, error)
                 continue
             await self.send(text_data=json.dumps({
-                "type": "thumbnail", "series": series.uid, "encoding": frame.encoding.value,
+                "type": "thumbnail", "series": uid, "encoding": frame.encoding.value,
                 "image": base64.b64encode(frame.data).decode("ascii")}))
 
     def _render(self, views: list[int]) -> None:
@@ -317,9 +322,10 @@ class ViewerConsumer(PrincipalGuardedConsumer):
             await self._error("probe_failed", str(error), view=message.view)
             return
         top = next((item for item in reversed(result.values) if item.value is not None), None)
+        unit = top.unit if top else (result.values[-1].unit if result.values else "")
         await self.send(text_data=json.dumps({
             "type": "probe", "view": message.view, "x": message.x, "y": message.y,
-            "value": top.value if top else None, "unit": top.unit if top else "",
+            "value": top.value if top else None, "unit": unit,
             "point": [round(v, 2) for v in result.point_mm],
         }))
 

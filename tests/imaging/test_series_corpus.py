@@ -361,3 +361,18 @@ def test_an_rt_dose_grid_is_a_volume_along_its_frame_offsets_in_its_dose_units(s
                        [corner[0], corner[1], corner[2] + offsets[-1]])
     assert np.allclose(volume.voxels, ds.pixel_array * float(ds.DoseGridScaling), rtol=1e-6)
     assert volume.presentation.units == str(ds.DoseUnits)
+
+
+def test_an_nm_dynamic_acquisition_plays_at_its_frame_duration():
+    from pydicom.dataset import Dataset
+
+    from imaging.presentation import frame_time_ms
+
+    phase = Dataset()
+    phase.ActualFrameDuration = 500
+    ds = Dataset()
+    ds.Modality = "NM"
+    ds.PhaseInformationSequence = [phase]
+    assert frame_time_ms(ds) == 500.0
+    ds.FrameTime = 40
+    assert frame_time_ms(ds) == 40.0, "the header's own frame time comes first"

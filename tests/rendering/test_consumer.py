@@ -414,6 +414,11 @@ async def test_a_prior_opens_beside_the_study_in_the_compare_layout_and_is_audit
     assert by_uid[right]["study"] == prior and by_uid[right]["modality"] == "CT"
     frames = await _frames(communicator, 2)
     assert frames[1].overlay["windows"][0]["modality"] == "CT"
+    await communicator.send_json_to({"type": "thumbnails"})
+    pictured: set[str] = set()
+    while pictured != {s["uid"] for s in again["series"] if s["available"]}:
+        item = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] == "thumbnail")
+        pictured.add(item["series"])
     await communicator.disconnect()
     await asyncio.sleep(0.2)
     events = await database_sync_to_async(lambda: list(AuditEvent.objects.filter(

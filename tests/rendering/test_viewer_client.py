@@ -44,8 +44,54 @@ def _frame(sequence: int, quality: int, colour: tuple[int, int, int], encoding: 
                       height=height, overlay={"kind": "axial"}, image=image)
 
 
+
+def _ramp(*anchors: tuple[int, int, int], stops: int = 17) -> list[str]:
+    """A palette as the server announces it: evenly spaced colours, low to high."""
+    where = np.linspace(0, 1, stops)
+    at = np.linspace(0, 1, len(anchors))
+    channels = [np.rint(np.interp(where, at, [anchor[c] for anchor in anchors])).astype(int)
+                for c in range(3)]
+    return ["#" + bytes(int(v) for v in rgb).hex() for rgb in zip(*channels, strict=True)]
+
+
+# What the gateway announces in ``ready`` (rendering/protocol.py), written out so the
+# scripted gateway does not depend on the server's code.
+VOCABULARY = {
+    "settings": {
+        "kind": {"choices": ["native", "axial", "coronal", "sagittal", "oblique", "3d"]},
+        "slab_mode": {"choices": ["none", "mip", "minip", "average"]},
+        "slab_thickness": {"min": 0, "max": 500},
+        "window_preset": {"choices": ["abdomen", "lung", "bone", "brain", "suv_0_5", "suv_0_10"]},
+        "volume_preset": {"choices": ["ct_bone", "ct_soft_tissue", "ct_lung", "pet_mip"]},
+        "palette": {"choices": ["grey", "hot_iron", "rainbow", "inverted"]},
+        "opacity": {"min": 0, "max": 1},
+        "series": {"identifier": True},
+    },
+    "inputs": {
+        "scroll": {"delta": {"min": -2000, "max": 2000, "integer": True}},
+        "window": {"dc": {"min": -10000, "max": 10000}, "dw": {"min": -10000, "max": 10000}},
+        "zoom": {"factor": {"min": 0.05, "max": 20}},
+        "pan": {"dx": {"min": -4, "max": 4}, "dy": {"min": -4, "max": 4}},
+        "rotate": {"dazimuth": {"min": -360, "max": 360}, "delevation": {"min": -360, "max": 360}},
+        "tilt": {"dtilt": {"min": -180, "max": 180}, "dspin": {"min": -180, "max": 180}},
+        "focus": {"x": {"min": 0, "max": 4096, "integer": True},
+                  "y": {"min": 0, "max": 4096, "integer": True}},
+        "frame": {"index": {"min": 0, "max": 100000, "integer": True}},
+        "time": {"index": {"min": 0, "max": 4095, "integer": True}},
+        "reset": {},
+    },
+    "layouts": ["1x1", "1x2", "1x3", "2x2", "petct", "compare"],
+    "palettes": {
+        "grey": _ramp((0, 0, 0), (255, 255, 255)),
+        "hot_iron": _ramp((0, 0, 0), (128, 0, 0), (255, 64, 0), (255, 192, 0), (255, 255, 255)),
+        "rainbow": _ramp((0, 0, 0), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0)),
+        "inverted": _ramp((255, 255, 255), (0, 0, 0)),
+    },
+}
+
 READY = json.dumps({"type": "ready", "study": {"uid": "2.25.1"}, "layout": "1x1",
                     "limits": {"max_message_bytes": 8192, "messages_per_second": 120},
+                    "vocabulary": VOCABULARY,
                     "views": [{"kind": "axial", "layers": ["2.25.2"]}],
                     "series": [{"uid": "2.25.2", "modality": "CT", "description": ""}]})
 

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from rendering.protocol import Encoding, frame_pack
-from tests.rendering.test_viewer_client import viewer_page  # noqa: F401
+from tests.rendering.test_viewer_client import VOCABULARY, viewer_page  # noqa: F401
 
 pytestmark = pytest.mark.browser
 
@@ -32,6 +32,7 @@ CINE_FRAMES = 3
 READY = {
     "type": "ready", "study": {"uid": "2.25.1", "description": "Cardiac follow-up"}, "layout": "1x1",
     "limits": {"max_message_bytes": 8192, "messages_per_second": 120, "message_burst": 240},
+    "vocabulary": VOCABULARY,
     "views": [{"kind": "axial", "layers": [VOLUME]}],
     "series": [
         {"uid": VOLUME, "modality": "CT", "description": "Chest", "number": 1, "images": 40,
@@ -228,5 +229,40 @@ def test_errors_leave_the_study_label_and_a_failed_probe_shows_nothing(viewer_pa
             page.mouse.move(box["x"] + 20 + step * 15, box["y"] + 40)
             page.wait_for_timeout(120)
         assert len(gateway.sent("probe")) == probes_before, "a 3-D view was probed"
+    finally:
+        page.close()
+
+
+def test_the_value_under_a_still_cursor_is_asked_again_when_the_picture_moves_under_it(
+        viewer_page):  # noqa: F811
+    gateway = ScriptedGateway()
+    page = _open(viewer_page, gateway)
+    try:
+        box = page.locator("canvas[data-view='0']").bounding_box()
+        page.mouse.move(box["x"] + 30, box["y"] + 20)
+        _until(page, lambda: gateway.sent("probe"), what="a probe on hover")
+        page.wait_for_timeout(300)
+        hovered = gateway.sent("probe")[-1]
+        before = len(gateway.sent("probe"))
+        gateway.frame([21, 40])
+        _until(page, lambda: len(gateway.sent("probe")) > before, what="a probe after the slice moved")
+        again = gateway.sent("probe")[-1]
+        assert (again["view"], again["x"], again["y"]) == (0, hovered["x"], hovered["y"])
+        settled = len(gateway.sent("probe"))
+        gateway.frame([21, 40])
+        page.wait_for_timeout(400)
+        assert len(gateway.sent("probe")) == settled, "the same picture asked again"
+    finally:
+        page.close()
+
+
+def test_a_series_dragged_from_the_strip_onto_a_view_is_shown_there(viewer_page):  # noqa: F811
+    gateway = ScriptedGateway()
+    page = _open(viewer_page, gateway)
+    try:
+        page.locator(f".series-item[data-series='{CINE}']").drag_to(page.locator("canvas[data-view='0']"))
+        _until(page, lambda: gateway.sent("set", name="series"), what="set series after a drop")
+        assert gateway.sent("set", name="series") == [
+            {"type": "set", "view": 0, "name": "series", "value": CINE}]
     finally:
         page.close()

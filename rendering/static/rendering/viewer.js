@@ -9,9 +9,24 @@ const studyLabel = document.getElementById("study-label");
 const errorLine = document.getElementById("error");
 const probeLine = document.getElementById("probe");
 const seriesStrip = document.getElementById("series");
+const layoutSelect = document.getElementById("layout");
 const kindSelect = document.getElementById("view-kind");
+const windowPresetSelect = document.getElementById("window-preset");
+const paletteSelect = document.getElementById("palette");
+const paletteLayer = document.getElementById("palette-layer");
+const opacityInput = document.getElementById("opacity");
+const opacityShown = document.getElementById("opacity-value");
+const slabModeSelect = document.getElementById("slab-mode");
+const slabThicknessInput = document.getElementById("slab-thickness");
+const volumePresetSelect = document.getElementById("volume-preset");
+const help = document.getElementById("help");
+const keyMapList = document.getElementById("key-map");
+const mouseMapList = document.getElementById("mouse-map");
 const playButton = document.getElementById("cine-play");
 const fpsInput = document.getElementById("cine-fps");
+const timeControl = document.getElementById("time-control");
+const timeSlider = document.getElementById("time-slider");
+const timeShown = document.getElementById("time-value");
 const reverseWheelBox = document.getElementById("reverse-wheel");
 const study = root.dataset.study;
 
@@ -26,17 +41,86 @@ let activeView = 0;
 let seriesByUid = new Map();
 let seriesOrder = [];
 let thumbnailsAsked = false;
+let studyUids = [];
+let relatedStudies = [];
+let openAsked = null;
+let openTimer = null;
 const thumbnails = new Map();
 const MAX_FAILED_ATTEMPTS = 6;
 const ERROR_SHOWN_MS = 6000;
 const DEFAULT_CINE_FPS = 15;
-const REFORMAT_KINDS = ["axial", "coronal", "sagittal", "oblique", "3d"];
+const DEFAULT_TIME_FPS = 2;
+const OPEN_WAIT_MS = 15000;
+const ASKED_SHOWN_MS = 1500;
 const REVERSE_WHEEL_KEY = "fusion-gateway.reverse-wheel";
 
 function send(message) {
   if (socket && socket.readyState === WebSocket.OPEN) {
     socket.send(JSON.stringify(message));
   }
+}
+
+// --- vocabulary: the settings, choices and inputs the server announces --------
+
+// What servers accepted before `ready` announced it; used only when `ready` has none.
+const FALLBACK_VOCABULARY = {
+  settings: {
+    kind: { choices: ["native", "axial", "coronal", "sagittal", "oblique", "3d"] },
+    slab_mode: { choices: ["none", "mip", "minip", "average"] },
+    slab_thickness: { min: 0, max: 500 },
+    window_preset: { choices: ["abdomen", "lung", "bone", "brain", "suv_0_5", "suv_0_10"] },
+    volume_preset: { choices: ["ct_bone", "ct_soft_tissue", "ct_lung", "pet_mip"] },
+    palette: { choices: ["grey", "hot_iron", "rainbow", "inverted"] },
+    opacity: { min: 0, max: 1 },
+    series: { identifier: true },
+  },
+  inputs: {
+    scroll: { delta: { min: -2000, max: 2000, integer: true } },
+    window: { dc: { min: -10000, max: 10000 }, dw: { min: -10000, max: 10000 } },
+    zoom: { factor: { min: 0.05, max: 20 } },
+    pan: { dx: { min: -4, max: 4 }, dy: { min: -4, max: 4 } },
+    rotate: { dazimuth: { min: -360, max: 360 }, delevation: { min: -360, max: 360 } },
+    tilt: { dtilt: { min: -180, max: 180 }, dspin: { min: -180, max: 180 } },
+    focus: { x: { min: 0, max: 4096, integer: true }, y: { min: 0, max: 4096, integer: true } },
+    frame: { index: { min: 0, max: 100000, integer: true } },
+    reset: {},
+  },
+  layouts: ["1x1", "1x2", "1x3", "2x2", "petct"],
+  palettes: { grey: ["#000000", "#ffffff"] },
+};
+let vocabulary = FALLBACK_VOCABULARY;
+let vocabularyAnnounced = false;
+
+// An announced vocabulary is the whole truth: what it leaves out is not offered.
+function receiveVocabulary(announced) {
+  vocabularyAnnounced = Boolean(announced && typeof announced === "object");
+  vocabulary = !vocabularyAnnounced ? FALLBACK_VOCABULARY : {
+    settings: announced.settings || {}, inputs: announced.inputs || {},
+    layouts: announced.layouts || [], palettes: announced.palettes || {},
+  };
+}
+
+function choicesOf(name) {
+  const rule = vocabulary.settings[name];
+  return rule && Array.isArray(rule.choices) ? rule.choices : [];
+}
+
+function accepts(name, value) {
+  const rule = vocabulary.settings[name];
+  if (!rule) return false;
+  if (Array.isArray(rule.choices)) return rule.choices.includes(value);
+  if (typeof rule.min === "number") return Number.isFinite(value) && value >= rule.min && value <= rule.max;
+  return typeof value === "string";
+}
+
+function inputAnnounced(op) {
+  return Object.hasOwn(vocabulary.inputs, op);
+}
+
+function clampToRule(value, rule) {
+  if (!rule || typeof value !== "number" || typeof rule.min !== "number") return value;
+  const clamped = Math.max(rule.min, Math.min(rule.max, value));
+  return rule.integer ? Math.round(clamped) : clamped;
 }
 
 // Input is coalesced: deltas that arrive within one animation frame (a 144 Hz
@@ -46,6 +130,7 @@ const pendingInput = new Map();
 let flushScheduled = false;
 
 function queueInput(view, op, deltas) {
+  if (!inputAnnounced(op)) return;
   const key = `${view}:${op}`;
   const pending = pendingInput.get(key) || { type: "input", view, op };
   for (const [name, value] of Object.entries(deltas)) {
@@ -53,6 +138,23 @@ function queueInput(view, op, deltas) {
   }
   pendingInput.set(key, pending);
   scheduleFlush();
+}
+
+// A setting dragged through many values (a slider) goes out once per frame, the latest value.
+function queueSetting(message) {
+  pendingInput.set(`${message.view}:set:${message.name}:${message.layer}`, message);
+  scheduleFlush();
+}
+
+// An absolute input (a time point) goes out once per frame, the latest one.
+function queueLatestInput(view, op, args) {
+  if (!inputAnnounced(op)) return;
+  pendingInput.set(`${view}:${op}`, { type: "input", view, op, ...args });
+  scheduleFlush();
+}
+
+function sendInput(view, op, args) {
+  if (inputAnnounced(op)) send({ type: "input", view, op, ...args });
 }
 
 function scheduleFlush() {
@@ -70,29 +172,30 @@ function inputHeld() {
 function flushInput() {
   if (inputHeld()) { scheduleFlush(); return; }
   for (const message of pendingInput.values()) {
-    if (message.op === "scroll") message.delta = Math.max(-2000, Math.min(2000, message.delta));
-    if (message.op === "zoom") message.factor = Math.max(0.05, Math.min(20, message.factor));
-    if (message.op === "pan") { message.dx = clamp(message.dx, 4); message.dy = clamp(message.dy, 4); }
-    if (message.op === "rotate") {
-      message.dazimuth = clamp(message.dazimuth, 360); message.delevation = clamp(message.delevation, 360);
-    }
-    if (message.op === "window") { message.dc = clamp(message.dc, 10000); message.dw = clamp(message.dw, 10000); }
+    if (message.type === "input") clampInput(message);
     if (message.op !== "scroll" || message.delta !== 0) send(message);
   }
   pendingInput.clear();
 }
 
-function clamp(value, limit) {
-  return Math.max(-limit, Math.min(limit, value));
+function clampInput(message) {
+  for (const [name, rule] of Object.entries(vocabulary.inputs[message.op] || {})) {
+    message[name] = clampToRule(message[name], rule);
+  }
 }
 
 // --- status line: the study label and errors never share an element --------
 
 let errorTimer = null;
+let errorClearedByFrame = true;
+// A frame that arrives says rendering (or input) works again; a refusal of what the reader
+// asked for stays its while, whatever frames arrive meanwhile.
+const ERRORS_A_FRAME_ENDS = new Set(["render_failed", "frame_of_reference", "rate_limited"]);
 
-function showError(text, { sticky = false } = {}) {
+function showError(text, { sticky = false, keep = false } = {}) {
   clearTimeout(errorTimer);
   errorLine.replaceChildren(document.createTextNode(text));
+  errorClearedByFrame = !keep;
   errorTimer = sticky ? null : setTimeout(clearError, ERROR_SHOWN_MS);
 }
 
@@ -102,8 +205,9 @@ function clearError() {
   errorLine.replaceChildren();
 }
 
-function describeStudy(studyInfo, seriesCount) {
-  return `${(studyInfo && studyInfo.description) || "study"} · ${seriesCount} series`;
+function describeStudy(studyInfo, seriesCount, others) {
+  const text = `${(studyInfo && studyInfo.description) || "study"} · ${seriesCount} series`;
+  return others.length ? `${text} · beside ${others.join(", ")}` : text;
 }
 
 // --- series --------------------------------------------------------------
@@ -117,7 +221,18 @@ function canReformat(view) {
   return !series || series.mpr !== false;
 }
 
+function timePoints(series) {
+  const count = series && series.time_points;
+  return Number.isInteger(count) && count > 1 ? count : 1;
+}
+
+// A dynamic series steps through its time points, where the server takes the `time` input.
+function isDynamic(view) {
+  return timePoints(seriesOfView(view)) > 1 && inputAnnounced("time");
+}
+
 function defaultFps(series) {
+  if (timePoints(series) > 1 && inputAnnounced("time")) return DEFAULT_TIME_FPS;
   const frameTime = series && series.frame_time_ms;
   if (!frameTime || frameTime <= 0) return DEFAULT_CINE_FPS;
   return Math.max(1, Math.min(60, Math.round(1000 / frameTime)));
@@ -127,6 +242,8 @@ function countLabel(series) {
   const noun = series.kind === "cine" ? "frame" : "image";
   return `${series.images} ${noun}${series.images === 1 ? "" : "s"}`;
 }
+
+const SERIES_DRAG_TYPE = "application/x-fusion-series";
 
 function seriesItem(series) {
   const item = element("button", "series-item");
@@ -140,6 +257,11 @@ function seriesItem(series) {
   if (series.available) {
     item.append(element("span", "series-count", countLabel(series)));
     item.addEventListener("click", () => showSeries(activeView, series.uid));
+    item.draggable = true;
+    item.addEventListener("dragstart", (event) => {
+      event.dataTransfer.setData(SERIES_DRAG_TYPE, series.uid);
+      event.dataTransfer.effectAllowed = "copy";
+    });
   } else {
     item.classList.add("unavailable");
     item.setAttribute("aria-disabled", "true");
@@ -148,9 +270,98 @@ function seriesItem(series) {
   return item;
 }
 
+// The study a series belongs to; a server that names none has one study.
+function studyOf(series) {
+  return series.study || studyUids[0];
+}
+
+function relatedStudy(uid) {
+  return relatedStudies.find((other) => other.uid === uid);
+}
+
+function studyDate(uid) {
+  const other = relatedStudy(uid);
+  return (other && other.date) || "another study";
+}
+
+function studyHeading(uid, first) {
+  const heading = element("div", "study-heading");
+  const other = first ? null : relatedStudy(uid);
+  heading.append(element("span", "study-when", first ? "This study" : studyDate(uid)));
+  if (other && other.description) heading.append(element("span", "study-what", other.description));
+  return heading;
+}
+
+// With a prior open, the strip is grouped by study: this study first, the others by date.
+function seriesGroups() {
+  if (studyUids.length < 2) return seriesOrder.map(seriesItem);
+  const groups = studyUids.map((uid, at) => {
+    const group = element("section", "study-group");
+    group.dataset.study = uid;
+    group.append(studyHeading(uid, at === 0),
+                 ...seriesOrder.filter((series) => studyOf(series) === uid).map(seriesItem));
+    return group;
+  });
+  const stray = seriesOrder.filter((series) => !studyUids.includes(studyOf(series)));
+  return [...groups, ...stray.map(seriesItem)];
+}
+
+function relatedItem(other) {
+  const item = element("li", "related-item");
+  item.dataset.study = other.uid;
+  const modalities = Array.isArray(other.modalities) ? other.modalities.join(", ") : "";
+  const button = element("button", "related-open", "Open beside");
+  button.type = "button";
+  button.addEventListener("click", () => openStudy(other.uid));
+  item.append(element("span", "related-date", other.date || "(no date)"),
+              element("span", "related-description", other.description || "(no description)"),
+              element("span", "related-modalities", modalities), button);
+  return item;
+}
+
+function relatedList() {
+  if (!relatedStudies.length) return [];
+  const section = element("section", "related");
+  section.setAttribute("aria-labelledby", "related-title");
+  const title = element("h2", "related-title", "Other studies of this patient");
+  title.id = "related-title";
+  const list = element("ul", "related-list");
+  list.append(...relatedStudies.map(relatedItem));
+  section.append(title, list);
+  return [section];
+}
+
+// A study already open cannot be opened again; one open is asked at a time.
+function markRelated() {
+  for (const item of seriesStrip.querySelectorAll(".related-item")) {
+    const uid = item.dataset.study;
+    const open = studyUids.includes(uid);
+    const button = item.querySelector(".related-open");
+    item.classList.toggle("open", open);
+    button.disabled = open || openAsked !== null;
+    button.textContent = open ? "Opened" : openAsked === uid ? "Opening…" : "Open beside";
+  }
+}
+
+function openStudy(uid) {
+  if (studyUids.includes(uid) || openAsked !== null) return;
+  openAsked = uid;
+  send({ type: "open", study: uid });
+  clearTimeout(openTimer);
+  openTimer = setTimeout(openSettled, OPEN_WAIT_MS);  // never left waiting for an answer lost
+  markRelated();
+}
+
+function openSettled() {
+  clearTimeout(openTimer);
+  openAsked = null;
+  markRelated();
+}
+
 function buildSeriesStrip() {
-  seriesStrip.replaceChildren(...seriesOrder.map(seriesItem));
+  seriesStrip.replaceChildren(...seriesGroups(), ...relatedList());
   for (const [uid, bitmap] of thumbnails) drawThumbnail(uid, bitmap);
+  markRelated();
   markSelectedSeries();
 }
 
@@ -205,7 +416,10 @@ function showSeries(index, uid) {
   stopCine(view);
   view.layers = [uid];
   view.kind = "native";
+  view.settings = { slab_mode: "none" };
+  view.asked = {};
   view.slice = null;
+  view.timeCount = null;
   view.fps = defaultFps(series);
   send({ type: "set", view: index, name: "series", value: uid });
   refreshControls();
@@ -230,9 +444,10 @@ function buildViews(viewSpecs) {
     cell.append(canvas, overlay);
     grid.append(cell);
     const state = { index, canvas, overlay, lastSequence: 0, shownRank: -1, frames: 0,
-                    since: performance.now(), showCrosshair: true, slab: -1, preset: 0,
+                    since: performance.now(), showCrosshair: true,
                     kind: spec.kind, layers: [...(spec.layers || [])], slice: null,
-                    cine: null, cineIndex: null, fps: DEFAULT_CINE_FPS };
+                    settings: { slab_mode: "none" }, asked: {},
+                    cine: null, cineIndex: null, fps: DEFAULT_CINE_FPS, timeCount: null };
     state.fps = defaultFps(seriesOfView(state));
     views.push(state);
     attachInput(state);
@@ -268,23 +483,93 @@ function refreshControls() {
     for (const option of kindSelect.options) option.disabled = option.value !== "native" && !reformat;
     kindSelect.value = view.kind;
     fpsInput.value = String(view.fps);
+    showSettings(view);
   }
   showCineState(view);
+  showTimeControl(view);
   markSelectedSeries();
 }
 
-function setKind(index, kind) {
+// Layer 1 of a fused view is the one shown in colour over layer 0.
+function colouredLayerOf(count) {
+  return count > 1 ? 1 : 0;
+}
+
+function colouredLayer(view) {
+  return colouredLayerOf(view.layers.length);
+}
+
+function showSettings(view) {
+  const fused = view.layers.length > 1;
+  const coloured = seriesByUid.get(view.layers[colouredLayer(view)]);
+  paletteLayer.textContent = fused && coloured ? coloured.modality : "";
+  showChoice(paletteSelect, view.settings.palette);
+  opacityInput.closest("label").hidden = !fused || !vocabulary.settings.opacity;
+  opacityInput.disabled = !fused;
+  if (view.settings.opacity !== undefined) opacityInput.value = String(view.settings.opacity);
+  opacityShown.textContent = view.settings.opacity === undefined ? ""
+    : `${Math.round(view.settings.opacity * 100)}%`;
+  showChoice(slabModeSelect, view.settings.slab_mode);
+  if (document.activeElement !== slabThicknessInput) {
+    slabThicknessInput.value = view.settings.slab_thickness ?? "";
+  }
+}
+
+function showChoice(select, value) {
+  select.value = value ?? "";
+  if (select.value !== value) select.selectedIndex = -1;
+}
+
+// A setting the reader just changed shows as asked until a frame reports it (or a
+// moment passes): frames already in flight still carry the old value.
+function ask(view, name, value) {
+  view.asked[name] = { value, until: performance.now() + ASKED_SHOWN_MS };
+  view.settings[name] = value;
+}
+
+function report(view, name, value) {
+  const asked = view.asked[name];
+  if (asked && asked.value !== value && performance.now() < asked.until) return;
+  delete view.asked[name];
+  view.settings[name] = value;
+}
+
+function readSettings(view, overlay) {
+  if (!vocabularyAnnounced) return;
+  const windows = Array.isArray(overlay.windows) ? overlay.windows : [];
+  const coloured = windows[colouredLayer(view)];
+  report(view, "slab_mode", overlay.slab ? overlay.slab.mode : "none");
+  if (overlay.slab) report(view, "slab_thickness", overlay.slab.thickness_mm);
+  if (coloured && coloured.palette) report(view, "palette", coloured.palette);
+  if (windows.length > 1 && typeof windows[1].opacity === "number") {
+    report(view, "opacity", windows[1].opacity);
+  }
+}
+
+function applySetting(index, name, value, layer) {
   const view = views[index];
-  if (!view) return;
-  if (REFORMAT_KINDS.includes(kind) && !canReformat(view)) {
-    showError("this series cannot be reformatted");
+  if (!view || !accepts(name, value)) return;
+  if (name === "kind") { setKind(view, value); return; }
+  ask(view, name, value);
+  send({ type: "set", view: index, name, value, ...(layer === undefined ? {} : { layer }) });
+  if (index === activeView) refreshControls();
+}
+
+function nextChoice(view, name) {
+  const choices = choicesOf(name);
+  return choices[(choices.indexOf(view.settings[name]) + 1) % choices.length];
+}
+
+function setKind(view, kind) {
+  if (kind !== "native" && !canReformat(view)) {
+    showError("this series cannot be reformatted", { keep: true });
     refreshControls();
     return;
   }
   if (kind !== view.kind) stopCine(view);
   view.kind = kind;
   view.slice = null;
-  send({ type: "set", view: index, name: "kind", value: kind });
+  send({ type: "set", view: view.index, name: "kind", value: kind });
   refreshControls();
 }
 
@@ -306,11 +591,58 @@ function nextFrameIndex(view) {
   return (shown + 1) % frameCount(view);
 }
 
+// --- time points of a dynamic series (1-based on screen, 0-based on the wire) -------------
+
+function timeCount(view) {
+  return view.timeCount || timePoints(seriesOfView(view));
+}
+
+function timePointShown(view) {
+  return view.settings.time ?? 1;
+}
+
+function showTimePoint(view, point) {
+  if (!isDynamic(view)) return;
+  const shown = Math.max(1, Math.min(timeCount(view), Math.round(point)));
+  ask(view, "time", shown);
+  queueLatestInput(view.index, "time", { index: shown - 1 });
+  if (view.index === activeView) showTimeControl(view);
+}
+
+function stepTime(view, delta) {
+  if (!isDynamic(view)) return;
+  stopCine(view);
+  showTimePoint(view, timePointShown(view) + delta);
+}
+
+function showTimeControl(view) {
+  const dynamic = Boolean(view) && isDynamic(view);
+  timeControl.hidden = !dynamic;
+  if (!dynamic) return;
+  const count = timeCount(view);
+  const shown = timePointShown(view);
+  timeSlider.max = String(count);
+  timeSlider.value = String(shown);
+  timeShown.textContent = `${shown} / ${count}`;
+}
+
+function readTime(view, overlay) {
+  const time = overlay.time;
+  if (!Array.isArray(time) || time.length !== 2 || !time.every(Number.isInteger)) return;
+  view.timeCount = time[1];
+  report(view, "time", time[0]);
+}
+
 function cineTick(view) {
-  if (cineByFrame(view)) {
+  if (isDynamic(view)) {
+    if (inputHeld()) return;
+    const shown = view.cineIndex ?? timePointShown(view) - 1;
+    view.cineIndex = (shown + 1) % timeCount(view);
+    showTimePoint(view, view.cineIndex + 1);
+  } else if (cineByFrame(view)) {
     if (inputHeld()) return;
     view.cineIndex = nextFrameIndex(view);
-    send({ type: "input", view: view.index, op: "frame", index: view.cineIndex });
+    sendInput(view.index, "frame", { index: view.cineIndex });
   } else {
     queueInput(view.index, "scroll", { delta: 1 });
   }
@@ -358,14 +690,70 @@ function describeOverlay(view, overlay) {
   if (series) lines.push([series.modality, series.description].filter(Boolean).join(" · "));
   if (overlay.kind) lines.push(overlay.kind);
   if (Array.isArray(overlay.slice)) lines.push(`${overlay.slice[0]} / ${overlay.slice[1]}`);
+  if (Array.isArray(overlay.time) && overlay.time.length === 2) {
+    lines.push(`time ${overlay.time[0]} / ${overlay.time[1]}`);
+  }
   if (overlay.position !== undefined) lines.push(`pos ${Number(overlay.position).toFixed(1)} mm`);
-  if (overlay.zoom) lines.push(`zoom ${Number(overlay.zoom).toFixed(2)}×`);
+  if (typeof overlay.zoom === "number") lines.push(`zoom ${shortNumber(overlay.zoom)}×`);
   for (const [index, layer] of (overlay.windows || []).entries()) {
     const unit = layer.unit ? ` ${layer.unit}` : "";
     lines.push(`L${index + 1} W ${Math.round(layer.width * 10) / 10} C ${Math.round(layer.center * 10) / 10}${unit}`);
   }
-  if (overlay.slab) lines.push(overlay.slab);
+  if (overlay.slab && overlay.slab.mode) {
+    lines.push(`${label(overlay.slab.mode)} ${shortNumber(overlay.slab.thickness_mm)} mm`);
+  }
   return lines;
+}
+
+// Two decimals at most, no trailing zeros: 1.5, 10, 2.25.
+function shortNumber(value) {
+  return String(Number(Number(value).toFixed(2)));
+}
+
+// A value as a reader says it: -160 HU, 2.5 SUV, 0.12 SUV.
+function readerNumber(value) {
+  const size = Math.abs(value);
+  return String(Number(value.toFixed(size >= 100 ? 0 : size >= 10 ? 1 : 2)));
+}
+
+const HEX_COLOUR = /^#[0-9a-f]{6}$/i;
+
+function paletteStops(name) {
+  const stops = vocabulary.palettes[name];
+  const usable = Array.isArray(stops) && stops.length >= 2 && stops.every((stop) => HEX_COLOUR.test(stop));
+  return usable ? stops : null;
+}
+
+// A coloured layer (or any PET/NM) gets a bar of its palette from the window's low to high.
+function colourBar(overlay) {
+  const windows = Array.isArray(overlay.windows) ? overlay.windows : [];
+  const layer = windows[colouredLayerOf(windows.length)];
+  if (!layer || !Number.isFinite(layer.center) || !Number.isFinite(layer.width)) return null;
+  const stops = paletteStops(layer.palette || "grey");
+  const coloured = (layer.palette && layer.palette !== "grey") || ["PT", "NM"].includes(layer.modality);
+  if (!coloured || !stops) return null;
+  const ramp = element("div", "colour-ramp");
+  ramp.style.backgroundImage = `linear-gradient(to top, ${stops.join(", ")})`;
+  const labels = element("div", "colour-labels");
+  labels.append(element("span", "colour-high", readerNumber(layer.center + layer.width / 2)),
+                element("span", "colour-unit", layer.unit || ""),
+                element("span", "colour-low", readerNumber(layer.center - layer.width / 2)));
+  const bar = element("div", "colour-bar");
+  bar.dataset.palette = layer.palette || "grey";
+  bar.append(labels, ramp);
+  return bar;
+}
+
+// A picture of several views side by side (an NM whole-body scan's anterior and posterior)
+// names each over its part; the picture is centred, so two names meet at the centre.
+function panelLabels(view) {
+  const series = seriesOfView(view);
+  const panels = series && Array.isArray(series.panels)
+    ? series.panels.filter((name) => typeof name === "string" && name) : [];
+  if (panels.length < 2 || view.kind !== "native") return null;
+  const row = element("div", `panel-labels panels-${panels.length}`);
+  for (const name of panels) row.append(element("span", "panel-label", name));
+  return row;
 }
 
 // Reference lines: where the other views' planes cut this one (they all pass
@@ -401,6 +789,10 @@ function drawOverlay(view, frame, fps) {
   for (const line of describeOverlay(view, overlay)) facts.append(element("div", "", line));
   facts.append(element("div", "", `${fps.toFixed(0)} fps · ${frame.quality}`));
   nodes.push(facts);
+  const bar = colourBar(overlay);
+  if (bar) nodes.push(bar);
+  const panels = panelLabels(view);
+  if (panels) nodes.push(panels);
   if (overlay.mm_per_pixel) {
     const pixels = Math.round(50 / overlay.mm_per_pixel);
     if (pixels > 10 && pixels < view.canvas.width) {
@@ -450,6 +842,9 @@ function paintFrame(view, frame, bitmap) {
   view.lastSequence = frame.sequence;
   const overlay = frame.overlay || {};
   if (Array.isArray(overlay.slice) && overlay.slice.length === 2) view.slice = overlay.slice;
+  readSettings(view, overlay);
+  readTime(view, overlay);
+  if (view.index === activeView) { showSettings(view); showTimeControl(view); }
   const context = view.canvas.getContext("2d");
   context.drawImage(bitmap, 0, 0, view.canvas.width, view.canvas.height);
   bitmap.close();
@@ -459,27 +854,63 @@ function paintFrame(view, frame, bitmap) {
   const fps = (view.frames * 1000) / Math.max(1, now - view.since);
   if (now - view.since > 2000) { view.frames = 0; view.since = now; }
   drawOverlay(view, frame, fps);
+  probeAgainAfterMove(view, overlay);
   view.canvas.dataset.sequence = String(frame.sequence);
   view.canvas.dataset.quality = frame.quality;
-  clearError();
+  if (errorClearedByFrame) clearError();
+}
+
+// The value under a still cursor follows the picture: after a scroll, a time step
+// or a series switch the hovered view asks again where the pointer rests.
+function probeAgainAfterMove(view, overlay) {
+  const shown = JSON.stringify([overlay.position, overlay.slice, overlay.time, view.layers]);
+  if (shown === view.probedPicture) return;
+  view.probedPicture = shown;
+  if (view.pointer && view.kind !== "3d") send({ type: "probe", view: view.index, ...view.pointer });
 }
 
 // --- messages ----------------------------------------------------------------
 
 function receiveReady(message) {
+  receiveVocabulary(message.vocabulary);
+  buildMenus();
+  buildKeyMap();
   layout = message.layout;
+  const known = seriesByUid;
   seriesOrder = message.series || [];
   seriesByUid = new Map(seriesOrder.map((series) => [series.uid, series]));
+  const firstStudy = (message.study && message.study.uid) || study;
+  studyUids = Array.isArray(message.studies) && message.studies.length ? message.studies : [firstStudy];
+  relatedStudies = Array.isArray(message.related) ? message.related.filter((other) => other && other.uid) : [];
+  clearTimeout(openTimer);
+  openAsked = null;
   buildViews(message.views || []);
   buildSeriesStrip();
-  studyLabel.textContent = describeStudy(message.study, seriesOrder.length);
-  document.getElementById("layout").value = layout;
-  if (!thumbnailsAsked) { thumbnailsAsked = true; send({ type: "thumbnails" }); }
+  const own = seriesOrder.filter((series) => studyOf(series) === studyUids[0]).length;
+  studyLabel.textContent = describeStudy(message.study, own, studyUids.slice(1).map(studyDate));
+  layoutSelect.value = layout;
+  // An opened study brings series of its own: their thumbnails are asked for too.
+  const added = seriesOrder.some((series) => series.available && !known.has(series.uid));
+  if (!thumbnailsAsked || added) { thumbnailsAsked = true; send({ type: "thumbnails" }); }
 }
 
+function probePoint(point) {
+  const usable = Array.isArray(point) && point.length === 3 && point.every(Number.isFinite);
+  return usable ? ` at (${point.map((v) => v.toFixed(1)).join(", ")}) mm` : "";
+}
+
+// The value with the unit the server names (HU, SUV, BQML, CNTS, raw…); a colour picture
+// has no single value to read.
 function receiveProbe(message) {
-  probeLine.textContent = message.value === null ? "outside the volume"
-    : `${message.value.toFixed(1)} ${message.unit} at (${message.point.map((v) => v.toFixed(1)).join(", ")}) mm`;
+  const unit = typeof message.unit === "string" ? message.unit : "";
+  const series = seriesOfView(views[message.view]);
+  if (unit === "RGB" || (series && series.colour)) {
+    probeLine.textContent = `colour picture (RGB): no value${probePoint(message.point)}`;
+  } else if (typeof message.value !== "number" || !Number.isFinite(message.value)) {
+    probeLine.textContent = "outside the volume";
+  } else {
+    probeLine.textContent = `${readerNumber(message.value)}${unit ? ` ${unit}` : ""}${probePoint(message.point)}`;
+  }
 }
 
 function receiveError(message) {
@@ -488,7 +919,13 @@ function receiveError(message) {
   if (message.code === "rate_limited") {
     holdInputUntil = performance.now() + (message.retry_after_ms || 0) + 50;
   }
-  showError(`${message.code}: ${message.message}`);
+  if (message.code === "refused" || message.code === "rate_limited") {
+    // What was asked did not happen: the layout menu shows the layout on screen again,
+    // and another study may be opened.
+    layoutSelect.value = layout;
+    if (openAsked !== null) openSettled();
+  }
+  showError(`${message.code}: ${message.message}`, { keep: !ERRORS_A_FRAME_ENDS.has(message.code) });
 }
 
 function handleText(message) {
@@ -537,6 +974,7 @@ function connect() {
   socket.binaryType = "arraybuffer";
   socket.addEventListener("open", () => {
     reconnectDelay = 500; failedAttempts = 0; thumbnailsAsked = false;
+    if (openAsked !== null) openSettled();
     if (!seriesOrder.length) studyLabel.textContent = "connected";
     clearError();
   });
@@ -576,6 +1014,17 @@ function wheelSlices(deltaY) {
   return reverseWheelBox.checked ? -towardsFeet : towardsFeet;
 }
 
+// Listed in the on-screen help; attachInput below is what does them.
+const MOUSE_GESTURES = [
+  { shown: "wheel", input: "scroll",
+    text: "scroll (wheel down: towards the feet; “reverse wheel” flips it)" },
+  { shown: "drag", input: "window", text: "window / level" },
+  { shown: "shift- or middle-drag", input: "pan", text: "pan" },
+  { shown: "ctrl-wheel", input: "zoom", text: "zoom" },
+  { shown: "right-drag", input: "rotate", text: "rotate (3-D) / tilt (oblique)" },
+  { shown: "click", input: "focus", text: "move the crosshair there" },
+];
+
 function attachInput(view) {
   const { canvas, index } = view;
   let drag = null;
@@ -593,11 +1042,23 @@ function attachInput(view) {
     drag = { x: event.clientX, y: event.clientY, button: event.button, shift: event.shiftKey,
              moved: false };
   });
+  canvas.addEventListener("dragover", (event) => {
+    if (event.dataTransfer.types.includes(SERIES_DRAG_TYPE)) event.preventDefault();
+  });
+  canvas.addEventListener("drop", (event) => {
+    const uid = event.dataTransfer.getData(SERIES_DRAG_TYPE);
+    if (!uid) return;
+    event.preventDefault();
+    activate(index);
+    showSeries(index, uid);
+  });
+  canvas.addEventListener("pointerleave", () => { view.pointer = null; });
   canvas.addEventListener("pointermove", (event) => {
     const now = performance.now();
+    view.pointer = { x: Math.round(event.offsetX), y: Math.round(event.offsetY) };
     if (!drag && view.kind !== "3d" && now - lastProbe > 100) {
       lastProbe = now;
-      send({ type: "probe", view: index, x: Math.round(event.offsetX), y: Math.round(event.offsetY) });
+      send({ type: "probe", view: index, ...view.pointer });
     }
     if (!drag) return;
     const dx = event.clientX - drag.x;
@@ -616,59 +1077,203 @@ function attachInput(view) {
   });
   canvas.addEventListener("pointerup", (event) => {
     if (drag && !drag.moved && drag.button === 0) {
-      send({ type: "input", view: index, op: "focus", x: Math.round(event.offsetX), y: Math.round(event.offsetY) });
+      sendInput(index, "focus", { x: Math.round(event.offsetX), y: Math.round(event.offsetY) });
     }
     drag = null;
   });
   canvas.addEventListener("keydown", (event) => keyboard(event, index));
 }
 
-const SLAB_MODES = ["mip", "minip", "average", "none"];
-const VOLUME_PRESETS = ["ct_bone", "ct_soft_tissue", "ct_lung", "pet_mip"];
-const WINDOW_KEYS = { 1: "abdomen", 2: "lung", 3: "bone", 4: "brain", 5: "suv_0_5", 6: "suv_0_10" };
-const KIND_KEYS = { i: "native", a: "axial", c: "coronal", s: "sagittal", o: "oblique", v: "3d" };
-const SCROLL_KEYS = { ArrowUp: 1, ArrowDown: -1, PageUp: 10, PageDown: -10 };
+// --- menus and the key map, built from the announced vocabulary ------------------
 
-function setting(index, name, value) {
-  send({ type: "set", view: index, name, value });
+const LABELS = {
+  kind: "view", volume_preset: "3-D preset", "3d": "3-D", mip: "MIP", minip: "MinIP", petct: "PET/CT",
+  suv_0_5: "SUV 0–5", suv_0_10: "SUV 0–10", ct_bone: "CT bone", ct_soft_tissue: "CT soft tissue",
+  ct_lung: "CT lung", pet_mip: "PET MIP", compare: "Compare with prior",
+};
+
+function label(name) {
+  return LABELS[name] || String(name).replaceAll("_", " ").replace(/^(\d)x(\d)$/, "$1×$2");
 }
 
-function nextSlabMode(view) {
-  view.slab = (view.slab + 1) % SLAB_MODES.length;
-  return SLAB_MODES[view.slab];
+function option(value, text) {
+  const node = element("option", "", text);
+  node.value = value;
+  return node;
 }
 
-function nextVolumePreset(view) {
-  view.preset = (view.preset + 1) % VOLUME_PRESETS.length;
-  return VOLUME_PRESETS[view.preset];
+function fillSelect(select, choices, placeholder) {
+  const options = choices.map((choice) => option(choice, label(choice)));
+  if (placeholder) options.unshift(option("", placeholder));
+  select.replaceChildren(...options);
+  select.closest("label").hidden = choices.length === 0;
+}
+
+function fillRange(input, rule) {
+  const known = Boolean(rule) && typeof rule.min === "number";
+  input.closest("label").hidden = !known;
+  if (known) { input.min = String(rule.min); input.max = String(rule.max); }
+}
+
+function buildMenus() {
+  fillSelect(layoutSelect, vocabulary.layouts);
+  fillSelect(kindSelect, choicesOf("kind"));
+  fillSelect(windowPresetSelect, choicesOf("window_preset"), "preset…");
+  fillSelect(paletteSelect, choicesOf("palette"));
+  fillSelect(slabModeSelect, choicesOf("slab_mode"));
+  fillRange(slabThicknessInput, vocabulary.settings.slab_thickness);
+  fillSelect(volumePresetSelect, choicesOf("volume_preset"), "3-D preset…");
+  fillRange(opacityInput, vocabulary.settings.opacity);
+}
+
+// The key map is the client's: keys name a setting and a choice (or cycle through the
+// announced choices); a key whose setting or choice is not announced is left out.
+const SCROLL_KEYS = [["ArrowUp", "↑", 1], ["ArrowDown", "↓", -1],
+                     ["PageUp", "PgUp", 10], ["PageDown", "PgDn", -10]];
+const KIND_LETTERS = { native: "i", axial: "a", coronal: "c", sagittal: "s", oblique: "o", "3d": "v" };
+const SLAB_KEYS = [["[", 10], ["]", 40]];
+let keyMap = new Map();
+
+function keyEntries() {
+  return [
+    ...SCROLL_KEYS.map(([key, shown, delta]) => ({ key, shown, input: "scroll", args: { delta },
+      text: `scroll ${delta > 0 ? "+" : ""}${delta} slice${Math.abs(delta) === 1 ? "" : "s"}` })),
+    ...choicesOf("window_preset").slice(0, 9)
+      .map((value, at) => ({ key: String(at + 1), setting: "window_preset", value })),
+    ...choicesOf("kind").filter((kind) => KIND_LETTERS[kind])
+      .map((value) => ({ key: KIND_LETTERS[value], setting: "kind", value })),
+    { key: "m", setting: "slab_mode", cycle: true },
+    { key: "n", setting: "slab_mode", value: "none" },
+    ...SLAB_KEYS.map(([key, value]) => ({ key, setting: "slab_thickness", value, unit: " mm" })),
+    { key: "p", setting: "volume_preset", cycle: true },
+    { key: "r", input: "reset", args: {}, text: "reset window, zoom, pan, plane and crosshair" },
+    { key: ",", requires: "time", act: (view) => stepTime(view, -1),
+      text: "previous time point (a dynamic series)" },
+    { key: ".", requires: "time", act: (view) => stepTime(view, 1),
+      text: "next time point (a dynamic series)" },
+    { key: "x", act: toggleCrosshair, text: "reference lines on/off" },
+    { key: " ", shown: "space", act: toggleCine,
+      text: "cine play/pause (a dynamic series: its time points)" },
+    { key: "?", act: toggleHelp, text: "show or hide this key map" },
+  ].filter(keyAnnounced);
+}
+
+function keyAnnounced(entry) {
+  if (entry.requires && !inputAnnounced(entry.requires)) return false;
+  if (entry.input) return inputAnnounced(entry.input);
+  if (entry.cycle) return choicesOf(entry.setting).length > 0;
+  return !entry.setting || accepts(entry.setting, entry.value);
+}
+
+function keyText(entry) {
+  if (entry.text) return entry.text;
+  if (entry.cycle) {
+    return `${label(entry.setting)}: next of ${choicesOf(entry.setting).map(label).join(" → ")}`;
+  }
+  return `${label(entry.setting)}: ${label(entry.value)}${entry.unit || ""}`;
+}
+
+// What the key sends, in protocol words, so the map can be checked against the handler.
+function keySends(entry) {
+  if (entry.input) return { type: "input", op: entry.input, ...entry.args };
+  if (!entry.setting) return null;
+  return entry.cycle ? { type: "set", name: entry.setting, next_of: choicesOf(entry.setting) }
+    : { type: "set", name: entry.setting, value: entry.value };
+}
+
+function helpRow(shown, text) {
+  const row = element("div", "help-row");
+  const term = element("dt");
+  term.append(element("kbd", "", shown));
+  row.append(term, element("dd", "", text));
+  return row;
+}
+
+function buildKeyMap() {
+  const entries = keyEntries();
+  keyMap = new Map(entries.map((entry) => [entry.key, entry]));
+  keyMapList.replaceChildren(...entries.map((entry) => {
+    const row = helpRow(entry.shown || entry.key, keyText(entry));
+    row.dataset.key = entry.key;
+    const sends = keySends(entry);
+    if (sends) row.dataset.sends = JSON.stringify(sends);
+    return row;
+  }));
+  mouseMapList.replaceChildren(...MOUSE_GESTURES.filter((gesture) => inputAnnounced(gesture.input))
+    .map((gesture) => helpRow(gesture.shown, gesture.text)));
+}
+
+function runKey(entry, view) {
+  if (entry.act) entry.act(view);
+  else if (entry.input) queueInput(view.index, entry.input, entry.args);
+  else applySetting(view.index, entry.setting, entry.cycle ? nextChoice(view, entry.setting) : entry.value);
 }
 
 function keyboard(event, index) {
-  const key = event.key;
-  const view = views[index];
-  if (SCROLL_KEYS[key]) queueInput(index, "scroll", { delta: SCROLL_KEYS[key] });
-  else if (WINDOW_KEYS[key]) setting(index, "window_preset", WINDOW_KEYS[key]);
-  else if (KIND_KEYS[key]) setKind(index, KIND_KEYS[key]);
-  else if (key === "r") send({ type: "input", view: index, op: "reset" });
-  else if (key === "m") setting(index, "slab_mode", nextSlabMode(view));
-  else if (key === "n") { view.slab = SLAB_MODES.indexOf("none"); setting(index, "slab_mode", "none"); }
-  else if (key === "[" || key === "]") setting(index, "slab_thickness", key === "]" ? 40 : 10);
-  else if (key === "p") setting(index, "volume_preset", nextVolumePreset(view));
-  else if (key === "x") view.showCrosshair = !view.showCrosshair;
-  else if (key === " ") toggleCine(view);
-  else return;
+  const entry = keyMap.get(event.key);
+  if (!entry || !views[index] || event.ctrlKey || event.metaKey || event.altKey) return;
+  runKey(entry, views[index]);
   event.preventDefault();
 }
 
-document.getElementById("layout").addEventListener("change", (event) => {
-  send({ type: "layout", layout: event.target.value });
+function toggleCrosshair(view) {
+  view.showCrosshair = !view.showCrosshair;
+}
+
+function toggleHelp() {
+  help.open = !help.open;
+}
+
+// --- toolbar -----------------------------------------------------------------
+
+// A preset is applied once; the menu returns to its prompt because the window moves on.
+function applyPreset(select, name) {
+  if (select.value) applySetting(activeView, name, select.value);
+  select.selectedIndex = 0;
+}
+
+function changeSlabThickness() {
+  const value = clampToRule(Number(slabThicknessInput.value), vocabulary.settings.slab_thickness);
+  if (slabThicknessInput.value === "" || !Number.isFinite(value)) return;
+  slabThicknessInput.value = String(value);
+  applySetting(activeView, "slab_thickness", value);
+}
+
+function changeOpacity() {
+  const view = views[activeView];
+  const value = Number(opacityInput.value);
+  if (!view || view.layers.length < 2 || !accepts("opacity", value)) return;
+  ask(view, "opacity", value);
+  opacityShown.textContent = `${Math.round(value * 100)}%`;
+  queueSetting({ type: "set", view: view.index, name: "opacity", value, layer: 1 });
+}
+
+layoutSelect.addEventListener("change", () => {
+  if (vocabulary.layouts.includes(layoutSelect.value)) send({ type: "layout", layout: layoutSelect.value });
 });
-kindSelect.addEventListener("change", () => setKind(activeView, kindSelect.value));
+kindSelect.addEventListener("change", () => applySetting(activeView, "kind", kindSelect.value));
+windowPresetSelect.addEventListener("change", () => applyPreset(windowPresetSelect, "window_preset"));
+volumePresetSelect.addEventListener("change", () => applyPreset(volumePresetSelect, "volume_preset"));
+paletteSelect.addEventListener("change", () => {
+  const view = views[activeView];
+  if (view) applySetting(activeView, "palette", paletteSelect.value, colouredLayer(view));
+});
+slabModeSelect.addEventListener("change", () => applySetting(activeView, "slab_mode", slabModeSelect.value));
+slabThicknessInput.addEventListener("change", changeSlabThickness);
+opacityInput.addEventListener("input", changeOpacity);
 playButton.addEventListener("click", () => toggleCine(views[activeView]));
+timeSlider.addEventListener("input", () => {
+  const view = views[activeView];
+  if (!view) return;
+  stopCine(view);  // the reader took the time point in hand
+  showTimePoint(view, Number(timeSlider.value));
+});
 fpsInput.addEventListener("change", changeFps);
 reverseWheelBox.checked = readPreference(REVERSE_WHEEL_KEY) === "true";
 reverseWheelBox.addEventListener("change", () => {
   writePreference(REVERSE_WHEEL_KEY, String(reverseWheelBox.checked));
 });
 window.addEventListener("resize", () => requestAnimationFrame(sendSizes));
+buildMenus();
+buildKeyMap();
 connect();
