@@ -11,6 +11,7 @@ operation. Measurements, filters and segmentation register here too.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum
@@ -70,6 +71,8 @@ class Operation:
 
 
 OPERATIONS: dict[str, Operation] = {}
+MODULES = ("rendering.measure",)
+"""Modules beyond this one whose operations every process knows (imported on first lookup)."""
 
 
 def operation(name: str, *, urgency: Callable[[ViewState], Urgency] = _interactive,
@@ -86,6 +89,8 @@ def operation(name: str, *, urgency: Callable[[ViewState], Urgency] = _interacti
 
 def operation_named(name: object) -> Operation:
     """The registered operation, or :class:`RenderError` for a name nobody registered."""
+    for module in MODULES:
+        importlib.import_module(module)
     found = OPERATIONS.get(name) if isinstance(name, str) else None
     if found is None:
         raise RenderError(f"unknown operation {name!r}")

@@ -141,6 +141,13 @@ def _value_unit(volume: Volume) -> tuple[float, str]:
     return 1.0, "CNTS" if volume.modality == "NM" else "raw"
 
 
+def layer_values(state: ViewState, volumes: Mapping[str, Volume]
+                 ) -> list[tuple[Volume, float, str, np.ndarray | None]]:
+    """Each layer's volume (at its time point), the factor and unit of the values a reader is
+    shown, and its registration into layer 0's frame (None: the same frame)."""
+    return [(item.volume, *_value_unit(item.volume), item.transform) for item in _resolve(state, volumes)]
+
+
 def _resolve(state: ViewState, volumes: Mapping[str, Volume]) -> list[_Resolved]:
     resolved = []
     reference: str | None = None

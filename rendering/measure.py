@@ -1,0 +1,171 @@
+"""Measurements computed from the voxels, on the server: a sphere VOI's statistics per layer.
+
+Every number a doctor reads comes from here, never from the client. A sphere
+is given in patient millimetres (centre, radius) and measured on every layer
+of a view state, in that layer's own units (HU, SUV, the header's unit).
+
+Partial voxels: each voxel's share of the sphere is measured on a 4 x 4 x 4 grid
+of points inside it. The volume, the mean, the SD and the total (TLG for SUV)
+weigh every voxel by that share; the minimum, maximum, median and the SUVpeak
+search use the voxels whose centre lies inside the sphere. SUVpeak is the
+highest mean of a 1 cm³ sphere (radius 6.2 mm) centred on such a voxel
+(PERCIST 1.0), the mean of the voxels whose centres lie within 6.2 mm.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from rendering.engine.core import RenderError, layer_values
+from rendering.operations import WorkerContext, operation
+from rendering.viewstate import ViewState
+from rendering.volume import Volume
+
+PEAK_RADIUS_MM = (3000 / (4 * math.pi)) ** (1 / 3)  # a 1 cm³ sphere
+SUBDIVISIONS = 4
+MAX_RADIUS_MM = 150.0
+
+
+@dataclass(frozen=True)
+class RegionStatistics:
+    series_id: str
+    unit: str
+    voxels: int
+    volume_ml: float
+    mean: float
+    sd: float
+    minimum: float
+    maximum: float
+    median: float
+    max_point_mm: tuple[float, float, float]
+    peak: float | None
+    """SUVpeak (PET with an SUV factor only)."""
+    total: float | None
+    """Mean x volume in ml: TLG for SUV (PET only)."""
+
+
+def _box(volume: Volume, center: np.ndarray, reach: float) -> tuple[slice, slice, slice]:
+    corners = np.array([[center[0] + dx, center[1] + dy, center[2] + dz]
+                        for dx in (-reach, reach) for dy in (-reach, reach) for dz in (-reach, reach)])
+    index = volume.patient_to_index(corners)
+    low = np.maximum(np.floor(index.min(axis=0)).astype(int), 0)
+    high = np.minimum(np.ceil(index.max(axis=0)).astype(int) + 1, np.array(volume.shape))
+    if np.any(high <= low):
+        raise RenderError("the sphere lies outside the series")
+    return slice(low[0], high[0]), slice(low[1], high[1]), slice(low[2], high[2])
+
+
+def _centres(volume: Volume, box: tuple[slice, slice, slice]) -> np.ndarray:
+    grid = np.stack(np.meshgrid(*(np.arange(s.start, s.stop) for s in box), indexing="ij"), axis=-1)
+    return volume.index_to_patient(grid.astype(np.float64))
+
+
+def _coverage(volume: Volume, box: tuple[slice, slice, slice], center: np.ndarray,
+              radius: float) -> np.ndarray:
+    """Each voxel's share of the sphere, from SUBDIVISIONS³ points inside it."""
+    steps = (np.arange(SUBDIVISIONS) + 0.5) / SUBDIVISIONS - 0.5
+    offsets = np.stack(np.meshgrid(steps, steps, steps, indexing="ij"), axis=-1).reshape(-1, 3)
+    shape = tuple(s.stop - s.start for s in box)
+    base = np.stack(np.meshgrid(*(np.arange(s.start, s.stop) for s in box), indexing="ij"), axis=-1)
+    inside = np.zeros(shape, np.float64)
+    for offset in offsets:
+        points = volume.index_to_patient(base + offset)
+        inside += np.linalg.norm(points - center, axis=-1) <= radius
+    return inside / len(offsets)
+
+
+def _peak_kernel(volume: Volume) -> list[tuple[int, int, int]]:
+    """Index offsets (k, j, i) whose voxel centres lie within PEAK_RADIUS_MM of a centre."""
+    reach = [math.ceil(PEAK_RADIUS_MM / step) for step in volume.spacing]
+    offsets = []
+    for dk in range(-reach[0], reach[0] + 1):
+        for dj in range(-reach[1], reach[1] + 1):
+            for di in range(-reach[2], reach[2] + 1):
+                mm = np.array([dk * volume.spacing[0], dj * volume.spacing[1], di * volume.spacing[2]])
+                if np.linalg.norm(mm) <= PEAK_RADIUS_MM:
+                    offsets.append((dk, dj, di))
+    return offsets
+
+
+def _peak(volume: Volume, factor: float, box: tuple[slice, slice, slice], inside: np.ndarray) -> float:
+    """The highest mean of the voxels within PEAK_RADIUS_MM of a voxel centred inside the sphere."""
+    kernel = np.array(_peak_kernel(volume))
+    reach = np.abs(kernel).max(axis=0)
+    start = np.array([s.start for s in box])
+    size = np.array(inside.shape)
+    low = np.maximum(start - reach, 0)
+    high = np.minimum(start + size + reach, np.array(volume.shape))
+    padded = np.full(tuple(size + 2 * reach), np.nan)
+    at = low - (start - reach)
+    known = volume.voxels[tuple(slice(lo, h) for lo, h in zip(low, high, strict=True))]
+    padded[tuple(slice(a, a + h - lo) for a, lo, h in zip(at, low, high, strict=True))] = (
+        known.astype(np.float64) * factor)
+    sums = np.zeros(tuple(size))
+    counts = np.zeros(tuple(size))
+    for offset in kernel:
+        window = padded[tuple(slice(r + d, r + d + n) for r, d, n in zip(reach, offset, size, strict=True))]
+        known = ~np.isnan(window)
+        sums += np.where(known, window, 0.0)
+        counts += known
+    return float((sums / np.maximum(counts, 1))[inside].max())
+
+
+def sphere_statistics(volume: Volume, factor: float, unit: str, center_mm: Any,
+                      radius_mm: float) -> RegionStatistics:
+    """Statistics of the sphere on one volume whose values times ``factor`` are in ``unit``."""
+    if volume.colour:
+        raise RenderError("a colour picture has no values to measure")
+    center = np.asarray(center_mm, dtype=np.float64)
+    box = _box(volume, center, radius_mm)
+    share = _coverage(volume, box, center, radius_mm)
+    inside = np.linalg.norm(_centres(volume, box) - center, axis=-1) <= radius_mm
+    if not inside.any():
+        raise RenderError("the sphere holds no voxel centre of the series; make it larger")
+    values = volume.voxels[box].astype(np.float64) * factor
+    weights = share[share > 0]
+    weighted = values[share > 0]
+    mean = float(np.average(weighted, weights=weights))
+    sd = float(math.sqrt(np.average((weighted - mean) ** 2, weights=weights)))
+    chosen = values[inside]
+    top = np.unravel_index(np.argmax(np.where(inside, values, -np.inf)), values.shape)
+    top_index = np.array([s.start for s in box]) + np.array(top)
+    volume_ml = float(share.sum()) * float(np.prod(volume.spacing)) / 1000.0
+    peak = total = None
+    if unit == "SUV":
+        peak = _peak(volume, factor, box, inside)
+        total = mean * volume_ml
+    return RegionStatistics(
+        series_id=volume.series_id, unit=unit, voxels=int(inside.sum()), volume_ml=volume_ml,
+        mean=mean, sd=sd, minimum=float(chosen.min()), maximum=float(chosen.max()),
+        median=float(np.median(chosen)),
+        max_point_mm=tuple(float(v) for v in volume.index_to_patient(top_index)),  # type: ignore[arg-type]
+        peak=peak, total=total)
+
+
+def _statistics_to_wire(result: list[RegionStatistics]) -> list[dict[str, Any]]:
+    return [asdict(item) for item in result]
+
+
+def _statistics_from_wire(wire: list[dict[str, Any]]) -> list[RegionStatistics]:
+    return [RegionStatistics(**{**item, "max_point_mm": tuple(item["max_point_mm"])}) for item in wire]
+
+
+@operation("measure_sphere", to_wire=_statistics_to_wire, from_wire=_statistics_from_wire)
+def _measure_sphere(context: WorkerContext, state: ViewState, volumes: Mapping[str, Volume],
+                    arguments: dict[str, Any]) -> list[RegionStatistics]:
+    center = [float(v) for v in arguments["center_mm"]]
+    radius = float(arguments["radius_mm"])
+    if len(center) != 3 or not all(math.isfinite(v) for v in center):
+        raise RenderError("the sphere's centre must be three millimetre values")
+    if not 0 < radius <= MAX_RADIUS_MM:
+        raise RenderError(f"the sphere's radius must be between 0 and {MAX_RADIUS_MM:g} mm")
+    results = []
+    for volume, factor, unit, transform in layer_values(state, volumes):
+        here = center if transform is None else (np.linalg.inv(transform) @ [*center, 1.0])[:3]
+        results.append(sphere_statistics(volume, factor, unit, here, radius))
+    return results

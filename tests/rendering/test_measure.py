@@ -1,0 +1,114 @@
+"""Sphere VOI statistics against truth computed here from the phantom's DICOM files with pydicom.
+
+The SUV factor, the voxel positions and every reference statistic are worked
+out in this file from the headers (PS3.3 attributes), not with the gateway's
+SUV or geometry code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import numpy as np
+import pydicom
+import pytest
+
+from rendering.engine import RenderError
+from rendering.measure import PEAK_RADIUS_MM
+from rendering.operations import OPERATIONS
+from rendering.workers import RenderPool, SourceSpec
+
+from .conftest import state
+
+ONE_CC_RADIUS_MM = (3 * 1000 / (4 * math.pi)) ** (1 / 3)
+
+
+def _seconds(tm: str) -> float:
+    moment = dt.datetime.strptime(tm.split(".")[0].ljust(6, "0"), "%H%M%S")  # noqa: DTZ007
+    return moment.hour * 3600 + moment.minute * 60 + moment.second
+
+
+@pytest.fixture(scope="module")
+def pet_truth(phantom_dir):
+    """(SUV array [z, y, x], voxel centres [z, y, x, 3] in patient mm) from the PET files alone."""
+    import json
+
+    truth = json.loads((phantom_dir / "truth.json").read_text())
+    files = sorted((phantom_dir / truth["patients"][0]["folder"] / "PT").glob("*.dcm"))
+    slices = sorted((pydicom.dcmread(path) for path in files),
+                    key=lambda ds: float(ds.ImagePositionPatient[2]))
+    first = slices[0]
+    drug = first.RadiopharmaceuticalInformationSequence[0]
+    assert first.Units == "BQML" and first.DecayCorrection == "START"
+    elapsed = _seconds(first.SeriesTime) - _seconds(drug.RadiopharmaceuticalStartTime)
+    dose = float(drug.RadionuclideTotalDose) * 2 ** (-elapsed / float(drug.RadionuclideHalfLife))
+    factor = float(first.PatientWeight) * 1000 / dose
+    stored = [ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in slices]
+    suv = np.stack(stored) * factor
+    assert [float(v) for v in first.ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
+    row_mm, column_mm = (float(v) for v in first.PixelSpacing)
+    xs = float(first.ImagePositionPatient[0]) + column_mm * np.arange(int(first.Columns))
+    ys = float(first.ImagePositionPatient[1]) + row_mm * np.arange(int(first.Rows))
+    zs = np.array([float(ds.ImagePositionPatient[2]) for ds in slices])
+    z, y, x = np.meshgrid(zs, ys, xs, indexing="ij")
+    return suv, np.stack([x, y, z], axis=-1), truth["patients"][0], truth["tissues"]
+
+
+def _measured(phantom, center, radius, layers=None):
+    ct, pet, _, volumes = phantom
+    view = state(ct, layers=layers or [{"series_id": pet.series_id, "window_preset": "pet_suv_0_10"}])
+    return OPERATIONS["measure_sphere"].run(None, view, volumes, {"center_mm": center, "radius_mm": radius})
+
+
+def test_suvmax_and_suvpeak_of_every_planted_lesion(phantom, pet_truth):
+    suv, centres, patient, _ = pet_truth
+    for lesion in patient["lesions"]:
+        center, radius = np.array(lesion["center_mm"]), lesion["radius_mm"]
+        (measured,) = _measured(phantom, list(center), radius)
+        inside = np.linalg.norm(centres - center, axis=-1) <= radius
+        assert measured.unit == "SUV"
+        assert measured.maximum == pytest.approx(lesion["suv_max"], rel=0.01), lesion
+        assert measured.maximum == pytest.approx(suv[inside].max(), rel=1e-4)
+        peak = max(suv[np.linalg.norm(centres - centres[tuple(at)], axis=-1) <= ONE_CC_RADIUS_MM].mean()
+                   for at in np.argwhere(inside))
+        assert measured.peak == pytest.approx(peak, rel=0.02), lesion
+        assert measured.peak <= measured.maximum * (1 + 1e-9)
+        assert measured.total == pytest.approx(measured.mean * measured.volume_ml)
+
+
+@pytest.mark.parametrize("radius", [8.0, 9.5, 15.0, 25.0])
+def test_a_sphere_s_volume_is_its_geometric_volume(phantom, pet_truth, radius):
+    patient = pet_truth[2]
+    (measured,) = _measured(phantom, patient["organ_samples_mm"]["liver"], radius)
+    assert measured.volume_ml == pytest.approx(4 / 3 * math.pi * radius**3 / 1000, rel=0.05)
+
+
+def test_a_fused_view_measures_hu_and_suv_together(phantom, pet_truth):
+    ct, pet, _, _ = phantom
+    liver, tissues = pet_truth[2]["organ_samples_mm"]["liver"], pet_truth[3]
+    layers = [{"series_id": ct.series_id, "window_preset": "abdomen"},
+              {"series_id": pet.series_id, "window_preset": "pet_suv_0_10", "opacity": 0.5}]
+    hu, suv = _measured(phantom, liver, 5.0, layers)  # 8 mm reaches the lung above
+    assert (hu.unit, suv.unit) == ("HU", "SUV") and hu.peak is None
+    assert hu.mean == pytest.approx(tissues["liver"]["hu"], abs=5)
+    assert suv.mean == pytest.approx(tissues["liver"]["suv"], rel=0.1)
+
+
+def test_a_sphere_outside_the_series_and_a_bad_radius_are_refused(phantom):
+    with pytest.raises(RenderError, match="outside"):
+        _measured(phantom, [5000.0, 5000.0, 5000.0], 10.0)
+    with pytest.raises(RenderError, match="radius"):
+        _measured(phantom, [0.0, 0.0, -40.0], 0.0)
+
+
+def test_the_measurement_runs_in_a_worker_as_a_registered_operation(phantom_dir, phantom, pet_truth):
+    ct, pet, _, _ = phantom
+    lesion = pet_truth[2]["lesions"][0]
+    view = state(ct, layers=[{"series_id": pet.series_id, "window_preset": "pet_suv_0_10"}])
+    spec = SourceSpec("rendering.testing:PhantomSource", {"root": str(phantom_dir)})
+    with RenderPool(sources={"phantom": spec}, size=1) as pool:
+        (measured,) = pool.request_sync("measure_sphere", view, source="phantom",
+                                        center_mm=lesion["center_mm"], radius_mm=lesion["radius_mm"])
+    assert measured.maximum == pytest.approx(lesion["suv_max"], rel=0.01)
+    assert abs(PEAK_RADIUS_MM - ONE_CC_RADIUS_MM) < 1e-9
