@@ -1,4 +1,4 @@
-"""Measurements computed from the voxels, on the server: a sphere VOI's statistics per layer.
+"""Measurements computed from the voxels, on the server: sphere VOIs, ROIs and lines, per layer.
 
 Every number a doctor reads comes from here, never from the client. A sphere
 is given in patient millimetres (centre, radius) and measured on every layer
@@ -10,6 +10,12 @@ weigh every voxel by that share; the minimum, maximum, median and the SUVpeak
 search use the voxels whose centre lies inside the sphere. SUVpeak is the
 highest mean of a 1 cm³ sphere (radius 6.2 mm) centred on such a voxel
 (PERCIST 1.0), the mean of the voxels whose centres lie within 6.2 mm.
+
+ROIs (ellipse, rectangle, polygon) are drawn in viewport pixels on a view's
+plane and measured on the plane's own grid, every layer sampled at the
+nearest voxel: the area, mean and SD weigh each pixel by its share of the
+shape (4 x 4 points); minimum, maximum and median use the pixels whose centre
+lies inside. A line gives its length in mm and each layer's values along it.
 """
 
 from __future__ import annotations
@@ -169,3 +175,178 @@ def _measure_sphere(context: WorkerContext, state: ViewState, volumes: Mapping[s
         here = center if transform is None else (np.linalg.inv(transform) @ [*center, 1.0])[:3]
         results.append(sphere_statistics(volume, factor, unit, here, radius))
     return results
+
+
+# --- on a view's plane: ROIs and lines ------------------------------------------------------------
+
+MAX_POINTS = 256
+MAX_PROFILE_SAMPLES = 2048
+ROI_SHAPES = ("ellipse", "rectangle", "polygon")
+
+
+@dataclass(frozen=True)
+class AreaStatistics:
+    series_id: str
+    unit: str
+    pixels: int
+    area_mm2: float
+    mean: float
+    sd: float
+    minimum: float
+    maximum: float
+    median: float
+    max_point_mm: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class LineMeasurement:
+    length_mm: float
+    start_mm: tuple[float, float, float]
+    end_mm: tuple[float, float, float]
+    profiles: tuple[tuple[str, str, tuple[float | None, ...]], ...]
+    """Per layer: (series, unit, values at evenly spaced points from start to end; None outside)."""
+
+
+def _points(arguments: dict[str, Any], least: int) -> list[tuple[float, float]]:
+    raw = arguments.get("points")
+    if not isinstance(raw, list) or not least <= len(raw) <= MAX_POINTS:
+        raise RenderError(f"a measurement needs {least} to {MAX_POINTS} points")
+    points = []
+    for point in raw:
+        if not (isinstance(point, list | tuple) and len(point) == 2
+                and all(isinstance(v, int | float) and math.isfinite(v) for v in point)):
+            raise RenderError("each point is [x, y] in viewport pixels")
+        points.append((float(point[0]), float(point[1])))
+    return points
+
+
+def _shape_test(shape: str, points: list[tuple[float, float]], xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    if shape == "polygon":
+        return _inside_polygon(xs, ys, points)
+    (x0, y0), (x1, y1) = points[0], points[1]
+    if shape == "rectangle":
+        return (xs >= min(x0, x1)) & (xs <= max(x0, x1)) & (ys >= min(y0, y1)) & (ys <= max(y0, y1))
+    rx, ry = abs(x1 - x0) / 2, abs(y1 - y0) / 2
+    if rx == 0 or ry == 0:
+        return np.zeros(xs.shape, bool)
+    return ((xs - (x0 + x1) / 2) / rx) ** 2 + ((ys - (y0 + y1) / 2) / ry) ** 2 <= 1
+
+
+def _coverage_2d(shape: str, points: list[tuple[float, float]], width: int,
+                 height: int) -> tuple[np.ndarray, np.ndarray]:
+    """(each viewport pixel's share of the shape from 4 x 4 points, pixels whose centre is inside)."""
+    share = np.zeros((height, width))
+    centre = np.zeros((height, width), bool)
+    xs_all, ys_all = [p[0] for p in points], [p[1] for p in points]
+    left, right = max(int(min(xs_all)) - 1, 0), min(int(max(xs_all)) + 2, width)
+    top, bottom = max(int(min(ys_all)) - 1, 0), min(int(max(ys_all)) + 2, height)
+    if right <= left or bottom <= top:
+        return share, centre
+    steps = (np.arange(SUBDIVISIONS) + 0.5) / SUBDIVISIONS
+    ys, xs = np.mgrid[top:bottom, left:right].astype(np.float64)
+    for dy in steps:
+        for dx in steps:
+            share[top:bottom, left:right] += _shape_test(shape, points, xs + dx, ys + dy)
+    share /= SUBDIVISIONS ** 2
+    centre[top:bottom, left:right] = _shape_test(shape, points, xs + 0.5, ys + 0.5)
+    return share, centre
+
+
+def _inside_polygon(xs: np.ndarray, ys: np.ndarray, points: list[tuple[float, float]]) -> np.ndarray:
+    """Even-odd rule: a ray to the right crosses the outline an odd number of times."""
+    inside = np.zeros(xs.shape, bool)
+    for (ax, ay), (bx, by) in zip(points, points[1:] + points[:1], strict=True):
+        if ay == by:
+            continue
+        spans = (ys >= min(ay, by)) & (ys < max(ay, by))
+        crossing = ax + (ys - ay) * (bx - ax) / (by - ay)
+        inside ^= spans & (xs < crossing)
+    return inside
+
+
+def _plane_of(state: ViewState, volumes: Mapping[str, Volume]) -> Any:
+    from rendering.engine import planes
+
+    if state.view.value == "3d":
+        raise RenderError("measure on a 2-D view: a 3-D view has no single plane")
+    base = layer_values(state, volumes)[0][0]
+    return planes.view_plane(state, base)
+
+
+def area_statistics(state: ViewState, volumes: Mapping[str, Volume], shape: str,
+                    points: list[tuple[float, float]]) -> list[AreaStatistics]:
+    """Statistics inside an ROI drawn on the view's plane, for every layer, in its own units."""
+    from rendering.engine import planes
+    from rendering.viewstate import SlabMode
+
+    plane = _plane_of(state, volumes)
+    share, inside = _coverage_2d(shape, points, plane.width, plane.height)
+    results = []
+    for volume, factor, unit, transform in layer_values(state, volumes):
+        if volume.colour:
+            raise RenderError("a colour picture has no values to measure")
+        sampled = planes.sample(plane, volume, mode=SlabMode.NONE, thickness_mm=0.0, linear=False,
+                                transform=transform)
+        shown = inside if sampled.valid is None else inside & sampled.valid
+        covered = share if sampled.valid is None else share * sampled.valid
+        if not shown.any():
+            raise RenderError("the region holds no pixel centre of the series; make it larger")
+        scaled = sampled.values.astype(np.float64) * factor
+        weights = covered[covered > 0]
+        mean = float(np.average(scaled[covered > 0], weights=weights))
+        sd = float(math.sqrt(np.average((scaled[covered > 0] - mean) ** 2, weights=weights)))
+        values = scaled[shown]
+        row, column = np.argwhere(shown)[int(np.argmax(values))]
+        results.append(AreaStatistics(
+            series_id=volume.series_id, unit=unit, pixels=int(shown.sum()),
+            area_mm2=float(covered.sum()) * plane.mm_per_pixel ** 2, mean=mean, sd=sd,
+            minimum=float(values.min()), maximum=float(values.max()), median=float(np.median(values)),
+            max_point_mm=tuple(float(v) for v in plane.point(column + 0.5, row + 0.5))))  # type: ignore[arg-type]
+    return results
+
+
+def line_measurement(state: ViewState, volumes: Mapping[str, Volume],
+                     points: list[tuple[float, float]]) -> LineMeasurement:
+    """A line's length in mm on the view's plane and every layer's values along it (nearest voxel)."""
+    from rendering.engine import planes
+
+    plane = _plane_of(state, volumes)
+    start, end = plane.point(*points[0]), plane.point(*points[1])
+    length = float(np.linalg.norm(end - start))
+    profiles = []
+    for volume, factor, unit, transform in layer_values(state, volumes):
+        step = min(volume.spacing) / 2
+        count = min(MAX_PROFILE_SAMPLES, max(2, math.ceil(length / step) + 1))
+        values = []
+        for fraction in np.linspace(0.0, 1.0, count):
+            raw = None if volume.colour else planes.probe_voxel(volume, start + (end - start) * fraction,
+                                                                transform)
+            values.append(None if raw is None else raw * factor)
+        profiles.append((volume.series_id, unit, tuple(values)))
+    return LineMeasurement(length, tuple(float(v) for v in start), tuple(float(v) for v in end),  # type: ignore[arg-type]
+                           tuple(profiles))
+
+
+@operation("measure_area", to_wire=lambda result: [asdict(item) for item in result],
+           from_wire=lambda wire: [AreaStatistics(**{**item, "max_point_mm": tuple(item["max_point_mm"])})
+                                   for item in wire])
+def _measure_area(context: WorkerContext, state: ViewState, volumes: Mapping[str, Volume],
+                  arguments: dict[str, Any]) -> list[AreaStatistics]:
+    shape = arguments.get("shape")
+    if shape not in ROI_SHAPES:
+        raise RenderError(f"an ROI is one of {', '.join(ROI_SHAPES)}")
+    return area_statistics(state, volumes, shape, _points(arguments, 3 if shape == "polygon" else 2))
+
+
+def _line_from_wire(wire: dict[str, Any]) -> LineMeasurement:
+    return LineMeasurement(wire["length_mm"], tuple(wire["start_mm"]), tuple(wire["end_mm"]),
+                           tuple((series, unit, tuple(values)) for series, unit, values in wire["profiles"]))
+
+
+@operation("measure_line", to_wire=asdict, from_wire=_line_from_wire)
+def _measure_line(context: WorkerContext, state: ViewState, volumes: Mapping[str, Volume],
+                  arguments: dict[str, Any]) -> LineMeasurement:
+    points = _points(arguments, 2)
+    if len(points) != 2:
+        raise RenderError("a line has two points")
+    return line_measurement(state, volumes, points)

@@ -112,3 +112,77 @@ def test_the_measurement_runs_in_a_worker_as_a_registered_operation(phantom_dir,
                                         center_mm=lesion["center_mm"], radius_mm=lesion["radius_mm"])
     assert measured.maximum == pytest.approx(lesion["suv_max"], rel=0.01)
     assert abs(PEAK_RADIUS_MM - ONE_CC_RADIUS_MM) < 1e-9
+
+
+def _screen(plane: dict, point) -> tuple[float, float]:
+    offset = np.asarray(point, dtype=np.float64) - np.asarray(plane["center_mm"])
+    return (float(offset @ np.asarray(plane["right"])) / plane["mm_per_pixel"] + 256,
+            float(offset @ np.asarray(plane["down"])) / plane["mm_per_pixel"] + 256)
+
+
+def _axial(phantom, focus, layers=None):
+    ct, _, _, volumes = phantom
+    view = state(ct, focus_mm=list(focus), layers=layers or [{"series_id": ct.series_id,
+                                                               "window_preset": "abdomen"}])
+    from rendering.engine import RenderEngine
+
+    return view, RenderEngine().render(view, volumes).overlay.plane
+
+
+def test_an_ellipse_roi_gives_the_organ_s_hu_and_its_area(phantom, pet_truth):
+    _, _, _, volumes = phantom
+    liver, tissues = pet_truth[2]["organ_samples_mm"]["liver"], pet_truth[3]
+    view, plane = _axial(phantom, liver)
+    x, y = _screen(plane, liver)
+    radius = 5.0 / plane["mm_per_pixel"]
+    (measured,) = OPERATIONS["measure_area"].run(None, view, volumes, {
+        "shape": "ellipse", "points": [[x - radius, y - radius], [x + radius, y + radius]]})
+    assert measured.unit == "HU" and measured.mean == pytest.approx(tissues["liver"]["hu"], abs=5)
+    assert measured.area_mm2 == pytest.approx(math.pi * 25, rel=0.05)
+
+
+def test_an_roi_on_the_fused_view_gives_hu_and_suv(phantom, pet_truth):
+    ct, pet, _, volumes = phantom
+    liver, tissues = pet_truth[2]["organ_samples_mm"]["liver"], pet_truth[3]
+    view, plane = _axial(phantom, liver, [{"series_id": ct.series_id, "window_preset": "abdomen"},
+                                          {"series_id": pet.series_id, "window_preset": "pet_suv_0_10",
+                                           "palette": "hot_iron", "opacity": 0.5}])
+    x, y = _screen(plane, liver)
+    r = 5.0 / plane["mm_per_pixel"]
+    hu, suv = OPERATIONS["measure_area"].run(None, view, volumes, {
+        "shape": "polygon", "points": [[x - r, y - r], [x + r, y - r], [x + r, y + r], [x - r, y + r]]})
+    assert (hu.unit, suv.unit) == ("HU", "SUV")
+    assert hu.mean == pytest.approx(tissues["liver"]["hu"], abs=5)
+    assert suv.mean == pytest.approx(tissues["liver"]["suv"], rel=0.1)
+    assert hu.area_mm2 == pytest.approx(100, rel=0.05)
+
+
+def test_a_line_across_a_lesion_measures_its_diameter_within_a_voxel(phantom, pet_truth):
+    ct, _, _, volumes = phantom
+    lesion = next(item for item in pet_truth[2]["lesions"] if item["organ"] == "lung")
+    center, radius = np.array(lesion["center_mm"]), lesion["radius_mm"]
+    slice_z = ct.index_to_patient((round(float(ct.patient_to_index(center)[0])), 0, 0))[2]
+    center[2] = slice_z
+    view, plane = _axial(phantom, center)
+    across = np.asarray(plane["right"]) * (radius + 6)
+    measured = OPERATIONS["measure_line"].run(None, view, volumes, {
+        "points": [list(_screen(plane, center - across)), list(_screen(plane, center + across))]})
+    assert measured.length_mm == pytest.approx(2 * (radius + 6), abs=plane["mm_per_pixel"])
+    (_, unit, values), = measured.profiles
+    inside = [n for n, value in enumerate(values) if value is not None and value > -400]
+    step = measured.length_mm / (len(values) - 1)
+    expected = 2 * math.sqrt(radius**2 - (slice_z - lesion["center_mm"][2]) ** 2)
+    assert unit == "HU"
+    assert (inside[-1] - inside[0]) * step == pytest.approx(expected, abs=ct.spacing[2] + step)
+
+
+def test_roi_and_line_arguments_are_checked(phantom):
+    ct, _, _, volumes = phantom
+    view = state(ct)
+    for arguments, words in (({"shape": "star", "points": [[0, 0], [9, 9]]}, "ROI is one of"),
+                             ({"shape": "polygon", "points": [[0, 0], [9, 9]]}, "3 to"),
+                             ({"shape": "ellipse", "points": [[0, "x"], [9, 9]]}, r"\[x, y\]")):
+        with pytest.raises(RenderError, match=words):
+            OPERATIONS["measure_area"].run(None, view, volumes, arguments)
+    with pytest.raises(RenderError, match="two points"):
+        OPERATIONS["measure_line"].run(None, view, volumes, {"points": [[0, 0], [1, 1], [2, 2]]})
