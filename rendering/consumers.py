@@ -27,6 +27,7 @@ from channels.db import database_sync_to_async
 from gateway.audit.catalogue import Action, Outcome
 from gateway.audit.services import audit_record
 from gateway.net import scope_address
+from gateway.policy import Permission, may
 from gateway.sharing.principal import audit_fields
 from gateway.sharing.services import share_use_record
 from gateway.sharing.websocket import PrincipalGuardedConsumer
@@ -35,6 +36,7 @@ from rendering import protocol
 from rendering.engine.core import FrameOfReferenceError, MissingVolumeError, RenderedFrame
 from rendering.engine.palettes import palette_stops
 from rendering.flow import MessageBudget
+from rendering.operations import operation_named
 from rendering.pool import CLINICAL, render_pool_async
 from rendering.scheduler import Quality as SchedulerQuality
 from rendering.scheduler import ViewScheduler
@@ -126,6 +128,8 @@ class ViewerConsumer(PrincipalGuardedConsumer):
         self.started = time.monotonic()
         self.budget = MessageBudget(rate=MESSAGES_PER_SECOND, burst=MESSAGE_BURST)
         self.probe_wanted: protocol.Probe | None = None
+        self.measure_wanted: protocol.Measure | None = None
+        self.measure_task: asyncio.Task[None] | None = None
         self.probe_task: asyncio.Task[None] | None = None
         self.thumbnail_task: asyncio.Task[None] | None = None
         self.thumbnails_wanted: dict[str, None] = {}  # series uids, in order, each queued once
@@ -329,6 +333,35 @@ class ViewerConsumer(PrincipalGuardedConsumer):
             "point": [round(v, 2) for v in result.point_mm],
         }))
 
+    async def _on_measure(self, message: protocol.Measure) -> None:
+        """Latest wins, as for probes: a handle being dragged sends many, the last one counts."""
+        self.measure_wanted = message
+        if self.measure_task is None or self.measure_task.done():
+            self.measure_task = asyncio.get_running_loop().create_task(self._measure_latest())
+
+    async def _measure_latest(self) -> None:
+        while self.measure_wanted is not None:
+            message, self.measure_wanted = self.measure_wanted, None
+            await self._measure_one(message)
+
+    async def _measure_one(self, message: protocol.Measure) -> None:
+        view = self.session.views[message.view]
+        study = self.session.series[view.layers[0]["series_id"]].study or self.study.study_uid
+        if not await database_sync_to_async(may)(self.principal, Permission.STUDY_MEASURE, study):
+            await self._error("refused", "measuring is not part of what you may do here", view=message.view)
+            return
+        operation, arguments = MEASURE_OPERATIONS[message.tool](message)
+        state = self.session.state(message.view, quality="still")
+        try:
+            result = await self.pool.request(operation, state, source=CLINICAL, **arguments)
+        except (RenderError, FrameOfReferenceError, MissingVolumeError) as error:
+            await self._error("measure_failed", str(error), view=message.view)
+            return
+        await self.send(text_data=json.dumps({
+            "type": "measurement", "view": message.view, "tool": message.tool,
+            "points": [list(point) for point in message.points],
+            "result": operation_named(operation).to_wire(result)}, allow_nan=False))
+
     async def _error(self, code: str, text: str, *, view: int | None = None) -> None:
         body: dict[str, Any] = {"type": "error", "code": code, "message": text}
         if view is not None:
@@ -350,7 +383,7 @@ class ViewerConsumer(PrincipalGuardedConsumer):
             return
         for scheduler in self.schedulers:
             await scheduler.close()
-        for task in (self.probe_task, self.thumbnail_task):
+        for task in (self.probe_task, self.thumbnail_task, self.measure_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -367,4 +400,17 @@ MESSAGE_HANDLERS: dict[type, Callable[[ViewerConsumer, Any], Awaitable[None]]] =
     protocol.Setting: ViewerConsumer._on_setting, protocol.Resize: ViewerConsumer._on_resize,
     protocol.Layout: ViewerConsumer._on_layout, protocol.Probe: ViewerConsumer._on_probe,
     protocol.Thumbnails: ViewerConsumer._on_thumbnails, protocol.OpenStudy: ViewerConsumer._on_open_study,
+    protocol.Measure: ViewerConsumer._on_measure,
 }
+
+
+def _area(message: protocol.Measure) -> tuple[str, dict[str, Any]]:
+    return "measure_area", {"shape": message.tool, "points": [list(p) for p in message.points]}
+
+
+MEASURE_OPERATIONS: dict[str, Callable[[protocol.Measure], tuple[str, dict[str, Any]]]] = {
+    "line": lambda m: ("measure_line", {"points": [list(p) for p in m.points]}),
+    "ellipse": _area, "rectangle": _area, "polygon": _area,
+    "sphere": lambda m: ("measure_sphere", {"center_px": list(m.points[0]), "radius_mm": m.radius_mm}),
+}
+"""Each measuring tool of the protocol and the registered operation that computes it."""

@@ -164,7 +164,11 @@ def _statistics_from_wire(wire: list[dict[str, Any]]) -> list[RegionStatistics]:
 @operation("measure_sphere", to_wire=_statistics_to_wire, from_wire=_statistics_from_wire)
 def _measure_sphere(context: WorkerContext, state: ViewState, volumes: Mapping[str, Volume],
                     arguments: dict[str, Any]) -> list[RegionStatistics]:
-    center = [float(v) for v in arguments["center_mm"]]
+    if "center_px" in arguments:
+        center = [float(v) for v in _plane_of(state, volumes).point(*_points(
+            {"points": [arguments["center_px"]]}, 1)[0])]
+    else:
+        center = [float(v) for v in arguments["center_mm"]]
     radius = float(arguments["radius_mm"])
     if len(center) != 3 or not all(math.isfinite(v) for v in center):
         raise RenderError("the sphere's centre must be three millimetre values")
@@ -180,7 +184,7 @@ def _measure_sphere(context: WorkerContext, state: ViewState, volumes: Mapping[s
 # --- on a view's plane: ROIs and lines ------------------------------------------------------------
 
 MAX_POINTS = 256
-MAX_PROFILE_SAMPLES = 2048
+MAX_PROFILE_SAMPLES = 256  # a curve to read, not a copy of the voxels along the line
 ROI_SHAPES = ("ellipse", "rectangle", "polygon")
 
 

@@ -143,7 +143,21 @@ class OpenStudy:
     study: str
 
 
-Message = Acknowledge | Input | Setting | Layout | Probe | Resize | Thumbnails | OpenStudy
+@dataclass(frozen=True)
+class Measure:
+    """A measurement drawn on a view: the server computes every number from the voxels."""
+
+    view: int
+    tool: str
+    points: tuple[tuple[float, float], ...]
+    radius_mm: float | None = None
+
+
+MEASURE_TOOLS = {"line": (2, 2), "ellipse": (2, 2), "rectangle": (2, 2), "polygon": (3, 256),
+                 "sphere": (1, 1)}
+"""Each tool and how many viewport points it takes (a sphere: its centre, with ``radius_mm``)."""
+
+Message = Acknowledge | Input | Setting | Layout | Probe | Resize | Thumbnails | OpenStudy | Measure
 
 
 def _field(message: dict[str, Any], name: str, rule: FieldRule) -> Any:
@@ -261,10 +275,27 @@ def _parse_open(message: dict[str, Any], views: int) -> OpenStudy:
     return OpenStudy(_field(message, "study", STUDY_UID))
 
 
+def _parse_measure(message: dict[str, Any], views: int) -> Measure:
+    tool = _field(message, "tool", Text(tuple(MEASURE_TOOLS)))
+    _exact_keys(message, {"type", "view", "tool", "points", *(("radius_mm",) if tool == "sphere" else ())})
+    low, high = MEASURE_TOOLS[tool]
+    raw = message.get("points")
+    if not isinstance(raw, list) or not low <= len(raw) <= high:
+        raise ProtocolError("bad_value", f"a {tool} takes {low} to {high} points")
+    coordinate = Number(-4096, 8192)
+    points = []
+    for point in raw:
+        if not isinstance(point, list) or len(point) != 2:
+            raise ProtocolError("bad_value", "each point is [x, y] in viewport pixels")
+        points.append((_field({"x": point[0]}, "x", coordinate), _field({"y": point[1]}, "y", coordinate)))
+    radius = _field(message, "radius_mm", Number(0.5, 150)) if tool == "sphere" else None
+    return Measure(_view(message, views), tool, tuple(points), radius)
+
+
 _PARSERS: dict[str, Callable[[dict[str, Any], int], Message]] = {
     "ack": _parse_ack, "input": _parse_input, "set": _parse_set,
     "layout": _parse_layout, "probe": _parse_probe, "resize": _parse_resize,
-    "thumbnails": _parse_thumbnails, "open": _parse_open,
+    "thumbnails": _parse_thumbnails, "open": _parse_open, "measure": _parse_measure,
 }
 
 
@@ -283,6 +314,7 @@ def vocabulary(palettes: dict[str, list[str]]) -> dict[str, Any]:
         "inputs": {op: {name: rule_wire(rule) for name, rule in rules.items()}
                    for op, rules in OPERATIONS.items()},
         "layouts": list(LAYOUTS),
+        "measure_tools": list(MEASURE_TOOLS),
         "palettes": palettes,
     }
 

@@ -425,3 +425,52 @@ async def test_a_prior_opens_beside_the_study_in_the_compare_layout_and_is_audit
         actor=doctor.username, action="render.start").values_list("outcome", "study")))()
     assert sorted(events) == sorted([("success", record.study_instance_uid), ("denied", stranger),
                                      ("success", prior)])
+
+
+async def _at_lesion(communicator, lesion):
+    """The fused view (2) moved to the lesion's slice and centre: its still frame there."""
+    centre = np.asarray(lesion["center_mm"], dtype=float)
+    fusion = await _until(communicator, lambda f: not isinstance(f, dict) and f.view == 2)
+    await communicator.send_json_to({"type": "input", "view": 2, "op": "scroll",
+                                     "delta": round((centre[2] - fusion.overlay["position"]) / 2.0)})
+    fusion = await _until(communicator, lambda f: not isinstance(f, dict) and f.view == 2
+                          and abs(f.overlay["position"] - centre[2]) <= 1.01)
+    x, y = _pixel_of(fusion, centre)
+    await communicator.send_json_to({"type": "input", "view": 2, "op": "focus", "x": x, "y": y})
+    return (await _stills(communicator, {2}, at=(x, y)))[2]
+
+
+async def test_a_doctor_measures_a_lesion_on_the_fused_view_and_gets_hu_and_suv(client, signed_in, study):
+    await database_sync_to_async(signed_in)("doctor")
+    record, truth = study
+    lesion = max(truth["lesions"], key=lambda item: item["radius_mm"])
+    communicator, _, _ = await _open(client, record.study_instance_uid)
+    fusion = await _at_lesion(communicator, lesion)
+    x, y = fusion.overlay["crosshair"]
+    await communicator.send_json_to({"type": "measure", "view": 2, "tool": "sphere", "points": [[x, y]],
+                                     "radius_mm": lesion["radius_mm"]})
+    sphere = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] == "measurement")
+    ct, pet = sphere["result"]
+    assert (ct["unit"], pet["unit"]) == ("HU", "SUV")
+    assert pet["maximum"] == pytest.approx(lesion["suv_max"], rel=0.01)
+    assert pet["volume_ml"] == pytest.approx(4 / 3 * np.pi * lesion["radius_mm"] ** 3 / 1000, rel=0.05)
+    reach = lesion["radius_mm"] / 2 / fusion.overlay["plane"]["mm_per_pixel"]
+    await communicator.send_json_to({"type": "measure", "view": 2, "tool": "ellipse",
+                                     "points": [[x - reach, y - reach], [x + reach, y + reach]]})
+    ellipse = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] == "measurement")
+    assert [item["unit"] for item in ellipse["result"]] == ["HU", "SUV"]
+    assert ellipse["result"][0]["mean"] == pytest.approx(lesion["hu"], abs=15)
+    await communicator.disconnect()
+
+
+async def test_a_nurse_sees_but_may_not_measure(client, signed_in, study):
+    await database_sync_to_async(signed_in)("nurse")
+    record, _ = study
+    communicator, _, _ = await _open(client, record.study_instance_uid)
+    await _frames(communicator, 4)
+    await communicator.send_json_to({"type": "measure", "view": 0, "tool": "line",
+                                     "points": [[10, 10], [100, 100]]})
+    refused = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] in ("error",
+                                                                                          "measurement"))
+    assert refused["type"] == "error" and refused["code"] == "refused"
+    await communicator.disconnect()

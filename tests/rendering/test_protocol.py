@@ -67,6 +67,14 @@ def test_valid_messages_parse(raw, expected):
     ('{"type":"open","study":"1.2.3/../4"}', "bad_value"),
     ('{"type":"open","study":"1.2.3","series":"4"}', "unknown_field"),
     ('{"type":"open"}', "missing_field"),
+    ('{"type":"measure","view":0,"tool":"laser","points":[[1,1],[2,2]]}', "bad_value"),
+    ('{"type":"measure","view":0,"tool":"line","points":[[1,1]]}', "bad_value"),
+    ('{"type":"measure","view":0,"tool":"polygon","points":[[1,1],[2,2]]}', "bad_value"),
+    ('{"type":"measure","view":0,"tool":"line","points":[[1,1],[2,"x"]]}', "bad_value"),
+    ('{"type":"measure","view":0,"tool":"line","points":[[1,1],[2,2,3]]}', "bad_value"),
+    ('{"type":"measure","view":0,"tool":"sphere","points":[[1,1]]}', "missing_field"),
+    ('{"type":"measure","view":0,"tool":"sphere","points":[[1,1]],"radius_mm":900}', "bad_value"),
+    ('{"type":"measure","view":0,"tool":"line","points":[[1,1],[2,2]],"radius_mm":5}', "unknown_field"),
     ('{"type":"resize","view":0,"width":100000,"height":10}', "bad_value"),
     ("[" * 100000, "too_large"),
 ])
@@ -175,3 +183,12 @@ def test_a_prior_is_asked_for_by_study_uid():
 
 def test_an_acknowledgement_may_name_a_view_a_layout_change_just_removed():
     assert message_parse('{"type":"ack","view":3,"seq":9}', views=1) == Acknowledge(3, 9)
+
+
+def test_a_measurement_names_its_tool_and_points():
+    parsed = message_parse('{"type":"measure","view":1,"tool":"sphere","points":[[10.5,20]],"radius_mm":15}',
+                           views=2)
+    assert parsed == protocol.Measure(1, "sphere", ((10.5, 20.0),), 15.0)
+    polygon = message_parse(json.dumps({"type": "measure", "view": 0, "tool": "polygon",
+                                        "points": [[0, 0], [5, 0], [5, 5], [0, 5]]}), views=1)
+    assert polygon.points[2] == (5.0, 5.0) and polygon.radius_mm is None

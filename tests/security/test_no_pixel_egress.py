@@ -74,6 +74,10 @@ def _every_client_message() -> list[dict]:
         messages.extend({"type": "set", "view": 0, "name": name, "value": value}
                         for value in values)
     messages.extend({"type": "layout", "layout": layout} for layout in LAYOUTS)
+    messages.extend([
+        {"type": "measure", "view": 0, "tool": "line", "points": [[0, 0], [500, 500]]},
+        {"type": "measure", "view": 0, "tool": "polygon", "points": [[10, 10], [300, 20], [200, 300]]},
+        {"type": "measure", "view": 0, "tool": "sphere", "points": [[250, 250]], "radius_mm": 150}])
     return messages
 
 
@@ -120,12 +124,23 @@ async def test_every_websocket_message_yields_only_pictures_and_small_json(clien
         text = message["text"]
         assert len(text.encode()) < MAX_TEXT_BYTES
         body = json.loads(text)
-        assert body["type"] in {"ready", "error", "probe", "thumbnail"}, body
+        assert body["type"] in {"ready", "error", "probe", "thumbnail", "measurement"}, body
         if body["type"] == "thumbnail":
             _assert_thumbnail_is_a_picture(body)
+        if body["type"] == "measurement":
+            _assert_measurement_is_a_few_numbers(body)
         kinds.add(body["type"])
     assert frames > 10
-    assert {"ready", "probe", "thumbnail"} <= kinds
+    assert {"ready", "probe", "thumbnail", "measurement"} <= kinds
+
+
+def _assert_measurement_is_a_few_numbers(body: dict) -> None:
+    """Statistics and at most a 256-point profile per layer: never the voxels of a region."""
+    for item in body["result"] if isinstance(body["result"], list) else [body["result"]]:
+        for value in item.values():
+            if isinstance(value, list):
+                for nested in value:
+                    assert not isinstance(nested, list) or len(nested[2]) <= 256
 
 
 def _assert_thumbnail_is_a_picture(body: dict) -> None:
