@@ -190,6 +190,8 @@ ROUTES: dict[str, RouteRule] = {
                                   "open a study in the viewer (audited as study.open); "
                                   "consultants: only a study their share grants",
                                   capability=True),
+    "rendering:findings": RouteRule(Stage.SIGNED_IN, Permission.STUDY_VIEW,
+                                    "a study's findings table as XLSX or CSV (audited as export)"),
     "sharing:mint": RouteRule(Stage.SIGNED_IN, Permission.STUDY_SHARE,
                               "share a study or its patient with a consultant (token shown once)"),
     "sharing:active": RouteRule(Stage.SIGNED_IN, Permission.SHARE_MANAGE,

@@ -95,3 +95,26 @@ class DeviceEndpoint(models.Model):
 
     def __str__(self) -> str:
         return f"device {self.ae_title}"
+
+
+class Finding(models.Model):
+    """A measurement a reader kept, with its numbers as the server computed them (pseudonymised)."""
+
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="findings")
+    series_instance_uid = models.CharField(max_length=64)
+    label = models.CharField(max_length=64)
+    tool = models.CharField(max_length=16)
+    points = models.JSONField(help_text="viewport pixels on the plane below")
+    plane = models.JSONField(null=True, help_text="the view's plane (patient mm) when measured")
+    result = models.JSONField(help_text="per-layer statistics, as computed")
+    author = models.CharField(max_length=150, help_text="user name, or share:<id> for a consultant")
+    by_consultant = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    deleted_by = models.CharField(max_length=150, blank=True)
+
+    class Meta:
+        ordering = ("created_at", "id")
+
+    def __str__(self) -> str:
+        return f"{self.label} ({self.tool})"

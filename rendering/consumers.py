@@ -32,6 +32,7 @@ from gateway.sharing.principal import audit_fields
 from gateway.sharing.services import share_use_record
 from gateway.sharing.websocket import PrincipalGuardedConsumer
 from imaging.access import StudyNotFound, ViewerSeries, ViewerStudy, related_studies, study_for_viewer
+from imaging.findings import FindingNotFound, Kept, finding_delete, finding_keep, finding_wire, findings_of
 from rendering import protocol
 from rendering.engine.core import FrameOfReferenceError, MissingVolumeError, RenderedFrame
 from rendering.engine.palettes import palette_stops
@@ -129,6 +130,7 @@ class ViewerConsumer(PrincipalGuardedConsumer):
         self.budget = MessageBudget(rate=MESSAGES_PER_SECOND, burst=MESSAGE_BURST)
         self.probe_wanted: protocol.Probe | None = None
         self.measure_wanted: protocol.Measure | None = None
+        self.last_measurement: tuple[str, Kept] | None = None  # (its study, what may be kept)
         self.measure_task: asyncio.Task[None] | None = None
         self.probe_task: asyncio.Task[None] | None = None
         self.thumbnail_task: asyncio.Task[None] | None = None
@@ -172,6 +174,7 @@ class ViewerConsumer(PrincipalGuardedConsumer):
     async def session_ready(self) -> None:
         await self._send_ready()
         self._render(list(range(len(self.session.views))))
+        await self._send_findings()
 
     async def _send_ready(self) -> None:
         for scheduler in self.schedulers:
@@ -344,11 +347,20 @@ class ViewerConsumer(PrincipalGuardedConsumer):
             message, self.measure_wanted = self.measure_wanted, None
             await self._measure_one(message)
 
+    def _study_of_view(self, index: int) -> str:
+        base = self.session.series[self.session.views[index].layers[0]["series_id"]]
+        return base.study or self.study.study_uid
+
+    async def _may_measure(self, study: str) -> bool:
+        if await database_sync_to_async(may)(self.principal, Permission.STUDY_MEASURE, study):
+            return True
+        await self._error("refused", "measuring is not part of what you may do here")
+        return False
+
     async def _measure_one(self, message: protocol.Measure) -> None:
         view = self.session.views[message.view]
-        study = self.session.series[view.layers[0]["series_id"]].study or self.study.study_uid
-        if not await database_sync_to_async(may)(self.principal, Permission.STUDY_MEASURE, study):
-            await self._error("refused", "measuring is not part of what you may do here", view=message.view)
+        study = self._study_of_view(message.view)
+        if not await self._may_measure(study):
             return
         operation, arguments = MEASURE_OPERATIONS[message.tool](message)
         state = self.session.state(message.view, quality="still")
@@ -357,10 +369,50 @@ class ViewerConsumer(PrincipalGuardedConsumer):
         except (RenderError, FrameOfReferenceError, MissingVolumeError) as error:
             await self._error("measure_failed", str(error), view=message.view)
             return
+        wire = operation_named(operation).to_wire(result)
+        points = [list(point) for point in message.points]
+        self.last_measurement = (study, Kept(view.layers[0]["series_id"], message.tool, points,
+                                             view.plane, wire))
         await self.send(text_data=json.dumps({
-            "type": "measurement", "view": message.view, "tool": message.tool,
-            "points": [list(point) for point in message.points],
-            "result": operation_named(operation).to_wire(result)}, allow_nan=False))
+            "type": "measurement", "view": message.view, "tool": message.tool, "points": points,
+            "result": wire}, allow_nan=False))
+
+    async def _on_keep(self, message: protocol.Keep) -> None:
+        """The socket's last measurement into the study's findings: the server's numbers, not the client's."""
+        if self.last_measurement is None:
+            await self._error("nothing_to_keep", "measure first; the last measurement is what is kept")
+            return
+        study, kept = self.last_measurement
+        if not await self._may_measure(study):
+            return
+        consultant = getattr(self.principal, "is_capability", False) is True
+        finding = await database_sync_to_async(finding_keep)(
+            study_uid=study, kept=kept, label=message.label, author=self.principal.username,
+            by_consultant=consultant)
+        await self._audit(Action.FINDING_KEEP, Outcome.SUCCESS, study=study,
+                          details={"finding": finding.id, "tool": kept.tool, "label": finding.label})
+        await self._send_findings()
+
+    async def _on_forget(self, message: protocol.Forget) -> None:
+        study = self.study.study_uid
+        if not await self._may_measure(study):
+            return
+        consultant = getattr(self.principal, "is_capability", False) is True
+        try:
+            await database_sync_to_async(finding_delete)(
+                study_uid=study, finding_id=message.finding, by=self.principal.username,
+                only_author=self.principal.username if consultant else None)
+        except FindingNotFound:
+            await self._error("refused", "no such finding of this study that you may delete")
+            return
+        await self._audit(Action.FINDING_DELETE, Outcome.SUCCESS, study=study,
+                          details={"finding": message.finding})
+        await self._send_findings()
+
+    async def _send_findings(self) -> None:
+        rows = await database_sync_to_async(findings_of)(self.study.study_uid)
+        await self.send(text_data=json.dumps({"type": "findings",
+                                              "findings": [finding_wire(row) for row in rows]}))
 
     async def _error(self, code: str, text: str, *, view: int | None = None) -> None:
         body: dict[str, Any] = {"type": "error", "code": code, "message": text}
@@ -400,7 +452,8 @@ MESSAGE_HANDLERS: dict[type, Callable[[ViewerConsumer, Any], Awaitable[None]]] =
     protocol.Setting: ViewerConsumer._on_setting, protocol.Resize: ViewerConsumer._on_resize,
     protocol.Layout: ViewerConsumer._on_layout, protocol.Probe: ViewerConsumer._on_probe,
     protocol.Thumbnails: ViewerConsumer._on_thumbnails, protocol.OpenStudy: ViewerConsumer._on_open_study,
-    protocol.Measure: ViewerConsumer._on_measure,
+    protocol.Measure: ViewerConsumer._on_measure, protocol.Keep: ViewerConsumer._on_keep,
+    protocol.Forget: ViewerConsumer._on_forget,
 }
 
 

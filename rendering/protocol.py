@@ -62,7 +62,14 @@ class Identifier:
     pattern: re.Pattern[str]
 
 
-FieldRule = Number | Text | Identifier
+@dataclass(frozen=True)
+class Label:
+    """Free text a reader types (a finding's name): printable, short."""
+
+    max_length: int
+
+
+FieldRule = Number | Text | Identifier | Label
 SERIES_UID = Identifier(re.compile(r"[A-Za-z0-9._:\-]{1,128}"))
 STUDY_UID = Identifier(re.compile(r"[0-9.]{1,64}"))
 
@@ -157,7 +164,22 @@ MEASURE_TOOLS = {"line": (2, 2), "ellipse": (2, 2), "rectangle": (2, 2), "polygo
                  "sphere": (1, 1)}
 """Each tool and how many viewport points it takes (a sphere: its centre, with ``radius_mm``)."""
 
-Message = Acknowledge | Input | Setting | Layout | Probe | Resize | Thumbnails | OpenStudy | Measure
+@dataclass(frozen=True)
+class Keep:
+    """Keep the last measurement of this socket in the study's findings, under ``label``."""
+
+    label: str
+
+
+@dataclass(frozen=True)
+class Forget:
+    """Delete a kept finding of the study."""
+
+    finding: int
+
+
+Message = (Acknowledge | Input | Setting | Layout | Probe | Resize | Thumbnails | OpenStudy | Measure
+           | Keep | Forget)
 
 
 def _field(message: dict[str, Any], name: str, rule: FieldRule) -> Any:
@@ -167,6 +189,10 @@ def _field(message: dict[str, Any], name: str, rule: FieldRule) -> Any:
     if isinstance(rule, Identifier):
         if not isinstance(value, str) or not rule.pattern.fullmatch(value):
             raise ProtocolError("bad_value", f"{name!r} must be an identifier the server gave")
+        return value
+    if isinstance(rule, Label):
+        if not isinstance(value, str) or not 0 < len(value) <= rule.max_length or not value.isprintable():
+            raise ProtocolError("bad_value", f"{name!r} must be 1 to {rule.max_length} printable characters")
         return value
     if isinstance(rule, Text):
         if not isinstance(value, str) or value not in rule.choices:
@@ -292,14 +318,27 @@ def _parse_measure(message: dict[str, Any], views: int) -> Measure:
     return Measure(_view(message, views), tool, tuple(points), radius)
 
 
+def _parse_keep(message: dict[str, Any], views: int) -> Keep:
+    _exact_keys(message, {"type", "label"})
+    return Keep(_field(message, "label", Label(64)))
+
+
+def _parse_forget(message: dict[str, Any], views: int) -> Forget:
+    _exact_keys(message, {"type", "finding"})
+    return Forget(_field(message, "finding", Number(1, 2**53, integer=True)))
+
+
 _PARSERS: dict[str, Callable[[dict[str, Any], int], Message]] = {
     "ack": _parse_ack, "input": _parse_input, "set": _parse_set,
     "layout": _parse_layout, "probe": _parse_probe, "resize": _parse_resize,
     "thumbnails": _parse_thumbnails, "open": _parse_open, "measure": _parse_measure,
+    "keep": _parse_keep, "forget": _parse_forget,
 }
 
 
 def rule_wire(rule: FieldRule) -> dict[str, Any]:
+    if isinstance(rule, Label):
+        return {"text": True, "max_length": rule.max_length}
     if isinstance(rule, Text):
         return {"choices": list(rule.choices)}
     if isinstance(rule, Identifier):

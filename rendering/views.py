@@ -21,6 +21,7 @@ from gateway.policy import Permission, may
 from gateway.sharing.principal import audit_fields
 from gateway.sharing.services import share_use_record
 from imaging.access import StudyNotFound, study_for_viewer
+from imaging.findings import findings_csv, findings_xlsx
 
 
 @login_not_required  # the access gate admits only a two-factor user or a consultant session
@@ -44,3 +45,29 @@ def viewer(request: HttpRequest, study: str) -> HttpResponse:
     return render(request, "rendering/viewer.html", {
         "study_id": found.study_uid, "consultant": consultant,
         "can_share": not consultant and may(principal, Permission.STUDY_SHARE, found.study_uid)})
+
+
+FINDING_FORMATS = {
+    "xlsx": ("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", findings_xlsx),
+    "csv": ("text/csv; charset=utf-8", findings_csv),
+}
+
+
+@require_GET
+def findings_export(request: HttpRequest, study: str, extension: str) -> HttpResponse:
+    """The study's findings table as XLSX or CSV (audited as an export)."""
+    principal: Any = request.user
+    try:
+        found = study_for_viewer(principal=principal, study_uid=study)
+    except StudyNotFound:
+        audit_record(**audit_fields(principal), action=Action.EXPORT, outcome=Outcome.DENIED,
+                     study=study[:64], source_ip=client_address(request), details={"what": "findings"})
+        raise Http404("No such study.") from None
+    content_type, build = FINDING_FORMATS[extension]
+    body = build(found.study_uid)
+    audit_record(**audit_fields(principal), action=Action.EXPORT, outcome=Outcome.SUCCESS,
+                 patient_pseudonym=found.patient_pseudonym, study=found.study_uid,
+                 source_ip=client_address(request), details={"what": "findings", "format": extension})
+    response = HttpResponse(body, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="findings-{found.study_uid}.{extension}"'
+    return response

@@ -86,6 +86,8 @@ class Action(StrEnum):
     AUDIT_EXPORT = "audit.export"
     AUDIT_RESOLVE = "audit.resolve"
     AUDIT_VERIFY = "audit.verify"
+    FINDING_KEEP = "finding.keep"
+    FINDING_DELETE = "finding.delete"
 
     @property
     def spec(self) -> ActionSpec:
@@ -126,4 +128,6 @@ ACTION_SPECS: dict[Action, ActionSpec] = {
     Action.AUDIT_RESOLVE: ActionSpec(PATIENT_RECORD, None, "R",
                                      "looked up a pseudonym by patient ID"),
     Action.AUDIT_VERIFY: ActionSpec(AUDIT_LOG_USED, None, "E", "verified the audit chain"),
+    Action.FINDING_KEEP: ActionSpec(PATIENT_RECORD, None, "C", "kept a measurement"),
+    Action.FINDING_DELETE: ActionSpec(PATIENT_RECORD, None, "D", "deleted a measurement"),
 }

@@ -99,6 +99,10 @@ ROUTE_CASES: dict[str, list[tuple[str, Case]]] = {
         lambda c, p: (sign_in(c, p["doctor"], p["clock"]),
                       c.get(reverse("rendering:viewer", args=["1.2.3.4"]))),
         ("auth.login", "study.open")))],
+    "rendering:findings": [("no such study", Case(
+        lambda c, p: (sign_in(c, p["doctor"], p["clock"]),
+                      c.get(reverse("rendering:findings", args=["1.2.3.4", "csv"]))),
+        ("auth.login", "export")))],
     "dicomweb:stow": [("no device token", Case(
         lambda c, p: c.post(reverse("dicomweb:stow"), b"--x--",
                             content_type="multipart/related; type=\"application/dicom\"; boundary=x"),

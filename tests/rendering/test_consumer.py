@@ -474,3 +474,50 @@ async def test_a_nurse_sees_but_may_not_measure(client, signed_in, study):
                                                                                           "measurement"))
     assert refused["type"] == "error" and refused["code"] == "refused"
     await communicator.disconnect()
+
+
+async def test_a_kept_measurement_is_a_finding_exported_as_xlsx_and_csv_and_deleted(client, signed_in, study):
+    import csv
+
+    from django.urls import reverse
+    from openpyxl import load_workbook
+
+    doctor = await database_sync_to_async(signed_in)("doctor")
+    record, truth = study
+    lesion = max(truth["lesions"], key=lambda item: item["radius_mm"])
+    communicator, _, _ = await _open(client, record.study_instance_uid)
+    fusion = await _at_lesion(communicator, lesion)
+    await communicator.send_json_to({"type": "keep", "label": "nothing yet"})
+    nothing = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] == "error")
+    assert nothing["code"] == "nothing_to_keep"
+    x, y = fusion.overlay["crosshair"]
+    await communicator.send_json_to({"type": "measure", "view": 2, "tool": "sphere", "points": [[x, y]],
+                                     "radius_mm": lesion["radius_mm"]})
+    sphere = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] == "measurement")
+    await communicator.send_json_to({"type": "keep", "label": "=lesion 1"})
+    listed = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] == "findings")
+    (finding,) = listed["findings"]
+    assert finding["label"] == "'=lesion 1" and finding["result"] == sphere["result"]
+    assert finding["by"] == doctor.username and finding["tool"] == "sphere"
+
+    url = reverse("rendering:findings", args=[record.study_instance_uid, "xlsx"])
+    response = await database_sync_to_async(client.get)(url)
+    assert response.status_code == 200
+    sheet = load_workbook(io.BytesIO(response.content)).active
+    header = [cell.value for cell in sheet[1]]
+    rows = [dict(zip(header, (cell.value for cell in row), strict=True))
+            for row in sheet.iter_rows(min_row=2)]
+    by_unit = {row["unit"]: row for row in rows}
+    assert set(by_unit) == {"HU", "SUV"} and by_unit["SUV"]["label"] == "'=lesion 1"
+    assert by_unit["SUV"]["max"] == pytest.approx(lesion["suv_max"], rel=0.01)
+    assert by_unit["SUV"]["size unit"] == "ml" and by_unit["SUV"]["SUVpeak"] <= by_unit["SUV"]["max"] + 1e-6
+    text = (await database_sync_to_async(client.get)(url.replace(".xlsx", ".csv"))).content.decode()
+    assert [row["unit"] for row in csv.DictReader(io.StringIO(text))] == ["HU", "SUV"]
+
+    await communicator.send_json_to({"type": "forget", "finding": finding["id"]})
+    emptied = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] == "findings")
+    assert emptied["findings"] == []
+    await communicator.disconnect()
+    actions = await database_sync_to_async(lambda: list(AuditEvent.objects.filter(
+        actor=doctor.username).values_list("action", flat=True)))()
+    assert {"finding.keep", "finding.delete", "export"} <= set(actions)

@@ -67,6 +67,12 @@ def test_valid_messages_parse(raw, expected):
     ('{"type":"open","study":"1.2.3/../4"}', "bad_value"),
     ('{"type":"open","study":"1.2.3","series":"4"}', "unknown_field"),
     ('{"type":"open"}', "missing_field"),
+    ('{"type":"keep","label":""}', "bad_value"),
+    ('{"type":"keep","label":"a\\nb"}', "bad_value"),
+    ('{"type":"keep","label":"' + "x" * 65 + '"}', "bad_value"),
+    ('{"type":"keep"}', "missing_field"),
+    ('{"type":"forget","finding":0}', "bad_value"),
+    ('{"type":"forget","finding":"3"}', "bad_value"),
     ('{"type":"measure","view":0,"tool":"laser","points":[[1,1],[2,2]]}', "bad_value"),
     ('{"type":"measure","view":0,"tool":"line","points":[[1,1]]}', "bad_value"),
     ('{"type":"measure","view":0,"tool":"polygon","points":[[1,1],[2,2]]}', "bad_value"),
@@ -192,3 +198,9 @@ def test_a_measurement_names_its_tool_and_points():
     polygon = message_parse(json.dumps({"type": "measure", "view": 0, "tool": "polygon",
                                         "points": [[0, 0], [5, 0], [5, 5], [0, 5]]}), views=1)
     assert polygon.points[2] == (5.0, 5.0) and polygon.radius_mm is None
+
+
+def test_a_finding_is_kept_by_label_and_forgotten_by_number():
+    kept = message_parse('{"type":"keep","label":"liver lesion 1"}', views=1)
+    assert kept == protocol.Keep("liver lesion 1")
+    assert message_parse('{"type":"forget","finding":12}', views=1) == protocol.Forget(12)

@@ -18,6 +18,7 @@ SAMPLES = {
     "url": "x",
     "study": "2.25.1",
     "share": "0123456789abcdef01234567",
+    "extension": "csv",
 }
 
 

@@ -77,7 +77,8 @@ def _every_client_message() -> list[dict]:
     messages.extend([
         {"type": "measure", "view": 0, "tool": "line", "points": [[0, 0], [500, 500]]},
         {"type": "measure", "view": 0, "tool": "polygon", "points": [[10, 10], [300, 20], [200, 300]]},
-        {"type": "measure", "view": 0, "tool": "sphere", "points": [[250, 250]], "radius_mm": 150}])
+        {"type": "measure", "view": 0, "tool": "sphere", "points": [[250, 250]], "radius_mm": 150},
+        {"type": "keep", "label": "whole field"}, {"type": "forget", "finding": 1}])
     return messages
 
 
@@ -124,14 +125,17 @@ async def test_every_websocket_message_yields_only_pictures_and_small_json(clien
         text = message["text"]
         assert len(text.encode()) < MAX_TEXT_BYTES
         body = json.loads(text)
-        assert body["type"] in {"ready", "error", "probe", "thumbnail", "measurement"}, body
+        assert body["type"] in {"ready", "error", "probe", "thumbnail", "measurement", "findings"}, body
         if body["type"] == "thumbnail":
             _assert_thumbnail_is_a_picture(body)
         if body["type"] == "measurement":
             _assert_measurement_is_a_few_numbers(body)
+        if body["type"] == "findings":
+            for finding in body["findings"]:
+                _assert_measurement_is_a_few_numbers(finding)
         kinds.add(body["type"])
     assert frames > 10
-    assert {"ready", "probe", "thumbnail", "measurement"} <= kinds
+    assert {"ready", "probe", "thumbnail", "measurement", "findings"} <= kinds
 
 
 def _assert_measurement_is_a_few_numbers(body: dict) -> None:

@@ -1,0 +1,139 @@
+"""The findings table of a study: measurements kept by readers, and their exports (XLSX, CSV).
+
+A finding holds the numbers the render workers computed for it, never numbers a
+client sent. One row per finding and layer: a fused measurement is two rows,
+the CT's in HU and the PET's in SUV. Dates are the study's shifted dates; no
+row names a patient.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Any
+
+from django.utils import timezone
+
+from imaging.models import Finding, Study
+
+COLUMNS = (
+    ("finding", "finding"), ("label", "label"), ("tool", "tool"), ("series", "series"),
+    ("unit", "unit"), ("size", "size"), ("size_unit", "size unit"), ("mean", "mean"), ("sd", "SD"),
+    ("minimum", "min"), ("maximum", "max"), ("median", "median"), ("peak", "SUVpeak"),
+    ("total", "TLG (SUV x ml)"), ("max_point_mm", "max at (x, y, z mm)"), ("author", "by"),
+    ("created_at", "kept at (UTC)"),
+)
+
+
+class FindingNotFound(LookupError):
+    """No such finding in this study (or it is deleted)."""
+
+
+@dataclass(frozen=True)
+class Kept:
+    """What a reader keeps: the measurement as the server answered it, and where it was drawn."""
+
+    series_instance_uid: str
+    tool: str
+    points: list[list[float]]
+    plane: dict[str, Any] | None
+    result: Any
+
+
+def _safe_label(label: str) -> str:
+    """No spreadsheet formula: a label that starts like one is kept as text."""
+    label = label.strip()[:63]
+    return "'" + label if label.startswith(("=", "+", "-", "@", "\t", "\r")) else label
+
+
+def finding_keep(*, study_uid: str, kept: Kept, label: str, author: str,
+                 by_consultant: bool) -> Finding:
+    study = Study.objects.get(study_instance_uid=study_uid)
+    return Finding.objects.create(
+        study=study, series_instance_uid=kept.series_instance_uid, label=_safe_label(label) or kept.tool,
+        tool=kept.tool, points=kept.points, plane=kept.plane, result=kept.result, author=author[:150],
+        by_consultant=by_consultant)
+
+
+def finding_delete(*, study_uid: str, finding_id: int, by: str, only_author: str | None = None) -> Finding:
+    """Mark a finding deleted (the row stays for the audit trail); ``only_author``: a consultant's own."""
+    chosen = Finding.objects.filter(id=finding_id, study__study_instance_uid=study_uid,
+                                    deleted_at__isnull=True)
+    if only_author is not None:
+        chosen = chosen.filter(author=only_author)
+    updated = chosen.update(deleted_at=timezone.now(), deleted_by=by[:150])
+    if not updated:
+        raise FindingNotFound(finding_id)
+    return Finding.objects.get(id=finding_id)
+
+
+def findings_of(study_uid: str) -> list[Finding]:
+    return list(Finding.objects.filter(study__study_instance_uid=study_uid, deleted_at__isnull=True))
+
+
+def finding_wire(finding: Finding) -> dict[str, Any]:
+    return {"id": finding.id, "label": finding.label, "tool": finding.tool,
+            "series": finding.series_instance_uid, "points": finding.points, "result": finding.result,
+            "by": finding.author, "consultant": finding.by_consultant,
+            "at": finding.created_at.isoformat(timespec="seconds")}
+
+
+def _layers(result: Any) -> list[dict[str, Any]]:
+    if isinstance(result, list):
+        return result
+    return [{"series_id": series, "unit": unit, "length_mm": result["length_mm"]}
+            for series, unit, _ in result.get("profiles", [])]
+
+
+def _size(layer: dict[str, Any]) -> tuple[Any, str]:
+    for key, unit in (("volume_ml", "ml"), ("area_mm2", "mm2"), ("length_mm", "mm")):
+        if key in layer:
+            return layer[key], unit
+    return None, ""
+
+
+def finding_rows(study_uid: str) -> Iterator[dict[str, Any]]:
+    """One row per kept finding and layer, in the order of :data:`COLUMNS`."""
+    for finding in findings_of(study_uid):
+        for layer in _layers(finding.result):
+            size, size_unit = _size(layer)
+            point = layer.get("max_point_mm")
+            yield {"finding": finding.id, "label": finding.label, "tool": finding.tool,
+                   "series": layer.get("series_id", ""), "unit": layer.get("unit", ""),
+                   "size": size, "size_unit": size_unit, "mean": layer.get("mean"), "sd": layer.get("sd"),
+                   "minimum": layer.get("minimum"), "maximum": layer.get("maximum"),
+                   "median": layer.get("median"), "peak": layer.get("peak"), "total": layer.get("total"),
+                   "max_point_mm": ", ".join(f"{v:.1f}" for v in point) if point else "",
+                   "author": finding.author,
+                   "created_at": finding.created_at.astimezone(UTC).replace(tzinfo=None)}
+
+
+def findings_csv(study_uid: str) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow([title for _, title in COLUMNS])
+    for row in finding_rows(study_uid):
+        writer.writerow(["" if row[key] is None else row[key] for key, _ in COLUMNS])
+    return out.getvalue()
+
+
+def findings_xlsx(study_uid: str) -> bytes:
+    """The findings as an Excel workbook (openpyxl: the maintained writer of the format)."""
+    from openpyxl import Workbook
+    from openpyxl.styles import Font
+
+    book = Workbook()
+    sheet = book.active
+    sheet.title = "Findings"
+    sheet.append([title for _, title in COLUMNS])
+    for cell in sheet[1]:
+        cell.font = Font(bold=True)
+    for row in finding_rows(study_uid):
+        sheet.append([row[key] for key, _ in COLUMNS])
+    sheet.freeze_panes = "A2"
+    out = io.BytesIO()
+    book.save(out)
+    return out.getvalue()
