@@ -84,6 +84,8 @@ def finding_wire(finding: Finding) -> dict[str, Any]:
 def _layers(result: Any) -> list[dict[str, Any]]:
     if isinstance(result, list):
         return result
+    if "threshold" in result:
+        return [result]
     return [{"series_id": series, "unit": unit, "length_mm": result["length_mm"]}
             for series, unit, _ in result.get("profiles", [])]
 

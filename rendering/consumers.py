@@ -465,5 +465,7 @@ MEASURE_OPERATIONS: dict[str, Callable[[protocol.Measure], tuple[str, dict[str, 
     "line": lambda m: ("measure_line", {"points": [list(p) for p in m.points]}),
     "ellipse": _area, "rectangle": _area, "polygon": _area,
     "sphere": lambda m: ("measure_sphere", {"center_px": list(m.points[0]), "radius_mm": m.radius_mm}),
+    "threshold": lambda m: ("measure_threshold", {"center_px": list(m.points[0]), "box_mm": m.radius_mm,
+                                                  "mode": "fraction", "value": m.fraction}),
 }
 """Each measuring tool of the protocol and the registered operation that computes it."""

@@ -55,12 +55,18 @@ class RegionStatistics:
     """Mean x volume in ml: TLG for SUV (PET only)."""
 
 
-def _box(volume: Volume, center: np.ndarray, reach: float) -> tuple[slice, slice, slice]:
+def _box(volume: Volume, center: np.ndarray, reach: float, *, centres_only: bool = False
+         ) -> tuple[slice, slice, slice]:
+    """Index ranges around a cube of half-side ``reach``: every voxel it touches, or (``centres_only``)
+    the voxels whose centre lies in the cube's bounding box in index space."""
     corners = np.array([[center[0] + dx, center[1] + dy, center[2] + dz]
                         for dx in (-reach, reach) for dy in (-reach, reach) for dz in (-reach, reach)])
     index = volume.patient_to_index(corners)
-    low = np.maximum(np.floor(index.min(axis=0)).astype(int), 0)
-    high = np.minimum(np.ceil(index.max(axis=0)).astype(int) + 1, np.array(volume.shape))
+    near = 1e-6
+    first = np.ceil(index.min(axis=0) - near) if centres_only else np.floor(index.min(axis=0))
+    last = np.floor(index.max(axis=0) + near) if centres_only else np.ceil(index.max(axis=0))
+    low = np.maximum(first.astype(int), 0)
+    high = np.minimum(last.astype(int) + 1, np.array(volume.shape))
     if np.any(high <= low):
         raise RenderError("the sphere lies outside the series")
     return slice(low[0], high[0]), slice(low[1], high[1]), slice(low[2], high[2])
@@ -354,3 +360,106 @@ def _measure_line(context: WorkerContext, state: ViewState, volumes: Mapping[str
     if len(points) != 2:
         raise RenderError("a line has two points")
     return line_measurement(state, volumes, points)
+
+
+# --- threshold VOIs -----------------------------------------------------------------------------
+
+THRESHOLD_MODES = ("fraction", "suv", "percist")
+PERCIST_REFERENCE_RADIUS_MM = 15.0  # a 3 cm sphere in the right liver lobe
+MAX_BOX_MM = 150.0
+
+
+@dataclass(frozen=True)
+class ThresholdVolume:
+    series_id: str
+    unit: str
+    threshold: float
+    how: str
+    """How the threshold was set: 41 % of the local maximum, a fixed value, PERCIST's liver reference."""
+    voxels: int
+    volume_ml: float
+    mean: float
+    maximum: float
+    peak: float | None
+    total: float | None
+    """Mean x volume: TLG for SUV."""
+    max_point_mm: tuple[float, float, float]
+
+
+def _suv_layer(state: ViewState, volumes: Mapping[str, Volume]) -> tuple[Volume, float, str, Any]:
+    layers = layer_values(state, volumes)
+    return next((layer for layer in layers if layer[2] == "SUV"), layers[-1])
+
+
+def _component(mask: np.ndarray, seed: tuple[int, ...]) -> np.ndarray:
+    """The voxels of ``mask`` connected to ``seed`` (26-connectivity), with SimpleITK."""
+    import SimpleITK as sitk
+
+    labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)),
+                                                            True))
+    return labels == labels[seed]
+
+
+def _threshold_of(mode: str, value: float, local_max: float, volume: Volume, factor: float,
+                  reference_mm: Any) -> tuple[float, str]:
+    if mode == "fraction":
+        if not 0 < value < 1:
+            raise RenderError("the fraction of the maximum is between 0 and 1 (0.41, 0.5)")
+        return value * local_max, f"{value:.0%} of the local maximum"
+    if mode == "suv":
+        return value, f"fixed {value:g}"
+    reference = sphere_statistics(volume, factor, "SUV", reference_mm, PERCIST_REFERENCE_RADIUS_MM)
+    return 1.5 * reference.mean + 2 * reference.sd, (
+        f"PERCIST: 1.5 x liver mean {reference.mean:.2f} + 2 x SD {reference.sd:.2f}")
+
+
+def threshold_volume(state: ViewState, volumes: Mapping[str, Volume], center_mm: Any, box_mm: float,
+                     mode: str, value: float, reference_mm: Any = None) -> ThresholdVolume:
+    """The voxels above a threshold inside a box, connected to the box's maximum (MTV, TLG)."""
+    volume, factor, unit, transform = _suv_layer(state, volumes)
+    center = np.asarray(center_mm, dtype=np.float64)
+    if transform is not None:
+        center = (np.linalg.inv(transform) @ [*center, 1.0])[:3]
+    box = _box(volume, center, box_mm, centres_only=True)
+    values = volume.voxels[box].astype(np.float64) * factor
+    seed = tuple(int(v) for v in np.unravel_index(int(np.argmax(values)), values.shape))
+    threshold, how = _threshold_of(mode, value, float(values[seed]), volume, factor, reference_mm)
+    if values[seed] < threshold:
+        raise RenderError(f"nothing in the box reaches the threshold ({threshold:.3g} {unit})")
+    inside = _component(values >= threshold, seed)
+    chosen = values[inside]
+    volume_ml = float(inside.sum()) * float(np.prod(volume.spacing)) / 1000.0
+    origin = np.array([s.start for s in box])
+    peak = _peak(volume, factor, box, inside) if unit == "SUV" else None
+    return ThresholdVolume(
+        series_id=volume.series_id, unit=unit, threshold=threshold, how=how, voxels=int(inside.sum()),
+        volume_ml=volume_ml, mean=float(chosen.mean()), maximum=float(chosen.max()), peak=peak,
+        total=float(chosen.mean()) * volume_ml if unit == "SUV" else None,
+        max_point_mm=tuple(float(v) for v in volume.index_to_patient(origin + np.array(seed))))  # type: ignore[arg-type]
+
+
+def _vector(raw: Any, what: str) -> list[float]:
+    if not (isinstance(raw, list | tuple) and len(raw) == 3
+            and all(isinstance(v, int | float) and math.isfinite(v) for v in raw)):
+        raise RenderError(f"{what} must be three millimetre values")
+    return [float(v) for v in raw]
+
+
+@operation("measure_threshold", to_wire=asdict,
+           from_wire=lambda wire: ThresholdVolume(**{**wire, "max_point_mm": tuple(wire["max_point_mm"])}))
+def _measure_threshold(context: WorkerContext, state: ViewState, volumes: Mapping[str, Volume],
+                       arguments: dict[str, Any]) -> ThresholdVolume:
+    mode = arguments.get("mode", "fraction")
+    if mode not in THRESHOLD_MODES:
+        raise RenderError(f"a threshold is one of {', '.join(THRESHOLD_MODES)}")
+    box = float(arguments.get("box_mm", 30.0))
+    if not 1 <= box <= MAX_BOX_MM:
+        raise RenderError(f"the box reaches 1 to {MAX_BOX_MM:g} mm from its centre")
+    if "center_px" in arguments:
+        center = [float(v) for v in _plane_of(state, volumes).point(*_points(
+            {"points": [arguments["center_px"]]}, 1)[0])]
+    else:
+        center = _vector(arguments.get("center_mm"), "the box's centre")
+    reference = _vector(arguments.get("reference_mm"), "the liver reference") if mode == "percist" else None
+    return threshold_volume(state, volumes, center, box, mode, float(arguments.get("value", 0.41)),
+                            reference)

@@ -158,11 +158,14 @@ class Measure:
     tool: str
     points: tuple[tuple[float, float], ...]
     radius_mm: float | None = None
+    fraction: float | None = None
 
 
 MEASURE_TOOLS = {"line": (2, 2), "ellipse": (2, 2), "rectangle": (2, 2), "polygon": (3, 256),
-                 "sphere": (1, 1)}
-"""Each tool and how many viewport points it takes (a sphere: its centre, with ``radius_mm``)."""
+                 "sphere": (1, 1), "threshold": (1, 1)}
+"""Each tool and how many viewport points it takes: a sphere its centre, with ``radius_mm``; a
+threshold VOI the centre of a box reaching ``radius_mm``, above ``fraction`` of its maximum."""
+SIZED_TOOLS = frozenset({"sphere", "threshold"})
 
 @dataclass(frozen=True)
 class Keep:
@@ -303,7 +306,8 @@ def _parse_open(message: dict[str, Any], views: int) -> OpenStudy:
 
 def _parse_measure(message: dict[str, Any], views: int) -> Measure:
     tool = _field(message, "tool", Text(tuple(MEASURE_TOOLS)))
-    _exact_keys(message, {"type", "view", "tool", "points", *(("radius_mm",) if tool == "sphere" else ())})
+    extra = {"radius_mm"} if tool == "sphere" else {"radius_mm", "fraction"} if tool == "threshold" else set()
+    _exact_keys(message, {"type", "view", "tool", "points", *extra})
     low, high = MEASURE_TOOLS[tool]
     raw = message.get("points")
     if not isinstance(raw, list) or not low <= len(raw) <= high:
@@ -314,8 +318,11 @@ def _parse_measure(message: dict[str, Any], views: int) -> Measure:
         if not isinstance(point, list) or len(point) != 2:
             raise ProtocolError("bad_value", "each point is [x, y] in viewport pixels")
         points.append((_field({"x": point[0]}, "x", coordinate), _field({"y": point[1]}, "y", coordinate)))
-    radius = _field(message, "radius_mm", Number(0.5, 150)) if tool == "sphere" else None
-    return Measure(_view(message, views), tool, tuple(points), radius)
+    radius = _field(message, "radius_mm", Number(0.5, 150)) if tool in SIZED_TOOLS else None
+    fraction = None
+    if tool == "threshold":
+        fraction = _field(message, "fraction", Number(0.05, 0.95)) if "fraction" in message else 0.41
+    return Measure(_view(message, views), tool, tuple(points), radius, fraction)
 
 
 def _parse_keep(message: dict[str, Any], views: int) -> Keep:

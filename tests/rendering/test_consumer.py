@@ -460,6 +460,12 @@ async def test_a_doctor_measures_a_lesion_on_the_fused_view_and_gets_hu_and_suv(
     ellipse = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] == "measurement")
     assert [item["unit"] for item in ellipse["result"]] == ["HU", "SUV"]
     assert ellipse["result"][0]["mean"] == pytest.approx(lesion["hu"], abs=15)
+    await communicator.send_json_to({"type": "measure", "view": 2, "tool": "threshold", "points": [[x, y]],
+                                     "radius_mm": lesion["radius_mm"] + 8, "fraction": 0.5})
+    contour = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] == "measurement")
+    assert contour["result"]["unit"] == "SUV" and contour["result"]["how"].startswith("50%")
+    assert contour["result"]["maximum"] == pytest.approx(lesion["suv_max"], rel=0.01)
+    assert 0 < contour["result"]["volume_ml"] < pet["volume_ml"]
     await communicator.disconnect()
 
 

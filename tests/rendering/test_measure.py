@@ -186,3 +186,62 @@ def test_roi_and_line_arguments_are_checked(phantom):
             OPERATIONS["measure_area"].run(None, view, volumes, arguments)
     with pytest.raises(RenderError, match="two points"):
         OPERATIONS["measure_line"].run(None, view, volumes, {"points": [[0, 0], [1, 1], [2, 2]]})
+
+
+def _flood(mask: np.ndarray, seed: tuple[int, int, int]) -> np.ndarray:
+    """26-connected region of ``mask`` around ``seed``, by breadth-first search (written here)."""
+    region = np.zeros_like(mask)
+    region[seed] = True
+    frontier = [seed]
+    steps = [(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1) if (a, b, c) != (0, 0, 0)]
+    while frontier:
+        k, j, i = frontier.pop()
+        for a, b, c in steps:
+            at = (k + a, j + b, i + c)
+            if all(0 <= v < n for v, n in zip(at, mask.shape, strict=True)) and mask[at] and not region[at]:
+                region[at] = True
+                frontier.append(at)
+    return region
+
+
+def _box_truth(suv, centres, center, reach):
+    inside = np.all(np.abs(centres - center) <= reach + 1e-6, axis=-1)
+    ks, js, is_ = (np.unique(axis) for axis in np.nonzero(inside))
+    return suv[np.ix_(ks, js, is_)]
+
+
+@pytest.mark.parametrize("fraction", [0.41, 0.5])
+def test_a_threshold_voi_is_the_region_above_a_fraction_of_the_lesion_maximum(phantom, pet_truth, fraction):
+    suv, centres, patient, tissues = pet_truth
+    ct, pet, _, volumes = phantom
+    view = state(ct, layers=[{"series_id": pet.series_id, "window_preset": "pet_suv_0_10"}])
+    for lesion in patient["lesions"]:
+        background = tissues.get(lesion["organ"], tissues["soft_tissue"])["suv"]
+        center = np.array(lesion["center_mm"])
+        measured = OPERATIONS["measure_threshold"].run(None, view, volumes, {
+            "center_mm": list(center), "box_mm": lesion["radius_mm"] + 8, "value": fraction})
+        values = _box_truth(suv, centres, center, lesion["radius_mm"] + 8)
+        seed = np.unravel_index(int(np.argmax(values)), values.shape)
+        region = _flood(values >= fraction * values[seed], seed)
+        voxel_ml = float(np.prod(pet.spacing)) / 1000
+        assert measured.voxels == int(region.sum()), lesion
+        assert measured.volume_ml == pytest.approx(region.sum() * voxel_ml)
+        assert measured.maximum == pytest.approx(lesion["suv_max"], rel=0.01)
+        assert measured.mean == pytest.approx(values[region].mean(), rel=1e-6)
+        assert measured.total == pytest.approx(values[region].mean() * region.sum() * voxel_ml, rel=1e-6)
+        if fraction * lesion["suv_max"] > 1.5 * background:  # else the contour spills into the organ
+            assert 0 < measured.volume_ml < 4 / 3 * math.pi * lesion["radius_mm"] ** 3 / 1000
+
+
+def test_percist_sets_the_threshold_from_a_liver_reference(phantom, pet_truth):
+    suv, centres, patient, _ = pet_truth
+    ct, pet, _, volumes = phantom
+    liver = np.array(patient["organ_samples_mm"]["liver"])
+    near = np.linalg.norm(centres - liver, axis=-1) <= 15.0
+    expected = 1.5 * suv[near].mean() + 2 * suv[near].std()
+    lesion = max(patient["lesions"], key=lambda item: item["suv_max"])
+    view = state(ct, layers=[{"series_id": pet.series_id, "window_preset": "pet_suv_0_10"}])
+    measured = OPERATIONS["measure_threshold"].run(None, view, volumes, {
+        "center_mm": lesion["center_mm"], "box_mm": 25, "mode": "percist", "reference_mm": list(liver)})
+    assert measured.threshold == pytest.approx(expected, rel=0.03)
+    assert "PERCIST" in measured.how and measured.maximum == pytest.approx(lesion["suv_max"], rel=0.01)

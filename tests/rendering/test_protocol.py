@@ -81,6 +81,10 @@ def test_valid_messages_parse(raw, expected):
     ('{"type":"measure","view":0,"tool":"sphere","points":[[1,1]]}', "missing_field"),
     ('{"type":"measure","view":0,"tool":"sphere","points":[[1,1]],"radius_mm":900}', "bad_value"),
     ('{"type":"measure","view":0,"tool":"line","points":[[1,1],[2,2]],"radius_mm":5}', "unknown_field"),
+    ('{"type":"measure","view":0,"tool":"threshold","points":[[1,1]],"radius_mm":20,"fraction":1.5}',
+     "bad_value"),
+    ('{"type":"measure","view":0,"tool":"sphere","points":[[1,1]],"radius_mm":9,"fraction":0.4}',
+     "unknown_field"),
     ('{"type":"resize","view":0,"width":100000,"height":10}', "bad_value"),
     ("[" * 100000, "too_large"),
 ])
@@ -204,3 +208,9 @@ def test_a_finding_is_kept_by_label_and_forgotten_by_number():
     kept = message_parse('{"type":"keep","label":"liver lesion 1"}', views=1)
     assert kept == protocol.Keep("liver lesion 1")
     assert message_parse('{"type":"forget","finding":12}', views=1) == protocol.Forget(12)
+
+
+def test_a_threshold_voi_defaults_to_41_percent():
+    parsed = message_parse('{"type":"measure","view":0,"tool":"threshold","points":[[5,5]],"radius_mm":20}',
+                           views=1)
+    assert (parsed.radius_mm, parsed.fraction) == (20.0, 0.41)
