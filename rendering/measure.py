@@ -35,6 +35,7 @@ from rendering.volume import Volume
 PEAK_RADIUS_MM = (3000 / (4 * math.pi)) ** (1 / 3)  # a 1 cm³ sphere
 SUBDIVISIONS = 4
 MAX_RADIUS_MM = 150.0
+MAX_REGION_VOXELS = 4_000_000  # a bound on a worker's time and memory whatever a client asks
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,9 @@ def _box(volume: Volume, center: np.ndarray, reach: float, *, centres_only: bool
     low = np.maximum(first.astype(int), 0)
     high = np.minimum(last.astype(int) + 1, np.array(volume.shape))
     if np.any(high <= low):
-        raise RenderError("the sphere lies outside the series")
+        raise RenderError("the region lies outside the series")
+    if int(np.prod(high - low)) > MAX_REGION_VOXELS:
+        raise RenderError("the region is too large for this series' resolution; make it smaller")
     return slice(low[0], high[0]), slice(low[1], high[1]), slice(low[2], high[2])
 
 
@@ -79,16 +82,21 @@ def _centres(volume: Volume, box: tuple[slice, slice, slice]) -> np.ndarray:
 
 def _coverage(volume: Volume, box: tuple[slice, slice, slice], center: np.ndarray,
               radius: float) -> np.ndarray:
-    """Each voxel's share of the sphere, from SUBDIVISIONS³ points inside it."""
+    """Each voxel's share of the sphere: whole inside or outside by its centre's distance, and from
+    SUBDIVISIONS³ points inside it for the voxels the surface crosses."""
+    base = np.stack(np.meshgrid(*(np.arange(s.start, s.stop) for s in box), indexing="ij"), axis=-1)
+    distance = np.linalg.norm(volume.index_to_patient(base.astype(np.float64)) - center, axis=-1)
+    reach = 0.5 * float(np.linalg.norm(volume.spacing))
+    share = (distance <= radius - reach).astype(np.float64)
+    edge = np.abs(distance - radius) < reach
     steps = (np.arange(SUBDIVISIONS) + 0.5) / SUBDIVISIONS - 0.5
     offsets = np.stack(np.meshgrid(steps, steps, steps, indexing="ij"), axis=-1).reshape(-1, 3)
-    shape = tuple(s.stop - s.start for s in box)
-    base = np.stack(np.meshgrid(*(np.arange(s.start, s.stop) for s in box), indexing="ij"), axis=-1)
-    inside = np.zeros(shape, np.float64)
+    crossed = base[edge].astype(np.float64)
+    counts = np.zeros(len(crossed))
     for offset in offsets:
-        points = volume.index_to_patient(base + offset)
-        inside += np.linalg.norm(points - center, axis=-1) <= radius
-    return inside / len(offsets)
+        counts += np.linalg.norm(volume.index_to_patient(crossed + offset) - center, axis=-1) <= radius
+    share[edge] = counts / len(offsets)
+    return share
 
 
 def _peak_kernel(volume: Volume) -> list[tuple[int, int, int]]:

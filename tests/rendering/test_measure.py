@@ -245,3 +245,15 @@ def test_percist_sets_the_threshold_from_a_liver_reference(phantom, pet_truth):
         "center_mm": lesion["center_mm"], "box_mm": 25, "mode": "percist", "reference_mm": list(liver)})
     assert measured.threshold == pytest.approx(expected, rel=0.03)
     assert "PERCIST" in measured.how and measured.maximum == pytest.approx(lesion["suv_max"], rel=0.01)
+
+
+def test_a_region_too_large_for_the_series_resolution_is_refused_not_computed():
+    from rendering.measure import sphere_statistics
+    from rendering.volume import Volume
+
+    fine = Volume(voxels=np.zeros((200, 200, 200), np.int16), spacing=(0.1, 0.1, 0.1), origin=(0, 0, 0),
+                  direction=np.eye(3), modality="CT", series_id="1.2.3", frame_of_reference_uid="1.2")
+    with pytest.raises(RenderError, match="too large"):
+        sphere_statistics(fine, 1.0, "HU", [10.0, 10.0, 10.0], 50.0)
+    assert sphere_statistics(fine, 1.0, "HU", [10.0, 10.0, 10.0], 2.0).volume_ml == pytest.approx(
+        4 / 3 * math.pi * 8 / 1000, rel=0.02)
