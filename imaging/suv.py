@@ -6,6 +6,8 @@ Free of Django, so render workers and tools use the same function as ingest.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from pydicom.dataset import Dataset
 
@@ -23,30 +25,33 @@ def dicom_datetime(date: str, time: str) -> dt.datetime | None:
     return moment + dt.timedelta(seconds=float("0." + fraction) if fraction.isdigit() else 0.0)
 
 
-def suvbw_factor(ds: Dataset) -> float | None:
-    """SUVbw per Bq/ml from a PET header, or None when the header does not allow it.
+@dataclass(frozen=True)
+class SuvCalculation:
+    """SUVbw's factor and every header value it used, or why there is none (shown to the reader)."""
 
-    SUVbw = C x weight(g) / (dose(Bq) x 2^(-Δt / T½)). With DecayCorrection
-    START, Δt runs from the injection to SeriesDate/SeriesTime (the
-    date-shifted header gives the same interval: every date moves by the same
-    whole days); with ADMIN the image is already decay-corrected to injection.
-    """
-    if str(ds.get("Units", "")).upper() != "BQML":
-        return None
+    factor: float | None
+    units: str
+    weight_kg: float | None
+    dose_bq: float | None
+    half_life_s: float | None
+    decay_correction: str
+    elapsed_s: float | None
+    missing: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "method": "SUVbw", "missing": list(self.missing)}
+
+
+def _number(value: Any) -> float | None:
     try:
-        weight_g = float(ds.PatientWeight) * 1000.0
-        drug = ds.RadiopharmaceuticalInformationSequence[0]
-        dose = float(drug.RadionuclideTotalDose)
-        half_life = float(drug.RadionuclideHalfLife)
-    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+        number = float(value)
+    except (TypeError, ValueError):
         return None
-    if weight_g <= 0 or dose <= 0 or half_life <= 0:
-        return None
-    correction = str(ds.get("DecayCorrection", "")).upper()
-    if correction == "ADMIN":
-        return weight_g / dose
-    if correction != "START":
-        return None
+    return number if number > 0 else None
+
+
+def _elapsed(ds: Dataset, drug: Dataset) -> float | None:
+    """Seconds from injection to SeriesDate/SeriesTime (shifted dates keep intervals)."""
     injected = None
     start_dt = str(drug.get("RadiopharmaceuticalStartDateTime", "") or "")
     if start_dt:
@@ -60,6 +65,38 @@ def suvbw_factor(ds: Dataset) -> float | None:
     elapsed = (scanned - injected).total_seconds()
     if elapsed < 0 and not start_dt:
         elapsed += 86400.0  # injection the evening before, times only
-    if elapsed < 0:
-        return None
-    return weight_g / (dose * 2.0 ** (-elapsed / half_life))
+    return elapsed if elapsed >= 0 else None
+
+
+def suv_calculation(ds: Dataset) -> SuvCalculation:
+    """SUVbw = C x weight(g) / (dose(Bq) x 2^(-Δt / T½)), with what it used and what it lacked.
+
+    With DecayCorrection START, Δt runs from the injection to SeriesDate/SeriesTime
+    (the date-shifted header gives the same interval: every date moves by the same
+    whole days); with ADMIN the image is already decay-corrected to injection.
+    """
+    units = str(ds.get("Units", "")).upper()
+    sequence = ds.get("RadiopharmaceuticalInformationSequence") or [Dataset()]
+    drug = sequence[0]
+    weight = _number(ds.get("PatientWeight"))
+    dose = _number(drug.get("RadionuclideTotalDose"))
+    half_life = _number(drug.get("RadionuclideHalfLife"))
+    correction = str(ds.get("DecayCorrection", "")).upper()
+    elapsed = _elapsed(ds, drug) if correction == "START" else None
+    missing = [reason for reason, lacking in (
+        (f"Units is {units or 'empty'}, not BQML", units != "BQML"),
+        ("no patient weight", weight is None), ("no injected dose", dose is None),
+        ("no radionuclide half-life", half_life is None),
+        (f"decay correction {correction or 'not given'} (START or ADMIN needed)",
+         correction not in {"START", "ADMIN"}),
+        ("no injection or series time", correction == "START" and elapsed is None)) if lacking]
+    factor = None
+    if not missing and weight and dose and half_life:
+        decayed = dose if correction == "ADMIN" else dose * 2.0 ** (-(elapsed or 0.0) / half_life)
+        factor = weight * 1000.0 / decayed
+    return SuvCalculation(factor, units, weight, dose, half_life, correction, elapsed, tuple(missing))
+
+
+def suvbw_factor(ds: Dataset) -> float | None:
+    """SUVbw per Bq/ml from a PET header, or None when the header does not allow it."""
+    return suv_calculation(ds).factor

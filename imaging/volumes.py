@@ -55,7 +55,7 @@ from pydicom.dataset import Dataset
 from imaging import storage
 from imaging.models import Instance, Series, VolumeState
 from imaging.presentation import decoded_frames, display_facts, modality_lut_values
-from imaging.suv import dicom_datetime, suvbw_factor
+from imaging.suv import dicom_datetime, suv_calculation, suvbw_factor
 from rendering.volume import Volume, presentation_from_dict
 
 log = logging.getLogger(__name__)
@@ -355,6 +355,7 @@ def series_display(ds: Dataset, *, kind: str, note: str = "") -> dict[str, Any]:
         "window_width": width,
         "units": str(ds.get("Units", "")) or str(ds.get("RescaleType", "")) or str(ds.get("DoseUnits", "")),
         "suvbw_factor": suvbw_factor(ds) if geometric and modality == "PT" else None,
+        "suv_calculation": suv_calculation(ds).as_dict() if geometric and modality == "PT" else None,
         "frame_of_reference_uid": str(ds.get("FrameOfReferenceUID", "")) if geometric else "",
         "note": note,
         "kind": kind,

@@ -107,6 +107,7 @@ def _header(volume: Volume) -> bytes:
         "origin": list(volume.origin), "direction": np.asarray(volume.direction).tolist(),
         "modality": volume.modality, "frame_of_reference_uid": volume.frame_of_reference_uid,
         "suv_factor": volume.suv_factor, "presentation": volume.presentation.as_dict(),
+        "display": volume.display,
     }
     body = json.dumps(meta).encode()
     start = len(MAGIC) + 4 + len(body)
@@ -139,4 +140,5 @@ def _mapped(path: Path, series_id: str) -> Volume:
     return Volume(voxels=voxels, spacing=tuple(meta["spacing"]), origin=tuple(meta["origin"]),
                   direction=np.array(meta["direction"]), modality=meta["modality"], series_id=series_id,
                   frame_of_reference_uid=meta["frame_of_reference_uid"], suv_factor=meta["suv_factor"],
-                  presentation=presentation_from_dict(meta.get("presentation") or {}))
+                  presentation=presentation_from_dict(meta.get("presentation") or {}),
+                  display=meta.get("display") or {})

@@ -77,7 +77,8 @@ class SeriesInfo:
                 "colour": bool(self.geometry.get("colour")),
                 "frame_time_ms": self.geometry.get("frame_time_ms"), "units": self.geometry.get("units", ""),
                 "panels": list(self.geometry.get("panels") or []), "time_points": self.time_points,
-                "study": self.study, "available": True}
+                "study": self.study, "suv_calculation": self.geometry.get("suv_calculation"),
+                "available": True}
 
     @property
     def suv(self) -> bool:

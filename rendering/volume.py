@@ -231,6 +231,7 @@ def volume_describe(container: Volume) -> dict:
         "plane": acquisition_plane(volume),
         "mpr": volume.reformattable,
         "colour": volume.colour,
+        "suv_calculation": container.display.get("suv_calculation"),
         **container.presentation.as_dict(),
     }
 

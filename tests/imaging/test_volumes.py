@@ -123,6 +123,26 @@ def test_suv_factor_needs_a_quantitative_header(phantom):
     assert suvbw_factor(pet) is None
 
 
+def test_the_suv_calculation_shows_every_header_value_it_used_and_what_it_lacked(phantom):
+    from imaging.suv import suv_calculation
+
+    out, truth = phantom
+    patient = truth["patients"][0]
+    pet = pydicom.dcmread(sorted((out / patient["folder"] / "PT").glob("*.dcm"))[0])
+    shown = suv_calculation(pet)
+    assert shown.missing == () and shown.weight_kg == pytest.approx(patient["patient_weight_kg"])
+    assert shown.dose_bq == pytest.approx(patient["injected_dose_bq"])
+    assert shown.half_life_s == pytest.approx(patient["half_life_s"])
+    assert shown.elapsed_s == pytest.approx(patient["uptake_s"], abs=1)
+    decayed = patient["injected_dose_bq"] * 2 ** (-patient["uptake_s"] / patient["half_life_s"])
+    assert shown.factor == pytest.approx(patient["patient_weight_kg"] * 1000 / decayed, rel=1e-3)
+    del pet.PatientWeight
+    pet.DecayCorrection = "NONE"
+    lacking = suv_calculation(pet)
+    assert lacking.factor is None
+    assert "no patient weight" in lacking.missing and any("NONE" in reason for reason in lacking.missing)
+
+
 @pytest.mark.django_db(databases=ZONES, transaction=True)
 def test_volume_is_stored_encrypted_and_loads(store, phantom):
     out, _ = phantom

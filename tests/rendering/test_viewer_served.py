@@ -215,6 +215,11 @@ def test_ready_names_the_vocabulary_and_a_study_that_is_no_prior_is_refused_on_a
     with viewer_socket(served_demo, doctor) as ws:
         ready = viewer_ready(ws)
         assert ready["related"] == [] and ready["studies"] == [ready["study"]["uid"]]
+        by_modality = {s["modality"]: s for s in ready["series"]}
+        assert by_modality["CT"]["suv_calculation"] is None
+        suv = by_modality["PT"]["suv_calculation"]
+        assert suv["method"] == "SUVbw" and suv["factor"] > 0 and suv["missing"] == []
+        assert suv["weight_kg"] > 0 and suv["decay_correction"] == "START"
         palettes = ready["vocabulary"]["settings"]["palette"]["choices"]
         assert set(ready["vocabulary"]["palettes"]) == set(palettes)
         ws.send(json.dumps({"type": "open", "study": "1.2.3.4"}))
