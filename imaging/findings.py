@@ -45,8 +45,8 @@ class Kept:
 
 def _safe_label(label: str) -> str:
     """No spreadsheet formula: a label that starts like one is kept as text."""
-    label = label.strip()[:63]
-    return "'" + label if label.startswith(("=", "+", "-", "@", "\t", "\r")) else label
+    label = label.strip()[:64]
+    return "'" + label[:63] if label.startswith(("=", "+", "-", "@", "\t", "\r")) else label
 
 
 def finding_keep(*, study_uid: str, kept: Kept, label: str, author: str,
@@ -56,6 +56,13 @@ def finding_keep(*, study_uid: str, kept: Kept, label: str, author: str,
         study=study, series_instance_uid=kept.series_instance_uid, label=_safe_label(label) or kept.tool,
         tool=kept.tool, points=kept.points, plane=kept.plane, result=kept.result, author=author[:150],
         by_consultant=by_consultant)
+
+
+def finding_study(*, finding_id: int, study_uids: list[str]) -> str | None:
+    """The study (of ``study_uids``) a live finding belongs to, or None."""
+    return (Finding.objects.filter(id=finding_id, study__study_instance_uid__in=study_uids,
+                                   deleted_at__isnull=True)
+            .values_list("study__study_instance_uid", flat=True).first())
 
 
 def finding_delete(*, study_uid: str, finding_id: int, by: str, only_author: str | None = None) -> Finding:
@@ -70,13 +77,15 @@ def finding_delete(*, study_uid: str, finding_id: int, by: str, only_author: str
     return Finding.objects.get(id=finding_id)
 
 
-def findings_of(study_uid: str) -> list[Finding]:
-    return list(Finding.objects.filter(study__study_instance_uid=study_uid, deleted_at__isnull=True))
+def findings_of(*study_uids: str) -> list[Finding]:
+    return list(Finding.objects.filter(study__study_instance_uid__in=study_uids, deleted_at__isnull=True)
+                .select_related("study"))
 
 
 def finding_wire(finding: Finding) -> dict[str, Any]:
     return {"id": finding.id, "label": finding.label, "tool": finding.tool,
-            "series": finding.series_instance_uid, "points": finding.points, "result": finding.result,
+            "study": finding.study.study_instance_uid, "series": finding.series_instance_uid,
+            "points": finding.points, "plane": finding.plane, "result": finding.result,
             "by": finding.author, "consultant": finding.by_consultant,
             "at": finding.created_at.isoformat(timespec="seconds")}
 

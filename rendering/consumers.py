@@ -32,7 +32,15 @@ from gateway.sharing.principal import audit_fields
 from gateway.sharing.services import share_use_record
 from gateway.sharing.websocket import PrincipalGuardedConsumer
 from imaging.access import StudyNotFound, ViewerSeries, ViewerStudy, related_studies, study_for_viewer
-from imaging.findings import FindingNotFound, Kept, finding_delete, finding_keep, finding_wire, findings_of
+from imaging.findings import (
+    FindingNotFound,
+    Kept,
+    finding_delete,
+    finding_keep,
+    finding_study,
+    finding_wire,
+    findings_of,
+)
 from rendering import protocol
 from rendering.engine.core import FrameOfReferenceError, MissingVolumeError, RenderedFrame
 from rendering.engine.palettes import palette_stops
@@ -52,6 +60,7 @@ MESSAGES_PER_SECOND = 120
 MESSAGE_BURST = 240
 THUMBNAIL_PIXELS = 96
 VOCABULARY = protocol.vocabulary(palette_stops())
+VOCABULARY_WITHOUT_MEASURING = {**VOCABULARY, "measure_tools": []}
 WIRE_ENCODING = {"jpeg": protocol.Encoding.JPEG, "png": protocol.Encoding.PNG,
                  "webp": protocol.Encoding.WEBP}
 
@@ -116,6 +125,8 @@ class ViewerConsumer(PrincipalGuardedConsumer):
             return False
         self.pool = await render_pool_async()
         self.related = await database_sync_to_async(related_studies)(principal=user, study=self.study)
+        self.may_measure = await database_sync_to_async(may)(user, Permission.STUDY_MEASURE,
+                                                             self.study.study_uid)
         try:
             shown, unavailable = await self._describe_series(self.study)
             self.session = ViewerSession(study_uid=self.study.study_uid, series=shown,
@@ -185,7 +196,7 @@ class ViewerConsumer(PrincipalGuardedConsumer):
                                        "description": self.study.description},
             "limits": {"max_message_bytes": protocol.MAX_MESSAGE_BYTES,
                        "messages_per_second": MESSAGES_PER_SECOND, "message_burst": MESSAGE_BURST},
-            "vocabulary": VOCABULARY,
+            "vocabulary": VOCABULARY if self.may_measure else VOCABULARY_WITHOUT_MEASURING,
             "related": [study.wire() for study in self.related],
             **self.session.describe(),
         }))
@@ -351,28 +362,28 @@ class ViewerConsumer(PrincipalGuardedConsumer):
         base = self.session.series[self.session.views[index].layers[0]["series_id"]]
         return base.study or self.study.study_uid
 
-    async def _may_measure(self, study: str) -> bool:
+    async def _may_measure(self, study: str, asked: str) -> bool:
         if await database_sync_to_async(may)(self.principal, Permission.STUDY_MEASURE, study):
             return True
-        await self._error("refused", "measuring is not part of what you may do here")
+        await self._error("refused", "measuring is not part of what you may do here", of=asked)
         return False
 
     async def _measure_one(self, message: protocol.Measure) -> None:
         view = self.session.views[message.view]
         study = self._study_of_view(message.view)
-        if not await self._may_measure(study):
+        if not await self._may_measure(study, "measure"):
             return
         operation, arguments = MEASURE_OPERATIONS[message.tool](message)
         state = self.session.state(message.view, quality="still")
         try:
             result = await self.pool.request(operation, state, source=CLINICAL, **arguments)
         except (RenderError, FrameOfReferenceError, MissingVolumeError) as error:
-            await self._error("measure_failed", str(error), view=message.view)
+            await self._error("measure_failed", str(error), view=message.view, of="measure")
             return
         wire = operation_named(operation).to_wire(result)
         points = [list(point) for point in message.points]
-        self.last_measurement = (study, Kept(view.layers[0]["series_id"], message.tool, points,
-                                             view.plane, wire))
+        plane = {**view.plane, "width": view.width, "height": view.height} if view.plane else None
+        self.last_measurement = (study, Kept(view.layers[0]["series_id"], message.tool, points, plane, wire))
         await self.send(text_data=json.dumps({
             "type": "measurement", "view": message.view, "tool": message.tool, "points": points,
             "result": wire}, allow_nan=False))
@@ -380,10 +391,11 @@ class ViewerConsumer(PrincipalGuardedConsumer):
     async def _on_keep(self, message: protocol.Keep) -> None:
         """The socket's last measurement into the study's findings: the server's numbers, not the client's."""
         if self.last_measurement is None:
-            await self._error("nothing_to_keep", "measure first; the last measurement is what is kept")
+            await self._error("nothing_to_keep", "measure first; the last measurement is what is kept",
+                              of="keep")
             return
         study, kept = self.last_measurement
-        if not await self._may_measure(study):
+        if not await self._may_measure(study, "keep"):
             return
         consultant = getattr(self.principal, "is_capability", False) is True
         finding = await database_sync_to_async(finding_keep)(
@@ -394,8 +406,12 @@ class ViewerConsumer(PrincipalGuardedConsumer):
         await self._send_findings()
 
     async def _on_forget(self, message: protocol.Forget) -> None:
-        study = self.study.study_uid
-        if not await self._may_measure(study):
+        study = await database_sync_to_async(finding_study)(finding_id=message.finding,
+                                                            study_uids=self.session.studies)
+        if study is None:
+            await self._error("refused", "no such finding of these studies", of="forget")
+            return
+        if not await self._may_measure(study, "forget"):
             return
         consultant = getattr(self.principal, "is_capability", False) is True
         try:
@@ -403,21 +419,24 @@ class ViewerConsumer(PrincipalGuardedConsumer):
                 study_uid=study, finding_id=message.finding, by=self.principal.username,
                 only_author=self.principal.username if consultant else None)
         except FindingNotFound:
-            await self._error("refused", "no such finding of this study that you may delete")
+            await self._error("refused", "no such finding of this study that you may delete", of="forget")
             return
         await self._audit(Action.FINDING_DELETE, Outcome.SUCCESS, study=study,
                           details={"finding": message.finding})
         await self._send_findings()
 
     async def _send_findings(self) -> None:
-        rows = await database_sync_to_async(findings_of)(self.study.study_uid)
+        rows = await database_sync_to_async(findings_of)(*self.session.studies)
         await self.send(text_data=json.dumps({"type": "findings",
                                               "findings": [finding_wire(row) for row in rows]}))
 
-    async def _error(self, code: str, text: str, *, view: int | None = None) -> None:
+    async def _error(self, code: str, text: str, *, view: int | None = None, of: str | None = None) -> None:
+        """``of``: the message type the error answers, where a client may have several in flight."""
         body: dict[str, Any] = {"type": "error", "code": code, "message": text}
         if view is not None:
             body["view"] = view
+        if of is not None:
+            body["of"] = of
         await self.send(text_data=json.dumps(body))
 
     async def _audit(self, action: Action, outcome: Outcome, *, study: str | None = None,

@@ -115,3 +115,4 @@ def test_study_and_series_descriptions_are_kept_with_identifying_words_blanked()
 def test_a_descriptor_with_nothing_identifying_is_kept_as_written():
     assert deid.descriptor_cleaned("CT Chest w/o contrast 5mm", frozenset({"doe", "jane"})) == (
         "CT Chest w/o contrast 5mm")
+

@@ -473,12 +473,14 @@ async def test_a_nurse_sees_but_may_not_measure(client, signed_in, study):
     await database_sync_to_async(signed_in)("nurse")
     record, _ = study
     communicator, _, _ = await _open(client, record.study_instance_uid)
+    ready = await _next(communicator)
+    assert ready["vocabulary"]["measure_tools"] == []
     await _frames(communicator, 4)
     await communicator.send_json_to({"type": "measure", "view": 0, "tool": "line",
                                      "points": [[10, 10], [100, 100]]})
     refused = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] in ("error",
                                                                                           "measurement"))
-    assert refused["type"] == "error" and refused["code"] == "refused"
+    assert refused["type"] == "error" and refused["code"] == "refused" and refused["of"] == "measure"
     await communicator.disconnect()
 
 
@@ -505,6 +507,8 @@ async def test_a_kept_measurement_is_a_finding_exported_as_xlsx_and_csv_and_dele
     (finding,) = listed["findings"]
     assert finding["label"] == "'=lesion 1" and finding["result"] == sphere["result"]
     assert finding["by"] == doctor.username and finding["tool"] == "sphere"
+    assert finding["study"] == record.study_instance_uid
+    assert finding["plane"]["width"] > 0 and len(finding["plane"]["center_mm"]) == 3
 
     url = reverse("rendering:findings", args=[record.study_instance_uid, "xlsx"])
     response = await database_sync_to_async(client.get)(url)

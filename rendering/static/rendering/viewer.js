@@ -28,6 +28,18 @@ const timeControl = document.getElementById("time-control");
 const timeSlider = document.getElementById("time-slider");
 const timeShown = document.getElementById("time-value");
 const reverseWheelBox = document.getElementById("reverse-wheel");
+const measureControls = document.getElementById("measure-controls");
+const measureSelect = document.getElementById("measure-tool");
+const radiusControl = document.getElementById("sphere-radius-control");
+const radiusInput = document.getElementById("sphere-radius");
+const measurePanel = document.getElementById("measure-panel");
+const measureSection = document.getElementById("measure-section");
+const measurementShown = document.getElementById("measurement");
+const measureRefusedNote = document.getElementById("measure-refused");
+const keepForm = document.getElementById("keep-form");
+const keepLabel = document.getElementById("keep-label");
+const keepButton = document.getElementById("keep");
+const findingsList = document.getElementById("findings");
 const study = root.dataset.study;
 
 const views = [];
@@ -97,6 +109,7 @@ function receiveVocabulary(announced) {
   vocabulary = !vocabularyAnnounced ? FALLBACK_VOCABULARY : {
     settings: announced.settings || {}, inputs: announced.inputs || {},
     layouts: announced.layouts || [], palettes: announced.palettes || {},
+    measure_tools: Array.isArray(announced.measure_tools) ? announced.measure_tools : [],
   };
 }
 
@@ -429,6 +442,7 @@ function showSeries(index, uid) {
 
 function buildViews(viewSpecs) {
   for (const view of views) stopCine(view);
+  dropShape();  // what was drawn belonged to the views that go
   grid.replaceChildren();
   grid.dataset.layout = layout;
   views.length = 0;
@@ -441,9 +455,10 @@ function buildViews(viewSpecs) {
     canvas.setAttribute("aria-label", `view ${index + 1}`);
     const overlay = document.createElement("div");
     overlay.className = "overlay";
-    cell.append(canvas, overlay);
+    const shapes = svgNode("svg", { class: "shapes", preserveAspectRatio: "none", "aria-hidden": "true" });
+    cell.append(canvas, shapes, overlay);
     grid.append(cell);
-    const state = { index, canvas, overlay, lastSequence: 0, shownRank: -1, frames: 0,
+    const state = { index, canvas, overlay, shapes, picture: null, lastSequence: 0, shownRank: -1, frames: 0,
                     since: performance.now(), showCrosshair: true,
                     kind: spec.kind, layers: [...(spec.layers || [])], slice: null,
                     settings: { slab_mode: "none" }, asked: {},
@@ -465,6 +480,7 @@ function sendSizes() {
     view.canvas.width = width;
     view.canvas.height = height;
     send({ type: "resize", view: view.index, width, height });
+    drawShapes(view);
   }
 }
 
@@ -487,6 +503,7 @@ function refreshControls() {
   }
   showCineState(view);
   showTimeControl(view);
+  showMeasureControls();
   markSelectedSeries();
 }
 
@@ -849,6 +866,8 @@ function paintFrame(view, frame, bitmap) {
   context.drawImage(bitmap, 0, 0, view.canvas.width, view.canvas.height);
   bitmap.close();
   drawCrosshair(context, view, overlay);
+  view.picture = pictureOf(view, frame, overlay);
+  drawShapes(view);
   view.frames += 1;
   const now = performance.now();
   const fps = (view.frames * 1000) / Math.max(1, now - view.since);
@@ -919,6 +938,10 @@ function receiveError(message) {
   if (message.code === "rate_limited") {
     holdInputUntil = performance.now() + (message.retry_after_ms || 0) + 50;
   }
+  const answersMeasuring = message.of ? ["measure", "keep"].includes(message.of) : measuringAsked();
+  if (message.code === "refused" && answersMeasuring) refuseMeasuring();
+  else if (message.code === "refused" && forgetAsked) { forgetAsked = false; showFindings(); }
+  if (message.code === "measure_failed") measureFailed(message);
   if (message.code === "refused" || message.code === "rate_limited") {
     // What was asked did not happen: the layout menu shows the layout on screen again,
     // and another study may be opened.
@@ -932,6 +955,8 @@ function handleText(message) {
   if (message.type === "ready") receiveReady(message);
   else if (message.type === "thumbnail") receiveThumbnail(message);
   else if (message.type === "probe") receiveProbe(message);
+  else if (message.type === "measurement") receiveMeasurement(message);
+  else if (message.type === "findings") receiveFindings(message);
   else if (message.type === "error") receiveError(message);
   else if (message.type === "closing") end(`access ended: ${message.reason}`);
 }
@@ -948,6 +973,7 @@ function clearViews() {
   thumbnails.clear();
   seriesStrip.replaceChildren();
   probeLine.textContent = "";
+  clearMeasurements();
 }
 
 function end(text, link) {
@@ -1023,7 +1049,16 @@ const MOUSE_GESTURES = [
   { shown: "ctrl-wheel", input: "zoom", text: "zoom" },
   { shown: "right-drag", input: "rotate", text: "rotate (3-D) / tilt (oblique)" },
   { shown: "click", input: "focus", text: "move the crosshair there" },
+  { shown: "drag (a measuring tool)", measure: true,
+    text: "draw it: line, ellipse, rectangle from press to release; sphere: press at the centre" },
+  { shown: "click (polygon)", measure: true,
+    text: "add a corner; double-click, Enter or a click on the first corner closes it" },
+  { shown: "drag a handle", measure: true, text: "move that point; the numbers follow" },
 ];
+
+function gestureAnnounced(gesture) {
+  return gesture.measure ? measuringOffered() : inputAnnounced(gesture.input);
+}
 
 function attachInput(view) {
   const { canvas, index } = view;
@@ -1039,6 +1074,10 @@ function attachInput(view) {
   canvas.addEventListener("pointerdown", (event) => {
     activate(index);
     canvas.setPointerCapture(event.pointerId);
+    if (event.button === 0 && !event.shiftKey && measuringOn(view)) {
+      drag = { measuring: true, grip: measurePress(view, canvasPoint(view, event)) };
+      return;
+    }
     drag = { x: event.clientX, y: event.clientY, button: event.button, shift: event.shiftKey,
              moved: false };
   });
@@ -1060,7 +1099,8 @@ function attachInput(view) {
       lastProbe = now;
       send({ type: "probe", view: index, ...view.pointer });
     }
-    if (!drag) return;
+    if (drag && drag.measuring) { measureDrag(view, drag.grip, canvasPoint(view, event), false); return; }
+    if (!drag) { polygonHover(view, canvasPoint(view, event)); return; }
     const dx = event.clientX - drag.x;
     const dy = event.clientY - drag.y;
     if (Math.abs(dx) + Math.abs(dy) < 2) return;
@@ -1076,12 +1116,765 @@ function attachInput(view) {
     }
   });
   canvas.addEventListener("pointerup", (event) => {
+    if (drag && drag.measuring) {
+      measureDrag(view, drag.grip, canvasPoint(view, event), true);
+      drag = null;
+      return;
+    }
     if (drag && !drag.moved && drag.button === 0) {
       sendInput(index, "focus", { x: Math.round(event.offsetX), y: Math.round(event.offsetY) });
     }
     drag = null;
   });
+  canvas.addEventListener("dblclick", () => { if (polygonOpenOn(view)) closePolygon(); });
   canvas.addEventListener("keydown", (event) => keyboard(event, index));
+}
+
+// --- measurements: the reader draws the shape, the server computes every number ------------
+
+// The tools this client can draw, each with its key; `ready.vocabulary.measure_tools` says
+// which of them the server takes (none announced: no tool is offered).
+const MEASURE_KEYS = { line: "l", ellipse: "e", rectangle: "q", polygon: "g", sphere: "b" };
+const SPHERE_RADIUS_MM = { min: 0.5, max: 150, initial: 10 };
+const MAX_POLYGON_POINTS = 256;
+const HANDLE_REACH_PX = 7;
+const PLANE_TOLERANCE_MM = 0.5;
+// A `refused` this soon after a measure or keep answers it: measuring is not ours here.
+const MEASURE_ANSWER_MS = 10000;
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+let measureTool = "none";
+let measuringRefused = false;
+let shape = null;          // the shape drawn last (or being drawn): see newShape
+let measurement = null;    // the latest `measurement` answer
+let findings = [];
+const keptShapes = new Map();  // finding id -> the shape kept under it (this page's own keeps)
+let keepAsked = null;
+let measureAskedAt = -Infinity;
+let keepAskedAt = -Infinity;
+let forgetAsked = false;
+let profileValuesOpen = false;
+
+function measureTools() {
+  const announced = Array.isArray(vocabulary.measure_tools) ? vocabulary.measure_tools : [];
+  return announced.filter((tool) => Object.hasOwn(MEASURE_KEYS, tool));
+}
+
+function measuringOffered() {
+  return !measuringRefused && measureTools().length > 0;
+}
+
+function offeredTools() {
+  return measuringOffered() ? measureTools() : [];
+}
+
+// A 3-D view has no single plane to draw on: there the mouse navigates as ever.
+function measuringOn(view) {
+  return measureTool !== "none" && measuringOffered() && Boolean(view) && view.kind !== "3d";
+}
+
+function measuringAsked() {
+  return performance.now() - Math.max(measureAskedAt, keepAskedAt) < MEASURE_ANSWER_MS;
+}
+
+// --- geometry: canvas pixels <-> patient mm through the plane a frame names ---
+
+function dot(a, b) {
+  return a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
+}
+
+function isVector(value) {
+  return Array.isArray(value) && value.length === 3 && value.every(Number.isFinite);
+}
+
+// What a painted frame shows: its plane (where the server names one) and a key that changes
+// whenever the picture moves, for frames that name no plane.
+function pictureOf(view, frame, overlay) {
+  const { width, height } = view.canvas;
+  const plane = overlay.plane;
+  let mmPerPixel = Number(overlay.mm_per_pixel);
+  if (!(mmPerPixel > 0) && plane && plane.mm_per_pixel > 0 && frame.width > 0) {
+    mmPerPixel = (plane.mm_per_pixel * frame.width) / width;
+  }
+  const usable = Boolean(plane) && ["center_mm", "right", "down", "normal"].every((name) => isVector(plane[name]))
+    && mmPerPixel > 0;
+  return {
+    key: JSON.stringify([overlay.kind, overlay.slice, overlay.position, overlay.zoom, view.layers, width, height]),
+    plane: usable ? plane : null, mmPerPixel: mmPerPixel > 0 ? mmPerPixel : null, width, height,
+  };
+}
+
+function toPatient(picture, [x, y]) {
+  const { center_mm: centre, right, down } = picture.plane;
+  const along = (x - picture.width / 2) * picture.mmPerPixel;
+  const across = (y - picture.height / 2) * picture.mmPerPixel;
+  return [0, 1, 2].map((axis) => centre[axis] + along * right[axis] + across * down[axis]);
+}
+
+function toScreen(picture, point) {
+  const { center_mm: centre, right, down, normal } = picture.plane;
+  const offset = point.map((value, axis) => value - centre[axis]);
+  return { x: dot(offset, right) / picture.mmPerPixel + picture.width / 2,
+           y: dot(offset, down) / picture.mmPerPixel + picture.height / 2, depth: dot(offset, normal) };
+}
+
+function tenth(value) {
+  return Math.round(value * 10) / 10;
+}
+
+// Pointer position in the canvas's own pixels (the CSS box may be scaled from them).
+function canvasPoint(view, event) {
+  const { canvas } = view;
+  const scaleX = canvas.clientWidth ? canvas.width / canvas.clientWidth : 1;
+  const scaleY = canvas.clientHeight ? canvas.height / canvas.clientHeight : 1;
+  return [tenth(Math.max(0, Math.min(canvas.width, event.offsetX * scaleX))),
+          tenth(Math.max(0, Math.min(canvas.height, event.offsetY * scaleY)))];
+}
+
+// --- shapes ---
+
+// A shape keeps its points in patient mm where the frame names its plane, so it stays on
+// the anatomy through pan and zoom and shows on every view of that series and plane;
+// otherwise in the pixels of the picture it was drawn on, shown while that picture is.
+function newShape(view, tool, points) {
+  const made = { view: view.index, tool, series: view.layers[0], closed: false, hover: null, sent: null,
+                 radius_mm: tool === "sphere" ? sphereRadius() : undefined };
+  placeShape(made, view, points);
+  return made;
+}
+
+function placeShape(target, view, points) {
+  target.px = points.map(([x, y]) => [x, y]);
+  target.picture = view.picture;
+  target.mm = view.picture && view.picture.plane ? target.px.map((point) => toPatient(view.picture, point)) : null;
+}
+
+// Where a shape lies on a view, in canvas pixels; null where the view does not show it.
+function shapeOn(target, view) {
+  const picture = view.picture;
+  if (!picture || view.kind === "3d" || !view.layers.includes(target.series)) return null;
+  if (target.mm && picture.plane) {
+    const projected = target.mm.map((point) => toScreen(picture, point));
+    const points = projected.map(({ x, y }) => [x, y]);
+    if (target.tool === "sphere") {
+      const depth = Math.abs(projected[0].depth);
+      if (depth >= target.radius_mm) return null;
+      return { points, radius: Math.sqrt(target.radius_mm ** 2 - depth ** 2) / picture.mmPerPixel };
+    }
+    return projected.every(({ depth }) => Math.abs(depth) <= PLANE_TOLERANCE_MM) ? { points } : null;
+  }
+  if (target.mm || view.index !== target.view || !target.picture || picture.key !== target.picture.key) return null;
+  const radius = target.tool === "sphere" && picture.mmPerPixel ? target.radius_mm / picture.mmPerPixel : null;
+  return { points: target.px, radius };
+}
+
+function measurable(target, points) {
+  if (target.tool === "sphere") return points.length === 1;
+  if (target.tool === "polygon") return target.closed && points.length >= 3;
+  const [[x0, y0], [x1, y1]] = points;
+  if (target.tool === "line") return Math.hypot(x1 - x0, y1 - y0) >= 1;
+  return Math.abs(x1 - x0) >= 1 && Math.abs(y1 - y0) >= 1;
+}
+
+function sphereRadius() {
+  const value = Number(radiusInput.value);
+  if (radiusInput.value === "" || !Number.isFinite(value)) return SPHERE_RADIUS_MM.initial;
+  return Math.max(SPHERE_RADIUS_MM.min, Math.min(SPHERE_RADIUS_MM.max, value));
+}
+
+// One measure per animation frame, the latest shape: the server answers latest-wins too.
+function queueMeasure() {
+  const view = shape && views[shape.view];
+  const placed = view && shapeOn(shape, view);
+  if (!placed || !measurable(shape, placed.points)) return;
+  const points = placed.points.map((point) => point.map((value) => tenth(Math.max(-4096, Math.min(8192, value)))));
+  if (samePoints(points, shape.sent) && shape.sentRadius === shape.radius_mm) return;  // asked already
+  const message = { type: "measure", view: shape.view, tool: shape.tool, points };
+  if (shape.tool === "sphere") message.radius_mm = shape.radius_mm;
+  shape.sent = points;
+  shape.sentRadius = shape.radius_mm;
+  measureAskedAt = performance.now();
+  pendingInput.set("measure", message);
+  scheduleFlush();
+}
+
+function nearest(points, [x, y], reach) {
+  let best = -1;
+  let bestDistance = reach;
+  points.forEach(([px, py], at) => {
+    const distance = Math.hypot(px - x, py - y);
+    if (distance <= bestDistance) { best = at; bestDistance = distance; }
+  });
+  return best;
+}
+
+function handleReach(view) {
+  const { canvas } = view;
+  return HANDLE_REACH_PX * (canvas.clientWidth ? canvas.width / canvas.clientWidth : 1);
+}
+
+function polygonOpenOn(view) {
+  return Boolean(shape) && shape.tool === "polygon" && !shape.closed && shape.view === view.index;
+}
+
+// A press with a tool: a corner of the polygon being drawn, a handle of the shape on this
+// view, or the start of a new shape. Answers what the drag that follows moves.
+function measurePress(view, point) {
+  if (shape && !shape.closed && shape.tool === "polygon") {
+    if (shape.view === view.index) { addCorner(view, point); return null; }
+    cancelShape();
+  }
+  const placed = shape && shape.closed && shape.view === view.index ? shapeOn(shape, view) : null;
+  if (placed) {
+    const handle = nearest(placed.points, point, handleReach(view));
+    if (handle >= 0) return { shape, handle, points: placed.points.map(([x, y]) => [x, y]) };
+  }
+  if (shape && !shape.closed) cancelShape();
+  const tool = measureTool;
+  if (tool === "polygon") {
+    shape = newShape(view, tool, [point]);
+    forgetAnswer();
+    drawAllShapes();
+    return null;
+  }
+  const points = tool === "sphere" ? [point] : [point, [...point]];
+  shape = newShape(view, tool, points);
+  shape.closed = tool === "sphere";
+  forgetAnswer();
+  queueMeasure();
+  drawAllShapes();
+  return { shape, handle: points.length - 1, points, drawing: tool !== "sphere" };
+}
+
+function measureDrag(view, grip, point, released) {
+  if (!grip || grip.shape !== shape) return;
+  grip.points[grip.handle] = point;
+  placeShape(shape, view, grip.points);
+  if (released && grip.drawing) {
+    if (!measurable(shape, grip.points)) { cancelShape(); return; }
+    shape.closed = true;
+  }
+  queueMeasure();
+  drawAllShapes();
+}
+
+function addCorner(view, point) {
+  const placed = shapeOn(shape, view);
+  if (!placed) { cancelShape(); return; }
+  const points = placed.points;
+  const reach = handleReach(view);
+  if (points.length >= 3 && nearest([points[0]], point, reach) === 0) { closePolygon(); return; }
+  const last = points[points.length - 1];
+  if (Math.hypot(last[0] - point[0], last[1] - point[1]) < 3) return;  // a double-click's second press
+  placeShape(shape, view, [...points, point]);
+  if (points.length + 1 >= MAX_POLYGON_POINTS) closePolygon();
+  else drawAllShapes();
+}
+
+function closePolygon() {
+  if (!shape || shape.tool !== "polygon" || shape.closed || shape.px.length < 3) return;
+  shape.closed = true;
+  shape.hover = null;
+  queueMeasure();
+  drawAllShapes();
+}
+
+function polygonHover(view, point) {
+  if (!polygonOpenOn(view)) return;
+  shape.hover = point;
+  drawShapes(view);
+}
+
+// A shape given up before it was finished sends nothing more; its numbers go too.
+function cancelShape() {
+  shape = null;
+  pendingInput.delete("measure");
+  forgetAnswer();
+  drawAllShapes();
+}
+
+function dropShape() {
+  shape = null;
+  pendingInput.delete("measure");
+  forgetAnswer();
+}
+
+function forgetAnswer() {
+  measurement = null;
+  showMeasurement();
+}
+
+function escapeMeasuring() {
+  if (shape && !shape.closed) cancelShape();
+  else chooseTool("none");
+}
+
+function chooseTool(name) {
+  const tool = offeredTools().includes(name) ? name : "none";
+  if (shape && !shape.closed && tool !== measureTool) cancelShape();
+  measureTool = tool;
+  showMeasureControls();
+}
+
+function changeRadius() {
+  const radius = sphereRadius();
+  radiusInput.value = String(radius);
+  if (!shape || shape.tool !== "sphere" || shape.radius_mm === radius) return;
+  shape.radius_mm = radius;
+  forgetAnswer();
+  queueMeasure();
+  drawAllShapes();
+}
+
+// --- drawing: vectors over the frame (the reader's own geometry, never pixel data) ---
+
+function svgNode(tag, attributes = {}) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, String(value));
+  return node;
+}
+
+function pointList(points) {
+  return points.map(([x, y]) => `${tenth(x)},${tenth(y)}`).join(" ");
+}
+
+function outline(tool, placed, { closed = true, hover = null } = {}) {
+  const points = placed.points;
+  if (tool === "sphere") {
+    const [x, y] = points[0];
+    const nodes = [svgNode("line", { class: "centre", x1: x - 4, y1: y, x2: x + 4, y2: y }),
+                   svgNode("line", { class: "centre", x1: x, y1: y - 4, x2: x, y2: y + 4 })];
+    if (placed.radius) nodes.unshift(svgNode("circle", { class: "outline", cx: x, cy: y, r: tenth(placed.radius) }));
+    return nodes;
+  }
+  if (tool === "polygon") {
+    if (closed) return [svgNode("polygon", { class: "outline", points: pointList(points) })];
+    return [svgNode("polyline", { class: "outline", points: pointList(hover ? [...points, hover] : points) })];
+  }
+  const [[x0, y0], [x1, y1]] = points;
+  if (tool === "line") return [svgNode("line", { class: "outline", x1: x0, y1: y0, x2: x1, y2: y1 })];
+  const box = { x: Math.min(x0, x1), y: Math.min(y0, y1), width: Math.abs(x1 - x0), height: Math.abs(y1 - y0) };
+  if (tool === "rectangle") return [svgNode("rect", { class: "outline", ...box })];
+  return [svgNode("rect", { class: "frame", ...box }),
+          svgNode("ellipse", { class: "outline", cx: (x0 + x1) / 2, cy: (y0 + y1) / 2, rx: box.width / 2,
+                               ry: box.height / 2 })];
+}
+
+function handles(points) {
+  return points.map(([x, y], at) => {
+    const node = svgNode("rect", { class: "handle", x: x - 3, y: y - 3, width: 6, height: 6 });
+    node.dataset.handle = String(at);
+    return node;
+  });
+}
+
+function drawShapes(view) {
+  const layer = view.shapes;
+  if (!layer) return;
+  layer.setAttribute("viewBox", `0 0 ${view.canvas.width} ${view.canvas.height}`);
+  const nodes = [];
+  for (const finding of findings) {
+    const kept = keptShapes.get(finding.id);
+    const placed = kept && shapeOn(kept, view);
+    if (!placed) continue;
+    const group = svgNode("g", { class: `shape kept ${kept.tool}` });
+    group.dataset.finding = String(finding.id);
+    const [x, y] = placed.points[0];
+    const name = svgNode("text", { class: "shape-label", x: x + 6, y: y - 6 });
+    name.textContent = finding.label;
+    group.append(...outline(kept.tool, placed), name);
+    nodes.push(group);
+  }
+  const placed = shape && shapeOn(shape, view);
+  if (placed) {
+    const group = svgNode("g", { class: `shape current ${shape.tool}` });
+    group.dataset.tool = shape.tool;
+    group.append(...outline(shape.tool, placed, { closed: shape.closed, hover: shape.hover }));
+    if (shape.view === view.index) group.append(...handles(placed.points));
+    nodes.push(group);
+  }
+  layer.replaceChildren(...nodes);
+}
+
+function drawAllShapes() {
+  for (const view of views) drawShapes(view);
+}
+
+// --- the answer: a table of every layer's numbers, or a line's length and profiles ---
+
+function shown(value, suffix = "") {
+  return Number.isFinite(value) ? `${readerNumber(value)}${suffix}` : "–";
+}
+
+function modalityOf(seriesId) {
+  const series = seriesByUid.get(seriesId);
+  return (series && series.modality) || "layer";
+}
+
+function layerTitle(seriesId, unit) {
+  return unit ? `${modalityOf(seriesId)} (${unit})` : modalityOf(seriesId);
+}
+
+function isLineResult(result) {
+  return Boolean(result) && !Array.isArray(result) && typeof result === "object" && Number.isFinite(result.length_mm);
+}
+
+// A layer's numbers in the order a reader reads them: a PET in SUV leads with SUVmax and
+// SUVpeak and ends with TLG.
+function layerNumbers(layer) {
+  const suv = layer.unit === "SUV";
+  const numbers = [];
+  const add = (key, name, value, suffix = "") => {
+    if (Number.isFinite(value)) numbers.push({ key, name, text: shown(value, suffix) });
+  };
+  if (suv) { add("maximum", "SUVmax", layer.maximum); add("peak", "SUVpeak", layer.peak); }
+  add("mean", "mean", layer.mean);
+  add("sd", "SD", layer.sd);
+  add("minimum", "min", layer.minimum);
+  if (!suv) add("maximum", "max", layer.maximum);
+  add("median", "median", layer.median);
+  add("volume_ml", "volume", layer.volume_ml, " ml");
+  add("area_mm2", "area", layer.area_mm2, " mm²");
+  if (suv) add("total", "TLG", layer.total);
+  return numbers;
+}
+
+function statisticsTable(layers) {
+  const table = element("table", "measure-table");
+  const body = element("tbody");
+  for (const layer of layers) {
+    if (!layer || typeof layer !== "object") continue;
+    const row = element("tr", "measure-layer");
+    row.dataset.series = String(layer.series_id || "");
+    row.dataset.unit = String(layer.unit || "");
+    const title = element("th", "", layerTitle(layer.series_id, layer.unit));
+    title.scope = "row";
+    row.append(title);
+    for (const number of layerNumbers(layer)) {
+      const cell = element("td", "stat");
+      cell.dataset.stat = number.key;
+      cell.append(element("span", "stat-name", number.name), " ", element("span", "stat-value", number.text));
+      row.append(cell);
+    }
+    body.append(row);
+  }
+  table.append(body);
+  return table;
+}
+
+const PROFILE_SIZE = { width: 240, height: 72, margin: 4 };
+
+function profileChart(values, length) {
+  const { width, height, margin } = PROFILE_SIZE;
+  const known = values.filter(Number.isFinite);
+  const low = Math.min(...known);
+  const high = Math.max(...known);
+  const span = high - low || 1;
+  const x = (at) => margin + ((width - 2 * margin) * at) / Math.max(1, values.length - 1);
+  const y = (value) => margin + (height - 2 * margin) * (1 - (value - low) / span);
+  const chart = svgNode("svg", { class: "profile-chart", viewBox: `0 0 ${width} ${height}`,
+                                 preserveAspectRatio: "none", role: "img" });
+  let run = [];
+  const runs = [];
+  values.forEach((value, at) => {
+    if (Number.isFinite(value)) run.push([x(at), y(value)]);
+    else if (run.length) { runs.push(run); run = []; }
+  });
+  if (run.length) runs.push(run);
+  for (const points of runs) {
+    chart.append(points.length > 1 ? svgNode("polyline", { class: "profile-line", points: pointList(points) })
+      : svgNode("circle", { class: "profile-dot", cx: tenth(points[0][0]), cy: tenth(points[0][1]), r: 1.5 }));
+  }
+  const cursor = svgNode("line", { class: "profile-cursor", x1: 0, y1: 0, x2: 0, y2: height });
+  cursor.setAttribute("visibility", "hidden");
+  chart.append(cursor);
+  chart.dataset.low = String(low);
+  chart.dataset.high = String(high);
+  chart.dataset.length = String(length);
+  return { chart, cursor, x };
+}
+
+function distanceAt(at, count, length) {
+  return count > 1 ? (length * at) / (count - 1) : 0;
+}
+
+function profileTable(values, length, unit) {
+  const table = element("table", "profile-values");
+  const head = element("tr");
+  head.append(element("th", "", "mm"), element("th", "", unit || "value"));
+  const body = element("tbody");
+  values.forEach((value, at) => {
+    const row = element("tr");
+    row.append(element("td", "", shown(distanceAt(at, values.length, length))),
+               element("td", "", Number.isFinite(value) ? shown(value) : "outside"));
+    body.append(row);
+  });
+  const thead = element("thead");
+  thead.append(head);
+  table.append(thead, body);
+  return table;
+}
+
+// One small chart per layer (each in its own unit), the value under the mouse, and every
+// value in a table on demand.
+function profileFigure(profile, length) {
+  const [seriesId, unit, raw] = profile;
+  const values = (Array.isArray(raw) ? raw : []).map((value) => (Number.isFinite(value) ? value : null));
+  const figure = element("figure", "profile");
+  figure.dataset.series = String(seriesId);
+  figure.dataset.unit = String(unit || "");
+  const known = values.filter(Number.isFinite);
+  const caption = element("figcaption", "", `${layerTitle(seriesId, unit)} along the line`);
+  if (!known.length) {
+    caption.append(": outside the series");
+    figure.append(caption);
+    return figure;
+  }
+  caption.append(element("span", "profile-range",
+    ` · min ${shown(Math.min(...known))} · max ${shown(Math.max(...known))}`));
+  const { chart, cursor, x } = profileChart(values, length);
+  chart.setAttribute("aria-label", `${layerTitle(seriesId, unit)} profile`);
+  const readout = element("output", "profile-readout");
+  chart.addEventListener("pointermove", (event) => {
+    const box = chart.getBoundingClientRect();
+    const fraction = box.width ? (event.clientX - box.left) / box.width : 0;
+    const at = Math.max(0, Math.min(values.length - 1, Math.round(fraction * (values.length - 1))));
+    const value = values[at];
+    cursor.setAttribute("x1", String(tenth(x(at))));
+    cursor.setAttribute("x2", String(tenth(x(at))));
+    cursor.setAttribute("visibility", "visible");
+    readout.textContent = `${shown(distanceAt(at, values.length, length))} mm: `
+      + (Number.isFinite(value) ? `${shown(value)}${unit ? ` ${unit}` : ""}` : "outside the series");
+  });
+  chart.addEventListener("pointerleave", () => {
+    cursor.setAttribute("visibility", "hidden");
+    readout.textContent = "";
+  });
+  const details = element("details", "profile-table");
+  details.append(element("summary", "", "values"));
+  details.open = profileValuesOpen;
+  const fill = () => {
+    if (details.open && !details.querySelector("table")) details.append(profileTable(values, length, unit));
+  };
+  details.addEventListener("toggle", () => { profileValuesOpen = details.open; fill(); });
+  fill();
+  figure.append(caption, chart, readout, details);
+  return figure;
+}
+
+function lineResult(result) {
+  const nodes = [];
+  const length = element("p", "line-length");
+  length.dataset.stat = "length_mm";
+  length.append(element("span", "stat-name", "length"), " ",
+                element("span", "stat-value", shown(result.length_mm, " mm")));
+  nodes.push(length);
+  for (const profile of Array.isArray(result.profiles) ? result.profiles : []) {
+    if (Array.isArray(profile) && profile.length === 3) nodes.push(profileFigure(profile, result.length_mm));
+  }
+  return nodes;
+}
+
+function samePoints(a, b) {
+  return Array.isArray(a) && Array.isArray(b) && a.length === b.length
+    && a.every((point, at) => Array.isArray(point) && Math.abs(point[0] - b[at][0]) < 0.05
+      && Math.abs(point[1] - b[at][1]) < 0.05);
+}
+
+// Keep keeps the server's last measurement: offered only when that is the shape on screen.
+function keepable() {
+  return measuringOffered() && Boolean(measurement) && Boolean(shape) && shape.closed && keepAsked === null
+    && measurement.view === shape.view && measurement.tool === shape.tool && samePoints(measurement.points, shape.sent);
+}
+
+function showKeep() {
+  keepButton.disabled = !keepable() || cleanLabel(keepLabel.value) === "";
+}
+
+function showMeasurement() {
+  if (!measurement) {
+    measurementShown.replaceChildren(element("p", "hint", measuringOffered()
+      ? "Choose a tool (Measure) and draw on a 2-D view." : ""));
+    delete measurementShown.dataset.tool;
+  } else {
+    const caption = element("p", "measure-caption", `${label(measurement.tool)} · view ${measurement.view + 1}`);
+    const result = measurement.result;
+    measurementShown.replaceChildren(caption, ...(isLineResult(result) ? lineResult(result)
+      : [statisticsTable(Array.isArray(result) ? result : [])]));
+    measurementShown.dataset.tool = measurement.tool;
+  }
+  measurementShown.classList.toggle("pending", Boolean(measurement) && !keepable());
+  showKeep();
+}
+
+function receiveMeasurement(message) {
+  measureAskedAt = -Infinity;
+  // An answer to a shape given up (cancelled, replaced by a layout) is not shown.
+  if (!measuringOffered() || !shape || message.view !== shape.view || message.tool !== shape.tool) return;
+  measurement = message;
+  showMeasurement();
+}
+
+function measureFailed() {
+  measureAskedAt = -Infinity;
+  if (measurement && shape && !samePoints(measurement.points, shape.sent)) forgetAnswer();
+}
+
+// Not permitted (a nurse, a view-only share): no tool for the rest of this page's life.
+function refuseMeasuring() {
+  measuringRefused = true;
+  measureAskedAt = keepAskedAt = -Infinity;
+  keepAsked = null;
+  measureTool = "none";
+  dropShape();
+  buildMeasureControls();
+  buildKeyMap();
+  showFindings();
+  drawAllShapes();
+}
+
+// --- keep, forget and the findings list ---
+
+// What the server takes as a label: 1–64 printable characters.
+function cleanLabel(text) {
+  return Array.from(String(text).replace(/\s/gu, " ").replace(/\p{C}/gu, "").trim()).slice(0, 64).join("").trim();
+}
+
+function keep(event) {
+  event.preventDefault();
+  const text = cleanLabel(keepLabel.value);
+  if (!text || !keepable()) return;
+  keepAsked = { shape: { ...shape, closed: true, hover: null }, known: new Set(findings.map((f) => f.id)) };
+  keepAskedAt = performance.now();
+  send({ type: "keep", label: text });
+  showMeasurement();
+}
+
+function forget(id, button) {
+  button.disabled = true;
+  button.textContent = "Deleting…";
+  forgetAsked = true;
+  send({ type: "forget", finding: id });
+}
+
+function findingNumbers(finding) {
+  const result = finding.result;
+  if (isLineResult(result)) return `length ${shown(result.length_mm, " mm")}`;
+  if (result && typeof result === "object" && !Array.isArray(result)) {
+    // One region of one layer (a threshold VOI kept by another client): its headline numbers.
+    return [["volume", result.volume_ml, " ml"], ["max", result.maximum], ["peak", result.peak],
+            ["mean", result.mean], ["TLG", result.total]]
+      .filter(([, value]) => Number.isFinite(value)).map(([name, value, suffix]) => `${name} ${shown(value, suffix)}`)
+      .join(" · ");
+  }
+  if (!Array.isArray(result)) return "";
+  const parts = [];
+  const first = result[0] || {};
+  if (Number.isFinite(first.volume_ml)) parts.push(`volume ${shown(first.volume_ml, " ml")}`);
+  else if (Number.isFinite(first.area_mm2)) parts.push(`area ${shown(first.area_mm2, " mm²")}`);
+  for (const layer of result) {
+    if (!layer || typeof layer !== "object") continue;
+    const name = modalityOf(layer.series_id);
+    if (layer.unit === "SUV") {
+      const peak = Number.isFinite(layer.peak) ? `, SUVpeak ${shown(layer.peak)}` : "";
+      parts.push(`${name}: SUVmax ${shown(layer.maximum)}${peak}, mean ${shown(layer.mean)}`);
+    } else {
+      parts.push(`${name}: mean ${shown(layer.mean)}${layer.unit ? ` ${layer.unit}` : ""}`);
+    }
+  }
+  return parts.join(" · ");
+}
+
+function findingItem(finding) {
+  const item = element("li", "finding");
+  item.dataset.finding = String(finding.id);
+  const head = element("div", "finding-head");
+  head.append(element("span", "finding-label", String(finding.label)),
+              element("span", "finding-tool", label(String(finding.tool))));
+  const by = `by ${finding.by || "?"}${finding.consultant ? " (consultant)" : ""}`;
+  const at = typeof finding.at === "string" ? ` · ${finding.at.replace("T", " ").slice(0, 16)}` : "";
+  item.append(head, element("div", "finding-numbers", findingNumbers(finding)),
+              element("div", "finding-by", `${by}${at}`));
+  if (measuringOffered()) {
+    const button = element("button", "finding-delete", "Delete");
+    button.type = "button";
+    button.setAttribute("aria-label", `delete finding ${finding.label}`);
+    button.addEventListener("click", () => forget(finding.id, button));
+    item.append(button);
+  }
+  return item;
+}
+
+function showFindings() {
+  findingsList.replaceChildren(...(findings.length ? findings.map(findingItem)
+    : [element("li", "hint", "No finding kept yet.")]));
+  showMeasurePanel();
+}
+
+// The finding this page kept is the new one with the points it measured: it is drawn
+// where its plane is shown (a finding kept elsewhere names no plane, so it is listed only).
+function receiveFindings(message) {
+  forgetAsked = false;
+  findings = (Array.isArray(message.findings) ? message.findings : [])
+    .filter((finding) => finding && Number.isInteger(finding.id));
+  if (keepAsked) {
+    const fresh = findings.filter((finding) => !keepAsked.known.has(finding.id)
+      && finding.tool === keepAsked.shape.tool && samePoints(finding.points, keepAsked.shape.sent));
+    if (fresh.length) {
+      const id = Math.max(...fresh.map((finding) => finding.id));
+      keptShapes.set(id, keepAsked.shape);
+      if (shape && shape.sent === keepAsked.shape.sent) shape = null;  // it is a finding now
+      keepLabel.value = "";
+    }
+    keepAsked = null;
+    keepAskedAt = -Infinity;
+  }
+  const present = new Set(findings.map((finding) => finding.id));
+  for (const id of keptShapes.keys()) if (!present.has(id)) keptShapes.delete(id);
+  showFindings();
+  showMeasurement();
+  drawAllShapes();
+}
+
+function clearMeasurements() {
+  dropShape();
+  findings = [];
+  keptShapes.clear();
+  keepAsked = null;
+  showFindings();
+}
+
+// --- the toolbar's tool menu and the panel ---
+
+function buildMeasureControls() {
+  const tools = measureTools();
+  measureControls.hidden = tools.length === 0;
+  measureSelect.replaceChildren(option("none", "none (navigate)"),
+    ...tools.map((tool) => option(tool, `${label(tool)} (${MEASURE_KEYS[tool]})`)));
+  if (!offeredTools().includes(measureTool)) measureTool = "none";
+  radiusControl.hidden = !tools.includes("sphere");
+  showMeasureControls();
+  showMeasurePanel();
+  showMeasurement();
+}
+
+function showMeasureControls() {
+  measureSelect.value = measureTool;
+  measureSelect.disabled = !measuringOffered();
+  radiusInput.disabled = !measuringOffered();
+  const view = views[activeView];
+  measureSelect.title = measuringRefused ? "measuring is not permitted here"
+    : view && view.kind === "3d" ? "the measuring tools draw on 2-D views" : "";
+  root.dataset.measureTool = measuringOn(view) ? measureTool : "none";
+}
+
+function showMeasurePanel() {
+  const wasHidden = measurePanel.hidden;
+  measurePanel.hidden = measureTools().length === 0 && findings.length === 0;
+  measureSection.hidden = !measuringOffered();
+  measureRefusedNote.hidden = !measuringRefused;
+  // The views get the room the panel leaves: their canvases follow.
+  if (wasHidden !== measurePanel.hidden && views.length) requestAnimationFrame(sendSizes);
 }
 
 // --- menus and the key map, built from the announced vocabulary ------------------
@@ -1124,6 +1917,7 @@ function buildMenus() {
   fillRange(slabThicknessInput, vocabulary.settings.slab_thickness);
   fillSelect(volumePresetSelect, choicesOf("volume_preset"), "3-D preset…");
   fillRange(opacityInput, vocabulary.settings.opacity);
+  buildMeasureControls();
 }
 
 // The key map is the client's: keys name a setting and a choice (or cycle through the
@@ -1154,6 +1948,13 @@ function keyEntries() {
     { key: "x", act: toggleCrosshair, text: "reference lines on/off" },
     { key: " ", shown: "space", act: toggleCine,
       text: "cine play/pause (a dynamic series: its time points)" },
+    ...offeredTools().map((tool) => ({ key: MEASURE_KEYS[tool], act: () => chooseTool(tool),
+      text: `measure: ${label(tool)}` })),
+    ...(offeredTools().includes("polygon")
+      ? [{ key: "Enter", act: closePolygon, text: "close the polygon being drawn" }] : []),
+    ...(measuringOffered()
+      ? [{ key: "Escape", shown: "Esc", act: escapeMeasuring,
+           text: "cancel the shape being drawn; again: stop measuring (normal navigation)" }] : []),
     { key: "?", act: toggleHelp, text: "show or hide this key map" },
   ].filter(keyAnnounced);
 }
@@ -1199,7 +2000,7 @@ function buildKeyMap() {
     if (sends) row.dataset.sends = JSON.stringify(sends);
     return row;
   }));
-  mouseMapList.replaceChildren(...MOUSE_GESTURES.filter((gesture) => inputAnnounced(gesture.input))
+  mouseMapList.replaceChildren(...MOUSE_GESTURES.filter(gestureAnnounced)
     .map((gesture) => helpRow(gesture.shown, gesture.text)));
 }
 
@@ -1269,6 +2070,11 @@ timeSlider.addEventListener("input", () => {
   showTimePoint(view, Number(timeSlider.value));
 });
 fpsInput.addEventListener("change", changeFps);
+measureSelect.addEventListener("change", () => chooseTool(measureSelect.value));
+radiusInput.value = String(SPHERE_RADIUS_MM.initial);
+radiusInput.addEventListener("change", changeRadius);
+keepForm.addEventListener("submit", keep);
+keepLabel.addEventListener("input", showKeep);
 reverseWheelBox.checked = readPreference(REVERSE_WHEEL_KEY) === "true";
 reverseWheelBox.addEventListener("change", () => {
   writePreference(REVERSE_WHEEL_KEY, String(reverseWheelBox.checked));
