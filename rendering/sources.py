@@ -56,13 +56,17 @@ class ClinicalVolumes:
         series = Series.objects.filter(series_instance_uid=series_id).first()
         if series is None:
             raise KeyError(series_id)
-        key = _version_key(series) if self._host is not None else None
-        if self._host is None or key is None:
+        if self._host is None:
             return load_volume(series)
-        shared = self._host.get(key, series_id)
+        key = _version_key(series)
+        shared = self._host.get(key, series_id) if key is not None else None
         if shared is not None:
             return shared
-        return self._host.put(key, load_volume(series))
+        volume = load_volume(series)
+        if key is None:  # built (or waited for) just now: share what was recorded
+            series.refresh_from_db()
+            key = _version_key(series)
+        return self._host.put(key, volume) if key is not None else volume
 
 
 def _version_key(series: Any) -> str | None:

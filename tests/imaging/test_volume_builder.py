@@ -6,6 +6,7 @@ import threading
 import time
 from collections import Counter
 
+import numpy as np
 import pytest
 from django.db import connections
 
@@ -165,3 +166,21 @@ def test_load_volume_waits_for_the_builder_holding_the_claim(store, phantom, mon
         load_volume(series)
     thread.join()
     assert built == []
+
+
+def test_a_volume_built_on_its_first_load_in_a_worker_is_shared_with_the_host(store, phantom, tmp_path):
+    from rendering.hostvolumes import HostVolumes
+    from rendering.sources import ClinicalVolumes
+
+    ct = [path for path in _patient_one(phantom) if "CT" in path.parts]
+    _ingest(ct)
+    series = Series.objects.get()
+    assert series.volume_state == VolumeState.PENDING
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o700)
+    source = ClinicalVolumes.__new__(ClinicalVolumes)  # this process's settings, not a worker's setup
+    source._host = HostVolumes(shared, 1 << 30)
+    first = source.load(series.series_instance_uid)
+    assert [path.suffix for path in shared.iterdir()] == [".vol"], "the first load was not shared"
+    again = source.load(series.series_instance_uid)
+    assert isinstance(again.voxels, np.memmap) and again.shape == first.shape
