@@ -13,7 +13,6 @@ import copy
 import io
 import json
 import re
-import time
 from typing import Any
 
 import numpy as np
@@ -21,6 +20,8 @@ import pytest
 from PIL import Image
 
 from rendering.protocol import Encoding, frame_pack
+from tests.rendering.scripted import canvas as _canvas
+from tests.rendering.scripted import until as _until
 from tests.rendering.test_viewer_client import VOCABULARY, viewer_page  # noqa: F401
 
 pytestmark = pytest.mark.browser
@@ -92,20 +93,6 @@ class ScriptedGateway:
     def sent(self, kind: str, **fields: Any) -> list[dict[str, Any]]:
         return [m for m in self.received
                 if m["type"] == kind and all(m.get(k) == v for k, v in fields.items())]
-
-
-def _until(page, condition, seconds: float = 10, what: str = "condition") -> None:
-    """Poll through the page so Playwright keeps dispatching the scripted socket's callbacks."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        page.wait_for_timeout(50)
-    raise AssertionError(f"{what} never happened")
-
-
-def _canvas(page, view: int):
-    return page.locator(f"canvas[data-view='{view}']")
 
 
 def _open(viewer_page, gateway: ScriptedGateway):  # noqa: F811

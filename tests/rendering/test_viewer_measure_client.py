@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import time
 from typing import Any
 
 import numpy as np
@@ -23,6 +22,8 @@ import pytest
 from PIL import Image
 
 from rendering.protocol import Encoding, frame_pack
+from tests.rendering.scripted import canvas as _canvas
+from tests.rendering.scripted import until as _until
 from tests.rendering.test_viewer_client import VOCABULARY
 from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS
 
@@ -166,20 +167,6 @@ def measure_page(served_demo):
 
         yield open_page
         browser.close()
-
-
-def _until(page, condition, seconds: float = 10, what: str = "condition") -> None:
-    """Poll through the page so Playwright keeps dispatching the scripted socket's callbacks."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        page.wait_for_timeout(50)
-    raise AssertionError(f"{what} never happened")
-
-
-def _canvas(page, view: int):
-    return page.locator(f"canvas[data-view='{view}']")
 
 
 def _shapes(page, view: int):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import time
 from typing import Any
 
 import numpy as np
@@ -19,6 +18,7 @@ import pytest
 from PIL import Image
 
 from rendering.protocol import Encoding, frame_pack
+from tests.rendering.scripted import until as _until
 from tests.rendering.test_viewer_client import VOCABULARY, viewer_page  # noqa: F401
 
 pytestmark = pytest.mark.browser
@@ -92,16 +92,6 @@ class ScriptedGateway:
     def sent(self, kind: str, **fields: Any) -> list[dict[str, Any]]:
         return [m for m in self.received
                 if m["type"] == kind and all(m.get(k) == v for k, v in fields.items())]
-
-
-def _until(page, condition, seconds: float = 10, what: str = "condition") -> None:
-    """Poll through the page so Playwright keeps dispatching the scripted socket's callbacks."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        page.wait_for_timeout(50)
-    raise AssertionError(f"{what} never happened")
 
 
 def _open(viewer_page, gateway: ScriptedGateway):  # noqa: F811
