@@ -75,15 +75,10 @@ def _box(volume: Volume, center: np.ndarray, reach: float, *, centres_only: bool
     return slice(low[0], high[0]), slice(low[1], high[1]), slice(low[2], high[2])
 
 
-def _centres(volume: Volume, box: tuple[slice, slice, slice]) -> np.ndarray:
-    grid = np.stack(np.meshgrid(*(np.arange(s.start, s.stop) for s in box), indexing="ij"), axis=-1)
-    return volume.index_to_patient(grid.astype(np.float64))
-
-
 def _coverage(volume: Volume, box: tuple[slice, slice, slice], center: np.ndarray,
-              radius: float) -> np.ndarray:
-    """Each voxel's share of the sphere: whole inside or outside by its centre's distance, and from
-    SUBDIVISIONS³ points inside it for the voxels the surface crosses."""
+              radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """(each voxel's share of the sphere, voxels whose centre lies inside): whole inside or outside
+    by the centre's distance, and from SUBDIVISIONS³ points for the voxels the surface crosses."""
     base = np.stack(np.meshgrid(*(np.arange(s.start, s.stop) for s in box), indexing="ij"), axis=-1)
     distance = np.linalg.norm(volume.index_to_patient(base.astype(np.float64)) - center, axis=-1)
     reach = 0.5 * float(np.linalg.norm(volume.spacing))
@@ -96,7 +91,7 @@ def _coverage(volume: Volume, box: tuple[slice, slice, slice], center: np.ndarra
     for offset in offsets:
         counts += np.linalg.norm(volume.index_to_patient(crossed + offset) - center, axis=-1) <= radius
     share[edge] = counts / len(offsets)
-    return share
+    return share, distance <= radius
 
 
 def _peak_kernel(volume: Volume) -> list[tuple[int, int, int]]:
@@ -135,6 +130,14 @@ def _peak(volume: Volume, factor: float, box: tuple[slice, slice, slice], inside
     return float((sums / np.maximum(counts, 1))[inside].max())
 
 
+def _weighted(values: np.ndarray, shares: np.ndarray) -> tuple[float, float]:
+    """Mean and SD of ``values`` weighed by each one's share of the region."""
+    weights = shares[shares > 0]
+    counted = values[shares > 0]
+    mean = float(np.average(counted, weights=weights))
+    return mean, float(math.sqrt(np.average((counted - mean) ** 2, weights=weights)))
+
+
 def sphere_statistics(volume: Volume, factor: float, unit: str, center_mm: Any,
                       radius_mm: float) -> RegionStatistics:
     """Statistics of the sphere on one volume whose values times ``factor`` are in ``unit``."""
@@ -142,15 +145,11 @@ def sphere_statistics(volume: Volume, factor: float, unit: str, center_mm: Any,
         raise RenderError("a colour picture has no values to measure")
     center = np.asarray(center_mm, dtype=np.float64)
     box = _box(volume, center, radius_mm)
-    share = _coverage(volume, box, center, radius_mm)
-    inside = np.linalg.norm(_centres(volume, box) - center, axis=-1) <= radius_mm
+    share, inside = _coverage(volume, box, center, radius_mm)
     if not inside.any():
         raise RenderError("the sphere holds no voxel centre of the series; make it larger")
     values = volume.voxels[box].astype(np.float64) * factor
-    weights = share[share > 0]
-    weighted = values[share > 0]
-    mean = float(np.average(weighted, weights=weights))
-    sd = float(math.sqrt(np.average((weighted - mean) ** 2, weights=weights)))
+    mean, sd = _weighted(values, share)
     chosen = values[inside]
     top = np.unravel_index(np.argmax(np.where(inside, values, -np.inf)), values.shape)
     top_index = np.array([s.start for s in box]) + np.array(top)
@@ -178,14 +177,8 @@ def _statistics_from_wire(wire: list[dict[str, Any]]) -> list[RegionStatistics]:
 @operation("measure_sphere", to_wire=_statistics_to_wire, from_wire=_statistics_from_wire)
 def _measure_sphere(context: WorkerContext, state: ViewState, volumes: Mapping[str, Volume],
                     arguments: dict[str, Any]) -> list[RegionStatistics]:
-    if "center_px" in arguments:
-        center = [float(v) for v in _plane_of(state, volumes).point(*_points(
-            {"points": [arguments["center_px"]]}, 1)[0])]
-    else:
-        center = [float(v) for v in arguments["center_mm"]]
+    center = _center(state, volumes, arguments, "the sphere's centre")
     radius = float(arguments["radius_mm"])
-    if len(center) != 3 or not all(math.isfinite(v) for v in center):
-        raise RenderError("the sphere's centre must be three millimetre values")
     if not 0 < radius <= MAX_RADIUS_MM:
         raise RenderError(f"the sphere's radius must be between 0 and {MAX_RADIUS_MM:g} mm")
     results = []
@@ -282,12 +275,11 @@ def _inside_polygon(xs: np.ndarray, ys: np.ndarray, points: list[tuple[float, fl
     return inside
 
 
-def _plane_of(state: ViewState, volumes: Mapping[str, Volume]) -> Any:
+def _plane_of(state: ViewState, base: Volume) -> Any:
     from rendering.engine import planes
 
     if state.view.value == "3d":
         raise RenderError("measure on a 2-D view: a 3-D view has no single plane")
-    base = layer_values(state, volumes)[0][0]
     return planes.view_plane(state, base)
 
 
@@ -297,10 +289,11 @@ def area_statistics(state: ViewState, volumes: Mapping[str, Volume], shape: str,
     from rendering.engine import planes
     from rendering.viewstate import SlabMode
 
-    plane = _plane_of(state, volumes)
+    layers = layer_values(state, volumes)
+    plane = _plane_of(state, layers[0][0])
     share, inside = _coverage_2d(shape, points, plane.width, plane.height)
     results = []
-    for volume, factor, unit, transform in layer_values(state, volumes):
+    for volume, factor, unit, transform in layers:
         if volume.colour:
             raise RenderError("a colour picture has no values to measure")
         sampled = planes.sample(plane, volume, mode=SlabMode.NONE, thickness_mm=0.0, linear=False,
@@ -310,9 +303,7 @@ def area_statistics(state: ViewState, volumes: Mapping[str, Volume], shape: str,
         if not shown.any():
             raise RenderError("the region holds no pixel centre of the series; make it larger")
         scaled = sampled.values.astype(np.float64) * factor
-        weights = covered[covered > 0]
-        mean = float(np.average(scaled[covered > 0], weights=weights))
-        sd = float(math.sqrt(np.average((scaled[covered > 0] - mean) ** 2, weights=weights)))
+        mean, sd = _weighted(scaled, covered)
         values = scaled[shown]
         row, column = np.argwhere(shown)[int(np.argmax(values))]
         results.append(AreaStatistics(
@@ -328,11 +319,12 @@ def line_measurement(state: ViewState, volumes: Mapping[str, Volume],
     """A line's length in mm on the view's plane and every layer's values along it (nearest voxel)."""
     from rendering.engine import planes
 
-    plane = _plane_of(state, volumes)
+    layers = layer_values(state, volumes)
+    plane = _plane_of(state, layers[0][0])
     start, end = plane.point(*points[0]), plane.point(*points[1])
     length = float(np.linalg.norm(end - start))
     profiles = []
-    for volume, factor, unit, transform in layer_values(state, volumes):
+    for volume, factor, unit, transform in layers:
         step = min(volume.spacing) / 2
         count = min(MAX_PROFILE_SAMPLES, max(2, math.ceil(length / step) + 1))
         values = []
@@ -453,6 +445,15 @@ def _vector(raw: Any, what: str) -> list[float]:
     return [float(v) for v in raw]
 
 
+def _center(state: ViewState, volumes: Mapping[str, Volume], arguments: dict[str, Any],
+            what: str) -> list[float]:
+    """A region's centre: a point on the view's plane (``center_px``) or in patient mm (``center_mm``)."""
+    if "center_px" not in arguments:
+        return _vector(arguments.get("center_mm"), what)
+    point = _points({"points": [arguments["center_px"]]}, 1)[0]
+    return [float(v) for v in _plane_of(state, layer_values(state, volumes)[0][0]).point(*point)]
+
+
 @operation("measure_threshold", to_wire=asdict,
            from_wire=lambda wire: ThresholdVolume(**{**wire, "max_point_mm": tuple(wire["max_point_mm"])}))
 def _measure_threshold(context: WorkerContext, state: ViewState, volumes: Mapping[str, Volume],
@@ -463,11 +464,7 @@ def _measure_threshold(context: WorkerContext, state: ViewState, volumes: Mappin
     box = float(arguments.get("box_mm", 30.0))
     if not 1 <= box <= MAX_BOX_MM:
         raise RenderError(f"the box reaches 1 to {MAX_BOX_MM:g} mm from its centre")
-    if "center_px" in arguments:
-        center = [float(v) for v in _plane_of(state, volumes).point(*_points(
-            {"points": [arguments["center_px"]]}, 1)[0])]
-    else:
-        center = _vector(arguments.get("center_mm"), "the box's centre")
+    center = _center(state, volumes, arguments, "the box's centre")
     reference = _vector(arguments.get("reference_mm"), "the liver reference") if mode == "percist" else None
     return threshold_volume(state, volumes, center, box, mode, float(arguments.get("value", 0.41)),
                             reference)

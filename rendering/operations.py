@@ -11,6 +11,7 @@ operation. Measurements, filters and segmentation register here too.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -87,10 +88,15 @@ def operation(name: str, *, urgency: Callable[[ViewState], Urgency] = _interacti
     return register
 
 
-def operation_named(name: object) -> Operation:
-    """The registered operation, or :class:`RenderError` for a name nobody registered."""
+@functools.cache
+def _registrations_loaded() -> None:
     for module in MODULES:
         importlib.import_module(module)
+
+
+def operation_named(name: object) -> Operation:
+    """The registered operation, or :class:`RenderError` for a name nobody registered."""
+    _registrations_loaded()
     found = OPERATIONS.get(name) if isinstance(name, str) else None
     if found is None:
         raise RenderError(f"unknown operation {name!r}")
