@@ -28,6 +28,7 @@ from rendering.engine.core import RenderEngine
 from rendering.viewstate import viewstate_from_dict
 from rendering.volume import Volume, volume_describe
 from tests.conftest import ZONES
+from tests.dicom_truth import header_spacing
 
 pytestmark = pytest.mark.django_db(databases=ZONES, transaction=True)
 
@@ -45,19 +46,6 @@ def _ingest(paths: list[Path]) -> int:
 def _first_instance(series: Series) -> pydicom.Dataset:
     instance = Instance.objects.filter(series=series).order_by("instance_number", "id").first()
     return pydicom.dcmread(io.BytesIO(storage.object_get(instance.object_id)))
-
-
-def _header_spacing(ds: pydicom.Dataset) -> tuple[float, float]:
-    """(row, column) mm per pixel as PS3.3 gives them, read here without the gateway's code."""
-    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        values = [float(v) for v in ds.get(keyword) or []]
-        if len(values) == 2 and min(values) > 0:
-            return values[0], values[1]
-    for region in ds.get("SequenceOfUltrasoundRegions") or []:
-        if region.get("PhysicalUnitsXDirection") == 3 == region.get("PhysicalUnitsYDirection"):
-            return abs(float(region.PhysicalDeltaY)) * 10, abs(float(region.PhysicalDeltaX)) * 10
-    ratio = [float(v) for v in ds.get("PixelAspectRatio") or []]
-    return (ratio[0] / ratio[1], 1.0) if len(ratio) == 2 else (1.0, 1.0)
 
 
 def _header_plane(ds: pydicom.Dataset) -> str:
@@ -114,7 +102,7 @@ def _check_series(series: Series) -> list[str]:
         problems.append("blank frame")
     sizes = set(Instance.objects.filter(series=series).values_list("number_of_frames", flat=True))
     if len(sizes) == 1 and not series.volume_reason:
-        row_mm, column_mm = _header_spacing(ds)
+        row_mm, column_mm = header_spacing(ds)
         expected = _fitted(int(ds.Columns) * column_mm, int(ds.Rows) * row_mm)
         got = _content_box(shown)
         if abs(got[0] - expected[0]) > 2 or abs(got[1] - expected[1]) > 2:
@@ -173,7 +161,7 @@ def test_palette_colour_pictures_match_their_lookup_tables(store, name):
     expected = apply_color_lut(_raw(ds), ds)
     if int(ds.RedPaletteColorLookupTableDescriptor[2]) == 16:
         expected = expected >> 8
-    row_mm, column_mm = _header_spacing(ds)
+    row_mm, column_mm = header_spacing(ds)
     assert row_mm == pytest.approx(column_mm), "the 1:1 comparison needs square pixels"
     shown = _native(volume, width=int(ds.Columns), height=int(ds.Rows), low=0, high=255, frame=0)
     assert np.array_equal(shown, expected.astype(np.uint8))

@@ -11,8 +11,8 @@ radiograph, an ultrasound cine, a whole-body NM and a sagittal MR in the bundled
 viewer page, and switches series through the series strip.
 
 Truth comes from the stored (de-identified) DICOM, read here with pydicom alone
-(``_header_spacing`` and ``_header_plane`` as in tests/imaging/test_series_corpus.py, the plane
-also from an enhanced object's functional groups); none of the gateway's code computes what is
+(``tests.dicom_truth.header_spacing``; ``_header_plane`` as in tests/imaging/test_series_corpus.py,
+the plane also from an enhanced object's functional groups); none of the gateway's code computes what is
 expected.
 """
 
@@ -34,6 +34,7 @@ from PIL import Image
 from pydicom.pixels import apply_color_lut, apply_modality_lut
 from websockets.exceptions import ConnectionClosed
 
+from tests.dicom_truth import header_spacing
 from tests.served import (
     UNSHOWABLE_REASON,
     StoredSeries,
@@ -54,19 +55,6 @@ GREY_FLOOR = 16  # the content of a grey picture, in a window that maps every va
 SPREAD = 0.02  # an image varies enough to show two greys when its values span 2 % of the series'
 
 # --- truth from the stored DICOM, without the gateway's code ----------------------------------
-
-def _header_spacing(ds: pydicom.Dataset) -> tuple[float, float]:
-    """(row, column) mm per pixel as PS3.3 gives them (as tests/imaging/test_series_corpus.py)."""
-    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        values = [float(v) for v in ds.get(keyword) or []]
-        if len(values) == 2 and min(values) > 0:
-            return values[0], values[1]
-    for region in ds.get("SequenceOfUltrasoundRegions") or []:
-        if region.get("PhysicalUnitsXDirection") == 3 == region.get("PhysicalUnitsYDirection"):
-            return abs(float(region.PhysicalDeltaY)) * 10, abs(float(region.PhysicalDeltaX)) * 10
-    ratio = [float(v) for v in ds.get("PixelAspectRatio") or []]
-    return (ratio[0] / ratio[1], 1.0) if len(ratio) == 2 else (1.0, 1.0)
-
 
 def _functional(ds: pydicom.Dataset, sequence: str, keyword: str) -> Any:
     """An attribute of the first frame's functional groups (shared, else per-frame), or None."""
@@ -194,7 +182,7 @@ def _truth(files: tuple[Path, ...]) -> Truth:
     spans: list[float] = []
     low, high = np.inf, -np.inf
     for ds in datasets:
-        row_mm, column_mm = _header_spacing(ds)
+        row_mm, column_mm = header_spacing(ds)
         for frame in _frames(ds):
             if supplemental:
                 found = _content(frame > frame.min())
