@@ -19,6 +19,7 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut
 
 from imaging.pixels import decoder_attempts_demoted
+from rendering.volume import MAX_LUT_ENTRIES, VOI_FUNCTIONS
 
 CENTIMETRES = 3  # PhysicalUnitsXDirection code for cm (PS3.3 C.8.5.5.1.15)
 COLOUR_INTERPRETATIONS = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT",
@@ -146,20 +147,91 @@ def _numbers(value: Any) -> list[float]:
 
 
 def window_presets(ds: Dataset) -> list[list[float]]:
-    """Every (centre, width) the file suggests, in its order; a VOI LUT gives its input range.
+    """Every (centre, width) the file suggests, in its order: its windows, then its VOI LUTs.
 
-    A VOI LUT Sequence is not applied entry by entry: its input range (first
-    mapped value, entry count) becomes a linear window, which is exact for the
-    linear LUTs modalities write and an approximation for curved ones.
+    A VOI LUT's entry is its input range (first mapped value, entry count) as a
+    window: the table itself is kept by :func:`voi_presets`, whose list runs
+    parallel to this one, and the render engine maps values through it entry by
+    entry (PS3.3 C.11.2.1.1) when a layer names it. The window stands for it
+    where only a window applies (3-D, a display dict built before VOI LUTs were
+    kept, and the overlay's centre/width).
     """
     centres, widths = _numbers(ds.get("WindowCenter")), _numbers(ds.get("WindowWidth"))
     presets = [[c, w] for c, w in zip(centres, widths, strict=False) if w > 0]
-    for item in ds.get("VOILUTSequence") or []:
+    for item in _voi_lut_items(ds):
         descriptor = _numbers(item.get("LUTDescriptor"))
         if len(descriptor) >= 2:
             count = descriptor[0] or 65536.0
             presets.append([descriptor[1] + count / 2, count])
     return presets
+
+
+def _voi_lut_items(ds: Dataset) -> list[Dataset]:
+    return list(ds.get("VOILUTSequence") or [])
+
+
+def voi_function(ds: Dataset) -> str:
+    """The file's VOILUTFunction (PS3.3 C.11.2.1.3): ``LINEAR`` where absent or not one the standard names."""
+    function = str(ds.get("VOILUTFunction", "") or "").strip().upper()
+    return function if function in VOI_FUNCTIONS else "LINEAR"
+
+
+def voi_presets(ds: Dataset) -> list[dict[str, Any]]:
+    """How each of :func:`window_presets` maps values to grey, in the same order (JSON-ready).
+
+    A window gives its explanation; a VOI LUT its explanation and its table,
+    ``{"descriptor": [count, first mapped, bits], "data": [...]}``, with at most
+    :data:`MAX_LUT_ENTRIES` entries (a longer table is resampled evenly over its
+    input range; the descriptor keeps the original count). A LUT whose
+    descriptor or data cannot be read keeps only its window.
+    """
+    centres, widths = _numbers(ds.get("WindowCenter")), _numbers(ds.get("WindowWidth"))
+    explanations = _texts(ds.get("WindowCenterWidthExplanation"))
+    presets: list[dict[str, Any]] = [
+        {"explanation": explanations[n] if n < len(explanations) else ""}
+        for n, (_, width) in enumerate(zip(centres, widths, strict=False)) if width > 0]
+    for item in _voi_lut_items(ds):
+        if len(_numbers(item.get("LUTDescriptor"))) < 2:
+            continue
+        preset: dict[str, Any] = {"explanation": str(item.get("LUTExplanation", "") or "").strip()[:64]}
+        lut = _voi_lut_table(ds, item)
+        if lut is not None:
+            preset["lut"] = lut
+        presets.append(preset)
+    return presets
+
+
+def _texts(value: Any) -> list[str]:
+    if value is None or value == "":
+        return []
+    items = value if isinstance(value, list | tuple | MultiValue) else [value]
+    return [str(item).strip()[:64] for item in items]
+
+
+def _voi_lut_table(ds: Dataset, item: Dataset) -> dict[str, Any] | None:
+    """One VOI LUT's descriptor and entries (PS3.3 C.11.2.1.1), or None when unreadable."""
+    descriptor = _numbers(item.get("LUTDescriptor"))
+    if len(descriptor) < 3 or "LUTData" not in item:
+        return None
+    count, first, bits = int(descriptor[0]) or 65536, int(descriptor[1]), int(descriptor[2])
+    if int(ds.get("PixelRepresentation", 0) or 0) == 1 and first >= 32768:
+        first -= 65536  # the first mapped value is SS for signed pixels (read as US)
+    if not 1 <= bits <= 16:
+        return None
+    value = item.LUTData
+    if isinstance(value, bytes):
+        little = getattr(ds, "original_encoding", (None, True))[1] is not False
+        data = np.frombuffer(value[:len(value) // 2 * 2], dtype="<u2" if little else ">u2")
+    else:
+        data = np.asarray(_numbers(value), dtype=np.float64)
+    data = data[:count]
+    if data.size == 0:
+        return None
+    if data.size > MAX_LUT_ENTRIES:
+        positions = np.linspace(0, data.size - 1, MAX_LUT_ENTRIES)
+        data = np.interp(positions, np.arange(data.size), data)
+    entries = [int(v) for v in np.rint(np.clip(data, 0, 2**bits - 1))]
+    return {"descriptor": [count, first, bits], "data": entries}
 
 
 def frame_time_ms(ds: Dataset) -> float | None:
@@ -195,5 +267,7 @@ def display_facts(ds: Dataset) -> dict[str, Any]:
         "invert": interpretation == "MONOCHROME1" and not supplemental_palette(ds),
         "colour": interpretation in COLOUR_INTERPRETATIONS or supplemental_palette(ds),
         "windows": window_presets(ds),
+        "vois": voi_presets(ds),
+        "voi_function": voi_function(ds),
         "frame_time_ms": frame_time_ms(ds),
     }

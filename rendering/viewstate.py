@@ -88,6 +88,8 @@ WINDOW_LIMIT = 1.0e7
 ZOOM_MIN, ZOOM_MAX = 0.05, 50.0
 SLAB_MAX_MM = 1000.0
 SERIES_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+MAX_FILE_WINDOWS = 8
+"""How many of a series' own window presets a layer's ``voi`` can name (as ``rendering.volume`` keeps)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,9 @@ class Layer:
     """Row-major 4x4 rigid/affine matrix mapping this layer's patient mm into layer 0's frame."""
     time_point: int = 0
     """Which volume of a dynamic series (0 for any other)."""
+    voi: int | None = None
+    """Which of the series' file window presets maps values to grey, exactly as the file
+    says (its VOI LUT, or its window's VOILUTFunction); None: the linear window above."""
 
 
 @dataclass(frozen=True)
@@ -205,7 +210,7 @@ def _layer(value: Any, path: str) -> Layer:
     data = _mapping(
         value, path,
         {"series_id", "window_center", "window_width", "window_unit", "palette", "opacity",
-         "registration", "window_preset", "time_point"},
+         "registration", "window_preset", "time_point", "voi"},
         {"series_id"},
     )
     series_id = data["series_id"]
@@ -237,6 +242,11 @@ def _layer(value: Any, path: str) -> Layer:
                + linear[0][2] * (linear[1][0] * linear[2][1] - linear[1][1] * linear[2][0]))
         if not 1e-3 <= abs(det) <= 1e3:
             raise _fail(f"{path}.registration", "matrix must be invertible and near-rigid")
+    voi = None
+    if data.get("voi") is not None:
+        voi = _integer(data["voi"], f"{path}.voi", 0, MAX_FILE_WINDOWS - 1)
+        if "window_preset" in data or unit is not WindowUnit.NATIVE:
+            raise _fail(f"{path}.voi", "a file window goes with a native window_center/window_width")
     return Layer(
         series_id=series_id,
         window_center=center,
@@ -246,6 +256,7 @@ def _layer(value: Any, path: str) -> Layer:
         opacity=_number(data.get("opacity", 1.0), f"{path}.opacity", 0.0, 1.0),
         registration=registration,
         time_point=_integer(data.get("time_point", 0), f"{path}.time_point", 0, MAX_TIME_POINT),
+        voi=voi,
     )
 
 
@@ -330,6 +341,7 @@ def viewstate_to_dict(state: ViewState) -> dict[str, Any]:
                 "opacity": layer.opacity,
                 **({"registration": list(layer.registration)} if layer.registration else {}),
                 **({"time_point": layer.time_point} if layer.time_point else {}),
+                **({"voi": layer.voi} if layer.voi is not None else {}),
             }
             for layer in state.layers
         ],

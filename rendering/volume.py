@@ -14,20 +14,91 @@ So ``patient = origin + direction @ (i * spacing_i, j * spacing_j, k * spacing_k
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+from rendering.viewstate import MAX_FILE_WINDOWS
 
 MODALITIES_SUV = frozenset({"PT", "NM"})
 
 
 SERIES_KINDS = frozenset({"volume", "dynamic", "images", "cine"})
 MAX_TIME_POINTS = 4096
+MAX_LUT_ENTRIES = 4096
+VOI_FUNCTIONS = frozenset({"LINEAR", "LINEAR_EXACT", "SIGMOID"})
 
 
 class VolumeError(ValueError):
     """A volume is malformed (shape, dtype, geometry)."""
+
+
+@dataclass(frozen=True)
+class Voi:
+    """One of the file's VOI presets (PS3.3 C.11.2): a window and its VOILUTFunction, or a VOI LUT.
+
+    ``function`` is ``LINEAR``, ``LINEAR_EXACT``, ``SIGMOID`` or ``LUT``. A LUT maps
+    ``first`` .. ``first + count - 1`` through ``data`` (entries of ``bits`` bits); a
+    table longer than :data:`MAX_LUT_ENTRIES` was resampled, so ``len(data) < count``.
+    """
+
+    name: str
+    function: str = "LINEAR"
+    first: int = 0
+    count: int = 0
+    bits: int = 16
+    data: tuple[int, ...] = ()
+
+    @functools.cached_property
+    def grey(self) -> np.ndarray:
+        """The LUT's entries scaled from its bit depth to 0..255 (uint8 indices)."""
+        top = float(2 ** self.bits - 1)
+        table = np.rint(np.asarray(self.data, dtype=np.float64) * (255.0 / top))
+        grey = np.clip(table, 0, 255).astype(np.uint8)
+        grey.setflags(write=False)
+        return grey
+
+    def as_dict(self) -> dict:
+        if self.function != "LUT":
+            return {"name": self.name, "function": self.function}
+        return {"name": self.name, "function": "LUT",
+                "lut": {"descriptor": [self.count, self.first, self.bits], "data": list(self.data)}}
+
+
+def _voi_from_dict(facts: object, number: int, function: str) -> Voi:
+    """A preset as imaging stored it; anything malformed is the linear window it replaces."""
+    item = facts if isinstance(facts, dict) else {}
+    lut = item.get("lut") if isinstance(item.get("lut"), dict) else None
+    explanation = str(item.get("explanation") or item.get("name") or "")[:64]
+    if lut is not None:
+        try:
+            count, first, bits = (int(v) for v in lut["descriptor"])
+            data = tuple(int(v) for v in lut["data"][:MAX_LUT_ENTRIES])
+        except (KeyError, TypeError, ValueError):
+            data = ()
+        if data and count > 0 and 1 <= bits <= 16:
+            return Voi(explanation or f"LUT {number}", "LUT", first, count, bits, data)
+    own = str(item.get("function") or function).upper()
+    own = own if own in VOI_FUNCTIONS else "LINEAR"
+    shown = "sigmoid" if own == "SIGMOID" else "window"
+    return Voi(explanation or (shown if (own, number) == ("SIGMOID", 1) else f"{shown} {number}"), own)
+
+
+def _vois(facts: dict, windows: int) -> tuple[Voi, ...]:
+    """One :class:`Voi` per window preset; a display dict built before VOI LUTs gives linear ones."""
+    function = str(facts.get("voi_function") or "LINEAR")
+    stored = facts.get("vois")
+    stored = stored if isinstance(stored, list) else []
+    vois = []
+    luts = 0
+    for index in range(windows):
+        item = stored[index] if index < len(stored) else None
+        is_lut = isinstance(item, dict) and isinstance(item.get("lut"), dict)
+        luts += is_lut
+        vois.append(_voi_from_dict(item, luts if is_lut else index + 1, function))
+    return tuple(vois)
 
 
 @dataclass(frozen=True)
@@ -36,7 +107,9 @@ class Presentation:
 
     ``kind`` is ``volume`` (patient geometry: reformats and fusion), ``images``
     or ``cine`` (pictures shown one at a time in their own plane); ``windows``
-    are the file's (centre, width) suggestions; ``invert`` is MONOCHROME1.
+    are the file's (centre, width) suggestions (a VOI LUT's is its input range);
+    ``vois``, one per window, says how each maps values to grey (its
+    VOILUTFunction, or the LUT itself); ``invert`` is MONOCHROME1.
     """
 
     kind: str = "volume"
@@ -49,19 +122,22 @@ class Presentation:
     """Views shown side by side in one picture, left to right (a whole-body scan's anterior, posterior)."""
     time_points: int = 1
     """A ``dynamic`` series' volumes, stored end to end along the slice axis."""
+    vois: tuple[Voi, ...] = ()
 
     def as_dict(self) -> dict:
         return {"kind": self.kind, "invert": self.invert, "units": self.units, "panels": list(self.panels),
                 "time_points": self.time_points,
-                "windows": [list(pair) for pair in self.windows], "frame_time_ms": self.frame_time_ms}
+                "windows": [list(pair) for pair in self.windows], "frame_time_ms": self.frame_time_ms,
+                "vois": [voi.as_dict() for voi in self.vois]}
 
 
 def presentation_from_dict(facts: dict) -> Presentation:
     kind = str(facts.get("kind") or "volume")
     frame_time = facts.get("frame_time_ms")
+    windows = tuple((float(c), float(w)) for c, w in (facts.get("windows") or [])[:MAX_FILE_WINDOWS])
     return Presentation(
         kind=kind if kind in SERIES_KINDS else "volume", invert=bool(facts.get("invert")),
-        windows=tuple((float(c), float(w)) for c, w in (facts.get("windows") or [])[:8]),
+        windows=windows, vois=_vois(facts, len(windows)),
         frame_time_ms=float(frame_time) if frame_time else None,
         units=str(facts.get("units") or "")[:16],
         panels=tuple(str(name)[:32] for name in (facts.get("panels") or [])[:4]),
@@ -233,6 +309,7 @@ def volume_describe(container: Volume) -> dict:
         "colour": volume.colour,
         "suv_calculation": container.display.get("suv_calculation"),
         **container.presentation.as_dict(),
+        "vois": [{"name": voi.name, "function": voi.function} for voi in container.presentation.vois],
     }
 
 

@@ -15,9 +15,17 @@ import numpy as np
 
 from rendering.encoding import Encoding, encoder_for
 from rendering.engine import planes
-from rendering.engine.palettes import GREYSCALE, LUTS, palette_rgb, window_grey, window_indices
+from rendering.engine.palettes import (
+    GREYSCALE,
+    LUTS,
+    indices_grey,
+    palette_rgb,
+    voi_indices,
+    window_grey,
+    window_indices,
+)
 from rendering.viewstate import Layer, Preset3D, Quality, SlabMode, ViewKind, ViewState, WindowUnit
-from rendering.volume import Volume
+from rendering.volume import Voi, Volume
 
 if TYPE_CHECKING:
     from rendering.engine.volume3d import VolumeRenderer
@@ -114,6 +122,26 @@ class _Resolved:
     low: float
     high: float
     time_points: int = 1
+    voi: Voi | None = None
+    """A file VOI preset that is not a linear window (a VOI LUT, a SIGMOID window); None: linear."""
+
+    def indices(self, values: np.ndarray) -> np.ndarray:
+        """Sampled values as uint8 palette indices: the linear window, or the file's VOI exactly."""
+        if self.voi is None:
+            return window_indices(values, self.low, self.high)
+        return voi_indices(values, self.voi, self.low, self.high)
+
+
+def _file_voi(n: int, layer: Layer, volume: Volume) -> Voi | None:
+    """The layer's file VOI preset where it is not linear (LINEAR_EXACT is exactly the linear path)."""
+    if layer.voi is None or volume.colour:
+        return None
+    vois = volume.presentation.vois
+    if layer.voi >= len(vois):
+        raise RenderError(f"layer {n}: the series has {len(vois)} window preset(s) of its own, "
+                          f"not {layer.voi + 1}")
+    voi = vois[layer.voi]
+    return voi if voi.function in {"LUT", "SIGMOID"} else None
 
 
 def _display_unit(volume: Volume, layer: Layer) -> str:
@@ -176,7 +204,8 @@ def _resolve(state: ViewState, volumes: Mapping[str, Volume]) -> list[_Resolved]
                 raise RenderError(f"layer {n}: an SUV window needs a PET volume with an SUV factor")
             factor = float(volume.suv_factor or 1.0)
             low, high = low / factor, high / factor
-        resolved.append(_Resolved(layer, volume, transform, low, high, stored.time_points))
+        resolved.append(_Resolved(layer, volume, transform, low, high, stored.time_points,
+                                  _file_voi(n, layer, volume)))
     return resolved
 
 
@@ -343,11 +372,13 @@ class RenderEngine:
                                     thickness_mm=state.slab.thickness_mm, linear=linear,
                                     transform=item.transform)
             if single_grey:
-                image = window_grey(sampled.values, item.low, item.high, item.layer.palette)
+                palette = item.layer.palette
+                image = (window_grey(sampled.values, item.low, item.high, palette) if item.voi is None
+                         else indices_grey(item.indices(sampled.values), palette))
                 if sampled.valid is not None:
                     image[~sampled.valid] = _surround(item)[0]
                 break
-            indices = window_indices(sampled.values, item.low, item.high)
+            indices = item.indices(sampled.values)
             rgb = palette_rgb(indices, item.layer.palette)
             if image is None:
                 image = _base_colours(rgb, item, sampled.valid)
