@@ -172,3 +172,26 @@ class LoginThrottle(models.Model):
     def __str__(self) -> str:
         state = "locked" if self.locked_at else f"{self.failures} failures"
         return f"{self.get_scope_display()} {self.key}: {state}"
+
+
+class HangingRule(models.Model):
+    """One of a reader's own hanging rules: which series go in which view, as data.
+
+    ``rule`` is the JSON form that ``rendering.hanging.hanging_parse`` reads
+    (and ``accounts.hanging.hanging_rule_save`` checks before every write);
+    the first rule, by ``position``, that fits a study hangs it when it opens.
+    """
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="hanging_rules")
+    name = models.CharField(max_length=64)
+    position = models.PositiveIntegerField(default=0)
+    rule = models.JSONField()
+    created_at = models.DateTimeField(default=clock.now)
+    updated_at = models.DateTimeField(default=clock.now)
+
+    class Meta:
+        ordering = ["position", "id"]
+        indexes = [models.Index(fields=["user", "position"], name="accounts_hanging_user_pos")]
+
+    def __str__(self) -> str:
+        return f"{self.name} (rule {self.pk} of user {self.user_id})"

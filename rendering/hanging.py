@@ -1,0 +1,200 @@
+"""Hanging rules: which series a reader wants in which view, kept per user as data.
+
+A rule names modalities and description fragments, never series: it is
+matched against each study anew (``ViewerSession.hanging_apply``), as OHIF's
+hanging protocols are. It is stored as JSON (``accounts.HangingRule.rule``)
+and parsed here, strictly, both when it is saved and when it is read back:
+the kinds, palettes and 3-D presets are the protocol's own vocabularies, every
+list and string is bounded, and a key the format does not name is refused.
+This module is plain data; the accounts app stores the rules.
+
+The JSON form::
+
+    {"match": {"modalities": ["CT", "PT"], "description": "whole body"},
+     "views": [{"kind": "axial", "layers": [{"modality": "CT", "description": "AC",
+                                             "palette": "grey", "opacity": 1.0}]},
+               {"kind": "3d", "layers": [{"modality": "PT"}], "preset3d": "pet_mip"}]}
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from rendering.protocol import HANGING_NAME, MAX_VIEWS, SETTINGS, Text
+from rendering.viewstate import MAX_LAYERS
+
+RULES_PER_USER = 20
+NAME_LENGTH = HANGING_NAME.max_length
+DESCRIPTION_LENGTH = 64
+MAX_MODALITIES = 8
+MODALITY = re.compile(r"[A-Z0-9_]{1,16}")
+GRIDS = {1: "1x1", 2: "1x2", 3: "1x3", 4: "2x2"}
+"""The layout a rule's views fill, by their count."""
+
+
+def _choices(name: str) -> tuple[str, ...]:
+    rule = SETTINGS[name]
+    if not isinstance(rule, Text):
+        raise TypeError(f"the protocol's {name!r} setting is not a choice")
+    return rule.choices
+
+
+KINDS = _choices("kind")
+"""``native`` is each series' acquisition plane; every other kind needs a volume."""
+PALETTES = _choices("palette")
+PRESETS_3D = _choices("volume_preset")
+
+
+class HangingRuleError(ValueError):
+    """A rule, or a rule's name, that cannot be kept: the message says which part and why."""
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    modality: str
+    description: str = ""
+    """A case-insensitive fragment of the series description ("" for any)."""
+    palette: str | None = None
+    """None: the series' own default (grey, or inverted for MONOCHROME1 pictures)."""
+    opacity: float = 1.0
+
+
+@dataclass(frozen=True)
+class ViewRule:
+    kind: str
+    layers: tuple[LayerRule, ...]
+    preset3d: str | None = None
+    """Only for ``3d`` views; None: PET MIP for PET and NM, CT bone otherwise."""
+
+
+@dataclass(frozen=True)
+class Hanging:
+    """A parsed rule: when it applies (``modalities``, ``description``) and what it hangs."""
+
+    modalities: tuple[str, ...]
+    views: tuple[ViewRule, ...]
+    description: str = ""
+
+    @property
+    def grid(self) -> str:
+        return GRIDS[len(self.views)]
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON form, as stored (and as :func:`hanging_parse` reads it back)."""
+        match: dict[str, Any] = {"modalities": list(self.modalities)}
+        if self.description:
+            match["description"] = self.description
+        views = []
+        for view in self.views:
+            layers = []
+            for layer in view.layers:
+                item: dict[str, Any] = {"modality": layer.modality}
+                if layer.description:
+                    item["description"] = layer.description
+                if layer.palette is not None:
+                    item["palette"] = layer.palette
+                item["opacity"] = layer.opacity
+                layers.append(item)
+            shown: dict[str, Any] = {"kind": view.kind, "layers": layers}
+            if view.preset3d is not None:
+                shown["preset3d"] = view.preset3d
+            views.append(shown)
+        return {"match": match, "views": views}
+
+
+def _object(value: Any, where: str, allowed: set[str], required: set[str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise HangingRuleError(f"{where} must be an object")
+    unknown = sorted(str(key)[:32] for key in set(value) - allowed)
+    if unknown:
+        raise HangingRuleError(f"{where} has unknown field(s): {', '.join(unknown[:3])}")
+    missing = sorted(required - set(value))
+    if missing:
+        raise HangingRuleError(f"{where} needs {', '.join(missing)}")
+    return value
+
+
+def _list(value: Any, where: str, low: int, high: int) -> list[Any]:
+    if not isinstance(value, list) or not low <= len(value) <= high:
+        raise HangingRuleError(f"{where} must be a list of {low} to {high} items")
+    return value
+
+
+def _text(value: Any, where: str, length: int) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= length or not value.isprintable():
+        raise HangingRuleError(f"{where} must be 1 to {length} printable characters")
+    return value
+
+
+def _modality(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not MODALITY.fullmatch(value):
+        raise HangingRuleError(f"{where} must be a DICOM modality (CT, PT, MR…)")
+    return value
+
+
+def _choice(value: Any, where: str, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise HangingRuleError(f"{where} must be one of {list(choices)}")
+    return value
+
+
+def _opacity(value: Any, where: str) -> float:
+    if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+            or not 0 <= value <= 1):
+        raise HangingRuleError(f"{where} must be a number from 0 to 1")
+    return float(value)
+
+
+def _layer(value: Any, where: str) -> LayerRule:
+    data = _object(value, where, {"modality", "description", "palette", "opacity"}, {"modality"})
+    return LayerRule(
+        modality=_modality(data["modality"], f"{where}.modality"),
+        description=(_text(data["description"], f"{where}.description", DESCRIPTION_LENGTH)
+                     if "description" in data else ""),
+        palette=_choice(data["palette"], f"{where}.palette", PALETTES) if "palette" in data else None,
+        opacity=_opacity(data["opacity"], f"{where}.opacity") if "opacity" in data else 1.0)
+
+
+def _view(value: Any, where: str) -> ViewRule:
+    data = _object(value, where, {"kind", "layers", "preset3d"}, {"kind", "layers"})
+    kind = _choice(data["kind"], f"{where}.kind", KINDS)
+    layers = _list(data["layers"], f"{where}.layers", 1, MAX_LAYERS)
+    preset = None
+    if "preset3d" in data:
+        if kind != "3d":
+            raise HangingRuleError(f"{where}.preset3d is for 3d views only")
+        preset = _choice(data["preset3d"], f"{where}.preset3d", PRESETS_3D)
+    return ViewRule(kind, tuple(_layer(layer, f"{where}.layers[{i}]") for i, layer in enumerate(layers)),
+                    preset)
+
+
+def hanging_parse(*, data: Any) -> Hanging:
+    """Validate a rule's JSON form; raises :class:`HangingRuleError` naming the first fault."""
+    top = _object(data, "the rule", {"match", "views"}, {"match", "views"})
+    match = _object(top["match"], "match", {"modalities", "description"}, {"modalities"})
+    modalities = [_modality(value, f"match.modalities[{i}]")
+                  for i, value in enumerate(_list(match["modalities"], "match.modalities", 1,
+                                                  MAX_MODALITIES))]
+    if len(set(modalities)) != len(modalities):
+        raise HangingRuleError("match.modalities names a modality twice")
+    description = (_text(match["description"], "match.description", DESCRIPTION_LENGTH)
+                   if "description" in match else "")
+    views = _list(top["views"], "views", 1, MAX_VIEWS)
+    return Hanging(tuple(modalities), tuple(_view(view, f"views[{i}]") for i, view in enumerate(views)),
+                   description)
+
+
+def description_fragment(text: str) -> str:
+    """A series description as a rule keeps it: printable, at most 64 characters (a fragment
+    of a longer one still finds it)."""
+    return "".join(c for c in text if c.isprintable())[:DESCRIPTION_LENGTH].strip()
+
+
+def hanging_name_clean(*, name: Any) -> str:
+    """A rule's name as shown in the menu: trimmed, 1 to 64 printable characters."""
+    if not isinstance(name, str):
+        raise HangingRuleError("a rule's name is text")
+    return _text(name.strip(), "the name", NAME_LENGTH)
