@@ -7,13 +7,22 @@ missing or forbidden, so a refusal tells nobody that a study exists.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import io
+import logging
+from dataclasses import dataclass, field
 from typing import Any
 
+import pydicom
 from django.db.models import Sum
 
 from gateway.policy import Permission, may
-from imaging.models import Study, VolumeState
+from imaging import storage
+from imaging.models import Instance, Study, VolumeState
+from imaging.objects import GRAYSCALE_PRESENTATION, presentation_facts
+
+log = logging.getLogger(__name__)
+
+PRESENTATIONS_READ_LIMIT = 50
 
 
 class StudyNotFound(LookupError):
@@ -38,6 +47,8 @@ class ViewerStudy:
     patient_pseudonym: str
     series: tuple[ViewerSeries, ...]
     description: str = ""
+    presentations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Series UID -> the latest presentation state that references it (``presentation_facts``)."""
 
     @property
     def showable(self) -> tuple[ViewerSeries, ...]:
@@ -67,7 +78,29 @@ def study_for_viewer(*, principal: Any, study_uid: str) -> ViewerStudy:
         series=tuple(ViewerSeries(s.series_instance_uid, s.modality, s.series_description,
                                   s.frame_of_reference_uid, s.series_number, int(s.images or 0),
                                   _refusal(s)) for s in series),
+        presentations=study_presentations(study=study),
     )
+
+
+def study_presentations(*, study: Study) -> dict[str, dict[str, Any]]:
+    """What the study's presentation states ask of each series; the latest one wins.
+
+    A state that cannot be read is logged and left out: the images still open as stored.
+    """
+    rows = (Instance.objects.filter(series__study=study, sop_class_uid=GRAYSCALE_PRESENTATION)
+            .order_by("-id").values_list("object_id", flat=True)[:PRESENTATIONS_READ_LIMIT])
+    chosen: dict[str, dict[str, Any]] = {}
+    for object_id in rows:
+        try:
+            ds = pydicom.dcmread(io.BytesIO(storage.object_get(object_id)))
+            found = presentation_facts(ds)
+        except Exception:
+            log.warning("presentation state %s cannot be read", object_id, exc_info=True)
+            continue
+        for series_uid, facts in found.items():
+            if series_uid not in chosen or facts["created"] > chosen[series_uid]["created"]:
+                chosen[series_uid] = facts
+    return chosen
 
 
 def _refusal(series: Any) -> str:

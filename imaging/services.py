@@ -62,6 +62,7 @@ from imaging import conf, storage
 from imaging.deid import Deidentifier
 from imaging.identity.models import PatientDateShift, PatientIdentity, StudyIdentity, UIDMap
 from imaging.models import Instance, Patient, Series, Study, VolumeState
+from imaging.objects import object_class_name
 from imaging.pixels import decode_failure_describe, jpeg_scan_headers_repair, pixels_decode
 
 log = logging.getLogger(__name__)
@@ -359,8 +360,11 @@ def _transfer_syntax(ds: Dataset) -> UID:
 
 def _check_pixels(ds: Dataset) -> None:
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        if object_class_name(_text(ds, "SOPClassUID")) is not None:
+            return
         raise Rejected(Reason.NOT_IMAGE,
-                       f"no pixel data (SOP class {ds.SOPClassUID}): only image objects are accepted")
+                       f"no pixel data (SOP class {ds.SOPClassUID}): only images, presentation states, "
+                       "registrations, segmentations and RT structure sets are accepted")
     syntax = _transfer_syntax(ds)
     try:
         frames = int(ds.get("NumberOfFrames", 1) or 1)

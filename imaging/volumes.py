@@ -54,6 +54,7 @@ from pydicom.dataset import Dataset
 
 from imaging import storage
 from imaging.models import Instance, Series, VolumeState
+from imaging.objects import object_class_name, objects_series_reason
 from imaging.presentation import decoded_frames, display_facts, modality_lut_values
 from imaging.suv import dicom_datetime, suv_calculation, suvbw_factor
 from rendering.volume import Volume, presentation_from_dict
@@ -563,14 +564,23 @@ class _Heartbeat(threading.Thread):
             connections.close_all()
 
 
+def _image_object_ids(series: Series) -> list[str]:
+    """The series' image instances; a series of only non-image objects is refused with what it holds."""
+    rows = list(Instance.objects.filter(series_id=series.pk).order_by("id")
+                .values_list("object_id", "sop_class_uid"))
+    not_images = objects_series_reason([sop_class for _, sop_class in rows])
+    if not_images is not None:
+        raise VolumeRefused(not_images)
+    return [object_id for object_id, sop_class in rows if object_class_name(sop_class) is None]
+
+
 def _build_claimed(series: Series, claim: VolumeClaim, lease_s: float) -> None:
     """Build under ``claim`` and record the outcome through it."""
     heartbeat = _Heartbeat(claim, lease_s)
     heartbeat.start()
     try:
-        object_ids = list(Instance.objects.filter(series_id=series.pk).order_by("id")
-                          .values_list("object_id", flat=True))
         try:
+            object_ids = _image_object_ids(series)
             volume, note = series_display_build(lambda: _series_datasets(object_ids))
         except VolumeRefused as refused:
             claim.finish(volume_state=VolumeState.REFUSED, volume_reason=str(refused), volume_object="")
@@ -651,8 +661,7 @@ def load_volume(series: Series) -> Volume:
     if series.volume_state != VolumeState.READY or not series.volume_object:
         # Still not built: instances keep arriving, or another builder is slow. Build it
         # here, in memory only, without recording it.
-        object_ids = list(Instance.objects.filter(series_id=series.pk).order_by("id")
-                          .values_list("object_id", flat=True))
+        object_ids = _image_object_ids(series)
         return series_display_build(lambda: _series_datasets(object_ids))[0]
     return _decode(storage.object_get(series.volume_object), series.series_instance_uid)
 

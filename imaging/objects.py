@@ -1,0 +1,128 @@
+"""Stored objects that are not images: what is accepted, what each is called, and what a
+presentation state asks of the images it references.
+
+Presentation states, spatial registrations, RT structure sets and segmentations are
+accepted and kept (de-identified and encrypted like images) because readers and the
+tools built on them need them; each makes a series of its own that the viewer lists as
+"not an image" with what the object is. Structured reports and key object selections
+are refused: the Basic Profile empties their Content Sequence (PS3.15 Table E.1-1,
+action D), so what would be stored is a document without its content.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+GRAYSCALE_PRESENTATION = "1.2.840.10008.5.1.4.1.1.11.1"
+
+OBJECT_CLASSES: dict[str, str] = {
+    GRAYSCALE_PRESENTATION: "Grayscale Softcopy Presentation State",
+    "1.2.840.10008.5.1.4.1.1.11.2": "Color Softcopy Presentation State",
+    "1.2.840.10008.5.1.4.1.1.11.3": "Pseudo-Color Softcopy Presentation State",
+    "1.2.840.10008.5.1.4.1.1.11.4": "Blending Softcopy Presentation State",
+    "1.2.840.10008.5.1.4.1.1.66.1": "Spatial Registration",
+    "1.2.840.10008.5.1.4.1.1.66.3": "Deformable Spatial Registration",
+    "1.2.840.10008.5.1.4.1.1.66.4": "Segmentation",
+    "1.2.840.10008.5.1.4.1.1.481.3": "RT Structure Set",
+}
+"""Non-image SOP classes the ingest doors accept, by SOP Class UID."""
+
+DERIVED_CLASSES: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.88.34": "Comprehensive 3D SR",
+}
+"""Classes the gateway writes into a study itself (the findings report) but does not accept at a door."""
+
+APPLIED_CLASSES = frozenset({GRAYSCALE_PRESENTATION})
+"""Object classes the viewer applies today (the others are stored for the tools that will)."""
+
+PRESENTATION_SIZE_MODES = ("SCALE TO FIT", "TRUE SIZE", "MAGNIFY")
+
+
+def object_class_name(sop_class_uid: str) -> str | None:
+    """The accepted non-image class's name, or None for an image or a refused class."""
+    return OBJECT_CLASSES.get(str(sop_class_uid))
+
+
+def objects_series_reason(sop_class_uids: list[str]) -> str | None:
+    """Why a series of only non-image objects is not opened as images (None: it has images)."""
+    names = [OBJECT_CLASSES.get(uid) or DERIVED_CLASSES.get(uid) for uid in sop_class_uids]
+    if not names or any(name is None for name in names):
+        return None
+    kinds = sorted({str(name) for name in names})
+    applied = all(uid in APPLIED_CLASSES for uid in sop_class_uids)
+    what = ("applied to the images it references" if applied
+            else "stored; not shown as images")
+    return f"not an image: {', '.join(kinds)} ({len(names)} object{'s' * (len(names) > 1)}), {what}"
+
+
+def _numbers(value: Any) -> list[float]:
+    items = value if isinstance(value, list | tuple | MultiValue) else [value]
+    out = []
+    for item in items:
+        try:
+            out.append(float(item))
+        except (TypeError, ValueError):
+            return []
+    return out
+
+
+def _referenced_series(ds: Dataset) -> list[str]:
+    return [str(item.SeriesInstanceUID) for item in ds.get("ReferencedSeriesSequence") or []
+            if item.get("SeriesInstanceUID")]
+
+
+def _displayed_area(ds: Dataset) -> dict[str, Any] | None:
+    """The first Displayed Area Selection (PS3.3 C.10.4), as the viewer applies it."""
+    for item in ds.get("DisplayedAreaSelectionSequence") or []:
+        top_left = _numbers(item.get("DisplayedAreaTopLeftHandCorner"))
+        bottom_right = _numbers(item.get("DisplayedAreaBottomRightHandCorner"))
+        mode = str(item.get("PresentationSizeMode", "") or "").upper()
+        if len(top_left) != 2 or len(bottom_right) != 2 or mode not in PRESENTATION_SIZE_MODES:
+            continue
+        if bottom_right[0] < top_left[0] or bottom_right[1] < top_left[1]:
+            continue
+        magnification = _numbers(item.get("PresentationPixelMagnificationRatio"))
+        if mode == "MAGNIFY" and not (magnification and magnification[0] > 0):
+            continue
+        return {"top_left": top_left, "bottom_right": bottom_right, "mode": mode,
+                "magnification": magnification[0] if magnification else None}
+    return None
+
+
+def _window(ds: Dataset) -> list[float] | None:
+    """The first Softcopy VOI LUT window (centre, width), if the state sets one."""
+    for item in ds.get("SoftcopyVOILUTSequence") or []:
+        centre, width = _numbers(item.get("WindowCenter")), _numbers(item.get("WindowWidth"))
+        if centre and width and width[0] > 0:
+            return [centre[0], width[0]]
+    return None
+
+
+def presentation_facts(ds: Dataset) -> dict[str, dict[str, Any]]:
+    """What a Grayscale Softcopy Presentation State asks of each series it references.
+
+    Parameters
+    ----------
+    ds : Dataset
+        A GSPS instance (already de-identified: its UIDs are the stored ones).
+
+    Returns
+    -------
+    dict
+        Series Instance UID -> ``{label, description, created, area, window}``, JSON-ready:
+        ``area`` is the displayed area (image pixel corners, 1-based, and the presentation
+        size mode), ``window`` the VOI window; either may be None.
+    """
+    if str(ds.get("SOPClassUID", "")) != GRAYSCALE_PRESENTATION:
+        return {}
+    facts = {
+        "label": str(ds.get("ContentLabel", "") or ""),
+        "description": str(ds.get("ContentDescription", "") or "")[:64],
+        "created": f"{ds.get('PresentationCreationDate', '')}{ds.get('PresentationCreationTime', '')}",
+        "area": _displayed_area(ds),
+        "window": _window(ds),
+    }
+    return {uid: facts for uid in _referenced_series(ds)}
