@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
 
@@ -41,6 +41,8 @@ class Kept:
     points: list[list[float]]
     plane: dict[str, Any] | None
     result: Any
+    arguments: dict[str, Any] = field(default_factory=dict)
+    """The tool's settings besides its points (a sphere's radius, a threshold's box and rule)."""
 
 
 def _safe_label(label: str) -> str:
@@ -54,7 +56,8 @@ def finding_keep(*, study_uid: str, kept: Kept, label: str, author: str,
     study = Study.objects.get(study_instance_uid=study_uid)
     return Finding.objects.create(
         study=study, series_instance_uid=kept.series_instance_uid, label=_safe_label(label) or kept.tool,
-        tool=kept.tool, points=kept.points, plane=kept.plane, result=kept.result, author=author[:150],
+        tool=kept.tool, points=kept.points, plane=kept.plane, result=kept.result,
+        arguments=kept.arguments, author=author[:150],
         by_consultant=by_consultant)
 
 

@@ -107,6 +107,8 @@ class Finding(models.Model):
     points = models.JSONField(help_text="viewport pixels on the plane below")
     plane = models.JSONField(null=True, help_text="the view's plane (patient mm) when measured")
     result = models.JSONField(help_text="per-layer statistics, as computed")
+    arguments = models.JSONField(default=dict, blank=True,
+                                 help_text="the tool's settings besides its points (radius, box, threshold)")
     author = models.CharField(max_length=150, help_text="user name, or share:<id> for a consultant")
     by_consultant = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)

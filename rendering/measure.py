@@ -20,7 +20,9 @@ lies inside. A line gives its length in mm and each layer's values along it.
 
 from __future__ import annotations
 
+import base64
 import math
+import zlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -414,8 +416,13 @@ def _threshold_of(mode: str, value: float, local_max: float, volume: Volume, fac
 
 
 def threshold_volume(state: ViewState, volumes: Mapping[str, Volume], center_mm: Any, box_mm: float,
-                     mode: str, value: float, reference_mm: Any = None) -> ThresholdVolume:
-    """The voxels above a threshold inside a box, connected to the box's maximum (MTV, TLG)."""
+                     mode: str, value: float, reference_mm: Any = None, *,
+                     want_statistics: bool = True) -> Any:
+    """The voxels above a threshold inside a box, connected to the box's maximum (MTV, TLG).
+
+    A :class:`ThresholdVolume`, or with ``want_statistics=False`` the region itself as a
+    :class:`RegionMask`.
+    """
     volume, factor, unit, transform = _suv_layer(state, volumes)
     center = np.asarray(center_mm, dtype=np.float64)
     if transform is not None:
@@ -427,6 +434,8 @@ def threshold_volume(state: ViewState, volumes: Mapping[str, Volume], center_mm:
     if values[seed] < threshold:
         raise RenderError(f"nothing in the box reaches the threshold ({threshold:.3g} {unit})")
     inside = _component(values >= threshold, seed)
+    if not want_statistics:
+        return RegionMask.of(volume.series_id, box, inside.astype(np.uint8) * np.uint8(255), fractional=False)
     chosen = values[inside]
     volume_ml = float(inside.sum()) * float(np.prod(volume.spacing)) / 1000.0
     origin = np.array([s.start for s in box])
@@ -454,17 +463,75 @@ def _center(state: ViewState, volumes: Mapping[str, Volume], arguments: dict[str
     return [float(v) for v in _plane_of(state, layer_values(state, volumes)[0][0]).point(*point)]
 
 
+@dataclass(frozen=True)
+class RegionMask:
+    """A VOI on its series' voxel grid: ``shape`` voxels from index ``offset`` (k, j, i), each 0-255.
+
+    Binary regions are 0 or 255; a sphere's voxels carry their share of it (fractional occupancy).
+    ``data`` is the zlib-compressed uint8 array, base64: a region stays small on the wire.
+    """
+
+    series_id: str
+    offset: tuple[int, int, int]
+    shape: tuple[int, int, int]
+    fractional: bool
+    data: str
+
+    @classmethod
+    def of(cls, series_id: str, box: tuple[slice, slice, slice], values: np.ndarray, *,
+           fractional: bool) -> RegionMask:
+        packed = base64.b64encode(zlib.compress(np.ascontiguousarray(values, np.uint8).tobytes())).decode()
+        return cls(series_id, (box[0].start, box[1].start, box[2].start),
+                   (int(values.shape[0]), int(values.shape[1]), int(values.shape[2])), fractional, packed)
+
+    def array(self) -> np.ndarray:
+        raw = zlib.decompress(base64.b64decode(self.data), bufsize=int(np.prod(self.shape)))
+        return np.frombuffer(raw, np.uint8).reshape(self.shape)
+
+
+def sphere_region(volume: Volume, center_mm: Any, radius_mm: float) -> RegionMask:
+    """The sphere as each voxel's share of it (the same shares its statistics weigh)."""
+    center = np.asarray(center_mm, dtype=np.float64)
+    box = _box(volume, center, radius_mm)
+    share, _ = _coverage(volume, box, center, radius_mm)
+    return RegionMask.of(volume.series_id, box, np.rint(share * 255), fractional=True)
+
+
+def _region_from_wire(wire: dict[str, Any]) -> RegionMask:
+    return RegionMask(**{**wire, "offset": tuple(wire["offset"]), "shape": tuple(wire["shape"])})
+
+
+@operation("region_mask", to_wire=asdict, from_wire=_region_from_wire)
+def _region_mask(context: WorkerContext, state: ViewState, volumes: Mapping[str, Volume],
+                 arguments: dict[str, Any]) -> RegionMask:
+    """A kept VOI's voxels on layer 0's series (a sphere) or the SUV layer's (a threshold region)."""
+    center = _vector(arguments.get("center_mm"), "the region's centre")
+    if arguments.get("tool") == "sphere":
+        radius = float(arguments.get("radius_mm", 0.0))
+        if not 0 < radius <= MAX_RADIUS_MM:
+            raise RenderError(f"the sphere's radius must be between 0 and {MAX_RADIUS_MM:g} mm")
+        return sphere_region(layer_values(state, volumes)[0][0], center, radius)
+    if arguments.get("tool") == "threshold":
+        return threshold_volume(state, volumes, center, *_threshold_settings(arguments),
+                                want_statistics=False)
+    raise RenderError("a region is a sphere or a threshold VOI")
+
+
 @operation("measure_threshold", to_wire=asdict,
            from_wire=lambda wire: ThresholdVolume(**{**wire, "max_point_mm": tuple(wire["max_point_mm"])}))
 def _measure_threshold(context: WorkerContext, state: ViewState, volumes: Mapping[str, Volume],
                        arguments: dict[str, Any]) -> ThresholdVolume:
+    settings = _threshold_settings(arguments)
+    return threshold_volume(state, volumes, _center(state, volumes, arguments, "the box's centre"), *settings)
+
+
+def _threshold_settings(arguments: dict[str, Any]) -> tuple[float, str, float, list[float] | None]:
+    """(box half-side mm, mode, value, liver reference mm or None), checked."""
     mode = arguments.get("mode", "fraction")
     if mode not in THRESHOLD_MODES:
         raise RenderError(f"a threshold is one of {', '.join(THRESHOLD_MODES)}")
     box = float(arguments.get("box_mm", 30.0))
     if not 1 <= box <= MAX_BOX_MM:
         raise RenderError(f"the box reaches 1 to {MAX_BOX_MM:g} mm from its centre")
-    center = _center(state, volumes, arguments, "the box's centre")
     reference = _vector(arguments.get("reference_mm"), "the liver reference") if mode == "percist" else None
-    return threshold_volume(state, volumes, center, box, mode, float(arguments.get("value", 0.41)),
-                            reference)
+    return box, mode, float(arguments.get("value", 0.41)), reference
