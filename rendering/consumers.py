@@ -24,6 +24,15 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 
+from accounts.hanging import (
+    HangingRuleNotFound,
+    SavedHanging,
+    hanging_owner,
+    hanging_rule_delete,
+    hanging_rule_save,
+    hanging_rules_of,
+)
+from accounts.models import User
 from gateway.audit.catalogue import Action, Outcome
 from gateway.audit.services import audit_record
 from gateway.net import scope_address
@@ -41,10 +50,12 @@ from imaging.findings import (
     finding_wire,
     findings_of,
 )
+from imaging.findings_dicom import FindingsExportError, findings_dicom_store, region_request, region_series
 from rendering import protocol
 from rendering.engine.core import FrameOfReferenceError, MissingVolumeError, RenderedFrame
 from rendering.engine.palettes import palette_stops
 from rendering.flow import MessageBudget
+from rendering.hanging import HangingRuleError
 from rendering.operations import operation_named
 from rendering.pool import CLINICAL, render_pool_async
 from rendering.scheduler import Quality as SchedulerQuality
@@ -127,6 +138,8 @@ class ViewerConsumer(PrincipalGuardedConsumer):
         self.related = await database_sync_to_async(related_studies)(principal=user, study=self.study)
         self.may_measure = await database_sync_to_async(may)(user, Permission.STUDY_MEASURE,
                                                              self.study.study_uid)
+        self.may_report = await database_sync_to_async(may)(user, Permission.STUDY_REPORT,
+                                                            self.study.study_uid)
         try:
             shown, unavailable = await self._describe_series(self.study)
             self.session = ViewerSession(study_uid=self.study.study_uid, series=shown,
@@ -135,6 +148,7 @@ class ViewerConsumer(PrincipalGuardedConsumer):
             await self._audit(Action.RENDER_START, Outcome.FAILURE, details={"reason": str(error)})
             self.refusal_code = CLOSE_NOT_FOUND
             return False
+        await self._hanging_open(user)
         self.schedulers: list[ViewScheduler] = []
         self.frames_sent = 0
         self.started = time.monotonic()
@@ -169,6 +183,9 @@ class ViewerConsumer(PrincipalGuardedConsumer):
             if geometry is None:
                 unavailable.append(_unavailable(series, reason, uid))
             else:
+                presentation = study.presentations.get(series.uid)
+                if presentation is not None:
+                    geometry = {**geometry, "presentation": presentation}
                 shown.append(SeriesInfo(series.uid, series.modality, series.description, geometry,
                                         number=series.number, images=series.images, study=uid))
         return shown, unavailable
@@ -196,8 +213,10 @@ class ViewerConsumer(PrincipalGuardedConsumer):
                                        "description": self.study.description},
             "limits": {"max_message_bytes": protocol.MAX_MESSAGE_BYTES,
                        "messages_per_second": MESSAGES_PER_SECOND, "message_burst": MESSAGE_BURST},
-            "vocabulary": VOCABULARY if self.may_measure else VOCABULARY_WITHOUT_MEASURING,
+            "vocabulary": {**(VOCABULARY if self.may_measure else VOCABULARY_WITHOUT_MEASURING),
+                           "hanging_rules": self._hanging_wire()},
             "related": [study.wire() for study in self.related],
+            "findings_store": self.may_report,
             **self.session.describe(),
         }))
 
@@ -383,7 +402,9 @@ class ViewerConsumer(PrincipalGuardedConsumer):
         wire = operation_named(operation).to_wire(result)
         points = [list(point) for point in message.points]
         plane = {**view.plane, "width": view.width, "height": view.height} if view.plane else None
-        self.last_measurement = (study, Kept(view.layers[0]["series_id"], message.tool, points, plane, wire))
+        settings = {key: value for key, value in arguments.items() if key not in PLACED_BY_POINTS}
+        self.last_measurement = (study, Kept(view.layers[0]["series_id"], message.tool, points, plane, wire,
+                                             settings))
         await self.send(text_data=json.dumps({
             "type": "measurement", "view": message.view, "tool": message.tool, "points": points,
             "result": wire}, allow_nan=False))
@@ -424,6 +445,102 @@ class ViewerConsumer(PrincipalGuardedConsumer):
         await self._audit(Action.FINDING_DELETE, Outcome.SUCCESS, study=study,
                           details={"finding": message.finding})
         await self._send_findings()
+
+    async def _on_findings_store(self, message: protocol.StoreFindings) -> None:
+        """The study's findings into the study as DICOM SR + SEG: a reporting act, audited either way."""
+        study = self.study.study_uid
+        if not await database_sync_to_async(may)(self.principal, Permission.STUDY_REPORT, study):
+            await self._audit(Action.FINDINGS_STORE, Outcome.DENIED, study=study,
+                              details={"reason": "study.report not granted"})
+            await self._error("refused", "storing findings in the study is part of reporting, "
+                                         "which is not granted here", of="findings_store")
+            return
+        try:
+            regions = await self._finding_regions(study)
+            stored = await database_sync_to_async(findings_dicom_store)(
+                study_uid=study, regions=regions, author=self.principal.username)
+        except (RenderError, MissingVolumeError, FindingsExportError) as error:
+            await self._audit(Action.FINDINGS_STORE, Outcome.FAILURE, study=study,
+                              details={"reason": str(error)[:200]})
+            await self._error("store_failed", str(error), of="findings_store")
+            return
+        await self._audit(Action.FINDINGS_STORE, Outcome.SUCCESS, study=study, details=stored.wire())
+        await self.send(text_data=json.dumps({"type": "findings_stored", **stored.wire()}))
+
+    async def _finding_regions(self, study: str) -> dict[int, Any]:
+        """Each kept VOI's region, asked of the workers on the series it was measured on."""
+        regions = {}
+        for finding in await database_sync_to_async(findings_of)(study):
+            request = region_request(finding)
+            if request is None:
+                continue
+            state = viewstate_from_dict({"view": "axial", "layers": [
+                {"series_id": region_series(finding), "window_center": 0, "window_width": 1}]})
+            regions[finding.id] = await self.pool.request("region_mask", state, source=CLINICAL, **request)
+        return regions
+
+    # --- hanging rules (accounts.hanging, rendering.hanging) ---------------------------------
+
+    async def _hanging_open(self, principal: Any) -> None:
+        """The reader's rules, and the first that fits hangs the study; a share keeps the default."""
+        self.hanging_user = hanging_owner(principal)
+        self.hanging: list[SavedHanging] | None = None
+        if self.hanging_user is None:
+            return
+        self.hanging = await database_sync_to_async(hanging_rules_of)(user=self.hanging_user)
+        self.session.hanging_first([saved.hanging for saved in self.hanging],
+                                   description=self.study.description)
+
+    def _hanging_wire(self) -> list[dict[str, Any]] | None:
+        """The reader's rules for the menu, each with whether it fits this study; None: a share."""
+        if self.hanging is None:
+            return None
+        return [{"id": saved.id, "name": saved.name,
+                 "applies": self.session.hanging_fits(saved.hanging, description=self.study.description)}
+                for saved in self.hanging]
+
+    async def _hanging_sent(self, user: User) -> None:
+        self.hanging = await database_sync_to_async(hanging_rules_of)(user=user)
+        await self.send(text_data=json.dumps({"type": "hanging_rules", "rules": self._hanging_wire()}))
+
+    async def _on_hang(self, message: protocol.Hang) -> None:
+        saved = next((saved for saved in self.hanging or [] if saved.id == message.rule), None)
+        try:
+            if saved is None:
+                raise SessionError("no such hanging rule of yours")
+            self.session.hanging_apply(saved.hanging, description=self.study.description)
+        except SessionError as error:
+            await self._error("refused", str(error), of="hang")
+            return
+        await self._send_ready()
+        self._render(list(range(len(self.session.views))))
+
+    async def _on_hang_save(self, message: protocol.HangSave) -> None:
+        """The views on screen become the reader's newest rule; a share has no account to keep it."""
+        if self.hanging_user is None:
+            await self._error("refused", "hanging rules are kept with a user account; a share has none",
+                              of="hang_save")
+            return
+        try:
+            rule = self.session.hanging_of_views().wire()
+            await database_sync_to_async(hanging_rule_save)(user=self.hanging_user, name=message.name,
+                                                            rule=rule)
+        except (SessionError, HangingRuleError) as error:
+            await self._error("refused", str(error), of="hang_save")
+            return
+        await self._hanging_sent(self.hanging_user)
+
+    async def _on_hang_delete(self, message: protocol.HangDelete) -> None:
+        if self.hanging_user is None:
+            await self._error("refused", "hanging rules are kept with a user account; a share has none",
+                              of="hang_delete")
+            return
+        try:
+            await database_sync_to_async(hanging_rule_delete)(user=self.hanging_user, rule_id=message.rule)
+        except HangingRuleNotFound:
+            await self._error("refused", "no such hanging rule of yours", of="hang_delete")
+            return
+        await self._hanging_sent(self.hanging_user)
 
     async def _send_findings(self) -> None:
         rows = await database_sync_to_async(findings_of)(*self.session.studies)
@@ -473,6 +590,8 @@ MESSAGE_HANDLERS: dict[type, Callable[[ViewerConsumer, Any], Awaitable[None]]] =
     protocol.Thumbnails: ViewerConsumer._on_thumbnails, protocol.OpenStudy: ViewerConsumer._on_open_study,
     protocol.Measure: ViewerConsumer._on_measure, protocol.Keep: ViewerConsumer._on_keep,
     protocol.Forget: ViewerConsumer._on_forget,
+    protocol.StoreFindings: ViewerConsumer._on_findings_store, protocol.Hang: ViewerConsumer._on_hang,
+    protocol.HangSave: ViewerConsumer._on_hang_save, protocol.HangDelete: ViewerConsumer._on_hang_delete,
 }
 
 
@@ -488,3 +607,4 @@ MEASURE_OPERATIONS: dict[str, Callable[[protocol.Measure], tuple[str, dict[str, 
                                                   "mode": "fraction", "value": m.fraction}),
 }
 """Each measuring tool of the protocol and the registered operation that computes it."""
+PLACED_BY_POINTS = frozenset({"center_px", "points", "shape"})

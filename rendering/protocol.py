@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+from rendering.viewstate import MAX_FILE_WINDOWS
+
 MAX_MESSAGE_BYTES = 8192
 MAX_VIEWS = 4
 SHOWN_CHARS = 40
@@ -92,6 +94,8 @@ SETTINGS: dict[str, FieldRule] = {
     "slab_mode": Text(("none", "mip", "minip", "average")),
     "slab_thickness": Number(0, 500),
     "window_preset": Text(("abdomen", "lung", "bone", "brain", "suv_0_5", "suv_0_10")),
+    # One of the series' own window presets (ready.series[].windows), mapped as the file says.
+    "voi": Number(0, MAX_FILE_WINDOWS - 1, integer=True),
     "volume_preset": Text(("ct_bone", "ct_soft_tissue", "ct_lung", "pet_mip")),
     "palette": Text(("grey", "hot_iron", "rainbow", "inverted")),
     "opacity": Number(0, 1),
@@ -181,8 +185,34 @@ class Forget:
     finding: int
 
 
+@dataclass(frozen=True)
+class StoreFindings:
+    """Add the study's kept findings to it as DICOM: an SR Measurement Report and a SEG per VOI."""
+
+
+@dataclass(frozen=True)
+class Hang:
+    """Hang the reader's saved rule ``rule`` (``ready.vocabulary.hanging_rules``) on this study."""
+
+    rule: int
+
+
+@dataclass(frozen=True)
+class HangSave:
+    """Keep the views on screen as a new hanging rule of the reader, named ``name``."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class HangDelete:
+    """Delete the reader's hanging rule ``rule``."""
+
+    rule: int
+
+
 Message = (Acknowledge | Input | Setting | Layout | Probe | Resize | Thumbnails | OpenStudy | Measure
-           | Keep | Forget)
+           | Keep | Forget | StoreFindings | Hang | HangSave | HangDelete)
 
 
 def _field(message: dict[str, Any], name: str, rule: FieldRule) -> Any:
@@ -335,11 +365,36 @@ def _parse_forget(message: dict[str, Any], views: int) -> Forget:
     return Forget(_field(message, "finding", Number(1, 2**53, integer=True)))
 
 
+def _parse_findings_store(message: dict[str, Any], views: int) -> StoreFindings:
+    _exact_keys(message, {"type"})
+    return StoreFindings()
+
+
+RULE_ID = Number(1, 2**53, integer=True)
+HANGING_NAME = Label(64)
+
+
+def _parse_hang(message: dict[str, Any], views: int) -> Hang:
+    _exact_keys(message, {"type", "rule"})
+    return Hang(_field(message, "rule", RULE_ID))
+
+
+def _parse_hang_save(message: dict[str, Any], views: int) -> HangSave:
+    _exact_keys(message, {"type", "name"})
+    return HangSave(_field(message, "name", HANGING_NAME))
+
+
+def _parse_hang_delete(message: dict[str, Any], views: int) -> HangDelete:
+    _exact_keys(message, {"type", "rule"})
+    return HangDelete(_field(message, "rule", RULE_ID))
+
+
 _PARSERS: dict[str, Callable[[dict[str, Any], int], Message]] = {
     "ack": _parse_ack, "input": _parse_input, "set": _parse_set,
     "layout": _parse_layout, "probe": _parse_probe, "resize": _parse_resize,
     "thumbnails": _parse_thumbnails, "open": _parse_open, "measure": _parse_measure,
-    "keep": _parse_keep, "forget": _parse_forget,
+    "keep": _parse_keep, "forget": _parse_forget, "findings_store": _parse_findings_store,
+    "hang": _parse_hang, "hang_save": _parse_hang_save, "hang_delete": _parse_hang_delete,
 }
 
 

@@ -16,14 +16,23 @@ from typing import Any
 
 import numpy as np
 
+from rendering.hanging import PALETTES, Hanging, LayerRule, ViewRule, description_fragment
 from rendering.protocol import LAYOUTS, Input, Setting
-from rendering.viewstate import WINDOW_LIMIT, WINDOW_PRESETS, ViewState, viewstate_from_dict
+from rendering.viewstate import (
+    WINDOW_LIMIT,
+    WINDOW_PRESETS,
+    ZOOM_MAX,
+    ZOOM_MIN,
+    ViewState,
+    viewstate_from_dict,
+)
 
 MPR_KINDS = {"native", "axial", "coronal", "sagittal", "oblique"}
 PLANE_KINDS = {"axial", "coronal", "sagittal"}
 NORMALS = {"axial": (0.0, 0.0, 1.0), "coronal": (0.0, 1.0, 0.0), "sagittal": (1.0, 0.0, 0.0)}
 PRESET_NAMES = {"suv_0_5": "pet_suv_0_5", "suv_0_10": "pet_suv_0_10"}
 SUV_MODALITIES = {"PT", "NM"}
+TRUE_SIZE_MM_PER_PIXEL = 25.4 / 96
 
 
 class SessionError(ValueError):
@@ -78,11 +87,60 @@ class SeriesInfo:
                 "frame_time_ms": self.geometry.get("frame_time_ms"), "units": self.geometry.get("units", ""),
                 "panels": list(self.geometry.get("panels") or []), "time_points": self.time_points,
                 "study": self.study, "suv_calculation": self.geometry.get("suv_calculation"),
+                "presentation": self._presentation_wire(), "windows": self.file_windows(),
                 "available": True}
+
+    def file_windows(self) -> list[dict[str, Any]]:
+        """The series' own window presets, named for a menu (a ``voi`` setting picks one by index).
+
+        A name is the file's explanation, else ``LUT n`` (a VOI LUT), ``sigmoid`` or ``window n``.
+        """
+        vois = self.geometry.get("vois") or []
+        windows = []
+        for index, (center, width) in enumerate(self.geometry.get("windows") or []):
+            voi = vois[index] if index < len(vois) and isinstance(vois[index], dict) else {}
+            windows.append({"name": str(voi.get("name") or f"window {index + 1}"),
+                            "function": str(voi.get("function") or "LINEAR"),
+                            "center": float(center), "width": float(width)})
+        return windows
+
+    def _presentation_wire(self) -> dict[str, Any] | None:
+        facts = self.presentation
+        if facts is None:
+            return None
+        area = facts.get("area") or {}
+        return {"label": facts.get("label", ""), "description": facts.get("description", ""),
+                "size_mode": area.get("mode"), "window": facts.get("window")}
 
     @property
     def suv(self) -> bool:
         return bool(self.geometry.get("suv"))
+
+    @property
+    def presentation(self) -> dict[str, Any] | None:
+        """What the series' presentation state asks (``imaging.objects.presentation_facts``)."""
+        return self.geometry.get("presentation")
+
+    def presented_camera(self, width: int, height: int) -> tuple[float, tuple[float, float]] | None:
+        """(zoom, pan mm) of a native view showing the presentation's displayed area (PS3.3 C.10.4).
+
+        Corners are 1-based image pixels; TRUE SIZE takes a CSS pixel as 1/96 inch.
+        """
+        area = (self.presentation or {}).get("area")
+        if not area:
+            return None
+        rows, cols = self.geometry["shape"][1], self.geometry["shape"][2]
+        row_mm, col_mm = self.geometry["spacing"][1], self.geometry["spacing"][2]
+        (left, top), (right, bottom) = area["top_left"], area["bottom_right"]
+        pan = (((left - 1 + right) / 2 - cols / 2) * col_mm, ((top - 1 + bottom) / 2 - rows / 2) * row_mm)
+        if area["mode"] == "TRUE SIZE":
+            mm_per_pixel = TRUE_SIZE_MM_PER_PIXEL
+        elif area["mode"] == "MAGNIFY":
+            mm_per_pixel = col_mm / float(area["magnification"])
+        else:
+            mm_per_pixel = max((right - left + 1) * col_mm / width, (bottom - top + 1) * row_mm / height)
+        fitted = max(cols * col_mm / width, rows * row_mm / height)
+        return float(np.clip(fitted / mm_per_pixel, ZOOM_MIN, ZOOM_MAX)), pan
 
     def slice_step(self, normal: np.ndarray) -> float:
         """Spacing of the volume axis most aligned with ``normal`` (mm)."""
@@ -126,13 +184,18 @@ class ViewModel:
     width: int = 512
     height: int = 512
     plane: dict[str, Any] | None = None
+    presented: bool = True
+    """The camera follows the series' presentation state until the reader zooms or pans."""
 
 
 def _layer(series: SeriesInfo, *, palette: str | None = None, opacity: float = 1.0) -> dict[str, Any]:
     if palette is None:
         palette = "inverted" if series.geometry.get("invert") else "grey"
     windows = series.geometry.get("windows") or []
-    if series.modality in SUV_MODALITIES and series.suv:
+    presented = (series.presentation or {}).get("window")
+    if presented:
+        center, width, unit = float(presented[0]), float(presented[1]), "native"
+    elif series.modality in SUV_MODALITIES and series.suv:
         preset = WINDOW_PRESETS["pet_suv_0_5"]
         center, width, unit = preset.center, preset.width, "suv"
     elif windows:
@@ -143,7 +206,8 @@ def _layer(series: SeriesInfo, *, palette: str | None = None, opacity: float = 1
         low, high = series.geometry.get("range", [0.0, 1000.0])
         center, width, unit = (low + high) / 2, max(high - low, 1e-3), "native"
     return {"series_id": series.uid, "window_center": center, "window_width": width,
-            "window_unit": unit, "palette": palette, "opacity": opacity}
+            "window_unit": unit, "palette": palette, "opacity": opacity,
+            "voi": 0 if windows and not presented and unit == "native" else None}
 
 
 class ViewerSession:
@@ -232,10 +296,14 @@ class ViewerSession:
         else:
             base = ct or first
             views = [ViewModel(base.opening_kind, [_layer(base)])]
+        self._views_set(views, name)
+        return list(range(len(views)))
+
+    def _views_set(self, views: list[ViewModel], layout: str) -> None:
+        """Show ``views`` in ``layout``; each keeps the size of the view it replaces."""
         for old, new in zip(self.views, views, strict=False):
             new.width, new.height = old.width, old.height
-        self.views, self.layout = views, name
-        return list(range(len(views)))
+        self.views, self.layout = views, layout
 
     def _compare_views(self) -> list[ViewModel]:
         """The first study's main series beside the latest other study's series most like it."""
@@ -247,6 +315,89 @@ class ViewerSession:
         right = max(other, key=lambda s: (s.modality == left.modality, s.mpr == left.mpr,
                                           s.geometry.get("plane") == left.geometry.get("plane")))
         return [ViewModel(left.opening_kind, [_layer(left)]), ViewModel(right.opening_kind, [_layer(right)])]
+
+    # --- hanging rules (rendering.hanging) --------------------------------------------------
+
+    def _hanging_fit(self, rule: Hanging, *, description: str) -> tuple[list[ViewModel] | None, str]:
+        """The views ``rule`` hangs on the first study, or None and why it does not fit.
+
+        Each layer takes the first series of its modality whose description holds the
+        layer's fragment; a later layer or view asking for the same takes the next such
+        series where there is one, else the first again. Reformats, 3-D and fused views
+        need series that reformat; ``native`` is each series' acquisition plane.
+        """
+        own = self._of_study(self.studies[0])
+        missing = [modality for modality in rule.modalities if modality not in {s.modality for s in own}]
+        if missing:
+            return None, f"this study has no {', '.join(missing)} series that can be shown"
+        if rule.description and rule.description.casefold() not in description.casefold():
+            return None, f"the rule is for studies described {rule.description!r}"
+        used: set[str] = set()
+        views = []
+        for number, view in enumerate(rule.views, start=1):
+            volume = view.kind != "native" or len(view.layers) > 1
+            layers = []
+            for layer in view.layers:
+                fragment = layer.description.casefold()
+                candidates = [s for s in own if s.modality == layer.modality
+                              and fragment in s.description.casefold() and (s.mpr or not volume)]
+                if not candidates:
+                    described = f" described {layer.description!r}" if layer.description else ""
+                    reformats = " that reformats" if volume else ""
+                    return None, (f"view {number} needs a {layer.modality} series{described}{reformats}; "
+                                  "this study has none")
+                series = next((s for s in candidates if s.uid not in used), candidates[0])
+                used.add(series.uid)
+                layers.append(_layer(series, palette=layer.palette, opacity=layer.opacity))
+            base = self.series[layers[0]["series_id"]]
+            kind = base.opening_kind if view.kind == "native" else view.kind
+            shown = ViewModel(kind, layers)
+            if kind == "3d":
+                default = "pet_mip" if base.modality in SUV_MODALITIES else "ct_bone"
+                shown.preset3d = view.preset3d or default
+            views.append(shown)
+        return views, ""
+
+    def hanging_fits(self, rule: Hanging, *, description: str) -> bool:
+        """Whether ``rule`` can hang this session's first study (described ``description``)."""
+        return self._hanging_fit(rule, description=description)[0] is not None
+
+    def hanging_apply(self, rule: Hanging, *, description: str) -> list[int]:
+        """Hang ``rule`` on the first study, in the grid its view count fills; refused, saying
+        why, where it does not fit."""
+        views, why = self._hanging_fit(rule, description=description)
+        if views is None:
+            raise SessionError(f"this hanging rule does not fit this study: {why}")
+        self._views_set(views, rule.grid)
+        return list(range(len(views)))
+
+    def hanging_first(self, rules: list[Hanging], *, description: str) -> int | None:
+        """At open: hang the first of ``rules`` that fits and return its index; with none,
+        the built-in default stays."""
+        for index, rule in enumerate(rules):
+            views, _ = self._hanging_fit(rule, description=description)
+            if views is not None:
+                self._views_set(views, rule.grid)
+                return index
+        return None
+
+    def hanging_of_views(self) -> Hanging:
+        """The views on screen as a rule: each layer by its series' modality and description,
+        with its palette and opacity; each view's kind and 3-D preset."""
+        modalities: dict[str, None] = {}
+        views = []
+        for view in self.views:
+            layers = []
+            for layer in view.layers:
+                series = self.series[layer["series_id"]]
+                if (series.study or self.study_uid) != self.studies[0]:
+                    raise SessionError("a hanging rule hangs one study: a view shows another study's series")
+                modalities.setdefault(series.modality)
+                palette = layer["palette"] if layer["palette"] in PALETTES else None
+                layers.append(LayerRule(series.modality, description_fragment(series.description), palette,
+                                        float(layer["opacity"])))
+            views.append(ViewRule(view.kind, tuple(layers), view.preset3d if view.kind == "3d" else None))
+        return Hanging(tuple(modalities), tuple(views))
 
     # --- state ------------------------------------------------------------------------------
 
@@ -260,7 +411,7 @@ class ViewerSession:
             "view": view.kind, "layers": view.layers,
             "focus_mm": [float(v) for v in focus],
             "oblique_deg": list(view.oblique_deg), "slab": view.slab,
-            "camera2d": {"zoom": view.zoom, "pan_mm": list(view.pan_mm)},
+            "camera2d": self._camera2d(view),
             "camera3d": view.camera3d, "preset3d": view.preset3d,
             "width": view.width, "height": view.height, "quality": quality,
         })
@@ -347,20 +498,40 @@ class ViewerSession:
                                                -WINDOW_LIMIT, WINDOW_LIMIT))
         layer["window_width"] = float(np.clip(layer["window_width"] + args["dw"] * scale,
                                               1e-6, WINDOW_LIMIT))
+        layer["voi"] = None  # the reader's own window: linear, no longer the file's preset
         return [index]
 
     def _input_zoom(self, index: int, view: ViewModel, args: dict[str, float]) -> list[int]:
         if view.kind == "3d":
             view.camera3d["zoom"] = float(np.clip(view.camera3d["zoom"] * args["factor"], 0.05, 50))
         else:
-            view.zoom = float(np.clip(view.zoom * args["factor"], 0.05, 50))
+            self._camera_take(view)
+            view.zoom = float(np.clip(view.zoom * args["factor"], ZOOM_MIN, ZOOM_MAX))
         return [index]
 
     def _input_pan(self, index: int, view: ViewModel, args: dict[str, float]) -> list[int]:
+        self._camera_take(view)
         mm_per_pixel = view.plane["mm_per_pixel"] if view.plane else 1.0
         view.pan_mm = (view.pan_mm[0] - args["dx"] * view.width * mm_per_pixel,
                        view.pan_mm[1] - args["dy"] * view.height * mm_per_pixel)
         return [index]
+
+    def _camera(self, view: ViewModel) -> tuple[float, tuple[float, float]]:
+        """The view's zoom and pan: the presentation state's until the reader moves the picture."""
+        if view.presented and view.kind == "native":
+            camera = self._base(view).presented_camera(view.width, view.height)
+            if camera is not None:
+                return camera
+        return view.zoom, view.pan_mm
+
+    def _camera2d(self, view: ViewModel) -> dict[str, Any]:
+        zoom, pan_mm = self._camera(view)
+        return {"zoom": zoom, "pan_mm": list(pan_mm)}
+
+    def _camera_take(self, view: ViewModel) -> None:
+        """The reader moves the picture from where the presentation state put it."""
+        view.zoom, view.pan_mm = self._camera(view)
+        view.presented = False
 
     def _input_rotate(self, index: int, view: ViewModel, args: dict[str, float]) -> list[int]:
         if view.kind == "oblique":
@@ -391,7 +562,7 @@ class ViewerSession:
         fresh = [_layer(self.series[layer["series_id"]], palette=layer["palette"],
                         opacity=layer["opacity"]) for layer in view.layers]
         self.views[index] = replace(view, layers=fresh, zoom=1.0, pan_mm=(0.0, 0.0),
-                                    oblique_deg=(0.0, 0.0),
+                                    oblique_deg=(0.0, 0.0), presented=True,
                                     camera3d={"azimuth": 0.0, "elevation": 0.0, "zoom": 1.0})
         base = self._base(view)
         self.focus[base.frame_of_reference] = np.asarray(base.geometry["center"], np.float64)
@@ -418,6 +589,8 @@ class ViewerSession:
             view.slab = {**view.slab, "thickness_mm": float(value)}
         elif name == "window_preset":
             self._window_preset(layer, str(value))
+        elif name == "voi":
+            self._file_window(layer, int(value))
         elif name == "volume_preset":
             view.preset3d = str(value)
         elif name in {"palette", "opacity"}:
@@ -444,7 +617,16 @@ class ViewerSession:
         if preset.unit.value == "native" and series.modality in SUV_MODALITIES and series.suv:
             raise SessionError("a CT window does not apply to a PET layer")
         layer.update(window_center=preset.center, window_width=preset.width,
-                     window_unit=preset.unit.value)
+                     window_unit=preset.unit.value, voi=None)
+
+    def _file_window(self, layer: dict[str, Any], index: int) -> None:
+        """One of the series' own presets: its window, mapped to grey as the file says (``voi``)."""
+        windows = self.series[layer["series_id"]].geometry.get("windows") or []
+        if not 0 <= index < len(windows):
+            raise SessionError(f"this series has no window preset {index + 1} of its own")
+        center, width = windows[index]
+        layer.update(window_center=float(center), window_width=float(width), window_unit="native",
+                     voi=index)
 
     def describe(self) -> dict[str, Any]:
         """The ``ready`` message body: views and series, no identifying data."""

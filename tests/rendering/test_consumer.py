@@ -531,3 +531,49 @@ async def test_a_kept_measurement_is_a_finding_exported_as_xlsx_and_csv_and_dele
     actions = await database_sync_to_async(lambda: list(AuditEvent.objects.filter(
         actor=doctor.username).values_list("action", flat=True)))()
     assert {"finding.keep", "finding.delete", "export"} <= set(actions)
+
+
+async def test_kept_vois_are_stored_in_the_study_as_sr_and_seg_and_a_nurse_may_not(client, signed_in, study):
+    from imaging.models import Series
+
+    doctor = await database_sync_to_async(signed_in)("doctor")
+    record, truth = study
+    lesion = max(truth["lesions"], key=lambda item: item["radius_mm"])
+    communicator, _, _ = await _open(client, record.study_instance_uid)
+    ready = await _next(communicator)
+    assert ready["findings_store"] is True
+    x, y = (await _at_lesion(communicator, lesion)).overlay["crosshair"]
+    for tool, extra, label in (("sphere", {"radius_mm": lesion["radius_mm"]}, "sphere"),
+                               ("threshold", {"radius_mm": lesion["radius_mm"] + 8, "fraction": 0.41},
+                                "threshold")):
+        await communicator.send_json_to({"type": "measure", "view": 2, "tool": tool, "points": [[x, y]],
+                                         **extra})
+        measured = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] in ("measurement",
+                                                                                              "error"))
+        assert measured["type"] == "measurement", measured
+        await communicator.send_json_to({"type": "keep", "label": label})
+        await _until(communicator, lambda m: isinstance(m, dict) and m["type"] == "findings")
+    await communicator.send_json_to({"type": "findings_store"})
+    stored = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] in ("findings_stored",
+                                                                                        "error"))
+    assert stored["type"] == "findings_stored", stored
+    assert (stored["findings"], stored["segmentations"]) == (2, 2)
+    await communicator.disconnect()
+    modalities = await database_sync_to_async(lambda: sorted(Series.objects.filter(
+        series_instance_uid__in=[stored["sr_series"], stored["seg_series"]]).values_list("modality", flat=True)))()
+    assert modalities == ["SEG", "SR"]
+    stores = await database_sync_to_async(lambda: list(AuditEvent.objects.filter(
+        actor=doctor.username, action="findings.store").values_list("outcome", flat=True)))()
+    assert stores == ["success"]
+
+    nurse = await database_sync_to_async(signed_in)("nurse")
+    communicator, _, _ = await _open(client, record.study_instance_uid)
+    assert (await _next(communicator))["findings_store"] is False
+    await communicator.send_json_to({"type": "findings_store"})
+    refused = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] in ("findings_stored",
+                                                                                         "error"))
+    assert refused["type"] == "error" and refused["code"] == "refused" and refused["of"] == "findings_store"
+    await communicator.disconnect()
+    denied = await database_sync_to_async(lambda: list(AuditEvent.objects.filter(
+        actor=nurse.username, action="findings.store").values_list("outcome", flat=True)))()
+    assert denied == ["denied"]

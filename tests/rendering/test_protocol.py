@@ -37,6 +37,9 @@ from rendering.protocol import (
     ('{"type":"layout","layout":"petct"}', Layout("petct")),
     ('{"type":"probe","view":3,"x":10,"y":500}', Probe(3, 10, 500)),
     ('{"type":"resize","view":0,"width":512,"height":384}', Resize(0, 512, 384)),
+    ('{"type":"hang","rule":12}', protocol.Hang(12)),
+    ('{"type":"hang_save","name":"PET/CT coronal first"}', protocol.HangSave("PET/CT coronal first")),
+    ('{"type":"hang_delete","rule":3}', protocol.HangDelete(3)),
 ])
 def test_valid_messages_parse(raw, expected):
     assert message_parse(raw, views=4) == expected
@@ -73,6 +76,7 @@ def test_valid_messages_parse(raw, expected):
     ('{"type":"keep"}', "missing_field"),
     ('{"type":"forget","finding":0}', "bad_value"),
     ('{"type":"forget","finding":"3"}', "bad_value"),
+    ('{"type":"findings_store","study":"1.2.3"}', "unknown_field"),
     ('{"type":"measure","view":0,"tool":"laser","points":[[1,1],[2,2]]}', "bad_value"),
     ('{"type":"measure","view":0,"tool":"line","points":[[1,1]]}', "bad_value"),
     ('{"type":"measure","view":0,"tool":"polygon","points":[[1,1],[2,2]]}', "bad_value"),
@@ -87,6 +91,23 @@ def test_valid_messages_parse(raw, expected):
      "unknown_field"),
     ('{"type":"resize","view":0,"width":100000,"height":10}', "bad_value"),
     ("[" * 100000, "too_large"),
+    ('{"type":"hang"}', "missing_field"),
+    ('{"type":"hang","rule":0}', "bad_value"),
+    ('{"type":"hang","rule":"3"}', "bad_value"),
+    ('{"type":"hang","rule":1.5}', "bad_value"),
+    ('{"type":"hang","rule":true}', "bad_value"),
+    ('{"type":"hang","rule":1,"name":"x"}', "unknown_field"),
+    ('{"type":"hang","layout":"2x2"}', "unknown_field"),
+    ('{"type":"hang_save"}', "missing_field"),
+    ('{"type":"hang_save","name":""}', "bad_value"),
+    ('{"type":"hang_save","name":"a\\tb"}', "bad_value"),
+    ('{"type":"hang_save","name":"' + "x" * 65 + '"}', "bad_value"),
+    ('{"type":"hang_save","name":["x"]}', "bad_value"),
+    ('{"type":"hang_save","name":"mine","rule":{"match":{},"views":[]}}', "unknown_field"),
+    ('{"type":"hang_delete"}', "missing_field"),
+    ('{"type":"hang_delete","rule":-1}', "bad_value"),
+    ('{"type":"hang_delete","rule":9007199254740993}', "bad_value"),
+    ('{"type":"hang_delete","rule":2,"view":0}', "unknown_field"),
 ])
 def test_malformed_messages_are_refused_with_a_code(raw, code):
     with pytest.raises(ProtocolError) as refused:
@@ -109,9 +130,10 @@ json_values = st.recursive(
 
 @settings(max_examples=400, deadline=None)
 @given(st.dictionaries(st.sampled_from(["type", "view", "seq", "op", "delta", "name", "value",
-                                        "layer", "layout", "x", "y", "width", "height", "dc"]),
+                                        "layer", "layout", "x", "y", "width", "height", "dc", "rule"]),
                        json_values | st.sampled_from(["ack", "input", "set", "layout", "probe",
-                                                      "resize", "scroll", "palette"]),
+                                                      "resize", "scroll", "palette", "hang", "hang_save",
+                                                      "hang_delete"]),
                        max_size=7))
 def test_any_json_object_parses_or_raises_protocol_error(message):
     try:
@@ -119,7 +141,7 @@ def test_any_json_object_parses_or_raises_protocol_error(message):
     except ProtocolError:
         return
     assert type(parsed).__name__ in {"Acknowledge", "Input", "Setting", "Layout", "Probe",
-                                     "Resize"}
+                                     "Resize", "Hang", "HangSave", "HangDelete"}
 
 
 @settings(max_examples=200, deadline=None)
@@ -208,6 +230,7 @@ def test_a_finding_is_kept_by_label_and_forgotten_by_number():
     kept = message_parse('{"type":"keep","label":"liver lesion 1"}', views=1)
     assert kept == protocol.Keep("liver lesion 1")
     assert message_parse('{"type":"forget","finding":12}', views=1) == protocol.Forget(12)
+    assert message_parse('{"type":"findings_store"}', views=1) == protocol.StoreFindings()
 
 
 def test_a_threshold_voi_defaults_to_41_percent():

@@ -546,3 +546,33 @@ def test_a_refusal_disables_the_tools_and_shows_in_the_status_line(measure_page)
         assert _shapes(page, 0).locator(".shape").count() == 0
     finally:
         page.close()
+
+
+def test_a_reporting_reader_stores_the_findings_in_the_study_and_others_are_not_offered_it(measure_page):
+    gateway = ScriptedGateway({**_ready(), "findings_store": True})
+    gateway.findings = [dict(OTHERS_FINDING)]
+    page = measure_page(gateway)
+    button = page.locator("#findings-store")
+    _until(page, lambda: button.is_visible() and button.is_enabled(), what="the store button")
+    button.click()
+    _until(page, lambda: gateway.sent("findings_store"), what="findings_store sent")
+    assert button.is_disabled()  # one store at a time
+    gateway.send({"type": "findings_stored", "sr_series": "2.25.90", "seg_series": "2.25.91",
+                  "findings": 1, "segmentations": 0})
+    status = page.locator("#findings-store-status")
+    _until(page, lambda: "stored in the study" in status.text_content(), what="the stored status")
+    assert button.is_enabled()
+    button.click()
+    _until(page, lambda: len(gateway.sent("findings_store")) == 2, what="a second store")
+    gateway.send({"type": "error", "code": "store_failed", "of": "findings_store",
+                  "message": "a segmentation of multi-frame images is not written yet"})
+    _until(page, lambda: "not stored" in status.text_content() and "multi-frame" in status.text_content(),
+           what="the failure shown")
+    page.close()
+
+    nurse_like = ScriptedGateway({**_ready(tools=[]), "findings_store": False})
+    nurse_like.findings = [dict(OTHERS_FINDING)]
+    page = measure_page(nurse_like)
+    _until(page, lambda: page.locator("#findings li.finding").count() == 1, what="the finding listed")
+    assert page.locator("#findings-store").is_hidden()
+    page.close()

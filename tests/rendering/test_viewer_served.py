@@ -229,3 +229,84 @@ def test_ready_names_the_vocabulary_and_a_study_that_is_no_prior_is_refused_on_a
         frame, _ = viewer_until(ws, lambda m: is_frame(m) and m.view == 1
                                 and m.overlay["windows"][0]["palette"] == palettes[-1])
         assert frame.overlay["zoom"] == 1.0
+
+
+# --- hanging rules: saved over the socket, kept with the account, hung at the next open ---------
+
+def _message(ws, kind: str) -> dict:
+    return viewer_until(ws, lambda m: isinstance(m, dict) and m.get("type") == kind)[0]
+
+
+def _refusal(ws, of: str) -> dict:
+    error = _message(ws, "error")
+    assert (error["code"], error.get("of")) == ("refused", of), error
+    return error
+
+
+def test_a_saved_hanging_rule_hangs_the_study_at_the_next_open_and_can_be_deleted(served_demo):
+    person = served_demo.person("doctor")  # a reader of their own: the shared doctor keeps the default
+    reader = served_demo.sign_in(person)
+    with viewer_socket(served_demo, reader) as ws:
+        ready = viewer_ready(ws)
+        assert ready["layout"] == "petct" and ready["vocabulary"]["hanging_rules"] == []
+        ws.send(json.dumps({"type": "layout", "layout": "1x3"}))
+        assert _message(ws, "ready")["layout"] == "1x3"
+        ws.send(json.dumps({"type": "set", "view": 1, "name": "palette", "value": "hot_iron"}))
+        ws.send(json.dumps({"type": "hang_save", "name": "   "}))
+        assert "name" in _refusal(ws, "hang_save")["message"]
+        ws.send(json.dumps({"type": "hang_save", "name": "Three planes, hot coronal"}))
+        rules = _message(ws, "hanging_rules")["rules"]
+        assert [(rule["name"], rule["applies"]) for rule in rules] == [("Three planes, hot coronal", True)]
+    saved = rules[0]["id"]
+
+    served_demo.shell(
+        "from accounts.hanging import hanging_rule_save\nfrom accounts.models import User\n"
+        f"hanging_rule_save(user=User.objects.get(username={person.username!r}), name='MR brain', rule="
+        "{'match': {'modalities': ['MR']}, 'views': [{'kind': 'axial', 'layers': [{'modality': 'MR'}]}]})")
+    with viewer_socket(served_demo, reader) as ws:
+        ready = viewer_ready(ws)
+        assert ready["layout"] == "1x3"
+        assert [view["kind"] for view in ready["views"]] == ["axial", "coronal", "sagittal"]
+        listed = ready["vocabulary"]["hanging_rules"]
+        assert [(rule["id"], rule["name"], rule["applies"]) for rule in listed] == [
+            (saved, "Three planes, hot coronal", True), (listed[1]["id"], "MR brain", False)]
+        viewer_until(ws, lambda m: is_frame(m) and m.view == 1
+                     and m.overlay["windows"][0]["palette"] == "hot_iron")
+        ws.send(json.dumps({"type": "hang", "rule": listed[1]["id"]}))
+        assert "no MR series" in _refusal(ws, "hang")["message"]
+        ws.send(json.dumps({"type": "layout", "layout": "petct"}))
+        assert _message(ws, "ready")["layout"] == "petct"
+        ws.send(json.dumps({"type": "hang", "rule": saved}))
+        assert _message(ws, "ready")["layout"] == "1x3"
+        ws.send(json.dumps({"type": "hang_delete", "rule": saved}))
+        assert [rule["name"] for rule in _message(ws, "hanging_rules")["rules"]] == ["MR brain"]
+        ws.send(json.dumps({"type": "hang", "rule": saved}))
+        _refusal(ws, "hang")
+
+    other = served_demo.doctor()
+    with viewer_socket(served_demo, other) as ws:
+        ready = viewer_ready(ws)
+        assert ready["layout"] == "petct" and ready["vocabulary"]["hanging_rules"] == []
+        ws.send(json.dumps({"type": "hang_delete", "rule": listed[1]["id"]}))
+        _refusal(ws, "hang_delete")
+    with viewer_socket(served_demo, reader) as ws:
+        ready = viewer_ready(ws)
+        assert ready["layout"] == "petct", "the rule left is for MR: the default hangs"
+        assert [rule["name"] for rule in ready["vocabulary"]["hanging_rules"]] == ["MR brain"]
+
+
+def test_a_consultant_share_has_no_hanging_rules_to_save_or_delete(served_demo):
+    from tests.sharing.test_served import consultant, mint
+
+    _, token, pin = mint(served_demo, served_demo.doctor())
+    with viewer_socket(served_demo, consultant(served_demo, token, pin)) as ws:
+        ready = viewer_ready(ws)
+        assert ready["layout"] == "petct" and ready["vocabulary"]["hanging_rules"] is None
+        ws.send(json.dumps({"type": "hang_save", "name": "mine"}))
+        assert "user account" in _refusal(ws, "hang_save")["message"]
+        ws.send(json.dumps({"type": "hang_delete", "rule": 1}))
+        _refusal(ws, "hang_delete")
+        ws.send(json.dumps({"type": "hang", "rule": 1}))
+        _refusal(ws, "hang")
+        ws.send(json.dumps({"type": "input", "view": 0, "op": "scroll", "delta": 1}))
+        viewer_until(ws, is_frame)

@@ -78,7 +78,9 @@ def _every_client_message() -> list[dict]:
         {"type": "measure", "view": 0, "tool": "line", "points": [[0, 0], [500, 500]]},
         {"type": "measure", "view": 0, "tool": "polygon", "points": [[10, 10], [300, 20], [200, 300]]},
         {"type": "measure", "view": 0, "tool": "sphere", "points": [[250, 250]], "radius_mm": 150},
-        {"type": "keep", "label": "whole field"}, {"type": "forget", "finding": 1}])
+        {"type": "keep", "label": "whole field"}, {"type": "forget", "finding": 1},
+        {"type": "hang_save", "name": "as on screen"}, {"type": "hang", "rule": 1},
+        {"type": "hang_delete", "rule": 1}])
     return messages
 
 
@@ -125,7 +127,8 @@ async def test_every_websocket_message_yields_only_pictures_and_small_json(clien
         text = message["text"]
         assert len(text.encode()) < MAX_TEXT_BYTES
         body = json.loads(text)
-        assert body["type"] in {"ready", "error", "probe", "thumbnail", "measurement", "findings"}, body
+        assert body["type"] in {"ready", "error", "probe", "thumbnail", "measurement", "findings",
+                                "hanging_rules"}, body
         if body["type"] == "thumbnail":
             _assert_thumbnail_is_a_picture(body)
         if body["type"] == "measurement":

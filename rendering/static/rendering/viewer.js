@@ -40,6 +40,8 @@ const keepForm = document.getElementById("keep-form");
 const keepLabel = document.getElementById("keep-label");
 const keepButton = document.getElementById("keep");
 const findingsList = document.getElementById("findings");
+const findingsStoreButton = document.getElementById("findings-store");
+const findingsStoreStatus = document.getElementById("findings-store-status");
 const study = root.dataset.study;
 
 const views = [];
@@ -501,6 +503,7 @@ function refreshControls() {
     fpsInput.value = String(view.fps);
     showSettings(view);
   }
+  fillWindowPresets(view);
   showCineState(view);
   showTimeControl(view);
   showMeasureControls();
@@ -892,6 +895,7 @@ function probeAgainAfterMove(view, overlay) {
 
 function receiveReady(message) {
   receiveVocabulary(message.vocabulary);
+  mayStoreFindings = message.findings_store === true;
   buildMenus();
   buildKeyMap();
   layout = message.layout;
@@ -904,6 +908,7 @@ function receiveReady(message) {
   clearTimeout(openTimer);
   openAsked = null;
   buildViews(message.views || []);
+  showHanging(message.vocabulary && message.vocabulary.hanging_rules);
   buildSeriesStrip();
   const own = seriesOrder.filter((series) => studyOf(series) === studyUids[0]).length;
   studyLabel.textContent = describeStudy(message.study, own, studyUids.slice(1).map(studyDate));
@@ -935,6 +940,7 @@ function receiveProbe(message) {
 function receiveError(message) {
   // The cursor left the readable volume (a 3-D view, a gap): nothing to report.
   if (message.code === "probe_failed") return;
+  if (message.of === "findings_store") findingsStoreSettled(`not stored: ${message.message}`);
   if (message.code === "rate_limited") {
     holdInputUntil = performance.now() + (message.retry_after_ms || 0) + 50;
   }
@@ -957,6 +963,8 @@ function handleText(message) {
   else if (message.type === "probe") receiveProbe(message);
   else if (message.type === "measurement") receiveMeasurement(message);
   else if (message.type === "findings") receiveFindings(message);
+  else if (message.type === "findings_stored") receiveFindingsStored(message);
+  else if (message.type === "hanging_rules") showHanging(message.rules);
   else if (message.type === "error") receiveError(message);
   else if (message.type === "closing") end(`access ended: ${message.reason}`);
 }
@@ -1808,8 +1816,43 @@ function findingItem(finding) {
 function showFindings() {
   findingsList.replaceChildren(...(findings.length ? findings.map(findingItem)
     : [element("li", "hint", "No finding kept yet.")]));
+  showFindingsStore();
   showMeasurePanel();
 }
+
+// --- the findings into the study as DICOM (SR + SEG), for a reader who may report ---
+
+let mayStoreFindings = false;
+let findingsStoring = false;
+
+function showFindingsStore() {
+  findingsStoreButton.hidden = !mayStoreFindings;
+  findingsStoreButton.disabled = findingsStoring || findings.length === 0;
+  findingsStoreButton.textContent = findingsStoring ? "Storing…" : "Store in study (DICOM SR + SEG)";
+}
+
+function storeFindings() {
+  if (findingsStoring || !mayStoreFindings || findings.length === 0) return;
+  findingsStoring = true;
+  findingsStoreStatus.textContent = "";
+  send({ type: "findings_store" });
+  showFindingsStore();
+}
+
+function findingsStoreSettled(text) {
+  findingsStoring = false;
+  findingsStoreStatus.textContent = text;
+  showFindingsStore();
+}
+
+function receiveFindingsStored(message) {
+  const segs = Number.isInteger(message.segmentations) ? message.segmentations : 0;
+  const count = Number.isInteger(message.findings) ? message.findings : 0;
+  findingsStoreSettled(`stored in the study: an SR of ${count} finding${count === 1 ? "" : "s"}`
+    + (segs ? ` and ${segs} SEG` : ""));
+}
+
+findingsStoreButton.addEventListener("click", storeFindings);
 
 // The finding this page kept is the new one with the points it measured: it is drawn
 // where its plane is shown (a finding kept elsewhere names no plane, so it is listed only).
@@ -1908,10 +1951,20 @@ function fillRange(input, rule) {
   if (known) { input.min = String(rule.min); input.max = String(rule.max); }
 }
 
+// The window-preset menu: the server's named presets, then the active series' own
+// (`ready.series[].windows`: its windows and VOI LUTs, sent as the `voi` setting).
+function fillWindowPresets(view) {
+  fillSelect(windowPresetSelect, choicesOf("window_preset"), "preset…");
+  const series = seriesOfView(view);
+  const own = vocabulary.settings.voi && series && Array.isArray(series.windows) ? series.windows : [];
+  own.forEach((preset, index) => windowPresetSelect.append(option(`voi:${index}`, `file: ${preset.name}`)));
+  if (own.length) windowPresetSelect.closest("label").hidden = false;
+}
+
 function buildMenus() {
   fillSelect(layoutSelect, vocabulary.layouts);
   fillSelect(kindSelect, choicesOf("kind"));
-  fillSelect(windowPresetSelect, choicesOf("window_preset"), "preset…");
+  fillWindowPresets(views[activeView]);
   fillSelect(paletteSelect, choicesOf("palette"));
   fillSelect(slabModeSelect, choicesOf("slab_mode"));
   fillRange(slabThicknessInput, vocabulary.settings.slab_thickness);
@@ -2025,6 +2078,93 @@ function toggleHelp() {
   help.open = !help.open;
 }
 
+// --- hanging: the built-in layouts and the reader's own rules -----------------------------
+// The rules come from `ready.vocabulary.hanging_rules` and each `hanging_rules` message; a
+// session that keeps none (a consultant's share) announces null and is offered layouts only.
+
+const hangingMenu = document.getElementById("hanging");
+const hangingLayouts = document.getElementById("hanging-layouts");
+const hangingOwn = document.getElementById("hanging-own");
+const hangingRules = document.getElementById("hanging-rules");
+const hangingNone = document.getElementById("hanging-none");
+const hangingSaveStart = document.getElementById("hanging-save-start");
+const hangingSaveForm = document.getElementById("hanging-save");
+const hangingName = document.getElementById("hanging-name");
+const HANGING_NAME_LENGTH = 64;
+
+function hangingRulesOf(announced) {
+  if (!Array.isArray(announced)) return null;
+  return announced.filter((rule) => rule && Number.isInteger(rule.id) && typeof rule.name === "string");
+}
+
+function hangingButton(className, text, onClick) {
+  const button = element("button", className, text);
+  button.type = "button";
+  button.addEventListener("click", onClick);
+  return button;
+}
+
+function hangingItem(...children) {
+  const item = element("li", "hanging-item");
+  item.append(...children);
+  return item;
+}
+
+// Only a rule that fits this study can be chosen; any rule of the reader's can be deleted.
+function showHanging(announced) {
+  hangingLayouts.replaceChildren(...vocabulary.layouts.map((name) => {
+    const button = hangingButton("hanging-layout", label(name), () => chooseHanging({ type: "layout", layout: name }));
+    button.dataset.layout = name;
+    button.setAttribute("aria-pressed", String(name === layout));
+    return hangingItem(button);
+  }));
+  const rules = hangingRulesOf(announced);
+  hangingOwn.hidden = rules === null;
+  if (rules === null) { closeHangingSave(); return; }
+  hangingRules.replaceChildren(...rules.map((rule) => {
+    const apply = hangingButton("hanging-rule", rule.name, () => chooseHanging({ type: "hang", rule: rule.id }));
+    apply.dataset.rule = String(rule.id);
+    apply.disabled = rule.applies !== true;
+    if (apply.disabled) apply.title = "does not fit this study";
+    const remove = hangingButton("hanging-delete", "×", () => send({ type: "hang_delete", rule: rule.id }));
+    remove.dataset.rule = String(rule.id);
+    remove.setAttribute("aria-label", `delete the rule ${rule.name}`);
+    return hangingItem(apply, remove);
+  }));
+  hangingNone.hidden = rules.length > 0;
+}
+
+function chooseHanging(message) {
+  send(message);
+  hangingMenu.open = false;
+}
+
+function openHangingSave() {
+  hangingSaveForm.hidden = false;
+  hangingSaveStart.hidden = true;
+  hangingName.value = "";
+  hangingName.focus();
+}
+
+function closeHangingSave() {
+  hangingSaveForm.hidden = true;
+  hangingSaveStart.hidden = false;
+}
+
+// The server takes the views as they are now; the reader names them.
+function saveHanging(event) {
+  event.preventDefault();
+  const name = hangingName.value.trim().slice(0, HANGING_NAME_LENGTH);
+  if (!name) { hangingName.focus(); return; }
+  send({ type: "hang_save", name });
+  closeHangingSave();
+}
+
+hangingSaveStart.addEventListener("click", openHangingSave);
+hangingSaveForm.addEventListener("submit", saveHanging);
+hangingName.addEventListener("keydown", (event) => { if (event.key === "Escape") closeHangingSave(); });
+showHanging(null);
+
 // --- toolbar -----------------------------------------------------------------
 
 // A preset is applied once; the menu returns to its prompt because the window moves on.
@@ -2053,7 +2193,12 @@ layoutSelect.addEventListener("change", () => {
   if (vocabulary.layouts.includes(layoutSelect.value)) send({ type: "layout", layout: layoutSelect.value });
 });
 kindSelect.addEventListener("change", () => applySetting(activeView, "kind", kindSelect.value));
-windowPresetSelect.addEventListener("change", () => applyPreset(windowPresetSelect, "window_preset"));
+windowPresetSelect.addEventListener("change", () => {
+  const own = /^voi:(\d+)$/.exec(windowPresetSelect.value);
+  if (!own) { applyPreset(windowPresetSelect, "window_preset"); return; }
+  applySetting(activeView, "voi", Number(own[1]));
+  windowPresetSelect.selectedIndex = 0;
+});
 volumePresetSelect.addEventListener("change", () => applyPreset(volumePresetSelect, "volume_preset"));
 paletteSelect.addEventListener("change", () => {
   const view = views[activeView];
@@ -2080,6 +2225,17 @@ reverseWheelBox.addEventListener("change", () => {
   writePreference(REVERSE_WHEEL_KEY, String(reverseWheelBox.checked));
 });
 window.addEventListener("resize", () => requestAnimationFrame(sendSizes));
+// Whatever moves the views' box (a toolbar that wraps, a panel that opens) resizes the frames:
+// a bitmap drawn into a box of another shape would be squashed, and points would land off.
+let sizedBox = "";
+new ResizeObserver(() => {
+  const box = grid.getBoundingClientRect();
+  const size = `${Math.round(box.width)}x${Math.round(box.height)}`;
+  if (size !== sizedBox && views.length) {
+    sizedBox = size;
+    requestAnimationFrame(sendSizes);
+  }
+}).observe(grid);
 buildMenus();
 buildKeyMap();
 connect();
