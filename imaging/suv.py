@@ -6,7 +6,7 @@ Free of Django, so render workers and tools use the same function as ingest.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -37,6 +37,7 @@ class SuvCalculation:
     decay_correction: str
     elapsed_s: float | None
     missing: tuple[str, ...]
+    height_m: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "method": "SUVbw", "missing": list(self.missing)}
@@ -78,11 +79,19 @@ def suv_calculation(ds: Dataset) -> SuvCalculation:
     units = str(ds.get("Units", "")).upper()
     sequence = ds.get("RadiopharmaceuticalInformationSequence") or [Dataset()]
     drug = sequence[0]
-    weight = _number(ds.get("PatientWeight"))
-    dose = _number(drug.get("RadionuclideTotalDose"))
-    half_life = _number(drug.get("RadionuclideHalfLife"))
     correction = str(ds.get("DecayCorrection", "")).upper()
-    elapsed = _elapsed(ds, drug) if correction == "START" else None
+    calculation = SuvCalculation(
+        None, units, _number(ds.get("PatientWeight")), _number(drug.get("RadionuclideTotalDose")),
+        _number(drug.get("RadionuclideHalfLife")), correction,
+        _elapsed(ds, drug) if correction == "START" else None, (), _number(ds.get("PatientSize")))
+    factor, missing = _bodyweight_factor(calculation)
+    return replace(calculation, factor=factor, missing=tuple(missing))
+
+
+def _bodyweight_factor(calculation: SuvCalculation) -> tuple[float | None, list[str]]:
+    units, weight, dose = calculation.units, calculation.weight_kg, calculation.dose_bq
+    half_life, correction = calculation.half_life_s, calculation.decay_correction
+    elapsed = calculation.elapsed_s
     missing = [reason for reason, lacking in (
         (f"Units is {units or 'empty'}, not BQML", units != "BQML"),
         ("no patient weight", weight is None), ("no injected dose", dose is None),
@@ -90,11 +99,66 @@ def suv_calculation(ds: Dataset) -> SuvCalculation:
         (f"decay correction {correction or 'not given'} (START or ADMIN needed)",
          correction not in {"START", "ADMIN"}),
         ("no injection or series time", correction == "START" and elapsed is None)) if lacking]
-    factor = None
-    if not missing and weight and dose and half_life:
-        decayed = dose if correction == "ADMIN" else dose * 2.0 ** (-(elapsed or 0.0) / half_life)
-        factor = weight * 1000.0 / decayed
-    return SuvCalculation(factor, units, weight, dose, half_life, correction, elapsed, tuple(missing))
+    if missing or not (weight and dose and half_life):
+        return None, missing
+    decayed = dose if correction == "ADMIN" else dose * 2.0 ** (-(elapsed or 0.0) / half_life)
+    return weight * 1000.0 / decayed, []
+
+
+SUV_METHODS = {"bw": "SUVbw", "lbm_james": "SUVlbm (James)", "lbm_janma": "SUVlbm (Janmahasatian)",
+               "bsa": "SUVbsa", "ibw": "SUVibw"}
+"""The normalisations a reader may choose (QIBA / PS3.16 CID 85), and how each is shown."""
+
+
+def _body_measure(method: str, weight: float, height_m: float | None,
+                  sex: str) -> tuple[float | None, list[str]]:
+    """What the decayed dose is divided by: grams of body weight, lean or ideal mass, or cm² of
+    body surface (SUVbsa). James (1976) and Janmahasatian (2005) lean body mass; Du Bois
+    surface area; ideal body weight 48.0 + 1.06 (45.5 + 0.91 for women) kg per cm above 152 cm."""
+    if method == "bw":
+        return weight * 1000.0, []
+    missing = [reason for reason, lacking in (
+        ("no patient height", height_m is None),
+        ("no patient sex (M or F)", method != "bsa" and sex not in ("M", "F"))) if lacking]
+    if missing or height_m is None:
+        return None, missing
+    height_cm = height_m * 100.0
+    male = sex == "M"
+    if method == "lbm_james":
+        kg = (1.10 * weight - 128 * (weight / height_cm) ** 2 if male
+              else 1.07 * weight - 148 * (weight / height_cm) ** 2)
+    elif method == "lbm_janma":
+        bmi = weight / height_m ** 2
+        kg = 9270 * weight / ((6680 + 216 * bmi) if male else (8780 + 244 * bmi))
+    elif method == "ibw":
+        kg = (48.0 + 1.06 * (height_cm - 152)) if male else (45.5 + 0.91 * (height_cm - 152))
+    elif method == "bsa":
+        return 0.007184 * weight ** 0.425 * height_cm ** 0.725 * 10_000.0, []
+    else:
+        raise ValueError(f"unknown SUV method {method!r}")
+    return (kg * 1000.0, []) if kg > 0 else (None, ["the formula gives no positive mass for these values"])
+
+
+def suv_method_factor(calculation: dict[str, Any], *, method: str, sex: str = "",
+                      weight_kg: float | None = None, dose_bq: float | None = None
+                      ) -> tuple[float | None, list[str]]:
+    """Factor (per Bq/ml) of SUV ``method`` from a series' ``suv_calculation``, or what it lacks.
+
+    ``weight_kg`` and ``dose_bq`` replace the header's where a reader entered them.
+    """
+    if method not in SUV_METHODS:
+        raise ValueError(f"unknown SUV method {method!r}")
+    known: dict[str, Any] = {name: calculation.get(name) for name in SuvCalculation.__dataclass_fields__}
+    header = SuvCalculation(**{**known, "units": str(known["units"] or ""),
+                               "decay_correction": str(known["decay_correction"] or ""), "missing": ()})
+    header = replace(header, weight_kg=weight_kg or header.weight_kg, dose_bq=dose_bq or header.dose_bq)
+    bodyweight, missing = _bodyweight_factor(header)
+    if bodyweight is None or header.weight_kg is None:
+        return None, missing
+    measure, lacking = _body_measure(method, header.weight_kg, header.height_m, sex)
+    if measure is None:
+        return None, lacking
+    return bodyweight * measure / (header.weight_kg * 1000.0), []
 
 
 def suvbw_factor(ds: Dataset) -> float | None:

@@ -82,6 +82,7 @@ WINDOW_PRESETS: Mapping[str, WindowPreset] = {
 
 MAX_LAYERS = 4
 MAX_TIME_POINT = 4095
+SUV_FACTOR_MIN, SUV_FACTOR_MAX = 1e-12, 1e3  # per Bq/ml: ~1e-4 for an adult's FDG scan
 VIEWPORT_MIN, VIEWPORT_MAX = 64, 2048
 COORD_LIMIT_MM = 100_000.0
 WINDOW_LIMIT = 1.0e7
@@ -107,6 +108,9 @@ class Layer:
     voi: int | None = None
     """Which of the series' file window presets maps values to grey, exactly as the file
     says (its VOI LUT, or its window's VOILUTFunction); None: the linear window above."""
+    suv_factor: float | None = None
+    """SUV per stored unit for this reading (an SUV method other than SUVbw, or a weight or dose
+    a reader entered); None: the series' SUVbw from its header. Set by the server's session."""
 
 
 @dataclass(frozen=True)
@@ -210,7 +214,7 @@ def _layer(value: Any, path: str) -> Layer:
     data = _mapping(
         value, path,
         {"series_id", "window_center", "window_width", "window_unit", "palette", "opacity",
-         "registration", "window_preset", "time_point", "voi"},
+         "registration", "window_preset", "time_point", "voi", "suv_factor"},
         {"series_id"},
     )
     series_id = data["series_id"]
@@ -257,6 +261,8 @@ def _layer(value: Any, path: str) -> Layer:
         registration=registration,
         time_point=_integer(data.get("time_point", 0), f"{path}.time_point", 0, MAX_TIME_POINT),
         voi=voi,
+        suv_factor=(None if data.get("suv_factor") is None
+                    else _number(data["suv_factor"], f"{path}.suv_factor", SUV_FACTOR_MIN, SUV_FACTOR_MAX)),
     )
 
 
@@ -342,6 +348,7 @@ def viewstate_to_dict(state: ViewState) -> dict[str, Any]:
                 **({"registration": list(layer.registration)} if layer.registration else {}),
                 **({"time_point": layer.time_point} if layer.time_point else {}),
                 **({"voi": layer.voi} if layer.voi is not None else {}),
+                **({"suv_factor": layer.suv_factor} if layer.suv_factor is not None else {}),
             }
             for layer in state.layers
         ],

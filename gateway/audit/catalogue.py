@@ -89,6 +89,7 @@ class Action(StrEnum):
     FINDING_KEEP = "finding.keep"
     FINDING_DELETE = "finding.delete"
     FINDINGS_STORE = "findings.store"
+    SUV_INPUT = "suv.input"
 
     @property
     def spec(self) -> ActionSpec:
@@ -133,4 +134,6 @@ ACTION_SPECS: dict[Action, ActionSpec] = {
     Action.FINDING_DELETE: ActionSpec(PATIENT_RECORD, None, "D", "deleted a measurement"),
     Action.FINDINGS_STORE: ActionSpec(PATIENT_RECORD, None, "C",
                                       "stored the findings in the study as DICOM SR and SEG"),
+    Action.SUV_INPUT: ActionSpec(PATIENT_RECORD, None, "U",
+                                 "entered a weight or dose for the SUV of a reading"),
 }

@@ -11,3 +11,10 @@ def pseudonyms_for_patient(*, patient_id: str, issuer: str | None = None) -> lis
     if issuer:
         identities = identities.filter(issuer_of_patient_id=issuer)
     return sorted(identities.values_list("pseudonym", flat=True))
+
+
+def patient_sex_of(*, pseudonym: str) -> str:
+    """The patient's sex as the modality recorded it (M, F, O or empty): the lean and ideal body
+    mass SUVs need it, and it is kept in the identity zone only."""
+    found = PatientIdentity.objects.filter(pseudonym=pseudonym).values_list("patient_sex", flat=True).first()
+    return str(found or "").strip().upper()[:1]

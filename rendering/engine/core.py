@@ -25,7 +25,7 @@ from rendering.engine.palettes import (
     window_indices,
 )
 from rendering.viewstate import Layer, Preset3D, Quality, SlabMode, ViewKind, ViewState, WindowUnit
-from rendering.volume import Voi, Volume
+from rendering.volume import MODALITIES_SUV, Voi, Volume
 
 if TYPE_CHECKING:
     from rendering.engine.volume3d import VolumeRenderer
@@ -147,18 +147,23 @@ def _file_voi(n: int, layer: Layer, volume: Volume) -> Voi | None:
 def _display_unit(volume: Volume, layer: Layer) -> str:
     if layer.window_unit is WindowUnit.SUV:
         return "SUV"
-    return _value_unit(volume)[1]
+    return _value_unit(volume, layer.suv_factor)[1]
 
 
 UNSPECIFIED_UNITS = frozenset({"", "US", "UNSPECIFIED", "NONE"})
 
 
-def _value_unit(volume: Volume) -> tuple[float, str]:
-    """(factor, unit) of the values a reader is shown: HU, SUV, the header's unit, counts, or raw."""
+def _value_unit(volume: Volume, suv_factor: float | None = None) -> tuple[float, str]:
+    """(factor, unit) of the values a reader is shown: HU, SUV, the header's unit, counts, or raw.
+
+    ``suv_factor``: the reading's own SUV factor (a layer's), where it has one.
+    """
     if volume.colour:
         return 1.0, "RGB"
     if volume.modality == "CT":
         return 1.0, "HU"
+    if suv_factor is not None and volume.modality in MODALITIES_SUV:
+        return suv_factor, "SUV"
     if volume.uses_suv:
         return float(volume.suv_factor or 1.0), "SUV"
     stored = volume.presentation.units.upper()
@@ -173,7 +178,8 @@ def layer_values(state: ViewState, volumes: Mapping[str, Volume]
                  ) -> list[tuple[Volume, float, str, np.ndarray | None]]:
     """Each layer's volume (at its time point), the factor and unit of the values a reader is
     shown, and its registration into layer 0's frame (None: the same frame)."""
-    return [(item.volume, *_value_unit(item.volume), item.transform) for item in _resolve(state, volumes)]
+    return [(item.volume, *_value_unit(item.volume, item.layer.suv_factor), item.transform)
+            for item in _resolve(state, volumes)]
 
 
 def _resolve(state: ViewState, volumes: Mapping[str, Volume]) -> list[_Resolved]:
@@ -200,9 +206,9 @@ def _resolve(state: ViewState, volumes: Mapping[str, Volume]) -> list[_Resolved]
         low = layer.window_center - layer.window_width / 2
         high = layer.window_center + layer.window_width / 2
         if layer.window_unit is WindowUnit.SUV:
-            if not volume.uses_suv:
+            factor, unit = _value_unit(volume, layer.suv_factor)
+            if unit != "SUV":
                 raise RenderError(f"layer {n}: an SUV window needs a PET volume with an SUV factor")
-            factor = float(volume.suv_factor or 1.0)
             low, high = low / factor, high / factor
         resolved.append(_Resolved(layer, volume, transform, low, high, stored.time_points,
                                   _file_voi(n, layer, volume)))
@@ -352,7 +358,7 @@ class RenderEngine:
                 values.append(ProbeValue(item.layer.series_id, None, _value_unit(item.volume)[1]))
                 continue
             raw = planes.probe_voxel(item.volume, point, item.transform)
-            factor, unit = _value_unit(item.volume)
+            factor, unit = _value_unit(item.volume, item.layer.suv_factor)
             values.append(ProbeValue(item.layer.series_id, None if raw is None else raw * factor, unit))
         return ProbeResult(tuple(float(v) for v in point), tuple(values))  # type: ignore[arg-type]
 
