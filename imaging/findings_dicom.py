@@ -5,12 +5,15 @@ Written with highdicom, the maintained implementation of these templates and IOD
 them by hand would re-implement it). Every number comes from the finding as the
 render workers computed it; the SEG of a VOI is its region on the measured
 series' grid, asked of the workers again (``region_mask``): a sphere as each
-voxel's share of it (fractional, occupancy), a threshold VOI as its voxels
-(binary).
+voxel's share of it (fractional, occupancy), a threshold VOI or a VOI grown
+from a seed as its voxels (binary; SEMIAUTOMATIC, identified as histogram
+analysis and neighbourhood analysis, i.e. region growing, respectively). The
+volume of a threshold VOI, and of a grown VOI on SUV, is coded as MTV.
 
 What is coded: HU as Attenuation Coefficient, SUV as Standardized Uptake Value
-in SUVbw units (with its calculation method); area, volume, length, MTV and
-TLG. A layer in another unit keeps its geometric measurements only (its
+in the units of the method the reading used (SUVbw, SUVlbm James or
+Janmahasatian, SUVbsa, SUVibw, with the method's code); area, volume, length,
+MTV and TLG. A layer in another unit keeps its geometric measurements only (its
 statistics stay in the XLSX/CSV export). The objects
 are derived from the clinical zone, so they carry the pseudonymised patient and
 replaced UIDs of the images they reference and are stored without passing the
@@ -43,14 +46,26 @@ if TYPE_CHECKING:
 
 CLINICAL = "default"
 MANUFACTURER = "Fusion Gateway"
-VOI_TOOLS = frozenset({"sphere", "threshold"})
+VOI_TOOLS = frozenset({"sphere", "threshold", "grow"})
+ALGORITHMS = {"threshold": ("Fusion Gateway threshold VOI", codes.cid7162.HistogramAnalysis),
+              "grow": ("Fusion Gateway region growing VOI", codes.cid7162.NeighborhoodAnalysis)}
+"""The algorithm that drew each semi-automatic VOI (CID 7162 family); a sphere is drawn by hand."""
 AREA_GRAPHIC = {"ellipse": "ELLIPSE", "rectangle": "POLYGON", "polygon": "POLYGON"}
 MILLILITRE = hd.sr.CodedConcept("ml", "UCUM", "milliliter")
 GRAM = hd.sr.CodedConcept("g", "UCUM", "gram")
-QUANTITIES: dict[str, tuple[Any, Any]] = {
-    "HU": (codes.DCM.AttenuationCoefficient, codes.UCUM.HounsfieldUnit),
-    "SUV": (codes.DCM.StandardizedUptakeValue, codes.UCUM.StandardizedUptakeValueBodyWeight),
+SQUARE_CENTIMETRE = hd.sr.CodedConcept("cm2", "UCUM", "square centimeter")
+SUV_CODES: dict[str, tuple[Any, Any, Any]] = {
+    "bw": (codes.UCUM.StandardizedUptakeValueBodyWeight, codes.DCM.SUVBodyWeightCalculationMethod, GRAM),
+    "lbm_james": (codes.UCUM.StandardizedUptakeValueLeanBodyMassJames,
+                  codes.DCM.SUVLeanBodyMassCalculationMethod, GRAM),
+    "lbm_janma": (codes.UCUM.StandardizedUptakeValueLeanBodyMassJanma,
+                  codes.DCM.SUVLeanBodyMassCalculationJanmahasatianMethod, GRAM),
+    "bsa": (codes.UCUM.StandardizedUptakeValueBodySurfaceArea,
+            codes.DCM.SUVBodySurfaceAreaCalculationMethod, SQUARE_CENTIMETRE),
+    "ibw": (codes.UCUM.StandardizedUptakeValueIdealBodyWeight,
+            codes.DCM.SUVIdealBodyWeightCalculationMethod, GRAM),
 }
+"""Per SUV method: the value's UCUM unit, the calculation method's code, and TLG's unit."""
 STATISTICS = (("mean", codes.SCT.Mean), ("sd", codes.SCT.StandardDeviation), ("minimum", codes.SCT.Minimum),
               ("maximum", codes.SCT.Maximum), ("median", codes.SCT.Median),
               ("peak", codes.DCM.PeakValueWithinROI))
@@ -97,6 +112,15 @@ def plane_point(plane: dict[str, Any], point: list[float]) -> np.ndarray:
             + (float(point[1]) - plane["height"] / 2) * step * np.asarray(plane["down"], dtype=np.float64))
 
 
+def _first_header(series_uid: str) -> Dataset:
+    """One stored instance of the series, without pixel data: its frame of reference and patient."""
+    object_id = (Instance.objects.filter(series__series_instance_uid=series_uid).order_by("id")
+                 .values_list("object_id", flat=True).first())
+    if object_id is None:
+        raise FindingsExportError(f"series {series_uid} has no stored images")
+    return pydicom.dcmread(io.BytesIO(storage.object_get(object_id)), stop_before_pixels=True)
+
+
 def _headers(series_uid: str) -> list[Dataset]:
     """The series' stored instances without pixel data, ordered along their slice normal."""
     datasets = [pydicom.dcmread(io.BytesIO(storage.object_get(object_id)), stop_before_pixels=True)
@@ -125,9 +149,9 @@ def _segmentation(finding: Finding, region: RegionMask, sources: list[Dataset], 
     j, i = region.offset[1], region.offset[2]
     block = values.astype(np.float32) / 255.0 if region.fractional else (values > 0).astype(np.uint8)
     frames[:, j:j + region.shape[1], i:i + region.shape[2]] = block
-    manual = finding.tool == "sphere"
+    manual = finding.tool not in ALGORITHMS
     algorithm = None if manual else hd.AlgorithmIdentificationSequence(
-        name="Fusion Gateway threshold VOI", version="1", family=codes.cid7162.HistogramAnalysis)
+        name=ALGORITHMS[finding.tool][0], version="1", family=ALGORITHMS[finding.tool][1])
     description = hd.seg.SegmentDescription(
         segment_number=1, segment_label=finding.label[:64] or finding.tool,
         segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
@@ -161,22 +185,26 @@ def _layers(finding: Finding) -> list[dict[str, Any]]:
 def _measurements(finding: Finding, layer: dict[str, Any]) -> list[hd.sr.Measurement]:
     out = []
     if "volume_ml" in layer:
-        name = codes.DCM.MetabolicVolume if finding.tool == "threshold" else codes.SCT.Volume
+        metabolic = finding.tool == "threshold" or (finding.tool == "grow" and layer.get("unit") == "SUV")
+        name = codes.DCM.MetabolicVolume if metabolic else codes.SCT.Volume
         out.append(hd.sr.Measurement(name=name, value=float(layer["volume_ml"]), unit=MILLILITRE))
     if "area_mm2" in layer:
         out.append(hd.sr.Measurement(name=codes.SCT.Area, value=float(layer["area_mm2"]),
                                      unit=codes.UCUM.SquareMillimeter))
-    quantity = QUANTITIES.get(str(layer.get("unit", "")))
-    if quantity is not None:
-        name, unit = quantity
-        method = codes.DCM.SUVBodyWeightCalculationMethod if layer.get("unit") == "SUV" else None
-        for key, derivation in STATISTICS:
-            if layer.get(key) is not None:
-                out.append(hd.sr.Measurement(name=name, value=float(layer[key]), unit=unit,
-                                             derivation=derivation, method=method))
-        if layer.get("unit") == "SUV" and layer.get("total") is not None:
-            out.append(hd.sr.Measurement(name=codes.DCM.TotalLesionGlycolysis, value=float(layer["total"]),
-                                         unit=GRAM))
+    unit_name = str(layer.get("unit", ""))
+    if unit_name not in ("HU", "SUV"):
+        return out
+    name, unit, method, total_unit = codes.DCM.AttenuationCoefficient, codes.UCUM.HounsfieldUnit, None, None
+    if unit_name == "SUV":
+        name = codes.DCM.StandardizedUptakeValue
+        unit, method, total_unit = SUV_CODES[str(finding.arguments.get("suv_method") or "bw")]
+    for key, derivation in STATISTICS:
+        if layer.get(key) is not None:
+            out.append(hd.sr.Measurement(name=name, value=float(layer[key]), unit=unit,
+                                         derivation=derivation, method=method))
+    if total_unit is not None and layer.get("total") is not None:
+        out.append(hd.sr.Measurement(name=codes.DCM.TotalLesionGlycolysis, value=float(layer["total"]),
+                                     unit=total_unit))
     return out
 
 
@@ -237,11 +265,12 @@ def findings_dicom_build(*, study: Study, findings: list[Finding], regions: dict
     """(one SEG per VOI finding, the SR) for ``findings``, without storing anything."""
     if not findings:
         raise FindingsExportError("the study has no kept findings")
-    measured = {f.series_instance_uid for f in findings} | {r.series_id for r in regions.values()}
+    measured = {f.series_instance_uid for f in findings}
     measured |= {str(layer["series_id"]) for f in findings for layer in _layers(f) if layer.get("series_id")}
-    headers = {uid: _headers(uid) for uid in sorted(measured)}
-    frames_of_reference = {uid: str(datasets[0].get("FrameOfReferenceUID", ""))
-                           for uid, datasets in headers.items()}
+    headers = {uid: _headers(uid) for uid in sorted({r.series_id for r in regions.values()})}
+    firsts = {uid: headers[uid][0] if uid in headers else _first_header(uid)
+              for uid in sorted(measured | set(headers))}
+    frames_of_reference = {uid: str(first.get("FrameOfReferenceUID", "")) for uid, first in firsts.items()}
     seg_series = generate_uid()
     segmentations = {
         finding.id: _segmentation(finding, regions[finding.id], headers[regions[finding.id].series_id],
@@ -255,7 +284,7 @@ def findings_dicom_build(*, study: Study, findings: list[Finding], regions: dict
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_person_context=observer),
         procedure_reported=codes.SCT.ImagingProcedure, imaging_measurements=groups)
-    evidence = [datasets[0] for datasets in headers.values()] + list(segmentations.values())
+    evidence = list(firsts.values()) + list(segmentations.values())
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence, content=report, series_instance_uid=generate_uid(), series_number=9900,
         sop_instance_uid=generate_uid(), instance_number=1, manufacturer=MANUFACTURER, is_complete=True)
