@@ -38,6 +38,11 @@ class SuvCalculation:
     elapsed_s: float | None
     missing: tuple[str, ...]
     height_m: float | None = None
+    activity_scale: float | None = None
+    """Philips' Activity Concentration Scale Factor (7053,1009): Bq/ml per count of a CNTS image."""
+    vendor_suv_factor: float | None = None
+    """Philips' SUV Scale Factor (7053,1000), used only where the standard calculation cannot be made."""
+    source: str = "header"
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "method": "SUVbw", "missing": list(self.missing)}
@@ -83,17 +88,44 @@ def suv_calculation(ds: Dataset) -> SuvCalculation:
     calculation = SuvCalculation(
         None, units, _number(ds.get("PatientWeight")), _number(drug.get("RadionuclideTotalDose")),
         _number(drug.get("RadionuclideHalfLife")), correction,
-        _elapsed(ds, drug) if correction == "START" else None, (), _number(ds.get("PatientSize")))
+        _elapsed(ds, drug) if correction == "START" else None, (), _number(ds.get("PatientSize")),
+        *_philips_scales(ds))
     factor, missing = _bodyweight_factor(calculation)
+    if factor is None and units == "CNTS" and calculation.vendor_suv_factor is not None:
+        return replace(calculation, factor=calculation.vendor_suv_factor, missing=tuple(missing),
+                       source="Philips SUV Scale Factor (7053,1000)")
     return replace(calculation, factor=factor, missing=tuple(missing))
+
+
+PHILIPS_PET = "Philips PET Private Group"
+
+
+def _philips_scales(ds: Dataset) -> tuple[float | None, float | None]:
+    """(activity concentration scale, SUV scale) from Philips' private PET block, where present.
+
+    A Philips PET in Units CNTS needs them (OHIF/Viewers#1418): counts x (7053,1009) are Bq/ml;
+    (7053,1000) gives SUVbw directly. De-identification keeps both (PS3.15 Table E.3.10-1).
+    """
+    try:
+        block = ds.private_block(0x7053, PHILIPS_PET)
+    except KeyError:
+        return None, None
+    values = []
+    for offset in (0x09, 0x00):
+        try:
+            values.append(_number(block[offset].value))
+        except (KeyError, ValueError):
+            values.append(None)
+    return values[0], values[1]
 
 
 def _bodyweight_factor(calculation: SuvCalculation) -> tuple[float | None, list[str]]:
     units, weight, dose = calculation.units, calculation.weight_kg, calculation.dose_bq
     half_life, correction = calculation.half_life_s, calculation.decay_correction
     elapsed = calculation.elapsed_s
+    counts_in_bq = units == "CNTS" and calculation.activity_scale is not None
     missing = [reason for reason, lacking in (
-        (f"Units is {units or 'empty'}, not BQML", units != "BQML"),
+        (f"Units is {units or 'empty'}, not BQML", units != "BQML" and not counts_in_bq),
         ("no patient weight", weight is None), ("no injected dose", dose is None),
         ("no radionuclide half-life", half_life is None),
         (f"decay correction {correction or 'not given'} (START or ADMIN needed)",
@@ -102,7 +134,7 @@ def _bodyweight_factor(calculation: SuvCalculation) -> tuple[float | None, list[
     if missing or not (weight and dose and half_life):
         return None, missing
     decayed = dose if correction == "ADMIN" else dose * 2.0 ** (-(elapsed or 0.0) / half_life)
-    return weight * 1000.0 / decayed, []
+    return weight * 1000.0 / decayed * (calculation.activity_scale or 1.0 if counts_in_bq else 1.0), []
 
 
 SUV_METHODS = {"bw": "SUVbw", "lbm_james": "SUVlbm (James)", "lbm_janma": "SUVlbm (Janmahasatian)",

@@ -1,0 +1,95 @@
+"""Philips PET in counts: the private activity-concentration and SUV scale factors (OHIF/Viewers#1418).
+
+The phantom's PET files are turned into what a Philips scanner writes for a CNTS
+image: Units CNTS and the "Philips PET Private Group" block at (7053,xx). SUVbw is
+worked out here from the header alone (decay of the dose to the series time); the
+gateway must scale counts to Bq/ml by (7053,1009) before it, fall back to
+(7053,1000) only when the standard calculation cannot be made, and keep both tags
+through de-identification.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+
+import pydicom
+import pytest
+
+from imaging import storage
+from imaging.models import Instance, Series
+from imaging.services import IngestBatch
+from imaging.suv import suv_calculation
+from imaging.volumes import load_volume
+from tests.conftest import ZONES
+
+ACTIVITY_SCALE, VENDOR_SUV = 2.5, 4.2e-4
+
+
+def _seconds(tm: str) -> float:
+    moment = dt.datetime.strptime(tm.split(".")[0].ljust(6, "0"), "%H%M%S")  # noqa: DTZ007
+    return moment.hour * 3600 + moment.minute * 60 + moment.second
+
+
+def _suvbw(ds: pydicom.Dataset) -> float:
+    drug = ds.RadiopharmaceuticalInformationSequence[0]
+    elapsed = _seconds(ds.SeriesTime) - _seconds(drug.RadiopharmaceuticalStartTime)
+    return float(ds.PatientWeight) * 1000 / (float(drug.RadionuclideTotalDose)
+                                             * 2 ** (-elapsed / float(drug.RadionuclideHalfLife)))
+
+
+def _philips(ds: pydicom.Dataset, *, activity: float | None = ACTIVITY_SCALE,
+             suv: float | None = VENDOR_SUV) -> pydicom.Dataset:
+    ds.Units = "CNTS"
+    block = ds.private_block(0x7053, "Philips PET Private Group", create=True)
+    if suv is not None:
+        block.add_new(0x00, "DS", str(suv))
+    if activity is not None:
+        block.add_new(0x09, "DS", str(activity))
+    return ds
+
+
+def _pet_files(phantom):
+    out, truth = phantom
+    return sorted((out / truth["patients"][0]["folder"] / "PT").glob("*.dcm"))
+
+
+def test_counts_become_bq_per_ml_by_the_activity_scale_before_suv(phantom):
+    ds = pydicom.dcmread(_pet_files(phantom)[0])
+    expected = _suvbw(ds) * ACTIVITY_SCALE
+    calculation = suv_calculation(_philips(ds))
+    assert calculation.factor == pytest.approx(expected, rel=1e-9)
+    assert calculation.activity_scale == ACTIVITY_SCALE and calculation.source == "header"
+
+
+def test_the_vendor_suv_factor_is_used_only_where_the_standard_calculation_cannot_be(phantom):
+    ds = _philips(pydicom.dcmread(_pet_files(phantom)[0]), activity=None)
+    del ds.PatientWeight
+    calculation = suv_calculation(ds)
+    assert calculation.factor == VENDOR_SUV
+    assert "Philips SUV Scale Factor" in calculation.source and "no patient weight" in calculation.missing
+
+
+def test_counts_without_philips_factors_have_no_suv_and_say_why(phantom):
+    ds = pydicom.dcmread(_pet_files(phantom)[0])
+    ds.Units = "CNTS"
+    calculation = suv_calculation(ds)
+    assert calculation.factor is None and any("CNTS" in reason for reason in calculation.missing)
+
+
+@pytest.mark.django_db(databases=ZONES, transaction=True)
+def test_the_private_factors_survive_de_identification_and_reach_the_volume(store, phantom):
+    files = _pet_files(phantom)
+    expected = _suvbw(pydicom.dcmread(files[0])) * ACTIVITY_SCALE
+    batch = IngestBatch(actor="cli:test", door="import")
+    for path in files:
+        buffer = io.BytesIO()
+        _philips(pydicom.dcmread(path)).save_as(buffer, enforce_file_format=True)
+        batch.ingest(buffer.getvalue())
+    batch.close()
+    series = Series.objects.get(modality="PT")
+    first = Instance.objects.filter(series=series)[0]
+    stored = pydicom.dcmread(io.BytesIO(storage.object_get(first.object_id)))
+    block = stored.private_block(0x7053, "Philips PET Private Group")
+    assert float(block[0x09].value) == ACTIVITY_SCALE and float(block[0x00].value) == VENDOR_SUV
+    assert load_volume(series).suv_factor == pytest.approx(expected, rel=1e-6)
