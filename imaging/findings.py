@@ -18,6 +18,7 @@ from typing import Any
 from django.utils import timezone
 
 from imaging.models import Finding, Study
+from imaging.suv import SUV_METHODS
 
 COLUMNS = (
     ("finding", "finding"), ("label", "label"), ("tool", "tool"), ("series", "series"),
@@ -80,6 +81,19 @@ def finding_delete(*, study_uid: str, finding_id: int, by: str, only_author: str
     return Finding.objects.get(id=finding_id)
 
 
+def finding_relabel(*, study_uid: str, finding_id: int, label: str,
+                    only_author: str | None = None) -> Finding:
+    """A live finding's new label (stored as text, like a kept one); ``only_author``: a consultant's own."""
+    chosen = Finding.objects.filter(id=finding_id, study__study_instance_uid=study_uid,
+                                    deleted_at__isnull=True)
+    if only_author is not None:
+        chosen = chosen.filter(author=only_author)
+    text = _safe_label(label)
+    if not text or not chosen.update(label=text):
+        raise FindingNotFound(finding_id)
+    return Finding.objects.get(id=finding_id)
+
+
 def findings_of(*study_uids: str) -> list[Finding]:
     return list(Finding.objects.filter(study__study_instance_uid__in=study_uids, deleted_at__isnull=True)
                 .select_related("study"))
@@ -109,6 +123,15 @@ def _size(layer: dict[str, Any]) -> tuple[Any, str]:
     return None, ""
 
 
+def _unit(finding: Finding, layer: dict[str, Any]) -> str:
+    """The layer's unit; an SUV names its method where it is not the header's SUVbw."""
+    unit = str(layer.get("unit", ""))
+    method = (finding.arguments or {}).get("suv_method")
+    if unit == "SUV" and method in SUV_METHODS and method != "bw":
+        return f"{unit} ({SUV_METHODS[method]})"
+    return unit
+
+
 def finding_rows(study_uid: str) -> Iterator[dict[str, Any]]:
     """One row per kept finding and layer, in the order of :data:`COLUMNS`."""
     for finding in findings_of(study_uid):
@@ -116,7 +139,7 @@ def finding_rows(study_uid: str) -> Iterator[dict[str, Any]]:
             size, size_unit = _size(layer)
             point = layer.get("max_point_mm")
             yield {"finding": finding.id, "label": finding.label, "tool": finding.tool,
-                   "series": layer.get("series_id", ""), "unit": layer.get("unit", ""),
+                   "series": layer.get("series_id", ""), "unit": _unit(finding, layer),
                    "size": size, "size_unit": size_unit, "mean": layer.get("mean"), "sd": layer.get("sd"),
                    "minimum": layer.get("minimum"), "maximum": layer.get("maximum"),
                    "median": layer.get("median"), "peak": layer.get("peak"), "total": layer.get("total"),

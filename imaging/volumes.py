@@ -119,6 +119,7 @@ class _Slice:
     intercept: float
     rescaled: bool = False  # pixels already hold rescaled values (slope and intercept applied)
     time: float = 0.0  # orders the time points of a dynamic series
+    seconds: float | None = None  # when, in seconds on one clock within the series (None: unknown)
 
 
 def _rescale(item: Dataset | None, ds: Dataset) -> tuple[float, float]:
@@ -236,7 +237,7 @@ def _single_frame_slices(datasets: Iterable[Dataset]) -> tuple[list[_Slice], lis
             raise VolumeRefused("an image of the series has no ImagePositionPatient")
         where = np.array(_floats(ds.ImagePositionPatient))
         slices.append(_Slice(where, frame_values(ds, pixels[0]), 1.0, 0.0, rescaled=True,
-                             time=_acquired(ds)))
+                             time=_acquired(ds), seconds=_seconds(ds)))
     return slices, orientation, spacing
 
 
@@ -252,6 +253,28 @@ def _acquired(ds: Dataset) -> float:
     return moment.timestamp() if moment is not None else float(ds.get("InstanceNumber", 0) or 0)
 
 
+def _seconds(ds: Dataset) -> float | None:
+    """An image's time on a clock shared by its series: FrameReferenceTime (PET), TriggerTime
+    (gated MR), else the acquisition date and time."""
+    for keyword in ("FrameReferenceTime", "TriggerTime"):
+        value = ds.get(keyword)
+        with contextlib.suppress(TypeError, ValueError):
+            if value is not None and value != "":
+                return float(value) / 1000.0
+    moment = dicom_datetime(str(ds.get("AcquisitionDate", "") or ds.get("SeriesDate", "") or ""),
+                            str(ds.get("AcquisitionTime", "") or ""))
+    return moment.timestamp() if moment is not None else None
+
+
+def _time_points_s(groups: list[list[_Slice]]) -> list[float] | None:
+    """Each time point's start, in seconds from the first (None where any image's time is unknown)."""
+    starts = [min((s.seconds for s in group if s.seconds is not None), default=None) for group in groups]
+    if any(start is None for start in starts):
+        return None
+    first = min(start for start in starts if start is not None)
+    return [round(float(start) - first, 3) for start in starts if start is not None]
+
+
 def _time_points(slices: list[_Slice], normal: np.ndarray) -> list[list[_Slice]]:
     """The slices as time points when every position recurs equally often (dynamic PET/NM/MR)."""
     positions: dict[float, list[_Slice]] = {}
@@ -265,14 +288,17 @@ def _time_points(slices: list[_Slice], normal: np.ndarray) -> list[list[_Slice]]
     return [[group[t] for group in positions.values()] for t in range(count)]
 
 
-def _stacked(slices: list[_Slice], normal: np.ndarray, fallback: float) -> tuple[np.ndarray, float, str, int]:
-    """(voxels, slice spacing, note, time points): one volume, or a dynamic series' volumes end to end."""
+def _stacked(slices: list[_Slice], normal: np.ndarray,
+             fallback: float) -> tuple[np.ndarray, float, str, int, list[float] | None]:
+    """(voxels, slice spacing, note, time points, their starts in s): one volume, or a dynamic
+    series' volumes end to end."""
     groups = _time_points(slices, normal)
     if len(groups) == 1:
-        return (*_regular(slices, normal, fallback), 1)
+        return (*_regular(slices, normal, fallback), 1, None)
+    starts = _time_points_s(groups)
     built = [_regular(group, normal, fallback) for group in groups]
     stack = np.concatenate([voxels for voxels, _, _ in built])
-    return stack, built[0][1], built[0][2], len(groups)
+    return stack, built[0][1], built[0][2], len(groups), starts
 
 
 def _regular(slices: list[_Slice], normal: np.ndarray, fallback: float) -> tuple[np.ndarray, float, str]:
@@ -397,10 +423,12 @@ def volume_from_datasets(datasets: Iterable[Dataset]) -> tuple[Volume, str]:
     if not math.isclose(float(np.linalg.norm(normal)), 1.0, abs_tol=1e-2):
         raise VolumeRefused("ImageOrientationPatient is not two orthogonal unit vectors")
     fallback = float(first.get("SpacingBetweenSlices", 0) or first.get("SliceThickness", 0) or 1.0)
-    stack, slice_spacing, note, times = _stacked(slices, normal, fallback)
+    stack, slice_spacing, note, times, starts = _stacked(slices, normal, fallback)
     origin = tuple(float(v) for v in min(slices, key=lambda s: float(np.dot(s.position, normal))).position)
     display = series_display(first, kind="dynamic" if times > 1 else "volume", note=note)
     display["time_points"] = times
+    if starts is not None:
+        display["time_points_s"] = starts
     matrix = np.stack([row_dir, col_dir, normal], 1)
     direction = tuple((float(r[0]), float(r[1]), float(r[2])) for r in matrix)
     volume = volume_assemble(

@@ -46,11 +46,13 @@ from imaging.findings import (
     Kept,
     finding_delete,
     finding_keep,
+    finding_relabel,
     finding_study,
     finding_wire,
     findings_of,
 )
 from imaging.findings_dicom import FindingsExportError, findings_dicom_store, region_request, region_series
+from imaging.identity.selectors import patient_sex_of
 from rendering import protocol
 from rendering.engine.core import FrameOfReferenceError, MissingVolumeError, RenderedFrame
 from rendering.engine.palettes import palette_stops
@@ -60,7 +62,7 @@ from rendering.operations import operation_named
 from rendering.pool import CLINICAL, render_pool_async
 from rendering.scheduler import Quality as SchedulerQuality
 from rendering.scheduler import ViewScheduler
-from rendering.session import SeriesInfo, SessionError, ViewerSession
+from rendering.session import SUV_MODALITIES, SeriesInfo, SessionError, ViewerSession
 from rendering.viewstate import Quality, ViewStateError, viewstate_from_dict
 from rendering.workers import RenderError
 
@@ -71,7 +73,7 @@ MESSAGES_PER_SECOND = 120
 MESSAGE_BURST = 240
 THUMBNAIL_PIXELS = 96
 VOCABULARY = protocol.vocabulary(palette_stops())
-VOCABULARY_WITHOUT_MEASURING = {**VOCABULARY, "measure_tools": []}
+VOCABULARY_WITHOUT_MEASURING = {**VOCABULARY, "measure_tools": [], "charts": {}}
 WIRE_ENCODING = {"jpeg": protocol.Encoding.JPEG, "png": protocol.Encoding.PNG,
                  "webp": protocol.Encoding.WEBP}
 
@@ -140,10 +142,12 @@ class ViewerConsumer(PrincipalGuardedConsumer):
                                                              self.study.study_uid)
         self.may_report = await database_sync_to_async(may)(user, Permission.STUDY_REPORT,
                                                             self.study.study_uid)
+        sex = await database_sync_to_async(patient_sex_of)(pseudonym=self.study.patient_pseudonym)
         try:
             shown, unavailable = await self._describe_series(self.study)
             self.session = ViewerSession(study_uid=self.study.study_uid, series=shown,
                                          unavailable=unavailable)
+            self.session.suv.sex = sex
         except (SessionError, RenderError, MissingVolumeError) as error:
             await self._audit(Action.RENDER_START, Outcome.FAILURE, details={"reason": str(error)})
             self.refusal_code = CLOSE_NOT_FOUND
@@ -157,6 +161,8 @@ class ViewerConsumer(PrincipalGuardedConsumer):
         self.measure_wanted: protocol.Measure | None = None
         self.last_measurement: tuple[str, Kept] | None = None  # (its study, what may be kept)
         self.measure_task: asyncio.Task[None] | None = None
+        self.chart_wanted: protocol.Chart | None = None
+        self.chart_task: asyncio.Task[None] | None = None
         self.probe_task: asyncio.Task[None] | None = None
         self.thumbnail_task: asyncio.Task[None] | None = None
         self.thumbnails_wanted: dict[str, None] = {}  # series uids, in order, each queued once
@@ -403,11 +409,50 @@ class ViewerConsumer(PrincipalGuardedConsumer):
         points = [list(point) for point in message.points]
         plane = {**view.plane, "width": view.width, "height": view.height} if view.plane else None
         settings = {key: value for key, value in arguments.items() if key not in PLACED_BY_POINTS}
+        suv_factors = {layer.series_id: layer.suv_factor for layer in state.layers if layer.suv_factor}
+        if any(self.session.series[layer.series_id].modality in SUV_MODALITIES for layer in state.layers):
+            settings["suv_method"] = self.session.suv.method
+        if suv_factors:
+            settings["suv_factors"] = suv_factors  # the SUV the numbers are in, where not the header's SUVbw
         self.last_measurement = (study, Kept(view.layers[0]["series_id"], message.tool, points, plane, wire,
                                              settings))
         await self.send(text_data=json.dumps({
             "type": "measurement", "view": message.view, "tool": message.tool, "points": points,
             "result": wire}, allow_nan=False))
+
+    async def _on_chart(self, message: protocol.Chart) -> None:
+        """A histogram or time-activity curve of a region: latest wins, as for measurements."""
+        self.chart_wanted = message
+        if self.chart_task is None or self.chart_task.done():
+            self.chart_task = asyncio.get_running_loop().create_task(self._chart_latest())
+
+    async def _chart_latest(self) -> None:
+        while self.chart_wanted is not None:
+            message, self.chart_wanted = self.chart_wanted, None
+            await self._chart_one(message)
+
+    async def _chart_one(self, message: protocol.Chart) -> None:
+        """Made in a worker (rendering.measure_views): each layer's numbers and a PNG of them, as text."""
+        region = message.region
+        if region.view >= len(self.session.views):  # a layout change since it was asked
+            return
+        if not await self._may_measure(self._study_of_view(region.view), "chart"):
+            return
+        _, arguments = MEASURE_OPERATIONS[region.tool](region)
+        state = self.session.state(region.view, quality="still")
+        try:
+            charts = await self.pool.request(CHART_OPERATIONS[message.kind], state, source=CLINICAL,
+                                             tool=region.tool, **arguments)
+        except (RenderError, FrameOfReferenceError, MissingVolumeError) as error:
+            await self._error("chart_failed", str(error), view=region.view, of="chart")
+            return
+        await self.send(text_data=json.dumps({
+            "type": "chart", "view": region.view, "kind": message.kind, "tool": region.tool,
+            "points": [list(point) for point in region.points],
+            "charts": [{"series_id": chart.series_id, "unit": chart.unit, "voxels": chart.voxels,
+                        "table": chart.table, "encoding": chart.encoding, "width": chart.width,
+                        "height": chart.height, "image": base64.b64encode(chart.image).decode("ascii")}
+                       for chart in charts]}, allow_nan=False))
 
     async def _on_keep(self, message: protocol.Keep) -> None:
         """The socket's last measurement into the study's findings: the server's numbers, not the client's."""
@@ -446,6 +491,26 @@ class ViewerConsumer(PrincipalGuardedConsumer):
                           details={"finding": message.finding})
         await self._send_findings()
 
+    async def _on_relabel(self, message: protocol.Relabel) -> None:
+        study = await database_sync_to_async(finding_study)(finding_id=message.finding,
+                                                            study_uids=self.session.studies)
+        if study is None:
+            await self._error("refused", "no such finding of these studies", of="relabel")
+            return
+        if not await self._may_measure(study, "relabel"):
+            return
+        consultant = getattr(self.principal, "is_capability", False) is True
+        try:
+            finding = await database_sync_to_async(finding_relabel)(
+                study_uid=study, finding_id=message.finding, label=message.label,
+                only_author=self.principal.username if consultant else None)
+        except FindingNotFound:
+            await self._error("refused", "no such finding of this study that you may rename", of="relabel")
+            return
+        await self._audit(Action.FINDING_EDIT, Outcome.SUCCESS, study=study,
+                          details={"finding": finding.id, "label": finding.label})
+        await self._send_findings()
+
     async def _on_findings_store(self, message: protocol.StoreFindings) -> None:
         """The study's findings into the study as DICOM SR + SEG: a reporting act, audited either way."""
         study = self.study.study_uid
@@ -467,6 +532,34 @@ class ViewerConsumer(PrincipalGuardedConsumer):
         await self._audit(Action.FINDINGS_STORE, Outcome.SUCCESS, study=study, details=stored.wire())
         await self.send(text_data=json.dumps({"type": "findings_stored", **stored.wire()}))
 
+    async def _on_suv(self, message: protocol.SuvMethod) -> None:
+        try:
+            changed = self.session.suv_choose(message.method)
+        except SessionError as error:
+            await self._error("refused", str(error), of="suv")
+            return
+        await self.send(text_data=json.dumps({"type": "suv", **self.session.suv_wire()}))
+        self._render(changed)
+
+    async def _on_suv_inputs(self, message: protocol.SuvInputs) -> None:
+        """A weight or dose for this reading's SUV: a reader who measures enters it; audited."""
+        study = self.study.study_uid
+        if not await self._may_measure(study, "suv_inputs"):
+            return
+        try:
+            changed = self.session.suv_enter(
+                message.series, weight_kg=message.weight_kg,
+                dose_bq=None if message.dose_mbq is None else message.dose_mbq * 1e6)
+        except SessionError as error:
+            await self._error("refused", str(error), of="suv_inputs")
+            return
+        entered = [name for name, value in (("weight_kg", message.weight_kg), ("dose_mbq", message.dose_mbq))
+                   if value is not None]
+        await self._audit(Action.SUV_INPUT, Outcome.SUCCESS, study=study,
+                          details={"series": message.series, "entered": entered})
+        await self.send(text_data=json.dumps({"type": "suv", **self.session.suv_wire()}))
+        self._render(changed)
+
     async def _finding_regions(self, study: str) -> dict[int, Any]:
         """Each kept VOI's region, asked of the workers on the series it was measured on."""
         regions = {}
@@ -474,8 +567,11 @@ class ViewerConsumer(PrincipalGuardedConsumer):
             request = region_request(finding)
             if request is None:
                 continue
+            series = region_series(finding)
+            factor = (finding.arguments.get("suv_factors") or {}).get(series)
             state = viewstate_from_dict({"view": "axial", "layers": [
-                {"series_id": region_series(finding), "window_center": 0, "window_width": 1}]})
+                {"series_id": series, "window_center": 0, "window_width": 1,
+                 **({"suv_factor": factor} if factor else {})}]})
             regions[finding.id] = await self.pool.request("region_mask", state, source=CLINICAL, **request)
         return regions
 
@@ -571,7 +667,7 @@ class ViewerConsumer(PrincipalGuardedConsumer):
             return
         for scheduler in self.schedulers:
             await scheduler.close()
-        for task in (self.probe_task, self.thumbnail_task, self.measure_task):
+        for task in (self.probe_task, self.thumbnail_task, self.measure_task, self.chart_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -589,9 +685,12 @@ MESSAGE_HANDLERS: dict[type, Callable[[ViewerConsumer, Any], Awaitable[None]]] =
     protocol.Layout: ViewerConsumer._on_layout, protocol.Probe: ViewerConsumer._on_probe,
     protocol.Thumbnails: ViewerConsumer._on_thumbnails, protocol.OpenStudy: ViewerConsumer._on_open_study,
     protocol.Measure: ViewerConsumer._on_measure, protocol.Keep: ViewerConsumer._on_keep,
-    protocol.Forget: ViewerConsumer._on_forget,
-    protocol.StoreFindings: ViewerConsumer._on_findings_store, protocol.Hang: ViewerConsumer._on_hang,
+    protocol.Forget: ViewerConsumer._on_forget, protocol.Relabel: ViewerConsumer._on_relabel,
+    protocol.StoreFindings: ViewerConsumer._on_findings_store,
+    protocol.SuvMethod: ViewerConsumer._on_suv, protocol.SuvInputs: ViewerConsumer._on_suv_inputs,
+    protocol.Hang: ViewerConsumer._on_hang,
     protocol.HangSave: ViewerConsumer._on_hang_save, protocol.HangDelete: ViewerConsumer._on_hang_delete,
+    protocol.Chart: ViewerConsumer._on_chart,
 }
 
 
@@ -605,6 +704,10 @@ MEASURE_OPERATIONS: dict[str, Callable[[protocol.Measure], tuple[str, dict[str, 
     "sphere": lambda m: ("measure_sphere", {"center_px": list(m.points[0]), "radius_mm": m.radius_mm}),
     "threshold": lambda m: ("measure_threshold", {"center_px": list(m.points[0]), "box_mm": m.radius_mm,
                                                   "mode": "fraction", "value": m.fraction}),
+    "grow": lambda m: ("measure_grow", {"center_px": list(m.points[0]), "box_mm": m.radius_mm,
+                                        "mode": m.mode, "value": m.value}),
 }
 """Each measuring tool of the protocol and the registered operation that computes it."""
 PLACED_BY_POINTS = frozenset({"center_px", "points", "shape"})
+CHART_OPERATIONS = {"histogram": "region_histogram", "tac": "region_tac"}
+"""Each chart of the protocol and the registered operation (rendering.measure_views) that makes it."""

@@ -16,6 +16,29 @@ plane and measured on the plane's own grid, every layer sampled at the
 nearest voxel: the area, mean and SD weigh each pixel by its share of the
 shape (4 x 4 points); minimum, maximum and median use the pixels whose centre
 lies inside. A line gives its length in mm and each layer's values along it.
+
+Grown VOIs (``measure_grow``): a region grown with SimpleITK from the voxel
+nearest the seed, on the view's SUV layer where it has one, inside a box of
+voxel centres reaching ``box_mm`` (1-150) from the seed voxel's centre (a bound
+on the work, as a threshold VOI's box). Two modes, one rule each:
+
+* ``range`` (``ConnectedThreshold``, 26-connected): the voxels whose value lies
+  within the seed's value ± ``value`` x |seed's value| (``value`` 0.01-0.99,
+  0.5 when omitted: with the seed on the hottest voxel, the region above half
+  of it, as a 50 % threshold VOI). The upper bound keeps a hotter neighbour
+  out, so seed the lesion's hottest part.
+* ``confidence`` (``ConfidenceConnected``, face-connected: the filter offers no
+  other connectivity): the voxels within mean ± ``value`` x SD (0.5-5, 2.5 when
+  omitted), the statistics taken first from the seed's 3 x 3 x 3 neighbourhood,
+  then 5 times from the region grown so far, the interval always holding the
+  seed's value. A uniform neighbourhood gives it nothing to go by: refused.
+
+A region that reaches all six faces of its box has leaked into its
+surroundings and is refused; one that reaches some of them is measured, and
+``how`` says how many faces it reaches (the box may cut it). The statistics
+are a threshold VOI's (:class:`ThresholdVolume`: ``threshold`` is the lowest
+value the region admits), whole voxels each, and the region is written to a
+DICOM SEG as a binary segmentation.
 """
 
 from __future__ import annotations
@@ -31,6 +54,7 @@ import numpy as np
 
 from rendering.engine.core import RenderError, layer_values
 from rendering.operations import WorkerContext, operation
+from rendering.protocol import GROW_BOX_MM, GROW_MODES
 from rendering.viewstate import ViewState
 from rendering.volume import Volume
 
@@ -436,15 +460,22 @@ def threshold_volume(state: ViewState, volumes: Mapping[str, Volume], center_mm:
     inside = _component(values >= threshold, seed)
     if not want_statistics:
         return RegionMask.of(volume.series_id, box, inside.astype(np.uint8) * np.uint8(255), fractional=False)
+    return _voi_volume(volume, factor, unit, box, values, inside, threshold, how)
+
+
+def _voi_volume(volume: Volume, factor: float, unit: str, box: tuple[slice, slice, slice], values: np.ndarray,
+                inside: np.ndarray, threshold: float, how: str) -> ThresholdVolume:
+    """A binary VOI's statistics (``inside`` of the box's ``values``): MTV, mean, max, SUVpeak, TLG."""
     chosen = values[inside]
     volume_ml = float(inside.sum()) * float(np.prod(volume.spacing)) / 1000.0
+    top = np.unravel_index(int(np.argmax(np.where(inside, values, -np.inf))), values.shape)
     origin = np.array([s.start for s in box])
     peak = _peak(volume, factor, box, inside) if unit == "SUV" else None
     return ThresholdVolume(
         series_id=volume.series_id, unit=unit, threshold=threshold, how=how, voxels=int(inside.sum()),
         volume_ml=volume_ml, mean=float(chosen.mean()), maximum=float(chosen.max()), peak=peak,
         total=float(chosen.mean()) * volume_ml if unit == "SUV" else None,
-        max_point_mm=tuple(float(v) for v in volume.index_to_patient(origin + np.array(seed))))  # type: ignore[arg-type]
+        max_point_mm=tuple(float(v) for v in volume.index_to_patient(origin + np.array(top))))  # type: ignore[arg-type]
 
 
 def _vector(raw: Any, what: str) -> list[float]:
@@ -504,7 +535,7 @@ def _region_from_wire(wire: dict[str, Any]) -> RegionMask:
 @operation("region_mask", to_wire=asdict, from_wire=_region_from_wire)
 def _region_mask(context: WorkerContext, state: ViewState, volumes: Mapping[str, Volume],
                  arguments: dict[str, Any]) -> RegionMask:
-    """A kept VOI's voxels on layer 0's series (a sphere) or the SUV layer's (a threshold region)."""
+    """A kept VOI's voxels on layer 0's series (a sphere) or the SUV layer's (a threshold or grown region)."""
     center = _vector(arguments.get("center_mm"), "the region's centre")
     if arguments.get("tool") == "sphere":
         radius = float(arguments.get("radius_mm", 0.0))
@@ -514,7 +545,9 @@ def _region_mask(context: WorkerContext, state: ViewState, volumes: Mapping[str,
     if arguments.get("tool") == "threshold":
         return threshold_volume(state, volumes, center, *_threshold_settings(arguments),
                                 want_statistics=False)
-    raise RenderError("a region is a sphere or a threshold VOI")
+    if arguments.get("tool") == "grow":
+        return grow_volume(state, volumes, center, *_grow_settings(arguments), want_statistics=False)
+    raise RenderError("a region is a sphere, a threshold VOI or a VOI grown from a seed")
 
 
 @operation("measure_threshold", to_wire=asdict,
@@ -535,3 +568,107 @@ def _threshold_settings(arguments: dict[str, Any]) -> tuple[float, str, float, l
         raise RenderError(f"the box reaches 1 to {MAX_BOX_MM:g} mm from its centre")
     reference = _vector(arguments.get("reference_mm"), "the liver reference") if mode == "percist" else None
     return box, mode, float(arguments.get("value", 0.41)), reference
+
+
+# --- VOIs grown from a seed -------------------------------------------------------------------------
+
+GROW_ITERATIONS = 5
+GROW_NEIGHBOURHOOD_VOXELS = 1
+"""A confidence region starts from the statistics of the seed's 3 x 3 x 3 neighbourhood."""
+
+
+def _faces_reached(inside: np.ndarray) -> int:
+    """How many of the six faces of the box ``inside`` fills the region touches."""
+    return sum(int(np.take(inside, end, axis=axis).any()) for axis in range(3) for end in (0, -1))
+
+
+def _grow(values: np.ndarray, seed: tuple[int, ...], mode: str, value: float,
+          unit: str) -> tuple[np.ndarray, float, str]:
+    """(the region grown from ``seed`` in ``values``, the lowest value it admits, how), with SimpleITK."""
+    import SimpleITK as sitk
+
+    start = float(values[seed])
+    grower: Any
+    if mode == "range":
+        reach = value * abs(start)
+        grower = sitk.ConnectedThresholdImageFilter()
+        grower.SetLower(start - reach)
+        grower.SetUpper(start + reach)
+        grower.SetConnectivity(sitk.ConnectedThresholdImageFilter.FullConnectivity)
+    else:
+        grower = sitk.ConfidenceConnectedImageFilter()  # face-connected: it has no other connectivity
+        grower.SetMultiplier(value)
+        grower.SetNumberOfIterations(GROW_ITERATIONS)
+        grower.SetInitialNeighborhoodRadius(GROW_NEIGHBOURHOOD_VOXELS)
+    grower.SetSeedList([[int(v) for v in reversed(seed)]])  # SimpleITK counts (x, y, z)
+    grower.SetReplaceValue(1)
+    inside = sitk.GetArrayFromImage(grower.Execute(sitk.GetImageFromArray(values))).astype(bool)
+    if mode == "range":
+        return inside, start - reach, (f"seed {start:.4g} {unit} ± {value * 100:g} %: "
+                                       f"{start - reach:.4g} to {start + reach:.4g} {unit}")
+    mean, variance = float(grower.GetMean()), float(grower.GetVariance())
+    if not inside[seed] or not math.isfinite(mean) or not math.isfinite(variance):
+        raise RenderError("nothing grew from the seed: its neighbourhood is (nearly) uniform, which gives "
+                          "confidence growing no spread to go by; grow by range instead")
+    sd = math.sqrt(max(variance, 0.0))
+    lower, upper = min(mean - value * sd, start), max(mean + value * sd, start)
+    return inside, lower, (f"region mean {mean:.4g} ± {value:g} x SD {sd:.3g} {unit} after {GROW_ITERATIONS} "
+                           f"rounds: {lower:.4g} to {upper:.4g} {unit}")
+
+
+def grow_volume(state: ViewState, volumes: Mapping[str, Volume], seed_mm: Any, box_mm: float, mode: str,
+                value: float, *, want_statistics: bool = True) -> Any:
+    """The region grown from the voxel nearest ``seed_mm`` inside a box reaching ``box_mm`` from it.
+
+    Grown on the view's SUV layer where it has one (as a threshold VOI). A
+    :class:`ThresholdVolume` (``threshold``: the lowest value the region admits), or with
+    ``want_statistics=False`` the region itself as a binary :class:`RegionMask`.
+    """
+    if mode not in GROW_MODES:
+        raise RenderError(f"a region grows by one of {', '.join(GROW_MODES)}")
+    rule, _ = GROW_MODES[mode]
+    if not rule.low <= value <= rule.high:
+        raise RenderError(f"growing by {mode} takes a value from {rule.low:g} to {rule.high:g}")
+    if not 1 <= box_mm <= MAX_BOX_MM:
+        raise RenderError(f"the box reaches 1 to {MAX_BOX_MM:g} mm from the seed")
+    volume, factor, unit, transform = _suv_layer(state, volumes)
+    if volume.colour:
+        raise RenderError("a colour picture has no values to measure")
+    point = np.asarray(seed_mm, dtype=np.float64)
+    if transform is not None:
+        point = (np.linalg.inv(transform) @ [*point, 1.0])[:3]
+    at = np.rint(volume.patient_to_index(point)).astype(int)
+    if np.any(at < 0) or np.any(at >= np.array(volume.shape)):
+        raise RenderError("the seed lies outside the series")
+    box = _box(volume, volume.index_to_patient(at.astype(np.float64)), box_mm, centres_only=True)
+    values = volume.voxels[box].astype(np.float64) * factor
+    seed = tuple(int(v) for v in at - np.array([s.start for s in box]))
+    inside, lowest, how = _grow(values, seed, mode, value, unit)
+    faces = _faces_reached(inside)
+    if faces == 6:
+        raise RenderError("the region grew to every face of the box: it leaks into its surroundings "
+                          "(or the box is smaller than the lesion); narrow the range or enlarge the box")
+    if faces:
+        how += f"; it reaches {faces} of the box's 6 faces, which may cut it"
+    if not want_statistics:
+        return RegionMask.of(volume.series_id, box, inside.astype(np.uint8) * np.uint8(255), fractional=False)
+    return _voi_volume(volume, factor, unit, box, values, inside, lowest, how)
+
+
+def _grow_settings(arguments: dict[str, Any]) -> tuple[float, str, float]:
+    """(box half-side mm, mode, value), defaults filled in as the protocol fills them."""
+    mode = arguments.get("mode") or "range"
+    if not isinstance(mode, str) or mode not in GROW_MODES:
+        raise RenderError(f"a region grows by one of {', '.join(GROW_MODES)}")
+    box, value = arguments.get("box_mm", GROW_BOX_MM), arguments.get("value", GROW_MODES[mode][1])
+    if any(isinstance(v, bool) or not isinstance(v, int | float) for v in (box, value)):
+        raise RenderError("a grown region's box and value are numbers")
+    return float(box), mode, float(value)
+
+
+@operation("measure_grow", to_wire=asdict,
+           from_wire=lambda wire: ThresholdVolume(**{**wire, "max_point_mm": tuple(wire["max_point_mm"])}))
+def _measure_grow(context: WorkerContext, state: ViewState, volumes: Mapping[str, Volume],
+                  arguments: dict[str, Any]) -> ThresholdVolume:
+    seed = _center(state, volumes, arguments, "the seed")
+    return grow_volume(state, volumes, seed, *_grow_settings(arguments))

@@ -72,7 +72,7 @@ class Operation:
 
 
 OPERATIONS: dict[str, Operation] = {}
-MODULES = ("rendering.measure",)
+MODULES = ("rendering.measure", "rendering.measure_views")
 """Modules beyond this one whose operations every process knows (imported on first lookup)."""
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+from imaging.suv import SUV_METHODS
 from rendering.viewstate import MAX_FILE_WINDOWS
 
 MAX_MESSAGE_BYTES = 8192
@@ -163,13 +164,43 @@ class Measure:
     points: tuple[tuple[float, float], ...]
     radius_mm: float | None = None
     fraction: float | None = None
+    mode: str | None = None
+    """How a ``grow`` VOI grows (:data:`GROW_MODES`)."""
+    value: float | None = None
+    """The grow mode's value: the range as a fraction of the seed's value, or the SD multiplier."""
 
 
 MEASURE_TOOLS = {"line": (2, 2), "ellipse": (2, 2), "rectangle": (2, 2), "polygon": (3, 256),
-                 "sphere": (1, 1), "threshold": (1, 1)}
+                 "sphere": (1, 1), "threshold": (1, 1), "grow": (1, 1)}
 """Each tool and how many viewport points it takes: a sphere its centre, with ``radius_mm``; a
-threshold VOI the centre of a box reaching ``radius_mm``, above ``fraction`` of its maximum."""
+threshold VOI the centre of a box reaching ``radius_mm``, above ``fraction`` of its maximum; a
+grown VOI its seed, in a box reaching ``radius_mm`` (:data:`GROW_BOX_MM` when omitted)."""
 SIZED_TOOLS = frozenset({"sphere", "threshold"})
+
+
+@dataclass(frozen=True)
+class Chart:
+    """A chart of a region drawn on a view: its histogram, or a sphere's time-activity curve.
+
+    ``region`` is the region exactly as a ``measure`` message gives it (the same fields beside ``kind``).
+    """
+
+    kind: str
+    region: Measure
+
+
+CHART_KINDS = {"histogram": ("ellipse", "rectangle", "polygon", "sphere", "threshold", "grow"),
+               "tac": ("sphere",)}
+"""Each chart and the measuring tools whose regions it is made of."""
+MEASURE_FIELDS = {"sphere": {"radius_mm"}, "threshold": {"radius_mm", "fraction"},
+                  "grow": {"radius_mm", "mode", "value"}}
+"""The fields a tool takes besides its points; any other is refused."""
+GROW_BOX_MM = 30.0
+GROW_MODES: dict[str, tuple[Number, float]] = {"range": (Number(0.01, 0.99), 0.5),
+                                               "confidence": (Number(0.5, 5), 2.5)}
+"""How a VOI grows from its seed (``mode``, ``range`` when omitted), with the bounds and default of
+its ``value``: ``range`` takes the voxels within the seed's value ± value x |seed's value|,
+``confidence`` those within mean ± value x SD of the region as it grows (rendering.measure)."""
 
 @dataclass(frozen=True)
 class Keep:
@@ -183,6 +214,30 @@ class Forget:
     """Delete a kept finding of the study."""
 
     finding: int
+
+
+@dataclass(frozen=True)
+class Relabel:
+    """Give a kept finding of the study a new ``label``."""
+
+    finding: int
+    label: str
+
+
+@dataclass(frozen=True)
+class SuvMethod:
+    """Show every PET/NM layer of the reading in SUV ``method`` (``ready.suv.methods``)."""
+
+    method: str
+
+
+@dataclass(frozen=True)
+class SuvInputs:
+    """A patient weight (kg) or injected dose (MBq) the reader enters for ``series``, for this reading."""
+
+    series: str
+    weight_kg: float | None
+    dose_mbq: float | None
 
 
 @dataclass(frozen=True)
@@ -212,7 +267,8 @@ class HangDelete:
 
 
 Message = (Acknowledge | Input | Setting | Layout | Probe | Resize | Thumbnails | OpenStudy | Measure
-           | Keep | Forget | StoreFindings | Hang | HangSave | HangDelete)
+           | Keep | Forget | Relabel | StoreFindings | SuvMethod | SuvInputs | Hang | HangSave | HangDelete
+           | Chart)
 
 
 def _field(message: dict[str, Any], name: str, rule: FieldRule) -> Any:
@@ -336,8 +392,7 @@ def _parse_open(message: dict[str, Any], views: int) -> OpenStudy:
 
 def _parse_measure(message: dict[str, Any], views: int) -> Measure:
     tool = _field(message, "tool", Text(tuple(MEASURE_TOOLS)))
-    extra = {"radius_mm"} if tool == "sphere" else {"radius_mm", "fraction"} if tool == "threshold" else set()
-    _exact_keys(message, {"type", "view", "tool", "points", *extra})
+    _exact_keys(message, {"type", "view", "tool", "points", *MEASURE_FIELDS.get(tool, set())})
     low, high = MEASURE_TOOLS[tool]
     raw = message.get("points")
     if not isinstance(raw, list) or not low <= len(raw) <= high:
@@ -352,7 +407,20 @@ def _parse_measure(message: dict[str, Any], views: int) -> Measure:
     fraction = None
     if tool == "threshold":
         fraction = _field(message, "fraction", Number(0.05, 0.95)) if "fraction" in message else 0.41
+    if tool == "grow":
+        mode = _field(message, "mode", Text(tuple(GROW_MODES))) if "mode" in message else "range"
+        rule, default = GROW_MODES[mode]
+        box = _field(message, "radius_mm", Number(1, 150)) if "radius_mm" in message else GROW_BOX_MM
+        return Measure(_view(message, views), tool, tuple(points), box, mode=mode,
+                       value=_field(message, "value", rule) if "value" in message else default)
     return Measure(_view(message, views), tool, tuple(points), radius, fraction)
+
+
+def _parse_chart(message: dict[str, Any], views: int) -> Chart:
+    kind = _field(message, "kind", Text(tuple(CHART_KINDS)))
+    _field(message, "tool", Text(CHART_KINDS[kind]))
+    region = {name: value for name, value in message.items() if name != "kind"}
+    return Chart(kind, _parse_measure(region, views))
 
 
 def _parse_keep(message: dict[str, Any], views: int) -> Keep:
@@ -363,6 +431,30 @@ def _parse_keep(message: dict[str, Any], views: int) -> Keep:
 def _parse_forget(message: dict[str, Any], views: int) -> Forget:
     _exact_keys(message, {"type", "finding"})
     return Forget(_field(message, "finding", Number(1, 2**53, integer=True)))
+
+
+def _parse_relabel(message: dict[str, Any], views: int) -> Relabel:
+    _exact_keys(message, {"type", "finding", "label"})
+    return Relabel(_field(message, "finding", Number(1, 2**53, integer=True)),
+                   _field(message, "label", Label(64)))
+
+
+def _parse_suv(message: dict[str, Any], views: int) -> SuvMethod:
+    _exact_keys(message, {"type", "method"})
+    return SuvMethod(_field(message, "method", Text(tuple(SUV_METHODS))))
+
+
+WEIGHT_KG = Number(1, 500)
+DOSE_MBQ = Number(1, 100_000)
+
+
+def _parse_suv_inputs(message: dict[str, Any], views: int) -> SuvInputs:
+    _exact_keys(message, {"type", "series", "weight_kg", "dose_mbq"})
+    if "weight_kg" not in message and "dose_mbq" not in message:
+        raise ProtocolError("missing_field", "give weight_kg, dose_mbq or both")
+    return SuvInputs(_field(message, "series", SERIES_UID),
+                     _field(message, "weight_kg", WEIGHT_KG) if "weight_kg" in message else None,
+                     _field(message, "dose_mbq", DOSE_MBQ) if "dose_mbq" in message else None)
 
 
 def _parse_findings_store(message: dict[str, Any], views: int) -> StoreFindings:
@@ -393,8 +485,11 @@ _PARSERS: dict[str, Callable[[dict[str, Any], int], Message]] = {
     "ack": _parse_ack, "input": _parse_input, "set": _parse_set,
     "layout": _parse_layout, "probe": _parse_probe, "resize": _parse_resize,
     "thumbnails": _parse_thumbnails, "open": _parse_open, "measure": _parse_measure,
-    "keep": _parse_keep, "forget": _parse_forget, "findings_store": _parse_findings_store,
+    "keep": _parse_keep, "forget": _parse_forget, "relabel": _parse_relabel,
+    "findings_store": _parse_findings_store,
+    "suv": _parse_suv, "suv_inputs": _parse_suv_inputs,
     "hang": _parse_hang, "hang_save": _parse_hang_save, "hang_delete": _parse_hang_delete,
+    "chart": _parse_chart,
 }
 
 
@@ -416,6 +511,7 @@ def vocabulary(palettes: dict[str, list[str]]) -> dict[str, Any]:
                    for op, rules in OPERATIONS.items()},
         "layouts": list(LAYOUTS),
         "measure_tools": list(MEASURE_TOOLS),
+        "charts": {kind: list(tools) for kind, tools in CHART_KINDS.items()},
         "palettes": palettes,
     }
 

@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from imaging.suv import SUV_METHODS
 from rendering.hanging import PALETTES, Hanging, LayerRule, ViewRule, description_fragment
 from rendering.protocol import LAYOUTS, Input, Setting
+from rendering.suv_reading import SuvReading, SuvReadingError
 from rendering.viewstate import (
     WINDOW_LIMIT,
     WINDOW_PRESETS,
@@ -225,6 +227,7 @@ class ViewerSession:
         self._series_add(series, unavailable or [])
         self.views: list[ViewModel] = []
         self.layout = ""
+        self.suv = SuvReading()
         self.layout_apply(self._default_layout())
 
     def _series_add(self, series: list[SeriesInfo], unavailable: list[dict[str, Any]]) -> None:
@@ -408,7 +411,7 @@ class ViewerSession:
         view = self.views[index]
         focus = self.focus[self._base(view).frame_of_reference]
         return viewstate_from_dict({
-            "view": view.kind, "layers": view.layers,
+            "view": view.kind, "layers": self._with_suv(view.layers),
             "focus_mm": [float(v) for v in focus],
             "oblique_deg": list(view.oblique_deg), "slab": view.slab,
             "camera2d": self._camera2d(view),
@@ -612,9 +615,12 @@ class ViewerSession:
         if preset is None:
             raise SessionError(f"unknown window preset {name!r}")
         series = self.series[layer["series_id"]]
-        if preset.unit.value == "suv" and not series.suv:
+        calibrated = series.suv or (
+            series.modality in SUV_MODALITIES
+            and self.suv.factor(series.geometry.get("suv_calculation"), series.uid)[0] is not None)
+        if preset.unit.value == "suv" and not calibrated:
             raise SessionError("this series has no SUV calibration")
-        if preset.unit.value == "native" and series.modality in SUV_MODALITIES and series.suv:
+        if preset.unit.value == "native" and series.modality in SUV_MODALITIES and calibrated:
             raise SessionError("a CT window does not apply to a PET layer")
         layer.update(window_center=preset.center, window_width=preset.width,
                      window_unit=preset.unit.value, voi=None)
@@ -628,10 +634,62 @@ class ViewerSession:
         layer.update(window_center=float(center), window_width=float(width), window_unit="native",
                      voi=index)
 
+    # --- SUV of this reading (rendering.suv_reading) ----------------------------------------
+
+    def _suv_calculations(self) -> dict[str, dict[str, Any] | None]:
+        return {uid: series.geometry.get("suv_calculation") for uid, series in self.series.items()
+                if series.modality in SUV_MODALITIES}
+
+    def _with_suv(self, layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        overrides = self.suv.overrides(self._suv_calculations())
+        return [{**layer, "suv_factor": overrides[layer["series_id"]]}
+                if overrides.get(layer["series_id"]) is not None else layer for layer in layers]
+
+    def _suv_views(self) -> list[int]:
+        calculations = self._suv_calculations()
+        return [n for n, view in enumerate(self.views)
+                if any(layer["series_id"] in calculations for layer in view.layers)]
+
+    def suv_choose(self, method: str) -> list[int]:
+        """Every PET/NM layer in SUV ``method``; refused, with what is missing, where one cannot be."""
+        trial = SuvReading(sex=self.suv.sex, entered=self.suv.entered)
+        try:
+            trial.choose(method)
+        except SuvReadingError as error:
+            raise SessionError(str(error)) from error
+        gaps = sorted({reason for uid, calculation in self._suv_calculations().items() if calculation
+                       for reason in trial.factor(calculation, uid)[1]})
+        if gaps:
+            raise SessionError(f"{SUV_METHODS[method]} cannot be computed here: {'; '.join(gaps)}")
+        self.suv = trial
+        return self._suv_views()
+
+    def suv_enter(self, series_uid: str, *, weight_kg: float | None, dose_bq: float | None) -> list[int]:
+        """A weight or injected dose the reader entered for a series, used for this reading only."""
+        series = self.series.get(series_uid)
+        if series is None or series.modality not in SUV_MODALITIES:
+            raise SessionError("a weight or dose is entered for a PET or NM series of this study")
+        try:
+            self.suv.enter(series_uid, series.geometry.get("suv_calculation"), weight_kg=weight_kg,
+                           dose_bq=dose_bq)
+        except SuvReadingError as error:
+            raise SessionError(str(error)) from error
+        if self.suv.factor(series.geometry.get("suv_calculation"), series_uid)[0] is not None:
+            for view in self.views:
+                for layer in view.layers:
+                    if layer["series_id"] == series_uid and layer["window_unit"] != "suv":
+                        preset = WINDOW_PRESETS["pet_suv_0_5"]
+                        layer.update(window_center=preset.center, window_width=preset.width,
+                                     window_unit="suv", voi=None)
+        return self._suv_views()
+
+    def suv_wire(self) -> dict[str, Any]:
+        return self.suv.wire(self._suv_calculations())
+
     def describe(self) -> dict[str, Any]:
         """The ``ready`` message body: views and series, no identifying data."""
         return {
-            "layout": self.layout, "studies": list(self.studies),
+            "layout": self.layout, "studies": list(self.studies), "suv": self.suv_wire(),
             "views": [{"kind": view.kind, "layers": [layer["series_id"] for layer in view.layers]}
                       for view in self.views],
             "series": sorted([*(s.wire() for s in self.series.values()), *self.unavailable],

@@ -123,12 +123,14 @@ class Presentation:
     time_points: int = 1
     """A ``dynamic`` series' volumes, stored end to end along the slice axis."""
     vois: tuple[Voi, ...] = ()
+    time_points_s: tuple[float, ...] = ()
+    """Each time point's start in seconds from the first, where the headers give it (else empty)."""
 
     def as_dict(self) -> dict:
         return {"kind": self.kind, "invert": self.invert, "units": self.units, "panels": list(self.panels),
                 "time_points": self.time_points,
                 "windows": [list(pair) for pair in self.windows], "frame_time_ms": self.frame_time_ms,
-                "vois": [voi.as_dict() for voi in self.vois]}
+                "vois": [voi.as_dict() for voi in self.vois], "time_points_s": list(self.time_points_s)}
 
 
 def presentation_from_dict(facts: dict) -> Presentation:
@@ -141,7 +143,15 @@ def presentation_from_dict(facts: dict) -> Presentation:
         frame_time_ms=float(frame_time) if frame_time else None,
         units=str(facts.get("units") or "")[:16],
         panels=tuple(str(name)[:32] for name in (facts.get("panels") or [])[:4]),
-        time_points=_time_points(facts) if kind == "dynamic" else 1)
+        time_points=_time_points(facts) if kind == "dynamic" else 1,
+        time_points_s=_time_starts(facts) if kind == "dynamic" else ())
+
+
+def _time_starts(facts: dict) -> tuple[float, ...]:
+    starts = facts.get("time_points_s") or []
+    if len(starts) != _time_points(facts):
+        return ()
+    return tuple(float(v) for v in starts)
 
 
 def _time_points(facts: dict) -> int:

@@ -88,6 +88,7 @@ class Action(StrEnum):
     AUDIT_VERIFY = "audit.verify"
     FINDING_KEEP = "finding.keep"
     FINDING_DELETE = "finding.delete"
+    FINDING_EDIT = "finding.edit"
     FINDINGS_STORE = "findings.store"
     SUV_INPUT = "suv.input"
 
@@ -132,6 +133,7 @@ ACTION_SPECS: dict[Action, ActionSpec] = {
     Action.AUDIT_VERIFY: ActionSpec(AUDIT_LOG_USED, None, "E", "verified the audit chain"),
     Action.FINDING_KEEP: ActionSpec(PATIENT_RECORD, None, "C", "kept a measurement"),
     Action.FINDING_DELETE: ActionSpec(PATIENT_RECORD, None, "D", "deleted a measurement"),
+    Action.FINDING_EDIT: ActionSpec(PATIENT_RECORD, None, "U", "renamed a measurement"),
     Action.FINDINGS_STORE: ActionSpec(PATIENT_RECORD, None, "C",
                                       "stored the findings in the study as DICOM SR and SEG"),
     Action.SUV_INPUT: ActionSpec(PATIENT_RECORD, None, "U",

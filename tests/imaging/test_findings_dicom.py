@@ -67,7 +67,7 @@ def _keep(state, volumes, tool, operation, points, label, **arguments):
     plane_wire = {**plane.as_dict(), "width": VIEWPORT, "height": VIEWPORT}
     screen = [list(plane.screen(np.asarray(p))) for p in points]
     run_arguments = dict(arguments)
-    if tool in ("sphere", "threshold"):
+    if tool in ("sphere", "threshold", "grow"):
         run_arguments["center_mm"] = list(points[0])
     elif tool == "line":
         run_arguments["points"] = screen
@@ -121,13 +121,15 @@ def test_findings_become_an_sr_and_segs_that_validate_and_read_back(imported, tm
     _keep(fused, volumes, "sphere", "measure_sphere", [center], "lung sphere", radius_mm=radius)
     _keep(fused, volumes, "threshold", "measure_threshold", [center], "lung 41%",
           box_mm=radius + 10, mode="fraction", value=0.41)
+    _keep(fused, volumes, "grow", "measure_grow", [center], "lung grown", box_mm=radius + 10, mode="range",
+          value=0.5)
     corner, across = np.array([radius, radius, 0.0]), np.array([radius, 0.0, 0.0])
     _keep(fused, volumes, "ellipse", "measure_area", [center - corner, center + corner], "lung ellipse")
     _keep(fused, volumes, "line", "measure_line", [center - across, center + across], "width")
     findings = findings_of(ct.study.study_instance_uid)
     stored = findings_dicom_store(study_uid=ct.study.study_instance_uid,
                                   regions=_regions(findings, volumes, ct, pet), author="dr.test")
-    assert (stored.findings, stored.segmentations) == (4, 2)
+    assert (stored.findings, stored.segmentations) == (5, 3)
 
     sr_series = Series.objects.get(series_instance_uid=stored.sr_series)
     assert sr_series.volume_state == VolumeState.REFUSED
@@ -169,7 +171,20 @@ def test_findings_become_an_sr_and_segs_that_validate_and_read_back(imported, tm
     assert threshold_seg.SegmentationType == "BINARY"
     voxels = int(np.count_nonzero(threshold_seg.pixel_array))
     assert voxels == by_label["lung 41%"].result["voxels"]
-    for seg in (sphere_seg, threshold_seg):
+    grown_seg = segs["lung grown"]
+    grown = by_label["lung grown"].result
+    assert grown_seg.SegmentationType == "BINARY"
+    assert int(np.count_nonzero(grown_seg.pixel_array)) == grown["voxels"]
+    description = grown_seg.get_segment_description(1)
+    assert description.algorithm_type == hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC
+    assert description.algorithm_identification[0].AlgorithmFamilyCodeSequence[0].CodeValue == "123101"
+    grown_groups = [g for g in volumetric if g.tracking_identifier.endswith("lung grown")]
+    grown_values = {(m.name.meaning, m.derivation.meaning if m.derivation else ""): m.value
+                    for group in grown_groups for m in group.get_measurements()}
+    assert grown_values[("Metabolic Volume", "")] == pytest.approx(grown["volume_ml"])
+    suv_max = grown_values[("Standardized Uptake Value", "Maximum")]
+    assert suv_max == pytest.approx(lesion["suv_max"], rel=0.01)
+    for seg in (sphere_seg, threshold_seg, grown_seg):
         assert np.linalg.norm(_centroid_mm(seg) - center) < 4.0  # within a PET voxel of the lesion
     referenced = {str(item.ReferencedSOPInstanceUID)
                   for frame in threshold_seg.PerFrameFunctionalGroupsSequence

@@ -325,6 +325,7 @@ def _dynamic_series(tmp_path: Path) -> list[Path]:
         ds.ImagePositionPatient = [float(v) for v in position]
         ds.InstanceNumber = 1 + 7 * z + 11 * t  # no order to lean on
         ds.TemporalPositionIdentifier = t + 1
+        ds.FrameReferenceTime = 5000 + 60000 * t  # ms; a minute per time point
         ds.PixelData = (template.pixel_array + 100 * t + 10 * z).astype(np.int16).tobytes()
         paths.append(tmp_path / f"t{t}z{z}.dcm")
         ds.save_as(paths[-1])
@@ -341,6 +342,7 @@ def test_a_dynamic_series_opens_as_one_volume_per_time_point(store, tmp_path):
     described = volume_describe(volume)
     assert described["kind"] == "dynamic" and described["time_points"] == TIMES
     assert described["shape"] == [DEPTH, *hu.shape] and described["mpr"] is True
+    assert volume.presentation.time_points_s == (0.0, 60.0, 120.0)
     for t in range(TIMES):
         for z in range(DEPTH):
             assert np.array_equal(volume.at_time(t).voxels[z], hu + 100 * t + 10 * z)

@@ -466,6 +466,18 @@ async def test_a_doctor_measures_a_lesion_on_the_fused_view_and_gets_hu_and_suv(
     assert contour["result"]["unit"] == "SUV" and contour["result"]["how"].startswith("50%")
     assert contour["result"]["maximum"] == pytest.approx(lesion["suv_max"], rel=0.01)
     assert 0 < contour["result"]["volume_ml"] < pet["volume_ml"]
+    await communicator.send_json_to({"type": "measure", "view": 2, "tool": "grow", "points": [[x, y]]})
+    grown = await _until(communicator, lambda m: isinstance(m, dict)
+                         and m["type"] in ("measurement", "error"))
+    assert grown["type"] == "measurement" and grown["tool"] == "grow", grown
+    assert grown["result"]["unit"] == "SUV" and grown["result"]["how"].startswith("seed")
+    assert grown["result"]["maximum"] == pytest.approx(lesion["suv_max"], rel=0.01)
+    assert grown["result"]["threshold"] == pytest.approx(lesion["suv_max"] / 2, rel=0.01)
+    assert 0 < grown["result"]["volume_ml"] < pet["volume_ml"]
+    await communicator.send_json_to({"type": "measure", "view": 2, "tool": "grow", "points": [[x, y]],
+                                     "radius_mm": 900})
+    refused = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] == "error")
+    assert refused["code"] == "bad_value"
     await communicator.disconnect()
 
 
@@ -534,7 +546,7 @@ async def test_a_kept_measurement_is_a_finding_exported_as_xlsx_and_csv_and_dele
 
 
 async def test_kept_vois_are_stored_in_the_study_as_sr_and_seg_and_a_nurse_may_not(client, signed_in, study):
-    from imaging.models import Series
+    from imaging.models import Finding, Series
 
     doctor = await database_sync_to_async(signed_in)("doctor")
     record, truth = study
@@ -545,7 +557,8 @@ async def test_kept_vois_are_stored_in_the_study_as_sr_and_seg_and_a_nurse_may_n
     x, y = (await _at_lesion(communicator, lesion)).overlay["crosshair"]
     for tool, extra, label in (("sphere", {"radius_mm": lesion["radius_mm"]}, "sphere"),
                                ("threshold", {"radius_mm": lesion["radius_mm"] + 8, "fraction": 0.41},
-                                "threshold")):
+                                "threshold"),
+                               ("grow", {"radius_mm": lesion["radius_mm"] + 8}, "grown")):
         await communicator.send_json_to({"type": "measure", "view": 2, "tool": tool, "points": [[x, y]],
                                          **extra})
         measured = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] in ("measurement",
@@ -557,10 +570,14 @@ async def test_kept_vois_are_stored_in_the_study_as_sr_and_seg_and_a_nurse_may_n
     stored = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] in ("findings_stored",
                                                                                         "error"))
     assert stored["type"] == "findings_stored", stored
-    assert (stored["findings"], stored["segmentations"]) == (2, 2)
+    assert (stored["findings"], stored["segmentations"]) == (3, 3)
     await communicator.disconnect()
+    grown = await database_sync_to_async(lambda: Finding.objects.get(tool="grow").arguments)()
+    assert {key: grown[key] for key in ("box_mm", "mode", "value")} == {
+        "box_mm": lesion["radius_mm"] + 8, "mode": "range", "value": 0.5}
+    written = [stored["sr_series"], stored["seg_series"]]
     modalities = await database_sync_to_async(lambda: sorted(Series.objects.filter(
-        series_instance_uid__in=[stored["sr_series"], stored["seg_series"]]).values_list("modality", flat=True)))()
+        series_instance_uid__in=written).values_list("modality", flat=True)))()
     assert modalities == ["SEG", "SR"]
     stores = await database_sync_to_async(lambda: list(AuditEvent.objects.filter(
         actor=doctor.username, action="findings.store").values_list("outcome", flat=True)))()
@@ -577,3 +594,66 @@ async def test_kept_vois_are_stored_in_the_study_as_sr_and_seg_and_a_nurse_may_n
     denied = await database_sync_to_async(lambda: list(AuditEvent.objects.filter(
         actor=nurse.username, action="findings.store").values_list("outcome", flat=True)))()
     assert denied == ["denied"]
+
+
+async def test_a_reading_in_suv_lbm_measures_in_it_and_an_entered_weight_is_audited(client, signed_in, study):
+    doctor = await database_sync_to_async(signed_in)("doctor")
+    record, truth = study
+    lesion = max(truth["lesions"], key=lambda item: item["radius_mm"])
+    communicator, _, _ = await _open(client, record.study_instance_uid)
+    ready = await _next(communicator)
+    assert ready["suv"]["method"] == "bw" and {m["name"] for m in ready["suv"]["methods"]} >= {"lbm_james"}
+    x, y = (await _at_lesion(communicator, lesion)).overlay["crosshair"]
+    await communicator.send_json_to({"type": "suv", "method": "lbm_james"})
+    chosen = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] in ("suv", "error"))
+    assert chosen["type"] == "suv" and chosen["method"] == "lbm_james", chosen
+    await communicator.send_json_to({"type": "measure", "view": 2, "tool": "sphere", "points": [[x, y]],
+                                     "radius_mm": lesion["radius_mm"]})
+    sphere = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] == "measurement")
+    weight, height_cm = truth["patient_weight_kg"], truth["patient_size_m"] * 100
+    man = truth["identity"]["sex"] == "M"  # James (1976)
+    lean = (1.10 * weight - 128 * (weight / height_cm) ** 2 if man
+            else 1.07 * weight - 148 * (weight / height_cm) ** 2)
+    assert sphere["result"][1]["maximum"] == pytest.approx(lesion["suv_max"] * lean / weight, rel=0.01)
+
+    pet = next(s["uid"] for s in ready["series"] if s["modality"] == "PT")
+    await communicator.send_json_to({"type": "suv_inputs", "series": pet, "weight_kg": 2 * weight})
+    entered = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] in ("suv", "error"))
+    assert entered["series"][pet]["entered"] == {"weight_kg": 2 * weight}
+    await communicator.disconnect()
+    inputs = await database_sync_to_async(lambda: list(AuditEvent.objects.filter(
+        actor=doctor.username, action="suv.input").values_list("details", flat=True)))()
+    details = [json.loads(d) if isinstance(d, str) else d for d in inputs]
+    assert [d["entered"] for d in details] == [["weight_kg"]]
+
+    await database_sync_to_async(signed_in)("nurse")
+    communicator, _, _ = await _open(client, record.study_instance_uid)
+    await _next(communicator)
+    await communicator.send_json_to({"type": "suv_inputs", "series": pet, "weight_kg": 70})
+    refused = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] in ("suv", "error"))
+    assert refused["type"] == "error" and refused["of"] == "suv_inputs"
+    await communicator.disconnect()
+
+
+async def test_a_kept_finding_is_renamed_audited_and_a_formula_stays_text(client, signed_in, study):
+    doctor = await database_sync_to_async(signed_in)("doctor")
+    record, truth = study
+    lesion = max(truth["lesions"], key=lambda item: item["radius_mm"])
+    communicator, _, _ = await _open(client, record.study_instance_uid)
+    x, y = (await _at_lesion(communicator, lesion)).overlay["crosshair"]
+    await communicator.send_json_to({"type": "measure", "view": 2, "tool": "sphere", "points": [[x, y]],
+                                     "radius_mm": 10})
+    await _until(communicator, lambda m: isinstance(m, dict) and m["type"] == "measurement")
+    await communicator.send_json_to({"type": "keep", "label": "lesion"})
+    (finding,) = (await _until(communicator, lambda m: isinstance(m, dict) and m["type"] == "findings"))[
+        "findings"]
+    await communicator.send_json_to({"type": "relabel", "finding": finding["id"], "label": "=HYPERLINK(1)"})
+    renamed = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] == "findings")
+    assert [f["label"] for f in renamed["findings"]] == ["'=HYPERLINK(1)"]
+    await communicator.send_json_to({"type": "relabel", "finding": finding["id"] + 1000, "label": "x"})
+    refused = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] == "error")
+    assert refused["code"] == "refused" and refused["of"] == "relabel"
+    await communicator.disconnect()
+    edits = await database_sync_to_async(lambda: list(AuditEvent.objects.filter(
+        actor=doctor.username, action="finding.edit").values_list("outcome", flat=True)))()
+    assert edits == ["success"]

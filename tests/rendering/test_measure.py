@@ -257,3 +257,116 @@ def test_a_region_too_large_for_the_series_resolution_is_refused_not_computed():
         sphere_statistics(fine, 1.0, "HU", [10.0, 10.0, 10.0], 50.0)
     assert sphere_statistics(fine, 1.0, "HU", [10.0, 10.0, 10.0], 2.0).volume_ml == pytest.approx(
         4 / 3 * math.pi * 8 / 1000, rel=0.02)
+
+
+def _grow_truth(suv, centres, point, box_mm, value):
+    """(the region grown by range over the whole series, the box's voxels, how many box faces it reaches).
+
+    Written here: the voxel nearest ``point`` is the seed; the box holds the voxel centres within
+    ``box_mm`` of the seed's on every axis; a voxel joins when its SUV lies within the seed's SUV
+    ± ``value`` x the seed's SUV and it touches the region (26-connectivity, ``_flood``)."""
+    seed = np.unravel_index(int(np.argmin(np.linalg.norm(centres - np.asarray(point), axis=-1))), suv.shape)
+    in_box = np.all(np.abs(centres - centres[seed]) <= box_mm + 1e-6, axis=-1)
+    ks, js, is_ = (np.unique(axis) for axis in np.nonzero(in_box))
+    values = suv[np.ix_(ks, js, is_)]
+    local = tuple(int(np.searchsorted(axis, at)) for axis, at in zip((ks, js, is_), seed, strict=True))
+    start = values[local]
+    region = _flood(np.abs(values - start) <= value * abs(start), local)
+    faces = sum(int(region.take(end, axis=axis).any()) for axis in range(3) for end in (0, -1))
+    whole = np.zeros(suv.shape, bool)
+    whole[np.ix_(ks, js, is_)] = region
+    return whole, in_box, faces
+
+
+def _positions(points) -> set[tuple[float, float, float]]:
+    return {tuple(round(float(v), 2) for v in point) for point in points}
+
+
+def _grown_positions(pet, mask) -> set[tuple[float, float, float]]:
+    """Patient mm of the voxels of a ``region_mask`` answer."""
+    return _positions(pet.index_to_patient(np.argwhere(mask.array() > 0) + np.asarray(mask.offset)))
+
+
+def _fused(phantom):
+    ct, pet, _, _ = phantom
+    return state(ct, layers=[{"series_id": ct.series_id, "window_preset": "abdomen"},
+                             {"series_id": pet.series_id, "window_preset": "pet_suv_0_10", "opacity": 0.5}])
+
+
+def test_a_region_grown_by_range_is_the_flood_fill_of_its_seed_s_band(phantom, pet_truth):
+    suv, centres, patient, _ = pet_truth
+    _, pet, _, volumes = phantom
+    view = _fused(phantom)
+    voxel_ml = float(np.prod(pet.spacing)) / 1000
+    grown = 0
+    for lesion in patient["lesions"]:
+        box = lesion["radius_mm"] + 8
+        arguments = {"center_mm": lesion["center_mm"], "box_mm": box, "mode": "range", "value": 0.5}
+        region, _, faces = _grow_truth(suv, centres, lesion["center_mm"], box, 0.5)
+        if faces == 6:
+            with pytest.raises(RenderError, match="every face of the box"):
+                OPERATIONS["measure_grow"].run(None, view, volumes, arguments)
+            continue
+        measured = OPERATIONS["measure_grow"].run(None, view, volumes, arguments)
+        mask = OPERATIONS["region_mask"].run(None, view, volumes, {"tool": "grow", **arguments})
+        assert _grown_positions(pet, mask) == _positions(centres[region]), lesion
+        assert measured.unit == "SUV" and measured.voxels == int(region.sum())
+        assert measured.volume_ml == pytest.approx(region.sum() * voxel_ml)
+        assert measured.maximum == pytest.approx(lesion["suv_max"], rel=0.01), lesion
+        assert measured.mean == pytest.approx(suv[region].mean(), rel=1e-6)
+        assert measured.total == pytest.approx(suv[region].mean() * region.sum() * voxel_ml, rel=1e-6)
+        assert measured.peak <= measured.maximum * (1 + 1e-9)
+        assert measured.threshold == pytest.approx(0.5 * lesion["suv_max"], rel=0.01)
+        assert ("faces" in measured.how) == (faces > 0)
+        grown += 1
+    assert grown >= 3
+
+
+def test_a_region_grown_by_confidence_stays_in_its_box_and_holds_the_seed_s_hot_core(phantom, pet_truth):
+    suv, centres, patient, _ = pet_truth
+    _, pet, _, volumes = phantom
+    view = _fused(phantom)
+    grown = 0
+    for lesion in patient["lesions"]:
+        box = lesion["radius_mm"] + 8
+        arguments = {"center_mm": lesion["center_mm"], "box_mm": box, "mode": "confidence"}
+        try:
+            measured = OPERATIONS["measure_grow"].run(None, view, volumes, arguments)
+        except RenderError as refused:  # a neighbourhood without spread, or a leak
+            assert "uniform" in str(refused) or "every face of the box" in str(refused)
+            continue
+        _, in_box, _ = _grow_truth(suv, centres, lesion["center_mm"], box, 0.5)
+        mask = OPERATIONS["region_mask"].run(None, view, volumes, {"tool": "grow", **arguments})
+        positions = _grown_positions(pet, mask)
+        assert positions <= _positions(centres[in_box]), lesion
+        seed = np.unravel_index(int(np.argmin(np.linalg.norm(centres - np.asarray(lesion["center_mm"]),
+                                                             axis=-1))), suv.shape)
+        near = tuple(slice(max(v - 1, 0), v + 2) for v in seed)
+        core = centres[near][suv[near] >= 0.99 * suv[seed]]
+        assert _positions(core) <= positions, lesion
+        assert measured.voxels == len(positions) and "mean" in measured.how
+        assert measured.maximum == pytest.approx(lesion["suv_max"], rel=0.01), lesion
+        grown += 1
+    assert grown >= 2
+
+
+def test_a_grown_region_is_refused_outside_the_series_in_a_box_too_large_or_when_it_leaks(phantom,
+                                                                                         pet_truth):
+    volumes = phantom[3]
+    view = _fused(phantom)
+    liver = pet_truth[2]["organ_samples_mm"]["liver"]
+    lesion = pet_truth[2]["lesions"][0]
+    for arguments, words in (
+            ({"center_mm": [5000.0, 5000.0, 5000.0]}, "outside the series"),
+            ({"center_mm": lesion["center_mm"], "box_mm": 151}, "1 to 150 mm"),
+            ({"center_mm": lesion["center_mm"], "box_mm": 0.5}, "1 to 150 mm"),
+            ({"center_mm": lesion["center_mm"], "mode": "watershed"}, "grows by one of"),
+            ({"center_mm": lesion["center_mm"], "mode": ["range"]}, "grows by one of"),
+            ({"center_mm": lesion["center_mm"], "value": "0.3"}, "are numbers"),
+            ({"center_mm": lesion["center_mm"], "mode": "range", "value": 1.5}, "0.01 to 0.99"),
+            ({"center_mm": lesion["center_mm"], "mode": "confidence", "value": 9}, "0.5 to 5"),
+            ({"center_mm": liver, "box_mm": 30, "mode": "range", "value": 0.5}, "every face of the box")):
+        with pytest.raises(RenderError, match=words):
+            OPERATIONS["measure_grow"].run(None, view, volumes, arguments)
+    with pytest.raises(RenderError, match="every face of the box"):
+        OPERATIONS["region_mask"].run(None, view, volumes, {"tool": "grow", "center_mm": liver, "box_mm": 30})

@@ -77,6 +77,15 @@ def test_valid_messages_parse(raw, expected):
     ('{"type":"forget","finding":0}', "bad_value"),
     ('{"type":"forget","finding":"3"}', "bad_value"),
     ('{"type":"findings_store","study":"1.2.3"}', "unknown_field"),
+    ('{"type":"relabel","finding":3}', "missing_field"),
+    ('{"type":"relabel","finding":3,"label":""}', "bad_value"),
+    ('{"type":"relabel","finding":0,"label":"x"}', "bad_value"),
+    ('{"type":"suv","method":"suvmax"}', "bad_value"),
+    ('{"type":"suv"}', "missing_field"),
+    ('{"type":"suv_inputs","series":"1.2"}', "missing_field"),
+    ('{"type":"suv_inputs","series":"1.2","weight_kg":0}', "bad_value"),
+    ('{"type":"suv_inputs","series":"1.2","dose_mbq":1e9}', "bad_value"),
+    ('{"type":"suv_inputs","series":"1.2","weight_kg":70,"height_m":1.8}', "unknown_field"),
     ('{"type":"measure","view":0,"tool":"laser","points":[[1,1],[2,2]]}', "bad_value"),
     ('{"type":"measure","view":0,"tool":"line","points":[[1,1]]}', "bad_value"),
     ('{"type":"measure","view":0,"tool":"polygon","points":[[1,1],[2,2]]}', "bad_value"),
@@ -88,6 +97,22 @@ def test_valid_messages_parse(raw, expected):
     ('{"type":"measure","view":0,"tool":"threshold","points":[[1,1]],"radius_mm":20,"fraction":1.5}',
      "bad_value"),
     ('{"type":"measure","view":0,"tool":"sphere","points":[[1,1]],"radius_mm":9,"fraction":0.4}',
+     "unknown_field"),
+    ('{"type":"measure","view":0,"tool":"grow","points":[[1,1],[2,2]]}', "bad_value"),
+    ('{"type":"measure","view":0,"tool":"grow","points":[]}', "bad_value"),
+    ('{"type":"measure","view":0,"tool":"grow","points":[[1,1]],"fraction":0.4}', "unknown_field"),
+    ('{"type":"measure","view":0,"tool":"grow","points":[[1,1]],"seed":[1,1]}', "unknown_field"),
+    ('{"type":"measure","view":0,"tool":"grow","points":[[1,1]],"mode":"watershed"}', "bad_value"),
+    ('{"type":"measure","view":0,"tool":"grow","points":[[1,1]],"mode":true}', "bad_value"),
+    ('{"type":"measure","view":0,"tool":"grow","points":[[1,1]],"mode":"range","value":1.5}', "bad_value"),
+    ('{"type":"measure","view":0,"tool":"grow","points":[[1,1]],"value":0}', "bad_value"),
+    ('{"type":"measure","view":0,"tool":"grow","points":[[1,1]],"mode":"confidence","value":9}', "bad_value"),
+    ('{"type":"measure","view":0,"tool":"grow","points":[[1,1]],"value":"0.3"}', "bad_value"),
+    ('{"type":"measure","view":0,"tool":"grow","points":[[1,1]],"radius_mm":0.5}', "bad_value"),
+    ('{"type":"measure","view":0,"tool":"grow","points":[[1,1]],"radius_mm":900}', "bad_value"),
+    ('{"type":"measure","view":0,"tool":"sphere","points":[[1,1]],"radius_mm":9,"mode":"range"}',
+     "unknown_field"),
+    ('{"type":"measure","view":0,"tool":"threshold","points":[[1,1]],"radius_mm":9,"value":0.4}',
      "unknown_field"),
     ('{"type":"resize","view":0,"width":100000,"height":10}', "bad_value"),
     ("[" * 100000, "too_large"),
@@ -108,6 +133,26 @@ def test_valid_messages_parse(raw, expected):
     ('{"type":"hang_delete","rule":-1}', "bad_value"),
     ('{"type":"hang_delete","rule":9007199254740993}', "bad_value"),
     ('{"type":"hang_delete","rule":2,"view":0}', "unknown_field"),
+    ('{"type":"chart","view":0,"tool":"sphere","points":[[1,1]],"radius_mm":9}', "missing_field"),
+    ('{"type":"chart","view":0,"kind":"scatter","tool":"sphere","points":[[1,1]],"radius_mm":9}',
+     "bad_value"),
+    ('{"type":"chart","view":0,"kind":["histogram"],"tool":"sphere","points":[[1,1]],"radius_mm":9}',
+     "bad_value"),
+    ('{"type":"chart","view":0,"kind":"histogram","tool":"line","points":[[1,1],[2,2]]}', "bad_value"),
+    ('{"type":"chart","view":0,"kind":"tac","tool":"ellipse","points":[[1,1],[2,2]]}', "bad_value"),
+    ('{"type":"chart","view":0,"kind":"histogram","points":[[1,1]],"radius_mm":9}', "missing_field"),
+    ('{"type":"chart","view":0,"kind":"histogram","tool":"sphere","points":[[1,1]]}', "missing_field"),
+    ('{"type":"chart","view":0,"kind":"tac","tool":"sphere","points":[[1,1]],"radius_mm":900}', "bad_value"),
+    ('{"type":"chart","view":4,"kind":"tac","tool":"sphere","points":[[1,1]],"radius_mm":9}', "bad_value"),
+    ('{"type":"chart","view":0,"kind":"histogram","tool":"ellipse","points":[[1,1]]}', "bad_value"),
+    ('{"type":"chart","view":0,"kind":"histogram","tool":"polygon","points":[[1,1],[2,"x"],[3,3]]}',
+     "bad_value"),
+    ('{"type":"chart","view":0,"kind":"histogram","tool":"ellipse","points":[[1,1],[2,2]],"radius_mm":5}',
+     "unknown_field"),
+    ('{"type":"chart","view":0,"kind":"histogram","tool":"sphere","points":[[1,1]],"radius_mm":9,"bins":512}',
+     "unknown_field"),
+    ('{"type":"chart","view":0,"kind":"tac","tool":"sphere","points":[[1,1]],"radius_mm":9,"series":"1.2"}',
+     "unknown_field"),
 ])
 def test_malformed_messages_are_refused_with_a_code(raw, code):
     with pytest.raises(ProtocolError) as refused:
@@ -231,9 +276,48 @@ def test_a_finding_is_kept_by_label_and_forgotten_by_number():
     assert kept == protocol.Keep("liver lesion 1")
     assert message_parse('{"type":"forget","finding":12}', views=1) == protocol.Forget(12)
     assert message_parse('{"type":"findings_store"}', views=1) == protocol.StoreFindings()
+    renamed = message_parse('{"type":"relabel","finding":3,"label":"node"}', views=1)
+    assert renamed == protocol.Relabel(3, "node")
+    chosen = message_parse('{"type":"suv","method":"lbm_janma"}', views=1)
+    assert chosen == protocol.SuvMethod("lbm_janma")
+    entered = message_parse('{"type":"suv_inputs","series":"1.2","dose_mbq":185}', views=1)
+    assert entered == protocol.SuvInputs("1.2", None, 185.0)
 
 
 def test_a_threshold_voi_defaults_to_41_percent():
     parsed = message_parse('{"type":"measure","view":0,"tool":"threshold","points":[[5,5]],"radius_mm":20}',
                            views=1)
     assert (parsed.radius_mm, parsed.fraction) == (20.0, 0.41)
+
+
+def test_a_grown_voi_takes_its_seed_and_defaults_its_box_and_rule():
+    parsed = message_parse('{"type":"measure","view":0,"tool":"grow","points":[[5,6]]}', views=1)
+    assert parsed == protocol.Measure(0, "grow", ((5.0, 6.0),), protocol.GROW_BOX_MM, mode="range",
+                                      value=protocol.GROW_MODES["range"][1])
+    confident = message_parse(json.dumps({"type": "measure", "view": 0, "tool": "grow", "points": [[5, 6]],
+                                          "radius_mm": 20, "mode": "confidence"}), views=1)
+    assert (confident.radius_mm, confident.mode, confident.value) == (20.0, "confidence", 2.5)
+    ranged = message_parse(json.dumps({"type": "measure", "view": 0, "tool": "grow", "points": [[5, 6]],
+                                       "value": 0.3}), views=1)
+    assert (ranged.mode, ranged.value, ranged.fraction) == ("range", 0.3, None)
+    assert "grow" in protocol.vocabulary({})["measure_tools"]
+
+
+def test_a_chart_names_its_kind_and_the_region_as_a_measurement_gives_it():
+    parsed = message_parse('{"type":"chart","view":1,"kind":"tac","tool":"sphere","points":[[10.5,20]],'
+                           '"radius_mm":15}', views=2)
+    assert parsed == protocol.Chart("tac", protocol.Measure(1, "sphere", ((10.5, 20.0),), 15.0))
+    histogram = message_parse(json.dumps({"type": "chart", "view": 0, "kind": "histogram",
+                                          "tool": "threshold", "points": [[5, 5]], "radius_mm": 20}), views=1)
+    assert histogram.kind == "histogram"
+    assert (histogram.region.radius_mm, histogram.region.fraction) == (20.0, 0.41)
+    announced = protocol.vocabulary({})["charts"]
+    assert announced == {"histogram": ["ellipse", "rectangle", "polygon", "sphere", "threshold", "grow"],
+                         "tac": ["sphere"]}
+    for kind, tools in announced.items():
+        assert set(tools) <= set(protocol.MEASURE_TOOLS)
+        for tool in tools:
+            low, _ = protocol.MEASURE_TOOLS[tool]
+            message = {"type": "chart", "view": 0, "kind": kind, "tool": tool, "points": [[1, 1]] * low,
+                       **({"radius_mm": 10} if tool in protocol.SIZED_TOOLS else {})}
+            assert message_parse(json.dumps(message), views=1).region.tool == tool

@@ -52,8 +52,11 @@ AREA_CT = {"series_id": CT, "unit": "HU", "pixels": 310, "area_mm2": 245.0, "mea
            "minimum": 2.0, "maximum": 30.0, "median": 12.0, "max_point_mm": [0.0, 0.0, 0.0]}
 LINE = {"length_mm": 42.26, "start_mm": [0.0, 0.0, 0.0], "end_mm": [42.26, 0.0, 0.0],
         "profiles": [[CT, "HU", [10.0, 20.0, None, 40.0, 30.0]]]}
+GROWN = {"series_id": PET, "unit": "SUV", "threshold": 4.8, "how": "seed 9.6 SUV ± 50 %: 4.8 to 14.4 SUV",
+         "voxels": 81, "volume_ml": 4.94, "mean": 7.1, "maximum": 9.6, "peak": 9.2, "total": 35.1,
+         "max_point_mm": [1.0, 2.0, 3.0]}
 ANSWERS: dict[str, Any] = {"sphere": [CT_LAYER, PET_LAYER], "rectangle": [CT_LAYER, PET_LAYER],
-                           "ellipse": [AREA_CT], "polygon": [AREA_CT], "line": LINE}
+                           "ellipse": [AREA_CT], "polygon": [AREA_CT], "line": LINE, "grow": GROWN}
 OTHERS_FINDING = {"id": 3, "label": "aorta", "tool": "line", "series": CT, "points": [[1, 2], [3, 4]],
                   "result": LINE, "by": "colleague", "consultant": True, "at": "2024-05-01T09:00:00+00:00"}
 # An axial plane: right +x, down +y (patient mm), centre (0, 0, z).
@@ -575,4 +578,88 @@ def test_a_reporting_reader_stores_the_findings_in_the_study_and_others_are_not_
     page = measure_page(nurse_like)
     _until(page, lambda: page.locator("#findings li.finding").count() == 1, what="the finding listed")
     assert page.locator("#findings-store").is_hidden()
+    page.close()
+
+
+SUV_METHODS = [{"name": "bw", "label": "SUVbw"}, {"name": "lbm_james", "label": "SUVlbm (James)"}]
+
+
+def test_the_suv_menu_chooses_a_method_and_enters_a_missing_weight(measure_page):
+    suv = {"method": "bw", "label": "SUVbw", "methods": SUV_METHODS,
+           "series": {PET: {"factor": None, "missing": ["no patient weight"], "entered": {}}}}
+    gateway = ScriptedGateway({**_ready(), "suv": suv})
+    page = measure_page(gateway)
+    _until(page, lambda: page.locator("#suv").is_visible(), what="the SUV menu")
+    page.locator("#suv summary").click()
+    assert "no patient weight" in page.locator("#suv-series").text_content()
+    page.fill("#suv-weight", "72.5")
+    page.locator("#suv-inputs button").click()
+    _until(page, lambda: gateway.sent("suv_inputs"), what="suv_inputs sent")
+    assert gateway.sent("suv_inputs")[-1] == {"type": "suv_inputs", "series": PET, "weight_kg": 72.5}
+    gateway.send({"type": "suv", **suv, "series": {PET: {"factor": 0.0003, "missing": [],
+                                                        "entered": {"weight_kg": 72.5}}}})
+    _until(page, lambda: page.locator("#suv-inputs").is_hidden(), what="the form gone once SUV is known")
+    page.select_option("#suv-method", "lbm_james")
+    _until(page, lambda: gateway.sent("suv", method="lbm_james"), what="the method sent")
+    gateway.send({"type": "error", "code": "refused", "of": "suv", "message": "SUVlbm cannot be computed"})
+    _until(page, lambda: page.locator("#suv-method").input_value() == "bw", what="the menu back")
+    page.close()
+
+
+def test_the_grow_tool_sends_one_seed_and_shows_the_grown_voi(measure_page):
+    gateway = ScriptedGateway(_ready(tools=[*TOOLS, "grow"]))
+    page = measure_page(gateway)
+    try:
+        assert "grow" in _options(page, "#measure-tool") and "u" in _keys(page)
+        _canvas(page, 0).focus()
+        page.keyboard.press("u")
+        assert page.locator("#measure-tool").input_value() == "grow"
+        box = _box(page, 0)
+        seed = _at(box, .4, .45)
+        _click(page, seed)
+        _measured(page, gateway, "grow")
+        sent = gateway.sent("measure", tool="grow")[-1]
+        assert set(sent) == {"type", "view", "tool", "points"} and sent["view"] == 0
+        ((x, y),) = sent["points"]
+        want = _in_canvas_pixels(box, *seed)
+        assert abs(x - want[0]) < 0.6 and abs(y - want[1]) < 0.6, (sent["points"], want)
+        assert not gateway.sent("input", op="focus"), "the seed's click also moved the crosshair"
+        assert _shapes(page, 0).locator(".shape.current.grow").count() == 1
+
+        row = _row(page, "SUV")
+        assert row.locator("th").text_content() == "PT (SUV)"
+        assert [_stat(row, key) for key in ("maximum", "peak", "mean", "volume_ml", "total")] == [
+            "SUVmax 9.6", "SUVpeak 9.2", "mean 7.1", "volume 4.94 ml", "TLG 35.1"]
+        assert "± 50 %" in _text(page, "#measurement .measure-how")
+
+        page.keyboard.press("Escape")
+        assert page.locator("#measure-tool").input_value() == "none"
+        page.locator("#measure-tool").select_option("grow")
+        before = len(gateway.sent("measure", tool="grow"))
+        _click(page, _at(_box(page, 0), .6, .3))
+        _until(page, lambda: len(gateway.sent("measure", tool="grow")) > before,
+               what="a seed from the menu's tool")
+        assert len(gateway.sent("measure", tool="grow")[-1]["points"]) == 1
+        page.locator("#keep-label").fill("grown node")
+        _until(page, lambda: page.locator("#keep").is_enabled(), what="Keep offered")
+        page.locator("#keep").click()
+        _until(page, lambda: gateway.sent("keep", label="grown node"), what="keep sent")
+        _until(page, lambda: page.locator("#findings li.finding").count() == 1, what="the finding listed")
+        assert "max 9.6" in _text(page, "#findings li.finding .finding-numbers")
+    finally:
+        page.close()
+
+
+def test_a_finding_is_renamed_in_place(measure_page):
+    gateway = ScriptedGateway(_ready())
+    gateway.findings = [dict(OTHERS_FINDING)]
+    page = measure_page(gateway)
+    _until(page, lambda: page.locator("#findings li.finding").count() == 1, what="the finding listed")
+    page.locator(".finding-rename").click()
+    field = page.locator(".finding-label-field")
+    assert field.input_value() == "aorta"
+    field.fill("  aortic   arch ")
+    field.press("Enter")
+    _until(page, lambda: gateway.sent("relabel"), what="relabel sent")
+    assert gateway.sent("relabel")[-1] == {"type": "relabel", "finding": 3, "label": "aortic   arch"}
     page.close()

@@ -78,9 +78,16 @@ def _every_client_message() -> list[dict]:
         {"type": "measure", "view": 0, "tool": "line", "points": [[0, 0], [500, 500]]},
         {"type": "measure", "view": 0, "tool": "polygon", "points": [[10, 10], [300, 20], [200, 300]]},
         {"type": "measure", "view": 0, "tool": "sphere", "points": [[250, 250]], "radius_mm": 150},
+        {"type": "chart", "view": 0, "kind": "histogram", "tool": "sphere", "points": [[250, 250]],
+         "radius_mm": 40},
+        {"type": "chart", "view": 0, "kind": "histogram", "tool": "polygon",
+         "points": [[10, 10], [300, 20], [200, 300]]},
+        {"type": "chart", "view": 0, "kind": "tac", "tool": "sphere", "points": [[250, 250]],
+         "radius_mm": 40},
         {"type": "keep", "label": "whole field"}, {"type": "forget", "finding": 1},
         {"type": "hang_save", "name": "as on screen"}, {"type": "hang", "rule": 1},
-        {"type": "hang_delete", "rule": 1}])
+        {"type": "hang_delete", "rule": 1}, {"type": "suv", "method": "lbm_james"},
+        {"type": "suv_inputs", "series": "1.2.3", "weight_kg": 70}, {"type": "findings_store"}])
     return messages
 
 
@@ -128,17 +135,19 @@ async def test_every_websocket_message_yields_only_pictures_and_small_json(clien
         assert len(text.encode()) < MAX_TEXT_BYTES
         body = json.loads(text)
         assert body["type"] in {"ready", "error", "probe", "thumbnail", "measurement", "findings",
-                                "hanging_rules"}, body
+                                "hanging_rules", "chart", "suv", "findings_stored"}, body
         if body["type"] == "thumbnail":
             _assert_thumbnail_is_a_picture(body)
         if body["type"] == "measurement":
             _assert_measurement_is_a_few_numbers(body)
+        if body["type"] == "chart":
+            _assert_chart_is_counts_and_a_picture(body)
         if body["type"] == "findings":
             for finding in body["findings"]:
                 _assert_measurement_is_a_few_numbers(finding)
         kinds.add(body["type"])
     assert frames > 10
-    assert {"ready", "probe", "thumbnail", "measurement", "findings"} <= kinds
+    assert {"ready", "probe", "thumbnail", "measurement", "findings", "chart"} <= kinds
 
 
 def _assert_measurement_is_a_few_numbers(body: dict) -> None:
@@ -148,6 +157,20 @@ def _assert_measurement_is_a_few_numbers(body: dict) -> None:
             if isinstance(value, list):
                 for nested in value:
                     assert not isinstance(nested, list) or len(nested[2]) <= 256
+
+
+def _assert_chart_is_counts_and_a_picture(body: dict) -> None:
+    """A histogram is at most 64 counts per layer over its bin edges, and a small picture: no voxels."""
+    assert body["kind"] == "histogram"  # the phantom has no dynamic series: no curve comes back
+    for chart in body["charts"]:
+        assert set(chart["table"]) == {"edges", "counts"}
+        counts, edges = chart["table"]["counts"], chart["table"]["edges"]
+        assert len(counts) <= 64 and len(edges) == len(counts) + 1
+        assert all(isinstance(count, int) for count in counts) and sum(counts) == chart["voxels"]
+        image = base64.b64decode(chart["image"])
+        assert image.startswith(IMAGE_MAGIC)
+        with Image.open(io.BytesIO(image)) as picture:
+            assert picture.size == (chart["width"], chart["height"]) and max(picture.size) <= 320
 
 
 def _assert_thumbnail_is_a_picture(body: dict) -> None:

@@ -112,6 +112,7 @@ function receiveVocabulary(announced) {
     settings: announced.settings || {}, inputs: announced.inputs || {},
     layouts: announced.layouts || [], palettes: announced.palettes || {},
     measure_tools: Array.isArray(announced.measure_tools) ? announced.measure_tools : [],
+    charts: announced.charts && typeof announced.charts === "object" ? announced.charts : {},
   };
 }
 
@@ -902,6 +903,7 @@ function receiveReady(message) {
   const known = seriesByUid;
   seriesOrder = message.series || [];
   seriesByUid = new Map(seriesOrder.map((series) => [series.uid, series]));
+  showSuv(message.suv);
   const firstStudy = (message.study && message.study.uid) || study;
   studyUids = Array.isArray(message.studies) && message.studies.length ? message.studies : [firstStudy];
   relatedStudies = Array.isArray(message.related) ? message.related.filter((other) => other && other.uid) : [];
@@ -941,6 +943,8 @@ function receiveError(message) {
   // The cursor left the readable volume (a 3-D view, a gap): nothing to report.
   if (message.code === "probe_failed") return;
   if (message.of === "findings_store") findingsStoreSettled(`not stored: ${message.message}`);
+  if (message.of === "chart") chartFailed(message);
+  if (message.of === "suv" && suvState) suvMethod.value = suvState.method;
   if (message.code === "rate_limited") {
     holdInputUntil = performance.now() + (message.retry_after_ms || 0) + 50;
   }
@@ -962,8 +966,10 @@ function handleText(message) {
   else if (message.type === "thumbnail") receiveThumbnail(message);
   else if (message.type === "probe") receiveProbe(message);
   else if (message.type === "measurement") receiveMeasurement(message);
+  else if (message.type === "chart") receiveChart(message);
   else if (message.type === "findings") receiveFindings(message);
   else if (message.type === "findings_stored") receiveFindingsStored(message);
+  else if (message.type === "suv") showSuv(message);
   else if (message.type === "hanging_rules") showHanging(message.rules);
   else if (message.type === "error") receiveError(message);
   else if (message.type === "closing") end(`access ended: ${message.reason}`);
@@ -1058,7 +1064,8 @@ const MOUSE_GESTURES = [
   { shown: "right-drag", input: "rotate", text: "rotate (3-D) / tilt (oblique)" },
   { shown: "click", input: "focus", text: "move the crosshair there" },
   { shown: "drag (a measuring tool)", measure: true,
-    text: "draw it: line, ellipse, rectangle from press to release; sphere: press at the centre" },
+    text: "draw it: line, ellipse, rectangle from press to release; sphere: press at the centre; "
+      + "grow: click the seed" },
   { shown: "click (polygon)", measure: true,
     text: "add a corner; double-click, Enter or a click on the first corner closes it" },
   { shown: "drag a handle", measure: true, text: "move that point; the numbers follow" },
@@ -1142,7 +1149,9 @@ function attachInput(view) {
 
 // The tools this client can draw, each with its key; `ready.vocabulary.measure_tools` says
 // which of them the server takes (none announced: no tool is offered).
-const MEASURE_KEYS = { line: "l", ellipse: "e", rectangle: "q", polygon: "g", sphere: "b" };
+const MEASURE_KEYS = { line: "l", ellipse: "e", rectangle: "q", polygon: "g", sphere: "b", grow: "u" };
+// Placed by one press: a sphere at its centre, a grown VOI at its seed (the server grows it).
+const ONE_POINT_TOOLS = new Set(["sphere", "grow"]);
 const SPHERE_RADIUS_MM = { min: 0.5, max: 150, initial: 10 };
 const MAX_POLYGON_POINTS = 256;
 const HANDLE_REACH_PX = 7;
@@ -1277,7 +1286,7 @@ function shapeOn(target, view) {
 }
 
 function measurable(target, points) {
-  if (target.tool === "sphere") return points.length === 1;
+  if (ONE_POINT_TOOLS.has(target.tool)) return points.length === 1;
   if (target.tool === "polygon") return target.closed && points.length >= 3;
   const [[x0, y0], [x1, y1]] = points;
   if (target.tool === "line") return Math.hypot(x1 - x0, y1 - y0) >= 1;
@@ -1345,13 +1354,14 @@ function measurePress(view, point) {
     drawAllShapes();
     return null;
   }
-  const points = tool === "sphere" ? [point] : [point, [...point]];
+  const onePoint = ONE_POINT_TOOLS.has(tool);
+  const points = onePoint ? [point] : [point, [...point]];
   shape = newShape(view, tool, points);
-  shape.closed = tool === "sphere";
+  shape.closed = onePoint;
   forgetAnswer();
   queueMeasure();
   drawAllShapes();
-  return { shape, handle: points.length - 1, points, drawing: tool !== "sphere" };
+  return { shape, handle: points.length - 1, points, drawing: !onePoint };
 }
 
 function measureDrag(view, grip, point, released) {
@@ -1455,6 +1465,12 @@ function outline(tool, placed, { closed = true, hover = null } = {}) {
     if (placed.radius) nodes.unshift(svgNode("circle", { class: "outline", cx: x, cy: y, r: tenth(placed.radius) }));
     return nodes;
   }
+  if (tool === "grow") {
+    const [x, y] = points[0];
+    return [svgNode("circle", { class: "outline seed", cx: x, cy: y, r: 5 }),
+            svgNode("line", { class: "centre", x1: x - 8, y1: y, x2: x + 8, y2: y }),
+            svgNode("line", { class: "centre", x1: x, y1: y - 8, x2: x, y2: y + 8 })];
+  }
   if (tool === "polygon") {
     if (closed) return [svgNode("polygon", { class: "outline", points: pointList(points) })];
     return [svgNode("polyline", { class: "outline", points: pointList(hover ? [...points, hover] : points) })];
@@ -1506,6 +1522,7 @@ function drawShapes(view) {
 
 function drawAllShapes() {
   for (const view of views) drawShapes(view);
+  showCharts();  // a shape closed or moved: its chart buttons follow
 }
 
 // --- the answer: a table of every layer's numbers, or a line's length and profiles ---
@@ -1683,6 +1700,16 @@ function lineResult(result) {
   return nodes;
 }
 
+// A VOI contoured on one layer (threshold, grown from a seed): one object, with how it was drawn.
+function isRegionResult(result) {
+  return Boolean(result) && !Array.isArray(result) && typeof result === "object" && Number.isFinite(result.volume_ml);
+}
+
+function regionResult(result) {
+  const how = element("p", "measure-how", typeof result.how === "string" ? result.how : "");
+  return [statisticsTable([result]), how];
+}
+
 function samePoints(a, b) {
   return Array.isArray(a) && Array.isArray(b) && a.length === b.length
     && a.every((point, at) => Array.isArray(point) && Math.abs(point[0] - b[at][0]) < 0.05
@@ -1708,11 +1735,13 @@ function showMeasurement() {
     const caption = element("p", "measure-caption", `${label(measurement.tool)} · view ${measurement.view + 1}`);
     const result = measurement.result;
     measurementShown.replaceChildren(caption, ...(isLineResult(result) ? lineResult(result)
+      : isRegionResult(result) ? regionResult(result)
       : [statisticsTable(Array.isArray(result) ? result : [])]));
     measurementShown.dataset.tool = measurement.tool;
   }
   measurementShown.classList.toggle("pending", Boolean(measurement) && !keepable());
   showKeep();
+  showCharts();
 }
 
 function receiveMeasurement(message) {
@@ -1804,13 +1833,36 @@ function findingItem(finding) {
   item.append(head, element("div", "finding-numbers", findingNumbers(finding)),
               element("div", "finding-by", `${by}${at}`));
   if (measuringOffered()) {
+    const rename = element("button", "finding-rename", "Rename");
+    rename.type = "button";
+    rename.setAttribute("aria-label", `rename finding ${finding.label}`);
+    rename.addEventListener("click", () => renameStart(item, finding));
     const button = element("button", "finding-delete", "Delete");
     button.type = "button";
     button.setAttribute("aria-label", `delete finding ${finding.label}`);
     button.addEventListener("click", () => forget(finding.id, button));
-    item.append(button);
+    item.append(rename, button);
   }
   return item;
+}
+
+// The label becomes a field in place; Enter sends it (the server answers with the list), Esc keeps it.
+function renameStart(item, finding) {
+  const field = element("input", "finding-label-field");
+  field.type = "text";
+  field.maxLength = 64;
+  field.value = String(finding.label).replace(/^'/, "");
+  field.setAttribute("aria-label", `new label of finding ${finding.label}`);
+  field.addEventListener("keydown", (event) => {
+    event.stopPropagation();
+    if (event.key === "Escape") showFindings();
+    if (event.key !== "Enter") return;
+    const text = cleanLabel(field.value);
+    if (text) send({ type: "relabel", finding: finding.id, label: text });
+    else showFindings();
+  });
+  item.querySelector(".finding-label").replaceWith(field);
+  field.focus();
 }
 
 function showFindings() {
@@ -2077,6 +2129,214 @@ function toggleCrosshair(view) {
 function toggleHelp() {
   help.open = !help.open;
 }
+
+// --- SUV of this reading: the method, and a weight or dose the header lacks ---------------
+
+const suvBox = document.getElementById("suv");
+const suvSummary = document.getElementById("suv-summary");
+const suvMethod = document.getElementById("suv-method");
+const suvSeries = document.getElementById("suv-series");
+const suvInputs = document.getElementById("suv-inputs");
+const suvWeight = document.getElementById("suv-weight");
+const suvDose = document.getElementById("suv-dose");
+let suvState = null;
+
+function showSuv(state) {
+  if (!state || !Array.isArray(state.methods)) return;
+  suvState = state;
+  const entries = Object.entries(state.series || {});
+  suvBox.hidden = entries.length === 0;
+  suvSummary.textContent = state.label || "SUV";
+  suvMethod.replaceChildren(...state.methods.map((m) => option(String(m.name), String(m.label))));
+  suvMethod.value = state.method;
+  suvSeries.replaceChildren(...entries.map(([uid, facts]) => {
+    const series = seriesByUid.get(uid);
+    const name = series ? `${series.modality} ${series.description || ""}`.trim() : uid;
+    const text = Number.isFinite(facts.factor) ? `${name}: ${state.label} factor ${facts.factor.toPrecision(4)}`
+      : `${name}: no ${state.label} (${(facts.missing || []).join("; ")})`;
+    return element("li", Number.isFinite(facts.factor) ? "" : "suv-missing", text);
+  }));
+  const lacking = entries.find(([, facts]) => !Number.isFinite(facts.factor));
+  suvInputs.hidden = !lacking || !measuringOffered();
+  suvInputs.dataset.series = lacking ? lacking[0] : "";
+}
+
+suvMethod.addEventListener("change", () => {
+  if (suvState && suvMethod.value !== suvState.method) send({ type: "suv", method: suvMethod.value });
+});
+
+suvInputs.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const message = { type: "suv_inputs", series: suvInputs.dataset.series };
+  const weight = parseFloat(suvWeight.value);
+  const dose = parseFloat(suvDose.value);
+  if (Number.isFinite(weight)) message.weight_kg = weight;
+  if (Number.isFinite(dose)) message.dose_mbq = dose;
+  if (message.series && (message.weight_kg !== undefined || message.dose_mbq !== undefined)) send(message);
+});
+
+// --- charts of a measurement: a histogram or time-activity curve the server makes -----------
+// The picture is the server's (a PNG, sent as text like a thumbnail); the numbers come as a
+// table of text beside it, never read off pixels. `ready.vocabulary.charts` says which
+// chart is made of which tools (none announced: no button).
+
+const chartControls = document.getElementById("chart-controls");
+const chartHistogramButton = document.getElementById("chart-histogram");
+const chartTacButton = document.getElementById("chart-tac");
+const chartShown = document.getElementById("chart");
+const CHART_TITLES = { histogram: "Histogram", tac: "Time-activity curve" };
+const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
+let chartAsked = null;  // the chart asked for ({ kind, view, tool, points }), until answered
+let chart = null;       // the `chart` answer shown: it belongs to the measurement on screen
+let chartValuesOpen = true;
+
+function chartTools(kind) {
+  const announced = vocabulary.charts && typeof vocabulary.charts === "object" ? vocabulary.charts[kind] : null;
+  return Array.isArray(announced) ? announced : [];
+}
+
+// The region of the measurement on screen, as it was measured (a sphere with its radius).
+function chartRegion() {
+  if (!measuringOffered() || !measurement || !shape || !shape.closed) return null;
+  if (measurement.view !== shape.view || measurement.tool !== shape.tool
+    || !samePoints(measurement.points, shape.sent)) return null;
+  const region = { view: measurement.view, tool: measurement.tool, points: measurement.points };
+  if (shape.tool === "sphere") region.radius_mm = shape.sentRadius;
+  return region;
+}
+
+// A time-activity curve needs a dynamic series (several time points) among the view's layers.
+function chartOffered(kind, region) {
+  if (!region || !chartTools(kind).includes(region.tool)) return false;
+  if (kind !== "tac") return true;
+  const view = views[region.view];
+  return Boolean(view) && view.layers.some((uid) => (seriesByUid.get(uid) || {}).time_points > 1);
+}
+
+function sameRegion(a, b) {
+  return Boolean(a) && Boolean(b) && a.view === b.view && a.tool === b.tool && samePoints(a.points, b.points);
+}
+
+function showCharts() {
+  const region = chartRegion();
+  if (chart && !sameRegion(chart, region)) clearChart();  // another measurement: not its chart
+  for (const [button, kind] of [[chartHistogramButton, "histogram"], [chartTacButton, "tac"]]) {
+    button.hidden = !chartOffered(kind, region);
+    button.disabled = Boolean(chartAsked) && chartAsked.kind === kind && sameRegion(chartAsked, region);
+    button.setAttribute("aria-pressed", String(Boolean(chart) && chart.kind === kind));
+  }
+  chartControls.hidden = chartHistogramButton.hidden && chartTacButton.hidden;
+}
+
+function clearChart() {
+  chart = null;
+  chartShown.replaceChildren();
+  delete chartShown.dataset.kind;
+}
+
+function askChart(kind) {
+  const region = chartRegion();
+  if (!chartOffered(kind, region)) return;
+  chartAsked = { kind, ...region };
+  send({ type: "chart", kind, ...region });
+  chart = null;
+  delete chartShown.dataset.kind;
+  chartShown.replaceChildren(element("p", "hint", `${CHART_TITLES[kind]}: asked of the server…`));
+  showCharts();
+}
+
+// Bin edges and curve values to five significant digits (a bin edge of 150.5 HU stays 150.5).
+function chartNumber(value) {
+  return Number.isFinite(value) ? String(Number(value.toPrecision(5))) : "–";
+}
+
+function chartTable(kind, item) {
+  const numbers = item.table && typeof item.table === "object" ? item.table : {};
+  const list = (name) => (Array.isArray(numbers[name]) ? numbers[name] : []);
+  const unit = item.unit ? ` (${item.unit})` : "";
+  let head;
+  let rows;
+  if (kind === "histogram") {
+    const edges = list("edges");
+    head = [`from${unit}`, `to${unit}`, "count"];
+    rows = list("counts").map((count, at) => [chartNumber(edges[at]), chartNumber(edges[at + 1]),
+      Number.isInteger(count) ? String(count) : "–"]);
+  } else {
+    const means = list("mean");
+    const maxima = list("max");
+    head = [String(numbers.time_unit || "time"), `mean${unit}`, `max${unit}`];
+    rows = list("time").map((time, at) => [chartNumber(time), chartNumber(means[at]), chartNumber(maxima[at])]);
+  }
+  const table = element("table", "chart-values");
+  const thead = element("thead");
+  const headRow = element("tr");
+  for (const name of head) {
+    const cell = element("th", "", name);
+    cell.scope = "col";
+    headRow.append(cell);
+  }
+  thead.append(headRow);
+  const body = element("tbody");
+  for (const cells of rows) {
+    const row = element("tr");
+    row.append(...cells.map((text) => element("td", "", text)));
+    body.append(row);
+  }
+  table.append(thead, body);
+  return table;
+}
+
+function chartFigure(kind, item) {
+  const figure = element("figure", "chart-figure");
+  figure.dataset.series = String(item.series_id || "");
+  figure.dataset.unit = String(item.unit || "");
+  const voxels = Number.isInteger(item.voxels) ? ` · ${item.voxels} voxels` : "";
+  figure.append(element("figcaption", "", `${layerTitle(item.series_id, item.unit)}${voxels}`));
+  if (typeof item.image === "string" && BASE64.test(item.image)) {
+    const picture = element("img", "chart-picture");
+    picture.alt = `${CHART_TITLES[kind]} of ${layerTitle(item.series_id, item.unit)}, drawn by the server`;
+    if (Number.isInteger(item.width) && Number.isInteger(item.height)) {
+      picture.width = item.width;
+      picture.height = item.height;
+    }
+    picture.src = `data:image/${item.encoding === "jpeg" ? "jpeg" : "png"};base64,${item.image}`;
+    figure.append(picture);
+  }
+  const details = element("details", "chart-table");
+  details.append(element("summary", "", "values"), chartTable(kind, item));
+  details.open = chartValuesOpen;
+  details.addEventListener("toggle", () => { chartValuesOpen = details.open; });
+  figure.append(details);
+  return figure;
+}
+
+function receiveChart(message) {
+  if (!chartAsked || message.kind !== chartAsked.kind || !sameRegion(message, chartAsked)) return;
+  chartAsked = null;
+  if (!sameRegion(message, chartRegion()) || !Array.isArray(message.charts)) {
+    clearChart();
+    showCharts();
+    return;
+  }
+  chart = message;
+  chartShown.dataset.kind = message.kind;
+  chartShown.replaceChildren(element("p", "measure-caption", CHART_TITLES[message.kind] || "Chart"),
+    ...message.charts.filter((item) => item && typeof item === "object").map((item) => chartFigure(message.kind, item)));
+  showCharts();
+}
+
+function chartFailed(message) {
+  if (!chartAsked) return;
+  const kind = chartAsked.kind;
+  chartAsked = null;
+  clearChart();
+  if (message.code === "refused") refuseMeasuring();
+  else chartShown.replaceChildren(element("p", "chart-failed", `${CHART_TITLES[kind]}: ${message.message}`));
+  showCharts();
+}
+
+chartHistogramButton.addEventListener("click", () => askChart("histogram"));
+chartTacButton.addEventListener("click", () => askChart("tac"));
 
 // --- hanging: the built-in layouts and the reader's own rules -----------------------------
 // The rules come from `ready.vocabulary.hanging_rules` and each `hanging_rules` message; a
