@@ -4,7 +4,8 @@ presentation state asks of the images it references.
 Presentation states, spatial registrations, RT structure sets and segmentations are
 accepted and kept (de-identified and encrypted like images) because readers and the
 tools built on them need them; each makes a series of its own that the viewer lists as
-"not an image" with what the object is. Structured reports and key object selections
+"not an image" with what the object is — a segmentation excepted: it opens as a label
+volume (:mod:`imaging.labels`). Structured reports and key object selections
 are refused: the Basic Profile empties their Content Sequence (PS3.15 Table E.1-1,
 action D), so what would be stored is a document without its content.
 """

@@ -53,6 +53,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from imaging import storage
+from imaging.labels import SEGMENTATION, LabelsRefused, label_volume
 from imaging.models import Instance, Series, VolumeState
 from imaging.objects import object_class_name, objects_series_reason
 from imaging.presentation import decoded_frames, display_facts, modality_lut_values
@@ -592,14 +593,25 @@ class _Heartbeat(threading.Thread):
             connections.close_all()
 
 
-def _image_object_ids(series: Series) -> list[str]:
-    """The series' image instances; a series of only non-image objects is refused with what it holds."""
+def _series_build(series: Series) -> tuple[Volume, str]:
+    """What the series shows: its images' volume or pictures, or its segmentation's labels.
+
+    A series of other non-image objects is refused with what it holds.
+    """
     rows = list(Instance.objects.filter(series_id=series.pk).order_by("id")
                 .values_list("object_id", "sop_class_uid"))
-    not_images = objects_series_reason([sop_class for _, sop_class in rows])
+    classes = [sop_class for _, sop_class in rows]
+    if classes and all(sop_class == SEGMENTATION for sop_class in classes):
+        try:
+            return label_volume(lambda: _series_datasets([object_id for object_id, _ in rows]),
+                                series.series_instance_uid, volume_assemble)
+        except LabelsRefused as refused:
+            raise VolumeRefused(str(refused)) from refused
+    not_images = objects_series_reason(classes)
     if not_images is not None:
         raise VolumeRefused(not_images)
-    return [object_id for object_id, sop_class in rows if object_class_name(sop_class) is None]
+    object_ids = [object_id for object_id, sop_class in rows if object_class_name(sop_class) is None]
+    return series_display_build(lambda: _series_datasets(object_ids))
 
 
 def _build_claimed(series: Series, claim: VolumeClaim, lease_s: float) -> None:
@@ -608,8 +620,7 @@ def _build_claimed(series: Series, claim: VolumeClaim, lease_s: float) -> None:
     heartbeat.start()
     try:
         try:
-            object_ids = _image_object_ids(series)
-            volume, note = series_display_build(lambda: _series_datasets(object_ids))
+            volume, note = _series_build(series)
         except VolumeRefused as refused:
             claim.finish(volume_state=VolumeState.REFUSED, volume_reason=str(refused), volume_object="")
             return
@@ -689,8 +700,7 @@ def load_volume(series: Series) -> Volume:
     if series.volume_state != VolumeState.READY or not series.volume_object:
         # Still not built: instances keep arriving, or another builder is slow. Build it
         # here, in memory only, without recording it.
-        object_ids = _image_object_ids(series)
-        return series_display_build(lambda: _series_datasets(object_ids))[0]
+        return _series_build(series)[0]
     return _decode(storage.object_get(series.volume_object), series.series_instance_uid)
 
 

@@ -92,6 +92,8 @@ OPERATIONS: dict[str, dict[str, FieldRule]] = {
 SETTINGS: dict[str, FieldRule] = {
     "kind": Text(("native", "axial", "coronal", "sagittal", "oblique", "3d")),
     "series": SERIES_UID,
+    # A segmentation of the study (ready.series[].kind "label") laid over the view, or taken off it.
+    "overlay": SERIES_UID,
     "slab_mode": Text(("none", "mip", "minip", "average")),
     "slab_thickness": Number(0, 500),
     "window_preset": Text(("abdomen", "lung", "bone", "brain", "suv_0_5", "suv_0_10")),

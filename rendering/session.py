@@ -21,6 +21,7 @@ from rendering.hanging import PALETTES, Hanging, LayerRule, ViewRule, descriptio
 from rendering.protocol import LAYOUTS, Input, Setting
 from rendering.suv_reading import SuvReading, SuvReadingError
 from rendering.viewstate import (
+    MAX_LAYERS,
     WINDOW_LIMIT,
     WINDOW_PRESETS,
     ZOOM_MAX,
@@ -34,6 +35,7 @@ PLANE_KINDS = {"axial", "coronal", "sagittal"}
 NORMALS = {"axial": (0.0, 0.0, 1.0), "coronal": (0.0, 1.0, 0.0), "sagittal": (1.0, 0.0, 0.0)}
 PRESET_NAMES = {"suv_0_5": "pet_suv_0_5", "suv_0_10": "pet_suv_0_10"}
 SUV_MODALITIES = {"PT", "NM"}
+OVERLAY_OPACITY = 0.5
 TRUE_SIZE_MM_PER_PIXEL = 25.4 / 96
 
 
@@ -75,7 +77,7 @@ class SeriesInfo:
 
     @property
     def frame_of_reference(self) -> str:
-        if self.kind not in {"volume", "dynamic"}:
+        if self.kind not in {"volume", "dynamic", "label"}:
             return self.uid  # pictures have no patient geometry to share
         return str(self.geometry.get("frame_of_reference_uid") or self.uid)
 
@@ -90,7 +92,7 @@ class SeriesInfo:
                 "panels": list(self.geometry.get("panels") or []), "time_points": self.time_points,
                 "study": self.study, "suv_calculation": self.geometry.get("suv_calculation"),
                 "presentation": self._presentation_wire(), "windows": self.file_windows(),
-                "available": True}
+                "segments": self.geometry.get("segments"), "available": True}
 
     def file_windows(self) -> list[dict[str, Any]]:
         """The series' own window presets, named for a menu (a ``voi`` setting picks one by index).
@@ -579,6 +581,8 @@ class ViewerSession:
         name, value = message.name, message.value
         if name == "series":
             return self._show_series(message.view, str(value))
+        if name == "overlay":
+            return self._overlay_toggle(message.view, str(value))
         if name == "kind":
             if value != "native" and not self._base(view).mpr:
                 raise SessionError("this series is shown in its own plane only "
@@ -599,6 +603,22 @@ class ViewerSession:
         elif name in {"palette", "opacity"}:
             layer[name] = value
         return [message.view]
+
+    def _overlay_toggle(self, index: int, uid: str) -> list[int]:
+        """Lay segmentation ``uid`` over view ``index`` (its frame of reference), or take it off."""
+        view, series = self.views[index], self.series.get(uid)
+        if series is None or series.kind != "label":
+            raise SessionError("an overlay is a segmentation of this study")
+        if any(layer["series_id"] == uid for layer in view.layers):
+            view.layers = [layer for layer in view.layers if layer["series_id"] != uid]
+            return [index]
+        if series.frame_of_reference != self._base(view).frame_of_reference:
+            raise SessionError("that segmentation was drawn on another frame of reference than this view's")
+        if len(view.layers) >= MAX_LAYERS:
+            raise SessionError(f"a view shows at most {MAX_LAYERS} layers")
+        view.layers.append({"series_id": uid, "window_center": 0.5, "window_width": 1.0,
+                            "window_unit": "native", "palette": "grey", "opacity": OVERLAY_OPACITY})
+        return [index]
 
     def _show_series(self, index: int, uid: str) -> list[int]:
         """Put series ``uid`` alone in view ``index``, in its acquisition plane."""

@@ -25,7 +25,7 @@ from rendering.viewstate import MAX_FILE_WINDOWS
 MODALITIES_SUV = frozenset({"PT", "NM"})
 
 
-SERIES_KINDS = frozenset({"volume", "dynamic", "images", "cine"})
+SERIES_KINDS = frozenset({"volume", "dynamic", "images", "cine", "label"})
 MAX_TIME_POINTS = 4096
 MAX_LUT_ENTRIES = 4096
 VOI_FUNCTIONS = frozenset({"LINEAR", "LINEAR_EXACT", "SIGMOID"})
@@ -241,13 +241,18 @@ class Volume:
         return tuple(int(n) for n in self.voxels.shape[:3])  # type: ignore[return-value]
 
     @property
+    def labels(self) -> bool:
+        """A segmentation: each voxel holds its segment's number (0 outside), shown as a coloured overlay."""
+        return self.presentation.kind == "label"
+
+    @property
     def colour(self) -> bool:
         return self.voxels.ndim == 4
 
     @property
     def reformattable(self) -> bool:
         """Whether reformats (MPR, oblique, 3-D) and fusion by geometry make sense."""
-        return self.presentation.kind == "volume" and not self.colour and min(self.shape) >= 3
+        return self.presentation.kind in ("volume", "label") and not self.colour and min(self.shape) >= 3
 
     @property
     def nbytes(self) -> int:
@@ -318,6 +323,7 @@ def volume_describe(container: Volume) -> dict:
         "mpr": volume.reformattable,
         "colour": volume.colour,
         "suv_calculation": container.display.get("suv_calculation"),
+        "segments": container.display.get("segments"),
         **container.presentation.as_dict(),
         "vois": [{"name": voi.name, "function": voi.function} for voi in container.presentation.vois],
     }
@@ -331,7 +337,7 @@ def _value_range(volume: Volume) -> list[float]:
 
 def acquisition_plane(volume: Volume) -> str:
     """The plane the series was acquired in, named as a reader would (``image`` for pictures)."""
-    if volume.presentation.kind not in {"volume", "dynamic"}:
+    if volume.presentation.kind not in {"volume", "dynamic", "label"}:
         return "image"
     normal = np.abs(np.asarray(volume.direction)[:, 2])
     axis = int(np.argmax(normal))

@@ -19,6 +19,7 @@ from rendering.engine.palettes import (
     GREYSCALE,
     LUTS,
     indices_grey,
+    label_rgb,
     palette_rgb,
     voi_indices,
     window_grey,
@@ -258,6 +259,15 @@ def _surround(item: _Resolved) -> np.ndarray:
     return LUTS[item.layer.palette][0]
 
 
+def _labels_over(image: np.ndarray | None, sampled: planes.Sampled, opacity: float) -> np.ndarray:
+    """A segmentation's colours where its segments are, over what the layers below drew (or black)."""
+    colours, inside = label_rgb(sampled.values)
+    shown = inside if sampled.valid is None else inside & sampled.valid
+    if image is None:
+        image = np.zeros((*shown.shape, 3), dtype=np.uint8)
+    return _blend(image, colours, opacity, shown)
+
+
 def _shown_over(indices: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
     """Where a fused layer covers the ones below: inside its volume and above its window's floor.
 
@@ -371,12 +381,15 @@ class RenderEngine:
         if resolved[0].volume.colour:
             return self._render_colour(state, resolved[0], plane, linear)
         single_grey = (len(resolved) == 1 and resolved[0].layer.palette in GREYSCALE
-                       and resolved[0].layer.opacity == 1.0)
+                       and resolved[0].layer.opacity == 1.0 and not resolved[0].volume.labels)
         image: np.ndarray | None = None
         for item in resolved:
             sampled = planes.sample(plane, item.volume, mode=state.slab.mode,
-                                    thickness_mm=state.slab.thickness_mm, linear=linear,
-                                    transform=item.transform)
+                                    thickness_mm=state.slab.thickness_mm,
+                                    linear=linear and not item.volume.labels, transform=item.transform)
+            if item.volume.labels:
+                image = _labels_over(image, sampled, item.layer.opacity)
+                continue
             if single_grey:
                 palette = item.layer.palette
                 image = (window_grey(sampled.values, item.low, item.high, palette) if item.voi is None

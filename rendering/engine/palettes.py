@@ -112,3 +112,23 @@ def palette_stops(count: int = 17) -> dict[str, list[str]]:
     """Each palette as ``count`` evenly spaced CSS colours, low to high (a client's colour bar)."""
     positions = np.rint(np.linspace(0, 255, count)).astype(int)
     return {palette.value: ["#" + bytes(LUTS[palette][i]).hex() for i in positions] for palette in LUTS}
+
+
+def _label_colours() -> np.ndarray:
+    """(256, 3) uint8: 0 black (never shown), then 255 distinct, saturated colours by golden-ratio hue."""
+    import colorsys
+
+    table = np.zeros((256, 3), dtype=np.uint8)
+    for label in range(1, 256):
+        hue = (label * 0.6180339887) % 1.0
+        table[label] = [round(255 * c) for c in colorsys.hsv_to_rgb(hue, 0.85, 1.0)]
+    return table
+
+
+LABEL_COLOURS = _label_colours()
+
+
+def label_rgb(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(colours (H, W, 3), where a segment is) of label values sampled nearest: 1-255 coloured, 0 clear."""
+    labels = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return LABEL_COLOURS[labels], labels > 0

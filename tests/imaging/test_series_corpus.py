@@ -117,11 +117,16 @@ def test_every_series_the_import_accepts_opens_in_its_own_plane(store):
     assert _ingest(corpus) > 80
     failures = {}
     checked = 0
-    objects = 0
+    objects = segmentations = 0
     for series in Series.objects.order_by("id"):
         if series.volume_state == VolumeState.REFUSED and series.volume_reason.startswith("not an image"):
             objects += 1
             assert _holds_no_image(series), series.volume_reason
+            continue
+        if series.modality == "SEG" and series.volume_state == VolumeState.READY:
+            segmentations += 1
+            failures.update({f"SEG {series.series_description}": problems
+                             for problems in [_label_problems(series)] if problems})
             continue
         if series.volume_state != VolumeState.READY:
             failures[series.series_instance_uid] = [f"{series.volume_state}: {series.volume_reason}"]
@@ -131,8 +136,22 @@ def test_every_series_the_import_accepts_opens_in_its_own_plane(store):
         if problems:
             failures[f"{series.modality} {series.series_description}"] = problems
     assert checked > 40
-    assert objects >= 2, "the corpus's segmentations and structure set are stored as objects"
+    assert objects >= 1, "the corpus's RT structure set is stored as an object"
+    assert segmentations >= 1, "the corpus's segmentations open as label volumes"
     assert failures == {}
+
+
+def _label_problems(series: Series) -> list[str]:
+    """A segmentation's label volume holds as many voxels as its frames segment (pydicom's pixels)."""
+    (instance,) = Instance.objects.filter(series=series)
+    ds = pydicom.dcmread(io.BytesIO(storage.object_get(instance.object_id)))
+    segmented = int(np.count_nonzero(ds.pixel_array))
+    labels = load_volume(series)
+    shown = int(np.count_nonzero(labels.voxels))
+    problems = [] if labels.labels else ["not a label volume"]
+    if shown != segmented:
+        problems.append(f"{shown} labelled voxels where the SEG has {segmented}")
+    return problems
 
 
 NOT_IMAGE_WORDS = ("Segmentation", "Structure Set", "Presentation State", "Spatial Registration")

@@ -356,10 +356,10 @@ def _check(view: View0, series: dict[str, Any], stored: StoredSeries) -> list[st
     truth = _truth(stored.files)
     problems = []
     # A volume is in the plane its header gives; pictures (images, cine) in their own ("image").
-    if truth.volume and series["kind"] != "volume":
+    if truth.volume and series["kind"] not in ("volume", "label"):
         problems.append(f"ready says {series['kind']} (plane {series['plane']}) where the header places "
                         f"every frame: a volume, {truth.plane}")
-    if series["kind"] == "volume":
+    if series["kind"] in ("volume", "label"):
         plane_right = truth.plane == "image" or series["plane"] == truth.plane
     else:
         plane_right = series["plane"] == "image"
@@ -371,6 +371,11 @@ def _check(view: View0, series: dict[str, Any], stored: StoredSeries) -> list[st
     frame = _show(view, series)
     if _error(frame):
         return [*problems, _error(frame)]
+    if series["kind"] == "label":  # a segmentation: its segments in colour, nothing else drawn
+        picture = _decoded(frame)
+        picture = picture.reshape(picture.shape[0], picture.shape[1], -1)
+        coloured = (picture.max(axis=-1).astype(int) - picture.min(axis=-1)) > 40
+        return problems + ([] if coloured.any() else ["a segmentation shows no segment in colour"])
     measured, _ = _measure(view, frame, truth, series["kind"])
     return problems + measured
 
