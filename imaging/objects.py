@@ -15,7 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
+
+from imaging.presentation import header_numbers
 
 GRAYSCALE_PRESENTATION = "1.2.840.10008.5.1.4.1.1.11.1"
 
@@ -59,17 +60,6 @@ def objects_series_reason(sop_class_uids: list[str]) -> str | None:
     return f"not an image: {', '.join(kinds)} ({len(names)} object{'s' * (len(names) > 1)}), {what}"
 
 
-def _numbers(value: Any) -> list[float]:
-    items = value if isinstance(value, list | tuple | MultiValue) else [value]
-    out = []
-    for item in items:
-        try:
-            out.append(float(item))
-        except (TypeError, ValueError):
-            return []
-    return out
-
-
 def _referenced_series(ds: Dataset) -> list[str]:
     return [str(item.SeriesInstanceUID) for item in ds.get("ReferencedSeriesSequence") or []
             if item.get("SeriesInstanceUID")]
@@ -78,14 +68,14 @@ def _referenced_series(ds: Dataset) -> list[str]:
 def _displayed_area(ds: Dataset) -> dict[str, Any] | None:
     """The first Displayed Area Selection (PS3.3 C.10.4), as the viewer applies it."""
     for item in ds.get("DisplayedAreaSelectionSequence") or []:
-        top_left = _numbers(item.get("DisplayedAreaTopLeftHandCorner"))
-        bottom_right = _numbers(item.get("DisplayedAreaBottomRightHandCorner"))
+        top_left = header_numbers(item.get("DisplayedAreaTopLeftHandCorner"))
+        bottom_right = header_numbers(item.get("DisplayedAreaBottomRightHandCorner"))
         mode = str(item.get("PresentationSizeMode", "") or "").upper()
         if len(top_left) != 2 or len(bottom_right) != 2 or mode not in PRESENTATION_SIZE_MODES:
             continue
         if bottom_right[0] < top_left[0] or bottom_right[1] < top_left[1]:
             continue
-        magnification = _numbers(item.get("PresentationPixelMagnificationRatio"))
+        magnification = header_numbers(item.get("PresentationPixelMagnificationRatio"))
         if mode == "MAGNIFY" and not (magnification and magnification[0] > 0):
             continue
         return {"top_left": top_left, "bottom_right": bottom_right, "mode": mode,
@@ -96,7 +86,7 @@ def _displayed_area(ds: Dataset) -> dict[str, Any] | None:
 def _window(ds: Dataset) -> list[float] | None:
     """The first Softcopy VOI LUT window (centre, width), if the state sets one."""
     for item in ds.get("SoftcopyVOILUTSequence") or []:
-        centre, width = _numbers(item.get("WindowCenter")), _numbers(item.get("WindowWidth"))
+        centre, width = header_numbers(item.get("WindowCenter")), header_numbers(item.get("WindowWidth"))
         if centre and width and width[0] > 0:
             return [centre[0], width[0]]
     return None

@@ -57,7 +57,7 @@ def supplemental_palette(ds: Dataset) -> bool:
 
 def _supplemented(ds: Dataset, stored: np.ndarray) -> np.ndarray:
     """RGB: stored values inside the palette's range through it, the others grey in the file's window."""
-    descriptor = _numbers(ds.RedPaletteColorLookupTableDescriptor)
+    descriptor = header_numbers(ds.RedPaletteColorLookupTableDescriptor)
     entries, first = int(descriptor[0]) or 65536, int(descriptor[1])
     coloured = (stored >= first) & (stored < first + entries)
     palette = apply_color_lut(np.clip(stored, first, first + entries - 1), _palette_only(ds))[..., :3]
@@ -133,7 +133,8 @@ def pixel_spacing(ds: Dataset) -> tuple[float, float]:
     return 1.0, 1.0
 
 
-def _numbers(value: Any) -> list[float]:
+def header_numbers(value: Any) -> list[float]:
+    """The numbers of a header value (one or many), leaving out what is not a number."""
     if value is None or value == "":
         return []
     items = value if isinstance(value, list | tuple | MultiValue) else [value]
@@ -156,10 +157,10 @@ def window_presets(ds: Dataset) -> list[list[float]]:
     where only a window applies (3-D, a display dict built before VOI LUTs were
     kept, and the overlay's centre/width).
     """
-    centres, widths = _numbers(ds.get("WindowCenter")), _numbers(ds.get("WindowWidth"))
+    centres, widths = header_numbers(ds.get("WindowCenter")), header_numbers(ds.get("WindowWidth"))
     presets = [[c, w] for c, w in zip(centres, widths, strict=False) if w > 0]
     for item in _voi_lut_items(ds):
-        descriptor = _numbers(item.get("LUTDescriptor"))
+        descriptor = header_numbers(item.get("LUTDescriptor"))
         if len(descriptor) >= 2:
             count = descriptor[0] or 65536.0
             presets.append([descriptor[1] + count / 2, count])
@@ -185,13 +186,13 @@ def voi_presets(ds: Dataset) -> list[dict[str, Any]]:
     input range; the descriptor keeps the original count). A LUT whose
     descriptor or data cannot be read keeps only its window.
     """
-    centres, widths = _numbers(ds.get("WindowCenter")), _numbers(ds.get("WindowWidth"))
+    centres, widths = header_numbers(ds.get("WindowCenter")), header_numbers(ds.get("WindowWidth"))
     explanations = _texts(ds.get("WindowCenterWidthExplanation"))
     presets: list[dict[str, Any]] = [
         {"explanation": explanations[n] if n < len(explanations) else ""}
         for n, (_, width) in enumerate(zip(centres, widths, strict=False)) if width > 0]
     for item in _voi_lut_items(ds):
-        if len(_numbers(item.get("LUTDescriptor"))) < 2:
+        if len(header_numbers(item.get("LUTDescriptor"))) < 2:
             continue
         preset: dict[str, Any] = {"explanation": str(item.get("LUTExplanation", "") or "").strip()[:64]}
         lut = _voi_lut_table(ds, item)
@@ -210,7 +211,7 @@ def _texts(value: Any) -> list[str]:
 
 def _voi_lut_table(ds: Dataset, item: Dataset) -> dict[str, Any] | None:
     """One VOI LUT's descriptor and entries (PS3.3 C.11.2.1.1), or None when unreadable."""
-    descriptor = _numbers(item.get("LUTDescriptor"))
+    descriptor = header_numbers(item.get("LUTDescriptor"))
     if len(descriptor) < 3 or "LUTData" not in item:
         return None
     count, first, bits = int(descriptor[0]) or 65536, int(descriptor[1]), int(descriptor[2])
@@ -223,7 +224,7 @@ def _voi_lut_table(ds: Dataset, item: Dataset) -> dict[str, Any] | None:
         little = getattr(ds, "original_encoding", (None, True))[1] is not False
         data = np.frombuffer(value[:len(value) // 2 * 2], dtype="<u2" if little else ">u2")
     else:
-        data = np.asarray(_numbers(value), dtype=np.float64)
+        data = np.asarray(header_numbers(value), dtype=np.float64)
     data = data[:count]
     if data.size == 0:
         return None
@@ -236,14 +237,14 @@ def _voi_lut_table(ds: Dataset, item: Dataset) -> dict[str, Any] | None:
 
 def frame_time_ms(ds: Dataset) -> float | None:
     """Milliseconds between cine frames: FrameTime, FrameTimeVector, CineRate or the display rate."""
-    frame_time = _numbers(ds.get("FrameTime"))
+    frame_time = header_numbers(ds.get("FrameTime"))
     if frame_time and frame_time[0] > 0:
         return frame_time[0]
-    vector = [v for v in _numbers(ds.get("FrameTimeVector")) if v > 0]
+    vector = [v for v in header_numbers(ds.get("FrameTimeVector")) if v > 0]
     if vector:
         return float(np.median(vector))
     for keyword in ("CineRate", "RecommendedDisplayFrameRate"):
-        rate = _numbers(ds.get(keyword))
+        rate = header_numbers(ds.get(keyword))
         if rate and rate[0] > 0:
             return 1000.0 / rate[0]
     return _nm_frame_duration(ds)
@@ -253,10 +254,10 @@ def _nm_frame_duration(ds: Dataset) -> float | None:
     """An NM dynamic or gated acquisition's frame length (ms): its phases' ActualFrameDuration."""
     for keyword in ("PhaseInformationSequence", "RotationInformationSequence"):
         for item in ds.get(keyword) or []:
-            duration = _numbers(item.get("ActualFrameDuration"))
+            duration = header_numbers(item.get("ActualFrameDuration"))
             if duration and duration[0] > 0:
                 return duration[0]
-    duration = _numbers(ds.get("ActualFrameDuration"))
+    duration = header_numbers(ds.get("ActualFrameDuration"))
     return duration[0] if duration and duration[0] > 0 else None
 
 

@@ -471,13 +471,19 @@ class ViewerConsumer(PrincipalGuardedConsumer):
                           details={"finding": finding.id, "tool": kept.tool, "label": finding.label})
         await self._send_findings()
 
-    async def _on_forget(self, message: protocol.Forget) -> None:
-        study = await database_sync_to_async(finding_study)(finding_id=message.finding,
+    async def _finding_changeable(self, finding_id: int, asked: str) -> str | None:
+        """The study of a live finding of this session that this principal may change (else None,
+        the refusal sent)."""
+        study = await database_sync_to_async(finding_study)(finding_id=finding_id,
                                                             study_uids=self.session.studies)
         if study is None:
-            await self._error("refused", "no such finding of these studies", of="forget")
-            return
-        if not await self._may_measure(study, "forget"):
+            await self._error("refused", "no such finding of these studies", of=asked)
+            return None
+        return study if await self._may_measure(study, asked) else None
+
+    async def _on_forget(self, message: protocol.Forget) -> None:
+        study = await self._finding_changeable(message.finding, "forget")
+        if study is None:
             return
         consultant = getattr(self.principal, "is_capability", False) is True
         try:
@@ -492,12 +498,8 @@ class ViewerConsumer(PrincipalGuardedConsumer):
         await self._send_findings()
 
     async def _on_relabel(self, message: protocol.Relabel) -> None:
-        study = await database_sync_to_async(finding_study)(finding_id=message.finding,
-                                                            study_uids=self.session.studies)
+        study = await self._finding_changeable(message.finding, "relabel")
         if study is None:
-            await self._error("refused", "no such finding of these studies", of="relabel")
-            return
-        if not await self._may_measure(study, "relabel"):
             return
         consultant = getattr(self.principal, "is_capability", False) is True
         try:
