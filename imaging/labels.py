@@ -104,3 +104,76 @@ def label_volume(open_datasets: Callable[[], Iterable[Dataset]], series_id: str,
                "frame_of_reference_uid": str(ds.get("FrameOfReferenceUID", "")), "segments": segments}
     return assemble(voxels=np.ascontiguousarray(labels.astype(np.int16)), origin=origin,
                     spacing_ijk=spacing, direction=direction, display=display, series_id=series_id), note
+
+
+STRUCTURE_SET = "1.2.840.10008.5.1.4.1.1.481.3"
+
+
+def _referenced_series(ds: Dataset) -> str:
+    for frame in ds.get("ReferencedFrameOfReferenceSequence") or []:
+        for study in frame.get("RTReferencedStudySequence") or []:
+            for series in study.get("RTReferencedSeriesSequence") or []:
+                if series.get("SeriesInstanceUID"):
+                    return str(series.SeriesInstanceUID)
+    raise LabelsRefused("the structure set names no image series")
+
+
+def _contours(ds: Dataset, base: Volume) -> list[tuple[int, int, np.ndarray]]:
+    """(ROI number, slice k, polygon in (i, j) index) of every closed planar contour on ``base``."""
+    found = []
+    for roi in (ds.get("ROIContourSequence") or [])[:MAX_SEGMENTS]:
+        number = int(roi.get("ReferencedROINumber", 0) or 0)
+        for contour in roi.get("ContourSequence") or []:
+            closed = str(contour.get("ContourGeometricType", "")) == "CLOSED_PLANAR"
+            if not closed or not 1 <= number <= MAX_SEGMENTS:
+                continue
+            points = np.asarray([float(v) for v in contour.get("ContourData") or []], dtype=np.float64)
+            if points.size < 9 or points.size % 3:
+                continue
+            index = base.patient_to_index(points.reshape(-1, 3))
+            k = int(np.rint(index[:, 0].mean()))
+            if 0 <= k < base.shape[0] and np.ptp(index[:, 0]) < 0.5:
+                found.append((number, k, index[:, :0:-1]))
+    return found
+
+
+def structure_volume(open_datasets: Callable[[], Iterable[Dataset]], series_id: str,
+                     referenced_volume: Callable[[str], Volume],
+                     assemble: Callable[..., Volume]) -> tuple[Volume, str]:
+    """An RT structure set's closed contours filled on the grid of the images it was drawn on.
+
+    A voxel belongs to a contour when its centre lies inside (even-odd rule: a contour inside
+    another of the same ROI on a slice is a hole); the higher ROI number wins where they
+    overlap. The volume covers the contours' bounding box only.
+    """
+    from rendering.measure import inside_polygon
+
+    ds = next(iter(open_datasets()))
+    base = referenced_volume(_referenced_series(ds))
+    contours = _contours(ds, base)
+    if not contours:
+        raise LabelsRefused("no closed planar contour of the structure set lies on its images")
+    corners = np.concatenate([polygon for _, _, polygon in contours])
+    low_i, low_j = (max(int(np.floor(v)), 0) for v in corners.min(axis=0))
+    high_i = min(int(np.ceil(corners[:, 0].max())) + 1, base.shape[2])
+    high_j = min(int(np.ceil(corners[:, 1].max())) + 1, base.shape[1])
+    ks = [k for _, k, _ in contours]
+    low_k, high_k = min(ks), max(ks) + 1
+    labels = np.zeros((high_k - low_k, high_j - low_j, high_i - low_i), dtype=np.int16)
+    js, is_ = np.mgrid[low_j:high_j, low_i:high_i].astype(np.float64)
+    filled: dict[tuple[int, int], np.ndarray] = {}
+    for number, k, polygon in contours:
+        inside = inside_polygon(is_, js, [(float(i), float(j)) for i, j in polygon])
+        filled[(number, k)] = filled.get((number, k), np.zeros_like(inside)) ^ inside
+    for (number, k), inside in sorted(filled.items()):
+        labels[k - low_k][inside] = number
+    names = {int(item.get("ROINumber", 0) or 0): str(item.get("ROIName", "") or "")[:64]
+             for item in ds.get("StructureSetROISequence") or []}
+    numbers = sorted({n for n, _, _ in contours})
+    segments = [{"number": n, "label": names.get(n) or f"ROI {n}"} for n in numbers]
+    display = {"kind": "label", "modality": "RTSTRUCT", "units": "",
+               "frame_of_reference_uid": base.frame_of_reference_uid, "segments": segments}
+    origin = base.index_to_patient(np.array([low_k, low_j, low_i], dtype=np.float64))
+    return assemble(voxels=labels, origin=tuple(float(v) for v in origin),
+                    spacing_ijk=(base.spacing[2], base.spacing[1], base.spacing[0]),
+                    direction=np.asarray(base.direction), display=display, series_id=series_id), ""

@@ -53,7 +53,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from imaging import storage
-from imaging.labels import SEGMENTATION, LabelsRefused, label_volume
+from imaging.labels import SEGMENTATION, STRUCTURE_SET, LabelsRefused, label_volume, structure_volume
 from imaging.models import Instance, Series, VolumeState
 from imaging.objects import object_class_name, objects_series_reason
 from imaging.presentation import decoded_frames, display_facts, modality_lut_values
@@ -593,6 +593,17 @@ class _Heartbeat(threading.Thread):
             connections.close_all()
 
 
+def _referenced_volume(series_uid: str) -> Volume:
+    """The volume of the images a structure set was drawn on (the same study's, by UID)."""
+    series = Series.objects.filter(series_instance_uid=series_uid).first()
+    if series is None:
+        raise LabelsRefused("the images the structure set was drawn on are not in the gateway")
+    volume = load_volume(series)
+    if not volume.reformattable:
+        raise LabelsRefused("the structure set was drawn on images that are not one volume")
+    return volume
+
+
 def _series_build(series: Series) -> tuple[Volume, str]:
     """What the series shows: its images' volume or pictures, or its segmentation's labels.
 
@@ -605,6 +616,12 @@ def _series_build(series: Series) -> tuple[Volume, str]:
         try:
             return label_volume(lambda: _series_datasets([object_id for object_id, _ in rows]),
                                 series.series_instance_uid, volume_assemble)
+        except LabelsRefused as refused:
+            raise VolumeRefused(str(refused)) from refused
+    if classes and all(sop_class == STRUCTURE_SET for sop_class in classes):
+        try:
+            return structure_volume(lambda: _series_datasets([object_id for object_id, _ in rows]),
+                                    series.series_instance_uid, _referenced_volume, volume_assemble)
         except LabelsRefused as refused:
             raise VolumeRefused(str(refused)) from refused
     not_images = objects_series_reason(classes)

@@ -259,7 +259,7 @@ def _points(arguments: dict[str, Any], least: int) -> list[tuple[float, float]]:
 
 def _shape_test(shape: str, points: list[tuple[float, float]], xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     if shape == "polygon":
-        return _inside_polygon(xs, ys, points)
+        return inside_polygon(xs, ys, points)
     (x0, y0), (x1, y1) = points[0], points[1]
     if shape == "rectangle":
         return (xs >= min(x0, x1)) & (xs <= max(x0, x1)) & (ys >= min(y0, y1)) & (ys <= max(y0, y1))
@@ -289,7 +289,7 @@ def _coverage_2d(shape: str, points: list[tuple[float, float]], width: int,
     return share, centre
 
 
-def _inside_polygon(xs: np.ndarray, ys: np.ndarray, points: list[tuple[float, float]]) -> np.ndarray:
+def inside_polygon(xs: np.ndarray, ys: np.ndarray, points: list[tuple[float, float]]) -> np.ndarray:
     """Even-odd rule: a ray to the right crosses the outline an odd number of times."""
     inside = np.zeros(xs.shape, bool)
     for (ax, ay), (bx, by) in zip(points, points[1:] + points[:1], strict=True):

@@ -108,3 +108,75 @@ def test_a_segmentation_is_a_label_volume_with_the_ball_s_voxels_where_the_ct_ha
     assert len(session.state(0).layers) == 1
     with pytest.raises(SessionError, match="segmentation"):
         session.apply_setting(Setting(view=0, layer=0, name="overlay", value=ct_series.series_instance_uid))
+
+
+def _structure_set(slices: list[pydicom.Dataset], squares: dict[int, tuple[int, int, int, int]],
+                   roi: int = 3) -> pydicom.Dataset:
+    """An RT structure set: on each slice index, a square around voxel columns i0..i1, rows j0..j1,
+    its corners half a voxel outside the outermost voxel centres (no centre on the outline)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+
+    first = slices[0]
+    row_mm, column_mm = (float(v) for v in first.PixelSpacing)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.481.3", generate_uid()
+    ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber = "RTSTRUCT", generate_uid(), 60
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
+                    "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName",
+                    "IssuerOfPatientID"):
+        if keyword in first:
+            setattr(ds, keyword, first.get(keyword))
+    ds.StructureSetLabel, ds.StructureSetDate, ds.StructureSetTime = "test", "20240101", "120000"
+    referenced_series = Dataset()
+    referenced_series.SeriesInstanceUID = first.SeriesInstanceUID
+    study = Dataset()
+    study.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
+    study.ReferencedSOPInstanceUID = first.StudyInstanceUID
+    study.RTReferencedSeriesSequence = Sequence([referenced_series])
+    frame = Dataset()
+    frame.FrameOfReferenceUID = first.FrameOfReferenceUID
+    frame.RTReferencedStudySequence = Sequence([study])
+    ds.ReferencedFrameOfReferenceSequence = Sequence([frame])
+    name = Dataset()
+    name.ROINumber, name.ReferencedFrameOfReferenceUID, name.ROIName = roi, first.FrameOfReferenceUID, "GTV"
+    name.ROIGenerationAlgorithm = "MANUAL"
+    ds.StructureSetROISequence = Sequence([name])
+    contours = []
+    for k, (i0, i1, j0, j1) in squares.items():
+        x0, y0, z = (float(v) for v in slices[k].ImagePositionPatient)
+        corners = [(i0 - 0.5, j0 - 0.5), (i1 + 0.5, j0 - 0.5), (i1 + 0.5, j1 + 0.5), (i0 - 0.5, j1 + 0.5)]
+        contour = Dataset()
+        contour.ContourGeometricType = "CLOSED_PLANAR"
+        contour.NumberOfContourPoints = 4
+        contour.ContourData = [v for i, j in corners for v in (x0 + i * column_mm, y0 + j * row_mm, z)]
+        contours.append(contour)
+    roi_contour = Dataset()
+    roi_contour.ReferencedROINumber = roi
+    roi_contour.ROIDisplayColor = [255, 0, 0]
+    roi_contour.ContourSequence = Sequence(contours)
+    ds.ROIContourSequence = Sequence([roi_contour])
+    return ds
+
+
+def test_an_rt_structure_set_is_filled_on_the_grid_of_its_images(store, phantom):
+    slices, _ = _ct(phantom)
+    middle = len(slices) // 2
+    squares = {middle - 1: (100, 119, 90, 104), middle: (95, 124, 85, 109), middle + 1: (100, 119, 90, 104)}
+    _ingest([*slices, _structure_set(slices, squares)])
+    structures = Series.objects.get(modality="RTSTRUCT")
+    assert structures.volume_state == VolumeState.READY, structures.volume_reason
+    labels = load_volume(structures)
+    assert labels.labels and labels.display["segments"] == [{"number": 3, "label": "ROI 3"}]  # ROIName: Z
+    expected = sum((i1 - i0 + 1) * (j1 - j0 + 1) for i0, i1, j0, j1 in squares.values())
+    assert int(np.count_nonzero(labels.voxels == 3)) == expected
+    row_mm, column_mm = (float(v) for v in slices[0].PixelSpacing)
+    x0, y0 = (float(v) for v in slices[0].ImagePositionPatient[:2])
+    where = labels.index_to_patient(np.argwhere(labels.voxels == 3).astype(np.float64))
+    i0, i1, j0, j1 = squares[middle]
+    assert where[:, 0].min() >= x0 + i0 * column_mm - 1e-3 and where[:, 0].max() <= x0 + i1 * column_mm + 1e-3
+    assert where[:, 1].min() >= y0 + j0 * row_mm - 1e-3 and where[:, 1].max() <= y0 + j1 * row_mm + 1e-3
+    zs = sorted({round(float(v), 3) for v in where[:, 2]})
+    assert zs == [round(float(slices[k].ImagePositionPatient[2]), 3) for k in sorted(squares)]

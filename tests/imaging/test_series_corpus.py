@@ -119,9 +119,10 @@ def test_every_series_the_import_accepts_opens_in_its_own_plane(store):
     checked = 0
     objects = segmentations = 0
     for series in Series.objects.order_by("id"):
-        if series.volume_state == VolumeState.REFUSED and series.volume_reason.startswith("not an image"):
+        if series.volume_state == VolumeState.REFUSED and _holds_no_image(series):
+            # The RT structure set of the corpus comes without its images: said, not shown.
             objects += 1
-            assert _holds_no_image(series), series.volume_reason
+            assert "structure set" in series.volume_reason or "not an image" in series.volume_reason
             continue
         if series.modality == "SEG" and series.volume_state == VolumeState.READY:
             segmentations += 1
@@ -136,7 +137,7 @@ def test_every_series_the_import_accepts_opens_in_its_own_plane(store):
         if problems:
             failures[f"{series.modality} {series.series_description}"] = problems
     assert checked > 40
-    assert objects >= 1, "the corpus's RT structure set is stored as an object"
+    assert objects >= 1, "the corpus's RT structure set is stored, and why it is not shown is said"
     assert segmentations >= 1, "the corpus's segmentations open as label volumes"
     assert failures == {}
 
