@@ -619,7 +619,9 @@ def test_the_grow_tool_sends_one_seed_and_shows_the_grown_voi(measure_page):
         _click(page, seed)
         _measured(page, gateway, "grow")
         sent = gateway.sent("measure", tool="grow")[-1]
-        assert set(sent) == {"type", "view", "tool", "points"} and sent["view"] == 0
+        assert set(sent) == {"type", "view", "tool", "points", "radius_mm", "mode", "value"}
+        assert sent["view"] == 0
+        assert (sent["radius_mm"], sent["mode"], sent["value"]) == (30, "range", 0.5), "not the defaults"
         ((x, y),) = sent["points"]
         want = _in_canvas_pixels(box, *seed)
         assert abs(x - want[0]) < 0.6 and abs(y - want[1]) < 0.6, (sent["points"], want)
@@ -646,6 +648,49 @@ def test_the_grow_tool_sends_one_seed_and_shows_the_grown_voi(measure_page):
         _until(page, lambda: gateway.sent("keep", label="grown node"), what="keep sent")
         _until(page, lambda: page.locator("#findings li.finding").count() == 1, what="the finding listed")
         assert "max 9.6" in _text(page, "#findings li.finding .finding-numbers")
+    finally:
+        page.close()
+
+
+def test_the_grow_controls_show_with_the_tool_and_send_their_fields(measure_page):
+    gateway = ScriptedGateway(_ready(tools=[*TOOLS, "grow"], views=[{"kind": "axial", "layers": [PET]}]))
+    page = measure_page(gateway)
+    try:
+        controls = page.locator("#grow-controls")
+        assert not controls.is_visible(), "grow controls without the grow tool"
+        page.locator("#measure-tool").select_option("grow")
+        assert controls.is_visible() and page.locator("#sphere-radius").is_visible()
+        assert page.locator("#grow-box").input_value() == "30"
+        assert page.locator("#grow-mode option").evaluate_all("os => os.map((o) => o.value)") == [
+            "range", "confidence"]
+        assert page.locator("#grow-value").input_value() == "50", "the range in per cent of the seed's value"
+
+        page.locator("#grow-box").fill("45")
+        page.locator("#grow-box").press("Enter")
+        page.locator("#grow-value").fill("20")
+        page.locator("#grow-value").press("Enter")
+        _click(page, _at(_box(page, 0), .5, .5))
+        _measured(page, gateway, "grow")
+        sent = gateway.sent("measure", tool="grow")[-1]
+        assert (sent["radius_mm"], sent["mode"], sent["value"]) == (45, "range", 0.2), sent
+
+        # A control changed with the seed on screen grows that seed again.
+        page.locator("#grow-mode").select_option("confidence")
+        assert page.locator("#grow-value").input_value() == "2.5"
+        _until(page, lambda: gateway.sent("measure", tool="grow")[-1].get("mode") == "confidence",
+               what="the seed grown again by confidence")
+        sent = gateway.sent("measure", tool="grow")[-1]
+        seed = gateway.sent("measure")[-2]["points"]
+        assert (sent["radius_mm"], sent["value"], sent["points"]) == (45, 2.5, seed)
+        page.locator("#grow-value").fill("9")  # over the protocol's bound: held at 5
+        page.locator("#grow-value").press("Enter")
+        _until(page, lambda: gateway.sent("measure", tool="grow")[-1]["value"] == 5, what="the value bounded")
+        assert page.locator("#grow-value").input_value() == "5"
+        page.locator("#grow-mode").select_option("range")
+        assert page.locator("#grow-value").input_value() == "20", "each mode keeps its own value"
+
+        page.locator("#measure-tool").select_option("sphere")
+        assert not controls.is_visible()
     finally:
         page.close()
 

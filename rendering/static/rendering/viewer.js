@@ -32,6 +32,11 @@ const measureControls = document.getElementById("measure-controls");
 const measureSelect = document.getElementById("measure-tool");
 const radiusControl = document.getElementById("sphere-radius-control");
 const radiusInput = document.getElementById("sphere-radius");
+const growControls = document.getElementById("grow-controls");
+const growBoxInput = document.getElementById("grow-box");
+const growModeSelect = document.getElementById("grow-mode");
+const growValueInput = document.getElementById("grow-value");
+const growValueUnit = document.getElementById("grow-value-unit");
 const measurePanel = document.getElementById("measure-panel");
 const measureSection = document.getElementById("measure-section");
 const measurementShown = document.getElementById("measurement");
@@ -261,6 +266,70 @@ function countLabel(series) {
 
 const SERIES_DRAG_TYPE = "application/x-fusion-series";
 
+// A segmentation (`kind` "label") is listed like any series, with its segments in the colours
+// the server draws them in and, where the server takes `set overlay`, an Overlay toggle that
+// lays it over the active view or takes it off.
+function seriesEntry(series) {
+  const item = seriesItem(series);
+  if (!isLabelSeries(series) || !series.available) return item;
+  const entry = element("div", "series-entry label-series");
+  entry.dataset.series = series.uid;
+  entry.append(item);
+  if (accepts("overlay", series.uid)) {
+    const toggle = element("button", "overlay-toggle", "Overlay");
+    toggle.type = "button";
+    toggle.dataset.series = series.uid;
+    toggle.setAttribute("aria-pressed", "false");
+    toggle.setAttribute("aria-label", `overlay ${series.description || "segmentation"} on the active view`);
+    toggle.addEventListener("click", () => toggleOverlay(activeView, series.uid));
+    entry.append(toggle);
+  }
+  const segments = segmentsOf(series);
+  if (segments.length) {
+    const list = element("ul", "segments");
+    list.setAttribute("aria-label", "segments");
+    list.append(...segments.map(segmentItem));
+    entry.append(list);
+  }
+  return entry;
+}
+
+function isLabelSeries(series) {
+  return Boolean(series) && series.kind === "label";
+}
+
+function segmentsOf(series) {
+  const segments = Array.isArray(series.segments) ? series.segments : [];
+  return segments.filter((segment) => segment && Number.isInteger(segment.number)
+    && segment.number >= 1 && segment.number <= 255);
+}
+
+function segmentItem(segment) {
+  const item = element("li", "segment");
+  item.dataset.segment = String(segment.number);
+  const swatch = element("span", "segment-swatch");
+  swatch.style.backgroundColor = labelColour(segment.number);
+  const name = typeof segment.label === "string" && segment.label ? segment.label : `segment ${segment.number}`;
+  item.append(swatch, element("span", "segment-label", name));
+  return item;
+}
+
+// The colour the server draws segment n in (rendering/engine/palettes.py): hue n × 0.618… mod 1,
+// saturation 0.85, value 1, as colorsys.hsv_to_rgb gives it, each channel rounded to 0–255.
+const GOLDEN_RATIO_HUE = 0.6180339887;
+
+function labelColour(number) {
+  const hue = (number * GOLDEN_RATIO_HUE) % 1;
+  const [saturation, value] = [0.85, 1];
+  const sector = Math.floor(hue * 6);
+  const f = hue * 6 - sector;
+  const p = value * (1 - saturation);
+  const q = value * (1 - saturation * f);
+  const t = value * (1 - saturation * (1 - f));
+  const rgb = [[value, t, p], [q, value, p], [p, value, t], [p, q, value], [t, p, value], [value, p, q]][sector % 6];
+  return `rgb(${rgb.map((channel) => Math.round(channel * 255)).join(", ")})`;
+}
+
 function seriesItem(series) {
   const item = element("button", "series-item");
   item.type = "button";
@@ -310,16 +379,16 @@ function studyHeading(uid, first) {
 
 // With a prior open, the strip is grouped by study: this study first, the others by date.
 function seriesGroups() {
-  if (studyUids.length < 2) return seriesOrder.map(seriesItem);
+  if (studyUids.length < 2) return seriesOrder.map(seriesEntry);
   const groups = studyUids.map((uid, at) => {
     const group = element("section", "study-group");
     group.dataset.study = uid;
     group.append(studyHeading(uid, at === 0),
-                 ...seriesOrder.filter((series) => studyOf(series) === uid).map(seriesItem));
+                 ...seriesOrder.filter((series) => studyOf(series) === uid).map(seriesEntry));
     return group;
   });
   const stray = seriesOrder.filter((series) => !studyUids.includes(studyOf(series)));
-  return [...groups, ...stray.map(seriesItem)];
+  return [...groups, ...stray.map(seriesEntry)];
 }
 
 function relatedItem(other) {
@@ -382,12 +451,65 @@ function buildSeriesStrip() {
 }
 
 function markSelectedSeries() {
-  const shown = (views[activeView] && views[activeView].layers[0]) || null;
+  const view = views[activeView];
+  const shown = (view && view.layers[0]) || null;
   for (const item of seriesStrip.querySelectorAll(".series-item")) {
     const selected = item.dataset.series === shown;
     item.classList.toggle("selected", selected);
     item.setAttribute("aria-pressed", String(selected));
   }
+  for (const toggle of seriesStrip.querySelectorAll(".overlay-toggle")) {
+    const uid = toggle.dataset.series;
+    const over = Boolean(view) && view.overlays.includes(uid);
+    toggle.setAttribute("aria-pressed", String(over));
+    toggle.classList.toggle("on", over);
+    toggle.disabled = !view || view.layers[0] === uid;  // shown alone there: nothing to lay it over
+  }
+}
+
+// --- segmentations laid over a view ----------------------------------------------
+
+// The server answers `set overlay` with frames only: the toggle shows what was asked at once,
+// goes back if the server refuses it, and `ready` (views[].layers) says what is true.
+const OVERLAY_ANSWER_MS = 10000;
+let overlayAsked = null;
+
+// A view's layers as `ready` names them: the pictures (the first, and any fused over it) and
+// the segmentations laid over them, which never count as a fused layer.
+function splitLayers(layers) {
+  const [first, ...rest] = Array.isArray(layers) ? layers : [];
+  const over = rest.filter((uid) => isLabelSeries(seriesByUid.get(uid)));
+  return { layers: [first, ...rest.filter((uid) => !over.includes(uid))].filter(Boolean), overlays: over };
+}
+
+function toggleOverlay(index, uid) {
+  const view = views[index];
+  if (!view || !accepts("overlay", uid) || view.layers[0] === uid) return;
+  const on = !view.overlays.includes(uid);
+  view.overlays = on ? [...view.overlays, uid] : view.overlays.filter((other) => other !== uid);
+  overlayAsked = { view: index, uid, on, until: performance.now() + OVERLAY_ANSWER_MS };
+  send({ type: "set", view: index, name: "overlay", value: uid });
+  markSelectedSeries();
+}
+
+function overlayPending() {
+  return overlayAsked !== null && performance.now() < overlayAsked.until;
+}
+
+// A refusal (another frame of reference, no room for a layer) undoes what the toggle showed.
+function overlayRefused() {
+  const { view: index, uid, on } = overlayAsked;
+  overlayAsked = null;
+  const view = views[index];
+  if (!view) return;
+  view.overlays = on ? view.overlays.filter((other) => other !== uid) : [...view.overlays, uid];
+  markSelectedSeries();
+}
+
+// A frame with as many layers as were asked for says the server took the toggle.
+function overlaySettled(view, overlay) {
+  if (!overlayAsked || overlayAsked.view !== view.index || !Array.isArray(overlay.windows)) return;
+  if (overlay.windows.length === view.layers.length + view.overlays.length) overlayAsked = null;
 }
 
 function thumbnailCanvas(uid) {
@@ -431,6 +553,8 @@ function showSeries(index, uid) {
   if (!view || !series || !series.available) return;
   stopCine(view);
   view.layers = [uid];
+  view.overlays = [];  // the server shows the series alone
+  if (overlayAsked && overlayAsked.view === index) overlayAsked = null;
   view.kind = "native";
   view.settings = { slab_mode: "none" };
   view.asked = {};
@@ -463,7 +587,7 @@ function buildViews(viewSpecs) {
     grid.append(cell);
     const state = { index, canvas, overlay, shapes, picture: null, lastSequence: 0, shownRank: -1, frames: 0,
                     since: performance.now(), showCrosshair: true,
-                    kind: spec.kind, layers: [...(spec.layers || [])], slice: null,
+                    kind: spec.kind, ...splitLayers(spec.layers), slice: null,
                     settings: { slab_mode: "none" }, asked: {},
                     cine: null, cineIndex: null, fps: DEFAULT_CINE_FPS, timeCount: null };
     state.fps = defaultFps(seriesOfView(state));
@@ -555,9 +679,15 @@ function report(view, name, value) {
   view.settings[name] = value;
 }
 
+// The windows of the pictures of a view; the segmentations laid over them come after.
+function pictureWindows(view, overlay) {
+  const windows = Array.isArray(overlay.windows) ? overlay.windows : [];
+  return view.overlays.length ? windows.slice(0, Math.max(1, view.layers.length)) : windows;
+}
+
 function readSettings(view, overlay) {
   if (!vocabularyAnnounced) return;
-  const windows = Array.isArray(overlay.windows) ? overlay.windows : [];
+  const windows = pictureWindows(view, overlay);
   const coloured = windows[colouredLayer(view)];
   report(view, "slab_mode", overlay.slab ? overlay.slab.mode : "none");
   if (overlay.slab) report(view, "slab_thickness", overlay.slab.thickness_mm);
@@ -716,9 +846,13 @@ function describeOverlay(view, overlay) {
   }
   if (overlay.position !== undefined) lines.push(`pos ${Number(overlay.position).toFixed(1)} mm`);
   if (typeof overlay.zoom === "number") lines.push(`zoom ${shortNumber(overlay.zoom)}×`);
-  for (const [index, layer] of (overlay.windows || []).entries()) {
+  for (const [index, layer] of pictureWindows(view, overlay).entries()) {
     const unit = layer.unit ? ` ${layer.unit}` : "";
     lines.push(`L${index + 1} W ${Math.round(layer.width * 10) / 10} C ${Math.round(layer.center * 10) / 10}${unit}`);
+  }
+  for (const uid of view.overlays) {
+    const over = seriesByUid.get(uid);
+    lines.push(`overlay ${(over && over.description) || "segmentation"}`);
   }
   if (overlay.slab && overlay.slab.mode) {
     lines.push(`${label(overlay.slab.mode)} ${shortNumber(overlay.slab.thickness_mm)} mm`);
@@ -746,8 +880,8 @@ function paletteStops(name) {
 }
 
 // A coloured layer (or any PET/NM) gets a bar of its palette from the window's low to high.
-function colourBar(overlay) {
-  const windows = Array.isArray(overlay.windows) ? overlay.windows : [];
+function colourBar(view, overlay) {
+  const windows = pictureWindows(view, overlay);
   const layer = windows[colouredLayerOf(windows.length)];
   if (!layer || !Number.isFinite(layer.center) || !Number.isFinite(layer.width)) return null;
   const stops = paletteStops(layer.palette || "grey");
@@ -810,7 +944,7 @@ function drawOverlay(view, frame, fps) {
   for (const line of describeOverlay(view, overlay)) facts.append(element("div", "", line));
   facts.append(element("div", "", `${fps.toFixed(0)} fps · ${frame.quality}`));
   nodes.push(facts);
-  const bar = colourBar(overlay);
+  const bar = colourBar(view, overlay);
   if (bar) nodes.push(bar);
   const panels = panelLabels(view);
   if (panels) nodes.push(panels);
@@ -865,6 +999,7 @@ function paintFrame(view, frame, bitmap) {
   if (Array.isArray(overlay.slice) && overlay.slice.length === 2) view.slice = overlay.slice;
   readSettings(view, overlay);
   readTime(view, overlay);
+  overlaySettled(view, overlay);
   if (view.index === activeView) { showSettings(view); showTimeControl(view); }
   const context = view.canvas.getContext("2d");
   context.drawImage(bitmap, 0, 0, view.canvas.width, view.canvas.height);
@@ -886,7 +1021,7 @@ function paintFrame(view, frame, bitmap) {
 // The value under a still cursor follows the picture: after a scroll, a time step
 // or a series switch the hovered view asks again where the pointer rests.
 function probeAgainAfterMove(view, overlay) {
-  const shown = JSON.stringify([overlay.position, overlay.slice, overlay.time, view.layers]);
+  const shown = JSON.stringify([overlay.position, overlay.slice, overlay.time, view.layers, view.overlays]);
   if (shown === view.probedPicture) return;
   view.probedPicture = shown;
   if (view.pointer && view.kind !== "3d") send({ type: "probe", view: view.index, ...view.pointer });
@@ -909,6 +1044,7 @@ function receiveReady(message) {
   relatedStudies = Array.isArray(message.related) ? message.related.filter((other) => other && other.uid) : [];
   clearTimeout(openTimer);
   openAsked = null;
+  overlayAsked = null;  // the views' layers are the server's now
   buildViews(message.views || []);
   showHanging(message.vocabulary && message.vocabulary.hanging_rules);
   buildSeriesStrip();
@@ -948,8 +1084,11 @@ function receiveError(message) {
   if (message.code === "rate_limited") {
     holdInputUntil = performance.now() + (message.retry_after_ms || 0) + 50;
   }
+  // A refusal of a `set` names no message type: one just after an overlay toggle answers it.
+  const answersOverlay = message.code === "refused" && !message.of && overlayPending();
   const answersMeasuring = message.of ? ["measure", "keep"].includes(message.of) : measuringAsked();
-  if (message.code === "refused" && answersMeasuring) refuseMeasuring();
+  if (answersOverlay) overlayRefused();
+  else if (message.code === "refused" && answersMeasuring) refuseMeasuring();
   else if (message.code === "refused" && forgetAsked) { forgetAsked = false; showFindings(); }
   if (message.code === "measure_failed") measureFailed(message);
   if (message.code === "refused" || message.code === "rate_limited") {
@@ -1153,6 +1292,13 @@ const MEASURE_KEYS = { line: "l", ellipse: "e", rectangle: "q", polygon: "g", sp
 // Placed by one press: a sphere at its centre, a grown VOI at its seed (the server grows it).
 const ONE_POINT_TOOLS = new Set(["sphere", "grow"]);
 const SPHERE_RADIUS_MM = { min: 0.5, max: 150, initial: 10 };
+// A grown VOI's box (half its side, `radius_mm`) and each mode's `value`, as the protocol bounds
+// them (rendering/protocol.py GROW_BOX_MM, GROW_MODES); the range is shown in per cent.
+const GROW_BOX_MM = { min: 1, max: 150, initial: 30 };
+const GROW_MODES = {
+  range: { min: 0.01, max: 0.99, initial: 0.5, shown: 100, step: 1, unit: "% of the seed's value" },
+  confidence: { min: 0.5, max: 5, initial: 2.5, shown: 1, step: 0.1, unit: "× SD" },
+};
 const MAX_POLYGON_POINTS = 256;
 const HANDLE_REACH_PX = 7;
 const PLANE_TOLERANCE_MM = 0.5;
@@ -1255,7 +1401,8 @@ function canvasPoint(view, event) {
 // otherwise in the pixels of the picture it was drawn on, shown while that picture is.
 function newShape(view, tool, points) {
   const made = { view: view.index, tool, series: view.layers[0], closed: false, hover: null, sent: null,
-                 radius_mm: tool === "sphere" ? sphereRadius() : undefined };
+                 radius_mm: tool === "sphere" ? sphereRadius() : undefined,
+                 grow: tool === "grow" ? growSettings() : undefined };
   placeShape(made, view, points);
   return made;
 }
@@ -1299,17 +1446,48 @@ function sphereRadius() {
   return Math.max(SPHERE_RADIUS_MM.min, Math.min(SPHERE_RADIUS_MM.max, value));
 }
 
+function bounded(input, rule, scale = 1) {
+  const value = Number(input.value) / scale;
+  if (input.value === "" || !Number.isFinite(value)) return rule.initial;
+  return Math.max(rule.min, Math.min(rule.max, value));
+}
+
+// What a grow seed is sent with: the box, the mode and its value, as the controls show them.
+function growSettings() {
+  const mode = Object.hasOwn(GROW_MODES, growModeSelect.value) ? growModeSelect.value : "range";
+  const rule = GROW_MODES[mode];
+  return { radius_mm: bounded(growBoxInput, GROW_BOX_MM), mode,
+           value: Number(bounded(growValueInput, rule, rule.shown).toFixed(4)) };
+}
+
+function sameGrow(a, b) {
+  return Boolean(a) && Boolean(b) && a.radius_mm === b.radius_mm && a.mode === b.mode && a.value === b.value;
+}
+
+// The value field in the unit of its mode: a fraction shown in per cent, a multiplier as it is.
+function showGrowValue(mode, value) {
+  const rule = GROW_MODES[mode];
+  growValueInput.min = String(rule.min * rule.shown);
+  growValueInput.max = String(rule.max * rule.shown);
+  growValueInput.step = String(rule.step);
+  growValueInput.value = String(Number((value * rule.shown).toFixed(2)));
+  growValueUnit.textContent = rule.unit;
+}
+
 // One measure per animation frame, the latest shape: the server answers latest-wins too.
 function queueMeasure() {
   const view = shape && views[shape.view];
   const placed = view && shapeOn(shape, view);
   if (!placed || !measurable(shape, placed.points)) return;
   const points = placed.points.map((point) => point.map((value) => tenth(Math.max(-4096, Math.min(8192, value)))));
-  if (samePoints(points, shape.sent) && shape.sentRadius === shape.radius_mm) return;  // asked already
+  if (samePoints(points, shape.sent) && shape.sentRadius === shape.radius_mm
+    && (shape.tool !== "grow" || sameGrow(shape.grow, shape.sentGrow))) return;  // asked already
   const message = { type: "measure", view: shape.view, tool: shape.tool, points };
   if (shape.tool === "sphere") message.radius_mm = shape.radius_mm;
+  if (shape.tool === "grow") Object.assign(message, shape.grow);
   shape.sent = points;
   shape.sentRadius = shape.radius_mm;
+  shape.sentGrow = shape.grow && { ...shape.grow };
   measureAskedAt = performance.now();
   pendingInput.set("measure", message);
   scheduleFlush();
@@ -1434,6 +1612,29 @@ function chooseTool(name) {
   showMeasureControls();
 }
 
+// A control changed while a grown VOI is on screen: that seed is grown again with it.
+function changeGrow() {
+  const settings = growSettings();
+  growBoxInput.value = String(settings.radius_mm);
+  showGrowValue(settings.mode, settings.value);
+  if (!shape || shape.tool !== "grow" || sameGrow(shape.grow, settings)) return;
+  shape.grow = settings;
+  forgetAnswer();
+  queueMeasure();
+}
+
+// Each mode keeps its own value: switching back finds the one last used.
+const growValues = Object.fromEntries(Object.entries(GROW_MODES).map(([mode, rule]) => [mode, rule.initial]));
+let growMode = "range";
+
+function changeGrowMode() {
+  const mode = Object.hasOwn(GROW_MODES, growModeSelect.value) ? growModeSelect.value : "range";
+  growValues[growMode] = bounded(growValueInput, GROW_MODES[growMode], GROW_MODES[growMode].shown);
+  growMode = mode;
+  showGrowValue(mode, growValues[mode]);
+  changeGrow();
+}
+
 function changeRadius() {
   const radius = sphereRadius();
   radiusInput.value = String(radius);
@@ -1492,6 +1693,66 @@ function handles(points) {
   });
 }
 
+// --- findings kept in earlier sessions (or by others): placed again from their own plane ---
+
+// The points each tool a finding may carry takes; a finding that does not fit is listed only.
+const FINDING_POINTS = { line: [2, 2], ellipse: [2, 2], rectangle: [2, 2], polygon: [3, 256],
+                         sphere: [1, 1], threshold: [1, 1], grow: [1, 1] };
+const SAME_NORMAL = 0.999;
+const findingPlaces = new WeakMap();  // finding -> its points in patient mm and its plane's normal, or null
+
+function unitVector(vector) {
+  const length = Math.hypot(...vector);
+  return length > 0 ? vector.map((value) => value / length) : null;
+}
+
+function cross(a, b) {
+  return [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]];
+}
+
+// The plane a finding was drawn on, as `findings` gives it (with the viewport's width and
+// height), read like a painted frame's picture so toPatient maps its points.
+function storedPicture(plane) {
+  if (!plane || typeof plane !== "object") return null;
+  const mmPerPixel = Number(plane.mm_per_pixel);
+  const width = Number(plane.width);
+  const height = Number(plane.height);
+  if (!["center_mm", "right", "down"].every((name) => isVector(plane[name]))
+    || !(mmPerPixel > 0) || !(width > 0) || !(height > 0)) return null;
+  const normal = unitVector(isVector(plane.normal) ? plane.normal : cross(plane.right, plane.down));
+  return normal && { plane: { ...plane, normal }, mmPerPixel, width, height };
+}
+
+function findingPlace(finding) {
+  if (findingPlaces.has(finding)) return findingPlaces.get(finding);
+  const [low, high] = FINDING_POINTS[finding.tool] || [1, 0];
+  const points = Array.isArray(finding.points) ? finding.points : [];
+  const drawn = storedPicture(finding.plane);
+  const usable = drawn && points.length >= low && points.length <= high
+    && points.every((point) => Array.isArray(point) && point.length === 2 && point.every(Number.isFinite));
+  const place = usable ? { mm: points.map((point) => toPatient(drawn, point)), normal: drawn.plane.normal } : null;
+  findingPlaces.set(finding, place);
+  return place;
+}
+
+// Where a finding lies on a view that shows its series in the plane it was drawn on (the same
+// normal, every point within half a millimetre of the plane), in canvas pixels; else null.
+function findingOn(finding, view) {
+  const picture = view.picture;
+  if (!picture || !picture.plane || view.kind === "3d" || !view.layers.includes(finding.series)) return null;
+  const place = findingPlace(finding);
+  const normal = place && unitVector(picture.plane.normal);
+  if (!normal || Math.abs(dot(place.normal, normal)) <= SAME_NORMAL) return null;
+  const projected = place.mm.map((point) => toScreen(picture, point));
+  if (!projected.every(({ depth }) => Math.abs(depth) <= PLANE_TOLERANCE_MM)) return null;
+  return { points: projected.map(({ x, y }) => [x, y]) };
+}
+
+// A VOI kept without its size on the wire is drawn as its centre or seed.
+function findingTool(tool) {
+  return tool === "threshold" ? "grow" : tool;
+}
+
 function drawShapes(view) {
   const layer = view.shapes;
   if (!layer) return;
@@ -1499,14 +1760,16 @@ function drawShapes(view) {
   const nodes = [];
   for (const finding of findings) {
     const kept = keptShapes.get(finding.id);
-    const placed = kept && shapeOn(kept, view);
+    const placed = kept ? shapeOn(kept, view) : findingOn(finding, view);
     if (!placed) continue;
-    const group = svgNode("g", { class: `shape kept ${kept.tool}` });
+    const tool = kept ? kept.tool : findingTool(finding.tool);
+    const group = svgNode("g", { class: `shape kept ${tool}` });
     group.dataset.finding = String(finding.id);
+    group.dataset.tool = String(finding.tool);
     const [x, y] = placed.points[0];
     const name = svgNode("text", { class: "shape-label", x: x + 6, y: y - 6 });
     name.textContent = finding.label;
-    group.append(...outline(kept.tool, placed), name);
+    group.append(...outline(tool, placed), name);
     nodes.push(group);
   }
   const placed = shape && shapeOn(shape, view);
@@ -1906,8 +2169,8 @@ function receiveFindingsStored(message) {
 
 findingsStoreButton.addEventListener("click", storeFindings);
 
-// The finding this page kept is the new one with the points it measured: it is drawn
-// where its plane is shown (a finding kept elsewhere names no plane, so it is listed only).
+// The finding this page kept is the new one with the points it measured: it is drawn from the
+// shape on screen (a sphere with its radius); every other finding from the plane it names.
 function receiveFindings(message) {
   forgetAsked = false;
   findings = (Array.isArray(message.findings) ? message.findings : [])
@@ -1957,6 +2220,7 @@ function showMeasureControls() {
   measureSelect.value = measureTool;
   measureSelect.disabled = !measuringOffered();
   radiusInput.disabled = !measuringOffered();
+  growControls.hidden = measureTool !== "grow" || !measuringOffered();
   const view = views[activeView];
   measureSelect.title = measuringRefused ? "measuring is not permitted here"
     : view && view.kind === "3d" ? "the measuring tools draw on 2-D views" : "";
@@ -2202,6 +2466,7 @@ function chartRegion() {
     || !samePoints(measurement.points, shape.sent)) return null;
   const region = { view: measurement.view, tool: measurement.tool, points: measurement.points };
   if (shape.tool === "sphere") region.radius_mm = shape.sentRadius;
+  if (shape.tool === "grow" && shape.sentGrow) Object.assign(region, shape.sentGrow);
   return region;
 }
 
@@ -2478,6 +2743,15 @@ fpsInput.addEventListener("change", changeFps);
 measureSelect.addEventListener("change", () => chooseTool(measureSelect.value));
 radiusInput.value = String(SPHERE_RADIUS_MM.initial);
 radiusInput.addEventListener("change", changeRadius);
+growBoxInput.value = String(GROW_BOX_MM.initial);
+growBoxInput.min = String(GROW_BOX_MM.min);
+growBoxInput.max = String(GROW_BOX_MM.max);
+growModeSelect.replaceChildren(...Object.keys(GROW_MODES).map((mode) => option(mode, mode)));
+growModeSelect.value = growMode;
+showGrowValue(growMode, GROW_MODES[growMode].initial);
+growBoxInput.addEventListener("change", changeGrow);
+growValueInput.addEventListener("change", changeGrow);
+growModeSelect.addEventListener("change", changeGrowMode);
 keepForm.addEventListener("submit", keep);
 keepLabel.addEventListener("input", showKeep);
 reverseWheelBox.checked = readPreference(REVERSE_WHEEL_KEY) === "true";
