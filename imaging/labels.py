@@ -14,7 +14,6 @@ import io
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import highdicom as hd
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
@@ -31,7 +30,7 @@ class LabelsRefused(ValueError):
     """The segmentation cannot be a label volume (said in the worklist and the viewer)."""
 
 
-def _labels(seg: hd.seg.Segmentation, numbers: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def _labels(seg: Any, numbers: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """(label per voxel [slice, row, column], highdicom's affine of that grid)."""
     first = seg.get_volume(segment_numbers=[numbers[0]], allow_missing_positions=True)
     labels = np.zeros(first.spatial_shape, dtype=np.int16)
@@ -83,6 +82,8 @@ def label_volume(open_datasets: Callable[[], Iterable[Dataset]], series_id: str,
     """
     datasets = list(open_datasets())
     note = f"{len(datasets) - 1} more segmentation(s) of the series not shown" if len(datasets) > 1 else ""
+    import highdicom as hd  # here, not at import: every process that builds volumes imports this module
+
     ds = _little_endian(datasets[0])
     try:
         seg = hd.seg.Segmentation.from_dataset(ds)

@@ -118,6 +118,9 @@ def _serve_child(listening: socket.socket, ae_title: str, ssl_context: ssl.SSLCo
 
 def _builder_child() -> None:
     die_with_parent(signal.SIGKILL)
+    # The forked child holds the parent's SIGTERM handler (which only flags the parent's loop):
+    # until the builder installs its own, a SIGTERM must end it, not be swallowed.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     os.nice(BUILDER_NICENESS)  # a waiting device comes before a volume nobody may have opened yet
     from imaging.volume_builder import volume_builder_forever

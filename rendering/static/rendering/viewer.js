@@ -2220,7 +2220,10 @@ function showMeasureControls() {
   measureSelect.value = measureTool;
   measureSelect.disabled = !measuringOffered();
   radiusInput.disabled = !measuringOffered();
-  growControls.hidden = measureTool !== "grow" || !measuringOffered();
+  // Their room is kept while another tool is on, so choosing grow never wraps the toolbar
+  // and moves the views under the pointer.
+  growControls.hidden = !measureTools().includes("grow") || !measuringOffered();
+  growControls.classList.toggle("idle", measureTool !== "grow");
   const view = views[activeView];
   measureSelect.title = measuringRefused ? "measuring is not permitted here"
     : view && view.kind === "3d" ? "the measuring tools draw on 2-D views" : "";
