@@ -107,7 +107,8 @@ def finding_wire(finding: Finding) -> dict[str, Any]:
             "at": finding.created_at.isoformat(timespec="seconds")}
 
 
-def _layers(result: Any) -> list[dict[str, Any]]:
+def result_layers(result: Any) -> list[dict[str, Any]]:
+    """A kept result as one dict per layer: a region's per-layer list, a VOI's one, a line's profiles."""
     if isinstance(result, list):
         return result
     if "threshold" in result:
@@ -135,7 +136,7 @@ def _unit(finding: Finding, layer: dict[str, Any]) -> str:
 def finding_rows(study_uid: str) -> Iterator[dict[str, Any]]:
     """One row per kept finding and layer, in the order of :data:`COLUMNS`."""
     for finding in findings_of(study_uid):
-        for layer in _layers(finding.result):
+        for layer in result_layers(finding.result):
             size, size_unit = _size(layer)
             point = layer.get("max_point_mm")
             yield {"finding": finding.id, "label": finding.label, "tool": finding.tool,

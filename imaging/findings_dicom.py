@@ -37,7 +37,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from imaging import storage
-from imaging.findings import findings_of
+from imaging.findings import findings_of, result_layers
 from imaging.models import Finding, Instance, Series, Study, VolumeState
 from imaging.objects import objects_series_reason
 
@@ -99,7 +99,7 @@ def region_request(finding: Finding) -> dict[str, Any] | None:
 
 def region_series(finding: Finding) -> str:
     """The series a VOI's segmentation lies on: the SUV layer's where there is one."""
-    layers = finding.result if isinstance(finding.result, list) else [finding.result]
+    layers = result_layers(finding.result)
     suv = [layer["series_id"] for layer in layers if layer.get("unit") == "SUV"]
     return suv[0] if suv else str(layers[0].get("series_id") or finding.series_instance_uid)
 
@@ -178,10 +178,6 @@ def _tracking_id(finding: Finding) -> str:
     return f"{finding.id}: {finding.label}"[:64]
 
 
-def _layers(finding: Finding) -> list[dict[str, Any]]:
-    return finding.result if isinstance(finding.result, list) else [finding.result]
-
-
 def _measurements(finding: Finding, layer: dict[str, Any]) -> list[hd.sr.Measurement]:
     out = []
     if "volume_ml" in layer:
@@ -233,7 +229,7 @@ def _groups(finding: Finding, frames_of_reference: dict[str, str],
             segmentations: dict[int, Dataset]) -> list[Any]:
     tracking = hd.sr.TrackingIdentifier(uid=_tracking_uid(finding), identifier=_tracking_id(finding))
     groups: list[Any] = []
-    for layer in _layers(finding):
+    for layer in result_layers(finding.result):
         series = str(layer.get("series_id") or finding.series_instance_uid)
         measurements = _measurements(finding, layer)
         if finding.tool in VOI_TOOLS:
@@ -266,7 +262,8 @@ def findings_dicom_build(*, study: Study, findings: list[Finding], regions: dict
     if not findings:
         raise FindingsExportError("the study has no kept findings")
     measured = {f.series_instance_uid for f in findings}
-    measured |= {str(layer["series_id"]) for f in findings for layer in _layers(f) if layer.get("series_id")}
+    measured |= {str(layer["series_id"]) for f in findings for layer in result_layers(f.result)
+                 if layer.get("series_id")}
     headers = {uid: _headers(uid) for uid in sorted({r.series_id for r in regions.values()})}
     firsts = {uid: headers[uid][0] if uid in headers else _first_header(uid)
               for uid in sorted(measured | set(headers))}

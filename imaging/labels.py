@@ -32,15 +32,19 @@ class LabelsRefused(ValueError):
 
 def _labels(seg: Any, numbers: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """(label per voxel [slice, row, column], highdicom's affine of that grid)."""
-    first = seg.get_volume(segment_numbers=[numbers[0]], allow_missing_positions=True)
-    labels = np.zeros(first.spatial_shape, dtype=np.int16)
-    for number in numbers:
+    labels: np.ndarray | None = None
+    affine = np.eye(4)
+    for number in numbers:  # one segment's volume at a time: a SEG may hold many
         part = seg.get_volume(segment_numbers=[number], allow_missing_positions=True)
-        if part.spatial_shape != first.spatial_shape or not np.allclose(part.affine, first.affine):
+        if labels is None:
+            labels, affine = np.zeros(part.spatial_shape, dtype=np.int16), np.asarray(part.affine, np.float64)
+        elif part.spatial_shape != labels.shape or not np.allclose(part.affine, affine):
             raise LabelsRefused("the segments lie on different grids")
         inside = part.array[..., 0] >= (FRACTIONAL_INSIDE if part.array.dtype.kind == "f" else 1)
         labels[inside] = number
-    return labels, np.asarray(first.affine, dtype=np.float64)
+    if labels is None:
+        raise LabelsRefused("the segmentation has no segment")
+    return labels, affine
 
 
 def _geometry(affine: np.ndarray, shape: tuple[int, int, int]) -> tuple[Any, ...]:

@@ -56,7 +56,7 @@ from imaging.identity.selectors import patient_sex_of
 from rendering import protocol
 from rendering.engine.core import FrameOfReferenceError, MissingVolumeError, RenderedFrame
 from rendering.engine.palettes import palette_stops
-from rendering.flow import MessageBudget
+from rendering.flow import LatestWins, MessageBudget
 from rendering.hanging import HangingRuleError
 from rendering.operations import operation_named
 from rendering.pool import CLINICAL, render_pool_async
@@ -157,13 +157,10 @@ class ViewerConsumer(PrincipalGuardedConsumer):
         self.frames_sent = 0
         self.started = time.monotonic()
         self.budget = MessageBudget(rate=MESSAGES_PER_SECOND, burst=MESSAGE_BURST)
-        self.probe_wanted: protocol.Probe | None = None
-        self.measure_wanted: protocol.Measure | None = None
+        self.probes = LatestWins(self._probe_one)
+        self.measures = LatestWins(self._measure_one)
+        self.charts = LatestWins(self._chart_one)
         self.last_measurement: tuple[str, Kept] | None = None  # (its study, what may be kept)
-        self.measure_task: asyncio.Task[None] | None = None
-        self.chart_wanted: protocol.Chart | None = None
-        self.chart_task: asyncio.Task[None] | None = None
-        self.probe_task: asyncio.Task[None] | None = None
         self.thumbnail_task: asyncio.Task[None] | None = None
         self.thumbnails_wanted: dict[str, None] = {}  # series uids, in order, each queued once
         await self._audit(Action.RENDER_START, Outcome.SUCCESS,
@@ -345,15 +342,7 @@ class ViewerConsumer(PrincipalGuardedConsumer):
             self.schedulers[index].submit(self.session.state(index))
 
     async def _on_probe(self, message: protocol.Probe) -> None:
-        """Latest wins: one probe in flight per socket; newer ones replace the waiting one."""
-        self.probe_wanted = message
-        if self.probe_task is None or self.probe_task.done():
-            self.probe_task = asyncio.get_running_loop().create_task(self._probe_latest())
-
-    async def _probe_latest(self) -> None:
-        while self.probe_wanted is not None:
-            message, self.probe_wanted = self.probe_wanted, None
-            await self._probe_one(message)
+        self.probes.submit(message)
 
     async def _probe_one(self, message: protocol.Probe) -> None:
         if message.view >= len(self.session.views):
@@ -373,15 +362,7 @@ class ViewerConsumer(PrincipalGuardedConsumer):
         }))
 
     async def _on_measure(self, message: protocol.Measure) -> None:
-        """Latest wins, as for probes: a handle being dragged sends many, the last one counts."""
-        self.measure_wanted = message
-        if self.measure_task is None or self.measure_task.done():
-            self.measure_task = asyncio.get_running_loop().create_task(self._measure_latest())
-
-    async def _measure_latest(self) -> None:
-        while self.measure_wanted is not None:
-            message, self.measure_wanted = self.measure_wanted, None
-            await self._measure_one(message)
+        self.measures.submit(message)
 
     def _study_of_view(self, index: int) -> str:
         base = self.session.series[self.session.views[index].layers[0]["series_id"]]
@@ -421,15 +402,8 @@ class ViewerConsumer(PrincipalGuardedConsumer):
             "result": wire}, allow_nan=False))
 
     async def _on_chart(self, message: protocol.Chart) -> None:
-        """A histogram or time-activity curve of a region: latest wins, as for measurements."""
-        self.chart_wanted = message
-        if self.chart_task is None or self.chart_task.done():
-            self.chart_task = asyncio.get_running_loop().create_task(self._chart_latest())
-
-    async def _chart_latest(self) -> None:
-        while self.chart_wanted is not None:
-            message, self.chart_wanted = self.chart_wanted, None
-            await self._chart_one(message)
+        """A histogram or time-activity curve of a region."""
+        self.charts.submit(message)
 
     async def _chart_one(self, message: protocol.Chart) -> None:
         """Made in a worker (rendering.measure_views): each layer's numbers and a PNG of them, as text."""
@@ -669,11 +643,12 @@ class ViewerConsumer(PrincipalGuardedConsumer):
             return
         for scheduler in self.schedulers:
             await scheduler.close()
-        for task in (self.probe_task, self.thumbnail_task, self.measure_task, self.chart_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        for latest in (self.probes, self.measures, self.charts):
+            await latest.cancel()
+        if self.thumbnail_task is not None:
+            self.thumbnail_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.thumbnail_task
         await self._audit(Action.RENDER_END, Outcome.SUCCESS, details={
             "frames": self.frames_sent, "seconds": round(time.monotonic() - self.started, 1),
             "close_code": code})

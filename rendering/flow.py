@@ -12,8 +12,13 @@ queue of stale frames.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+Request = TypeVar("Request")
 
 
 class MessageBudget:
@@ -55,3 +60,32 @@ class MessageBudget:
         """How long until a message would be accepted again."""
         self._refill()
         return max(0, round((1 - self._tokens) / self.rate * 1000))
+
+
+class LatestWins(Generic[Request]):
+    """One request of a kind in flight per socket; a newer one replaces the one still waiting.
+
+    Probes, measurements and charts: a cursor or a dragged handle sends many, the last counts.
+    """
+
+    def __init__(self, run: Callable[[Request], Awaitable[None]]) -> None:
+        self._run = run
+        self._wanted: Request | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def submit(self, request: Request) -> None:
+        self._wanted = request
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while self._wanted is not None:
+            request, self._wanted = self._wanted, None
+            await self._run(request)
+
+    async def cancel(self) -> None:
+        self._wanted = None
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task

@@ -82,7 +82,7 @@ class RegionStatistics:
     """Mean x volume in ml: TLG for SUV (PET only)."""
 
 
-def _box(volume: Volume, center: np.ndarray, reach: float, *, centres_only: bool = False
+def region_box(volume: Volume, center: np.ndarray, reach: float, *, centres_only: bool = False
          ) -> tuple[slice, slice, slice]:
     """Index ranges around a cube of half-side ``reach``: every voxel it touches, or (``centres_only``)
     the voxels whose centre lies in the cube's bounding box in index space."""
@@ -101,7 +101,7 @@ def _box(volume: Volume, center: np.ndarray, reach: float, *, centres_only: bool
     return slice(low[0], high[0]), slice(low[1], high[1]), slice(low[2], high[2])
 
 
-def _coverage(volume: Volume, box: tuple[slice, slice, slice], center: np.ndarray,
+def sphere_coverage(volume: Volume, box: tuple[slice, slice, slice], center: np.ndarray,
               radius: float) -> tuple[np.ndarray, np.ndarray]:
     """(each voxel's share of the sphere, voxels whose centre lies inside): whole inside or outside
     by the centre's distance, and from SUBDIVISIONS³ points for the voxels the surface crosses."""
@@ -170,8 +170,8 @@ def sphere_statistics(volume: Volume, factor: float, unit: str, center_mm: Any,
     if volume.colour:
         raise RenderError("a colour picture has no values to measure")
     center = np.asarray(center_mm, dtype=np.float64)
-    box = _box(volume, center, radius_mm)
-    share, inside = _coverage(volume, box, center, radius_mm)
+    box = region_box(volume, center, radius_mm)
+    share, inside = sphere_coverage(volume, box, center, radius_mm)
     if not inside.any():
         raise RenderError("the sphere holds no voxel centre of the series; make it larger")
     values = volume.voxels[box].astype(np.float64) * factor
@@ -203,7 +203,7 @@ def _statistics_from_wire(wire: list[dict[str, Any]]) -> list[RegionStatistics]:
 @operation("measure_sphere", to_wire=_statistics_to_wire, from_wire=_statistics_from_wire)
 def _measure_sphere(context: WorkerContext, state: ViewState, volumes: Mapping[str, Volume],
                     arguments: dict[str, Any]) -> list[RegionStatistics]:
-    center = _center(state, volumes, arguments, "the sphere's centre")
+    center = region_center(state, volumes, arguments, "the sphere's centre")
     radius = float(arguments["radius_mm"])
     if not 0 < radius <= MAX_RADIUS_MM:
         raise RenderError(f"the sphere's radius must be between 0 and {MAX_RADIUS_MM:g} mm")
@@ -244,7 +244,7 @@ class LineMeasurement:
     """Per layer: (series, unit, values at evenly spaced points from start to end; None outside)."""
 
 
-def _points(arguments: dict[str, Any], least: int) -> list[tuple[float, float]]:
+def viewport_points(arguments: dict[str, Any], least: int) -> list[tuple[float, float]]:
     raw = arguments.get("points")
     if not isinstance(raw, list) or not least <= len(raw) <= MAX_POINTS:
         raise RenderError(f"a measurement needs {least} to {MAX_POINTS} points")
@@ -269,7 +269,7 @@ def _shape_test(shape: str, points: list[tuple[float, float]], xs: np.ndarray, y
     return ((xs - (x0 + x1) / 2) / rx) ** 2 + ((ys - (y0 + y1) / 2) / ry) ** 2 <= 1
 
 
-def _coverage_2d(shape: str, points: list[tuple[float, float]], width: int,
+def shape_coverage(shape: str, points: list[tuple[float, float]], width: int,
                  height: int) -> tuple[np.ndarray, np.ndarray]:
     """(each viewport pixel's share of the shape from 4 x 4 points, pixels whose centre is inside)."""
     share = np.zeros((height, width))
@@ -301,7 +301,7 @@ def inside_polygon(xs: np.ndarray, ys: np.ndarray, points: list[tuple[float, flo
     return inside
 
 
-def _plane_of(state: ViewState, base: Volume) -> Any:
+def measuring_plane(state: ViewState, base: Volume) -> Any:
     from rendering.engine import planes
 
     if state.view.value == "3d":
@@ -316,8 +316,8 @@ def area_statistics(state: ViewState, volumes: Mapping[str, Volume], shape: str,
     from rendering.viewstate import SlabMode
 
     layers = layer_values(state, volumes)
-    plane = _plane_of(state, layers[0][0])
-    share, inside = _coverage_2d(shape, points, plane.width, plane.height)
+    plane = measuring_plane(state, layers[0][0])
+    share, inside = shape_coverage(shape, points, plane.width, plane.height)
     results = []
     for volume, factor, unit, transform in layers:
         if volume.colour:
@@ -346,7 +346,7 @@ def line_measurement(state: ViewState, volumes: Mapping[str, Volume],
     from rendering.engine import planes
 
     layers = layer_values(state, volumes)
-    plane = _plane_of(state, layers[0][0])
+    plane = measuring_plane(state, layers[0][0])
     start, end = plane.point(*points[0]), plane.point(*points[1])
     length = float(np.linalg.norm(end - start))
     profiles = []
@@ -371,7 +371,7 @@ def _measure_area(context: WorkerContext, state: ViewState, volumes: Mapping[str
     shape = arguments.get("shape")
     if shape not in ROI_SHAPES:
         raise RenderError(f"an ROI is one of {', '.join(ROI_SHAPES)}")
-    return area_statistics(state, volumes, shape, _points(arguments, 3 if shape == "polygon" else 2))
+    return area_statistics(state, volumes, shape, viewport_points(arguments, 3 if shape == "polygon" else 2))
 
 
 def _line_from_wire(wire: dict[str, Any]) -> LineMeasurement:
@@ -382,7 +382,7 @@ def _line_from_wire(wire: dict[str, Any]) -> LineMeasurement:
 @operation("measure_line", to_wire=asdict, from_wire=_line_from_wire)
 def _measure_line(context: WorkerContext, state: ViewState, volumes: Mapping[str, Volume],
                   arguments: dict[str, Any]) -> LineMeasurement:
-    points = _points(arguments, 2)
+    points = viewport_points(arguments, 2)
     if len(points) != 2:
         raise RenderError("a line has two points")
     return line_measurement(state, volumes, points)
@@ -412,7 +412,7 @@ class ThresholdVolume:
     max_point_mm: tuple[float, float, float]
 
 
-def _suv_layer(state: ViewState, volumes: Mapping[str, Volume]) -> tuple[Volume, float, str, Any]:
+def suv_layer(state: ViewState, volumes: Mapping[str, Volume]) -> tuple[Volume, float, str, Any]:
     layers = layer_values(state, volumes)
     return next((layer for layer in layers if layer[2] == "SUV"), layers[-1])
 
@@ -447,11 +447,11 @@ def threshold_volume(state: ViewState, volumes: Mapping[str, Volume], center_mm:
     A :class:`ThresholdVolume`, or with ``want_statistics=False`` the region itself as a
     :class:`RegionMask`.
     """
-    volume, factor, unit, transform = _suv_layer(state, volumes)
+    volume, factor, unit, transform = suv_layer(state, volumes)
     center = np.asarray(center_mm, dtype=np.float64)
     if transform is not None:
         center = (np.linalg.inv(transform) @ [*center, 1.0])[:3]
-    box = _box(volume, center, box_mm, centres_only=True)
+    box = region_box(volume, center, box_mm, centres_only=True)
     values = volume.voxels[box].astype(np.float64) * factor
     seed = tuple(int(v) for v in np.unravel_index(int(np.argmax(values)), values.shape))
     threshold, how = _threshold_of(mode, value, float(values[seed]), volume, factor, reference_mm)
@@ -485,13 +485,13 @@ def _vector(raw: Any, what: str) -> list[float]:
     return [float(v) for v in raw]
 
 
-def _center(state: ViewState, volumes: Mapping[str, Volume], arguments: dict[str, Any],
+def region_center(state: ViewState, volumes: Mapping[str, Volume], arguments: dict[str, Any],
             what: str) -> list[float]:
     """A region's centre: a point on the view's plane (``center_px``) or in patient mm (``center_mm``)."""
     if "center_px" not in arguments:
         return _vector(arguments.get("center_mm"), what)
-    point = _points({"points": [arguments["center_px"]]}, 1)[0]
-    return [float(v) for v in _plane_of(state, layer_values(state, volumes)[0][0]).point(*point)]
+    point = viewport_points({"points": [arguments["center_px"]]}, 1)[0]
+    return [float(v) for v in measuring_plane(state, layer_values(state, volumes)[0][0]).point(*point)]
 
 
 @dataclass(frozen=True)
@@ -523,8 +523,8 @@ class RegionMask:
 def sphere_region(volume: Volume, center_mm: Any, radius_mm: float) -> RegionMask:
     """The sphere as each voxel's share of it (the same shares its statistics weigh)."""
     center = np.asarray(center_mm, dtype=np.float64)
-    box = _box(volume, center, radius_mm)
-    share, _ = _coverage(volume, box, center, radius_mm)
+    box = region_box(volume, center, radius_mm)
+    share, _ = sphere_coverage(volume, box, center, radius_mm)
     return RegionMask.of(volume.series_id, box, np.rint(share * 255), fractional=True)
 
 
@@ -554,8 +554,8 @@ def _region_mask(context: WorkerContext, state: ViewState, volumes: Mapping[str,
            from_wire=lambda wire: ThresholdVolume(**{**wire, "max_point_mm": tuple(wire["max_point_mm"])}))
 def _measure_threshold(context: WorkerContext, state: ViewState, volumes: Mapping[str, Volume],
                        arguments: dict[str, Any]) -> ThresholdVolume:
-    settings = _threshold_settings(arguments)
-    return threshold_volume(state, volumes, _center(state, volumes, arguments, "the box's centre"), *settings)
+    center = region_center(state, volumes, arguments, "the box's centre")
+    return threshold_volume(state, volumes, center, *_threshold_settings(arguments))
 
 
 def _threshold_settings(arguments: dict[str, Any]) -> tuple[float, str, float, list[float] | None]:
@@ -631,7 +631,7 @@ def grow_volume(state: ViewState, volumes: Mapping[str, Volume], seed_mm: Any, b
         raise RenderError(f"growing by {mode} takes a value from {rule.low:g} to {rule.high:g}")
     if not 1 <= box_mm <= MAX_BOX_MM:
         raise RenderError(f"the box reaches 1 to {MAX_BOX_MM:g} mm from the seed")
-    volume, factor, unit, transform = _suv_layer(state, volumes)
+    volume, factor, unit, transform = suv_layer(state, volumes)
     if volume.colour:
         raise RenderError("a colour picture has no values to measure")
     point = np.asarray(seed_mm, dtype=np.float64)
@@ -640,7 +640,7 @@ def grow_volume(state: ViewState, volumes: Mapping[str, Volume], seed_mm: Any, b
     at = np.rint(volume.patient_to_index(point)).astype(int)
     if np.any(at < 0) or np.any(at >= np.array(volume.shape)):
         raise RenderError("the seed lies outside the series")
-    box = _box(volume, volume.index_to_patient(at.astype(np.float64)), box_mm, centres_only=True)
+    box = region_box(volume, volume.index_to_patient(at.astype(np.float64)), box_mm, centres_only=True)
     values = volume.voxels[box].astype(np.float64) * factor
     seed = tuple(int(v) for v in at - np.array([s.start for s in box]))
     inside, lowest, how = _grow(values, seed, mode, value, unit)
@@ -670,5 +670,5 @@ def _grow_settings(arguments: dict[str, Any]) -> tuple[float, str, float]:
            from_wire=lambda wire: ThresholdVolume(**{**wire, "max_point_mm": tuple(wire["max_point_mm"])}))
 def _measure_grow(context: WorkerContext, state: ViewState, volumes: Mapping[str, Volume],
                   arguments: dict[str, Any]) -> ThresholdVolume:
-    seed = _center(state, volumes, arguments, "the seed")
+    seed = region_center(state, volumes, arguments, "the seed")
     return grow_volume(state, volumes, seed, *_grow_settings(arguments))

@@ -48,13 +48,13 @@ from rendering.engine.core import RenderError, layer_values
 from rendering.measure import (
     MAX_RADIUS_MM,
     ROI_SHAPES,
-    _box,
-    _center,
-    _coverage,
-    _coverage_2d,
-    _plane_of,
-    _points,
-    _suv_layer,
+    measuring_plane,
+    region_box,
+    region_center,
+    shape_coverage,
+    sphere_coverage,
+    suv_layer,
+    viewport_points,
 )
 from rendering.operations import WorkerContext, operation, operation_named
 from rendering.protocol import CHART_KINDS
@@ -113,14 +113,14 @@ def _measurable(volume: Volume) -> None:
 
 def _sphere_values(state: ViewState, volumes: Mapping[str, Volume],
                    arguments: dict[str, Any]) -> list[tuple[Volume, str, np.ndarray]]:
-    center = _center(state, volumes, arguments, "the sphere's centre")
+    center = region_center(state, volumes, arguments, "the sphere's centre")
     radius = _radius(arguments)
     found = []
     for volume, factor, unit, transform in layer_values(state, volumes):
         _measurable(volume)
         here = _here(center, transform)
-        box = _box(volume, here, radius)
-        _, inside = _coverage(volume, box, here, radius)
+        box = region_box(volume, here, radius)
+        _, inside = sphere_coverage(volume, box, here, radius)
         if not inside.any():
             raise RenderError("the sphere holds no voxel centre of the series; make it larger")
         found.append((volume, unit, volume.voxels[box][inside].astype(np.float64) * factor))
@@ -133,10 +133,10 @@ def _area_values(state: ViewState, volumes: Mapping[str, Volume],
     from rendering.viewstate import SlabMode
 
     shape = arguments["tool"]
-    points = _points(arguments, 3 if shape == "polygon" else 2)
+    points = viewport_points(arguments, 3 if shape == "polygon" else 2)
     layers = layer_values(state, volumes)
-    plane = _plane_of(state, layers[0][0])
-    _, inside = _coverage_2d(shape, points, plane.width, plane.height)
+    plane = measuring_plane(state, layers[0][0])
+    _, inside = shape_coverage(shape, points, plane.width, plane.height)
     found = []
     for volume, factor, unit, transform in layers:
         _measurable(volume)
@@ -152,9 +152,9 @@ def _area_values(state: ViewState, volumes: Mapping[str, Volume],
 def _voi_values(context: WorkerContext, state: ViewState, volumes: Mapping[str, Volume],
                 arguments: dict[str, Any]) -> list[tuple[Volume, str, np.ndarray]]:
     """A VOI contoured on the view's SUV layer (as ``measure_threshold`` contours it)."""
-    center = _center(state, volumes, arguments, "the region's centre")
+    center = region_center(state, volumes, arguments, "the region's centre")
     region = operation_named("region_mask").run(context, state, volumes, {**arguments, "center_mm": center})
-    volume, factor, unit, _ = _suv_layer(state, volumes)
+    volume, factor, unit, _ = suv_layer(state, volumes)
     if region.series_id != volume.series_id:
         raise RenderError("the region was contoured on another series than the view's SUV layer")
     box = tuple(slice(start, start + size) for start, size in zip(region.offset, region.shape, strict=True))
@@ -315,7 +315,7 @@ def region_tac(state: ViewState, volumes: Mapping[str, Volume],
     """A sphere's mean and maximum at every time point of each dynamic layer."""
     if arguments.get("tool", "sphere") != "sphere":
         raise RenderError("a time-activity curve is of a sphere")
-    center = _center(state, volumes, arguments, "the sphere's centre")
+    center = region_center(state, volumes, arguments, "the sphere's centre")
     radius = _radius(arguments)
     charts = []
     layers = layer_values(state, volumes)
@@ -329,8 +329,8 @@ def region_tac(state: ViewState, volumes: Mapping[str, Volume],
             raise RenderError(f"the series has {count} time points; a curve takes at most "
                               f"{MAX_TAC_TIME_POINTS}")
         here = _here(center, transform)
-        box = _box(volume, here, radius)
-        share, inside = _coverage(volume, box, here, radius)
+        box = region_box(volume, here, radius)
+        share, inside = sphere_coverage(volume, box, here, radius)
         if not inside.any():
             raise RenderError("the sphere holds no voxel centre of the series; make it larger")
         counted = share > 0
