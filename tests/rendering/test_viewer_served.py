@@ -310,3 +310,34 @@ def test_a_consultant_share_has_no_hanging_rules_to_save_or_delete(served_demo):
         _refusal(ws, "hang")
         ws.send(json.dumps({"type": "input", "view": 0, "op": "scroll", "delta": 1}))
         viewer_until(ws, is_frame)
+
+
+def test_the_reading_messages_answer_a_real_client_and_a_nurse_is_refused_what_changes_records(served_demo):
+    """suv, suv_inputs, relabel and findings_store over daphne: answers, refusals and malformed bodies."""
+    doctor = served_demo.sign_in(served_demo.person("doctor"))
+    with viewer_socket(served_demo, doctor) as ws:
+        ready = viewer_ready(ws)
+        assert ready["findings_store"] is True and ready["suv"]["method"] == "bw"
+        ws.send(json.dumps({"type": "suv", "method": "bsa"}))
+        chosen = _message(ws, "suv")
+        assert chosen["method"] == "bsa" and all(s["factor"] for s in chosen["series"].values())
+        ws.send(json.dumps({"type": "suv", "method": "bsa", "extra": 1}))
+        assert _message(ws, "error")["code"] == "unknown_field"
+        ws.send(json.dumps({"type": "findings_store"}))
+        nothing = _message(ws, "error")
+        assert (nothing["code"], nothing["of"]) == ("store_failed", "findings_store")
+        assert "no kept findings" in nothing["message"]
+        ws.send(json.dumps({"type": "relabel", "finding": 999999, "label": "x"}))
+        _refusal(ws, "relabel")
+        ws.send(json.dumps({"type": "input", "view": 0, "op": "scroll", "delta": 1}))
+        viewer_until(ws, is_frame)
+
+    nurse = served_demo.sign_in(served_demo.person("nurse"))
+    with viewer_socket(served_demo, nurse) as ws:
+        ready = viewer_ready(ws)
+        assert ready["findings_store"] is False
+        pet = next(s["uid"] for s in ready["series"] if s["modality"] == "PT")
+        ws.send(json.dumps({"type": "suv_inputs", "series": pet, "weight_kg": 70}))
+        _refusal(ws, "suv_inputs")
+        ws.send(json.dumps({"type": "findings_store"}))
+        _refusal(ws, "findings_store")
