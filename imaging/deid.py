@@ -11,8 +11,9 @@ not in that package:
   exact.
 * **Retain Patient Characteristics**, restricted to ``PatientWeight`` and
   ``PatientSize`` (SUVbw and SUL need them); age and sex are removed.
-* **Retain Safe Private** (E.3.10) for a short safe-list; every other private
-  attribute is removed.
+* **Retain Safe Private** (E.3.10) for a short safe-list — Philips' PET scale
+  factors and GE's PET scan start, which SUV needs; the latter is a date-time and
+  is shifted like every other date. Every other private attribute is removed.
 * **Clean Descriptors** (E.3.5), for the study and series descriptions only:
   a reader picks series by them ("T1 SAG", "CT chest w/o"). They are kept
   after every word of the patient's names, identifiers, accession number,
@@ -65,7 +66,9 @@ RETAINED_CHARACTERISTICS = frozenset({0x00101030, 0x00101020})  # PatientWeight,
 SAFE_PRIVATE = frozenset({
     ("Philips PET Private Group", 0x7053, 0x00),  # SUV Factor
     ("Philips PET Private Group", 0x7053, 0x09),  # Activity Concentration Scale Factor
+    ("GEMS_PETD_01", 0x0009, 0x0D),  # Scan DateTime: QIBA's SUV decay time; shifted like every date
 })
+PRIVATE_DATETIMES = frozenset({("GEMS_PETD_01", 0x0009, 0x0D)})
 CLEANED_DESCRIPTORS = frozenset({0x00081030, 0x0008103E})  # StudyDescription, SeriesDescription
 IDENTIFYING_WORDS_FROM = (
     "PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "PatientBirthName",
@@ -238,14 +241,24 @@ class Deidentifier:
     def _empty(element: DataElement) -> None:
         element.value = Sequence() if element.VR == "SQ" else None
 
-    def _private_safe(self, dataset: Dataset, tag: BaseTag) -> bool:
+    @staticmethod
+    def _private_name(dataset: Dataset, tag: BaseTag) -> tuple[str, int, int] | None:
         if tag.element < 0x1000:
+            return None
+        creator = dataset.get((tag.group << 16) | (tag.element >> 8))
+        return None if creator is None else (str(creator.value).strip(), tag.group, tag.element & 0xFF)
+
+    def _private_kept(self, dataset: Dataset, tag: BaseTag) -> bool:
+        """Whether a private element is on the safe-list; a kept date-time is shifted."""
+        name = self._private_name(dataset, tag)
+        if name not in SAFE_PRIVATE:
             return False
-        creator_tag = (tag.group << 16) | (tag.element >> 8)
-        creator = dataset.get(creator_tag)
-        if creator is None:
-            return False
-        return (str(creator.value), tag.group, tag.element & 0xFF) in SAFE_PRIVATE
+        if name in PRIVATE_DATETIMES:
+            element = dataset[tag]
+            raw = element.value
+            text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw or "")
+            dataset[tag] = DataElement(tag, "DT", datetime_shift(text.strip(" \0"), self.date_shift_days))
+        return True
 
     def _private_creators_needed(self, dataset: Dataset, kept: set[int]) -> set[int]:
         return {(tag >> 16 << 16) | ((tag & 0xFFFF) >> 8) for tag in kept}
@@ -256,7 +269,7 @@ class Deidentifier:
         for tag in list(dataset.keys()):
             element = dataset[tag]
             if tag.is_private:
-                if not tag.is_private_creator and self._private_safe(dataset, tag):
+                if not tag.is_private_creator and self._private_kept(dataset, tag):
                     kept_private.add(int(tag))
                 continue
             if int(tag) in RETAINED_CHARACTERISTICS:

@@ -43,6 +43,8 @@ class SuvCalculation:
     vendor_suv_factor: float | None = None
     """Philips' SUV Scale Factor (7053,1000), used only where the standard calculation cannot be made."""
     source: str = "header"
+    scan_start: str = ""
+    """Which header gave the scan start the decay runs to (START correction only)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "method": "SUVbw", "missing": list(self.missing)}
@@ -56,8 +58,34 @@ def _number(value: Any) -> float | None:
     return number if number > 0 else None
 
 
-def _elapsed(ds: Dataset, drug: Dataset) -> float | None:
-    """Seconds from injection to SeriesDate/SeriesTime (shifted dates keep intervals)."""
+GE_PET = "GEMS_PETD_01"
+GE_SCAN_START = 0x0D
+"""GE's private scan start date-time (0009,xx0D), which QIBA's vendor-neutral SUV uses when the
+series time is later than the acquisition's (a series re-made after the scan)."""
+
+
+def ge_scan_start(ds: Dataset) -> dt.datetime | None:
+    try:
+        value = str(ds.private_block(0x0009, GE_PET)[GE_SCAN_START].value or "").strip()
+    except (KeyError, ValueError):
+        return None
+    return dicom_datetime(value[:8], value[8:])
+
+
+def _scan_start(ds: Dataset, series_date: str) -> tuple[dt.datetime | None, str]:
+    """When the scan started, and which header said so (QIBA: series time unless it is later
+    than the acquisition's, then GE's private scan start where present)."""
+    series = dicom_datetime(series_date, str(ds.get("SeriesTime", "")))
+    acquired = dicom_datetime(str(ds.get("AcquisitionDate", "") or series_date),
+                              str(ds.get("AcquisitionTime", "")))
+    if series is None or acquired is None or series <= acquired:
+        return series, "SeriesTime"
+    private = ge_scan_start(ds)
+    return (private, "GE scan start (0009,100D)") if private is not None else (series, "SeriesTime")
+
+
+def _elapsed(ds: Dataset, drug: Dataset) -> tuple[float | None, str]:
+    """(seconds from injection to the scan start, its source); shifted dates keep intervals."""
     injected = None
     start_dt = str(drug.get("RadiopharmaceuticalStartDateTime", "") or "")
     if start_dt:
@@ -65,31 +93,32 @@ def _elapsed(ds: Dataset, drug: Dataset) -> float | None:
     series_date = str(ds.get("SeriesDate", "") or ds.get("AcquisitionDate", "") or "")
     if injected is None:
         injected = dicom_datetime(series_date, str(drug.get("RadiopharmaceuticalStartTime", "")))
-    scanned = dicom_datetime(series_date, str(ds.get("SeriesTime", "")))
+    scanned, source = _scan_start(ds, series_date)
     if injected is None or scanned is None:
-        return None
+        return None, source
     elapsed = (scanned - injected).total_seconds()
     if elapsed < 0 and not start_dt:
         elapsed += 86400.0  # injection the evening before, times only
-    return elapsed if elapsed >= 0 else None
+    return (elapsed if elapsed >= 0 else None), source
 
 
 def suv_calculation(ds: Dataset) -> SuvCalculation:
     """SUVbw = C x weight(g) / (dose(Bq) x 2^(-Δt / T½)), with what it used and what it lacked.
 
-    With DecayCorrection START, Δt runs from the injection to SeriesDate/SeriesTime
-    (the date-shifted header gives the same interval: every date moves by the same
-    whole days); with ADMIN the image is already decay-corrected to injection.
+    With DecayCorrection START, Δt runs from the injection to the scan start — SeriesDate/
+    SeriesTime, or GE's private scan start where the series time is later than the
+    acquisition's (QIBA) — and the date-shifted header gives the same interval: every date
+    moves by the same whole days. With ADMIN the image is already decay-corrected to injection.
     """
     units = str(ds.get("Units", "")).upper()
     sequence = ds.get("RadiopharmaceuticalInformationSequence") or [Dataset()]
     drug = sequence[0]
     correction = str(ds.get("DecayCorrection", "")).upper()
+    elapsed, scan_start = _elapsed(ds, drug) if correction == "START" else (None, "")
     calculation = SuvCalculation(
         None, units, _number(ds.get("PatientWeight")), _number(drug.get("RadionuclideTotalDose")),
-        _number(drug.get("RadionuclideHalfLife")), correction,
-        _elapsed(ds, drug) if correction == "START" else None, (), _number(ds.get("PatientSize")),
-        *_philips_scales(ds))
+        _number(drug.get("RadionuclideHalfLife")), correction, elapsed, (),
+        _number(ds.get("PatientSize")), *_philips_scales(ds), scan_start=scan_start)
     factor, missing = _bodyweight_factor(calculation)
     if factor is None and units == "CNTS" and calculation.vendor_suv_factor is not None:
         return replace(calculation, factor=calculation.vendor_suv_factor, missing=tuple(missing),
@@ -182,7 +211,9 @@ def suv_method_factor(calculation: dict[str, Any], *, method: str, sex: str = ""
         raise ValueError(f"unknown SUV method {method!r}")
     known: dict[str, Any] = {name: calculation.get(name) for name in SuvCalculation.__dataclass_fields__}
     header = SuvCalculation(**{**known, "units": str(known["units"] or ""),
-                               "decay_correction": str(known["decay_correction"] or ""), "missing": ()})
+                               "decay_correction": str(known["decay_correction"] or ""), "missing": (),
+                               "source": str(known["source"] or "header"),
+                               "scan_start": str(known["scan_start"] or "")})
     header = replace(header, weight_kg=weight_kg or header.weight_kg, dose_bq=dose_bq or header.dose_bq)
     bodyweight, missing = _bodyweight_factor(header)
     if bodyweight is None or header.weight_kg is None:
@@ -191,6 +222,29 @@ def suv_method_factor(calculation: dict[str, Any], *, method: str, sex: str = ""
     if measure is None:
         return None, lacking
     return bodyweight * measure / (header.weight_kg * 1000.0), []
+
+
+def suv_facts(calculation: dict[str, Any], entered: dict[str, float] | None = None) -> list[str]:
+    """Every header value the factor used, as the reader is shown it (entered values marked)."""
+    entered = entered or {}
+    facts = [f"Units {calculation.get('units') or 'not given'}"]
+    for name, key, unit, scale in (("weight", "weight_kg", "kg", 1.0), ("height", "height_m", "m", 1.0),
+                                   ("injected dose", "dose_bq", "MBq", 1e-6),
+                                   ("half-life", "half_life_s", "s", 1.0)):
+        value = entered.get(key) or calculation.get(key)
+        if value:
+            mark = " (entered)" if key in entered else ""
+            facts.append(f"{name} {float(value) * scale:.4g} {unit}{mark}")
+    correction = calculation.get("decay_correction") or "not given"
+    elapsed = calculation.get("elapsed_s")
+    facts.append(f"decay correction {correction}" + (
+        f", {float(elapsed):.0f} s from injection to {calculation.get('scan_start') or 'SeriesTime'}"
+        if elapsed is not None else ""))
+    if calculation.get("activity_scale"):
+        facts.append(f"Philips activity concentration scale (7053,1009) {calculation['activity_scale']:.6g}")
+    if calculation.get("source") not in (None, "", "header"):
+        facts.append(f"factor from {calculation['source']}")
+    return facts
 
 
 def suvbw_factor(ds: Dataset) -> float | None:

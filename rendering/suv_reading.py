@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from imaging.suv import SUV_METHODS, suv_method_factor
+from imaging.suv import SUV_METHODS, suv_facts, suv_method_factor
 
 
 class SuvReadingError(ValueError):
@@ -69,7 +69,8 @@ class SuvReading:
             if calculation is None:
                 continue
             factor, missing = self.factor(calculation, uid)
-            series[uid] = {"factor": factor, "missing": missing, "entered": self.entered.get(uid, {})}
+            series[uid] = {"factor": factor, "missing": missing, "entered": self.entered.get(uid, {}),
+                           "used": suv_facts(calculation, self.entered.get(uid))}
         return {"method": self.method, "label": SUV_METHODS[self.method],
                 "methods": [{"name": name, "label": label} for name, label in SUV_METHODS.items()],
                 "series": series}

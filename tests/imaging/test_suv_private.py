@@ -93,3 +93,64 @@ def test_the_private_factors_survive_de_identification_and_reach_the_volume(stor
     block = stored.private_block(0x7053, "Philips PET Private Group")
     assert float(block[0x09].value) == ACTIVITY_SCALE and float(block[0x00].value) == VENDOR_SUV
     assert load_volume(series).suv_factor == pytest.approx(expected, rel=1e-6)
+
+
+# --- GE: a series re-made after the scan keeps the scan start in GE's private block -------------
+
+REMADE_LATER_S = 2 * 3600
+
+
+def _hhmmss(seconds: float) -> str:
+    seconds = int(seconds) % 86400
+    return f"{seconds // 3600:02d}{seconds // 60 % 60:02d}{seconds % 60:02d}"
+
+
+def _ge_remade(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """What a GE console writes for a series re-made two hours after the scan: a later SeriesTime
+    and the original scan start at (0009,xx0D) of "GEMS_PETD_01"."""
+    scan_start = ds.SeriesDate + ds.SeriesTime.split(".")[0]
+    ds.private_block(0x0009, "GEMS_PETD_01", create=True).add_new(0x0D, "DT", scan_start)
+    ds.SeriesTime = _hhmmss(_seconds(ds.SeriesTime) + REMADE_LATER_S)
+    return ds
+
+
+def test_a_ge_series_made_after_the_scan_decays_to_the_private_scan_start(phantom):
+    original = pydicom.dcmread(_pet_files(phantom)[0])
+    expected = _suvbw(original)  # decay to the real scan start, from the untouched header
+    remade = _ge_remade(pydicom.dcmread(_pet_files(phantom)[0]))
+    assert _suvbw(remade) != pytest.approx(expected, rel=1e-3)  # the series time would be wrong
+    calculation = suv_calculation(remade)
+    assert calculation.factor == pytest.approx(expected, rel=1e-9)
+    assert "GE" in calculation.scan_start
+
+
+def test_the_ge_scan_start_is_not_used_where_the_series_time_is_the_scan(phantom):
+    ds = pydicom.dcmread(_pet_files(phantom)[0])
+    expected = _suvbw(ds)
+    ds.private_block(0x0009, "GEMS_PETD_01", create=True).add_new(0x0D, "DT", ds.SeriesDate + "000000")
+    calculation = suv_calculation(ds)
+    assert calculation.factor == pytest.approx(expected, rel=1e-9)
+    assert calculation.scan_start == "SeriesTime"
+
+
+@pytest.mark.django_db(databases=ZONES, transaction=True)
+def test_the_ge_scan_start_survives_de_identification_shifted_with_every_date(store, phantom):
+    files = _pet_files(phantom)
+    first = pydicom.dcmread(files[0])
+    expected = _suvbw(first)
+    batch = IngestBatch(actor="cli:test", door="import")
+    for path in files:
+        buffer = io.BytesIO()
+        _ge_remade(pydicom.dcmread(path)).save_as(buffer, enforce_file_format=True)
+        batch.ingest(buffer.getvalue())
+    batch.close()
+    series = Series.objects.get(modality="PT")
+    instance = Instance.objects.filter(series=series)[0]
+    stored = pydicom.dcmread(io.BytesIO(storage.object_get(instance.object_id)))
+    kept = str(stored.private_block(0x0009, "GEMS_PETD_01")[0x0D].value)
+    day = dt.datetime.strptime
+    shift = day(stored.SeriesDate, "%Y%m%d") - day(first.SeriesDate, "%Y%m%d")
+    assert shift.days != 0, "the profile shifts dates"
+    assert day(kept[:8], "%Y%m%d") - day(first.SeriesDate, "%Y%m%d") == shift
+    assert kept[8:14] == first.SeriesTime.split(".")[0][:6]
+    assert load_volume(series).suv_factor == pytest.approx(expected, rel=1e-6)

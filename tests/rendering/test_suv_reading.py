@@ -84,3 +84,13 @@ def test_an_entered_weight_turns_a_pet_without_one_into_suv():
     session.apply_setting(Setting(view=0, layer=0, name="window_preset", value="suv_0_10"))
     with pytest.raises(SessionError, match="PET or NM"):
         session.suv_enter("no-such-series", weight_kg=80.0, dose_bq=None)
+
+
+def test_the_reader_is_shown_every_header_value_the_factor_used_and_what_was_entered():
+    header = {**HEADER, "scan_start": "GE scan start (0009,100D)"}
+    session = ViewerSession(study_uid="9.9", series=[_pet(header)])
+    session.suv_enter("5.1", weight_kg=80.0, dose_bq=None)
+    used = session.describe()["suv"]["series"]["5.1"]["used"]
+    assert "weight 80 kg (entered)" in used and "injected dose 370 MBq" in used
+    assert "Units BQML" in used and f"half-life {HALF_LIFE_S:.4g} s" in used
+    assert f"decay correction START, {ELAPSED_S:.0f} s from injection to GE scan start (0009,100D)" in used

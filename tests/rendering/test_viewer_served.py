@@ -314,7 +314,8 @@ def test_a_consultant_share_has_no_hanging_rules_to_save_or_delete(served_demo):
 
 def _findings_store_answer(ws, kept: list[dict]) -> None:
     """The shared demo holds findings only when an earlier test kept some: either answer is checked."""
-    answer = viewer_until(ws, lambda m: isinstance(m, dict) and m.get("type") in ("error", "findings_stored"))[0]
+    answers = ("error", "findings_stored")
+    answer = viewer_until(ws, lambda m: isinstance(m, dict) and m.get("type") in answers)[0]
     if not kept:
         assert (answer["type"], answer["code"], answer["of"]) == ("error", "store_failed", "findings_store")
         assert "no kept findings" in answer["message"]

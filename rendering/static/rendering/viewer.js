@@ -2421,7 +2421,10 @@ function showSuv(state) {
     const name = series ? `${series.modality} ${series.description || ""}`.trim() : uid;
     const text = Number.isFinite(facts.factor) ? `${name}: ${state.label} factor ${facts.factor.toPrecision(4)}`
       : `${name}: no ${state.label} (${(facts.missing || []).join("; ")})`;
-    return element("li", Number.isFinite(facts.factor) ? "" : "suv-missing", text);
+    const item = element("li", Number.isFinite(facts.factor) ? "" : "suv-missing", text);
+    const used = Array.isArray(facts.used) ? facts.used.map(String) : [];
+    if (used.length) item.append(element("div", "suv-used", `from: ${used.join(" · ")}`));
+    return item;
   }));
   const lacking = entries.find(([, facts]) => !Number.isFinite(facts.factor));
   suvInputs.hidden = !lacking || !measuringOffered();
