@@ -19,6 +19,14 @@ not in that package:
   after every word of the patient's names, identifiers, accession number,
   birth date and staff names found in the same object is blanked, and every
   date-like or long number is too; every other descriptor follows the table.
+* **Clean Structured Content** (E.3.3), for structured reports: the content tree is
+  kept (the Basic Profile would empty it, action D) and cleaned item by item — the
+  subject context (name, ID, birth date, sex, age, UID of the subject) is removed;
+  person names become ``ANONYMOUS``; dates shift; UIDs are replaced like any other;
+  a TEXT value of up to 64 characters (a lesion label, a tracking identifier) is
+  cleaned like a descriptor, and a longer one — a narrative that may name people
+  the header does not — is replaced by a marker. Codes, numbers and coordinates,
+  which are what a reader of the measurements needs, are kept.
 * UIDs (action U, and every UI value that is not a UID of the standard) are
   replaced by ``2.25.<128-bit keyed hash>``: always the same replacement for
   the same original, so references between objects stay intact, and never
@@ -59,6 +67,7 @@ DEIDENTIFICATION_CODES = (
     ("113111", "Retain Safe Private Option"),
     ("113105", "Clean Descriptors Option"),
 )
+STRUCTURED_CONTENT_CODE = ("113104", "Clean Structured Content Option")
 # The birth date and time are removed, not shifted: the option retains event dates only.
 NOT_SHIFTED = frozenset({0x00100030, 0x00100032})  # PatientBirthDate, PatientBirthTime
 RETAINED_CHARACTERISTICS = frozenset({0x00101030, 0x00101020})  # PatientWeight, PatientSize
@@ -70,6 +79,13 @@ SAFE_PRIVATE = frozenset({
 })
 PRIVATE_DATETIMES = frozenset({("GEMS_PETD_01", 0x0009, 0x0D)})
 CLEANED_DESCRIPTORS = frozenset({0x00081030, 0x0008103E})  # StudyDescription, SeriesDescription
+CONTENT_SEQUENCE = 0x0040A730
+SUBJECT_CONTEXT = frozenset({  # PS3.16 TID 1006-1010: the subject's identity, removed from a content tree
+    ("DCM", "121028"), ("DCM", "121029"), ("DCM", "121030"), ("DCM", "121031"), ("DCM", "121032"),
+    ("DCM", "121033"),
+})
+CONTENT_TEXT_KEPT = 64
+NARRATIVE_REMOVED = "[text removed at de-identification]"
 IDENTIFYING_WORDS_FROM = (
     "PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "PatientBirthName",
     "PatientMotherBirthName", "AccessionNumber", "PatientBirthDate", "ReferringPhysicianName",
@@ -188,6 +204,7 @@ class Deidentifier:
     pseudonym: str
     report: DeidReport = field(default_factory=DeidReport)
     identifying: frozenset[str] = frozenset()
+    structured: bool = False
 
     def _uid(self, value: str) -> str:
         value = value.strip().rstrip("\0")
@@ -284,6 +301,9 @@ class Deidentifier:
                     continue
                 if element.VR == "TM":
                     continue
+            if int(tag) == CONTENT_SEQUENCE and self.structured:
+                element.value = self._content_cleaned(element.value)
+                continue
             if action == "X":
                 del dataset[tag]
                 continue
@@ -304,17 +324,33 @@ class Deidentifier:
                 del dataset[tag]
                 self.report.removed_private += 1
 
+    def _content_cleaned(self, items: Sequence) -> Sequence:
+        """A content tree's items without the subject's identity, each cleaned (E.3.3)."""
+        kept = Sequence()
+        for item in items:
+            if content_concept(item) in SUBJECT_CONTEXT:
+                continue
+            if "TextValue" in item:
+                text = str(item.TextValue or "")
+                item.TextValue = (descriptor_cleaned(text, self.identifying) if len(text) <= CONTENT_TEXT_KEPT
+                                  else NARRATIVE_REMOVED)
+            self.clean(item)
+            kept.append(item)
+        return kept
+
     def apply(self, dataset: Dataset) -> DeidReport:
         """De-identify a whole instance and mark it (PatientIdentityRemoved, method codes)."""
         self.report.pixels_may_identify = pixels_may_identify(dataset)
         self.identifying = identifying_words(dataset)
+        self.structured = str(dataset.get("ValueType", "")) == "CONTAINER" and "ContentSequence" in dataset
         self.clean(dataset, top=True)
         dataset.PatientID = self.pseudonym
         dataset.PatientIdentityRemoved = "YES"
         dataset.LongitudinalTemporalInformationModified = "MODIFIED"
         dataset.DeidentificationMethod = PROFILE_DESCRIPTION
         codes = []
-        for value, meaning in DEIDENTIFICATION_CODES:
+        options = DEIDENTIFICATION_CODES + ((STRUCTURED_CONTENT_CODE,) if self.structured else ())
+        for value, meaning in options:
             item = Dataset()
             item.CodeValue = value
             item.CodingSchemeDesignator = "DCM"
@@ -331,6 +367,12 @@ class Deidentifier:
             if "MediaStorageSOPInstanceUID" in meta:
                 meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
         return self.report
+
+
+def content_concept(item: Dataset) -> tuple[str, str]:
+    """(coding scheme, code value) of an SR content item's concept name."""
+    concept = (item.get("ConceptNameCodeSequence") or [Dataset()])[0]
+    return str(concept.get("CodingSchemeDesignator", "")), str(concept.get("CodeValue", ""))
 
 
 def pixels_may_identify(dataset: Dataset) -> bool:

@@ -5,9 +5,10 @@ Presentation states, spatial registrations, RT structure sets and segmentations 
 accepted and kept (de-identified and encrypted like images) because readers and the
 tools built on them need them; each makes a series of its own that the viewer lists as
 "not an image" with what the object is — a segmentation excepted: it opens as a label
-volume (:mod:`imaging.labels`). Structured reports and key object selections
-are refused: the Basic Profile empties their Content Sequence (PS3.15 Table E.1-1,
-action D), so what would be stored is a document without its content.
+volume (:mod:`imaging.labels`). Structured reports and key object selections are
+accepted too: de-identification keeps their content tree under the Clean Structured
+Content option (:mod:`imaging.deid`), and the viewer lists the measurements they
+hold beside the reader's findings (:mod:`imaging.documents`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,19 @@ from imaging.presentation import header_numbers
 
 GRAYSCALE_PRESENTATION = "1.2.840.10008.5.1.4.1.1.11.1"
 
+STRUCTURED_REPORTS: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.88.11": "Basic Text SR",
+    "1.2.840.10008.5.1.4.1.1.88.22": "Enhanced SR",
+    "1.2.840.10008.5.1.4.1.1.88.33": "Comprehensive SR",
+    "1.2.840.10008.5.1.4.1.1.88.34": "Comprehensive 3D SR",
+    "1.2.840.10008.5.1.4.1.1.88.35": "Extensible SR",
+    "1.2.840.10008.5.1.4.1.1.88.59": "Key Object Selection Document",
+    "1.2.840.10008.5.1.4.1.1.88.67": "X-Ray Radiation Dose SR",
+    "1.2.840.10008.5.1.4.1.1.88.68": "Radiopharmaceutical Radiation Dose SR",
+    "1.2.840.10008.5.1.4.1.1.88.76": "Enhanced X-Ray Radiation Dose SR",
+}
+"""Structured report classes: kept with their content tree, their measurements read for the viewer."""
+
 OBJECT_CLASSES: dict[str, str] = {
     GRAYSCALE_PRESENTATION: "Grayscale Softcopy Presentation State",
     "1.2.840.10008.5.1.4.1.1.11.2": "Color Softcopy Presentation State",
@@ -29,13 +43,9 @@ OBJECT_CLASSES: dict[str, str] = {
     "1.2.840.10008.5.1.4.1.1.66.3": "Deformable Spatial Registration",
     "1.2.840.10008.5.1.4.1.1.66.4": "Segmentation",
     "1.2.840.10008.5.1.4.1.1.481.3": "RT Structure Set",
+    **STRUCTURED_REPORTS,
 }
 """Non-image SOP classes the ingest doors accept, by SOP Class UID."""
-
-DERIVED_CLASSES: dict[str, str] = {
-    "1.2.840.10008.5.1.4.1.1.88.34": "Comprehensive 3D SR",
-}
-"""Classes the gateway writes into a study itself (the findings report) but does not accept at a door."""
 
 APPLIED_CLASSES = frozenset({GRAYSCALE_PRESENTATION})
 """Object classes the viewer applies today (the others are stored for the tools that will)."""
@@ -50,13 +60,16 @@ def object_class_name(sop_class_uid: str) -> str | None:
 
 def objects_series_reason(sop_class_uids: list[str]) -> str | None:
     """Why a series of only non-image objects is not opened as images (None: it has images)."""
-    names = [OBJECT_CLASSES.get(uid) or DERIVED_CLASSES.get(uid) for uid in sop_class_uids]
+    names = [OBJECT_CLASSES.get(uid) for uid in sop_class_uids]
     if not names or any(name is None for name in names):
         return None
     kinds = sorted({str(name) for name in names})
-    applied = all(uid in APPLIED_CLASSES for uid in sop_class_uids)
-    what = ("applied to the images it references" if applied
-            else "stored; not shown as images")
+    if all(uid in APPLIED_CLASSES for uid in sop_class_uids):
+        what = "applied to the images it references"
+    elif all(uid in STRUCTURED_REPORTS for uid in sop_class_uids):
+        what = "its measurements are listed with the findings"
+    else:
+        what = "stored; not shown as images"
     return f"not an image: {', '.join(kinds)} ({len(names)} object{'s' * (len(names) > 1)}), {what}"
 
 

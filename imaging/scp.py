@@ -1,4 +1,4 @@
-"""The DICOM C-STORE SCP door (pynetdicom): C-ECHO and C-STORE of image objects only.
+"""The DICOM C-STORE SCP door (pynetdicom): C-ECHO, and C-STORE of images and the objects ingest keeps.
 
 Calling AE titles are allowlisted per device account (:mod:`imaging.devices`):
 an association from any other title is rejected at negotiation (A-ASSOCIATE-RJ,
@@ -33,6 +33,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from gateway.audit.catalogue import Action, Outcome
 from gateway.audit.services import audit_record
 from imaging.devices import allowed_ae_titles, device_by_ae_title, device_still_allowed
+from imaging.objects import OBJECT_CLASSES
 from imaging.services import IngestBatch, Reason, Status
 
 log = logging.getLogger(__name__)
@@ -51,14 +52,15 @@ STATUS_FOR_REASON = {
 }
 
 
-def image_storage_classes() -> list[str]:
-    """Storage SOP classes of images (CT, MR, PET, NM, SC, enhanced CT/MR, SEG, ...)."""
+def accepted_storage_classes() -> list[str]:
+    """Storage SOP classes the door negotiates: images (CT, MR, PET, NM, SC, enhanced CT/MR, ...)
+    and the non-image objects ingest keeps (presentation states, registrations, SEG, RTSTRUCT, SR)."""
     classes = []
     for context in StoragePresentationContexts:
         uid = UID(str(context.abstract_syntax))
         if any(word in uid.name for word in IMAGE_CLASS_WORDS) and "Report" not in uid.name:
             classes.append(str(uid))
-    return classes
+    return classes + sorted(set(OBJECT_CLASSES) - set(classes))
 
 
 class GatewayAE(AE):
@@ -156,7 +158,7 @@ def scp_build(*, ae_title: str, build_volumes: bool = False) -> tuple[AE, list[e
     ae.require_called_aet = True
     ae.maximum_pdu_size = 0
     ae.add_supported_context(Verification)
-    for sop_class in image_storage_classes():
+    for sop_class in accepted_storage_classes():
         ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
     associations = Associations(build_volumes=build_volumes)
     handlers: list[evt.EventHandlerType] = [

@@ -364,7 +364,7 @@ def _check_pixels(ds: Dataset) -> None:
             return
         raise Rejected(Reason.NOT_IMAGE,
                        f"no pixel data (SOP class {ds.SOPClassUID}): only images, presentation states, "
-                       "registrations, segmentations and RT structure sets are accepted")
+                       "structured reports, registrations, segmentations and RT structure sets are accepted")
     syntax = _transfer_syntax(ds)
     try:
         frames = int(ds.get("NumberOfFrames", 1) or 1)

@@ -41,6 +41,7 @@ from gateway.sharing.principal import audit_fields
 from gateway.sharing.services import share_use_record
 from gateway.sharing.websocket import PrincipalGuardedConsumer
 from imaging.access import StudyNotFound, ViewerSeries, ViewerStudy, related_studies, study_for_viewer
+from imaging.documents import documents_of
 from imaging.findings import (
     FindingNotFound,
     Kept,
@@ -51,7 +52,13 @@ from imaging.findings import (
     finding_wire,
     findings_of,
 )
-from imaging.findings_dicom import FindingsExportError, findings_dicom_store, region_request, region_series
+from imaging.findings_dicom import (
+    MANUFACTURER,
+    FindingsExportError,
+    findings_dicom_store,
+    region_request,
+    region_series,
+)
 from imaging.identity.selectors import patient_sex_of
 from rendering import protocol
 from rendering.engine.core import FrameOfReferenceError, MissingVolumeError, RenderedFrame
@@ -206,6 +213,7 @@ class ViewerConsumer(PrincipalGuardedConsumer):
         await self._send_ready()
         self._render(list(range(len(self.session.views))))
         await self._send_findings()
+        await self._send_documents()
 
     async def _send_ready(self) -> None:
         for scheduler in self.schedulers:
@@ -321,6 +329,8 @@ class ViewerConsumer(PrincipalGuardedConsumer):
         self.session.layout_apply("compare")
         await self._send_ready()
         self._render(list(range(len(self.session.views))))
+        await self._send_findings()
+        await self._send_documents()
 
     async def _thumbnails(self) -> None:
         """One small interactive-quality picture of each wanted series: a frame like any other, as text."""
@@ -618,6 +628,12 @@ class ViewerConsumer(PrincipalGuardedConsumer):
         rows = await database_sync_to_async(findings_of)(*self.session.studies)
         await self.send(text_data=json.dumps({"type": "findings",
                                               "findings": [finding_wire(row) for row in rows]}))
+
+    async def _send_documents(self) -> None:
+        """Measurements in the structured reports other systems stored: read once per study opened."""
+        documents = await database_sync_to_async(documents_of)(
+            *self.session.studies, exclude_manufacturer=MANUFACTURER)
+        await self.send(text_data=json.dumps({"type": "documents", "documents": documents}))
 
     async def _error(self, code: str, text: str, *, view: int | None = None, of: str | None = None) -> None:
         """``of``: the message type the error answers, where a client may have several in flight."""

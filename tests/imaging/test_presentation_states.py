@@ -160,11 +160,11 @@ def test_without_a_state_the_image_opens_whole(store):
     assert session.state(0).camera2d.zoom == 1.0
 
 
-def test_a_structured_report_is_refused_with_why(store):
+def test_an_object_of_a_class_not_kept_is_refused_with_why(store):
     report = copy.deepcopy(_image())
     del report.PixelData
-    report.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.33"
+    report.SOPClassUID = "1.2.840.10008.5.1.4.1.1.481.5"  # RT Plan
     outcome, = _ingest(report)
     assert outcome.status is Status.REJECTED
     assert outcome.reason is Reason.NOT_IMAGE
-    assert "presentation states" in outcome.detail
+    assert "presentation states, structured reports" in outcome.detail

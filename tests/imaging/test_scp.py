@@ -393,3 +393,31 @@ def test_two_associations_at_once_are_served_by_two_processes_each_status_its_ow
         assert all('"reasons":{"truncated":1}' in details for (details,) in rejected), rejected
     finally:
         fixture.close()
+
+
+def test_a_structured_report_and_a_presentation_state_are_negotiated_and_stored(scp, phantom, tmp_path):
+    """storescu --required proposes only the classes of the files it sends: each must be accepted."""
+    import highdicom as hd
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from tests.imaging.test_documents import incoming_report
+
+    port, var = scp
+    out, truth = phantom
+    files = sorted((out / truth["patients"][0]["folder"]).rglob("*.dcm"))
+    report, _ = incoming_report(files)
+    image = pydicom.dcmread(files[0])
+    state = hd.pr.GrayscaleSoftcopyPresentationState(
+        referenced_images=[image], series_instance_uid=generate_uid(), series_number=98,
+        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="Test",
+        manufacturer_model_name="Test", software_versions="1", device_serial_number="1",
+        content_label="STATE")
+    paths = [tmp_path / "report.dcm", tmp_path / "state.dcm"]
+    report.save_as(paths[0], enforce_file_format=True)
+    state.save_as(paths[1], enforce_file_format=True)
+    sent = _dcmtk(_tool("storescu"), "--required", "-aet", "CT01", "-aec", "FUSIONGW", "127.0.0.1", str(port),
+                  *map(str, paths))
+    assert sent.returncode == 0, sent.stderr + sent.stdout
+    stored = {uid for (uid,) in _rows(var, "SELECT sop_class_uid FROM imaging_instance")}
+    assert stored == {str(report.SOPClassUID), str(state.SOPClassUID)}

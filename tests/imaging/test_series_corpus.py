@@ -155,7 +155,8 @@ def _label_problems(series: Series) -> list[str]:
     return problems
 
 
-NOT_IMAGE_WORDS = ("Segmentation", "Structure Set", "Presentation State", "Spatial Registration")
+NOT_IMAGE_WORDS = ("Segmentation", "Structure Set", "Presentation State", "Spatial Registration", " SR ",
+                   "Key Object Selection")
 
 
 def _holds_no_image(series: Series) -> bool:

@@ -657,3 +657,24 @@ async def test_a_kept_finding_is_renamed_audited_and_a_formula_stays_text(client
     edits = await database_sync_to_async(lambda: list(AuditEvent.objects.filter(
         actor=doctor.username, action="finding.edit").values_list("outcome", flat=True)))()
     assert edits == ["success"]
+
+
+async def test_measurements_of_a_report_from_another_system_reach_the_viewer(
+        client, signed_in, study, phantom_dir):
+    from tests.imaging.test_documents import SUV_MAX, incoming_report
+
+    record, _ = study
+    report, _ = incoming_report(sorted(phantom_dir[0].rglob("*.dcm")))
+    buffer = io.BytesIO()
+    report.save_as(buffer, enforce_file_format=True)
+    batch = IngestBatch(actor="cli:test", door="import")
+    await database_sync_to_async(batch.ingest)(buffer.getvalue())
+    await database_sync_to_async(batch.close)()
+    await database_sync_to_async(signed_in)("nurse")
+    communicator, _, _ = await _open(client, record.study_instance_uid)
+    documents = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] == "documents")
+    (document,) = documents["documents"]
+    groups = {group["label"]: group for group in document["groups"]}
+    assert groups["Hot spot"]["measurements"][0]["value"] == pytest.approx(SUV_MAX)
+    assert groups["Hot spot"]["graphic"]["shape"] == "point"
+    await communicator.disconnect()

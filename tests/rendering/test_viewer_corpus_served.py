@@ -439,7 +439,8 @@ def corpus_pass(served_corpus, doctor) -> dict[str, StudyPass]:
     return passes
 
 
-NOT_IMAGE_WORDS = ("Segmentation", "Structure Set", "Presentation State", "Spatial Registration")
+NOT_IMAGE_WORDS = ("Segmentation", "Structure Set", "Presentation State", "Spatial Registration", " SR ",
+                   "Key Object Selection")
 
 
 def _objects_only(series: StoredSeries) -> bool:

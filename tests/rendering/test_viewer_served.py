@@ -331,6 +331,7 @@ def test_the_reading_messages_answer_a_real_client_and_a_nurse_is_refused_what_c
         ready = viewer_ready(ws)
         assert ready["findings_store"] is True and ready["suv"]["method"] == "bw"
         kept = _message(ws, "findings")["findings"]
+        assert _message(ws, "documents")["documents"] == []  # the gateway's own reports are the findings
         ws.send(json.dumps({"type": "suv", "method": "bsa"}))
         chosen = _message(ws, "suv")
         assert chosen["method"] == "bsa" and all(s["factor"] for s in chosen["series"].values())

@@ -135,7 +135,7 @@ async def test_every_websocket_message_yields_only_pictures_and_small_json(clien
         assert len(text.encode()) < MAX_TEXT_BYTES
         body = json.loads(text)
         assert body["type"] in {"ready", "error", "probe", "thumbnail", "measurement", "findings",
-                                "hanging_rules", "chart", "suv", "findings_stored"}, body
+                                "hanging_rules", "chart", "suv", "findings_stored", "documents"}, body
         if body["type"] == "thumbnail":
             _assert_thumbnail_is_a_picture(body)
         if body["type"] == "measurement":
@@ -145,9 +145,19 @@ async def test_every_websocket_message_yields_only_pictures_and_small_json(clien
         if body["type"] == "findings":
             for finding in body["findings"]:
                 _assert_measurement_is_a_few_numbers(finding)
+        if body["type"] == "documents":
+            _assert_documents_are_numbers_and_outlines(body)
         kinds.add(body["type"])
     assert frames > 10
     assert {"ready", "probe", "thumbnail", "measurement", "findings", "chart"} <= kinds
+
+
+def _assert_documents_are_numbers_and_outlines(body: dict) -> None:
+    """An incoming report's groups: a few numbers each and an outline of at most 64 points."""
+    for document in body["documents"]:
+        for group in document["groups"]:
+            assert all(not isinstance(m["value"], list) for m in group["measurements"])
+            assert group["graphic"] is None or len(group["graphic"]["points_mm"]) <= 64
 
 
 def _assert_measurement_is_a_few_numbers(body: dict) -> None:
