@@ -267,7 +267,9 @@ class ViewerConsumer(PrincipalGuardedConsumer):
         try:
             await self._handle(message)
         except (SessionError, ViewStateError) as error:
-            await self._error(getattr(error, "code", "refused"), str(error))
+            view = getattr(message, "view", None)
+            await self._error(getattr(error, "code", "refused"), str(error),
+                              view=view if isinstance(view, int) else None, of=protocol.message_kind(message))
 
     async def _rate_limited(self) -> None:
         if self.budget.notice_due():

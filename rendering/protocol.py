@@ -17,7 +17,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, get_type_hints
 
 from imaging.suv import SUV_METHODS
 from rendering.viewstate import MAX_FILE_WINDOWS
@@ -493,6 +493,14 @@ _PARSERS: dict[str, Callable[[dict[str, Any], int], Message]] = {
     "hang": _parse_hang, "hang_save": _parse_hang_save, "hang_delete": _parse_hang_delete,
     "chart": _parse_chart,
 }
+
+
+_KINDS: dict[type, str] = {get_type_hints(parser)["return"]: kind for kind, parser in _PARSERS.items()}
+
+
+def message_kind(message: Message) -> str:
+    """The wire ``type`` a parsed message came as: an error answering it names it in ``of``."""
+    return _KINDS[type(message)]
 
 
 def rule_wire(rule: FieldRule) -> dict[str, Any]:

@@ -312,6 +312,11 @@ def test_a_consultant_share_has_no_hanging_rules_to_save_or_delete(served_demo):
         viewer_until(ws, is_frame)
 
 
+def _shows_only(ready: dict, view: dict, modality: str) -> bool:
+    modalities = {s["uid"]: s["modality"] for s in ready["series"]}
+    return [modalities[uid] for uid in view["layers"]] == [modality]
+
+
 def _findings_store_answer(ws, kept: list[dict]) -> None:
     """The shared demo holds findings only when an earlier test kept some: either answer is checked."""
     answers = ("error", "findings_stored")
@@ -341,6 +346,10 @@ def test_the_reading_messages_answer_a_real_client_and_a_nurse_is_refused_what_c
         _findings_store_answer(ws, kept)
         ws.send(json.dumps({"type": "relabel", "finding": 999999, "label": "x"}))
         _refusal(ws, "relabel")
+        ct_view = next(i for i, view in enumerate(ready["views"]) if _shows_only(ready, view, "CT"))
+        ws.send(json.dumps({"type": "set", "view": ct_view, "layer": 0, "name": "window_preset",
+                            "value": "suv_0_10"}))
+        assert _refusal(ws, "set")["view"] == ct_view
         ws.send(json.dumps({"type": "input", "view": 0, "op": "scroll", "delta": 1}))
         viewer_until(ws, is_frame)
 

@@ -47,6 +47,8 @@ const keepButton = document.getElementById("keep");
 const findingsList = document.getElementById("findings");
 const findingsStoreButton = document.getElementById("findings-store");
 const findingsStoreStatus = document.getElementById("findings-store-status");
+const documentsSection = document.getElementById("documents-section");
+const documentsList = document.getElementById("documents");
 const study = root.dataset.study;
 
 const views = [];
@@ -1084,8 +1086,8 @@ function receiveError(message) {
   if (message.code === "rate_limited") {
     holdInputUntil = performance.now() + (message.retry_after_ms || 0) + 50;
   }
-  // A refusal of a `set` names no message type: one just after an overlay toggle answers it.
-  const answersOverlay = message.code === "refused" && !message.of && overlayPending();
+  // A refusal of a `set` just after an overlay toggle answers it.
+  const answersOverlay = message.code === "refused" && (message.of === "set" || !message.of) && overlayPending();
   const answersMeasuring = message.of ? ["measure", "keep"].includes(message.of) : measuringAsked();
   if (answersOverlay) overlayRefused();
   else if (message.code === "refused" && answersMeasuring) refuseMeasuring();
@@ -1107,6 +1109,7 @@ function handleText(message) {
   else if (message.type === "measurement") receiveMeasurement(message);
   else if (message.type === "chart") receiveChart(message);
   else if (message.type === "findings") receiveFindings(message);
+  else if (message.type === "documents") receiveDocuments(message);
   else if (message.type === "findings_stored") receiveFindingsStored(message);
   else if (message.type === "suv") showSuv(message);
   else if (message.type === "hanging_rules") showHanging(message.rules);
@@ -1311,6 +1314,7 @@ let measuringRefused = false;
 let shape = null;          // the shape drawn last (or being drawn): see newShape
 let measurement = null;    // the latest `measurement` answer
 let findings = [];
+let documents = [];        // structured reports other systems stored in the study: see structuredDocument
 const keptShapes = new Map();  // finding id -> the shape kept under it (this page's own keeps)
 let keepAsked = null;
 let measureAskedAt = -Infinity;
@@ -1753,11 +1757,18 @@ function findingTool(tool) {
   return tool === "threshold" ? "grow" : tool;
 }
 
+function shapeLabel(placed, text) {
+  const [x, y] = placed.points[0];
+  const name = svgNode("text", { class: "shape-label", x: x + 6, y: y - 6 });
+  name.textContent = text;
+  return name;
+}
+
 function drawShapes(view) {
   const layer = view.shapes;
   if (!layer) return;
   layer.setAttribute("viewBox", `0 0 ${view.canvas.width} ${view.canvas.height}`);
-  const nodes = [];
+  const nodes = documentShapes(view);
   for (const finding of findings) {
     const kept = keptShapes.get(finding.id);
     const placed = kept ? shapeOn(kept, view) : findingOn(finding, view);
@@ -1766,10 +1777,7 @@ function drawShapes(view) {
     const group = svgNode("g", { class: `shape kept ${tool}` });
     group.dataset.finding = String(finding.id);
     group.dataset.tool = String(finding.tool);
-    const [x, y] = placed.points[0];
-    const name = svgNode("text", { class: "shape-label", x: x + 6, y: y - 6 });
-    name.textContent = finding.label;
-    group.append(...outline(tool, placed), name);
+    group.append(...outline(tool, placed), shapeLabel(placed, finding.label));
     nodes.push(group);
   }
   const placed = shape && shapeOn(shape, view);
@@ -2197,9 +2205,130 @@ function receiveFindings(message) {
 function clearMeasurements() {
   dropShape();
   findings = [];
+  documents = [];
   keptShapes.clear();
   keepAsked = null;
+  showDocuments();
   showFindings();
+}
+
+// --- measurements from structured reports (DICOM SR) other systems stored: read, never edited ---
+
+// Each shape's number of points; a graphic that does not fit is not drawn, its group still listed.
+const DOCUMENT_SHAPES = { point: [1, 1], line: [2, 2], polyline: [2, Infinity], polygon: [3, Infinity] };
+const DOCUMENT_OUTLINES = { point: ["grow", {}], line: ["line", {}], polyline: ["polygon", { closed: false }],
+                            polygon: ["polygon", {}] };
+
+function isRecord(value) {
+  return Boolean(value) && typeof value === "object" && !Array.isArray(value);
+}
+
+function textOf(value) {
+  return typeof value === "string" ? value : "";
+}
+
+function documentMeasurement(sent) {
+  if (!isRecord(sent)) return null;
+  const value = sent.value ?? null;
+  if (value !== null && !Number.isFinite(value)) return null;
+  return { name: textOf(sent.name), value, unit: textOf(sent.unit), qualifier: textOf(sent.qualifier) };
+}
+
+function documentGraphic(sent) {
+  if (!isRecord(sent) || !Object.hasOwn(DOCUMENT_SHAPES, sent.shape)) return null;
+  const [low, high] = DOCUMENT_SHAPES[sent.shape];
+  const points = Array.isArray(sent.points_mm) ? sent.points_mm : [];
+  const series = Array.isArray(sent.series) ? sent.series.filter((uid) => typeof uid === "string" && uid) : [];
+  if (points.length < low || points.length > high || !points.every(isVector) || !series.length) return null;
+  return { shape: sent.shape, points: points.map((point) => [...point]), series };
+}
+
+function documentGroup(sent) {
+  if (!isRecord(sent)) return null;
+  const measurements = Array.isArray(sent.measurements) ? sent.measurements.map(documentMeasurement) : [];
+  return { label: textOf(sent.label), finding: textOf(sent.finding), site: textOf(sent.site),
+           measurements: measurements.filter(Boolean), graphic: documentGraphic(sent.graphic) };
+}
+
+// The strings come from other systems: they are kept as text and only ever shown as text.
+function structuredDocument(sent, at) {
+  if (!isRecord(sent) || !Array.isArray(sent.groups)) return null;
+  const groups = sent.groups.map(documentGroup).filter(Boolean)
+    .map((group, index) => ({ ...group, id: `${at}.${index}` }));
+  return groups.length ? { series: textOf(sent.series), title: textOf(sent.title), date: textOf(sent.date),
+                           kind: textOf(sent.class), groups } : null;
+}
+
+function receiveDocuments(message) {
+  const sent = Array.isArray(message.documents) ? message.documents : [];
+  documents = sent.map(structuredDocument).filter(Boolean);
+  showDocuments();
+  showMeasurePanel();
+  drawAllShapes();
+}
+
+function groupName(group) {
+  return group.label || group.finding || "unnamed";
+}
+
+function documentMeasurementText({ name, value, unit, qualifier }) {
+  const said = value === null ? qualifier || "–" : `${readerNumber(value)}${unit ? ` ${unit}` : ""}`;
+  return name ? `${name} ${said}` : said;
+}
+
+function documentGroupItem(group) {
+  const item = element("li", "document-group");
+  item.dataset.documentGroup = group.id;
+  item.append(element("div", "document-group-label", groupName(group)));
+  const what = [group.finding, group.site].filter(Boolean).join(" · ");
+  if (what) item.append(element("div", "document-group-what", what));
+  const measurements = element("ul", "document-measurements");
+  measurements.append(...group.measurements.map((measurement) =>
+    element("li", "document-measurement", documentMeasurementText(measurement))));
+  if (group.measurements.length) item.append(measurements);
+  return item;
+}
+
+function documentItem(report) {
+  const item = element("li", "document");
+  item.dataset.series = report.series;
+  const heading = element("h3", "document-title",
+                          [report.title || "Structured report", report.date].filter(Boolean).join(" · "));
+  if (report.kind) heading.title = report.kind;
+  const groups = element("ul", "document-groups");
+  groups.append(...report.groups.map(documentGroupItem));
+  item.append(heading, groups);
+  return item;
+}
+
+function showDocuments() {
+  documentsSection.hidden = documents.length === 0;
+  documentsList.replaceChildren(...documents.map(documentItem));
+}
+
+// Where a report's graphic lies on a view that shows one of its series with every point on the
+// picture's plane, in canvas pixels; else null (a 3-D view, another slice or orientation).
+function documentOn(graphic, view) {
+  const picture = view.picture;
+  if (!graphic || !picture || !picture.plane || view.kind === "3d"
+    || !graphic.series.some((uid) => view.layers.includes(uid))) return null;
+  const projected = graphic.points.map((point) => toScreen(picture, point));
+  if (!projected.every(({ depth }) => Math.abs(depth) <= PLANE_TOLERANCE_MM)) return null;
+  return { points: projected.map(({ x, y }) => [x, y]) };
+}
+
+function documentShapes(view) {
+  const nodes = [];
+  for (const group of documents.flatMap((report) => report.groups)) {
+    const placed = documentOn(group.graphic, view);
+    if (!placed) continue;
+    const [tool, how] = DOCUMENT_OUTLINES[group.graphic.shape];
+    const node = svgNode("g", { class: `shape document ${group.graphic.shape}` });
+    node.dataset.documentGroup = group.id;
+    node.append(...outline(tool, placed, how), shapeLabel(placed, groupName(group)));
+    nodes.push(node);
+  }
+  return nodes;
 }
 
 // --- the toolbar's tool menu and the panel ---
@@ -2232,7 +2361,8 @@ function showMeasureControls() {
 
 function showMeasurePanel() {
   const wasHidden = measurePanel.hidden;
-  measurePanel.hidden = measureTools().length === 0 && findings.length === 0;
+  // Reports stored in the study are for reading: shown even to whoever may not measure.
+  measurePanel.hidden = measureTools().length === 0 && findings.length === 0 && documents.length === 0;
   measureSection.hidden = !measuringOffered();
   measureRefusedNote.hidden = !measuringRefused;
   // The views get the room the panel leaves: their canvases follow.
