@@ -104,7 +104,13 @@ def finding_wire(finding: Finding) -> dict[str, Any]:
             "study": finding.study.study_instance_uid, "series": finding.series_instance_uid,
             "points": finding.points, "plane": finding.plane, "result": finding.result,
             "by": finding.author, "consultant": finding.by_consultant,
-            "at": finding.created_at.isoformat(timespec="seconds")}
+            "at": finding.created_at.isoformat(timespec="seconds"),
+            "arguments": {key: value for key, value in (finding.arguments or {}).items()
+                          if key in DRAWN_ARGUMENTS}}
+
+
+DRAWN_ARGUMENTS = frozenset({"radius_mm", "box_mm", "mode", "value"})
+"""A VOI's settings a view needs to draw it again: a sphere's radius, a grown region's box and rule."""
 
 
 def result_layers(result: Any) -> list[dict[str, Any]]:

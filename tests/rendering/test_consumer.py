@@ -565,7 +565,9 @@ async def test_kept_vois_are_stored_in_the_study_as_sr_and_seg_and_a_nurse_may_n
                                                                                               "error"))
         assert measured["type"] == "measurement", measured
         await communicator.send_json_to({"type": "keep", "label": label})
-        await _until(communicator, lambda m: isinstance(m, dict) and m["type"] == "findings")
+        listed = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] == "findings")
+    sphere = next(f for f in listed["findings"] if f["tool"] == "sphere")
+    assert sphere["arguments"]["radius_mm"] == lesion["radius_mm"]  # drawn again with its size
     await communicator.send_json_to({"type": "findings_store"})
     stored = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] in ("findings_stored",
                                                                                         "error"))

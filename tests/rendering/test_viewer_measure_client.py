@@ -519,6 +519,28 @@ def test_a_kept_finding_follows_its_plane_onto_other_views(measure_page):
         page.close()
 
 
+def test_a_sphere_kept_in_an_earlier_session_is_drawn_with_its_radius_on_every_slice_it_cuts(measure_page):
+    gateway = ScriptedGateway(_ready(views=[{"kind": "axial", "layers": [CT]}]))
+    gateway.findings = [{**OTHERS_FINDING, "id": 4, "label": "liver VOI", "tool": "sphere",
+                         "points": [[100, 100]], "plane": {**_plane(5.0), "width": 200, "height": 200},
+                         "result": [CT_LAYER], "arguments": {"radius_mm": 10}}]
+    page = measure_page(gateway)
+    try:
+        circle = _shapes(page, 0).locator(".shape.kept circle.outline")
+        box = _box(page, 0)
+        for z, radius_mm in ((5.0, 10.0), (11.0, 8.0)):  # through the centre; 6 mm off: sqrt(10² - 6²)
+            gateway.frame(0, plane=_plane(z), mm_per_pixel=0.5, position=z)
+            _until(page, lambda radius_mm=radius_mm: circle.count() == 1
+                   and abs(float(circle.get_attribute("r") or 0) - radius_mm / 0.5) < 0.2,
+                   what=f"the sphere's cut at z={z}")
+            centre = [float(circle.get_attribute(name) or "nan") for name in ("cx", "cy")]
+            assert np.allclose(centre, [box["pixels"] / 2, box["rows"] / 2], atol=0.6), centre
+        gateway.frame(0, plane=_plane(16.0), position=16.0)  # beyond the radius
+        _until(page, lambda: _shapes(page, 0).locator(".shape.kept").count() == 0, what="no cut 11 mm away")
+    finally:
+        page.close()
+
+
 def test_a_refusal_disables_the_tools_and_shows_in_the_status_line(measure_page):
     gateway = ScriptedGateway(_ready(), refuse_measuring=True)
     gateway.findings = [copy.deepcopy(OTHERS_FINDING)]

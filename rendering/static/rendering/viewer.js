@@ -1744,12 +1744,22 @@ function findingPlace(finding) {
 function findingOn(finding, view) {
   const picture = view.picture;
   if (!picture || !picture.plane || view.kind === "3d" || !view.layers.includes(finding.series)) return null;
+  const radius = finding.tool === "sphere" && finding.arguments ? Number(finding.arguments.radius_mm) : NaN;
+  if (radius > 0) return sphereOn(findingPlace(finding), radius, picture);
   const place = findingPlace(finding);
   const normal = place && unitVector(picture.plane.normal);
   if (!normal || Math.abs(dot(place.normal, normal)) <= SAME_NORMAL) return null;
   const projected = place.mm.map((point) => toScreen(picture, point));
   if (!projected.every(({ depth }) => Math.abs(depth) <= PLANE_TOLERANCE_MM)) return null;
   return { points: projected.map(({ x, y }) => [x, y]) };
+}
+
+// A sphere is cut by any plane within its radius of the centre: a circle, whatever the plane's normal.
+function sphereOn(place, radius, picture) {
+  if (!place || !(picture.mmPerPixel > 0)) return null;
+  const { x, y, depth } = toScreen(picture, place.mm[0]);
+  if (Math.abs(depth) >= radius) return null;
+  return { points: [[x, y]], radius: Math.sqrt(radius ** 2 - depth ** 2) / picture.mmPerPixel };
 }
 
 // A VOI kept without its size on the wire is drawn as its centre or seed.
