@@ -115,10 +115,10 @@ def _peer_round(findings, volumes) -> float:
     """highdicom alone: the same ten SEGs from the same masks and headers, in memory."""
     from pydicom.uid import generate_uid
 
-    from imaging.findings_dicom import _headers, _segmentation
+    from imaging.findings_dicom import _segmentation, series_headers
 
     regions = _regions(findings, volumes)
-    headers = {uid: _headers(uid) for uid in {r.series_id for r in regions.values()}}
+    headers = {uid: series_headers(uid) for uid in {r.series_id for r in regions.values()}}
     started = time.perf_counter()
     series = generate_uid()
     for number, finding in enumerate(findings, start=1):

@@ -121,7 +121,7 @@ def _first_header(series_uid: str) -> Dataset:
     return pydicom.dcmread(io.BytesIO(storage.object_get(object_id)), stop_before_pixels=True)
 
 
-def _headers(series_uid: str) -> list[Dataset]:
+def series_headers(series_uid: str) -> list[Dataset]:
     """The series' stored instances without pixel data, ordered along their slice normal."""
     datasets = [pydicom.dcmread(io.BytesIO(storage.object_get(object_id)), stop_before_pixels=True)
                 for object_id in Instance.objects.filter(series__series_instance_uid=series_uid)
@@ -264,7 +264,7 @@ def findings_dicom_build(*, study: Study, findings: list[Finding], regions: dict
     measured = {f.series_instance_uid for f in findings}
     measured |= {str(layer["series_id"]) for f in findings for layer in result_layers(f.result)
                  if layer.get("series_id")}
-    headers = {uid: _headers(uid) for uid in sorted({r.series_id for r in regions.values()})}
+    headers = {uid: series_headers(uid) for uid in sorted({r.series_id for r in regions.values()})}
     firsts = {uid: headers[uid][0] if uid in headers else _first_header(uid)
               for uid in sorted(measured | set(headers))}
     frames_of_reference = {uid: str(first.get("FrameOfReferenceUID", "")) for uid, first in firsts.items()}
@@ -295,8 +295,8 @@ def _encoded(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def _series_store(study: Study, datasets: Iterable[Dataset], *, modality: str, description: str,
-                  written: list[str]) -> str:
+def derived_series_store(study: Study, datasets: Iterable[Dataset], *, modality: str, description: str,
+                         written: list[str]) -> str:
     """Write ``datasets`` (one series) to the store and the catalogue; returns its Series UID.
 
     Each object written is added to ``written``, so a failure can take them back."""
@@ -342,10 +342,11 @@ def findings_dicom_store(*, study_uid: str, regions: dict[int, RegionMask], auth
     written: list[str] = []
     try:
         with transaction.atomic(using=CLINICAL):
-            seg_series = (_series_store(study, segmentations, modality="SEG", description="Findings (SEG)",
-                                        written=written) if segmentations else "")
-            sr_series = _series_store(study, [sr], modality="SR", description="Findings (SR TID 1500)",
-                                      written=written)
+            seg_series = (derived_series_store(study, segmentations, modality="SEG",
+                                               description="Findings (SEG)", written=written)
+                          if segmentations else "")
+            sr_series = derived_series_store(study, [sr], modality="SR", description="Findings (SR TID 1500)",
+                                             written=written)
     except BaseException:
         for object_id in written:
             storage.object_delete(object_id)

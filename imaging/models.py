@@ -120,3 +120,46 @@ class Finding(models.Model):
 
     def __str__(self) -> str:
         return f"{self.label} ({self.tool})"
+
+
+class Segmentation(models.Model):
+    """A reader's segmentation of one series: its segments and the edits that draw them (pseudonymised).
+
+    The label map at ``revision`` is edits 1..revision replayed (:mod:`rendering.segment_ops`);
+    undo moves ``revision`` back and redo forward, a new edit drops those undone.
+    """
+
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="segmentations")
+    series_instance_uid = models.CharField(max_length=64, help_text="the reference series: the label grid")
+    label = models.CharField(max_length=64)
+    segments = models.JSONField(default=list, help_text="number, name, colour, visible, opacity of each")
+    revision = models.IntegerField(default=0)
+    author = models.CharField(max_length=150, help_text="user name, or share:<id> for a consultant")
+    by_consultant = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("created_at", "id")
+
+    def __str__(self) -> str:
+        return f"{self.label} (rev {self.revision})"
+
+
+class SegmentationEdit(models.Model):
+    """One edit of a segmentation, as the reader made it (positions in patient mm)."""
+
+    segmentation = models.ForeignKey(Segmentation, on_delete=models.CASCADE, related_name="edits")
+    revision = models.IntegerField()
+    op = models.JSONField()
+    author = models.CharField(max_length=150)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("revision",)
+        constraints = [models.UniqueConstraint(fields=("segmentation", "revision"),
+                                               name="one_edit_per_revision")]
+
+    def __str__(self) -> str:
+        return f"{self.segmentation_id}@{self.revision}: {self.op.get('tool')}"

@@ -69,6 +69,7 @@ from rendering.operations import operation_named
 from rendering.pool import CLINICAL, render_pool_async
 from rendering.scheduler import Quality as SchedulerQuality
 from rendering.scheduler import ViewScheduler
+from rendering.segmentation_reading import SEGMENTATION_HANDLERS, SegmentationReading
 from rendering.session import SUV_MODALITIES, SeriesInfo, SessionError, ViewerSession
 from rendering.viewstate import Quality, ViewStateError, viewstate_from_dict
 from rendering.workers import RenderError
@@ -125,7 +126,7 @@ def _unavailable(series: ViewerSeries, reason: str, study: str) -> dict[str, Any
             "reason": reason}
 
 
-class ViewerConsumer(PrincipalGuardedConsumer):
+class ViewerConsumer(SegmentationReading, PrincipalGuardedConsumer):
     study: ViewerStudy
     session: ViewerSession
 
@@ -214,6 +215,7 @@ class ViewerConsumer(PrincipalGuardedConsumer):
         self._render(list(range(len(self.session.views))))
         await self._send_findings()
         await self._send_documents()
+        await self._send_segmentations()
 
     async def _send_ready(self) -> None:
         for scheduler in self.schedulers:
@@ -351,7 +353,7 @@ class ViewerConsumer(PrincipalGuardedConsumer):
 
     def _render(self, views: list[int]) -> None:
         for index in views:
-            self.schedulers[index].submit(self.session.state(index))
+            self.schedulers[index].submit(self.session.state(index, segmentation=True))
 
     async def _on_probe(self, message: protocol.Probe) -> None:
         self.probes.submit(message)
@@ -686,6 +688,7 @@ MESSAGE_HANDLERS: dict[type, Callable[[ViewerConsumer, Any], Awaitable[None]]] =
     protocol.Hang: ViewerConsumer._on_hang,
     protocol.HangSave: ViewerConsumer._on_hang_save, protocol.HangDelete: ViewerConsumer._on_hang_delete,
     protocol.Chart: ViewerConsumer._on_chart,
+    **SEGMENTATION_HANDLERS,
 }
 
 

@@ -72,7 +72,7 @@ class Operation:
 
 
 OPERATIONS: dict[str, Operation] = {}
-MODULES = ("rendering.measure", "rendering.measure_views")
+MODULES = ("rendering.measure", "rendering.measure_views", "rendering.segment_ops")
 """Modules beyond this one whose operations every process knows (imported on first lookup)."""
 
 

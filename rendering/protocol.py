@@ -72,7 +72,12 @@ class Label:
     max_length: int
 
 
-FieldRule = Number | Text | Identifier | Label
+@dataclass(frozen=True)
+class Flag:
+    """true or false."""
+
+
+FieldRule = Number | Text | Identifier | Label | Flag
 SERIES_UID = Identifier(re.compile(r"[A-Za-z0-9._:\-]{1,128}"))
 STUDY_UID = Identifier(re.compile(r"[0-9.]{1,64}"))
 
@@ -268,9 +273,52 @@ class HangDelete:
     rule: int
 
 
+@dataclass(frozen=True)
+class SegNew:
+    view: int
+    label: str
+
+
+@dataclass(frozen=True)
+class SegOpen:
+    segmentation: int
+
+
+@dataclass(frozen=True)
+class SegClose:
+    pass
+
+
+@dataclass(frozen=True)
+class SegEdit:
+    """An edit of the open segmentation; ``points`` are viewport pixels of ``view``, the rest its settings."""
+
+    view: int
+    tool: str
+    segment: int
+    points: tuple[tuple[float, float], ...]
+    settings: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SegStep:
+    back: bool
+
+
+@dataclass(frozen=True)
+class SegSegment:
+    segment: int
+    changes: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SegStore:
+    pass
+
+
 Message = (Acknowledge | Input | Setting | Layout | Probe | Resize | Thumbnails | OpenStudy | Measure
            | Keep | Forget | Relabel | StoreFindings | SuvMethod | SuvInputs | Hang | HangSave | HangDelete
-           | Chart)
+           | Chart | SegNew | SegOpen | SegClose | SegEdit | SegStep | SegSegment | SegStore)
 
 
 def _field(message: dict[str, Any], name: str, rule: FieldRule) -> Any:
@@ -284,6 +332,10 @@ def _field(message: dict[str, Any], name: str, rule: FieldRule) -> Any:
     if isinstance(rule, Label):
         if not isinstance(value, str) or not 0 < len(value) <= rule.max_length or not value.isprintable():
             raise ProtocolError("bad_value", f"{name!r} must be 1 to {rule.max_length} printable characters")
+        return value
+    if isinstance(rule, Flag):
+        if not isinstance(value, bool):
+            raise ProtocolError("bad_value", f"{name!r} must be true or false")
         return value
     if isinstance(rule, Text):
         if not isinstance(value, str) or value not in rule.choices:
@@ -483,6 +535,93 @@ def _parse_hang_delete(message: dict[str, Any], views: int) -> HangDelete:
     return HangDelete(_field(message, "rule", RULE_ID))
 
 
+SEGMENT_NUMBER = Number(1, 32, integer=True)
+SEG_POINTS = {  # points each segmentation tool takes (viewport pixels); 0: none
+    "threshold": (0, 1), "otsu": (1, 1), "grow": (1, 16), "confidence": (1, 16), "suv_fraction": (1, 1),
+    "brush": (1, 64), "erase": (1, 64), "fill_holes": (0, 0), "islands": (0, 0), "largest": (0, 0),
+    "clear": (0, 0),
+}
+SEG_SETTINGS: dict[str, dict[str, FieldRule]] = {
+    "threshold": {"low": Number(-1e6, 1e7), "high": Number(-1e6, 1e7), "unit": Text(("native", "suv")),
+                  "box_mm": Number(1, 250)},
+    "otsu": {"box_mm": Number(1, 250)},
+    "grow": {"low": Number(-1e6, 1e7), "high": Number(-1e6, 1e7), "unit": Text(("native", "suv"))},
+    "confidence": {"multiplier": Number(0.5, 6), "iterations": Number(0, 10, integer=True)},
+    "suv_fraction": {"fraction": Number(0.05, 0.95), "box_mm": Number(1, 150)},
+    "brush": {"radius_mm": Number(0.5, 50), "planar": Flag()},
+    "erase": {"radius_mm": Number(0.5, 50), "planar": Flag()},
+    "islands": {"min_ml": Number(0.001, 1000)},
+}
+SEG_REQUIRED = {"threshold": {"low", "high"}, "otsu": {"box_mm"}, "grow": {"low", "high"},
+                "suv_fraction": {"fraction", "box_mm"}, "brush": {"radius_mm"}, "erase": {"radius_mm"},
+                "islands": {"min_ml"}}
+SEG_LABEL = Label(64)
+SEGMENT_CHANGES: dict[str, FieldRule] = {"name": Label(64), "colour": Identifier(re.compile(r"#[0-9a-f]{6}")),
+                                         "visible": Flag(), "opacity": Number(0, 1)}
+
+
+def _points(raw: Any, low: int, high: int, what: str) -> tuple[tuple[float, float], ...]:
+    if raw is None and low == 0:
+        return ()
+    if not isinstance(raw, list) or not low <= len(raw) <= high:
+        raise ProtocolError("bad_value", f"{what} takes {low} to {high} points")
+    coordinate = Number(-4096, 8192)
+    points = []
+    for point in raw:
+        if not isinstance(point, list) or len(point) != 2:
+            raise ProtocolError("bad_value", "each point is [x, y] in viewport pixels")
+        points.append((_field({"x": point[0]}, "x", coordinate), _field({"y": point[1]}, "y", coordinate)))
+    return tuple(points)
+
+
+def _parse_seg_new(message: dict[str, Any], views: int) -> SegNew:
+    _exact_keys(message, {"type", "view", "label"})
+    return SegNew(_view(message, views), _field(message, "label", SEG_LABEL))
+
+
+def _parse_seg_open(message: dict[str, Any], views: int) -> SegOpen:
+    _exact_keys(message, {"type", "segmentation"})
+    return SegOpen(_field(message, "segmentation", RULE_ID))
+
+
+def _parse_seg_close(message: dict[str, Any], views: int) -> SegClose:
+    _exact_keys(message, {"type"})
+    return SegClose()
+
+
+def _parse_seg_edit(message: dict[str, Any], views: int) -> SegEdit:
+    tool = _field(message, "tool", Text(tuple(SEG_POINTS)))
+    rules = SEG_SETTINGS.get(tool, {})
+    _exact_keys(message, {"type", "view", "tool", "segment", "points", *rules})
+    missing = SEG_REQUIRED.get(tool, set()) - set(message)
+    if missing:
+        raise ProtocolError("missing_field", f"a {tool} edit needs {', '.join(sorted(missing))}")
+    settings = {name: _field(message, name, rule) for name, rule in rules.items() if name in message}
+    if "low" in settings and settings["low"] > settings["high"]:
+        raise ProtocolError("bad_value", "low must not be above high")
+    low, high = SEG_POINTS[tool]
+    return SegEdit(_view(message, views), tool, _field(message, "segment", SEGMENT_NUMBER),
+                   _points(message.get("points"), low, high, f"a {tool} edit"), settings)
+
+
+def _parse_seg_step(back: bool) -> Callable[[dict[str, Any], int], SegStep]:
+    def parse(message: dict[str, Any], views: int) -> SegStep:
+        _exact_keys(message, {"type"})
+        return SegStep(back)
+    return parse
+
+
+def _parse_seg_segment(message: dict[str, Any], views: int) -> SegSegment:
+    _exact_keys(message, {"type", "segment", *SEGMENT_CHANGES})
+    changes = {name: _field(message, name, rule) for name, rule in SEGMENT_CHANGES.items() if name in message}
+    return SegSegment(_field(message, "segment", SEGMENT_NUMBER), changes)
+
+
+def _parse_seg_store(message: dict[str, Any], views: int) -> SegStore:
+    _exact_keys(message, {"type"})
+    return SegStore()
+
+
 _PARSERS: dict[str, Callable[[dict[str, Any], int], Message]] = {
     "ack": _parse_ack, "input": _parse_input, "set": _parse_set,
     "layout": _parse_layout, "probe": _parse_probe, "resize": _parse_resize,
@@ -492,6 +631,9 @@ _PARSERS: dict[str, Callable[[dict[str, Any], int], Message]] = {
     "suv": _parse_suv, "suv_inputs": _parse_suv_inputs,
     "hang": _parse_hang, "hang_save": _parse_hang_save, "hang_delete": _parse_hang_delete,
     "chart": _parse_chart,
+    "seg_new": _parse_seg_new, "seg_open": _parse_seg_open, "seg_close": _parse_seg_close,
+    "seg_edit": _parse_seg_edit, "seg_undo": _parse_seg_step(True), "seg_redo": _parse_seg_step(False),
+    "seg_segment": _parse_seg_segment, "seg_store": _parse_seg_store,
 }
 
 
@@ -510,6 +652,8 @@ def rule_wire(rule: FieldRule) -> dict[str, Any]:
         return {"choices": list(rule.choices)}
     if isinstance(rule, Identifier):
         return {"identifier": True}
+    if isinstance(rule, Flag):
+        return {"flag": True}
     return {"min": rule.low, "max": rule.high, **({"integer": True} if rule.integer else {})}
 
 
@@ -522,6 +666,10 @@ def vocabulary(palettes: dict[str, list[str]]) -> dict[str, Any]:
         "layouts": list(LAYOUTS),
         "measure_tools": list(MEASURE_TOOLS),
         "charts": {kind: list(tools) for kind, tools in CHART_KINDS.items()},
+        "segment_tools": {tool: {"points": list(points), "required": sorted(SEG_REQUIRED.get(tool, ())),
+                                 "settings": {name: rule_wire(rule) for name, rule in
+                                              SEG_SETTINGS.get(tool, {}).items()}}
+                          for tool, points in SEG_POINTS.items()},
         "palettes": palettes,
     }
 

@@ -39,6 +39,14 @@ OVERLAY_OPACITY = 0.5
 TRUE_SIZE_MM_PER_PIXEL = 25.4 / 96
 
 
+@dataclass(frozen=True)
+class ShownSegmentation:
+    """The reader's segmentation on screen: its render layer and the frame of reference it is on."""
+
+    layer_id: str
+    frame_of_reference: str
+
+
 class SessionError(ValueError):
     """A request the session cannot honour (no such series, no PET for fusion...)."""
 
@@ -230,6 +238,7 @@ class ViewerSession:
         self.views: list[ViewModel] = []
         self.layout = ""
         self.suv = SuvReading()
+        self.segmentation: ShownSegmentation | None = None
         self.layout_apply(self._default_layout())
 
     def _series_add(self, series: list[SeriesInfo], unavailable: list[dict[str, Any]]) -> None:
@@ -409,11 +418,68 @@ class ViewerSession:
     def _base(self, view: ViewModel) -> SeriesInfo:
         return self.series[view.layers[0]["series_id"]]
 
-    def state(self, index: int, *, quality: str = "interactive") -> ViewState:
+    def segmentation_show(self, layer_id: str, series_uid: str) -> list[int]:
+        """Lay a reader's segmentation (its render layer ``layer_id``) over every 2-D view of its
+        reference series' frame of reference; the views to render again."""
+        reference = self.series.get(series_uid)
+        if reference is None or reference.kind != "volume" or not reference.mpr:
+            raise SessionError("a segmentation is drawn on a volume series of this reading")
+        shown = ShownSegmentation(layer_id, reference.frame_of_reference)
+        views = sorted(set(self._segmented_views(self.segmentation)) | set(self._segmented_views(shown)))
+        self.segmentation = shown
+        return views
+
+    def segmentation_hide(self) -> list[int]:
+        views = self._segmented_views(self.segmentation)
+        self.segmentation = None
+        return views
+
+    def segmentation_layers(self, series_uid: str, layer_id: str) -> list[dict[str, Any]]:
+        """A segmentation's reference series (in this reading's SUV) and the segmentation over it."""
+        plain = {"window_center": 0.5, "window_width": 1.0, "window_unit": "native", "palette": "grey"}
+        return self._with_suv([{"series_id": series_uid, **plain}, {"series_id": layer_id, **plain}])
+
+    def view_point_mm(self, index: int, point: tuple[float, float]) -> list[float]:
+        """Patient mm of a viewport pixel of view ``index``, on the plane its last frame showed."""
+        view = self.views[index]
+        plane = view.plane
+        if plane is None or view.kind not in MPR_KINDS:
+            raise SessionError("the view has no plane to place that on yet (a 2-D view with a frame shown)")
+        step = float(plane["mm_per_pixel"])
+        at = (np.asarray(plane["center_mm"], dtype=np.float64)
+              + (point[0] - view.width / 2) * step * np.asarray(plane["right"], dtype=np.float64)
+              + (point[1] - view.height / 2) * step * np.asarray(plane["down"], dtype=np.float64))
+        return [float(v) for v in at]
+
+    def view_normal(self, index: int) -> list[float]:
+        return [float(v) for v in self._normal(self.views[index])]
+
+    def view_frame_of_reference(self, index: int) -> str:
+        return self._base(self.views[index]).frame_of_reference
+
+    def _segmented_views(self, shown: ShownSegmentation | None) -> list[int]:
+        if shown is None:
+            return []
+        return [i for i, view in enumerate(self.views) if view.kind in MPR_KINDS
+                and self._base(view).frame_of_reference == shown.frame_of_reference
+                and len(view.layers) < MAX_LAYERS]
+
+    def _layers_shown(self, index: int) -> list[dict[str, Any]]:
+        layers = self._with_suv(self.views[index].layers)
+        if index in self._segmented_views(self.segmentation) and self.segmentation is not None:
+            layers = [*layers, {"series_id": self.segmentation.layer_id, "window_center": 0.5,
+                                "window_width": 1.0, "window_unit": "native", "palette": "grey",
+                                "opacity": 1.0}]
+        return layers
+
+    def state(self, index: int, *, quality: str = "interactive", segmentation: bool = False) -> ViewState:
+        """The view's state; with the reader's segmentation laid over it where ``segmentation``
+        (frames), without it for what reads values (probe, measurements)."""
         view = self.views[index]
         focus = self.focus[self._base(view).frame_of_reference]
         return viewstate_from_dict({
-            "view": view.kind, "layers": self._with_suv(view.layers),
+            "view": view.kind,
+            "layers": self._layers_shown(index) if segmentation else self._with_suv(view.layers),
             "focus_mm": [float(v) for v in focus],
             "oblique_deg": list(view.oblique_deg), "slab": view.slab,
             "camera2d": self._camera2d(view),

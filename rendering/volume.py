@@ -125,6 +125,8 @@ class Presentation:
     vois: tuple[Voi, ...] = ()
     time_points_s: tuple[float, ...] = ()
     """Each time point's start in seconds from the first, where the headers give it (else empty)."""
+    label_style: tuple[tuple[int, str, float], ...] = ()
+    """A reader's segmentation: (number, "#rrggbb", alpha) of each segment (empty: the label table)."""
 
     def as_dict(self) -> dict:
         return {"kind": self.kind, "invert": self.invert, "units": self.units, "panels": list(self.panels),
@@ -187,8 +189,9 @@ class Volume:
             raise VolumeError("voxels must be a numpy array [z, y, x] or RGB [z, y, x, 3]")
         if colour and voxels.dtype != np.uint8:
             raise VolumeError(f"colour voxels must be uint8, not {voxels.dtype}")
-        if not colour and voxels.dtype not in (np.float32, np.int16):
-            raise VolumeError(f"voxels must be float32 or int16, not {voxels.dtype}")
+        labels_uint8 = self.presentation.kind == "label" and voxels.dtype == np.uint8
+        if not colour and voxels.dtype not in (np.float32, np.int16) and not labels_uint8:
+            raise VolumeError(f"voxels must be float32 or int16 (uint8 for labels), not {voxels.dtype}")
         spacing = tuple(float(s) for s in self.spacing)
         origin = tuple(float(o) for o in self.origin)
         if len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:

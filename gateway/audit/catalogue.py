@@ -91,6 +91,8 @@ class Action(StrEnum):
     FINDING_EDIT = "finding.edit"
     FINDINGS_STORE = "findings.store"
     SUV_INPUT = "suv.input"
+    SEGMENTATION_CREATE = "segmentation.create"
+    SEGMENTATION_STORE = "segmentation.store"
 
     @property
     def spec(self) -> ActionSpec:
@@ -138,4 +140,7 @@ ACTION_SPECS: dict[Action, ActionSpec] = {
                                       "stored the findings in the study as DICOM SR and SEG"),
     Action.SUV_INPUT: ActionSpec(PATIENT_RECORD, None, "U",
                                  "entered a weight or dose for the SUV of a reading"),
+    Action.SEGMENTATION_CREATE: ActionSpec(PATIENT_RECORD, None, "C", "started a segmentation"),
+    Action.SEGMENTATION_STORE: ActionSpec(PATIENT_RECORD, None, "C",
+                                          "stored a segmentation in the study as DICOM SEG"),
 }

@@ -21,6 +21,7 @@ from rendering.engine.palettes import (
     indices_grey,
     label_rgb,
     palette_rgb,
+    styled_label_tables,
     voi_indices,
     window_grey,
     window_indices,
@@ -259,8 +260,27 @@ def _surround(item: _Resolved) -> np.ndarray:
     return LUTS[item.layer.palette][0]
 
 
-def _labels_over(image: np.ndarray | None, sampled: planes.Sampled, opacity: float) -> np.ndarray:
+def _styled_labels_over(image: np.ndarray | None, sampled: planes.Sampled, opacity: float,
+                        style: tuple[tuple[int, str, float], ...]) -> np.ndarray:
+    """A reader's segmentation: each segment in its own colour at its own opacity (hidden: 0)."""
+    table, weights = styled_label_tables(style)
+    labels = np.clip(np.rint(sampled.values), 0, 255).astype(np.uint8)
+    alpha = (weights[labels] * np.uint16(round(opacity * 256))) >> 8
+    if sampled.valid is not None:
+        alpha *= sampled.valid
+    under = np.zeros((*labels.shape, 3), dtype=np.uint8) if image is None else image
+    mixed = table[labels].astype(np.uint16) * alpha[..., None]
+    mixed += under.astype(np.uint16) * (np.uint16(256) - alpha[..., None])
+    mixed += np.uint16(128)
+    mixed >>= 8
+    return mixed.astype(np.uint8)
+
+
+def _labels_over(image: np.ndarray | None, sampled: planes.Sampled, opacity: float,
+                 style: tuple[tuple[int, str, float], ...] = ()) -> np.ndarray:
     """A segmentation's colours where its segments are, over what the layers below drew (or black)."""
+    if style:
+        return _styled_labels_over(image, sampled, opacity, style)
     colours, inside = label_rgb(sampled.values)
     shown = inside if sampled.valid is None else inside & sampled.valid
     if image is None:
@@ -388,7 +408,7 @@ class RenderEngine:
                                     thickness_mm=state.slab.thickness_mm,
                                     linear=linear and not item.volume.labels, transform=item.transform)
             if item.volume.labels:
-                image = _labels_over(image, sampled, item.layer.opacity)
+                image = _labels_over(image, sampled, item.layer.opacity, item.volume.presentation.label_style)
                 continue
             if single_grey:
                 palette = item.layer.palette

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from rendering.viewstate import Palette
@@ -126,6 +128,20 @@ def _label_colours() -> np.ndarray:
 
 
 LABEL_COLOURS = _label_colours()
+
+
+@functools.lru_cache(maxsize=64)
+def styled_label_tables(style: tuple[tuple[int, str, float], ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(256 colours, 256 weights out of 256) of a segmentation's segments; others clear."""
+    colours = np.zeros((256, 3), dtype=np.uint8)
+    weights = np.zeros(256, dtype=np.uint16)
+    for number, colour, alpha in style:
+        if 0 < number < 256:
+            colours[number] = list(bytes.fromhex(colour[1:7]))
+            weights[number] = round(min(max(alpha, 0.0), 1.0) * 256)
+    colours.setflags(write=False)
+    weights.setflags(write=False)
+    return colours, weights
 
 
 def label_rgb(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

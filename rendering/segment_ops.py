@@ -1,0 +1,270 @@
+"""Segmentation edits: each one changes a label map on its reference series' voxel grid.
+
+A segmentation is its reference series and an ordered list of edits (:mod:`imaging.segmentations`);
+its label map at a revision is the edits replayed on an empty map, so any render worker can build
+it from the database alone and no worker holds state a session depends on. Every position is in
+patient millimetres (the consumer places a click with the view's plane). Painting overwrites
+other segments; erasing clears only the edit's own segment. Region growing and morphology are
+SimpleITK's filters, run on the smallest box that holds what they may touch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from rendering.engine.core import RenderError
+from rendering.measure import region_box
+from rendering.operations import WorkerContext, operation
+from rendering.viewstate import ViewState
+from rendering.volume import MODALITIES_SUV, Volume
+
+MAX_SEGMENTS = 32
+SEGMENT_TOOLS = ("threshold", "otsu", "grow", "confidence", "suv_fraction", "brush", "erase",
+                 "fill_holes", "islands", "largest", "clear")
+PAINTING_TOOLS = frozenset({"threshold", "otsu", "grow", "confidence", "suv_fraction", "brush"})
+
+
+class SegmentError(ValueError):
+    """An edit that cannot be made on this series (said to the reader; nothing is recorded)."""
+
+
+def _values(volume: Volume, op: dict[str, Any], name: str) -> float:
+    """A threshold in the series' stored units, from SUV where the edit gives SUV."""
+    value = float(op[name])
+    if op.get("unit") == "suv":
+        if not volume.suv_factor:
+            raise SegmentError("this series has no SUV calibration: give the threshold in its own units")
+        return value / volume.suv_factor
+    return value
+
+
+def _region(volume: Volume, center: np.ndarray, reach: float) -> tuple[slice, slice, slice]:
+    try:
+        return region_box(volume, center, reach)
+    except RenderError as error:
+        raise SegmentError(str(error)) from error
+
+
+def _box(volume: Volume, op: dict[str, Any]) -> tuple[slice, slice, slice]:
+    if "center_mm" not in op:
+        return _whole(volume)
+    return _region(volume, np.asarray(op["center_mm"], dtype=np.float64), float(op["box_mm"]))
+
+
+def _seeds(volume: Volume, op: dict[str, Any]) -> list[tuple[int, int, int]]:
+    """Seed voxels as (i, j, k) for SimpleITK; a seed outside the series is refused."""
+    seeds = []
+    for point in op["seeds_mm"]:
+        k, j, i = (int(v) for v in np.rint(volume.patient_to_index(np.asarray(point, dtype=np.float64))))
+        if not (0 <= k < volume.shape[0] and 0 <= j < volume.shape[1] and 0 <= i < volume.shape[2]):
+            raise SegmentError("a seed lies outside the series")
+        seeds.append((i, j, k))
+    return seeds
+
+
+def _image(volume: Volume) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.voxels, dtype=np.float32))
+    image.SetSpacing(tuple(float(s) for s in reversed(volume.spacing)))
+    return image
+
+
+def _mask_array(image: sitk.Image) -> np.ndarray:
+    return sitk.GetArrayViewFromImage(image).astype(bool)
+
+
+def _threshold(volume: Volume, op: dict[str, Any]) -> tuple[tuple[slice, ...], np.ndarray]:
+    box = _box(volume, op)
+    values = volume.voxels[box]
+    return box, (values >= _values(volume, op, "low")) & (values <= _values(volume, op, "high"))
+
+
+def _otsu(volume: Volume, op: dict[str, Any]) -> tuple[tuple[slice, ...], np.ndarray]:
+    box = _box(volume, op)
+    patch = sitk.GetImageFromArray(np.ascontiguousarray(volume.voxels[box], dtype=np.float32))
+    above = sitk.OtsuThreshold(patch, 0, 1)
+    return box, _mask_array(above)
+
+
+def _grow(volume: Volume, op: dict[str, Any]) -> tuple[tuple[slice, ...], np.ndarray]:
+    grown = sitk.ConnectedThreshold(_image(volume), seedList=_seeds(volume, op),
+                                    lower=_values(volume, op, "low"), upper=_values(volume, op, "high"))
+    return _whole(volume), _mask_array(grown)
+
+
+def _confidence(volume: Volume, op: dict[str, Any]) -> tuple[tuple[slice, ...], np.ndarray]:
+    grown = sitk.ConfidenceConnected(_image(volume), seedList=_seeds(volume, op),
+                                     numberOfIterations=int(op.get("iterations", 3)),
+                                     multiplier=float(op.get("multiplier", 2.5)),
+                                     initialNeighborhoodRadius=1, replaceValue=1)
+    return _whole(volume), _mask_array(grown)
+
+
+def _suv_fraction(volume: Volume, op: dict[str, Any]) -> tuple[tuple[slice, ...], np.ndarray]:
+    """The voxels connected to the box's hottest one at ``fraction`` of its value or more."""
+    box = _box(volume, op)
+    values = volume.voxels[box]
+    hottest = np.unravel_index(int(np.argmax(values)), values.shape)
+    if not values[hottest] > 0:
+        raise SegmentError("the box holds no uptake")
+    above = values >= float(op["fraction"]) * float(values[hottest])
+    connected = sitk.ConnectedComponent(sitk.GetImageFromArray(above.astype(np.uint8)))
+    components = sitk.GetArrayFromImage(connected)
+    return box, components == components[hottest]
+
+
+def _brush(volume: Volume, op: dict[str, Any]) -> tuple[tuple[slice, ...], np.ndarray]:
+    """Spheres along a stroke, or discs one voxel thick on the view's plane (``normal``)."""
+    points = np.asarray(op["points_mm"], dtype=np.float64)
+    radius = float(op["radius_mm"])
+    reach = radius + float(np.max(volume.spacing))
+    low = points.min(axis=0) - reach
+    high = points.max(axis=0) + reach
+    box = _region(volume, (low + high) / 2.0, float(np.max(high - low)) / 2.0)
+    grid = np.stack(np.meshgrid(*(np.arange(s.start, s.stop) for s in box), indexing="ij"), axis=-1)
+    centres = volume.index_to_patient(grid.astype(np.float64))
+    inside = np.zeros(grid.shape[:3], dtype=bool)
+    normal = op.get("normal")
+    half_thickness = _half_thickness(volume, normal)
+    for point in points:
+        offset = centres - point
+        if normal is None:
+            inside |= np.einsum("...i,...i->...", offset, offset) <= radius * radius
+            continue
+        depth = offset @ np.asarray(normal, dtype=np.float64)
+        across = np.einsum("...i,...i->...", offset, offset) - depth * depth
+        inside |= (np.abs(depth) <= half_thickness) & (across <= radius * radius)
+    return box, inside
+
+
+def _half_thickness(volume: Volume, normal: Any) -> float:
+    """Half a voxel along ``normal``: a 2-D stroke marks one layer of voxels, whatever the plane."""
+    if normal is None:
+        return 0.0
+    direction = np.asarray(volume.direction, dtype=np.float64).reshape(3, 3)
+    along = np.abs(direction.T @ np.asarray(normal, dtype=np.float64))
+    spacing_xyz = np.asarray(volume.spacing, dtype=np.float64)[::-1]
+    return 0.5 * float(np.max(along * spacing_xyz) / max(float(np.linalg.norm(along)), 1e-9))
+
+
+def _whole(volume: Volume) -> tuple[slice, slice, slice]:
+    return (slice(0, volume.shape[0]), slice(0, volume.shape[1]), slice(0, volume.shape[2]))
+
+
+MASKS: dict[str, Callable[[Volume, dict[str, Any]], tuple[tuple[slice, ...], np.ndarray]]] = {
+    "threshold": _threshold, "otsu": _otsu, "grow": _grow, "confidence": _confidence,
+    "suv_fraction": _suv_fraction, "brush": _brush, "erase": _brush,
+}
+
+
+def _segment_box(labels: np.ndarray, segment: int) -> tuple[slice, ...] | None:
+    where = np.nonzero(labels == segment)
+    if not where[0].size:
+        return None
+    return tuple(slice(int(axis.min()), int(axis.max()) + 1) for axis in where)
+
+
+def _fill_holes(patch: np.ndarray, segment: int) -> None:
+    """Fill what the segment encloses on each slice: a cavity enclosed in 3-D is enclosed on every
+    slice through it, and a ring drawn slice by slice is filled though it is open at its ends."""
+    for k in range(patch.shape[0]):
+        layer = patch[k]
+        mask = sitk.GetImageFromArray((layer == segment).astype(np.uint8))
+        filled = _mask_array(sitk.BinaryFillhole(mask, fullyConnected=False, foregroundValue=1))
+        layer[filled & (layer == 0)] = segment
+
+
+def _morphology(labels: np.ndarray, volume: Volume, op: dict[str, Any]) -> None:
+    segment = int(op["segment"])
+    box = _segment_box(labels, segment)
+    if box is None:
+        return
+    patch = labels[box]
+    mask = sitk.GetImageFromArray((patch == segment).astype(np.uint8))
+    tool = op["tool"]
+    if tool == "fill_holes":
+        _fill_holes(patch, segment)
+        return
+    components = sitk.ConnectedComponent(mask)
+    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    smallest = 1 if tool == "largest" else max(int(np.ceil(float(op["min_ml"]) / voxel_ml)), 1)
+    ranked = sitk.GetArrayFromImage(sitk.RelabelComponent(components, minimumObjectSize=smallest))
+    kept = ranked == 1 if tool == "largest" else ranked > 0
+    patch[(patch == segment) & ~kept] = 0
+
+
+def segmentation_apply(labels: np.ndarray, volume: Volume, op: dict[str, Any]) -> None:
+    """Apply one edit to ``labels`` (uint8, the reference volume's shape) in place."""
+    tool, segment = op["tool"], int(op["segment"])
+    if not 1 <= segment <= MAX_SEGMENTS:
+        raise SegmentError(f"a segment is numbered 1 to {MAX_SEGMENTS}")
+    if tool == "clear":
+        labels[labels == segment] = 0
+        return
+    if tool in ("fill_holes", "islands", "largest"):
+        _morphology(labels, volume, op)
+        return
+    if tool not in MASKS:
+        raise SegmentError(f"unknown segmentation tool {tool!r}")
+    box, mask = MASKS[tool](volume, op)
+    patch = labels[box]
+    if tool == "erase":
+        patch[mask & (patch == segment)] = 0
+    else:
+        patch[mask] = segment
+
+
+def segmentation_replay(volume: Volume, edits: list[dict[str, Any]],
+                        start: np.ndarray | None = None) -> np.ndarray:
+    """The label map after ``edits``, from ``start`` (a copy is changed) or an empty map."""
+    labels = np.zeros(volume.shape, dtype=np.uint8) if start is None else start.copy()
+    for op in edits:
+        segmentation_apply(labels, volume, op)
+    return labels
+
+
+def segment_statistics(labels: np.ndarray, volume: Volume, scale: float = 1.0) -> dict[str, dict[str, float]]:
+    """Per segment (by number, as text): voxels, ml, and the mean and maximum of the reference
+    series, times ``scale`` (an SUV factor, where the series has one)."""
+    out: dict[str, dict[str, float]] = {}
+    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    counts = np.bincount(labels.ravel(), minlength=256)
+    for segment in np.nonzero(counts[1:])[0] + 1:
+        values = volume.voxels[labels == segment]
+        count = int(counts[segment])
+        out[str(int(segment))] = {"voxels": count, "volume_ml": count * voxel_ml,
+                                  "mean": float(values.mean()) * scale, "max": float(values.max()) * scale}
+    return out
+
+
+@operation("segment_statistics")
+def _segment_statistics(context: WorkerContext, state: ViewState, volumes: Mapping[str, Volume],
+                        arguments: dict[str, Any]) -> dict[str, Any]:
+    """Layers: the reference series, then the segmentation. Builds the revision (so an edit that
+    cannot be made fails here, before the reader sees it) and measures each segment."""
+    reference, segmentation = (volumes[layer.series_id] for layer in state.layers[:2])
+    factor = state.layers[0].suv_factor or reference.suv_factor
+    unit = "SUV" if factor and reference.modality in MODALITIES_SUV else (reference.presentation.units or "")
+    scale = float(factor) if unit == "SUV" and factor else 1.0
+    return {"unit": unit, "segments": segment_statistics(np.asarray(segmentation.voxels), reference, scale)}
+
+
+@operation("segmentation_store")
+def _segmentation_store(context: WorkerContext, state: ViewState, volumes: Mapping[str, Volume],
+                        arguments: dict[str, Any]) -> dict[str, Any]:
+    """Layers: the reference series, then the segmentation; written here, where its map is."""
+    from imaging.findings_dicom import FindingsExportError
+    from imaging.segmentation_dicom import segmentation_dicom_store
+
+    reference, segmentation = (volumes[layer.series_id] for layer in state.layers[:2])
+    positions = reference.index_to_patient(
+        np.stack([np.arange(reference.shape[0]), np.zeros(reference.shape[0]), np.zeros(reference.shape[0])],
+                 axis=1).astype(np.float64))
+    try:
+        return segmentation_dicom_store(segmentation_id=int(arguments["segmentation"]),
+                                        labels=np.asarray(segmentation.voxels), slice_positions=positions)
+    except FindingsExportError as error:
+        raise RenderError(str(error)) from error

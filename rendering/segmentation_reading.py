@@ -1,0 +1,250 @@
+"""The viewer socket's segmentation messages: open, edit, undo, style and store a segmentation.
+
+Mixed into :class:`rendering.consumers.ViewerConsumer`. Who may do what: a reader who may
+report (``study.report``: doctors) creates, edits and stores segmentations; everyone else who
+opens the study sees them, a consultant only where the share carries ``measure``. Every edit
+is recorded first and then built by a render worker with the segment statistics; an edit the
+worker cannot make is taken back, so what is recorded is always what can be drawn.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from channels.db import database_sync_to_async
+
+from gateway.audit.catalogue import Action, Outcome
+from gateway.policy import Permission, may
+from imaging.segmentations import (
+    SegmentationError,
+    SegmentationNotFound,
+    segment_set,
+    segmentation_create,
+    segmentation_edit,
+    segmentation_forget_last,
+    segmentation_get,
+    segmentation_layer_id,
+    segmentation_step,
+    segmentation_wire,
+    segmentations_of,
+)
+from rendering import protocol
+from rendering.engine.core import MissingVolumeError
+from rendering.pool import CLINICAL
+from rendering.session import SessionError
+from rendering.viewstate import viewstate_from_dict
+from rendering.workers import RenderError
+
+if TYPE_CHECKING:
+    from imaging.access import ViewerStudy
+    from imaging.models import Segmentation
+    from rendering.session import ViewerSession
+
+
+class SegmentationReading:
+    """State and handlers of the reader's segmentation (one open at a time per socket)."""
+
+    segmentation_id: int | None = None
+    if TYPE_CHECKING:  # what the consumer it is mixed into provides
+        principal: Any
+        study: ViewerStudy
+        session: ViewerSession
+        pool: Any
+        may_measure: bool
+
+        async def send(self, text_data: str | None = None, bytes_data: bytes | None = None,
+                       close: bool = False) -> None: ...
+        async def _audit(self, action: Action, outcome: Outcome, *, study: str | None = None,
+                         details: dict[str, Any] | None = None) -> None: ...
+        async def _error(self, code: str, text: str, *, view: int | None = None,
+                         of: str | None = None) -> None: ...
+        def _render(self, views: list[int]) -> None: ...
+
+    async def _segmentation_may_edit(self) -> bool:
+        consultant = getattr(self.principal, "is_capability", False) is True
+        return not consultant and await database_sync_to_async(may)(
+            self.principal, Permission.STUDY_REPORT, self.study.study_uid)
+
+    async def _segmentation_may_see(self) -> bool:
+        consultant = getattr(self.principal, "is_capability", False) is True
+        return not consultant or bool(self.may_measure)
+
+    async def _send_segmentations(self) -> None:
+        listed: list[dict[str, Any]] = []
+        if await self._segmentation_may_see():
+            rows = await database_sync_to_async(segmentations_of)(*self.session.studies)
+            listed = [await database_sync_to_async(segmentation_wire)(row) for row in rows]
+        await self.send(text_data=_json({"type": "segmentations",
+                                         "may_edit": await self._segmentation_may_edit(),
+                                         "segmentations": listed}))
+
+    async def _on_seg_new(self, message: protocol.SegNew) -> None:
+        if not await self._segmentation_may_edit():
+            raise SessionError("segmenting is part of reporting, which is not granted here")
+        session = self.session
+        series = session.series[session.views[message.view].layers[0]["series_id"]]
+        if series.kind != "volume" or not series.mpr:
+            raise SessionError("a segmentation is drawn on a volume series (CT, MR, PET, SPECT)")
+        try:
+            created = await database_sync_to_async(segmentation_create)(
+                study_uid=series.study or self.study.study_uid, series_uid=series.uid,
+                label=message.label, author=self.principal.username)
+        except SegmentationNotFound as error:
+            raise SessionError("that series is not one of this reading's studies") from error
+        await self._audit(Action.SEGMENTATION_CREATE, Outcome.SUCCESS,
+                          study=created.study.study_instance_uid,
+                          details={"segmentation": created.id, "series": series.uid})
+        await self._segmentation_show(created.id)
+        await self._send_segmentations()
+
+    async def _on_seg_open(self, message: protocol.SegOpen) -> None:
+        if not await self._segmentation_may_see():
+            raise SessionError("seeing segmentations needs a share that carries measure")
+        await self._segmentation_show(message.segmentation)
+
+    async def _on_seg_close(self, message: protocol.SegClose) -> None:
+        self.segmentation_id = None
+        self._render(self.session.segmentation_hide())
+        await self.send(text_data=_json({"type": "segmentation", "segmentation": None}))
+
+    async def _segmentation_open(self) -> Segmentation:
+        if self.segmentation_id is None:
+            raise SessionError("no segmentation is open")
+        try:
+            return await database_sync_to_async(segmentation_get)(
+                self.segmentation_id, *self.session.studies)
+        except SegmentationNotFound as error:
+            raise SessionError("no such segmentation of this reading") from error
+
+    async def _segmentation_show(self, segmentation_id: int) -> None:
+        try:
+            segmentation = await database_sync_to_async(segmentation_get)(
+                segmentation_id, *self.session.studies)
+        except SegmentationNotFound as error:
+            raise SessionError("no such segmentation of this reading") from error
+        statistics = await self._segmentation_statistics(segmentation)
+        views = self.session.segmentation_show(
+            segmentation_layer_id(segmentation), segmentation.series_instance_uid)
+        self.segmentation_id = segmentation.id
+        await self._send_segmentation(segmentation, statistics)
+        self._render(views)
+
+    def _segmentation_state(self, segmentation: Segmentation) -> Any:
+        layers = self.session.segmentation_layers(
+            segmentation.series_instance_uid, segmentation_layer_id(segmentation))
+        return viewstate_from_dict({"view": "native", "layers": layers})
+
+    async def _segmentation_statistics(self, segmentation: Segmentation) -> dict[str, Any]:
+        answer: dict[str, Any] = await self.pool.request(
+            "segment_statistics", self._segmentation_state(segmentation), source=CLINICAL)
+        return answer
+
+    async def _send_segmentation(self, segmentation: Segmentation, statistics: dict[str, Any]) -> None:
+        wire = await database_sync_to_async(segmentation_wire)(segmentation)
+        await self.send(text_data=_json({
+            "type": "segmentation", "segmentation": {**wire, "statistics": statistics,
+                                                     "editable": await self._segmentation_may_edit()}}))
+
+    async def _segmentation_changed(self, segmentation: Segmentation) -> None:
+        statistics = await self._segmentation_statistics(segmentation)
+        views = self.session.segmentation_show(
+            segmentation_layer_id(segmentation), segmentation.series_instance_uid)
+        await self._send_segmentation(segmentation, statistics)
+        self._render(views)
+
+    def _edit_op(self, message: protocol.SegEdit, frame_of_reference: str) -> dict[str, Any]:
+        session = self.session
+        if message.points and session.view_frame_of_reference(message.view) != frame_of_reference:
+            raise SessionError("that view shows another frame of reference than the segmentation's")
+        points = [session.view_point_mm(message.view, point) for point in message.points]
+        op: dict[str, Any] = {"tool": message.tool, "segment": message.segment, **message.settings}
+        planar = op.pop("planar", False)
+        if message.tool in ("grow", "confidence"):
+            op["seeds_mm"] = points
+        elif message.tool in ("brush", "erase"):
+            op["points_mm"] = points
+            if planar:
+                op["normal"] = session.view_normal(message.view)
+        elif points:
+            op["center_mm"] = points[0]
+        if message.tool == "threshold" and points and "box_mm" not in op:
+            raise SessionError("a threshold at a point needs box_mm (else it covers the whole series)")
+        return op
+
+    async def _on_seg_edit(self, message: protocol.SegEdit) -> None:
+        if not await self._segmentation_may_edit():
+            raise SessionError("segmenting is part of reporting, which is not granted here")
+        segmentation = await self._segmentation_open()
+        reference = self.session.series.get(segmentation.series_instance_uid)
+        op = self._edit_op(message, reference.frame_of_reference if reference else "")
+        try:
+            edited = await database_sync_to_async(segmentation_edit)(
+                segmentation.id, op, author=self.principal.username)
+        except SegmentationError as error:
+            raise SessionError(str(error)) from error
+        try:
+            await self._segmentation_changed(edited)
+        except (RenderError, MissingVolumeError) as error:
+            await database_sync_to_async(segmentation_forget_last)(edited.id)
+            await self._error("segment_failed", str(error), of="seg_edit")
+
+    async def _on_seg_step(self, message: protocol.SegStep) -> None:
+        if not await self._segmentation_may_edit():
+            raise SessionError("segmenting is part of reporting, which is not granted here")
+        segmentation = await self._segmentation_open()
+        try:
+            stepped = await database_sync_to_async(segmentation_step)(segmentation.id, back=message.back)
+        except SegmentationError as error:
+            raise SessionError(str(error)) from error
+        await self._segmentation_changed(stepped)
+
+    async def _on_seg_segment(self, message: protocol.SegSegment) -> None:
+        if not await self._segmentation_may_edit():
+            raise SessionError("segmenting is part of reporting, which is not granted here")
+        segmentation = await self._segmentation_open()
+        try:
+            changed = await database_sync_to_async(segment_set)(segmentation.id, message.segment,
+                                                                **message.changes)
+        except SegmentationError as error:
+            raise SessionError(str(error)) from error
+        await self._segmentation_changed(changed)
+
+    async def _on_seg_store(self, message: protocol.SegStore) -> None:
+        if not await self._segmentation_may_edit():
+            await self._audit(Action.SEGMENTATION_STORE, Outcome.DENIED,
+                              details={"reason": "study.report not granted"})
+            raise SessionError("storing a segmentation in the study is part of reporting, "
+                               "which is not granted here")
+        segmentation = await self._segmentation_open()
+        study = segmentation.study.study_instance_uid
+        try:
+            stored = await self.pool.request(
+                "segmentation_store", self._segmentation_state(segmentation), source=CLINICAL,
+                segmentation=segmentation.id)
+        except (RenderError, MissingVolumeError) as error:
+            await self._audit(Action.SEGMENTATION_STORE, Outcome.FAILURE, study=study,
+                              details={"segmentation": segmentation.id, "reason": str(error)[:200]})
+            await self._error("store_failed", str(error), of="seg_store")
+            return
+        await self._audit(Action.SEGMENTATION_STORE, Outcome.SUCCESS, study=study,
+                          details={"segmentation": segmentation.id, **stored})
+        await self.send(text_data=_json({"type": "segmentation_stored",
+                                         "segmentation": segmentation.id, **stored}))
+
+
+def _json(body: dict[str, Any]) -> str:
+    return json.dumps(body)
+
+
+SEGMENTATION_HANDLERS: dict[type, Callable[[Any, Any], Awaitable[None]]] = {
+    protocol.SegNew: SegmentationReading._on_seg_new,
+    protocol.SegOpen: SegmentationReading._on_seg_open,
+    protocol.SegClose: SegmentationReading._on_seg_close,
+    protocol.SegEdit: SegmentationReading._on_seg_edit,
+    protocol.SegStep: SegmentationReading._on_seg_step,
+    protocol.SegSegment: SegmentationReading._on_seg_segment,
+    protocol.SegStore: SegmentationReading._on_seg_store,
+}
+"""Each segmentation message and its handler (:data:`rendering.consumers.MESSAGE_HANDLERS` takes them)."""
