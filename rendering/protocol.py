@@ -301,8 +301,13 @@ class SegEdit:
 
 
 @dataclass(frozen=True)
-class SegStep:
-    back: bool
+class SegUndo:
+    pass
+
+
+@dataclass(frozen=True)
+class SegRedo:
+    pass
 
 
 @dataclass(frozen=True)
@@ -318,7 +323,7 @@ class SegStore:
 
 Message = (Acknowledge | Input | Setting | Layout | Probe | Resize | Thumbnails | OpenStudy | Measure
            | Keep | Forget | Relabel | StoreFindings | SuvMethod | SuvInputs | Hang | HangSave | HangDelete
-           | Chart | SegNew | SegOpen | SegClose | SegEdit | SegStep | SegSegment | SegStore)
+           | Chart | SegNew | SegOpen | SegClose | SegEdit | SegUndo | SegRedo | SegSegment | SegStore)
 
 
 def _field(message: dict[str, Any], name: str, rule: FieldRule) -> Any:
@@ -604,11 +609,14 @@ def _parse_seg_edit(message: dict[str, Any], views: int) -> SegEdit:
                    _points(message.get("points"), low, high, f"a {tool} edit"), settings)
 
 
-def _parse_seg_step(back: bool) -> Callable[[dict[str, Any], int], SegStep]:
-    def parse(message: dict[str, Any], views: int) -> SegStep:
-        _exact_keys(message, {"type"})
-        return SegStep(back)
-    return parse
+def _parse_seg_undo(message: dict[str, Any], views: int) -> SegUndo:
+    _exact_keys(message, {"type"})
+    return SegUndo()
+
+
+def _parse_seg_redo(message: dict[str, Any], views: int) -> SegRedo:
+    _exact_keys(message, {"type"})
+    return SegRedo()
 
 
 def _parse_seg_segment(message: dict[str, Any], views: int) -> SegSegment:
@@ -632,7 +640,7 @@ _PARSERS: dict[str, Callable[[dict[str, Any], int], Message]] = {
     "hang": _parse_hang, "hang_save": _parse_hang_save, "hang_delete": _parse_hang_delete,
     "chart": _parse_chart,
     "seg_new": _parse_seg_new, "seg_open": _parse_seg_open, "seg_close": _parse_seg_close,
-    "seg_edit": _parse_seg_edit, "seg_undo": _parse_seg_step(True), "seg_redo": _parse_seg_step(False),
+    "seg_edit": _parse_seg_edit, "seg_undo": _parse_seg_undo, "seg_redo": _parse_seg_redo,
     "seg_segment": _parse_seg_segment, "seg_store": _parse_seg_store,
 }
 

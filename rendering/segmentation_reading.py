@@ -190,12 +190,18 @@ class SegmentationReading:
             await database_sync_to_async(segmentation_forget_last)(edited.id)
             await self._error("segment_failed", str(error), of="seg_edit")
 
-    async def _on_seg_step(self, message: protocol.SegStep) -> None:
+    async def _on_seg_undo(self, message: protocol.SegUndo) -> None:
+        await self._segmentation_step(back=True)
+
+    async def _on_seg_redo(self, message: protocol.SegRedo) -> None:
+        await self._segmentation_step(back=False)
+
+    async def _segmentation_step(self, *, back: bool) -> None:
         if not await self._segmentation_may_edit():
             raise SessionError("segmenting is part of reporting, which is not granted here")
         segmentation = await self._segmentation_open()
         try:
-            stepped = await database_sync_to_async(segmentation_step)(segmentation.id, back=message.back)
+            stepped = await database_sync_to_async(segmentation_step)(segmentation.id, back=back)
         except SegmentationError as error:
             raise SessionError(str(error)) from error
         await self._segmentation_changed(stepped)
@@ -243,7 +249,8 @@ SEGMENTATION_HANDLERS: dict[type, Callable[[Any, Any], Awaitable[None]]] = {
     protocol.SegOpen: SegmentationReading._on_seg_open,
     protocol.SegClose: SegmentationReading._on_seg_close,
     protocol.SegEdit: SegmentationReading._on_seg_edit,
-    protocol.SegStep: SegmentationReading._on_seg_step,
+    protocol.SegUndo: SegmentationReading._on_seg_undo,
+    protocol.SegRedo: SegmentationReading._on_seg_redo,
     protocol.SegSegment: SegmentationReading._on_seg_segment,
     protocol.SegStore: SegmentationReading._on_seg_store,
 }

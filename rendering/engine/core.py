@@ -265,7 +265,7 @@ def _styled_labels_over(image: np.ndarray | None, sampled: planes.Sampled, opaci
     """A reader's segmentation: each segment in its own colour at its own opacity (hidden: 0)."""
     table, weights = styled_label_tables(style)
     labels = np.clip(np.rint(sampled.values), 0, 255).astype(np.uint8)
-    alpha = (weights[labels] * np.uint16(round(opacity * 256))) >> 8
+    alpha = ((weights[labels].astype(np.uint32) * np.uint32(round(opacity * 256))) >> 8).astype(np.uint16)
     if sampled.valid is not None:
         alpha *= sampled.valid
     under = np.zeros((*labels.shape, 3), dtype=np.uint8) if image is None else image

@@ -153,6 +153,24 @@ def test_valid_messages_parse(raw, expected):
      "unknown_field"),
     ('{"type":"chart","view":0,"kind":"tac","tool":"sphere","points":[[1,1]],"radius_mm":9,"series":"1.2"}',
      "unknown_field"),
+    ('{"type":"seg_new","view":0}', "missing_field"),
+    ('{"type":"seg_new","view":0,"label":"a","series":"1.2"}', "unknown_field"),
+    ('{"type":"seg_open","segmentation":0}', "bad_value"),
+    ('{"type":"seg_edit","view":0,"tool":"grow","segment":1,"points":[[1,1]],"low":5}', "missing_field"),
+    ('{"type":"seg_edit","view":0,"tool":"grow","segment":1,"points":[[1,1]],"low":5,"high":1}', "bad_value"),
+    ('{"type":"seg_edit","view":0,"tool":"grow","segment":1,"points":[],"low":0,"high":1}', "bad_value"),
+    ('{"type":"seg_edit","view":0,"tool":"brush","segment":33,"points":[[1,1]],"radius_mm":2}', "bad_value"),
+    ('{"type":"seg_edit","view":0,"tool":"brush","segment":1,"points":[[1,1]],"radius_mm":2,"planar":1}',
+     "bad_value"),
+    ('{"type":"seg_edit","view":0,"tool":"brush","segment":1,"points":[[1,1]],"radius_mm":99}', "bad_value"),
+    ('{"type":"seg_edit","view":0,"tool":"brush","segment":1,"points":' + json.dumps([[1, 1]] * 65)
+     + ',"radius_mm":2}', "bad_value"),
+    ('{"type":"seg_edit","view":0,"tool":"largest","segment":1,"min_ml":1}', "unknown_field"),
+    ('{"type":"seg_edit","view":0,"tool":"otsu","segment":1,"points":[[1,1]]}', "missing_field"),
+    ('{"type":"seg_edit","view":0,"tool":"paint_all","segment":1}', "bad_value"),
+    ('{"type":"seg_segment","segment":1,"colour":"red"}', "bad_value"),
+    ('{"type":"seg_segment","segment":1,"visible":"yes"}', "bad_value"),
+    ('{"type":"seg_undo","steps":3}', "unknown_field"),
 ])
 def test_malformed_messages_are_refused_with_a_code(raw, code):
     with pytest.raises(ProtocolError) as refused:
@@ -218,6 +236,8 @@ def _example(rule: dict) -> object:
         return rule["choices"][-1]
     if rule.get("identifier"):
         return "1.2.3"
+    if rule.get("flag"):
+        return True
     return rule["max"]
 
 
@@ -240,6 +260,14 @@ def test_what_the_vocabulary_announces_the_parser_accepts_and_nothing_beyond():
         assert message_parse(json.dumps(message), views=1).operation == op
     for layout in announced["layouts"]:
         assert message_parse(json.dumps({"type": "layout", "layout": layout}), views=1) == Layout(layout)
+    for tool, rules in announced["segment_tools"].items():
+        low, _ = rules["points"]
+        message = {"type": "seg_edit", "view": 0, "tool": tool, "segment": 1, "points": [[5, 5]] * low,
+                   **{name: _example(rule) for name, rule in rules["settings"].items()}}
+        edit = message_parse(json.dumps(message), views=1)
+        assert (edit.tool, len(edit.points)) == (tool, low)
+        with pytest.raises(ProtocolError):
+            message_parse(json.dumps({**message, "unannounced": 1}), views=1)
     assert json.loads(json.dumps(announced)) == announced
 
 

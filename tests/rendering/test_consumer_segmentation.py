@@ -1,0 +1,209 @@
+"""Segmentations over the viewer socket: real session, the ingested phantom, real render workers.
+
+A doctor starts a segmentation on the PET, grows the planted lesion at 41 % of its maximum,
+brushes a second segment, undoes and redoes, restyles, and stores it as a DICOM SEG that
+dicom3tools' ``dciodvfy`` accepts and highdicom reads back to the voxels the statistics
+counted. The lesion's SUVmax comes from the phantom's truth file; a nurse sees and may not edit.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from channels.db import database_sync_to_async
+
+from gateway.audit.models import AuditEvent
+from imaging import storage
+from imaging.models import Instance, Series, Study
+from imaging.phantom import phantom_write
+from imaging.services import IngestBatch, ingest_caches_clear
+from rendering import pool as pool_module
+from tests.conftest import ZONES
+from tests.rendering.test_consumer import _next, _open, _pixel_of, _rgb, _stills, _until
+
+pytestmark = pytest.mark.django_db(databases=ZONES, transaction=True)
+
+
+@pytest.fixture(scope="module")
+def pet_ct_files(tmp_path_factory):
+    out = tmp_path_factory.mktemp("segmentation-phantom")
+    return out, phantom_write(out_dir=out, slices=40, patients=1, seed=3)
+
+
+@pytest.fixture
+def study(pet_ct_files, keys_dir, tmp_path, settings):
+    """The phantom PET/CT ingested into a fresh store, with fresh render workers around the test."""
+    settings.IMAGING_STORAGE_DIR = tmp_path / "objects"
+    ingest_caches_clear()
+    pool_module.render_pool_stop()
+    out, truth = pet_ct_files
+    batch = IngestBatch(actor="cli:test", door="import")
+    for path in sorted(out.rglob("*.dcm")):
+        batch.ingest(path.read_bytes())
+    batch.close()
+    yield Study.objects.get(), truth["patients"][0]
+    pool_module.render_pool_stop()
+    ingest_caches_clear()
+
+
+def _message(kind: str):
+    return lambda m: isinstance(m, dict) and m["type"] in (kind, "error")
+
+
+def _pet_view(ready: dict) -> int:
+    modality = {s["uid"]: s["modality"] for s in ready["series"]}
+    return next(n for n, view in enumerate(ready["views"])
+                if view["kind"] != "3d" and modality[view["layers"][0]] == "PT")
+
+
+async def _opened(communicator) -> tuple[dict, dict, dict]:
+    """(ready, segmentations, a frame of every view) as a session opens: they arrive interleaved."""
+    ready = await _next(communicator)
+    listed, frames = None, {}
+    while listed is None or len(frames) < len(ready["views"]):
+        item = await _next(communicator)
+        if isinstance(item, dict):
+            assert item["type"] != "error", item
+            listed = item if item["type"] == "segmentations" else listed
+            continue
+        frames[item.view] = item
+        await communicator.send_json_to({"type": "ack", "view": item.view, "seq": item.sequence})
+    return ready, listed, frames
+
+
+async def _at(communicator, frame, point_mm) -> tuple[int, int, object]:
+    """The view of ``frame`` scrolled to the slice of ``point_mm`` and focused there: the pixel and
+    the still frame there."""
+    view = frame.view
+    await communicator.send_json_to({"type": "input", "view": view, "op": "scroll",
+                                     "delta": round((point_mm[2] - frame.overlay["position"]) / 4.0)})
+    frame = await _until(communicator, lambda f: not isinstance(f, dict) and f.view == view
+                         and abs(f.overlay["position"] - point_mm[2]) <= 2.01)
+    x, y = _pixel_of(frame, point_mm)
+    await communicator.send_json_to({"type": "input", "view": view, "op": "focus", "x": x, "y": y})
+    still = (await _stills(communicator, {view}, at=(x, y)))[view]
+    x, y = (round(v) for v in still.overlay["crosshair"])
+    return x, y, still
+
+
+async def _still_where(communicator, view: int, at: tuple[int, int], wanted, stills: int = 6):
+    """The first of the next ``stills`` stills of ``view`` at ``at`` whose picture is ``wanted``
+    (frames rendered before an edit may still be on their way), or None."""
+    for _ in range(stills):
+        still = (await _stills(communicator, {view}, at=at))[view]
+        if wanted(_rgb(still).astype(int)):
+            return still
+    return None
+
+
+async def _answer(communicator, kind: str) -> dict:
+    answer = await _until(communicator, _message(kind))
+    assert answer["type"] == kind, answer
+    return answer
+
+
+async def test_a_doctor_segments_the_lesion_edits_undoes_and_stores_a_seg(client, signed_in, study, tmp_path):
+    doctor = await database_sync_to_async(signed_in)("doctor")
+    record, truth = study
+    lesion = max(truth["lesions"], key=lambda item: item["suv_max"])
+    communicator, _, _ = await _open(client, record.study_instance_uid)
+    ready, listed, frames = await _opened(communicator)
+    assert listed["may_edit"] is True and listed["segmentations"] == []
+    view = _pet_view(ready)
+    x, y, still = await _at(communicator, frames[view], lesion["center_mm"])
+    before = _rgb(still)[y, x].astype(int)
+
+    await communicator.send_json_to({"type": "seg_new", "view": view, "label": "hot lesions"})
+    opened = (await _answer(communicator, "segmentation"))["segmentation"]
+    assert (opened["revision"], opened["statistics"]["segments"]) == (0, {})
+    await communicator.send_json_to({"type": "seg_segment", "segment": 1, "colour": "#0000ff",
+                                     "opacity": 1.0})
+    await _answer(communicator, "segmentation")
+    await communicator.send_json_to({"type": "seg_edit", "view": view, "tool": "suv_fraction", "segment": 1,
+                                     "points": [[x, y]], "fraction": 0.41, "box_mm": lesion["radius_mm"] + 8})
+    grown = (await _answer(communicator, "segmentation"))["segmentation"]
+    first = grown["statistics"]["segments"]["1"]
+    assert grown["statistics"]["unit"] == "SUV" and grown["revision"] == 1 and grown["can_undo"]
+    assert first["max"] == pytest.approx(lesion["suv_max"], rel=0.01)
+    assert 0 < first["volume_ml"] < 4 / 3 * np.pi * (lesion["radius_mm"] + 8) ** 3 / 1000
+    shown = await _still_where(communicator, view, (x, y), lambda rgb: rgb[y, x, 2] - before[2] > 60)
+    assert shown is not None, f"no still of view {view} shows the segment's blue over the lesion ({before})"
+
+    await communicator.send_json_to({"type": "seg_segment", "segment": 2, "name": "marked"})
+    await _answer(communicator, "segmentation")
+    await communicator.send_json_to({"type": "seg_edit", "view": view, "tool": "brush", "segment": 2,
+                                     "points": [[x + 40, y + 40]], "radius_mm": 10, "planar": True})
+    brushed = (await _answer(communicator, "segmentation"))["segmentation"]
+    assert set(brushed["statistics"]["segments"]) == {"1", "2"}
+    await communicator.send_json_to({"type": "seg_undo"})
+    undone = (await _answer(communicator, "segmentation"))["segmentation"]
+    assert set(undone["statistics"]["segments"]) == {"1"} and undone["can_redo"]
+    await communicator.send_json_to({"type": "seg_redo"})
+    redone = (await _answer(communicator, "segmentation"))["segmentation"]
+    assert redone["statistics"]["segments"] == brushed["statistics"]["segments"]
+    await communicator.send_json_to({"type": "seg_edit", "view": view, "tool": "grow", "segment": 1,
+                                     "points": [[-4000, -4000]], "low": 0.0, "high": 1.0})
+    failed = await _until(communicator, _message("segmentation"))
+    assert failed["type"] == "error" and failed["of"] == "seg_edit", failed
+
+    await communicator.send_json_to({"type": "seg_store"})
+    stored = await _answer(communicator, "segmentation_stored")
+    assert (stored["segments"], stored["frames"] > 0) == (2, True)
+    await communicator.disconnect()
+
+    seg = await database_sync_to_async(_stored_seg)(stored["seg_series"])
+    path = tmp_path / "seg.dcm"
+    seg.save_as(path, enforce_file_format=True)
+    _valid(path)
+    read = hd.seg.Segmentation.from_dataset(seg)
+    counts = {number: int(np.count_nonzero(read.get_volume(segment_numbers=[number]).array))
+              for number in (1, 2)}
+    assert counts == {1: redone["statistics"]["segments"]["1"]["voxels"],
+                      2: redone["statistics"]["segments"]["2"]["voxels"]}
+    actions = await database_sync_to_async(lambda: sorted(AuditEvent.objects.filter(
+        actor=doctor.username, action__startswith="segmentation.").values_list("action", "outcome")))()
+    assert actions == [("segmentation.create", "success"), ("segmentation.store", "success")]
+
+
+def _stored_seg(series_uid: str) -> pydicom.Dataset:
+    instance = Instance.objects.get(series=Series.objects.get(series_instance_uid=series_uid))
+    return pydicom.dcmread(io.BytesIO(storage.object_get(instance.object_id)))
+
+
+def _valid(path) -> None:
+    tool = shutil.which("dciodvfy")
+    if tool is None:
+        pytest.fail("dciodvfy is not on PATH: make sysdeps installs dicom3tools")
+    run = subprocess.run([tool, str(path)], capture_output=True, text=True, check=False)
+    errors = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+    assert errors == [], run.stdout + run.stderr
+
+
+async def test_a_nurse_sees_segmentations_and_may_not_edit_them(client, signed_in, study):
+    await database_sync_to_async(signed_in)("doctor", username="doctor-seg")
+    record, _ = study
+    communicator, _, _ = await _open(client, record.study_instance_uid)
+    ready, _, _ = await _opened(communicator)
+    await communicator.send_json_to({"type": "seg_new", "view": _pet_view(ready), "label": "to be seen"})
+    created = (await _answer(communicator, "segmentation"))["segmentation"]
+    await communicator.disconnect()
+
+    await database_sync_to_async(signed_in)("nurse")
+    communicator, _, _ = await _open(client, record.study_instance_uid)
+    ready, listed, _ = await _opened(communicator)
+    assert listed["may_edit"] is False and [s["id"] for s in listed["segmentations"]] == [created["id"]]
+    await communicator.send_json_to({"type": "seg_open", "segmentation": created["id"]})
+    opened = (await _answer(communicator, "segmentation"))["segmentation"]
+    assert opened["editable"] is False
+    for message in ({"type": "seg_edit", "view": 0, "tool": "clear", "segment": 1}, {"type": "seg_undo"},
+                    {"type": "seg_new", "view": _pet_view(ready), "label": "mine"}, {"type": "seg_store"}):
+        await communicator.send_json_to(message)
+        refused = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] == "error")
+        assert (refused["code"], refused["of"]) == ("refused", message["type"]), refused
+    await communicator.disconnect()
