@@ -241,3 +241,41 @@ def test_a_seed_outside_the_series_is_refused(ct_truth):
         segmentation_replay(
             ct, [{"tool": "grow", "segment": 1, "seeds_mm": [[9999.0, 0.0, 0.0]], "low": 0.0, "high": 1.0}]
         )
+
+
+def _rendered(pet, labels, style) -> np.ndarray:
+    import io
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from rendering.engine.core import RenderEngine
+    from rendering.viewstate import viewstate_from_dict
+    from rendering.volume import Presentation
+
+    layers = [{"series_id": pet.series_id, "window_center": 2000, "window_width": 4000, "palette": "grey"}]
+    volumes = {pet.series_id: pet}
+    if labels is not None:
+        seg = replace(pet, voxels=labels, modality="SEG", series_id="seg:1:1:000000000000", suv_factor=None,
+                      presentation=Presentation(kind="label", label_style=style))
+        layers.append({"series_id": seg.series_id, "window_center": 0.5, "window_width": 1.0})
+        volumes[seg.series_id] = seg
+    state = viewstate_from_dict({"view": "axial", "focus_mm": [0.0, 0.0, float(pet.center()[2])],
+                                 "width": 128, "height": 128, "quality": "still", "layers": layers})
+    frame = RenderEngine().render(state, volumes)
+    return np.asarray(Image.open(io.BytesIO(frame.data)).convert("RGB")).astype(int)
+
+
+def test_each_segment_is_drawn_in_its_colour_at_its_opacity_and_a_hidden_one_not_at_all(phantom):
+    _, pet, _, _ = phantom
+    k = pet.shape[0] // 2
+    labels = np.zeros(pet.shape, dtype=np.uint8)
+    labels[k, :, : pet.shape[2] // 3] = 1
+    labels[k, :, pet.shape[2] // 3 : 2 * pet.shape[2] // 3] = 2
+    labels[k, :, 2 * pet.shape[2] // 3 :] = 3
+    plain = _rendered(pet, None, ())
+    shown = _rendered(pet, labels, ((1, "#0000ff", 1.0), (2, "#ff0000", 0.5), (3, "#00ff00", 0.0)))
+    row = 64
+    assert np.allclose(shown[row, 10], [0, 0, 255], atol=6)
+    assert np.allclose(shown[row, 64], (plain[row, 64] + np.array([255, 0, 0])) / 2, atol=8)
+    assert np.allclose(shown[row, 118], plain[row, 118], atol=6)
