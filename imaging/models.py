@@ -163,3 +163,27 @@ class SegmentationEdit(models.Model):
 
     def __str__(self) -> str:
         return f"{self.segmentation_id}@{self.revision}: {self.op.get('tool')}"
+
+
+class SegmentationModel(models.Model):
+    """A trained segmentation model IT registered: its file, the file's SHA-256 and its manifest.
+
+    The file stays where IT put it on the server; a worker reads it, checks the digest and runs
+    it (:mod:`rendering.engine.onnx_models`). Nothing is ever downloaded.
+    """
+
+    name = models.CharField(max_length=64)
+    version = models.CharField(max_length=64)
+    path = models.CharField(max_length=1024, help_text="the ONNX file on the server")
+    sha256 = models.CharField(max_length=64)
+    manifest = models.JSONField()
+    registered_by = models.CharField(max_length=150)
+    registered_at = models.DateTimeField(auto_now_add=True)
+    active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ("name", "version")
+        constraints = [models.UniqueConstraint(fields=("name", "version"), name="one_model_version")]
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.version}"

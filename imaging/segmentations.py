@@ -16,7 +16,8 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from imaging.models import Segmentation, SegmentationEdit, Study
+from imaging import storage
+from imaging.models import Segmentation, SegmentationEdit, SegmentationModel, Study
 
 MAX_SEGMENTS = 32
 MAX_EDITS = 2000
@@ -149,3 +150,26 @@ def segmentation_wire(segmentation: Segmentation) -> dict[str, Any]:
             "can_undo": segmentation.revision > 0, "can_redo": redo, "segments": segmentation.segments,
             "layer": segmentation_layer_id(segmentation), "by": segmentation.author,
             "consultant": segmentation.by_consultant}
+
+
+def segmentation_from_model(segmentation_id: int, model: SegmentationModel, found: dict[str, Any], *,
+                            author: str) -> Segmentation:
+    """The labels a model found, each as a new segment named and coloured as its manifest says."""
+    output = model.manifest.get("output") or {}
+    named = {int(label["value"]): label for label in
+             (output.get("labels") or ([output["label"]] if "label" in output else []))}
+    values = [value for value in found["values"] if value in named]
+    if not values:
+        storage.object_delete(str(found["object"]))
+        raise SegmentationError(f"{model.name} found nothing in this series")
+    segmentation = Segmentation.objects.get(pk=segmentation_id)
+    taken = {int(s["number"]) for s in segmentation.segments}
+    free = [n for n in range(1, MAX_SEGMENTS + 1) if n not in taken][:len(values)]
+    if len(free) < len(values):
+        raise SegmentationError(f"a segmentation has at most {MAX_SEGMENTS} segments")
+    for value, number in zip(values, free, strict=True):
+        segment_set(segmentation_id, number, name=f"{named[value]['name']} ({model.name})"[:64],
+                    colour=str(named[value]["colour"]).lower())
+    op = {"tool": "labels", "segment": free[0], "object": str(found["object"]), "model": model.id,
+          "segments": {str(value): number for value, number in zip(values, free, strict=True)}}
+    return segmentation_edit(segmentation_id, op, author=author)

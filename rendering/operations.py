@@ -69,21 +69,25 @@ class Operation:
     urgency: Callable[[ViewState], Urgency] = _interactive
     to_wire: Callable[[Any], Any] = _same
     from_wire: Callable[[Any], Any] = _same
+    timeout_s: float | None = None
+    """How long a worker may take (None: the pool's limit for frames); a job, such as a model run."""
 
 
 OPERATIONS: dict[str, Operation] = {}
-MODULES = ("rendering.measure", "rendering.measure_views", "rendering.segment_ops")
+MODULES = ("rendering.measure", "rendering.measure_views", "rendering.segment_ops",
+           "rendering.segment_models")
 """Modules beyond this one whose operations every process knows (imported on first lookup)."""
 
 
 def operation(name: str, *, urgency: Callable[[ViewState], Urgency] = _interactive,
               to_wire: Callable[[Any], Any] = _same,
-              from_wire: Callable[[Any], Any] = _same) -> Callable[[Runner], Runner]:
+              from_wire: Callable[[Any], Any] = _same,
+              timeout_s: float | None = None) -> Callable[[Runner], Runner]:
     """Register the decorated function as operation ``name``."""
     def register(run: Runner) -> Runner:
         if name in OPERATIONS:
             raise ValueError(f"operation {name!r} is registered twice")
-        OPERATIONS[name] = Operation(name, run, urgency, to_wire, from_wire)
+        OPERATIONS[name] = Operation(name, run, urgency, to_wire, from_wire, timeout_s)
         return run
     return register
 

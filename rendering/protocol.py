@@ -321,9 +321,15 @@ class SegStore:
     pass
 
 
+@dataclass(frozen=True)
+class SegModel:
+    model: int
+
+
 Message = (Acknowledge | Input | Setting | Layout | Probe | Resize | Thumbnails | OpenStudy | Measure
            | Keep | Forget | Relabel | StoreFindings | SuvMethod | SuvInputs | Hang | HangSave | HangDelete
-           | Chart | SegNew | SegOpen | SegClose | SegEdit | SegUndo | SegRedo | SegSegment | SegStore)
+           | Chart | SegNew | SegOpen | SegClose | SegEdit | SegUndo | SegRedo | SegSegment | SegStore
+           | SegModel)
 
 
 def _field(message: dict[str, Any], name: str, rule: FieldRule) -> Any:
@@ -630,6 +636,11 @@ def _parse_seg_store(message: dict[str, Any], views: int) -> SegStore:
     return SegStore()
 
 
+def _parse_seg_model(message: dict[str, Any], views: int) -> SegModel:
+    _exact_keys(message, {"type", "model"})
+    return SegModel(_field(message, "model", RULE_ID))
+
+
 _PARSERS: dict[str, Callable[[dict[str, Any], int], Message]] = {
     "ack": _parse_ack, "input": _parse_input, "set": _parse_set,
     "layout": _parse_layout, "probe": _parse_probe, "resize": _parse_resize,
@@ -641,7 +652,7 @@ _PARSERS: dict[str, Callable[[dict[str, Any], int], Message]] = {
     "chart": _parse_chart,
     "seg_new": _parse_seg_new, "seg_open": _parse_seg_open, "seg_close": _parse_seg_close,
     "seg_edit": _parse_seg_edit, "seg_undo": _parse_seg_undo, "seg_redo": _parse_seg_redo,
-    "seg_segment": _parse_seg_segment, "seg_store": _parse_seg_store,
+    "seg_segment": _parse_seg_segment, "seg_store": _parse_seg_store, "seg_model": _parse_seg_model,
 }
 
 

@@ -10,6 +10,7 @@ SimpleITK's filters, run on the smallest box that holds what they may touch.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -24,7 +25,8 @@ from rendering.volume import MODALITIES_SUV, Volume
 
 MAX_SEGMENTS = 32
 SEGMENT_TOOLS = ("threshold", "otsu", "grow", "confidence", "suv_fraction", "brush", "erase",
-                 "fill_holes", "islands", "largest", "clear")
+                 "fill_holes", "islands", "largest", "clear", "labels")
+ObjectLoader = Callable[[str], bytes]
 PAINTING_TOOLS = frozenset({"threshold", "otsu", "grow", "confidence", "suv_fraction", "brush"})
 
 
@@ -196,11 +198,40 @@ def _morphology(labels: np.ndarray, volume: Volume, op: dict[str, Any]) -> None:
     patch[(patch == segment) & ~kept] = 0
 
 
-def segmentation_apply(labels: np.ndarray, volume: Volume, op: dict[str, Any]) -> None:
-    """Apply one edit to ``labels`` (uint8, the reference volume's shape) in place."""
+def labels_encode(labels: np.ndarray) -> bytes:
+    """A label map as stored (a model's output): compressed npz, shape and values kept."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, labels=np.ascontiguousarray(labels, dtype=np.uint8))
+    return buffer.getvalue()
+
+
+def labels_decode(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    with np.load(io.BytesIO(data), allow_pickle=False) as stored:
+        labels = stored["labels"]
+    if labels.shape != tuple(shape) or labels.dtype != np.uint8:
+        raise SegmentError("the stored label map does not fit this series")
+    return labels
+
+
+def _paint_labels(labels: np.ndarray, volume: Volume, op: dict[str, Any], load: ObjectLoader | None) -> None:
+    """A stored label map (a model's result) painted in: each of its values as the segment it maps to."""
+    if load is None:
+        raise SegmentError("a stored label map cannot be read here")
+    stored = labels_decode(load(str(op["object"])), volume.shape)
+    for value, segment in op["segments"].items():
+        labels[stored == int(value)] = int(segment)
+
+
+def segmentation_apply(labels: np.ndarray, volume: Volume, op: dict[str, Any],
+                       load: ObjectLoader | None = None) -> None:
+    """Apply one edit to ``labels`` (uint8, the reference volume's shape) in place; ``load`` reads
+    a stored label map by object id (the ``labels`` edit)."""
     tool, segment = op["tool"], int(op["segment"])
     if not 1 <= segment <= MAX_SEGMENTS:
         raise SegmentError(f"a segment is numbered 1 to {MAX_SEGMENTS}")
+    if tool == "labels":
+        _paint_labels(labels, volume, op, load)
+        return
     if tool == "clear":
         labels[labels == segment] = 0
         return
@@ -217,12 +248,12 @@ def segmentation_apply(labels: np.ndarray, volume: Volume, op: dict[str, Any]) -
         patch[mask] = segment
 
 
-def segmentation_replay(volume: Volume, edits: list[dict[str, Any]],
-                        start: np.ndarray | None = None) -> np.ndarray:
+def segmentation_replay(volume: Volume, edits: list[dict[str, Any]], start: np.ndarray | None = None,
+                        load: ObjectLoader | None = None) -> np.ndarray:
     """The label map after ``edits``, from ``start`` (a copy is changed) or an empty map."""
     labels = np.zeros(volume.shape, dtype=np.uint8) if start is None else start.copy()
     for op in edits:
-        segmentation_apply(labels, volume, op)
+        segmentation_apply(labels, volume, op, load)
     return labels
 
 

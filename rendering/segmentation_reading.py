@@ -17,6 +17,7 @@ from channels.db import database_sync_to_async
 
 from gateway.audit.catalogue import Action, Outcome
 from gateway.policy import Permission, may
+from imaging.segmentation_models import model_offered, models_offered
 from imaging.segmentations import (
     SegmentationError,
     SegmentationNotFound,
@@ -24,6 +25,7 @@ from imaging.segmentations import (
     segmentation_create,
     segmentation_edit,
     segmentation_forget_last,
+    segmentation_from_model,
     segmentation_get,
     segmentation_layer_id,
     segmentation_step,
@@ -76,8 +78,9 @@ class SegmentationReading:
         if await self._segmentation_may_see():
             rows = await database_sync_to_async(segmentations_of)(*self.session.studies)
             listed = [await database_sync_to_async(segmentation_wire)(row) for row in rows]
-        await self.send(text_data=_json({"type": "segmentations",
-                                         "may_edit": await self._segmentation_may_edit(),
+        may_edit = await self._segmentation_may_edit()
+        models = await database_sync_to_async(models_offered)() if may_edit else []
+        await self.send(text_data=_json({"type": "segmentations", "may_edit": may_edit, "models": models,
                                          "segmentations": listed}))
 
     async def _on_seg_new(self, message: protocol.SegNew) -> None:
@@ -240,6 +243,34 @@ class SegmentationReading:
                                          "segmentation": segmentation.id, **stored}))
 
 
+    async def _on_seg_model(self, message: protocol.SegModel) -> None:
+        """Run a registered model on the open segmentation's series; its labels become segments."""
+        if not await self._segmentation_may_edit():
+            raise SessionError("segmenting is part of reporting, which is not granted here")
+        segmentation = await self._segmentation_open()
+        model = await database_sync_to_async(model_offered)(message.model)
+        if model is None:
+            raise SessionError("no such model, or it was withdrawn")
+        about = {"segmentation": segmentation.id, "model": model.id, "name": model.name,
+                 "version": model.version, "sha256": model.sha256, "registered_by": model.registered_by}
+        study = segmentation.study.study_instance_uid
+        await self.send(text_data=_json({"type": "segmentation_job", "model": model.id, "state": "running"}))
+        reference = viewstate_from_dict({"view": "native", "layers": self.session.segmentation_layers(
+            segmentation.series_instance_uid, segmentation_layer_id(segmentation))[:1]})
+        try:
+            found = await self.pool.request("model_run", reference, source=CLINICAL, model=model.id)
+            changed = await database_sync_to_async(segmentation_from_model)(segmentation.id, model, found,
+                                                                            author=self.principal.username)
+        except (RenderError, MissingVolumeError, SegmentationError) as error:
+            await self._audit(Action.SEGMENTATION_MODEL, Outcome.FAILURE, study=study,
+                              details={**about, "reason": str(error)[:200]})
+            await self._error("model_failed", str(error), of="seg_model")
+            return
+        await self._audit(Action.SEGMENTATION_MODEL, Outcome.SUCCESS, study=study,
+                          details={**about, "voxels": found["voxels"]})
+        await self._segmentation_changed(changed)
+
+
 def _json(body: dict[str, Any]) -> str:
     return json.dumps(body)
 
@@ -253,5 +284,6 @@ SEGMENTATION_HANDLERS: dict[type, Callable[[Any, Any], Awaitable[None]]] = {
     protocol.SegRedo: SegmentationReading._on_seg_redo,
     protocol.SegSegment: SegmentationReading._on_seg_segment,
     protocol.SegStore: SegmentationReading._on_seg_store,
+    protocol.SegModel: SegmentationReading._on_seg_model,
 }
 """Each segmentation message and its handler (:data:`rendering.consumers.MESSAGE_HANDLERS` takes them)."""

@@ -47,7 +47,7 @@ class SegmentationMaps:
         edits = segmentation_edits(parsed[0], parsed[1])
         ids = tuple(edit_id for edit_id, _ in edits)
         start, done = self._nearest(parsed[0], ids)
-        labels = segmentation_replay(reference, [op for _, op in edits[done:]], start)
+        labels = segmentation_replay(reference, [op for _, op in edits[done:]], start, load=_object)
         self._keep((parsed[0], ids), labels)
         display = {"kind": "label", "modality": "SEG", "units": "",
                    "frame_of_reference_uid": reference.frame_of_reference_uid,
@@ -69,6 +69,12 @@ class SegmentationMaps:
         self._kept.move_to_end(key)
         while sum(map(_nbytes, self._kept.values())) > self._kept_bytes and len(self._kept) > 1:
             self._kept.popitem(last=False)
+
+
+def _object(object_id: str) -> bytes:
+    from imaging import storage
+
+    return storage.object_get(object_id)
 
 
 def _nbytes(labels: np.ndarray) -> int:

@@ -389,13 +389,14 @@ class RenderPool(OperationClient):
                     slot.pending -= 1
 
     def _run(self, slot: _Slot, job: _Job) -> None:
+        limit = self._limit(job.op)
         while True:
             try:
-                reply = self._exchange(slot, (job.op, job.payload))
+                reply = self._exchange(slot, (job.op, job.payload), limit)
             except _Timeout:
                 logger.error("render worker %s timed out; replacing it", slot.index)
                 self._replace(slot)
-                job.future.set_exception(RenderTimeout(f"render took longer than {self.timeout_s:g} s"))
+                job.future.set_exception(RenderTimeout(f"render took longer than {limit:g} s"))
                 return
             except _Crash:
                 logger.error("render worker %s died (attempt %s); replacing it", slot.index, job.attempts + 1)
@@ -417,14 +418,22 @@ class RenderPool(OperationClient):
                 job.future.set_exception(ERRORS.get(name, RenderError)(message))
             return
 
-    def _exchange(self, slot: _Slot, message: tuple) -> tuple:
+    def _limit(self, name: str) -> float:
+        """The operation's own time limit (a job), else the pool's."""
+        try:
+            own = operation_named(name).timeout_s
+        except RenderError:
+            own = None
+        return own if own is not None else self.timeout_s
+
+    def _exchange(self, slot: _Slot, message: tuple, limit: float) -> tuple:
         """Send one request and wait for its reply; a dead worker shows as EOF on its socket."""
         conn = slot.conn
         if conn is None:
             raise _Crash
         try:
             conn.send(message)
-            if not conn.poll(self.timeout_s):
+            if not conn.poll(limit):
                 raise _Timeout
             return conn.recv()
         except (OSError, EOFError):

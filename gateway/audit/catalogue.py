@@ -93,6 +93,8 @@ class Action(StrEnum):
     SUV_INPUT = "suv.input"
     SEGMENTATION_CREATE = "segmentation.create"
     SEGMENTATION_STORE = "segmentation.store"
+    SEGMENTATION_MODEL = "segmentation.model"
+    ADMIN_MODEL = "admin.model"
 
     @property
     def spec(self) -> ActionSpec:
@@ -143,4 +145,8 @@ ACTION_SPECS: dict[Action, ActionSpec] = {
     Action.SEGMENTATION_CREATE: ActionSpec(PATIENT_RECORD, None, "C", "started a segmentation"),
     Action.SEGMENTATION_STORE: ActionSpec(PATIENT_RECORD, None, "C",
                                           "stored a segmentation in the study as DICOM SEG"),
+    Action.SEGMENTATION_MODEL: ActionSpec(PATIENT_RECORD, None, "C",
+                                          "ran a segmentation model on a series"),
+    Action.ADMIN_MODEL: ActionSpec(SECURITY_ALERT, SECURITY_CONFIGURATION, "U",
+                                   "registered or withdrew a segmentation model"),
 }

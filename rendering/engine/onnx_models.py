@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 import SimpleITK as sitk
 
 MAX_MODEL_BYTES = 512 * 1024 * 1024
@@ -219,9 +218,16 @@ def model_file_verify(path: str | Path, sha256_hex: str) -> bytes:
     return data
 
 
+def _runtime() -> Any:
+    """onnxruntime, imported on first use: the web processes list models but never run one."""
+    import onnxruntime
+
+    return onnxruntime
+
+
 def default_providers() -> list[str]:
     """CUDA then CPU where onnxruntime has CUDA, else CPU."""
-    if "CUDAExecutionProvider" in ort.get_available_providers():
+    if "CUDAExecutionProvider" in _runtime().get_available_providers():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
@@ -236,9 +242,10 @@ def model_session(model_bytes: bytes, *, providers: Sequence[str] | None = None,
     remote = [p for p in chosen if p not in LOCAL_PROVIDERS]
     if remote or not chosen:
         raise ModelError(f"execution providers must be among {', '.join(LOCAL_PROVIDERS)}; got {chosen}")
-    options = ort.SessionOptions()
+    runtime = _runtime()
+    options = runtime.SessionOptions()
     options.intra_op_num_threads = intra_op_num_threads
-    return ort.InferenceSession(model_bytes, sess_options=options, providers=chosen)
+    return runtime.InferenceSession(model_bytes, sess_options=options, providers=chosen)
 
 
 # --- inference --------------------------------------------------------------------------------------------

@@ -58,8 +58,11 @@ def _message(kind: str):
 
 def _pet_view(ready: dict) -> int:
     modality = {s["uid"]: s["modality"] for s in ready["series"]}
-    return next(n for n, view in enumerate(ready["views"])
-                if view["kind"] != "3d" and modality[view["layers"][0]] == "PT")
+    return next(
+        n
+        for n, view in enumerate(ready["views"])
+        if view["kind"] != "3d" and modality[view["layers"][0]] == "PT"
+    )
 
 
 async def _opened(communicator) -> tuple[dict, dict, dict]:
@@ -81,10 +84,20 @@ async def _at(communicator, frame, point_mm) -> tuple[int, int, object]:
     """The view of ``frame`` scrolled to the slice of ``point_mm`` and focused there: the pixel and
     the still frame there."""
     view = frame.view
-    await communicator.send_json_to({"type": "input", "view": view, "op": "scroll",
-                                     "delta": round((point_mm[2] - frame.overlay["position"]) / 4.0)})
-    frame = await _until(communicator, lambda f: not isinstance(f, dict) and f.view == view
-                         and abs(f.overlay["position"] - point_mm[2]) <= 2.01)
+    await communicator.send_json_to(
+        {
+            "type": "input",
+            "view": view,
+            "op": "scroll",
+            "delta": round((point_mm[2] - frame.overlay["position"]) / 4.0),
+        }
+    )
+    frame = await _until(
+        communicator,
+        lambda f: (
+            not isinstance(f, dict) and f.view == view and abs(f.overlay["position"] - point_mm[2]) <= 2.01
+        ),
+    )
     x, y = _pixel_of(frame, point_mm)
     await communicator.send_json_to({"type": "input", "view": view, "op": "focus", "x": x, "y": y})
     still = (await _stills(communicator, {view}, at=(x, y)))[view]
@@ -122,11 +135,21 @@ async def test_a_doctor_segments_the_lesion_edits_undoes_and_stores_a_seg(client
     await communicator.send_json_to({"type": "seg_new", "view": view, "label": "hot lesions"})
     opened = (await _answer(communicator, "segmentation"))["segmentation"]
     assert (opened["revision"], opened["statistics"]["segments"]) == (0, {})
-    await communicator.send_json_to({"type": "seg_segment", "segment": 1, "colour": "#0000ff",
-                                     "opacity": 1.0})
+    await communicator.send_json_to(
+        {"type": "seg_segment", "segment": 1, "colour": "#0000ff", "opacity": 1.0}
+    )
     await _answer(communicator, "segmentation")
-    await communicator.send_json_to({"type": "seg_edit", "view": view, "tool": "suv_fraction", "segment": 1,
-                                     "points": [[x, y]], "fraction": 0.41, "box_mm": lesion["radius_mm"] + 8})
+    await communicator.send_json_to(
+        {
+            "type": "seg_edit",
+            "view": view,
+            "tool": "suv_fraction",
+            "segment": 1,
+            "points": [[x, y]],
+            "fraction": 0.41,
+            "box_mm": lesion["radius_mm"] + 8,
+        }
+    )
     grown = (await _answer(communicator, "segmentation"))["segmentation"]
     first = grown["statistics"]["segments"]["1"]
     assert grown["statistics"]["unit"] == "SUV" and grown["revision"] == 1 and grown["can_undo"]
@@ -137,8 +160,17 @@ async def test_a_doctor_segments_the_lesion_edits_undoes_and_stores_a_seg(client
 
     await communicator.send_json_to({"type": "seg_segment", "segment": 2, "name": "marked"})
     await _answer(communicator, "segmentation")
-    await communicator.send_json_to({"type": "seg_edit", "view": view, "tool": "brush", "segment": 2,
-                                     "points": [[x + 40, y + 40]], "radius_mm": 10, "planar": True})
+    await communicator.send_json_to(
+        {
+            "type": "seg_edit",
+            "view": view,
+            "tool": "brush",
+            "segment": 2,
+            "points": [[x + 40, y + 40]],
+            "radius_mm": 10,
+            "planar": True,
+        }
+    )
     brushed = (await _answer(communicator, "segmentation"))["segmentation"]
     assert set(brushed["statistics"]["segments"]) == {"1", "2"}
     await communicator.send_json_to({"type": "seg_undo"})
@@ -147,8 +179,17 @@ async def test_a_doctor_segments_the_lesion_edits_undoes_and_stores_a_seg(client
     await communicator.send_json_to({"type": "seg_redo"})
     redone = (await _answer(communicator, "segmentation"))["segmentation"]
     assert redone["statistics"]["segments"] == brushed["statistics"]["segments"]
-    await communicator.send_json_to({"type": "seg_edit", "view": view, "tool": "grow", "segment": 1,
-                                     "points": [[-4000, -4000]], "low": 0.0, "high": 1.0})
+    await communicator.send_json_to(
+        {
+            "type": "seg_edit",
+            "view": view,
+            "tool": "grow",
+            "segment": 1,
+            "points": [[-4000, -4000]],
+            "low": 0.0,
+            "high": 1.0,
+        }
+    )
     failed = await _until(communicator, _message("segmentation"))
     assert failed["type"] == "error" and failed["of"] == "seg_edit", failed
 
@@ -162,12 +203,20 @@ async def test_a_doctor_segments_the_lesion_edits_undoes_and_stores_a_seg(client
     seg.save_as(path, enforce_file_format=True)
     _valid(path)
     read = hd.seg.Segmentation.from_dataset(seg)
-    counts = {number: int(np.count_nonzero(read.get_volume(segment_numbers=[number]).array))
-              for number in (1, 2)}
-    assert counts == {1: redone["statistics"]["segments"]["1"]["voxels"],
-                      2: redone["statistics"]["segments"]["2"]["voxels"]}
-    actions = await database_sync_to_async(lambda: sorted(AuditEvent.objects.filter(
-        actor=doctor.username, action__startswith="segmentation.").values_list("action", "outcome")))()
+    counts = {
+        number: int(np.count_nonzero(read.get_volume(segment_numbers=[number]).array)) for number in (1, 2)
+    }
+    assert counts == {
+        1: redone["statistics"]["segments"]["1"]["voxels"],
+        2: redone["statistics"]["segments"]["2"]["voxels"],
+    }
+    actions = await database_sync_to_async(
+        lambda: sorted(
+            AuditEvent.objects.filter(actor=doctor.username, action__startswith="segmentation.").values_list(
+                "action", "outcome"
+            )
+        )
+    )()
     assert actions == [("segmentation.create", "success"), ("segmentation.store", "success")]
 
 
@@ -201,9 +250,92 @@ async def test_a_nurse_sees_segmentations_and_may_not_edit_them(client, signed_i
     await communicator.send_json_to({"type": "seg_open", "segmentation": created["id"]})
     opened = (await _answer(communicator, "segmentation"))["segmentation"]
     assert opened["editable"] is False
-    for message in ({"type": "seg_edit", "view": 0, "tool": "clear", "segment": 1}, {"type": "seg_undo"},
-                    {"type": "seg_new", "view": _pet_view(ready), "label": "mine"}, {"type": "seg_store"}):
+    for message in (
+        {"type": "seg_edit", "view": 0, "tool": "clear", "segment": 1},
+        {"type": "seg_undo"},
+        {"type": "seg_new", "view": _pet_view(ready), "label": "mine"},
+        {"type": "seg_store"},
+    ):
         await communicator.send_json_to(message)
         refused = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] == "error")
         assert (refused["code"], refused["of"]) == ("refused", message["type"]), refused
     await communicator.disconnect()
+
+
+def _pet_values(folder) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """The PET in Bq/ml and its (z, y, x) spacing, from the DICOM files with pydicom."""
+    headers = sorted(
+        (pydicom.dcmread(path) for path in folder.glob("*.dcm")),
+        key=lambda ds: float(ds.ImagePositionPatient[2]),
+    )
+    values = np.stack(
+        [ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in headers]
+    )
+    step = float(headers[1].ImagePositionPatient[2]) - float(headers[0].ImagePositionPatient[2])
+    return values, (step, *(float(v) for v in headers[0].PixelSpacing))
+
+
+async def test_a_registered_model_becomes_segments_and_a_tampered_one_is_refused(
+    client, signed_in, study, pet_ct_files, tmp_path
+):
+    import json
+
+    from django.core.management import call_command
+
+    from tests.rendering.test_onnx_models import above_model
+
+    record, truth = study
+    values, spacing = _pet_values(pet_ct_files[0] / truth["folder"] / "PT")
+    threshold = float(np.percentile(values, 99.5))
+    model_file = tmp_path / "hot.onnx"
+    model_file.write_bytes(above_model(threshold))
+    manifest = {
+        "name": "hot spots",
+        "version": "1",
+        "input_size": [8, 32, 32],
+        "input_spacing_mm": list(spacing),
+        "normalisation": {"kind": "none"},
+        "output": {"kind": "argmax", "labels": [{"value": 1, "name": "hot", "colour": "#00FF00"}]},
+        "provenance": {"author": "the test"},
+    }
+    (tmp_path / "hot.json").write_text(json.dumps(manifest))
+    await database_sync_to_async(call_command)(
+        "model_register", str(model_file), manifest=str(tmp_path / "hot.json"), operator="it.admin"
+    )
+
+    await database_sync_to_async(signed_in)("doctor")
+    communicator, _, _ = await _open(client, record.study_instance_uid)
+    ready, listed, _ = await _opened(communicator)
+    (offered,) = listed["models"]
+    assert (offered["name"], offered["labels"]) == ("hot spots", ["hot"])
+    await communicator.send_json_to({"type": "seg_new", "view": _pet_view(ready), "label": "model"})
+    await _answer(communicator, "segmentation")
+    await communicator.send_json_to({"type": "seg_model", "model": offered["id"]})
+    result = (await _answer(communicator, "segmentation"))["segmentation"]
+    found = next(s for s in result["segments"] if s["name"].startswith("hot"))
+    assert found["colour"] == "#00ff00"
+    assert result["statistics"]["segments"][str(found["number"])]["voxels"] == int(
+        np.count_nonzero(values > threshold)
+    )
+
+    data = bytearray(model_file.read_bytes())
+    data[-1] ^= 0xFF
+    model_file.write_bytes(bytes(data))
+    await communicator.send_json_to({"type": "seg_model", "model": offered["id"]})
+    refused = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] == "error")
+    assert (refused["code"], refused["of"]) == ("model_failed", "seg_model") and "SHA-256" in refused[
+        "message"
+    ]
+    await communicator.disconnect()
+    runs = await database_sync_to_async(
+        lambda: list(
+            AuditEvent.objects.filter(action="segmentation.model")
+            .values_list("outcome", flat=True)
+            .order_by("sequence")
+        )
+    )()
+    assert runs == ["success", "failure"]
+    registered = await database_sync_to_async(
+        lambda: AuditEvent.objects.filter(action="admin.model").count()
+    )()
+    assert registered == 1

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 from onnx import TensorProto, helper
 
@@ -234,9 +235,9 @@ def test_model_file_verify_refuses_a_malformed_digest_and_an_oversized_file(tmp_
 
 def test_default_providers_prefer_cuda_and_never_take_a_remote_one(monkeypatch):
     available = ["AzureExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    monkeypatch.setattr(onnx_models.ort, "get_available_providers", lambda: available)
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: available)
     assert onnx_models.default_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    monkeypatch.setattr(onnx_models.ort, "get_available_providers", lambda: available[::2])
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: available[::2])
     assert onnx_models.default_providers() == ["CPUExecutionProvider"]
     with pytest.raises(ModelError, match="providers"):
         model_session(identity_model(), providers=["AzureExecutionProvider"])

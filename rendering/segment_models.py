@@ -1,0 +1,56 @@
+"""A registered segmentation model run by a render worker on a reader's reference series.
+
+The worker reads the model file, checks its SHA-256 against the registration, runs it
+(:func:`rendering.engine.onnx_models.segment_volume`) and stores the label map, encrypted, as
+an object of its own; the segmentation then gets a ``labels`` edit naming that object, so
+replaying the segmentation never runs the model again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from rendering.engine.core import RenderError
+from rendering.engine.onnx_models import (
+    ModelError,
+    manifest_parse,
+    model_file_verify,
+    model_session,
+    segment_volume,
+)
+from rendering.operations import Urgency, WorkerContext, operation
+from rendering.segment_ops import labels_encode
+from rendering.viewstate import ViewState
+from rendering.volume import Volume
+
+MODEL_RUN_LIMIT_S = 1800.0
+
+
+def _background(state: ViewState) -> Urgency:
+    return Urgency.BACKGROUND
+
+
+@operation("model_run", urgency=_background, timeout_s=MODEL_RUN_LIMIT_S)
+def _model_run(context: WorkerContext, state: ViewState, volumes: Mapping[str, Volume],
+               arguments: dict[str, Any]) -> dict[str, Any]:
+    """Layers: the reference series. Returns the stored map's object id and the values it holds."""
+    from imaging import storage
+    from imaging.models import SegmentationModel
+
+    model = SegmentationModel.objects.filter(pk=int(arguments["model"]), active=True).first()
+    if model is None:
+        raise RenderError("no such model, or it was withdrawn")
+    reference = volumes[state.layers[0].series_id]
+    try:
+        session = model_session(model_file_verify(model.path, model.sha256))
+        labels = segment_volume(reference.voxels, reference.spacing, manifest_parse(model.manifest), session)
+    except ModelError as error:
+        raise RenderError(str(error)) from error
+    object_id = f"segmodel-{uuid.uuid4().hex}"
+    storage.object_put(object_id, labels_encode(labels))
+    values = [int(v) for v in np.unique(labels) if v]
+    return {"object": object_id, "values": values, "voxels": int(np.count_nonzero(labels))}
