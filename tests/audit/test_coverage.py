@@ -191,6 +191,7 @@ COMMAND_CASES: dict[str, tuple[Callable, tuple[str, ...]]] = {
                         ("admin.device", "admin.device")),
     "import_dicom": (lambda: call_command("import_dicom", str(_one_instance()), no_progress=True),
                      ("ingest",)),
+    "model_register": (lambda: call_command("model_register", *_one_model()), ("admin.model",)),
 }
 # Long-running servers: proved by their own tests against real peers.
 PROVED_ELSEWHERE = {
@@ -228,6 +229,19 @@ def _one_instance():
     out = Path(tempfile.mkdtemp(prefix="coverage-phantom-"))
     phantom_write(out_dir=out, slices=32)
     return next(out.rglob("*.dcm"))
+
+
+def _one_model() -> tuple[str, str]:
+    """(a model file, its manifest's path): the bytes are not run here, only digested."""
+    import json
+
+    folder = Path(tempfile.mkdtemp(prefix="coverage-model-"))
+    (folder / "model.onnx").write_bytes(b"not run at registration")
+    (folder / "manifest.json").write_text(json.dumps({
+        "name": "coverage", "version": "1", "input_size": [8, 8, 8], "input_spacing_mm": [1, 1, 1],
+        "normalisation": {"kind": "none"}, "provenance": {},
+        "output": {"kind": "argmax", "labels": [{"value": 1, "name": "a", "colour": "#ff0000"}]}}))
+    return str(folder / "model.onnx"), f"--manifest={folder / 'manifest.json'}"
 
 
 def _project_commands() -> set[str]:

@@ -135,7 +135,8 @@ async def test_every_websocket_message_yields_only_pictures_and_small_json(clien
         assert len(text.encode()) < MAX_TEXT_BYTES
         body = json.loads(text)
         assert body["type"] in {"ready", "error", "probe", "thumbnail", "measurement", "findings",
-                                "hanging_rules", "chart", "suv", "findings_stored", "documents"}, body
+                                "hanging_rules", "chart", "suv", "findings_stored", "documents",
+                                "segmentations"}, body
         if body["type"] == "thumbnail":
             _assert_thumbnail_is_a_picture(body)
         if body["type"] == "measurement":

@@ -49,6 +49,29 @@ const findingsStoreButton = document.getElementById("findings-store");
 const findingsStoreStatus = document.getElementById("findings-store-status");
 const documentsSection = document.getElementById("documents-section");
 const documentsList = document.getElementById("documents");
+const segmentationSection = document.getElementById("segmentation-section");
+const segChoose = document.getElementById("seg-choose");
+const segList = document.getElementById("seg-list");
+const segOpenButton = document.getElementById("seg-open");
+const segCloseButton = document.getElementById("seg-close");
+const segNewForm = document.getElementById("seg-new");
+const segNewLabel = document.getElementById("seg-new-label");
+const segOpenPanel = document.getElementById("seg-open-panel");
+const segLabel = document.getElementById("seg-label");
+const segHistory = document.getElementById("seg-history");
+const segUndoButton = document.getElementById("seg-undo");
+const segRedoButton = document.getElementById("seg-redo");
+const segSegmentsList = document.getElementById("seg-segments");
+const segEdit = document.getElementById("seg-edit");
+const segAddButton = document.getElementById("seg-add");
+const segToolSelect = document.getElementById("seg-tool");
+const segSettings = document.getElementById("seg-settings");
+const segApplyButton = document.getElementById("seg-apply");
+const segStoreButton = document.getElementById("seg-store");
+const segModels = document.getElementById("seg-models");
+const segModelSelect = document.getElementById("seg-model");
+const segModelRun = document.getElementById("seg-model-run");
+const segStatus = document.getElementById("seg-status");
 const study = root.dataset.study;
 
 const views = [];
@@ -120,6 +143,7 @@ function receiveVocabulary(announced) {
     layouts: announced.layouts || [], palettes: announced.palettes || {},
     measure_tools: Array.isArray(announced.measure_tools) ? announced.measure_tools : [],
     charts: announced.charts && typeof announced.charts === "object" ? announced.charts : {},
+    segment_tools: isRecord(announced.segment_tools) ? announced.segment_tools : {},
   };
 }
 
@@ -634,6 +658,7 @@ function refreshControls() {
   showCineState(view);
   showTimeControl(view);
   showMeasureControls();
+  showSegmentTool();
   markSelectedSeries();
 }
 
@@ -1086,6 +1111,7 @@ function receiveError(message) {
   if (message.code === "rate_limited") {
     holdInputUntil = performance.now() + (message.retry_after_ms || 0) + 50;
   }
+  if (segmentationFailed(message)) return;
   // A refusal of a `set` just after an overlay toggle answers it.
   const answersOverlay = message.code === "refused" && (message.of === "set" || !message.of) && overlayPending();
   const answersMeasuring = message.of ? ["measure", "keep"].includes(message.of) : measuringAsked();
@@ -1111,6 +1137,10 @@ function handleText(message) {
   else if (message.type === "findings") receiveFindings(message);
   else if (message.type === "documents") receiveDocuments(message);
   else if (message.type === "findings_stored") receiveFindingsStored(message);
+  else if (message.type === "segmentations") receiveSegmentations(message);
+  else if (message.type === "segmentation") receiveSegmentation(message);
+  else if (message.type === "segmentation_stored") receiveSegmentationStored(message);
+  else if (message.type === "segmentation_job") receiveSegmentationJob(message);
   else if (message.type === "suv") showSuv(message);
   else if (message.type === "hanging_rules") showHanging(message.rules);
   else if (message.type === "error") receiveError(message);
@@ -1130,6 +1160,7 @@ function clearViews() {
   seriesStrip.replaceChildren();
   probeLine.textContent = "";
   clearMeasurements();
+  clearSegmentations();
 }
 
 function end(text, link) {
@@ -1157,6 +1188,7 @@ function connect() {
   socket.addEventListener("open", () => {
     reconnectDelay = 500; failedAttempts = 0; thumbnailsAsked = false;
     if (openAsked !== null) openSettled();
+    if (segmentation) receiveSegmentation({ segmentation: null });  // a new connection has none open
     if (!seriesOrder.length) studyLabel.textContent = "connected";
     clearError();
   });
@@ -1211,9 +1243,14 @@ const MOUSE_GESTURES = [
   { shown: "click (polygon)", measure: true,
     text: "add a corner; double-click, Enter or a click on the first corner closes it" },
   { shown: "drag a handle", measure: true, text: "move that point; the numbers follow" },
+  { shown: "drag (brush, erase)", segment: true,
+    text: "paint or erase the active segment along the stroke" },
+  { shown: "click (a segmentation tool)", segment: true,
+    text: "threshold, Otsu or SUV fraction around the point; grow, confidence: a seed" },
 ];
 
 function gestureAnnounced(gesture) {
+  if (gesture.segment) return segmentationEditable() && segmentToolNames().length > 0;
   return gesture.measure ? measuringOffered() : inputAnnounced(gesture.input);
 }
 
@@ -1231,6 +1268,10 @@ function attachInput(view) {
   canvas.addEventListener("pointerdown", (event) => {
     activate(index);
     canvas.setPointerCapture(event.pointerId);
+    if (event.button === 0 && !event.shiftKey && segmentingOn(view)) {
+      drag = { segmenting: true, stroke: segmentPress(view, canvasPoint(view, event)) };
+      return;
+    }
     if (event.button === 0 && !event.shiftKey && measuringOn(view)) {
       drag = { measuring: true, grip: measurePress(view, canvasPoint(view, event)) };
       return;
@@ -1248,7 +1289,7 @@ function attachInput(view) {
     activate(index);
     showSeries(index, uid);
   });
-  canvas.addEventListener("pointerleave", () => { view.pointer = null; });
+  canvas.addEventListener("pointerleave", () => { view.pointer = null; brushHover(view, null); });
   canvas.addEventListener("pointermove", (event) => {
     const now = performance.now();
     view.pointer = { x: Math.round(event.offsetX), y: Math.round(event.offsetY) };
@@ -1256,6 +1297,8 @@ function attachInput(view) {
       lastProbe = now;
       send({ type: "probe", view: index, ...view.pointer });
     }
+    brushHover(view, canvasPoint(view, event));
+    if (drag && drag.segmenting) { strokeMove(view, drag.stroke, canvasPoint(view, event)); return; }
     if (drag && drag.measuring) { measureDrag(view, drag.grip, canvasPoint(view, event), false); return; }
     if (!drag) { polygonHover(view, canvasPoint(view, event)); return; }
     const dx = event.clientX - drag.x;
@@ -1273,6 +1316,11 @@ function attachInput(view) {
     }
   });
   canvas.addEventListener("pointerup", (event) => {
+    if (drag && drag.segmenting) {
+      strokeEnd(drag.stroke, canvasPoint(view, event));
+      drag = null;
+      return;
+    }
     if (drag && drag.measuring) {
       measureDrag(view, drag.grip, canvasPoint(view, event), true);
       drag = null;
@@ -1613,6 +1661,7 @@ function chooseTool(name) {
   const tool = offeredTools().includes(name) ? name : "none";
   if (shape && !shape.closed && tool !== measureTool) cancelShape();
   measureTool = tool;
+  if (tool !== "none") chooseSegmentTool("none");  // one click, one tool
   showMeasureControls();
 }
 
@@ -1798,6 +1847,8 @@ function drawShapes(view) {
     if (shape.view === view.index) group.append(...handles(placed.points));
     nodes.push(group);
   }
+  const brush = brushPreview(view);
+  if (brush) nodes.push(brush);
   layer.replaceChildren(...nodes);
 }
 
@@ -2372,7 +2423,8 @@ function showMeasureControls() {
 function showMeasurePanel() {
   const wasHidden = measurePanel.hidden;
   // Reports stored in the study are for reading: shown even to whoever may not measure.
-  measurePanel.hidden = measureTools().length === 0 && findings.length === 0 && documents.length === 0;
+  measurePanel.hidden = measureTools().length === 0 && findings.length === 0 && documents.length === 0
+    && segmentationSection.hidden;
   measureSection.hidden = !measuringOffered();
   measureRefusedNote.hidden = !measuringRefused;
   // The views get the room the panel leaves: their canvases follow.
@@ -2385,6 +2437,7 @@ const LABELS = {
   kind: "view", volume_preset: "3-D preset", "3d": "3-D", mip: "MIP", minip: "MinIP", petct: "PET/CT",
   suv_0_5: "SUV 0–5", suv_0_10: "SUV 0–10", ct_bone: "CT bone", ct_soft_tissue: "CT soft tissue",
   ct_lung: "CT lung", pet_mip: "PET MIP", compare: "Compare with prior",
+  suv: "SUV", suv_fraction: "SUV fraction", otsu: "Otsu",
 };
 
 function label(name) {
@@ -2430,6 +2483,7 @@ function buildMenus() {
   fillSelect(volumePresetSelect, choicesOf("volume_preset"), "3-D preset…");
   fillRange(opacityInput, vocabulary.settings.opacity);
   buildMeasureControls();
+  buildSegmentTools();
 }
 
 // The key map is the client's: keys name a setting and a choice (or cycle through the
@@ -2467,6 +2521,10 @@ function keyEntries() {
     ...(measuringOffered()
       ? [{ key: "Escape", shown: "Esc", act: escapeMeasuring,
            text: "cancel the shape being drawn; again: stop measuring (normal navigation)" }] : []),
+    ...(segmentationEditable()
+      ? [{ key: "Ctrl+Z", chord: true, sends: { type: "seg_undo" }, text: "segmentation: undo the last edit" },
+         { key: "Ctrl+Y", shown: "Ctrl+Y / Ctrl+Shift+Z", chord: true, sends: { type: "seg_redo" },
+           text: "segmentation: redo the edit undone" }] : []),
     { key: "?", act: toggleHelp, text: "show or hide this key map" },
   ].filter(keyAnnounced);
 }
@@ -2488,6 +2546,7 @@ function keyText(entry) {
 
 // What the key sends, in protocol words, so the map can be checked against the handler.
 function keySends(entry) {
+  if (entry.sends) return entry.sends;
   if (entry.input) return { type: "input", op: entry.input, ...entry.args };
   if (!entry.setting) return null;
   return entry.cycle ? { type: "set", name: entry.setting, next_of: choicesOf(entry.setting) }
@@ -2504,7 +2563,8 @@ function helpRow(shown, text) {
 
 function buildKeyMap() {
   const entries = keyEntries();
-  keyMap = new Map(entries.map((entry) => [entry.key, entry]));
+  // A chord (Ctrl+Z) is handled by segmentationKey: the map holds keys pressed alone.
+  keyMap = new Map(entries.filter((entry) => !entry.chord).map((entry) => [entry.key, entry]));
   keyMapList.replaceChildren(...entries.map((entry) => {
     const row = helpRow(entry.shown || entry.key, keyText(entry));
     row.dataset.key = entry.key;
@@ -2835,6 +2895,530 @@ hangingSaveStart.addEventListener("click", openHangingSave);
 hangingSaveForm.addEventListener("submit", saveHanging);
 hangingName.addEventListener("keydown", (event) => { if (event.key === "Escape") closeHangingSave(); });
 showHanging(null);
+
+// --- segmentation: a label map the server keeps, edits and draws into the frames ------------
+// The reader's clicks and strokes go out as `seg_edit` in canvas pixels with the tool's settings;
+// the overlay arrives drawn into the frames and the numbers as `statistics`: none is made here.
+// `ready.vocabulary.segment_tools` says which tools there are, their points and settings.
+
+const MAX_SEGMENTS = 32;
+// A stroke goes out as it is drawn, in pieces the server takes (at most 64 points an edit).
+const STROKE_SEND_MS = 60;
+const STROKE_SEND_POINTS = 16;
+const STROKE_MAX_POINTS = 64;
+const STROKE_TOOLS = new Set(["brush", "erase"]);
+const SEGMENT_DEFAULTS = { radius_mm: "5", planar: true, box_mm: "20", fraction: "0.41", min_ml: "0.1",
+                           multiplier: "2.5", iterations: "2" };
+const SEGMENT_SETTING_NAMES = { box_mm: "box ± mm", radius_mm: "radius mm", planar: "on this plane only",
+                                fraction: "fraction of the max", min_ml: "islands under ml", multiplier: "× SD" };
+const TYPED_FIELDS = new Set(["text", "number", "search", "email", "url", "tel", "password"]);
+
+let segmentations = [];       // the `segmentations` list: what this reading may open
+let segmentationMayEdit = false;
+let segmentation = null;      // the open one, as the last `segmentation` message gave it
+let segmentTool = "none";
+let activeSegment = 1;
+let segmentAdded = null;      // the number asked for by Add segment, until it is listed
+let segmentationCreated = false;
+let segmentationChosen = "";  // chosen in the list by the reader, until another is opened
+let segmentationStoring = false;
+// The settings as typed, by name: a tool switched to finds the values shared with another (low, high).
+const segmentValues = { ...SEGMENT_DEFAULTS };
+
+function segmentToolRule(tool) {
+  const rule = isRecord(vocabulary.segment_tools) ? vocabulary.segment_tools[tool] : null;
+  const usable = isRecord(rule) && Array.isArray(rule.points) && rule.points.length === 2;
+  return usable ? rule : null;
+}
+
+function segmentToolNames() {
+  return Object.keys(isRecord(vocabulary.segment_tools) ? vocabulary.segment_tools : {}).filter(segmentToolRule);
+}
+
+function takesPoints(tool) {
+  const rule = segmentToolRule(tool);
+  return Boolean(rule) && rule.points[1] > 0;
+}
+
+function segmentationEditable() {
+  return Boolean(segmentation) && segmentation.editable === true;
+}
+
+// As with measuring, a 3-D view has no plane to click on: there the mouse navigates.
+function segmentingOn(view) {
+  return segmentationEditable() && takesPoints(segmentTool) && Boolean(view) && view.kind !== "3d";
+}
+
+function segmentsOfOpen() {
+  const segments = segmentation && Array.isArray(segmentation.segments) ? segmentation.segments : [];
+  return segments.filter((segment) => isRecord(segment) && Number.isInteger(segment.number)
+    && segment.number >= 1 && segment.number <= MAX_SEGMENTS);
+}
+
+function nextSegmentNumber() {
+  const taken = new Set(segmentsOfOpen().map((segment) => segment.number));
+  for (let number = 1; number <= MAX_SEGMENTS; number += 1) if (!taken.has(number)) return number;
+  return null;
+}
+
+// --- what the server says ---
+
+// The models IT registered, offered to whoever may edit: a run takes a while (a job in a worker).
+let segmentationModels = [];
+let modelRunning = null;
+
+function receiveSegmentationJob(message) {
+  const model = segmentationModels.find((each) => each.id === message.model);
+  modelRunning = model ? model.name : "model";
+  showSegmentationStatus(`${modelRunning}: running… (its labels arrive as new segments)`);
+  showSegmentation();
+}
+
+function runModel() {
+  const id = Number(segModelSelect.value);
+  if (!Number.isInteger(id) || modelRunning !== null) return;
+  segmentationSend({ type: "seg_model", model: id });
+}
+
+function receiveSegmentations(message) {
+  segmentationModels = (Array.isArray(message.models) ? message.models : [])
+    .filter((model) => isRecord(model) && Number.isInteger(model.id))
+    .map((model) => ({ id: model.id, name: `${textOf(model.name)} ${textOf(model.version)}`.trim() }));
+  segModelSelect.replaceChildren(...segmentationModels.map((model) => option(String(model.id), model.name)));
+  segmentationMayEdit = message.may_edit === true;
+  segmentations = (Array.isArray(message.segmentations) ? message.segmentations : [])
+    .filter((listed) => isRecord(listed) && Number.isInteger(listed.id));
+  showSegmentationList();
+  showSegmentation();
+}
+
+function receiveSegmentation(message) {
+  const sent = isRecord(message.segmentation) && Number.isInteger(message.segmentation.id)
+    ? message.segmentation : null;
+  const other = !sent || !segmentation || sent.id !== segmentation.id;
+  segmentation = sent;
+  if (other) segmentationChosen = "";
+  if (sent && segmentationCreated) { segNewLabel.value = ""; segmentationCreated = false; }
+  if (modelRunning !== null) { showSegmentationStatus(`${modelRunning}: done`); modelRunning = null; }
+  const numbers = segmentsOfOpen().map((segment) => segment.number);
+  if (segmentAdded !== null && numbers.includes(segmentAdded)) activeSegment = segmentAdded;
+  segmentAdded = null;
+  if (other || !numbers.includes(activeSegment)) activeSegment = numbers[0] ?? 1;
+  if (!sent) segmentationStoring = false;
+  if (!segmentationEditable()) chooseSegmentTool("none");
+  showSegmentationList();
+  showSegmentation();
+  buildKeyMap();
+}
+
+function receiveSegmentationStored(message) {
+  segmentationStoring = false;
+  const count = (value) => (Number.isInteger(value) ? value : 0);
+  const segments = count(message.segments);
+  const frames = count(message.frames);
+  showSegmentationStatus(`stored in the study as DICOM SEG: ${segments} segment${segments === 1 ? "" : "s"}, `
+    + `${frames} frame${frames === 1 ? "" : "s"}`);
+  showSegmentation();
+}
+
+// An error answering a seg_ message is the segmentation's: it shows in its own status line,
+// and measuring stays as it was.
+function segmentationFailed(message) {
+  if (typeof message.of !== "string" || !message.of.startsWith("seg_")) return false;
+  if (message.of === "seg_store") segmentationStoring = false;
+  if (message.of === "seg_model") modelRunning = null;
+  if (message.of === "seg_new") segmentationCreated = false;
+  if (message.of === "seg_segment") segmentAdded = null;
+  showSegmentationStatus(`${message.code}: ${message.message}`, true);
+  showSegmentation();
+  return !segmentationSection.hidden;
+}
+
+function clearSegmentations() {
+  segmentations = [];
+  segmentationModels = [];
+  modelRunning = null;
+  segmentationMayEdit = false;
+  receiveSegmentation({ segmentation: null });
+}
+
+function showSegmentationStatus(text, failed = false) {
+  segStatus.textContent = text;
+  segStatus.classList.toggle("failed", failed);
+}
+
+function segmentationSend(message) {
+  showSegmentationStatus("");
+  send(message);
+}
+
+// --- the panel ---
+
+function segmentationName(listed) {
+  const by = listed.by ? ` · ${listed.by}${listed.consultant ? " (consultant)" : ""}` : "";
+  return `${String(listed.label || "unnamed")}${by}`;
+}
+
+// The list shows what the reader chose in it, else the one open, else the first.
+function showSegmentationList() {
+  segList.replaceChildren(...segmentations.map((listed) => option(String(listed.id), segmentationName(listed))));
+  const listed = segmentations.map((each) => String(each.id));
+  const open = segmentation ? String(segmentation.id) : "";
+  segList.value = [segmentationChosen, open].find((id) => listed.includes(id)) ?? listed[0] ?? "";
+}
+
+function showSegmentation() {
+  const open = Boolean(segmentation);
+  const editable = segmentationEditable();
+  segmentationSection.hidden = segmentations.length === 0 && !segmentationMayEdit && !open;
+  segChoose.hidden = segmentations.length === 0 && !open;
+  segList.hidden = segmentations.length === 0;
+  segOpenButton.hidden = segmentations.length === 0;
+  segOpenButton.disabled = !segList.value || (open && segList.value === String(segmentation.id));
+  segCloseButton.hidden = !open;
+  segNewForm.hidden = !segmentationMayEdit;
+  segOpenPanel.hidden = !open;
+  if (open) {
+    segLabel.textContent = segmentationName(segmentation);
+    segHistory.hidden = !editable;
+    segUndoButton.disabled = segmentation.can_undo !== true;
+    segRedoButton.disabled = segmentation.can_redo !== true;
+    segSegmentsList.replaceChildren(...segmentsOfOpen().map(segmentRow));
+    segEdit.hidden = !editable;
+    segAddButton.disabled = nextSegmentNumber() === null;
+    segStoreButton.disabled = segmentationStoring;
+    segModels.hidden = segmentationModels.length === 0;
+    segModelRun.disabled = modelRunning !== null;
+    segModelRun.textContent = modelRunning !== null ? "Running…" : "Run model";
+    segStoreButton.textContent = segmentationStoring ? "Storing…" : "Store as DICOM SEG";
+  } else {
+    segSegmentsList.replaceChildren();
+  }
+  showSegmentTool();
+  showMeasurePanel();
+}
+
+function segmentStatistics(number) {
+  const statistics = isRecord(segmentation.statistics) ? segmentation.statistics : {};
+  const measured = isRecord(statistics.segments) ? statistics.segments[String(number)] : null;
+  if (!isRecord(measured) || !Number.isFinite(measured.volume_ml)) return "empty";
+  const unit = typeof statistics.unit === "string" && statistics.unit ? ` ${statistics.unit}` : "";
+  return `${shown(measured.volume_ml, " ml")} · mean ${shown(measured.mean)} · max ${shown(measured.max)}${unit}`;
+}
+
+function segmentInput(type, className, text) {
+  const input = element("input", className);
+  input.type = type;
+  input.setAttribute("aria-label", text);
+  return input;
+}
+
+// A reader who may edit gets the segment's controls; anyone else its colour and numbers.
+function segmentRow(segment) {
+  const { number } = segment;
+  const name = typeof segment.name === "string" && segment.name ? segment.name : `Segment ${number}`;
+  const colour = typeof segment.colour === "string" && HEX_COLOUR.test(segment.colour)
+    ? segment.colour.toLowerCase() : "#ff0000";
+  const row = element("li", "seg-segment");
+  row.dataset.segment = String(number);
+  const head = element("div", "seg-segment-head");
+  if (segmentationEditable()) {
+    const chooser = element("label", "seg-active");
+    const radio = segmentInput("radio", "seg-active-choice", `edit ${name}`);
+    radio.name = "seg-active";
+    radio.value = String(number);
+    radio.checked = number === activeSegment;
+    radio.addEventListener("change", () => { if (radio.checked) activeSegment = number; });
+    chooser.append(radio, element("span", "seg-segment-name", name));
+    const swatch = segmentInput("color", "seg-colour", `colour of ${name}`);
+    swatch.value = colour;
+    swatch.addEventListener("change", () => changeSegment(number, { colour: swatch.value.toLowerCase() }));
+    const visible = segmentInput("checkbox", "seg-visible", `show ${name}`);
+    visible.checked = segment.visible !== false;
+    visible.addEventListener("change", () => changeSegment(number, { visible: visible.checked }));
+    const shownLabel = element("label", "seg-shown");
+    shownLabel.append(visible, "shown");
+    const opacity = segmentInput("range", "seg-opacity", `opacity of ${name}`);
+    Object.assign(opacity, { min: "0", max: "1", step: "0.05" });
+    opacity.value = String(Number.isFinite(segment.opacity) ? segment.opacity : 0.5);
+    opacity.addEventListener("change", () => changeSegment(number, { opacity: Number(opacity.value) }));
+    head.append(swatch, chooser, shownLabel, opacity);
+  } else {
+    const swatch = element("span", "segment-swatch");
+    swatch.style.backgroundColor = colour;
+    head.append(swatch, element("span", "seg-segment-name", name));
+  }
+  row.append(head, element("div", "seg-statistics", segmentStatistics(number)));
+  return row;
+}
+
+function changeSegment(number, change) {
+  if (segmentationEditable()) segmentationSend({ type: "seg_segment", segment: number, ...change });
+}
+
+function addSegment() {
+  const number = nextSegmentNumber();
+  if (!segmentationEditable() || number === null) return;
+  segmentAdded = number;
+  segmentationSend({ type: "seg_segment", segment: number });
+}
+
+function openSegmentation() {
+  const id = Number(segList.value);
+  if (Number.isInteger(id) && segList.value !== "") segmentationSend({ type: "seg_open", segmentation: id });
+}
+
+function newSegmentation(event) {
+  event.preventDefault();
+  const text = cleanLabel(segNewLabel.value);
+  if (!segmentationMayEdit || !views[activeView]) return;
+  if (!text) { segNewLabel.focus(); return; }
+  segmentationCreated = true;
+  segmentationSend({ type: "seg_new", view: activeView, label: text });
+}
+
+function stepSegmentation(back) {
+  if (!segmentationEditable() || segmentation[back ? "can_undo" : "can_redo"] !== true) return;
+  segmentationSend({ type: back ? "seg_undo" : "seg_redo" });
+}
+
+function storeSegmentation() {
+  if (!segmentationEditable() || segmentationStoring) return;
+  segmentationStoring = true;
+  segmentationSend({ type: "seg_store" });
+  showSegmentation();
+}
+
+// --- the tool and its settings ---
+
+function buildSegmentTools() {
+  const tools = segmentToolNames();
+  segToolSelect.replaceChildren(option("none", "none (navigate)"), ...tools.map((tool) => option(tool, label(tool))));
+  if (!tools.includes(segmentTool)) segmentTool = "none";
+  buildSegmentSettings();
+  showSegmentTool();
+}
+
+function chooseSegmentTool(name) {
+  const tool = segmentationEditable() && segmentToolNames().includes(name) ? name : "none";
+  const changed = tool !== segmentTool;
+  segmentTool = tool;
+  if (tool !== "none") chooseTool("none");
+  if (changed) { buildSegmentSettings(); drawAllShapes(); }
+  showSegmentTool();
+}
+
+function showSegmentTool() {
+  segToolSelect.value = segmentTool;
+  const rule = segmentToolRule(segmentTool);
+  segApplyButton.hidden = !rule || rule.points[0] !== 0;
+  root.dataset.segmentTool = segmentingOn(views[activeView]) ? segmentTool : "none";
+}
+
+// Built when the tool changes, never on an answer: a field being typed in keeps its focus.
+function buildSegmentSettings() {
+  const rule = segmentToolRule(segmentTool);
+  const required = new Set(rule && Array.isArray(rule.required) ? rule.required : []);
+  const settings = rule && isRecord(rule.settings) ? Object.entries(rule.settings) : [];
+  segSettings.replaceChildren(...settings.filter(([, setting]) => isRecord(setting))
+    .map(([name, setting]) => segmentSettingField(name, setting, required.has(name))));
+  segSettings.dataset.tool = segmentTool;
+}
+
+function segmentSettingField(name, rule, required) {
+  const field = element("label", "seg-setting");
+  field.dataset.setting = name;
+  let input;
+  if (Array.isArray(rule.choices)) {
+    input = element("select");
+    input.append(...rule.choices.map((choice) => option(String(choice), label(String(choice)))));
+    if (!rule.choices.includes(segmentValues[name])) segmentValues[name] = rule.choices[0];
+    input.value = segmentValues[name];
+    input.addEventListener("change", () => { segmentValues[name] = input.value; });
+  } else if (rule.flag) {
+    input = element("input");
+    input.type = "checkbox";
+    input.checked = segmentValues[name] === true;
+    input.addEventListener("change", () => { segmentValues[name] = input.checked; });
+  } else {
+    input = element("input");
+    input.type = "number";
+    if (typeof rule.min === "number") { input.min = String(rule.min); input.max = String(rule.max); }
+    input.step = rule.integer ? "1" : "any";
+    input.required = required;
+    if (required) input.placeholder = "required";
+    input.value = segmentValues[name] ?? "";
+    input.addEventListener("input", () => {
+      segmentValues[name] = input.value;
+      input.removeAttribute("aria-invalid");
+      if (name === "radius_mm") drawAllShapes();  // the brush preview's size
+    });
+  }
+  input.name = name;
+  field.append(element("span", "seg-setting-name", SEGMENT_SETTING_NAMES[name] || label(name)), input);
+  return field;
+}
+
+// The tool's settings as the fields give them, each held to its rule; null, with the fields
+// that lack a value marked, where a required one is empty.
+function segmentEditSettings(tool, pointCount) {
+  const rule = segmentToolRule(tool);
+  const required = new Set(Array.isArray(rule.required) ? rule.required : []);
+  // A threshold at a point covers a box around it; without one, the whole series.
+  if (tool === "threshold" && pointCount > 0) required.add("box_mm");
+  const settings = {};
+  const missing = [];
+  for (const [name, setting] of Object.entries(isRecord(rule.settings) ? rule.settings : {})) {
+    const value = segmentValues[name];
+    if (!isRecord(setting) || (tool === "threshold" && name === "box_mm" && pointCount === 0)) continue;
+    if (setting.flag) settings[name] = value === true;
+    else if (Array.isArray(setting.choices)) { if (setting.choices.includes(value)) settings[name] = value; }
+    else if (value === undefined || String(value).trim() === "" || !Number.isFinite(Number(value))) {
+      if (required.has(name)) missing.push(name);
+    } else settings[name] = clampToRule(Number(value), setting);
+  }
+  for (const input of segSettings.querySelectorAll("input[type='number']")) {
+    if (missing.includes(input.name)) input.setAttribute("aria-invalid", "true");
+    else input.removeAttribute("aria-invalid");
+  }
+  if (!missing.length) return settings;
+  const names = missing.map((name) => SEGMENT_SETTING_NAMES[name] || label(name));
+  showSegmentationStatus(`${label(tool)} needs ${names.join(" and ")}`, true);
+  return null;
+}
+
+// One edit of the active segment; false where the settings are not complete (nothing is sent).
+function segmentEdit(viewIndex, tool, points, { first = true } = {}) {
+  if (!segmentationEditable() || !segmentToolRule(tool)) return false;
+  const settings = segmentEditSettings(tool, points.length);
+  if (!settings) return false;
+  const message = { type: "seg_edit", view: viewIndex, tool, segment: activeSegment };
+  if (points.length) {
+    message.points = points.map((point) => point.map((value) => tenth(Math.max(-4096, Math.min(8192, value)))));
+  }
+  Object.assign(message, settings);
+  // A stroke's later pieces keep what the first one's answer said.
+  if (first) segmentationSend(message); else send(message);
+  return true;
+}
+
+function applySegmentTool() {
+  const rule = segmentToolRule(segmentTool);
+  if (rule && rule.points[0] === 0) segmentEdit(activeView, segmentTool, []);
+}
+
+// --- on the canvas: a click, or a brush stroke ---
+
+// A click edits at once (a grow or confidence seed is an edit of its own); a brush or erase press
+// starts a stroke, answered by what the drag that follows adds to it.
+function segmentPress(view, point) {
+  if (!STROKE_TOOLS.has(segmentTool)) {
+    segmentEdit(view.index, segmentTool, [point]);
+    return null;
+  }
+  const stroke = { view: view.index, tool: segmentTool, points: [point], last: point, timer: null,
+                   sent: 0, failed: false };
+  strokeSchedule(stroke);
+  return stroke;
+}
+
+function brushRadiusMm() {
+  const rule = segmentToolRule(segmentTool);
+  const value = Number(segmentValues.radius_mm);
+  if (!rule || !isRecord(rule.settings) || String(segmentValues.radius_mm ?? "").trim() === ""
+    || !Number.isFinite(value)) return null;
+  return clampToRule(value, rule.settings.radius_mm);
+}
+
+// Points no further apart than half the brush: the server paints at each point, not between them.
+function strokeStep(view) {
+  const radius = brushRadiusMm();
+  const mmPerPixel = view.picture && view.picture.mmPerPixel;
+  return radius && mmPerPixel ? Math.max(1, radius / mmPerPixel / 2) : 4;
+}
+
+function strokeMove(view, stroke, point) {
+  if (!stroke || stroke.failed) return;
+  const [x0, y0] = stroke.last;
+  const distance = Math.hypot(point[0] - x0, point[1] - y0);
+  if (distance < 1) return;
+  const steps = Math.ceil(distance / strokeStep(view));
+  for (let at = 1; at <= steps; at += 1) {
+    stroke.points.push([tenth(x0 + ((point[0] - x0) * at) / steps), tenth(y0 + ((point[1] - y0) * at) / steps)]);
+  }
+  stroke.last = point;
+  if (stroke.points.length >= STROKE_SEND_POINTS) strokeSend(stroke);
+  else strokeSchedule(stroke);
+}
+
+function strokeSchedule(stroke) {
+  if (!stroke.timer) stroke.timer = setTimeout(() => strokeSend(stroke), STROKE_SEND_MS);
+}
+
+function strokeSend(stroke) {
+  clearTimeout(stroke.timer);
+  stroke.timer = null;
+  while (stroke.points.length && !stroke.failed) {
+    const piece = stroke.points.splice(0, STROKE_MAX_POINTS);
+    stroke.failed = !segmentEdit(stroke.view, stroke.tool, piece, { first: stroke.sent === 0 });
+    stroke.sent += 1;
+  }
+  stroke.points.length = 0;
+}
+
+function strokeEnd(stroke, point) {
+  if (!stroke) return;
+  const view = views[stroke.view];
+  if (view) strokeMove(view, stroke, point);
+  strokeSend(stroke);
+}
+
+function brushHover(view, point) {
+  const at = point && STROKE_TOOLS.has(segmentTool) && segmentingOn(view) ? point : null;
+  if (!at && !view.brushAt) return;
+  view.brushAt = at;
+  drawShapes(view);
+}
+
+// The brush's reach under the pointer: a disc of its radius on this view's picture.
+function brushPreview(view) {
+  const radius = brushRadiusMm();
+  const mmPerPixel = view.picture && view.picture.mmPerPixel;
+  if (!view.brushAt || !STROKE_TOOLS.has(segmentTool) || !segmentingOn(view) || !radius || !mmPerPixel) return null;
+  const [x, y] = view.brushAt;
+  return svgNode("circle", { class: `brush-preview ${segmentTool}`, cx: x, cy: y, r: tenth(radius / mmPerPixel) });
+}
+
+// --- keys: Ctrl+Z undoes, Ctrl+Y or Ctrl+Shift+Z redoes; a field being typed in keeps its own ---
+
+function typing(target) {
+  if (!(target instanceof HTMLElement)) return false;
+  if (target.isContentEditable || target.tagName === "TEXTAREA") return true;
+  return target.tagName === "INPUT" && TYPED_FIELDS.has(target.type);
+}
+
+function segmentationKey(event) {
+  if (!(event.ctrlKey || event.metaKey) || event.altKey || typing(event.target) || !segmentationEditable()) return;
+  const key = event.key.toLowerCase();
+  const back = key === "z" && !event.shiftKey;
+  const forward = (key === "z" && event.shiftKey) || (key === "y" && !event.shiftKey);
+  if (!back && !forward) return;
+  event.preventDefault();
+  stepSegmentation(back);
+}
+
+segList.addEventListener("change", () => { segmentationChosen = segList.value; showSegmentation(); });
+segOpenButton.addEventListener("click", openSegmentation);
+segCloseButton.addEventListener("click", () => segmentationSend({ type: "seg_close" }));
+segNewForm.addEventListener("submit", newSegmentation);
+segUndoButton.addEventListener("click", () => stepSegmentation(true));
+segRedoButton.addEventListener("click", () => stepSegmentation(false));
+segAddButton.addEventListener("click", addSegment);
+segToolSelect.addEventListener("change", () => chooseSegmentTool(segToolSelect.value));
+segApplyButton.addEventListener("click", applySegmentTool);
+segStoreButton.addEventListener("click", storeSegmentation);
+segModelRun.addEventListener("click", runModel);
+document.addEventListener("keydown", segmentationKey);
 
 // --- toolbar -----------------------------------------------------------------
 
