@@ -166,7 +166,9 @@ def _identifying_strings(paths: list[Path], truth: dict) -> set[str]:
                     secrets.update(str(value).split("^"))
         except Exception:  # noqa: S112 - unreadable files are rejected, not searched for
             continue
-    generic = {"ANONYMOUS", "ANONYMIZED", "Anonymized", "Anonymous", "Unknown", "UNKNOWN", "NONE"}
+    # PATIENT: a placeholder name part (NAME^PATIENT^NAME) and a coded value a kept SR content
+    # tree holds (Observation Context Mode = PATIENT, PS3.16 CID 6): vocabulary, not identity.
+    generic = {"ANONYMOUS", "ANONYMIZED", "Anonymized", "Anonymous", "Unknown", "UNKNOWN", "NONE", "PATIENT"}
     return {s.strip() for s in secrets
             if len(s.strip()) >= 5 and s.strip() not in generic
             and not any(s.strip() in kept for kept in retained)

@@ -23,11 +23,12 @@ from gateway.asgi import application
 from gateway.audit.models import AuditEvent
 from imaging.models import Study
 from imaging.phantom import phantom_write
-from imaging.services import IngestBatch, ingest_caches_clear
+from imaging.services import IngestBatch
 from rendering import pool as pool_module
 from rendering.protocol import frame_unpack
 from tests.conftest import ZONES
 from tests.sockets import socket_open
+from tests.stores import phantom_study
 
 pytestmark = pytest.mark.django_db(databases=ZONES, transaction=True)
 
@@ -43,17 +44,9 @@ def phantom_dir(tmp_path_factory):
 
 @pytest.fixture
 def study(phantom_dir, keys_dir, tmp_path, settings):
-    settings.IMAGING_STORAGE_DIR = tmp_path / "objects"
-    ingest_caches_clear()
-    pool_module.render_pool_stop()
     out, truth = phantom_dir
-    batch = IngestBatch(actor="cli:test", door="import")
-    for path in sorted(out.rglob("*.dcm")):
-        batch.ingest(path.read_bytes())
-    batch.close()
-    yield Study.objects.get(), truth["patients"][0]
-    pool_module.render_pool_stop()
-    ingest_caches_clear()
+    with phantom_study(out, truth, settings, tmp_path / "objects") as ingested:
+        yield ingested
 
 
 def _cookie(client) -> list[tuple[bytes, bytes]]:

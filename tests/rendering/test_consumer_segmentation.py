@@ -20,12 +20,11 @@ from channels.db import database_sync_to_async
 
 from gateway.audit.models import AuditEvent
 from imaging import storage
-from imaging.models import Instance, Series, Study
+from imaging.models import Instance, Series
 from imaging.phantom import phantom_write
-from imaging.services import IngestBatch, ingest_caches_clear
-from rendering import pool as pool_module
 from tests.conftest import ZONES
 from tests.rendering.test_consumer import _next, _open, _pixel_of, _rgb, _stills, _until
+from tests.stores import phantom_study
 
 pytestmark = pytest.mark.django_db(databases=ZONES, transaction=True)
 
@@ -39,17 +38,9 @@ def pet_ct_files(tmp_path_factory):
 @pytest.fixture
 def study(pet_ct_files, keys_dir, tmp_path, settings):
     """The phantom PET/CT ingested into a fresh store, with fresh render workers around the test."""
-    settings.IMAGING_STORAGE_DIR = tmp_path / "objects"
-    ingest_caches_clear()
-    pool_module.render_pool_stop()
     out, truth = pet_ct_files
-    batch = IngestBatch(actor="cli:test", door="import")
-    for path in sorted(out.rglob("*.dcm")):
-        batch.ingest(path.read_bytes())
-    batch.close()
-    yield Study.objects.get(), truth["patients"][0]
-    pool_module.render_pool_stop()
-    ingest_caches_clear()
+    with phantom_study(out, truth, settings, tmp_path / "objects") as ingested:
+        yield ingested
 
 
 def _message(kind: str):

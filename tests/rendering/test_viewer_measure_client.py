@@ -24,8 +24,8 @@ from PIL import Image
 from rendering.protocol import Encoding, frame_pack
 from tests.rendering.scripted import canvas as _canvas
 from tests.rendering.scripted import until as _until
+from tests.rendering.scripted import viewer_pages
 from tests.rendering.test_viewer_client import VOCABULARY
-from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS
 
 pytestmark = pytest.mark.browser
 
@@ -150,26 +150,8 @@ class ScriptedGateway:
 @pytest.fixture(scope="module")
 def measure_page(served_demo):
     """The real viewer page, wide enough for the views and the measurement panel side by side."""
-    from playwright.sync_api import sync_playwright
-
-    doctor = served_demo.doctor()
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 800})
-        context.add_cookies([{"name": c.name, "value": c.value, "url": served_demo.base}
-                             for c in doctor.jar])
-
-        def open_page(gateway: ScriptedGateway):
-            page = context.new_page()
-            page.route_web_socket("**/ws/viewer/**", gateway)
-            page.goto(f"{served_demo.base}/viewer/{served_demo.study_uid}/")
-            for view in range(len(gateway.ready["views"])):
-                _until(page, lambda view=view: _canvas(page, view).get_attribute("data-sequence") is not None,
-                       what=f"the first frame of view {view}")
-            return page
-
+    with viewer_pages(served_demo) as open_page:
         yield open_page
-        browser.close()
 
 
 def _shapes(page, view: int):

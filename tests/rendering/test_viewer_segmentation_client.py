@@ -22,6 +22,7 @@ import pytest
 from rendering.protocol import vocabulary
 from tests.rendering.scripted import canvas as _canvas
 from tests.rendering.scripted import until as _until
+from tests.rendering.scripted import viewer_pages
 from tests.rendering.test_viewer_measure_client import (
     CT,
     PET,
@@ -39,7 +40,6 @@ from tests.rendering.test_viewer_measure_client import (
     _shapes,
     _text,
 )
-from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS
 
 pytestmark = pytest.mark.browser
 
@@ -160,27 +160,8 @@ class SegmentationGateway(ScriptedGateway):
 @pytest.fixture(scope="module")
 def segmentation_page(served_demo):
     """The real viewer page, wide enough for the views and the panel; page errors are recorded."""
-    from playwright.sync_api import sync_playwright
-
-    doctor = served_demo.doctor()
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 800})
-        context.add_cookies([{"name": c.name, "value": c.value, "url": served_demo.base}
-                             for c in doctor.jar])
-
-        def open_page(gateway: SegmentationGateway):
-            page = context.new_page()
-            page.on("pageerror", lambda error: gateway.page_errors.append(str(error)))
-            page.route_web_socket("**/ws/viewer/**", gateway)
-            page.goto(f"{served_demo.base}/viewer/{served_demo.study_uid}/")
-            for view in range(len(gateway.ready["views"])):
-                _until(page, lambda view=view: _canvas(page, view).get_attribute("data-sequence") is not None,
-                       what=f"the first frame of view {view}")
-            return page
-
+    with viewer_pages(served_demo) as open_page:
         yield open_page
-        browser.close()
 
 
 def _pet_ready(**kwargs: Any) -> dict[str, Any]:

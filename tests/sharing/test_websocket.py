@@ -27,12 +27,11 @@ from gateway.sharing.models import Share
 from gateway.sharing.services import Scope, share_revoke
 from imaging.models import Series, Study
 from imaging.phantom import phantom_write
-from imaging.services import IngestBatch, ingest_caches_clear
-from rendering import pool as pool_module
 from rendering.protocol import frame_unpack
 from tests.conftest import ZONES
 from tests.sharing.factories import clinical_study, consultant_client, doctor, mint, verified
 from tests.sockets import socket_open
+from tests.stores import phantom_study
 
 pytestmark = pytest.mark.django_db(databases=ZONES, transaction=True)
 
@@ -65,17 +64,9 @@ def phantom_dir(tmp_path_factory):
 
 @pytest.fixture
 def study(phantom_dir, keys_dir, tmp_path, settings):
-    settings.IMAGING_STORAGE_DIR = tmp_path / "objects"
-    ingest_caches_clear()
-    pool_module.render_pool_stop()
     out, truth = phantom_dir
-    batch = IngestBatch(actor="cli:test", door="import")
-    for path in sorted(out.rglob("*.dcm")):
-        batch.ingest(path.read_bytes())
-    batch.close()
-    yield Study.objects.get(), truth["patients"][0]
-    pool_module.render_pool_stop()
-    ingest_caches_clear()
+    with phantom_study(out, truth, settings, tmp_path / "objects") as ingested:
+        yield ingested
 
 
 def _cookie(client: Client) -> list[tuple[bytes, bytes]]:
