@@ -550,7 +550,7 @@ SEGMENT_NUMBER = Number(1, 32, integer=True)
 SEG_POINTS = {  # points each segmentation tool takes (viewport pixels); 0: none
     "threshold": (0, 1), "otsu": (1, 1), "grow": (1, 16), "confidence": (1, 16), "suv_fraction": (1, 1),
     "brush": (1, 64), "erase": (1, 64), "fill_holes": (0, 0), "islands": (0, 0), "largest": (0, 0),
-    "clear": (0, 0),
+    "interpolate": (0, 0), "clear": (0, 0),
 }
 SEG_SETTINGS: dict[str, dict[str, FieldRule]] = {
     "threshold": {"low": Number(-1e6, 1e7), "high": Number(-1e6, 1e7), "unit": Text(("native", "suv")),

@@ -11,6 +11,7 @@ SimpleITK's filters, run on the smallest box that holds what they may touch.
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,7 +26,7 @@ from rendering.volume import MODALITIES_SUV, Volume
 
 MAX_SEGMENTS = 32
 SEGMENT_TOOLS = ("threshold", "otsu", "grow", "confidence", "suv_fraction", "brush", "erase",
-                 "fill_holes", "islands", "largest", "clear", "labels")
+                 "fill_holes", "islands", "largest", "clear", "interpolate", "labels")
 ObjectLoader = Callable[[str], bytes]
 PAINTING_TOOLS = frozenset({"threshold", "otsu", "grow", "confidence", "suv_fraction", "brush"})
 
@@ -179,6 +180,39 @@ def _fill_holes(patch: np.ndarray, segment: int) -> None:
         layer[filled & (layer == 0)] = segment
 
 
+def _signed_distance(mask: np.ndarray, spacing_yx: tuple[float, float]) -> np.ndarray:
+    """Millimetres to the mask's edge on a slice: negative inside, positive outside.
+
+    Maurer's map puts zero on the mask's outermost pixel centres; half a pixel less puts it
+    on the edge between them and the first pixels outside, where the outline really is.
+    """
+    image = sitk.GetImageFromArray(mask.astype(np.uint8))
+    image.SetSpacing((spacing_yx[1], spacing_yx[0]))
+    distance = sitk.SignedMaurerDistanceMap(image, insideIsPositive=False, squaredDistance=False,
+                                            useImageSpacing=True)
+    return sitk.GetArrayFromImage(distance) - 0.5 * float(np.mean(spacing_yx))
+
+
+def _interpolate(labels: np.ndarray, volume: Volume, segment: int) -> None:
+    """Fill the empty slices between drawn ones (along the series' slice axis) with the shape that
+    blends the two nearest drawn outlines: their signed distances, weighted by how near each is."""
+    box = _segment_box(labels, segment)
+    if box is None:
+        return
+    rows, columns = box[1], box[2]
+    drawn = [k for k in range(box[0].start, box[0].stop) if np.any(labels[k, rows, columns] == segment)]
+    spacing_yx = (float(volume.spacing[1]), float(volume.spacing[2]))
+    for first, last in itertools.pairwise(drawn):
+        if last - first < 2:
+            continue
+        near = _signed_distance(labels[first, rows, columns] == segment, spacing_yx)
+        far = _signed_distance(labels[last, rows, columns] == segment, spacing_yx)
+        for k in range(first + 1, last):
+            weight = (k - first) / (last - first)
+            patch = labels[k, rows, columns]
+            patch[((1.0 - weight) * near + weight * far <= 0.0) & (patch == 0)] = segment
+
+
 def _morphology(labels: np.ndarray, volume: Volume, op: dict[str, Any]) -> None:
     segment = int(op["segment"])
     box = _segment_box(labels, segment)
@@ -234,6 +268,9 @@ def segmentation_apply(labels: np.ndarray, volume: Volume, op: dict[str, Any],
         return
     if tool == "clear":
         labels[labels == segment] = 0
+        return
+    if tool == "interpolate":
+        _interpolate(labels, volume, segment)
         return
     if tool in ("fill_holes", "islands", "largest"):
         _morphology(labels, volume, op)

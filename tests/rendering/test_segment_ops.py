@@ -256,12 +256,26 @@ def _rendered(pet, labels, style) -> np.ndarray:
     layers = [{"series_id": pet.series_id, "window_center": 2000, "window_width": 4000, "palette": "grey"}]
     volumes = {pet.series_id: pet}
     if labels is not None:
-        seg = replace(pet, voxels=labels, modality="SEG", series_id="seg:1:1:000000000000", suv_factor=None,
-                      presentation=Presentation(kind="label", label_style=style))
+        seg = replace(
+            pet,
+            voxels=labels,
+            modality="SEG",
+            series_id="seg:1:1:000000000000",
+            suv_factor=None,
+            presentation=Presentation(kind="label", label_style=style),
+        )
         layers.append({"series_id": seg.series_id, "window_center": 0.5, "window_width": 1.0})
         volumes[seg.series_id] = seg
-    state = viewstate_from_dict({"view": "axial", "focus_mm": [0.0, 0.0, float(pet.center()[2])],
-                                 "width": 128, "height": 128, "quality": "still", "layers": layers})
+    state = viewstate_from_dict(
+        {
+            "view": "axial",
+            "focus_mm": [0.0, 0.0, float(pet.center()[2])],
+            "width": 128,
+            "height": 128,
+            "quality": "still",
+            "layers": layers,
+        }
+    )
     frame = RenderEngine().render(state, volumes)
     return np.asarray(Image.open(io.BytesIO(frame.data)).convert("RGB")).astype(int)
 
@@ -279,3 +293,27 @@ def test_each_segment_is_drawn_in_its_colour_at_its_opacity_and_a_hidden_one_not
     assert np.allclose(shown[row, 10], [0, 0, 255], atol=6)
     assert np.allclose(shown[row, 64], (plain[row, 64] + np.array([255, 0, 0])) / 2, atol=8)
     assert np.allclose(shown[row, 118], plain[row, 118], atol=6)
+
+
+def test_interpolation_fills_the_slices_between_two_drawn_outlines_with_a_blend(ct_truth):
+    ct, _, centres = ct_truth
+    middle = [float(v) for v in centres[20, 256, 256]]
+    drawn = [
+        {
+            "tool": "brush",
+            "segment": 1,
+            "points_mm": [[middle[0], middle[1], float(centres[k, 0, 0, 2])]],
+            "radius_mm": radius,
+            "normal": [0.0, 0.0, 1.0],
+        }
+        for k, radius in ((10, 8.0), (20, 16.0))
+    ]
+    labels = segmentation_replay(ct, [*drawn, {"tool": "interpolate", "segment": 1}])
+    assert [k for k in range(ct.shape[0]) if np.any(labels[k])] == list(range(10, 21))
+    pixel_mm2 = float(ct.spacing[1] * ct.spacing[2])
+    for k in range(11, 20):
+        radius = 8.0 + (16.0 - 8.0) * (k - 10) / 10  # the outlines' radii blended linearly
+        area = np.count_nonzero(labels[k]) * pixel_mm2
+        assert area == pytest.approx(np.pi * radius**2, rel=0.08), k
+    untouched = segmentation_replay(ct, drawn)
+    assert np.array_equal(labels[10], untouched[10]) and np.array_equal(labels[20], untouched[20])
