@@ -120,27 +120,45 @@ def _suv_fraction(volume: Volume, op: dict[str, Any]) -> tuple[tuple[slice, ...]
 
 
 def _brush(volume: Volume, op: dict[str, Any]) -> tuple[tuple[slice, ...], np.ndarray]:
-    """Spheres along a stroke, or discs one voxel thick on the view's plane (``normal``)."""
+    """Spheres along a stroke, or discs one voxel thick on the view's plane (``normal``).
+
+    Distances are taken in index space scaled by the spacing (the direction is orthonormal, so
+    they are patient millimetres), each point over the few voxels it can reach.
+    """
     points = np.asarray(op["points_mm"], dtype=np.float64)
     radius = float(op["radius_mm"])
     reach = radius + float(np.max(volume.spacing))
     low = points.min(axis=0) - reach
     high = points.max(axis=0) + reach
     box = _region(volume, (low + high) / 2.0, float(np.max(high - low)) / 2.0)
-    grid = np.stack(np.meshgrid(*(np.arange(s.start, s.stop) for s in box), indexing="ij"), axis=-1)
-    centres = volume.index_to_patient(grid.astype(np.float64))
-    inside = np.zeros(grid.shape[:3], dtype=bool)
+    spacing = np.asarray(volume.spacing, dtype=np.float64)
+    origin = np.array([axis.start for axis in box])
+    size = np.array([axis.stop - axis.start for axis in box])
+    inside = np.zeros(tuple(size), dtype=bool)
     normal = op.get("normal")
-    half_thickness = _half_thickness(volume, normal)
-    for point in points:
-        offset = centres - point
-        if normal is None:
-            inside |= np.einsum("...i,...i->...", offset, offset) <= radius * radius
+    across = None if normal is None else _normal_kji(volume, normal)
+    half = _half_thickness(volume, normal)
+    for centre in volume.patient_to_index(points):
+        first = np.clip(np.floor(centre - reach / spacing).astype(int) - origin, 0, size)
+        last = np.clip(np.ceil(centre + reach / spacing).astype(int) + 1 - origin, 0, size)
+        if np.any(last <= first):
             continue
-        depth = offset @ np.asarray(normal, dtype=np.float64)
-        across = np.einsum("...i,...i->...", offset, offset) - depth * depth
-        inside |= (np.abs(depth) <= half_thickness) & (across <= radius * radius)
+        k, j, i = ((np.arange(first[n], last[n]) + origin[n] - centre[n]) * spacing[n] for n in range(3))
+        offsets = (k[:, None, None], j[None, :, None], i[None, None, :])
+        distance2 = offsets[0] ** 2 + offsets[1] ** 2 + offsets[2] ** 2
+        window = inside[first[0]:last[0], first[1]:last[1], first[2]:last[2]]
+        if across is None:
+            window |= distance2 <= radius * radius
+            continue
+        depth = offsets[0] * across[0] + offsets[1] * across[1] + offsets[2] * across[2]
+        window |= (np.abs(depth) <= half) & (distance2 - depth * depth <= radius * radius)
     return box, inside
+
+
+def _normal_kji(volume: Volume, normal: Any) -> np.ndarray:
+    """A patient direction's components along the volume's k, j, i axes."""
+    direction = np.asarray(volume.direction, dtype=np.float64).reshape(3, 3)
+    return (direction.T @ np.asarray(normal, dtype=np.float64))[::-1]
 
 
 def _half_thickness(volume: Volume, normal: Any) -> float:
