@@ -460,7 +460,7 @@ class ViewerSession:
     def _segmented_views(self, shown: ShownSegmentation | None) -> list[int]:
         if shown is None:
             return []
-        return [i for i, view in enumerate(self.views) if view.kind in MPR_KINDS
+        return [i for i, view in enumerate(self.views) if (view.kind in MPR_KINDS or view.kind == "3d")
                 and self._base(view).frame_of_reference == shown.frame_of_reference
                 and len(view.layers) < MAX_LAYERS]
 

@@ -470,11 +470,13 @@ class RenderEngine:
         if not resolved[0].volume.reformattable:
             raise RenderError("3-D needs a volume; this series is shown in its own plane only")
         wanted = ("PT", "NM") if state.preset3d is Preset3D.PET_MIP else ("CT",)
-        item = next((r for r in resolved if r.volume.modality in wanted), resolved[0])
+        shown = [r for r in resolved if not r.volume.labels]
+        item = next((r for r in shown if r.volume.modality in wanted), shown[0] if shown else resolved[0])
+        segmentation = next((r.volume for r in resolved if r.volume.presentation.label_style), None)
         rgb, right, down = self.volume_renderer.render(
             volume=item.volume, preset=state.preset3d, camera=state.camera3d,
             width=state.width, height=state.height, quality=state.quality,
-            window=(item.low, item.high), lut=LUTS[item.layer.palette],
+            window=(item.low, item.high), lut=LUTS[item.layer.palette], segmentation=segmentation,
         )
         overlay = Overlay(
             orientation=planes.edge_letters(right, down), mm_per_pixel=None, slice_position_mm=None,

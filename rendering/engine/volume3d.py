@@ -30,8 +30,12 @@ from vtkmodules.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 from vtkmodules.vtkCommonCore import vtkUnsignedCharArray
 from vtkmodules.vtkCommonDataModel import vtkImageData, vtkPiecewiseFunction
 from vtkmodules.vtkCommonMath import vtkMatrix4x4
+from vtkmodules.vtkFiltersCore import vtkPolyDataNormals
+from vtkmodules.vtkFiltersGeneral import vtkDiscreteFlyingEdges3D
 from vtkmodules.vtkRenderingCore import (
+    vtkActor,
     vtkColorTransferFunction,
+    vtkPolyDataMapper,
     vtkRenderer,
     vtkVolume,
     vtkVolumeProperty,
@@ -136,6 +140,8 @@ class VolumeRenderer:
         self.actor.SetProperty(self.property)
         self.renderer.AddVolume(self.actor)
         self._levels: OrderedDict[tuple, tuple] = OrderedDict()
+        self._surfaces: OrderedDict[tuple, list[vtkActor]] = OrderedDict()
+        self._shown_surfaces: list[vtkActor] = []
 
     def _level(self, volume: Volume, quality: Quality, mip: bool):
         factor = level_factor(volume, quality)
@@ -179,13 +185,64 @@ class VolumeRenderer:
             self._levels.popitem(last=False)
         return entry
 
+    def _segment_surfaces(self, labels: Volume) -> list[vtkActor]:
+        """One surface per shown segment of a reader's segmentation (discrete flying edges on its
+        label map, in patient mm), kept per revision and look: the layer id names both."""
+        key = (labels.series_id, id(labels))
+        if key in self._surfaces:
+            self._surfaces.move_to_end(key)
+            return self._surfaces[key]
+        voxels = np.ascontiguousarray(labels.voxels, dtype=np.uint8)
+        image = vtkImageData()
+        image.SetDimensions(voxels.shape[2], voxels.shape[1], voxels.shape[0])
+        image.SetSpacing(*(float(s) for s in labels.spacing[::-1]))
+        image.GetPointData().SetScalars(numpy_to_vtk(voxels.reshape(-1), deep=True))
+        matrix = vtkMatrix4x4()
+        for r in range(3):
+            for c in range(3):
+                matrix.SetElement(r, c, float(labels.direction[r, c]))
+            matrix.SetElement(r, 3, float(labels.origin[r]))
+        actors = []
+        present = set(np.unique(voxels).tolist())
+        for number, colour, alpha in labels.presentation.label_style:
+            if alpha <= 0 or number not in present:
+                continue
+            edges = vtkDiscreteFlyingEdges3D()
+            edges.SetInputData(image)
+            edges.SetValue(0, float(number))
+            normals = vtkPolyDataNormals()
+            normals.SetInputConnection(edges.GetOutputPort())
+            mapper = vtkPolyDataMapper()
+            mapper.SetInputConnection(normals.GetOutputPort())
+            mapper.ScalarVisibilityOff()
+            actor = vtkActor()
+            actor.SetMapper(mapper)
+            actor.SetUserMatrix(matrix)
+            actor.GetProperty().SetColor(*(int(colour[n:n + 2], 16) / 255 for n in (1, 3, 5)))
+            actor.GetProperty().SetOpacity(max(alpha, 0.35))
+            actors.append(actor)
+        self._surfaces[key] = actors
+        while len(self._surfaces) > MAPPER_CACHE:
+            self._surfaces.popitem(last=False)
+        return actors
+
+    def _show_surfaces(self, labels: Volume | None) -> None:
+        for actor in self._shown_surfaces:
+            self.renderer.RemoveActor(actor)
+        self._shown_surfaces = self._segment_surfaces(labels) if labels is not None else []
+        for actor in self._shown_surfaces:
+            self.renderer.AddActor(actor)
+
     def render(self, *, volume: Volume, preset: Preset3D, camera: Camera3D, width: int, height: int,
                quality: Quality, window: tuple[float, float] | None = None,
-               lut: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               lut: np.ndarray | None = None,
+               segmentation: Volume | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """RGB image (h, w, 3) uint8 plus the screen's right and down vectors in LPS.
 
-        ``window`` (low, high in native units) and ``lut`` (256x3 uint8) colour the PET MIP.
+        ``window`` (low, high in native units) and ``lut`` (256x3 uint8) colour the PET MIP;
+        ``segmentation`` (a reader's label volume) adds each shown segment as a surface.
         """
+        self._show_surfaces(segmentation)
         mip = preset is Preset3D.PET_MIP
         mapper, matrix, _, _ = self._level(volume, quality, mip)
         self.actor.SetMapper(mapper)

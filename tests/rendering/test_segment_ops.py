@@ -317,3 +317,47 @@ def test_interpolation_fills_the_slices_between_two_drawn_outlines_with_a_blend(
         assert area == pytest.approx(np.pi * radius**2, rel=0.08), k
     untouched = segmentation_replay(ct, drawn)
     assert np.array_equal(labels[10], untouched[10]) and np.array_equal(labels[20], untouched[20])
+
+
+def _rendered_3d(ct, labels, style) -> np.ndarray:
+    from dataclasses import replace
+
+    from rendering.engine.core import RenderEngine
+    from rendering.viewstate import viewstate_from_dict
+    from rendering.volume import Presentation
+
+    seg = replace(
+        ct,
+        voxels=labels,
+        modality="SEG",
+        series_id="seg:2:1:000000000000",
+        suv_factor=None,
+        presentation=Presentation(kind="label", label_style=style),
+    )
+    state = viewstate_from_dict(
+        {
+            "view": "3d",
+            "width": 128,
+            "height": 128,
+            "quality": "still",
+            "preset3d": "ct_bone",
+            "layers": [
+                {"series_id": ct.series_id, "window_center": 40, "window_width": 400},
+                {"series_id": seg.series_id, "window_center": 0.5, "window_width": 1.0},
+            ],
+        }
+    )
+    return RenderEngine().pixels(state, {ct.series_id: ct, seg.series_id: seg}).astype(int)
+
+
+def test_a_3d_view_shows_each_shown_segment_as_a_surface_in_its_colour(ct_truth):
+    ct, _, centres = ct_truth
+    point = [float(v) for v in centres[20, 256, 256]]
+    labels = segmentation_replay(
+        ct, [{"tool": "brush", "segment": 1, "points_mm": [point], "radius_mm": 60.0}]
+    )
+    shown = _rendered_3d(ct, labels, ((1, "#00ff00", 1.0),))
+    hidden = _rendered_3d(ct, labels, ((1, "#00ff00", 0.0),))
+    green = (shown[..., 1] > 120) & (shown[..., 0] < 80) & (shown[..., 2] < 80)
+    assert np.count_nonzero(green) > 200  # a 120 mm ball in a 500 mm field of 128 px, shaded
+    assert np.count_nonzero((hidden[..., 1] > 120) & (hidden[..., 0] < 80) & (hidden[..., 2] < 80)) == 0
