@@ -326,10 +326,15 @@ class SegModel:
     model: int
 
 
+@dataclass(frozen=True)
+class SegDelete:
+    segmentation: int
+
+
 Message = (Acknowledge | Input | Setting | Layout | Probe | Resize | Thumbnails | OpenStudy | Measure
            | Keep | Forget | Relabel | StoreFindings | SuvMethod | SuvInputs | Hang | HangSave | HangDelete
            | Chart | SegNew | SegOpen | SegClose | SegEdit | SegUndo | SegRedo | SegSegment | SegStore
-           | SegModel)
+           | SegModel | SegDelete)
 
 
 def _field(message: dict[str, Any], name: str, rule: FieldRule) -> Any:
@@ -641,6 +646,11 @@ def _parse_seg_model(message: dict[str, Any], views: int) -> SegModel:
     return SegModel(_field(message, "model", RULE_ID))
 
 
+def _parse_seg_delete(message: dict[str, Any], views: int) -> SegDelete:
+    _exact_keys(message, {"type", "segmentation"})
+    return SegDelete(_field(message, "segmentation", RULE_ID))
+
+
 _PARSERS: dict[str, Callable[[dict[str, Any], int], Message]] = {
     "ack": _parse_ack, "input": _parse_input, "set": _parse_set,
     "layout": _parse_layout, "probe": _parse_probe, "resize": _parse_resize,
@@ -653,6 +663,7 @@ _PARSERS: dict[str, Callable[[dict[str, Any], int], Message]] = {
     "seg_new": _parse_seg_new, "seg_open": _parse_seg_open, "seg_close": _parse_seg_close,
     "seg_edit": _parse_seg_edit, "seg_undo": _parse_seg_undo, "seg_redo": _parse_seg_redo,
     "seg_segment": _parse_seg_segment, "seg_store": _parse_seg_store, "seg_model": _parse_seg_model,
+    "seg_delete": _parse_seg_delete,
 }
 
 

@@ -23,6 +23,7 @@ from imaging.segmentations import (
     SegmentationNotFound,
     segment_set,
     segmentation_create,
+    segmentation_delete,
     segmentation_edit,
     segmentation_forget_last,
     segmentation_from_model,
@@ -271,6 +272,24 @@ class SegmentationReading:
         await self._segmentation_changed(changed)
 
 
+    async def _on_seg_delete(self, message: protocol.SegDelete) -> None:
+        """Delete a segmentation of the reading (kept, marked deleted: the audit can name it)."""
+        if not await self._segmentation_may_edit():
+            raise SessionError("deleting a segmentation is part of reporting, which is not granted here")
+        try:
+            segmentation = await database_sync_to_async(segmentation_get)(
+                message.segmentation, *self.session.studies)
+        except SegmentationNotFound as error:
+            raise SessionError("no such segmentation of this reading") from error
+        await database_sync_to_async(segmentation_delete)(segmentation.id)
+        await self._audit(Action.SEGMENTATION_DELETE, Outcome.SUCCESS,
+                          study=segmentation.study.study_instance_uid,
+                          details={"segmentation": segmentation.id, "label": segmentation.label})
+        if self.segmentation_id == segmentation.id:
+            await self._on_seg_close(protocol.SegClose())
+        await self._send_segmentations()
+
+
 def _json(body: dict[str, Any]) -> str:
     return json.dumps(body)
 
@@ -285,5 +304,6 @@ SEGMENTATION_HANDLERS: dict[type, Callable[[Any, Any], Awaitable[None]]] = {
     protocol.SegSegment: SegmentationReading._on_seg_segment,
     protocol.SegStore: SegmentationReading._on_seg_store,
     protocol.SegModel: SegmentationReading._on_seg_model,
+    protocol.SegDelete: SegmentationReading._on_seg_delete,
 }
 """Each segmentation message and its handler (:data:`rendering.consumers.MESSAGE_HANDLERS` takes them)."""

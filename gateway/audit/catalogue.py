@@ -94,6 +94,7 @@ class Action(StrEnum):
     SEGMENTATION_CREATE = "segmentation.create"
     SEGMENTATION_STORE = "segmentation.store"
     SEGMENTATION_MODEL = "segmentation.model"
+    SEGMENTATION_DELETE = "segmentation.delete"
     ADMIN_MODEL = "admin.model"
 
     @property
@@ -147,6 +148,7 @@ ACTION_SPECS: dict[Action, ActionSpec] = {
                                           "stored a segmentation in the study as DICOM SEG"),
     Action.SEGMENTATION_MODEL: ActionSpec(PATIENT_RECORD, None, "C",
                                           "ran a segmentation model on a series"),
+    Action.SEGMENTATION_DELETE: ActionSpec(PATIENT_RECORD, None, "D", "deleted a segmentation"),
     Action.ADMIN_MODEL: ActionSpec(SECURITY_ALERT, SECURITY_CONFIGURATION, "U",
                                    "registered or withdrew a segmentation model"),
 }

@@ -187,6 +187,9 @@ async def test_a_doctor_segments_the_lesion_edits_undoes_and_stores_a_seg(client
     await communicator.send_json_to({"type": "seg_store"})
     stored = await _answer(communicator, "segmentation_stored")
     assert (stored["segments"], stored["frames"] > 0) == (2, True)
+    await communicator.send_json_to({"type": "seg_delete", "segmentation": redone["id"]})
+    assert (await _answer(communicator, "segmentation"))["segmentation"] is None
+    assert (await _answer(communicator, "segmentations"))["segmentations"] == []
     await communicator.disconnect()
 
     seg = await database_sync_to_async(_stored_seg)(stored["seg_series"])
@@ -208,7 +211,8 @@ async def test_a_doctor_segments_the_lesion_edits_undoes_and_stores_a_seg(client
             )
         )
     )()
-    assert actions == [("segmentation.create", "success"), ("segmentation.store", "success")]
+    assert actions == [("segmentation.create", "success"), ("segmentation.delete", "success"),
+                       ("segmentation.store", "success")]
 
 
 def _stored_seg(series_uid: str) -> pydicom.Dataset:
@@ -243,6 +247,7 @@ async def test_a_nurse_sees_segmentations_and_may_not_edit_them(client, signed_i
     assert opened["editable"] is False
     for message in (
         {"type": "seg_edit", "view": 0, "tool": "clear", "segment": 1},
+        {"type": "seg_delete", "segmentation": created["id"]},
         {"type": "seg_undo"},
         {"type": "seg_new", "view": _pet_view(ready), "label": "mine"},
         {"type": "seg_store"},

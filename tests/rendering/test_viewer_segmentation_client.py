@@ -145,6 +145,12 @@ class SegmentationGateway(ScriptedGateway):
                      "opacity": 0.5}
             segments[number] = {**segments.get(number, added), **changes}
             opened["segments"] = [segments[n] for n in sorted(segments)]
+        elif kind == "seg_delete":
+            self.listed = [listed for listed in self.listed if listed["id"] != data["segmentation"]]
+            self.open_id = None
+            self.send({"type": "segmentation", "segmentation": None})
+            self.send_segmentations()
+            return
         elif kind == "seg_model":
             self.send({"type": "segmentation_job", "model": data["model"], "state": "running"})
             return
@@ -606,5 +612,23 @@ def test_a_registered_model_is_offered_run_once_and_its_result_or_failure_shown(
                       "message": "model file does not match the registered SHA-256"})
         _until(page, lambda: "model_failed" in (status.text_content() or ""), what="the failure shown")
         assert run.is_enabled() and not gateway.page_errors
+    finally:
+        page.close()
+
+
+def test_deleting_a_segmentation_asks_twice_and_the_list_follows(segmentation_page):
+    gateway = SegmentationGateway(_pet_ready(), listed=[_segmentation(4, "nodes"), _segmentation(5, "liver")])
+    page = segmentation_page(gateway)
+    delete = page.locator("#seg-delete")
+    try:
+        _open(page, gateway)
+        assert delete.is_visible()
+        delete.click()
+        assert delete.text_content() == "Delete? click again" and not gateway.sent("seg_delete")
+        delete.click()
+        _until(page, lambda: gateway.sent("seg_delete"), what="seg_delete sent")
+        assert gateway.sent("seg_delete")[-1] == {"type": "seg_delete", "segmentation": 4}
+        _until(page, lambda: _options(page, "#seg-list") == ["5"], what="the list without it")
+        assert not delete.is_visible() and not gateway.page_errors
     finally:
         page.close()

@@ -54,6 +54,7 @@ const segChoose = document.getElementById("seg-choose");
 const segList = document.getElementById("seg-list");
 const segOpenButton = document.getElementById("seg-open");
 const segCloseButton = document.getElementById("seg-close");
+const segDeleteButton = document.getElementById("seg-delete");
 const segNewForm = document.getElementById("seg-new");
 const segNewLabel = document.getElementById("seg-new-label");
 const segOpenPanel = document.getElementById("seg-open-panel");
@@ -3076,6 +3077,11 @@ function showSegmentation() {
   segOpenButton.hidden = segmentations.length === 0;
   segOpenButton.disabled = !segList.value || (open && segList.value === String(segmentation.id));
   segCloseButton.hidden = !open;
+  segDeleteButton.hidden = !open || !editable;
+  if (!open || segDeleteButton.dataset.armed !== String(segmentation.id)) {
+    delete segDeleteButton.dataset.armed;
+    segDeleteButton.textContent = "Delete";
+  }
   segNewForm.hidden = !segmentationMayEdit;
   segOpenPanel.hidden = !open;
   if (open) {
@@ -3410,6 +3416,18 @@ function segmentationKey(event) {
 segList.addEventListener("change", () => { segmentationChosen = segList.value; showSegmentation(); });
 segOpenButton.addEventListener("click", openSegmentation);
 segCloseButton.addEventListener("click", () => segmentationSend({ type: "seg_close" }));
+// Deleting needs a second click: the label map and its edits go with it (undo cannot bring them back).
+segDeleteButton.addEventListener("click", () => {
+  if (!segmentation) return;
+  if (segDeleteButton.dataset.armed !== String(segmentation.id)) {
+    segDeleteButton.dataset.armed = String(segmentation.id);
+    segDeleteButton.textContent = "Delete? click again";
+    return;
+  }
+  delete segDeleteButton.dataset.armed;
+  segDeleteButton.textContent = "Delete";
+  segmentationSend({ type: "seg_delete", segmentation: segmentation.id });
+});
 segNewForm.addEventListener("submit", newSegmentation);
 segUndoButton.addEventListener("click", () => stepSegmentation(true));
 segRedoButton.addEventListener("click", () => stepSegmentation(false));
