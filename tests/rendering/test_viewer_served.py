@@ -362,3 +362,41 @@ def test_the_reading_messages_answer_a_real_client_and_a_nurse_is_refused_what_c
         _refusal(ws, "suv_inputs")
         ws.send(json.dumps({"type": "findings_store"}))
         _refusal(ws, "findings_store")
+
+
+def test_segmentation_messages_answer_a_real_client_and_a_nurse_may_only_look(served_demo):
+    """seg_new, seg_edit, seg_undo and seg_open over daphne; malformed bodies and a nurse's edits refused."""
+    doctor = served_demo.sign_in(served_demo.person("doctor"))
+    with viewer_socket(served_demo, doctor) as ws:
+        ready = viewer_ready(ws)
+        assert _message(ws, "segmentations")["may_edit"] is True
+        pet_view = next(i for i, view in enumerate(ready["views"])
+                        if view["kind"] != "3d" and _shows_only(ready, view, "PT"))
+        viewer_until(ws, lambda m: is_frame(m) and m.view == pet_view)
+        ws.send(json.dumps({"type": "seg_new", "view": pet_view, "label": "served"}))
+        created = _message(ws, "segmentation")["segmentation"]
+        assert (created["revision"], created["editable"]) == (0, True)
+        brush = {"type": "seg_edit", "view": pet_view, "tool": "brush", "segment": 1, "points": [[100, 100]],
+                 "radius_mm": 8, "planar": True}
+        ws.send(json.dumps(brush))
+        edited = _message(ws, "segmentation")["segmentation"]
+        assert edited["revision"] == 1 and edited["statistics"]["segments"]["1"]["voxels"] > 0
+        ws.send(json.dumps({**brush, "voxels": [1, 2, 3]}))
+        assert _message(ws, "error")["code"] == "unknown_field"
+        ws.send(json.dumps({**brush, "segment": 40}))
+        assert _message(ws, "error")["code"] == "bad_value"
+        ws.send(json.dumps({"type": "seg_undo"}))
+        undone = _message(ws, "segmentation")["segmentation"]
+        assert (undone["revision"], undone["statistics"]["segments"], undone["can_redo"]) == (0, {}, True)
+
+    nurse = served_demo.sign_in(served_demo.person("nurse"))
+    with viewer_socket(served_demo, nurse) as ws:
+        ready = viewer_ready(ws)
+        listed = _message(ws, "segmentations")
+        assert listed["may_edit"] is False and created["id"] in [s["id"] for s in listed["segmentations"]]
+        ws.send(json.dumps({"type": "seg_open", "segmentation": created["id"]}))
+        assert _message(ws, "segmentation")["segmentation"]["editable"] is False
+        ws.send(json.dumps({**brush, "view": 0}))
+        _refusal(ws, "seg_edit")
+        ws.send(json.dumps({"type": "seg_new", "view": 0, "label": "mine"}))
+        _refusal(ws, "seg_new")
