@@ -187,3 +187,16 @@ class SegmentationModel(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} {self.version}"
+
+
+class ModelRun(models.Model):
+    """One run of a segmentation model: its progress, written by the worker as tiles finish."""
+
+    segmentation = models.ForeignKey(Segmentation, on_delete=models.CASCADE, related_name="model_runs")
+    model = models.ForeignKey(SegmentationModel, on_delete=models.PROTECT, related_name="runs")
+    tiles_done = models.IntegerField(default=0)
+    tiles_total = models.IntegerField(default=0)
+    started_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.model} on {self.segmentation_id}: {self.tiles_done}/{self.tiles_total}"

@@ -14,7 +14,7 @@ from typing import Any
 
 from gateway.audit.catalogue import Action, Outcome
 from gateway.audit.services import audit_record
-from imaging.models import SegmentationModel
+from imaging.models import ModelRun, SegmentationModel
 from rendering.engine.onnx_models import MAX_MODEL_BYTES, ModelError, manifest_parse
 
 
@@ -72,3 +72,13 @@ def model_labels(model: SegmentationModel) -> list[dict[str, Any]]:
 
 def model_offered(model_id: int) -> SegmentationModel | None:
     return SegmentationModel.objects.filter(pk=model_id, active=True).first()
+
+
+def model_run_start(segmentation_id: int, model: SegmentationModel) -> int:
+    return ModelRun.objects.create(segmentation_id=segmentation_id, model=model).pk
+
+
+def model_run_progress(run_id: int) -> tuple[int, int]:
+    """(tiles done, tiles in all) of a run, as its worker last wrote them."""
+    row = ModelRun.objects.filter(pk=run_id).values_list("tiles_done", "tiles_total").first()
+    return (int(row[0]), int(row[1])) if row else (0, 0)

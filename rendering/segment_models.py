@@ -8,8 +8,9 @@ replaying the segmentation never runs the model again.
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,25 @@ from rendering.volume import Volume
 MODEL_RUN_LIMIT_S = 1800.0
 
 
+PROGRESS_EVERY_S = 0.5
+
+
+def _progress(run_id: int) -> Callable[[int, int], None]:
+    """Tiles done, written to the run's row at most every half second (and when the last is done)."""
+    from imaging.models import ModelRun
+
+    written = [0.0]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - written[0] < PROGRESS_EVERY_S:
+            return
+        written[0] = now
+        ModelRun.objects.filter(pk=run_id).update(tiles_done=done, tiles_total=total)
+
+    return report
+
+
 def _background(state: ViewState) -> Urgency:
     return Urgency.BACKGROUND
 
@@ -45,9 +65,11 @@ def _model_run(context: WorkerContext, state: ViewState, volumes: Mapping[str, V
     if model is None:
         raise RenderError("no such model, or it was withdrawn")
     reference = volumes[state.layers[0].series_id]
+    progress = _progress(int(arguments["run"])) if arguments.get("run") else None
     try:
         session = model_session(model_file_verify(model.path, model.sha256))
-        labels = segment_volume(reference.voxels, reference.spacing, manifest_parse(model.manifest), session)
+        labels = segment_volume(reference.voxels, reference.spacing, manifest_parse(model.manifest), session,
+                                progress=progress)
     except ModelError as error:
         raise RenderError(str(error)) from error
     object_id = f"segmodel-{uuid.uuid4().hex}"

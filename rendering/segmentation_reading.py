@@ -9,6 +9,7 @@ worker cannot make is taken back, so what is recorded is always what can be draw
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ from channels.db import database_sync_to_async
 
 from gateway.audit.catalogue import Action, Outcome
 from gateway.policy import Permission, may
-from imaging.segmentation_models import model_offered, models_offered
+from imaging.segmentation_models import model_offered, model_run_progress, model_run_start, models_offered
 from imaging.segmentations import (
     SegmentationError,
     SegmentationNotFound,
@@ -255,11 +256,11 @@ class SegmentationReading:
         about = {"segmentation": segmentation.id, "model": model.id, "name": model.name,
                  "version": model.version, "sha256": model.sha256, "registered_by": model.registered_by}
         study = segmentation.study.study_instance_uid
-        await self.send(text_data=_json({"type": "segmentation_job", "model": model.id, "state": "running"}))
+        run = await database_sync_to_async(model_run_start)(segmentation.id, model)
         reference = viewstate_from_dict({"view": "native", "layers": self.session.segmentation_layers(
             segmentation.series_instance_uid, segmentation_layer_id(segmentation))[:1]})
         try:
-            found = await self.pool.request("model_run", reference, source=CLINICAL, model=model.id)
+            found = await self._model_run_followed(model.id, run, reference)
             changed = await database_sync_to_async(segmentation_from_model)(segmentation.id, model, found,
                                                                             author=self.principal.username)
         except (RenderError, MissingVolumeError, SegmentationError) as error:
@@ -288,6 +289,25 @@ class SegmentationReading:
         if self.segmentation_id == segmentation.id:
             await self._on_seg_close(protocol.SegClose())
         await self._send_segmentations()
+
+
+    async def _model_run_followed(self, model_id: int, run: int, reference: Any) -> dict[str, Any]:
+        """The worker's answer; meanwhile ``segmentation_job`` says how many tiles are done, every
+        second, and once more when the run ends."""
+        job = asyncio.ensure_future(self.pool.request("model_run", reference, source=CLINICAL, model=model_id,
+                                                      run=run))
+        while True:
+            done, total = await database_sync_to_async(model_run_progress)(run)
+            state = "running" if not job.done() else "failed" if job.exception() else "done"
+            await self.send(text_data=_json({"type": "segmentation_job", "model": model_id, "state": state,
+                                             "done": done, "total": total}))
+            if job.done():
+                found: dict[str, Any] = job.result()
+                return found
+            await asyncio.wait({job}, timeout=MODEL_PROGRESS_EVERY_S)
+
+
+MODEL_PROGRESS_EVERY_S = 1.0
 
 
 def _json(body: dict[str, Any]) -> str:

@@ -211,8 +211,11 @@ async def test_a_doctor_segments_the_lesion_edits_undoes_and_stores_a_seg(client
             )
         )
     )()
-    assert actions == [("segmentation.create", "success"), ("segmentation.delete", "success"),
-                       ("segmentation.store", "success")]
+    assert actions == [
+        ("segmentation.create", "success"),
+        ("segmentation.delete", "success"),
+        ("segmentation.store", "success"),
+    ]
 
 
 def _stored_seg(series_uid: str) -> pydicom.Dataset:
@@ -307,6 +310,13 @@ async def test_a_registered_model_becomes_segments_and_a_tampered_one_is_refused
     await communicator.send_json_to({"type": "seg_new", "view": _pet_view(ready), "label": "model"})
     await _answer(communicator, "segmentation")
     await communicator.send_json_to({"type": "seg_model", "model": offered["id"]})
+    ended = await _until(
+        communicator,
+        lambda m: isinstance(m, dict) and m["type"] == "segmentation_job" and m["state"] != "running",
+    )
+    assert ended["state"] == "done" and ended["done"] == ended["total"] > 1, (
+        ended
+    )  # tiles, as the worker wrote
     result = (await _answer(communicator, "segmentation"))["segmentation"]
     found = next(s for s in result["segments"] if s["name"].startswith("hot"))
     assert found["colour"] == "#00ff00"

@@ -152,7 +152,8 @@ class SegmentationGateway(ScriptedGateway):
             self.send_segmentations()
             return
         elif kind == "seg_model":
-            self.send({"type": "segmentation_job", "model": data["model"], "state": "running"})
+            self.send({"type": "segmentation_job", "model": data["model"], "state": "running", "done": 3,
+                       "total": 12})
             return
         elif kind == "seg_store":
             if not self.answer_store:
@@ -599,7 +600,8 @@ def test_a_registered_model_is_offered_run_once_and_its_result_or_failure_shown(
         run.click()
         _until(page, lambda: gateway.sent("seg_model"), what="seg_model sent")
         assert gateway.sent("seg_model")[-1] == {"type": "seg_model", "model": 3}
-        _until(page, lambda: "heart 2: running" in (status.text_content() or ""), what="the run shown")
+        _until(page, lambda: "heart 2: running… 3/12 tiles" in (status.text_content() or ""),
+               what="the run and its tiles shown")
         assert run.is_disabled(), "one run at a time"
         run.click(force=True)
         assert len(gateway.sent("seg_model")) == 1

@@ -2969,9 +2969,12 @@ let segmentationModels = [];
 let modelRunning = null;
 
 function receiveSegmentationJob(message) {
+  if (message.state !== "running") return;  // the result (or the error) follows
   const model = segmentationModels.find((each) => each.id === message.model);
   modelRunning = model ? model.name : "model";
-  showSegmentationStatus(`${modelRunning}: running… (its labels arrive as new segments)`);
+  const tiles = Number.isInteger(message.total) && message.total > 0 && Number.isInteger(message.done)
+    ? ` ${message.done}/${message.total} tiles` : "";
+  showSegmentationStatus(`${modelRunning}: running…${tiles} (its labels arrive as new segments)`);
   showSegmentation();
 }
 
