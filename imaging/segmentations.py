@@ -143,6 +143,11 @@ def segmentation_edits(segmentation_id: int, revision: int) -> list[tuple[int, d
                 .order_by("revision").values_list("id", "op"))
 
 
+def segmentations_wire(*study_uids: str) -> list[dict[str, Any]]:
+    """Every live segmentation of the studies, as the viewer lists them."""
+    return [segmentation_wire(segmentation) for segmentation in segmentations_of(*study_uids)]
+
+
 def segmentation_wire(segmentation: Segmentation) -> dict[str, Any]:
     redo = segmentation.edits.filter(revision__gt=segmentation.revision).exists()
     return {"id": segmentation.id, "label": segmentation.label, "series": segmentation.series_instance_uid,

@@ -31,7 +31,7 @@ ObjectLoader = Callable[[str], bytes]
 PAINTING_TOOLS = frozenset({"threshold", "otsu", "grow", "confidence", "suv_fraction", "brush"})
 
 
-class SegmentError(ValueError):
+class SegmentError(RenderError):
     """An edit that cannot be made on this series (said to the reader; nothing is recorded)."""
 
 
@@ -45,17 +45,10 @@ def _values(volume: Volume, op: dict[str, Any], name: str) -> float:
     return value
 
 
-def _region(volume: Volume, center: np.ndarray, reach: float) -> tuple[slice, slice, slice]:
-    try:
-        return region_box(volume, center, reach)
-    except RenderError as error:
-        raise SegmentError(str(error)) from error
-
-
 def _box(volume: Volume, op: dict[str, Any]) -> tuple[slice, slice, slice]:
     if "center_mm" not in op:
         return _whole(volume)
-    return _region(volume, np.asarray(op["center_mm"], dtype=np.float64), float(op["box_mm"]))
+    return region_box(volume, np.asarray(op["center_mm"], dtype=np.float64), float(op["box_mm"]))
 
 
 def _seeds(volume: Volume, op: dict[str, Any]) -> list[tuple[int, int, int]]:
@@ -130,7 +123,7 @@ def _brush(volume: Volume, op: dict[str, Any]) -> tuple[tuple[slice, ...], np.nd
     reach = radius + float(np.max(volume.spacing))
     low = points.min(axis=0) - reach
     high = points.max(axis=0) + reach
-    box = _region(volume, (low + high) / 2.0, float(np.max(high - low)) / 2.0)
+    box = region_box(volume, (low + high) / 2.0, float(np.max(high - low)) / 2.0)
     spacing = np.asarray(volume.spacing, dtype=np.float64)
     origin = np.array([axis.start for axis in box])
     size = np.array([axis.stop - axis.start for axis in box])

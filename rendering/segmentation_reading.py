@@ -32,10 +32,9 @@ from imaging.segmentations import (
     segmentation_layer_id,
     segmentation_step,
     segmentation_wire,
-    segmentations_of,
+    segmentations_wire,
 )
 from rendering import protocol
-from rendering.engine.core import MissingVolumeError
 from rendering.pool import CLINICAL
 from rendering.session import SessionError
 from rendering.viewstate import viewstate_from_dict
@@ -45,6 +44,15 @@ if TYPE_CHECKING:
     from imaging.access import ViewerStudy
     from imaging.models import Segmentation
     from rendering.session import ViewerSession
+
+
+class SegmentFailed(SessionError):
+    """A worker could not build the segmentation (an edit it cannot make, a worker that died)."""
+
+    code = "segment_failed"
+
+
+REPORTING_ONLY = "segmenting is part of reporting, which is not granted here"
 
 
 class SegmentationReading:
@@ -71,6 +79,18 @@ class SegmentationReading:
         return not consultant and await database_sync_to_async(may)(
             self.principal, Permission.STUDY_REPORT, self.study.study_uid)
 
+    async def _segmentation_editing(self) -> None:
+        """Refused unless the reader may edit segmentations, asked of the policy per message."""
+        if not await self._segmentation_may_edit():
+            raise SessionError(REPORTING_ONLY)
+
+    async def _recorded(self, change: Callable[..., Segmentation], *args: Any, **kwargs: Any) -> Segmentation:
+        """A change of a segmentation's record; what it refuses is said to the reader."""
+        try:
+            return await database_sync_to_async(change)(*args, **kwargs)
+        except SegmentationError as error:
+            raise SessionError(str(error)) from error
+
     async def _segmentation_may_see(self) -> bool:
         consultant = getattr(self.principal, "is_capability", False) is True
         return not consultant or bool(self.may_measure)
@@ -78,16 +98,14 @@ class SegmentationReading:
     async def _send_segmentations(self) -> None:
         listed: list[dict[str, Any]] = []
         if await self._segmentation_may_see():
-            rows = await database_sync_to_async(segmentations_of)(*self.session.studies)
-            listed = [await database_sync_to_async(segmentation_wire)(row) for row in rows]
+            listed = await database_sync_to_async(segmentations_wire)(*self.session.studies)
         may_edit = await self._segmentation_may_edit()
         models = await database_sync_to_async(models_offered)() if may_edit else []
         await self.send(text_data=_json({"type": "segmentations", "may_edit": may_edit, "models": models,
                                          "segmentations": listed}))
 
     async def _on_seg_new(self, message: protocol.SegNew) -> None:
-        if not await self._segmentation_may_edit():
-            raise SessionError("segmenting is part of reporting, which is not granted here")
+        await self._segmentation_editing()
         session = self.session
         series = session.series[session.views[message.view].layers[0]["series_id"]]
         if series.kind != "volume" or not series.mpr:
@@ -129,34 +147,27 @@ class SegmentationReading:
                 segmentation_id, *self.session.studies)
         except SegmentationNotFound as error:
             raise SessionError("no such segmentation of this reading") from error
-        statistics = await self._segmentation_statistics(segmentation)
-        views = self.session.segmentation_show(
-            segmentation_layer_id(segmentation), segmentation.series_instance_uid)
+        await self._segmentation_changed(segmentation, editable=await self._segmentation_may_edit())
         self.segmentation_id = segmentation.id
-        await self._send_segmentation(segmentation, statistics)
-        self._render(views)
 
-    def _segmentation_state(self, segmentation: Segmentation) -> Any:
+    def _segmentation_state(self, segmentation: Segmentation, *, reference_only: bool = False) -> Any:
+        """Layers: the reference series (in this reading's SUV), then the segmentation over it."""
         layers = self.session.segmentation_layers(
             segmentation.series_instance_uid, segmentation_layer_id(segmentation))
-        return viewstate_from_dict({"view": "native", "layers": layers})
+        return viewstate_from_dict({"view": "native", "layers": layers[:1] if reference_only else layers})
 
-    async def _segmentation_statistics(self, segmentation: Segmentation) -> dict[str, Any]:
-        answer: dict[str, Any] = await self.pool.request(
-            "segment_statistics", self._segmentation_state(segmentation), source=CLINICAL)
-        return answer
-
-    async def _send_segmentation(self, segmentation: Segmentation, statistics: dict[str, Any]) -> None:
-        wire = await database_sync_to_async(segmentation_wire)(segmentation)
-        await self.send(text_data=_json({
-            "type": "segmentation", "segmentation": {**wire, "statistics": statistics,
-                                                     "editable": await self._segmentation_may_edit()}}))
-
-    async def _segmentation_changed(self, segmentation: Segmentation) -> None:
-        statistics = await self._segmentation_statistics(segmentation)
+    async def _segmentation_changed(self, segmentation: Segmentation, *, editable: bool = True) -> None:
+        """The revision built and measured by a worker, then shown: its numbers sent, its views drawn."""
+        try:
+            statistics = await self.pool.request("segment_statistics", self._segmentation_state(segmentation),
+                                                 source=CLINICAL)
+        except RenderError as error:  # MissingVolumeError, a crash, a timeout: all are RenderErrors
+            raise SegmentFailed(str(error)) from error
         views = self.session.segmentation_show(
             segmentation_layer_id(segmentation), segmentation.series_instance_uid)
-        await self._send_segmentation(segmentation, statistics)
+        wire = await database_sync_to_async(segmentation_wire)(segmentation)
+        await self.send(text_data=_json({"type": "segmentation", "segmentation": {
+            **wire, "statistics": statistics, "editable": editable}}))
         self._render(views)
 
     def _edit_op(self, message: protocol.SegEdit, frame_of_reference: str) -> dict[str, Any]:
@@ -179,21 +190,16 @@ class SegmentationReading:
         return op
 
     async def _on_seg_edit(self, message: protocol.SegEdit) -> None:
-        if not await self._segmentation_may_edit():
-            raise SessionError("segmenting is part of reporting, which is not granted here")
+        await self._segmentation_editing()
         segmentation = await self._segmentation_open()
         reference = self.session.series.get(segmentation.series_instance_uid)
         op = self._edit_op(message, reference.frame_of_reference if reference else "")
-        try:
-            edited = await database_sync_to_async(segmentation_edit)(
-                segmentation.id, op, author=self.principal.username)
-        except SegmentationError as error:
-            raise SessionError(str(error)) from error
+        edited = await self._recorded(segmentation_edit, segmentation.id, op, author=self.principal.username)
         try:
             await self._segmentation_changed(edited)
-        except (RenderError, MissingVolumeError) as error:
+        except SegmentFailed:
             await database_sync_to_async(segmentation_forget_last)(edited.id)
-            await self._error("segment_failed", str(error), of="seg_edit")
+            raise
 
     async def _on_seg_undo(self, message: protocol.SegUndo) -> None:
         await self._segmentation_step(back=True)
@@ -202,25 +208,15 @@ class SegmentationReading:
         await self._segmentation_step(back=False)
 
     async def _segmentation_step(self, *, back: bool) -> None:
-        if not await self._segmentation_may_edit():
-            raise SessionError("segmenting is part of reporting, which is not granted here")
+        await self._segmentation_editing()
         segmentation = await self._segmentation_open()
-        try:
-            stepped = await database_sync_to_async(segmentation_step)(segmentation.id, back=back)
-        except SegmentationError as error:
-            raise SessionError(str(error)) from error
-        await self._segmentation_changed(stepped)
+        await self._segmentation_changed(await self._recorded(segmentation_step, segmentation.id, back=back))
 
     async def _on_seg_segment(self, message: protocol.SegSegment) -> None:
-        if not await self._segmentation_may_edit():
-            raise SessionError("segmenting is part of reporting, which is not granted here")
+        await self._segmentation_editing()
         segmentation = await self._segmentation_open()
-        try:
-            changed = await database_sync_to_async(segment_set)(segmentation.id, message.segment,
-                                                                **message.changes)
-        except SegmentationError as error:
-            raise SessionError(str(error)) from error
-        await self._segmentation_changed(changed)
+        await self._segmentation_changed(
+            await self._recorded(segment_set, segmentation.id, message.segment, **message.changes))
 
     async def _on_seg_store(self, message: protocol.SegStore) -> None:
         if not await self._segmentation_may_edit():
@@ -234,7 +230,7 @@ class SegmentationReading:
             stored = await self.pool.request(
                 "segmentation_store", self._segmentation_state(segmentation), source=CLINICAL,
                 segmentation=segmentation.id)
-        except (RenderError, MissingVolumeError) as error:
+        except RenderError as error:
             await self._audit(Action.SEGMENTATION_STORE, Outcome.FAILURE, study=study,
                               details={"segmentation": segmentation.id, "reason": str(error)[:200]})
             await self._error("store_failed", str(error), of="seg_store")
@@ -247,8 +243,7 @@ class SegmentationReading:
 
     async def _on_seg_model(self, message: protocol.SegModel) -> None:
         """Run a registered model on the open segmentation's series; its labels become segments."""
-        if not await self._segmentation_may_edit():
-            raise SessionError("segmenting is part of reporting, which is not granted here")
+        await self._segmentation_editing()
         segmentation = await self._segmentation_open()
         model = await database_sync_to_async(model_offered)(message.model)
         if model is None:
@@ -257,13 +252,12 @@ class SegmentationReading:
                  "version": model.version, "sha256": model.sha256, "registered_by": model.registered_by}
         study = segmentation.study.study_instance_uid
         run = await database_sync_to_async(model_run_start)(segmentation.id, model)
-        reference = viewstate_from_dict({"view": "native", "layers": self.session.segmentation_layers(
-            segmentation.series_instance_uid, segmentation_layer_id(segmentation))[:1]})
+        reference = self._segmentation_state(segmentation, reference_only=True)
         try:
             found = await self._model_run_followed(model.id, run, reference)
             changed = await database_sync_to_async(segmentation_from_model)(segmentation.id, model, found,
                                                                             author=self.principal.username)
-        except (RenderError, MissingVolumeError, SegmentationError) as error:
+        except (RenderError, SegmentationError) as error:
             await self._audit(Action.SEGMENTATION_MODEL, Outcome.FAILURE, study=study,
                               details={**about, "reason": str(error)[:200]})
             await self._error("model_failed", str(error), of="seg_model")
@@ -272,11 +266,9 @@ class SegmentationReading:
                           details={**about, "voxels": found["voxels"]})
         await self._segmentation_changed(changed)
 
-
     async def _on_seg_delete(self, message: protocol.SegDelete) -> None:
         """Delete a segmentation of the reading (kept, marked deleted: the audit can name it)."""
-        if not await self._segmentation_may_edit():
-            raise SessionError("deleting a segmentation is part of reporting, which is not granted here")
+        await self._segmentation_editing()
         try:
             segmentation = await database_sync_to_async(segmentation_get)(
                 message.segmentation, *self.session.studies)
@@ -289,7 +281,6 @@ class SegmentationReading:
         if self.segmentation_id == segmentation.id:
             await self._on_seg_close(protocol.SegClose())
         await self._send_segmentations()
-
 
     async def _model_run_followed(self, model_id: int, run: int, reference: Any) -> dict[str, Any]:
         """The worker's answer; meanwhile ``segmentation_job`` says how many tiles are done, every

@@ -187,11 +187,13 @@ def _worker_main(conn: Connection, sources: dict[str, SourceSpec], cache_bytes: 
                 reply = operation.run(context, state, volumes, payload["arguments"])
             conn.send(("ok", reply))
         except Exception as exc:
-            known = type(exc).__name__ in ERRORS
-            if not known:
+            # A RenderError of any kind (an operation's own, such as an edit that cannot be made)
+            # is meant for the reader: its words cross; anything else is logged and named only.
+            said = isinstance(exc, RenderError | ViewStateError)
+            if not said:
                 logger.exception("render worker: request failed")
-            conn.send(("error", type(exc).__name__ if known else "RenderError",
-                       str(exc) if known else f"render failed ({type(exc).__name__})"))
+            name = type(exc).__name__ if type(exc).__name__ in ERRORS else "RenderError"
+            conn.send(("error", name, str(exc) if said else f"render failed ({type(exc).__name__})"))
 
 
 def _sources_built(sources: dict[str, SourceSpec]) -> dict[str, VolumeSource]:

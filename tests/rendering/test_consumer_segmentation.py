@@ -22,6 +22,7 @@ from gateway.audit.models import AuditEvent
 from imaging import storage
 from imaging.models import Instance, Series
 from imaging.phantom import phantom_write
+from imaging.segmentations import segmentation_edit
 from tests.conftest import ZONES
 from tests.rendering.test_consumer import _next, _open, _pixel_of, _rgb, _stills, _until
 from tests.stores import phantom_study
@@ -258,6 +259,18 @@ async def test_a_nurse_sees_segmentations_and_may_not_edit_them(client, signed_i
         await communicator.send_json_to(message)
         refused = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] == "error")
         assert (refused["code"], refused["of"]) == ("refused", message["type"]), refused
+
+    # An edit no worker can replay (recorded behind the socket's back): opening it is an error, not the end.
+    await database_sync_to_async(segmentation_edit)(
+        created["id"],
+        {"tool": "grow", "segment": 1, "seeds_mm": [[9999.0, 0.0, 0.0]], "low": 0.0, "high": 1.0},
+        author="elsewhere",
+    )
+    await communicator.send_json_to({"type": "seg_open", "segmentation": created["id"]})
+    failed = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] == "error")
+    assert (failed["code"], failed["of"]) == ("segment_failed", "seg_open") and "outside" in failed["message"]
+    await communicator.send_json_to({"type": "seg_close"})
+    assert (await _answer(communicator, "segmentation"))["segmentation"] is None
     await communicator.disconnect()
 
 
