@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from imaging import storage
 from imaging.models import Segmentation, SegmentationEdit, SegmentationModel, Study
+from imaging.segmentation_models import model_labels
 
 MAX_SEGMENTS = 32
 MAX_EDITS = 2000
@@ -160,9 +161,7 @@ def segmentation_wire(segmentation: Segmentation) -> dict[str, Any]:
 def segmentation_from_model(segmentation_id: int, model: SegmentationModel, found: dict[str, Any], *,
                             author: str) -> Segmentation:
     """The labels a model found, each as a new segment named and coloured as its manifest says."""
-    output = model.manifest.get("output") or {}
-    named = {int(label["value"]): label for label in
-             (output.get("labels") or ([output["label"]] if "label" in output else []))}
+    named = {int(label["value"]): label for label in model_labels(model)}
     values = [value for value in found["values"] if value in named]
     if not values:
         storage.object_delete(str(found["object"]))

@@ -49,6 +49,19 @@ def _philips(ds: pydicom.Dataset, *, activity: float | None = ACTIVITY_SCALE,
     return ds
 
 
+def _ingested(files, vendor) -> tuple[Series, pydicom.Dataset]:
+    """The PET files as ``vendor`` writes them, through the import door: (series, first stored)."""
+    batch = IngestBatch(actor="cli:test", door="import")
+    for path in files:
+        buffer = io.BytesIO()
+        vendor(pydicom.dcmread(path)).save_as(buffer, enforce_file_format=True)
+        batch.ingest(buffer.getvalue())
+    batch.close()
+    series = Series.objects.get(modality="PT")
+    first = Instance.objects.filter(series=series)[0]
+    return series, pydicom.dcmread(io.BytesIO(storage.object_get(first.object_id)))
+
+
 def _pet_files(phantom):
     out, truth = phantom
     return sorted((out / truth["patients"][0]["folder"] / "PT").glob("*.dcm"))
@@ -81,15 +94,7 @@ def test_counts_without_philips_factors_have_no_suv_and_say_why(phantom):
 def test_the_private_factors_survive_de_identification_and_reach_the_volume(store, phantom):
     files = _pet_files(phantom)
     expected = _suvbw(pydicom.dcmread(files[0])) * ACTIVITY_SCALE
-    batch = IngestBatch(actor="cli:test", door="import")
-    for path in files:
-        buffer = io.BytesIO()
-        _philips(pydicom.dcmread(path)).save_as(buffer, enforce_file_format=True)
-        batch.ingest(buffer.getvalue())
-    batch.close()
-    series = Series.objects.get(modality="PT")
-    first = Instance.objects.filter(series=series)[0]
-    stored = pydicom.dcmread(io.BytesIO(storage.object_get(first.object_id)))
+    series, stored = _ingested(files, _philips)
     block = stored.private_block(0x7053, "Philips PET Private Group")
     assert float(block[0x09].value) == ACTIVITY_SCALE and float(block[0x00].value) == VENDOR_SUV
     assert load_volume(series).suv_factor == pytest.approx(expected, rel=1e-6)
@@ -138,15 +143,7 @@ def test_the_ge_scan_start_survives_de_identification_shifted_with_every_date(st
     files = _pet_files(phantom)
     first = pydicom.dcmread(files[0])
     expected = _suvbw(first)
-    batch = IngestBatch(actor="cli:test", door="import")
-    for path in files:
-        buffer = io.BytesIO()
-        _ge_remade(pydicom.dcmread(path)).save_as(buffer, enforce_file_format=True)
-        batch.ingest(buffer.getvalue())
-    batch.close()
-    series = Series.objects.get(modality="PT")
-    instance = Instance.objects.filter(series=series)[0]
-    stored = pydicom.dcmread(io.BytesIO(storage.object_get(instance.object_id)))
+    series, stored = _ingested(files, _ge_remade)
     kept = str(stored.private_block(0x0009, "GEMS_PETD_01")[0x0D].value)
     day = dt.datetime.strptime
     shift = day(stored.SeriesDate, "%Y%m%d") - day(first.SeriesDate, "%Y%m%d")
