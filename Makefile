@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 UV ?= uv
 ZONES := default identity audit
-DEBIAN_TOOLS := dcmdump:dcmtk dciodvfy:dicom3tools chromium:chromium nginx:nginx-light
+DEBIAN_TOOLS := pdftotext:poppler-utils dcmdump:dcmtk dciodvfy:dicom3tools chromium:chromium nginx:nginx-light
 
 .PHONY: run test test-cluster lint install install-dev lock sysdeps migrate seed serve clean
 
