@@ -8,6 +8,8 @@ dates are shifted per patient. The identifying side lives in
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.db import models
 
@@ -200,3 +202,84 @@ class ModelRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model} on {self.segmentation_id}: {self.tiles_done}/{self.tiles_total}"
+
+
+class ReportStatus(models.TextChoices):
+    DRAFT = "draft", "draft"
+    SIGNED = "signed", "signed"
+
+
+class ReportSigned(ValueError):
+    """A signed report is final: it is never changed, only followed by an addendum."""
+
+
+class Report(models.Model):
+    """One version of a study's report: sections, key images (view states, re-rendered live) and
+    the study's findings; version 2 and later are addenda to the signed version before them.
+
+    Pseudonymised like everything in this zone: the patient is the study's pseudonym.
+    """
+
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="reports")
+    version = models.IntegerField(default=1)
+    status = models.CharField(max_length=8, choices=ReportStatus.choices, default=ReportStatus.DRAFT)
+    title = models.CharField(max_length=128, default="Report")
+    sections = models.JSONField(default=dict, help_text="clinical information, findings, impression, "
+                                                        "comments: plain text")
+    key_images = models.JSONField(default=list, help_text="each: id, caption, study, the view state")
+    grid = models.JSONField(default=list, help_text="[columns, rows] of key images per page")
+    include_findings = models.BooleanField(default=True)
+    author = models.CharField(max_length=150)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    signed_by = models.CharField(max_length=150, blank=True)
+    signed_at = models.DateTimeField(null=True, blank=True)
+    content_sha256 = models.CharField(max_length=64, blank=True,
+                                      help_text="of the signed content, as signed")
+    pdf_series_instance_uid = models.CharField(max_length=64, blank=True,
+                                               help_text="the Encapsulated PDF and KOS added at signing")
+
+    class Meta:
+        ordering = ("study", "version")
+        constraints = [models.UniqueConstraint(fields=("study", "version"), name="one_report_version")]
+
+    def __str__(self) -> str:
+        return f"report v{self.version} ({self.status})"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None and Report.objects.filter(pk=self.pk, status=ReportStatus.SIGNED).exists():
+            raise ReportSigned("this report is signed; write an addendum instead")
+        super().save(*args, **kwargs)
+
+
+class ReportLetterhead(models.Model):
+    """The hospital's header and footer on every report page, set by IT (one row)."""
+
+    hospital = models.CharField(max_length=128, blank=True)
+    department = models.CharField(max_length=128, blank=True)
+    logo_png = models.BinaryField(blank=True, default=b"", help_text="PNG, at most 256 KiB")
+    header_fields = models.JSONField(default=list, help_text="which fields the header shows, in order")
+    footer = models.CharField(max_length=256, blank=True)
+    updated_by = models.CharField(max_length=150, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"letterhead: {self.hospital or 'unnamed'}"
+
+
+class DicomDestination(models.Model):
+    """A DICOM peer IT registered to receive what the gateway sends (signed reports)."""
+
+    name = models.CharField(max_length=64, unique=True)
+    ae_title = models.CharField(max_length=16)
+    host = models.CharField(max_length=253)
+    port = models.IntegerField()
+    active = models.BooleanField(default=True)
+    registered_by = models.CharField(max_length=150)
+    registered_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("name",)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.ae_title}@{self.host}:{self.port})"

@@ -96,6 +96,14 @@ class Action(StrEnum):
     SEGMENTATION_MODEL = "segmentation.model"
     SEGMENTATION_DELETE = "segmentation.delete"
     ADMIN_MODEL = "admin.model"
+    REPORT_CREATE = "report.create"
+    REPORT_EDIT = "report.edit"
+    REPORT_SIGN = "report.sign"
+    REPORT_READ = "report.read"
+    REPORT_EXPORT = "report.export"
+    REPORT_SEND = "report.send"
+    ADMIN_DESTINATION = "admin.destination"
+    ADMIN_LETTERHEAD = "admin.letterhead"
 
     @property
     def spec(self) -> ActionSpec:
@@ -151,4 +159,16 @@ ACTION_SPECS: dict[Action, ActionSpec] = {
     Action.SEGMENTATION_DELETE: ActionSpec(PATIENT_RECORD, None, "D", "deleted a segmentation"),
     Action.ADMIN_MODEL: ActionSpec(SECURITY_ALERT, SECURITY_CONFIGURATION, "U",
                                    "registered or withdrew a segmentation model"),
+    Action.REPORT_CREATE: ActionSpec(PATIENT_RECORD, None, "C", "started a report or an addendum"),
+    Action.REPORT_EDIT: ActionSpec(PATIENT_RECORD, None, "U", "changed a draft report"),
+    Action.REPORT_SIGN: ActionSpec(PATIENT_RECORD, None, "U",
+                                   "signed a report (final; added to the study as DICOM)"),
+    Action.REPORT_READ: ActionSpec(PATIENT_RECORD, None, "R", "read a report"),
+    Action.REPORT_EXPORT: ActionSpec(EXPORT, None, "R", "downloaded a report (PDF, PNG or JPG)"),
+    Action.REPORT_SEND: ActionSpec(INSTANCES_TRANSFERRED, None, "R",
+                                   "sent a signed report to a DICOM destination"),
+    Action.ADMIN_DESTINATION: ActionSpec(SECURITY_ALERT, SECURITY_CONFIGURATION, "U",
+                                         "registered or withdrew a DICOM destination"),
+    Action.ADMIN_LETTERHEAD: ActionSpec(SECURITY_ALERT, SECURITY_CONFIGURATION, "U",
+                                        "changed the report letterhead"),
 }
