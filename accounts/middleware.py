@@ -99,7 +99,8 @@ class AccessGate:
         if not authenticated(user):
             return refused(request, "second-factor")
         if rule.permission is not None:
-            audit_record(actor=user, action=DENIAL_ACTIONS[rule.permission], outcome=Outcome.DENIED,
+            audit_record(actor=user, action=rule.denied_as or DENIAL_ACTIONS[rule.permission],
+                         outcome=Outcome.DENIED,
                          source_ip=client_address(request),
                          details={"permission": rule.permission.value, "path": request.path})
         return refused(request, "permission")

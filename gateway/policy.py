@@ -20,6 +20,7 @@ from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 from accounts.models import Role
+from gateway.audit.catalogue import Action
 
 
 class Permission(StrEnum):
@@ -165,6 +166,8 @@ class RouteRule:
     permission: Permission | None = None
     note: str = ""
     capability: bool = False
+    denied_as: Action | None = None
+    """The action a refusal is audited as, where the permission's own would say less."""
 
 
 ROUTES: dict[str, RouteRule] = {
@@ -192,6 +195,34 @@ ROUTES: dict[str, RouteRule] = {
                                   capability=True),
     "rendering:findings": RouteRule(Stage.SIGNED_IN, Permission.STUDY_VIEW,
                                     "a study's findings table as XLSX or CSV (audited as export)"),
+    "rendering:report": RouteRule(Stage.SIGNED_IN, Permission.STUDY_VIEW,
+                                  "a study's report: doctors read and write every version, nurses "
+                                  "read signed versions (audited as report.read)"),
+    "rendering:report_image": RouteRule(Stage.SIGNED_IN, Permission.STUDY_VIEW,
+                                        "a key image rendered from its stored view state (PNG frame)"),
+    "rendering:report_start": RouteRule(Stage.SIGNED_IN, Permission.STUDY_REPORT,
+                                        "start a draft report or an addendum (POST)",
+                                        denied_as=Action.REPORT_EDIT),
+    "rendering:report_save": RouteRule(Stage.SIGNED_IN, Permission.STUDY_REPORT,
+                                       "autosave the author's draft (POST, JSON)",
+                                       denied_as=Action.REPORT_EDIT),
+    "rendering:report_adjust": RouteRule(Stage.SIGNED_IN, Permission.STUDY_REPORT,
+                                         "change a key image's window, slice, opacity or zoom (POST)",
+                                         denied_as=Action.REPORT_EDIT),
+    "rendering:report_sign": RouteRule(Stage.SIGNED_IN, Permission.STUDY_REPORT,
+                                       "sign the author's draft: final, added to the study as "
+                                       "Encapsulated PDF and KOS (POST)",
+                                       denied_as=Action.REPORT_SIGN),
+    "rendering:report_send": RouteRule(Stage.SIGNED_IN, Permission.STUDY_REPORT,
+                                       "C-STORE a signed report to a destination IT registered (POST)",
+                                       denied_as=Action.REPORT_SEND),
+    "rendering:report_pdf": RouteRule(Stage.SIGNED_IN, Permission.STUDY_REPORT,
+                                      "download the report as PDF, stamped with the exporter "
+                                      "(audited with its SHA-256)",
+                                      denied_as=Action.REPORT_EXPORT),
+    "rendering:report_page": RouteRule(Stage.SIGNED_IN, Permission.STUDY_REPORT,
+                                       "download one report page as PNG or JPG, stamped and audited",
+                                       denied_as=Action.REPORT_EXPORT),
     "sharing:mint": RouteRule(Stage.SIGNED_IN, Permission.STUDY_SHARE,
                               "share a study or its patient with a consultant (token shown once)"),
     "sharing:active": RouteRule(Stage.SIGNED_IN, Permission.SHARE_MANAGE,

@@ -229,6 +229,7 @@ class Report(models.Model):
     key_images = models.JSONField(default=list, help_text="each: id, caption, study, the view state")
     grid = models.JSONField(default=list, help_text="[columns, rows] of key images per page")
     include_findings = models.BooleanField(default=True)
+    findings = models.JSONField(null=True, blank=True, help_text="the findings table as signed")
     author = models.CharField(max_length=150)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

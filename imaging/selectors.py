@@ -14,6 +14,7 @@ from gateway.audit.services import audit_record
 from gateway.policy import Permission, may
 from imaging.identity.models import PatientIdentity, StudyIdentity
 from imaging.models import Study, VolumeState
+from imaging.reports import report_summaries
 
 SEARCH_LIMIT = 50
 
@@ -27,6 +28,8 @@ class StudyRow:
     series_count: int
     unavailable: list[str] = field(default_factory=list)
     """One line per series that cannot be shown: modality, description, why."""
+    report: str = "none"
+    """The study's latest report: none, draft (vN) or signed (vN)."""
 
     @property
     def viewable(self) -> bool:
@@ -42,6 +45,8 @@ class PatientRow:
     birth_date: date | None
     sex: str
     studies: list[StudyRow] | None = field(default=None)  # None: not shown to this principal
+    reports: list[str] | None = field(default=None)
+    """For administrative staff, who see no studies: that a study has a report, and its status."""
 
 
 class SearchRefused(PermissionError):
@@ -85,7 +90,23 @@ def patient_search(*, principal: Any, name: str = "", patient_id: str = "",
             for i in identities.order_by("patient_name", "patient_id")[:SEARCH_LIMIT]]
     if rows and may(principal, Permission.STUDY_VIEW):
         _attach_studies(rows)
+    elif rows and may(principal, Permission.PATIENT_DEMOGRAPHICS):
+        _attach_report_states(rows)
     return rows
+
+
+def _attach_report_states(rows: list[PatientRow]) -> None:
+    """Each patient's studies' report status, and nothing else of the studies."""
+    by_pseudonym = {row.pseudonym: row for row in rows}
+    studies = dict(Study.objects.filter(patient__pseudonym__in=by_pseudonym)
+                   .values_list("study_instance_uid", "patient__pseudonym"))
+    dates = dict(StudyIdentity.objects.filter(study_instance_uid__in=studies)
+                 .values_list("study_instance_uid", "study_date"))
+    for row in rows:
+        row.reports = []
+    for uid, summary in sorted(report_summaries(studies).items(), key=lambda item: str(dates.get(item[0]))):
+        by_pseudonym[studies[uid]].reports.append(  # type: ignore[union-attr]
+            f"{dates.get(uid) or 'undated'}: report {summary.label}")
 
 
 def _attach_studies(rows: list[PatientRow]) -> None:
@@ -96,6 +117,7 @@ def _attach_studies(rows: list[PatientRow]) -> None:
                .select_related("patient").prefetch_related("series").order_by("-study_date"))
     real = {s.study_instance_uid: s for s in StudyIdentity.objects.filter(
         pseudonym__in=by_pseudonym)}
+    reports = report_summaries(study.study_instance_uid for study in studies)
     for study in studies:
         identity = real.get(study.study_instance_uid)
         series = list(study.series.all())
@@ -106,4 +128,5 @@ def _attach_studies(rows: list[PatientRow]) -> None:
             modalities=sorted({s.modality for s in series if s.modality}),
             series_count=len(series),
             unavailable=[f"{s.modality} {s.series_description}".strip() + f": {s.volume_reason}"
-                         for s in series if s.volume_state == VolumeState.REFUSED]))
+                         for s in series if s.volume_state == VolumeState.REFUSED],
+            report=reports[study.study_instance_uid].label))

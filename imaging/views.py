@@ -35,4 +35,5 @@ def worklist(request: HttpRequest) -> HttpResponse:
         "name": name, "patient_id": patient_id, "birth_date": raw_birth, "error": error,
         "searched": searched, "rows": rows,
         "shows_studies": may(request.user, Permission.STUDY_VIEW),
+        "shows_reports": may(request.user, Permission.PATIENT_DEMOGRAPHICS),
     })

@@ -23,6 +23,7 @@ from dataclasses import replace
 from typing import Any
 
 from channels.db import database_sync_to_async
+from django.urls import reverse
 
 from accounts.hanging import (
     HangingRuleNotFound,
@@ -56,10 +57,10 @@ from imaging.findings_dicom import (
     MANUFACTURER,
     FindingsExportError,
     findings_dicom_store,
-    region_request,
-    region_series,
 )
 from imaging.identity.selectors import patient_sex_of
+from imaging.models import ReportSigned
+from imaging.reports import ReportError, key_image_add
 from rendering import protocol
 from rendering.engine.core import FrameOfReferenceError, MissingVolumeError, RenderedFrame
 from rendering.engine.palettes import palette_stops
@@ -67,6 +68,7 @@ from rendering.flow import LatestWins, MessageBudget
 from rendering.hanging import HangingRuleError
 from rendering.operations import operation_named
 from rendering.pool import CLINICAL, render_pool_async
+from rendering.reporting import finding_regions
 from rendering.scheduler import Quality as SchedulerQuality
 from rendering.scheduler import ViewScheduler
 from rendering.segmentation_reading import SEGMENTATION_HANDLERS, SegmentationReading
@@ -511,7 +513,7 @@ class ViewerConsumer(SegmentationReading, PrincipalGuardedConsumer):
                                          "which is not granted here", of="findings_store")
             return
         try:
-            regions = await self._finding_regions(study)
+            regions = await finding_regions(self.pool, study)
             stored = await database_sync_to_async(findings_dicom_store)(
                 study_uid=study, regions=regions, author=self.principal.username)
         except (RenderError, MissingVolumeError, FindingsExportError) as error:
@@ -521,6 +523,30 @@ class ViewerConsumer(SegmentationReading, PrincipalGuardedConsumer):
             return
         await self._audit(Action.FINDINGS_STORE, Outcome.SUCCESS, study=study, details=stored.wire())
         await self.send(text_data=json.dumps({"type": "findings_stored", **stored.wire()}))
+
+    async def _on_report_capture(self, message: protocol.ReportCapture) -> None:
+        """Keep the view, as it is now, as a key image of the reader's draft report of this study."""
+        study = self.study.study_uid
+        if not await database_sync_to_async(may)(self.principal, Permission.STUDY_REPORT, study):
+            await self._audit(Action.REPORT_EDIT, Outcome.DENIED,
+                              details={"reason": "study.report not granted"})
+            await self._error("refused", "reporting is not granted here", of="report_capture")
+            return
+        kept = self.session.key_image(message.view)
+        try:
+            report, created = await database_sync_to_async(key_image_add)(
+                study_uid=study, author=self.principal.username, state=kept["state"],
+                caption=message.caption or kept["caption"], normal=kept["normal"], step_mm=kept["step_mm"])
+        except (ReportError, ReportSigned) as error:
+            await self._error("refused", str(error), of="report_capture")
+            return
+        if created:
+            await self._audit(Action.REPORT_CREATE, Outcome.SUCCESS, details={"version": report.version})
+        await self._audit(Action.REPORT_EDIT, Outcome.SUCCESS,
+                          details={"version": report.version, "key_image": report.key_images[-1]["id"]})
+        await self.send(text_data=json.dumps({
+            "type": "report_captured", "version": report.version, "key_images": len(report.key_images),
+            "url": reverse("rendering:report", kwargs={"study": study})}))
 
     async def _on_suv(self, message: protocol.SuvMethod) -> None:
         try:
@@ -549,21 +575,6 @@ class ViewerConsumer(SegmentationReading, PrincipalGuardedConsumer):
                           details={"series": message.series, "entered": entered})
         await self.send(text_data=json.dumps({"type": "suv", **self.session.suv_wire()}))
         self._render(changed)
-
-    async def _finding_regions(self, study: str) -> dict[int, Any]:
-        """Each kept VOI's region, asked of the workers on the series it was measured on."""
-        regions = {}
-        for finding in await database_sync_to_async(findings_of)(study):
-            request = region_request(finding)
-            if request is None:
-                continue
-            series = region_series(finding)
-            factor = (finding.arguments.get("suv_factors") or {}).get(series)
-            state = viewstate_from_dict({"view": "axial", "layers": [
-                {"series_id": series, "window_center": 0, "window_width": 1,
-                 **({"suv_factor": factor} if factor else {})}]})
-            regions[finding.id] = await self.pool.request("region_mask", state, source=CLINICAL, **request)
-        return regions
 
     # --- hanging rules (accounts.hanging, rendering.hanging) ---------------------------------
 
@@ -684,6 +695,7 @@ MESSAGE_HANDLERS: dict[type, Callable[[ViewerConsumer, Any], Awaitable[None]]] =
     protocol.Measure: ViewerConsumer._on_measure, protocol.Keep: ViewerConsumer._on_keep,
     protocol.Forget: ViewerConsumer._on_forget, protocol.Relabel: ViewerConsumer._on_relabel,
     protocol.StoreFindings: ViewerConsumer._on_findings_store,
+    protocol.ReportCapture: ViewerConsumer._on_report_capture,
     protocol.SuvMethod: ViewerConsumer._on_suv, protocol.SuvInputs: ViewerConsumer._on_suv_inputs,
     protocol.Hang: ViewerConsumer._on_hang,
     protocol.HangSave: ViewerConsumer._on_hang_save, protocol.HangDelete: ViewerConsumer._on_hang_delete,

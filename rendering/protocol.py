@@ -253,6 +253,15 @@ class StoreFindings:
 
 
 @dataclass(frozen=True)
+class ReportCapture:
+    """Keep view ``view`` as it is now (its state, not its pixels) as a key image of the reader's
+    draft report, under ``caption`` (empty: one made from the view)."""
+
+    view: int
+    caption: str = ""
+
+
+@dataclass(frozen=True)
 class Hang:
     """Hang the reader's saved rule ``rule`` (``ready.vocabulary.hanging_rules``) on this study."""
 
@@ -334,7 +343,7 @@ class SegDelete:
 Message = (Acknowledge | Input | Setting | Layout | Probe | Resize | Thumbnails | OpenStudy | Measure
            | Keep | Forget | Relabel | StoreFindings | SuvMethod | SuvInputs | Hang | HangSave | HangDelete
            | Chart | SegNew | SegOpen | SegClose | SegEdit | SegUndo | SegRedo | SegSegment | SegStore
-           | SegModel | SegDelete)
+           | SegModel | SegDelete | ReportCapture)
 
 
 def _field(message: dict[str, Any], name: str, rule: FieldRule) -> Any:
@@ -532,6 +541,12 @@ def _parse_findings_store(message: dict[str, Any], views: int) -> StoreFindings:
     return StoreFindings()
 
 
+def _parse_report_capture(message: dict[str, Any], views: int) -> ReportCapture:
+    _exact_keys(message, {"type", "view", "caption"})
+    caption = _field(message, "caption", Label(128)) if "caption" in message else ""
+    return ReportCapture(_view(message, views), caption)
+
+
 RULE_ID = Number(1, 2**53, integer=True)
 HANGING_NAME = Label(64)
 
@@ -656,7 +671,7 @@ _PARSERS: dict[str, Callable[[dict[str, Any], int], Message]] = {
     "layout": _parse_layout, "probe": _parse_probe, "resize": _parse_resize,
     "thumbnails": _parse_thumbnails, "open": _parse_open, "measure": _parse_measure,
     "keep": _parse_keep, "forget": _parse_forget, "relabel": _parse_relabel,
-    "findings_store": _parse_findings_store,
+    "findings_store": _parse_findings_store, "report_capture": _parse_report_capture,
     "suv": _parse_suv, "suv_inputs": _parse_suv_inputs,
     "hang": _parse_hang, "hang_save": _parse_hang_save, "hang_delete": _parse_hang_delete,
     "chart": _parse_chart,

@@ -28,6 +28,7 @@ from rendering.viewstate import (
     ZOOM_MIN,
     ViewState,
     viewstate_from_dict,
+    viewstate_to_dict,
 )
 
 MPR_KINDS = {"native", "axial", "coronal", "sagittal", "oblique"}
@@ -486,6 +487,19 @@ class ViewerSession:
             "camera3d": view.camera3d, "preset3d": view.preset3d,
             "width": view.width, "height": view.height, "quality": quality,
         })
+
+    def key_image(self, index: int) -> dict[str, Any]:
+        """What a report keeps of view ``index``: its still state (segmentation shown), the
+        direction and spacing of one slice step, and a caption made from the view."""
+        view = self.views[index]
+        base = self._base(view)
+        normal = self._normal(view)
+        modalities = "/".join(dict.fromkeys(self.series[layer["series_id"]].modality for layer in view.layers
+                                            if layer["series_id"] in self.series))
+        caption = " ".join(part for part in (modalities, view.kind, base.description) if part)
+        return {"state": viewstate_to_dict(self.state(index, quality="still", segmentation=True)),
+                "normal": [float(v) for v in normal], "step_mm": base.slice_step(normal),
+                "caption": caption[:128]}
 
     def thumbnail_state(self, uid: str, *, size: int) -> dict[str, Any]:
         """The view state of a series' thumbnail: its middle image, in its own plane, whole."""

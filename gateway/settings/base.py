@@ -319,4 +319,6 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("GATEWAY_LOG_LEVEL", "INFO")},
+    # pynetdicom logs every association and C-STORE at INFO: two lines per instance sent.
+    "loggers": {"pynetdicom": {"level": "WARNING"}},
 }

@@ -19,6 +19,10 @@ SAMPLES = {
     "study": "2.25.1",
     "share": "0123456789abcdef01234567",
     "extension": "csv",
+    "version": "1",
+    "image": "0123456789ab",
+    "page": "1",
+    "page_format": "png",
 }
 
 

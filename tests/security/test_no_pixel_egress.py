@@ -7,6 +7,12 @@ preamble, and none is large enough to hold a slice. Websocket: every client
 message type and operation is sent to a live viewer; every server message is
 a known JSON message of modest size or a frame whose payload is an encoded
 picture (JPEG, PNG, WebP) of exactly the size its header declares.
+
+The one exception to "no image over HTTP" is a report: its key images (PNG
+frames rendered from a stored view state, to readers of the study), and its
+PDF and page pictures (to doctors only, stamped with who exported them). Each
+is a rendered picture like a frame; no report route returns DICOM, and the
+report's DICOM copies go only to registered DICOM destinations.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import json
 
 import pytest
 from channels.db import database_sync_to_async
+from django.urls import reverse
 from PIL import Image
 
 from rendering.protocol import (
@@ -59,6 +66,57 @@ def test_no_http_route_returns_pixels(client, signed_in, study):  # noqa: F811
         _assert_not_pixels(url, client.get(url))
 
 
+REPORT_PICTURE_ROUTES = {"rendering:report_image", "rendering:report_pdf", "rendering:report_page"}
+
+
+def _report_urls(study_uid: str, key_image: str) -> dict[str, str]:
+    kwargs = {"study": study_uid, "version": 1}
+    return {"rendering:report_image": reverse("rendering:report_image",
+                                              kwargs={**kwargs, "image": key_image}),
+            "rendering:report_pdf": reverse("rendering:report_pdf", kwargs=kwargs),
+            "rendering:report_page": reverse("rendering:report_page",
+                                             kwargs={**kwargs, "page": 1, "page_format": "png"})}
+
+
+def _assert_a_rendered_picture(url: str, response) -> None:
+    """A report picture: PNG no larger than a viewport (key image) or an A4 page, or a PDF."""
+    body = response.content
+    assert body[128:132] != b"DICM" and b"DICM" not in body[:1024], url
+    if response["Content-Type"] == "application/pdf":
+        assert body.startswith(b"%PDF-"), url
+        return
+    assert response["Content-Type"] == "image/png" and body.startswith(IMAGE_MAGIC[1]), url
+    with Image.open(io.BytesIO(body)) as picture:
+        assert max(picture.size) <= 2048 and picture.mode in {"L", "RGB"}, (url, picture.size)
+
+
+async def test_reports_are_the_one_exception_rendered_pictures_and_downloads_for_doctors_only(
+        client, signed_in, study):  # noqa: F811
+    from imaging.models import Report
+
+    assert {route.view_name for route in http_routes()} >= REPORT_PICTURE_ROUTES
+    await database_sync_to_async(signed_in)("doctor")
+    record, _ = study
+    communicator, _, _ = await _open(client, record.study_instance_uid)
+    await _next(communicator)
+    await communicator.send_json_to({"type": "report_capture", "view": 0})
+    while (await _next_text(communicator))["type"] != "report_captured":
+        pass
+    await communicator.disconnect()
+    report = await database_sync_to_async(Report.objects.get)(study=record)
+    urls = _report_urls(record.study_instance_uid, report.key_images[0]["id"])
+    for url in urls.values():
+        response = await database_sync_to_async(client.get)(url)
+        assert response.status_code == 200, (url, response.status_code)
+        _assert_a_rendered_picture(url, response)
+    await database_sync_to_async(client.logout)()
+    await database_sync_to_async(signed_in)("nurse")
+    for name, url in urls.items():
+        response = await database_sync_to_async(client.get)(url)
+        assert response.status_code in {403, 404}, (name, response.status_code)
+        _assert_not_pixels(url, response)
+
+
 def _every_client_message() -> list[dict]:
     messages: list[dict] = [{"type": "resize", "view": 0, "width": 300, "height": 200},
                             {"type": "probe", "view": 0, "x": 10, "y": 10},
@@ -87,8 +145,17 @@ def _every_client_message() -> list[dict]:
         {"type": "keep", "label": "whole field"}, {"type": "forget", "finding": 1},
         {"type": "hang_save", "name": "as on screen"}, {"type": "hang", "rule": 1},
         {"type": "hang_delete", "rule": 1}, {"type": "suv", "method": "lbm_james"},
-        {"type": "suv_inputs", "series": "1.2.3", "weight_kg": 70}, {"type": "findings_store"}])
+        {"type": "suv_inputs", "series": "1.2.3", "weight_kg": 70}, {"type": "findings_store"},
+        {"type": "report_capture", "view": 0}])
     return messages
+
+
+async def _next_text(communicator) -> dict:
+    while True:
+        item = await _next(communicator)
+        if isinstance(item, dict):
+            return item
+        await communicator.send_json_to({"type": "ack", "view": item.view, "seq": item.sequence})
 
 
 async def _collect(communicator, seconds: float = 1.0) -> list:
@@ -136,7 +203,7 @@ async def test_every_websocket_message_yields_only_pictures_and_small_json(clien
         body = json.loads(text)
         assert body["type"] in {"ready", "error", "probe", "thumbnail", "measurement", "findings",
                                 "hanging_rules", "chart", "suv", "findings_stored", "documents",
-                                "segmentations"}, body
+                                "segmentations", "report_captured"}, body
         if body["type"] == "thumbnail":
             _assert_thumbnail_is_a_picture(body)
         if body["type"] == "measurement":

@@ -47,6 +47,9 @@ const keepButton = document.getElementById("keep");
 const findingsList = document.getElementById("findings");
 const findingsStoreButton = document.getElementById("findings-store");
 const findingsStoreStatus = document.getElementById("findings-store-status");
+const reportSection = document.getElementById("report-section");
+const reportCaptureButton = document.getElementById("report-capture");
+const reportStatus = document.getElementById("report-status");
 const documentsSection = document.getElementById("documents-section");
 const documentsList = document.getElementById("documents");
 const segmentationSection = document.getElementById("segmentation-section");
@@ -1060,6 +1063,7 @@ function probeAgainAfterMove(view, overlay) {
 function receiveReady(message) {
   receiveVocabulary(message.vocabulary);
   mayStoreFindings = message.findings_store === true;
+  reportSection.hidden = !mayStoreFindings;
   buildMenus();
   buildKeyMap();
   layout = message.layout;
@@ -1107,6 +1111,7 @@ function receiveError(message) {
   // The cursor left the readable volume (a 3-D view, a gap): nothing to report.
   if (message.code === "probe_failed") return;
   if (message.of === "findings_store") findingsStoreSettled(`not stored: ${message.message}`);
+  if (message.of === "report_capture") reportStatus.textContent = `not kept: ${message.message}`;
   if (message.of === "chart") chartFailed(message);
   if (message.of === "suv" && suvState) suvMethod.value = suvState.method;
   if (message.code === "rate_limited") {
@@ -1138,6 +1143,7 @@ function handleText(message) {
   else if (message.type === "findings") receiveFindings(message);
   else if (message.type === "documents") receiveDocuments(message);
   else if (message.type === "findings_stored") receiveFindingsStored(message);
+  else if (message.type === "report_captured") receiveReportCaptured(message);
   else if (message.type === "segmentations") receiveSegmentations(message);
   else if (message.type === "segmentation") receiveSegmentation(message);
   else if (message.type === "segmentation_stored") receiveSegmentationStored(message);
@@ -2238,6 +2244,19 @@ function receiveFindingsStored(message) {
 }
 
 findingsStoreButton.addEventListener("click", storeFindings);
+
+// A key image is the selected view's state, kept on the server in the reader's draft report.
+function captureKeyImage() {
+  reportStatus.textContent = "Keeping…";
+  send({ type: "report_capture", view: activeView });
+}
+
+function receiveReportCaptured(message) {
+  const count = Number.isInteger(message.key_images) ? message.key_images : 0;
+  reportStatus.textContent = `kept: report v${message.version} holds ${count} key image${count === 1 ? "" : "s"}`;
+}
+
+reportCaptureButton.addEventListener("click", captureKeyImage);
 
 // The finding this page kept is the new one with the points it measured: it is drawn from the
 // shape on screen (a sphere with its radius); every other finding from the plane it names.

@@ -1,0 +1,85 @@
+"""A report's pictures and files, made with the render workers: key images rendered from their
+stored states, the PDF and its pages, signing (the PDF and key images added to the study) and
+sending a signed report to a DICOM destination.
+
+Key images are rendered lossless (PNG) at still quality, exactly as a still frame of the same
+state, so the picture in the PDF is the frame a reader would see with that state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.utils import timezone
+
+from imaging.findings import findings_of
+from imaging.findings_dicom import region_request, region_series
+from imaging.models import DicomDestination, Report, ReportStatus
+from imaging.report_dicom import SendResult, dicom_send
+from imaging.report_pdf import report_pages, report_pdf
+from imaging.report_store import report_objects, report_sign_store
+from imaging.reports import report_document, report_signable
+from rendering.encoding import Encoding
+from rendering.operations import OperationClient
+from rendering.pool import CLINICAL
+from rendering.viewstate import Quality, viewstate_from_dict
+
+GATEWAY_AE_TITLE = "FUSIONGW"
+
+
+async def finding_regions(pool: OperationClient, study: str) -> dict[int, Any]:
+    """Each kept VOI's region, asked of the workers on the series it was measured on."""
+    regions = {}
+    for finding in await sync_to_async(findings_of)(study):
+        request = region_request(finding)
+        if request is None:
+            continue
+        series = region_series(finding)
+        factor = (finding.arguments.get("suv_factors") or {}).get(series)
+        state = viewstate_from_dict({"view": "axial", "layers": [
+            {"series_id": series, "window_center": 0, "window_width": 1,
+             **({"suv_factor": factor} if factor else {})}]})
+        regions[finding.id] = await pool.request("region_mask", state, source=CLINICAL, **request)
+    return regions
+
+
+async def key_picture(pool: OperationClient, state: dict[str, Any], *,
+                      encoding: Encoding = Encoding.PNG) -> bytes:
+    """One key image rendered from its stored state (still quality)."""
+    view = replace(viewstate_from_dict(state), quality=Quality.STILL)
+    return (await pool.render(view, source=CLINICAL, encoding=encoding)).data
+
+
+async def report_pdf_made(pool: OperationClient, report: Report, *, patient: str,
+                          exported_by: str = "", exported_at: datetime | None = None) -> bytes:
+    pictures = [await key_picture(pool, image["state"]) for image in report.key_images]
+    document = await sync_to_async(report_document)(report, patient=patient, pictures=pictures,
+                                                    exported_by=exported_by, exported_at=exported_at)
+    return await sync_to_async(report_pdf, thread_sensitive=False)(document)
+
+
+async def report_page_images(pool: OperationClient, report: Report, *, patient: str, image_format: str,
+                             exported_by: str, exported_at: datetime) -> list[bytes]:
+    pdf = await report_pdf_made(pool, report, patient=patient, exported_by=exported_by,
+                                exported_at=exported_at)
+    return await sync_to_async(report_pages, thread_sensitive=False)(pdf, image_format=image_format)
+
+
+async def report_sign(pool: OperationClient, report: Report, *, signer: str, patient: str) -> Report:
+    """Sign: the copy of record (no exporter's stamp) laid out as signed, then added to the study."""
+    await sync_to_async(report_signable)(report, signer=signer)
+    signed_at = timezone.now()
+    provisional = Report(**{field.attname: getattr(report, field.attname)
+                            for field in Report._meta.concrete_fields})
+    provisional.status, provisional.signed_by, provisional.signed_at = ReportStatus.SIGNED, signer, signed_at
+    pdf = await report_pdf_made(pool, provisional, patient=patient)
+    return await sync_to_async(report_sign_store)(report, pdf=pdf, signer=signer, signed_at=signed_at)
+
+
+def report_send(report: Report, destination: DicomDestination) -> SendResult:
+    """C-STORE the signed report's PDF and key object selection to ``destination``."""
+    return dicom_send(report_objects(report), ae_title=destination.ae_title, host=destination.host,
+                      port=destination.port, calling_ae=GATEWAY_AE_TITLE)
