@@ -4,12 +4,17 @@ The report is what a reader exports after a staging CT: four sections, ten findi
 twelve 512 x 512 key images (CT-like: a body outline with a smooth gradient, bright
 structures and noise, PNG-encoded as the render workers hand them over) at grid (2, 2),
 so four A4 pages. Each round lays out the PDF with ``report_pdf`` and rasterises that PDF
-with ``report_pages`` as PNG and as JPEG at the default 110 dpi. The functions are pure:
-no Django, no store.
+with ``report_pages`` as PNG and as JPEG at the default 110 dpi; poppler's ``pdftoppm``
+rasterises the same PDF at the same resolution as the peer.
+
+A key image is re-rendered from its view state whenever a reader changes it (window,
+slice, fusion opacity): the render engine draws a still, lossless 512 x 512 frame of the
+phantom PET/CT (``imaging.phantom``, 300 CT slices) — CT alone and PET fused over CT —
+from a changed state each round, as a worker does for the report page (target <= 200 ms).
 
     .venv/bin/python bench/report.py [--rounds 10]
 
-Prints JSON: median and p95 of each step, the PDF's size and page count.
+Prints JSON: median and p95 of each step, the PDF's size and page count, ratios to the peer.
 """
 
 from __future__ import annotations
@@ -19,8 +24,11 @@ import io
 import json
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -38,6 +46,8 @@ from imaging.report_document import FindingLine, KeyPicture, Letterhead, ReportD
 from imaging.report_pdf import report_pages, report_pdf  # noqa: E402
 
 TARGET_PDF_S = 3.0
+TARGET_KEY_IMAGE_S = 0.2
+PHANTOM_SLICES = 300
 PICTURES = 12
 PICTURE_SIZE = 512
 FINDINGS = 10
@@ -110,6 +120,54 @@ def _page_count(pdf: bytes) -> int:
         document.close()
 
 
+def _pdftoppm(pdf: bytes, rounds: int) -> list[float]:
+    """The peer: poppler rasterising the same PDF to PNG at the same resolution."""
+    tool = shutil.which("pdftoppm")
+    if tool is None:
+        raise SystemExit("pdftoppm is missing: make sysdeps installs poppler-utils")
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "report.pdf"
+        source.write_bytes(pdf)
+        return _timed(lambda: subprocess.run([tool, "-png", "-r", "110", str(source), f"{folder}/page"],
+                                             check=True), rounds)
+
+
+def _key_image_renders(rounds: int) -> dict[str, Any]:
+    """A still PNG of a changed view state each round: CT windowed, PET fused over CT."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway.settings.local")
+    import django
+
+    django.setup()
+    from imaging.phantom import phantom_write
+    from rendering.encoding import Encoding
+    from rendering.engine.core import RenderEngine
+    from rendering.testing import volumes_from_phantom
+    from rendering.viewstate import viewstate_from_dict
+
+    with tempfile.TemporaryDirectory() as folder:
+        phantom_write(out_dir=Path(folder), slices=PHANTOM_SLICES, patients=1, seed=5)
+        ct, pet, _ = volumes_from_phantom(Path(folder))
+    volumes = {ct.series_id: ct, pet.series_id: pet}
+    engine = RenderEngine()
+    centre = [float(v) for v in ct.center()]
+
+    def state(round_: int, fused: bool) -> Any:
+        layers = [{"series_id": ct.series_id, "window_center": 40 + round_, "window_width": 400}]
+        if fused:
+            layers.append({"series_id": pet.series_id, "window_center": 2.5, "window_width": 5,
+                           "window_unit": "suv", "palette": "hot_iron",
+                           "opacity": 0.3 + 0.05 * (round_ % 10)})
+        return viewstate_from_dict({"view": "axial", "layers": layers, "quality": "still", "width": 512,
+                                    "height": 512, "focus_mm": [centre[0], centre[1], centre[2] + round_]})
+
+    def changed_renders(fused: bool) -> list[float]:
+        engine.render(state(0, fused), volumes, encoding=Encoding.PNG)
+        counter = iter(range(1, rounds + 1))
+        return _timed(lambda: engine.render(state(next(counter), fused), volumes, encoding=Encoding.PNG), rounds)
+
+    return {name: _summary(changed_renders(fused)) for name, fused in (("ct", False), ("pet_ct_fused", True))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=10)
@@ -119,6 +177,8 @@ def main() -> None:
     pdf_s = _timed(lambda: report_pdf(document), args.rounds)
     png_s = _timed(lambda: report_pages(pdf, image_format="png"), args.rounds)
     jpeg_s = _timed(lambda: report_pages(pdf, image_format="jpeg"), args.rounds)
+    peer_s = _pdftoppm(pdf, args.rounds)
+    key_images = _key_image_renders(args.rounds)
     report = {
         "bench": "report", "rounds": args.rounds,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
@@ -128,7 +188,12 @@ def main() -> None:
         "report_pdf": _summary(pdf_s),
         "report_pages_png_110dpi": _summary(png_s),
         "report_pages_jpeg_110dpi": _summary(jpeg_s),
+        "peer_pdftoppm_png_110dpi": _summary(peer_s),
+        "ratio_pages_png_to_pdftoppm": round(statistics.median(png_s) / statistics.median(peer_s), 2),
+        "key_image_still_png_512": key_images,
         "target_pdf_s": TARGET_PDF_S, "met": statistics.median(pdf_s) <= TARGET_PDF_S,
+        "target_key_image_s": TARGET_KEY_IMAGE_S,
+        "key_image_met": all(item["p50_ms"] <= TARGET_KEY_IMAGE_S * 1000 for item in key_images.values()),
     }
     print(json.dumps(report, indent=2))
 

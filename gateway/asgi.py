@@ -20,6 +20,7 @@ from django.urls import re_path  # noqa: E402
 
 from accounts.websocket import GatewayAuthStack  # noqa: E402
 from gateway.bodies import bodies_streamed  # noqa: E402
+from gateway.body_limit import BodyLimit  # noqa: E402
 from gateway.consumers import RefuseConsumer  # noqa: E402
 from gateway.origin import SameOriginValidator  # noqa: E402
 from imaging.stow_asgi import StowGate  # noqa: E402
@@ -28,7 +29,7 @@ from rendering.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": bodies_streamed(StowGate(django_asgi_app)),
+        "http": bodies_streamed(StowGate(BodyLimit(django_asgi_app))),
         "websocket": SameOriginValidator(
             GatewayAuthStack(
                 URLRouter([*websocket_urlpatterns, re_path(r"", RefuseConsumer.as_asgi())])

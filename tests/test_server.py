@@ -90,3 +90,48 @@ def test_anonymous_home_redirects_to_login(served_gateway):
         opener.open(request, timeout=5)
     assert refused.value.code == 302
     assert refused.value.headers["Location"].startswith("/accounts/login/")
+
+
+def _raw(base: str, head: str, chunks: int = 0, chunk: bytes = b"") -> bytes:
+    """Send ``head`` (and then chunked body pieces until the server answers); what came back."""
+    import socket
+
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        raw.sendall(head.encode())
+        raw.settimeout(0.05)
+        for _ in range(chunks):
+            try:
+                answer = raw.recv(65536)
+                if answer:
+                    return answer
+            except TimeoutError:
+                pass
+            try:
+                raw.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        raw.settimeout(10)
+        return raw.recv(65536)
+
+
+def test_a_body_declared_over_the_limit_is_refused_on_its_headers(served_gateway):
+    from django.conf import settings
+
+    declared = settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1
+    answer = _raw(served_gateway, f"POST /accounts/login/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                  f"Content-Type: application/x-www-form-urlencoded\r\n"
+                                  f"Content-Length: {declared}\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert f"limited to {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes".encode() in answer
+
+
+def test_a_chunked_body_is_refused_once_it_passes_the_limit(served_gateway):
+    from django.conf import settings
+
+    piece = b"x" * 65536
+    enough = settings.DATA_UPLOAD_MAX_MEMORY_SIZE // len(piece) + 8
+    answer = _raw(served_gateway, "POST /accounts/login/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                  "Content-Type: application/x-www-form-urlencoded\r\n"
+                                  "Transfer-Encoding: chunked\r\n\r\n", chunks=enough * 4, chunk=piece)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
