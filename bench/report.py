@@ -163,7 +163,8 @@ def _key_image_renders(rounds: int) -> dict[str, Any]:
     def changed_renders(fused: bool) -> list[float]:
         engine.render(state(0, fused), volumes, encoding=Encoding.PNG)
         counter = iter(range(1, rounds + 1))
-        return _timed(lambda: engine.render(state(next(counter), fused), volumes, encoding=Encoding.PNG), rounds)
+        return _timed(lambda: engine.render(state(next(counter), fused), volumes, encoding=Encoding.PNG),
+                      rounds)
 
     return {name: _summary(changed_renders(fused)) for name, fused in (("ct", False), ("pet_ct_fused", True))}
 
