@@ -21,10 +21,11 @@ class Command(BaseCommand):
         withdraw = actions.add_parser("withdraw")
         withdraw.add_argument("name")
         actions.add_parser("list")
-        parser.add_argument("--operator", default="", help="who is changing it (audit)")
+        for action in (add, withdraw):
+            action.add_argument("--operator", default="", help="who is changing it (audit)")
 
     def handle(self, *args: object, **options: object) -> None:
-        actor = f"cli:{options['operator']}" if options["operator"] else "cli"
+        actor = f"cli:{options['operator']}" if options.get("operator") else "cli"
         try:
             if options["action"] == "add":
                 destination = destination_register(
