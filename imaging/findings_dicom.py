@@ -277,7 +277,7 @@ def findings_dicom_build(*, study: Study, findings: list[Finding], regions: dict
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Person,
         observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
-            name=author[:64] or "reader"))
+            name=f"{author[:63] or 'reader'}^"))  # a user name is one component (PS3.5 6.2)
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_person_context=observer),
         procedure_reported=codes.SCT.ImagingProcedure, imaging_measurements=groups)

@@ -60,7 +60,7 @@ from imaging.findings_dicom import (
 )
 from imaging.identity.selectors import patient_sex_of
 from imaging.models import ReportSigned
-from imaging.reports import ReportError, key_image_add
+from imaging.reports import ReportError, key_image_add, report_summaries
 from rendering import protocol
 from rendering.engine.core import FrameOfReferenceError, MissingVolumeError, RenderedFrame
 from rendering.engine.palettes import palette_stops
@@ -219,6 +219,15 @@ class ViewerConsumer(SegmentationReading, PrincipalGuardedConsumer):
         await self._send_documents()
         await self._send_segmentations()
 
+    async def _report_wire(self) -> dict[str, Any] | None:
+        """The study's latest report for the viewer's link (None for a consultant: no report pages)."""
+        if getattr(self.principal, "is_capability", False):
+            return None
+        study = self.study.study_uid
+        summary = (await database_sync_to_async(report_summaries)([study]))[study]
+        return {"status": summary.status, "version": summary.version, "label": summary.label,
+                "url": reverse("rendering:report", kwargs={"study": study})}
+
     async def _send_ready(self) -> None:
         for scheduler in self.schedulers:
             await scheduler.close()
@@ -232,6 +241,7 @@ class ViewerConsumer(SegmentationReading, PrincipalGuardedConsumer):
                            "hanging_rules": self._hanging_wire()},
             "related": [study.wire() for study in self.related],
             "findings_store": self.may_report,
+            "report": await self._report_wire(),
             **self.session.describe(),
         }))
 

@@ -16,13 +16,14 @@ from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from imaging.findings import findings_of
-from imaging.findings_dicom import region_request, region_series
+from imaging.findings_dicom import FindingsExportError, findings_dicom_store, region_request, region_series
 from imaging.models import DicomDestination, Report, ReportStatus
 from imaging.report_dicom import SendResult, dicom_send
 from imaging.report_pdf import report_pages, report_pdf
 from imaging.report_store import report_objects, report_sign_store
-from imaging.reports import report_document, report_signable
+from imaging.reports import ReportError, report_document, report_signable
 from rendering.encoding import Encoding
+from rendering.engine.core import MissingVolumeError
 from rendering.operations import OperationClient
 from rendering.pool import CLINICAL
 from rendering.viewstate import Quality, viewstate_from_dict
@@ -68,9 +69,25 @@ async def report_page_images(pool: OperationClient, report: Report, *, patient: 
     return await sync_to_async(report_pages, thread_sensitive=False)(pdf, image_format=image_format)
 
 
+async def _findings_stored(pool: OperationClient, report: Report, *, signer: str) -> None:
+    """The findings the report includes, into the study as SR (TID 1500) and SEG, as the viewer
+    stores them; a finding that cannot be written stops the signing and says which."""
+    study = await sync_to_async(lambda: report.study.study_instance_uid)()
+    if not report.include_findings or not await sync_to_async(findings_of)(study):
+        return
+    try:
+        regions = await finding_regions(pool, study)
+        await sync_to_async(findings_dicom_store)(study_uid=study, regions=regions, author=signer)
+    except (FindingsExportError, MissingVolumeError) as error:
+        raise ReportError(f"the findings cannot be added to the study as DICOM SR ({error}); "
+                          "leave them out of the report to sign it") from error
+
+
 async def report_sign(pool: OperationClient, report: Report, *, signer: str, patient: str) -> Report:
-    """Sign: the copy of record (no exporter's stamp) laid out as signed, then added to the study."""
+    """Sign: the findings stored as SR, the copy of record (no exporter's stamp) laid out as
+    signed, then added to the study with its key object selection."""
     await sync_to_async(report_signable)(report, signer=signer)
+    await _findings_stored(pool, report, signer=signer)
     signed_at = timezone.now()
     provisional = Report(**{field.attname: getattr(report, field.attname)
                             for field in Report._meta.concrete_fields})

@@ -23,6 +23,8 @@ class AuditFilterForm(forms.Form):
                                    choices=_choices([*Role.values, "consultant"]))
     patient = forms.RegexField(required=False, regex=r"^[0-9a-f]{64}$", label="Patient pseudonym",
                                error_messages={"invalid": "A pseudonym is 64 hexadecimal digits."})
+    study = forms.RegexField(required=False, regex=r"^[0-9.]{1,64}$", label="Study UID",
+                             error_messages={"invalid": "A study UID is digits and dots."})
     patient_id = forms.CharField(required=False, max_length=64, label="Patient ID")
     issuer = forms.CharField(required=False, max_length=64, label="Issuer of patient ID")
     action = forms.ChoiceField(required=False, choices=_choices([a.value for a in Action]))
@@ -52,5 +54,5 @@ class AuditFilterForm(forms.Form):
             since=data.get("since"), until=data.get("until"), actor=data.get("actor", ""),
             actor_role=data.get("actor_role", ""), patient_pseudonyms=tuple(pseudonyms),
             action=data.get("action", ""), outcome=data.get("outcome", ""),
-            source_ip=data.get("source_ip") or "",
+            source_ip=data.get("source_ip") or "", study=data.get("study") or "",
         )

@@ -23,6 +23,7 @@ class EventFilter:
     action: str = ""
     outcome: str = ""
     source_ip: str = ""
+    study: str = ""
     matches_nothing: bool = False
 
     def described(self) -> dict[str, Any]:
@@ -32,7 +33,7 @@ class EventFilter:
             "until": self.until.isoformat() if self.until else "",
             "actor": self.actor, "actor_role": self.actor_role,
             "patient_pseudonyms": list(self.patient_pseudonyms), "action": self.action,
-            "outcome": self.outcome, "source_ip": self.source_ip,
+            "outcome": self.outcome, "source_ip": self.source_ip, "study": self.study,
         }
         return {key: value for key, value in described.items() if value}
 
@@ -41,7 +42,7 @@ class EventFilter:
 _LOOKUPS = {
     "since": "occurred_at__gte", "until": "occurred_at__lt", "actor": "actor",
     "actor_role": "actor_role", "patient_pseudonyms": "patient_pseudonym__in",
-    "action": "action", "outcome": "outcome", "source_ip": "source_ip",
+    "action": "action", "outcome": "outcome", "source_ip": "source_ip", "study": "study",
 }
 
 

@@ -59,6 +59,7 @@ def test_an_auditor_sees_events_newest_first_and_the_read_is_audited(client, sig
     ({"action": "auth.login-failed"}, {"mallory"}),
     ({"outcome": "denied"}, {"mallory"}),
     ({"source_ip": "10.1.1.1"}, {"dr.ada"}),
+    ({"study": "2.25.2"}, {"nurse.flo"}),
 ])
 def test_filters_narrow_the_events(client, signed_in, history, query, expected_actors):
     signed_in("auditor")

@@ -146,6 +146,11 @@ async def test_a_key_image_stays_live_window_and_slice_change_what_is_rendered(
     record, truth = study
     lesion = max(truth["lesions"], key=lambda item: item["radius_mm"])
     await _reading_kept(client, record, lesion)
+    communicator, _, _ = await _open(client, record.study_instance_uid)
+    ready = await _reply(communicator, "ready")
+    await communicator.disconnect()
+    assert ready["report"]["label"] == "draft (v1)" and ready["report"]["url"].endswith(
+        f"/reports/{record.study_instance_uid}/")
     report = await database_sync_to_async(Report.objects.get)(study=record)
     ct = report.key_images[0]
     kwargs = {"study": record.study_instance_uid, "version": 1, "image": ct["id"]}
@@ -165,6 +170,14 @@ async def test_a_key_image_stays_live_window_and_slice_change_what_is_rendered(
     bad = await database_sync_to_async(client.post)(adjust, json.dumps({"window_width": "wide"}),
                                                     content_type="application/json")
     assert bad.status_code == 400 and "window_width" in bad.json()["error"]
+
+
+def _texts(ds: pydicom.Dataset) -> set[str]:
+    """Every TEXT value of a structured report's content tree."""
+    found = {str(ds.TextValue)} if "TextValue" in ds else set()
+    for item in ds.get("ContentSequence", []):
+        found |= _texts(item)
+    return found
 
 
 def _dciodvfy(ds: pydicom.Dataset, path: Path) -> str:
@@ -199,6 +212,10 @@ async def test_signing_is_final_adds_pdf_and_kos_to_the_study_and_an_addendum_is
 
     (document,) = await database_sync_to_async(stored)("DOC")
     (selection,) = await database_sync_to_async(stored)("KO")
+    (findings_sr,) = await database_sync_to_async(stored)("SR")
+    texts = " | ".join(_texts(findings_sr))
+    assert "Lesion A" in texts and "Line B" in texts, "the findings are not in the study's SR"
+
     for name, ds in (("pdf", document), ("kos", selection)):
         output = _dciodvfy(ds, tmp_path / f"{name}.dcm")
         assert not [line for line in output.splitlines() if "Error" in line], output

@@ -50,6 +50,7 @@ const findingsStoreStatus = document.getElementById("findings-store-status");
 const reportSection = document.getElementById("report-section");
 const reportCaptureButton = document.getElementById("report-capture");
 const reportStatus = document.getElementById("report-status");
+const reportLink = document.getElementById("report-link");
 const documentsSection = document.getElementById("documents-section");
 const documentsList = document.getElementById("documents");
 const segmentationSection = document.getElementById("segmentation-section");
@@ -72,6 +73,8 @@ const segToolSelect = document.getElementById("seg-tool");
 const segSettings = document.getElementById("seg-settings");
 const segApplyButton = document.getElementById("seg-apply");
 const segStoreButton = document.getElementById("seg-store");
+const segFractionalChoice = document.getElementById("seg-store-fractional");
+const segFractional = document.getElementById("seg-fractional");
 const segModels = document.getElementById("seg-models");
 const segModelSelect = document.getElementById("seg-model");
 const segModelRun = document.getElementById("seg-model-run");
@@ -1063,7 +1066,7 @@ function probeAgainAfterMove(view, overlay) {
 function receiveReady(message) {
   receiveVocabulary(message.vocabulary);
   mayStoreFindings = message.findings_store === true;
-  reportSection.hidden = !mayStoreFindings;
+  showReport(message.report);
   buildMenus();
   buildKeyMap();
   layout = message.layout;
@@ -2245,6 +2248,14 @@ function receiveFindingsStored(message) {
 
 findingsStoreButton.addEventListener("click", storeFindings);
 
+// The study's report: its status for everyone but a consultant, the Key image button for writers.
+function showReport(report) {
+  reportSection.hidden = !report;
+  if (!report) return;
+  reportCaptureButton.hidden = !mayStoreFindings;
+  reportLink.textContent = `Report: ${report.label}`;
+}
+
 // A key image is the selected view's state, kept on the server in the reader's draft report.
 function captureKeyImage() {
   reportStatus.textContent = "Keeping…";
@@ -2254,6 +2265,7 @@ function captureKeyImage() {
 function receiveReportCaptured(message) {
   const count = Number.isInteger(message.key_images) ? message.key_images : 0;
   reportStatus.textContent = `kept: report v${message.version} holds ${count} key image${count === 1 ? "" : "s"}`;
+  reportLink.textContent = `Report: draft (v${message.version})`;
 }
 
 reportCaptureButton.addEventListener("click", captureKeyImage);
@@ -3039,7 +3051,8 @@ function receiveSegmentationStored(message) {
   const count = (value) => (Number.isInteger(value) ? value : 0);
   const segments = count(message.segments);
   const frames = count(message.frames);
-  showSegmentationStatus(`stored in the study as DICOM SEG: ${segments} segment${segments === 1 ? "" : "s"}, `
+  const kind = message.fractional === true ? " (fractional)" : "";
+  showSegmentationStatus(`stored in the study as DICOM SEG${kind}: ${segments} segment${segments === 1 ? "" : "s"}, `
     + `${frames} frame${frames === 1 ? "" : "s"}`);
   showSegmentation();
 }
@@ -3115,6 +3128,7 @@ function showSegmentation() {
     segEdit.hidden = !editable;
     segAddButton.disabled = nextSegmentNumber() === null;
     segStoreButton.disabled = segmentationStoring;
+    showFractionalChoice();
     segModels.hidden = segmentationModels.length === 0;
     segModelRun.disabled = modelRunning !== null;
     segModelRun.textContent = modelRunning !== null ? "Running…" : "Run model";
@@ -3210,10 +3224,19 @@ function stepSegmentation(back) {
   segmentationSend({ type: back ? "seg_undo" : "seg_redo" });
 }
 
+// A fractional SEG holds a model's probabilities: offered only where a segment came from a model.
+function showFractionalChoice() {
+  const scored = segmentsOfOpen().some((segment) => segment.fractional === true);
+  segFractionalChoice.hidden = !scored;
+  if (!scored) segFractional.checked = false;
+  segFractional.disabled = segmentationStoring;
+}
+
 function storeSegmentation() {
   if (!segmentationEditable() || segmentationStoring) return;
   segmentationStoring = true;
-  segmentationSend({ type: "seg_store" });
+  const fractional = !segFractionalChoice.hidden && segFractional.checked;
+  segmentationSend(fractional ? { type: "seg_store", fractional: true } : { type: "seg_store" });
   showSegmentation();
 }
 
