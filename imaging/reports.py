@@ -17,7 +17,8 @@ import hashlib
 import json
 import math
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -132,18 +133,33 @@ def _blank_sections() -> dict[str, str]:
     return {key: "" for key, _ in SECTIONS}
 
 
+@contextmanager
+def _draft_locked(report: Report, author: str) -> Iterator[Report]:
+    """The draft as stored now, locked for one change: a viewer's capture and the page's
+    autosave may arrive together, and neither may undo the other."""
+    with transaction.atomic(using=CLINICAL):
+        current = Report.objects.select_for_update().get(pk=report.pk)
+        yield _owned_draft(current, author)
+        current.save()
+
+
 def key_image_add(*, study_uid: str, author: str, state: dict[str, Any], caption: str,
                   normal: list[float], step_mm: float) -> tuple[Report, bool]:
     """Keep a view's state as a key image of the author's draft (started if need be)."""
-    report, created = report_draft(study_uid=study_uid, author=author)
+    draft, created = report_draft(study_uid=study_uid, author=author)
+    with _draft_locked(draft, author) as report:
+        _key_image_append(report, state=state, caption=caption, normal=normal, step_mm=step_mm)
+    return report, created
+
+
+def _key_image_append(report: Report, *, state: dict[str, Any], caption: str, normal: list[float],
+                      step_mm: float) -> None:
     if len(report.key_images) >= MAX_KEY_IMAGES:
         raise ReportError(f"a report holds at most {MAX_KEY_IMAGES} key images")
     report.key_images = [*report.key_images, {
         "id": secrets.token_hex(6), "caption": _text(caption, CAPTION_LIMIT, "caption"),
         "state": state, "normal": [float(v) for v in normal], "step_mm": float(step_mm),
         "captured_at": timezone.now().isoformat(timespec="seconds")}]
-    report.save()
-    return report, created
 
 
 def _text(value: Any, limit: int, what: str) -> str:
@@ -155,11 +171,17 @@ def _text(value: Any, limit: int, what: str) -> str:
 
 
 def report_update(report: Report, *, author: str, changes: dict[str, Any]) -> Report:
-    """Apply an editor's autosave: title, sections, grid, findings on/off, key image order and captions."""
-    _owned_draft(report, author)
+    """Apply an editor's autosave: title, sections, grid, findings on/off, key image order,
+    captions and removals."""
+    with _draft_locked(report, author) as current:
+        _changes_apply(current, changes)
+    return current
+
+
+def _changes_apply(report: Report, changes: Any) -> None:
     if not isinstance(changes, dict):
         raise ReportError("changes must be an object")
-    unknown = set(changes) - {"title", "sections", "grid", "include_findings", "key_images"}
+    unknown = set(changes) - {"title", "sections", "grid", "include_findings", "key_images", "removed"}
     if unknown:
         raise ReportError(f"unknown fields: {', '.join(sorted(unknown))}")
     if "title" in changes:
@@ -172,10 +194,9 @@ def report_update(report: Report, *, author: str, changes: dict[str, Any]) -> Re
         if not isinstance(changes["include_findings"], bool):
             raise ReportError("include_findings must be true or false")
         report.include_findings = changes["include_findings"]
-    if "key_images" in changes:
-        report.key_images = _key_images_arranged(report.key_images, changes["key_images"])
-    report.save()
-    return report
+    if "key_images" in changes or "removed" in changes:
+        report.key_images = _key_images_arranged(report.key_images, changes.get("key_images", []),
+                                                 changes.get("removed", []))
 
 
 def _sections(value: Any, current: dict[str, str]) -> dict[str, str]:
@@ -190,29 +211,33 @@ def _grid(value: Any) -> list[int]:
     return list(value)
 
 
-def _key_images_arranged(current: list[dict[str, Any]], wanted: Any) -> list[dict[str, Any]]:
-    """``wanted``: [{id, caption}] in the new order; images left out are removed."""
+def _key_images_arranged(current: list[dict[str, Any]], wanted: Any, removed: Any) -> list[dict[str, Any]]:
+    """``wanted``: [{id, caption}] in the new order, ``removed``: ids to drop. Images named in
+    neither (kept from the viewer since the page loaded) follow in their own order."""
     by_id = {image["id"]: image for image in current}
     if not isinstance(wanted, list) or not all(isinstance(item, dict) for item in wanted):
         raise ReportError("key_images must be a list of {id, caption}")
+    if not isinstance(removed, list) or not all(isinstance(key, str) for key in removed):
+        raise ReportError("removed must be a list of key image ids")
     ids = [item.get("id") for item in wanted]
     if len(set(ids)) != len(ids) or any(key not in by_id for key in ids):
         raise ReportError("key_images names an image this report does not hold")
-    return [{**by_id[item["id"]], "caption": _text(item.get("caption", by_id[item["id"]]["caption"]),
-                                                   CAPTION_LIMIT, "caption")} for item in wanted]
+    named = [{**by_id[item["id"]], "caption": _text(item.get("caption", by_id[item["id"]]["caption"]),
+                                                    CAPTION_LIMIT, "caption")} for item in wanted]
+    rest = [image for image in current if image["id"] not in set(ids)]
+    return [image for image in [*named, *rest] if image["id"] not in set(removed)]
 
 
 def key_image_adjust(report: Report, *, author: str, image_id: str, adjust: dict[str, Any]) -> dict[str, Any]:
     """Change a key image's window (first layer), slice (steps along its normal), top layer's
     opacity or zoom; returns the image. The state stays one the viewer could have produced."""
-    _owned_draft(report, author)
-    images = {image["id"]: image for image in report.key_images}
-    if image_id not in images:
-        raise ReportError("no such key image")
-    image = images[image_id]
-    image["state"] = state_adjusted(image, adjust)
-    report.key_images = [images[image["id"]] for image in report.key_images]
-    report.save()
+    with _draft_locked(report, author) as current:
+        images = {image["id"]: image for image in current.key_images}
+        if image_id not in images:
+            raise ReportError("no such key image")
+        image = images[image_id]
+        image["state"] = state_adjusted(image, adjust)
+        current.key_images = list(images.values())
     return image
 
 
@@ -273,16 +298,22 @@ def report_signable(report: Report, *, signer: str) -> None:
 
 
 def report_mark_signed(report: Report, *, signer: str, signed_at: datetime, series_uid: str) -> Report:
-    """Final: signer, time, digest of the content and the series of its DICOM copies, in one save."""
-    report_signable(report, signer=signer)
-    report.findings = [asdict(line) for line in report_findings(report)]
-    report.status = ReportStatus.SIGNED
-    report.signed_by = signer
-    report.signed_at = signed_at
-    report.content_sha256 = content_digest(report_content(report))
-    report.pdf_series_instance_uid = series_uid
-    report.save()
-    return report
+    """Final: signer, time, digest of the content and the series of its DICOM copies, in one save.
+
+    ``report`` is the draft as it was laid out; if it has changed since (an autosave in between),
+    nothing is signed: the PDF would not be what the signature covers."""
+    laid_out = content_digest(report_content(report))
+    with _draft_locked(report, signer) as current:
+        report_signable(current, signer=signer)
+        if content_digest(report_content(current)) != laid_out:
+            raise ReportError("the report changed while it was being signed; sign it again")
+        current.findings = [asdict(line) for line in report_findings(current)]
+        current.status = ReportStatus.SIGNED
+        current.signed_by = signer
+        current.signed_at = signed_at
+        current.content_sha256 = content_digest(report_content(current))
+        current.pdf_series_instance_uid = series_uid
+    return current
 
 
 # --- laying out -------------------------------------------------------------------------------

@@ -169,7 +169,7 @@ def report_save(request: HttpRequest, study: str, version: int) -> HttpResponse:
     found = _study(request, study, Action.REPORT_EDIT)
     report = _version(request, found, version, Action.REPORT_EDIT)
     try:
-        report_update(report, author=request.user.get_username(), changes=_json_body(request))
+        report = report_update(report, author=request.user.get_username(), changes=_json_body(request))
     except (ReportError, ReportSigned) as error:
         _audit(request, Action.REPORT_EDIT, Outcome.FAILURE, found, {"version": version,
                                                                      "reason": str(error)[:200]})

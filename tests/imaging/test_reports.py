@@ -59,7 +59,12 @@ def test_a_draft_belongs_to_its_author_and_the_next_version_follows_a_signed_one
         report_update(report, author="dr.b", changes={"title": "mine"})
     with pytest.raises(ReportError, match="follows a signed report"):
         report_addendum(study_uid=study.study_instance_uid, author="dr.a")
-    report_update(report, author="dr.a", changes={"sections": {"impression": "Normal."}})
+    report = report_update(report, author="dr.a", changes={"sections": {"impression": "Normal."}})
+    stale = Report.objects.get(pk=report.pk)
+    report_update(report, author="dr.a", changes={"title": "changed after the layout"})
+    with pytest.raises(ReportError, match="changed while it was being signed"):
+        report_mark_signed(stale, signer="dr.a", signed_at=timezone.now(), series_uid="2.25.10")
+    report = Report.objects.get(pk=report.pk)
     report_mark_signed(report, signer="dr.a", signed_at=timezone.now(), series_uid="2.25.10")
     with pytest.raises(ReportSigned):
         report_draft(study_uid=study.study_instance_uid, author="dr.a")
@@ -72,7 +77,7 @@ def test_a_draft_belongs_to_its_author_and_the_next_version_follows_a_signed_one
 
 def test_a_signed_report_refuses_every_save_even_past_the_service(study):
     report = _keep(study)
-    report_update(report, author="dr.a", changes={"title": "PET/CT staging"})
+    report = report_update(report, author="dr.a", changes={"title": "PET/CT staging"})
     signed = report_mark_signed(report, signer="dr.a", signed_at=timezone.now(), series_uid="2.25.10")
     assert len(signed.content_sha256) == 64 and signed.findings == []
     stale = Report.objects.get(pk=report.pk)
@@ -94,6 +99,9 @@ def test_edits_are_checked_and_key_images_keep_their_order_and_captions(study):
     stored = Report.objects.get(pk=report.pk)
     assert [(i["id"], i["caption"]) for i in stored.key_images] == [(second, "fused"), (first, "CT axial")]
     assert stored.grid == [3, 4] and stored.include_findings is False
+    third = _keep(study).key_images[-1]["id"]  # kept from the viewer while the page was open
+    report_update(report, author="dr.a", changes={"key_images": [{"id": first}], "removed": [second]})
+    assert [i["id"] for i in Report.objects.get(pk=report.pk).key_images] == [first, third]
     for changes, words in (({"grid": [5, 5]}, "page grid"), ({"colour": "red"}, "unknown fields"),
                            ({"sections": {"history": "x"}}, "sections are"),
                            ({"key_images": [{"id": "000000000000"}]}, "does not hold"),

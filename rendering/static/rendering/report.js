@@ -5,6 +5,7 @@ const status = document.querySelector(".autosave");
 const csrf = document.querySelector("input[name=csrfmiddlewaretoken]").value;
 const SAVE_DELAY_MS = 800;
 let timer = null;
+const removed = new Set();
 
 function say(text) { status.textContent = text; }
 
@@ -31,6 +32,7 @@ function draft() {
     grid: report.querySelector("select[name=grid]").value.split("x").map(Number),
     include_findings: report.querySelector("input[name=include_findings]").checked,
     key_images: keyImages,
+    removed: [...removed],
   };
 }
 
@@ -88,7 +90,7 @@ report.addEventListener("click", (event) => {
   if (!item) return;
   if (button.dataset.slices) adjust(item, {slices: Number(button.dataset.slices)});
   if (button.dataset.move) move(item, Number(button.dataset.move));
-  if ("remove" in button.dataset) { item.remove(); saveSoon(); }
+  if ("remove" in button.dataset) { removed.add(item.dataset.id); item.remove(); saveSoon(); }
 });
 document.querySelector("form.sign").addEventListener("submit", async (event) => {
   if (!timer) return;
