@@ -149,31 +149,54 @@ def segmentations_wire(*study_uids: str) -> list[dict[str, Any]]:
     return [segmentation_wire(segmentation) for segmentation in segmentations_of(*study_uids)]
 
 
+def segments_scored(segmentation: Segmentation) -> set[int]:
+    """The segments a model run at this revision found with their probabilities (a fractional SEG
+    can write those)."""
+    runs = segmentation.edits.filter(revision__lte=segmentation.revision, op__tool="labels",
+                                     op__has_key="probabilities").values_list("op", flat=True)
+    return {int(number) for op in runs for number in op["segments"].values()}
+
+
 def segmentation_wire(segmentation: Segmentation) -> dict[str, Any]:
+    """As the viewer shows it; a segment a model found with probabilities says ``fractional``."""
     redo = segmentation.edits.filter(revision__gt=segmentation.revision).exists()
+    scored = segments_scored(segmentation)
+    segments = [{**segment, "fractional": True} if segment["number"] in scored else segment
+                for segment in segmentation.segments]
     return {"id": segmentation.id, "label": segmentation.label, "series": segmentation.series_instance_uid,
             "study": segmentation.study.study_instance_uid, "revision": segmentation.revision,
-            "can_undo": segmentation.revision > 0, "can_redo": redo, "segments": segmentation.segments,
+            "can_undo": segmentation.revision > 0, "can_redo": redo, "segments": segments,
             "layer": segmentation_layer_id(segmentation), "by": segmentation.author,
             "consultant": segmentation.by_consultant}
 
 
 def segmentation_from_model(segmentation_id: int, model: SegmentationModel, found: dict[str, Any], *,
                             author: str) -> Segmentation:
-    """The labels a model found, each as a new segment named and coloured as its manifest says."""
+    """The labels a model found, each as a new segment named and coloured as its manifest says;
+    the run's probabilities (where it gave them) are named in the same edit."""
     named = {int(label["value"]): label for label in model_labels(model)}
     values = [value for value in found["values"] if value in named]
     if not values:
-        storage.object_delete(str(found["object"]))
+        _run_forget(found)
         raise SegmentationError(f"{model.name} found nothing in this series")
     segmentation = Segmentation.objects.get(pk=segmentation_id)
     taken = {int(s["number"]) for s in segmentation.segments}
     free = [n for n in range(1, MAX_SEGMENTS + 1) if n not in taken][:len(values)]
     if len(free) < len(values):
+        _run_forget(found)
         raise SegmentationError(f"a segmentation has at most {MAX_SEGMENTS} segments")
     for value, number in zip(values, free, strict=True):
         segment_set(segmentation_id, number, name=f"{named[value]['name']} ({model.name})"[:64],
                     colour=str(named[value]["colour"]).lower())
     op = {"tool": "labels", "segment": free[0], "object": str(found["object"]), "model": model.id,
           "segments": {str(value): number for value, number in zip(values, free, strict=True)}}
+    if found.get("probabilities"):
+        op["probabilities"] = str(found["probabilities"])
     return segmentation_edit(segmentation_id, op, author=author)
+
+
+def _run_forget(found: dict[str, Any]) -> None:
+    """The objects a model run stored, deleted: no edit will name them."""
+    for key in ("object", "probabilities"):
+        if found.get(key):
+            storage.object_delete(str(found[key]))

@@ -327,7 +327,9 @@ class SegSegment:
 
 @dataclass(frozen=True)
 class SegStore:
-    pass
+    """``fractional``: the segments a model found as its probabilities (a FRACTIONAL SEG)."""
+
+    fractional: bool = False
 
 
 @dataclass(frozen=True)
@@ -652,8 +654,8 @@ def _parse_seg_segment(message: dict[str, Any], views: int) -> SegSegment:
 
 
 def _parse_seg_store(message: dict[str, Any], views: int) -> SegStore:
-    _exact_keys(message, {"type"})
-    return SegStore()
+    _exact_keys(message, {"type", "fractional"})
+    return SegStore(bool(_field(message, "fractional", Flag())) if "fractional" in message else False)
 
 
 def _parse_seg_model(message: dict[str, Any], views: int) -> SegModel:

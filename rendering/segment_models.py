@@ -1,9 +1,10 @@
 """A registered segmentation model run by a render worker on a reader's reference series.
 
 The worker reads the model file, checks its SHA-256 against the registration, runs it
-(:func:`rendering.engine.onnx_models.segment_volume`) and stores the label map, encrypted, as
-an object of its own; the segmentation then gets a ``labels`` edit naming that object, so
-replaying the segmentation never runs the model again.
+(:func:`rendering.engine.onnx_models.segment_volume_scored`) and stores the label map, encrypted,
+as an object of its own, and the labels' probabilities (where the model gives probabilities) as
+another; the segmentation then gets a ``labels`` edit naming them, so replaying the segmentation
+never runs the model again, and a fractional DICOM SEG writes what the model gave.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from rendering.engine.onnx_models import (
     manifest_parse,
     model_file_verify,
     model_session,
-    segment_volume,
+    segment_volume_scored,
 )
 from rendering.operations import Urgency, WorkerContext, operation
-from rendering.segment_ops import labels_encode
+from rendering.segment_ops import labels_encode, probabilities_encode
 from rendering.viewstate import ViewState
 from rendering.volume import Volume
 
@@ -57,7 +58,8 @@ def _background(state: ViewState) -> Urgency:
 @operation("model_run", urgency=_background, timeout_s=MODEL_RUN_LIMIT_S)
 def _model_run(context: WorkerContext, state: ViewState, volumes: Mapping[str, Volume],
                arguments: dict[str, Any]) -> dict[str, Any]:
-    """Layers: the reference series. Returns the stored map's object id and the values it holds."""
+    """Layers: the reference series. Returns the stored map's object id and the values it holds, and
+    the stored probabilities' object id where the model gives probabilities."""
     from imaging import storage
     from imaging.models import SegmentationModel
 
@@ -68,11 +70,17 @@ def _model_run(context: WorkerContext, state: ViewState, volumes: Mapping[str, V
     progress = _progress(int(arguments["run"])) if arguments.get("run") else None
     try:
         session = model_session(model_file_verify(model.path, model.sha256))
-        labels = segment_volume(reference.voxels, reference.spacing, manifest_parse(model.manifest), session,
-                                progress=progress)
+        found = segment_volume_scored(reference.voxels, reference.spacing, manifest_parse(model.manifest),
+                                      session, progress=progress)
     except ModelError as error:
         raise RenderError(str(error)) from error
     object_id = f"segmodel-{uuid.uuid4().hex}"
-    storage.object_put(object_id, labels_encode(labels))
-    values = [int(v) for v in np.unique(labels) if v]
-    return {"object": object_id, "values": values, "voxels": int(np.count_nonzero(labels))}
+    storage.object_put(object_id, labels_encode(found.labels))
+    values = [int(v) for v in np.unique(found.labels) if v]
+    result: dict[str, Any] = {"object": object_id, "values": values,
+                              "voxels": int(np.count_nonzero(found.labels))}
+    probabilities = {value: found.probabilities[value] for value in values if value in found.probabilities}
+    if probabilities:
+        result["probabilities"] = f"segprob-{uuid.uuid4().hex}"
+        storage.object_put(result["probabilities"], probabilities_encode(probabilities))
+    return result

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -258,6 +258,24 @@ def labels_decode(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
     return labels
 
 
+def probabilities_encode(probabilities: Mapping[int, np.ndarray]) -> bytes:
+    """A model's probability of each label value (uint8, 0..255) as stored beside its label map."""
+    arrays: dict[str, Any] = {f"value_{value}": np.ascontiguousarray(probability, dtype=np.uint8)
+                              for value, probability in probabilities.items()}
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def probabilities_decode(data: bytes, shape: tuple[int, ...], values: Iterable[int]) -> dict[int, np.ndarray]:
+    """The stored probabilities of ``values`` (only those are read)."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as stored:
+        probabilities = {value: stored[f"value_{value}"] for value in values}
+    if any(p.shape != tuple(shape) or p.dtype != np.uint8 for p in probabilities.values()):
+        raise SegmentError("the stored probabilities do not fit this series")
+    return probabilities
+
+
 def _paint_labels(labels: np.ndarray, volume: Volume, op: dict[str, Any], load: ObjectLoader | None) -> None:
     """A stored label map (a model's result) painted in: each of its values as the segment it maps to."""
     if load is None:
@@ -305,6 +323,42 @@ def segmentation_replay(volume: Volume, edits: list[dict[str, Any]], start: np.n
     return labels
 
 
+def _scored(op: dict[str, Any]) -> bool:
+    return op["tool"] == "labels" and "probabilities" in op
+
+
+def segmentation_fractions(volume: Volume, edits: list[dict[str, Any]], labels: np.ndarray,
+                           load: ObjectLoader) -> dict[int, np.ndarray]:
+    """Per segment a model found and ``labels`` (the map after ``edits``) still holds: the model's
+    probability (uint8, 0..255), except where a later edit changed the segment, which is 255
+    inside its mask in ``labels`` and 0 outside. The edits are replayed up to the last model run,
+    whose map is compared with ``labels``; a segment drawn by hand has none."""
+    last = max((n for n, op in enumerate(edits) if _scored(op)), default=-1)
+    replayed = np.zeros(volume.shape, dtype=np.uint8)
+    fractions: dict[int, np.ndarray] = {}
+    for op in edits[:last + 1]:
+        segmentation_apply(replayed, volume, op, load)
+        if _scored(op):
+            fractions.update(_model_fractions(op, replayed, labels, load))
+    return fractions
+
+
+def _model_fractions(op: dict[str, Any], replayed: np.ndarray, labels: np.ndarray,
+                     load: ObjectLoader) -> dict[int, np.ndarray]:
+    """The fractions of the segments of one model run, ``replayed`` being the map just after it."""
+    segments = {int(value): int(segment) for value, segment in op["segments"].items()}
+    kept = {value: segment for value, segment in segments.items() if np.any(labels == segment)}
+    probabilities = probabilities_decode(load(str(op["probabilities"])), labels.shape, kept)
+    fractions = {}
+    for value, segment in kept.items():
+        fraction = probabilities[value]
+        inside = labels == segment
+        changed = (replayed == segment) != inside
+        fraction[changed] = np.where(inside[changed], np.uint8(255), np.uint8(0))
+        fractions[segment] = fraction
+    return fractions
+
+
 def segment_statistics(labels: np.ndarray, volume: Volume, scale: float = 1.0) -> dict[str, dict[str, float]]:
     """Per segment (by number, as text): voxels, ml, and the mean and maximum of the reference
     series, times ``scale`` (an SUV factor, where the series has one)."""
@@ -334,16 +388,32 @@ def _segment_statistics(context: WorkerContext, state: ViewState, volumes: Mappi
 @operation("segmentation_store")
 def _segmentation_store(context: WorkerContext, state: ViewState, volumes: Mapping[str, Volume],
                         arguments: dict[str, Any]) -> dict[str, Any]:
-    """Layers: the reference series, then the segmentation; written here, where its map is."""
+    """Layers: the reference series, then the segmentation; written here, where its map is.
+    ``fractional``: the segments a model found as its probabilities (a FRACTIONAL SEG)."""
     from imaging.findings_dicom import FindingsExportError
     from imaging.segmentation_dicom import segmentation_dicom_store
 
     reference, segmentation = (volumes[layer.series_id] for layer in state.layers[:2])
+    labels = np.asarray(segmentation.voxels)
     positions = reference.index_to_patient(
         np.stack([np.arange(reference.shape[0]), np.zeros(reference.shape[0]), np.zeros(reference.shape[0])],
                  axis=1).astype(np.float64))
+    fractions = (_stored_fractions(reference, state.layers[1].series_id, labels)
+                 if arguments.get("fractional") else None)
     try:
-        return segmentation_dicom_store(segmentation_id=int(arguments["segmentation"]),
-                                        labels=np.asarray(segmentation.voxels), slice_positions=positions)
+        return segmentation_dicom_store(segmentation_id=int(arguments["segmentation"]), labels=labels,
+                                        slice_positions=positions, fractions=fractions)
     except FindingsExportError as error:
         raise RenderError(str(error)) from error
+
+
+def _stored_fractions(reference: Volume, layer_id: str, labels: np.ndarray) -> dict[int, np.ndarray]:
+    """:func:`segmentation_fractions` of the segmentation layer's revision, from the database."""
+    from imaging import storage
+    from imaging.segmentations import segmentation_edits, segmentation_layer_parse
+
+    parsed = segmentation_layer_parse(layer_id)
+    if parsed is None:
+        raise RenderError(f"{layer_id!r} is not a segmentation")
+    edits = [op for _, op in segmentation_edits(*parsed)]
+    return segmentation_fractions(reference, edits, labels, load=storage.object_get)

@@ -229,10 +229,11 @@ class SegmentationReading:
         try:
             stored = await self.pool.request(
                 "segmentation_store", self._segmentation_state(segmentation), source=CLINICAL,
-                segmentation=segmentation.id)
+                segmentation=segmentation.id, fractional=message.fractional)
         except RenderError as error:
             await self._audit(Action.SEGMENTATION_STORE, Outcome.FAILURE, study=study,
-                              details={"segmentation": segmentation.id, "reason": str(error)[:200]})
+                              details={"segmentation": segmentation.id, "fractional": message.fractional,
+                                       "reason": str(error)[:200]})
             await self._error("store_failed", str(error), of="seg_store")
             return
         await self._audit(Action.SEGMENTATION_STORE, Outcome.SUCCESS, study=study,

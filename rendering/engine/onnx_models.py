@@ -3,7 +3,8 @@
 A model comes with a manifest (``manifest_parse``) that says the grid it was trained on
 (input tile size and voxel spacing), how its input is normalised and how its output becomes
 labels. ``segment_volume`` resamples the volume to the model's spacing, runs the model tile
-by tile (sliding window) and resamples the labels back onto the volume's own voxel grid.
+by tile (sliding window) and resamples the labels back onto the volume's own voxel grid;
+``segment_volume_scored`` also keeps each label's probability there (a fractional DICOM SEG's).
 Django-free: the registry, audit and viewer are built on top of it.
 """
 
@@ -30,6 +31,9 @@ MAX_NAME_CHARS = 64
 MAX_PROVENANCE_BYTES = 4096
 MAX_OVERLAP = 0.9
 DEFAULT_OVERLAP = 0.25
+FRACTION_SCALE = 255
+# A mean of outputs in [0, 1] may stray this far past them in float32 arithmetic.
+PROBABILITY_SLACK = 1e-4
 LOCAL_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 MANIFEST_KEYS = {"name", "version", "input_size", "input_spacing_mm", "normalisation", "output", "overlap",
@@ -258,6 +262,19 @@ class _Grid:
     origin: Triple
 
 
+@dataclass(frozen=True)
+class ScoredLabels:
+    """A model's label map and, per label value, its probability on the same grid.
+
+    A probability is quantised to uint8, 0..255 for 0..1 (a FRACTIONAL DICOM SEG's values with
+    MaximumFractionalValue 255). ``probabilities`` is empty where an output the labels come from
+    leaves [0, 1]: such outputs (logits, intensities) are scores, not probabilities.
+    """
+
+    labels: npt.NDArray[np.uint8]
+    probabilities: Mapping[int, npt.NDArray[np.uint8]]
+
+
 def segment_volume(voxels: npt.ArrayLike, spacing_mm: Sequence[float], manifest: ModelManifest, session: Any,
                    *, progress: Progress | None = None) -> npt.NDArray[np.uint8]:
     """The uint8 label map of ``voxels`` [z, y, x] (spacing z, y, x in mm), on the same grid.
@@ -266,6 +283,21 @@ def segment_volume(voxels: npt.ArrayLike, spacing_mm: Sequence[float], manifest:
     mean of the raw outputs of the tiles that cover it, then argmax or threshold. ``progress``
     is called with (tiles done, tiles total), first with 0 done.
     """
+    return _segmented(voxels, spacing_mm, manifest, session, progress=progress, scored=False).labels
+
+
+def segment_volume_scored(voxels: npt.ArrayLike, spacing_mm: Sequence[float], manifest: ModelManifest,
+                          session: Any, *, progress: Progress | None = None) -> ScoredLabels:
+    """:func:`segment_volume`'s labels with each label's mean output as its probability.
+
+    On a resampled grid the probabilities come back linearly (the labels nearest-neighbour), so
+    near an edge a voxel's label and its probability may disagree by a voxel.
+    """
+    return _segmented(voxels, spacing_mm, manifest, session, progress=progress, scored=True)
+
+
+def _segmented(voxels: npt.ArrayLike, spacing_mm: Sequence[float], manifest: ModelManifest, session: Any,
+               *, progress: Progress | None, scored: bool) -> ScoredLabels:
     volume = np.asarray(voxels)
     if volume.ndim != 3 or min(volume.shape) < 1:
         raise ModelError(f"voxels must be a non-empty [z, y, x] array, not shape {volume.shape}")
@@ -279,10 +311,17 @@ def segment_volume(voxels: npt.ArrayLike, spacing_mm: Sequence[float], manifest:
     del volume
     _normalise(model_input, manifest.normalisation)
     mean_output = _sliding_window(model_input, manifest, session, progress)
+    del model_input
     labels = _labels(mean_output, manifest.output)
+    channels = _probability_channels(mean_output, manifest.output) if scored else {}
+    # From here on each channel is read once, and quantised in place.
     if target == source:
-        return labels
-    return _resample(labels, target, source, sitk.sitkNearestNeighbor, sitk.sitkUInt8)
+        return ScoredLabels(labels, {value: _quantised(mean_output[channel])
+                                     for value, channel in channels.items()})
+    return ScoredLabels(
+        _resample(labels, target, source, sitk.sitkNearestNeighbor, sitk.sitkUInt8),
+        {value: _quantised(_resample(mean_output[channel], target, source, sitk.sitkLinear, sitk.sitkFloat32))
+         for value, channel in channels.items()})
 
 
 def _model_grid(source: _Grid, spacing: Triple) -> _Grid:
@@ -401,6 +440,26 @@ def _starts(length: int, side: int, overlap: float) -> list[int]:
     step = max(1.0, side * (1 - overlap))
     count = math.ceil((length - side) / step) + 1
     return sorted({round(s) for s in np.linspace(0, length - side, count)})
+
+
+def _probability_channels(mean_output: np.ndarray, output: ModelOutput) -> dict[int, int]:
+    """The output channel of each label value, or none where any of them is not a probability."""
+    channels = {output.labels[0].value: 0} if output.kind == "threshold" else {
+        label.value: label.value for label in output.labels}
+    for channel in channels.values():
+        if (float(mean_output[channel].min()) < -PROBABILITY_SLACK
+                or float(mean_output[channel].max()) > 1 + PROBABILITY_SLACK):
+            return {}
+    return channels
+
+
+def _quantised(probability: np.ndarray) -> npt.NDArray[np.uint8]:
+    """``probability`` (float32, 0..1) as uint8 0..255; it is scaled in place, so that no float
+    copy of a whole channel is made: pass one whose float values are not needed any more."""
+    probability *= np.float32(FRACTION_SCALE)
+    np.clip(probability, 0, FRACTION_SCALE, out=probability)
+    np.rint(probability, out=probability)
+    return probability.astype(np.uint8)
 
 
 def _labels(mean_output: np.ndarray, output: ModelOutput) -> npt.NDArray[np.uint8]:

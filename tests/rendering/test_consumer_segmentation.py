@@ -9,8 +9,10 @@ counted. The lesion's SUVmax comes from the phantom's truth file; a nurse sees a
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import highdicom as hd
 import numpy as np
@@ -22,6 +24,7 @@ from gateway.audit.models import AuditEvent
 from imaging import storage
 from imaging.models import Instance, Series
 from imaging.phantom import phantom_write
+from imaging.segmentation_dicom import NOT_FROM_A_MODEL
 from imaging.segmentations import segmentation_edit
 from tests.conftest import ZONES
 from tests.rendering.test_consumer import _next, _open, _pixel_of, _rgb, _stills, _until
@@ -287,20 +290,13 @@ def _pet_values(folder) -> tuple[np.ndarray, tuple[float, float, float]]:
     return values, (step, *(float(v) for v in headers[0].PixelSpacing))
 
 
-async def test_a_registered_model_becomes_segments_and_a_tampered_one_is_refused(
-    client, signed_in, study, pet_ct_files, tmp_path
-):
-    import json
-
+async def _model_registered(folder, model: bytes, spacing) -> Path:
+    """The "hot spots" model (argmax, label 1 "hot"), registered by IT on 8 x 32 x 32 tiles at
+    ``spacing``; its file."""
     from django.core.management import call_command
 
-    from tests.rendering.test_onnx_models import above_model
-
-    record, truth = study
-    values, spacing = _pet_values(pet_ct_files[0] / truth["folder"] / "PT")
-    threshold = float(np.percentile(values, 99.5))
-    model_file = tmp_path / "hot.onnx"
-    model_file.write_bytes(above_model(threshold))
+    model_file = folder / "hot.onnx"
+    model_file.write_bytes(model)
     manifest = {
         "name": "hot spots",
         "version": "1",
@@ -310,10 +306,33 @@ async def test_a_registered_model_becomes_segments_and_a_tampered_one_is_refused
         "output": {"kind": "argmax", "labels": [{"value": 1, "name": "hot", "colour": "#00FF00"}]},
         "provenance": {"author": "the test"},
     }
-    (tmp_path / "hot.json").write_text(json.dumps(manifest))
+    (folder / "hot.json").write_text(json.dumps(manifest))
     await database_sync_to_async(call_command)(
-        "model_register", str(model_file), manifest=str(tmp_path / "hot.json"), operator="it.admin"
+        "model_register", str(model_file), manifest=str(folder / "hot.json"), operator="it.admin"
     )
+    return model_file
+
+
+async def _model_run(communicator, model: int) -> dict:
+    """The open segmentation after ``model`` ran on it (every tile done)."""
+    await communicator.send_json_to({"type": "seg_model", "model": model})
+    ended = await _until(
+        communicator,
+        lambda m: isinstance(m, dict) and m["type"] == "segmentation_job" and m["state"] != "running",
+    )
+    assert ended["state"] == "done" and ended["done"] == ended["total"] > 1, ended  # tiles the worker wrote
+    return (await _answer(communicator, "segmentation"))["segmentation"]
+
+
+async def test_a_registered_model_becomes_segments_and_a_tampered_one_is_refused(
+    client, signed_in, study, pet_ct_files, tmp_path
+):
+    from tests.rendering.test_onnx_models import above_model
+
+    record, truth = study
+    values, spacing = _pet_values(pet_ct_files[0] / truth["folder"] / "PT")
+    threshold = float(np.percentile(values, 99.5))
+    model_file = await _model_registered(tmp_path, above_model(threshold), spacing)
 
     await database_sync_to_async(signed_in)("doctor")
     communicator, _, _ = await _open(client, record.study_instance_uid)
@@ -322,15 +341,7 @@ async def test_a_registered_model_becomes_segments_and_a_tampered_one_is_refused
     assert (offered["name"], offered["labels"]) == ("hot spots", ["hot"])
     await communicator.send_json_to({"type": "seg_new", "view": _pet_view(ready), "label": "model"})
     await _answer(communicator, "segmentation")
-    await communicator.send_json_to({"type": "seg_model", "model": offered["id"]})
-    ended = await _until(
-        communicator,
-        lambda m: isinstance(m, dict) and m["type"] == "segmentation_job" and m["state"] != "running",
-    )
-    assert ended["state"] == "done" and ended["done"] == ended["total"] > 1, (
-        ended
-    )  # tiles, as the worker wrote
-    result = (await _answer(communicator, "segmentation"))["segmentation"]
+    result = await _model_run(communicator, offered["id"])
     found = next(s for s in result["segments"] if s["name"].startswith("hot"))
     assert found["colour"] == "#00ff00"
     assert result["statistics"]["segments"][str(found["number"])]["voxels"] == int(
@@ -358,3 +369,138 @@ async def test_a_registered_model_becomes_segments_and_a_tampered_one_is_refused
         lambda: AuditEvent.objects.filter(action="admin.model").count()
     )()
     assert registered == 1
+
+
+def _stored_pet() -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(SOP instance UIDs, values in Bq/ml, voxel centres in patient mm [k, j, i, 3]) of the PET
+    as the gateway stored it, read with pydicom slice by slice along z."""
+    instances = Instance.objects.filter(series__modality="PT")
+    headers = sorted(
+        (pydicom.dcmread(io.BytesIO(storage.object_get(instance.object_id))) for instance in instances),
+        key=lambda ds: float(ds.ImagePositionPatient[2]),
+    )
+    values = np.stack(
+        [ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in headers]
+    )
+    rows, columns = int(headers[0].Rows), int(headers[0].Columns)
+    row_step, column_step = (float(v) for v in headers[0].PixelSpacing)
+    cosines = np.asarray(headers[0].ImageOrientationPatient, dtype=np.float64)
+    j, i = np.mgrid[0:rows, 0:columns].astype(np.float64)
+    plane = i[..., None] * column_step * cosines[:3] + j[..., None] * row_step * cosines[3:]
+    centres = np.stack([np.asarray(ds.ImagePositionPatient, dtype=np.float64) + plane for ds in headers])
+    return [str(ds.SOPInstanceUID) for ds in headers], values, centres
+
+
+def _segment_frames(seg: pydicom.Dataset, uids: list[str], shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Each segment's stored values (fractions unscaled) by its label, on the PET's slices in
+    ``uids`` order; a slice the SEG does not reference holds none."""
+    read = hd.seg.Segmentation.from_dataset(seg)
+    referenced = [uid for uid in uids if uid in {str(sop) for _, _, sop in read.get_source_image_uids()}]
+    out = {}
+    for item in read.SegmentSequence:
+        frames = np.zeros(shape, dtype=np.int64)
+        pixels = read.get_pixels_by_source_instance(
+            source_sop_instance_uids=referenced, segment_numbers=[int(item.SegmentNumber)],
+            combine_segments=False, rescale_fractional=False,
+        )
+        frames[[uids.index(uid) for uid in referenced]] = pixels[..., 0]
+        out[str(item.SegmentLabel)] = frames
+    return out
+
+
+async def _stored(communicator, message: dict, tmp_path) -> tuple[dict, pydicom.Dataset]:
+    """The answer to a ``seg_store`` and the SEG it wrote, which dciodvfy accepts."""
+    await communicator.send_json_to(message)
+    stored = await _answer(communicator, "segmentation_stored")
+    seg = await database_sync_to_async(_stored_seg)(stored["seg_series"])
+    path = tmp_path / f"{stored['seg_series']}.dcm"
+    seg.save_as(path, enforce_file_format=True)
+    _valid(path)
+    return stored, seg
+
+
+async def test_a_model_s_segment_is_stored_as_its_probabilities_where_the_reader_left_it(
+    client, signed_in, study, tmp_path
+):
+    from tests.rendering.test_onnx_models import sigmoid_model, sigmoid_truth, undecidable
+
+    record, truth = study
+    uids, values, centres = await database_sync_to_async(_stored_pet)()
+    threshold = float(np.percentile(values, 99.5))
+    scale, offset = 8.0 / threshold, -8.0  # p = 0.5 at the threshold, 0.02 at half of it
+    spacing = (float(np.linalg.norm(centres[1, 0, 0] - centres[0, 0, 0])),
+               *(float(np.linalg.norm(centres[0, 1, 0] - centres[0, 0, 0])),
+                 float(np.linalg.norm(centres[0, 0, 1] - centres[0, 0, 0]))))
+    await _model_registered(tmp_path, sigmoid_model(scale, offset), spacing)
+    doctor = await database_sync_to_async(signed_in)("doctor")
+    communicator, _, _ = await _open(client, record.study_instance_uid)
+    ready, listed, _ = await _opened(communicator)
+    await communicator.send_json_to({"type": "seg_new", "view": _pet_view(ready), "label": "model, edited"})
+    opened = (await _answer(communicator, "segmentation"))["segmentation"]
+    await communicator.send_json_to({"type": "seg_segment", "segment": 1, "name": "marked"})
+    await _answer(communicator, "segmentation")
+    found = await _model_run(communicator, listed["models"][0]["id"])
+    scored = {segment["name"]: segment.get("fractional", False) for segment in found["segments"]}
+    assert scored == {"marked": False, "hot (hot spots)": True}
+    await communicator.send_json_to({"type": "seg_undo"})
+    undone = (await _answer(communicator, "segmentation"))["segmentation"]
+    assert not any(segment.get("fractional") for segment in undone["segments"])
+    await communicator.send_json_to({"type": "seg_redo"})
+    await _answer(communicator, "segmentation")
+
+    hot = next(segment["number"] for segment in found["segments"] if segment["name"].startswith("hot"))
+    lesions = {lesion["organ"]: lesion["center_mm"] for lesion in truth["lesions"]}
+    muscle = truth["organ_samples_mm"]["muscle"]
+    for op in ({"tool": "brush", "segment": hot, "points_mm": [muscle], "radius_mm": 10.0},
+               {"tool": "erase", "segment": hot, "points_mm": [lesions["lymph_node"]], "radius_mm": 6.0},
+               {"tool": "brush", "segment": 1, "points_mm": [lesions["liver"]], "radius_mm": 6.0}):
+        await database_sync_to_async(segmentation_edit)(opened["id"], op, author=doctor.username)
+
+    stored, seg = await _stored(communicator, {"type": "seg_store", "fractional": True}, tmp_path)
+    assert (stored["fractional"], stored["segments"]) == (True, 2)
+    assert (seg.SegmentationType, seg.SegmentationFractionalType, seg.MaximumFractionalValue) == (
+        "FRACTIONAL", "PROBABILITY", 255)
+    written = _segment_frames(seg, uids, values.shape)
+
+    def ball(point, radius):
+        return np.linalg.norm(centres - np.asarray(point), axis=-1) <= radius
+
+    probability, quantised = sigmoid_truth(values, scale, offset)
+    model = probability > 0.5
+    marked = ball(lesions["liver"], 6.0)
+    final = (model | ball(muscle, 10.0)) & ~ball(lesions["lymph_node"], 6.0) & ~marked
+    changed = model != final
+    assert np.any(changed & final) and np.any(changed & ~final) and np.any(~changed & (quantised % 255 > 0))
+    decidable = ~undecidable(probability)
+    expected = np.where(changed, final * 255, quantised)
+    np.testing.assert_array_equal(written["hot (hot spots)"][decidable], expected[decidable])
+    np.testing.assert_array_equal(written["marked"], marked * 255)
+
+    binary, seg = await _stored(communicator, {"type": "seg_store"}, tmp_path)
+    assert (binary["fractional"], seg.SegmentationType) == (False, "BINARY")
+    written = _segment_frames(seg, uids, values.shape)
+    np.testing.assert_array_equal(written["hot (hot spots)"][decidable], final[decidable])
+    np.testing.assert_array_equal(written["marked"], marked)
+    await communicator.disconnect()
+
+
+async def test_a_fractional_store_of_a_segmentation_drawn_by_hand_is_refused(client, signed_in, study):
+    doctor = await database_sync_to_async(signed_in)("doctor")
+    record, truth = study
+    communicator, _, _ = await _open(client, record.study_instance_uid)
+    ready, _, _ = await _opened(communicator)
+    await communicator.send_json_to({"type": "seg_new", "view": _pet_view(ready), "label": "by hand"})
+    opened = (await _answer(communicator, "segmentation"))["segmentation"]
+    await database_sync_to_async(segmentation_edit)(
+        opened["id"],
+        {"tool": "brush", "segment": 1, "points_mm": [truth["lesions"][0]["center_mm"]], "radius_mm": 8.0},
+        author=doctor.username,
+    )
+
+    await communicator.send_json_to({"type": "seg_store", "fractional": True})
+    refused = await _until(communicator, _message("segmentation_stored"))
+    assert (refused["type"], refused["code"], refused["of"]) == ("error", "store_failed", "seg_store")
+    assert refused["message"] == NOT_FROM_A_MODEL
+    await communicator.disconnect()
+    stored = await database_sync_to_async(lambda: Series.objects.filter(modality="SEG").count())()
+    assert stored == 0

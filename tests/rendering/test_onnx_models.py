@@ -22,6 +22,7 @@ from rendering.engine.onnx_models import (
     model_file_verify,
     model_session,
     segment_volume,
+    segment_volume_scored,
 )
 
 OPSET = 17
@@ -56,6 +57,40 @@ def above_model(threshold: float) -> bytes:
         helper.make_node("Concat", ["background", "foreground"], ["scores"], axis=1),
     ]
     return model_bytes(nodes, initializers, channels=2)
+
+
+def sigmoid_model(scale: float, offset: float, *, channels: int = 2) -> bytes:
+    """A 1x1x1 Conv (weight ``scale``, bias ``offset``) then a sigmoid p: [1 - p, p] (or [p]).
+
+    Its output at a voxel depends on that voxel alone, so every tile gives the same there.
+    """
+    initializers = [
+        helper.make_tensor("kernel", TensorProto.FLOAT, [1, 1, 1, 1, 1], [scale]),
+        helper.make_tensor("bias", TensorProto.FLOAT, [1], [offset]),
+        helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["image", "kernel", "bias"], ["convolved"], kernel_shape=[1, 1, 1]),
+        helper.make_node("Sigmoid", ["convolved"], ["scores" if channels == 1 else "foreground"]),
+    ]
+    if channels == 2:
+        nodes += [
+            helper.make_node("Sub", ["one", "foreground"], ["background"]),
+            helper.make_node("Concat", ["background", "foreground"], ["scores"], axis=1),
+        ]
+    return model_bytes(nodes, initializers, channels=channels)
+
+
+def sigmoid_truth(values, scale: float, offset: float):
+    """The sigmoid model's p in float64 and p quantised to 0..255, from its definition."""
+    probability = 1.0 / (1.0 + np.exp(-(scale * np.asarray(values, dtype=np.float64) + offset)))
+    return probability, np.rint(probability * 255).astype(np.uint8)
+
+
+def undecidable(probability, *, margin=1e-3):
+    """Where float32 inference may round p * 255 or p against 0.5 either way."""
+    scaled = probability * 255
+    return (np.abs(scaled - np.floor(scaled) - 0.5) < margin) | (np.abs(probability - 0.5) < margin)
 
 
 def identity_model() -> bytes:
@@ -204,6 +239,61 @@ def test_argmax_labels_without_a_channel_are_refused():
 
 
 # --- model file and session -------------------------------------------------------------------------------
+
+
+SCALE, OFFSET = 0.01, -0.5
+
+
+@pytest.mark.parametrize(("output", "channels"), [
+    ({"kind": "argmax", "labels": [LABEL]}, 2),
+    ({"kind": "threshold", "threshold": 0.5, "label": {**LABEL, "value": 4}}, 1),
+])
+def test_each_label_keeps_the_model_s_probability_quantised_over_every_tile(output, channels):
+    rng = np.random.default_rng(11)
+    voxels = rng.uniform(-600, 700, (20, 40, 40)).astype(np.float32)
+    manifest = manifest_parse(manifest_data(output=output))
+    progress = Progress()
+
+    session = session_of(sigmoid_model(SCALE, OFFSET, channels=channels))
+
+    scored = segment_volume_scored(voxels, (1.0, 1.0, 1.0), manifest, session, progress=progress)
+
+    value = manifest.output.labels[0].value
+    probability, quantised = sigmoid_truth(voxels, SCALE, OFFSET)
+    decidable = ~undecidable(probability)
+    assert progress.calls[-1][1] > 1 and decidable.mean() > 0.99
+    assert list(scored.probabilities) == [value]
+    stored = scored.probabilities[value]
+    assert stored.dtype == np.uint8 and stored.shape == voxels.shape
+    np.testing.assert_array_equal(stored[decidable], quantised[decidable])
+    assert np.abs(stored.astype(int) - quantised).max() <= 1
+    assert np.any(quantised == 255) and np.any(quantised == 0)
+    np.testing.assert_array_equal(scored.labels[decidable], np.where(probability > 0.5, value, 0)[decidable])
+
+
+def test_probabilities_come_back_onto_the_volume_s_grid_where_the_model_s_differs():
+    voxels = np.full((12, 30, 30), -300.0, dtype=np.float32)
+    voxels[6:] = 250.0
+    manifest = manifest_parse(manifest_data(input_spacing_mm=[1.0, 1.0, 1.0]))
+    session = session_of(sigmoid_model(SCALE, OFFSET))
+
+    scored = segment_volume_scored(voxels, (2.0, 1.0, 1.0), manifest, session)
+
+    stored = scored.probabilities[1]
+    assert stored.shape == voxels.shape
+    _, (low, high) = sigmoid_truth([-300.0, 250.0], SCALE, OFFSET)
+    assert (stored[:5] == low).all() and (stored[7:] == high).all()
+    np.testing.assert_array_equal(segment_volume(voxels, (2.0, 1.0, 1.0), manifest, session), scored.labels)
+
+
+def test_outputs_beyond_zero_to_one_are_scores_and_give_no_probabilities():
+    voxels = np.linspace(-2.0, 3.0, 16 * 16 * 16, dtype=np.float32).reshape(16, 16, 16)
+    manifest = threshold_manifest({"kind": "none"}, threshold=0.5)
+
+    scored = segment_volume_scored(voxels, (1.0, 1.0, 1.0), manifest, session_of(identity_model()))
+
+    assert scored.probabilities == {}
+    np.testing.assert_array_equal(scored.labels, np.where(voxels > 0.5, 7, 0))
 
 
 def test_model_file_verify_accepts_the_registered_file_and_refuses_a_tampered_one(tmp_path):

@@ -171,6 +171,9 @@ def test_valid_messages_parse(raw, expected):
     ('{"type":"seg_segment","segment":1,"colour":"red"}', "bad_value"),
     ('{"type":"seg_segment","segment":1,"visible":"yes"}', "bad_value"),
     ('{"type":"seg_undo","steps":3}', "unknown_field"),
+    ('{"type":"seg_store","fractional":1}', "bad_value"),
+    ('{"type":"seg_store","fractional":"true"}', "bad_value"),
+    ('{"type":"seg_store","binary":true}', "unknown_field"),
 ])
 def test_malformed_messages_are_refused_with_a_code(raw, code):
     with pytest.raises(ProtocolError) as refused:
@@ -280,6 +283,13 @@ def test_the_announced_palettes_are_the_engine_s_own_colours():
     for name, colours in stops.items():
         lut = LUTS[Palette(name)]
         assert colours[0] == "#" + bytes(lut[0]).hex() and colours[-1] == "#" + bytes(lut[255]).hex()
+
+
+def test_a_seg_store_is_binary_unless_it_asks_for_fractional():
+    for raw, fractional in (('{"type":"seg_store"}', False),
+                            ('{"type":"seg_store","fractional":false}', False),
+                            ('{"type":"seg_store","fractional":true}', True)):
+        assert message_parse(raw, views=1) == protocol.SegStore(fractional=fractional)
 
 
 def test_a_prior_is_asked_for_by_study_uid():

@@ -12,7 +12,15 @@ import numpy as np
 import pydicom
 import pytest
 
-from rendering.segment_ops import SegmentError, segment_statistics, segmentation_apply, segmentation_replay
+from rendering.segment_ops import (
+    SegmentError,
+    labels_encode,
+    probabilities_encode,
+    segment_statistics,
+    segmentation_apply,
+    segmentation_fractions,
+    segmentation_replay,
+)
 from rendering.volume import Volume
 
 LUNG_LESION = 1  # 14 mm, SUV 9.6 in lung
@@ -361,3 +369,53 @@ def test_a_3d_view_shows_each_shown_segment_as_a_surface_in_its_colour(ct_truth)
     green = (shown[..., 1] > 120) & (shown[..., 0] < 80) & (shown[..., 2] < 80)
     assert np.count_nonzero(green) > 200  # a 120 mm ball in a 500 mm field of 128 px, shaded
     assert np.count_nonzero((hidden[..., 1] > 120) & (hidden[..., 0] < 80) & (hidden[..., 2] < 80)) == 0
+
+
+def test_fractions_are_a_model_s_probabilities_except_where_a_later_edit_changed_its_segment(ct_truth):
+    ct, _, centres = ct_truth
+    rng = np.random.default_rng(13)
+    a, b, c = ([float(v) for v in centres[20, j, i]] for j, i in ((200, 200), (200, 214), (200, 186)))
+
+    def ball(point, radius):
+        return np.linalg.norm(centres - np.asarray(point), axis=-1) <= radius
+
+    first, second = ball(a, 10.0), ball(c, 5.0)
+    probabilities = [rng.integers(0, 256, ct.shape, dtype=np.uint8) for _ in range(2)]
+    stored = {"labels-1": labels_encode(first.astype(np.uint8)),
+              "probabilities-1": probabilities_encode({1: probabilities[0]}),
+              "labels-2": labels_encode(second.astype(np.uint8) * 5),
+              "probabilities-2": probabilities_encode({5: probabilities[1]})}
+    edits = [
+        {"tool": "labels", "segment": 1, "object": "labels-1", "probabilities": "probabilities-1",
+         "segments": {"1": 1}},
+        {"tool": "brush", "segment": 1, "points_mm": [b], "radius_mm": 6.0},
+        {"tool": "brush", "segment": 2, "points_mm": [a], "radius_mm": 4.0},
+        {"tool": "labels", "segment": 3, "object": "labels-2", "probabilities": "probabilities-2",
+         "segments": {"5": 3}},
+        {"tool": "erase", "segment": 3, "points_mm": [c], "radius_mm": 3.0},
+    ]
+    labels = segmentation_replay(ct, edits, load=stored.__getitem__)
+
+    fractions = segmentation_fractions(ct, edits, labels, load=stored.__getitem__)
+
+    final_one = (first | ball(b, 6.0)) & ~ball(a, 4.0) & ~second
+    final_three = second & ~ball(c, 3.0)
+    assert np.array_equal(labels == 1, final_one) and np.array_equal(labels == 3, final_three)
+    assert set(fractions) == {1, 3} and np.any(final_one & ~first)
+    for number, model, final, probability in ((1, first, final_one, probabilities[0]),
+                                              (3, second, final_three, probabilities[1])):
+        changed = model != final
+        assert np.any(changed & ~final)
+        np.testing.assert_array_equal(fractions[number], np.where(changed, final * 255, probability))
+
+
+def test_a_segmentation_drawn_by_hand_has_no_fractions(ct_truth):
+    ct, _, centres = ct_truth
+    edits = [{"tool": "brush", "segment": 1, "points_mm": [[float(v) for v in centres[20, 200, 200]]],
+              "radius_mm": 5.0}]
+    labels = segmentation_replay(ct, edits)
+    assert np.any(labels) and segmentation_fractions(ct, edits, labels, load=_no_objects) == {}
+
+
+def _no_objects(object_id: str) -> bytes:
+    raise AssertionError(f"{object_id} read for a segmentation without a model run")

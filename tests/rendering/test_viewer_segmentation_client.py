@@ -159,7 +159,8 @@ class SegmentationGateway(ScriptedGateway):
             if not self.answer_store:
                 return
             self.send({"type": "segmentation_stored", "segmentation": opened["id"], "seg_series": "2.25.99",
-                       "segments": len(opened["segments"]), "frames": 120})
+                       "segments": len(opened["segments"]), "frames": 120,
+                       "fractional": data.get("fractional", False)})
             return
         self.show()
 
@@ -581,6 +582,44 @@ def test_a_failed_edit_and_a_store_show_in_the_segmentation_status_line(segmenta
         _until(page, lambda: "store_failed: the archive is away" in (status.text_content() or ""),
                what="the store failure shown")
         assert store.is_enabled()
+        assert not gateway.page_errors
+    finally:
+        page.close()
+
+
+def test_fractional_is_offered_only_for_a_segmentation_a_model_contributed_to(segmentation_page):
+    from_model = {**SEGMENT_TWO, "name": "heart (heart)", "fractional": True}
+    gateway = SegmentationGateway(_pet_ready(), listed=[
+        _segmentation(4, "by hand"), _segmentation(5, "with a model", segments=[SEGMENT_ONE, from_model])])
+    page = segmentation_page(gateway)
+    status = page.locator("#seg-status")
+    choice, fractional, store = (page.locator(s) for s in ("#seg-store-fractional", "#seg-fractional",
+                                                             "#seg-store"))
+    try:
+        _open(page, gateway)
+        assert not choice.is_visible()
+        store.click()
+        _until(page, lambda: gateway.sent("seg_store"), what="seg_store sent")
+        assert gateway.sent("seg_store")[-1] == {"type": "seg_store"}
+        _until(page, lambda: "stored in the study as DICOM SEG: 1 segment" in (status.text_content() or ""),
+               what="the binary store reported")
+
+        _open(page, gateway, 5)
+        _until(page, lambda: choice.is_visible(), what="fractional offered")
+        assert not fractional.is_checked()
+        store.click()
+        _until(page, lambda: len(gateway.sent("seg_store")) == 2, what="a binary store of the model's")
+        assert gateway.sent("seg_store")[-1] == {"type": "seg_store"}
+        _until(page, lambda: store.is_enabled(), what="the store answered")
+        fractional.check()
+        store.click()
+        _until(page, lambda: gateway.sent("seg_store", fractional=True), what="a fractional seg_store")
+        _until(page, lambda: "DICOM SEG (fractional): 2 segments" in (status.text_content() or ""),
+               what="the fractional store reported")
+
+        _open(page, gateway, 4)
+        _until(page, lambda: not choice.is_visible(), what="fractional no longer offered")
+        assert not fractional.is_checked()
         assert not gateway.page_errors
     finally:
         page.close()
