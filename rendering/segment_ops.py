@@ -86,8 +86,13 @@ def _otsu(volume: Volume, op: dict[str, Any]) -> tuple[tuple[slice, ...], np.nda
 
 
 def _grow(volume: Volume, op: dict[str, Any]) -> tuple[tuple[slice, ...], np.ndarray]:
-    grown = sitk.ConnectedThreshold(_image(volume), seedList=_seeds(volume, op),
-                                    lower=_values(volume, op, "low"), upper=_values(volume, op, "high"))
+    seeds = _seeds(volume, op)
+    low, high = _values(volume, op, "low"), _values(volume, op, "high")
+    if not any(low <= float(volume.voxels[k, j, i]) <= high for i, j, k in seeds):
+        # SimpleITK would grow nothing and say nothing: the reader would see an empty segment.
+        raise SegmentError(f"no seed lies inside the range {op['low']:g} to {op['high']:g}: "
+                           "widen it or click inside the structure")
+    grown = sitk.ConnectedThreshold(_image(volume), seedList=seeds, lower=low, upper=high)
     return _whole(volume), _mask_array(grown)
 
 

@@ -251,6 +251,14 @@ def test_a_seed_outside_the_series_is_refused(ct_truth):
         )
 
 
+def test_growing_from_a_seed_outside_the_range_is_refused_not_left_empty():
+    volume, spheres, _ = _enhanced_lesions()
+    seed = [float(v) for v in spheres[0][0]]
+    with pytest.raises(SegmentError, match="no seed lies inside the range 500 to 900"):
+        segmentation_replay(volume, [{"tool": "grow", "segment": 1, "seeds_mm": [seed], "low": 500.0,
+                                      "high": 900.0}])
+
+
 def _rendered(pet, labels, style) -> np.ndarray:
     import io
     from dataclasses import replace
