@@ -284,3 +284,50 @@ class DicomDestination(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.ae_title}@{self.host}:{self.port})"
+
+
+class RegistrationState(models.TextChoices):
+    RUNNING = "running", "running"
+    PROPOSED = "proposed", "proposed"
+    ACCEPTED = "accepted", "accepted"
+    REJECTED = "rejected", "rejected"
+    FAILED = "failed", "failed"
+    CANCELLED = "cancelled", "cancelled"
+
+
+class Registration(models.Model):
+    """A spatial registration of one series onto another: the 4x4 matrix taking the moving series'
+    patient mm into the fixed series' frame, how it was found, and whether a doctor accepted it.
+
+    Accepted registrations (and incoming REG objects) let the viewer fuse series of different
+    frames of reference; an accepted one is also in the study as a DICOM REG (``reg_series``).
+    """
+
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="registrations",
+                              help_text="the fixed series' study")
+    fixed_series = models.CharField(max_length=64)
+    moving_series = models.CharField(max_length=64)
+    fixed_frame = models.CharField(max_length=64)
+    moving_frame = models.CharField(max_length=64)
+    method = models.CharField(max_length=24, help_text="rigid, affine, landmarks, manual, incoming")
+    matrix = models.JSONField(null=True, help_text="16 numbers, row-major, moving mm -> fixed mm")
+    state = models.CharField(max_length=12, choices=RegistrationState.choices,
+                             default=RegistrationState.RUNNING)
+    metric = models.FloatField(null=True, blank=True)
+    landmarks = models.JSONField(default=list, blank=True, help_text="[[fixed mm], [moving mm]] pairs")
+    error_mm = models.FloatField(null=True, blank=True, help_text="landmarks: RMS residual")
+    progress_done = models.IntegerField(default=0)
+    progress_total = models.IntegerField(default=0)
+    cancel_asked = models.BooleanField(default=False)
+    reason = models.TextField(blank=True)
+    author = models.CharField(max_length=150)
+    created_at = models.DateTimeField(auto_now_add=True)
+    decided_by = models.CharField(max_length=150, blank=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    reg_series = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        ordering = ("created_at", "id")
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.moving_series} -> {self.fixed_series} ({self.state})"

@@ -68,6 +68,7 @@ from rendering.flow import LatestWins, MessageBudget
 from rendering.hanging import HangingRuleError
 from rendering.operations import operation_named
 from rendering.pool import CLINICAL, render_pool_async
+from rendering.registration_reading import REGISTRATION_HANDLERS, RegistrationReading
 from rendering.reporting import finding_regions
 from rendering.scheduler import Quality as SchedulerQuality
 from rendering.scheduler import ViewScheduler
@@ -128,7 +129,7 @@ def _unavailable(series: ViewerSeries, reason: str, study: str) -> dict[str, Any
             "reason": reason}
 
 
-class ViewerConsumer(SegmentationReading, PrincipalGuardedConsumer):
+class ViewerConsumer(SegmentationReading, RegistrationReading, PrincipalGuardedConsumer):
     study: ViewerStudy
     session: ViewerSession
 
@@ -218,6 +219,7 @@ class ViewerConsumer(SegmentationReading, PrincipalGuardedConsumer):
         await self._send_findings()
         await self._send_documents()
         await self._send_segmentations()
+        await self._registrations_open()
 
     async def _report_wire(self) -> dict[str, Any] | None:
         """The study's latest report for the viewer's link (None for a consultant: no report pages)."""
@@ -347,6 +349,7 @@ class ViewerConsumer(SegmentationReading, PrincipalGuardedConsumer):
         self._render(list(range(len(self.session.views))))
         await self._send_findings()
         await self._send_documents()
+        await self._registrations_open()
 
     async def _thumbnails(self) -> None:
         """One small interactive-quality picture of each wanted series: a frame like any other, as text."""
@@ -686,6 +689,7 @@ class ViewerConsumer(SegmentationReading, PrincipalGuardedConsumer):
             await scheduler.close()
         for latest in (self.probes, self.measures, self.charts):
             await latest.cancel()
+        await self._registration_jobs_stop()
         if self.thumbnail_task is not None:
             self.thumbnail_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -711,6 +715,7 @@ MESSAGE_HANDLERS: dict[type, Callable[[ViewerConsumer, Any], Awaitable[None]]] =
     protocol.HangSave: ViewerConsumer._on_hang_save, protocol.HangDelete: ViewerConsumer._on_hang_delete,
     protocol.Chart: ViewerConsumer._on_chart,
     **SEGMENTATION_HANDLERS,
+    **REGISTRATION_HANDLERS,
 }
 
 

@@ -75,7 +75,7 @@ class Operation:
 
 OPERATIONS: dict[str, Operation] = {}
 MODULES = ("rendering.measure", "rendering.measure_views", "rendering.segment_ops",
-           "rendering.segment_models")
+           "rendering.segment_models", "rendering.registration_ops")
 """Modules beyond this one whose operations every process knows (imported on first lookup)."""
 
 

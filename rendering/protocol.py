@@ -99,6 +99,8 @@ SETTINGS: dict[str, FieldRule] = {
     "series": SERIES_UID,
     # A segmentation of the study (ready.series[].kind "label") laid over the view, or taken off it.
     "overlay": SERIES_UID,
+    # A volume series fused over the view (another frame of reference: registered first), or taken off.
+    "fuse": SERIES_UID,
     "slab_mode": Text(("none", "mip", "minip", "average")),
     "slab_thickness": Number(0, 500),
     "window_preset": Text(("abdomen", "lung", "bone", "brain", "suv_0_5", "suv_0_10")),
@@ -262,6 +264,46 @@ class ReportCapture:
 
 
 @dataclass(frozen=True)
+class RegRun:
+    """Register series ``moving`` onto series ``fixed`` automatically (a worker's job)."""
+
+    fixed: str
+    moving: str
+    kind: str = "rigid"
+
+
+@dataclass(frozen=True)
+class RegLandmarks:
+    """Register from pairs of points clicked on the same structure: ``fixed_points`` on view
+    ``fixed_view`` (showing the fixed series), ``moving_points`` on ``moving_view``, in order;
+    ``refine``: then refine automatically from there."""
+
+    fixed_view: int
+    moving_view: int
+    fixed_points: tuple[tuple[float, float], ...]
+    moving_points: tuple[tuple[float, float], ...]
+    refine: bool = False
+
+
+@dataclass(frozen=True)
+class RegNudge:
+    """Move the proposal by hand: a translation (mm) and rotations (degrees about x, y, z) of the
+    moving series about its centre, applied after the current proposal."""
+
+    registration: int
+    translate_mm: tuple[float, float, float]
+    rotate_deg: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class RegDecide:
+    """Accept (into the study as DICOM REG) or reject a proposal, or cancel a running job."""
+
+    registration: int
+    decision: str
+
+
+@dataclass(frozen=True)
 class Hang:
     """Hang the reader's saved rule ``rule`` (``ready.vocabulary.hanging_rules``) on this study."""
 
@@ -345,7 +387,7 @@ class SegDelete:
 Message = (Acknowledge | Input | Setting | Layout | Probe | Resize | Thumbnails | OpenStudy | Measure
            | Keep | Forget | Relabel | StoreFindings | SuvMethod | SuvInputs | Hang | HangSave | HangDelete
            | Chart | SegNew | SegOpen | SegClose | SegEdit | SegUndo | SegRedo | SegSegment | SegStore
-           | SegModel | SegDelete | ReportCapture)
+           | SegModel | SegDelete | ReportCapture | RegRun | RegLandmarks | RegNudge | RegDecide)
 
 
 def _field(message: dict[str, Any], name: str, rule: FieldRule) -> Any:
@@ -607,6 +649,50 @@ def _points(raw: Any, low: int, high: int, what: str) -> tuple[tuple[float, floa
     return tuple(points)
 
 
+REGISTRATION_KINDS = ("rigid", "affine")
+REGISTRATION_DECISIONS = ("accept", "reject", "cancel")
+LANDMARKS_MAX = 32
+
+
+def _parse_reg_run(message: dict[str, Any], views: int) -> RegRun:
+    _exact_keys(message, {"type", "fixed", "moving", "kind"})
+    kind = _field(message, "kind", Text(REGISTRATION_KINDS)) if "kind" in message else "rigid"
+    return RegRun(_field(message, "fixed", SERIES_UID), _field(message, "moving", SERIES_UID), kind)
+
+
+def _parse_reg_landmarks(message: dict[str, Any], views: int) -> RegLandmarks:
+    _exact_keys(message, {"type", "fixed_view", "moving_view", "fixed_points", "moving_points", "refine"})
+    fixed = _points(message.get("fixed_points"), 3, LANDMARKS_MAX, "a landmark registration")
+    moving = _points(message.get("moving_points"), 3, LANDMARKS_MAX, "a landmark registration")
+    if len(fixed) != len(moving):
+        raise ProtocolError("bad_value", "landmarks come in pairs: as many fixed points as moving points")
+    view = Number(0, max(0, views - 1), integer=True)
+    refine = bool(_field(message, "refine", Flag())) if "refine" in message else False
+    return RegLandmarks(_field(message, "fixed_view", view), _field(message, "moving_view", view),
+                        fixed, moving, refine)
+
+
+def _triple(message: dict[str, Any], name: str, rule: Number) -> tuple[float, float, float]:
+    raw = message.get(name, [0, 0, 0])
+    if not isinstance(raw, list) or len(raw) != 3:
+        raise ProtocolError("bad_value", f"{name} is three numbers (x, y, z)")
+    x, y, z = (_field({name: value}, name, rule) for value in raw)
+    return (x, y, z)
+
+
+def _parse_reg_nudge(message: dict[str, Any], views: int) -> RegNudge:
+    _exact_keys(message, {"type", "registration", "translate_mm", "rotate_deg"})
+    return RegNudge(_field(message, "registration", RULE_ID),
+                    _triple(message, "translate_mm", Number(-100, 100)),
+                    _triple(message, "rotate_deg", Number(-30, 30)))
+
+
+def _parse_reg_decide(message: dict[str, Any], views: int) -> RegDecide:
+    _exact_keys(message, {"type", "registration", "decision"})
+    return RegDecide(_field(message, "registration", RULE_ID),
+                     _field(message, "decision", Text(REGISTRATION_DECISIONS)))
+
+
 def _parse_seg_new(message: dict[str, Any], views: int) -> SegNew:
     _exact_keys(message, {"type", "view", "label"})
     return SegNew(_view(message, views), _field(message, "label", SEG_LABEL))
@@ -681,6 +767,8 @@ _PARSERS: dict[str, Callable[[dict[str, Any], int], Message]] = {
     "seg_edit": _parse_seg_edit, "seg_undo": _parse_seg_undo, "seg_redo": _parse_seg_redo,
     "seg_segment": _parse_seg_segment, "seg_store": _parse_seg_store, "seg_model": _parse_seg_model,
     "seg_delete": _parse_seg_delete,
+    "reg_run": _parse_reg_run, "reg_landmarks": _parse_reg_landmarks, "reg_nudge": _parse_reg_nudge,
+    "reg_decide": _parse_reg_decide,
 }
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from imaging.registrations import FrameLink, frame_transform
 from imaging.suv import SUV_METHODS
 from rendering.hanging import PALETTES, Hanging, LayerRule, ViewRule, description_fragment
 from rendering.protocol import LAYOUTS, Input, Setting
@@ -240,6 +241,8 @@ class ViewerSession:
         self.layout = ""
         self.suv = SuvReading()
         self.segmentation: ShownSegmentation | None = None
+        self.links: list[FrameLink] = []
+        self.proposal: FrameLink | None = None
         self.layout_apply(self._default_layout())
 
     def _series_add(self, series: list[SeriesInfo], unavailable: list[dict[str, Any]]) -> None:
@@ -478,9 +481,10 @@ class ViewerSession:
         (frames), without it for what reads values (probe, measurements)."""
         view = self.views[index]
         focus = self.focus[self._base(view).frame_of_reference]
+        layers = self._layers_shown(index) if segmentation else self._with_suv(view.layers)
         return viewstate_from_dict({
             "view": view.kind,
-            "layers": self._layers_shown(index) if segmentation else self._with_suv(view.layers),
+            "layers": self._with_registration(view, layers),
             "focus_mm": [float(v) for v in focus],
             "oblique_deg": list(view.oblique_deg), "slab": view.slab,
             "camera2d": self._camera2d(view),
@@ -500,6 +504,74 @@ class ViewerSession:
         return {"state": viewstate_to_dict(self.state(index, quality="still", segmentation=True)),
                 "normal": [float(v) for v in normal], "step_mm": base.slice_step(normal),
                 "caption": caption[:128]}
+
+    # --- registration (imaging.registrations) -----------------------------------------------
+
+    def _frame_of(self, series_id: str) -> str | None:
+        series = self.series.get(series_id)
+        return series.frame_of_reference if series is not None else None
+
+    def _transform(self, source: str, target: str) -> np.ndarray | None:
+        links = [*self.links, *([self.proposal] if self.proposal is not None else [])]
+        return frame_transform(links, source, target)
+
+    def _with_registration(self, view: ViewModel, layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each layer of another frame of reference than the base's, with the transform from its
+        frame into the base's (the proposal on screen first, then accepted registrations)."""
+        base = self._base(view).frame_of_reference
+        shown = []
+        for layer in layers:
+            frame = self._frame_of(layer["series_id"])
+            transform = None if frame in (None, base) else self._transform(frame, base)  # type: ignore[arg-type]
+            shown.append(layer if transform is None else
+                         {**layer, "registration": [float(v) for v in transform.ravel()]})
+        return shown
+
+    def _registered_views(self, frames: set[str]) -> list[int]:
+        return [n for n, view in enumerate(self.views)
+                if len({self._frame_of(layer["series_id"]) for layer in view.layers} & frames) > 0
+                and len({self._frame_of(layer["series_id"]) for layer in view.layers}) > 1]
+
+    def registrations_set(self, links: list[FrameLink]) -> list[int]:
+        """The accepted registrations of this reading; the fused views to render again."""
+        self.links = list(links)
+        return self._registered_views({frame for link in links for frame in (link.source, link.target)})
+
+    def proposal_show(self, moving_series: str, fixed_series: str, matrix: list[float]) -> list[int]:
+        """Show a registration not yet accepted in every view fusing the two series' frames."""
+        moving, fixed = self._frame_of(moving_series), self._frame_of(fixed_series)
+        if moving is None or fixed is None:
+            raise SessionError("both series of a registration must be in this reading")
+        self.proposal = FrameLink(moving, fixed, np.asarray(matrix, dtype=np.float64).reshape(4, 4))
+        return self._registered_views({moving, fixed})
+
+    def proposal_clear(self) -> list[int]:
+        if self.proposal is None:
+            return []
+        frames = {self.proposal.source, self.proposal.target}
+        self.proposal = None
+        return self._registered_views(frames)
+
+    def fuse_toggle(self, index: int, uid: str) -> list[int]:
+        """Lay series ``uid`` over view ``index`` as a fused layer, or take it off. Another frame
+        of reference than the view's is fused only through a registration."""
+        view, series = self.views[index], self.series.get(uid)
+        if series is None or series.kind != "volume" or not series.mpr:
+            raise SessionError("only a volume series of this reading can be fused")
+        if any(layer["series_id"] == uid for layer in view.layers[1:]):
+            view.layers = [view.layers[0], *(layer for layer in view.layers[1:] if layer["series_id"] != uid)]
+            return [index]
+        if uid == view.layers[0]["series_id"]:
+            raise SessionError("a series is not fused with itself")
+        base = self._base(view).frame_of_reference
+        if series.frame_of_reference != base and self._transform(series.frame_of_reference, base) is None:
+            raise SessionError("that series is in another frame of reference: register it onto "
+                               "this view's series first")
+        if len(view.layers) >= MAX_LAYERS:
+            raise SessionError(f"a view shows at most {MAX_LAYERS} layers")
+        palette = "hot_iron" if series.modality in SUV_MODALITIES else "grey"
+        view.layers.append(_layer(series, palette=palette, opacity=OVERLAY_OPACITY))
+        return [index]
 
     def thumbnail_state(self, uid: str, *, size: int) -> dict[str, Any]:
         """The view state of a series' thumbnail: its middle image, in its own plane, whole."""
@@ -663,6 +735,8 @@ class ViewerSession:
             return self._show_series(message.view, str(value))
         if name == "overlay":
             return self._overlay_toggle(message.view, str(value))
+        if name == "fuse":
+            return self.fuse_toggle(message.view, str(value))
         if name == "kind":
             if value != "native" and not self._base(view).mpr:
                 raise SessionError("this series is shown in its own plane only "

@@ -104,6 +104,10 @@ class Action(StrEnum):
     REPORT_SEND = "report.send"
     ADMIN_DESTINATION = "admin.destination"
     ADMIN_LETTERHEAD = "admin.letterhead"
+    REGISTRATION_RUN = "registration.run"
+    REGISTRATION_ACCEPT = "registration.accept"
+    REGISTRATION_REJECT = "registration.reject"
+    DERIVED_CREATE = "derived.create"
 
     @property
     def spec(self) -> ActionSpec:
@@ -171,4 +175,11 @@ ACTION_SPECS: dict[Action, ActionSpec] = {
                                          "registered or withdrew a DICOM destination"),
     Action.ADMIN_LETTERHEAD: ActionSpec(SECURITY_ALERT, SECURITY_CONFIGURATION, "U",
                                         "changed the report letterhead"),
+    Action.REGISTRATION_RUN: ActionSpec(PATIENT_RECORD, None, "C",
+                                        "registered one series onto another (automatic or landmarks)"),
+    Action.REGISTRATION_ACCEPT: ActionSpec(PATIENT_RECORD, None, "U",
+                                           "accepted a registration (added to the study as DICOM REG)"),
+    Action.REGISTRATION_REJECT: ActionSpec(PATIENT_RECORD, None, "U", "rejected a registration"),
+    Action.DERIVED_CREATE: ActionSpec(PATIENT_RECORD, None, "C",
+                                      "made a derived series (filter or image arithmetic)"),
 }

@@ -103,6 +103,22 @@ ROUTE_CASES: dict[str, list[tuple[str, Case]]] = {
         lambda c, p: (sign_in(c, p["doctor"], p["clock"]),
                       c.get(reverse("rendering:findings", args=["1.2.3.4", "csv"]))),
         ("auth.login", "export")))],
+    **{name: [("no such study", Case(
+        lambda c, p, name=name, method=method, kwargs=kwargs: (
+            sign_in(c, p["doctor"], p["clock"]),
+            getattr(c, method)(reverse(name, kwargs={"study": "1.2.3.4", **kwargs}))),
+        ("auth.login", action)))]
+       for name, method, kwargs, action in (
+           ("rendering:report", "get", {}, "report.read"),
+           ("rendering:report_image", "get", {"version": 1, "image": "0123456789ab"}, "report.read"),
+           ("rendering:report_start", "post", {}, "report.create"),
+           ("rendering:report_save", "post", {"version": 1}, "report.edit"),
+           ("rendering:report_adjust", "post", {"version": 1, "image": "0123456789ab"}, "report.edit"),
+           ("rendering:report_sign", "post", {"version": 1}, "report.sign"),
+           ("rendering:report_send", "post", {"version": 1}, "report.send"),
+           ("rendering:report_pdf", "get", {"version": 1}, "report.export"),
+           ("rendering:report_page", "get", {"version": 1, "page": 1, "page_format": "png"}, "report.export"),
+       )},
     "dicomweb:stow": [("no device token", Case(
         lambda c, p: c.post(reverse("dicomweb:stow"), b"--x--",
                             content_type="multipart/related; type=\"application/dicom\"; boundary=x"),
@@ -192,6 +208,10 @@ COMMAND_CASES: dict[str, tuple[Callable, tuple[str, ...]]] = {
     "import_dicom": (lambda: call_command("import_dicom", str(_one_instance()), no_progress=True),
                      ("ingest",)),
     "model_register": (lambda: call_command("model_register", *_one_model()), ("admin.model",)),
+    "dicom_destination": (lambda: call_command("dicom_destination", "add", "RIS", "RIS", "10.0.0.9", "104"),
+                          ("admin.destination",)),
+    "report_letterhead": (lambda: call_command("report_letterhead", "--hospital", "General"),
+                          ("admin.letterhead",)),
 }
 # Long-running servers: proved by their own tests against real peers.
 PROVED_ELSEWHERE = {

@@ -40,6 +40,18 @@ from rendering.protocol import (
     ('{"type":"hang","rule":12}', protocol.Hang(12)),
     ('{"type":"hang_save","name":"PET/CT coronal first"}', protocol.HangSave("PET/CT coronal first")),
     ('{"type":"hang_delete","rule":3}', protocol.HangDelete(3)),
+    ('{"type":"report_capture","view":2}', protocol.ReportCapture(2, "")),
+    ('{"type":"report_capture","view":0,"caption":"PET MIP"}', protocol.ReportCapture(0, "PET MIP")),
+    ('{"type":"set","view":1,"name":"fuse","value":"2.25.7"}', Setting(1, "fuse", "2.25.7", 0)),
+    ('{"type":"reg_run","fixed":"2.25.1","moving":"2.25.2"}', protocol.RegRun("2.25.1", "2.25.2", "rigid")),
+    ('{"type":"reg_run","fixed":"2.25.1","moving":"2.25.2","kind":"affine"}',
+     protocol.RegRun("2.25.1", "2.25.2", "affine")),
+    ('{"type":"reg_landmarks","fixed_view":0,"moving_view":1,"fixed_points":[[1,2],[3,4],[5,6]],'
+     '"moving_points":[[7,8],[9,10],[11,12]],"refine":true}',
+     protocol.RegLandmarks(0, 1, ((1, 2), (3, 4), (5, 6)), ((7, 8), (9, 10), (11, 12)), True)),
+    ('{"type":"reg_nudge","registration":4,"translate_mm":[1,0,-2.5],"rotate_deg":[0,1,0]}',
+     protocol.RegNudge(4, (1, 0, -2.5), (0, 1, 0))),
+    ('{"type":"reg_decide","registration":4,"decision":"accept"}', protocol.RegDecide(4, "accept")),
 ])
 def test_valid_messages_parse(raw, expected):
     assert message_parse(raw, views=4) == expected
@@ -174,6 +186,17 @@ def test_valid_messages_parse(raw, expected):
     ('{"type":"seg_store","fractional":1}', "bad_value"),
     ('{"type":"seg_store","fractional":"true"}', "bad_value"),
     ('{"type":"seg_store","binary":true}', "unknown_field"),
+    ('{"type":"report_capture","view":9}', "bad_value"),
+    ('{"type":"report_capture","view":0,"caption":"' + "x" * 129 + '"}', "bad_value"),
+    ('{"type":"reg_run","fixed":"2.25.1","moving":"2.25.2","kind":"deformable"}', "bad_value"),
+    ('{"type":"reg_run","fixed":"2.25.1"}', "missing_field"),
+    ('{"type":"reg_landmarks","fixed_view":0,"moving_view":1,"fixed_points":[[1,2],[3,4]],'
+     '"moving_points":[[7,8],[9,10]]}', "bad_value"),
+    ('{"type":"reg_landmarks","fixed_view":0,"moving_view":1,"fixed_points":[[1,2],[3,4],[5,6]],'
+     '"moving_points":[[7,8],[9,10],[11,12],[1,1]]}', "bad_value"),
+    ('{"type":"reg_nudge","registration":4,"translate_mm":[1,0],"rotate_deg":[0,0,0]}', "bad_value"),
+    ('{"type":"reg_nudge","registration":4,"translate_mm":[0,0,0],"rotate_deg":[0,90,0]}', "bad_value"),
+    ('{"type":"reg_decide","registration":4,"decision":"maybe"}', "bad_value"),
 ])
 def test_malformed_messages_are_refused_with_a_code(raw, code):
     with pytest.raises(ProtocolError) as refused:

@@ -603,6 +603,7 @@ function showSeries(index, uid) {
 function buildViews(viewSpecs) {
   for (const view of views) stopCine(view);
   dropShape();  // what was drawn belonged to the views that go
+  clearLandmarks();
   grid.replaceChildren();
   grid.dataset.layout = layout;
   views.length = 0;
@@ -666,6 +667,7 @@ function refreshControls() {
   showTimeControl(view);
   showMeasureControls();
   showSegmentTool();
+  showFuse();
   markSelectedSeries();
 }
 
@@ -1034,6 +1036,7 @@ function paintFrame(view, frame, bitmap) {
   readSettings(view, overlay);
   readTime(view, overlay);
   overlaySettled(view, overlay);
+  fuseSettled(view, overlay);
   if (view.index === activeView) { showSettings(view); showTimeControl(view); }
   const context = view.canvas.getContext("2d");
   context.drawImage(bitmap, 0, 0, view.canvas.width, view.canvas.height);
@@ -1080,7 +1083,10 @@ function receiveReady(message) {
   clearTimeout(openTimer);
   openAsked = null;
   overlayAsked = null;  // the views' layers are the server's now
+  fuseAsked = null;
   buildViews(message.views || []);
+  fillRegistrationSeries();
+  showRegistration();
   showHanging(message.vocabulary && message.vocabulary.hanging_rules);
   buildSeriesStrip();
   const own = seriesOrder.filter((series) => studyOf(series) === studyUids[0]).length;
@@ -1121,6 +1127,7 @@ function receiveError(message) {
     holdInputUntil = performance.now() + (message.retry_after_ms || 0) + 50;
   }
   if (segmentationFailed(message)) return;
+  if (registrationFailed(message)) return;
   // A refusal of a `set` just after an overlay toggle answers it.
   const answersOverlay = message.code === "refused" && (message.of === "set" || !message.of) && overlayPending();
   const answersMeasuring = message.of ? ["measure", "keep"].includes(message.of) : measuringAsked();
@@ -1151,6 +1158,8 @@ function handleText(message) {
   else if (message.type === "segmentation") receiveSegmentation(message);
   else if (message.type === "segmentation_stored") receiveSegmentationStored(message);
   else if (message.type === "segmentation_job") receiveSegmentationJob(message);
+  else if (message.type === "registration") receiveRegistration(message);
+  else if (message.type === "registrations") receiveRegistrations(message);
   else if (message.type === "suv") showSuv(message);
   else if (message.type === "hanging_rules") showHanging(message.rules);
   else if (message.type === "error") receiveError(message);
@@ -1171,6 +1180,7 @@ function clearViews() {
   probeLine.textContent = "";
   clearMeasurements();
   clearSegmentations();
+  clearRegistrations();
 }
 
 function end(text, link) {
@@ -1199,6 +1209,7 @@ function connect() {
     reconnectDelay = 500; failedAttempts = 0; thumbnailsAsked = false;
     if (openAsked !== null) openSettled();
     if (segmentation) receiveSegmentation({ segmentation: null });  // a new connection has none open
+    registrationReset();
     if (!seriesOrder.length) studyLabel.textContent = "connected";
     clearError();
   });
@@ -1257,9 +1268,12 @@ const MOUSE_GESTURES = [
     text: "paint or erase the active segment along the stroke" },
   { shown: "click (a segmentation tool)", segment: true,
     text: "threshold, Otsu or SUV fraction around the point; grow, confidence: a seed" },
+  { shown: "click (Landmarks on)", registration: true,
+    text: "a landmark on the view of the fixed or the moving series, numbered: pair them 1–1, 2–2…" },
 ];
 
 function gestureAnnounced(gesture) {
+  if (gesture.registration) return registrationOffered();
   if (gesture.segment) return segmentationEditable() && segmentToolNames().length > 0;
   return gesture.measure ? measuringOffered() : inputAnnounced(gesture.input);
 }
@@ -1278,6 +1292,11 @@ function attachInput(view) {
   canvas.addEventListener("pointerdown", (event) => {
     activate(index);
     canvas.setPointerCapture(event.pointerId);
+    if (event.button === 0 && !event.shiftKey && landmarkingOn(view)) {
+      landmarkPress(view, canvasPoint(view, event));
+      drag = { landmark: true };
+      return;
+    }
     if (event.button === 0 && !event.shiftKey && segmentingOn(view)) {
       drag = { segmenting: true, stroke: segmentPress(view, canvasPoint(view, event)) };
       return;
@@ -1310,6 +1329,7 @@ function attachInput(view) {
     brushHover(view, canvasPoint(view, event));
     if (drag && drag.segmenting) { strokeMove(view, drag.stroke, canvasPoint(view, event)); return; }
     if (drag && drag.measuring) { measureDrag(view, drag.grip, canvasPoint(view, event), false); return; }
+    if (drag && drag.landmark) return;
     if (!drag) { polygonHover(view, canvasPoint(view, event)); return; }
     const dx = event.clientX - drag.x;
     const dy = event.clientY - drag.y;
@@ -1326,6 +1346,7 @@ function attachInput(view) {
     }
   });
   canvas.addEventListener("pointerup", (event) => {
+    if (drag && drag.landmark) { drag = null; return; }
     if (drag && drag.segmenting) {
       strokeEnd(drag.stroke, canvasPoint(view, event));
       drag = null;
@@ -1671,7 +1692,7 @@ function chooseTool(name) {
   const tool = offeredTools().includes(name) ? name : "none";
   if (shape && !shape.closed && tool !== measureTool) cancelShape();
   measureTool = tool;
-  if (tool !== "none") chooseSegmentTool("none");  // one click, one tool
+  if (tool !== "none") { chooseSegmentTool("none"); setLandmarking(false); }  // one click, one tool
   showMeasureControls();
 }
 
@@ -1857,6 +1878,7 @@ function drawShapes(view) {
     if (shape.view === view.index) group.append(...handles(placed.points));
     nodes.push(group);
   }
+  nodes.push(...landmarkShapes(view));
   const brush = brushPreview(view);
   if (brush) nodes.push(brush);
   layer.replaceChildren(...nodes);
@@ -2456,7 +2478,7 @@ function showMeasurePanel() {
   const wasHidden = measurePanel.hidden;
   // Reports stored in the study are for reading: shown even to whoever may not measure.
   measurePanel.hidden = measureTools().length === 0 && findings.length === 0 && documents.length === 0
-    && segmentationSection.hidden;
+    && segmentationSection.hidden && registrationSection.hidden;
   measureSection.hidden = !measuringOffered();
   measureRefusedNote.hidden = !measuringRefused;
   // The views get the room the panel leaves: their canvases follow.
@@ -3254,7 +3276,7 @@ function chooseSegmentTool(name) {
   const tool = segmentationEditable() && segmentToolNames().includes(name) ? name : "none";
   const changed = tool !== segmentTool;
   segmentTool = tool;
-  if (tool !== "none") chooseTool("none");
+  if (tool !== "none") { chooseTool("none"); setLandmarking(false); }
   if (changed) { buildSegmentSettings(); drawAllShapes(); }
   showSegmentTool();
 }
@@ -3482,6 +3504,521 @@ segApplyButton.addEventListener("click", applySegmentTool);
 segStoreButton.addEventListener("click", storeSegmentation);
 segModelRun.addEventListener("click", runModel);
 document.addEventListener("keydown", segmentationKey);
+
+// --- registration: one series moved onto another's frame of reference ------------------------
+// The server registers (automatically in a render worker, or from landmarks the reader clicks),
+// shows each proposal at once in the views that fuse the two frames, and keeps it once accepted
+// (a DICOM Spatial Registration in the fixed series' study). The panel sends what the reader asks
+// and decides, and shows what the server says; no transform is computed here.
+
+const registrationSection = document.getElementById("registration-section");
+const regFixedSelect = document.getElementById("reg-fixed");
+const regMovingSelect = document.getElementById("reg-moving");
+const regKindSelect = document.getElementById("reg-kind");
+const regRunButton = document.getElementById("reg-run");
+const regRunning = document.getElementById("reg-running");
+const regProgress = document.getElementById("reg-progress");
+const regProgressText = document.getElementById("reg-progress-text");
+const regCancelButton = document.getElementById("reg-cancel");
+const regProposal = document.getElementById("reg-proposal");
+const regProposalText = document.getElementById("reg-proposal-text");
+const regNudges = document.getElementById("reg-nudges");
+const regAcceptButton = document.getElementById("reg-accept");
+const regRejectButton = document.getElementById("reg-reject");
+const regFuseButton = document.getElementById("reg-fuse");
+const regLandmarksButton = document.getElementById("reg-landmarks");
+const regLandmarkCounts = document.getElementById("reg-landmark-counts");
+const regRefine = document.getElementById("reg-refine");
+const regLandmarksRunButton = document.getElementById("reg-landmarks-run");
+const regLandmarksClearButton = document.getElementById("reg-landmarks-clear");
+const regStatus = document.getElementById("reg-status");
+const regList = document.getElementById("reg-list");
+
+// As the protocol bounds them (rendering/protocol.py REGISTRATION_KINDS, LANDMARKS_MAX).
+const REGISTRATION_KINDS = ["rigid", "affine"];
+const REGISTRATION_MESSAGES = new Set(["reg_run", "reg_landmarks", "reg_nudge", "reg_decide"]);
+const LANDMARKS = { min: 3, max: 32 };
+const LANDMARK_ROLES = ["fixed", "moving"];
+// One press of a nudge button: so far along, or about, one patient axis.
+const NUDGES = [{ field: "translate_mm", step: 2, title: "Move", unit: " mm" },
+                { field: "rotate_deg", step: 1, title: "Rotate", unit: "°" }];
+// DICOM patient axes (LPS): where each one's + and − point, for the buttons' names.
+const PATIENT_AXES = [{ name: "x", minus: "the patient's right", plus: "the patient's left" },
+                      { name: "y", minus: "anterior", plus: "posterior" },
+                      { name: "z", minus: "the feet", plus: "the head" }];
+const REGISTRATION_METHODS = { rigid: "rigid (mutual information)", affine: "affine (mutual information)",
+                               landmarks: "landmarks", manual: "adjusted by hand" };
+const REGISTRATION_ENDS = {
+  proposed: () => "proposed: shown in the views that fuse the two series; accept, adjust or reject it",
+  accepted: () => "accepted: added to the fixed series' study as a spatial registration",
+  rejected: () => "rejected",
+  failed: (reason) => `failed: ${reason || "no reason given"}`,
+  cancelled: (reason) => `cancelled${reason ? `: ${reason}` : ""}`,
+};
+const SCINTIGRAPHY = new Set(["PT", "NM"]);
+const FUSE_ANSWER_MS = 10000;
+
+let registrationsKnown = new Map();  // id -> the registration as the server last described it
+let registrationAsked = null;   // a reg_run / reg_landmarks not yet answered: { fixed, moving, known }
+let registrationShown = null;   // the id of the reader's latest registration, shown in the panel
+let registrationDeciding = false;
+let registrationPair = { fixed: "", moving: "" };  // what the two selects show
+let registrationChosen = false;  // the reader chose the pair: later `ready`s keep it
+let fuseAsked = null;
+let landmarking = false;
+const landmarks = { fixed: noLandmarks(), moving: noLandmarks() };
+
+// Landmarks of one role: all clicked on one view, whose base series it was then.
+function noLandmarks() {
+  return { view: null, series: "", points: [] };
+}
+
+// Registering is a reporting act: offered to whoever may store findings (`study.report`).
+function registrationOffered() {
+  return mayStoreFindings;
+}
+
+// The server registers volume series that reformat (a stack of slices placed in patient space).
+function registrable(series) {
+  return Boolean(series) && series.available !== false && series.kind === "volume" && series.mpr === true;
+}
+
+function seriesName(uid) {
+  const series = seriesByUid.get(uid);
+  if (!series) return "another series";
+  const name = [series.modality, series.description].filter(Boolean).join(" · ") || "series";
+  return studyOf(series) === studyUids[0] ? name : `${name} (${studyDate(studyOf(series))})`;
+}
+
+function shownRegistration() {
+  return registrationShown === null ? null : registrationsKnown.get(registrationShown) || null;
+}
+
+function registrationOf(sent) {
+  return isRecord(sent) && Number.isInteger(sent.id) ? sent : null;
+}
+
+// Fixed: the reader's choice, else the active view's series; moving: the reader's choice, else
+// another series, a PET or NM one where there is one.
+function fillRegistrationSeries() {
+  const uids = seriesOrder.filter(registrable).map((series) => series.uid);
+  const base = views[activeView] ? views[activeView].layers[0] : "";
+  const wanted = registrationChosen ? registrationPair : { fixed: "", moving: "" };
+  const fixed = [wanted.fixed, base, uids[0]].find((uid) => uid && uids.includes(uid)) || "";
+  const others = uids.filter((uid) => uid !== fixed);
+  const scintigraphy = others.find((uid) => SCINTIGRAPHY.has(seriesByUid.get(uid).modality));
+  const moving = [wanted.moving, scintigraphy, others[0]].find((uid) => uid && others.includes(uid)) || "";
+  for (const select of [regFixedSelect, regMovingSelect]) {
+    select.replaceChildren(...uids.map((uid) => option(uid, seriesName(uid))));
+  }
+  showChoice(regFixedSelect, fixed);
+  showChoice(regMovingSelect, moving);
+  registrationPair = { fixed, moving };
+  dropStaleLandmarks();
+}
+
+// Choosing the other select's series swaps the two.
+function chooseRegistrationSeries(changed) {
+  if (regFixedSelect.value === regMovingSelect.value) {
+    if (changed === regFixedSelect) regMovingSelect.value = registrationPair.fixed;
+    else regFixedSelect.value = registrationPair.moving;
+  }
+  registrationPair = { fixed: regFixedSelect.value, moving: regMovingSelect.value };
+  registrationChosen = true;
+  if (dropStaleLandmarks()) drawAllShapes();
+  showRegistration();
+}
+
+function showRegistrationStatus(text, failed = false) {
+  regStatus.textContent = text;
+  regStatus.classList.toggle("failed", failed);
+}
+
+function showRegistration() {
+  const offered = registrationOffered();
+  registrationSection.hidden = !offered;
+  if (!offered && landmarking) setLandmarking(false);
+  const current = shownRegistration();
+  const state = current ? current.state : null;
+  const pair = Boolean(registrationPair.fixed && registrationPair.moving)
+    && registrationPair.fixed !== registrationPair.moving;
+  regRunButton.disabled = !pair || registrationAsked !== null || state === "running";
+  regRunButton.textContent = registrationAsked !== null ? "Registering…" : "Register";
+  regRunning.hidden = state !== "running";
+  if (state === "running") showProgress(current);
+  regCancelButton.disabled = registrationDeciding;
+  regProposal.hidden = state !== "proposed";
+  if (state === "proposed") regProposalText.textContent = describeProposal(current);
+  for (const button of [regAcceptButton, regRejectButton, ...regNudges.querySelectorAll("button")]) {
+    button.disabled = registrationDeciding;
+  }
+  showFuse();
+  showLandmarks();
+  showRegistrationList();
+  showMeasurePanel();
+}
+
+// Iterations done of the total the server names; none named yet: an indeterminate bar.
+function showProgress(current) {
+  const total = Number.isInteger(current.total) && current.total > 0 ? current.total : null;
+  const done = total && Number.isInteger(current.done) ? Math.max(0, Math.min(total, current.done)) : null;
+  if (total) {
+    regProgress.max = total;
+    regProgress.value = done ?? 0;
+  } else {
+    regProgress.removeAttribute("value");
+  }
+  const how = REGISTRATION_METHODS[current.method] || label(textOf(current.method) || "registration");
+  regProgressText.textContent = total ? `${how}: ${done ?? 0} / ${total}` : `${how}: starting…`;
+}
+
+function describeProposal(current) {
+  const how = REGISTRATION_METHODS[current.method] || label(textOf(current.method) || "registration");
+  const quality = Number.isFinite(current.error_mm)
+    ? `landmark error ${readerNumber(current.error_mm)} mm (RMS)`
+    : Number.isFinite(current.metric) ? `metric ${readerNumber(current.metric)}` : "";
+  const before = quality && current.method === "manual" ? " before the adjustment" : "";
+  return `${how}: ${seriesName(current.moving)} onto ${seriesName(current.fixed)}`
+    + (quality ? ` · ${quality}${before}` : "");
+}
+
+function registrationItem(listed) {
+  const item = element("li", "reg-item");
+  item.dataset.registration = String(listed.id);
+  item.dataset.state = textOf(listed.state);
+  item.append(element("span", "reg-item-method", label(textOf(listed.method) || "registration")), " ",
+              element("span", "reg-item-pair", `${seriesName(listed.moving)} → ${seriesName(listed.fixed)}`), " ",
+              element("span", "reg-item-state", textOf(listed.state)));
+  return item;
+}
+
+function showRegistrationList() {
+  const listed = [...registrationsKnown.values()].sort((a, b) => a.id - b.id);
+  regList.replaceChildren(...listed.map(registrationItem));
+  regList.hidden = listed.length === 0;
+}
+
+// --- what the reader asks ---
+
+function registrationAsk(fixed, moving) {
+  registrationAsked = { fixed, moving, known: new Set(registrationsKnown.keys()) };
+  registrationShown = null;
+  registrationDeciding = false;
+  showRegistrationStatus("asked…");
+  showRegistration();
+}
+
+function runRegistration() {
+  const { fixed, moving } = registrationPair;
+  if (regRunButton.disabled || !fixed || !moving || fixed === moving) return;
+  const kind = REGISTRATION_KINDS.includes(regKindSelect.value) ? regKindSelect.value : REGISTRATION_KINDS[0];
+  registrationAsk(fixed, moving);
+  send({ type: "reg_run", fixed, moving, kind });
+}
+
+function decideRegistration(decision) {
+  const current = shownRegistration();
+  const when = decision === "cancel" ? "running" : "proposed";
+  if (!current || current.state !== when || registrationDeciding) return;
+  registrationDeciding = true;
+  showRegistration();
+  send({ type: "reg_decide", registration: current.id, decision });
+}
+
+function nudgeRegistration(field, axis, amount) {
+  const current = shownRegistration();
+  if (!current || current.state !== "proposed" || registrationDeciding) return;
+  const change = { translate_mm: [0, 0, 0], rotate_deg: [0, 0, 0] };
+  change[field][axis] = amount;
+  send({ type: "reg_nudge", registration: current.id, ...change });
+}
+
+function buildNudges() {
+  regNudges.replaceChildren(...NUDGES.map(({ field, step, title, unit }) => {
+    const row = element("div", "reg-nudge-row");
+    row.append(element("span", "reg-nudge-name", `${title} ${step}${unit}`));
+    PATIENT_AXES.forEach((axis, at) => {
+      for (const sign of [-1, 1]) {
+        const signed = `${sign < 0 ? "−" : "+"}${axis.name}`;
+        const button = element("button", "reg-nudge", signed);
+        button.type = "button";
+        Object.assign(button.dataset, { field, axis: axis.name, sign: String(sign) });
+        const text = field === "translate_mm"
+          ? `move ${step} mm towards ${sign < 0 ? axis.minus : axis.plus} (${signed})`
+          : `rotate ${sign < 0 ? "−" : "+"}${step}° about the ${axis.name} axis`;
+        button.title = text;
+        button.setAttribute("aria-label", text);
+        button.addEventListener("click", () => nudgeRegistration(field, at, sign * step));
+        row.append(button);
+      }
+    });
+    return row;
+  }));
+}
+
+// --- fusing the moving series over the active view: a toggle, as the server takes `set fuse` ---
+
+function showFuse() {
+  const view = views[activeView];
+  const moving = registrationPair.moving;
+  const fused = Boolean(view && moving) && view.layers.slice(1).includes(moving);
+  regFuseButton.hidden = !vocabulary.settings.fuse;
+  regFuseButton.disabled = !view || !moving || view.layers[0] === moving;
+  regFuseButton.setAttribute("aria-pressed", String(fused));
+  regFuseButton.textContent = fused ? "Take moving off active view" : "Fuse moving over active view";
+}
+
+// The view's layers change as soon as it is pressed (the server answers with frames only); a
+// refusal (another frame of reference not yet registered, no room for a layer) undoes it.
+function fuseMoving() {
+  const view = views[activeView];
+  const uid = registrationPair.moving;
+  if (!view || !uid || view.layers[0] === uid || !accepts("fuse", uid)) return;
+  const on = !view.layers.includes(uid);
+  view.layers = on ? [...view.layers, uid] : view.layers.filter((other, at) => at === 0 || other !== uid);
+  fuseAsked = { view: view.index, uid, on, until: performance.now() + FUSE_ANSWER_MS };
+  send({ type: "set", view: view.index, name: "fuse", value: uid });
+  refreshControls();
+}
+
+function fuseRefused() {
+  const { view: index, uid, on } = fuseAsked;
+  fuseAsked = null;
+  const view = views[index];
+  if (!view) return;
+  view.layers = on ? view.layers.filter((other, at) => at === 0 || other !== uid) : [...view.layers, uid];
+  refreshControls();
+}
+
+// A frame with as many layers as were asked for says the server took it.
+function fuseSettled(view, overlay) {
+  if (!fuseAsked || fuseAsked.view !== view.index || !Array.isArray(overlay.windows)) return;
+  if (overlay.windows.length === view.layers.length + view.overlays.length) fuseAsked = null;
+}
+
+// --- landmarks: pairs of points on the same structures, clicked on a view of each series ---
+
+function landmarkingOn(view) {
+  return landmarking && registrationOffered() && Boolean(view) && view.kind !== "3d";
+}
+
+// One click, one tool: landmarks switch the measuring and segmentation tools off, and back.
+function setLandmarking(on) {
+  landmarking = on && registrationOffered();
+  if (landmarking) { chooseTool("none"); chooseSegmentTool("none"); }
+  regLandmarksButton.setAttribute("aria-pressed", String(landmarking));
+  root.dataset.landmarks = landmarking ? "on" : "off";
+}
+
+function landmarkRole(uid) {
+  if (uid && uid === registrationPair.fixed) return "fixed";
+  if (uid && uid === registrationPair.moving) return "moving";
+  return null;
+}
+
+// A landmark keeps its place in patient mm where the frame names its plane (it stays on the
+// anatomy through pan and zoom), else in the pixels of the picture it was clicked on.
+function landmarkPress(view, point) {
+  const role = landmarkRole(view.layers[0]);
+  if (!role) {
+    showRegistrationStatus(`view ${view.index + 1} shows neither the fixed nor the moving series: no landmark there`,
+      true);
+    return;
+  }
+  if (!view.picture) return;
+  let list = landmarks[role];
+  if (list.view !== null && list.view !== view.index) {
+    list = noLandmarks();
+    landmarks[role] = list;
+    showRegistrationStatus(`${role} landmarks begun again on view ${view.index + 1}: all of them come from one view`);
+  } else {
+    showRegistrationStatus("");
+  }
+  if (list.points.length >= LANDMARKS.max) {
+    showRegistrationStatus(`at most ${LANDMARKS.max} ${role} landmarks`, true);
+    return;
+  }
+  list.view = view.index;
+  list.series = view.layers[0];
+  const picture = view.picture;
+  list.points.push({ px: [...point], key: picture.key, mm: picture.plane ? toPatient(picture, point) : null });
+  showLandmarks();
+  drawAllShapes();
+}
+
+// Where a landmark lies on the picture its view shows now, in canvas pixels; null where that
+// picture moved off it (another slice, or, without a plane, any move).
+function landmarkOn(mark, view) {
+  const picture = view.picture;
+  if (!picture) return null;
+  if (mark.mm) {
+    if (!picture.plane) return null;
+    const { x, y, depth } = toScreen(picture, mark.mm);
+    return Math.abs(depth) <= PLANE_TOLERANCE_MM ? [x, y] : null;
+  }
+  return picture.key === mark.key ? mark.px : null;
+}
+
+function landmarksOf(role) {
+  const list = landmarks[role];
+  const view = list.view === null ? null : views[list.view];
+  return view && view.layers[0] === list.series ? { list, view } : null;
+}
+
+function landmarkShapes(view) {
+  const nodes = [];
+  for (const role of LANDMARK_ROLES) {
+    const placed = landmarksOf(role);
+    if (!placed || placed.view !== view) continue;
+    placed.list.points.forEach((mark, at) => {
+      const point = landmarkOn(mark, view);
+      if (!point) return;
+      const [x, y] = point.map(tenth);
+      const group = svgNode("g", { class: `landmark ${role}` });
+      group.dataset.landmark = String(at + 1);
+      const number = svgNode("text", { class: "landmark-number", x: x + 6, y: y - 6 });
+      number.textContent = String(at + 1);
+      group.append(svgNode("circle", { class: "landmark-mark", cx: x, cy: y, r: 4 }), number);
+      nodes.push(group);
+    });
+  }
+  return nodes;
+}
+
+function landmarksReady() {
+  const [fixed, moving] = LANDMARK_ROLES.map((role) => landmarks[role].points.length);
+  return fixed === moving && fixed >= LANDMARKS.min && fixed <= LANDMARKS.max;
+}
+
+function showLandmarks() {
+  regLandmarksButton.setAttribute("aria-pressed", String(landmarking));
+  regLandmarkCounts.textContent = `fixed ${landmarks.fixed.points.length} / moving ${landmarks.moving.points.length}`;
+  regLandmarksRunButton.disabled = !landmarksReady() || registrationAsked !== null;
+  regLandmarksClearButton.disabled = !landmarks.fixed.points.length && !landmarks.moving.points.length;
+}
+
+// Landmarks of a series that is no longer the fixed or the moving one go; true where some went.
+function dropStaleLandmarks() {
+  let dropped = false;
+  for (const role of LANDMARK_ROLES) {
+    if (landmarks[role].series && landmarks[role].series !== registrationPair[role]) {
+      landmarks[role] = noLandmarks();
+      dropped = true;
+    }
+  }
+  return dropped;
+}
+
+function clearLandmarks() {
+  for (const role of LANDMARK_ROLES) landmarks[role] = noLandmarks();
+}
+
+// The points as the views show them now: the server places them on the planes on screen.
+function registerFromLandmarks() {
+  if (!landmarksReady() || registrationAsked !== null) return;
+  const sent = {};
+  for (const role of LANDMARK_ROLES) {
+    const placed = landmarksOf(role);
+    if (!placed) {
+      showRegistrationStatus(`view ${landmarks[role].view + 1} no longer shows the ${role} series: `
+        + "clear the landmarks and click them again", true);
+      return;
+    }
+    const points = placed.list.points.map((mark) => landmarkOn(mark, placed.view));
+    if (points.some((point) => !point)) {
+      showRegistrationStatus(`the ${role} landmarks are not all on the picture view ${placed.view.index + 1} `
+        + "shows now: go back to where they were clicked, or clear them", true);
+      return;
+    }
+    sent[role] = { view: placed.view.index, series: placed.list.series,
+                   points: points.map((point) => point.map((value) => tenth(Math.max(-4096, Math.min(8192, value))))) };
+  }
+  registrationAsk(sent.fixed.series, sent.moving.series);
+  send({ type: "reg_landmarks", fixed_view: sent.fixed.view, moving_view: sent.moving.view,
+         fixed_points: sent.fixed.points, moving_points: sent.moving.points, refine: regRefine.checked });
+}
+
+// --- what the server says ---
+
+// The reader's latest ask is answered by the first registration of that pair the page has not
+// seen before; from then on the panel follows that one.
+function receiveRegistration(message) {
+  const sent = registrationOf(message);
+  if (!sent) return;
+  const before = registrationsKnown.get(sent.id);
+  registrationsKnown.set(sent.id, sent);
+  const asked = registrationAsked;
+  if (asked && !asked.known.has(sent.id) && sent.fixed === asked.fixed && sent.moving === asked.moving) {
+    registrationAsked = null;
+    registrationShown = sent.id;
+  }
+  if (sent.id === registrationShown) {
+    if (!before || before.state !== sent.state) registrationDeciding = false;
+    const end = REGISTRATION_ENDS[sent.state];
+    showRegistrationStatus(end ? end(textOf(sent.reason)) : "", sent.state === "failed");
+  }
+  showRegistration();
+}
+
+function receiveRegistrations(message) {
+  const listed = (Array.isArray(message.registrations) ? message.registrations : []).map(registrationOf)
+    .filter(Boolean);
+  const current = shownRegistration();
+  registrationsKnown = new Map(listed.map((listedOne) => [listedOne.id, listedOne]));
+  if (current && !registrationsKnown.has(current.id)) registrationsKnown.set(current.id, current);
+  showRegistration();
+}
+
+// An error answering a reg_ message shows in the panel's own status line; a refused `set fuse`
+// undoes the toggle and shows there too (the status line beside the study says it as well).
+function registrationFailed(message) {
+  if (fuseAsked && message.code === "refused" && message.of === "set" && message.view === fuseAsked.view
+    && performance.now() < fuseAsked.until) {
+    fuseRefused();
+    showRegistrationStatus(`not fused: ${textOf(message.message)}`, true);
+    return false;
+  }
+  if (!REGISTRATION_MESSAGES.has(message.of)) return false;
+  if (message.of === "reg_run" || message.of === "reg_landmarks") registrationAsked = null;
+  if (message.of === "reg_decide") registrationDeciding = false;
+  showRegistrationStatus(`${message.code}: ${textOf(message.message)}`, true);
+  showRegistration();
+  return !registrationSection.hidden;
+}
+
+// A new connection has no job or proposal of the old one.
+function registrationReset() {
+  registrationAsked = null;
+  registrationShown = null;
+  registrationDeciding = false;
+  fuseAsked = null;
+}
+
+function clearRegistrations() {
+  registrationReset();
+  registrationsKnown = new Map();
+  clearLandmarks();
+  showRegistrationStatus("");
+  showRegistration();
+}
+
+regKindSelect.replaceChildren(...REGISTRATION_KINDS.map((kind) => option(kind, kind)));
+buildNudges();
+regFixedSelect.addEventListener("change", () => chooseRegistrationSeries(regFixedSelect));
+regMovingSelect.addEventListener("change", () => chooseRegistrationSeries(regMovingSelect));
+regRunButton.addEventListener("click", runRegistration);
+regCancelButton.addEventListener("click", () => decideRegistration("cancel"));
+regAcceptButton.addEventListener("click", () => decideRegistration("accept"));
+regRejectButton.addEventListener("click", () => decideRegistration("reject"));
+regFuseButton.addEventListener("click", fuseMoving);
+regLandmarksButton.addEventListener("click", () => { setLandmarking(!landmarking); showLandmarks(); });
+regLandmarksRunButton.addEventListener("click", registerFromLandmarks);
+regLandmarksClearButton.addEventListener("click", () => {
+  clearLandmarks();
+  showRegistrationStatus("");
+  showLandmarks();
+  drawAllShapes();
+});
 
 // --- toolbar -----------------------------------------------------------------
 
