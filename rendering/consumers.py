@@ -214,12 +214,13 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, PrincipalGuardedC
             return None, str(error) if isinstance(error, RenderError) else "the images cannot be read"
 
     async def session_ready(self) -> None:
+        await self._registration_links_load()
         await self._send_ready()
         self._render(list(range(len(self.session.views))))
         await self._send_findings()
         await self._send_documents()
         await self._send_segmentations()
-        await self._registrations_open()
+        await self._send_registrations()
 
     async def _report_wire(self) -> dict[str, Any] | None:
         """The study's latest report for the viewer's link (None for a consultant: no report pages)."""
@@ -345,11 +346,12 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, PrincipalGuardedC
                 principal=self.principal, source_ip=scope_address(self.scope), what="viewer",
                 study=other.study_uid, pseudonym=other.patient_pseudonym)
         self.session.layout_apply("compare")
+        await self._registration_links_load()
         await self._send_ready()
         self._render(list(range(len(self.session.views))))
         await self._send_findings()
         await self._send_documents()
-        await self._registrations_open()
+        await self._send_registrations()
 
     async def _thumbnails(self) -> None:
         """One small interactive-quality picture of each wanted series: a frame like any other, as text."""

@@ -75,14 +75,15 @@ class RegistrationReading:
                 self.principal, Permission.STUDY_REPORT, self.study.study_uid):
             raise SessionError(REGISTERING_IS_REPORTING)
 
-    async def _registrations_open(self) -> None:
-        """The reading's links (accepted registrations, REG objects of its studies) and the list."""
-        self.registration_jobs = {}
+    async def _registration_links_load(self) -> list[int]:
+        """The reading's links (accepted registrations, REG objects of its studies) into the
+        session, before its views are drawn; the fused views they change."""
+        if self.registration_jobs is None:
+            self.registration_jobs = {}
         studies = list(self.session.studies)
         links = [*await database_sync_to_async(accepted_links)(studies),
                  *await database_sync_to_async(incoming_links)(studies)]
-        self._render(self.session.registrations_set(links))
-        await self._send_registrations()
+        return self.session.registrations_set(links)
 
     async def _send_registrations(self) -> None:
         listed = [registration_wire(r) for r in
@@ -255,9 +256,7 @@ class RegistrationReading:
                                    "fixed": decided.fixed_series, "moving": decided.moving_series,
                                    "matrix": decided.matrix, "reg_series": reg_series})
         self._render(self.session.proposal_clear())
-        links = await database_sync_to_async(accepted_links)(list(self.session.studies))
-        incoming = await database_sync_to_async(incoming_links)(list(self.session.studies))
-        self._render(self.session.registrations_set([*links, *incoming]))
+        self._render(await self._registration_links_load())
         await self._send_registration(decided)
 
     async def _registration_jobs_stop(self) -> None:

@@ -19,10 +19,11 @@ import numpy as np
 import pydicom
 import pytest
 from channels.db import database_sync_to_async
+from pydicom.uid import generate_uid
 
 from imaging import storage
 from imaging.models import Instance, Registration
-from imaging.registration_dicom import registration_read
+from imaging.registration_dicom import registration_read, spatial_registration
 from tests.conftest import ZONES
 from tests.rendering.moved import pet_move
 from tests.rendering.test_consumer import _open, _until, phantom_dir  # noqa: F401
@@ -33,16 +34,48 @@ pytestmark = pytest.mark.django_db(databases=ZONES, transaction=True)
 JOB_S = 240  # a registration on a busy two-core machine
 
 
+def _moved_root(out, truth, root):
+    patient = truth["patients"][0]
+    shutil.copytree(out / patient["folder"] / "CT", root / patient["folder"] / "CT")
+    return pet_move(out / patient["folder"] / "PT", root / patient["folder"] / "PT"), root / patient["folder"]
+
+
 @pytest.fixture
 def moved(phantom_dir, keys_dir, tmp_path, settings):  # noqa: F811
     """(study, truth, T): the CT as written and the PET moved, T taking the moved PET onto the CT."""
     out, truth = phantom_dir
-    patient = truth["patients"][0]
-    root = tmp_path / "moved"
-    shutil.copytree(out / patient["folder"] / "CT", root / patient["folder"] / "CT")
-    transform = pet_move(out / patient["folder"] / "PT", root / patient["folder"] / "PT")
-    with phantom_study(root, truth, settings, tmp_path / "objects") as (study, entry):
+    transform, _ = _moved_root(out, truth, tmp_path / "moved")
+    with phantom_study(tmp_path / "moved", truth, settings, tmp_path / "objects") as (study, entry):
         yield study, entry, transform
+
+
+@pytest.fixture
+def registered_elsewhere(phantom_dir, keys_dir, tmp_path, settings):  # noqa: F811
+    """The moved study, imported with a REG another system made of it (the truth T)."""
+    out, truth = phantom_dir
+    transform, folder = _moved_root(out, truth, tmp_path / "moved")
+    ct, pet = ([pydicom.dcmread(path, stop_before_pixels=True)
+                for path in sorted((folder / name).glob("*.dcm"))] for name in ("CT", "PT"))
+    reg = spatial_registration(fixed=ct[:3], moving=pet[:3], matrix=[float(v) for v in transform.ravel()],
+                               kind="RIGID", description="PACS fusion", author="Other^System",
+                               series_instance_uid=generate_uid(), series_number=50)
+    reg.Manufacturer = "Other Vendor"
+    reg.save_as(folder / "reg.dcm", enforce_file_format=True)
+    with phantom_study(tmp_path / "moved", truth, settings, tmp_path / "objects") as (study, _):
+        yield study
+
+
+async def test_a_registration_another_system_sent_with_the_study_is_fused_through(
+        client, signed_in, registered_elsewhere):
+    await database_sync_to_async(signed_in)("doctor")
+    communicator, _, _ = await _open(client, registered_elsewhere.study_instance_uid)
+    ready = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] == "ready")
+    await communicator.send_json_to({"type": "set", "view": 0, "name": "fuse", "value": _series(ready, "PT")})
+    fused = await _until(communicator, lambda m: (isinstance(m, dict) and m["type"] == "error")
+                         or (not isinstance(m, dict) and m.view == 0
+                             and len(m.overlay.get("windows", [])) == 2))
+    await communicator.disconnect()
+    assert not isinstance(fused, dict), fused
 
 
 def _series(ready: dict, modality: str) -> str:
