@@ -331,3 +331,29 @@ class Registration(models.Model):
 
     def __str__(self) -> str:
         return f"{self.method} {self.moving_series} -> {self.fixed_series} ({self.state})"
+
+
+class DerivedSeries(models.Model):
+    """A series computed from others: a filter of one, or image arithmetic of several (resampled
+    onto the first through registrations). Its voxels are made by a render worker when shown and
+    kept in its cache, never stored as if acquired; its layer id is ``drv:<id>``."""
+
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="derived_series",
+                              help_text="the reference (first input) series' study")
+    kind = models.CharField(max_length=12, help_text="filter or arithmetic")
+    operation = models.CharField(max_length=48)
+    parameters = models.JSONField(default=dict, blank=True)
+    dims = models.IntegerField(default=3)
+    inputs = models.JSONField(help_text="[{series, weight, matrix (16, into the first; null: same frame)}]")
+    description = models.CharField(max_length=128)
+    shown = models.JSONField(null=True, blank=True,
+                             help_text="its geometry and value range once a worker has made it")
+    author = models.CharField(max_length=150)
+    created_at = models.DateTimeField(auto_now_add=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("created_at", "id")
+
+    def __str__(self) -> str:
+        return f"drv:{self.pk} {self.description}"

@@ -62,6 +62,7 @@ from imaging.identity.selectors import patient_sex_of
 from imaging.models import ReportSigned
 from imaging.reports import ReportError, key_image_add, report_summaries
 from rendering import protocol
+from rendering.derived_reading import DERIVED_HANDLERS, DerivedReading, derive_vocabulary
 from rendering.engine.core import FrameOfReferenceError, MissingVolumeError, RenderedFrame
 from rendering.engine.palettes import palette_stops
 from rendering.flow import LatestWins, MessageBudget
@@ -129,7 +130,7 @@ def _unavailable(series: ViewerSeries, reason: str, study: str) -> dict[str, Any
             "reason": reason}
 
 
-class ViewerConsumer(SegmentationReading, RegistrationReading, PrincipalGuardedConsumer):
+class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, PrincipalGuardedConsumer):
     study: ViewerStudy
     session: ViewerSession
 
@@ -159,6 +160,7 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, PrincipalGuardedC
             self.session = ViewerSession(study_uid=self.study.study_uid, series=shown,
                                          unavailable=unavailable)
             self.session.suv.sex = sex
+            await self._derived_open()
         except (SessionError, RenderError, MissingVolumeError) as error:
             await self._audit(Action.RENDER_START, Outcome.FAILURE, details={"reason": str(error)})
             self.refusal_code = CLOSE_NOT_FOUND
@@ -244,6 +246,7 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, PrincipalGuardedC
                            "hanging_rules": self._hanging_wire()},
             "related": [study.wire() for study in self.related],
             "findings_store": self.may_report,
+            "derive": derive_vocabulary() if self.may_report else None,
             "report": await self._report_wire(),
             **self.session.describe(),
         }))
@@ -345,6 +348,7 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, PrincipalGuardedC
             await database_sync_to_async(share_use_record)(
                 principal=self.principal, source_ip=scope_address(self.scope), what="viewer",
                 study=other.study_uid, pseudonym=other.patient_pseudonym)
+        await self._derived_open()
         self.session.layout_apply("compare")
         await self._registration_links_load()
         await self._send_ready()
@@ -692,6 +696,7 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, PrincipalGuardedC
         for latest in (self.probes, self.measures, self.charts):
             await latest.cancel()
         await self._registration_jobs_stop()
+        await self._derived_jobs_stop()
         if self.thumbnail_task is not None:
             self.thumbnail_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -718,6 +723,7 @@ MESSAGE_HANDLERS: dict[type, Callable[[ViewerConsumer, Any], Awaitable[None]]] =
     protocol.Chart: ViewerConsumer._on_chart,
     **SEGMENTATION_HANDLERS,
     **REGISTRATION_HANDLERS,
+    **DERIVED_HANDLERS,
 }
 
 

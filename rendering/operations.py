@@ -75,7 +75,7 @@ class Operation:
 
 OPERATIONS: dict[str, Operation] = {}
 MODULES = ("rendering.measure", "rendering.measure_views", "rendering.segment_ops",
-           "rendering.segment_models", "rendering.registration_ops")
+           "rendering.segment_models", "rendering.registration_ops", "rendering.derived_volumes")
 """Modules beyond this one whose operations every process knows (imported on first lookup)."""
 
 
@@ -136,7 +136,7 @@ def _render_urgency(state: ViewState) -> Urgency:
     return Urgency.BACKGROUND if state.quality is Quality.STILL else Urgency.INTERACTIVE
 
 
-def _frame_to_wire(frame: RenderedFrame) -> dict[str, Any]:
+def frame_to_wire(frame: RenderedFrame) -> dict[str, Any]:
     return {"data": frame.data, "encoding": frame.encoding.value, "width": frame.width,
             "height": frame.height, "quality": frame.quality.value, "overlay": asdict(frame.overlay),
             "render_ms": frame.render_ms, "encode_ms": frame.encode_ms}
@@ -146,7 +146,7 @@ def _tuple_or_none(value: Any) -> Any:
     return tuple(value) if value is not None else None
 
 
-def _frame_from_wire(wire: dict[str, Any]) -> RenderedFrame:
+def frame_from_wire(wire: dict[str, Any]) -> RenderedFrame:
     overlay = dict(wire["overlay"])
     overlay["layers"] = tuple(LayerInfo(**layer) for layer in overlay.get("layers", ()))
     for name in ("focus_mm", "crosshair_px", "slab", "time_point"):
@@ -157,7 +157,7 @@ def _frame_from_wire(wire: dict[str, Any]) -> RenderedFrame:
                          render_ms=wire["render_ms"], encode_ms=wire["encode_ms"])
 
 
-@operation("render", urgency=_render_urgency, to_wire=_frame_to_wire, from_wire=_frame_from_wire)
+@operation("render", urgency=_render_urgency, to_wire=frame_to_wire, from_wire=frame_from_wire)
 def _render(context: WorkerContext, state: ViewState, volumes: Mapping[str, Volume],
             arguments: dict[str, Any]) -> RenderedFrame:
     encoding = Encoding(arguments["encoding"]) if arguments.get("encoding") else None

@@ -304,6 +304,27 @@ class RegDecide:
 
 
 @dataclass(frozen=True)
+class Derive:
+    """Make a derived series: ``operation`` a filter of ``series[0]`` (its ``parameters``, in 2-D
+    or 3-D) or image arithmetic of all ``series`` (with ``weights``), resampled onto the first."""
+
+    operation: str
+    series: tuple[str, ...]
+    parameters: tuple[tuple[str, float], ...] = ()
+    weights: tuple[float, ...] = ()
+    dims: int = 3
+
+
+@dataclass(frozen=True)
+class FilterPreview:
+    """View ``view`` as it is, its base layer's shown slice filtered (2-D) with ``parameters``."""
+
+    view: int
+    filter: str
+    parameters: tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True)
 class Hang:
     """Hang the reader's saved rule ``rule`` (``ready.vocabulary.hanging_rules``) on this study."""
 
@@ -387,7 +408,8 @@ class SegDelete:
 Message = (Acknowledge | Input | Setting | Layout | Probe | Resize | Thumbnails | OpenStudy | Measure
            | Keep | Forget | Relabel | StoreFindings | SuvMethod | SuvInputs | Hang | HangSave | HangDelete
            | Chart | SegNew | SegOpen | SegClose | SegEdit | SegUndo | SegRedo | SegSegment | SegStore
-           | SegModel | SegDelete | ReportCapture | RegRun | RegLandmarks | RegNudge | RegDecide)
+           | SegModel | SegDelete | ReportCapture | RegRun | RegLandmarks | RegNudge | RegDecide | Derive
+           | FilterPreview)
 
 
 def _field(message: dict[str, Any], name: str, rule: FieldRule) -> Any:
@@ -693,6 +715,41 @@ def _parse_reg_decide(message: dict[str, Any], views: int) -> RegDecide:
                      _field(message, "decision", Text(REGISTRATION_DECISIONS)))
 
 
+OPERATION_NAME = Identifier(re.compile(r"[a-z_]{1,48}"))
+PARAMETER_NAME = re.compile(r"[a-z_]{1,32}")
+PARAMETERS_MAX = 8
+PARAMETER_VALUE = Number(-1e7, 1e7)
+
+
+def _parameters(message: dict[str, Any]) -> tuple[tuple[str, float], ...]:
+    raw = message.get("parameters", {})
+    if not isinstance(raw, dict) or len(raw) > PARAMETERS_MAX:
+        raise ProtocolError("bad_value", f"parameters is an object of at most {PARAMETERS_MAX} numbers")
+    if not all(isinstance(name, str) and PARAMETER_NAME.fullmatch(name) for name in raw):
+        raise ProtocolError("bad_value", "a parameter's name is lower-case letters and underscores")
+    return tuple(sorted((name, float(_field(raw, name, PARAMETER_VALUE))) for name in raw))
+
+
+def _parse_derive(message: dict[str, Any], views: int) -> Derive:
+    _exact_keys(message, {"type", "operation", "series", "parameters", "weights", "dims"})
+    series = message.get("series")
+    if not isinstance(series, list) or not 1 <= len(series) <= 4:
+        raise ProtocolError("bad_value", "series is a list of 1 to 4 series uids")
+    uids = tuple(_field({"series": uid}, "series", SERIES_UID) for uid in series)
+    weights = message.get("weights", [])
+    if not isinstance(weights, list) or len(weights) > 4:
+        raise ProtocolError("bad_value", "weights is a list of at most 4 numbers")
+    checked = tuple(float(_field({"weight": w}, "weight", Number(-1e6, 1e6))) for w in weights)
+    dims = int(_field(message, "dims", Number(2, 3, integer=True))) if "dims" in message else 3
+    return Derive(_field(message, "operation", OPERATION_NAME), uids, _parameters(message), checked, dims)
+
+
+def _parse_filter_preview(message: dict[str, Any], views: int) -> FilterPreview:
+    _exact_keys(message, {"type", "view", "filter", "parameters"})
+    return FilterPreview(_view(message, views), _field(message, "filter", OPERATION_NAME),
+                         _parameters(message))
+
+
 def _parse_seg_new(message: dict[str, Any], views: int) -> SegNew:
     _exact_keys(message, {"type", "view", "label"})
     return SegNew(_view(message, views), _field(message, "label", SEG_LABEL))
@@ -768,7 +825,7 @@ _PARSERS: dict[str, Callable[[dict[str, Any], int], Message]] = {
     "seg_segment": _parse_seg_segment, "seg_store": _parse_seg_store, "seg_model": _parse_seg_model,
     "seg_delete": _parse_seg_delete,
     "reg_run": _parse_reg_run, "reg_landmarks": _parse_reg_landmarks, "reg_nudge": _parse_reg_nudge,
-    "reg_decide": _parse_reg_decide,
+    "reg_decide": _parse_reg_decide, "derive": _parse_derive, "filter_preview": _parse_filter_preview,
 }
 
 

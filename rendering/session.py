@@ -511,6 +511,14 @@ class ViewerSession:
         series = self.series.get(series_id)
         return series.frame_of_reference if series is not None else None
 
+    def series_join(self, series: list[SeriesInfo]) -> None:
+        """Series made during the reading (derived series) join it."""
+        self._series_add(series, [])
+
+    def frame_transform(self, source: str, target: str) -> np.ndarray | None:
+        """The transform from frame ``source``'s patient mm into ``target``'s, or None."""
+        return self._transform(source, target)
+
     def _transform(self, source: str, target: str) -> np.ndarray | None:
         links = [*self.links, *([self.proposal] if self.proposal is not None else [])]
         return frame_transform(links, source, target)

@@ -44,14 +44,17 @@ class ClinicalVolumes:
         settings.KEYS_DIR = keys_dir
         settings.IMAGING_STORAGE_DIR = storage_dir
         django.setup()
+        from rendering.derived_volumes import DerivedVolumes
         from rendering.segmentation_volumes import SegmentationMaps
 
         self._host = HostVolumes(shared_dir, shared_bytes) if shared_dir and shared_bytes else None
         self._segmentations = SegmentationMaps(self.load)
+        self._derived = DerivedVolumes(self.load)
 
     def load(self, series_id: str) -> Volume:
         from django.db import close_old_connections
 
+        from imaging.derived import LAYER_PREFIX as DERIVED_PREFIX
         from imaging.models import Series
         from imaging.segmentations import LAYER_PREFIX
         from imaging.volumes import load_volume
@@ -59,6 +62,8 @@ class ClinicalVolumes:
         close_old_connections()
         if series_id.startswith(LAYER_PREFIX):
             return self._segmentations.build(series_id)
+        if series_id.startswith(DERIVED_PREFIX):
+            return self._derived.build(series_id)
         series = Series.objects.filter(series_instance_uid=series_id).first()
         if series is None:
             raise KeyError(series_id)
