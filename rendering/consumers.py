@@ -279,7 +279,7 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, P
                                               views=len(self.session.views))
         except protocol.ProtocolError as error:
             if self.budget.take():
-                await self._error(error.code, str(error))
+                await self._error(error.code, str(error), of=error.of)
             return
         if not isinstance(message, protocol.Acknowledge) and not self.budget.take():
             await self._rate_limited()

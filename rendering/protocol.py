@@ -43,6 +43,8 @@ class ProtocolError(ValueError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+        self.of: str | None = None
+        """The message type refused, once known (a client may have several kinds in flight)."""
 
 
 @dataclass(frozen=True)
@@ -474,7 +476,11 @@ def message_parse(raw: str | bytes | None, *, views: int) -> Message:
     parser = _PARSERS.get(message["type"])
     if parser is None:
         raise ProtocolError("unknown_type", f"unknown message type {shown(message['type'])}")
-    return parser(message, views)
+    try:
+        return parser(message, views)
+    except ProtocolError as error:
+        error.of = message["type"]
+        raise
 
 
 def _refuse_constant(name: str) -> None:

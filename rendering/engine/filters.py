@@ -411,8 +411,8 @@ FILTERS: Mapping[str, FilterSpec] = {spec.name: spec for spec in (
         ParamSpec("bins", "", 128, 2, 4096, "Histogram bins.", integer=True),
     ), _spatial(_otsu)),
     FilterSpec("threshold", Domain.SPATIAL, "1 where low <= value <= high, else 0.", (
-        ParamSpec("low", "image units", 0.0, -1.0e9, 1.0e9, "Lowest value kept."),
-        ParamSpec("high", "image units", 1000.0, -1.0e9, 1.0e9, "Highest value kept."),
+        ParamSpec("low", "image units", 0.0, -1.0e7, 1.0e7, "Lowest value kept."),
+        ParamSpec("high", "image units", 1000.0, -1.0e7, 1.0e7, "Highest value kept."),
     ), _spatial(_threshold)),
     FilterSpec("butterworth_lowpass", Domain.FREQUENCY, "1 / sqrt(1 + (f / cutoff)^(2 order)).", (
         _CUTOFF, ParamSpec("order", "", 5, 1, 20, "Steepness of the roll-off.", integer=True),

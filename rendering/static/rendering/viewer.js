@@ -668,6 +668,7 @@ function refreshControls() {
   showMeasureControls();
   showSegmentTool();
   showFuse();
+  showDerive();
   markSelectedSeries();
 }
 
@@ -1029,6 +1030,7 @@ async function showFrame(buffer) {
 }
 
 function paintFrame(view, frame, bitmap) {
+  previewEnded(view);
   view.shownRank = frameRank(frame);
   view.lastSequence = frame.sequence;
   const overlay = frame.overlay || {};
@@ -1087,6 +1089,7 @@ function receiveReady(message) {
   buildViews(message.views || []);
   fillRegistrationSeries();
   showRegistration();
+  receiveDeriveOffer(message.derive);
   showHanging(message.vocabulary && message.vocabulary.hanging_rules);
   buildSeriesStrip();
   const own = seriesOrder.filter((series) => studyOf(series) === studyUids[0]).length;
@@ -1128,6 +1131,7 @@ function receiveError(message) {
   }
   if (segmentationFailed(message)) return;
   if (registrationFailed(message)) return;
+  if (deriveFailed(message)) return;
   // A refusal of a `set` just after an overlay toggle answers it.
   const answersOverlay = message.code === "refused" && (message.of === "set" || !message.of) && overlayPending();
   const answersMeasuring = message.of ? ["measure", "keep"].includes(message.of) : measuringAsked();
@@ -1160,6 +1164,8 @@ function handleText(message) {
   else if (message.type === "segmentation_job") receiveSegmentationJob(message);
   else if (message.type === "registration") receiveRegistration(message);
   else if (message.type === "registrations") receiveRegistrations(message);
+  else if (message.type === "derived") receiveDerived(message);
+  else if (message.type === "filter_preview") receiveFilterPreview(message);
   else if (message.type === "suv") showSuv(message);
   else if (message.type === "hanging_rules") showHanging(message.rules);
   else if (message.type === "error") receiveError(message);
@@ -1181,6 +1187,7 @@ function clearViews() {
   clearMeasurements();
   clearSegmentations();
   clearRegistrations();
+  clearDerive();
 }
 
 function end(text, link) {
@@ -1210,6 +1217,7 @@ function connect() {
     if (openAsked !== null) openSettled();
     if (segmentation) receiveSegmentation({ segmentation: null });  // a new connection has none open
     registrationReset();
+    deriveReset();
     if (!seriesOrder.length) studyLabel.textContent = "connected";
     clearError();
   });
@@ -2478,7 +2486,7 @@ function showMeasurePanel() {
   const wasHidden = measurePanel.hidden;
   // Reports stored in the study are for reading: shown even to whoever may not measure.
   measurePanel.hidden = measureTools().length === 0 && findings.length === 0 && documents.length === 0
-    && segmentationSection.hidden && registrationSection.hidden;
+    && segmentationSection.hidden && registrationSection.hidden && deriveSection.hidden;
   measureSection.hidden = !measuringOffered();
   measureRefusedNote.hidden = !measuringRefused;
   // The views get the room the panel leaves: their canvases follow.
@@ -4019,6 +4027,514 @@ regLandmarksClearButton.addEventListener("click", () => {
   showLandmarks();
   drawAllShapes();
 });
+
+// --- filters and image arithmetic: derived series the server makes ---------------------------
+// `ready.derive` (null for a reader who may not report) announces the filters, each with its
+// parameters' ranges, and the arithmetic operations; the menus are built from it alone. The
+// server validates and computes everything; the panel sends what the reader chose, shows the
+// `derived` answers and lays a `filter_preview` picture over its view until that view's next frame.
+
+const deriveSection = document.getElementById("derive-section");
+const deriveFilterSelect = document.getElementById("derive-filter");
+const deriveFilterAbout = document.getElementById("derive-filter-about");
+const deriveParams = document.getElementById("derive-params");
+const deriveDimsSelect = document.getElementById("derive-dims");
+const deriveBase = document.getElementById("derive-base");
+const derivePreviewButton = document.getElementById("derive-preview");
+const deriveLive = document.getElementById("derive-live");
+const deriveHideButton = document.getElementById("derive-hide");
+const deriveFilterMake = document.getElementById("derive-filter-make");
+const deriveOperationSelect = document.getElementById("derive-operation");
+const deriveFormula = document.getElementById("derive-formula");
+const deriveTerms = document.getElementById("derive-terms");
+const deriveArithmeticMake = document.getElementById("derive-arithmetic-make");
+const deriveStatus = document.getElementById("derive-status");
+const deriveResults = document.getElementById("derive-results");
+
+// As the protocol bounds them (rendering/protocol.py _parse_derive): up to four series, weights ±1e6.
+const TERM_NAMES = ["A", "B", "C", "D"];
+const WEIGHT_RANGE = { min: -1e6, max: 1e6 };
+const ARITHMETIC_TERMS = { difference: 2, ratio: 2, weighted_sum: 4 };
+const ARITHMETIC_FORMULAS = { difference: "w₁·A − w₂·B", ratio: "(w₁·A) / (w₂·B)",
+                              weighted_sum: "w₁·A + w₂·B (+ w₃·C + w₄·D)" };
+const DIMS_NAMES = { 2: "2-D: each slice alone", 3: "3-D: the volume" };
+const PREVIEW_ENCODINGS = new Set(["jpeg", "png"]);
+const LIVE_PREVIEW_MS = 250;
+const DERIVE_ANSWER_MS = 10000;
+
+let deriveOffer = null;         // ready.derive, or null
+let deriveOfferShown = "";      // the offer the menus were built from (JSON): rebuilt only when it changes
+let deriveFilterName = "";      // the reader's filter
+const deriveTyped = new Map();  // filter -> { parameter: the text in its box }, kept across filters and `ready`s
+let deriveDims = 3;
+let arithmeticOperation = "";
+let arithmeticChosen = null;    // the series of each term the reader chose ("" none), or null: defaults
+const arithmeticWeights = TERM_NAMES.map(() => "1");
+let previewAsked = null;        // the filter_preview in flight: { until }
+let previewAgain = false;       // a live change came while one was in flight
+let liveTimer = null;
+let deriveAsked = null;         // a `derive` not yet answered: a timer
+const deriveJobs = new Map();   // id -> the latest `derived` message of that job
+
+function filterSpecs() {
+  const filters = deriveOffer && Array.isArray(deriveOffer.filters) ? deriveOffer.filters : [];
+  return filters.filter((spec) => isRecord(spec) && textOf(spec.name) && Array.isArray(spec.params));
+}
+
+function filterSpec() {
+  return filterSpecs().find((spec) => spec.name === deriveFilterName) || null;
+}
+
+function arithmeticOperations() {
+  const listed = deriveOffer && Array.isArray(deriveOffer.arithmetic) ? deriveOffer.arithmetic : [];
+  return listed.filter((name) => textOf(name));
+}
+
+function termCount() {
+  return ARITHMETIC_TERMS[arithmeticOperation] || TERM_NAMES.length;
+}
+
+function baseOfActiveView() {
+  const view = views[activeView];
+  return view ? view.layers[0] || "" : "";
+}
+
+function showDeriveStatus(text, failed = false) {
+  deriveStatus.textContent = text;
+  deriveStatus.classList.toggle("failed", failed);
+  delete deriveStatus.dataset.problem;
+  delete deriveStatus.dataset.preview;
+}
+
+// What is wrong with what the reader typed shows while it is wrong, and goes once it is not.
+function showInputProblem(problem) {
+  if (problem) {
+    showDeriveStatus(problem, true);
+    deriveStatus.dataset.problem = "true";
+  } else if (deriveStatus.dataset.problem) {
+    showDeriveStatus("");
+  }
+}
+
+function rangeText(rule) {
+  const low = Number.isFinite(rule.minimum) ? rule.minimum : null;
+  const high = Number.isFinite(rule.maximum) ? rule.maximum : null;
+  const kind = rule.integer ? "a whole number" : "a number";
+  if (low !== null && high !== null) return `${kind} from ${low} to ${high}`;
+  if (low !== null) return `${kind} from ${low}`;
+  return high !== null ? `${kind} up to ${high}` : kind;
+}
+
+// "sigma_mm" in mm reads "sigma (mm)".
+function parameterName(rule) {
+  const unit = textOf(rule.unit);
+  const bare = unit && rule.name.endsWith(`_${unit}`) ? rule.name.slice(0, -unit.length - 1) : rule.name;
+  return `${bare.replaceAll("_", " ")}${unit ? ` (${unit})` : ""}`;
+}
+
+function parameterField(spec, rule, typed) {
+  const input = document.createElement("input");
+  input.type = "number";
+  input.dataset.param = rule.name;
+  if (Number.isFinite(rule.minimum)) input.min = String(rule.minimum);
+  if (Number.isFinite(rule.maximum)) input.max = String(rule.maximum);
+  input.step = rule.integer ? "1" : "any";
+  input.value = typed[rule.name] ?? String(rule.default ?? "");
+  input.title = textOf(rule.description);
+  input.setAttribute("aria-label", `${parameterName(rule)} of the ${label(spec.name)} filter`);
+  input.addEventListener("input", () => {
+    typed[rule.name] = input.value;
+    showDerive();
+    showInputProblem(filterParameters().problem);
+    if (deriveLive.checked) scheduleLivePreview();
+  });
+  const field = element("label", "derive-param", parameterName(rule));
+  field.dataset.param = rule.name;
+  field.append(" ", input);
+  return field;
+}
+
+function buildFilterFields() {
+  const spec = filterSpec();
+  deriveFilterAbout.textContent = spec ? textOf(spec.description) : "";
+  if (!spec) { deriveParams.replaceChildren(); deriveDimsSelect.replaceChildren(); return; }
+  if (!deriveTyped.has(spec.name)) deriveTyped.set(spec.name, {});
+  const typed = deriveTyped.get(spec.name);
+  deriveParams.replaceChildren(...spec.params.filter((rule) => isRecord(rule) && textOf(rule.name))
+    .map((rule) => parameterField(spec, rule, typed)));
+  const dims = (Array.isArray(spec.dims) ? spec.dims : [2, 3]).filter((d) => d === 2 || d === 3);
+  deriveDimsSelect.replaceChildren(...dims.map((d) => option(String(d), DIMS_NAMES[d])));
+  if (!dims.includes(deriveDims)) deriveDims = dims.includes(3) ? 3 : dims[0] || 3;
+  deriveDimsSelect.value = String(deriveDims);
+}
+
+// Every parameter as a number within its announced range, or the first that is not (and why).
+function filterParameters() {
+  const spec = filterSpec();
+  if (!spec) return { problem: "no filter chosen" };
+  const parameters = {};
+  let problem = "";
+  for (const field of deriveParams.querySelectorAll("input[data-param]")) {
+    const rule = spec.params.find((each) => each.name === field.dataset.param);
+    const value = field.value.trim() === "" ? NaN : Number(field.value);
+    const ok = Number.isFinite(value) && !(Number.isFinite(rule.minimum) && value < rule.minimum)
+      && !(Number.isFinite(rule.maximum) && value > rule.maximum) && !(rule.integer && !Number.isInteger(value));
+    field.setAttribute("aria-invalid", String(!ok));
+    if (!ok && !problem) problem = `${parameterName(rule)}: ${rangeText(rule)}`;
+    parameters[rule.name] = value;
+  }
+  return problem ? { problem } : { parameters };
+}
+
+function buildTerms() {
+  deriveTerms.replaceChildren(...TERM_NAMES.map((name, index) => {
+    const select = element("select", "derive-term-series");
+    select.setAttribute("aria-label", `series ${name}`);
+    select.addEventListener("change", chooseArithmeticSeries);
+    const weight = document.createElement("input");
+    weight.type = "number";
+    weight.className = "derive-term-weight";
+    weight.step = "any";
+    weight.min = String(WEIGHT_RANGE.min);
+    weight.max = String(WEIGHT_RANGE.max);
+    weight.value = arithmeticWeights[index];
+    weight.setAttribute("aria-label", `weight of series ${name}`);
+    weight.addEventListener("input", () => {
+      arithmeticWeights[index] = weight.value;
+      showDerive();
+      showInputProblem(arithmeticMessage().problem);
+    });
+    const term = element("li", "derive-term");
+    term.dataset.term = String(index);
+    const seriesField = element("label", "", name);
+    seriesField.append(" ", select);
+    const weightField = element("label", "", `w${index + 1}`);
+    weightField.append(" ", weight);
+    term.append(seriesField, weightField);
+    return term;
+  }));
+}
+
+function termSelects() {
+  return [...deriveTerms.querySelectorAll("select.derive-term-series")];
+}
+
+function termWeights() {
+  return [...deriveTerms.querySelectorAll("input.derive-term-weight")];
+}
+
+// A: the reader's choice, else the active view's series; B: the reader's, else another. C and D
+// (a weighted sum) are optional.
+function fillArithmeticSeries() {
+  const uids = seriesOrder.filter(registrable).map((series) => series.uid);
+  const chosen = arithmeticChosen || [];
+  const base = baseOfActiveView();
+  const first = [chosen[0], base, uids[0]].find((uid) => uid && uids.includes(uid)) || "";
+  const second = [chosen[1], uids.find((uid) => uid !== first)].find((uid) => uid && uids.includes(uid)) || "";
+  const wanted = [first, second, ...[2, 3].map((at) => (uids.includes(chosen[at]) ? chosen[at] : ""))];
+  termSelects().forEach((select, index) => {
+    const options = uids.map((uid) => option(uid, seriesName(uid)));
+    if (index >= 2) options.unshift(option("", "— none —"));
+    select.replaceChildren(...options);
+    showChoice(select, wanted[index]);
+  });
+}
+
+function chooseArithmeticSeries() {
+  arithmeticChosen = termSelects().map((select) => select.value);
+  showDerive();
+  showInputProblem(arithmeticMessage().problem);
+}
+
+function chosenTerms() {
+  const weights = termWeights();
+  return termSelects().slice(0, termCount()).map((select, index) => ({
+    uid: select.value, text: weights[index].value, input: weights[index], required: index < 2,
+  }));
+}
+
+// The arithmetic message, or the first reason there is none.
+function arithmeticMessage() {
+  if (!arithmeticOperation) return { problem: "no operation chosen" };
+  const terms = chosenTerms();
+  let problem = "";
+  for (const term of terms) {
+    const weight = term.text.trim() === "" ? NaN : Number(term.text);
+    const ok = Number.isFinite(weight) && weight >= WEIGHT_RANGE.min && weight <= WEIGHT_RANGE.max;
+    term.input.setAttribute("aria-invalid", String(Boolean(term.uid) && !ok));
+    term.weight = weight;
+    if (term.uid && !ok && !problem) problem = `a weight is a number from ${WEIGHT_RANGE.min} to ${WEIGHT_RANGE.max}`;
+  }
+  const used = terms.filter((term) => term.uid);
+  if (terms.some((term) => term.required && !term.uid)) problem = "choose series A and B";
+  else if (new Set(used.map((term) => term.uid)).size !== used.length) problem = "choose different series";
+  if (problem) return { problem };
+  return { message: { type: "derive", operation: arithmeticOperation, series: used.map((term) => term.uid),
+                      weights: used.map((term) => term.weight) } };
+}
+
+// --- the panel ---
+
+// Built again only when the offer changes: a `ready` after a series is made keeps what the reader
+// typed, chose and is typing.
+function receiveDeriveOffer(offer) {
+  deriveOffer = isRecord(offer) ? offer : null;
+  const shown = JSON.stringify(deriveOffer);
+  if (shown !== deriveOfferShown) {
+    deriveOfferShown = shown;
+    const filters = filterSpecs();
+    deriveFilterSelect.replaceChildren(...filters.map((spec) => {
+      const item = option(spec.name, label(spec.name));
+      item.title = textOf(spec.description);
+      return item;
+    }));
+    if (!filters.some((spec) => spec.name === deriveFilterName)) deriveFilterName = filters[0] ? filters[0].name : "";
+    deriveFilterSelect.value = deriveFilterName;
+    buildFilterFields();
+    const operations = arithmeticOperations();
+    deriveOperationSelect.replaceChildren(...operations.map((name) => option(name, label(name))));
+    if (!operations.includes(arithmeticOperation)) arithmeticOperation = operations[0] || "";
+    deriveOperationSelect.value = arithmeticOperation;
+  }
+  if (!deriveOffer) { hidePreviews(); deriveLive.checked = false; }
+  fillArithmeticSeries();
+  showDeriveResults();
+  showDerive();
+}
+
+function showDerive() {
+  const offered = Boolean(deriveOffer);
+  deriveSection.hidden = !offered;
+  const base = baseOfActiveView();
+  deriveBase.textContent = base ? seriesName(base) : "no view";
+  const filter = filterParameters();
+  const asking = deriveAsked !== null;
+  derivePreviewButton.disabled = !base || Boolean(filter.problem);
+  deriveFilterMake.disabled = asking || Boolean(filter.problem) || !registrable(seriesByUid.get(base));
+  deriveFilterMake.title = base && !registrable(seriesByUid.get(base))
+    ? "the active view's series is not a volume: only volume series are filtered into new series"
+    : "Make a new series: the active view's series filtered";
+  const count = termCount();
+  deriveTerms.querySelectorAll(".derive-term").forEach((term, index) => { term.hidden = index >= count; });
+  deriveFormula.textContent = ARITHMETIC_FORMULAS[arithmeticOperation] || "";
+  const arithmetic = arithmeticMessage();
+  deriveArithmeticMake.disabled = asking || Boolean(arithmetic.problem);
+  deriveArithmeticMake.title = arithmetic.problem || "Make a new series of these series, each resampled onto the first";
+  deriveHideButton.disabled = !views.some((view) => view.preview);
+  showMeasurePanel();
+}
+
+// Each job's item is built again only when its state changes, so a focused button stays.
+function fillDeriveResult(item, job) {
+  item.dataset.state = textOf(job.state);
+  const what = textOf(job.description) || label(textOf(job.operation) || "series");
+  if (job.state === "running") {
+    const bar = element("progress");
+    bar.setAttribute("aria-label", `making ${what}`);
+    item.replaceChildren(element("span", "derive-result-text", `making ${what}…`), bar);
+  } else if (job.state === "done") {
+    const show = element("button", "derive-show", "Show in active view");
+    show.type = "button";
+    show.dataset.series = textOf(job.series);
+    show.addEventListener("click", () => showSeries(activeView, job.series));
+    item.replaceChildren(element("span", "derive-result-text", `made: ${what}`), show);
+  } else {
+    item.replaceChildren(element("span", "derive-result-text", `failed: ${textOf(job.reason) || "no reason given"}`));
+  }
+}
+
+function showDeriveResults() {
+  const shown = new Map([...deriveResults.children].map((item) => [item.dataset.derived, item]));
+  for (const job of [...deriveJobs.values()].sort((a, b) => a.id - b.id)) {
+    let item = shown.get(String(job.id));
+    if (!item) {
+      item = element("li", "derive-result");
+      item.dataset.derived = String(job.id);
+      deriveResults.append(item);
+    }
+    if (item.dataset.state !== job.state) fillDeriveResult(item, job);
+    const show = item.querySelector("button.derive-show");
+    if (show) {
+      const listed = seriesByUid.get(job.series);
+      show.disabled = !listed || !listed.available;
+      show.title = show.disabled ? "waiting for the series list" : "";
+    }
+    shown.delete(String(job.id));
+  }
+  for (const item of shown.values()) item.remove();
+  deriveResults.hidden = deriveJobs.size === 0;
+}
+
+// --- what the reader asks ---
+
+function askDerive(message) {
+  clearTimeout(deriveAsked);
+  deriveAsked = setTimeout(() => { deriveAsked = null; showDerive(); }, DERIVE_ANSWER_MS);
+  showDeriveStatus("asked…");
+  send(message);
+  showDerive();
+}
+
+function makeFilterSeries() {
+  const base = baseOfActiveView();
+  const { parameters, problem } = filterParameters();
+  if (deriveFilterMake.disabled || problem || !registrable(seriesByUid.get(base))) return;
+  askDerive({ type: "derive", operation: deriveFilterName, series: [base], parameters, dims: deriveDims });
+}
+
+function makeArithmeticSeries() {
+  const { message, problem } = arithmeticMessage();
+  if (deriveArithmeticMake.disabled || problem) return;
+  askDerive(message);
+}
+
+// One preview in flight at a time: a change meanwhile is sent once the answer (or error) is in.
+function askPreview() {
+  clearTimeout(liveTimer);
+  liveTimer = null;
+  const { parameters, problem } = filterParameters();
+  if (problem) { showDeriveStatus(problem, true); return; }
+  if (!views[activeView] || !deriveOffer) return;
+  if (previewAsked && performance.now() < previewAsked.until) { previewAgain = true; return; }
+  previewAgain = false;
+  previewAsked = { until: performance.now() + DERIVE_ANSWER_MS };
+  send({ type: "filter_preview", view: activeView, filter: deriveFilterName, parameters });
+}
+
+function scheduleLivePreview() {
+  clearTimeout(liveTimer);
+  liveTimer = setTimeout(askPreview, LIVE_PREVIEW_MS);
+}
+
+function previewSettled() {
+  previewAsked = null;
+  if (previewAgain) askPreview();
+}
+
+// --- the preview over a view ---
+
+function showPreview(view, source, filter) {
+  hidePreview(view);
+  const layer = element("div", "filter-preview");
+  layer.dataset.filter = filter;
+  const picture = element("img");
+  picture.alt = `the view with its slice filtered (${label(filter)}): a preview`;
+  picture.addEventListener("error", () => {
+    if (view.preview !== layer) return;
+    hidePreview(view);
+    showDeriveStatus("the preview could not be shown", true);
+    showDerive();
+  });
+  picture.src = source;
+  layer.append(picture, element("span", "filter-preview-caption", `preview: ${label(filter)}`));
+  view.canvas.after(layer);
+  view.preview = layer;
+}
+
+function hidePreview(view) {
+  if (!view.preview) return;
+  view.preview.remove();
+  view.preview = null;
+}
+
+function hidePreviews() {
+  views.forEach(hidePreview);
+}
+
+// --- what the server says ---
+
+function receiveFilterPreview(message) {
+  previewSettled();
+  const view = views[message.view];
+  const encoding = textOf(message.encoding);
+  if (!view || !PREVIEW_ENCODINGS.has(encoding) || typeof message.image !== "string" || !BASE64.test(message.image)) {
+    showDeriveStatus("the preview could not be shown", true);
+    return;
+  }
+  if (deriveStatus.dataset.preview) showDeriveStatus("");
+  showPreview(view, `data:image/${encoding};base64,${message.image}`, textOf(message.filter));
+  showDerive();
+}
+
+// The frame painted after a preview is the view as it is now: the preview goes.
+function previewEnded(view) {
+  if (!view.preview) return;
+  hidePreview(view);
+  deriveHideButton.disabled = !views.some((each) => each.preview);
+}
+
+function receiveDerived(message) {
+  if (!Number.isInteger(message.id) || !["running", "done", "failed"].includes(message.state)) return;
+  clearTimeout(deriveAsked);
+  deriveAsked = null;
+  if (deriveStatus.textContent === "asked…") showDeriveStatus("");
+  deriveJobs.set(message.id, message);
+  showDeriveResults();
+  showDerive();
+}
+
+// An error answering `derive` or `filter_preview` shows in the panel's status line.
+function deriveFailed(message) {
+  if (message.of !== "derive" && message.of !== "filter_preview") return false;
+  const text = `${textOf(message.code)}: ${textOf(message.message)}`;
+  if (message.of === "derive") {
+    clearTimeout(deriveAsked);
+    deriveAsked = null;
+    showDeriveStatus(text, true);
+  } else {
+    previewSettled();  // the next change goes; the refusal stays on screen until a preview is shown
+    showDeriveStatus(`preview: ${text}`, true);
+    deriveStatus.dataset.preview = "true";
+  }
+  showDerive();
+  return !deriveSection.hidden;
+}
+
+// A new connection has nothing in flight: the server stops a job being made when its socket closes
+// (a series made is listed by the next `ready`).
+function deriveReset() {
+  clearTimeout(deriveAsked);
+  deriveAsked = null;
+  clearTimeout(liveTimer);
+  liveTimer = null;
+  previewAsked = null;
+  previewAgain = false;
+  for (const job of deriveJobs.values()) {
+    if (job.state === "running") {
+      deriveJobs.set(job.id, { ...job, state: "failed", reason: "the connection was lost while it was being made" });
+    }
+  }
+  showDeriveResults();
+}
+
+function clearDerive() {
+  deriveReset();
+  hidePreviews();
+  deriveJobs.clear();
+  showDeriveResults();
+  deriveOffer = null;
+  showDeriveStatus("");
+  showDerive();
+}
+
+buildTerms();
+deriveFilterSelect.addEventListener("change", () => {
+  deriveFilterName = deriveFilterSelect.value;
+  buildFilterFields();
+  showDerive();
+  showInputProblem(filterParameters().problem);
+  if (deriveLive.checked) scheduleLivePreview();
+});
+deriveDimsSelect.addEventListener("change", () => { deriveDims = Number(deriveDimsSelect.value); });
+derivePreviewButton.addEventListener("click", askPreview);
+deriveLive.addEventListener("change", () => { if (deriveLive.checked) scheduleLivePreview(); });
+deriveHideButton.addEventListener("click", () => { hidePreviews(); showDerive(); });
+deriveFilterMake.addEventListener("click", makeFilterSeries);
+deriveOperationSelect.addEventListener("change", () => {
+  arithmeticOperation = deriveOperationSelect.value;
+  showDerive();
+});
+deriveArithmeticMake.addEventListener("click", makeArithmeticSeries);
 
 // --- toolbar -----------------------------------------------------------------
 
