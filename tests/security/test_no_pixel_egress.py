@@ -146,7 +146,10 @@ def _every_client_message() -> list[dict]:
         {"type": "hang_save", "name": "as on screen"}, {"type": "hang", "rule": 1},
         {"type": "hang_delete", "rule": 1}, {"type": "suv", "method": "lbm_james"},
         {"type": "suv_inputs", "series": "1.2.3", "weight_kg": 70}, {"type": "findings_store"},
-        {"type": "report_capture", "view": 0}])
+        {"type": "report_capture", "view": 0},
+        {"type": "reg_run", "fixed": "1.2.3", "moving": "1.2.4"},
+        {"type": "derive", "operation": "gaussian", "series": ["1.2.3"], "parameters": {"sigma_mm": 1}},
+        {"type": "filter_preview", "view": 0, "filter": "median", "parameters": {"radius_mm": 1}}])
     return messages
 
 
@@ -199,13 +202,17 @@ async def test_every_websocket_message_yields_only_pictures_and_small_json(clien
             frames += 1
             continue
         text = message["text"]
-        assert len(text.encode()) < MAX_TEXT_BYTES
         body = json.loads(text)
+        # A preview is a picture of the whole view, like a frame (checked as one below).
+        assert len(text.encode()) < MAX_TEXT_BYTES or body["type"] == "filter_preview"
         assert body["type"] in {"ready", "error", "probe", "thumbnail", "measurement", "findings",
                                 "hanging_rules", "chart", "suv", "findings_stored", "documents",
-                                "segmentations", "report_captured"}, body
+                                "segmentations", "report_captured", "registrations", "registration",
+                                "derived", "filter_preview"}, body
         if body["type"] == "thumbnail":
             _assert_thumbnail_is_a_picture(body)
+        if body["type"] == "filter_preview":
+            _assert_preview_is_a_picture(body)
         if body["type"] == "measurement":
             _assert_measurement_is_a_few_numbers(body)
         if body["type"] == "chart":
@@ -217,7 +224,7 @@ async def test_every_websocket_message_yields_only_pictures_and_small_json(clien
             _assert_documents_are_numbers_and_outlines(body)
         kinds.add(body["type"])
     assert frames > 10
-    assert {"ready", "probe", "thumbnail", "measurement", "findings", "chart"} <= kinds
+    assert {"ready", "probe", "thumbnail", "measurement", "findings", "chart", "filter_preview"} <= kinds
 
 
 def _assert_documents_are_numbers_and_outlines(body: dict) -> None:
@@ -249,6 +256,14 @@ def _assert_chart_is_counts_and_a_picture(body: dict) -> None:
         assert image.startswith(IMAGE_MAGIC)
         with Image.open(io.BytesIO(image)) as picture:
             assert picture.size == (chart["width"], chart["height"]) and max(picture.size) <= 320
+
+
+def _assert_preview_is_a_picture(body: dict) -> None:
+    """A filter preview is the view drawn once, like a frame: an encoded picture of its size."""
+    image = base64.b64decode(body["image"])
+    assert image.startswith(IMAGE_MAGIC)
+    with Image.open(io.BytesIO(image)) as picture:
+        assert picture.size == (body["width"], body["height"]) and max(picture.size) <= 2048
 
 
 def _assert_thumbnail_is_a_picture(body: dict) -> None:
