@@ -20,7 +20,6 @@ import numpy as np
 from channels.db import database_sync_to_async
 
 from gateway.audit.catalogue import Action, Outcome
-from gateway.policy import Permission, may
 from imaging.derived import (
     ARITHMETIC,
     DerivedError,
@@ -34,12 +33,12 @@ from imaging.models import DerivedSeries
 from rendering import protocol
 from rendering.engine.filters import FILTERS, filters_vocabulary
 from rendering.pool import CLINICAL
+from rendering.reading_host import ReadingHost
 from rendering.session import SeriesInfo, SessionError
 from rendering.viewstate import viewstate_from_dict
 from rendering.workers import RenderError
 
 if TYPE_CHECKING:
-    from imaging.access import ViewerStudy
     from rendering.session import ViewerSession
 
 DERIVING_IS_REPORTING = "filters and image arithmetic are part of reporting, which is not granted here"
@@ -51,28 +50,12 @@ def derive_vocabulary() -> dict[str, Any]:
     return {"filters": filters_vocabulary(), "arithmetic": list(ARITHMETIC)}
 
 
-class DerivedReading:
+class DerivedReading(ReadingHost):
     """Handlers of the reading's derived series; ``derived_jobs`` are the ones being made."""
 
     derived_jobs: dict[int, asyncio.Task] | None = None
-    if TYPE_CHECKING:  # what the consumer it is mixed into provides
-        principal: Any
-        study: ViewerStudy
-        session: ViewerSession
-        pool: Any
-
-        async def send(self, text_data: str | None = None, bytes_data: bytes | None = None,
-                       close: bool = False) -> None: ...
-        async def _audit(self, action: Action, outcome: Outcome, *, study: str | None = None,
-                         details: dict[str, Any] | None = None) -> None: ...
-        async def _send_ready(self) -> None: ...
-        def _render(self, views: list[int]) -> None: ...
-
     async def _deriving(self) -> None:
-        consultant = getattr(self.principal, "is_capability", False) is True
-        if consultant or not await database_sync_to_async(may)(
-                self.principal, Permission.STUDY_REPORT, self.study.study_uid):
-            raise SessionError(DERIVING_IS_REPORTING)
+        await self._reporting(DERIVING_IS_REPORTING)
 
     async def _derived_open(self) -> None:
         """The studies' derived series already made join the reading (not for a consultant)."""

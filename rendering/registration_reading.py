@@ -14,13 +14,12 @@ import asyncio
 import json
 import math
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from channels.db import database_sync_to_async
 
 from gateway.audit.catalogue import Action, Outcome
-from gateway.policy import Permission, may
 from imaging.models import Registration, RegistrationState
 from imaging.registration_store import incoming_links, registration_dicom_store
 from imaging.registrations import (
@@ -39,41 +38,21 @@ from imaging.registrations import (
 from rendering import protocol
 from rendering.engine.registration import RegistrationError, register_landmarks
 from rendering.pool import CLINICAL
+from rendering.reading_host import ReadingHost
 from rendering.session import SessionError
 from rendering.viewstate import viewstate_from_dict
 from rendering.workers import RenderError
-
-if TYPE_CHECKING:
-    from imaging.access import ViewerStudy
-    from rendering.session import ViewerSession
 
 PROGRESS_EVERY_S = 1.0
 REGISTERING_IS_REPORTING = "registering series is part of reporting, which is not granted here"
 
 
-class RegistrationReading:
+class RegistrationReading(ReadingHost):
     """Handlers of the reading's registrations; ``registration_jobs`` are the running tasks."""
 
     registration_jobs: dict[int, asyncio.Task] | None = None
-    if TYPE_CHECKING:  # what the consumer it is mixed into provides
-        principal: Any
-        study: ViewerStudy
-        session: ViewerSession
-        pool: Any
-
-        async def send(self, text_data: str | None = None, bytes_data: bytes | None = None,
-                       close: bool = False) -> None: ...
-        async def _audit(self, action: Action, outcome: Outcome, *, study: str | None = None,
-                         details: dict[str, Any] | None = None) -> None: ...
-        async def _error(self, code: str, text: str, *, view: int | None = None,
-                         of: str | None = None) -> None: ...
-        def _render(self, views: list[int]) -> None: ...
-
     async def _registering(self) -> None:
-        consultant = getattr(self.principal, "is_capability", False) is True
-        if consultant or not await database_sync_to_async(may)(
-                self.principal, Permission.STUDY_REPORT, self.study.study_uid):
-            raise SessionError(REGISTERING_IS_REPORTING)
+        await self._reporting(REGISTERING_IS_REPORTING)
 
     async def _registration_links_load(self) -> list[int]:
         """The reading's links (accepted registrations, REG objects of its studies) into the

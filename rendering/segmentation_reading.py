@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 from channels.db import database_sync_to_async
 
 from gateway.audit.catalogue import Action, Outcome
-from gateway.policy import Permission, may
 from imaging.segmentation_models import model_offered, model_run_progress, model_run_start, models_offered
 from imaging.segmentations import (
     SegmentationError,
@@ -36,14 +35,13 @@ from imaging.segmentations import (
 )
 from rendering import protocol
 from rendering.pool import CLINICAL
+from rendering.reading_host import ReadingHost
 from rendering.session import SessionError
 from rendering.viewstate import viewstate_from_dict
 from rendering.workers import RenderError
 
 if TYPE_CHECKING:
-    from imaging.access import ViewerStudy
     from imaging.models import Segmentation
-    from rendering.session import ViewerSession
 
 
 class SegmentFailed(SessionError):
@@ -55,34 +53,13 @@ class SegmentFailed(SessionError):
 REPORTING_ONLY = "segmenting is part of reporting, which is not granted here"
 
 
-class SegmentationReading:
+class SegmentationReading(ReadingHost):
     """State and handlers of the reader's segmentation (one open at a time per socket)."""
 
     segmentation_id: int | None = None
-    if TYPE_CHECKING:  # what the consumer it is mixed into provides
-        principal: Any
-        study: ViewerStudy
-        session: ViewerSession
-        pool: Any
-        may_measure: bool
-
-        async def send(self, text_data: str | None = None, bytes_data: bytes | None = None,
-                       close: bool = False) -> None: ...
-        async def _audit(self, action: Action, outcome: Outcome, *, study: str | None = None,
-                         details: dict[str, Any] | None = None) -> None: ...
-        async def _error(self, code: str, text: str, *, view: int | None = None,
-                         of: str | None = None) -> None: ...
-        def _render(self, views: list[int]) -> None: ...
-
-    async def _segmentation_may_edit(self) -> bool:
-        consultant = getattr(self.principal, "is_capability", False) is True
-        return not consultant and await database_sync_to_async(may)(
-            self.principal, Permission.STUDY_REPORT, self.study.study_uid)
 
     async def _segmentation_editing(self) -> None:
-        """Refused unless the reader may edit segmentations, asked of the policy per message."""
-        if not await self._segmentation_may_edit():
-            raise SessionError(REPORTING_ONLY)
+        await self._reporting(REPORTING_ONLY)
 
     async def _recorded(self, change: Callable[..., Segmentation], *args: Any, **kwargs: Any) -> Segmentation:
         """A change of a segmentation's record; what it refuses is said to the reader."""
@@ -99,7 +76,7 @@ class SegmentationReading:
         listed: list[dict[str, Any]] = []
         if await self._segmentation_may_see():
             listed = await database_sync_to_async(segmentations_wire)(*self.session.studies)
-        may_edit = await self._segmentation_may_edit()
+        may_edit = await self._may_report()
         models = await database_sync_to_async(models_offered)() if may_edit else []
         await self.send(text_data=_json({"type": "segmentations", "may_edit": may_edit, "models": models,
                                          "segmentations": listed}))
@@ -147,7 +124,7 @@ class SegmentationReading:
                 segmentation_id, *self.session.studies)
         except SegmentationNotFound as error:
             raise SessionError("no such segmentation of this reading") from error
-        await self._segmentation_changed(segmentation, editable=await self._segmentation_may_edit())
+        await self._segmentation_changed(segmentation, editable=await self._may_report())
         self.segmentation_id = segmentation.id
 
     def _segmentation_state(self, segmentation: Segmentation, *, reference_only: bool = False) -> Any:
@@ -219,7 +196,7 @@ class SegmentationReading:
             await self._recorded(segment_set, segmentation.id, message.segment, **message.changes))
 
     async def _on_seg_store(self, message: protocol.SegStore) -> None:
-        if not await self._segmentation_may_edit():
+        if not await self._may_report():
             await self._audit(Action.SEGMENTATION_STORE, Outcome.DENIED,
                               details={"reason": "study.report not granted"})
             raise SessionError("storing a segmentation in the study is part of reporting, "
