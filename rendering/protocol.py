@@ -103,6 +103,10 @@ SETTINGS: dict[str, FieldRule] = {
     "overlay": SERIES_UID,
     # A volume series fused over the view (another frame of reference: registered first), or taken off.
     "fuse": SERIES_UID,
+    # A fused layer (``layer`` >= 1) hidden (false) or shown again (true), keeping its settings.
+    "visible": Flag(),
+    # A fused layer (``layer`` >= 1) moved to this position among the fused layers (the base stays 0).
+    "order": Number(1, 3, integer=True),
     "slab_mode": Text(("none", "mip", "minip", "average")),
     "slab_thickness": Number(0, 500),
     "window_preset": Text(("abdomen", "lung", "bone", "brain", "suv_0_5", "suv_0_10")),

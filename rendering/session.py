@@ -224,6 +224,14 @@ def _layer(series: SeriesInfo, *, palette: str | None = None, opacity: float = 1
             "voi": 0 if windows and not presented and unit == "native" else None}
 
 
+def _drawn(layer: dict[str, Any]) -> dict[str, Any]:
+    """A layer as the engine draws it: a hidden one transparent, its own opacity kept for later."""
+    if "hidden" not in layer:
+        return layer
+    drawn = {key: value for key, value in layer.items() if key != "hidden"}
+    return {**drawn, "opacity": 0.0} if layer["hidden"] else drawn
+
+
 class ViewerSession:
     """Layout, per-view settings and one focus point per frame of reference."""
 
@@ -482,6 +490,7 @@ class ViewerSession:
         view = self.views[index]
         focus = self.focus[self._base(view).frame_of_reference]
         layers = self._layers_shown(index) if segmentation else self._with_suv(view.layers)
+        layers = [_drawn(layer) for layer in layers]
         return viewstate_from_dict({
             "view": view.kind,
             "layers": self._with_registration(view, layers),
@@ -745,6 +754,11 @@ class ViewerSession:
             return self._overlay_toggle(message.view, str(value))
         if name == "fuse":
             return self.fuse_toggle(message.view, str(value))
+        if name in {"visible", "order"} and message.layer == 0:
+            raise SessionError("the base layer is always shown, first: choose a fused layer "
+                               "(layer 1 or more)")
+        if name == "order":
+            return self._layer_move(message.view, message.layer, int(value))
         if name == "kind":
             if value != "native" and not self._base(view).mpr:
                 raise SessionError("this series is shown in its own plane only "
@@ -764,7 +778,17 @@ class ViewerSession:
             view.preset3d = str(value)
         elif name in {"palette", "opacity"}:
             layer[name] = value
+        elif name == "visible":
+            layer["hidden"] = not bool(value)
         return [message.view]
+
+    def _layer_move(self, index: int, layer: int, to: int) -> list[int]:
+        """Move a fused layer to position ``to`` among the fused layers (drawn in that order)."""
+        layers = self.views[index].layers
+        if to >= len(layers):
+            raise SessionError(f"view {index} has {len(layers) - 1} fused layer(s)")
+        layers.insert(to, layers.pop(layer))
+        return [index]
 
     def _overlay_toggle(self, index: int, uid: str) -> list[int]:
         """Lay segmentation ``uid`` over view ``index`` (its frame of reference), or take it off."""
