@@ -163,6 +163,7 @@ function accepts(name, value) {
   const rule = vocabulary.settings[name];
   if (!rule) return false;
   if (Array.isArray(rule.choices)) return rule.choices.includes(value);
+  if (rule.flag) return typeof value === "boolean";
   if (typeof rule.min === "number") return Number.isFinite(value) && value >= rule.min && value <= rule.max;
   return typeof value === "string";
 }
@@ -594,6 +595,7 @@ function showSeries(index, uid) {
   view.slice = null;
   view.timeCount = null;
   view.fps = defaultFps(series);
+  layersGone(index);
   send({ type: "set", view: index, name: "series", value: uid });
   refreshControls();
 }
@@ -668,6 +670,7 @@ function refreshControls() {
   showMeasureControls();
   showSegmentTool();
   showFuse();
+  showLayers();
   showDerive();
   markSelectedSeries();
 }
@@ -1039,7 +1042,8 @@ function paintFrame(view, frame, bitmap) {
   readTime(view, overlay);
   overlaySettled(view, overlay);
   fuseSettled(view, overlay);
-  if (view.index === activeView) { showSettings(view); showTimeControl(view); }
+  readLayers(view, overlay);
+  if (view.index === activeView) { showSettings(view); showTimeControl(view); showLayers(); }
   const context = view.canvas.getContext("2d");
   context.drawImage(bitmap, 0, 0, view.canvas.width, view.canvas.height);
   bitmap.close();
@@ -1087,6 +1091,7 @@ function receiveReady(message) {
   overlayAsked = null;  // the views' layers are the server's now
   fuseAsked = null;
   buildViews(message.views || []);
+  layersReady();
   fillRegistrationSeries();
   showRegistration();
   receiveDeriveOffer(message.derive);
@@ -1129,6 +1134,7 @@ function receiveError(message) {
   if (message.code === "rate_limited") {
     holdInputUntil = performance.now() + (message.retry_after_ms || 0) + 50;
   }
+  layersRefused(message);
   if (segmentationFailed(message)) return;
   if (registrationFailed(message)) return;
   if (deriveFailed(message)) return;
@@ -2486,7 +2492,7 @@ function showMeasurePanel() {
   const wasHidden = measurePanel.hidden;
   // Reports stored in the study are for reading: shown even to whoever may not measure.
   measurePanel.hidden = measureTools().length === 0 && findings.length === 0 && documents.length === 0
-    && segmentationSection.hidden && registrationSection.hidden && deriveSection.hidden;
+    && segmentationSection.hidden && registrationSection.hidden && layersSection.hidden && deriveSection.hidden;
   measureSection.hidden = !measuringOffered();
   measureRefusedNote.hidden = !measuringRefused;
   // The views get the room the panel leaves: their canvases follow.
@@ -4027,6 +4033,350 @@ regLandmarksClearButton.addEventListener("click", () => {
   showLandmarks();
   drawAllShapes();
 });
+
+// --- the layers of the active view: the base, then each fused layer, in the order they are drawn ---
+//
+// Frames give each layer's window, palette and opacity in draw order, never its series: a row's
+// series is the view's layer at that place, as `ready` and the reader's own changes name them. A
+// hidden layer comes back with opacity 0 (the server keeps its opacity), so the page keeps what the
+// reader hid, per view and series, and a frame that shows the layer again says it is shown.
+
+const layersSection = document.getElementById("layers-section");
+const layersList = document.getElementById("layers-list");
+const LAYER_ANSWER_MS = 3000;
+const layersHidden = new Map();  // `${view}|${layer key}` -> { opacity kept, until: while the hide is asked }
+let layerAsks = [];  // the reader's changes not yet taken: { state (the view), at, undo, expect }
+let layersShape = "";
+
+function layerId(index, key) {
+  return `${index}|${key}`;
+}
+
+function modalitiesOf(uids) {
+  return JSON.stringify(uids.map((uid) => (seriesByUid.get(uid) || {}).modality || null));
+}
+
+function askedLayers(view) {
+  const now = performance.now();
+  layerAsks = layerAsks.filter((ask) => now < ask.at + LAYER_ANSWER_MS && views[ask.state.index] === ask.state);
+  return layerAsks.filter((ask) => ask.state === view);
+}
+
+// A change of the layers themselves (order, a layer taken off, a fuse) shown ahead of the frames.
+function layersMoving(view) {
+  return askedLayers(view).some((ask) => ask.expect)
+    || (fuseAsked !== null && fuseAsked.view === view.index && performance.now() < fuseAsked.until);
+}
+
+// By the latest frame's windows, each named by the view's layer at its place where the two agree;
+// while a change of the layers is on its way, by the layers asked for.
+function layerRows(view) {
+  const windows = Array.isArray(view.layerWindows) ? view.layerWindows : [];
+  const fromFrame = windows.length > 0 && !layersMoving(view);
+  const count = fromFrame ? windows.length : view.layers.length;
+  const aligned = count === view.layers.length;
+  return Array.from({ length: count }, (_, index) => {
+    const uid = aligned ? view.layers[index] : "";
+    return { index, uid, key: uid || `#${index}`, window: fromFrame && isRecord(windows[index]) ? windows[index] : null };
+  });
+}
+
+function layerName(row) {
+  const series = seriesByUid.get(row.uid);
+  return (series && (textOf(series.description) || textOf(series.modality)))
+    || (row.window && textOf(row.window.modality)) || `layer ${row.index}`;
+}
+
+function layerHidden(view, key) {
+  return layersHidden.get(layerId(view.index, key)) || null;
+}
+
+// The opacity a fused layer has, shown or hidden (a hidden one keeps it on the server).
+function layerOpacity(view, row) {
+  const hidden = layerHidden(view, row.key);
+  if (hidden && hidden.opacity !== undefined) return hidden.opacity;
+  const asked = view.settings[`opacity:${row.key}`];
+  if (asked !== undefined) return asked;
+  return row.window && typeof row.window.opacity === "number" ? row.window.opacity : undefined;
+}
+
+function readLayers(view, overlay) {
+  view.layerWindows = pictureWindows(view, overlay);
+  const shown = JSON.stringify(view.layerWindows.map((window) => (isRecord(window) && window.modality) || null));
+  // A frame that draws the layers asked for says the server took the change.
+  layerAsks = layerAsks.filter((ask) => !(ask.state === view && ask.expect === shown));
+  if (!layersMoving(view)) syncLayers(view);
+}
+
+function syncLayers(view) {
+  for (const row of layerRows(view)) {
+    if (row.index === 0 || !row.window) continue;
+    const id = layerId(view.index, row.key);
+    const hidden = layersHidden.get(id);
+    const opacity = row.window.opacity;
+    if (typeof opacity === "number") {
+      if (opacity > 0 && hidden && performance.now() >= hidden.until) layersHidden.delete(id);
+      if (!layersHidden.has(id)) report(view, `opacity:${row.key}`, opacity);
+    }
+    if (typeof row.window.palette === "string") report(view, `palette:${row.key}`, row.window.palette);
+  }
+}
+
+function layerAsk(view, change) {
+  askedLayers(view);
+  layerAsks.push({ state: view, at: performance.now(), undo: () => {}, ...change });
+}
+
+function layerControls() {
+  const settings = vocabulary.settings;
+  return { visible: Boolean(settings.visible), opacity: Boolean(settings.opacity),
+           palette: choicesOf("palette").length > 0, order: Boolean(settings.order), fuse: Boolean(settings.fuse) };
+}
+
+function layerButton(text, role, name, handler) {
+  const button = element("button", `layer-${role}`, text);
+  button.type = "button";
+  button.dataset.role = role;
+  button.title = name;
+  button.setAttribute("aria-label", name);
+  button.addEventListener("click", handler);
+  return button;
+}
+
+function layerItem(view, row, name, count) {
+  const item = element("li", row.index === 0 ? "layer-item layer-base" : "layer-item");
+  item.dataset.layer = String(row.index);
+  item.dataset.key = row.key;
+  if (row.uid) item.dataset.series = row.uid;
+  const title = element("span", "layer-name", name);
+  if (row.index === 0) {
+    item.append(title, " ", element("span", "layer-role", "base"));
+    return item;
+  }
+  const controls = layerControls();
+  const index = view.index;
+  if (controls.visible) {
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.dataset.role = "visible";
+    box.setAttribute("aria-label", `show ${name}`);
+    box.addEventListener("change", () => setLayerShown(index, row, box.checked));
+    const shown = element("label", "layer-visible");
+    shown.append(box, title);
+    item.append(shown);
+  } else {
+    item.append(title);
+  }
+  if (controls.opacity) {
+    const rule = vocabulary.settings.opacity;
+    const slider = document.createElement("input");
+    slider.type = "range";
+    slider.step = "0.05";
+    slider.min = String(rule.min ?? 0);
+    slider.max = String(rule.max ?? 1);
+    slider.dataset.role = "opacity";
+    slider.setAttribute("aria-label", `opacity of ${name}`);
+    slider.addEventListener("input", () => changeLayerOpacity(index, row, Number(slider.value)));
+    const shown = element("output", "layer-opacity-value");
+    const blend = element("label", "layer-opacity", "Opacity");
+    blend.append(slider, shown);
+    item.append(blend);
+  }
+  if (controls.palette) {
+    const select = element("select", "layer-palette");
+    select.dataset.role = "palette";
+    select.setAttribute("aria-label", `palette of ${name}`);
+    select.replaceChildren(...choicesOf("palette").map((choice) => option(choice, label(choice))));
+    select.addEventListener("change", () => setLayerPalette(index, row, select.value));
+    const palette = element("label", "layer-palette-choice", "Palette");
+    palette.append(select);
+    item.append(palette);
+  }
+  if (controls.order && count > 2) {
+    const moves = element("span", "layer-moves");
+    moves.setAttribute("role", "group");
+    moves.setAttribute("aria-label", `drawing order of ${name}`);
+    moves.append(layerButton("↑", "up", `move ${name} up (drawn earlier)`, () => moveLayer(index, row, row.index - 1)),
+                 layerButton("↓", "down", `move ${name} down (drawn later)`, () => moveLayer(index, row, row.index + 1)));
+    item.append(moves);
+  }
+  if (controls.fuse) {
+    item.append(layerButton("Remove", "remove", `remove ${name} from the view`, () => removeLayer(index, row)));
+  }
+  return item;
+}
+
+function fillLayerItem(view, row, item, count) {
+  if (row.index === 0) return;
+  const hidden = layerHidden(view, row.key) !== null;
+  item.dataset.shown = String(!hidden);
+  const box = item.querySelector("[data-role='visible']");
+  if (box) box.checked = !hidden;
+  const slider = item.querySelector("[data-role='opacity']");
+  if (slider) {
+    const opacity = layerOpacity(view, row);
+    if (opacity !== undefined) slider.value = String(opacity);
+    slider.nextElementSibling.textContent = opacity === undefined ? "" : `${Math.round(opacity * 100)}%`;
+  }
+  const select = item.querySelector("[data-role='palette']");
+  if (select) {
+    showChoice(select, view.settings[`palette:${row.key}`] ?? (row.window ? row.window.palette : undefined));
+  }
+  const up = item.querySelector("[data-role='up']");
+  if (up) up.disabled = row.index <= 1 || !accepts("order", row.index - 1);
+  const down = item.querySelector("[data-role='down']");
+  if (down) down.disabled = row.index >= count - 1 || !accepts("order", row.index + 1);
+  const remove = item.querySelector("[data-role='remove']");
+  if (remove) remove.disabled = !row.uid || !accepts("fuse", row.uid);
+}
+
+// Shown when the active view has more than one layer; rows are made again only when the layers
+// change (a slider being dragged stays the one in the hand), and focus stays on the same control.
+function showLayers() {
+  const view = views[activeView];
+  const rows = view ? layerRows(view) : [];
+  const wasHidden = layersSection.hidden;
+  layersSection.hidden = rows.length < 2;
+  if (wasHidden !== layersSection.hidden) showMeasurePanel();
+  if (layersSection.hidden) {
+    layersList.replaceChildren();
+    layersShape = "";
+    return;
+  }
+  const names = rows.map(layerName);
+  const shape = JSON.stringify([view.index, rows.map((row) => row.key), names, choicesOf("palette"), layerControls()]);
+  let focused = null;
+  if (shape !== layersShape) {
+    const inList = layersList.contains(document.activeElement) ? document.activeElement : null;
+    if (inList) focused = { key: inList.closest(".layer-item").dataset.key, role: inList.dataset.role };
+    layersShape = shape;
+    layersList.replaceChildren(...rows.map((row, at) => layerItem(view, row, names[at], rows.length)));
+  }
+  rows.forEach((row, at) => fillLayerItem(view, row, layersList.children[at], rows.length));
+  if (focused) refocusLayer(focused);
+}
+
+function refocusLayer({ key, role }) {
+  const item = [...layersList.children].find((row) => row.dataset.key === key);
+  const usable = (node) => node && !node.disabled;
+  const pairs = { up: "down", down: "up" };
+  const wanted = item && [item.querySelector(`[data-role='${role}']`), item.querySelector(`[data-role='${pairs[role]}']`)]
+    .find(usable);
+  const fallback = [...layersList.querySelectorAll("input, select, button")].find(usable);
+  (wanted || fallback || layersList.closest("section")).focus?.();
+}
+
+// Shown or hidden at once; the frames (opacity 0 while hidden) never say it was hidden.
+function setLayerShown(index, row, shown) {
+  const view = views[index];
+  if (!view || !accepts("visible", shown)) { showLayers(); return; }
+  const id = layerId(index, row.key);
+  const before = layersHidden.get(id);
+  const kept = layerOpacity(view, { ...row, window: (view.layerWindows || [])[row.index] || null });
+  if (shown) {
+    layersHidden.delete(id);
+    if (before && before.opacity !== undefined) ask(view, `opacity:${row.key}`, before.opacity);
+  } else {
+    layersHidden.set(id, { opacity: kept, until: performance.now() + ASKED_SHOWN_MS });
+  }
+  layerAsk(view, { undo: () => (before ? layersHidden.set(id, { ...before, until: 0 }) : layersHidden.delete(id)) });
+  send({ type: "set", view: index, name: "visible", value: shown, layer: row.index });
+  showLayers();
+}
+
+function changeLayerOpacity(index, row, value) {
+  const view = views[index];
+  if (!view || !accepts("opacity", value)) return;
+  ask(view, `opacity:${row.key}`, value);
+  const hidden = layersHidden.get(layerId(index, row.key));
+  if (hidden) hidden.opacity = value;  // a hidden layer keeps it for when it is shown again
+  layerAsk(view, {});
+  queueSetting({ type: "set", view: index, name: "opacity", value, layer: row.index });
+  showLayers();
+}
+
+function setLayerPalette(index, row, value) {
+  const view = views[index];
+  if (!view || !accepts("palette", value)) { showLayers(); return; }
+  ask(view, `palette:${row.key}`, value);
+  layerAsk(view, {});
+  send({ type: "set", view: index, name: "palette", value, layer: row.index });
+  showLayers();
+}
+
+function moveLayer(index, row, to) {
+  const view = views[index];
+  if (!view || to < 1 || !accepts("order", to)) return;
+  if (row.uid && to < view.layers.length) {
+    const before = [...view.layers];
+    const layers = [...before];
+    layers.splice(to, 0, ...layers.splice(row.index, 1));
+    view.layers = layers;
+    layerAsk(view, { expect: modalitiesOf(layers), undo: () => { view.layers = before; } });
+  } else {
+    layerAsk(view, {});
+  }
+  send({ type: "set", view: index, name: "order", value: to, layer: row.index });
+  refreshControls();
+}
+
+// `set fuse` with a fused layer's series takes it off.
+function removeLayer(index, row) {
+  const view = views[index];
+  if (!view || !row.uid || view.layers[0] === row.uid || !accepts("fuse", row.uid)) return;
+  const before = [...view.layers];
+  const id = layerId(index, row.uid);
+  const hidden = layersHidden.get(id);
+  view.layers = view.layers.filter((uid, at) => at === 0 || uid !== row.uid);
+  layersHidden.delete(id);
+  layerAsk(view, { expect: modalitiesOf(view.layers), undo: () => {
+    view.layers = before;
+    if (hidden) layersHidden.set(id, hidden);
+  } });
+  send({ type: "set", view: index, name: "fuse", value: row.uid });
+  refreshControls();
+}
+
+// An error answering one of these `set`s (the status line shows it) undoes the latest change the
+// page showed ahead of the server, and the latest frame, then the next, say the rest.
+const NOT_AN_ANSWER = new Set(["render_failed", "frame_of_reference", "probe_failed", "chart_failed"]);
+
+function layersRefused(message) {
+  if ((message.of !== undefined && message.of !== "set") || NOT_AN_ANSWER.has(message.code)) return;
+  const asked = views.flatMap((view) => askedLayers(view))
+    .filter((ask) => message.view === undefined || ask.state.index === message.view)
+    .sort((a, b) => a.at - b.at);
+  if (!asked.length) return;
+  const view = asked[asked.length - 1].state;
+  asked[asked.length - 1].undo();
+  layerAsks = layerAsks.filter((ask) => ask.state !== view);
+  for (const name of Object.keys(view.asked)) {
+    if (/^(opacity|palette):/.test(name)) delete view.asked[name];
+  }
+  for (const [id, hidden] of layersHidden) if (id.startsWith(`${view.index}|`)) hidden.until = 0;
+  syncLayers(view);
+  refreshControls();
+}
+
+// A new `ready`: the views are the server's; what the reader hid stays hidden where it still is.
+function layersReady() {
+  layerAsks = [];
+  for (const id of [...layersHidden.keys()]) {
+    const [index, key] = [Number(id.slice(0, id.indexOf("|"))), id.slice(id.indexOf("|") + 1)];
+    if (!views[index] || !views[index].layers.slice(1).includes(key)) layersHidden.delete(id);
+  }
+  showLayers();
+}
+
+// A view that shows one series alone has no fused layer left.
+function layersGone(index) {
+  for (const id of [...layersHidden.keys()]) if (id.startsWith(`${index}|`)) layersHidden.delete(id);
+  const view = views[index];
+  if (view) {
+    view.layerWindows = null;
+    layerAsk(view, { expect: modalitiesOf(view.layers) });
+  }
+}
 
 // --- filters and image arithmetic: derived series the server makes ---------------------------
 // `ready.derive` (null for a reader who may not report) announces the filters, each with its
