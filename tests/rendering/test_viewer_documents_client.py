@@ -129,7 +129,9 @@ def test_the_documents_are_listed_with_their_measurements_even_for_a_reader_who_
         gateway.send({"type": "documents", "documents": []})
         _until(page, lambda: not section.is_visible(), what="the section hidden")
         assert page.locator("#documents .document").count() == 0
-        assert not page.locator("#measure-panel").is_visible()
+        # What is left in the side panel is the fused view's layers, nothing to measure with.
+        assert page.locator("#layers-section").is_visible()
+        assert not page.locator("#measure-tool").is_visible()
         assert gateway.page_errors == []
     finally:
         page.close()

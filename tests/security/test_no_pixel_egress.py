@@ -28,6 +28,7 @@ from PIL import Image
 
 from rendering.protocol import (
     FRAME_HEADER,
+    Flag,
     LAYOUTS,
     OPERATIONS,
     SETTINGS,
@@ -127,6 +128,8 @@ def _every_client_message() -> list[dict]:
     for name, rule in SETTINGS.items():
         if isinstance(rule, Identifier):
             values = ["1.2.3"]  # a well-formed uid of no series here: refused with an error
+        elif isinstance(rule, Flag):
+            values = [False, True]
         else:
             values = sorted(rule.choices) if isinstance(rule, Text) else [rule.high / 2]
         messages.extend({"type": "set", "view": 0, "name": name, "value": value}
@@ -192,6 +195,7 @@ async def test_every_websocket_message_yields_only_pictures_and_small_json(clien
     for message in _every_client_message():
         await communicator.send_json_to(message)
         received.extend(await _collect(communicator, seconds=0.4))
+    received.extend(await _collect(communicator, seconds=3.0))  # answers a worker is still making
     await communicator.disconnect()
     kinds, frames = set(), 0
     for message in received:
