@@ -28,10 +28,10 @@ from PIL import Image
 
 from rendering.protocol import (
     FRAME_HEADER,
-    Flag,
     LAYOUTS,
     OPERATIONS,
     SETTINGS,
+    Flag,
     Identifier,
     Text,
     frame_unpack,
