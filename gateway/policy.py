@@ -31,6 +31,7 @@ class Permission(StrEnum):
     STUDY_MEASURE = "study.measure"
     STUDY_REPORT = "study.report"
     STUDY_SHARE = "study.share"
+    STUDY_RETRIEVE = "study.retrieve"
     SHARE_MANAGE = "share.manage"
     STUDY_INGEST = "study.ingest"
     AUDIT_READ = "audit.read"
@@ -50,6 +51,7 @@ PERMISSION_MEANING: dict[Permission, str] = {
     Permission.STUDY_MEASURE: "measure on images",
     Permission.STUDY_REPORT: "write and read findings/reports",
     Permission.STUDY_SHARE: "share a patient or study with a consultant (mint a macaroon)",
+    Permission.STUDY_RETRIEVE: "search the hospital's PACS and retrieve a study from it into the gateway",
     Permission.SHARE_MANAGE: "list active shares with their last use and revoke them "
                              "(doctors: the shares they issued; IT admins: all)",
     Permission.STUDY_INGEST: "append new images (C-STORE, STOW-RS); never read",
@@ -65,8 +67,8 @@ PERMISSION_MEANING: dict[Permission, str] = {
 ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
     Role.DOCTOR: frozenset({Permission.PATIENT_SEARCH, Permission.STUDY_VIEW,
                             Permission.STUDY_MEASURE, Permission.STUDY_REPORT,
-                            Permission.STUDY_SHARE, Permission.SHARE_MANAGE}),
-    Role.NURSE: frozenset({Permission.PATIENT_SEARCH, Permission.STUDY_VIEW}),
+                            Permission.STUDY_SHARE, Permission.SHARE_MANAGE, Permission.STUDY_RETRIEVE}),
+    Role.NURSE: frozenset({Permission.PATIENT_SEARCH, Permission.STUDY_VIEW, Permission.STUDY_RETRIEVE}),
     Role.ADMIN_STAFF: frozenset({Permission.PATIENT_SEARCH, Permission.PATIENT_DEMOGRAPHICS,
                                  Permission.SCHEDULE_MANAGE}),
     Role.DEVICE: frozenset({Permission.STUDY_INGEST}),

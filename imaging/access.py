@@ -14,11 +14,13 @@ from typing import Any
 
 import pydicom
 from django.db.models import Sum
+from django.utils import timezone
 
 from gateway.policy import Permission, may
 from imaging import storage
 from imaging.models import Instance, Study, VolumeState
 from imaging.objects import GRAYSCALE_PRESENTATION, presentation_facts
+from imaging.pacs_retrieve import series_arriving
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,8 @@ def study_for_viewer(*, principal: Any, study_uid: str) -> ViewerStudy:
              .first())
     if study is None:
         raise StudyNotFound(study_uid)
+    Study.objects.filter(pk=study.pk).update(last_opened_at=timezone.now())
+    arriving = series_arriving(study_uid=study_uid)
     series = (study.series.annotate(images=Sum("instances__number_of_frames"))
               .order_by("series_number", "id"))
     if _withheld(principal):
@@ -77,7 +81,7 @@ def study_for_viewer(*, principal: Any, study_uid: str) -> ViewerStudy:
         description=study.study_description,
         series=tuple(ViewerSeries(s.series_instance_uid, s.modality, s.series_description,
                                   s.frame_of_reference_uid, s.series_number, int(s.images or 0),
-                                  _refusal(s)) for s in series),
+                                  arriving.get(s.series_instance_uid) or _refusal(s)) for s in series),
         presentations=study_presentations(study=study),
     )
 

@@ -29,6 +29,9 @@ class Study(models.Model):
     study_time = models.CharField(max_length=32, blank=True)
     study_description = models.CharField(max_length=128, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    last_opened_at = models.DateTimeField(null=True, blank=True,
+                                          help_text="last opened in the viewer: a recently opened study is "
+                                                    "never evicted from the store")
 
     class Meta:
         verbose_name_plural = "studies"
@@ -268,13 +271,25 @@ class ReportLetterhead(models.Model):
         return f"letterhead: {self.hospital or 'unnamed'}"
 
 
+class RetrieveMethod(models.TextChoices):
+    NONE = "", "none (send only)"
+    C_GET = "c-get", "C-GET"
+    C_MOVE = "c-move", "C-MOVE to the gateway's SCP"
+
+
 class DicomDestination(models.Model):
-    """A DICOM peer IT registered to receive what the gateway sends (signed reports)."""
+    """A DICOM peer IT registered: a destination for what the gateway sends (signed reports) and,
+    where ``retrieve`` is set, a PACS the worklist searches (C-FIND) and retrieves from."""
 
     name = models.CharField(max_length=64, unique=True)
     ae_title = models.CharField(max_length=16)
     host = models.CharField(max_length=253)
     port = models.IntegerField()
+    tls = models.BooleanField(default=False, help_text="associate over TLS (GATEWAY_PACS_TLS_CA verifies)")
+    retrieve = models.CharField(max_length=8, choices=RetrieveMethod.choices, default=RetrieveMethod.NONE,
+                                blank=True, help_text="query/retrieve method; empty: not a PACS")
+    send_results = models.BooleanField(
+        default=False, help_text="results made here (SR, SEG, REG, KOS, PDF) are queued to it, re-identified")
     active = models.BooleanField(default=True)
     registered_by = models.CharField(max_length=150)
     registered_at = models.DateTimeField(auto_now_add=True)
@@ -357,3 +372,70 @@ class DerivedSeries(models.Model):
 
     def __str__(self) -> str:
         return f"drv:{self.pk} {self.description}"
+
+
+class JobState(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Retrieval(models.Model):
+    """One study retrieved from a PACS through the ingest pipeline; drained by ``pacs_worker``.
+
+    Only replacement UIDs here: the original Study Instance UID is in the identity zone's
+    :class:`~imaging.identity.models.RemoteStudy` (``remote_study``, its id)."""
+
+    source = models.ForeignKey(DicomDestination, on_delete=models.PROTECT, related_name="retrievals")
+    remote_study = models.BigIntegerField(help_text="identity-zone RemoteStudy id")
+    study_instance_uid = models.CharField(max_length=64, db_index=True, help_text="replacement UID")
+    pseudonym = models.CharField(max_length=64)
+    method = models.CharField(max_length=8, choices=RetrieveMethod.choices)
+    state = models.CharField(max_length=12, choices=JobState.choices, default=JobState.QUEUED)
+    reason = models.CharField(max_length=32, blank=True, help_text="open, prefetch")
+    expected = models.IntegerField(default=0)
+    received = models.IntegerField(default=0)
+    failed = models.IntegerField(default=0)
+    series = models.JSONField(default=list, blank=True,
+                              help_text="[{uid (replacement), modality, description, expected, received, "
+                                        "complete}]")
+    error = models.TextField(blank=True)
+    requested_by = models.CharField(max_length=150)
+    requested_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("requested_at", "id")
+
+    def __str__(self) -> str:
+        return f"retrieval {self.pk} of {self.study_instance_uid} ({self.state})"
+
+
+class PacsSend(models.Model):
+    """One result object queued for a PACS: durable, retried with back-off until it is delivered.
+
+    The stored object stays pseudonymised; it is re-identified for this destination only, in
+    memory, at the moment it is sent."""
+
+    destination = models.ForeignKey(DicomDestination, on_delete=models.PROTECT, related_name="sends")
+    sop_instance_uid = models.CharField(max_length=64, help_text="replacement UID of the stored object")
+    study_instance_uid = models.CharField(max_length=64)
+    modality = models.CharField(max_length=16, blank=True)
+    state = models.CharField(max_length=12, choices=JobState.choices, default=JobState.QUEUED)
+    attempts = models.IntegerField(default=0)
+    next_attempt_at = models.DateTimeField()
+    last_error = models.TextField(blank=True)
+    queued_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("queued_at", "id")
+        constraints = [models.UniqueConstraint(fields=["destination", "sop_instance_uid"],
+                                               name="pacs_send_once_per_destination")]
+
+    def __str__(self) -> str:
+        return f"send {self.sop_instance_uid} to {self.destination_id} ({self.state})"

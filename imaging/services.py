@@ -59,7 +59,7 @@ from gateway.audit.catalogue import Action, Outcome
 from gateway.audit.services import audit_record
 from gateway.routers import CLINICAL, IDENTITY
 from imaging import conf, storage
-from imaging.deid import Deidentifier
+from imaging.deid import Deidentifier, uid_replacement
 from imaging.identity.models import PatientDateShift, PatientIdentity, StudyIdentity, UIDMap
 from imaging.models import Instance, Patient, Series, Study, VolumeState
 from imaging.objects import object_class_name
@@ -257,6 +257,12 @@ def _known_uid_replacements(originals: set[str]) -> dict[str, str]:
         chunk = missing[start:start + 500]
         known.update(UIDMap.objects.filter(original__in=chunk).values_list("original", "replacement"))
     return known
+
+
+def uid_replacement_of(original: str) -> str:
+    """The replacement ingest gives (or gave) ``original``: known before the object arrives."""
+    known = _known_uid_replacements({original})
+    return known.get(original) or uid_replacement(_uid_key(), original)
 
 
 def _uid_map_record(uid_map: dict[str, str], pseudonym: str) -> None:

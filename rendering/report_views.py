@@ -33,9 +33,9 @@ from gateway.audit.services import audit_record
 from gateway.net import client_address
 from gateway.policy import Permission, may
 from imaging.access import StudyNotFound, ViewerStudy, study_for_viewer
+from imaging.dicom_net import SendError
 from imaging.identity.models import PatientIdentity
 from imaging.models import DicomDestination, Report, ReportSigned, ReportStatus
-from imaging.report_dicom import SendError
 from imaging.report_store import ReportStoreError
 from imaging.reports import (
     GRIDS,

@@ -15,10 +15,10 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
+from imaging.dicom_net import SendResult, dicom_send
 from imaging.findings import findings_of
 from imaging.findings_dicom import FindingsExportError, findings_dicom_store, region_request, region_series
 from imaging.models import DicomDestination, Report, ReportStatus
-from imaging.report_dicom import SendResult, dicom_send
 from imaging.report_pdf import report_pages, report_pdf
 from imaging.report_store import report_objects, report_sign_store
 from imaging.reports import ReportError, report_document, report_signable
@@ -27,8 +27,6 @@ from rendering.engine.core import MissingVolumeError
 from rendering.operations import OperationClient
 from rendering.pool import CLINICAL
 from rendering.viewstate import Quality, viewstate_from_dict
-
-GATEWAY_AE_TITLE = "FUSIONGW"
 
 
 async def finding_regions(pool: OperationClient, study: str) -> dict[int, Any]:
@@ -99,4 +97,4 @@ async def report_sign(pool: OperationClient, report: Report, *, signer: str, pat
 def report_send(report: Report, destination: DicomDestination) -> SendResult:
     """C-STORE the signed report's PDF and key object selection to ``destination``."""
     return dicom_send(report_objects(report), ae_title=destination.ae_title, host=destination.host,
-                      port=destination.port, calling_ae=GATEWAY_AE_TITLE)
+                      port=destination.port, tls=destination.tls)

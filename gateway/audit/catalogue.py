@@ -108,6 +108,11 @@ class Action(StrEnum):
     REGISTRATION_ACCEPT = "registration.accept"
     REGISTRATION_REJECT = "registration.reject"
     DERIVED_CREATE = "derived.create"
+    PACS_ECHO = "pacs.echo"
+    PACS_QUERY = "pacs.query"
+    PACS_RETRIEVE = "pacs.retrieve"
+    PACS_SEND = "pacs.send"
+    STORE_EVICT = "store.evict"
 
     @property
     def spec(self) -> ActionSpec:
@@ -182,4 +187,12 @@ ACTION_SPECS: dict[Action, ActionSpec] = {
     Action.REGISTRATION_REJECT: ActionSpec(PATIENT_RECORD, None, "U", "rejected a registration"),
     Action.DERIVED_CREATE: ActionSpec(PATIENT_RECORD, None, "C",
                                       "made a derived series (filter or image arithmetic)"),
+    Action.PACS_ECHO: ActionSpec(NETWORK_ENTRY, None, "E", "checked a DICOM peer with C-ECHO"),
+    Action.PACS_QUERY: ActionSpec(QUERY, None, "E", "searched the hospital's PACS (C-FIND)"),
+    Action.PACS_RETRIEVE: ActionSpec(INSTANCES_TRANSFERRED, None, "C",
+                                     "retrieved a study from the PACS (C-GET or C-MOVE)"),
+    Action.PACS_SEND: ActionSpec(INSTANCES_TRANSFERRED, None, "R",
+                                 "sent a result to the PACS, re-identified for it"),
+    Action.STORE_EVICT: ActionSpec(INSTANCES_TRANSFERRED, None, "D",
+                                   "evicted a retrieved study from the local store (still in the PACS)"),
 }

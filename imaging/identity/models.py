@@ -84,3 +84,32 @@ class UIDMap(models.Model):
 
     def __str__(self) -> str:
         return self.replacement
+
+
+class RemoteStudy(models.Model):
+    """A study a PACS answered a C-FIND with: identifying, so kept in the identity zone only.
+
+    The worklist shows it and a retrieval names it by id; nothing of it reaches the clinical
+    zone before the study itself is retrieved and de-identified by ingest."""
+
+    source = models.BigIntegerField(help_text="clinical-zone DicomDestination id")
+    original_study_instance_uid = models.CharField(max_length=64)
+    patient_id = models.CharField(max_length=64, blank=True)
+    issuer_of_patient_id = models.CharField(max_length=64, blank=True)
+    patient_name = models.CharField(max_length=324, blank=True)
+    patient_birth_date = models.DateField(null=True, blank=True)
+    patient_sex = models.CharField(max_length=16, blank=True)
+    study_date = models.DateField(null=True, blank=True)
+    study_description = models.CharField(max_length=128, blank=True)
+    accession_number = models.CharField(max_length=64, blank=True)
+    modalities = models.CharField(max_length=128, blank=True)
+    series_count = models.IntegerField(null=True, blank=True)
+    instance_count = models.IntegerField(null=True, blank=True)
+    answered_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["source", "original_study_instance_uid"],
+                                               name="remote_study_once_per_source")]
+
+    def __str__(self) -> str:
+        return f"remote study {self.pk}"

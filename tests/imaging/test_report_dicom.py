@@ -27,7 +27,8 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE, StoragePresentationContexts, evt
 from reportlab.pdfgen.canvas import Canvas
 
-from imaging.report_dicom import SendError, SendResult, dicom_send, encapsulated_pdf, key_object_selection
+from imaging.dicom_net import SendError, SendResult, dicom_send
+from imaging.report_dicom import encapsulated_pdf, key_object_selection
 
 AUTHOR = "Müller^Hanna"
 PATIENT_AND_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",

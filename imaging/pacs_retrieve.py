@@ -1,0 +1,338 @@
+"""Retrieving a study from the PACS through the same ingest as every other door.
+
+A doctor or nurse asks for a study the worklist found in the PACS; a
+:class:`~imaging.models.Retrieval` is queued and ``pacs_worker`` runs it, never
+the web process. The job lists the study's series (C-FIND, series level) and
+retrieves them one at a time, so the first series can be read while the rest
+arrive:
+
+- **C-GET**: the PACS sends the instances back on the job's own association;
+  each goes through :class:`~imaging.services.IngestBatch` (validation,
+  de-identification, identity/clinical split, encryption) as it arrives.
+- **C-MOVE**: the PACS sends them to the gateway's SCP (``run_scp``), where the
+  PACS's calling AE title must be a registered device; the job follows the
+  sub-operation counts.
+
+When a series is complete its volume is built and it opens in the viewer; until
+then the viewer lists it as arriving. Progress (instances received / expected, per
+series) is saved as it goes. A PACS that goes away mid-transfer fails the job
+with what was received kept (each instance is written whole or not at all); asking
+again resumes, since an instance already stored is a duplicate, not an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.db import close_old_connections, connections
+from django.utils import timezone
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import build_role, evt
+
+from gateway.audit.catalogue import Action, Outcome
+from gateway.audit.services import audit_record
+from gateway.policy import Permission, may
+from imaging import conf
+from imaging.dicom_net import STUDY_ROOT_GET, STUDY_ROOT_MOVE, Peer, SendError, associated, entity
+from imaging.identity.models import RemoteStudy
+from imaging.models import DicomDestination, JobState, Retrieval, RetrieveMethod, Series, VolumeState
+from imaging.pacs_query import PENDING, QueryError, find
+from imaging.services import IngestBatch, Status, patient_pseudonym, uid_replacement_of
+
+log = logging.getLogger(__name__)
+
+UNFINISHED = (JobState.QUEUED, JobState.RUNNING)
+STALE_AFTER = timedelta(minutes=2)
+"""A running job whose worker has not written for this long is taken over by another worker."""
+SAVE_EVERY_S = 0.5
+GET_STORAGE_CLASSES = 120
+"""Storage contexts offered on a C-GET association (with the C-GET context, under the 128 limit)."""
+GET_TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
+                         ExplicitVRBigEndian, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLosslessSV1,
+                         JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless]
+"""Every syntax ingest decodes, so the PACS sends what it holds instead of transcoding."""
+
+
+class RetrieveError(RuntimeError):
+    """The retrieval cannot be asked for or cannot go on; the message is for the page."""
+
+
+def retrieval_request(*, principal: Any, remote_study_id: int, reason: str = "open",
+                      source_ip: str = "") -> Retrieval:
+    """Queue the retrieval of a study a PACS answered with (or return the one already under way)."""
+    if not may(principal, Permission.STUDY_RETRIEVE):
+        raise PermissionError("retrieving from the PACS is not granted")
+    remote = RemoteStudy.objects.filter(pk=remote_study_id).first()
+    source = (DicomDestination.objects.filter(pk=remote.source, active=True).exclude(retrieve="").first()
+              if remote is not None else None)
+    if remote is None or source is None:
+        raise RetrieveError("that PACS answer is no longer known: search again")
+    study_uid = uid_replacement_of(remote.original_study_instance_uid)
+    pseudonym = patient_pseudonym(issuer=remote.issuer_of_patient_id, patient_id=remote.patient_id)
+    under_way = Retrieval.objects.filter(study_instance_uid=study_uid, state__in=UNFINISHED).first()
+    if under_way is not None:
+        return under_way
+    retrieval = Retrieval.objects.create(
+        source=source, remote_study=remote.pk, study_instance_uid=study_uid, pseudonym=pseudonym,
+        method=source.retrieve, reason=reason, expected=remote.instance_count or 0,
+        requested_by=str(getattr(principal, "username", principal)))
+    audit_record(actor=principal, action=Action.PACS_RETRIEVE, outcome=Outcome.SUCCESS, source_ip=source_ip,
+                 patient_pseudonym=pseudonym, study=study_uid,
+                 details={"pacs": source.name, "method": source.retrieve, "step": "requested",
+                          "reason": reason, "retrieval": retrieval.pk})
+    return retrieval
+
+
+def retrieval_cancel(*, retrieval: Retrieval) -> bool:
+    """Stop a queued or running retrieval after the instance in flight; what arrived is kept."""
+    return bool(Retrieval.objects.filter(pk=retrieval.pk, state__in=UNFINISHED).update(
+        state=JobState.CANCELLED, finished_at=timezone.now()))
+
+
+def retrieval_claim() -> Retrieval | None:
+    """The oldest queued retrieval (or one whose worker went silent), now running for this worker."""
+    stale = timezone.now() - STALE_AFTER
+    for candidate in Retrieval.objects.filter(state=JobState.QUEUED).order_by("requested_at")[:5]:
+        if Retrieval.objects.filter(pk=candidate.pk, state=JobState.QUEUED).update(
+                state=JobState.RUNNING, started_at=timezone.now(), heartbeat_at=timezone.now()):
+            candidate.refresh_from_db()
+            return candidate
+    for candidate in Retrieval.objects.filter(state=JobState.RUNNING, heartbeat_at__lt=stale)[:5]:
+        if Retrieval.objects.filter(pk=candidate.pk, heartbeat_at=candidate.heartbeat_at).update(
+                heartbeat_at=timezone.now()):
+            candidate.refresh_from_db()
+            return candidate
+    return None
+
+
+def series_arriving(*, study_uid: str) -> dict[str, str]:
+    """Series UID -> 'arriving from the PACS (n of m)' for each series an unfinished retrieval still fills."""
+    arriving: dict[str, str] = {}
+    for retrieval in Retrieval.objects.filter(study_instance_uid=study_uid, state__in=UNFINISHED):
+        for entry in retrieval.series:
+            if not entry.get("complete"):
+                arriving[entry["uid"]] = (f"arriving from the PACS ({entry.get('received', 0)} of "
+                                          f"{entry.get('expected') or '?'} images)")
+    return arriving
+
+
+# --- the job --------------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """What the job has seen, saved to the row at most every ``SAVE_EVERY_S``."""
+
+    retrieval: Retrieval
+    by_original: dict[str, int] = field(default_factory=dict)
+    saved_at: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def series_add(self, answers: list[Dataset]) -> None:
+        answers.sort(key=lambda ds: (_int(ds.get("SeriesNumber")) or 0, str(ds.SeriesInstanceUID)))
+        self.retrieval.series = []
+        for position, ds in enumerate(answers):
+            original = str(ds.SeriesInstanceUID)
+            self.by_original[original] = position
+            self.retrieval.series.append({
+                "uid": uid_replacement_of(original), "modality": str(ds.get("Modality", "")),
+                "description": str(ds.get("SeriesDescription", ""))[:64],
+                "expected": _int(ds.get("NumberOfSeriesRelatedInstances")) or 0, "received": 0,
+                "complete": False})
+        counted = sum(entry["expected"] for entry in self.retrieval.series)
+        self.retrieval.expected = counted or self.retrieval.expected
+        self.save(force=True)
+
+    def arrived(self, position: int, *, count: int = 1, failed: int = 0) -> None:
+        with self.lock:
+            entry = self.retrieval.series[position]
+            entry["received"] += count
+            self.retrieval.received += count
+            self.retrieval.failed += failed
+        self.save()
+
+    def complete(self, position: int) -> None:
+        self.retrieval.series[position]["complete"] = True
+        self.save(force=True)
+
+    def save(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.saved_at < SAVE_EVERY_S:
+            return
+        with self.lock:
+            self.saved_at = now
+            Retrieval.objects.filter(pk=self.retrieval.pk, state=JobState.RUNNING).update(
+                series=self.retrieval.series, expected=self.retrieval.expected,
+                received=self.retrieval.received, failed=self.retrieval.failed, heartbeat_at=timezone.now())
+
+    def cancelled(self) -> bool:
+        return Retrieval.objects.filter(pk=self.retrieval.pk, state=JobState.CANCELLED).exists()
+
+
+def retrieval_run(retrieval: Retrieval) -> Retrieval:
+    """Run a claimed retrieval to its end (done, failed or cancelled); returns the row as it ends."""
+    progress = Progress(retrieval)
+    remote = RemoteStudy.objects.filter(pk=retrieval.remote_study).first()
+    try:
+        if remote is None:
+            raise RetrieveError("the PACS answer it was asked from has been forgotten: search again")
+        progress.series_add(_series_of(retrieval.source, remote))
+        for position, entry in enumerate(list(retrieval.series)):
+            if progress.cancelled():
+                break
+            original = next(o for o, p in progress.by_original.items() if p == position)
+            _retrieve_series(retrieval, remote, original, position, progress)
+            _series_ready(entry["uid"])
+            progress.complete(position)
+    except (RetrieveError, QueryError, SendError) as error:
+        return _finish(retrieval, progress, JobState.FAILED, str(error))
+    except Exception as error:
+        log.exception("retrieval %s failed", retrieval.pk)
+        return _finish(retrieval, progress, JobState.FAILED, f"unexpected error: {type(error).__name__}")
+    if progress.cancelled():
+        return _finish(retrieval, progress, JobState.CANCELLED, "cancelled")
+    return _finish(retrieval, progress, JobState.DONE, "")
+
+
+def _series_of(source: DicomDestination, remote: RemoteStudy) -> list[Dataset]:
+    query = Dataset()
+    query.QueryRetrieveLevel = "SERIES"
+    query.StudyInstanceUID = remote.original_study_instance_uid
+    for keyword in ("SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription",
+                    "NumberOfSeriesRelatedInstances"):
+        setattr(query, keyword, "")
+    answers = list(find(source, query, limit=10_000))
+    if not answers:
+        raise RetrieveError("the PACS holds no series of that study any more")
+    return answers
+
+
+def _retrieve_series(retrieval: Retrieval, remote: RemoteStudy, original_series: str, position: int,
+                     progress: Progress) -> None:
+    query = Dataset()
+    query.QueryRetrieveLevel = "SERIES"
+    query.StudyInstanceUID = remote.original_study_instance_uid
+    query.SeriesInstanceUID = original_series
+    if retrieval.method == RetrieveMethod.C_MOVE:
+        _move(retrieval.source, query, position, progress)
+    else:
+        _get(retrieval.source, query, position, progress)
+
+
+def _get(source: DicomDestination, query: Dataset, position: int, progress: Progress) -> None:
+    from imaging.scp import accepted_storage_classes
+
+    classes = accepted_storage_classes()[:GET_STORAGE_CLASSES]
+    ae = entity(timeout_s=60)
+    ae.add_requested_context(STUDY_ROOT_GET)
+    for sop_class in classes:
+        ae.add_requested_context(sop_class, GET_TRANSFER_SYNTAXES)
+    roles = [build_role(sop_class, scp_role=True) for sop_class in classes]
+    batch = IngestBatch(actor=f"pacs:{source.name}", actor_role="pacs", door="c-get", source_ip=source.host,
+                        build_volumes=False)
+    handlers = [(evt.EVT_C_STORE, _get_store(batch, position, progress)),
+                (evt.EVT_RELEASED, _connections_close), (evt.EVT_ABORTED, _connections_close)]
+    try:
+        with associated(ae, Peer.of(source), ext_neg=roles, evt_handlers=handlers) as association:
+            _follow(association.send_c_get(query, STUDY_ROOT_GET), progress,
+                    position, counts_arrivals=False)
+    finally:
+        batch.close()
+
+
+def _get_store(batch: IngestBatch, position: int, progress: Progress) -> Callable[[Any], int]:
+    def handle(event: Any) -> int:
+        outcome = batch.ingest(event.encoded_dataset())
+        stored = outcome.status is not Status.REJECTED
+        progress.arrived(position, count=1 if stored else 0, failed=0 if stored else 1)
+        return 0x0000 if stored else 0xA700
+    return handle
+
+
+def _connections_close(_event: Any) -> None:
+    # Handlers run on the association's own thread: the connections it opened end with it.
+    connections.close_all()
+
+
+def _move(source: DicomDestination, query: Dataset, position: int, progress: Progress) -> None:
+    ae = entity(timeout_s=120)
+    ae.add_requested_context(STUDY_ROOT_MOVE)
+    with associated(ae, Peer.of(source)) as association:
+        answers = association.send_c_move(query, conf.scp_ae_title(),
+                                          STUDY_ROOT_MOVE)
+        _follow(answers, progress, position, counts_arrivals=True)
+
+
+def _follow(answers: Any, progress: Progress, position: int, *, counts_arrivals: bool) -> None:
+    """Read a C-GET/C-MOVE's responses to the end; C-MOVE's sub-operation counts are its progress."""
+    seen = 0
+    for status, _identifier in answers:
+        code = getattr(status, "Status", None)
+        if code is None:
+            raise RetrieveError(f"the PACS went away after {progress.retrieval.received} of "
+                                f"{progress.retrieval.expected or '?'} images (what arrived is kept; "
+                                "ask again to resume)")
+        done = int(status.get("NumberOfCompletedSuboperations", 0) or 0) + int(
+            status.get("NumberOfWarningSuboperations", 0) or 0)
+        failed = int(status.get("NumberOfFailedSuboperations", 0) or 0)
+        if counts_arrivals and done > seen:
+            progress.arrived(position, count=done - seen)
+            seen = done
+        if code in PENDING:
+            continue
+        if failed:
+            with progress.lock:
+                progress.retrieval.failed += failed if counts_arrivals else 0
+        if code not in (0x0000, 0xB000):
+            raise RetrieveError(f"the PACS answered the retrieval with 0x{code:04X}")
+
+
+def _series_ready(series_uid: str) -> None:
+    from imaging.volumes import series_volume_build
+
+    series = Series.objects.filter(series_instance_uid=series_uid).first()
+    if series is not None and series.volume_state == VolumeState.PENDING:
+        series_volume_build(series=series)
+
+
+def _finish(retrieval: Retrieval, progress: Progress, state: str, error: str) -> Retrieval:
+    progress.save(force=True)
+    Retrieval.objects.filter(pk=retrieval.pk).exclude(state=JobState.CANCELLED).update(
+        state=state, error=error[:2000], finished_at=timezone.now())
+    retrieval.refresh_from_db()
+    audit_record(actor=f"pacs:{retrieval.source.name}", actor_role="pacs", action=Action.PACS_RETRIEVE,
+                 outcome=Outcome.SUCCESS if retrieval.state == JobState.DONE else Outcome.FAILURE,
+                 patient_pseudonym=retrieval.pseudonym, study=retrieval.study_instance_uid,
+                 details={"pacs": retrieval.source.name, "method": retrieval.method, "step": retrieval.state,
+                          "received": retrieval.received, "expected": retrieval.expected,
+                          "failed": retrieval.failed, "retrieval": retrieval.pk,
+                          "requested_by": retrieval.requested_by})
+    close_old_connections()
+    return retrieval
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
