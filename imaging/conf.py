@@ -44,3 +44,15 @@ def stow_concurrent_per_device() -> int:
 def stow_spool_dir() -> Path:
     """Where a STOW-RS body is spooled while it arrives (``var/stow``; the files are unlinked)."""
     return Path(getattr(settings, "IMAGING_STOW_SPOOL_DIR", Path(settings.VAR_DIR) / "stow"))
+
+
+def store_budget_bytes() -> int:
+    """``GATEWAY_STORE_BUDGET_BYTES``: the size the store of studies retrieved from the PACS is kept under
+    by ``manage.py store evict`` (default 0: unbounded, nothing is ever evicted)."""
+    return int(getattr(settings, "IMAGING_STORE_BUDGET_BYTES", 0))
+
+
+def store_keep_opened_s() -> int:
+    """``GATEWAY_STORE_KEEP_OPENED_S``: a study opened in the viewer this recently is never evicted
+    (default 12 h, the longest a session lives)."""
+    return int(getattr(settings, "IMAGING_STORE_KEEP_OPENED_S", 12 * 3600))

@@ -304,7 +304,7 @@ AUDIT_CHECKPOINT_DIR = Path(
 ).resolve()
 AUDIT_CHECKPOINT_SYSLOG = env_str("GATEWAY_AUDIT_CHECKPOINT_SYSLOG")
 
-# Imaging (imaging.conf): encrypted object store, ingest limits, the SCP.
+# Imaging (imaging.conf): encrypted object store, ingest limits, the SCP, the store's budget.
 IMAGING_STORAGE_DIR = Path(env_str("GATEWAY_STORAGE_DIR", str(VAR_DIR / "objects"))).resolve()
 IMAGING_MAX_OBJECT_BYTES = env_int("GATEWAY_MAX_OBJECT_BYTES", 1 << 30)
 IMAGING_SCP_AE_TITLE = env_str("GATEWAY_SCP_AE_TITLE", "FUSIONGW")
@@ -312,6 +312,8 @@ IMAGING_SCP_PORT = env_int("GATEWAY_SCP_PORT", 11112)
 IMAGING_STOW_MAX_BYTES = env_int("GATEWAY_STOW_MAX_BYTES", 1 << 30)
 IMAGING_STOW_MAX_PARTS = env_int("GATEWAY_STOW_MAX_PARTS", 10_000)
 IMAGING_STOW_CONCURRENT_PER_DEVICE = env_int("GATEWAY_STOW_CONCURRENT_PER_DEVICE", 2)
+IMAGING_STORE_BUDGET_BYTES = env_int("GATEWAY_STORE_BUDGET_BYTES", 0)
+IMAGING_STORE_KEEP_OPENED_S = env_int("GATEWAY_STORE_KEEP_OPENED_S", 12 * 3600)
 
 LOGGING = {
     "version": 1,
