@@ -191,6 +191,18 @@ ROUTES: dict[str, RouteRule] = {
                               "verify the audit chain (POST)"),
     "imaging:worklist": RouteRule(Stage.SIGNED_IN, Permission.PATIENT_SEARCH,
                                   "worklist: patient search (audited; studies only with study.view)"),
+    "imaging:retrieve": RouteRule(Stage.SIGNED_IN, Permission.STUDY_RETRIEVE,
+                                  "retrieve a study the PACS answered with, through ingest (POST; "
+                                  "audited as pacs.retrieve)", denied_as=Action.PACS_RETRIEVE),
+    "imaging:retrieval": RouteRule(Stage.SIGNED_IN, Permission.STUDY_RETRIEVE,
+                                   "a retrieval's progress: images received / expected, per series",
+                                   denied_as=Action.PACS_RETRIEVE),
+    "imaging:retrieval_stop": RouteRule(Stage.SIGNED_IN, Permission.STUDY_RETRIEVE,
+                                        "stop a retrieval; what arrived is kept (POST)",
+                                        denied_as=Action.PACS_RETRIEVE),
+    "imaging:pacs_queue": RouteRule(Stage.SIGNED_IN, Permission.STUDY_RETRIEVE,
+                                    "retrievals, and results queued for the PACS with their attempts",
+                                    denied_as=Action.PACS_SEND),
     "rendering:viewer": RouteRule(Stage.SIGNED_IN, Permission.STUDY_VIEW,
                                   "open a study in the viewer (audited as study.open); "
                                   "consultants: only a study their share grants",

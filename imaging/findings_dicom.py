@@ -40,6 +40,7 @@ from imaging import storage
 from imaging.findings import findings_of, result_layers
 from imaging.models import Finding, Instance, Series, Study, VolumeState
 from imaging.objects import objects_series_reason
+from imaging.pacs_send import results_queue
 
 if TYPE_CHECKING:
     from rendering.measure import RegionMask
@@ -299,7 +300,8 @@ def derived_series_store(study: Study, datasets: Iterable[Dataset], *, modality:
                          written: list[str]) -> str:
     """Write ``datasets`` (one series) to the store and the catalogue; returns its Series UID.
 
-    Each object written is added to ``written``, so a failure can take them back."""
+    Each object written is added to ``written``, so a failure can take them back. The objects
+    are queued for the PACS peers that take results (:mod:`imaging.pacs_send`)."""
     datasets = list(datasets)
     uid = str(datasets[0].SeriesInstanceUID)
     blobs = [(ds, _encoded(ds)) for ds in datasets]
@@ -319,6 +321,8 @@ def derived_series_store(study: Study, datasets: Iterable[Dataset], *, modality:
                  number_of_frames=int(ds.get("NumberOfFrames", 1) or 1),
                  object_id=_object_id(ds), size=len(blob))
         for ds, blob in blobs)
+    sent_back = [str(ds.SOPInstanceUID) for ds in datasets]
+    results_queue(study=study, modality=modality, sop_instance_uids=sent_back)
     return uid
 
 

@@ -10,6 +10,7 @@ search, so the identity zone does not keep a history of what was looked up.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from gateway.audit.catalogue import Action, Outcome
 from gateway.audit.services import audit_record
@@ -93,15 +95,16 @@ def pacs_search(*, principal: Any, criteria: Criteria,
     return [a for a in answers if _matches_every_name_part(a, criteria.name)], problems
 
 
-def _query_dataset(criteria: Criteria) -> Dataset:
+def _query_datasets(criteria: Criteria) -> list[Dataset]:
+    """The C-FIND identifiers for ``criteria``: one per spelling of the name term.
+
+    PS3.4 leaves PN matching case-sensitive unless the PACS says otherwise (Orthanc, for one,
+    matches the case given), so a name typed in lower case is also asked for as written
+    in upper case and capitalised, the two ways archives hold names."""
     ds = Dataset()
     ds.QueryRetrieveLevel = "STUDY"
     for keyword in STUDY_KEYS:
         setattr(ds, keyword, "")
-    parts = criteria.name.replace(",", " ").replace("^", " ").split()
-    if parts:
-        # One wildcard term: a PACS matches PN components in its own order; every part is checked after.
-        ds.PatientName = f"*{max(parts, key=len)}*"
     ds.PatientID = criteria.patient_id.strip()
     if criteria.birth_date:
         ds.PatientBirthDate = criteria.birth_date.strftime("%Y%m%d")
@@ -110,11 +113,26 @@ def _query_dataset(criteria: Criteria) -> Dataset:
                                 for day in (criteria.date_from, criteria.date_to))
     ds.ModalitiesInStudy = criteria.modality.strip().upper()
     ds.AccessionNumber = criteria.accession.strip()
-    return ds
+    parts = criteria.name.replace(",", " ").replace("^", " ").split()
+    if not parts:
+        return [ds]
+    term = max(parts, key=len)  # one wildcard term: every part is checked on the answers after
+    queries = []
+    for spelling in dict.fromkeys((term, term.upper(), term.capitalize())):
+        query = copy.deepcopy(ds)  # a shallow copy would share the PatientName element
+        query.PatientName = f"*{spelling}*"
+        queries.append(query)
+    return queries
 
 
 def _find_studies(source: DicomDestination, criteria: Criteria) -> Iterator[Dataset]:
-    yield from find(source, _query_dataset(criteria), limit=ANSWER_LIMIT)
+    seen: set[str] = set()
+    for query in _query_datasets(criteria):
+        for answer in find(source, query, limit=ANSWER_LIMIT):
+            uid = str(answer.get("StudyInstanceUID", ""))
+            if uid not in seen and len(seen) < ANSWER_LIMIT:
+                seen.add(uid)
+                yield answer
 
 
 def find(source: DicomDestination, query: Dataset, *, limit: int) -> Iterator[Dataset]:
@@ -145,7 +163,7 @@ def _text(ds: Dataset, keyword: str) -> str:
     value = ds.get(keyword, "")
     if value is None:
         return ""
-    if not isinstance(value, str) and hasattr(value, "__iter__"):
+    if isinstance(value, MultiValue):
         return "\\".join(str(v) for v in value)
     return str(value).strip()
 

@@ -146,6 +146,7 @@ class Progress:
     retrieval: Retrieval
     by_original: dict[str, int] = field(default_factory=dict)
     saved_at: float = 0.0
+    failures: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def series_add(self, answers: list[Dataset]) -> None:
@@ -163,13 +164,20 @@ class Progress:
         self.retrieval.expected = counted or self.retrieval.expected
         self.save(force=True)
 
-    def arrived(self, position: int, *, count: int = 1, failed: int = 0) -> None:
+    def arrived(self, position: int, *, count: int = 1) -> None:
+        with self.lock:
+            self.retrieval.series[position]["received"] += count
+            self.retrieval.received += count
+        self.save()
+
+    def not_sent(self, position: int, *, count: int, why: str) -> None:
+        """``count`` images of the series the PACS reported it could not send."""
         with self.lock:
             entry = self.retrieval.series[position]
-            entry["received"] += count
-            self.retrieval.received += count
-            self.retrieval.failed += failed
-        self.save()
+            entry["failed"] = entry.get("failed", 0) + count
+            self.retrieval.failed += count
+            self.failures.append(f"{entry['modality']} {entry['description']}".strip() + f": {count} ({why})")
+        self.save(force=True)
 
     def complete(self, position: int) -> None:
         self.retrieval.series[position]["complete"] = True
@@ -211,7 +219,8 @@ def retrieval_run(retrieval: Retrieval) -> Retrieval:
         return _finish(retrieval, progress, JobState.FAILED, f"unexpected error: {type(error).__name__}")
     if progress.cancelled():
         return _finish(retrieval, progress, JobState.CANCELLED, "cancelled")
-    return _finish(retrieval, progress, JobState.DONE, "")
+    missing = f"images the PACS could not send: {'; '.join(progress.failures)}" if progress.failures else ""
+    return _finish(retrieval, progress, JobState.DONE, missing)
 
 
 def _series_of(source: DicomDestination, remote: RemoteStudy) -> list[Dataset]:
@@ -263,9 +272,10 @@ def _get(source: DicomDestination, query: Dataset, position: int, progress: Prog
 def _get_store(batch: IngestBatch, position: int, progress: Progress) -> Callable[[Any], int]:
     def handle(event: Any) -> int:
         outcome = batch.ingest(event.encoded_dataset())
-        stored = outcome.status is not Status.REJECTED
-        progress.arrived(position, count=1 if stored else 0, failed=0 if stored else 1)
-        return 0x0000 if stored else 0xA700
+        if outcome.status is Status.REJECTED:
+            return 0xA700  # the PACS counts it as a failed sub-operation: the series reports it
+        progress.arrived(position)
+        return 0x0000
     return handle
 
 
@@ -284,7 +294,10 @@ def _move(source: DicomDestination, query: Dataset, position: int, progress: Pro
 
 
 def _follow(answers: Any, progress: Progress, position: int, *, counts_arrivals: bool) -> None:
-    """Read a C-GET/C-MOVE's responses to the end; C-MOVE's sub-operation counts are its progress."""
+    """Read a C-GET/C-MOVE's responses to the end; C-MOVE's sub-operation counts are its progress.
+
+    Images the PACS could not send (failed sub-operations) are counted against the series and the
+    rest of the study still comes; a failure with nothing failed in it ends the retrieval."""
     seen = 0
     for status, _identifier in answers:
         code = getattr(status, "Status", None)
@@ -294,16 +307,15 @@ def _follow(answers: Any, progress: Progress, position: int, *, counts_arrivals:
                                 "ask again to resume)")
         done = int(status.get("NumberOfCompletedSuboperations", 0) or 0) + int(
             status.get("NumberOfWarningSuboperations", 0) or 0)
-        failed = int(status.get("NumberOfFailedSuboperations", 0) or 0)
         if counts_arrivals and done > seen:
             progress.arrived(position, count=done - seen)
             seen = done
         if code in PENDING:
             continue
+        failed = int(status.get("NumberOfFailedSuboperations", 0) or 0)
         if failed:
-            with progress.lock:
-                progress.retrieval.failed += failed if counts_arrivals else 0
-        if code not in (0x0000, 0xB000):
+            progress.not_sent(position, count=failed, why=f"0x{code:04X}")
+        elif code not in (0x0000, 0xB000):
             raise RetrieveError(f"the PACS answered the retrieval with 0x{code:04X}")
 
 

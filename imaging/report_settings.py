@@ -1,4 +1,4 @@
-"""What IT sets for reports: the letterhead on every page and the DICOM destinations reports go to.
+"""What IT sets: the report letterhead, and the DICOM peers (report destinations, PACS) the gateway talks to.
 
 Both are audited when changed. A destination is an AE title at a host and port; nothing is sent
 anywhere else, and a browser never receives a report's DICOM objects.
@@ -13,7 +13,8 @@ from PIL import Image, UnidentifiedImageError
 
 from gateway.audit.catalogue import Action, Outcome
 from gateway.audit.services import audit_record
-from imaging.models import DicomDestination, ReportLetterhead
+from imaging.dicom_net import Peer, dicom_echo
+from imaging.models import DicomDestination, ReportLetterhead, RetrieveMethod
 from imaging.reports import HEADER_FIELDS
 
 LOGO_LIMIT = 256 * 1024
@@ -30,18 +31,36 @@ def _ae_title(value: str) -> str:
     return value
 
 
-def destination_register(*, name: str, ae_title: str, host: str, port: int, actor: Any) -> DicomDestination:
+def destination_register(*, name: str, ae_title: str, host: str, port: int, actor: Any, retrieve: str = "",
+                         send_results: bool = False, tls: bool = False) -> DicomDestination:
+    """Register (or change) a DICOM peer; with ``retrieve`` it is also a PACS the worklist searches."""
     if not 1 <= port <= 65535:
         raise ReportSettingError("a port is 1 to 65535")
     if not host.strip() or len(host) > 253:
         raise ReportSettingError("a host name or address is required")
+    if retrieve not in RetrieveMethod.values:
+        methods = ", ".join(filter(None, RetrieveMethod.values))
+        raise ReportSettingError(f"the retrieve method is one of {methods}")
     destination, _ = DicomDestination.objects.update_or_create(
         name=name.strip()[:64], defaults={"ae_title": _ae_title(ae_title), "host": host.strip(), "port": port,
+                                          "retrieve": retrieve, "send_results": send_results, "tls": tls,
                                           "active": True, "registered_by": str(actor)[:150]})
     audit_record(actor=actor, action=Action.ADMIN_DESTINATION, outcome=Outcome.SUCCESS, details={
         "change": "registered", "name": destination.name, "ae_title": destination.ae_title,
-        "host": destination.host, "port": port})
+        "host": destination.host, "port": port, "retrieve": retrieve, "send_results": send_results,
+        "tls": tls})
     return destination
+
+
+def destination_echo(*, name: str, actor: Any) -> str:
+    """C-ECHO a registered peer, audited; '' when it answered, else why not."""
+    destination = DicomDestination.objects.filter(name=name, active=True).first()
+    if destination is None:
+        raise ReportSettingError(f"no active destination named {name!r}")
+    why = dicom_echo(Peer.of(destination))
+    audit_record(actor=actor, action=Action.PACS_ECHO, outcome=Outcome.FAILURE if why else Outcome.SUCCESS,
+                 details={"name": name, **({"why": why} if why else {})})
+    return why
 
 
 def destination_withdraw(*, name: str, actor: Any) -> None:

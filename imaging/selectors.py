@@ -12,8 +12,9 @@ from gateway import keys
 from gateway.audit.catalogue import Action, Outcome
 from gateway.audit.services import audit_record
 from gateway.policy import Permission, may
-from imaging.identity.models import PatientIdentity, StudyIdentity
+from imaging.identity.models import PatientIdentity, RemoteStudy, StudyIdentity
 from imaging.models import Study, VolumeState
+from imaging.pacs_query import Criteria, local_study_of
 from imaging.reports import report_summaries
 
 SEARCH_LIMIT = 50
@@ -30,6 +31,10 @@ class StudyRow:
     """One line per series that cannot be shown: modality, description, why."""
     report: str = "none"
     """The study's latest report: none, draft (vN) or signed (vN)."""
+    remote_id: int | None = None
+    """Set for a study that is only in the PACS: the answer a retrieval names."""
+    in_pacs: bool = False
+    instance_count: int | None = None
 
     @property
     def viewable(self) -> bool:
@@ -60,38 +65,86 @@ def search_value_digest(value: str) -> str:
     return hmac.new(key, message, hashlib.sha256).hexdigest()[:32]
 
 
-def patient_search(*, principal: Any, name: str = "", patient_id: str = "",
-                   birth_date: date | None = None, source_ip: str = "") -> list[PatientRow]:
+def patient_search(*, principal: Any, criteria: Criteria, source_ip: str = "") -> list[PatientRow]:
     """Patients matching every given criterion, audited with its parameters (keyed hashes).
 
     Roles with ``study.view`` also get each patient's studies (pseudonymised
     UIDs); others with ``patient.search`` (administrative staff) see
-    demographics only.
+    demographics only. Study criteria (date range, modality, accession) keep the
+    patients with a matching study, and only those studies.
     """
     if not may(principal, Permission.PATIENT_SEARCH):
         raise SearchRefused("patient search is not granted")
-    criteria = {"name": name.strip(), "patient_id": patient_id.strip(),
-                "birth_date": birth_date.isoformat() if birth_date else ""}
     audit_record(actor=principal, action=Action.PATIENT_SEARCH, outcome=Outcome.SUCCESS,
                  source_ip=source_ip,
-                 details={"criteria": {k: search_value_digest(v) for k, v in criteria.items() if v}})
-    if not any(criteria.values()):
+                 details={"criteria": {k: search_value_digest(v) for k, v in criteria.audited().items()}})
+    if not criteria.any():
         return []
     identities = PatientIdentity.objects.all()
-    if criteria["name"]:
-        for part in criteria["name"].replace(",", " ").split():
+    if criteria.name.strip():
+        for part in criteria.name.replace(",", " ").replace("^", " ").split():
             identities = identities.filter(patient_name__icontains=part)
-    if criteria["patient_id"]:
-        identities = identities.filter(patient_id=criteria["patient_id"])
-    if birth_date:
-        identities = identities.filter(patient_birth_date=birth_date)
+    if criteria.patient_id.strip():
+        identities = identities.filter(patient_id=criteria.patient_id.strip())
+    if criteria.birth_date:
+        identities = identities.filter(patient_birth_date=criteria.birth_date)
+    studies = _studies_matching(criteria)
+    if studies is not None:
+        identities = identities.filter(pseudonym__in={pseudonym for pseudonym in studies.values()})
     rows = [PatientRow(i.pseudonym, i.patient_name, i.patient_id, i.issuer_of_patient_id,
                        i.patient_birth_date, i.patient_sex)
             for i in identities.order_by("patient_name", "patient_id")[:SEARCH_LIMIT]]
     if rows and may(principal, Permission.STUDY_VIEW):
-        _attach_studies(rows)
+        _attach_studies(rows, only=set(studies) if studies is not None else None)
     elif rows and may(principal, Permission.PATIENT_DEMOGRAPHICS):
         _attach_report_states(rows)
+    return rows
+
+
+def _studies_matching(criteria: Criteria) -> dict[str, str] | None:
+    """Study UID -> pseudonym of the studies meeting the study criteria; None when there are none."""
+    if not any((criteria.date_from, criteria.date_to, criteria.modality.strip(), criteria.accession.strip())):
+        return None
+    found = StudyIdentity.objects.all()
+    if criteria.date_from:
+        found = found.filter(study_date__gte=criteria.date_from)
+    if criteria.date_to:
+        found = found.filter(study_date__lte=criteria.date_to)
+    if criteria.accession.strip():
+        found = found.filter(accession_number=criteria.accession.strip())
+    matching = dict(found.values_list("study_instance_uid", "pseudonym")[:SEARCH_LIMIT * 20])
+    if criteria.modality.strip():
+        with_modality = set(Study.objects.filter(
+            study_instance_uid__in=matching, series__modality__iexact=criteria.modality.strip())
+            .values_list("study_instance_uid", flat=True))
+        matching = {uid: pseudonym for uid, pseudonym in matching.items() if uid in with_modality}
+    return matching
+
+
+def worklist_merge(rows: list[PatientRow], answers: list[RemoteStudy]) -> list[PatientRow]:
+    """The local rows with the PACS's answers added: a study already here is marked, not repeated;
+    a patient known only to the PACS gets a row of their own."""
+    by_patient = {(row.issuer, row.patient_id): row for row in rows}
+    here = {row_study.study_instance_uid: row_study for row in rows for row_study in (row.studies or [])}
+    for answer in answers:
+        local = local_study_of(answer)
+        if local in here:
+            here[local].in_pacs = True
+            continue
+        key = (answer.issuer_of_patient_id, answer.patient_id)
+        row = by_patient.get(key)
+        if row is None:
+            row = PatientRow("", answer.patient_name, answer.patient_id, answer.issuer_of_patient_id,
+                             answer.patient_birth_date, answer.patient_sex, studies=[])
+            by_patient[key] = row
+            rows.append(row)
+        if row.studies is None:
+            continue
+        row.studies.append(StudyRow(
+            study_instance_uid=local, study_date=answer.study_date, description=answer.study_description,
+            modalities=[m for m in answer.modalities.split("\\") if m], series_count=answer.series_count or 0,
+            report="none" if local else "", remote_id=answer.pk, in_pacs=True,
+            instance_count=answer.instance_count))
     return rows
 
 
@@ -109,12 +162,14 @@ def _attach_report_states(rows: list[PatientRow]) -> None:
             f"{dates.get(uid) or 'undated'}: report {summary.label}")
 
 
-def _attach_studies(rows: list[PatientRow]) -> None:
+def _attach_studies(rows: list[PatientRow], *, only: set[str] | None = None) -> None:
     by_pseudonym = {row.pseudonym: row for row in rows}
     for row in rows:
         row.studies = []
     studies = (Study.objects.filter(patient__pseudonym__in=by_pseudonym)
                .select_related("patient").prefetch_related("series").order_by("-study_date"))
+    if only is not None:
+        studies = studies.filter(study_instance_uid__in=only)
     real = {s.study_instance_uid: s for s in StudyIdentity.objects.filter(
         pseudonym__in=by_pseudonym)}
     reports = report_summaries(study.study_instance_uid for study in studies)

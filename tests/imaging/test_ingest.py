@@ -20,6 +20,7 @@ from imaging.services import IngestBatch, Reason, Status, instance_ingest, patie
 from imaging.volumes import load_volume
 from tests.conftest import ZONES
 from tests.imaging.conftest import PHANTOM_SLICES, phantom_files
+from tests.leaks import clinical_rows, identifying_strings
 
 pytestmark = pytest.mark.django_db(databases=ZONES, transaction=True)
 
@@ -139,54 +140,6 @@ def test_compressed_transfer_syntaxes_are_accepted():
         assert ds.pixel_array.size > 0, name
 
 
-def _identifying_strings(paths: list[Path], truth: dict) -> set[str]:
-    secrets: set[str] = set()
-    for patient in truth["patients"]:
-        secrets.update(str(v) for v in patient["identity"].values())
-        secrets.update(patient["identity"]["patient_name"].split("^"))
-        for key in ("study_instance_uid", "frame_of_reference_uid", "ct_series_instance_uid",
-                    "pet_series_instance_uid"):
-            secrets.add(patient[key])
-    keywords = ("PatientName", "PatientID", "PatientBirthDate", "PatientAddress", "AccessionNumber",
-                "ReferringPhysicianName", "InstitutionName", "OperatorsName", "StudyID",
-                "PerformingPhysicianName", "StationName", "DeviceSerialNumber", "OtherPatientIDs",
-                "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID",
-                "InstitutionAddress", "PatientTelephoneNumbers")
-    retained: set[str] = set()  # values of kept attributes (a manufacturer named as an institution)
-    for path in paths:
-        try:
-            ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
-            for keyword in ("Manufacturer", "ManufacturerModelName"):
-                retained.add(str(ds.get(keyword, "")))
-            retained.add(str(ds.file_meta.get("ImplementationVersionName", "")).rstrip("_DCMTK"))
-            for keyword in keywords:
-                value = ds.get(keyword)
-                if value:
-                    secrets.add(str(value))
-                    secrets.update(str(value).split("^"))
-        except Exception:  # noqa: S112 - unreadable files are rejected, not searched for
-            continue
-    # PATIENT: a placeholder name part (NAME^PATIENT^NAME) and a coded value a kept SR content
-    # tree holds (Observation Context Mode = PATIENT, PS3.16 CID 6): vocabulary, not identity.
-    generic = {"ANONYMOUS", "ANONYMIZED", "Anonymized", "Anonymous", "Unknown", "UNKNOWN", "NONE", "PATIENT"}
-    return {s.strip() for s in secrets
-            if len(s.strip()) >= 5 and s.strip() not in generic
-            and not any(s.strip() in kept for kept in retained)
-            and len(set(s.strip())) > 1 and not (s.strip().isdigit() and len(s.strip()) < 8)}
-
-
-def _clinical_rows() -> str:
-    lines = []
-    for alias in ("default", "audit"):
-        connection = connections[alias]
-        tables = connection.introspection.table_names()
-        with connection.cursor() as cursor:
-            for table in tables:
-                cursor.execute(f'SELECT * FROM "{table}"')  # noqa: S608 - names from introspection
-                lines.extend(repr(row) for row in cursor.fetchall())
-    return "\n".join(lines)
-
-
 def test_corpus_stored_or_rejected_and_no_identifying_string_reaches_the_clinical_side(
         store, phantom, tmp_path):
     """Phantom + every pydicom/pydicom-data test file: each stored or rejected with a reason;
@@ -204,9 +157,9 @@ def test_corpus_stored_or_rejected_and_no_identifying_string_reaches_the_clinica
     stored = sum(o.status is Status.STORED for _, o in outcomes)
     assert stored >= 100 + 60
 
-    secrets = _identifying_strings([*phantom_files(out), *corpus], truth)
+    secrets = identifying_strings([*phantom_files(out), *corpus], truth)
     assert len(secrets) > 100
-    haystacks = {"rows": _clinical_rows()}
+    haystacks = {"rows": clinical_rows()}
     for object_id in storage.storage_objects():
         haystacks[object_id] = storage.object_get(object_id).decode("latin-1")
     hits = [(where, secret) for where, text in haystacks.items() for secret in secrets if secret in text]
@@ -233,7 +186,7 @@ def test_the_leak_search_finds_what_a_broken_profile_would_leak(store, phantom, 
     monkeypatch.setattr(deid.Deidentifier, "clean", lambda self, dataset, **_: None)
     paths = phantom_files(out)[:1]
     _ingest_all(paths)
-    secrets = _identifying_strings(paths, truth)
+    secrets = identifying_strings(paths, truth)
     stored = "".join(storage.object_get(o).decode("latin-1") for o in storage.storage_objects())
     assert truth["patients"][0]["identity"]["patient_name"] in secrets
     assert any(secret in stored for secret in secrets)
