@@ -86,6 +86,9 @@ def retrieval_request(*, principal: Any, remote_study_id: int, reason: str = "op
     source = (DicomDestination.objects.filter(pk=remote.source, active=True).exclude(retrieve="").first()
               if remote is not None else None)
     if remote is None or source is None:
+        audit_record(actor=principal, action=Action.PACS_RETRIEVE, outcome=Outcome.FAILURE,
+                     source_ip=source_ip,
+                     details={"step": "requested", "why": "the PACS answer is no longer known"})
         raise RetrieveError("that PACS answer is no longer known: search again")
     study_uid = uid_replacement_of(remote.original_study_instance_uid)
     pseudonym = patient_pseudonym(issuer=remote.issuer_of_patient_id, patient_id=remote.patient_id)

@@ -119,6 +119,22 @@ ROUTE_CASES: dict[str, list[tuple[str, Case]]] = {
            ("rendering:report_pdf", "get", {"version": 1}, "report.export"),
            ("rendering:report_page", "get", {"version": 1, "page": 1, "page_format": "png"}, "report.export"),
        )},
+    "imaging:retrieve": [("an answer no longer known", Case(
+        lambda c, p: (sign_in(c, p["doctor"], p["clock"]),
+                      c.post(reverse("imaging:retrieve"), {"remote": "999"})),
+        ("auth.login", "pacs.retrieve")))],
+    # A retrieval's progress and the queue hold counts and states, no patient data: nothing to audit.
+    "imaging:retrieval": [("no such retrieval", Case(
+        lambda c, p: (sign_in(c, p["doctor"], p["clock"]),
+                      c.get(reverse("imaging:retrieval", kwargs={"retrieval": 999}))),
+        ("auth.login",)))],
+    "imaging:retrieval_stop": [("no such retrieval", Case(
+        lambda c, p: (sign_in(c, p["doctor"], p["clock"]),
+                      c.post(reverse("imaging:retrieval_stop", kwargs={"retrieval": 999}))),
+        ("auth.login",)))],
+    "imaging:pacs_queue": [("queue", Case(
+        lambda c, p: (sign_in(c, p["doctor"], p["clock"]), c.get(reverse("imaging:pacs_queue"))),
+        ("auth.login",)))],
     "dicomweb:stow": [("no device token", Case(
         lambda c, p: c.post(reverse("dicomweb:stow"), b"--x--",
                             content_type="multipart/related; type=\"application/dicom\"; boundary=x"),
@@ -216,6 +232,9 @@ COMMAND_CASES: dict[str, tuple[Callable, tuple[str, ...]]] = {
 # Long-running servers: proved by their own tests against real peers.
 PROVED_ELSEWHERE = {
     "run_scp": "tests/imaging/test_scp.py::test_storescu_from_allowlisted_ae_stores_and_is_audited",
+    "pacs_worker": ("tests/imaging/test_pacs.py::"
+                    "test_a_result_goes_back_to_the_pacs_with_the_hospitals_patient_id_and_study_uid"),
+    "store": "tests/imaging/test_store_budget.py::test_evict_least_recently_opened_first_until_under_budget",
     r"^ws/viewer/(?P<study>[0-9.]{1,64})/$":
         "tests/rendering/test_consumer.py::test_start_and_end_of_the_render_session_are_audited",
 }

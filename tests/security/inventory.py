@@ -23,6 +23,7 @@ SAMPLES = {
     "image": "0123456789ab",
     "page": "1",
     "page_format": "png",
+    "retrieval": "1",
 }
 
 
