@@ -56,3 +56,14 @@ def store_keep_opened_s() -> int:
     """``GATEWAY_STORE_KEEP_OPENED_S``: a study opened in the viewer this recently is never evicted
     (default 12 h, the longest a session lives)."""
     return int(getattr(settings, "IMAGING_STORE_KEEP_OPENED_S", 12 * 3600))
+
+
+def pacs_prefetch_priors() -> int:
+    """``GATEWAY_PACS_PREFETCH_PRIORS``: when a study arrives, retrieve this many of the patient's
+    newest earlier studies from the PACS (default 0: none)."""
+    return int(getattr(settings, "IMAGING_PACS_PREFETCH_PRIORS", 0))
+
+
+def pacs_prefetch_any_modality() -> bool:
+    """``GATEWAY_PACS_PREFETCH_ANY_MODALITY``: priors of any modality, not only the arrived study's."""
+    return bool(getattr(settings, "IMAGING_PACS_PREFETCH_ANY_MODALITY", False))

@@ -32,6 +32,8 @@ class Study(models.Model):
     last_opened_at = models.DateTimeField(null=True, blank=True,
                                           help_text="last opened in the viewer: a recently opened study is "
                                                     "never evicted from the store")
+    priors_checked_at = models.DateTimeField(null=True, blank=True,
+                                             help_text="when the PACS was asked for this study's priors")
 
     class Meta:
         verbose_name_plural = "studies"

@@ -80,19 +80,25 @@ def pacs_search(*, principal: Any, criteria: Criteria,
     answers: list[RemoteStudy] = []
     problems: list[str] = []
     for source in sources:
+        failed = False
         try:
-            found = list(_find_studies(source, criteria))
+            found = pacs_answers(source, criteria)
         except QueryError as error:
             problems.append(f"{source.name}: {error}")
-            found = []
-        answers.extend(_answers_keep(source, found))
+            found, failed = [], True
+        answers.extend(found)
         audit_record(actor=principal, action=Action.PACS_QUERY,
-                     outcome=Outcome.FAILURE if problems and not found else Outcome.SUCCESS,
+                     outcome=Outcome.FAILURE if failed else Outcome.SUCCESS,
                      source_ip=source_ip, details={
                          "pacs": source.name, "answers": len(found),
                          "criteria": {k: search_value_digest(v) for k, v in criteria.audited().items()}})
     _answers_forget()
     return [a for a in answers if _matches_every_name_part(a, criteria.name)], problems
+
+
+def pacs_answers(source: DicomDestination, criteria: Criteria) -> list[RemoteStudy]:
+    """``source``'s answers to ``criteria``, kept in the identity zone (QueryError when it fails)."""
+    return _answers_keep(source, list(_find_studies(source, criteria)))
 
 
 def _query_datasets(criteria: Criteria) -> list[Dataset]:

@@ -22,6 +22,7 @@ again resumes, since an instance already stored is a duplicate, not an error.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -54,14 +55,17 @@ from gateway.audit.services import audit_record
 from gateway.policy import Permission, may
 from imaging import conf
 from imaging.dicom_net import STUDY_ROOT_GET, STUDY_ROOT_MOVE, Peer, SendError, associated, entity
-from imaging.identity.models import RemoteStudy
-from imaging.models import DicomDestination, JobState, Retrieval, RetrieveMethod, Series, VolumeState
-from imaging.pacs_query import PENDING, QueryError, find
+from imaging.identity.models import PatientIdentity, RemoteStudy, StudyIdentity
+from imaging.models import DicomDestination, JobState, Retrieval, RetrieveMethod, Series, Study, VolumeState
+from imaging.pacs_query import PENDING, Criteria, QueryError, find, local_study_of, pacs_answers, pacs_sources
 from imaging.services import IngestBatch, Status, patient_pseudonym, uid_replacement_of
 
 log = logging.getLogger(__name__)
 
 UNFINISHED = (JobState.QUEUED, JobState.RUNNING)
+PREFETCH_WINDOW = timedelta(days=1)
+RESULT_MODALITIES = frozenset({"", "SR", "SEG", "REG", "KO", "PR", "DOC"})
+"""Only studies that arrived this recently have their priors prefetched (not the whole archive at once)."""
 STALE_AFTER = timedelta(minutes=2)
 """A running job whose worker has not written for this long is taken over by another worker."""
 SAVE_EVERY_S = 0.5
@@ -90,6 +94,13 @@ def retrieval_request(*, principal: Any, remote_study_id: int, reason: str = "op
                      source_ip=source_ip,
                      details={"step": "requested", "why": "the PACS answer is no longer known"})
         raise RetrieveError("that PACS answer is no longer known: search again")
+    requested_by = str(getattr(principal, "username", principal))
+    return _retrieval_queue(remote, source, reason=reason, requested_by=requested_by, actor=principal,
+                            source_ip=source_ip)
+
+
+def _retrieval_queue(remote: RemoteStudy, source: DicomDestination, *, reason: str, requested_by: str,
+                     actor: Any, source_ip: str = "") -> Retrieval:
     study_uid = uid_replacement_of(remote.original_study_instance_uid)
     pseudonym = patient_pseudonym(issuer=remote.issuer_of_patient_id, patient_id=remote.patient_id)
     under_way = Retrieval.objects.filter(study_instance_uid=study_uid, state__in=UNFINISHED).first()
@@ -97,9 +108,8 @@ def retrieval_request(*, principal: Any, remote_study_id: int, reason: str = "op
         return under_way
     retrieval = Retrieval.objects.create(
         source=source, remote_study=remote.pk, study_instance_uid=study_uid, pseudonym=pseudonym,
-        method=source.retrieve, reason=reason, expected=remote.instance_count or 0,
-        requested_by=str(getattr(principal, "username", principal)))
-    audit_record(actor=principal, action=Action.PACS_RETRIEVE, outcome=Outcome.SUCCESS, source_ip=source_ip,
+        method=source.retrieve, reason=reason, expected=remote.instance_count or 0, requested_by=requested_by)
+    audit_record(actor=actor, action=Action.PACS_RETRIEVE, outcome=Outcome.SUCCESS, source_ip=source_ip,
                  patient_pseudonym=pseudonym, study=study_uid,
                  details={"pacs": source.name, "method": source.retrieve, "step": "requested",
                           "reason": reason, "retrieval": retrieval.pk})
@@ -126,6 +136,55 @@ def retrieval_claim() -> Retrieval | None:
             candidate.refresh_from_db()
             return candidate
     return None
+
+
+def priors_prefetch(*, study: Study) -> list[Retrieval]:
+    """Queue the retrieval of the patient's newest earlier studies in the PACS.
+
+    How many: ``GATEWAY_PACS_PREFETCH_PRIORS``.
+
+    Same modality as the arrived study unless ``GATEWAY_PACS_PREFETCH_ANY_MODALITY``; studies
+    already here or under way are skipped. Marks the study as checked whatever the outcome,
+    so a PACS that is down costs one try, not one per pass."""
+    Study.objects.filter(pk=study.pk).update(priors_checked_at=timezone.now())
+    wanted = conf.pacs_prefetch_priors()
+    identity = PatientIdentity.objects.filter(pseudonym=study.patient.pseudonym).first()
+    real = StudyIdentity.objects.filter(study_instance_uid=study.study_instance_uid).first()
+    if wanted <= 0 or identity is None:
+        return []
+    modalities = set(study.series.values_list("modality", flat=True)) - RESULT_MODALITIES
+    queued: list[Retrieval] = []
+    for source in pacs_sources():
+        try:
+            answers = pacs_answers(source, Criteria(patient_id=identity.patient_id))
+        except QueryError as error:
+            log.warning("priors of %s not asked of %s: %s", study.study_instance_uid, source.name, error)
+            continue
+        earlier = [a for a in answers
+                   if a.issuer_of_patient_id == identity.issuer_of_patient_id
+                   and a.original_study_instance_uid != (real.original_study_instance_uid if real else "")
+                   and (real is None or real.study_date is None or a.study_date is None
+                        or a.study_date <= real.study_date)
+                   and (conf.pacs_prefetch_any_modality() or modalities & set(a.modalities.split("\\")))
+                   and not local_study_of(a)]
+        earlier.sort(key=lambda a: a.study_date or dt.date.min, reverse=True)
+        for answer in earlier[:wanted - len(queued)]:
+            queued.append(_retrieval_queue(answer, source, reason="prefetch", requested_by="prefetch",
+                                           actor="pacs-prefetch"))
+    return queued
+
+
+def priors_prefetch_due(*, limit: int = 5) -> int:
+    """Prefetch the priors of studies that arrived in the last day and were not checked yet.
+
+    A prior fetched this way does not fetch its own priors: only what arrives or is opened does."""
+    if conf.pacs_prefetch_priors() <= 0 or not pacs_sources():
+        return 0
+    since = timezone.now() - PREFETCH_WINDOW
+    prefetched = Retrieval.objects.filter(reason="prefetch").values("study_instance_uid")
+    recent = (Study.objects.filter(priors_checked_at__isnull=True, created_at__gte=since)
+              .exclude(study_instance_uid__in=prefetched).select_related("patient").order_by("created_at")[:limit])
+    return sum(len(priors_prefetch(study=study)) for study in recent)
 
 
 def series_arriving(*, study_uid: str) -> dict[str, str]:

@@ -345,3 +345,52 @@ def test_the_worklist_merges_the_pacs_and_marks_where_each_study_is(client, sign
     progress = client.get(answer["Location"] + "?format=json").json()
     assert progress["state"] == "queued" and progress["viewable"] is False
     assert progress["study"] == uid_replacement_of(str(other[0].StudyInstanceUID))
+
+
+def _prior(paths: list[Path], folder: Path, *, modality: str, days_before: int, count: int) -> list[Path]:
+    """``count`` images of patient 0's ``modality`` series re-made as an earlier study of that patient."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study_uid, series_uid = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    written = []
+    for path in [p for p, ds in zip(paths, _headers(paths), strict=True)
+                 if ds.PatientID == _study_of(paths, 0)[0].PatientID and ds.Modality == modality][:count]:
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        day = dt.datetime.strptime(ds.StudyDate, "%Y%m%d") - dt.timedelta(days=days_before)  # noqa: DTZ007
+        ds.StudyDate = ds.SeriesDate = day.strftime("%Y%m%d")
+        ds.AccessionNumber = f"PRIOR{days_before}"
+        written.append(folder / f"{modality}{days_before}_{len(written)}.dcm")
+        ds.save_as(written[-1])
+    return written
+
+
+def test_opening_a_study_prefetches_its_newest_prior_of_the_same_modality_once(
+        store, pacs_files, tmp_path, settings):
+    paths, _ = pacs_files
+    patient = _study_of(paths, 0)[0].PatientID
+    own = [p for p, ds in zip(paths, _headers(paths), strict=True) if ds.PatientID == patient]
+    ct_prior = _prior(paths, tmp_path / "priors", modality="CT", days_before=30, count=4)
+    pet_prior = _prior(paths, tmp_path / "priors", modality="PT", days_before=10, count=4)
+    older_pet = _prior(paths, tmp_path / "priors", modality="PT", days_before=90, count=4)
+    orthanc = orthanc_start(tmp_path / "pacs", modalities={"gateway": [GATEWAY_AE, "127.0.0.1", free_port()]})
+    try:
+        orthanc.load(own + ct_prior + pet_prior + older_pet)
+        _register(orthanc)
+        settings.IMAGING_PACS_PREFETCH_PRIORS = 1
+        doctor = _doctor()
+        headers = _study_of(paths, 0)
+        current = _found(doctor, patient_id=str(patient), accession=str(headers[0].AccessionNumber))
+        _check_retrieved(_retrieved(doctor, current[0]), headers)
+        call_command("pacs_worker", "--once")
+        call_command("pacs_worker", "--once")
+    finally:
+        orthanc.stop()
+    prefetched = Retrieval.objects.filter(reason="prefetch")
+    expected = {uid_replacement_of(str(pydicom.dcmread(pet_prior[0]).StudyInstanceUID))}
+    assert {r.study_instance_uid for r in prefetched} == expected
+    assert [r.state for r in prefetched] == [JobState.DONE]
+    assert Study.objects.filter(study_instance_uid__in=expected).exists()
+    assert Study.objects.count() == 2
+    assert all(s.priors_checked_at for s in Study.objects.filter(study_instance_uid=uid_replacement_of(
+        str(headers[0].StudyInstanceUID))))

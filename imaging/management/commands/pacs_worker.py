@@ -7,13 +7,14 @@ import time
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 
-from imaging.pacs_retrieve import retrieval_claim, retrieval_run
+from imaging.pacs_retrieve import priors_prefetch_due, retrieval_claim, retrieval_run
 from imaging.pacs_send import sends_drain
 
 
 def pacs_work_once() -> int:
-    """One retrieval (if one is queued) and the sends that are due; returns how much was done."""
-    done = 0
+    """Priors to prefetch, one retrieval (if one is queued) and the sends that are due; returns how
+    much was done."""
+    done = priors_prefetch_due()
     retrieval = retrieval_claim()
     if retrieval is not None:
         retrieval_run(retrieval)
