@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 UV ?= uv
 ZONES := default identity audit
-DEBIAN_TOOLS := pdftotext:poppler-utils dcmdump:dcmtk dciodvfy:dicom3tools chromium:chromium nginx:nginx-light
+DEBIAN_TOOLS := pdftotext:poppler-utils dcmdump:dcmtk dciodvfy:dicom3tools chromium:chromium nginx:nginx-light \
+	Orthanc:orthanc
 
 .PHONY: run test test-cluster lint install install-dev lock sysdeps migrate seed serve clean
 
@@ -42,7 +43,8 @@ lock:
 
 # Debian packages the tests need: dcmtk (real DICOM peers), dicom3tools (IOD validator),
 # chromium (the browser test drives it through Playwright; no browser is downloaded),
-# nginx (the TLS front of the cluster test; nginx-light has ssl, http2 and websockets).
+# nginx (the TLS front of the cluster test; nginx-light has ssl, http2 and websockets),
+# Orthanc (the PACS the query/retrieve tests search, retrieve from and send results to).
 sysdeps:
 	@missing=""; \
 	for entry in $(DEBIAN_TOOLS); do PATH="$$PATH:/usr/sbin" command -v $${entry%%:*} >/dev/null || missing="$$missing $${entry##*:}"; done; \
@@ -62,14 +64,16 @@ seed: migrate
 	$(BIN)/python manage.py seed_demo
 
 # daphne processes (one per core, GATEWAY_WEB_PROCESSES) serve the gateway on one port;
-# beside them, the audit chain head is signed every minute and the volumes of series
-# stored over STOW-RS are built (ingest never builds them on the request's path).
+# beside them, the audit chain head is signed every minute, the volumes of series
+# stored over STOW-RS are built (ingest never builds them on the request's path), and
+# PACS retrievals and results queued for the PACS are run (pacs_worker).
 serve:
 	$(BIN)/python manage.py collectstatic --noinput -v0
 	@$(BIN)/python manage.py audit_checkpoint --every 60 & checkpoints=$$!; \
 	$(BIN)/python manage.py build_volumes --watch & volumes=$$!; \
-	trap 'kill $$checkpoints $$volumes 2>/dev/null' EXIT INT TERM; \
-	echo "audit checkpoints every 60 s; volumes of new series built in the background"; \
+	$(BIN)/python manage.py pacs_worker & pacs=$$!; \
+	trap 'kill $$checkpoints $$volumes $$pacs 2>/dev/null' EXIT INT TERM; \
+	echo "audit checkpoints every 60 s; volumes of new series built and PACS work run in the background"; \
 	$(BIN)/python manage.py serve --host $(HOST) --port $(PORT)
 
 run: seed
