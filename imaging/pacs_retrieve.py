@@ -187,6 +187,10 @@ def priors_prefetch_due(*, limit: int = 5) -> int:
     return sum(len(priors_prefetch(study=study)) for study in recent)
 
 
+def retrieval_under_way(*, study_uid: str) -> Retrieval | None:
+    return Retrieval.objects.filter(study_instance_uid=study_uid, state__in=UNFINISHED).first()
+
+
 def series_arriving(*, study_uid: str) -> dict[str, str]:
     """Series UID -> 'arriving from the PACS (n of m)' for each series an unfinished retrieval still fills."""
     arriving: dict[str, str] = {}

@@ -22,6 +22,7 @@ from gateway.sharing.principal import audit_fields
 from gateway.sharing.services import share_use_record
 from imaging.access import StudyNotFound, study_for_viewer
 from imaging.findings import findings_csv, findings_xlsx
+from imaging.pacs_retrieve import retrieval_under_way
 
 
 @login_not_required  # the access gate admits only a two-factor user or a consultant session
@@ -44,7 +45,9 @@ def viewer(request: HttpRequest, study: str) -> HttpResponse:
                          study=found.study_uid, pseudonym=found.patient_pseudonym)
     return render(request, "rendering/viewer.html", {
         "study_id": found.study_uid, "consultant": consultant,
-        "can_share": not consultant and may(principal, Permission.STUDY_SHARE, found.study_uid)})
+        "can_share": not consultant and may(principal, Permission.STUDY_SHARE, found.study_uid),
+        "retrieval": retrieval_under_way(study_uid=found.study_uid)
+        if may(principal, Permission.STUDY_RETRIEVE) else None})
 
 
 FINDING_FORMATS = {

@@ -32,11 +32,13 @@
                 cell(entry.complete ? "complete" : "arriving"));
       return tr;
     });
-    if (rows.length) document.getElementById("series").replaceChildren(...rows);
+    const table = document.getElementById("series");
+    if (table && rows.length) table.replaceChildren(...rows);
     const error = document.getElementById("error");
     error.textContent = wire.error;
     error.hidden = !wire.error;
-    document.getElementById("open").hidden = !wire.viewable;
+    const open = document.getElementById("open");
+    if (open) open.hidden = !wire.viewable;
     const stop = document.getElementById("stop");
     if (stop && ended.has(wire.state)) stop.closest("form").hidden = true;
     return ended.has(wire.state);
