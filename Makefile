@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 UV ?= uv
 ZONES := default identity audit
+ORTHANC_DICOMWEB := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 DEBIAN_TOOLS := pdftotext:poppler-utils dcmdump:dcmtk dciodvfy:dicom3tools chromium:chromium nginx:nginx-light \
 	Orthanc:orthanc
 
@@ -44,10 +45,12 @@ lock:
 # Debian packages the tests need: dcmtk (real DICOM peers), dicom3tools (IOD validator),
 # chromium (the browser test drives it through Playwright; no browser is downloaded),
 # nginx (the TLS front of the cluster test; nginx-light has ssl, http2 and websockets),
-# Orthanc (the PACS the query/retrieve tests search, retrieve from and send results to).
+# Orthanc and its DICOMweb plugin (the PACS the query/retrieve tests search, retrieve from and
+# send results to, over DIMSE and DICOMweb).
 sysdeps:
 	@missing=""; \
 	for entry in $(DEBIAN_TOOLS); do PATH="$$PATH:/usr/sbin" command -v $${entry%%:*} >/dev/null || missing="$$missing $${entry##*:}"; done; \
+	test -e $(ORTHANC_DICOMWEB) || missing="$$missing orthanc-dicomweb"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages:$$missing"; \

@@ -277,6 +277,7 @@ class RetrieveMethod(models.TextChoices):
     NONE = "", "none (send only)"
     C_GET = "c-get", "C-GET"
     C_MOVE = "c-move", "C-MOVE to the gateway's SCP"
+    WADO_RS = "wado-rs", "WADO-RS (DICOMweb)"
 
 
 class DicomDestination(models.Model):
@@ -288,6 +289,9 @@ class DicomDestination(models.Model):
     host = models.CharField(max_length=253)
     port = models.IntegerField()
     tls = models.BooleanField(default=False, help_text="associate over TLS (GATEWAY_PACS_TLS_CA verifies)")
+    dicomweb_url = models.CharField(max_length=500, blank=True,
+                                    help_text="DICOMweb base URL: search (QIDO-RS), retrieve (WADO-RS) "
+                                              "and send (STOW-RS) there instead of over DIMSE")
     retrieve = models.CharField(max_length=8, choices=RetrieveMethod.choices, default=RetrieveMethod.NONE,
                                 blank=True, help_text="query/retrieve method; empty: not a PACS")
     send_results = models.BooleanField(

@@ -25,6 +25,7 @@ from gateway.audit.catalogue import Action, Outcome
 from gateway.audit.services import audit_record
 from gateway.policy import Permission, may
 from imaging.dicom_net import STUDY_ROOT_FIND, Peer, SendError, associated, entity
+from imaging.dicomweb_client import DicomwebError, qido_series, qido_studies
 from imaging.identity.models import RemoteStudy, StudyIdentity
 from imaging.models import DicomDestination, JobState, Retrieval
 
@@ -134,15 +135,19 @@ def _query_datasets(criteria: Criteria) -> list[Dataset]:
 def _find_studies(source: DicomDestination, criteria: Criteria) -> Iterator[Dataset]:
     seen: set[str] = set()
     for query in _query_datasets(criteria):
-        for answer in find(source, query, limit=ANSWER_LIMIT):
+        for answer in find(source, query, limit=ANSWER_LIMIT, level="studies"):
             uid = str(answer.get("StudyInstanceUID", ""))
             if uid not in seen and len(seen) < ANSWER_LIMIT:
                 seen.add(uid)
                 yield answer
 
 
-def find(source: DicomDestination, query: Dataset, *, limit: int) -> Iterator[Dataset]:
-    """C-FIND answers (identifiers) from ``source``, at most ``limit``; QueryError when it fails."""
+def find(source: DicomDestination, query: Dataset, *, limit: int, level: str) -> Iterator[Dataset]:
+    """Answers (identifiers) from ``source`` at ``level`` (studies, or series of the query's study),
+    at most ``limit``: C-FIND, or QIDO-RS for a DICOMweb peer; QueryError when it fails."""
+    if source.dicomweb_url:
+        yield from _qido(source.dicomweb_url, query, limit=limit, level=level)
+        return
     ae = entity(timeout_s=30)
     ae.add_requested_context(STUDY_ROOT_FIND)
     count = 0
@@ -163,6 +168,15 @@ def find(source: DicomDestination, query: Dataset, *, limit: int) -> Iterator[Da
                     raise QueryError(f"the PACS answered C-FIND with 0x{code:04X}")
     except SendError as error:
         raise QueryError(str(error)) from error
+
+
+def _qido(base: str, query: Dataset, *, limit: int, level: str) -> Iterator[Dataset]:
+    try:
+        answers = (qido_studies(base, query, limit=limit) if level == "studies"
+                   else qido_series(base, str(query.StudyInstanceUID)))
+    except DicomwebError as error:
+        raise QueryError(str(error)) from error
+    yield from answers[:limit]
 
 
 def _text(ds: Dataset, keyword: str) -> str:

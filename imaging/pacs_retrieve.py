@@ -26,6 +26,7 @@ import datetime as dt
 import logging
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -55,6 +56,7 @@ from gateway.audit.services import audit_record
 from gateway.policy import Permission, may
 from imaging import conf
 from imaging.dicom_net import STUDY_ROOT_GET, STUDY_ROOT_MOVE, Peer, SendError, associated, entity
+from imaging.dicomweb_client import DicomwebError, wado_series
 from imaging.identity.models import PatientIdentity, RemoteStudy, StudyIdentity
 from imaging.models import DicomDestination, JobState, Retrieval, RetrieveMethod, Series, Study, VolumeState
 from imaging.pacs_query import PENDING, Criteria, QueryError, find, local_study_of, pacs_answers, pacs_sources
@@ -296,7 +298,7 @@ def _series_of(source: DicomDestination, remote: RemoteStudy) -> list[Dataset]:
     for keyword in ("SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription",
                     "NumberOfSeriesRelatedInstances"):
         setattr(query, keyword, "")
-    answers = list(find(source, query, limit=10_000))
+    answers = list(find(source, query, limit=10_000, level="series"))
     if not answers:
         raise RetrieveError("the PACS holds no series of that study any more")
     return answers
@@ -310,6 +312,8 @@ def _retrieve_series(retrieval: Retrieval, remote: RemoteStudy, original_series:
     query.SeriesInstanceUID = original_series
     if retrieval.method == RetrieveMethod.C_MOVE:
         _move(retrieval.source, query, position, progress)
+    elif retrieval.method == RetrieveMethod.WADO_RS:
+        _wado(retrieval.source, query, position, progress)
     else:
         _get(retrieval.source, query, position, progress)
 
@@ -343,6 +347,27 @@ def _get_store(batch: IngestBatch, position: int, progress: Progress) -> Callabl
         progress.arrived(position)
         return 0x0000
     return handle
+
+
+def _wado(source: DicomDestination, query: Dataset, position: int, progress: Progress) -> None:
+    host = urllib.parse.urlsplit(source.dicomweb_url).hostname or ""
+    batch = IngestBatch(actor=f"pacs:{source.name}", actor_role="pacs", door="wado-rs", source_ip=host,
+                        build_volumes=False)
+
+    def ingest(data: bytes) -> None:
+        if batch.ingest(data).status is Status.REJECTED:
+            progress.not_sent(position, count=1, why="refused by ingest")
+        else:
+            progress.arrived(position)
+        if progress.cancelled():
+            raise RetrieveError("cancelled")
+
+    try:
+        wado_series(source.dicomweb_url, str(query.StudyInstanceUID), str(query.SeriesInstanceUID), ingest)
+    except DicomwebError as error:
+        raise RetrieveError(str(error)) from error
+    finally:
+        batch.close()
 
 
 def _connections_close(_event: Any) -> None:

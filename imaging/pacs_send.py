@@ -28,7 +28,8 @@ from pydicom.dataset import Dataset
 from gateway.audit.catalogue import Action, Outcome
 from gateway.audit.services import audit_record
 from imaging import storage
-from imaging.dicom_net import SendError, dicom_send
+from imaging.dicom_net import SendError, SendResult, dicom_send
+from imaging.dicomweb_client import stow_send
 from imaging.identity.models import PatientIdentity, StudyIdentity, UIDMap
 from imaging.models import DicomDestination, Instance, JobState, PacsSend, Study
 
@@ -131,8 +132,7 @@ def _send_to(destination: DicomDestination, sends: list[PacsSend]) -> int:
         return 0
     datasets = [ds for _, ds in prepared.values()]
     try:
-        result = dicom_send(datasets, ae_title=destination.ae_title, host=destination.host,
-                            port=destination.port, tls=destination.tls)
+        result = _deliver(destination, datasets)
     except SendError as error:
         for send, _ in prepared.values():
             _retry_later(send, str(error))
@@ -150,6 +150,19 @@ def _send_to(destination: DicomDestination, sends: list[PacsSend]) -> int:
         _audit(destination, [prepared[uid][0] for uid in failed], outcome=Outcome.FAILURE,
                why="; ".join(sorted(set(failed.values())))[:500])
     return len(delivered)
+
+
+def _deliver(destination: DicomDestination, datasets: list[Dataset]) -> SendResult:
+    if destination.dicomweb_url:
+        return stow_send(destination.dicomweb_url, [(str(ds.SOPInstanceUID), _part10(ds)) for ds in datasets])
+    return dicom_send(datasets, ae_title=destination.ae_title, host=destination.host, port=destination.port,
+                      tls=destination.tls)
+
+
+def _part10(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
 
 
 def _replacement_of(original_uid: str, prepared: dict[str, tuple[PacsSend, Dataset]]) -> str:

@@ -7,6 +7,7 @@ anywhere else, and a browser never receives a report's DICOM objects.
 from __future__ import annotations
 
 import io
+import urllib.parse
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
@@ -14,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from gateway.audit.catalogue import Action, Outcome
 from gateway.audit.services import audit_record
 from imaging.dicom_net import Peer, dicom_echo
+from imaging.dicomweb_client import dicomweb_echo
 from imaging.models import DicomDestination, ReportLetterhead, RetrieveMethod
 from imaging.reports import HEADER_FIELDS
 
@@ -32,7 +34,8 @@ def _ae_title(value: str) -> str:
 
 
 def destination_register(*, name: str, ae_title: str, host: str, port: int, actor: Any, retrieve: str = "",
-                         send_results: bool = False, tls: bool = False) -> DicomDestination:
+                         send_results: bool = False, tls: bool = False,
+                         dicomweb_url: str = "") -> DicomDestination:
     """Register (or change) a DICOM peer; with ``retrieve`` it is also a PACS the worklist searches."""
     if not 1 <= port <= 65535:
         raise ReportSettingError("a port is 1 to 65535")
@@ -41,15 +44,29 @@ def destination_register(*, name: str, ae_title: str, host: str, port: int, acto
     if retrieve not in RetrieveMethod.values:
         methods = ", ".join(filter(None, RetrieveMethod.values))
         raise ReportSettingError(f"the retrieve method is one of {methods}")
+    dicomweb_url = _dicomweb_url(dicomweb_url)
+    if bool(dicomweb_url) != (retrieve == RetrieveMethod.WADO_RS) and (dicomweb_url or retrieve):
+        raise ReportSettingError("a DICOMweb peer retrieves with wado-rs, and wado-rs needs a DICOMweb URL")
     destination, _ = DicomDestination.objects.update_or_create(
         name=name.strip()[:64], defaults={"ae_title": _ae_title(ae_title), "host": host.strip(), "port": port,
                                           "retrieve": retrieve, "send_results": send_results, "tls": tls,
+                                          "dicomweb_url": dicomweb_url,
                                           "active": True, "registered_by": str(actor)[:150]})
     audit_record(actor=actor, action=Action.ADMIN_DESTINATION, outcome=Outcome.SUCCESS, details={
         "change": "registered", "name": destination.name, "ae_title": destination.ae_title,
         "host": destination.host, "port": port, "retrieve": retrieve, "send_results": send_results,
-        "tls": tls})
+        "tls": tls, "dicomweb": bool(dicomweb_url)})
     return destination
+
+
+def _dicomweb_url(value: str) -> str:
+    value = value.strip()
+    if not value:
+        return ""
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.query:
+        raise ReportSettingError("a DICOMweb URL is http(s)://host[:port]/path, without credentials or query")
+    return value.rstrip("/")
 
 
 def destination_echo(*, name: str, actor: Any) -> str:
@@ -57,7 +74,8 @@ def destination_echo(*, name: str, actor: Any) -> str:
     destination = DicomDestination.objects.filter(name=name, active=True).first()
     if destination is None:
         raise ReportSettingError(f"no active destination named {name!r}")
-    why = dicom_echo(Peer.of(destination))
+    why = (dicomweb_echo(destination.dicomweb_url) if destination.dicomweb_url
+           else dicom_echo(Peer.of(destination)))
     audit_record(actor=actor, action=Action.PACS_ECHO, outcome=Outcome.FAILURE if why else Outcome.SUCCESS,
                  details={"name": name, **({"why": why} if why else {})})
     return why

@@ -238,8 +238,13 @@ class StowUpload:
                                       "multipart without closing delimiter"))
 
     def read(self, part: StowPart) -> bytes:
+        """A complete part's bytes; safe while the body is still arriving (the write position is kept)."""
+        end = self._spool.tell()
         self._spool.seek(part.offset)
-        return self._spool.read(part.length)
+        try:
+            return self._spool.read(part.length)
+        finally:
+            self._spool.seek(end)
 
     def close(self) -> None:
         self._spool.close()

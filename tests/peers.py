@@ -21,6 +21,7 @@ from tests.conftest import free_port
 
 ORTHANC_AE = "ORTHANC"
 LOADER_AE = "LOADER"
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Orthanc:
     http_port: int
     dicom_port: int
     modalities: dict[str, list[Any]]
+    dicomweb: bool = False
     process: subprocess.Popen[bytes] | None = None
 
     def config(self) -> dict[str, Any]:
@@ -42,11 +44,19 @@ class Orthanc:
             "DicomAlwaysAllowStore": False, "DicomAlwaysAllowEcho": False,
             "DicomModalities": {LOADER_AE.lower(): [LOADER_AE, "127.0.0.1", 104], **self.modalities},
             "WebDavEnabled": False, "SaveJobs": False, "TcpNoDelay": True, "StableAge": 1,
+            **({"Plugins": [DICOMWEB_PLUGIN], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
+               if self.dicomweb else {}),
         }
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/dicom-web"
 
     def start(self) -> None:
         binary = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin:/usr/local/sbin")
         assert binary, "Orthanc is not installed: apt-get install orthanc (make test installs it as root)"
+        assert not self.dicomweb or Path(DICOMWEB_PLUGIN).exists(), (
+            "Orthanc's DICOMweb plugin is not installed: apt-get install orthanc-dicomweb")
         path = self.folder / "orthanc.json"
         path.write_text(json.dumps(self.config()))
         log = (self.folder / "orthanc.log").open("ab")
@@ -101,8 +111,8 @@ class Orthanc:
         return self.rest(f"/instances/{found[0]}/simplified-tags")
 
 
-def orthanc_start(folder: Path, *, modalities: dict[str, list[Any]]) -> Orthanc:
+def orthanc_start(folder: Path, *, modalities: dict[str, list[Any]], dicomweb: bool = False) -> Orthanc:
     folder.mkdir(parents=True, exist_ok=True)
-    orthanc = Orthanc(folder, free_port(), free_port(), modalities)
+    orthanc = Orthanc(folder, free_port(), free_port(), modalities, dicomweb)
     orthanc.start()
     return orthanc

@@ -394,3 +394,43 @@ def test_opening_a_study_prefetches_its_newest_prior_of_the_same_modality_once(
     assert Study.objects.count() == 2
     assert all(s.priors_checked_at for s in Study.objects.filter(study_instance_uid=uid_replacement_of(
         str(headers[0].StudyInstanceUID))))
+
+
+def test_a_dicomweb_pacs_is_searched_with_qido_retrieved_with_wado_and_sent_results_with_stow(
+        store, pacs_files, tmp_path):
+    paths, _ = pacs_files
+    headers = _study_of(paths, 0)
+    orthanc = orthanc_start(tmp_path / "web", dicomweb=True,
+                            modalities={"gateway": [GATEWAY_AE, "127.0.0.1", free_port()]})
+    try:
+        orthanc.load([p for p, ds in zip(paths, _headers(paths), strict=True)
+                      if ds.PatientID == headers[0].PatientID])
+        destination_register(name="WEB", ae_title=ORTHANC_AE, host="127.0.0.1", port=orthanc.dicom_port,
+                             actor="cli:it", retrieve="wado-rs", send_results=True,
+                             dicomweb_url=orthanc.dicomweb_url + "/")
+        assert destination_echo(name="WEB", actor="cli:it") == ""
+        doctor = _doctor()
+        family = str(headers[0].PatientName).split("^")[0]
+        answers = _found(doctor, name=family, date_from=dt.datetime.strptime(  # noqa: DTZ007
+            headers[0].StudyDate, "%Y%m%d").date())
+        assert [a.original_study_instance_uid for a in answers] == [str(headers[0].StudyInstanceUID)]
+        assert answers[0].instance_count == len(headers)
+        study = _check_retrieved(_retrieved(doctor, answers[0]), headers)
+        assert json.loads(_events("ingest")[-1].details)["door"] == "wado-rs"
+        uid = _result_pdf(study)
+        assert sends_drain() == 1
+        tags = orthanc.instance_tags(uid)
+        assert tags["PatientID"] == str(headers[0].PatientID)
+        assert tags["StudyInstanceUID"] == str(headers[0].StudyInstanceUID)
+    finally:
+        orthanc.stop()
+
+
+def test_a_dicomweb_peer_must_retrieve_with_wado_and_a_bad_url_is_refused(store):
+    from imaging.report_settings import ReportSettingError
+
+    for url, method in (("http://127.0.0.1:1/dicom-web", "c-get"), ("", "wado-rs"),
+                        ("file:///etc/passwd", "wado-rs"), ("http://user:pw@pacs/dicom-web", "wado-rs")):
+        with pytest.raises(ReportSettingError):
+            destination_register(name="X", ae_title="X", host="127.0.0.1", port=104, actor="cli:it",
+                                 retrieve=method, dicomweb_url=url)

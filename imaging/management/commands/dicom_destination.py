@@ -1,4 +1,5 @@
-"""``manage.py dicom_destination add NAME AE HOST PORT [--retrieve c-get|c-move] [--send-results] [--tls]``
+"""``manage.py dicom_destination add NAME AE HOST PORT [--retrieve c-get|c-move|wado-rs] [--dicomweb URL]
+[--send-results] [--tls]``
 | ``withdraw NAME`` | ``echo NAME`` | ``list`` | ``queue`` | ``retry NAME``."""
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ class Command(BaseCommand):
         add.add_argument("ae_title")
         add.add_argument("host")
         add.add_argument("port", type=int)
-        add.add_argument("--retrieve", choices=["c-get", "c-move"], default="",
-                         help="a PACS: the worklist searches it (C-FIND) and retrieves with this method")
+        add.add_argument("--retrieve", choices=["c-get", "c-move", "wado-rs"], default="",
+                         help="a PACS: the worklist searches it (C-FIND, or QIDO-RS) and retrieves with this "
+                              "method (wado-rs needs --dicomweb)")
+        add.add_argument("--dicomweb", default="", metavar="URL",
+                         help="the PACS's DICOMweb base URL: QIDO-RS, WADO-RS and STOW-RS instead of DIMSE")
         add.add_argument("--send-results", action="store_true",
                          help="queue results made here (SR, SEG, REG, KOS, PDF) to it, re-identified")
         add.add_argument("--tls", action="store_true",
@@ -54,7 +58,8 @@ class Command(BaseCommand):
         destination = destination_register(
             name=str(options["name"]), ae_title=str(options["ae_title"]), host=str(options["host"]),
             port=int(options["port"]), actor=actor, retrieve=str(options["retrieve"]),  # type: ignore[call-overload]
-            send_results=bool(options["send_results"]), tls=bool(options["tls"]))
+            send_results=bool(options["send_results"]), tls=bool(options["tls"]),
+            dicomweb_url=str(options["dicomweb"]))
         self.stdout.write(f"destination {destination} registered")
 
     def _withdraw(self, options: dict[str, object], actor: str) -> None:
@@ -72,6 +77,7 @@ class Command(BaseCommand):
             roles = [f"retrieve {destination.retrieve}"] if destination.retrieve else []
             roles += ["results sent back"] if destination.send_results else []
             roles += ["TLS"] if destination.tls else []
+            roles += [f"DICOMweb {destination.dicomweb_url}"] if destination.dicomweb_url else []
             self.stdout.write(f"{destination}" + (f" — {', '.join(roles)}" if roles else ""))
 
     def _queue(self, options: dict[str, object], actor: str) -> None:
