@@ -50,6 +50,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1071,6 +1072,12 @@ def main() -> None:
                         help="auto: manage.py serve where it exists, else daphne")
     arguments = parser.parse_args()
 
+    run_and_print(run, arguments)
+
+
+def run_and_print(run: Callable[[argparse.Namespace, Cleanup], dict[str, Any]],
+                  arguments: argparse.Namespace) -> None:
+    """Run a benchmark, print its JSON; every process and temporary folder removed however it ends."""
     cleanup = Cleanup()
 
     def terminated(signum: int, _frame: Any) -> None:

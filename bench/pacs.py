@@ -48,7 +48,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -83,6 +82,7 @@ from orthanc_side_by_side import (  # noqa: E402
     machine,
     orthanc_binary,
     phantom_ct,
+    run_and_print,
 )
 
 ZONES = ("default", "identity", "audit")
@@ -699,25 +699,7 @@ def main() -> None:
         Path(spec["out"]).write_text(json.dumps(child(spec)))
         return
 
-    cleanup = Cleanup()
-
-    def terminated(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, terminated)
-    try:
-        result = run(arguments, cleanup)
-    except Exception:
-        print(cleanup.log_tails(), file=sys.stderr)
-        raise
-    except KeyboardInterrupt as interrupt:
-        cleanup.close()
-        print(f"interrupted ({interrupt}); every process and temporary directory removed", file=sys.stderr)
-        raise SystemExit(130) from None
-    finally:
-        cleanup.close()
-    print(json.dumps(result, indent=2))
+    run_and_print(run, arguments)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,18 @@ def _totp_now(otpauth_uri: str) -> str:
     return f"{TOTP(key, step=30, digits=6).token():06d}"
 
 
+def page_sign_in(page, base: str, username: str, credentials: dict) -> None:
+    """Sign a demo account in on ``page`` with its password and its TOTP code, as a person would."""
+    page.goto(f"{base}/accounts/login/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", credentials[username])
+    page.click("main button[type=submit]")
+    page.wait_for_selector("input[name=otp_token]")
+    page.fill("input[name=otp_token]", _totp_now(credentials["totp"][username]))
+    page.click("main button[type=submit]")
+    page.wait_for_url(f"{base}/")
+
+
 @pytest.fixture(scope="module")
 def demo_gateway(tmp_path_factory):
     if not Path(CHROMIUM).exists():
@@ -86,14 +98,7 @@ def test_a_doctor_signs_in_opens_the_study_and_scrolls(demo_gateway, tmp_path):
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         console_errors: list[str] = []
         page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
-        page.goto(f"{base}/accounts/login/")
-        page.fill("input[name=username]", "dr.ada")
-        page.fill("input[name=password]", credentials["dr.ada"])
-        page.click("main button[type=submit]")
-        page.wait_for_selector("input[name=otp_token]")
-        page.fill("input[name=otp_token]", _totp_now(credentials["totp"]["dr.ada"]))
-        page.click("main button[type=submit]")
-        page.wait_for_url(f"{base}/")
+        page_sign_in(page, base, "dr.ada", credentials)
 
         page.goto(f"{base}/viewer/{study_uid}/")
         first_canvas = page.locator("canvas[data-view='0']")

@@ -275,14 +275,19 @@ def _result_pdf(study: Study) -> str:
     return str(document.SOPInstanceUID)
 
 
-def test_a_result_goes_back_to_the_pacs_with_the_hospitals_patient_id_and_study_uid(
-        store, orthanc, archive, pacs_files):
+def _retrieved_here(orthanc: Orthanc, pacs_files, *, patient: int) -> tuple[list[pydicom.Dataset], Study]:
+    """(the files' headers, the Study) of one patient's study, retrieved by C-GET and checked."""
     paths, _ = pacs_files
     _register(orthanc)
     doctor = _doctor()
-    headers = _study_of(paths, 0)
-    study = _check_retrieved(_retrieved(doctor, _found(doctor, patient_id=str(headers[0].PatientID))[0]),
-                             headers)
+    headers = _study_of(paths, patient)
+    answer = _found(doctor, patient_id=str(headers[0].PatientID))[0]
+    return headers, _check_retrieved(_retrieved(doctor, answer), headers)
+
+
+def test_a_result_goes_back_to_the_pacs_with_the_hospitals_patient_id_and_study_uid(
+        store, orthanc, archive, pacs_files):
+    headers, study = _retrieved_here(orthanc, pacs_files, patient=0)
     uid = _result_pdf(study)
     assert PacsSend.objects.get().state == JobState.QUEUED
     call_command("pacs_worker", "--once")
@@ -301,12 +306,7 @@ def test_a_result_goes_back_to_the_pacs_with_the_hospitals_patient_id_and_study_
 
 def test_a_pacs_down_keeps_the_result_queued_and_it_is_delivered_after_the_restart(
         store, orthanc, archive, pacs_files):
-    paths, _ = pacs_files
-    _register(orthanc)
-    doctor = _doctor()
-    headers = _study_of(paths, 1)
-    study = _check_retrieved(_retrieved(doctor, _found(doctor, patient_id=str(headers[0].PatientID))[0]),
-                             headers)
+    headers, study = _retrieved_here(orthanc, pacs_files, patient=1)
     archive.stop()
     uid = _result_pdf(study)
     assert sends_drain() == 0

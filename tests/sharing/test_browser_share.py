@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS, _totp_now, demo_gateway
+from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS, demo_gateway, page_sign_in
 
 pytestmark = pytest.mark.browser
 __all__ = ["demo_gateway"]
@@ -25,14 +25,7 @@ def test_a_consultant_opens_a_share_link_views_and_is_cut_off_by_revocation(demo
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         doctor = browser.new_context().new_page()
-        doctor.goto(f"{base}/accounts/login/")
-        doctor.fill("input[name=username]", "dr.ada")
-        doctor.fill("input[name=password]", credentials["dr.ada"])
-        doctor.click("main button[type=submit]")
-        doctor.wait_for_selector("input[name=otp_token]")
-        doctor.fill("input[name=otp_token]", _totp_now(credentials["totp"]["dr.ada"]))
-        doctor.click("main button[type=submit]")
-        doctor.wait_for_url(f"{base}/")
+        page_sign_in(doctor, base, "dr.ada", credentials)
         doctor.goto(f"{base}/viewer/{study_uid}/")
         doctor.click("text=Share…")
         doctor.fill("input[name=recipient]", "Dr Browser, Elsewhere UH")
