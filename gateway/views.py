@@ -6,7 +6,10 @@ from django.contrib.auth.decorators import login_not_required
 from django.db import DatabaseError, connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.urls import reverse
 from django.views.decorators.http import require_GET
+
+from gateway.policy import Access, route_access, route_rule
 
 ZONES = ("default", "identity", "audit")
 
@@ -32,6 +35,21 @@ def healthz(request: HttpRequest) -> JsonResponse:
     )
 
 
+START_PAGES = (
+    ("imaging:worklist", "Worklist", "patients and studies, here and in the hospital's PACS"),
+    ("imaging:pacs_queue", "PACS", "retrievals, and results sent back to the PACS"),
+    ("sharing:active", "Active shares", "shares with external consultants, their last use, revocation"),
+    ("audit:console", "Audit console", "who did what: filter, export, verify the chain"),
+    ("admin:index", "Administration", "accounts, roles, second factors, devices"),
+)
+
+
+def start_pages(principal: object) -> list[tuple[str, str, str]]:
+    """(URL, title, what it is for) of each start page the policy lets ``principal`` reach."""
+    return [(reverse(name), title, purpose) for name, title, purpose in START_PAGES
+            if route_access(principal, route_rule(name)) is Access.ALLOW]
+
+
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
-    return render(request, "gateway/home.html")
+    return render(request, "gateway/home.html", {"pages": start_pages(request.user)})

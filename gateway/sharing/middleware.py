@@ -16,9 +16,12 @@ from collections.abc import Callable
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.urls import Resolver404, resolve
 
 from accounts.sessions import SessionVerdict, session_touch, session_verdict
 from gateway.net import client_address
+from gateway.policy import Stage, route_rule
 from gateway.sharing.services import (
     ShareRefused,
     capability_verify,
@@ -28,7 +31,9 @@ from gateway.sharing.services import (
 
 SESSION_TOKEN = "gw.share.token"  # noqa: S105 - a session key name, not a secret
 SESSION_PENDING = "gw.share.pending"
-SHARE_KEYS = (SESSION_TOKEN, SESSION_PENDING)
+SESSION_ENDED = "gw.share.ended"
+"""Set when a consultant's share stops verifying: their next visit to a consultant page is told so."""
+SHARE_KEYS = (SESSION_TOKEN, SESSION_PENDING, SESSION_ENDED)
 
 
 def capability_from_session(session: Any, address: str | None) -> Any:
@@ -44,6 +49,7 @@ def capability_from_session(session: Any, address: str | None) -> Any:
     except ShareRefused as refusal:
         share_deny_record(refusal=refusal, source_ip=address)
         session.flush()
+        session[SESSION_ENDED] = True
         return None
 
 
@@ -63,4 +69,16 @@ class CapabilityMiddleware:
                 if principal is not None:
                     session_touch(session)
                     request.user = request.principal = principal  # type: ignore[attr-defined]
+        if session.get(SESSION_ENDED) and not request.user.is_authenticated and _consultant_page(request):
+            return render(request, "sharing/ended.html", status=403)
         return self.get_response(request)
+
+
+def _consultant_page(request: HttpRequest) -> bool:
+    """A page only a consultant session reaches (the staff sign-in would be the wrong answer there)."""
+    try:
+        name = resolve(request.path_info).view_name
+    except Resolver404:
+        return False
+    rule = route_rule(name)
+    return rule is not None and rule.stage is Stage.CAPABILITY

@@ -31,7 +31,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from accounts.sessions import session_begin
 from gateway.net import client_address
 from gateway.sharing.forms import IDEMPOTENCY_KEY, ForwardForm, ShareForm
-from gateway.sharing.middleware import SESSION_PENDING, SESSION_TOKEN
+from gateway.sharing.middleware import SESSION_ENDED, SESSION_PENDING, SESSION_TOKEN
 from gateway.sharing.selectors import shared_studies, shares_live
 from gateway.sharing.services import (
     Minted,
@@ -197,6 +197,7 @@ def pin(request: HttpRequest) -> HttpResponse:
     if result is PinResult.BURNED:
         return render(request, "sharing/open.html", {"burned": True}, status=403)
     request.session.cycle_key()
+    request.session.pop(SESSION_ENDED, None)
     request.session[SESSION_TOKEN] = token
     session_begin(request.session)
     return redirect("sharing:home")

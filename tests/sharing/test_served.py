@@ -224,3 +224,19 @@ def test_refusals_of_a_real_share_name_its_doctor(served_demo):
     for event in events:
         assert event["actor"] == f"share:{share_id}", event
         assert event["acting_for"] == person.username, event
+
+
+def test_a_consultant_whose_share_was_revoked_is_told_it_ended_not_sent_to_the_staff_sign_in(served_demo):
+    doctor = served_demo.doctor()
+    share_id, token, pin = mint(served_demo, doctor)
+    browser = consultant(served_demo, token, pin)
+    assert browser.request("/share/").status == 200
+    revoke(doctor, share_id)
+    for _ in range(2):  # the request that finds the share revoked, and every later one
+        ended = browser.request("/share/")
+        assert ended.status == 403, ended.status
+        assert b"This share has ended" in ended.body and b"/accounts/login/" in ended.body
+    assert browser.request("/imaging/worklist").status == 302  # a staff page still asks staff to sign in
+    _, fresh_token, fresh_pin = mint(served_demo, doctor)
+    again = consultant(served_demo, fresh_token, fresh_pin)
+    assert again.request("/share/").status == 200
