@@ -52,6 +52,14 @@ class Criteria:
     date_to: dt.date | None = None
     modality: str = ""
     accession: str = ""
+    report: str = ""
+    """Local studies only: none, draft or signed (the latest version's status)."""
+
+    @property
+    def name_parts(self) -> list[str]:
+        """The name's parts with wildcards dropped: ``*`` alone asks for every name."""
+        cleaned = self.name.replace(",", " ").replace("^", " ").replace("*", " ").replace("?", " ")
+        return cleaned.split()
 
     def audited(self) -> dict[str, str]:
         return {key: (value.isoformat() if isinstance(value, dt.date) else str(value).strip())
@@ -94,7 +102,7 @@ def pacs_search(*, principal: Any, criteria: Criteria,
                          "pacs": source.name, "answers": len(found),
                          "criteria": {k: search_value_digest(v) for k, v in criteria.audited().items()}})
     _answers_forget()
-    return [a for a in answers if _matches_every_name_part(a, criteria.name)], problems
+    return [a for a in answers if _matches_every_name_part(a, criteria)], problems
 
 
 def pacs_answers(source: DicomDestination, criteria: Criteria) -> list[RemoteStudy]:
@@ -120,7 +128,7 @@ def _query_datasets(criteria: Criteria) -> list[Dataset]:
                                 for day in (criteria.date_from, criteria.date_to))
     ds.ModalitiesInStudy = criteria.modality.strip().upper()
     ds.AccessionNumber = criteria.accession.strip()
-    parts = criteria.name.replace(",", " ").replace("^", " ").split()
+    parts = criteria.name_parts
     if not parts:
         return [ds]
     term = max(parts, key=len)  # one wildcard term: every part is checked on the answers after
@@ -231,9 +239,9 @@ def _answers_forget() -> None:
      .exclude(pk__in=named).delete())
 
 
-def _matches_every_name_part(answer: RemoteStudy, name: str) -> bool:
+def _matches_every_name_part(answer: RemoteStudy, criteria: Criteria) -> bool:
     written = answer.patient_name.replace("^", " ").lower()
-    return all(part.lower() in written for part in name.replace(",", " ").replace("^", " ").split())
+    return all(part.lower() in written for part in criteria.name_parts)
 
 
 def local_study_of(answer: RemoteStudy) -> str:

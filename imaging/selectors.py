@@ -17,7 +17,8 @@ from imaging.models import Study, VolumeState
 from imaging.pacs_query import Criteria, local_study_of
 from imaging.reports import report_summaries
 
-SEARCH_LIMIT = 50
+SEARCH_LIMIT = 200
+RECENT_STUDIES = 50
 
 
 @dataclass
@@ -70,25 +71,26 @@ def patient_search(*, principal: Any, criteria: Criteria, source_ip: str = "") -
 
     Roles with ``study.view`` also get each patient's studies (pseudonymised
     UIDs); others with ``patient.search`` (administrative staff) see
-    demographics only. Study criteria (date range, modality, accession) keep the
-    patients with a matching study, and only those studies.
+    demographics only. Study criteria (date range, modality, accession, report
+    status) keep the patients with a matching study, and only those studies. A
+    name of ``*`` asks for every patient. With no criterion at all, the list is
+    the patients of the most recently received studies (``RECENT_STUDIES``).
     """
     if not may(principal, Permission.PATIENT_SEARCH):
         raise SearchRefused("patient search is not granted")
+    listing = "search" if criteria.any() else "recent"
     audit_record(actor=principal, action=Action.PATIENT_SEARCH, outcome=Outcome.SUCCESS,
                  source_ip=source_ip,
-                 details={"criteria": {k: search_value_digest(v) for k, v in criteria.audited().items()}})
-    if not criteria.any():
-        return []
+                 details={"criteria": {k: search_value_digest(v) for k, v in criteria.audited().items()},
+                          **({"listing": listing} if listing == "recent" else {})})
+    studies = _studies_matching(criteria) if listing == "search" else _studies_recent()
     identities = PatientIdentity.objects.all()
-    if criteria.name.strip():
-        for part in criteria.name.replace(",", " ").replace("^", " ").split():
-            identities = identities.filter(patient_name__icontains=part)
+    for part in criteria.name_parts:
+        identities = identities.filter(patient_name__icontains=part)
     if criteria.patient_id.strip():
         identities = identities.filter(patient_id=criteria.patient_id.strip())
     if criteria.birth_date:
         identities = identities.filter(patient_birth_date=criteria.birth_date)
-    studies = _studies_matching(criteria)
     if studies is not None:
         identities = identities.filter(pseudonym__in={pseudonym for pseudonym in studies.values()})
     rows = [PatientRow(i.pseudonym, i.patient_name, i.patient_id, i.issuer_of_patient_id,
@@ -96,15 +98,42 @@ def patient_search(*, principal: Any, criteria: Criteria, source_ip: str = "") -
             for i in identities.order_by("patient_name", "patient_id")[:SEARCH_LIMIT]]
     if rows and may(principal, Permission.STUDY_VIEW):
         _attach_studies(rows, only=set(studies) if studies is not None else None)
+        if criteria.report:
+            rows = _with_report(rows, criteria.report)
     elif rows and may(principal, Permission.PATIENT_DEMOGRAPHICS):
         _attach_report_states(rows)
     return rows
 
 
+def _studies_recent() -> dict[str, str]:
+    """Study UID -> pseudonym of the most recently received studies."""
+    return dict(Study.objects.order_by("-created_at", "-id")
+                .values_list("study_instance_uid", "patient__pseudonym")[:RECENT_STUDIES])
+
+
+def _with_report(rows: list[PatientRow], status: str) -> list[PatientRow]:
+    for row in rows:
+        row.studies = [study for study in row.studies or [] if study.report.split(" ")[0] == status]
+    return [row for row in rows if row.studies]
+
+
+WORKLIST_ORDER = {
+    "name": lambda row: (row.patient_name.lower(), row.patient_id),
+    "id": lambda row: (row.patient_id, row.patient_name.lower()),
+    "-date": lambda row: tuple(-d.toordinal() for d in sorted(
+        (s.study_date for s in row.studies or [] if s.study_date), reverse=True)[:1]) or (1,),
+}
+"""How the worklist may be sorted: by name, by patient ID, latest study first."""
+
+
+def worklist_sorted(rows: list[PatientRow], order: str) -> list[PatientRow]:
+    return sorted(rows, key=WORKLIST_ORDER.get(order, WORKLIST_ORDER["name"]))
+
+
 def _studies_matching(criteria: Criteria) -> dict[str, str] | None:
     """Study UID -> pseudonym of the studies meeting the study criteria; None when there are none."""
     if not any((criteria.date_from, criteria.date_to, criteria.modality.strip(), criteria.accession.strip())):
-        return None
+        return None  # the report status is checked on the rows (it lives with the reports)
     found = StudyIdentity.objects.all()
     if criteria.date_from:
         found = found.filter(study_date__gte=criteria.date_from)

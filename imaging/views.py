@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
+from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
@@ -16,9 +17,11 @@ from gateway.policy import Permission, may
 from imaging.models import JobState, PacsSend, Retrieval
 from imaging.pacs_query import Criteria, pacs_search, pacs_sources
 from imaging.pacs_retrieve import RetrieveError, retrieval_cancel, retrieval_request
-from imaging.selectors import patient_search, worklist_merge
+from imaging.selectors import patient_search, worklist_merge, worklist_sorted
 
-TEXT_FIELDS = {"name": 128, "patient_id": 64, "modality": 16, "accession": 64}
+TEXT_FIELDS = {"name": 128, "patient_id": 64, "modality": 16, "accession": 64, "report": 8, "sort": 8}
+REPORT_STATES = ("none", "draft", "signed")
+PAGE_ROWS = 25
 DATE_FIELDS = ("birth_date", "date_from", "date_to")
 
 
@@ -33,31 +36,45 @@ def _criteria(request: HttpRequest) -> tuple[Criteria, dict[str, str], str]:
         except ValueError:
             dates[key] = None
             error = f"{key.replace('_', ' ').capitalize()} must be YYYY-MM-DD."
+    if raw["report"] not in ("", *REPORT_STATES):
+        error = "Report status must be none, draft or signed."
     criteria = Criteria(name=raw["name"], patient_id=raw["patient_id"], birth_date=dates["birth_date"],
                         date_from=dates["date_from"], date_to=dates["date_to"], modality=raw["modality"],
-                        accession=raw["accession"])
+                        accession=raw["accession"], report=raw["report"] if not error else "")
     return criteria, raw, error
 
 
 @require(Permission.PATIENT_SEARCH, audit_as=Action.PATIENT_SEARCH)
 def worklist(request: HttpRequest) -> HttpResponse:
+    """Without criteria: the patients of the most recent studies; with them, the search, the PACS too."""
     criteria, raw, error = _criteria(request)
-    searched = criteria.any()
     rows: list[Any] = []
     pacs_problems: list[str] = []
     searches_pacs = may(request.user, Permission.STUDY_RETRIEVE) and bool(pacs_sources())
-    if searched and not error:
+    if not error:
         rows = patient_search(principal=request.user, criteria=criteria, source_ip=client_address(request))
-        if searches_pacs and request.GET.get("pacs", "1") != "0":
+        if (searches_pacs and criteria.any() and criteria.report in ("", "none")
+                and request.GET.get("pacs", "1") != "0"):
             answers, pacs_problems = pacs_search(principal=request.user, criteria=criteria,
                                                  source_ip=client_address(request))
             rows = worklist_merge(rows, answers)
+    page = Paginator(worklist_sorted(rows, raw["sort"]), PAGE_ROWS).get_page(request.GET.get("page"))
     return render(request, "imaging/worklist.html", {
-        **raw, "error": error, "searched": searched, "rows": rows, "pacs_problems": pacs_problems,
-        "searches_pacs": searches_pacs,
+        **raw, "error": error, "searched": criteria.any(), "rows": page.object_list, "page": page,
+        "total": len(rows), "pacs_problems": pacs_problems, "searches_pacs": searches_pacs,
+        "report_states": REPORT_STATES, "query": _query_without(request, "page"),
+        "sort_query": _query_without(request, "page", "sort"),
         "shows_studies": may(request.user, Permission.STUDY_VIEW),
         "shows_reports": may(request.user, Permission.PATIENT_DEMOGRAPHICS),
     })
+
+
+def _query_without(request: HttpRequest, *keys: str) -> str:
+    """The request's query string without ``keys``, to build page and sort links that keep the filters."""
+    query = request.GET.copy()
+    for key in keys:
+        query.pop(key, None)
+    return query.urlencode()
 
 
 @require_POST

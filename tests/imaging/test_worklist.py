@@ -109,3 +109,44 @@ def test_a_series_that_cannot_be_shown_says_why_before_anyone_clicks(client, sig
     page = "".join(client.get(reverse("imaging:worklist"), {"patient_id": p["identity"]["patient_id"]})
                    .content.decode() for p in ingested["patients"])
     assert reverse("rendering:viewer", args=[study_uid]) not in page
+
+
+def test_without_criteria_the_worklist_lists_the_recent_studies_and_says_so_in_the_audit(
+        client, signed_in, ingested):
+    signed_in("doctor")
+    response = client.get(reverse("imaging:worklist"))
+    ids = {p["identity"]["patient_id"] for p in ingested["patients"]}
+    assert {row.patient_id for row in response.context["rows"]} == ids
+    assert "Recent studies" in response.content.decode()
+    event = _search_events()[-1]
+    assert json.loads(event.details) == {"criteria": {}, "listing": "recent"}
+
+
+def test_a_star_lists_every_patient_and_names_are_shown_as_people_read_them(client, signed_in, ingested):
+    signed_in("nurse")
+    response = client.get(reverse("imaging:worklist"), {"name": "*"})
+    names = [p["identity"]["patient_name"] for p in ingested["patients"]]
+    assert sorted(row.patient_name for row in response.context["rows"]) == sorted(names)
+    page = response.content.decode()
+    for name in names:
+        family, given = name.split("^")[:2]
+        assert f"{family.upper()}, {given}" in page and name not in page
+
+
+def test_sorting_paging_and_report_status_keep_the_other_filters(client, signed_in, ingested, monkeypatch):
+    from imaging import views
+
+    signed_in("doctor")
+    ids = sorted(p["identity"]["patient_id"] for p in ingested["patients"])
+    by_id = client.get(reverse("imaging:worklist"), {"name": "*", "sort": "id"})
+    assert [row.patient_id for row in by_id.context["rows"]] == ids
+    monkeypatch.setattr(views, "PAGE_ROWS", 1)
+    first = client.get(reverse("imaging:worklist"), {"name": "*", "sort": "id"})
+    assert [row.patient_id for row in first.context["rows"]] == ids[:1]
+    assert "page=2" in first.content.decode() and "sort=id" in first.content.decode()
+    second = client.get(reverse("imaging:worklist"), {"name": "*", "sort": "id", "page": "2"})
+    assert [row.patient_id for row in second.context["rows"]] == ids[1:2]
+    none = client.get(reverse("imaging:worklist"), {"name": "*", "report": "none"})
+    assert none.context["total"] == len(ids)
+    assert client.get(reverse("imaging:worklist"), {"name": "*", "report": "signed"}).context["rows"] == []
+    assert client.get(reverse("imaging:worklist"), {"report": "bogus"}).context["error"]
