@@ -26,6 +26,8 @@ from gateway.policy import Permission, may
 from imaging.identity.selectors import pseudonyms_for_patient
 
 PAGE_SIZE = 50
+# A pseudonym cell's link chooses that patient instead of whichever the filter named.
+_PATIENT_FIELDS = ("patient", "patient_id", "issuer")
 
 
 def _criteria(request: HttpRequest, form: AuditFilterForm) -> EventFilter:
@@ -60,8 +62,12 @@ def console(request: HttpRequest) -> HttpResponse:
         page = Paginator(events_filter(criteria), PAGE_SIZE).get_page(page_number)
     query = request.GET.copy()
     query.pop("page", None)
+    other_than_patient = query.copy()
+    for name in _PATIENT_FIELDS:
+        other_than_patient.pop(name, None)
     return TemplateResponse(request, "audit/console.html", {
         "form": form, "page": page, "chain": chain_status_latest(), "query": query.urlencode(),
+        "query_other_than_patient": other_than_patient.urlencode(),
         "formats": exports.EXPORT_FORMATS, "outbox_pending": audit_outbox_pending(),
         "may_export": may(request.user, Permission.AUDIT_EXPORT),
         "may_verify": may(request.user, Permission.AUDIT_VERIFY),

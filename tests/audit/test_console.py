@@ -1,6 +1,8 @@
 """The auditor console: who may see it, what it filters, and that reading it is audited."""
 
+import csv
 import datetime as dt
+import io
 
 import pytest
 from django.urls import reverse
@@ -18,6 +20,9 @@ pytestmark = pytest.mark.django_db(databases=ZONES)
 CONSOLE = reverse("audit:console")
 PSEUDONYM_A = "a" * 64
 PSEUDONYM_B = "b" * 64
+# Two patients whose pseudonyms share their first 8 digits, as the console's 12-character cells show them.
+PSEUDONYM_C = "c0ffee00" + "1" * 56
+PSEUDONYM_D = "c0ffee00" + "2" * 56
 
 
 @pytest.fixture
@@ -30,6 +35,15 @@ def history(keys_dir, checkpoint_dir):
                  source_ip="10.1.1.2")
     audit_record(actor="mallory", action=Action.LOGIN_FAILED, outcome=Outcome.DENIED,
                  source_ip="203.0.113.9")
+    return list(AuditEvent.objects.order_by("sequence"))
+
+
+@pytest.fixture
+def neighbours(history):
+    """Two more patients, each seen by one doctor, whose pseudonyms differ only after 8 digits."""
+    for actor, pseudonym in (("dr.cy", PSEUDONYM_C), ("dr.di", PSEUDONYM_D)):
+        audit_record(actor=actor, actor_role="doctor", action=Action.STUDY_OPEN,
+                     outcome=Outcome.SUCCESS, patient_pseudonym=pseudonym, study="2.25.3")
     return list(AuditEvent.objects.order_by("sequence"))
 
 
@@ -75,6 +89,85 @@ def test_the_time_range_is_half_open(client, signed_in, history):
         "until": timezone.localtime(history[2].occurred_at).strftime("%Y-%m-%dT%H:%M:%S.%f"),
     })
     assert _shown(response) == [history[1].sequence]
+
+
+@pytest.mark.parametrize(("prefix", "expected_actors"), [
+    (PSEUDONYM_C[:9], {"dr.cy"}),
+    (PSEUDONYM_D[:12].upper(), {"dr.di"}),
+    (PSEUDONYM_C[:8], {"dr.cy", "dr.di"}),
+    (PSEUDONYM_C, {"dr.cy"}),
+    ("a" * 8, {"dr.ada"}),
+])
+def test_a_pseudonym_prefix_finds_the_events_of_that_patient(client, signed_in, neighbours, prefix,
+                                                             expected_actors):
+    auditor = signed_in("auditor")
+    response = client.get(CONSOLE, {"patient": prefix})
+    assert {event.actor for event in response.context["page"]} == expected_actors
+    [read] = _reads(auditor)
+    assert f'"patient_pseudonym_prefix":"{prefix.lower()}"' in read.details
+
+
+@pytest.mark.parametrize("prefix", [PSEUDONYM_C[:7], "c0ffee0g", "c" * 65])
+def test_a_pseudonym_prefix_of_fewer_than_8_hex_digits_is_refused_with_the_reason(
+        client, signed_in, neighbours, prefix):
+    auditor = signed_in("auditor")
+    response = client.get(CONSOLE, {"patient": prefix})
+    assert response.status_code == 200
+    assert response.context["page"] is None
+    assert response.context["form"].errors["patient"] == [
+        "Enter at least the first 8 hexadecimal digits of the pseudonym "
+        "(a whole pseudonym is 64 hexadecimal digits)."]
+    assert "Enter at least the first 8 hexadecimal digits of the pseudonym" in response.content.decode()
+    assert _reads(auditor) == []
+
+
+@pytest.mark.parametrize(("actor", "expected_actors"), [
+    ("ADA", {"dr.ada"}), ("Flo", {"nurse.flo"}), ("dr.", {"dr.ada", "dr.cy", "dr.di"}),
+    ("nobody", set()),
+])
+def test_the_user_filter_matches_any_part_of_the_name_ignoring_case(client, signed_in, neighbours,
+                                                                    actor, expected_actors):
+    signed_in("auditor")
+    response = client.get(CONSOLE, {"actor": actor})
+    assert {event.actor for event in response.context["page"]} == expected_actors
+
+
+def test_an_empty_result_says_so_and_keeps_the_export_links(client, signed_in, history):
+    signed_in("auditor")
+    response = client.get(CONSOLE, {"actor": "nobody", "outcome": "denied"})
+    html = response.content.decode()
+    assert _shown(response) == []
+    assert "No events match these filters." in html
+    for name in ("csv", "fhir", "dicom"):
+        assert f'{reverse("audit:export")}?actor=nobody&amp;outcome=denied&amp;format={name}"' in html
+    export = client.get(reverse("audit:export"), {"actor": "nobody", "outcome": "denied", "format": "csv"})
+    assert _csv_rows(export) == []
+
+
+def test_the_pseudonym_cell_links_to_that_patients_events_keeping_the_other_filters(
+        client, signed_in, neighbours):
+    signed_in("auditor")
+    listed = client.get(CONSOLE, {"actor": "dr.", "patient": PSEUDONYM_C[:8], "page": "1"})
+    html = listed.content.decode()
+    link = f'href="?actor=dr.&amp;patient={PSEUDONYM_D}"'
+    assert html.count(link) == 1 and f">{PSEUDONYM_D[:12]}…</a>" in html
+    followed = client.get(CONSOLE + link.removeprefix('href="').removesuffix('"').replace("&amp;", "&"))
+    assert {(event.actor, event.patient_pseudonym) for event in followed.context["page"]} == {
+        ("dr.di", PSEUDONYM_D)}
+
+
+def test_the_export_honours_the_pseudonym_prefix(client, signed_in, neighbours):
+    signed_in("auditor")
+    response = client.get(reverse("audit:export"), {"format": "csv", "patient": PSEUDONYM_C[:10]})
+    rows = _csv_rows(response)
+    assert [(row["actor"], row["patient_pseudonym"]) for row in rows] == [("dr.cy", PSEUDONYM_C)]
+
+
+def _csv_rows(response) -> list[dict[str, str]]:
+    assert response.status_code == 200
+    body = b"".join(chunk if isinstance(chunk, bytes) else chunk.encode()
+                    for chunk in response.streaming_content).decode()
+    return list(csv.DictReader(io.StringIO(body)))
 
 
 def test_an_invalid_filter_is_explained_and_shows_nothing(client, signed_in, history):
