@@ -1,12 +1,25 @@
-"""``python manage.py import_dicom PATH...``: files, folders (recursive) and zip archives."""
+"""``python manage.py import_dicom PATH...``: files, folders (recursive) and zip archives.
+
+pydicom reports a problem it tolerates (a value too long for its VR, an
+invalid date) through :mod:`warnings`, its ``pydicom`` logger or both, once per
+file: a 256-file series with the same defect printed it 256 times over the
+progress bar. The import collects both channels instead and prints each
+distinct notice once, with the number of times it was raised, after the
+progress bar. Collecting changes nothing about ingest itself: a warning is
+recorded, never raised, and an instance is stored or refused exactly as
+before.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import getpass
+import logging
 import multiprocessing
 import os
 import signal
 import sys
+import warnings
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
@@ -20,6 +33,72 @@ from imaging import conf, storage
 from imaging.services import IngestBatch, IngestOutcome, Reason, Status, instance_ingest
 
 ZIP_MEMBER_LIMIT = 100_000
+PYDICOM_LOGGER = "pydicom"
+
+log = logging.getLogger(__name__)
+
+# (kind, message): a warning's category name, or "pydicom <level>" for a record of pydicom's logger.
+Notice = tuple[str, str]
+
+
+class _NoticeCollector(logging.Handler):
+    """Keeps the records of pydicom's logger; the full record (traceback included) goes to DEBUG here."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.NOTSET)
+        self.records: list[tuple[int, str, str]] = []  # (level, level name, message): no tracebacks kept
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append((record.levelno, record.levelname, record.getMessage()))
+        log.debug("pydicom %s: %s", record.levelname, record.getMessage(), exc_info=record.exc_info)
+
+
+def _notices(caught: list[warnings.WarningMessage], records: list[tuple[int, str, str]]) -> Counter[Notice]:
+    """Count warnings and log records by (kind, text); a warning's logged twin counts once.
+
+    pydicom's ``warn_and_log`` logs the text at WARNING and warns with it, so a
+    WARNING record whose text matches a warning of the same block is that
+    warning, not a second notice.
+    """
+    counted: Counter[Notice] = Counter((w.category.__name__, str(w.message)) for w in caught)
+    unpaired = Counter(str(w.message) for w in caught)
+    for level, level_name, text in records:
+        if level == logging.WARNING and unpaired[text] > 0:
+            unpaired[text] -= 1
+            continue
+        counted[(f"pydicom {level_name.lower()}", text)] += 1
+    return counted
+
+
+@contextlib.contextmanager
+def notices_collected() -> Iterator[Counter[Notice]]:
+    """Within the block, Python warnings and pydicom's log records are counted, not printed.
+
+    The counter yielded is filled when the block ends. Warnings are recorded
+    with the "always" filter (none is raised or lost to the once-per-location
+    rule); pydicom's logger gets a collecting handler and stops propagating to
+    the console. Blocks nest: the innermost one collects, and the logger's
+    handlers and propagation are restored on exit, whatever happens inside.
+    """
+    counted: Counter[Notice] = Counter()
+    logger = logging.getLogger(PYDICOM_LOGGER)
+    collector = _NoticeCollector()
+    outer = [handler for handler in logger.handlers if isinstance(handler, _NoticeCollector)]
+    propagate = logger.propagate
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for handler in outer:
+            logger.removeHandler(handler)
+        logger.addHandler(collector)
+        logger.propagate = False
+        try:
+            yield counted
+        finally:
+            logger.removeHandler(collector)
+            for handler in outer:
+                logger.addHandler(handler)
+            logger.propagate = propagate
+            counted.update(_notices(caught, collector.records))
 
 
 def _sources(paths: list[Path]) -> Iterator[tuple[str, Path, str | None]]:
@@ -54,15 +133,22 @@ def _read(path: Path, member: str | None) -> bytes:
         return archive.read(member)
 
 
-def _ingest_source(source: tuple[str, Path, str | None]) -> tuple[str, IngestOutcome]:
-    label, path, member = source
+def _ingest_one(path: Path, member: str | None) -> IngestOutcome:
     try:
         data = _read(path, member)
     except (OSError, zipfile.BadZipFile, KeyError) as exc:
-        return label, IngestOutcome(Status.REJECTED, Reason.NOT_DICOM, f"unreadable ({exc})")
+        return IngestOutcome(Status.REJECTED, Reason.NOT_DICOM, f"unreadable ({exc})")
     if member is not None and not data:
-        return label, IngestOutcome(Status.REJECTED, Reason.OVERSIZE, "zip member too large")
-    return label, instance_ingest(data=data)
+        return IngestOutcome(Status.REJECTED, Reason.OVERSIZE, "zip member too large")
+    return instance_ingest(data=data)
+
+
+def _ingest_source(source: tuple[str, Path, str | None]) -> tuple[str, IngestOutcome, Counter[Notice]]:
+    """Ingest one file; its notices travel back with the outcome (a forked worker's would be lost)."""
+    label, path, member = source
+    with notices_collected() as notices:
+        outcome = _ingest_one(path, member)
+    return label, outcome, notices
 
 
 def _worker_start() -> None:
@@ -89,13 +175,35 @@ class Command(BaseCommand):
         paths: list[Path] = options["paths"]  # type: ignore[assignment]
         storage.storage_sweep()
         sources = list(_sources(paths))
+        notices: Counter[Notice] = Counter()
+        try:
+            with notices_collected() as outside_files:
+                batch, rejected = self._run(sources, notices, options)
+        finally:
+            notices.update(outside_files)
+            self._notices_write(notices)
+        counts: Counter[str] = batch.counts()
+        for label, outcome in sorted(rejected, key=lambda item: item[0]):
+            self.stdout.write(f"rejected {label}: {outcome.reason}: {outcome.detail}")
+        self.stdout.write(f"stored {counts['stored']}, duplicates {counts['duplicate']}, "
+                          f"rejected {counts['rejected']}")
+
+    def _notices_write(self, notices: Counter[Notice]) -> None:
+        """Each distinct notice once, the most frequent first, with the number of times it was raised."""
+        for (kind, text), times in sorted(notices.items(), key=lambda item: (-item[1], item[0])):
+            self.stderr.write(f"warning (\N{MULTIPLICATION SIGN}{times}): {kind}: {text}",
+                              style_func=self.style.WARNING)
+
+    def _run(self, sources: list[tuple[str, Path, str | None]], notices: Counter[Notice],
+             options: dict[str, object]) -> tuple[IngestBatch, list[tuple[str, IngestOutcome]]]:
+        """Ingest every source (in worker processes when there are many), then close the batch."""
         batch = IngestBatch(actor=f"cli:{getpass.getuser()}", actor_role="operator", door="import",
                             build_volumes=not options["no_volumes"])
         rejected: list[tuple[str, IngestOutcome]] = []
         progress = tqdm(total=len(sources), unit="file", disable=bool(options["no_progress"]),
                         file=self.stderr._out)  # type: ignore[attr-defined]
         jobs = max(1, int(options["jobs"]))  # type: ignore[call-overload]
-        results: Iterator[tuple[str, IngestOutcome]]
+        results: Iterator[tuple[str, IngestOutcome, Counter[Notice]]]
         if jobs > 1 and len(sources) > 4 * jobs:
             # pydicom is pure Python: processes, not threads, use the cores. Each worker
             # opens its own database connections (closed here before the fork).
@@ -106,8 +214,9 @@ class Command(BaseCommand):
             pool = None
             results = map(_ingest_source, sources)
         try:
-            for label, outcome in results:
+            for label, outcome, found in results:
                 batch.record(outcome)
+                notices.update(found)
                 if outcome.status is Status.REJECTED:
                     rejected.append((label, outcome))
                 progress.update()
@@ -117,8 +226,4 @@ class Command(BaseCommand):
                 pool.join()
         progress.close()
         batch.close()
-        counts: Counter[str] = batch.counts()
-        for label, outcome in sorted(rejected, key=lambda item: item[0]):
-            self.stdout.write(f"rejected {label}: {outcome.reason}: {outcome.detail}")
-        self.stdout.write(f"stored {counts['stored']}, duplicates {counts['duplicate']}, "
-                          f"rejected {counts['rejected']}")
+        return batch, rejected
