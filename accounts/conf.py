@@ -11,6 +11,8 @@ TOTP_TOLERANCE_STEPS = 1
 TOTP_ISSUER = "Fusion Gateway"
 BACKUP_CODE_COUNT = 10
 BACKUP_CODE_BYTES = 10  # 80 bits each
+# Source addresses an account's throttle row remembers (unlocking the account clears their rows).
+THROTTLE_SOURCES_KEPT = 32
 
 
 def lockout_threshold() -> int:

@@ -154,6 +154,10 @@ class LoginThrottle(models.Model):
     Delays grow with each failure; at the lockout threshold the row is locked
     until an IT admin unlocks it (NIST SP 800-63B 5.2.2). Rows exist for
     names that match no account too, so the answer never tells which exist.
+    An account's row remembers the source addresses its failures came from
+    (``sources``), so that unlocking the account clears those addresses' rows
+    as well: otherwise the person, unlocked, would still be refused from the
+    desk they were locked out at.
     """
 
     class Scope(models.TextChoices):
@@ -165,6 +169,9 @@ class LoginThrottle(models.Model):
     failures = models.PositiveIntegerField(default=0)
     last_failure_at = models.DateTimeField(null=True, blank=True)
     locked_at = models.DateTimeField(null=True, blank=True)
+    sources = models.JSONField(default=list, blank=True,
+                               help_text="account rows: the source addresses of the counted failures, "
+                                         "most recent last")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["scope", "key"], name="accounts_throttle_unique")]

@@ -206,6 +206,9 @@ def throttle_failure(*, username: str, address: str, step: str) -> None:
             continue
         row.failures += 1
         row.last_failure_at = now
+        if scope == LoginThrottle.Scope.ACCOUNT and address:
+            row.sources = [*(source for source in row.sources if source != address),
+                           address][-conf.THROTTLE_SOURCES_KEPT:]
         if row.failures >= conf.lockout_threshold():
             row.locked_at = now
             audit_record(actor=account_key(username) or "anonymous", action=Action.LOCKOUT,
@@ -220,15 +223,29 @@ def throttle_success(*, username: str, address: str) -> None:
     """Both factors passed: the consecutive-failure counts start again (locks stay)."""
     for scope, key in _keys(username, address):
         LoginThrottle.objects.filter(scope=scope, key=key, locked_at__isnull=True).update(
-            failures=0, last_failure_at=None)
+            failures=0, last_failure_at=None, sources=[])
 
 
 @transaction.atomic
 def throttle_unlock(*, scope: str, key: str, actor: Actor | str, source_ip: str | None = None) -> bool:
-    """An IT admin lifts a lock (and the failure count) on an account name or address."""
-    updated = LoginThrottle.objects.filter(scope=scope, key=key).update(
-        failures=0, last_failure_at=None, locked_at=None)
+    """An IT admin lifts a lock (and the failure count) on an account name or address.
+
+    Unlocking an account name also clears the rows of the source addresses
+    its failures came from (its row's ``sources``): an address row may hold
+    the person back as surely as the account row. The price is that an
+    address also guessing at other names starts its count again; the
+    account's own row, and every other address, keep theirs.
+    """
+    row = LoginThrottle.objects.select_for_update().filter(scope=scope, key=key).first()
+    addresses = list(row.sources) if row is not None and scope == LoginThrottle.Scope.ACCOUNT else []
+    cleared: dict[str, object] = {"failures": 0, "last_failure_at": None, "locked_at": None, "sources": []}
+    updated = LoginThrottle.objects.filter(scope=scope, key=key).update(**cleared)
+    addresses_cleared = sorted(LoginThrottle.objects.filter(
+        scope=LoginThrottle.Scope.ADDRESS, key__in=addresses).values_list("key", flat=True))
+    LoginThrottle.objects.filter(scope=LoginThrottle.Scope.ADDRESS, key__in=addresses_cleared).update(
+        **cleared)
     audit_record(actor=actor, action=Action.UNLOCK, outcome=Outcome.SUCCESS, source_ip=source_ip,
                  acting_for=key if scope == LoginThrottle.Scope.ACCOUNT else "",
-                 details={"scope": scope, "key": key, "was_throttled": bool(updated)})
+                 details={"scope": scope, "key": key, "was_throttled": bool(updated),
+                          "addresses_cleared": addresses_cleared})
     return bool(updated)

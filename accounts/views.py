@@ -8,6 +8,7 @@ exists, and every outcome is audited.
 
 from __future__ import annotations
 
+import math
 from typing import cast
 
 import segno
@@ -21,6 +22,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.translation import ngettext
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_otp import login as otp_login
 
@@ -34,8 +36,26 @@ from gateway.net import client_address
 NEXT = "gw.next"
 BAD_CREDENTIALS = "The user name or password is not right."
 BAD_CODE = "That code is not right, or it has already been used."
-SLOW_DOWN = ("Too many failed attempts. Wait a while and try again; "
-             "if this keeps happening, contact the IT service desk.")
+LOCKED = ("Too many failed attempts: sign-in is blocked until the IT service desk unlocks it. "
+          "Please contact them.")
+SLOW_DOWN_HINT = "If this keeps happening, contact the IT service desk."
+
+
+def slow_down(verdict: services.ThrottleVerdict) -> str:
+    """What a throttled person is told: how long to wait, read from the throttle rows.
+
+    The wait is the same for a name that matches no account, so it tells
+    nothing about which accounts exist.
+    """
+    if verdict.locked:
+        return LOCKED
+    seconds = max(1, math.ceil(verdict.retry_after))
+    if seconds < 120:
+        wait = ngettext("%(count)d second", "%(count)d seconds", seconds) % {"count": seconds}
+    else:
+        minutes = math.ceil(seconds / 60)
+        wait = ngettext("%(count)d minute", "%(count)d minutes", minutes) % {"count": minutes}
+    return f"Too many failed attempts: try again in {wait}. {SLOW_DOWN_HINT}"
 
 
 class PasswordForm(forms.Form):
@@ -85,7 +105,7 @@ def login_view(request: HttpRequest) -> HttpResponse:
                          action=Action.LOGIN_FAILED, outcome=Outcome.DENIED, source_ip=address,
                          details={"factor": "password",
                                   "reason": "locked" if verdict.locked else "throttled"})
-            error = SLOW_DOWN
+            error = slow_down(verdict)
         else:
             user = authenticate(request, username=username, password=form.cleaned_data["password"])
             if user is not None and getattr(user, "role", None) == Role.DEVICE:
@@ -122,7 +142,7 @@ def otp_view(request: HttpRequest) -> HttpResponse:
         if not verdict.allowed:
             audit_record(actor=user, action=Action.OTP_FAILED, outcome=Outcome.DENIED, source_ip=address,
                          details={"reason": "locked" if verdict.locked else "throttled"})
-            error = SLOW_DOWN
+            error = slow_down(verdict)
         else:
             device = (services.second_factor_verify(user=user, token=form.data.get("otp_token", ""))
                       if form.is_valid() else None)
@@ -163,7 +183,7 @@ def enrol_view(request: HttpRequest) -> HttpResponse:
         address = client_address(request)
         verdict = services.throttle_verdict(username=user.username, address=address)
         if not verdict.allowed:
-            error = SLOW_DOWN
+            error = slow_down(verdict)
         else:
             codes = (services.totp_enrolment_confirm(user=user, token=form.data.get("otp_token", ""),
                                                      source_ip=address)

@@ -121,3 +121,77 @@ def test_success_with_both_factors_resets_the_count(client, person, clock):
     password_step(client, user.username)
     otp_step(client, code_now(user, clock))
     assert LoginThrottle.objects.get(scope="account", key=user.username).failures == 0
+
+
+def test_the_throttled_answer_says_how_long_to_wait(client, person, clock):
+    user = person()
+    for _ in range(4):  # 3 free failures, then 2 s
+        answer = password_step(client, user.username, "wrong password here").content.decode()
+    answer = password_step(client, user.username).content.decode()
+    assert "Too many failed attempts: try again in 2 seconds." in answer
+    clock.advance(1)
+    assert "try again in 1 second." in password_step(client, user.username).content.decode()
+
+
+def test_a_long_wait_is_given_in_minutes_and_a_lock_says_who_lifts_it(client, person, clock, settings):
+    user = person()
+    LoginThrottle.objects.create(scope="account", key=user.username, failures=12,
+                                 last_failure_at=clock.now)  # 2 * 2^9 s = 1024 s, capped at 900
+    assert "try again in 15 minutes." in password_step(client, user.username).content.decode()
+    LoginThrottle.objects.filter(key=user.username).update(locked_at=clock.now)
+    answer = password_step(client, user.username).content.decode()
+    assert "blocked until the IT service desk unlocks it" in answer and "try again in" not in answer
+
+
+def test_the_second_factor_step_says_how_long_to_wait_too(client, person, clock):
+    user = person()
+    password_step(client, user.username)
+    LoginThrottle.objects.create(scope="address", key="127.0.0.1", failures=5,
+                                 last_failure_at=clock.now)  # 8 s
+    assert "try again in 8 seconds." in otp_step(client, code_now(user, clock)).content.decode()
+
+
+def _password_from(client, address: str, username: str, password: str = PASSWORD):
+    return client.post(reverse("accounts:login"), {"username": username, "password": password},
+                       REMOTE_ADDR=address)
+
+
+def test_unlocking_an_account_clears_the_addresses_it_was_throttled_from(
+        client, person, clock, quick_lockout, django_capture_on_commit_callbacks):
+    user = person()
+    for address in ("10.0.0.1", "10.0.0.1", "10.0.0.2", "10.0.0.2", "10.0.0.2"):
+        _password_from(client, address, user.username, "wrong password here")
+    _password_from(client, "10.0.0.3", "somebody.else", "wrong password here")
+    assert LoginThrottle.objects.get(scope="account", key=user.username).locked_at is not None
+    assert LoginThrottle.objects.get(scope="account", key=user.username).sources == ["10.0.0.1",
+                                                                                      "10.0.0.2"]
+    with django_capture_on_commit_callbacks(execute=True):
+        throttle_unlock(scope="account", key=user.username, actor="it.linus", source_ip="10.1.1.1")
+    rows = {(row.scope, row.key): row for row in LoginThrottle.objects.all()}
+    for key in (("account", user.username), ("address", "10.0.0.1"), ("address", "10.0.0.2")):
+        assert (rows[key].failures, rows[key].locked_at, rows[key].last_failure_at) == (0, None, None)
+    assert rows[("address", "10.0.0.3")].failures == 1  # another address keeps its count
+    assert rows[("account", "somebody.else")].failures == 1
+    event = AuditEvent.objects.get(action="auth.unlock")
+    assert event.actor == "it.linus" and event.acting_for == user.username
+    assert '"addresses_cleared":["10.0.0.1","10.0.0.2"]' in event.details
+    assert _password_from(client, "10.0.0.2", user.username).status_code == 302
+
+
+def test_the_admins_unlock_clears_the_address_rows_too(client, person, clock, quick_lockout,
+                                                        django_capture_on_commit_callbacks):
+    from tests.accounts.conftest import sign_in
+
+    user = person("dr.locked")
+    for _ in range(5):
+        _password_from(client, "10.0.0.7", user.username, "wrong password here")
+    assert LoginThrottle.objects.get(scope="address", key="10.0.0.7").locked_at is not None
+    admin = person("it.root", role="it_admin")
+    sign_in(client, admin, clock)
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(reverse("admin:accounts_user_changelist"),
+                    {"action": "unlock_sign_in", "_selected_action": [user.pk]})
+    assert not LoginThrottle.objects.filter(locked_at__isnull=False).exists()
+    assert LoginThrottle.objects.get(scope="address", key="10.0.0.7").failures == 0
+    assert AuditEvent.objects.filter(action="auth.unlock", actor="it.root",
+                                     details__contains="10.0.0.7").count() == 1
