@@ -8,6 +8,7 @@ import secrets
 from dataclasses import dataclass
 
 from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F
 from django_otp.models import Device
@@ -143,6 +144,46 @@ def user_logout_everywhere(*, user: User, actor: Actor | str, source_ip: str | N
     audit_record(actor=actor, action=Action.LOGOUT, outcome=Outcome.SUCCESS, source_ip=source_ip,
                  acting_for="" if getattr(actor, "pk", None) == user.pk else user.username,
                  details={"scope": "everywhere", "user": user.username})
+
+
+# --- own password ------------------------------------------------------------
+
+WRONG_CURRENT_PASSWORD = "Your current password is not right."  # noqa: S105 - a message
+
+
+def user_password_change(*, user: User, current_password: str, new_password: str,
+                         source_ip: str | None = None) -> None:
+    """A signed-in person changes their own password; every other session of theirs ends.
+
+    The current password is asked again, so that a session left open is not
+    enough to take the account over; a wrong one counts as a failed sign-in
+    step (throttled like one) and is audited. The new password passes the
+    same rules as every password (``AUTH_PASSWORD_VALIDATORS``). The new
+    hash changes the session hash, which ends every session of the account;
+    the caller keeps its own with ``update_session_auth_hash``.
+
+    Raises
+    ------
+    ValidationError
+        ``current_password`` or ``new_password`` as the key of what was refused.
+    """
+    if not user.check_password(current_password):
+        throttle_failure(username=user.username, address=source_ip or "", step="password-change")
+        audit_record(actor=user, action=Action.ADMIN_USER, outcome=Outcome.DENIED, source_ip=source_ip,
+                     details={"change": "password change refused", "user": user.username,
+                              "reason": "wrong current password"})
+        raise ValidationError({"current_password": ValidationError(WRONG_CURRENT_PASSWORD,
+                                                                   code="password_incorrect")})
+    try:
+        validate_password(new_password, user)
+    except ValidationError as refused:
+        raise ValidationError({"new_password": refused.error_list}) from refused
+    with transaction.atomic():
+        user.set_password(new_password)
+        user.save(update_fields=["password"])  # the post_save receiver tells open websockets
+        audit_record(actor=user, action=Action.ADMIN_USER, outcome=Outcome.SUCCESS, source_ip=source_ip,
+                     details={"change": "password changed by self", "user": user.username,
+                              "other_sessions": "ended"})
 
 
 # --- throttling and lockout --------------------------------------------------

@@ -1,4 +1,4 @@
-"""Sign-in (password, then TOTP or a backup code), enrolment, sign-out, own security page.
+"""Sign-in (password, then TOTP or a backup code), enrolment, sign-out, own security page and password.
 
 The session is marked verified (``django_otp.login``) only after both
 factors; its key rotates when the password is accepted and again when the
@@ -9,15 +9,18 @@ exists, and every outcome is audited.
 from __future__ import annotations
 
 import math
-from typing import cast
+from typing import Any, cast
 
 import segno
 from django import forms
-from django.contrib.auth import authenticate
+from django.contrib import messages
+from django.contrib.auth import authenticate, update_session_auth_hash
 from django.contrib.auth import login as auth_login
 from django.contrib.auth import logout as auth_logout
 from django.contrib.auth.decorators import login_not_required
 from django.contrib.auth.models import AnonymousUser
+from django.contrib.auth.password_validation import password_validators_help_texts
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -65,6 +68,27 @@ class PasswordForm(forms.Form):
 
 class CodeForm(forms.Form):
     otp_token = forms.CharField(max_length=64, strip=True)
+
+
+class PasswordChangeForm(forms.Form):
+    """The fields' shapes only; ``services.user_password_change`` decides."""
+
+    current_password = forms.CharField(
+        label="Current password", strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}))
+    new_password = forms.CharField(
+        label="New password", strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}))
+    new_password_again = forms.CharField(
+        label="New password again", strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}))
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        new, again = cleaned.get("new_password"), cleaned.get("new_password_again")
+        if new is not None and again is not None and new != again:
+            self.add_error("new_password_again", "The two new passwords are not the same.")
+        return cleaned
 
 
 def _next_url(request: HttpRequest, candidate: str | None) -> str:
@@ -216,6 +240,34 @@ def security_view(request: HttpRequest) -> HttpResponse:
     backup = BackupCodeDevice.objects.filter(user=request.user).first()
     return render(request, "accounts/security.html",
                   {"backup_codes_left": backup.remaining() if backup else 0})
+
+
+@require_http_methods(["GET", "POST"])
+def password_change_view(request: HttpRequest) -> HttpResponse:
+    """Change one's own password; this session goes on (with a new key), every other one ends."""
+    user = _person(request)
+    form = PasswordChangeForm(request.POST or None)
+    error = ""
+    if request.method == "POST":
+        address = client_address(request)
+        verdict = services.throttle_verdict(username=user.username, address=address)
+        if not verdict.allowed:
+            error = slow_down(verdict)
+        elif form.is_valid():
+            try:
+                services.user_password_change(user=user,
+                                              current_password=form.cleaned_data["current_password"],
+                                              new_password=form.cleaned_data["new_password"],
+                                              source_ip=address)
+            except ValidationError as refused:
+                form.add_error(None, refused)
+            else:
+                update_session_auth_hash(request, user)  # rotates this session's key, keeps it signed in
+                messages.success(request, "Your password is changed. Every other session of yours "
+                                          "has ended; this one goes on.")
+                return redirect("accounts:security")
+    return render(request, "accounts/password_change.html",
+                  {"form": form, "error": error, "rules": password_validators_help_texts()})
 
 
 @require_POST

@@ -181,6 +181,9 @@ ROUTES: dict[str, RouteRule] = {
     "accounts:logout": RouteRule(Stage.FIRST_FACTOR, note="sign out (POST)"),
     "home": RouteRule(Stage.SIGNED_IN, note="start page"),
     "accounts:security": RouteRule(Stage.SIGNED_IN, note="own second factors and sessions"),
+    "accounts:password_change": RouteRule(Stage.SIGNED_IN,
+                                          note="change own password (current password asked again); "
+                                               "ends every other session of the account"),
     "accounts:backup_codes": RouteRule(Stage.SIGNED_IN,
                                        note="regenerate own backup codes (POST)"),
     "accounts:logout_everywhere": RouteRule(Stage.SIGNED_IN,

@@ -18,7 +18,7 @@ from django.urls import reverse
 
 from gateway.audit.models import AuditEvent
 from gateway.policy import ROUTES, WEBSOCKET_ROUTES
-from tests.accounts.conftest import clock, code_now, otp_step, password_step, person, sign_in
+from tests.accounts.conftest import PASSWORD, clock, code_now, otp_step, password_step, person, sign_in
 from tests.conftest import REPO, ZONES
 from tests.security.inventory import http_routes
 from tests.sharing import factories as sharing_factories
@@ -81,6 +81,20 @@ ROUTE_CASES: dict[str, list[tuple[str, Case]]] = {
         lambda c, p: (sign_in(c, p["doctor"], p["clock"]),
                       c.post(reverse("accounts:backup_codes"))),
         ("auth.login", "admin.user")))],
+    "accounts:password_change": [
+        ("wrong current password", Case(
+            lambda c, p: (sign_in(c, p["doctor"], p["clock"]),
+                          c.post(reverse("accounts:password_change"),
+                                 {"current_password": "not the password", "new_password": "x" * 20,
+                                  "new_password_again": "x" * 20})),
+            ("auth.login", "admin.user"))),
+        ("changed", Case(
+            lambda c, p: (sign_in(c, p["doctor"], p["clock"]),
+                          c.post(reverse("accounts:password_change"),
+                                 {"current_password": PASSWORD, "new_password": "quince lantern by the weir",
+                                  "new_password_again": "quince lantern by the weir"})),
+            ("auth.login", "admin.user"))),
+    ],
     "accounts:logout_everywhere": [("everywhere", Case(
         lambda c, p: (sign_in(c, p["doctor"], p["clock"]),
                       c.post(reverse("accounts:logout_everywhere"))),
