@@ -17,7 +17,7 @@ import hmac
 import secrets
 from typing import Any
 
-from django.db import connections, router
+from django.db import connections, router, transaction
 
 from accounts.models import Role, User
 from gateway.audit.catalogue import Action, Outcome
@@ -32,6 +32,12 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _token_issue() -> tuple[str, str]:
+    """A fresh STOW-RS bearer token and the hash that is all the gateway keeps of it."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    return token, token_hash(token)
+
+
 def device_endpoint_register(*, user: User, ae_title: str,
                              actor: Any = "system") -> tuple[DeviceEndpoint, str]:
     """Allow ``user`` (a device account) to call as ``ae_title``; returns (endpoint, new token).
@@ -44,12 +50,48 @@ def device_endpoint_register(*, user: User, ae_title: str,
     ae_title = ae_title.strip()
     if not ae_title or len(ae_title) > 16 or not ae_title.isascii() or "\\" in ae_title:
         raise ValueError("an AE title is 1 to 16 ASCII characters")
-    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token, digest = _token_issue()
     endpoint, _ = DeviceEndpoint.objects.update_or_create(
-        ae_title=ae_title, defaults={"user": user, "token_hash": token_hash(token), "active": True})
+        ae_title=ae_title, defaults={"user": user, "token_hash": digest, "active": True})
     audit_record(actor=actor, action=Action.ADMIN_DEVICE, outcome=Outcome.SUCCESS,
                  details={"change": "endpoint registered", "user": user.username, "ae_title": ae_title})
     return endpoint, token
+
+
+@transaction.atomic
+def device_endpoint_disable(*, endpoint: DeviceEndpoint, actor: Any,
+                            source_ip: str | None = None) -> bool:
+    """Stop ``endpoint`` at both ingest doors (C-STORE and STOW-RS); False if it already was.
+
+    The row, its AE title and its account stay, so the audit trail of what it
+    sent still names it; ``device_register`` enables it again with a new token.
+    The SCP asks :func:`device_still_allowed` before every C-STORE, so an open
+    association stops too.
+    """
+    changed = DeviceEndpoint.objects.filter(pk=endpoint.pk, active=True).update(active=False)
+    endpoint.active = False
+    if changed:
+        audit_record(actor=actor, action=Action.ADMIN_DEVICE, outcome=Outcome.SUCCESS, source_ip=source_ip,
+                     details={"change": "endpoint disabled", "user": endpoint.user.username,
+                              "ae_title": endpoint.ae_title})
+    return bool(changed)
+
+
+@transaction.atomic
+def device_endpoint_token_rotate(*, endpoint: DeviceEndpoint, actor: Any,
+                                 source_ip: str | None = None) -> str:
+    """Give ``endpoint`` a new STOW-RS token and return it; the old one is refused from now on.
+
+    The token is for showing once; only its hash is kept. Whether the
+    endpoint is enabled does not change.
+    """
+    token, digest = _token_issue()
+    DeviceEndpoint.objects.filter(pk=endpoint.pk).update(token_hash=digest)
+    endpoint.token_hash = digest
+    audit_record(actor=actor, action=Action.ADMIN_DEVICE, outcome=Outcome.SUCCESS, source_ip=source_ip,
+                 details={"change": "token rotated", "user": endpoint.user.username,
+                          "ae_title": endpoint.ae_title})
+    return token
 
 
 def _device_principal(user: User, *, endpoint_active: bool, ae_title: str) -> User | None:

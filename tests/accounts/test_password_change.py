@@ -90,3 +90,9 @@ def test_a_throttled_account_cannot_try_current_passwords(client, person, clock)
     assert "Too many failed attempts: try again in 8 seconds." in answer
     assert User.objects.get(pk=user.pk).check_password(PASSWORD)
 
+
+def test_the_admins_change_password_link_leads_to_the_audited_page(client, person, clock):
+    sign_in(client, person("it.root", role="it_admin"), clock)
+    response = client.get(reverse("admin:password_change"))
+    assert response.status_code == 302 and response.url == reverse(URL)
+    assert client.get(reverse("admin:password_change_done")).url == reverse("accounts:security")
