@@ -1,0 +1,200 @@
+"""Every person's daily path in a real browser, each page checked by axe-core and photographed.
+
+The demo gateway is served by daphne on a loopback port (``tests.test_browser``) and
+walked in Debian's chromium by each role — doctor, nurse, administrative staff,
+auditor, IT admin and an external consultant — asserting what each page shows. axe-core
+(axe-playwright-python) runs on every page reached: no serious or critical WCAG 2.1 A/AA
+violation is allowed, and no page may scroll sideways at the laptop (1280 px) or the
+tablet (1024 px) width. A screenshot of every page at both widths is written to the test's
+output folder (``tmp_path``) for a reviewer. The doctor signs in with the keyboard alone,
+and every field shows that it has the focus.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS, _wait_for_sequence, demo_gateway, page_sign_in
+
+__all__ = ["demo_gateway"]  # the served demo, a module fixture
+
+pytestmark = pytest.mark.browser
+
+WCAG = {"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]},
+        "resultTypes": ["violations"]}
+BLOCKING = {"serious", "critical"}
+
+
+class Walk:
+    """One person's pages: each checked with axe-core and photographed."""
+
+    def __init__(self, page, folder: Path, who: str) -> None:
+        from axe_playwright_python.sync_playwright import Axe
+
+        self.page, self.folder, self.who, self.axe = page, folder, who, Axe()
+        self.problems: list[str] = []
+        self.shots = 0
+
+    def check(self, name: str) -> None:
+        self.page.wait_for_load_state("networkidle")
+        results = self.axe.run(self.page, options=WCAG).response
+        for violation in results["violations"]:
+            if violation["impact"] in BLOCKING:
+                targets = [node["target"] for node in violation["nodes"]][:3]
+                self.problems.append(f"{self.who} · {name}: {violation['id']} ({violation['impact']}) "
+                                     f"{targets}")
+        for width in (1280, 1024):
+            self.page.set_viewport_size({"width": width, "height": 900})
+            self.page.screenshot(path=str(self.folder / f"{self.who}-{self.shots:02d}-{name}-{width}.png"),
+                                 full_page=True)
+            if not self._fits():
+                self.problems.append(f"{self.who} · {name}: scrolls sideways at {width} px")
+        self.page.set_viewport_size({"width": 1280, "height": 900})
+        self.shots += 1
+
+    def _fits(self) -> bool:
+        width = self.page.evaluate("document.documentElement.scrollWidth")
+        return int(width) <= int(self.page.viewport_size["width"]) + 1
+
+
+def _browser(playwright):
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+
+
+def _walk(browser, tmp_path: Path, who: str) -> Walk:
+    # axe is injected with page.evaluate; the gateway's CSP (script-src 'self') is tested elsewhere.
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)
+    return Walk(context.new_page(), tmp_path, who)
+
+
+def _focused(page) -> dict[str, str]:
+    return page.evaluate("(() => { const e = document.activeElement, s = getComputedStyle(e);"
+                         " return {name: e.name || e.textContent.trim(), outline: s.outlineStyle,"
+                         " width: s.outlineWidth}; })()")
+
+
+def _tab_to(page, name: str, presses: int = 12) -> dict[str, str]:
+    """Press Tab until the element named ``name`` has the focus; it must show that it has."""
+    for _ in range(presses):
+        page.keyboard.press("Tab")
+        focused = _focused(page)
+        if focused["name"] == name:
+            assert focused["outline"] != "none" and float(focused["width"].rstrip("px")) >= 2, focused
+            return focused
+    raise AssertionError(f"{name!r} never took the focus from the keyboard")
+
+
+def _keyboard_sign_in(page, base: str, username: str, credentials: dict) -> None:
+    """Sign in with the keyboard alone, the focus visible at each field."""
+    from tests.test_browser import _totp_now
+
+    page.goto(f"{base}/accounts/login/")
+    _tab_to(page, "username")
+    page.keyboard.type(username)
+    _tab_to(page, "password")
+    page.keyboard.type(credentials[username])
+    page.keyboard.press("Enter")
+    page.wait_for_selector("input[name=otp_token]")
+    _tab_to(page, "otp_token")
+    page.keyboard.type(_totp_now(credentials["totp"][username]))
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"{base}/")
+
+
+def _links(page) -> set[str]:
+    return {text.strip() for text in page.locator("nav[aria-label='your pages'] a").all_inner_texts()}
+
+
+def test_each_role_walks_its_daily_path_and_every_page_passes_axe(demo_gateway, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    base, study_uid, credentials, _ = demo_gateway
+    problems: list[str] = []
+    with sync_playwright() as playwright:
+        browser = _browser(playwright)
+        anonymous = _walk(browser, tmp_path, "anonymous")
+        anonymous.page.goto(f"{base}/accounts/login/")
+        assert anonymous.page.locator("input[name=username]").count() == 1
+        anonymous.check("sign-in")
+        problems += anonymous.problems
+
+        doctor = _walk(browser, tmp_path, "doctor")
+        _keyboard_sign_in(doctor.page, base, "dr.ada", credentials)
+        assert _links(doctor.page) == {"Worklist", "PACS", "Active shares"}
+        doctor.check("home")
+        doctor.page.goto(f"{base}/imaging/worklist")
+        assert "Recent studies" in doctor.page.inner_text("main")
+        assert doctor.page.locator("a.open").count() >= 1
+        doctor.check("worklist")
+        doctor.page.goto(f"{base}/viewer/{study_uid}/")
+        _wait_for_sequence(doctor.page.locator("canvas[data-view='0']"), above=0, seconds=60)
+        doctor.check("viewer")
+        doctor.page.goto(f"{base}/reports/{study_uid}/")
+        doctor.check("report")
+        doctor.page.goto(f"{base}/share/new/{study_uid}/")
+        doctor.check("share-form")
+        doctor.page.fill("input[name=recipient]", "Dr Axe, Elsewhere UH")
+        doctor.page.click("main button[type=submit]")
+        link = doctor.page.input_value("textarea.share-link").strip()
+        pin = (doctor.page.text_content(".share-pin strong") or "").replace(" ", "")
+        doctor.check("share-minted")
+        doctor.page.goto(f"{base}/share/active/")
+        assert "Dr Axe, Elsewhere UH" in doctor.page.inner_text("main")
+        doctor.check("active-shares")
+        doctor.page.goto(f"{base}/imaging/pacs/queue")
+        assert "Nothing has been queued." in doctor.page.inner_text("main")
+        doctor.check("pacs")
+        doctor.page.goto(f"{base}/accounts/security/")
+        doctor.check("security")
+        problems += doctor.problems
+
+        nurse = _walk(browser, tmp_path, "nurse")
+        page_sign_in(nurse.page, base, "nurse.florence", credentials)
+        assert _links(nurse.page) == {"Worklist", "PACS"}
+        nurse.page.goto(f"{base}/imaging/worklist?name=*")
+        assert re.search(r"\d+ patients? found", nurse.page.inner_text("main"))
+        nurse.check("worklist")
+        problems += nurse.problems
+
+        desk = _walk(browser, tmp_path, "admin-staff")
+        page_sign_in(desk.page, base, "desk.grace", credentials)
+        assert _links(desk.page) == {"Worklist"}
+        desk.page.goto(f"{base}/imaging/worklist?name=*")
+        assert desk.page.locator("a.open").count() == 0 and "2.25." not in desk.page.content()
+        desk.check("worklist")
+        problems += desk.problems
+
+        auditor = _walk(browser, tmp_path, "auditor")
+        page_sign_in(auditor.page, base, "audit.alan", credentials)
+        assert _links(auditor.page) == {"Audit console"}
+        auditor.page.goto(f"{base}/audit/")
+        assert auditor.page.locator("table").count() >= 1
+        auditor.check("audit-console")
+        problems += auditor.problems
+
+        consultant = _walk(browser, tmp_path, "consultant")
+        consultant.page.goto(link)
+        consultant.page.wait_for_url(f"{base}/share/pin/")
+        consultant.check("share-pin")
+        consultant.page.fill("input[name=pin]", pin)
+        consultant.page.click("main button[type=submit]")
+        consultant.page.wait_for_url(f"{base}/share/")
+        assert consultant.page.locator("ul.shared-studies a").count() == 1
+        consultant.check("share-home")
+        consultant.page.click("ul.shared-studies a")
+        _wait_for_sequence(consultant.page.locator("canvas[data-view='0']"), above=0, seconds=60)
+        consultant.check("viewer")
+        problems += consultant.problems
+
+        admin = _walk(browser, tmp_path, "it-admin")
+        page_sign_in(admin.page, base, "it.linus", credentials)
+        assert _links(admin.page) == {"Active shares", "Administration"}
+        admin.check("home")
+        admin.page.goto(f"{base}/share/active/")
+        admin.check("active-shares")
+        problems += admin.problems
+        browser.close()
+    assert problems == [], "\n".join(problems)
