@@ -75,10 +75,10 @@ class CapabilityMiddleware:
 
 
 def _consultant_page(request: HttpRequest) -> bool:
-    """A page only a consultant session reaches (the staff sign-in would be the wrong answer there)."""
+    """A page a consultant session reaches (the staff sign-in would be the wrong answer there)."""
     try:
         name = resolve(request.path_info).view_name
     except Resolver404:
         return False
     rule = route_rule(name)
-    return rule is not None and rule.stage is Stage.CAPABILITY
+    return rule is not None and (rule.stage is Stage.CAPABILITY or rule.capability)

@@ -68,7 +68,7 @@ def test_a_revoked_share_in_use_names_its_doctor(study, issuer, audit_log):
     minted = mint(issuer, study)
     consultant = consultant_client(minted)
     _revoke(issuer, minted.share.public_id)
-    assert consultant.get(reverse("sharing:home")).status_code == 302
+    assert consultant.get(reverse("sharing:home")).status_code == 403  # "this share has ended"
     assert_names_the_doctor(audit_log, minted.share.public_id, issuer, "revoked")
 
 
@@ -114,7 +114,7 @@ def test_a_share_from_outside_its_network_names_its_doctor(study, issuer, audit_
     consultant = Client(REMOTE_ADDR="10.20.3.4")
     assert redeem(consultant, minted).status_code == 302
     consultant.defaults["REMOTE_ADDR"] = "192.0.2.7"  # the same session, from elsewhere
-    assert consultant.get(reverse("sharing:home")).status_code == 302
+    assert consultant.get(reverse("sharing:home")).status_code == 403  # "this share has ended"
     assert_names_the_doctor(audit_log, minted.share.public_id, issuer, "caveat")
 
 
@@ -123,7 +123,7 @@ def test_an_idle_consultant_session_names_its_doctor(study, issuer, audit_log, m
     consultant = consultant_client(minted)
     later = clock.now() + dt.timedelta(minutes=31)
     monkeypatch.setattr(clock, "source", lambda: later)
-    assert consultant.get(reverse("sharing:home")).status_code == 302
+    assert consultant.get(reverse("sharing:home")).status_code == 403  # "this share has ended"
     assert_names_the_doctor(audit_log, minted.share.public_id, issuer, "session idle")
 
 

@@ -215,7 +215,7 @@ def test_refusals_of_a_real_share_name_its_doctor(served_demo):
         socket.recv(timeout=30)
     assert open_link(served_demo, token).status == 400  # already redeemed
     revoke(doctor, share_id)
-    assert session.request("/share/").status == 302  # the session ends
+    assert session.request("/share/").status == 403  # the session ends: "this share has ended"
     assert open_link(served_demo, token).status == 400  # revoked: the key is gone
 
     events = denials(served_demo, head)

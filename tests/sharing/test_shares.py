@@ -22,8 +22,9 @@ pytestmark = [pytest.mark.django_db(databases=ZONES), pytest.mark.usefixtures("c
 
 
 def assert_ended(response) -> None:
-    """A consultant whose share ended has no session left: sent away, never served."""
-    assert response.status_code == 302 and response.url.startswith(reverse("accounts:login"))
+    """A consultant whose share ended has no session left: told so, never served (nor sent to the staff
+    sign-in, which is not theirs)."""
+    assert response.status_code == 403 and b"This share has ended" in response.content
 
 
 def test_mint_page_shows_the_token_once_in_the_fragment_and_the_pin_apart(client, signed_in, study,
