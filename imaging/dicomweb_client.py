@@ -25,6 +25,10 @@ from imaging import conf
 from imaging.dicom_net import SendError, SendResult, client_tls
 
 TIMEOUT_S = 60
+SEARCH_TIMEOUT_S = 15
+JSON_LIMIT = 32 << 20
+"""The largest QIDO-RS answer read (bytes): memory stays bounded whatever the PACS sends."""
+"""A search holds a worklist page: it gives up sooner than a retrieval."""
 CHUNK = 1 << 16
 STUDY_FIELDS = ("00081030", "00080061", "00201206", "00201208", "00100030", "00100040", "00100021",
                 "00080050")
@@ -35,11 +39,11 @@ class DicomwebError(RuntimeError):
     """The DICOMweb service could not be used; the message says why."""
 
 
-def _open(request: urllib.request.Request) -> Any:
+def _open(request: urllib.request.Request, *, timeout_s: float = TIMEOUT_S) -> Any:
     context = client_tls() if request.full_url.startswith("https:") else None
     try:
         # S310: the URL is IT's, checked to be http(s) when registered (report_settings._dicomweb_url).
-        return urllib.request.urlopen(request, timeout=TIMEOUT_S, context=context)  # noqa: S310
+        return urllib.request.urlopen(request, timeout=timeout_s, context=context)  # noqa: S310
     except urllib.error.HTTPError as error:
         raise DicomwebError(f"{request.full_url.split('?')[0]} answered HTTP {error.code}") from error
     except (urllib.error.URLError, OSError) as error:
@@ -50,8 +54,11 @@ def _json(base: str, path: str, query: Iterable[tuple[str, str]]) -> list[Datase
     # "*" is a legal query character (RFC 3986 sub-delim); some servers (Orthanc's plugin) do not
     # decode "%2A" back into the wildcard.
     url = f"{base.rstrip('/')}/{path}?{urllib.parse.urlencode(list(query), safe='*')}"
-    with _open(urllib.request.Request(url, headers={"Accept": "application/dicom+json"})) as answer:  # noqa: S310
-        body = answer.read()
+    request = urllib.request.Request(url, headers={"Accept": "application/dicom+json"})  # noqa: S310
+    with _open(request, timeout_s=SEARCH_TIMEOUT_S) as answer:
+        body = answer.read(JSON_LIMIT + 1)
+    if len(body) > JSON_LIMIT:
+        raise DicomwebError(f"{url.split('?')[0]} answered more than {JSON_LIMIT >> 20} MB of JSON")
     if not body.strip():
         return []  # 204 No Content: nothing matched
     try:
@@ -123,7 +130,7 @@ def stow_send(base: str, datasets_bytes: list[tuple[str, bytes]]) -> SendResult:
                  "Accept": "application/dicom+json"})
     try:
         with _open(request) as answer:
-            reply = answer.read()
+            reply = answer.read(JSON_LIMIT)
     except DicomwebError as error:
         raise SendError(str(error)) from error
     failed = _stow_failures(reply)

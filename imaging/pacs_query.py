@@ -32,6 +32,7 @@ from imaging.models import DicomDestination, JobState, Retrieval
 ANSWER_LIMIT = 200
 """The most studies one search takes from one PACS; the rest are cancelled."""
 ANSWERS_KEPT = dt.timedelta(days=1)
+CONNECT_S = 5
 IDENTITY = "identity"
 PENDING = frozenset({0xFF00, 0xFF01})
 STUDY_KEYS = ("StudyInstanceUID", "StudyDate", "StudyDescription", "AccessionNumber", "ModalitiesInStudy",
@@ -157,6 +158,7 @@ def find(source: DicomDestination, query: Dataset, *, limit: int, level: str) ->
         yield from _qido(source.dicomweb_url, query, limit=limit, level=level)
         return
     ae = entity(timeout_s=30)
+    ae.connection_timeout = CONNECT_S  # a PACS that is down must not hold the worklist page for long
     ae.add_requested_context(STUDY_ROOT_FIND)
     count = 0
     try:

@@ -8,6 +8,7 @@ Orthanc's own REST answers; never from the gateway's output.
 from __future__ import annotations
 
 import datetime as dt
+import http.server
 import io
 import json
 import threading
@@ -434,3 +435,47 @@ def test_a_dicomweb_peer_must_retrieve_with_wado_and_a_bad_url_is_refused(store)
         with pytest.raises(ReportSettingError):
             destination_register(name="X", ae_title="X", host="127.0.0.1", port=104, actor="cli:it",
                                  retrieve=method, dicomweb_url=url)
+
+
+class _Hostile(http.server.BaseHTTPRequestHandler):
+    """A DICOMweb 'PACS' that answers garbage, or far more than was asked."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/dicom+json")
+        self.end_headers()
+        if "PatientID=garbage" in self.path:
+            self.wfile.write(b"<html>not json</html>")
+        else:
+            self.wfile.write(b"[" + b'{"00100020": {"vr": "LO", "Value": ["X"]}},' * 5000 + b"{}]")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_pacs_that_is_down_or_answers_garbage_is_named_quickly_and_read_within_bounds(store, monkeypatch):
+    import time
+
+    from imaging import dicomweb_client
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        destination_register(name="WEIRD", ae_title="WEIRD", host="127.0.0.1", port=104, actor="cli:it",
+                             retrieve="wado-rs", dicomweb_url=f"http://127.0.0.1:{server.server_port}/dw")
+        down = free_port()
+        destination_register(name="DOWN", ae_title="DOWN", host="127.0.0.1", port=down, actor="cli:it",
+                             retrieve="c-get")
+        doctor = _doctor()
+        started = time.monotonic()
+        answers, problems = pacs_search(principal=doctor, criteria=Criteria(patient_id="garbage"))
+        assert time.monotonic() - started < 10
+        assert answers == []
+        assert any(p.startswith("WEIRD: ") and "not DICOM JSON" in p for p in problems), problems
+        assert any(p.startswith("DOWN: ") and f"127.0.0.1:{down}" in p for p in problems), problems
+        monkeypatch.setattr(dicomweb_client, "JSON_LIMIT", 10_000)
+        _, problems = pacs_search(principal=doctor, criteria=Criteria(patient_id="many"))
+        assert any("more than" in p for p in problems if p.startswith("WEIRD: ")), problems
+        assert [e.outcome for e in _events("pacs.query")] == ["failure"] * 4
+    finally:
+        server.shutdown()
