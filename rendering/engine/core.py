@@ -30,7 +30,7 @@ from rendering.viewstate import Layer, Preset3D, Quality, SlabMode, ViewKind, Vi
 from rendering.volume import MODALITIES_SUV, Voi, Volume
 
 if TYPE_CHECKING:
-    from rendering.engine.volume3d import VolumeRenderer
+    from rendering.engine.volume3d import FusedLayer, VolumeRenderer
 
 
 class RenderError(Exception):
@@ -473,17 +473,40 @@ class RenderEngine:
         shown = [r for r in resolved if not r.volume.labels]
         item = next((r for r in shown if r.volume.modality in wanted), shown[0] if shown else resolved[0])
         segmentation = next((r.volume for r in resolved if r.volume.presentation.label_style), None)
+        over = _fused_3d(resolved, item)
         rgb, right, down = self.volume_renderer.render(
             volume=item.volume, preset=state.preset3d, camera=state.camera3d,
             width=state.width, height=state.height, quality=state.quality,
             window=(item.low, item.high), lut=LUTS[item.layer.palette], segmentation=segmentation,
+            transform=item.transform, fused=[_fused_layer(r) for r in over],
         )
         overlay = Overlay(
             orientation=planes.edge_letters(right, down), mm_per_pixel=None, slice_position_mm=None,
             slice_index=None, slice_count=None, focus_mm=None, crosshair_px=None, plane=None,
-            layers=(_layer_info(item),),
+            layers=tuple(_layer_info(r) for r in resolved),
         )
         return rgb, overlay
+
+
+def _fused_3d(resolved: list[_Resolved], base: _Resolved) -> list[_Resolved]:
+    """The fused layers a 3-D view draws over its base, in their order: every layer after the
+    first that is a picture's volume (not a segmentation, which is drawn as surfaces) and is not
+    the base itself (a PET MIP's base may be a fused PET)."""
+    over = []
+    for n, item in enumerate(resolved):
+        if n == 0 or item is base or item.volume.labels:
+            continue
+        if not item.volume.reformattable or item.volume.colour:
+            raise RenderError(f"layer {n}: only a volume is fused in 3-D (not 2-D images, cine or colour)")
+        over.append(item)
+    return over
+
+
+def _fused_layer(item: _Resolved) -> FusedLayer:
+    from rendering.engine.volume3d import FusedLayer
+
+    return FusedLayer(volume=item.volume, low=item.low, high=item.high, palette=item.layer.palette,
+                      opacity=item.layer.opacity, transform=item.transform)
 
 
 _default: RenderEngine | None = None

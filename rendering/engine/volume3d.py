@@ -13,6 +13,12 @@ from the volume block-averaged only as far as needed to stay under 32 M voxels (
 512x512x300 CT renders at 256x256x150: ~0.3 s instead of ~0.5 s warm and 8 s cold).
 Each (series, level) keeps its mapper, so gradients and min/max tables are computed
 once per worker.
+
+Fused layers (issue #16): each visible one is rendered as a MIP of its own volume with the
+base's camera and framing, its actor carried into the base's frame by its registration, as a
+grey ramp over its window (0 below it, 255 at its top) read back into numpy; its palette and
+``alpha = opacity x that ramp`` then lay it over the base in 8-bit fixed point, so its empty
+background and everything under its window leave the base as it was.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
@@ -44,13 +51,21 @@ from vtkmodules.vtkRenderingOpenGL2 import vtkEGLRenderWindow
 from vtkmodules.vtkRenderingVolume import vtkFixedPointVolumeRayCastMapper, vtkVolumeMapper
 from vtkmodules.vtkRenderingVolumeOpenGL2 import vtkOpenGLGPUVolumeRayCastMapper
 
-from rendering.viewstate import Camera3D, Preset3D, Quality
+from rendering.engine.palettes import palette_rgb
+from rendering.viewstate import MAX_LAYERS, Camera3D, Palette, Preset3D, Quality
 from rendering.volume import Volume
 
 PROXY_MAX_VOXELS_SIDE = 128
 INTERACTIVE_MAX_PIXELS_SIDE = 256
 STILL_MAX_VOXELS = 32 * 1024 * 1024
-MAPPER_CACHE = 3
+MAPPER_CACHE = 2 * MAX_LAYERS
+"""Levels kept: every layer of a fused view at both qualities, so moving and letting go of a
+fused 3-D view never rebuilds a level (a fused layer's is small: a PET of 128^2 x 150 is 10 MB)."""
+FUSED_SPARSE_VOXEL_PX = 2.0
+"""While interactive, a fused layer whose level's voxels span at least this many pixels casts a
+ray every second pixel each way (the mapper interpolates between them): at least one ray per
+proxy voxel, as the base takes one sample per proxy voxel along its rays. A still casts one ray
+per pixel."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +100,23 @@ CT_PRESETS: dict[Preset3D, TransferFunction] = {
 }
 
 
+@dataclass(frozen=True)
+class FusedLayer:
+    """A layer drawn over the base as a MIP in its palette.
+
+    ``low``/``high`` is its window in stored units (what maps to the palette's first and last
+    entries); ``transform`` the row-major 4x4 from its patient mm into the base's (None: the
+    same frame), as :class:`rendering.viewstate.Layer` carries it.
+    """
+
+    volume: Volume
+    low: float
+    high: float
+    palette: Palette
+    opacity: float
+    transform: np.ndarray | None = None
+
+
 def opengl_is_software(window) -> bool:
     info = (window.ReportCapabilities() or "").lower()
     return any(name in info for name in ("llvmpipe", "softpipe", "swrast", "software"))
@@ -113,6 +145,40 @@ def render_size(width: int, height: int, quality: Quality) -> tuple[int, int]:
     return max(16, round(width * scale)), max(16, round(height * scale))
 
 
+def composed(transform: np.ndarray | None, matrix: vtkMatrix4x4) -> vtkMatrix4x4:
+    """``transform @ matrix``: a level's index-to-patient placement carried into another frame."""
+    if transform is None:
+        return matrix
+    placed = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+    product = np.asarray(transform, dtype=np.float64).reshape(4, 4) @ placed
+    out = vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            out.SetElement(r, c, float(product[r, c]))
+    return out
+
+
+def composite_over(image: np.ndarray, ramp: np.ndarray, palette: Palette, opacity: float) -> np.ndarray:
+    """``image (1 - a) + palette[ramp] a`` with ``a = opacity x ramp / 255``, a new image.
+
+    ``image`` (H, W, 3) uint8; ``ramp`` (H, W) uint8, the layer's MIP over its window. Weights
+    are out of 256 in uint16 (at most 255 x 256 + 128), as the 2-D blend does: a pixel where
+    ``a`` is 0 comes back exactly as it was.
+    """
+    weight = np.uint16(round(opacity * 256))
+    alpha = ramp.astype(np.uint16)
+    alpha *= weight
+    alpha += np.uint16(127)
+    alpha //= np.uint16(255)
+    mixed = palette_rgb(ramp, palette).astype(np.uint16)
+    mixed *= alpha[..., None]
+    np.subtract(np.uint16(256), alpha, out=alpha)
+    mixed += image.astype(np.uint16) * alpha[..., None]
+    mixed += np.uint16(128)
+    mixed >>= 8
+    return mixed.astype(np.uint8)
+
+
 def camera_vectors(camera: Camera3D) -> tuple[np.ndarray, np.ndarray]:
     """(direction from focal point to eye, view up) in LPS; 0/0 looks at the patient's front."""
     az, el = math.radians(camera.azimuth), math.radians(camera.elevation)
@@ -139,6 +205,13 @@ class VolumeRenderer:
         self.property.SetInterpolationTypeToLinear()
         self.actor.SetProperty(self.property)
         self.renderer.AddVolume(self.actor)
+        self.fused_actor = vtkVolume()
+        self.fused_property = vtkVolumeProperty()
+        self.fused_property.SetInterpolationTypeToLinear()
+        self.fused_property.ShadeOff()
+        self.fused_actor.SetProperty(self.fused_property)
+        self.fused_actor.VisibilityOff()
+        self.renderer.AddVolume(self.fused_actor)
         self._levels: OrderedDict[tuple, tuple] = OrderedDict()
         self._surfaces: OrderedDict[tuple, list[vtkActor]] = OrderedDict()
         self._shown_surfaces: list[vtkActor] = []
@@ -236,17 +309,23 @@ class VolumeRenderer:
     def render(self, *, volume: Volume, preset: Preset3D, camera: Camera3D, width: int, height: int,
                quality: Quality, window: tuple[float, float] | None = None,
                lut: np.ndarray | None = None,
-               segmentation: Volume | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               segmentation: Volume | None = None, transform: np.ndarray | None = None,
+               fused: Sequence[FusedLayer] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """RGB image (h, w, 3) uint8 plus the screen's right and down vectors in LPS.
 
         ``window`` (low, high in native units) and ``lut`` (256x3 uint8) colour the PET MIP;
-        ``segmentation`` (a reader's label volume) adds each shown segment as a surface.
+        ``segmentation`` (a reader's label volume) adds each shown segment as a surface;
+        ``transform`` carries ``volume`` into the frame the camera looks at (None: its own).
+        ``fused`` are laid over the base in order (see the module docstring); one whose
+        opacity is 0 is not rendered at all.
         """
         self._show_surfaces(segmentation)
+        self.actor.VisibilityOn()
+        self.fused_actor.VisibilityOff()
         mip = preset is Preset3D.PET_MIP
         mapper, matrix, _, _ = self._level(volume, quality, mip)
         self.actor.SetMapper(mapper)
-        self.actor.SetUserMatrix(matrix)
+        self.actor.SetUserMatrix(composed(transform, matrix))
         colour, opacity = vtkColorTransferFunction(), vtkPiecewiseFunction()
         if mip:
             low, high = window if window else (float(volume.voxels.min()), float(volume.voxels.max()))
@@ -288,8 +367,66 @@ class VolumeRenderer:
         cam.SetParallelScale(half * 1.05 / camera.zoom)
         self.renderer.ResetCameraClippingRange()
         self.window.Render()
+        image = np.ascontiguousarray(self._read_back(w, h)[..., :3])
+        drawn = [layer for layer in fused if layer.opacity > 0]
+        if drawn:
+            self._hide_base()
+            try:
+                for layer in drawn:
+                    ramp = self._fused_ramp(layer, quality, centre, eye, half, w, h)
+                    image = composite_over(image, ramp, layer.palette, layer.opacity)
+            finally:
+                self._show_base()
+        right = np.cross(-eye, up)
+        return image, right, -up
+
+    def _read_back(self, w: int, h: int) -> np.ndarray:
+        """The window's (h, w, 4) RGBA, top row first (a view of VTK's buffer, flipped)."""
         buffer = vtkUnsignedCharArray()
         self.window.GetRGBACharPixelData(0, 0, w - 1, h - 1, 0, buffer)
-        rgb = vtk_to_numpy(buffer).reshape(h, w, 4)[::-1, :, :3]
-        right = np.cross(-eye, up)
-        return np.ascontiguousarray(rgb), right, -up
+        return vtk_to_numpy(buffer).reshape(h, w, 4)[::-1]
+
+    def _hide_base(self) -> None:
+        self.actor.VisibilityOff()
+        for actor in self._shown_surfaces:
+            actor.VisibilityOff()
+        self.renderer.SetBackground(0.0, 0.0, 0.0)
+
+    def _show_base(self) -> None:
+        self.fused_actor.VisibilityOff()
+        self.actor.VisibilityOn()
+        for actor in self._shown_surfaces:
+            actor.VisibilityOn()
+
+    def _fused_ramp(self, layer: FusedLayer, quality: Quality, centre: np.ndarray, eye: np.ndarray,
+                    half: float, w: int, h: int) -> np.ndarray:
+        """A fused layer's MIP as uint8 over its window (0 at or below ``low``, 255 from ``high``),
+        seen by the base's camera: same focal point, view up and parallel scale, the eye moved
+        back only as far as the layer's own extent needs (a parallel projection: same picture)."""
+        mapper, matrix, _, image = self._level(layer.volume, quality, True)
+        self.fused_actor.SetMapper(mapper)
+        self.fused_actor.SetUserMatrix(composed(layer.transform, matrix))
+        low, high = layer.low, max(layer.high, layer.low + 1e-6)
+        colour, opacity = vtkColorTransferFunction(), vtkPiecewiseFunction()
+        colour.AddRGBPoint(low, 0.0, 0.0, 0.0)
+        colour.AddRGBPoint(high, 1.0, 1.0, 1.0)
+        opacity.AddPoint(low, 1.0)
+        opacity.AddPoint(high, 1.0)
+        self.fused_property.SetColor(colour)
+        self.fused_property.SetScalarOpacity(opacity)
+        self.fused_actor.VisibilityOn()
+        bounds = np.array(self.fused_actor.GetBounds()).reshape(3, 2)
+        corners = np.array([[bounds[0, a], bounds[1, b], bounds[2, c]]
+                             for a in (0, 1) for b in (0, 1) for c in (0, 1)])
+        reach = float(np.linalg.norm(corners - centre, axis=1).max())
+        cam = self.renderer.GetActiveCamera()
+        cam.SetPosition(*(centre + eye * max(half * 4, reach * 2)))
+        self.renderer.ResetCameraClippingRange()
+        voxel_px = min(image.GetSpacing()) / (2 * cam.GetParallelScale() / h)
+        sparse = quality is Quality.INTERACTIVE and voxel_px >= FUSED_SPARSE_VOXEL_PX
+        mapper.SetImageSampleDistance(2.0 if sparse else 1.0)
+        try:
+            self.window.Render()
+        finally:
+            mapper.SetImageSampleDistance(1.0)
+        return np.ascontiguousarray(self._read_back(w, h)[..., 0])

@@ -11,8 +11,9 @@ from PIL import Image
 
 from imaging.phantom import phantom_write
 from rendering.engine import RenderedFrame, RenderEngine
-from rendering.testing import volumes_from_phantom
+from rendering.testing import volume_from_dicom_folder, volumes_from_phantom
 from rendering.viewstate import viewstate_from_dict
+from tests.rendering.moved import pet_move
 
 SLICES = 40
 
@@ -29,6 +30,15 @@ def phantom(phantom_dir):
     """(ct, pet, truth-of-patient-0, volumes mapping)."""
     ct, pet, truth = volumes_from_phantom(phantom_dir)
     return ct, pet, truth, {ct.series_id: ct, pet.series_id: pet}
+
+
+@pytest.fixture(scope="session")
+def moved(phantom, tmp_path_factory, phantom_dir):
+    """(moved PET volume, T): the phantom's PET as if the patient had moved (its own frame of
+    reference, ``tests/rendering/moved.py``), T taking its patient mm back onto the CT's."""
+    folder = tmp_path_factory.mktemp("moved_pet")
+    truth_move = pet_move(phantom_dir / phantom[2]["folder"] / "PT", folder)
+    return volume_from_dicom_folder(folder), truth_move
 
 
 @pytest.fixture(scope="session")

@@ -47,15 +47,6 @@ def _tre(matrix: np.ndarray, truth_move: np.ndarray, centres: np.ndarray) -> np.
 
 
 @pytest.fixture(scope="module")
-def moved(phantom_dir, tmp_path_factory):
-    """(moved PET volume, T) from the shared rendering phantom."""
-    truth = volumes_from_phantom(phantom_dir)[2]
-    folder = tmp_path_factory.mktemp("moved_pet")
-    truth_move = pet_move(phantom_dir / truth["folder"] / "PT", folder)
-    return volume_from_dicom_folder(folder), truth_move
-
-
-@pytest.fixture(scope="module")
 def registered(phantom, moved):
     """The rigid PET -> CT registration of the moved PET, and its progress reports."""
     ct = phantom[0]

@@ -1,14 +1,21 @@
 """The session's fused layers: fusing across frames only through registrations (chains
-included), hiding a layer and showing it again, reordering fused layers."""
+included), hiding a layer and showing it again, reordering fused layers; a 3-D view's fused
+layer drawn as the viewer asks for it."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from imaging.registrations import FrameLink
+from rendering.operations import WorkerContext, operation_named
 from rendering.protocol import Setting
 from rendering.session import SeriesInfo, SessionError, ViewerSession
+from rendering.viewstate import viewstate_from_dict, viewstate_to_dict
+from rendering.volume import volume_describe
 
 
 def _geometry(frame: str, modality: str) -> dict:
@@ -84,3 +91,39 @@ def test_a_hidden_layer_is_transparent_keeps_its_opacity_and_layers_reorder():
             session.apply_setting(Setting(0, name, value, 0))
     with pytest.raises(SessionError, match="fused layer"):
         session.apply_setting(Setting(0, "order", 3, 1))
+
+
+def test_a_3d_view_draws_its_registered_fused_pet_through_the_render_operation(phantom, moved, engine):
+    """The moved PET (its own frame) over the CT in a 3-D view: refused until a registration links
+    the frames, then drawn; hidden again, the frame is exactly the unfused one. Each frame is the
+    session's state as the consumer submits it, crossing as a dict into the worker's operation."""
+    ct, _, _, volumes = phantom
+    moved_pet, truth_move = moved
+    volumes = {**volumes, moved_pet.series_id: moved_pet}
+    session = ViewerSession(study_uid="9.9", series=[
+        SeriesInfo(ct.series_id, "CT", "ct", volume_describe(ct), number=1),
+        SeriesInfo(moved_pet.series_id, "PT", "pet, moved", volume_describe(moved_pet), number=2)])
+    session.apply_setting(Setting(0, "series", ct.series_id, 0))
+    session.apply_setting(Setting(0, "kind", "3d", 0))
+    context = WorkerContext(engine, "phantom")
+
+    def frame() -> tuple[bytes, np.ndarray]:
+        state = viewstate_from_dict(viewstate_to_dict(session.state(0, segmentation=True)))
+        rendered = operation_named("render").run(context, state, volumes, {"encoding": None})
+        return rendered.data, np.asarray(Image.open(io.BytesIO(rendered.data)))
+
+    unfused_data, unfused = frame()
+    with pytest.raises(SessionError, match="register it onto"):
+        session.apply_setting(Setting(0, "fuse", moved_pet.series_id, 0))
+    session.registrations_set([FrameLink(moved_pet.frame_of_reference_uid, ct.frame_of_reference_uid,
+                                         truth_move)])
+    session.apply_setting(Setting(0, "fuse", moved_pet.series_id, 0))
+    state = session.state(0, segmentation=True)
+    assert state.view.value == "3d" and state.layers[1].registration is not None
+    fused_data, fused = frame()
+    assert fused.shape == unfused.shape
+    assert (np.abs(fused.astype(int) - unfused.astype(int)).sum(axis=2) > 30).mean() > 0.01
+    session.apply_setting(Setting(0, "visible", False, 1))
+    assert frame()[0] == unfused_data
+    session.apply_setting(Setting(0, "visible", True, 1))
+    assert frame()[0] == fused_data
