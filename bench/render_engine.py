@@ -1,12 +1,14 @@
 """Benchmark the render engine and the worker pool on the phantom PET/CT (512x512x300 CT).
 
 For each view type (MPR scroll, W/L change, slab MIP, oblique, fusion, 3-D interactive,
-3-D still) it renders a sequence of changing states at a 512x512 viewport and reports
-per-frame time including encoding (p50/p95 ms), frames/s, and bytes/frame — once
-in-process and once through a ``RenderPool`` (request → worker → frame back, one
-request at a time, as one interacting user). Prints one JSON document:
+3-D still, and both with the PET fused over the CT in 3-D) it renders a sequence of
+changing states at a 512x512 viewport and reports per-frame time including encoding
+(p50/p95 ms), frames/s, and bytes/frame — once in-process and once through a
+``RenderPool`` (request → worker → frame back, one request at a time, as one
+interacting user). Prints one JSON document:
 
     python bench/render_engine.py [--data DIR] [--slices 300] [--frames 60] [--skip-pool]
+                                  [--only 3d_interactive,3d_fused_interactive,...]
 """
 
 from __future__ import annotations
@@ -54,6 +56,14 @@ def scenarios(ct, pet, truth, frames: int) -> dict[str, list[dict]]:
                            for i in range(three_d)],
         "3d_still": [{**base, "view": "3d", "preset3d": "ct_bone", "quality": "still",
                       "camera3d": {"azimuth": (i * 20) % 360 - 180, "elevation": 10}} for i in range(8)],
+        "3d_fused_interactive": [{**base, "view": "3d", "preset3d": "ct_bone",
+                                  "layers": [ct_layer, pet_layer],
+                                  "camera3d": {"azimuth": (i * 6) % 360 - 180, "elevation": 10}}
+                                 for i in range(three_d)],
+        "3d_fused_still": [{**base, "view": "3d", "preset3d": "ct_bone", "quality": "still",
+                            "layers": [ct_layer, pet_layer],
+                            "camera3d": {"azimuth": (i * 20) % 360 - 180, "elevation": 10}}
+                           for i in range(8)],
         "pet_mip_interactive": [{**base, "view": "3d", "preset3d": "pet_mip", "layers": [
             {"series_id": pet.series_id, "window_preset": "pet_suv_0_10", "palette": "inverted"}],
             "camera3d": {"azimuth": (i * 6) % 360 - 180}} for i in range(three_d)],
@@ -92,6 +102,7 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--skip-pool", action="store_true")
+    parser.add_argument("--only", default="", help="comma-separated scenario names (default: all)")
     args = parser.parse_args()
 
     from imaging.phantom import phantom_write
@@ -108,6 +119,11 @@ def main() -> None:
     load_s = time.perf_counter() - started
     volumes = {ct.series_id: ct, pet.series_id: pet}
     plan = scenarios(ct, pet, truth, args.frames)
+    if args.only:
+        wanted = set(args.only.split(","))
+        if wanted - set(plan):
+            parser.error(f"no scenario {', '.join(sorted(wanted - set(plan)))}; there are {', '.join(plan)}")
+        plan = {name: states for name, states in plan.items() if name in wanted}
 
     engine = RenderEngine()
     report: dict = {
