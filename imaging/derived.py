@@ -3,8 +3,11 @@
 A derived series is its inputs and its operation, not voxels: a render worker makes it when it is
 shown (:mod:`rendering.derived_volumes`) and keeps it in its cache. It is marked derived
 everywhere (its layer id ``drv:<id>``, ``derived`` in the series list, its description) and is
-never stored as an acquired series. Arithmetic resamples every input onto the first one's grid
-through the registration that connects their frames, frozen into the recipe when it is made.
+never stored as an acquired series. Arithmetic resamples every input onto a grid on the first
+one's lattice (its ``space``: the first's own grid, the union or intersection of the inputs'
+extents, or a reader's box; :mod:`rendering.engine.arithmetic`) through the registration that
+connects their frames, frozen into the recipe when it is made; the space (and box) are the
+recipe's ``parameters``, ``{}`` in recipes made before spaces: the first's grid.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 from django.utils import timezone
 
 from imaging.models import DerivedSeries, Study
+from rendering.engine.arithmetic import ImageArithmeticError, space_check
 from rendering.engine.filters import FILTERS, FilterError, filter_validate
 
 LAYER_PREFIX = "drv:"
@@ -54,9 +58,10 @@ def _inputs(series: Sequence[str], weights: Sequence[float] | None,
 def derived_create(*, study_uid: str, operation: str, series: Sequence[str], author: str,
                    parameters: dict[str, Any] | None = None, weights: Sequence[float] | None = None,
                    matrices: Sequence[list[float] | None] = (), dims: int = 3,
-                   description: str = "") -> DerivedSeries:
+                   description: str = "", space: str = "reference",
+                   box: Sequence[float] | None = None) -> DerivedSeries:
     """Record a filter of one series or arithmetic of several (``matrices``: each input into the
-    first's frame, None for the same frame)."""
+    first's frame, None for the same frame; ``space`` and ``box``: the arithmetic's output grid)."""
     if not 1 <= len(series) <= MAX_INPUTS or len(set(series)) != len(series):
         raise DerivedError(f"a derived series takes 1 to {MAX_INPUTS} different series")
     matrices = list(matrices) or [None] * len(series)
@@ -65,6 +70,8 @@ def derived_create(*, study_uid: str, operation: str, series: Sequence[str], aut
             raise DerivedError("a filter takes one series")
         if dims not in (2, 3):
             raise DerivedError("a filter runs in 2-D (each slice) or 3-D")
+        if space != "reference" or box is not None:
+            raise DerivedError("space and box are for image arithmetic, not a filter")
         try:
             checked = filter_validate(name=operation, params=parameters or {})
         except FilterError as error:
@@ -74,7 +81,13 @@ def derived_create(*, study_uid: str, operation: str, series: Sequence[str], aut
         wanted = ARITHMETIC[operation]
         if (wanted and len(series) != wanted) or (not wanted and len(series) < 2):
             raise DerivedError(f"{operation} takes {wanted or 'two or more'} series")
-        kind, parameters = "arithmetic", {}
+        try:
+            space_check(space, box)
+        except ImageArithmeticError as error:
+            raise DerivedError(str(error)) from error
+        kind, parameters = "arithmetic", {"space": space}
+        if box is not None:
+            parameters["box"] = [float(v) for v in box]
     else:
         raise DerivedError(f"unknown operation {operation!r}")
     return DerivedSeries.objects.create(

@@ -94,7 +94,8 @@ class DerivedReading(ReadingHost):
                 study_uid=first.study or self.study.study_uid, operation=message.operation,
                 series=list(message.series), author=self.principal.username,
                 parameters=dict(message.parameters), weights=list(message.weights) or None,
-                matrices=matrices, dims=message.dims, description=_description(message, self.session))
+                matrices=matrices, dims=message.dims, description=_description(message, self.session),
+                space=message.space, box=list(message.box) if message.box is not None else None)
         except DerivedError as error:
             raise SessionError(str(error)) from error
         await self._send_derived(recipe, "running")
@@ -156,7 +157,8 @@ def _description(message: protocol.Derive, session: ViewerSession) -> str:
     if message.operation in FILTERS:
         settings = ", ".join(f"{name} {value:g}" for name, value in message.parameters)
         return f"Derived: {message.operation} ({settings}) of {names[0]}"[:128]
-    return f"Derived: {message.operation} of {' and '.join(names)}"[:128]
+    space = "" if message.space == "reference" else f" ({message.space})"
+    return f"Derived: {message.operation} of {' and '.join(names)}{space}"[:128]
 
 
 def _study_of(recipe: DerivedSeries) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from rendering.encoding import Encoding
-from rendering.engine.arithmetic import arithmetic, derived_volume
+from rendering.engine.arithmetic import Grid, arithmetic, arithmetic_grid, derived_volume
 from rendering.engine.core import RenderedFrame, RenderError
 from rendering.engine.filters import FilterError, filter_apply
 from rendering.operations import WorkerContext, frame_from_wire, frame_to_wire, operation
@@ -41,22 +41,27 @@ class DerivedVolumes:
         recipe = derived_get(number)
         volumes = [self._load(item["series"]).at_time(0) for item in recipe.inputs]
         try:
-            values = self._values(recipe, volumes)
+            values, grid = self._values(recipe, volumes)
             return derived_volume(values, volumes[0], series_id=layer_id, description=recipe.description,
-                                  operation=recipe.operation, inputs=volumes)
+                                  operation=recipe.operation, inputs=volumes, grid=grid)
         except (FilterError, VolumeError, ValueError) as error:
             raise RenderError(f"the derived series cannot be made: {error}") from error
 
     @staticmethod
-    def _values(recipe, volumes: list[Volume]) -> np.ndarray:
+    def _values(recipe, volumes: list[Volume]) -> tuple[np.ndarray, Grid | None]:
+        """The voxels and, for arithmetic, the grid of its space (recipes without one: the first's)."""
         if recipe.kind == "filter":
             return filter_apply(volume=volumes[0].voxels, spacing=volumes[0].spacing, name=recipe.operation,
-                                params=recipe.parameters, dims=recipe.dims)
+                                params=recipe.parameters, dims=recipe.dims), None
         others = [(volume, None if item["matrix"] is None else np.asarray(item["matrix"]).reshape(4, 4),
                    float(item["weight"]))
                   for volume, item in zip(volumes[1:], recipe.inputs[1:], strict=True)]
-        return arithmetic(recipe.operation, volumes[0], others,
-                          reference_weight=float(recipe.inputs[0]["weight"]))
+        space, box = recipe.parameters.get("space", "reference"), recipe.parameters.get("box")
+        grid = arithmetic_grid(volumes[0], [(volume, matrix) for volume, matrix, _ in others],
+                               space=space, box=box)
+        weight = float(recipe.inputs[0]["weight"])
+        return arithmetic(recipe.operation, volumes[0], others, reference_weight=weight, space=space,
+                          box=box), grid
 
 
 def preview_slab(volume: Volume, focus_mm: tuple[float, float, float], *, name: str,

@@ -20,6 +20,7 @@ from enum import IntEnum
 from typing import Any, get_type_hints
 
 from imaging.suv import SUV_METHODS
+from rendering.engine.arithmetic import MAX_BOX_MM, SPACES
 from rendering.viewstate import MAX_FILE_WINDOWS
 
 MAX_MESSAGE_BYTES = 8192
@@ -312,13 +313,17 @@ class RegDecide:
 @dataclass(frozen=True)
 class Derive:
     """Make a derived series: ``operation`` a filter of ``series[0]`` (its ``parameters``, in 2-D
-    or 3-D) or image arithmetic of all ``series`` (with ``weights``), resampled onto the first."""
+    or 3-D) or image arithmetic of all ``series`` (with ``weights``), resampled onto a grid on the
+    first's lattice: its ``space`` (``box``: i_min, i_max, j_min, j_max, k_min, k_max mm along the
+    first's axes from its origin, with the space ``box`` only)."""
 
     operation: str
     series: tuple[str, ...]
     parameters: tuple[tuple[str, float], ...] = ()
     weights: tuple[float, ...] = ()
     dims: int = 3
+    space: str = "reference"
+    box: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -740,8 +745,32 @@ def _parameters(message: dict[str, Any]) -> tuple[tuple[str, float], ...]:
     return tuple(sorted((name, float(_field(raw, name, PARAMETER_VALUE))) for name in raw))
 
 
+BOX_EDGE = Number(-2 * MAX_BOX_MM, 2 * MAX_BOX_MM)
+
+
+def _box(message: dict[str, Any], space: str) -> tuple[float, ...] | None:
+    """The ``box`` of the space ``box`` (required there, refused elsewhere): six mm, min below max."""
+    if space != "box":
+        if "box" in message:
+            raise ProtocolError("bad_value", "'box' is given only with the space 'box'")
+        return None
+    raw = message.get("box")
+    if raw is None:
+        raise ProtocolError("missing_field", "'box' is required with the space 'box'")
+    if not isinstance(raw, list) or len(raw) != 6:
+        raise ProtocolError("bad_value",
+                            "'box' is six numbers: i_min, i_max, j_min, j_max, k_min, k_max (mm)")
+    box = tuple(float(_field({"box": value}, "box", BOX_EDGE)) for value in raw)
+    for axis, low, high in zip("ijk", box[0::2], box[1::2], strict=True):
+        if not low < high:
+            raise ProtocolError("bad_value", f"'box': {axis}_min must be below {axis}_max")
+        if high - low > MAX_BOX_MM:
+            raise ProtocolError("bad_value", f"'box': the {axis} side is at most {MAX_BOX_MM:g} mm")
+    return box
+
+
 def _parse_derive(message: dict[str, Any], views: int) -> Derive:
-    _exact_keys(message, {"type", "operation", "series", "parameters", "weights", "dims"})
+    _exact_keys(message, {"type", "operation", "series", "parameters", "weights", "dims", "space", "box"})
     series = message.get("series")
     if not isinstance(series, list) or not 1 <= len(series) <= 4:
         raise ProtocolError("bad_value", "series is a list of 1 to 4 series uids")
@@ -751,7 +780,9 @@ def _parse_derive(message: dict[str, Any], views: int) -> Derive:
         raise ProtocolError("bad_value", "weights is a list of at most 4 numbers")
     checked = tuple(float(_field({"weight": w}, "weight", Number(-1e6, 1e6))) for w in weights)
     dims = int(_field(message, "dims", Number(2, 3, integer=True))) if "dims" in message else 3
-    return Derive(_field(message, "operation", OPERATION_NAME), uids, _parameters(message), checked, dims)
+    space = str(_field(message, "space", Text(SPACES))) if "space" in message else "reference"
+    return Derive(_field(message, "operation", OPERATION_NAME), uids, _parameters(message), checked, dims,
+                  space, _box(message, space))
 
 
 def _parse_filter_preview(message: dict[str, Any], views: int) -> FilterPreview:

@@ -1,6 +1,7 @@
 """Image arithmetic on registered series: a difference, a weighted sum or a ratio on one grid.
 
-Every other volume is resampled onto the reference's grid through its matrix (moving
+Every other volume is resampled onto the reference's grid (or, see below, onto a grid on the
+reference's lattice: its sampling space) through its matrix (moving
 patient mm -> reference patient mm, as a fused layer's ``registration`` holds it;
 None: the same frame of reference) by trilinear interpolation, then the inputs, each
 scaled by its weight, are combined voxel by voxel:
@@ -16,6 +17,35 @@ for a ratio, where ``|w1 * B| < epsilon``. NaN rather than
 0, because 0 is a value a difference or ratio can truly take; :func:`derived_volume`
 replaces NaN by 0 only for display and records how many voxels it did so for.
 
+The output grid is a *sampling space* (``space``); in every one it keeps the reference's
+direction cosines and voxel spacing and lies on the reference's lattice (its voxel centres
+are reference voxel centres, extended beyond the reference where needed), so only its
+origin and size change:
+
+* ``reference`` (the default): the reference's own grid;
+* ``union``: the smallest lattice box holding every input's extent;
+* ``intersection``: the largest lattice box inside every input's extent (refused when empty);
+* ``box``: the lattice voxels whose centres lie in a box the reader gives, six numbers
+  ``(i_min, i_max, j_min, j_max, k_min, k_max)`` in mm along the reference's own axes ``i``
+  (along a row: its first direction cosine), ``j`` (down a column: the second) and ``k``
+  (across slices: the third), measured from the reference's origin (the centre of its
+  first voxel); ``(0, (columns - 1) * dx, 0, (rows - 1) * dy, 0, (slices - 1) * dz)`` is
+  the reference's own grid.
+
+An input's extent is the box, along the reference's axes, of its eight corner voxel centres
+mapped into the reference frame through its matrix. No output axis may exceed
+:data:`MAX_AXIS_VOXELS` voxels, nor the output :data:`MAX_VOXELS`.
+
+Background: in the ``reference`` space an undefined voxel is NaN, as above (recipes made
+before sampling spaces give the same voxels). In the other spaces the output reaches, by
+design, beyond some inputs, and an input there takes its *background*, its own minimum
+value (air or the padding value of a CT, no uptake in a PET) before it is weighted: so a
+union is not an intersection padded with zeros, a difference outside one input is the other
+against that input's background, a weighted sum of two fields of view joins them, and a
+ratio outside its denominator's extent is NaN when that minimum (weighted) is below
+``epsilon`` (the usual rule: never a division by zero). The same half voxel beyond the
+outermost centres takes the edge voxel's value.
+
 Resampling is SimpleITK's ``ResampleImageFilter``: already this project's resampler
 (registration, ONNX models), maintained, multi-threaded C++; scipy is not a dependency
 and its ``map_coordinates`` runs on one core. The reference grid is resampled in slabs
@@ -27,6 +57,7 @@ peak for a float32 other volume of the same size.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -35,9 +66,19 @@ import SimpleITK as sitk
 from rendering.volume import Presentation, Volume, VolumeError
 
 Operation = Literal["difference", "weighted_sum", "ratio"]
+Space = Literal["reference", "union", "intersection", "box"]
 Other = tuple[Volume, np.ndarray | None, float]
 
 OPERATIONS = ("difference", "weighted_sum", "ratio")
+SPACES = ("reference", "union", "intersection", "box")
+MAX_AXIS_VOXELS = 2048
+"""The most voxels along any axis of an output grid."""
+MAX_VOXELS = 1 << 28
+"""The most voxels of an output grid (1 GiB of float32)."""
+MAX_BOX_MM = 2000.0
+"""The longest side of a reader's box."""
+LATTICE_TOLERANCE = 1e-6
+"""Voxels: an extent or box face this close to a lattice point counts as on it."""
 SLAB_VOXELS = 1 << 23
 """Reference voxels resampled at once (32 MiB of float32)."""
 GRID_TOLERANCE_MM = 1e-6
@@ -50,19 +91,111 @@ class ImageArithmeticError(ValueError):
     """The inputs cannot be combined; the message is safe to show the user."""
 
 
+@dataclass(frozen=True)
+class Grid:
+    """An output grid on the reference's lattice: ``offset`` (k, j, i) is its first voxel's index
+    in the reference's grid (negative before it), ``origin`` that voxel's patient mm."""
+
+    offset: tuple[int, int, int]
+    shape: tuple[int, int, int]
+    origin: tuple[float, float, float]
+
+
 def arithmetic(operation: Operation, reference: Volume, others: Sequence[Other], *,
-               reference_weight: float = 1.0, epsilon: float = DEFAULT_EPSILON) -> np.ndarray:
-    """``operation`` of ``reference`` and ``others``: float32 on the reference's grid, NaN where undefined.
+               reference_weight: float = 1.0, epsilon: float = DEFAULT_EPSILON,
+               space: Space = "reference", box: Sequence[float] | None = None) -> np.ndarray:
+    """``operation`` of ``reference`` and ``others``: float32 on the ``space``'s grid
+    (:func:`arithmetic_grid`), NaN where undefined.
 
     ``others`` holds (volume, 4x4 moving -> reference matrix or None, weight); a
     difference and a ratio take exactly one, a weighted sum one or more.
     """
     _check(operation, reference, others, reference_weight, epsilon)
-    result = np.multiply(reference.voxels, np.float32(reference_weight), dtype=np.float32)
+    placed = [(volume, matrix) for volume, matrix, _ in others]
+    grid = arithmetic_grid(reference, placed, space=space, box=box)
+    weighted = np.float32(reference_weight)
+    if space == "reference":
+        result = np.multiply(reference.voxels, weighted, dtype=np.float32)
+    else:
+        result = np.empty(grid.shape, np.float32)
+        for slices, values in _on_grid(reference, np.eye(4), reference, grid, _background(reference)):
+            np.multiply(values, weighted, out=result[slices], dtype=np.float32)
     for volume, matrix, weight in others:
-        for slices, values in _resampled(volume, _to_reference(volume, matrix, reference), reference):
+        fill = float("nan") if space == "reference" else _background(volume)
+        to_reference = _to_reference(volume, matrix, reference)
+        for slices, values in _on_grid(volume, to_reference, reference, grid, fill):
             _combine(operation, result[slices], values * np.float32(weight), epsilon)
     return result
+
+
+def arithmetic_grid(reference: Volume, others: Sequence[tuple[Volume, np.ndarray | None]], *,
+                    space: Space = "reference", box: Sequence[float] | None = None) -> Grid:
+    """The output grid of ``space`` for ``reference`` and ``others`` (volume, moving -> reference
+    matrix or None); refused when empty or too large."""
+    space_check(space, box)
+    if space == "reference":
+        return Grid((0, 0, 0), reference.shape, reference.origin)
+    if space == "box" and box is not None:
+        step = np.array([reference.spacing[2], reference.spacing[1], reference.spacing[0]])
+        edges = np.asarray(box, dtype=np.float64).reshape(3, 2) / step[:, None]  # i, j, k rows
+        low = np.ceil(edges[::-1, 0] - LATTICE_TOLERANCE)
+        high = np.floor(edges[::-1, 1] + LATTICE_TOLERANCE)
+        if np.any(high < low):
+            raise ImageArithmeticError("the box holds no voxel centre of the reference: make it larger")
+    else:
+        extents = [input_extent(volume, _to_reference(volume, matrix, reference), reference)
+                   for volume, matrix in [(reference, None), *others]]
+        lows, highs = np.array([e[0] for e in extents]), np.array([e[1] for e in extents])
+        if space == "union":
+            low = np.floor(lows.min(axis=0) + LATTICE_TOLERANCE)
+            high = np.ceil(highs.max(axis=0) - LATTICE_TOLERANCE)
+        else:
+            low = np.ceil(lows.max(axis=0) - LATTICE_TOLERANCE)
+            high = np.floor(highs.min(axis=0) + LATTICE_TOLERANCE)
+            if np.any(high < low):
+                raise ImageArithmeticError("the series have no extent in common: their intersection is empty "
+                                           "(check the registration, or use the union)")
+    size = high - low + 1
+    if np.any(size > MAX_AXIS_VOXELS) or float(np.prod(size)) > MAX_VOXELS:
+        voxels = " x ".join(str(int(n)) for n in size)
+        raise ImageArithmeticError(f"the {space} space would be {voxels} voxels: at most"
+                                   f" {MAX_AXIS_VOXELS} along an axis and {MAX_VOXELS} in all")
+    offset = (int(low[0]), int(low[1]), int(low[2]))
+    origin = reference.index_to_patient(np.asarray(offset, dtype=np.float64))
+    return Grid(offset, (int(size[0]), int(size[1]), int(size[2])),
+                (float(origin[0]), float(origin[1]), float(origin[2])))
+
+
+def input_extent(volume: Volume, to_reference: np.ndarray, reference: Volume
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(lowest, highest) continuous reference index (k, j, i) of ``volume``'s eight corner voxel
+    centres mapped into the reference frame by ``to_reference`` (moving -> reference mm)."""
+    corners = volume.corners() @ to_reference[:3, :3].T + to_reference[:3, 3]
+    index = reference.patient_to_index(corners)
+    return index.min(axis=0), index.max(axis=0)
+
+
+def space_check(space: str, box: Sequence[float] | None) -> None:
+    """Refuse an unknown space, a box without ``box`` space (or the reverse), or a bad box."""
+    if space not in SPACES:
+        raise ImageArithmeticError(f"unknown space {space!r}: one of {', '.join(SPACES)}")
+    if space != "box":
+        if box is not None:
+            raise ImageArithmeticError("box is given only with the space box")
+        return
+    if box is None or len(box) != 6 or not all(isinstance(v, int | float) and np.isfinite(v) for v in box):
+        raise ImageArithmeticError("box is six finite numbers: i_min, i_max, j_min, j_max, k_min, k_max (mm)")
+    for axis, (low, high) in zip("ijk", (box[0:2], box[2:4], box[4:6]), strict=True):
+        if not low < high:
+            raise ImageArithmeticError(f"box: {axis}_min must be below {axis}_max")
+        if high - low > MAX_BOX_MM or max(abs(low), abs(high)) > 2 * MAX_BOX_MM:
+            raise ImageArithmeticError(f"box: the {axis} side is at most {MAX_BOX_MM:g} mm, within "
+                                       f"±{2 * MAX_BOX_MM:g} mm of the reference's origin")
+
+
+def _background(volume: Volume) -> float:
+    """The value an input takes outside its extent (in spaces other than ``reference``): its minimum."""
+    return float(np.min(volume.voxels)) if volume.voxels.size else 0.0
 
 
 def _combine(operation: str, into: np.ndarray, values: np.ndarray, epsilon: float) -> None:
@@ -115,29 +248,52 @@ def _to_reference(volume: Volume, matrix: np.ndarray | None, reference: Volume) 
     return square
 
 
-def _resampled(volume: Volume, to_reference: np.ndarray, reference: Volume
-               ) -> Iterator[tuple[slice, np.ndarray]]:
-    """(reference slices, values there) slab by slab; NaN outside ``volume``."""
-    depth, rows, columns = reference.shape
+def _on_grid(volume: Volume, to_reference: np.ndarray, reference: Volume, grid: Grid, fill: float
+             ) -> Iterator[tuple[tuple[slice, slice, slice], np.ndarray]]:
+    """(grid slices, values there) slab by slab; ``fill`` outside ``volume``.
+
+    A volume on the reference's lattice (same spacing and direction, an origin a whole number of
+    voxels away, the identity matrix) is copied, not interpolated: exact values.
+    """
+    depth, rows, columns = grid.shape
     step = max(1, SLAB_VOXELS // (rows * columns))
     slabs = [slice(first, min(first + step, depth)) for first in range(0, depth, step)]
-    if _same_grid(volume, reference) and np.allclose(to_reference, np.eye(4), atol=GRID_TOLERANCE_MM):
+    whole = (slice(None), slice(None))
+    shift = _lattice_shift(volume, to_reference, reference)
+    if shift is not None:
+        start = np.asarray(grid.offset) - shift  # the grid's first voxel, in the volume's index
         for slab in slabs:
-            yield slab, volume.voxels[slab]
+            values = np.full((slab.stop - slab.start, rows, columns), fill, np.float32)
+            first = start + np.array((slab.start, 0, 0))
+            low = np.maximum(first, 0)
+            high = np.minimum(first + values.shape, volume.shape)
+            if np.all(high > low):
+                into = tuple(slice(int(a - f), int(b - f)) for a, b, f in zip(low, high, first, strict=True))
+                taken = tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))
+                values[into] = volume.voxels[taken]
+            yield (slab, *whole), values
         return
     image = _itk_image(volume)
-    resampler = _resampler(np.linalg.inv(to_reference), reference)
+    resampler = _resampler(np.linalg.inv(to_reference), reference, fill)
     for slab in slabs:
-        resampler.SetOutputOrigin(tuple(float(v) for v in reference.index_to_patient((slab.start, 0, 0))))
+        first = np.asarray(grid.offset, dtype=np.float64) + np.array((slab.start, 0, 0))
+        resampler.SetOutputOrigin(tuple(float(v) for v in reference.index_to_patient(first)))
         resampler.SetSize((columns, rows, slab.stop - slab.start))
-        yield slab, sitk.GetArrayFromImage(resampler.Execute(image))
+        yield (slab, *whole), sitk.GetArrayFromImage(resampler.Execute(image))
 
 
-def _same_grid(volume: Volume, reference: Volume) -> bool:
-    return (volume.shape == reference.shape
+def _lattice_shift(volume: Volume, to_reference: np.ndarray, reference: Volume) -> np.ndarray | None:
+    """The volume's first voxel's whole-voxel index (k, j, i) in the reference's lattice, or None."""
+    if not (np.allclose(to_reference, np.eye(4), atol=GRID_TOLERANCE_MM)
             and np.allclose(volume.spacing, reference.spacing, atol=GRID_TOLERANCE_MM)
-            and np.allclose(volume.origin, reference.origin, atol=GRID_TOLERANCE_MM)
-            and np.allclose(volume.direction, reference.direction, atol=GRID_TOLERANCE_MM))
+            and np.allclose(volume.direction, reference.direction, atol=GRID_TOLERANCE_MM)):
+        return None
+    index = reference.patient_to_index(np.asarray(volume.origin, dtype=np.float64))
+    whole = np.rint(index)
+    step = np.asarray(reference.spacing)
+    if np.any(np.abs(index - whole) * step > GRID_TOLERANCE_MM):
+        return None
+    return whole.astype(np.int64)
 
 
 def _itk_image(volume: Volume) -> sitk.Image:
@@ -152,7 +308,7 @@ def _itk_spacing(volume: Volume) -> tuple[float, float, float]:
     return volume.spacing[2], volume.spacing[1], volume.spacing[0]
 
 
-def _resampler(reference_to_moving: np.ndarray, reference: Volume) -> sitk.ResampleImageFilter:
+def _resampler(reference_to_moving: np.ndarray, reference: Volume, fill: float) -> sitk.ResampleImageFilter:
     """ITK asks, for each output (reference) point, where to sample the input: reference -> moving."""
     transform = sitk.AffineTransform(3)
     transform.SetMatrix(tuple(float(v) for v in reference_to_moving[:3, :3].ravel()))
@@ -161,15 +317,16 @@ def _resampler(reference_to_moving: np.ndarray, reference: Volume) -> sitk.Resam
     resampler.SetTransform(transform)
     resampler.SetInterpolator(sitk.sitkLinear)
     resampler.SetOutputPixelType(sitk.sitkFloat32)
-    resampler.SetDefaultPixelValue(float("nan"))
+    resampler.SetDefaultPixelValue(fill)
     resampler.SetOutputSpacing(_itk_spacing(reference))
     resampler.SetOutputDirection(tuple(float(v) for v in reference.direction.ravel()))
     return resampler
 
 
 def derived_volume(values: np.ndarray, reference: Volume, *, series_id: str, description: str,
-                   operation: str = "", inputs: Sequence[Volume] = ()) -> Volume:
-    """A float32 volume of ``values`` on the reference's grid and in its frame of reference.
+                   operation: str = "", inputs: Sequence[Volume] = (), grid: Grid | None = None) -> Volume:
+    """A float32 volume of ``values`` on the reference's grid (or ``grid``, a sampling space's) and
+    in its frame of reference, with its direction and spacing.
 
     ``values`` becomes the voxels (no copy when already float32): NaN is replaced by 0 in
     place, so windows, histograms and statistics see numbers, and the count is kept in
@@ -178,15 +335,17 @@ def derived_volume(values: np.ndarray, reference: Volume, *, series_id: str, des
     volume has no SUV factor: to combine SUVs, weight each input by its own factor.
     """
     voxels = np.asarray(values, dtype=np.float32)
-    if voxels.shape != reference.shape or reference.voxels.ndim != 3:
+    shape = reference.shape if grid is None else grid.shape
+    if voxels.shape != shape or reference.voxels.ndim != 3:
         raise VolumeError(f"derived values of shape {voxels.shape} do not lie on the reference's grid "
-                          f"{reference.shape}")
+                          f"{shape}")
     undefined = np.isnan(voxels)
     voxels[undefined] = 0.0
     same_modality = all(volume.modality == reference.modality for volume in inputs)
     units = reference.presentation.units if same_modality and operation != "ratio" else ""
     return Volume(
-        voxels=voxels, spacing=reference.spacing, origin=reference.origin, direction=reference.direction,
+        voxels=voxels, spacing=reference.spacing, origin=reference.origin if grid is None else grid.origin,
+        direction=reference.direction,
         modality=reference.modality if same_modality else OTHER_MODALITY, series_id=series_id,
         frame_of_reference_uid=reference.frame_of_reference_uid,
         presentation=Presentation(units=units),
