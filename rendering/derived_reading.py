@@ -138,14 +138,17 @@ class DerivedReading(ReadingHost):
             raise SessionError(f"unknown filter {message.filter!r}")
         state = self.session.state(message.view, quality="interactive")
         try:
-            frame = await self.pool.request("filter_preview", state, source=CLINICAL,
-                                            filter=message.filter, parameters=dict(message.parameters))
+            preview = await self.pool.request("filter_preview", state, source=CLINICAL,
+                                              filter=message.filter, parameters=dict(message.parameters))
         except RenderError as error:
             raise SessionError(str(error)) from error
-        await self.send(text_data=json.dumps({
-            "type": "filter_preview", "view": message.view, "filter": message.filter,
-            "encoding": frame.encoding.value, "width": frame.width, "height": frame.height,
-            "image": base64.b64encode(frame.data).decode()}))
+        frame = preview.frame
+        answer = {"type": "filter_preview", "view": message.view, "filter": message.filter,
+                  "encoding": frame.encoding.value, "width": frame.width, "height": frame.height,
+                  "image": base64.b64encode(frame.data).decode()}
+        if preview.reduced > 1:
+            answer["reduced"] = preview.reduced
+        await self.send(text_data=json.dumps(answer))
 
     async def _derived_jobs_stop(self) -> None:
         for task in list((self.derived_jobs or {}).values()):

@@ -2,13 +2,14 @@
 
 ``drv:<id>`` layers are built here from their recipe (:mod:`imaging.derived`) out of the worker's
 own input volumes, then kept in its volume cache like any series; a preview filters only the
-slice a view shows (a 2-D filter of it), for a reader choosing parameters.
+slice a view shows (a 2-D filter of it), for a reader choosing parameters — at half resolution
+for the filters too slow for it at full resolution (``reduced`` in the answer, docs/filters.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from rendering.encoding import Encoding
 from rendering.engine.arithmetic import Grid, arithmetic, arithmetic_grid, derived_volume
 from rendering.engine.core import RenderedFrame, RenderError
-from rendering.engine.filters import FilterError, filter_apply
+from rendering.engine.filters import FilterError, filter_apply, filter_preview
 from rendering.operations import WorkerContext, frame_from_wire, frame_to_wire, operation
 from rendering.viewstate import Quality, ViewKind, ViewState
 from rendering.volume import Volume, VolumeError
@@ -64,17 +65,33 @@ class DerivedVolumes:
                           box=box), grid
 
 
+@dataclass(frozen=True)
+class PreviewFrame:
+    """A ``filter_preview`` answer: the picture, and the in-plane factor the slice was filtered at."""
+
+    frame: RenderedFrame
+    reduced: int
+
+
+def _preview_to_wire(preview: PreviewFrame) -> dict[str, Any]:
+    return {"frame": frame_to_wire(preview.frame), "reduced": preview.reduced}
+
+
+def _preview_from_wire(wire: dict[str, Any]) -> PreviewFrame:
+    return PreviewFrame(frame_from_wire(wire["frame"]), int(wire["reduced"]))
+
+
 def preview_slab(volume: Volume, focus_mm: tuple[float, float, float], *, name: str,
-                 params: dict, series_id: str) -> Volume:
-    """Three slices around the one nearest ``focus_mm``, each the 2-D filter of that slice: a
-    view of its plane through the focus shows the filtered slice (the reader's preview)."""
+                 params: dict, series_id: str) -> tuple[Volume, int]:
+    """Three slices around the one nearest ``focus_mm``, each the 2-D filter of that slice (its
+    preview, see :func:`filter_preview`): a view of its plane through the focus shows the filtered
+    slice (the reader's preview). With the preview's in-plane reduction factor (1: full resolution)."""
     k = int(np.clip(round(float(volume.patient_to_index(np.asarray(focus_mm))[0])), 0, volume.shape[0] - 1))
-    filtered = filter_apply(volume=volume.voxels[k:k + 1], spacing=volume.spacing, name=name, params=params,
-                            dims=2)
-    slab = np.repeat(filtered, 3, axis=0)
+    preview = filter_preview(volume=volume.voxels[k:k + 1], spacing=volume.spacing, name=name, params=params)
+    slab = np.repeat(preview.values, 3, axis=0)
     x, y, z = (float(v) for v in volume.index_to_patient((k - 1, 0, 0)))
     return replace(volume, voxels=slab, origin=(x, y, z), series_id=series_id,
-                   presentation=replace(volume.presentation, time_points=1))
+                   presentation=replace(volume.presentation, time_points=1)), preview.reduced
 
 
 def _on_slice_plane(state: ViewState, volume: Volume) -> bool:
@@ -86,19 +103,20 @@ def _on_slice_plane(state: ViewState, volume: Volume) -> bool:
     return normal is not None and state.oblique_deg == (0.0, 0.0) and abs(float(across @ normal)) > 0.999
 
 
-@operation("filter_preview", to_wire=frame_to_wire, from_wire=frame_from_wire)
+@operation("filter_preview", to_wire=_preview_to_wire, from_wire=_preview_from_wire)
 def _filter_preview(context: WorkerContext, state: ViewState, volumes: Mapping[str, Volume],
-                    arguments: dict[str, Any]) -> RenderedFrame:
+                    arguments: dict[str, Any]) -> PreviewFrame:
     """The view as it is, its base layer replaced by the 2-D filter of the slice it shows."""
     layer = state.layers[0]
     base = volumes[layer.series_id].at_time(layer.time_point)
     if not _on_slice_plane(state, base) or state.focus_mm is None:
         raise RenderError("a preview shows the series' own slices: turn the view to its acquisition plane")
     try:
-        slab = preview_slab(base, state.focus_mm, name=str(arguments["filter"]),
-                            params=dict(arguments["parameters"]), series_id=PREVIEW_ID)
+        slab, reduced = preview_slab(base, state.focus_mm, name=str(arguments["filter"]),
+                                     params=dict(arguments["parameters"]), series_id=PREVIEW_ID)
     except (FilterError, VolumeError) as error:
         raise RenderError(str(error)) from error
     shown = replace(state, quality=Quality.INTERACTIVE,
                     layers=(replace(layer, series_id=PREVIEW_ID, time_point=0), *state.layers[1:]))
-    return context.engine.render(shown, {**volumes, PREVIEW_ID: slab}, encoding=Encoding.JPEG)
+    return PreviewFrame(context.engine.render(shown, {**volumes, PREVIEW_ID: slab}, encoding=Encoding.JPEG),
+                        reduced)

@@ -4,7 +4,11 @@ Every filter maps a volume ``[z, y, x]`` (any real dtype, worked in float32) wit
 spacing ``(z, y, x)`` in mm to a float32 array of the same shape. Parameters are physical:
 lengths in mm, frequencies in cycles/mm along each axis. ``dims=3`` filters the volume as a
 whole; ``dims=2`` filters each slice in-plane (axes y, x) alone — a one-slice volume with
-``dims=2`` is the interactive preview.
+``dims=2`` is the interactive preview, which :func:`filter_preview` computes at reduced
+in-plane resolution for the filters whose ``preview_reduction`` says so (their full-resolution
+2-D cost on a 512 x 512 slice exceeds the 50 ms budget, docs/filters.md): the slice's f x f block
+mean at f times the spacing, filtered, then bilinearly interpolated back onto the slice's grid.
+``filter_apply`` (the derived series) always works at full resolution.
 
 Spatial filters run in SimpleITK on an image carrying the spacing, so ITK converts mm itself
 where its filter is defined physically; radii of neighbourhood filters become voxels per axis
@@ -76,6 +80,8 @@ class FilterSpec:
     description: str
     params: tuple[ParamSpec, ...]
     function: VolumeFilter
+    preview_reduction: int = 1
+    """In-plane factor of the interactive preview (1: full resolution), set from measured cost."""
 
     def defaults(self) -> dict[str, float]:
         return {p.name: p.default for p in self.params}
@@ -377,6 +383,11 @@ _CUTOFF = ParamSpec("cutoff", "cycles/mm", 0.1, 0.001, 10.0,
                     "Cut-off frequency (Nyquist is 1 / (2 x spacing) along each axis).")
 _FWHM = ParamSpec("fwhm_mm", "mm", 8.0, 0.1, 100.0, "FWHM of the system PSF, modelled as a Gaussian.")
 _DIFFUSION_PARAMS = (_STEP, _CONDUCTANCE, _ITERATIONS)
+# Preview factor of the filters whose 2-D filter of a 512 x 512 slice at 0.7 mm costs more than the
+# 50 ms preview budget with their defaults (bilateral ~207 ms, the diffusions ~48-61 ms, every
+# other filter <= 13 ms; docs/filters.md, Performance): a quarter of the pixels brings them to
+# ~5-20 ms. A table, not a run-time timing, so that a preview is the same picture every time.
+_SLOW_PREVIEW = 2
 
 FILTERS: Mapping[str, FilterSpec] = {spec.name: spec for spec in (
     FilterSpec("gaussian", Domain.SPATIAL, "Gaussian smoothing (recursive, ITK).",
@@ -388,13 +399,13 @@ FILTERS: Mapping[str, FilterSpec] = {spec.name: spec for spec in (
     FilterSpec("bilateral", Domain.SPATIAL, "Edge-preserving smoothing: Gaussian in space and in value.", (
         ParamSpec("domain_sigma_mm", "mm", 2.0, 0.1, 20.0, "Spatial standard deviation."),
         ParamSpec("range_sigma", "image units", 50.0, 0.001, 1.0e6, "Standard deviation in value."),
-    ), _spatial(_bilateral)),
+    ), _spatial(_bilateral), preview_reduction=_SLOW_PREVIEW),
     FilterSpec("curvature_flow", Domain.SPATIAL, "Level-set curvature flow smoothing.",
                (_STEP, _ITERATIONS), _spatial(_curvature_flow)),
     FilterSpec("curvature_anisotropic_diffusion", Domain.SPATIAL, "Modified curvature diffusion.",
-               _DIFFUSION_PARAMS, _spatial(_curvature_anisotropic)),
+               _DIFFUSION_PARAMS, _spatial(_curvature_anisotropic), preview_reduction=_SLOW_PREVIEW),
     FilterSpec("gradient_anisotropic_diffusion", Domain.SPATIAL, "Perona-Malik diffusion.",
-               _DIFFUSION_PARAMS, _spatial(_gradient_anisotropic)),
+               _DIFFUSION_PARAMS, _spatial(_gradient_anisotropic), preview_reduction=_SLOW_PREVIEW),
     FilterSpec("gradient_magnitude", Domain.SPATIAL, "|gradient| of the smoothed image, per mm.",
                (_SIGMA,), _spatial(_gradient_magnitude)),
     FilterSpec("laplacian", Domain.SPATIAL, "Laplacian of the Gaussian-smoothed image, per mm^2.",
@@ -473,6 +484,62 @@ def filter_apply(*, volume: np.ndarray, spacing: tuple[float, float, float], nam
     values = filter_validate(name=name, params=params)
     voxels = _checked_volume(volume, dims)
     return FILTERS[name].function(voxels, _checked_spacing(spacing), values, dims)
+
+
+@dataclass(frozen=True)
+class Preview:
+    """A preview's values on the slice's own grid, and the in-plane factor they were made at."""
+
+    values: np.ndarray
+    reduced: int
+
+
+def filter_preview(*, volume: np.ndarray, spacing: tuple[float, float, float], name: str,
+                   params: Mapping[str, object]) -> Preview:
+    """The interactive preview: the 2-D filter of each slice of ``volume`` (usually one), at the
+    filter's ``preview_reduction``. Reduced, the slice's f x f block mean (edge-replicated to a
+    multiple of f) is filtered at f times the in-plane spacing, so parameters in mm keep their
+    meaning, and a ``time_step`` (a fraction of the stable step, which grows with the spacing) is
+    divided by f so that each iteration diffuses as far as at full resolution; the result is
+    interpolated bilinearly back onto the slice's pixels. A slice too small to reduce is filtered
+    at full resolution (``reduced`` 1)."""
+    values = filter_validate(name=name, params=params)
+    voxels = _checked_volume(volume, 2)
+    mm = _checked_spacing(spacing)
+    spec = FILTERS[name]
+    factor = spec.preview_reduction
+    if factor == 1 or min(-(-n // factor) for n in voxels.shape[1:]) < _MIN_AXIS_VOXELS:
+        return Preview(spec.function(voxels, mm, values, 2), 1)
+    if "time_step" in values:
+        values["time_step"] /= factor
+    coarse = spec.function(block_mean(voxels, factor), (mm[0], mm[1] * factor, mm[2] * factor), values, 2)
+    return Preview(bilinear_upsampled(coarse, factor, voxels.shape[1:]), factor)
+
+
+def block_mean(volume: np.ndarray, factor: int) -> np.ndarray:
+    """Each slice's ``factor`` x ``factor`` block means, float32; the last row and column are
+    repeated to make each in-plane axis a multiple of ``factor``."""
+    nz, ny, nx = volume.shape
+    padded = np.pad(volume, ((0, 0), (0, -ny % factor), (0, -nx % factor)), mode="edge")
+    blocks = padded.reshape(nz, padded.shape[1] // factor, factor, padded.shape[2] // factor, factor)
+    return blocks.mean(axis=(2, 4), dtype=np.float32)
+
+
+def bilinear_upsampled(coarse: np.ndarray, factor: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Bilinear interpolation of each slice of a block-mean grid at the centres of the ``shape``
+    pixels it was made from: fine pixel j lies at coarse index (j + 0.5) / factor - 0.5, clamped
+    to the outermost coarse centres (no shift, no extrapolation)."""
+    out = coarse
+    for axis, n in zip((1, 2), shape, strict=True):
+        position = np.clip((np.arange(n) + 0.5) / factor - 0.5, 0.0, coarse.shape[axis] - 1)
+        low = np.floor(position).astype(np.intp)
+        high = np.minimum(low + 1, coarse.shape[axis] - 1)
+        weight = (position - low).astype(np.float32)
+        view = [1, 1, 1]
+        view[axis] = n
+        weight = weight.reshape(view)
+        out = np.take(out, low, axis=axis) * (1 - weight) + np.take(out, high, axis=axis) * weight
+    return np.asarray(out, dtype=np.float32)
 
 
 def _checked_volume(volume: np.ndarray, dims: int) -> np.ndarray:

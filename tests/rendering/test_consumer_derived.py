@@ -109,11 +109,19 @@ async def test_a_preview_is_a_picture_of_the_view_and_a_nurse_may_not_derive(
     preview = await _until(communicator, lambda m: isinstance(m, dict)
                            and m["type"] in {"filter_preview", "error"})
     assert preview["type"] == "filter_preview", preview
+    assert "reduced" not in preview, "a median previews at full resolution"
     with Image.open(io.BytesIO(base64.b64decode(preview["image"]))) as picture:
         assert picture.size == (plain.width, plain.height)
         shown = np.asarray(picture.convert("L"), dtype=float)
     with Image.open(io.BytesIO(plain.image)) as picture:
         assert np.abs(shown - np.asarray(picture.convert("L"), dtype=float)).mean() > 0.5
+    await communicator.send_json_to({"type": "filter_preview", "view": 0, "filter": "bilateral",
+                                     "parameters": {"domain_sigma_mm": 2, "range_sigma": 50}})
+    halved = await _until(communicator, lambda m: isinstance(m, dict)
+                          and m["type"] in {"filter_preview", "error"})
+    assert halved["type"] == "filter_preview" and halved["reduced"] == 2, halved
+    with Image.open(io.BytesIO(base64.b64decode(halved["image"]))) as picture:
+        assert picture.size == (plain.width, plain.height)
     await communicator.send_json_to({"type": "filter_preview", "view": 0, "filter": "median",
                                      "parameters": {"radius_mm": 999}})
     refused = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] == "error")

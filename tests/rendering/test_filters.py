@@ -14,7 +14,14 @@ import SimpleITK as sitk
 from numpy.lib.stride_tricks import sliding_window_view
 
 from rendering.engine import filters
-from rendering.engine.filters import FILTERS, FilterError, filter_apply, filter_validate, filters_vocabulary
+from rendering.engine.filters import (
+    FILTERS,
+    FilterError,
+    filter_apply,
+    filter_preview,
+    filter_validate,
+    filters_vocabulary,
+)
 
 SPACING = (2.0, 0.8, 0.8)
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
@@ -337,6 +344,86 @@ def test_2d_filters_each_slice_alone_in_plane(volume, name):
         np.testing.assert_allclose(flat[k], alone, atol=1e-5 * _scale(volume))
     if name not in POINTWISE:
         assert np.abs(flat - _apply(name, volume)).max() > 1e-3 * max(1.0, float(np.ptp(flat)))
+
+
+# --- interactive previews -------------------------------------------------------------------
+
+# The filters whose full-resolution preview of a 512^2 slice exceeds 50 ms (docs/filters.md).
+REDUCED = {"bilateral": lambda image, step: sitk.Bilateral(image, domainSigma=2.0, rangeSigma=80.0),
+           **{name: call for name, call in DIFFUSIONS if name != "curvature_flow"}}
+
+
+def test_the_slow_filters_and_only_they_preview_at_half_resolution():
+    assert {name for name, spec in FILTERS.items() if spec.preview_reduction != 1} == set(REDUCED)
+    assert all(FILTERS[name].preview_reduction == 2 for name in REDUCED)
+
+
+def _half_resolution_reference(plane: np.ndarray, name: str) -> np.ndarray:
+    """The filter run by SimpleITK on the slice's 2 x 2 block mean at twice the spacing (the
+    diffusions at the full-resolution slice's stable step, i.e. half the coarse one), then
+    linearly resampled by SimpleITK at the slice's pixel centres."""
+    ny, nx = plane.shape
+    padded = np.pad(plane.astype(np.float64), ((0, ny % 2), (0, nx % 2)), mode="edge")
+    coarse = padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2).mean(axis=(1, 3))
+    image = _mm_image(coarse.astype(np.float32), (SPACING[0], 2 * SPACING[1], 2 * SPACING[2]))
+    filtered = REDUCED[name](image, 0.8 * min(SPACING[1:]) / 2 ** 3)
+    filtered.SetOrigin((0.5 * SPACING[2], 0.5 * SPACING[1]))  # block centres on the slice's grid
+    grid = sitk.Image(nx, ny, sitk.sitkFloat32)
+    grid.SetSpacing((SPACING[2], SPACING[1]))
+    return _array(sitk.Resample(filtered, grid, sitk.Transform(), sitk.sitkLinear, float("nan")))
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (63, 61)])
+@pytest.mark.parametrize("name", list(REDUCED))
+def test_slow_previews_are_the_filter_of_the_block_mean_at_twice_the_spacing(volume, name, shape):
+    plane = volume[11, :shape[0], :shape[1]]
+    preview = filter_preview(volume=plane[None], spacing=SPACING, name=name, params=CASES[name])
+    assert preview.reduced == 2 and preview.values.shape == (1, *shape)
+    assert preview.values.dtype == np.float32
+    reference = _half_resolution_reference(plane, name)
+    assert not np.isnan(reference).any()
+    np.testing.assert_allclose(preview.values[0], reference, atol=1e-4 * _scale(volume))
+    # a picture of the filter, not of the block mean alone or of the full-resolution filter
+    full = _apply(name, plane[None], dims=2)[0]
+    assert np.abs(preview.values[0] - full).max() > 1e-2 * _scale(volume)
+
+
+@pytest.mark.parametrize("name", [name for name in CASES if name not in REDUCED])
+def test_other_previews_are_the_full_resolution_2d_filter(volume, name):
+    preview = filter_preview(volume=volume[11:12], spacing=SPACING, name=name, params=CASES[name])
+    assert preview.reduced == 1
+    np.testing.assert_array_equal(preview.values, _apply(name, volume[11:12], dims=2))
+
+
+def test_a_slice_too_small_to_halve_previews_at_full_resolution(volume):
+    plane = volume[11:12, :5, :40]  # 3 rows halved: fewer than ITK filters
+    preview = filter_preview(volume=plane, spacing=SPACING, name="bilateral", params=CASES["bilateral"])
+    assert preview.reduced == 1
+    np.testing.assert_array_equal(preview.values, _apply("bilateral", plane, dims=2))
+
+
+def test_block_mean_and_bilinear_return_keep_a_ramp_in_place():
+    ramp = np.broadcast_to(3.0 * np.arange(40, dtype=np.float32), (1, 30, 40))
+    coarse = filters.block_mean(ramp, 2)
+    np.testing.assert_allclose(coarse[0, 0], 3.0 * (2 * np.arange(20) + 0.5))
+    back = filters.bilinear_upsampled(coarse, 2, (30, 40))
+    np.testing.assert_allclose(back[0, :, 1:-1], ramp[0, :, 1:-1], atol=1e-4)  # no shift
+    np.testing.assert_allclose(back[0, :, 0], coarse[0, 0, 0])  # clamped, never extrapolated
+
+
+def test_previews_refuse_what_the_filter_refuses(volume):
+    with pytest.raises(FilterError, match="domain_sigma_mm"):
+        filter_preview(volume=volume[11:12], spacing=SPACING, name="bilateral",
+                       params={"domain_sigma_mm": 0.0, "range_sigma": 80.0})
+
+
+def test_the_slow_filters_stay_full_resolution_outside_the_preview(volume):
+    """The derived series (filter_apply, 2-D or 3-D) is the filter at the volume's own spacing."""
+    reference = sitk.Bilateral(_mm_image(volume[11]), domainSigma=2.0, rangeSigma=80.0)
+    np.testing.assert_array_equal(_apply("bilateral", volume[11:12], dims=2)[0], _array(reference))
+    for name, call in REDUCED.items():
+        reference = call(_mm_image(volume), 0.8 * min(SPACING) / 2 ** 4)
+        np.testing.assert_allclose(_apply(name, volume), _array(reference), atol=1e-5 * _scale(volume))
 
 
 def test_2d_gaussian_equals_itk_on_the_slice_in_voxels(volume):

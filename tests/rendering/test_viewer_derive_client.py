@@ -224,7 +224,8 @@ def test_a_preview_is_shown_over_its_view_until_the_next_frame(derive_page):
         shown = preview.bounding_box()
         assert box and shown, "the canvas and the preview on screen"
         assert abs(box["width"] - shown["width"]) < 1 and abs(box["height"] - shown["height"]) < 1
-        assert "preview: median" in _text(page, ".view:nth-child(1) .filter-preview")
+        caption = _text(page, ".view:nth-child(1) .filter-preview")
+        assert "preview: median" in caption and "resolution" not in caption
         assert page.locator("#derive-hide").is_enabled()
 
         # The view's next frame is the view as it is: the preview goes.
@@ -236,8 +237,9 @@ def test_a_preview_is_shown_over_its_view_until_the_next_frame(derive_page):
         # Or the reader hides it.
         page.locator("#derive-preview").click()
         _asked(page, gateway, "filter_preview", 2)
-        gateway.send(_preview_answer())
+        gateway.send({**_preview_answer(), "reduced": 2})  # filtered at half resolution
         _until(page, lambda: _preview(page).count() == 1, what="the second preview")
+        assert "preview: median (at half resolution)" in _text(page, ".view:nth-child(1) .filter-preview")
         page.locator("#derive-hide").click()
         assert _preview(page).count() == 0
         # Every parameter of a filter is sent, as numbers.

@@ -4763,7 +4763,8 @@ function previewSettled() {
 
 // --- the preview over a view ---
 
-function showPreview(view, source, filter) {
+// `reduced` (the answer's in-plane factor, absent at full resolution) is said in the caption.
+function showPreview(view, source, filter, reduced) {
   hidePreview(view);
   const layer = element("div", "filter-preview");
   layer.dataset.filter = filter;
@@ -4776,7 +4777,9 @@ function showPreview(view, source, filter) {
     showDerive();
   });
   picture.src = source;
-  layer.append(picture, element("span", "filter-preview-caption", `preview: ${label(filter)}`));
+  const resolution = reduced === 2 ? " (at half resolution)"
+    : Number.isInteger(reduced) && reduced > 2 ? ` (at 1/${reduced} resolution)` : "";
+  layer.append(picture, element("span", "filter-preview-caption", `preview: ${label(filter)}${resolution}`));
   view.canvas.after(layer);
   view.preview = layer;
 }
@@ -4802,7 +4805,7 @@ function receiveFilterPreview(message) {
     return;
   }
   if (deriveStatus.dataset.preview) showDeriveStatus("");
-  showPreview(view, `data:image/${encoding};base64,${message.image}`, textOf(message.filter));
+  showPreview(view, `data:image/${encoding};base64,${message.image}`, textOf(message.filter), message.reduced);
   showDerive();
 }
 
