@@ -359,7 +359,8 @@ def test_arithmetic_sends_its_series_and_weights(derive_page):
         page.locator("#derive-terms .derive-term:nth-child(2) input").fill("0.5")
         page.locator("#derive-arithmetic-make").click()
         assert _asked(page, gateway, "derive") == [
-            {"type": "derive", "operation": "difference", "series": [CT, PET], "weights": [1, 0.5]}]
+            {"type": "derive", "operation": "difference", "series": [CT, PET], "weights": [1, 0.5],
+             "space": "reference"}]
 
         # A refusal shows in the panel, and the panel may ask again.
         gateway.send({"type": "error", "code": "refused", "of": "derive", "message": REFUSED})
@@ -374,10 +375,11 @@ def test_arithmetic_sends_its_series_and_weights(derive_page):
         assert _status(page) == "choose different series"
         page.locator("#derive-terms .derive-term:nth-child(3) select").select_option(CT_LOW_DOSE)
         page.locator("#derive-terms .derive-term:nth-child(3) input").fill("-2")
+        page.locator("#derive-space").select_option("union")
         page.locator("#derive-arithmetic-make").click()
         assert _asked(page, gateway, "derive", 2)[-1] == {
             "type": "derive", "operation": "weighted_sum", "series": [CT, PET, CT_LOW_DOSE],
-            "weights": [1, 0.5, -2]}
+            "weights": [1, 0.5, -2], "space": "union"}
         assert not gateway.page_errors
     finally:
         page.close()

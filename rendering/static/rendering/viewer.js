@@ -4398,6 +4398,7 @@ const deriveOperationSelect = document.getElementById("derive-operation");
 const deriveFormula = document.getElementById("derive-formula");
 const deriveTerms = document.getElementById("derive-terms");
 const deriveArithmeticMake = document.getElementById("derive-arithmetic-make");
+const deriveSpaceSelect = document.getElementById("derive-space");
 const deriveStatus = document.getElementById("derive-status");
 const deriveResults = document.getElementById("derive-results");
 
@@ -4620,7 +4621,7 @@ function arithmeticMessage() {
   else if (new Set(used.map((term) => term.uid)).size !== used.length) problem = "choose different series";
   if (problem) return { problem };
   return { message: { type: "derive", operation: arithmeticOperation, series: used.map((term) => term.uid),
-                      weights: used.map((term) => term.weight) } };
+                      weights: used.map((term) => term.weight), space: deriveSpaceSelect.value } };
 }
 
 // --- the panel ---
