@@ -12,9 +12,15 @@ Matrix Sequence holds several matrices, the first item is applied first
 
 Registrations are kept per frame of reference: one frame registered two ways, or a
 registered-to frame's own item that is not the identity, is refused rather than
-guessed at, and so are registrations within one frame of reference (the REG model has
-no way to tell the two series apart by frame). highdicom has no Spatial Registration
-IOD, so this is written with pydicom; it passes dicom3tools' ``dciodvfy``.
+guessed at. Two series of one frame (a PET that moved between the scans of a PET/CT)
+are registered per series: C.20.2 has each item register "the images referenced in that
+Item", its Frame of Reference UID Type 1C, so the moving item names the shared frame and
+lists every image of the moving series in its Referenced Image Sequence, which alone
+says what the matrix moves; the fixed item is the identity. Read back, such an item (the
+registered-to frame, not the identity, naming images of known series) is a series-level
+registration (``RegistrationFacts.within``), never a matrix for the whole frame.
+highdicom has no Spatial Registration IOD, so this is written with pydicom; it passes
+dicom3tools' ``dciodvfy``.
 """
 
 from __future__ import annotations
@@ -78,6 +84,9 @@ class RegistrationFacts:
     sop_instance_uids: tuple[str, ...]
     frames: tuple[FrameRegistration, ...] = field(default=())
     """Every other frame of reference the REG registers, in the order it names them."""
+    within: tuple[FrameRegistration, ...] = field(default=())
+    """Series of the registered-to frame itself moved by a matrix (series-level registrations:
+    the item's referenced images, of ``series_instance_uids``, only)."""
 
     def frame(self, frame_of_reference_uid: str) -> FrameRegistration:
         """The registration of one other frame; refused when the REG does not register it."""
@@ -131,13 +140,16 @@ def spatial_registration(*, fixed: Headers, moving: Headers, matrix: Sequence[fl
     ------
     RegistrationDicomError
         When the matrix is not a valid ``kind`` matrix, a header lacks a frame of
-        reference, the two series share one, or they belong to different patients.
+        reference, the two are of one series, or they belong to different patients. Two series
+        of one frame are allowed: the moving item's referenced images say what moves.
     """
     fixed_headers, moving_headers = _headers(fixed, "fixed"), _headers(moving, "moving")
     fixed_frame, moving_frame = _frame(fixed_headers, "fixed"), _frame(moving_headers, "moving")
-    if fixed_frame == moving_frame:
-        raise RegistrationDicomError("the fixed and moving series share a frame of reference: "
-                                     "a registration between them cannot be told apart by frame")
+    fixed_series = {str(header.get("SeriesInstanceUID", "")) for header in fixed_headers}
+    if fixed_frame == moving_frame and fixed_series & {str(h.get("SeriesInstanceUID", ""))
+                                                       for h in moving_headers}:
+        raise RegistrationDicomError("the fixed and moving headers share a frame of reference and a "
+                                     "series: a series is not registered onto itself")
     _same_patient(fixed_headers[0], moving_headers[0])
     transform = _checked(matrix, kind, "the registration matrix")
     dataset = Dataset()
@@ -309,7 +321,8 @@ def registration_read(ds: Dataset) -> RegistrationFacts:
     Returns
     -------
     RegistrationFacts
-        The REG's registered-to frame with the series and instances it references there,
+        The REG's registered-to frame with the series and instances it references there
+        (series-level registrations within it apart, ``within``),
         and for each other frame its 4x4 matrix (that frame's patient mm -> registered-to
         frame's mm), its type and the series and instances it references. Series come
         from the Common Instance Reference module; an instance named there in no series
@@ -334,10 +347,15 @@ def registration_read(ds: Dataset) -> RegistrationFacts:
         raise RegistrationDicomError("the registration has no Frame of Reference UID to register to")
     series_of = _series_of_instances(ds)
     frames: dict[str, FrameRegistration] = {}
+    within: list[FrameRegistration] = []
     for number, item in enumerate(ds.get("RegistrationSequence") or [], start=1):
         read = _item_read(item, number, series_of)
+        if (read.frame_of_reference_uid == registered and read.series_instance_uids
+                and not np.allclose(read.matrix, np.eye(4), atol=IDENTITY_TOLERANCE)):
+            within.append(read)
+            continue
         frames[read.frame_of_reference_uid] = _merged(frames.get(read.frame_of_reference_uid), read)
-    if not frames:
+    if not frames and not within:
         raise RegistrationDicomError("the registration's Registration Sequence is empty")
     own = frames.pop(registered, None)
     if own is not None and not np.allclose(own.matrix, np.eye(4), atol=IDENTITY_TOLERANCE):
@@ -345,7 +363,8 @@ def registration_read(ds: Dataset) -> RegistrationFacts:
     return RegistrationFacts(
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")), frame_of_reference_uid=registered,
         series_instance_uids=own.series_instance_uids if own else (),
-        sop_instance_uids=own.sop_instance_uids if own else (), frames=tuple(frames.values()))
+        sop_instance_uids=own.sop_instance_uids if own else (), frames=tuple(frames.values()),
+        within=tuple(within))
 
 
 def _series_of_instances(ds: Dataset) -> dict[str, str]:

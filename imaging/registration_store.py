@@ -1,5 +1,6 @@
 """Registrations as DICOM in the study: an accepted one written as a Spatial Registration object,
-and the REG objects that came with the studies read back as links between frames of reference.
+and the REG objects that came with the studies read back as links between frames of reference
+(and series-level links, for a REG that moves one series within its frame).
 
 The REG is derived from the clinical zone (pseudonymised patient, replaced UIDs), so its frames
 of reference are those of the stored series and it is stored beside them without passing the
@@ -88,4 +89,7 @@ def incoming_links(study_uids: list[str]) -> list[FrameLink]:
             continue
         links.extend(FrameLink(frame.frame_of_reference_uid, facts.frame_of_reference_uid,
                                np.asarray(frame.matrix, dtype=np.float64)) for frame in facts.frames)
+        links.extend(FrameLink(item.frame_of_reference_uid, item.frame_of_reference_uid,
+                               np.asarray(item.matrix, dtype=np.float64), series=series)
+                     for item in facts.within for series in item.series_instance_uids)
     return links

@@ -5,6 +5,12 @@ A registration's matrix takes the moving series' patient mm into the fixed serie
 render engine's ``Layer.registration`` for a moving layer over a fixed base). The viewer fuses
 two frames of reference when accepted registrations (or REG objects that came with the study)
 connect them, in either direction and through intermediate frames (A→B and B→C fuse A on C).
+
+Two series of one frame of reference (a PET/CT whose PET moved with the patient's breathing)
+are registered too: such a registration is a *series-level* link (``FrameLink.series``, the
+moving series). It is no link between frames: it corrects that one series only, wherever it is
+drawn (over a base of its frame, or through the frame's links over another frame), and leaves
+every other series of the frame as it is (:func:`layer_transform`).
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ class FrameLink:
     source: str
     target: str
     matrix: np.ndarray
+    series: str = ""
+    """Empty for a link between frames; else the one series (of ``source`` = ``target``) that
+    ``matrix`` corrects: its patient mm -> its frame's true patient mm."""
 
 
 def matrix_checked(values: Sequence[float]) -> list[float]:
@@ -134,7 +143,8 @@ def registration_get(registration_id: int, study_uids: Iterable[str]) -> Registr
 
 def accepted_links(study_uids: Iterable[str]) -> list[FrameLink]:
     """Every accepted registration of these studies, as links between frames of reference."""
-    return [FrameLink(r.moving_frame, r.fixed_frame, np.asarray(r.matrix, dtype=np.float64).reshape(4, 4))
+    return [FrameLink(r.moving_frame, r.fixed_frame, np.asarray(r.matrix, dtype=np.float64).reshape(4, 4),
+                      series=r.moving_series if r.moving_frame == r.fixed_frame else "")
             for r in Registration.objects.filter(study__study_instance_uid__in=list(study_uids),
                                                  state=RegistrationState.ACCEPTED)
             if r.matrix]
@@ -147,6 +157,8 @@ def frame_transform(links: Iterable[FrameLink], source: str, target: str) -> np.
         return np.eye(4)
     graph: dict[str, list[tuple[str, np.ndarray]]] = {}
     for link in links:
+        if link.series:
+            continue
         graph.setdefault(link.source, []).append((link.target, link.matrix))
         graph.setdefault(link.target, []).append((link.source, np.linalg.inv(link.matrix)))
     reached = {source: np.eye(4)}
@@ -158,6 +170,30 @@ def frame_transform(links: Iterable[FrameLink], source: str, target: str) -> np.
                 reached[neighbour] = step @ reached[frame]
                 queue.append(neighbour)
     return reached.get(target)
+
+
+def series_correction(links: Iterable[FrameLink], series: str) -> np.ndarray | None:
+    """The series-level registration of ``series`` (the last of ``links`` that names it), or None."""
+    found = None
+    for link in links:
+        if link.series and link.series == series:
+            found = link.matrix
+    return found
+
+
+def layer_transform(links: Sequence[FrameLink], *, series: str, frame: str, base_series: str,
+                    base_frame: str) -> np.ndarray | None:
+    """The transform from ``series``' patient mm (frame ``frame``) into the base series' drawn mm:
+    the base's series-level correction undone, after the frames' chain, after the series' own
+    correction. None when no link is needed (same frame, neither corrected) or none connects."""
+    between = frame_transform(links, frame, base_frame)
+    if between is None:
+        return None
+    own, base = series_correction(links, series), series_correction(links, base_series)
+    if frame == base_frame and own is None and base is None:
+        return None
+    transform = between if own is None else between @ own
+    return transform if base is None else np.linalg.inv(base) @ transform
 
 
 def registration_wire(registration: Registration) -> dict:

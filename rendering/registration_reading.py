@@ -1,7 +1,9 @@
 """The viewer's registrations: automatic jobs in the workers, landmarks, nudges, accept or reject.
 
 A proposal (from a job, landmarks or a nudge) is shown at once in every view that fuses the two
-series' frames of reference, before anyone accepts it; accepting adds it to the study as a DICOM
+series' frames of reference (two series of one frame, a PET that moved between the scans of a
+PET/CT: every fused view showing the moving series, which alone it corrects), before anyone
+accepts it; accepting adds it to the study as a DICOM
 Spatial Registration and makes it one of the reading's links (``ViewerSession.links``), which any
 later reading of these studies fuses through. A job runs as a task beside the socket's message
 loop, so the reader keeps scrolling, nudging and may cancel it; its progress is sent every second.
@@ -81,8 +83,6 @@ class RegistrationReading(ReadingHost):
             pair.append((uid, series.frame_of_reference))
         if pair[0][0] == pair[1][0]:
             raise SessionError("a series is not registered onto itself")
-        if pair[0][1] == pair[1][1]:
-            raise SessionError("these series share a frame of reference: they fuse as they are")
         return pair[0], pair[1]
 
     def _study_of(self, series_uid: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from imaging.registrations import FrameLink, frame_transform
+from imaging.registrations import FrameLink, frame_transform, layer_transform
 from imaging.suv import SUV_METHODS
 from rendering.hanging import PALETTES, Hanging, LayerRule, ViewRule, description_fragment
 from rendering.protocol import LAYOUTS, Input, Setting
@@ -528,46 +528,67 @@ class ViewerSession:
         """The transform from frame ``source``'s patient mm into ``target``'s, or None."""
         return self._transform(source, target)
 
+    def _links(self) -> list[FrameLink]:
+        """Accepted links, then the proposal on screen (which wins for a series it corrects)."""
+        return [*self.links, *([self.proposal] if self.proposal is not None else [])]
+
     def _transform(self, source: str, target: str) -> np.ndarray | None:
-        links = [*self.links, *([self.proposal] if self.proposal is not None else [])]
-        return frame_transform(links, source, target)
+        return frame_transform(self._links(), source, target)
 
     def _with_registration(self, view: ViewModel, layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Each layer of another frame of reference than the base's, with the transform from its
-        frame into the base's (the proposal on screen first, then accepted registrations)."""
-        base = self._base(view).frame_of_reference
+        frame into the base's (the proposal on screen first, then accepted registrations); a
+        series with a series-level registration (two series of one frame registered) carries it
+        too, and a base series with one has it undone on every other layer."""
+        base_info = self._base(view)
         shown = []
         for layer in layers:
             frame = self._frame_of(layer["series_id"])
-            transform = None if frame in (None, base) else self._transform(frame, base)  # type: ignore[arg-type]
-            shown.append(layer if transform is None else
+            transform = None if frame is None else layer_transform(
+                self._links(), series=layer["series_id"], frame=frame, base_series=base_info.uid,
+                base_frame=base_info.frame_of_reference)
+            shown.append(layer if transform is None or layer["series_id"] == base_info.uid else
                          {**layer, "registration": [float(v) for v in transform.ravel()]})
         return shown
 
-    def _registered_views(self, frames: set[str]) -> list[int]:
-        return [n for n, view in enumerate(self.views)
-                if len({self._frame_of(layer["series_id"]) for layer in view.layers} & frames) > 0
-                and len({self._frame_of(layer["series_id"]) for layer in view.layers}) > 1]
+    def _registered_views(self, frames: set[str], series: frozenset[str] = frozenset()) -> list[int]:
+        """Fused views that ``frames``' links or ``series``' corrections change."""
+        changed = []
+        for n, view in enumerate(self.views):
+            uids = {layer["series_id"] for layer in view.layers}
+            shown = {self._frame_of(uid) for uid in uids}
+            if (shown & frames and len(shown) > 1) or (uids & series and len(uids) > 1):
+                changed.append(n)
+        return changed
+
+    @staticmethod
+    def _touched(links: list[FrameLink]) -> tuple[set[str], frozenset[str]]:
+        return ({frame for link in links if not link.series for frame in (link.source, link.target)},
+                frozenset(link.series for link in links if link.series))
 
     def registrations_set(self, links: list[FrameLink]) -> list[int]:
         """The accepted registrations of this reading; the fused views to render again."""
         self.links = list(links)
-        return self._registered_views({frame for link in links for frame in (link.source, link.target)})
+        return self._registered_views(*self._touched(self.links))
 
     def proposal_show(self, moving_series: str, fixed_series: str, matrix: list[float]) -> list[int]:
-        """Show a registration not yet accepted in every view fusing the two series' frames."""
+        """Show a registration not yet accepted in every view fusing the two series' frames (two
+        series of one frame: in every fused view showing the moving series)."""
         moving, fixed = self._frame_of(moving_series), self._frame_of(fixed_series)
         if moving is None or fixed is None:
             raise SessionError("both series of a registration must be in this reading")
-        self.proposal = FrameLink(moving, fixed, np.asarray(matrix, dtype=np.float64).reshape(4, 4))
-        return self._registered_views({moving, fixed})
+        earlier = self._touched([self.proposal] if self.proposal is not None else [])
+        self.proposal = FrameLink(moving, fixed, np.asarray(matrix, dtype=np.float64).reshape(4, 4),
+                                  series=moving_series if moving == fixed else "")
+        frames, series = self._touched([self.proposal])
+        return sorted(set(self._registered_views(frames | earlier[0], series | earlier[1])))
 
     def proposal_clear(self) -> list[int]:
         if self.proposal is None:
             return []
-        frames = {self.proposal.source, self.proposal.target}
+        touched = self._touched([self.proposal])
         self.proposal = None
-        return self._registered_views(frames)
+        return self._registered_views(*touched)
 
     def fuse_toggle(self, index: int, uid: str) -> list[int]:
         """Lay series ``uid`` over view ``index`` as a fused layer, or take it off. Another frame

@@ -42,6 +42,15 @@ def moved(phantom, tmp_path_factory, phantom_dir):
 
 
 @pytest.fixture(scope="session")
+def moved_same_frame(phantom, tmp_path_factory, phantom_dir):
+    """(moved PET volume, T) as ``moved``, but written in the CT's frame of reference (a PET/CT
+    whose patient moved between the scans)."""
+    folder = tmp_path_factory.mktemp("moved_pet_same_frame")
+    truth_move = pet_move(phantom_dir / phantom[2]["folder"] / "PT", folder, same_frame=True)
+    return volume_from_dicom_folder(folder), truth_move
+
+
+@pytest.fixture(scope="session")
 def engine() -> RenderEngine:
     return RenderEngine()
 

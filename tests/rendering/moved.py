@@ -4,7 +4,8 @@ A rigid move of the patient is, for the images, only a change of their planes' g
 every file keeps its pixels and gets a new ``ImageOrientationPatient`` and
 ``ImagePositionPatient``, so the moved series is exact (no resampling) and its truth is
 the transform itself. The moved series gets its own frame of reference, as a scan on
-another day or another scanner would.
+another day or another scanner would, or (``same_frame``) keeps the original's, as the PET
+of a PET/CT does when the patient moved or breathed between the two scans.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def series_centre_mm(headers: Sequence[pydicom.Dataset]) -> np.ndarray:
 
 
 def pet_move(source: Path, dest: Path, *, shift_mm=DEMO_SHIFT_MM,
-             rotation_deg=DEMO_ROTATION_DEG) -> np.ndarray:
+             rotation_deg=DEMO_ROTATION_DEG, same_frame: bool = False) -> np.ndarray:
     """Write ``source``'s series to ``dest`` as seen after the patient moved; return T.
 
     The patient (everything the images show) is carried by ``M: p -> R (p - c) + c + shift``,
@@ -64,7 +65,8 @@ def pet_move(source: Path, dest: Path, *, shift_mm=DEMO_SHIFT_MM,
     files = sorted(Path(source).glob("*.dcm"))
     headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
     move = rigid_matrix(rotation_matrix(rotation_deg), shift_mm, series_centre_mm(headers))
-    frame_of_reference, series = generate_uid(), generate_uid()
+    frame_of_reference = str(headers[0].FrameOfReferenceUID) if same_frame else generate_uid()
+    series = generate_uid()
     dest.mkdir(parents=True, exist_ok=True)
     for path in files:
         ds = pydicom.dcmread(path)

@@ -24,6 +24,7 @@ from pydicom.uid import generate_uid
 from imaging import storage
 from imaging.models import Instance, Registration
 from imaging.registration_dicom import registration_read, spatial_registration
+from imaging.registrations import accepted_links
 from tests.conftest import ZONES
 from tests.rendering.moved import pet_move
 from tests.rendering.test_consumer import _open, _until, phantom_dir  # noqa: F401
@@ -34,10 +35,11 @@ pytestmark = pytest.mark.django_db(databases=ZONES, transaction=True)
 JOB_S = 240  # a registration on a busy two-core machine
 
 
-def _moved_root(out, truth, root):
+def _moved_root(out, truth, root, *, same_frame: bool = False):
     patient = truth["patients"][0]
     shutil.copytree(out / patient["folder"] / "CT", root / patient["folder"] / "CT")
-    return pet_move(out / patient["folder"] / "PT", root / patient["folder"] / "PT"), root / patient["folder"]
+    return (pet_move(out / patient["folder"] / "PT", root / patient["folder"] / "PT", same_frame=same_frame),
+            root / patient["folder"])
 
 
 @pytest.fixture
@@ -45,6 +47,15 @@ def moved(phantom_dir, keys_dir, tmp_path, settings):  # noqa: F811
     """(study, truth, T): the CT as written and the PET moved, T taking the moved PET onto the CT."""
     out, truth = phantom_dir
     transform, _ = _moved_root(out, truth, tmp_path / "moved")
+    with phantom_study(tmp_path / "moved", truth, settings, tmp_path / "objects") as (study, entry):
+        yield study, entry, transform
+
+
+@pytest.fixture
+def moved_within(phantom_dir, keys_dir, tmp_path, settings):  # noqa: F811
+    """As ``moved``, but the moved PET keeps the CT's frame of reference (a PET/CT's patient moved)."""
+    out, truth = phantom_dir
+    transform, _ = _moved_root(out, truth, tmp_path / "moved", same_frame=True)
     with phantom_study(tmp_path / "moved", truth, settings, tmp_path / "objects") as (study, entry):
         yield study, entry, transform
 
@@ -192,3 +203,49 @@ async def test_a_running_registration_can_be_cancelled_and_a_nurse_cannot_regist
     refused = await _answer(communicator, "reg_run", lambda m: False)
     assert refused["code"] == "refused" and "reporting" in refused["message"]
     await communicator.disconnect()
+
+
+def _dciodvfy_errors(path) -> list[str]:
+    checked = subprocess.run([shutil.which("dciodvfy") or "dciodvfy", str(path)],
+                             capture_output=True, text=True)
+    return [line for line in (checked.stdout + checked.stderr).splitlines() if "Error" in line]
+
+
+async def test_a_pet_moved_within_the_cts_frame_is_registered_by_a_job_and_stored_per_series(
+        client, signed_in, moved_within, tmp_path):
+    """The PET shares the CT's frame: it fuses as it is at once, a job registers it all the same
+    (within 2 mm of T at every lesion), and the accepted REG moves that series only."""
+    await database_sync_to_async(signed_in)("doctor")
+    study, truth, transform = moved_within
+    communicator, _, _ = await _open(client, study.study_instance_uid)
+    ready = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] == "ready")
+    pet = _series(ready, "PT")
+    await communicator.send_json_to({"type": "set", "view": 0, "name": "fuse", "value": pet})
+    await _until(communicator, lambda m: not isinstance(m, dict) and m.view == 0
+                 and len(m.overlay.get("windows", [])) == 2)
+
+    proposal = await _registered(communicator, ready)
+    assert proposal["state"] == "proposed", proposal
+    errors = _tre_mm(proposal["matrix"], transform, truth["lesions"])
+    assert max(errors) <= 2.0, f"target registration error per lesion (mm): {errors}"
+    await communicator.send_json_to({"type": "reg_decide", "registration": proposal["id"],
+                                     "decision": "accept"})
+    accepted = await _answer(communicator, "reg_decide", lambda m: m["type"] == "registration"
+                             and m["state"] == "accepted")
+    await communicator.disconnect()
+
+    def stored_reg() -> pydicom.Dataset:
+        (instance,) = Instance.objects.filter(series__series_instance_uid=accepted["reg_series"])
+        return pydicom.dcmread(io.BytesIO(storage.object_get(instance.object_id)))
+
+    reg = await database_sync_to_async(stored_reg)()
+    reg.save_as(tmp_path / "reg.dcm", enforce_file_format=True)
+    assert not _dciodvfy_errors(tmp_path / "reg.dcm")
+    assert {str(item.FrameOfReferenceUID) for item in reg.RegistrationSequence} == {reg.FrameOfReferenceUID}
+    facts = registration_read(pydicom.dcmread(tmp_path / "reg.dcm"))
+    (within,) = facts.within
+    assert facts.frames == () and within.series_instance_uids == (pet,)
+    assert np.allclose(within.matrix, np.asarray(proposal["matrix"]).reshape(4, 4), atol=1e-4)
+    (link,) = await database_sync_to_async(accepted_links)([study.study_instance_uid])
+    assert link.series == pet and link.source == link.target
+    assert np.allclose(link.matrix.ravel(), proposal["matrix"])

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from imaging.phantom import phantom_write
+from imaging.registrations import FrameLink
 from rendering.engine.registration import (
     RegistrationCancelled,
     RegistrationError,
@@ -21,8 +22,11 @@ from rendering.engine.registration import (
     register_automatic,
     register_landmarks,
 )
+from rendering.protocol import Setting
+from rendering.session import SeriesInfo, ViewerSession
 from rendering.testing import volume_from_dicom_folder, volumes_from_phantom
 from rendering.viewstate import viewstate_from_dict
+from rendering.volume import volume_describe
 from tests.rendering.moved import pet_move, rigid_matrix, rotation_matrix
 
 TRE_AUTOMATIC_MM = 2.0
@@ -242,3 +246,44 @@ def test_the_moved_series_is_the_same_pixels_in_a_new_frame(phantom, moved):
         seen_in_moved = _carry(np.linalg.inv(moved[1]), centre)
         after = tuple(np.rint(moved_pet.patient_to_index(seen_in_moved)).astype(int))
         assert moved_pet.voxels[after] == pet.voxels[before]
+
+
+# --- two series of one frame ---------------------------------------------------------------------
+
+
+def test_a_pet_moved_within_the_cts_frame_is_registered_and_fused_through_its_series_matrix(
+        phantom, moved_same_frame, engine):
+    """The moved PET keeps the CT's frame of reference (a PET/CT whose patient moved): as it is it
+    fuses misplaced; registered, its layer (and only its) carries the matrix and the lesions land."""
+    ct, pet, truth, _ = phantom
+    moved_pet, truth_move = moved_same_frame
+    assert moved_pet.frame_of_reference_uid == ct.frame_of_reference_uid == pet.frame_of_reference_uid
+    result = register_automatic(ct, moved_pet, kind="rigid")
+    errors = _tre(result.matrix, truth_move, _centres(truth))
+    assert errors.max() <= TRE_AUTOMATIC_MM, errors
+    assert _tre(np.eye(4), truth_move, _centres(truth)).min() > 4 * TRE_AUTOMATIC_MM
+
+    session = ViewerSession(study_uid="9.9", series=[
+        SeriesInfo(ct.series_id, "CT", "ct", volume_describe(ct), number=1),
+        SeriesInfo(moved_pet.series_id, "PT", "pet, moved", volume_describe(moved_pet), number=2),
+        SeriesInfo(pet.series_id, "PT", "pet", volume_describe(pet), number=3)])
+    session.apply_setting(Setting(0, "series", ct.series_id, 0))
+    session.apply_setting(Setting(0, "fuse", moved_pet.series_id, 0))
+    session.apply_setting(Setting(0, "fuse", pet.series_id, 0))
+    assert [layer.registration for layer in session.state(0).layers[1:]] == [None, None]
+    lesion = truth["lesions"][0]
+    expected, misplaced = _hot_spot_px(engine, ct, moved_pet, lesion, np.eye(4))
+    assert np.linalg.norm(misplaced - expected) > 2 * FUSED_MISS_PX, "fused as it is, the PET is misplaced"
+
+    matrix = [float(v) for v in np.ravel(result.matrix)]
+    for shown in (lambda: session.proposal_show(moved_pet.series_id, ct.series_id, matrix),
+                  lambda: session.registrations_set([FrameLink(
+                      ct.frame_of_reference_uid, ct.frame_of_reference_uid, np.asarray(result.matrix),
+                      series=moved_pet.series_id)])):
+        session.proposal_clear()
+        assert 0 in shown()
+        registered, other = session.state(0).layers[1:]
+        assert np.allclose(registered.registration, matrix) and other.registration is None
+        for lesion in truth["lesions"]:
+            expected, found = _hot_spot_px(engine, ct, moved_pet, lesion, np.asarray(registered.registration))
+            assert np.linalg.norm(found - expected) <= FUSED_MISS_PX, (lesion["organ"], expected, found)

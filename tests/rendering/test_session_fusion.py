@@ -127,3 +127,40 @@ def test_a_3d_view_draws_its_registered_fused_pet_through_the_render_operation(p
     assert frame()[0] == unfused_data
     session.apply_setting(Setting(0, "visible", True, 1))
     assert frame()[0] == fused_data
+
+
+def test_a_series_level_registration_moves_only_its_series_and_composes_with_frame_links():
+    """Two series of one frame registered (a PET/CT's PET that moved): the matrix is that series'
+    alone, over a base of its frame or through the frame's links; undone when it is the base."""
+    session = _session()
+    session.series_join([SeriesInfo("1.5", "CT", "ct again", _geometry("F.A", "CT"), number=5)])
+    session.apply_setting(Setting(0, "series", "1.1", 0))
+    session.apply_setting(Setting(0, "fuse", "1.4", 0))
+    session.apply_setting(Setting(0, "fuse", "1.5", 0))
+    assert [layer.registration for layer in session.state(0).layers[1:]] == [None, None]
+    changed = session.registrations_set([FrameLink("F.A", "F.A", _shift(4.0), series="1.4"),
+                                         FrameLink("F.C", "F.A", _shift(5.0))])
+    assert 0 in changed
+    pet, other = session.state(0).layers[1:]
+    assert np.allclose(np.asarray(pet.registration).reshape(4, 4), _shift(4.0))
+    assert other.series_id == "1.5" and other.registration is None
+    # The frame's links are not the series': nothing between frames came of it.
+    assert session.frame_transform("F.A", "F.B") is None
+    # The corrected PET as the base: the CT (its frame) and the MR (through F.C -> F.A) are
+    # carried into the PET's own mm, the correction undone.
+    session.apply_setting(Setting(1, "series", "1.4", 0))
+    session.apply_setting(Setting(1, "fuse", "1.1", 0))
+    session.apply_setting(Setting(1, "fuse", "1.3", 0))
+    ct, mr = session.state(1).layers[1:]
+    assert np.allclose(np.asarray(ct.registration).reshape(4, 4), _shift(-4.0))
+    assert np.allclose(np.asarray(mr.registration).reshape(4, 4), _shift(1.0))
+    # Over another frame the corrected PET goes through its correction, then the frames' link.
+    session.apply_setting(Setting(1, "series", "1.3", 0))
+    session.apply_setting(Setting(1, "fuse", "1.4", 0))
+    assert np.allclose(np.asarray(session.state(1).layers[1].registration).reshape(4, 4), _shift(-1.0))
+    # A proposal for the series wins over its accepted one until cleared.
+    assert {0, 1} <= set(session.proposal_show("1.4", "1.1", list(_shift(3.0).ravel())))
+    assert np.allclose(np.asarray(session.state(0).layers[1].registration).reshape(4, 4), _shift(3.0))
+    assert session.state(0).layers[2].registration is None
+    assert {0, 1} <= set(session.proposal_clear())
+    assert np.allclose(np.asarray(session.state(0).layers[1].registration).reshape(4, 4), _shift(4.0))
