@@ -65,24 +65,22 @@ class DerivedReading(ReadingHost):
         self.session.series_join([_series_info(d) for d in made])
 
     def _inputs_checked(self, series: tuple[str, ...]) -> list[list[float] | None]:
-        """Each input's matrix into the first's frame (None: the same frame); refused otherwise."""
+        """Each input's matrix into the first series' mm through accepted registrations, a series-level
+        one (two series of one frame registered) included (None: none needed); refused otherwise."""
         infos = []
         for uid in series:
             info = self.session.series.get(uid)
             if info is None or info.kind != "volume" or not info.mpr:
                 raise SessionError("derived series are made of volume series of this reading")
             infos.append(info)
-        first = infos[0].frame_of_reference
         matrices: list[list[float] | None] = [None]
         for info in infos[1:]:
-            if info.frame_of_reference == first:
-                matrices.append(None)
-                continue
-            transform = self.session.frame_transform(info.frame_of_reference, first)
-            if transform is None:
+            try:
+                transform = self.session.series_transform(info.uid, infos[0].uid)
+            except KeyError:
                 raise SessionError(f"{info.description or info.uid} is in another frame of reference: "
-                                   "register it onto the first series first")
-            matrices.append([float(v) for v in np.asarray(transform).ravel()])
+                                   "register it onto the first series first") from None
+            matrices.append(None if transform is None else [float(v) for v in np.asarray(transform).ravel()])
         return matrices
 
     async def _on_derive(self, message: protocol.Derive) -> None:

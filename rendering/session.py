@@ -528,6 +528,18 @@ class ViewerSession:
         """The transform from frame ``source``'s patient mm into ``target``'s, or None."""
         return self._transform(source, target)
 
+    def series_transform(self, source: str, target: str) -> np.ndarray | None:
+        """Accepted registrations only: the transform from series ``source``'s patient mm into series
+        ``target``'s (frame links, and either series' own correction), None when neither frames nor
+        corrections need one; raises KeyError when the frames differ and nothing connects them."""
+        source_frame = self.series[source].frame_of_reference
+        target_frame = self.series[target].frame_of_reference
+        transform = layer_transform(self.links, series=source, frame=source_frame, base_series=target,
+                                    base_frame=target_frame)
+        if transform is None and source_frame != target_frame:
+            raise KeyError(source)
+        return transform
+
     def _links(self) -> list[FrameLink]:
         """Accepted links, then the proposal on screen (which wins for a series it corrects)."""
         return [*self.links, *([self.proposal] if self.proposal is not None else [])]

@@ -164,3 +164,19 @@ def test_a_series_level_registration_moves_only_its_series_and_composes_with_fra
     assert session.state(0).layers[2].registration is None
     assert {0, 1} <= set(session.proposal_clear())
     assert np.allclose(np.asarray(session.state(0).layers[1].registration).reshape(4, 4), _shift(4.0))
+
+
+def test_arithmetic_inputs_take_accepted_corrections_of_either_series_and_no_proposal():
+    """What image arithmetic resamples through: frame links and series-level corrections that were
+    accepted (a proposal on screen is not a result to compute with); frames nothing connects refused."""
+    session = _session()
+    assert session.series_transform("1.4", "1.1") is None  # one frame, nothing corrected
+    with pytest.raises(KeyError):
+        session.series_transform("1.2", "1.1")
+    session.registrations_set([FrameLink("F.A", "F.A", _shift(4.0), series="1.4"),
+                               FrameLink("F.B", "F.A", _shift(7.0))])
+    assert np.allclose(session.series_transform("1.4", "1.1"), _shift(4.0))
+    assert np.allclose(session.series_transform("1.1", "1.4"), _shift(-4.0))
+    assert np.allclose(session.series_transform("1.2", "1.4"), _shift(3.0))
+    session.proposal_show("1.4", "1.1", list(_shift(9.0).ravel()))
+    assert np.allclose(session.series_transform("1.4", "1.1"), _shift(4.0))
