@@ -34,7 +34,7 @@ def compose() -> dict:
 
 
 def test_compose_has_every_piece(compose):
-    assert {"postgres", "redis", "web", "render", "scp", "nginx", "migrate", "checkpoint"} <= set(
+    assert {"postgres", "redis", "web", "render", "scp", "pacs", "nginx", "migrate", "checkpoint"} <= set(
         compose["services"])
     assert compose["services"]["web"]["deploy"]["replicas"] == 2
     assert compose["services"]["render"]["deploy"]["replicas"] == 2
@@ -51,6 +51,7 @@ def test_compose_services_connect_as_their_least_roles(compose):
     assert set(roles["render"].values()) == {"gateway_render"}
     assert roles["scp"]["DATABASE_URL"] == roles["scp"]["IDENTITY_DATABASE_URL"] == "gateway_ingest"
     assert set(roles["migrate"].values()) == {"gateway_owner"}
+    assert roles["pacs"] == roles["web"]  # the PACS worker reads PACS answers and writes retrievals
 
 
 def test_compose_keeps_secrets_out_of_the_file_and_the_backend_internal(compose):
