@@ -479,3 +479,35 @@ def test_a_pacs_that_is_down_or_answers_garbage_is_named_quickly_and_read_within
         assert [e.outcome for e in _events("pacs.query")] == ["failure"] * 4
     finally:
         server.shutdown()
+
+
+def test_a_silent_workers_retrieval_is_taken_over_and_a_withdrawn_peer_cancels_its_sends(store):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from imaging.models import DicomDestination
+    from imaging.report_settings import destination_withdraw
+
+    source = DicomDestination.objects.create(name="PACS", ae_title="PACS", host="127.0.0.1", port=104,
+                                             retrieve="c-get", registered_by="test")
+    silent = Retrieval.objects.create(source=source, remote_study=1, study_instance_uid="2.25.1",
+                                      pseudonym="p", method="c-get", requested_by="test", state=JobState.RUNNING,
+                                      heartbeat_at=timezone.now() - timedelta(minutes=3))
+    busy = Retrieval.objects.create(source=source, remote_study=2, study_instance_uid="2.25.2",
+                                    pseudonym="p", method="c-get", requested_by="test", state=JobState.RUNNING,
+                                    heartbeat_at=timezone.now())
+    claimed = retrieval_claim()
+    assert claimed is not None and claimed.pk == silent.pk
+    assert retrieval_claim() is None  # the other one's worker is alive; the silent one is claimed
+    busy.refresh_from_db()
+    assert busy.state == JobState.RUNNING
+
+    archive = DicomDestination.objects.create(name="ARCHIVE", ae_title="A", host="127.0.0.1", port=104,
+                                              send_results=True, registered_by="test")
+    send = PacsSend.objects.create(destination=archive, sop_instance_uid="2.25.9",
+                                   study_instance_uid="2.25.1", next_attempt_at=timezone.now())
+    destination_withdraw(name="ARCHIVE", actor="cli:it")
+    assert sends_drain() == 0
+    send.refresh_from_db()
+    assert send.state == JobState.CANCELLED and "withdrawn" in send.last_error
