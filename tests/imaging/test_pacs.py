@@ -492,11 +492,11 @@ def test_a_silent_workers_retrieval_is_taken_over_and_a_withdrawn_peer_cancels_i
     source = DicomDestination.objects.create(name="PACS", ae_title="PACS", host="127.0.0.1", port=104,
                                              retrieve="c-get", registered_by="test")
     silent = Retrieval.objects.create(source=source, remote_study=1, study_instance_uid="2.25.1",
-                                      pseudonym="p", method="c-get", requested_by="test", state=JobState.RUNNING,
-                                      heartbeat_at=timezone.now() - timedelta(minutes=3))
+                                      pseudonym="p", method="c-get", requested_by="test",
+                                      state=JobState.RUNNING, heartbeat_at=timezone.now() - timedelta(minutes=3))
     busy = Retrieval.objects.create(source=source, remote_study=2, study_instance_uid="2.25.2",
-                                    pseudonym="p", method="c-get", requested_by="test", state=JobState.RUNNING,
-                                    heartbeat_at=timezone.now())
+                                    pseudonym="p", method="c-get", requested_by="test",
+                                    state=JobState.RUNNING, heartbeat_at=timezone.now())
     claimed = retrieval_claim()
     assert claimed is not None and claimed.pk == silent.pk
     assert retrieval_claim() is None  # the other one's worker is alive; the silent one is claimed
