@@ -493,7 +493,8 @@ def test_a_silent_workers_retrieval_is_taken_over_and_a_withdrawn_peer_cancels_i
                                              retrieve="c-get", registered_by="test")
     silent = Retrieval.objects.create(source=source, remote_study=1, study_instance_uid="2.25.1",
                                       pseudonym="p", method="c-get", requested_by="test",
-                                      state=JobState.RUNNING, heartbeat_at=timezone.now() - timedelta(minutes=3))
+                                      state=JobState.RUNNING,
+                                      heartbeat_at=timezone.now() - timedelta(minutes=3))
     busy = Retrieval.objects.create(source=source, remote_study=2, study_instance_uid="2.25.2",
                                     pseudonym="p", method="c-get", requested_by="test",
                                     state=JobState.RUNNING, heartbeat_at=timezone.now())
