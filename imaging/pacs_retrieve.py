@@ -212,17 +212,20 @@ class Progress:
     """What the job has seen, saved to the row at most every ``SAVE_EVERY_S``."""
 
     retrieval: Retrieval
-    by_original: dict[str, int] = field(default_factory=dict)
+    originals: list[str] = field(default_factory=list)
+    """Each series' original UID, in the order of ``retrieval.series`` (kept in memory only)."""
     saved_at: float = 0.0
+    checked_at: float = 0.0
+    stopped: bool = False
     failures: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def series_add(self, answers: list[Dataset]) -> None:
         answers.sort(key=lambda ds: (_int(ds.get("SeriesNumber")) or 0, str(ds.SeriesInstanceUID)))
         self.retrieval.series = []
-        for position, ds in enumerate(answers):
+        for ds in answers:
             original = str(ds.SeriesInstanceUID)
-            self.by_original[original] = position
+            self.originals.append(original)
             self.retrieval.series.append({
                 "uid": uid_replacement_of(original), "modality": str(ds.get("Modality", "")),
                 "description": str(ds.get("SeriesDescription", ""))[:64],
@@ -262,7 +265,12 @@ class Progress:
                 received=self.retrieval.received, failed=self.retrieval.failed, heartbeat_at=timezone.now())
 
     def cancelled(self) -> bool:
-        return Retrieval.objects.filter(pk=self.retrieval.pk, state=JobState.CANCELLED).exists()
+        """Read again at most every ``SAVE_EVERY_S``: asked per image, it must not be a query per image."""
+        now = time.monotonic()
+        if not self.stopped and now - self.checked_at >= SAVE_EVERY_S:
+            self.checked_at = now
+            self.stopped = Retrieval.objects.filter(pk=self.retrieval.pk, state=JobState.CANCELLED).exists()
+        return self.stopped
 
 
 def retrieval_run(retrieval: Retrieval) -> Retrieval:
@@ -273,10 +281,10 @@ def retrieval_run(retrieval: Retrieval) -> Retrieval:
         if remote is None:
             raise RetrieveError("the PACS answer it was asked from has been forgotten: search again")
         progress.series_add(_series_of(retrieval.source, remote))
-        for position, entry in enumerate(list(retrieval.series)):
+        for position, (entry, original) in enumerate(zip(list(retrieval.series), progress.originals,
+                                                         strict=True)):
             if progress.cancelled():
                 break
-            original = next(o for o, p in progress.by_original.items() if p == position)
             _retrieve_series(retrieval, remote, original, position, progress)
             _series_ready(entry["uid"])
             progress.complete(position)

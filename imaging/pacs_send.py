@@ -138,7 +138,8 @@ def _send_to(destination: DicomDestination, sends: list[PacsSend]) -> int:
             _retry_later(send, str(error))
         _audit(destination, [s for s, _ in prepared.values()], outcome=Outcome.FAILURE, why=str(error))
         return 0
-    failed = {_replacement_of(uid, prepared): why for uid, why in result.failed}
+    replacement_of = {str(ds.SOPInstanceUID): uid for uid, (_, ds) in prepared.items()}
+    failed = {replacement_of.get(uid, uid): why for uid, why in result.failed}
     delivered = [send for uid, (send, _) in prepared.items() if uid not in failed]
     PacsSend.objects.filter(pk__in=[s.pk for s in delivered]).update(
         state=JobState.DONE, sent_at=timezone.now(), last_error="")
@@ -163,13 +164,6 @@ def _part10(ds: Dataset) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
-
-
-def _replacement_of(original_uid: str, prepared: dict[str, tuple[PacsSend, Dataset]]) -> str:
-    for replacement, (_, ds) in prepared.items():
-        if str(ds.SOPInstanceUID) == original_uid:
-            return replacement
-    return original_uid
 
 
 def _prepared(send: PacsSend) -> Dataset:

@@ -117,11 +117,16 @@ def _with_report(rows: list[PatientRow], status: str) -> list[PatientRow]:
     return [row for row in rows if row.studies]
 
 
+def _latest_first(row: PatientRow) -> tuple[int, int]:
+    """Patients with the newest study first; those without a dated study last."""
+    dates = [study.study_date for study in row.studies or [] if study.study_date]
+    return (0, -max(dates).toordinal()) if dates else (1, 0)
+
+
 WORKLIST_ORDER = {
     "name": lambda row: (row.patient_name.lower(), row.patient_id),
     "id": lambda row: (row.patient_id, row.patient_name.lower()),
-    "-date": lambda row: tuple(-d.toordinal() for d in sorted(
-        (s.study_date for s in row.studies or [] if s.study_date), reverse=True)[:1]) or (1,),
+    "-date": _latest_first,
 }
 """How the worklist may be sorted: by name, by patient ID, latest study first."""
 

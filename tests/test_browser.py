@@ -58,6 +58,16 @@ def page_sign_in(page, base: str, username: str, credentials: dict) -> None:
     page.wait_for_url(f"{base}/")
 
 
+def signed_in_page(playwright, base: str, username: str, credentials: dict):
+    """(browser, page, console errors): chromium at 1280 by 900 px with ``username`` signed in."""
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    console_errors: list[str] = []
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+    page_sign_in(page, base, username, credentials)
+    return browser, page, console_errors
+
+
 @pytest.fixture(scope="module")
 def demo_gateway(tmp_path_factory):
     if not Path(CHROMIUM).exists():
@@ -94,11 +104,7 @@ def test_a_doctor_signs_in_opens_the_study_and_scrolls(demo_gateway, tmp_path):
 
     base, study_uid, credentials, _ = demo_gateway
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        console_errors: list[str] = []
-        page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
-        page_sign_in(page, base, "dr.ada", credentials)
+        browser, page, console_errors = signed_in_page(playwright, base, "dr.ada", credentials)
 
         page.goto(f"{base}/viewer/{study_uid}/")
         first_canvas = page.locator("canvas[data-view='0']")

@@ -19,7 +19,7 @@ import pytest
 from imaging.phantom import phantom_write
 from tests.conftest import REPO, ZONES, child_environment, free_port, manage
 from tests.peers import ORTHANC_AE, orthanc_start
-from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS, _wait_for_sequence, page_sign_in
+from tests.test_browser import _wait_for_sequence, signed_in_page
 from tests.test_server import _wait_until_serving
 
 pytestmark = pytest.mark.browser
@@ -82,11 +82,7 @@ def test_a_doctor_retrieves_a_study_only_in_the_pacs_and_reads_it(pacs_gateway, 
 
     base, credentials, header, images = pacs_gateway
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        console_errors: list[str] = []
-        page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
-        page_sign_in(page, base, "dr.ada", credentials)
+        browser, page, console_errors = signed_in_page(playwright, base, "dr.ada", credentials)
 
         page.goto(f"{base}/imaging/worklist?patient_id={header.PatientID}")
         remote = page.locator(".study.remote")
