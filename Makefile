@@ -10,7 +10,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 UV ?= uv
 ZONES := default identity audit
 ORTHANC_DICOMWEB := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
-DEBIAN_TOOLS := pdftotext:poppler-utils dcmdump:dcmtk dciodvfy:dicom3tools chromium:chromium nginx:nginx-light \
+DEBIAN_TOOLS := pdftotext:poppler-utils xgettext:gettext dcmdump:dcmtk dciodvfy:dicom3tools chromium:chromium nginx:nginx-light \
 	Orthanc:orthanc
 
 .PHONY: run test test-cluster lint install install-dev lock sysdeps migrate seed serve clean

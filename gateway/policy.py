@@ -256,6 +256,9 @@ ROUTES: dict[str, RouteRule] = {
     "sharing:leave": RouteRule(Stage.CAPABILITY, note="consultant: end the session (POST)"),
     "dicomweb:stow": RouteRule(Stage.PUBLIC, note="STOW-RS for devices: no session; the view "
                                "requires a device bearer token, then study.ingest"),
+    "i18n:catalogue": RouteRule(Stage.PUBLIC, note="the page scripts' translated strings "
+                                "(the reader's language; no data)"),
+    "i18n:language": RouteRule(Stage.PUBLIC, note="choose the pages' language (POST; a cookie)"),
     "admin:*": RouteRule(Stage.SIGNED_IN, Permission.USER_MANAGE,
                          "every page of the Django admin (users, roles, devices, unlocks)"),
 }

@@ -80,6 +80,7 @@ MIDDLEWARE = [
     "gateway.middleware.NoStoreMiddleware",
     "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -106,6 +107,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "django.template.context_processors.i18n",
                 "csp.context_processors.nonce",
             ],
         },
@@ -209,7 +211,12 @@ ACCOUNTS_THROTTLE_BASE_SECONDS = env_int("GATEWAY_THROTTLE_BASE_SECONDS", 2)
 ACCOUNTS_THROTTLE_MAX_SECONDS = env_int("GATEWAY_THROTTLE_MAX_SECONDS", 900)
 ACCOUNTS_WEBSOCKET_SESSION_CHECK_SECONDS = env_int("GATEWAY_WEBSOCKET_SESSION_CHECK_SECONDS", 30)
 
-LANGUAGE_CODE = "en"
+LANGUAGE_CODE = env_str("GATEWAY_LANGUAGE", "en")
+# Each page follows the browser's Accept-Language or the reader's own choice (the
+# language form in the page header); the catalogues live in locale/, compiled and
+# committed, so a fresh machine serves them without gettext installed.
+LANGUAGES = [("en", "English"), ("hu", "Magyar")]
+LOCALE_PATHS = [BASE_DIR / "locale"]
 TIME_ZONE = env_str("GATEWAY_TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True
