@@ -3,6 +3,14 @@
 // and the server-rendered series thumbnails.
 import { decodeFrame } from "./frames.js";
 
+// Django's JavaScript catalogue (base.html loads it before this module) translates the page's
+// words; a page without it reads the English as written here.
+const gettext = window.gettext || ((text) => text);
+const ngettext = window.ngettext || ((singular, plural, count) => (count === 1 ? singular : plural));
+const pgettext = window.pgettext || ((context, text) => text);
+const interpolate = window.interpolate
+  || ((format, values) => format.replace(/%\(\s*([^)]+)\s*\)s/g, (match, name) => String(values[name])));
+
 const root = document.getElementById("viewer");
 const grid = document.getElementById("views");
 const studyLabel = document.getElementById("study-label");
@@ -261,8 +269,11 @@ function clearError() {
 }
 
 function describeStudy(studyInfo, seriesCount, others) {
-  const text = `${(studyInfo && studyInfo.description) || "study"} · ${seriesCount} series`;
-  return others.length ? `${text} · beside ${others.join(", ")}` : text;
+  const description = (studyInfo && studyInfo.description) || gettext("study");
+  const text = interpolate(ngettext("%(study)s · %(count)s series", "%(study)s · %(count)s series", seriesCount),
+                           { study: description, count: seriesCount }, true);
+  return others.length
+    ? interpolate(gettext("%(study)s · beside %(others)s"), { study: text, others: others.join(", ") }, true) : text;
 }
 
 // --- series --------------------------------------------------------------
@@ -294,8 +305,10 @@ function defaultFps(series) {
 }
 
 function countLabel(series) {
-  const noun = series.kind === "cine" ? "frame" : "image";
-  return `${series.images} ${noun}${series.images === 1 ? "" : "s"}`;
+  const count = series.images;
+  const text = series.kind === "cine" ? ngettext("%(count)s frame", "%(count)s frames", count)
+    : ngettext("%(count)s image", "%(count)s images", count);
+  return interpolate(text, { count }, true);
 }
 
 const SERIES_DRAG_TYPE = "application/x-fusion-series";
@@ -310,18 +323,19 @@ function seriesEntry(series) {
   entry.dataset.series = series.uid;
   entry.append(item);
   if (accepts("overlay", series.uid)) {
-    const toggle = element("button", "overlay-toggle", "Overlay");
+    const toggle = element("button", "overlay-toggle", gettext("Overlay"));
     toggle.type = "button";
     toggle.dataset.series = series.uid;
     toggle.setAttribute("aria-pressed", "false");
-    toggle.setAttribute("aria-label", `overlay ${series.description || "segmentation"} on the active view`);
+    toggle.setAttribute("aria-label", interpolate(gettext("overlay %(series)s on the active view"),
+                                                  { series: series.description || gettext("segmentation") }, true));
     toggle.addEventListener("click", () => toggleOverlay(activeView, series.uid));
     entry.append(toggle);
   }
   const segments = segmentsOf(series);
   if (segments.length) {
     const list = element("ul", "segments");
-    list.setAttribute("aria-label", "segments");
+    list.setAttribute("aria-label", gettext("segments"));
     list.append(...segments.map(segmentItem));
     entry.append(list);
   }
@@ -343,7 +357,8 @@ function segmentItem(segment) {
   item.dataset.segment = String(segment.number);
   const swatch = element("span", "segment-swatch");
   swatch.style.backgroundColor = labelColour(segment.number);
-  const name = typeof segment.label === "string" && segment.label ? segment.label : `segment ${segment.number}`;
+  const name = typeof segment.label === "string" && segment.label ? segment.label
+    : interpolate(gettext("segment %(number)s"), { number: segment.number }, true);
   item.append(swatch, element("span", "segment-label", name));
   return item;
 }
@@ -384,7 +399,7 @@ function seriesItem(series) {
   } else {
     item.classList.add("unavailable");
     item.setAttribute("aria-disabled", "true");
-    item.append(element("span", "series-reason", series.reason || "cannot be shown"));
+    item.append(element("span", "series-reason", series.reason || gettext("cannot be shown")));
   }
   return item;
 }
@@ -400,13 +415,13 @@ function relatedStudy(uid) {
 
 function studyDate(uid) {
   const other = relatedStudy(uid);
-  return (other && other.date) || "another study";
+  return (other && other.date) || gettext("another study");
 }
 
 function studyHeading(uid, first) {
   const heading = element("div", "study-heading");
   const other = first ? null : relatedStudy(uid);
-  heading.append(element("span", "study-when", first ? "This study" : studyDate(uid)));
+  heading.append(element("span", "study-when", first ? gettext("This study") : studyDate(uid)));
   if (other && other.description) heading.append(element("span", "study-what", other.description));
   return heading;
 }
@@ -429,11 +444,11 @@ function relatedItem(other) {
   const item = element("li", "related-item");
   item.dataset.study = other.uid;
   const modalities = Array.isArray(other.modalities) ? other.modalities.join(", ") : "";
-  const button = element("button", "related-open", "Open beside");
+  const button = element("button", "related-open", gettext("Open beside"));
   button.type = "button";
   button.addEventListener("click", () => openStudy(other.uid));
-  item.append(element("span", "related-date", other.date || "(no date)"),
-              element("span", "related-description", other.description || "(no description)"),
+  item.append(element("span", "related-date", other.date || gettext("(no date)")),
+              element("span", "related-description", other.description || gettext("(no description)")),
               element("span", "related-modalities", modalities), button);
   return item;
 }
@@ -442,7 +457,7 @@ function relatedList() {
   if (!relatedStudies.length) return [];
   const section = element("section", "related");
   section.setAttribute("aria-labelledby", "related-title");
-  const title = element("h2", "related-title", "Other studies of this patient");
+  const title = element("h2", "related-title", gettext("Other studies of this patient"));
   title.id = "related-title";
   const list = element("ul", "related-list");
   list.append(...relatedStudies.map(relatedItem));
@@ -458,7 +473,7 @@ function markRelated() {
     const button = item.querySelector(".related-open");
     item.classList.toggle("open", open);
     button.disabled = open || openAsked !== null;
-    button.textContent = open ? "Opened" : openAsked === uid ? "Opening…" : "Open beside";
+    button.textContent = open ? gettext("Opened") : openAsked === uid ? gettext("Opening…") : gettext("Open beside");
   }
 }
 
@@ -615,7 +630,7 @@ function buildViews(viewSpecs) {
     const canvas = document.createElement("canvas");
     canvas.tabIndex = 0;
     canvas.dataset.view = String(index);
-    canvas.setAttribute("aria-label", `view ${index + 1}`);
+    canvas.setAttribute("aria-label", interpolate(gettext("view %(number)s"), { number: index + 1 }, true));
     const overlay = document.createElement("div");
     overlay.className = "overlay";
     const shapes = svgNode("svg", { class: "shapes", preserveAspectRatio: "none", "aria-hidden": "true" });
@@ -753,7 +768,7 @@ function nextChoice(view, name) {
 
 function setKind(view, kind) {
   if (kind !== "native" && !canReformat(view)) {
-    showError("this series cannot be reformatted", { keep: true });
+    showError(gettext("this series cannot be reformatted"), { keep: true });
     refreshControls();
     return;
   }
@@ -860,7 +875,7 @@ function toggleCine(view) {
 
 function showCineState(view) {
   const playing = Boolean(view && view.cine);
-  playButton.textContent = playing ? "Pause" : "Play";
+  playButton.textContent = playing ? gettext("Pause") : gettext("Play");
   playButton.setAttribute("aria-pressed", String(playing));
 }
 
@@ -879,20 +894,27 @@ function describeOverlay(view, overlay) {
   const lines = [];
   const series = seriesOfView(view);
   if (series) lines.push([series.modality, series.description].filter(Boolean).join(" · "));
-  if (overlay.kind) lines.push(overlay.kind);
+  if (overlay.kind) lines.push(overlay.kind === "3d" ? overlay.kind : label(overlay.kind));
   if (Array.isArray(overlay.slice)) lines.push(`${overlay.slice[0]} / ${overlay.slice[1]}`);
   if (Array.isArray(overlay.time) && overlay.time.length === 2) {
-    lines.push(`time ${overlay.time[0]} / ${overlay.time[1]}`);
+    lines.push(interpolate(gettext("time %(point)s / %(count)s"), { point: overlay.time[0], count: overlay.time[1] }, true));
   }
-  if (overlay.position !== undefined) lines.push(`pos ${Number(overlay.position).toFixed(1)} mm`);
-  if (typeof overlay.zoom === "number") lines.push(`zoom ${shortNumber(overlay.zoom)}×`);
+  if (overlay.position !== undefined) {
+    lines.push(interpolate(gettext("pos %(position)s mm"), { position: Number(overlay.position).toFixed(1) }, true));
+  }
+  if (typeof overlay.zoom === "number") {
+    lines.push(interpolate(gettext("zoom %(factor)s×"), { factor: shortNumber(overlay.zoom) }, true));
+  }
   for (const [index, layer] of pictureWindows(view, overlay).entries()) {
     const unit = layer.unit ? ` ${layer.unit}` : "";
-    lines.push(`L${index + 1} W ${Math.round(layer.width * 10) / 10} C ${Math.round(layer.center * 10) / 10}${unit}`);
+    // Translators: a layer's number, its window width (W) and centre (C), on the view.
+    lines.push(interpolate(gettext("L%(layer)s W %(width)s C %(center)s"), { layer: index + 1,
+      width: Math.round(layer.width * 10) / 10, center: Math.round(layer.center * 10) / 10 }, true) + unit);
   }
   for (const uid of view.overlays) {
     const over = seriesByUid.get(uid);
-    lines.push(`overlay ${(over && over.description) || "segmentation"}`);
+    lines.push(interpolate(gettext("overlay %(series)s"),
+                           { series: (over && over.description) || gettext("segmentation") }, true));
   }
   if (overlay.slab && overlay.slab.mode) {
     lines.push(`${label(overlay.slab.mode)} ${shortNumber(overlay.slab.thickness_mm)} mm`);
@@ -982,7 +1004,9 @@ function drawOverlay(view, frame, fps) {
     .map((edge) => element("span", `edge ${edge}`, orientation[edge] || ""));
   const facts = element("div", "facts");
   for (const line of describeOverlay(view, overlay)) facts.append(element("div", "", line));
-  facts.append(element("div", "", `${fps.toFixed(0)} fps · ${frame.quality}`));
+  const quality = frame.quality === "still" ? gettext("still") : gettext("interactive");
+  facts.append(element("div", "", interpolate(gettext("%(fps)s fps · %(quality)s"),
+                                              { fps: fps.toFixed(0), quality }, true)));
   nodes.push(facts);
   const bar = colourBar(view, overlay);
   if (bar) nodes.push(bar);
@@ -1011,7 +1035,7 @@ async function showFrame(buffer) {
   try {
     frame = decodeFrame(buffer);
   } catch (error) {
-    showError(`bad frame: ${error.message}`);
+    showError(interpolate(gettext("bad frame: %(reason)s"), { reason: error.message }, true));
     return;
   }
   const view = views[frame.view];
@@ -1107,7 +1131,7 @@ function receiveReady(message) {
 
 function probePoint(point) {
   const usable = Array.isArray(point) && point.length === 3 && point.every(Number.isFinite);
-  return usable ? ` at (${point.map((v) => v.toFixed(1)).join(", ")}) mm` : "";
+  return usable ? point.map((v) => v.toFixed(1)).join(", ") : "";
 }
 
 // The value with the unit the server names (HU, SUV, BQML, CNTS, raw…); a colour picture
@@ -1115,20 +1139,28 @@ function probePoint(point) {
 function receiveProbe(message) {
   const unit = typeof message.unit === "string" ? message.unit : "";
   const series = seriesOfView(views[message.view]);
+  const point = probePoint(message.point);
   if (unit === "RGB" || (series && series.colour)) {
-    probeLine.textContent = `colour picture (RGB): no value${probePoint(message.point)}`;
+    probeLine.textContent = point
+      ? interpolate(gettext("colour picture (RGB): no value at (%(point)s) mm"), { point }, true)
+      : gettext("colour picture (RGB): no value");
   } else if (typeof message.value !== "number" || !Number.isFinite(message.value)) {
-    probeLine.textContent = "outside the volume";
+    probeLine.textContent = gettext("outside the volume");
   } else {
-    probeLine.textContent = `${readerNumber(message.value)}${unit ? ` ${unit}` : ""}${probePoint(message.point)}`;
+    const value = `${readerNumber(message.value)}${unit ? ` ${unit}` : ""}`;
+    probeLine.textContent = point ? interpolate(gettext("%(value)s at (%(point)s) mm"), { value, point }, true) : value;
   }
 }
 
 function receiveError(message) {
   // The cursor left the readable volume (a 3-D view, a gap): nothing to report.
   if (message.code === "probe_failed") return;
-  if (message.of === "findings_store") findingsStoreSettled(`not stored: ${message.message}`);
-  if (message.of === "report_capture") reportStatus.textContent = `not kept: ${message.message}`;
+  if (message.of === "findings_store") {
+    findingsStoreSettled(interpolate(gettext("not stored: %(reason)s"), { reason: message.message }, true));
+  }
+  if (message.of === "report_capture") {
+    reportStatus.textContent = interpolate(gettext("not kept: %(reason)s"), { reason: message.message }, true);
+  }
   if (message.of === "chart") chartFailed(message);
   if (message.of === "suv" && suvState) suvMethod.value = suvState.method;
   if (message.code === "rate_limited") {
@@ -1175,7 +1207,9 @@ function handleText(message) {
   else if (message.type === "suv") showSuv(message);
   else if (message.type === "hanging_rules") showHanging(message.rules);
   else if (message.type === "error") receiveError(message);
-  else if (message.type === "closing") end(`access ended: ${message.reason}`);
+  else if (message.type === "closing") {
+    end(interpolate(gettext("access ended: %(reason)s"), { reason: message.reason }, true));
+  }
 }
 
 // The study is no longer ours to see: nothing it showed stays on screen.
@@ -1208,10 +1242,10 @@ function end(text, link) {
 }
 
 const CLOSE_REASONS = {
-  4401: () => end("session ended", { text: "sign in again",
+  4401: () => end(gettext("session ended"), { text: gettext("sign in again"),
     href: `/accounts/login/?next=${encodeURIComponent(location.pathname)}` }),
-  4403: () => end("access ended: the share expired or was revoked"),
-  4404: () => end("this study is not available to you"),
+  4403: () => end(gettext("access ended: the share expired or was revoked")),
+  4404: () => end(gettext("this study is not available to you")),
 };
 
 function connect() {
@@ -1224,7 +1258,7 @@ function connect() {
     if (segmentation) receiveSegmentation({ segmentation: null });  // a new connection has none open
     registrationReset();
     deriveReset();
-    if (!seriesOrder.length) studyLabel.textContent = "connected";
+    if (!seriesOrder.length) studyLabel.textContent = gettext("connected");
     clearError();
   });
   socket.addEventListener("message", (event) => {
@@ -1237,10 +1271,10 @@ function connect() {
     for (const view of views) stopCine(view);
     failedAttempts += 1;
     if (failedAttempts >= MAX_FAILED_ATTEMPTS) {
-      showError("cannot reach the gateway — reload the page to try again", { sticky: true });
+      showError(gettext("cannot reach the gateway — reload the page to try again"), { sticky: true });
       return;
     }
-    showError("connection lost — reconnecting…", { sticky: true });
+    showError(gettext("connection lost — reconnecting…"), { sticky: true });
     setTimeout(connect, reconnectDelay);
     reconnectDelay = Math.min(8000, reconnectDelay * 2);
   });
@@ -1265,25 +1299,25 @@ function wheelSlices(deltaY) {
 
 // Listed in the on-screen help; attachInput below is what does them.
 const MOUSE_GESTURES = [
-  { shown: "wheel", input: "scroll",
-    text: "scroll (wheel down: towards the feet; “reverse wheel” flips it)" },
-  { shown: "drag", input: "window", text: "window / level" },
-  { shown: "shift- or middle-drag", input: "pan", text: "pan" },
-  { shown: "ctrl-wheel", input: "zoom", text: "zoom" },
-  { shown: "right-drag", input: "rotate", text: "rotate (3-D) / tilt (oblique)" },
-  { shown: "click", input: "focus", text: "move the crosshair there" },
-  { shown: "drag (a measuring tool)", measure: true,
-    text: "draw it: line, ellipse, rectangle from press to release; sphere: press at the centre; "
-      + "grow: click the seed" },
-  { shown: "click (polygon)", measure: true,
-    text: "add a corner; double-click, Enter or a click on the first corner closes it" },
-  { shown: "drag a handle", measure: true, text: "move that point; the numbers follow" },
-  { shown: "drag (brush, erase)", segment: true,
-    text: "paint or erase the active segment along the stroke" },
-  { shown: "click (a segmentation tool)", segment: true,
-    text: "threshold, Otsu or SUV fraction around the point; grow, confidence: a seed" },
-  { shown: "click (Landmarks on)", registration: true,
-    text: "a landmark on the view of the fixed or the moving series, numbered: pair them 1–1, 2–2…" },
+  { shown: gettext("wheel"), input: "scroll",
+    text: gettext("scroll (wheel down: towards the feet; “reverse wheel” flips it)") },
+  { shown: gettext("drag"), input: "window", text: gettext("window / level") },
+  { shown: gettext("shift- or middle-drag"), input: "pan", text: gettext("pan") },
+  { shown: gettext("ctrl-wheel"), input: "zoom", text: gettext("zoom") },
+  { shown: gettext("right-drag"), input: "rotate", text: gettext("rotate (3-D) / tilt (oblique)") },
+  { shown: gettext("click"), input: "focus", text: gettext("move the crosshair there") },
+  { shown: gettext("drag (a measuring tool)"), measure: true,
+    text: gettext("draw it: line, ellipse, rectangle from press to release; sphere: press at the centre; "
+      + "grow: click the seed") },
+  { shown: gettext("click (polygon)"), measure: true,
+    text: gettext("add a corner; double-click, Enter or a click on the first corner closes it") },
+  { shown: gettext("drag a handle"), measure: true, text: gettext("move that point; the numbers follow") },
+  { shown: gettext("drag (brush, erase)"), segment: true,
+    text: gettext("paint or erase the active segment along the stroke") },
+  { shown: gettext("click (a segmentation tool)"), segment: true,
+    text: gettext("threshold, Otsu or SUV fraction around the point; grow, confidence: a seed") },
+  { shown: gettext("click (Landmarks on)"), registration: true,
+    text: gettext("a landmark on the view of the fixed or the moving series, numbered: pair them 1–1, 2–2…") },
 ];
 
 function gestureAnnounced(gesture) {
@@ -1392,8 +1426,9 @@ const SPHERE_RADIUS_MM = { min: 0.5, max: 150, initial: 10 };
 // them (rendering/protocol.py GROW_BOX_MM, GROW_MODES); the range is shown in per cent.
 const GROW_BOX_MM = { min: 1, max: 150, initial: 30 };
 const GROW_MODES = {
-  range: { min: 0.01, max: 0.99, initial: 0.5, shown: 100, step: 1, unit: "% of the seed's value" },
-  confidence: { min: 0.5, max: 5, initial: 2.5, shown: 1, step: 0.1, unit: "× SD" },
+  // xgettext:no-javascript-format
+  range: { min: 0.01, max: 0.99, initial: 0.5, shown: 100, step: 1, unit: gettext("% of the seed's value") },
+  confidence: { min: 0.5, max: 5, initial: 2.5, shown: 1, step: 0.1, unit: gettext("× SD") },
 };
 const MAX_POLYGON_POINTS = 256;
 const HANDLE_REACH_PX = 7;
@@ -1911,7 +1946,7 @@ function shown(value, suffix = "") {
 
 function modalityOf(seriesId) {
   const series = seriesByUid.get(seriesId);
-  return (series && series.modality) || "layer";
+  return (series && series.modality) || gettext("layer");
 }
 
 function layerTitle(seriesId, unit) {
@@ -1931,13 +1966,13 @@ function layerNumbers(layer) {
     if (Number.isFinite(value)) numbers.push({ key, name, text: shown(value, suffix) });
   };
   if (suv) { add("maximum", "SUVmax", layer.maximum); add("peak", "SUVpeak", layer.peak); }
-  add("mean", "mean", layer.mean);
-  add("sd", "SD", layer.sd);
-  add("minimum", "min", layer.minimum);
-  if (!suv) add("maximum", "max", layer.maximum);
-  add("median", "median", layer.median);
-  add("volume_ml", "volume", layer.volume_ml, " ml");
-  add("area_mm2", "area", layer.area_mm2, " mm²");
+  add("mean", gettext("mean"), layer.mean);
+  add("sd", gettext("SD"), layer.sd);
+  add("minimum", gettext("min"), layer.minimum);
+  if (!suv) add("maximum", gettext("max"), layer.maximum);
+  add("median", gettext("median"), layer.median);
+  add("volume_ml", gettext("volume"), layer.volume_ml, " ml");
+  add("area_mm2", gettext("area"), layer.area_mm2, " mm²");
   if (suv) add("total", "TLG", layer.total);
   return numbers;
 }
@@ -2004,12 +2039,12 @@ function distanceAt(at, count, length) {
 function profileTable(values, length, unit) {
   const table = element("table", "profile-values");
   const head = element("tr");
-  head.append(element("th", "", "mm"), element("th", "", unit || "value"));
+  head.append(element("th", "", "mm"), element("th", "", unit || gettext("value")));
   const body = element("tbody");
   values.forEach((value, at) => {
     const row = element("tr");
     row.append(element("td", "", shown(distanceAt(at, values.length, length))),
-               element("td", "", Number.isFinite(value) ? shown(value) : "outside"));
+               element("td", "", Number.isFinite(value) ? shown(value) : gettext("outside")));
     body.append(row);
   });
   const thead = element("thead");
@@ -2027,16 +2062,17 @@ function profileFigure(profile, length) {
   figure.dataset.series = String(seriesId);
   figure.dataset.unit = String(unit || "");
   const known = values.filter(Number.isFinite);
-  const caption = element("figcaption", "", `${layerTitle(seriesId, unit)} along the line`);
+  const layer = layerTitle(seriesId, unit);
   if (!known.length) {
-    caption.append(": outside the series");
-    figure.append(caption);
+    figure.append(element("figcaption", "",
+      interpolate(gettext("%(layer)s along the line: outside the series"), { layer }, true)));
     return figure;
   }
-  caption.append(element("span", "profile-range",
-    ` · min ${shown(Math.min(...known))} · max ${shown(Math.max(...known))}`));
+  const caption = element("figcaption", "", interpolate(gettext("%(layer)s along the line"), { layer }, true));
+  caption.append(element("span", "profile-range", ` · ${interpolate(gettext("min %(min)s · max %(max)s"),
+    { min: shown(Math.min(...known)), max: shown(Math.max(...known)) }, true)}`));
   const { chart, cursor, x } = profileChart(values, length);
-  chart.setAttribute("aria-label", `${layerTitle(seriesId, unit)} profile`);
+  chart.setAttribute("aria-label", interpolate(gettext("%(layer)s profile"), { layer }, true));
   const readout = element("output", "profile-readout");
   chart.addEventListener("pointermove", (event) => {
     const box = chart.getBoundingClientRect();
@@ -2047,14 +2083,14 @@ function profileFigure(profile, length) {
     cursor.setAttribute("x2", String(tenth(x(at))));
     cursor.setAttribute("visibility", "visible");
     readout.textContent = `${shown(distanceAt(at, values.length, length))} mm: `
-      + (Number.isFinite(value) ? `${shown(value)}${unit ? ` ${unit}` : ""}` : "outside the series");
+      + (Number.isFinite(value) ? `${shown(value)}${unit ? ` ${unit}` : ""}` : gettext("outside the series"));
   });
   chart.addEventListener("pointerleave", () => {
     cursor.setAttribute("visibility", "hidden");
     readout.textContent = "";
   });
   const details = element("details", "profile-table");
-  details.append(element("summary", "", "values"));
+  details.append(element("summary", "", gettext("values")));
   details.open = profileValuesOpen;
   const fill = () => {
     if (details.open && !details.querySelector("table")) details.append(profileTable(values, length, unit));
@@ -2069,7 +2105,7 @@ function lineResult(result) {
   const nodes = [];
   const length = element("p", "line-length");
   length.dataset.stat = "length_mm";
-  length.append(element("span", "stat-name", "length"), " ",
+  length.append(element("span", "stat-name", gettext("length")), " ",
                 element("span", "stat-value", shown(result.length_mm, " mm")));
   nodes.push(length);
   for (const profile of Array.isArray(result.profiles) ? result.profiles : []) {
@@ -2107,10 +2143,11 @@ function showKeep() {
 function showMeasurement() {
   if (!measurement) {
     measurementShown.replaceChildren(element("p", "hint", measuringOffered()
-      ? "Choose a tool (Measure) and draw on a 2-D view." : ""));
+      ? gettext("Choose a tool (Measure) and draw on a 2-D view.") : ""));
     delete measurementShown.dataset.tool;
   } else {
-    const caption = element("p", "measure-caption", `${label(measurement.tool)} · view ${measurement.view + 1}`);
+    const caption = element("p", "measure-caption", interpolate(gettext("%(tool)s · view %(view)s"),
+                                                                { tool: label(measurement.tool), view: measurement.view + 1 }, true));
     const result = measurement.result;
     measurementShown.replaceChildren(caption, ...(isLineResult(result) ? lineResult(result)
       : isRegionResult(result) ? regionResult(result)
@@ -2167,34 +2204,44 @@ function keep(event) {
 
 function forget(id, button) {
   button.disabled = true;
-  button.textContent = "Deleting…";
+  button.textContent = gettext("Deleting…");
   forgetAsked = true;
   send({ type: "forget", finding: id });
 }
 
 function findingNumbers(finding) {
   const result = finding.result;
-  if (isLineResult(result)) return `length ${shown(result.length_mm, " mm")}`;
+  if (isLineResult(result)) {
+    return interpolate(gettext("length %(value)s"), { value: shown(result.length_mm, " mm") }, true);
+  }
   if (result && typeof result === "object" && !Array.isArray(result)) {
     // One region of one layer (a threshold VOI kept by another client): its headline numbers.
-    return [["volume", result.volume_ml, " ml"], ["max", result.maximum], ["peak", result.peak],
-            ["mean", result.mean], ["TLG", result.total]]
-      .filter(([, value]) => Number.isFinite(value)).map(([name, value, suffix]) => `${name} ${shown(value, suffix)}`)
+    return [[gettext("volume %(value)s"), result.volume_ml, " ml"], [gettext("max %(value)s"), result.maximum],
+            [gettext("peak %(value)s"), result.peak], [gettext("mean %(value)s"), result.mean],
+            ["TLG %(value)s", result.total]]
+      .filter(([, value]) => Number.isFinite(value))
+      .map(([text, value, suffix]) => interpolate(text, { value: shown(value, suffix) }, true))
       .join(" · ");
   }
   if (!Array.isArray(result)) return "";
   const parts = [];
   const first = result[0] || {};
-  if (Number.isFinite(first.volume_ml)) parts.push(`volume ${shown(first.volume_ml, " ml")}`);
-  else if (Number.isFinite(first.area_mm2)) parts.push(`area ${shown(first.area_mm2, " mm²")}`);
+  if (Number.isFinite(first.volume_ml)) {
+    parts.push(interpolate(gettext("volume %(value)s"), { value: shown(first.volume_ml, " ml") }, true));
+  } else if (Number.isFinite(first.area_mm2)) {
+    parts.push(interpolate(gettext("area %(value)s"), { value: shown(first.area_mm2, " mm²") }, true));
+  }
   for (const layer of result) {
     if (!layer || typeof layer !== "object") continue;
     const name = modalityOf(layer.series_id);
     if (layer.unit === "SUV") {
-      const peak = Number.isFinite(layer.peak) ? `, SUVpeak ${shown(layer.peak)}` : "";
-      parts.push(`${name}: SUVmax ${shown(layer.maximum)}${peak}, mean ${shown(layer.mean)}`);
+      const values = { layer: name, max: shown(layer.maximum), peak: shown(layer.peak), mean: shown(layer.mean) };
+      parts.push(interpolate(Number.isFinite(layer.peak)
+        ? gettext("%(layer)s: SUVmax %(max)s, SUVpeak %(peak)s, mean %(mean)s")
+        : gettext("%(layer)s: SUVmax %(max)s, mean %(mean)s"), values, true));
     } else {
-      parts.push(`${name}: mean ${shown(layer.mean)}${layer.unit ? ` ${layer.unit}` : ""}`);
+      parts.push(interpolate(gettext("%(layer)s: mean %(mean)s"),
+                             { layer: name, mean: `${shown(layer.mean)}${layer.unit ? ` ${layer.unit}` : ""}` }, true));
     }
   }
   return parts.join(" · ");
@@ -2206,18 +2253,19 @@ function findingItem(finding) {
   const head = element("div", "finding-head");
   head.append(element("span", "finding-label", String(finding.label)),
               element("span", "finding-tool", label(String(finding.tool))));
-  const by = `by ${finding.by || "?"}${finding.consultant ? " (consultant)" : ""}`;
+  const by = interpolate(finding.consultant ? gettext("by %(reader)s (consultant)") : gettext("by %(reader)s"),
+                         { reader: finding.by || "?" }, true);
   const at = typeof finding.at === "string" ? ` · ${finding.at.replace("T", " ").slice(0, 16)}` : "";
   item.append(head, element("div", "finding-numbers", findingNumbers(finding)),
               element("div", "finding-by", `${by}${at}`));
   if (measuringOffered()) {
-    const rename = element("button", "finding-rename", "Rename");
+    const rename = element("button", "finding-rename", gettext("Rename"));
     rename.type = "button";
-    rename.setAttribute("aria-label", `rename finding ${finding.label}`);
+    rename.setAttribute("aria-label", interpolate(gettext("rename finding %(label)s"), { label: finding.label }, true));
     rename.addEventListener("click", () => renameStart(item, finding));
-    const button = element("button", "finding-delete", "Delete");
+    const button = element("button", "finding-delete", gettext("Delete"));
     button.type = "button";
-    button.setAttribute("aria-label", `delete finding ${finding.label}`);
+    button.setAttribute("aria-label", interpolate(gettext("delete finding %(label)s"), { label: finding.label }, true));
     button.addEventListener("click", () => forget(finding.id, button));
     item.append(rename, button);
   }
@@ -2230,7 +2278,7 @@ function renameStart(item, finding) {
   field.type = "text";
   field.maxLength = 64;
   field.value = String(finding.label).replace(/^'/, "");
-  field.setAttribute("aria-label", `new label of finding ${finding.label}`);
+  field.setAttribute("aria-label", interpolate(gettext("new label of finding %(label)s"), { label: finding.label }, true));
   field.addEventListener("keydown", (event) => {
     event.stopPropagation();
     if (event.key === "Escape") showFindings();
@@ -2245,7 +2293,7 @@ function renameStart(item, finding) {
 
 function showFindings() {
   findingsList.replaceChildren(...(findings.length ? findings.map(findingItem)
-    : [element("li", "hint", "No finding kept yet.")]));
+    : [element("li", "hint", gettext("No finding kept yet."))]));
   showFindingsStore();
   showMeasurePanel();
 }
@@ -2258,7 +2306,7 @@ let findingsStoring = false;
 function showFindingsStore() {
   findingsStoreButton.hidden = !mayStoreFindings;
   findingsStoreButton.disabled = findingsStoring || findings.length === 0;
-  findingsStoreButton.textContent = findingsStoring ? "Storing…" : "Store in study (DICOM SR + SEG)";
+  findingsStoreButton.textContent = findingsStoring ? gettext("Storing…") : gettext("Store in study (DICOM SR + SEG)");
 }
 
 function storeFindings() {
@@ -2278,8 +2326,12 @@ function findingsStoreSettled(text) {
 function receiveFindingsStored(message) {
   const segs = Number.isInteger(message.segmentations) ? message.segmentations : 0;
   const count = Number.isInteger(message.findings) ? message.findings : 0;
-  findingsStoreSettled(`stored in the study: an SR of ${count} finding${count === 1 ? "" : "s"}`
-    + (segs ? ` and ${segs} SEG` : ""));
+  findingsStoreSettled(segs
+    ? interpolate(ngettext("stored in the study: an SR of %(count)s finding and %(segs)s SEG",
+                           "stored in the study: an SR of %(count)s findings and %(segs)s SEG", count),
+                  { count, segs }, true)
+    : interpolate(ngettext("stored in the study: an SR of %(count)s finding",
+                           "stored in the study: an SR of %(count)s findings", count), { count }, true));
 }
 
 findingsStoreButton.addEventListener("click", storeFindings);
@@ -2289,19 +2341,21 @@ function showReport(report) {
   reportSection.hidden = !report;
   if (!report) return;
   reportCaptureButton.hidden = !mayStoreFindings;
-  reportLink.textContent = `Report: ${report.label}`;
+  reportLink.textContent = interpolate(gettext("Report: %(status)s"), { status: report.label }, true);
 }
 
 // A key image is the selected view's state, kept on the server in the reader's draft report.
 function captureKeyImage() {
-  reportStatus.textContent = "Keeping…";
+  reportStatus.textContent = gettext("Keeping…");
   send({ type: "report_capture", view: activeView });
 }
 
 function receiveReportCaptured(message) {
   const count = Number.isInteger(message.key_images) ? message.key_images : 0;
-  reportStatus.textContent = `kept: report v${message.version} holds ${count} key image${count === 1 ? "" : "s"}`;
-  reportLink.textContent = `Report: draft (v${message.version})`;
+  reportStatus.textContent = interpolate(ngettext("kept: report v%(version)s holds %(count)s key image",
+                                                   "kept: report v%(version)s holds %(count)s key images", count),
+                                         { version: message.version, count }, true);
+  reportLink.textContent = interpolate(gettext("Report: draft (v%(version)s)"), { version: message.version }, true);
 }
 
 reportCaptureButton.addEventListener("click", captureKeyImage);
@@ -2397,7 +2451,7 @@ function receiveDocuments(message) {
 }
 
 function groupName(group) {
-  return group.label || group.finding || "unnamed";
+  return group.label || group.finding || gettext("unnamed");
 }
 
 function documentMeasurementText({ name, value, unit, qualifier }) {
@@ -2422,7 +2476,7 @@ function documentItem(report) {
   const item = element("li", "document");
   item.dataset.series = report.series;
   const heading = element("h3", "document-title",
-                          [report.title || "Structured report", report.date].filter(Boolean).join(" · "));
+                          [report.title || gettext("Structured report"), report.date].filter(Boolean).join(" · "));
   if (report.kind) heading.title = report.kind;
   const groups = element("ul", "document-groups");
   groups.append(...report.groups.map(documentGroupItem));
@@ -2465,7 +2519,7 @@ function documentShapes(view) {
 function buildMeasureControls() {
   const tools = measureTools();
   measureControls.hidden = tools.length === 0;
-  measureSelect.replaceChildren(option("none", "none (navigate)"),
+  measureSelect.replaceChildren(option("none", gettext("none (navigate)")),
     ...tools.map((tool) => option(tool, `${label(tool)} (${MEASURE_KEYS[tool]})`)));
   if (!offeredTools().includes(measureTool)) measureTool = "none";
   radiusControl.hidden = !tools.includes("sphere");
@@ -2483,8 +2537,8 @@ function showMeasureControls() {
   growControls.hidden = !measureTools().includes("grow") || !measuringOffered();
   growControls.classList.toggle("idle", measureTool !== "grow");
   const view = views[activeView];
-  measureSelect.title = measuringRefused ? "measuring is not permitted here"
-    : view && view.kind === "3d" ? "the measuring tools draw on 2-D views" : "";
+  measureSelect.title = measuringRefused ? gettext("measuring is not permitted here")
+    : view && view.kind === "3d" ? gettext("the measuring tools draw on 2-D views") : "";
   root.dataset.measureTool = measuringOn(view) ? measureTool : "none";
 }
 
@@ -2501,11 +2555,26 @@ function showMeasurePanel() {
 
 // --- menus and the key map, built from the announced vocabulary ------------------
 
+// The protocol's names as menus and texts show them; a name not listed reads as itself, its
+// underscores as spaces (a filter or parameter the server adds).
 const LABELS = {
-  kind: "view", volume_preset: "3-D preset", "3d": "3-D", mip: "MIP", minip: "MinIP", petct: "PET/CT",
-  suv_0_5: "SUV 0–5", suv_0_10: "SUV 0–10", ct_bone: "CT bone", ct_soft_tissue: "CT soft tissue",
-  ct_lung: "CT lung", pet_mip: "PET MIP", compare: "Compare with prior",
-  suv: "SUV", suv_fraction: "SUV fraction", otsu: "Otsu",
+  kind: gettext("view"), volume_preset: gettext("3-D preset"), "3d": gettext("3-D"), mip: "MIP", minip: "MinIP",
+  petct: "PET/CT", suv_0_5: "SUV 0–5", suv_0_10: "SUV 0–10", ct_bone: gettext("CT bone"),
+  ct_soft_tissue: gettext("CT soft tissue"), ct_lung: gettext("CT lung"), pet_mip: "PET MIP",
+  compare: gettext("Compare with prior"), suv: "SUV", suv_fraction: gettext("SUV fraction"), otsu: "Otsu",
+  window_preset: gettext("window preset"), slab_mode: gettext("slab mode"), slab_thickness: gettext("slab thickness"),
+  native: gettext("native"), axial: gettext("axial"), coronal: gettext("coronal"), sagittal: gettext("sagittal"),
+  oblique: gettext("oblique"), none: gettext("none"), average: gettext("average"),
+  abdomen: gettext("abdomen"), lung: gettext("lung"), bone: gettext("bone"), brain: gettext("brain"),
+  grey: gettext("grey"), hot_iron: gettext("hot iron"), rainbow: gettext("rainbow"), inverted: gettext("inverted"),
+  line: gettext("line"), ellipse: gettext("ellipse"), rectangle: gettext("rectangle"), polygon: gettext("polygon"),
+  sphere: gettext("sphere"), grow: gettext("grow"), threshold: gettext("threshold"),
+  range: gettext("range"), confidence: gettext("confidence"),
+  brush: gettext("brush"), erase: gettext("erase"), fill_holes: gettext("fill holes"), islands: gettext("islands"),
+  largest: gettext("largest"), clear: gettext("clear"), interpolate: gettext("interpolate"), labels: gettext("labels"),
+  low: gettext("low"), high: gettext("high"), unit: gettext("unit"), iterations: gettext("iterations"),
+  rigid: gettext("rigid"), affine: gettext("affine"), landmarks: gettext("landmarks"), manual: gettext("manual"),
+  difference: gettext("difference"), ratio: gettext("ratio"), weighted_sum: gettext("weighted sum"),
 };
 
 function label(name) {
@@ -2534,10 +2603,11 @@ function fillRange(input, rule) {
 // The window-preset menu: the server's named presets, then the active series' own
 // (`ready.series[].windows`: its windows and VOI LUTs, sent as the `voi` setting).
 function fillWindowPresets(view) {
-  fillSelect(windowPresetSelect, choicesOf("window_preset"), "preset…");
+  fillSelect(windowPresetSelect, choicesOf("window_preset"), gettext("preset…"));
   const series = seriesOfView(view);
   const own = vocabulary.settings.voi && series && Array.isArray(series.windows) ? series.windows : [];
-  own.forEach((preset, index) => windowPresetSelect.append(option(`voi:${index}`, `file: ${preset.name}`)));
+  own.forEach((preset, index) => windowPresetSelect.append(
+    option(`voi:${index}`, interpolate(gettext("file: %(name)s"), { name: preset.name }, true))));
   if (own.length) windowPresetSelect.closest("label").hidden = false;
 }
 
@@ -2548,7 +2618,7 @@ function buildMenus() {
   fillSelect(paletteSelect, choicesOf("palette"));
   fillSelect(slabModeSelect, choicesOf("slab_mode"));
   fillRange(slabThicknessInput, vocabulary.settings.slab_thickness);
-  fillSelect(volumePresetSelect, choicesOf("volume_preset"), "3-D preset…");
+  fillSelect(volumePresetSelect, choicesOf("volume_preset"), gettext("3-D preset…"));
   fillRange(opacityInput, vocabulary.settings.opacity);
   buildMeasureControls();
   buildSegmentTools();
@@ -2565,7 +2635,8 @@ let keyMap = new Map();
 function keyEntries() {
   return [
     ...SCROLL_KEYS.map(([key, shown, delta]) => ({ key, shown, input: "scroll", args: { delta },
-      text: `scroll ${delta > 0 ? "+" : ""}${delta} slice${Math.abs(delta) === 1 ? "" : "s"}` })),
+      text: interpolate(ngettext("scroll %(delta)s slice", "scroll %(delta)s slices", Math.abs(delta)),
+                        { delta: `${delta > 0 ? "+" : ""}${delta}` }, true) })),
     ...choicesOf("window_preset").slice(0, 9)
       .map((value, at) => ({ key: String(at + 1), setting: "window_preset", value })),
     ...choicesOf("kind").filter((kind) => KIND_LETTERS[kind])
@@ -2574,26 +2645,26 @@ function keyEntries() {
     { key: "n", setting: "slab_mode", value: "none" },
     ...SLAB_KEYS.map(([key, value]) => ({ key, setting: "slab_thickness", value, unit: " mm" })),
     { key: "p", setting: "volume_preset", cycle: true },
-    { key: "r", input: "reset", args: {}, text: "reset window, zoom, pan, plane and crosshair" },
+    { key: "r", input: "reset", args: {}, text: gettext("reset window, zoom, pan, plane and crosshair") },
     { key: ",", requires: "time", act: (view) => stepTime(view, -1),
-      text: "previous time point (a dynamic series)" },
+      text: gettext("previous time point (a dynamic series)") },
     { key: ".", requires: "time", act: (view) => stepTime(view, 1),
-      text: "next time point (a dynamic series)" },
-    { key: "x", act: toggleCrosshair, text: "reference lines on/off" },
-    { key: " ", shown: "space", act: toggleCine,
-      text: "cine play/pause (a dynamic series: its time points)" },
+      text: gettext("next time point (a dynamic series)") },
+    { key: "x", act: toggleCrosshair, text: gettext("reference lines on/off") },
+    { key: " ", shown: pgettext("keyboard key", "space"), act: toggleCine,
+      text: gettext("cine play/pause (a dynamic series: its time points)") },
     ...offeredTools().map((tool) => ({ key: MEASURE_KEYS[tool], act: () => chooseTool(tool),
-      text: `measure: ${label(tool)}` })),
+      text: interpolate(gettext("measure: %(tool)s"), { tool: label(tool) }, true) })),
     ...(offeredTools().includes("polygon")
-      ? [{ key: "Enter", act: closePolygon, text: "close the polygon being drawn" }] : []),
+      ? [{ key: "Enter", act: closePolygon, text: gettext("close the polygon being drawn") }] : []),
     ...(measuringOffered()
       ? [{ key: "Escape", shown: "Esc", act: escapeMeasuring,
-           text: "cancel the shape being drawn; again: stop measuring (normal navigation)" }] : []),
+           text: gettext("cancel the shape being drawn; again: stop measuring (normal navigation)") }] : []),
     ...(segmentationEditable()
-      ? [{ key: "Ctrl+Z", chord: true, sends: { type: "seg_undo" }, text: "segmentation: undo the last edit" },
+      ? [{ key: "Ctrl+Z", chord: true, sends: { type: "seg_undo" }, text: gettext("segmentation: undo the last edit") },
          { key: "Ctrl+Y", shown: "Ctrl+Y / Ctrl+Shift+Z", chord: true, sends: { type: "seg_redo" },
-           text: "segmentation: redo the edit undone" }] : []),
-    { key: "?", act: toggleHelp, text: "show or hide this key map" },
+           text: gettext("segmentation: redo the edit undone") }] : []),
+    { key: "?", act: toggleHelp, text: gettext("show or hide this key map") },
   ].filter(keyAnnounced);
 }
 
@@ -2607,7 +2678,8 @@ function keyAnnounced(entry) {
 function keyText(entry) {
   if (entry.text) return entry.text;
   if (entry.cycle) {
-    return `${label(entry.setting)}: next of ${choicesOf(entry.setting).map(label).join(" → ")}`;
+    return interpolate(gettext("%(setting)s: next of %(choices)s"),
+                       { setting: label(entry.setting), choices: choicesOf(entry.setting).map(label).join(" → ") }, true);
   }
   return `${label(entry.setting)}: ${label(entry.value)}${entry.unit || ""}`;
 }
@@ -2687,11 +2759,16 @@ function showSuv(state) {
   suvSeries.replaceChildren(...entries.map(([uid, facts]) => {
     const series = seriesByUid.get(uid);
     const name = series ? `${series.modality} ${series.description || ""}`.trim() : uid;
-    const text = Number.isFinite(facts.factor) ? `${name}: ${state.label} factor ${facts.factor.toPrecision(4)}`
-      : `${name}: no ${state.label} (${(facts.missing || []).join("; ")})`;
+    const text = Number.isFinite(facts.factor)
+      ? interpolate(gettext("%(series)s: %(suv)s factor %(factor)s"),
+                    { series: name, suv: state.label, factor: facts.factor.toPrecision(4) }, true)
+      : interpolate(gettext("%(series)s: no %(suv)s (%(missing)s)"),
+                    { series: name, suv: state.label, missing: (facts.missing || []).join("; ") }, true);
     const item = element("li", Number.isFinite(facts.factor) ? "" : "suv-missing", text);
     const used = Array.isArray(facts.used) ? facts.used.map(String) : [];
-    if (used.length) item.append(element("div", "suv-used", `from: ${used.join(" · ")}`));
+    if (used.length) {
+      item.append(element("div", "suv-used", interpolate(gettext("from: %(sources)s"), { sources: used.join(" · ") }, true)));
+    }
     return item;
   }));
   const lacking = entries.find(([, facts]) => !Number.isFinite(facts.factor));
@@ -2722,7 +2799,7 @@ const chartControls = document.getElementById("chart-controls");
 const chartHistogramButton = document.getElementById("chart-histogram");
 const chartTacButton = document.getElementById("chart-tac");
 const chartShown = document.getElementById("chart");
-const CHART_TITLES = { histogram: "Histogram", tac: "Time-activity curve" };
+const CHART_TITLES = { histogram: gettext("Histogram"), tac: gettext("Time-activity curve") };
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
 let chartAsked = null;  // the chart asked for ({ kind, view, tool, points }), until answered
 let chart = null;       // the `chart` answer shown: it belongs to the measurement on screen
@@ -2780,7 +2857,8 @@ function askChart(kind) {
   send({ type: "chart", kind, ...region });
   chart = null;
   delete chartShown.dataset.kind;
-  chartShown.replaceChildren(element("p", "hint", `${CHART_TITLES[kind]}: asked of the server…`));
+  chartShown.replaceChildren(element("p", "hint", interpolate(gettext("%(chart)s: asked of the server…"),
+                                                                { chart: CHART_TITLES[kind] }, true)));
   showCharts();
 }
 
@@ -2797,13 +2875,14 @@ function chartTable(kind, item) {
   let rows;
   if (kind === "histogram") {
     const edges = list("edges");
-    head = [`from${unit}`, `to${unit}`, "count"];
+    head = [`${pgettext("histogram bin", "from")}${unit}`, `${pgettext("histogram bin", "to")}${unit}`,
+            pgettext("histogram bin", "count")];
     rows = list("counts").map((count, at) => [chartNumber(edges[at]), chartNumber(edges[at + 1]),
       Number.isInteger(count) ? String(count) : "–"]);
   } else {
     const means = list("mean");
     const maxima = list("max");
-    head = [String(numbers.time_unit || "time"), `mean${unit}`, `max${unit}`];
+    head = [String(numbers.time_unit || gettext("time")), `${gettext("mean")}${unit}`, `${gettext("max")}${unit}`];
     rows = list("time").map((time, at) => [chartNumber(time), chartNumber(means[at]), chartNumber(maxima[at])]);
   }
   const table = element("table", "chart-values");
@@ -2829,11 +2908,13 @@ function chartFigure(kind, item) {
   const figure = element("figure", "chart-figure");
   figure.dataset.series = String(item.series_id || "");
   figure.dataset.unit = String(item.unit || "");
-  const voxels = Number.isInteger(item.voxels) ? ` · ${item.voxels} voxels` : "";
+  const voxels = Number.isInteger(item.voxels)
+    ? ` · ${interpolate(ngettext("%(count)s voxel", "%(count)s voxels", item.voxels), { count: item.voxels }, true)}` : "";
   figure.append(element("figcaption", "", `${layerTitle(item.series_id, item.unit)}${voxels}`));
   if (typeof item.image === "string" && BASE64.test(item.image)) {
     const picture = element("img", "chart-picture");
-    picture.alt = `${CHART_TITLES[kind]} of ${layerTitle(item.series_id, item.unit)}, drawn by the server`;
+    picture.alt = interpolate(gettext("%(chart)s of %(layer)s, drawn by the server"),
+                              { chart: CHART_TITLES[kind], layer: layerTitle(item.series_id, item.unit) }, true);
     if (Number.isInteger(item.width) && Number.isInteger(item.height)) {
       picture.width = item.width;
       picture.height = item.height;
@@ -2842,7 +2923,7 @@ function chartFigure(kind, item) {
     figure.append(picture);
   }
   const details = element("details", "chart-table");
-  details.append(element("summary", "", "values"), chartTable(kind, item));
+  details.append(element("summary", "", gettext("values")), chartTable(kind, item));
   details.open = chartValuesOpen;
   details.addEventListener("toggle", () => { chartValuesOpen = details.open; });
   figure.append(details);
@@ -2859,7 +2940,7 @@ function receiveChart(message) {
   }
   chart = message;
   chartShown.dataset.kind = message.kind;
-  chartShown.replaceChildren(element("p", "measure-caption", CHART_TITLES[message.kind] || "Chart"),
+  chartShown.replaceChildren(element("p", "measure-caption", CHART_TITLES[message.kind] || gettext("Chart")),
     ...message.charts.filter((item) => item && typeof item === "object").map((item) => chartFigure(message.kind, item)));
   showCharts();
 }
@@ -2924,10 +3005,10 @@ function showHanging(announced) {
     const apply = hangingButton("hanging-rule", rule.name, () => chooseHanging({ type: "hang", rule: rule.id }));
     apply.dataset.rule = String(rule.id);
     apply.disabled = rule.applies !== true;
-    if (apply.disabled) apply.title = "does not fit this study";
+    if (apply.disabled) apply.title = gettext("does not fit this study");
     const remove = hangingButton("hanging-delete", "×", () => send({ type: "hang_delete", rule: rule.id }));
     remove.dataset.rule = String(rule.id);
-    remove.setAttribute("aria-label", `delete the rule ${rule.name}`);
+    remove.setAttribute("aria-label", interpolate(gettext("delete the rule %(name)s"), { name: rule.name }, true));
     return hangingItem(apply, remove);
   }));
   hangingNone.hidden = rules.length > 0;
@@ -2977,8 +3058,9 @@ const STROKE_MAX_POINTS = 64;
 const STROKE_TOOLS = new Set(["brush", "erase"]);
 const SEGMENT_DEFAULTS = { radius_mm: "5", planar: true, box_mm: "20", fraction: "0.41", min_ml: "0.1",
                            multiplier: "2.5", iterations: "2" };
-const SEGMENT_SETTING_NAMES = { box_mm: "box ± mm", radius_mm: "radius mm", planar: "on this plane only",
-                                fraction: "fraction of the max", min_ml: "islands under ml", multiplier: "× SD" };
+const SEGMENT_SETTING_NAMES = { box_mm: gettext("box ± mm"), radius_mm: gettext("radius mm"),
+                                planar: gettext("on this plane only"), fraction: gettext("fraction of the max"),
+                                min_ml: gettext("islands under ml"), multiplier: gettext("× SD") };
 const TYPED_FIELDS = new Set(["text", "number", "search", "email", "url", "tel", "password"]);
 
 let segmentations = [];       // the `segmentations` list: what this reading may open
@@ -3038,10 +3120,12 @@ let modelRunning = null;
 function receiveSegmentationJob(message) {
   if (message.state !== "running") return;  // the result (or the error) follows
   const model = segmentationModels.find((each) => each.id === message.model);
-  modelRunning = model ? model.name : "model";
-  const tiles = Number.isInteger(message.total) && message.total > 0 && Number.isInteger(message.done)
-    ? ` ${message.done}/${message.total} tiles` : "";
-  showSegmentationStatus(`${modelRunning}: running…${tiles} (its labels arrive as new segments)`);
+  modelRunning = model ? model.name : gettext("model");
+  const tiles = Number.isInteger(message.total) && message.total > 0 && Number.isInteger(message.done);
+  showSegmentationStatus(tiles
+    ? interpolate(gettext("%(model)s: running… %(done)s/%(total)s tiles (its labels arrive as new segments)"),
+                  { model: modelRunning, done: message.done, total: message.total }, true)
+    : interpolate(gettext("%(model)s: running… (its labels arrive as new segments)"), { model: modelRunning }, true));
   showSegmentation();
 }
 
@@ -3070,7 +3154,10 @@ function receiveSegmentation(message) {
   segmentation = sent;
   if (other) segmentationChosen = "";
   if (sent && segmentationCreated) { segNewLabel.value = ""; segmentationCreated = false; }
-  if (modelRunning !== null) { showSegmentationStatus(`${modelRunning}: done`); modelRunning = null; }
+  if (modelRunning !== null) {
+    showSegmentationStatus(interpolate(gettext("%(model)s: done"), { model: modelRunning }, true));
+    modelRunning = null;
+  }
   const numbers = segmentsOfOpen().map((segment) => segment.number);
   if (segmentAdded !== null && numbers.includes(segmentAdded)) activeSegment = segmentAdded;
   segmentAdded = null;
@@ -3087,9 +3174,13 @@ function receiveSegmentationStored(message) {
   const count = (value) => (Number.isInteger(value) ? value : 0);
   const segments = count(message.segments);
   const frames = count(message.frames);
-  const kind = message.fractional === true ? " (fractional)" : "";
-  showSegmentationStatus(`stored in the study as DICOM SEG${kind}: ${segments} segment${segments === 1 ? "" : "s"}, `
-    + `${frames} frame${frames === 1 ? "" : "s"}`);
+  const counts = {
+    segments: interpolate(ngettext("%(count)s segment", "%(count)s segments", segments), { count: segments }, true),
+    frames: interpolate(ngettext("%(count)s frame", "%(count)s frames", frames), { count: frames }, true),
+  };
+  showSegmentationStatus(interpolate(message.fractional === true
+    ? gettext("stored in the study as DICOM SEG (fractional): %(segments)s, %(frames)s")
+    : gettext("stored in the study as DICOM SEG: %(segments)s, %(frames)s"), counts, true));
   showSegmentation();
 }
 
@@ -3127,8 +3218,10 @@ function segmentationSend(message) {
 // --- the panel ---
 
 function segmentationName(listed) {
-  const by = listed.by ? ` · ${listed.by}${listed.consultant ? " (consultant)" : ""}` : "";
-  return `${String(listed.label || "unnamed")}${by}`;
+  const name = String(listed.label || gettext("unnamed"));
+  if (!listed.by) return name;
+  const by = listed.consultant ? interpolate(gettext("%(reader)s (consultant)"), { reader: listed.by }, true) : listed.by;
+  return `${name} · ${by}`;
 }
 
 // The list shows what the reader chose in it, else the one open, else the first.
@@ -3151,7 +3244,7 @@ function showSegmentation() {
   segDeleteButton.hidden = !open || !editable;
   if (!open || segDeleteButton.dataset.armed !== String(segmentation.id)) {
     delete segDeleteButton.dataset.armed;
-    segDeleteButton.textContent = "Delete";
+    segDeleteButton.textContent = gettext("Delete");
   }
   segNewForm.hidden = !segmentationMayEdit;
   segOpenPanel.hidden = !open;
@@ -3167,8 +3260,8 @@ function showSegmentation() {
     showFractionalChoice();
     segModels.hidden = segmentationModels.length === 0;
     segModelRun.disabled = modelRunning !== null;
-    segModelRun.textContent = modelRunning !== null ? "Running…" : "Run model";
-    segStoreButton.textContent = segmentationStoring ? "Storing…" : "Store as DICOM SEG";
+    segModelRun.textContent = modelRunning !== null ? gettext("Running…") : gettext("Run model");
+    segStoreButton.textContent = segmentationStoring ? gettext("Storing…") : gettext("Store as DICOM SEG");
   } else {
     segSegmentsList.replaceChildren();
   }
@@ -3179,9 +3272,10 @@ function showSegmentation() {
 function segmentStatistics(number) {
   const statistics = isRecord(segmentation.statistics) ? segmentation.statistics : {};
   const measured = isRecord(statistics.segments) ? statistics.segments[String(number)] : null;
-  if (!isRecord(measured) || !Number.isFinite(measured.volume_ml)) return "empty";
+  if (!isRecord(measured) || !Number.isFinite(measured.volume_ml)) return gettext("empty");
   const unit = typeof statistics.unit === "string" && statistics.unit ? ` ${statistics.unit}` : "";
-  return `${shown(measured.volume_ml, " ml")} · mean ${shown(measured.mean)} · max ${shown(measured.max)}${unit}`;
+  return interpolate(gettext("%(volume)s · mean %(mean)s · max %(max)s"), { volume: shown(measured.volume_ml, " ml"),
+    mean: shown(measured.mean), max: `${shown(measured.max)}${unit}` }, true);
 }
 
 function segmentInput(type, className, text) {
@@ -3194,7 +3288,8 @@ function segmentInput(type, className, text) {
 // A reader who may edit gets the segment's controls; anyone else its colour and numbers.
 function segmentRow(segment) {
   const { number } = segment;
-  const name = typeof segment.name === "string" && segment.name ? segment.name : `Segment ${number}`;
+  const name = typeof segment.name === "string" && segment.name ? segment.name
+    : interpolate(gettext("Segment %(number)s"), { number }, true);
   const colour = typeof segment.colour === "string" && HEX_COLOUR.test(segment.colour)
     ? segment.colour.toLowerCase() : "#ff0000";
   const row = element("li", "seg-segment");
@@ -3202,21 +3297,21 @@ function segmentRow(segment) {
   const head = element("div", "seg-segment-head");
   if (segmentationEditable()) {
     const chooser = element("label", "seg-active");
-    const radio = segmentInput("radio", "seg-active-choice", `edit ${name}`);
+    const radio = segmentInput("radio", "seg-active-choice", interpolate(gettext("edit %(name)s"), { name }, true));
     radio.name = "seg-active";
     radio.value = String(number);
     radio.checked = number === activeSegment;
     radio.addEventListener("change", () => { if (radio.checked) activeSegment = number; });
     chooser.append(radio, element("span", "seg-segment-name", name));
-    const swatch = segmentInput("color", "seg-colour", `colour of ${name}`);
+    const swatch = segmentInput("color", "seg-colour", interpolate(gettext("colour of %(name)s"), { name }, true));
     swatch.value = colour;
     swatch.addEventListener("change", () => changeSegment(number, { colour: swatch.value.toLowerCase() }));
-    const visible = segmentInput("checkbox", "seg-visible", `show ${name}`);
+    const visible = segmentInput("checkbox", "seg-visible", interpolate(gettext("show %(name)s"), { name }, true));
     visible.checked = segment.visible !== false;
     visible.addEventListener("change", () => changeSegment(number, { visible: visible.checked }));
     const shownLabel = element("label", "seg-shown");
-    shownLabel.append(visible, "shown");
-    const opacity = segmentInput("range", "seg-opacity", `opacity of ${name}`);
+    shownLabel.append(visible, gettext("shown"));
+    const opacity = segmentInput("range", "seg-opacity", interpolate(gettext("opacity of %(name)s"), { name }, true));
     Object.assign(opacity, { min: "0", max: "1", step: "0.05" });
     opacity.value = String(Number.isFinite(segment.opacity) ? segment.opacity : 0.5);
     opacity.addEventListener("change", () => changeSegment(number, { opacity: Number(opacity.value) }));
@@ -3280,7 +3375,8 @@ function storeSegmentation() {
 
 function buildSegmentTools() {
   const tools = segmentToolNames();
-  segToolSelect.replaceChildren(option("none", "none (navigate)"), ...tools.map((tool) => option(tool, label(tool))));
+  segToolSelect.replaceChildren(option("none", gettext("none (navigate)")),
+                                ...tools.map((tool) => option(tool, label(tool))));
   if (!tools.includes(segmentTool)) segmentTool = "none";
   buildSegmentSettings();
   showSegmentTool();
@@ -3333,7 +3429,7 @@ function segmentSettingField(name, rule, required) {
     if (typeof rule.min === "number") { input.min = String(rule.min); input.max = String(rule.max); }
     input.step = rule.integer ? "1" : "any";
     input.required = required;
-    if (required) input.placeholder = "required";
+    if (required) input.placeholder = gettext("required");
     input.value = segmentValues[name] ?? "";
     input.addEventListener("input", () => {
       segmentValues[name] = input.value;
@@ -3370,7 +3466,9 @@ function segmentEditSettings(tool, pointCount) {
   }
   if (!missing.length) return settings;
   const names = missing.map((name) => SEGMENT_SETTING_NAMES[name] || label(name));
-  showSegmentationStatus(`${label(tool)} needs ${names.join(" and ")}`, true);
+  const listed = names.reduce((first, second) => interpolate(gettext("%(first)s and %(second)s"), { first, second }, true));
+  showSegmentationStatus(interpolate(gettext("%(tool)s needs %(settings)s"), { tool: label(tool), settings: listed }, true),
+                         true);
   return null;
 }
 
@@ -3502,11 +3600,11 @@ segDeleteButton.addEventListener("click", () => {
   if (!segmentation) return;
   if (segDeleteButton.dataset.armed !== String(segmentation.id)) {
     segDeleteButton.dataset.armed = String(segmentation.id);
-    segDeleteButton.textContent = "Delete? click again";
+    segDeleteButton.textContent = gettext("Delete? click again");
     return;
   }
   delete segDeleteButton.dataset.armed;
-  segDeleteButton.textContent = "Delete";
+  segDeleteButton.textContent = gettext("Delete");
   segmentationSend({ type: "seg_delete", segmentation: segmentation.id });
 });
 segNewForm.addEventListener("submit", newSegmentation);
@@ -3554,20 +3652,39 @@ const REGISTRATION_MESSAGES = new Set(["reg_run", "reg_landmarks", "reg_nudge", 
 const LANDMARKS = { min: 3, max: 32 };
 const LANDMARK_ROLES = ["fixed", "moving"];
 // One press of a nudge button: so far along, or about, one patient axis.
-const NUDGES = [{ field: "translate_mm", step: 2, title: "Move", unit: " mm" },
-                { field: "rotate_deg", step: 1, title: "Rotate", unit: "°" }];
+const NUDGES = [{ field: "translate_mm", step: 2, title: gettext("Move %(step)s mm") },
+                { field: "rotate_deg", step: 1, title: gettext("Rotate %(step)s°") }];
 // DICOM patient axes (LPS): where each one's + and − point, for the buttons' names.
-const PATIENT_AXES = [{ name: "x", minus: "the patient's right", plus: "the patient's left" },
-                      { name: "y", minus: "anterior", plus: "posterior" },
-                      { name: "z", minus: "the feet", plus: "the head" }];
-const REGISTRATION_METHODS = { rigid: "rigid (mutual information)", affine: "affine (mutual information)",
-                               landmarks: "landmarks", manual: "adjusted by hand" };
+const PATIENT_AXES = [{ name: "x", minus: gettext("the patient's right"), plus: gettext("the patient's left") },
+                      { name: "y", minus: gettext("anterior"), plus: gettext("posterior") },
+                      { name: "z", minus: gettext("the feet"), plus: gettext("the head") }];
+const REGISTRATION_METHODS = { rigid: gettext("rigid (mutual information)"), affine: gettext("affine (mutual information)"),
+                               landmarks: gettext("landmarks"), manual: gettext("adjusted by hand") };
+const REGISTRATION_STATES = { running: gettext("running"), proposed: gettext("proposed"), accepted: gettext("accepted"),
+                              rejected: gettext("rejected"), failed: gettext("failed"), cancelled: gettext("cancelled") };
 const REGISTRATION_ENDS = {
-  proposed: () => "proposed: shown in the views that fuse the two series; accept, adjust or reject it",
-  accepted: () => "accepted: added to the fixed series' study as a spatial registration",
-  rejected: () => "rejected",
-  failed: (reason) => `failed: ${reason || "no reason given"}`,
-  cancelled: (reason) => `cancelled${reason ? `: ${reason}` : ""}`,
+  proposed: () => gettext("proposed: shown in the views that fuse the two series; accept, adjust or reject it"),
+  accepted: () => gettext("accepted: added to the fixed series' study as a spatial registration"),
+  rejected: () => gettext("rejected"),
+  failed: (reason) => interpolate(gettext("failed: %(reason)s"), { reason: reason || gettext("no reason given") }, true),
+  cancelled: (reason) => (reason ? interpolate(gettext("cancelled: %(reason)s"), { reason }, true) : gettext("cancelled")),
+};
+// Each sentence about one role's landmarks, whole for each role.
+const LANDMARK_TEXTS = {
+  fixed: {
+    restarted: gettext("fixed landmarks begun again on view %(view)s: all of them come from one view"),
+    most: ngettext("at most %(count)s fixed landmark", "at most %(count)s fixed landmarks", LANDMARKS.max),
+    gone: gettext("view %(view)s no longer shows the fixed series: clear the landmarks and click them again"),
+    moved: gettext("the fixed landmarks are not all on the picture view %(view)s shows now: "
+      + "go back to where they were clicked, or clear them"),
+  },
+  moving: {
+    restarted: gettext("moving landmarks begun again on view %(view)s: all of them come from one view"),
+    most: ngettext("at most %(count)s moving landmark", "at most %(count)s moving landmarks", LANDMARKS.max),
+    gone: gettext("view %(view)s no longer shows the moving series: clear the landmarks and click them again"),
+    moved: gettext("the moving landmarks are not all on the picture view %(view)s shows now: "
+      + "go back to where they were clicked, or clear them"),
+  },
 };
 const SCINTIGRAPHY = new Set(["PT", "NM"]);
 const FUSE_ANSWER_MS = 10000;
@@ -3599,8 +3716,8 @@ function registrable(series) {
 
 function seriesName(uid) {
   const series = seriesByUid.get(uid);
-  if (!series) return "another series";
-  const name = [series.modality, series.description].filter(Boolean).join(" · ") || "series";
+  if (!series) return gettext("another series");
+  const name = [series.modality, series.description].filter(Boolean).join(" · ") || gettext("series");
   return studyOf(series) === studyUids[0] ? name : `${name} (${studyDate(studyOf(series))})`;
 }
 
@@ -3657,7 +3774,7 @@ function showRegistration() {
   const pair = Boolean(registrationPair.fixed && registrationPair.moving)
     && registrationPair.fixed !== registrationPair.moving;
   regRunButton.disabled = !pair || registrationAsked !== null || state === "running";
-  regRunButton.textContent = registrationAsked !== null ? "Registering…" : "Register";
+  regRunButton.textContent = registrationAsked !== null ? gettext("Registering…") : gettext("Register");
   regRunning.hidden = state !== "running";
   if (state === "running") showProgress(current);
   regCancelButton.disabled = registrationDeciding;
@@ -3682,27 +3799,37 @@ function showProgress(current) {
   } else {
     regProgress.removeAttribute("value");
   }
-  const how = REGISTRATION_METHODS[current.method] || label(textOf(current.method) || "registration");
-  regProgressText.textContent = total ? `${how}: ${done ?? 0} / ${total}` : `${how}: starting…`;
+  const how = registrationMethod(current.method);
+  regProgressText.textContent = total ? `${how}: ${done ?? 0} / ${total}`
+    : interpolate(gettext("%(method)s: starting…"), { method: how }, true);
+}
+
+function registrationMethod(method) {
+  const named = textOf(method);
+  return REGISTRATION_METHODS[named] || (named ? label(named) : gettext("registration"));
 }
 
 function describeProposal(current) {
-  const how = REGISTRATION_METHODS[current.method] || label(textOf(current.method) || "registration");
+  const pair = interpolate(gettext("%(method)s: %(moving)s onto %(fixed)s"), { method: registrationMethod(current.method),
+    moving: seriesName(current.moving), fixed: seriesName(current.fixed) }, true);
   const quality = Number.isFinite(current.error_mm)
-    ? `landmark error ${readerNumber(current.error_mm)} mm (RMS)`
-    : Number.isFinite(current.metric) ? `metric ${readerNumber(current.metric)}` : "";
-  const before = quality && current.method === "manual" ? " before the adjustment" : "";
-  return `${how}: ${seriesName(current.moving)} onto ${seriesName(current.fixed)}`
-    + (quality ? ` · ${quality}${before}` : "");
+    ? interpolate(gettext("landmark error %(error)s mm (RMS)"), { error: readerNumber(current.error_mm) }, true)
+    : Number.isFinite(current.metric)
+      ? interpolate(gettext("metric %(metric)s"), { metric: readerNumber(current.metric) }, true) : "";
+  if (!quality) return pair;
+  return `${pair} · ${current.method === "manual"
+    ? interpolate(gettext("%(quality)s before the adjustment"), { quality }, true) : quality}`;
 }
 
 function registrationItem(listed) {
   const item = element("li", "reg-item");
   item.dataset.registration = String(listed.id);
   item.dataset.state = textOf(listed.state);
-  item.append(element("span", "reg-item-method", label(textOf(listed.method) || "registration")), " ",
+  const method = textOf(listed.method);
+  const state = textOf(listed.state);
+  item.append(element("span", "reg-item-method", method ? label(method) : gettext("registration")), " ",
               element("span", "reg-item-pair", `${seriesName(listed.moving)} → ${seriesName(listed.fixed)}`), " ",
-              element("span", "reg-item-state", textOf(listed.state)));
+              element("span", "reg-item-state", REGISTRATION_STATES[state] || state));
   return item;
 }
 
@@ -3718,7 +3845,7 @@ function registrationAsk(fixed, moving) {
   registrationAsked = { fixed, moving, known: new Set(registrationsKnown.keys()) };
   registrationShown = null;
   registrationDeciding = false;
-  showRegistrationStatus("asked…");
+  showRegistrationStatus(gettext("asked…"));
   showRegistration();
 }
 
@@ -3748,9 +3875,9 @@ function nudgeRegistration(field, axis, amount) {
 }
 
 function buildNudges() {
-  regNudges.replaceChildren(...NUDGES.map(({ field, step, title, unit }) => {
+  regNudges.replaceChildren(...NUDGES.map(({ field, step, title }) => {
     const row = element("div", "reg-nudge-row");
-    row.append(element("span", "reg-nudge-name", `${title} ${step}${unit}`));
+    row.append(element("span", "reg-nudge-name", interpolate(title, { step }, true)));
     PATIENT_AXES.forEach((axis, at) => {
       for (const sign of [-1, 1]) {
         const signed = `${sign < 0 ? "−" : "+"}${axis.name}`;
@@ -3758,8 +3885,10 @@ function buildNudges() {
         button.type = "button";
         Object.assign(button.dataset, { field, axis: axis.name, sign: String(sign) });
         const text = field === "translate_mm"
-          ? `move ${step} mm towards ${sign < 0 ? axis.minus : axis.plus} (${signed})`
-          : `rotate ${sign < 0 ? "−" : "+"}${step}° about the ${axis.name} axis`;
+          ? interpolate(gettext("move %(step)s mm towards %(direction)s (%(signed)s)"),
+                        { step, direction: sign < 0 ? axis.minus : axis.plus, signed }, true)
+          : interpolate(gettext("rotate %(angle)s° about the %(axis)s axis"),
+                        { angle: `${sign < 0 ? "−" : "+"}${step}`, axis: axis.name }, true);
         button.title = text;
         button.setAttribute("aria-label", text);
         button.addEventListener("click", () => nudgeRegistration(field, at, sign * step));
@@ -3779,7 +3908,7 @@ function showFuse() {
   regFuseButton.hidden = !vocabulary.settings.fuse;
   regFuseButton.disabled = !view || !moving || view.layers[0] === moving;
   regFuseButton.setAttribute("aria-pressed", String(fused));
-  regFuseButton.textContent = fused ? "Take moving off active view" : "Fuse moving over active view";
+  regFuseButton.textContent = fused ? gettext("Take moving off active view") : gettext("Fuse moving over active view");
 }
 
 // The view's layers change as soon as it is pressed (the server answers with frames only); a
@@ -3835,8 +3964,8 @@ function landmarkRole(uid) {
 function landmarkPress(view, point) {
   const role = landmarkRole(view.layers[0]);
   if (!role) {
-    showRegistrationStatus(`view ${view.index + 1} shows neither the fixed nor the moving series: no landmark there`,
-      true);
+    showRegistrationStatus(interpolate(gettext("view %(view)s shows neither the fixed nor the moving series: "
+      + "no landmark there"), { view: view.index + 1 }, true), true);
     return;
   }
   if (!view.picture) return;
@@ -3844,12 +3973,12 @@ function landmarkPress(view, point) {
   if (list.view !== null && list.view !== view.index) {
     list = noLandmarks();
     landmarks[role] = list;
-    showRegistrationStatus(`${role} landmarks begun again on view ${view.index + 1}: all of them come from one view`);
+    showRegistrationStatus(interpolate(LANDMARK_TEXTS[role].restarted, { view: view.index + 1 }, true));
   } else {
     showRegistrationStatus("");
   }
   if (list.points.length >= LANDMARKS.max) {
-    showRegistrationStatus(`at most ${LANDMARKS.max} ${role} landmarks`, true);
+    showRegistrationStatus(interpolate(LANDMARK_TEXTS[role].most, { count: LANDMARKS.max }, true), true);
     return;
   }
   list.view = view.index;
@@ -3906,7 +4035,8 @@ function landmarksReady() {
 
 function showLandmarks() {
   regLandmarksButton.setAttribute("aria-pressed", String(landmarking));
-  regLandmarkCounts.textContent = `fixed ${landmarks.fixed.points.length} / moving ${landmarks.moving.points.length}`;
+  regLandmarkCounts.textContent = interpolate(gettext("fixed %(fixed)s / moving %(moving)s"),
+    { fixed: landmarks.fixed.points.length, moving: landmarks.moving.points.length }, true);
   regLandmarksRunButton.disabled = !landmarksReady() || registrationAsked !== null;
   regLandmarksClearButton.disabled = !landmarks.fixed.points.length && !landmarks.moving.points.length;
 }
@@ -3934,14 +4064,12 @@ function registerFromLandmarks() {
   for (const role of LANDMARK_ROLES) {
     const placed = landmarksOf(role);
     if (!placed) {
-      showRegistrationStatus(`view ${landmarks[role].view + 1} no longer shows the ${role} series: `
-        + "clear the landmarks and click them again", true);
+      showRegistrationStatus(interpolate(LANDMARK_TEXTS[role].gone, { view: landmarks[role].view + 1 }, true), true);
       return;
     }
     const points = placed.list.points.map((mark) => landmarkOn(mark, placed.view));
     if (points.some((point) => !point)) {
-      showRegistrationStatus(`the ${role} landmarks are not all on the picture view ${placed.view.index + 1} `
-        + "shows now: go back to where they were clicked, or clear them", true);
+      showRegistrationStatus(interpolate(LANDMARK_TEXTS[role].moved, { view: placed.view.index + 1 }, true), true);
       return;
     }
     sent[role] = { view: placed.view.index, series: placed.list.series,
@@ -3989,7 +4117,7 @@ function registrationFailed(message) {
   if (fuseAsked && message.code === "refused" && message.of === "set" && message.view === fuseAsked.view
     && performance.now() < fuseAsked.until) {
     fuseRefused();
-    showRegistrationStatus(`not fused: ${textOf(message.message)}`, true);
+    showRegistrationStatus(interpolate(gettext("not fused: %(reason)s"), { reason: textOf(message.message) }, true), true);
     return false;
   }
   if (!REGISTRATION_MESSAGES.has(message.of)) return false;
@@ -4016,7 +4144,7 @@ function clearRegistrations() {
   showRegistration();
 }
 
-regKindSelect.replaceChildren(...REGISTRATION_KINDS.map((kind) => option(kind, kind)));
+regKindSelect.replaceChildren(...REGISTRATION_KINDS.map((kind) => option(kind, label(kind))));
 buildNudges();
 regFixedSelect.addEventListener("change", () => chooseRegistrationSeries(regFixedSelect));
 regMovingSelect.addEventListener("change", () => chooseRegistrationSeries(regMovingSelect));
@@ -4084,7 +4212,7 @@ function layerRows(view) {
 function layerName(row) {
   const series = seriesByUid.get(row.uid);
   return (series && (textOf(series.description) || textOf(series.modality)))
-    || (row.window && textOf(row.window.modality)) || `layer ${row.index}`;
+    || (row.window && textOf(row.window.modality)) || interpolate(gettext("layer %(number)s"), { number: row.index }, true);
 }
 
 function layerHidden(view, key) {
@@ -4150,7 +4278,7 @@ function layerItem(view, row, name, count) {
   if (row.uid) item.dataset.series = row.uid;
   const title = element("span", "layer-name", name);
   if (row.index === 0) {
-    item.append(title, " ", element("span", "layer-role", "base"));
+    item.append(title, " ", element("span", "layer-role", gettext("base")));
     return item;
   }
   const controls = layerControls();
@@ -4159,7 +4287,7 @@ function layerItem(view, row, name, count) {
     const box = document.createElement("input");
     box.type = "checkbox";
     box.dataset.role = "visible";
-    box.setAttribute("aria-label", `show ${name}`);
+    box.setAttribute("aria-label", interpolate(gettext("show %(name)s"), { name }, true));
     box.addEventListener("change", () => setLayerShown(index, row, box.checked));
     const shown = element("label", "layer-visible");
     shown.append(box, title);
@@ -4175,33 +4303,36 @@ function layerItem(view, row, name, count) {
     slider.min = String(rule.min ?? 0);
     slider.max = String(rule.max ?? 1);
     slider.dataset.role = "opacity";
-    slider.setAttribute("aria-label", `opacity of ${name}`);
+    slider.setAttribute("aria-label", interpolate(gettext("opacity of %(name)s"), { name }, true));
     slider.addEventListener("input", () => changeLayerOpacity(index, row, Number(slider.value)));
     const shown = element("output", "layer-opacity-value");
-    const blend = element("label", "layer-opacity", "Opacity");
+    const blend = element("label", "layer-opacity", gettext("Opacity"));
     blend.append(slider, shown);
     item.append(blend);
   }
   if (controls.palette) {
     const select = element("select", "layer-palette");
     select.dataset.role = "palette";
-    select.setAttribute("aria-label", `palette of ${name}`);
+    select.setAttribute("aria-label", interpolate(gettext("palette of %(name)s"), { name }, true));
     select.replaceChildren(...choicesOf("palette").map((choice) => option(choice, label(choice))));
     select.addEventListener("change", () => setLayerPalette(index, row, select.value));
-    const palette = element("label", "layer-palette-choice", "Palette");
+    const palette = element("label", "layer-palette-choice", gettext("Palette"));
     palette.append(select);
     item.append(palette);
   }
   if (controls.order && count > 2) {
     const moves = element("span", "layer-moves");
     moves.setAttribute("role", "group");
-    moves.setAttribute("aria-label", `drawing order of ${name}`);
-    moves.append(layerButton("↑", "up", `move ${name} up (drawn earlier)`, () => moveLayer(index, row, row.index - 1)),
-                 layerButton("↓", "down", `move ${name} down (drawn later)`, () => moveLayer(index, row, row.index + 1)));
+    moves.setAttribute("aria-label", interpolate(gettext("drawing order of %(name)s"), { name }, true));
+    moves.append(layerButton("↑", "up", interpolate(gettext("move %(name)s up (drawn earlier)"), { name }, true),
+                             () => moveLayer(index, row, row.index - 1)),
+                 layerButton("↓", "down", interpolate(gettext("move %(name)s down (drawn later)"), { name }, true),
+                             () => moveLayer(index, row, row.index + 1)));
     item.append(moves);
   }
   if (controls.fuse) {
-    item.append(layerButton("Remove", "remove", `remove ${name} from the view`, () => removeLayer(index, row)));
+    item.append(layerButton(gettext("Remove"), "remove", interpolate(gettext("remove %(name)s from the view"), { name }, true),
+                            () => removeLayer(index, row)));
   }
   return item;
 }
@@ -4408,7 +4539,7 @@ const WEIGHT_RANGE = { min: -1e6, max: 1e6 };
 const ARITHMETIC_TERMS = { difference: 2, ratio: 2, weighted_sum: 4 };
 const ARITHMETIC_FORMULAS = { difference: "w₁·A − w₂·B", ratio: "(w₁·A) / (w₂·B)",
                               weighted_sum: "w₁·A + w₂·B (+ w₃·C + w₄·D)" };
-const DIMS_NAMES = { 2: "2-D: each slice alone", 3: "3-D: the volume" };
+const DIMS_NAMES = { 2: gettext("2-D: each slice alone"), 3: gettext("3-D: the volume") };
 const PREVIEW_ENCODINGS = new Set(["jpeg", "png"]);
 const LIVE_PREVIEW_MS = 250;
 const DERIVE_ANSWER_MS = 10000;
@@ -4470,10 +4601,18 @@ function showInputProblem(problem) {
 function rangeText(rule) {
   const low = Number.isFinite(rule.minimum) ? rule.minimum : null;
   const high = Number.isFinite(rule.maximum) ? rule.maximum : null;
-  const kind = rule.integer ? "a whole number" : "a number";
-  if (low !== null && high !== null) return `${kind} from ${low} to ${high}`;
-  if (low !== null) return `${kind} from ${low}`;
-  return high !== null ? `${kind} up to ${high}` : kind;
+  const whole = Boolean(rule.integer);
+  if (low !== null && high !== null) {
+    return interpolate(whole ? gettext("a whole number from %(low)s to %(high)s")
+      : gettext("a number from %(low)s to %(high)s"), { low, high }, true);
+  }
+  if (low !== null) {
+    return interpolate(whole ? gettext("a whole number from %(low)s") : gettext("a number from %(low)s"), { low }, true);
+  }
+  if (high !== null) {
+    return interpolate(whole ? gettext("a whole number up to %(high)s") : gettext("a number up to %(high)s"), { high }, true);
+  }
+  return whole ? gettext("a whole number") : gettext("a number");
 }
 
 // "sigma_mm" in mm reads "sigma (mm)".
@@ -4492,7 +4631,8 @@ function parameterField(spec, rule, typed) {
   input.step = rule.integer ? "1" : "any";
   input.value = typed[rule.name] ?? String(rule.default ?? "");
   input.title = textOf(rule.description);
-  input.setAttribute("aria-label", `${parameterName(rule)} of the ${label(spec.name)} filter`);
+  input.setAttribute("aria-label", interpolate(gettext("%(parameter)s of the %(filter)s filter"),
+                                              { parameter: parameterName(rule), filter: label(spec.name) }, true));
   input.addEventListener("input", () => {
     typed[rule.name] = input.value;
     showDerive();
@@ -4522,7 +4662,7 @@ function buildFilterFields() {
 // Every parameter as a number within its announced range, or the first that is not (and why).
 function filterParameters() {
   const spec = filterSpec();
-  if (!spec) return { problem: "no filter chosen" };
+  if (!spec) return { problem: gettext("no filter chosen") };
   const parameters = {};
   let problem = "";
   for (const field of deriveParams.querySelectorAll("input[data-param]")) {
@@ -4540,7 +4680,7 @@ function filterParameters() {
 function buildTerms() {
   deriveTerms.replaceChildren(...TERM_NAMES.map((name, index) => {
     const select = element("select", "derive-term-series");
-    select.setAttribute("aria-label", `series ${name}`);
+    select.setAttribute("aria-label", interpolate(gettext("series %(name)s"), { name }, true));
     select.addEventListener("change", chooseArithmeticSeries);
     const weight = document.createElement("input");
     weight.type = "number";
@@ -4549,7 +4689,7 @@ function buildTerms() {
     weight.min = String(WEIGHT_RANGE.min);
     weight.max = String(WEIGHT_RANGE.max);
     weight.value = arithmeticWeights[index];
-    weight.setAttribute("aria-label", `weight of series ${name}`);
+    weight.setAttribute("aria-label", interpolate(gettext("weight of series %(name)s"), { name }, true));
     weight.addEventListener("input", () => {
       arithmeticWeights[index] = weight.value;
       showDerive();
@@ -4585,7 +4725,7 @@ function fillArithmeticSeries() {
   const wanted = [first, second, ...[2, 3].map((at) => (uids.includes(chosen[at]) ? chosen[at] : ""))];
   termSelects().forEach((select, index) => {
     const options = uids.map((uid) => option(uid, seriesName(uid)));
-    if (index >= 2) options.unshift(option("", "— none —"));
+    if (index >= 2) options.unshift(option("", gettext("— none —")));
     select.replaceChildren(...options);
     showChoice(select, wanted[index]);
   });
@@ -4606,7 +4746,7 @@ function chosenTerms() {
 
 // The arithmetic message, or the first reason there is none.
 function arithmeticMessage() {
-  if (!arithmeticOperation) return { problem: "no operation chosen" };
+  if (!arithmeticOperation) return { problem: gettext("no operation chosen") };
   const terms = chosenTerms();
   let problem = "";
   for (const term of terms) {
@@ -4614,11 +4754,14 @@ function arithmeticMessage() {
     const ok = Number.isFinite(weight) && weight >= WEIGHT_RANGE.min && weight <= WEIGHT_RANGE.max;
     term.input.setAttribute("aria-invalid", String(Boolean(term.uid) && !ok));
     term.weight = weight;
-    if (term.uid && !ok && !problem) problem = `a weight is a number from ${WEIGHT_RANGE.min} to ${WEIGHT_RANGE.max}`;
+    if (term.uid && !ok && !problem) {
+      problem = interpolate(gettext("a weight is a number from %(low)s to %(high)s"),
+                            { low: WEIGHT_RANGE.min, high: WEIGHT_RANGE.max }, true);
+    }
   }
   const used = terms.filter((term) => term.uid);
-  if (terms.some((term) => term.required && !term.uid)) problem = "choose series A and B";
-  else if (new Set(used.map((term) => term.uid)).size !== used.length) problem = "choose different series";
+  if (terms.some((term) => term.required && !term.uid)) problem = gettext("choose series A and B");
+  else if (new Set(used.map((term) => term.uid)).size !== used.length) problem = gettext("choose different series");
   if (problem) return { problem };
   return { message: { type: "derive", operation: arithmeticOperation, series: used.map((term) => term.uid),
                       weights: used.map((term) => term.weight), space: deriveSpaceSelect.value } };
@@ -4657,20 +4800,21 @@ function showDerive() {
   const offered = Boolean(deriveOffer);
   deriveSection.hidden = !offered;
   const base = baseOfActiveView();
-  deriveBase.textContent = base ? seriesName(base) : "no view";
+  deriveBase.textContent = base ? seriesName(base) : gettext("no view");
   const filter = filterParameters();
   const asking = deriveAsked !== null;
   derivePreviewButton.disabled = !base || Boolean(filter.problem);
   deriveFilterMake.disabled = asking || Boolean(filter.problem) || !registrable(seriesByUid.get(base));
   deriveFilterMake.title = base && !registrable(seriesByUid.get(base))
-    ? "the active view's series is not a volume: only volume series are filtered into new series"
-    : "Make a new series: the active view's series filtered";
+    ? gettext("the active view's series is not a volume: only volume series are filtered into new series")
+    : gettext("Make a new series: the active view's series filtered");
   const count = termCount();
   deriveTerms.querySelectorAll(".derive-term").forEach((term, index) => { term.hidden = index >= count; });
   deriveFormula.textContent = ARITHMETIC_FORMULAS[arithmeticOperation] || "";
   const arithmetic = arithmeticMessage();
   deriveArithmeticMake.disabled = asking || Boolean(arithmetic.problem);
-  deriveArithmeticMake.title = arithmetic.problem || "Make a new series of these series, each resampled onto the first";
+  deriveArithmeticMake.title = arithmetic.problem
+    || gettext("Make a new series of these series, each resampled onto the first");
   deriveHideButton.disabled = !views.some((view) => view.preview);
   showMeasurePanel();
 }
@@ -4678,19 +4822,23 @@ function showDerive() {
 // Each job's item is built again only when its state changes, so a focused button stays.
 function fillDeriveResult(item, job) {
   item.dataset.state = textOf(job.state);
-  const what = textOf(job.description) || label(textOf(job.operation) || "series");
+  const operation = textOf(job.operation);
+  const what = textOf(job.description) || (operation ? label(operation) : gettext("series"));
   if (job.state === "running") {
     const bar = element("progress");
-    bar.setAttribute("aria-label", `making ${what}`);
-    item.replaceChildren(element("span", "derive-result-text", `making ${what}…`), bar);
+    bar.setAttribute("aria-label", interpolate(gettext("making %(what)s"), { what }, true));
+    item.replaceChildren(element("span", "derive-result-text", interpolate(gettext("making %(what)s…"), { what }, true)),
+                         bar);
   } else if (job.state === "done") {
-    const show = element("button", "derive-show", "Show in active view");
+    const show = element("button", "derive-show", gettext("Show in active view"));
     show.type = "button";
     show.dataset.series = textOf(job.series);
     show.addEventListener("click", () => showSeries(activeView, job.series));
-    item.replaceChildren(element("span", "derive-result-text", `made: ${what}`), show);
+    item.replaceChildren(element("span", "derive-result-text", interpolate(gettext("made: %(what)s"), { what }, true)),
+                         show);
   } else {
-    item.replaceChildren(element("span", "derive-result-text", `failed: ${textOf(job.reason) || "no reason given"}`));
+    item.replaceChildren(element("span", "derive-result-text", interpolate(gettext("failed: %(reason)s"),
+      { reason: textOf(job.reason) || gettext("no reason given") }, true)));
   }
 }
 
@@ -4708,7 +4856,7 @@ function showDeriveResults() {
     if (show) {
       const listed = seriesByUid.get(job.series);
       show.disabled = !listed || !listed.available;
-      show.title = show.disabled ? "waiting for the series list" : "";
+      show.title = show.disabled ? gettext("waiting for the series list") : "";
     }
     shown.delete(String(job.id));
   }
@@ -4721,7 +4869,7 @@ function showDeriveResults() {
 function askDerive(message) {
   clearTimeout(deriveAsked);
   deriveAsked = setTimeout(() => { deriveAsked = null; showDerive(); }, DERIVE_ANSWER_MS);
-  showDeriveStatus("asked…");
+  showDeriveStatus(gettext("asked…"));
   send(message);
   showDerive();
 }
@@ -4770,17 +4918,21 @@ function showPreview(view, source, filter, reduced) {
   const layer = element("div", "filter-preview");
   layer.dataset.filter = filter;
   const picture = element("img");
-  picture.alt = `the view with its slice filtered (${label(filter)}): a preview`;
+  const name = label(filter);
+  picture.alt = interpolate(gettext("the view with its slice filtered (%(filter)s): a preview"), { filter: name }, true);
   picture.addEventListener("error", () => {
     if (view.preview !== layer) return;
     hidePreview(view);
-    showDeriveStatus("the preview could not be shown", true);
+    showDeriveStatus(gettext("the preview could not be shown"), true);
     showDerive();
   });
   picture.src = source;
-  const resolution = reduced === 2 ? " (at half resolution)"
-    : Number.isInteger(reduced) && reduced > 2 ? ` (at 1/${reduced} resolution)` : "";
-  layer.append(picture, element("span", "filter-preview-caption", `preview: ${label(filter)}${resolution}`));
+  const caption = reduced === 2
+    ? interpolate(gettext("preview: %(filter)s (at half resolution)"), { filter: name }, true)
+    : Number.isInteger(reduced) && reduced > 2
+      ? interpolate(gettext("preview: %(filter)s (at 1/%(factor)s resolution)"), { filter: name, factor: reduced }, true)
+      : interpolate(gettext("preview: %(filter)s"), { filter: name }, true);
+  layer.append(picture, element("span", "filter-preview-caption", caption));
   view.canvas.after(layer);
   view.preview = layer;
 }
@@ -4802,7 +4954,7 @@ function receiveFilterPreview(message) {
   const view = views[message.view];
   const encoding = textOf(message.encoding);
   if (!view || !PREVIEW_ENCODINGS.has(encoding) || typeof message.image !== "string" || !BASE64.test(message.image)) {
-    showDeriveStatus("the preview could not be shown", true);
+    showDeriveStatus(gettext("the preview could not be shown"), true);
     return;
   }
   if (deriveStatus.dataset.preview) showDeriveStatus("");
@@ -4821,7 +4973,7 @@ function receiveDerived(message) {
   if (!Number.isInteger(message.id) || !["running", "done", "failed"].includes(message.state)) return;
   clearTimeout(deriveAsked);
   deriveAsked = null;
-  if (deriveStatus.textContent === "asked…") showDeriveStatus("");
+  if (deriveStatus.textContent === gettext("asked…")) showDeriveStatus("");
   deriveJobs.set(message.id, message);
   showDeriveResults();
   showDerive();
@@ -4837,7 +4989,7 @@ function deriveFailed(message) {
     showDeriveStatus(text, true);
   } else {
     previewSettled();  // the next change goes; the refusal stays on screen until a preview is shown
-    showDeriveStatus(`preview: ${text}`, true);
+    showDeriveStatus(interpolate(gettext("preview: %(error)s"), { error: text }, true), true);
     deriveStatus.dataset.preview = "true";
   }
   showDerive();
@@ -4855,7 +5007,8 @@ function deriveReset() {
   previewAgain = false;
   for (const job of deriveJobs.values()) {
     if (job.state === "running") {
-      deriveJobs.set(job.id, { ...job, state: "failed", reason: "the connection was lost while it was being made" });
+      deriveJobs.set(job.id, { ...job, state: "failed",
+                               reason: gettext("the connection was lost while it was being made") });
     }
   }
   showDeriveResults();
@@ -4946,7 +5099,7 @@ radiusInput.addEventListener("change", changeRadius);
 growBoxInput.value = String(GROW_BOX_MM.initial);
 growBoxInput.min = String(GROW_BOX_MM.min);
 growBoxInput.max = String(GROW_BOX_MM.max);
-growModeSelect.replaceChildren(...Object.keys(GROW_MODES).map((mode) => option(mode, mode)));
+growModeSelect.replaceChildren(...Object.keys(GROW_MODES).map((mode) => option(mode, label(mode))));
 growModeSelect.value = growMode;
 showGrowValue(growMode, GROW_MODES[growMode].initial);
 growBoxInput.addEventListener("change", changeGrow);
