@@ -1,9 +1,16 @@
 // Follows a PACS retrieval: polls its progress once a second until it has ended.
 "use strict";
 (function () {
+  // Django's JavaScript catalogue (base.html loads it first) translates; without it, the English.
+  const gettext = window.gettext || ((text) => text);
+  const interpolate = window.interpolate
+    || ((format, values) => format.replace(/%\(\s*([^)]+)\s*\)s/g, (match, name) => String(values[name])));
   const root = document.getElementById("retrieval");
   if (!root) return;
   const ended = new Set(["done", "failed", "cancelled"]);
+  // The states as the page words them (the wire and the markup's data keep the codes).
+  const STATES = {queued: gettext("queued"), running: gettext("running"), done: gettext("done"),
+                  failed: gettext("failed"), cancelled: gettext("cancelled")};
 
   function cell(text) {
     const td = document.createElement("td");
@@ -21,15 +28,16 @@
   }
 
   function show(wire) {
-    document.getElementById("state").textContent = wire.state;
-    document.getElementById("count").textContent = `${wire.received} of ${wire.expected || "?"}`;
+    document.getElementById("state").textContent = STATES[wire.state] || wire.state;
+    document.getElementById("count").textContent = interpolate(gettext("%(received)s of %(expected)s"),
+                                                               {received: wire.received, expected: wire.expected || "?"}, true);
     const total = document.getElementById("total");
     total.max = Math.max(wire.expected, 1);
     total.value = wire.received;
     const rows = wire.series.map((entry) => {
       const tr = document.createElement("tr");
       tr.append(cell(`${entry.modality} ${entry.description}`), bar(entry.received, entry.expected),
-                cell(entry.complete ? "complete" : "arriving"));
+                cell(entry.complete ? gettext("complete") : gettext("arriving")));
       return tr;
     });
     const table = document.getElementById("series");

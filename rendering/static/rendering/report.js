@@ -1,5 +1,10 @@
 // The report editor: autosave of the draft, and live key images (their state changes on the
 // server, which renders them again). Everything is sent as JSON to the report's own routes.
+// Django's JavaScript catalogue (base.html loads it before this module) translates; without it,
+// the English as written here.
+const gettext = window.gettext || ((text) => text);
+const interpolate = window.interpolate
+  || ((format, values) => format.replace(/%\(\s*([^)]+)\s*\)s/g, (match, name) => String(values[name])));
 const report = document.getElementById("report");
 const status = document.querySelector(".autosave");
 const csrf = document.querySelector("input[name=csrfmiddlewaretoken]").value;
@@ -38,17 +43,17 @@ function draft() {
 
 async function save() {
   timer = null;
-  say("Saving…");
+  say(gettext("Saving…"));
   try {
     const answer = await post(report.dataset.save, draft());
-    say(`Saved ${answer.saved}`);
+    say(interpolate(gettext("Saved %(time)s"), { time: answer.saved }, true));
   } catch (error) {
-    say(`Not saved: ${error.message}`);
+    say(interpolate(gettext("Not saved: %(reason)s"), { reason: error.message }, true));
   }
 }
 
 function saveSoon() {
-  say("Unsaved changes");
+  say(gettext("Unsaved changes"));
   if (timer) clearTimeout(timer);
   timer = setTimeout(save, SAVE_DELAY_MS);
 }
@@ -61,7 +66,7 @@ async function adjust(item, change) {
     item.querySelector(".width").value = answer.window_width;
     image.src = image.src.split("?")[0] + `?t=${Date.now()}`;
   } catch (error) {
-    say(`Key image not changed: ${error.message}`);
+    say(interpolate(gettext("Key image not changed: %(reason)s"), { reason: error.message }, true));
   }
 }
 
