@@ -32,6 +32,7 @@ class Permission(StrEnum):
     STUDY_REPORT = "study.report"
     STUDY_SHARE = "study.share"
     STUDY_RETRIEVE = "study.retrieve"
+    STUDY_IMPORT_RAW = "study.import_raw"
     SHARE_MANAGE = "share.manage"
     STUDY_INGEST = "study.ingest"
     AUDIT_READ = "audit.read"
@@ -52,6 +53,8 @@ PERMISSION_MEANING: dict[Permission, str] = {
     Permission.STUDY_REPORT: "write and read findings/reports",
     Permission.STUDY_SHARE: "share a patient or study with a consultant (mint a macaroon)",
     Permission.STUDY_RETRIEVE: "search the hospital's PACS and retrieve a study from it into the gateway",
+    Permission.STUDY_IMPORT_RAW: "import a NIfTI, NRRD or MetaImage volume as a new study or into a study "
+                                 "the user may open, through ingest (de-identified, encrypted, audited)",
     Permission.SHARE_MANAGE: "list active shares with their last use and revoke them "
                              "(doctors: the shares they issued; IT admins: all)",
     Permission.STUDY_INGEST: "append new images (C-STORE, STOW-RS); never read",
@@ -67,7 +70,8 @@ PERMISSION_MEANING: dict[Permission, str] = {
 ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
     Role.DOCTOR: frozenset({Permission.PATIENT_SEARCH, Permission.STUDY_VIEW,
                             Permission.STUDY_MEASURE, Permission.STUDY_REPORT,
-                            Permission.STUDY_SHARE, Permission.SHARE_MANAGE, Permission.STUDY_RETRIEVE}),
+                            Permission.STUDY_SHARE, Permission.SHARE_MANAGE, Permission.STUDY_RETRIEVE,
+                            Permission.STUDY_IMPORT_RAW}),
     Role.NURSE: frozenset({Permission.PATIENT_SEARCH, Permission.STUDY_VIEW, Permission.STUDY_RETRIEVE}),
     Role.ADMIN_STAFF: frozenset({Permission.PATIENT_SEARCH, Permission.PATIENT_DEMOGRAPHICS,
                                  Permission.SCHEDULE_MANAGE}),
@@ -75,7 +79,7 @@ ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
     Role.AUDITOR: frozenset({Permission.AUDIT_READ, Permission.AUDIT_EXPORT,
                              Permission.AUDIT_VERIFY}),
     Role.IT_ADMIN: frozenset({Permission.USER_MANAGE, Permission.DEVICE_MANAGE,
-                              Permission.KEY_MANAGE, Permission.SHARE_MANAGE}),
+                              Permission.KEY_MANAGE, Permission.SHARE_MANAGE, Permission.STUDY_IMPORT_RAW}),
 }
 
 # Granted to individual auditors on top of their role (Django permission
@@ -203,6 +207,10 @@ ROUTES: dict[str, RouteRule] = {
     "imaging:retrieval_stop": RouteRule(Stage.SIGNED_IN, Permission.STUDY_RETRIEVE,
                                         "stop a retrieval; what arrived is kept (POST)",
                                         denied_as=Action.PACS_RETRIEVE),
+    "imaging:raw_import": RouteRule(Stage.SIGNED_IN, Permission.STUDY_IMPORT_RAW,
+                                    "import a NIfTI, NRRD or MetaImage volume through ingest (multipart "
+                                    "POST, admitted and bounded on its headers; audited as ingest)",
+                                    denied_as=Action.INGEST),
     "imaging:pacs_queue": RouteRule(Stage.SIGNED_IN, Permission.STUDY_RETRIEVE,
                                     "retrievals, and results queued for the PACS with their attempts",
                                     denied_as=Action.PACS_SEND),

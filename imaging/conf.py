@@ -67,3 +67,9 @@ def pacs_prefetch_priors() -> int:
 def pacs_prefetch_any_modality() -> bool:
     """``GATEWAY_PACS_PREFETCH_ANY_MODALITY``: priors of any modality, not only the arrived study's."""
     return bool(getattr(settings, "IMAGING_PACS_PREFETCH_ANY_MODALITY", False))
+
+
+def raw_import_spool_dir() -> Path:
+    """Where an uploaded raw volume (NIfTI, NRRD, MetaImage) is written while it is imported
+    (``var/raw-import``; each upload in a private directory removed afterwards)."""
+    return Path(getattr(settings, "IMAGING_RAW_IMPORT_SPOOL_DIR", Path(settings.VAR_DIR) / "raw-import"))

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from imaging import views
+from imaging import raw_import_views, views
 
 app_name = "imaging"
 urlpatterns = [
@@ -9,4 +9,5 @@ urlpatterns = [
     path("pacs/retrievals/<int:retrieval>/", views.retrieval, name="retrieval"),
     path("pacs/retrievals/<int:retrieval>/stop", views.retrieval_stop, name="retrieval_stop"),
     path("pacs/queue", views.send_queue, name="pacs_queue"),
+    path("raw-import", raw_import_views.raw_import, name="raw_import"),
 ]
