@@ -7,6 +7,8 @@ from django.db import DatabaseError, connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
+from django.utils.functional import Promise
+from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_GET
 
 from gateway.policy import Access, route_access, route_rule
@@ -38,13 +40,15 @@ def healthz(request: HttpRequest) -> JsonResponse:
 START_PAGES = (
     ("imaging:worklist", "Worklist", "patients and studies, here and in the hospital's PACS"),
     ("imaging:pacs_queue", "PACS", "retrievals, and results sent back to the PACS"),
+    ("imaging:raw_import", _("Raw import"),
+     _("NIfTI, NRRD and MetaImage volumes as DICOM, into a new or an existing study")),
     ("sharing:active", "Active shares", "shares with external consultants, their last use, revocation"),
     ("audit:console", "Audit console", "who did what: filter, export, verify the chain"),
     ("admin:index", "Administration", "accounts, roles, second factors, devices"),
 )
 
 
-def start_pages(principal: object) -> list[tuple[str, str, str]]:
+def start_pages(principal: object) -> list[tuple[str, str | Promise, str | Promise]]:
     """(URL, title, what it is for) of each start page the policy lets ``principal`` reach."""
     return [(reverse(name), title, purpose) for name, title, purpose in START_PAGES
             if route_access(principal, route_rule(name)) is Access.ALLOW]

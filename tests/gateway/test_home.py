@@ -12,11 +12,11 @@ from tests.conftest import ZONES
 pytestmark = pytest.mark.django_db(databases=ZONES, transaction=True)
 
 ROLE_PAGES = {
-    "doctor": {"Worklist", "PACS", "Active shares"},
+    "doctor": {"Worklist", "PACS", "Raw import", "Active shares"},
     "nurse": {"Worklist", "PACS"},
     "admin_staff": {"Worklist"},
     "auditor": {"Audit console"},
-    "it_admin": {"Active shares", "Administration"},
+    "it_admin": {"Raw import", "Active shares", "Administration"},
 }
 LINK = re.compile(r'<li><a href="([^"]+)">([^<]+)</a>')
 
