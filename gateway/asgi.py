@@ -23,13 +23,14 @@ from gateway.bodies import bodies_streamed  # noqa: E402
 from gateway.body_limit import BodyLimit  # noqa: E402
 from gateway.consumers import RefuseConsumer  # noqa: E402
 from gateway.origin import SameOriginValidator  # noqa: E402
+from imaging.raw_import_asgi import RawImportGate  # noqa: E402
 from imaging.stow_asgi import StowGate  # noqa: E402
 from rendering.pool import render_pool_prestart  # noqa: E402
 from rendering.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": bodies_streamed(StowGate(BodyLimit(django_asgi_app))),
+        "http": bodies_streamed(StowGate(RawImportGate(BodyLimit(django_asgi_app)))),
         "websocket": SameOriginValidator(
             GatewayAuthStack(
                 URLRouter([*websocket_urlpatterns, re_path(r"", RefuseConsumer.as_asgi())])

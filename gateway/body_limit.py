@@ -6,6 +6,8 @@ body has been received. :class:`BodyLimit` answers 413 on the headers when ``Con
 declares more than that limit, and when a body without one (chunked) passes it, stops reading
 and answers 413 then. STOW-RS bodies (instances, hundreds of MB) are admitted and streamed by
 :class:`imaging.stow_asgi.StowGate`, which hands Django an empty body: they pass untouched.
+A raw volume import admitted on its headers by :class:`imaging.raw_import_asgi.RawImportGate`
+carries its own, larger limit in the scope (``BODY_LIMIT_KEY``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ from typing import Any
 from django.conf import settings
 
 from imaging.stow import SCOPE_KEY
+
+BODY_LIMIT_KEY = "fusion_gateway.body_limit"
+"""Scope entry a gate in front sets for a request it admitted on its headers: that request's own
+limit (:class:`imaging.raw_import_asgi.RawImportGate`). Clients cannot set scope entries."""
 
 
 def _declared_length(scope: dict[str, Any]) -> int | None:
@@ -43,7 +49,7 @@ class BodyLimit:
         if scope.get("type") != "http" or SCOPE_KEY in scope:
             await self.application(scope, receive, send)
             return
-        limit = int(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+        limit = int(scope.get(BODY_LIMIT_KEY) or settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
         declared = _declared_length(scope)
         if declared is not None and declared > limit:
             await _refuse(send, limit)
