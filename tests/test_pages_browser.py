@@ -123,7 +123,7 @@ def test_each_role_walks_its_daily_path_and_every_page_passes_axe(demo_gateway, 
 
         doctor = _walk(browser, tmp_path, "doctor")
         _keyboard_sign_in(doctor.page, base, "dr.ada", credentials)
-        assert _links(doctor.page) == {"Worklist", "PACS", "Active shares"}
+        assert _links(doctor.page) == {"Worklist", "PACS", "Raw import", "Active shares"}
         doctor.check("home")
         doctor.page.goto(f"{base}/imaging/worklist")
         assert "Recent studies" in doctor.page.inner_text("main")
@@ -147,6 +147,8 @@ def test_each_role_walks_its_daily_path_and_every_page_passes_axe(demo_gateway, 
         doctor.page.goto(f"{base}/imaging/pacs/queue")
         assert "Nothing has been queued." in doctor.page.inner_text("main")
         doctor.check("pacs")
+        doctor.page.goto(f"{base}/imaging/raw-import")
+        doctor.check("raw-import")
         doctor.page.goto(f"{base}/accounts/security/")
         doctor.check("security")
         problems += doctor.problems
@@ -191,7 +193,7 @@ def test_each_role_walks_its_daily_path_and_every_page_passes_axe(demo_gateway, 
 
         admin = _walk(browser, tmp_path, "it-admin")
         page_sign_in(admin.page, base, "it.linus", credentials)
-        assert _links(admin.page) == {"Active shares", "Administration"}
+        assert _links(admin.page) == {"Raw import", "Active shares", "Administration"}
         admin.check("home")
         admin.page.goto(f"{base}/share/active/")
         admin.check("active-shares")
