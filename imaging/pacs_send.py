@@ -14,6 +14,7 @@ is rows in the clinical zone. The stored object itself is never re-identified.
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 from collections.abc import Iterable
@@ -58,7 +59,7 @@ def results_queue(*, study: Study, sop_instance_uids: Iterable[str], modality: s
 
 def reidentified(ds: Dataset, *, study_uid: str, pseudonym: str) -> Dataset:
     """``ds`` as the hospital's PACS knows the patient and study (a copy; ``ds`` is left alone)."""
-    out = ds.copy()
+    out = copy.deepcopy(ds)  # the UIDs are restored in place, element by element
     patient = PatientIdentity.objects.filter(pseudonym=pseudonym).first()
     study = StudyIdentity.objects.filter(study_instance_uid=study_uid).first()
     if patient is None or study is None:

@@ -28,7 +28,7 @@ from imaging.identity.models import RemoteStudy
 from imaging.models import Instance, JobState, PacsSend, Retrieval, Series, Study, VolumeState
 from imaging.pacs_query import Criteria, pacs_search
 from imaging.pacs_retrieve import Progress, retrieval_claim, retrieval_request, retrieval_run, series_arriving
-from imaging.pacs_send import sends_drain, sends_retry_now
+from imaging.pacs_send import reidentified, sends_drain, sends_retry_now
 from imaging.phantom import phantom_write
 from imaging.report_dicom import encapsulated_pdf
 from imaging.report_settings import destination_echo, destination_register
@@ -302,6 +302,10 @@ def test_a_result_goes_back_to_the_pacs_with_the_hospitals_patient_id_and_study_
     stored = pydicom.dcmread(io.BytesIO(storage.object_get(Instance.objects.get(
         sop_instance_uid=uid).object_id)))
     assert str(stored.PatientID) != str(headers[0].PatientID)  # the stored copy stays pseudonymised
+    before = (str(stored.SOPInstanceUID), str(stored.StudyInstanceUID), str(stored.PatientID))
+    restored = reidentified(stored, study_uid=study.study_instance_uid, pseudonym=study.patient.pseudonym)
+    assert str(restored.StudyInstanceUID) == str(headers[0].StudyInstanceUID)
+    assert (str(stored.SOPInstanceUID), str(stored.StudyInstanceUID), str(stored.PatientID)) == before
     assert [json.loads(e.details)["objects"] for e in _events("pacs.send")] == [1]
 
 
