@@ -24,7 +24,8 @@ from django.db.models import Model, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
-from django.utils.translation import ngettext
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, ngettext
 from django_otp.admin import OTPAdminSite
 
 from accounts import services
@@ -36,9 +37,9 @@ from gateway.policy import Permission, may
 
 
 class GatewayAdminSite(OTPAdminSite):
-    site_header = "Fusion Gateway administration"
-    site_title = "Fusion Gateway administration"
-    index_title = "Users, roles, devices and unlocks"
+    site_header = gettext_lazy("Fusion Gateway administration")
+    site_title = gettext_lazy("Fusion Gateway administration")
+    index_title = gettext_lazy("Users, roles, devices and unlocks")
 
     def has_permission(self, request: HttpRequest) -> bool:
         user: Any = request.user
@@ -59,7 +60,7 @@ class GatewayAdminSite(OTPAdminSite):
         return HttpResponseRedirect(reverse("accounts:security"))
 
     # Sections named for what an IT admin looks for, not for the app that holds the model.
-    SECTION_NAMES = {"imaging": "Devices"}
+    SECTION_NAMES = {"imaging": gettext_lazy("Devices")}
 
     def get_app_list(self, request: HttpRequest, app_label: str | None = None) -> list[Any]:
         app_list = super().get_app_list(request, app_label)
@@ -137,9 +138,9 @@ class UserAdmin(PolicyAdmin, DjangoUserAdmin):
     list_filter = ("role", "is_active")
     fieldsets = (
         (None, {"fields": ("username", "password")}),
-        ("Person", {"fields": ("first_name", "last_name", "email")}),
-        ("Access", {"fields": ("role", "is_active", "user_permissions")}),
-        ("Dates", {"fields": ("last_login", "date_joined")}),
+        (gettext_lazy("Person"), {"fields": ("first_name", "last_name", "email")}),
+        (gettext_lazy("Access"), {"fields": ("role", "is_active", "user_permissions")}),
+        (gettext_lazy("Dates"), {"fields": ("last_login", "date_joined")}),
     )
     add_fieldsets = (
         (None, {"classes": ("wide",),
@@ -185,7 +186,8 @@ class UserAdmin(PolicyAdmin, DjangoUserAdmin):
             self._audit(request, obj, "deleted", "")
         return super().log_deletions(request, queryset)
 
-    @admin.action(description="Unlock sign-in (clear failures and lockout, also of their addresses)")
+    @admin.action(
+        description=gettext_lazy("Unlock sign-in (clear failures and lockout, also of their addresses)"))
     def unlock_sign_in(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
         users = list(queryset)
         for user in users:
@@ -196,7 +198,7 @@ class UserAdmin(PolicyAdmin, DjangoUserAdmin):
         messages.success(request, ngettext("Unlocked %(count)d account.", "Unlocked %(count)d accounts.",
                                            len(users)) % {"count": len(users)})
 
-    @admin.action(description="Sign out everywhere")
+    @admin.action(description=gettext_lazy("Sign out everywhere"))
     def sign_out_everywhere(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
         users = list(queryset)
         for user in users:
@@ -207,18 +209,18 @@ class UserAdmin(PolicyAdmin, DjangoUserAdmin):
                                            "Ended every session of %(count)d accounts.",
                                            len(users)) % {"count": len(users)})
 
-    @admin.action(description="Reset second factor (lost phone): re-enrol at next sign-in")
+    @admin.action(description=gettext_lazy("Reset second factor (lost phone): re-enrol at next sign-in"))
     def reset_second_factor(self, request: HttpRequest, queryset: QuerySet[User]) -> TemplateResponse | None:
         if not confirmed(request):
             return confirmation_page(
-                self, request, queryset, action="reset_second_factor", title="Reset second factor",
+                self, request, queryset, action="reset_second_factor", title=_("Reset second factor"),
                 question=ngettext("Reset the second factor of this account?",
                                   "Reset the second factors of these %(count)d accounts?",
                                   queryset.count()) % {"count": queryset.count()},
-                consequence="Their authenticator and backup codes are removed and every session of "
-                            "theirs ends; they set up a new authenticator at their next sign-in, "
-                            "after their password.",
-                confirm_label="Yes, reset")
+                consequence=_("Their authenticator and backup codes are removed and every session of "
+                              "theirs ends; they set up a new authenticator at their next sign-in, "
+                              "after their password."),
+                confirm_label=_("Yes, reset"))
         users = list(queryset)
         for user in users:
             services.second_factor_reset(user=user, actor=_actor(request), source_ip=client_address(request))
@@ -272,7 +274,8 @@ class LoginThrottleAdmin(PolicyAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    @admin.action(description="Unlock (an account name: also the addresses its failures came from)")
+    @admin.action(
+        description=gettext_lazy("Unlock (an account name: also the addresses its failures came from)"))
     def unlock(self, request: HttpRequest, queryset: QuerySet[LoginThrottle]) -> None:
         rows = list(queryset)
         for row in rows:

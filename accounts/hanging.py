@@ -15,6 +15,7 @@ from typing import Any
 
 from django.db import transaction
 from django.db.models import Max
+from django.utils.translation import ngettext
 
 from accounts import clock
 from accounts.models import HangingRule, User
@@ -65,7 +66,9 @@ def hanging_rule_save(*, user: User, name: str, rule: Any) -> SavedHanging:
     User.objects.select_for_update().filter(pk=user.pk).exists()
     rules = HangingRule.objects.filter(user_id=user.pk)
     if rules.count() >= RULES_PER_USER:
-        raise HangingRuleError(f"at most {RULES_PER_USER} hanging rules per user: delete one first")
+        raise HangingRuleError(ngettext("at most %(count)d hanging rule per user: delete one first",
+                                        "at most %(count)d hanging rules per user: delete one first",
+                                        RULES_PER_USER) % {"count": RULES_PER_USER})
     last = rules.aggregate(last=Max("position"))["last"]
     now = clock.now()
     row = HangingRule.objects.create(user_id=user.pk, name=clean_name,

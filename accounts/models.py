@@ -10,6 +10,8 @@ from urllib.parse import quote, urlencode
 from django.contrib.auth.models import AbstractUser
 from django.db import models, transaction
 from django.utils.crypto import salted_hmac
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 from django_otp.models import Device
 from django_otp.oath import TOTP
 
@@ -17,23 +19,26 @@ from accounts import clock, conf, crypto
 
 
 class Role(models.TextChoices):
-    DOCTOR = "doctor", "Doctor"
-    NURSE = "nurse", "Nurse"
-    ADMIN_STAFF = "admin_staff", "Administrative staff"
-    DEVICE = "device", "Imaging device"
-    AUDITOR = "auditor", "Auditor"
-    IT_ADMIN = "it_admin", "IT administrator"
+    DOCTOR = "doctor", _("Doctor")
+    NURSE = "nurse", _("Nurse")
+    ADMIN_STAFF = "admin_staff", _("Administrative staff")
+    # Translators: an account that an imaging device (scanner, PACS) uses to send images.
+    DEVICE = "device", _("Imaging device")
+    AUDITOR = "auditor", _("Auditor")
+    IT_ADMIN = "it_admin", _("IT administrator")
 
 
 class User(AbstractUser):  # type: ignore[django-manager-missing]
     """A person or device account; the role decides what the policy allows."""
 
-    role = models.CharField(max_length=16, choices=Role.choices)
+    role = models.CharField(_("role"), max_length=16, choices=Role.choices)
     # Part of the session hash: raising it ends every session of the account
     # ("log out everywhere"), for HTTP and websockets alike.
     session_generation = models.PositiveIntegerField(default=0, editable=False)
 
     class Meta:
+        verbose_name = _("user")
+        verbose_name_plural = _("users")
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(role__in=Role.values), name="accounts_user_role_valid"
@@ -63,10 +68,12 @@ class TOTPDevice(Device):
     key_kid = models.CharField(max_length=64)
     key_sealed = models.BinaryField()
     last_t = models.BigIntegerField(default=-1)
-    created_at = models.DateTimeField(default=clock.now)
+    created_at = models.DateTimeField(_("created at"), default=clock.now)
 
     class Meta:
-        verbose_name = "TOTP device"
+        # Translators: TOTP is the time-based one-time password of an authenticator app.
+        verbose_name = _("TOTP device")
+        verbose_name_plural = _("TOTP devices")
         constraints = [models.UniqueConstraint(fields=["user"], name="accounts_one_totp_per_user")]
 
     def secret(self) -> bytes:
@@ -161,23 +168,28 @@ class LoginThrottle(models.Model):
     """
 
     class Scope(models.TextChoices):
-        ACCOUNT = "account", "Account"
-        ADDRESS = "address", "Source address"
+        ACCOUNT = "account", _("Account")
+        ADDRESS = "address", _("Source address")
 
-    scope = models.CharField(max_length=8, choices=Scope.choices)
-    key = models.CharField(max_length=200)
-    failures = models.PositiveIntegerField(default=0)
-    last_failure_at = models.DateTimeField(null=True, blank=True)
-    locked_at = models.DateTimeField(null=True, blank=True)
-    sources = models.JSONField(default=list, blank=True,
-                               help_text="account rows: the source addresses of the counted failures, "
-                                         "most recent last")
+    scope = models.CharField(_("scope"), max_length=8, choices=Scope.choices)
+    # Translators: the account name or source address a throttle row counts failures of.
+    key = models.CharField(_("key"), max_length=200)
+    failures = models.PositiveIntegerField(_("failures"), default=0)
+    last_failure_at = models.DateTimeField(_("last failure at"), null=True, blank=True)
+    locked_at = models.DateTimeField(_("locked at"), null=True, blank=True)
+    sources = models.JSONField(_("sources"), default=list, blank=True,
+                               help_text=_("account rows: the source addresses of the counted failures, "
+                                           "most recent last"))
 
     class Meta:
+        verbose_name = _("login throttle")
+        verbose_name_plural = _("login throttles")
         constraints = [models.UniqueConstraint(fields=["scope", "key"], name="accounts_throttle_unique")]
 
     def __str__(self) -> str:
-        state = "locked" if self.locked_at else f"{self.failures} failures"
+        state = (str(_("locked")) if self.locked_at
+                 else ngettext("%(count)d failure", "%(count)d failures", self.failures)
+                 % {"count": self.failures})
         return f"{self.get_scope_display()} {self.key}: {state}"
 
 

@@ -11,6 +11,7 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F
+from django.utils.translation import gettext_lazy
 from django_otp.models import Device
 
 from accounts import clock, conf, crypto
@@ -148,7 +149,7 @@ def user_logout_everywhere(*, user: User, actor: Actor | str, source_ip: str | N
 
 # --- own password ------------------------------------------------------------
 
-WRONG_CURRENT_PASSWORD = "Your current password is not right."  # noqa: S105 - a message
+WRONG_CURRENT_PASSWORD = gettext_lazy("Your current password is not right.")
 
 
 def user_password_change(*, user: User, current_password: str, new_password: str,

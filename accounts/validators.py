@@ -6,6 +6,8 @@ import re
 from typing import Any
 
 from django.core.exceptions import ValidationError
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 PRODUCT_WORDS = ("fusiongateway", "fusion", "gateway")
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t",
@@ -22,11 +24,15 @@ class MaximumLengthValidator:
 
     def validate(self, password: str, user: Any = None) -> None:
         if len(password) > self.max_length:
-            raise ValidationError(f"This password is longer than {self.max_length} characters.",
-                                  code="password_too_long")
+            raise ValidationError(
+                ngettext("This password is longer than %(max_length)d character.",
+                         "This password is longer than %(max_length)d characters.", self.max_length),
+                code="password_too_long", params={"max_length": self.max_length})
 
     def get_help_text(self) -> str:
-        return f"Your password can be up to {self.max_length} characters long."
+        return ngettext("Your password can be up to %(max_length)d character long.",
+                        "Your password can be up to %(max_length)d characters long.",
+                        self.max_length) % {"max_length": self.max_length}
 
 
 def _letters(text: str) -> str:
@@ -61,8 +67,8 @@ class ContextWordsValidator:
             remaining = remaining.replace(word, "")
         if len(remaining) < self.min_remaining:
             raise ValidationError(
-                "This password is built from your user name, your name or the product name.",
+                _("This password is built from your user name, your name or the product name."),
                 code="password_context_words")
 
     def get_help_text(self) -> str:
-        return "Your password can't be built from your user name, your name or the product name."
+        return _("Your password can't be built from your user name, your name or the product name.")

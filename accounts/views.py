@@ -25,7 +25,8 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
-from django.utils.translation import ngettext
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, ngettext
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_otp import login as otp_login
 
@@ -37,11 +38,10 @@ from gateway.audit.services import audit_record
 from gateway.net import client_address
 
 NEXT = "gw.next"
-BAD_CREDENTIALS = "The user name or password is not right."
-BAD_CODE = "That code is not right, or it has already been used."
-LOCKED = ("Too many failed attempts: sign-in is blocked until the IT service desk unlocks it. "
-          "Please contact them.")
-SLOW_DOWN_HINT = "If this keeps happening, contact the IT service desk."
+BAD_CREDENTIALS = gettext_lazy("The user name or password is not right.")
+BAD_CODE = gettext_lazy("That code is not right, or it has already been used.")
+LOCKED = gettext_lazy("Too many failed attempts: sign-in is blocked until the IT service desk unlocks it. "
+                      "Please contact them.")
 
 
 def slow_down(verdict: services.ThrottleVerdict) -> str:
@@ -51,14 +51,16 @@ def slow_down(verdict: services.ThrottleVerdict) -> str:
     nothing about which accounts exist.
     """
     if verdict.locked:
-        return LOCKED
+        return str(LOCKED)
     seconds = max(1, math.ceil(verdict.retry_after))
     if seconds < 120:
         wait = ngettext("%(count)d second", "%(count)d seconds", seconds) % {"count": seconds}
     else:
         minutes = math.ceil(seconds / 60)
         wait = ngettext("%(count)d minute", "%(count)d minutes", minutes) % {"count": minutes}
-    return f"Too many failed attempts: try again in {wait}. {SLOW_DOWN_HINT}"
+    # Translators: %(wait)s is a duration such as "8 seconds" or "3 minutes".
+    return _("Too many failed attempts: try again in %(wait)s. "
+             "If this keeps happening, contact the IT service desk.") % {"wait": wait}
 
 
 class PasswordForm(forms.Form):
@@ -74,20 +76,20 @@ class PasswordChangeForm(forms.Form):
     """The fields' shapes only; ``services.user_password_change`` decides."""
 
     current_password = forms.CharField(
-        label="Current password", strip=False,
+        label=gettext_lazy("Current password"), strip=False,
         widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}))
     new_password = forms.CharField(
-        label="New password", strip=False,
+        label=gettext_lazy("New password"), strip=False,
         widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}))
     new_password_again = forms.CharField(
-        label="New password again", strip=False,
+        label=gettext_lazy("New password again"), strip=False,
         widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}))
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
         new, again = cleaned.get("new_password"), cleaned.get("new_password_again")
         if new is not None and again is not None and new != again:
-            self.add_error("new_password_again", "The two new passwords are not the same.")
+            self.add_error("new_password_again", _("The two new passwords are not the same."))
         return cleaned
 
 
@@ -139,14 +141,14 @@ def login_view(request: HttpRequest) -> HttpResponse:
                 user = None
             if user is None:
                 services.throttle_failure(username=username, address=address, step="password")
-                error = BAD_CREDENTIALS
+                error = str(BAD_CREDENTIALS)
             else:
                 auth_login(request, user)  # rotates the session key; LOGIN is audited after both factors
                 session_begin(request.session)
                 request.session[NEXT] = _next_url(request, next_url)
                 return redirect("accounts:otp")
     elif request.method == "POST":
-        error = BAD_CREDENTIALS
+        error = str(BAD_CREDENTIALS)
     return render(request, "accounts/login.html", {"form": form, "error": error, "next": next_url},
                   status=200)
 
@@ -174,7 +176,7 @@ def otp_view(request: HttpRequest) -> HttpResponse:
                 services.throttle_failure(username=user.username, address=address, step="otp")
                 audit_record(actor=user, action=Action.OTP_FAILED, outcome=Outcome.DENIED,
                              source_ip=address, details={"factor": "second"})
-                error = BAD_CODE
+                error = str(BAD_CODE)
             else:
                 return _second_factor_passed(request, device)
     return render(request, "accounts/otp.html", {"form": form, "error": error})
@@ -216,7 +218,7 @@ def enrol_view(request: HttpRequest) -> HttpResponse:
                 services.throttle_failure(username=user.username, address=address, step="enrolment")
                 audit_record(actor=user, action=Action.OTP_FAILED, outcome=Outcome.DENIED,
                              source_ip=address, details={"factor": "totp", "step": "enrolment"})
-                error = BAD_CODE
+                error = str(BAD_CODE)
             else:
                 device.refresh_from_db()
                 response = _second_factor_passed(request, device)
@@ -263,8 +265,8 @@ def password_change_view(request: HttpRequest) -> HttpResponse:
                 form.add_error(None, refused)
             else:
                 update_session_auth_hash(request, user)  # rotates this session's key, keeps it signed in
-                messages.success(request, "Your password is changed. Every other session of yours "
-                                          "has ended; this one goes on.")
+                messages.success(request, _("Your password is changed. Every other session of yours "
+                                            "has ended; this one goes on."))
                 return redirect("accounts:security")
     return render(request, "accounts/password_change.html",
                   {"form": form, "error": error, "rules": password_validators_help_texts()})
