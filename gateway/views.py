@@ -37,18 +37,18 @@ def healthz(request: HttpRequest) -> JsonResponse:
     )
 
 
-START_PAGES = (
-    ("imaging:worklist", "Worklist", "patients and studies, here and in the hospital's PACS"),
-    ("imaging:pacs_queue", "PACS", "retrievals, and results sent back to the PACS"),
-    ("imaging:raw_import", _("Raw import"),
-     _("NIfTI, NRRD and MetaImage volumes as DICOM, into a new or an existing study")),
-    ("sharing:active", "Active shares", "shares with external consultants, their last use, revocation"),
-    ("audit:console", "Audit console", "who did what: filter, export, verify the chain"),
-    ("admin:index", "Administration", "accounts, roles, second factors, devices"),
+# Translators: PACS is the hospital's picture archiving and communication system (its image archive).
+START_PAGES: tuple[tuple[str, Promise, Promise], ...] = (
+    ("imaging:worklist", _("Worklist"), _("patients and studies, here and in the hospital's PACS")),
+    ("imaging:pacs_queue", _("PACS"), _("retrievals, and results sent back to the PACS")),
+    ("sharing:active", _("Active shares"),
+     _("shares with external consultants, their last use, revocation")),
+    ("audit:console", _("Audit console"), _("who did what: filter, export, verify the chain")),
+    ("admin:index", _("Administration"), _("accounts, roles, second factors, devices")),
 )
 
 
-def start_pages(principal: object) -> list[tuple[str, str | Promise, str | Promise]]:
+def start_pages(principal: object) -> list[tuple[str, Promise, Promise]]:
     """(URL, title, what it is for) of each start page the policy lets ``principal`` reach."""
     return [(reverse(name), title, purpose) for name, title, purpose in START_PAGES
             if route_access(principal, route_rule(name)) is Access.ALLOW]

@@ -3,37 +3,48 @@
 from __future__ import annotations
 
 from django import forms
+from django.utils.functional import Promise
+from django.utils.translation import gettext_lazy as _
 
 from accounts.models import Role
 from gateway.audit.catalogue import Action, Outcome
 from gateway.audit.selectors import EventFilter
 
 
-def _choices(values: list[str]) -> list[tuple[str, str]]:
-    return [("", "any"), *[(value, value) for value in values]]
+def _choices(values: list[str]) -> list[tuple[str, str | Promise]]:
+    return [("", _("any")), *[(value, value) for value in values]]
+
+
+# The codes as the events, their exports and details hold them: data, not to be translated.
+_CODES = forms.Select(attrs={"translate": "no"})
 
 
 class AuditFilterForm(forms.Form):
-    since = forms.DateTimeField(required=False, widget=forms.DateTimeInput(
+    # Translators: the start and the end of the time range of the audit events shown.
+    since = forms.DateTimeField(required=False, label=_("Since"), widget=forms.DateTimeInput(
         attrs={"type": "datetime-local"}))
-    until = forms.DateTimeField(required=False, widget=forms.DateTimeInput(
+    until = forms.DateTimeField(required=False, label=_("Until"), widget=forms.DateTimeInput(
         attrs={"type": "datetime-local"}))
-    actor = forms.CharField(required=False, max_length=150, label="User",
-                            help_text="Any part of the user name; upper and lower case match alike.")
-    actor_role = forms.ChoiceField(required=False, label="Role",
+    actor = forms.CharField(required=False, max_length=150, label=_("User"),
+                            help_text=_("Any part of the user name; upper and lower case match alike."))
+    actor_role = forms.ChoiceField(required=False, label=_("Role"), widget=_CODES,
                                    choices=_choices([*Role.values, "consultant"]))
     patient = forms.RegexField(
-        required=False, regex=r"^[0-9a-fA-F]{8,64}$", label="Patient pseudonym",
-        help_text="Its first 8 or more hexadecimal digits, or all 64.",
-        error_messages={"invalid": "Enter at least the first 8 hexadecimal digits of the pseudonym "
-                                   "(a whole pseudonym is 64 hexadecimal digits)."})
-    study = forms.RegexField(required=False, regex=r"^[0-9.]{1,64}$", label="Study UID",
-                             error_messages={"invalid": "A study UID is digits and dots."})
-    patient_id = forms.CharField(required=False, max_length=64, label="Patient ID")
-    issuer = forms.CharField(required=False, max_length=64, label="Issuer of patient ID")
-    action = forms.ChoiceField(required=False, choices=_choices([a.value for a in Action]))
-    outcome = forms.ChoiceField(required=False, choices=_choices([o.value for o in Outcome]))
-    source_ip = forms.GenericIPAddressField(required=False, label="Source address")
+        required=False, regex=r"^[0-9a-fA-F]{8,64}$", label=_("Patient pseudonym"),
+        help_text=_("Its first 8 or more hexadecimal digits, or all 64."),
+        error_messages={"invalid": _("Enter at least the first 8 hexadecimal digits of the pseudonym "
+                                     "(a whole pseudonym is 64 hexadecimal digits).")})
+    # Translators: the DICOM Study Instance UID, an identifier made of digits and dots.
+    study = forms.RegexField(required=False, regex=r"^[0-9.]{1,64}$", label=_("Study UID"),
+                             error_messages={"invalid": _("A study UID is digits and dots.")})
+    patient_id = forms.CharField(required=False, max_length=64, label=_("Patient ID"))
+    issuer = forms.CharField(required=False, max_length=64, label=_("Issuer of patient ID"))
+    action = forms.ChoiceField(required=False, label=_("Action"), widget=_CODES,
+                               choices=_choices([a.value for a in Action]))
+    # Translators: the outcome of an audited action (success, denied, failure).
+    outcome = forms.ChoiceField(required=False, label=_("Outcome"), widget=_CODES,
+                                choices=_choices([o.value for o in Outcome]))
+    source_ip = forms.GenericIPAddressField(required=False, label=_("Source address"))
 
     def __init__(self, *args: object, may_resolve: bool, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -48,7 +59,7 @@ class AuditFilterForm(forms.Form):
         cleaned = super().clean() or {}
         since, until = cleaned.get("since"), cleaned.get("until")
         if since and until and since >= until:
-            raise forms.ValidationError("The start of the range must be before its end.")
+            raise forms.ValidationError(_("The start of the range must be before its end."))
         return cleaned
 
     def criteria(self, *, resolved_pseudonyms: list[str] | None = None) -> EventFilter:

@@ -12,6 +12,8 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHt
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 from django.views.decorators.http import require_GET, require_POST
 
 from gateway.access import require
@@ -80,7 +82,7 @@ def export(request: HttpRequest) -> HttpResponseBase:
     form = _filter_form(request)
     chosen = request.GET.get("format", "")
     if chosen not in exports.EXPORT_FORMATS or not form.is_valid():
-        return HttpResponse("Choose a valid export format and filter.", status=400,
+        return HttpResponse(_("Choose a valid export format and filter."), status=400,
                             content_type="text/plain")
     criteria = _criteria(request, form)
     events = events_filter(criteria)
@@ -104,9 +106,12 @@ def verify(request: HttpRequest) -> HttpResponse:
                  source_ip=client_address(request),
                  details={**report.summary(), "outbox_pending": audit_outbox_pending()})
     if report.ok:
-        messages.success(request, f"Verified {report.events} events through sequence "
-                                  f"{report.head_sequence}.")
+        messages.success(request, ngettext("Verified %(events)d event through sequence %(sequence)s.",
+                                           "Verified %(events)d events through sequence %(sequence)s.",
+                                           report.events)
+                         % {"events": report.events, "sequence": report.head_sequence})
     else:
-        messages.error(request, f"Verification FAILED at sequence {report.first_bad_sequence}: "
-                                f"{report.problem}")
+        # Translators: %(problem)s is the verifier's technical description, not translated.
+        messages.error(request, _("Verification FAILED at sequence %(sequence)s: %(problem)s")
+                       % {"sequence": report.first_bad_sequence, "problem": report.problem})
     return redirect("audit:console")

@@ -8,14 +8,17 @@ from typing import cast
 from django import forms
 from django.core.validators import RegexValidator
 from django.http import QueryDict
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 
 from gateway.sharing import conf
 
-ACTION_CHOICES = [("view", "view"), ("view,measure", "view and measure")]
+# Translators: what a share lets its recipient do with the images.
+ACTION_CHOICES = [("view", _("view")), ("view,measure", _("view and measure"))]
 
 
 IDEMPOTENCY_KEY = "idempotency_key"
-_EXPIRED = "This form has expired: check it and submit it again."
+_EXPIRED = _("This form has expired: check it and submit it again.")
 
 
 def idempotency_key_new() -> str:
@@ -45,21 +48,25 @@ class _Once(forms.Form):
 
 
 def _hours_field(initial: int) -> forms.IntegerField:
-    return forms.IntegerField(label="Valid for (hours)", min_value=1,
-                              max_value=conf.max_days() * 24, initial=initial,
-                              help_text=f"default {conf.default_hours()} h, at most "
-                                        f"{conf.max_days()} days")
+    # Translators: "h" is the abbreviation of hours.
+    help_text = ngettext("default %(hours)d h, at most %(days)d day",
+                         "default %(hours)d h, at most %(days)d days",
+                         conf.max_days()) % {"hours": conf.default_hours(), "days": conf.max_days()}
+    return forms.IntegerField(label=_("Valid for (hours)"), min_value=1,
+                              max_value=conf.max_days() * 24, initial=initial, help_text=help_text)
 
 
 class ShareForm(_Once):
-    scope = forms.ChoiceField(choices=[("study", "this study"),
-                                       ("patient", "all studies of this patient")],
+    # Translators: what a share covers; a "study" is one imaging examination.
+    scope = forms.ChoiceField(label=_("Scope"),
+                              choices=[("study", _("this study")),
+                                       ("patient", _("all studies of this patient"))],
                               initial="study", widget=forms.RadioSelect)
-    actions = forms.ChoiceField(choices=ACTION_CHOICES, initial="view")
+    actions = forms.ChoiceField(label=_("Actions"), choices=ACTION_CHOICES, initial="view")
     hours = forms.IntegerField()
-    client_cidr = forms.CharField(label="Client network (CIDR, optional)", required=False,
+    client_cidr = forms.CharField(label=_("Client network (CIDR, optional)"), required=False,
                                   max_length=64)
-    recipient = forms.CharField(label="Recipient (name, hospital)", max_length=120)
+    recipient = forms.CharField(label=_("Recipient (name, hospital)"), max_length=120)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -67,20 +74,20 @@ class ShareForm(_Once):
 
 
 class ForwardForm(_Once):
-    study = forms.ChoiceField(label="Scope", required=False)
-    actions = forms.ChoiceField(choices=ACTION_CHOICES, initial="view")
+    study = forms.ChoiceField(label=_("Scope"), required=False)
+    actions = forms.ChoiceField(label=_("Actions"), choices=ACTION_CHOICES, initial="view")
     hours = forms.IntegerField()
-    client_cidr = forms.CharField(label="Client network (CIDR, optional)", required=False,
+    client_cidr = forms.CharField(label=_("Client network (CIDR, optional)"), required=False,
                                   max_length=64)
-    recipient = forms.CharField(label="Recipient (name, hospital)", max_length=120)
+    recipient = forms.CharField(label=_("Recipient (name, hospital)"), max_length=120)
 
     def __init__(self, *args, studies=(), max_hours: int = 1, actions=(), **kwargs) -> None:
         super().__init__(*args, **kwargs)
         study_field = cast(forms.ChoiceField, self.fields["study"])
         action_field = cast(forms.ChoiceField, self.fields["actions"])
-        study_field.choices = [("", "everything this share grants"),
+        study_field.choices = [("", _("everything this share grants")),
                                *((uid, label) for uid, label in studies)]
         action_field.choices = [c for c in ACTION_CHOICES if set(c[0].split(",")) <= set(actions)]
         self.fields["hours"] = forms.IntegerField(
-            label="Valid for (hours)", min_value=1, max_value=max(1, max_hours),
+            label=_("Valid for (hours)"), min_value=1, max_value=max(1, max_hours),
             initial=max(1, min(conf.default_hours(), max_hours)))

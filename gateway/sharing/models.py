@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 
 class ShareState(models.TextChoices):
-    PENDING = "pending", "not yet redeemed"
-    ACTIVE = "active", "redeemed"
-    REVOKED = "revoked", "revoked"
-    BURNED = "burned", "burned (wrong PINs)"
+    # Translators: states of a share; "redeemed" means its recipient has opened it with the PIN.
+    PENDING = "pending", _("not yet redeemed")
+    ACTIVE = "active", _("redeemed")
+    REVOKED = "revoked", _("revoked")
+    # Translators: a share destroyed after too many wrong PINs.
+    BURNED = "burned", _("burned (wrong PINs)")
 
 
 LIVE_STATES = (ShareState.PENDING, ShareState.ACTIVE)

@@ -36,6 +36,8 @@ from typing import Any
 
 from django.db import IntegrityError, connections, router, transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from accounts.broadcast import groups_tell
 from accounts.models import Role
@@ -107,7 +109,10 @@ class ShareNotFound(LookupError):
 
 
 class ShareInvalid(ValueError):
-    """A mint or forward request outside the rules (expiry, actions, network)."""
+    """A mint or forward request outside the rules (expiry, actions, network).
+
+    Its message is shown to the person on the form, so it is translated when raised.
+    """
 
 
 class ShareAlreadyMinted(Exception):
@@ -155,25 +160,27 @@ def _network(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None
     try:
         return ipaddress.ip_network(value, strict=False)
     except ValueError as exc:
-        raise ShareInvalid("the client network must be an address or a CIDR block") from exc
+        raise ShareInvalid(_("the client network must be an address or a CIDR block")) from exc
 
 
 def _actions(actions: Any) -> frozenset[ShareAction]:
     try:
         chosen = frozenset(ShareAction(a) for a in actions)
     except ValueError as exc:
-        raise ShareInvalid("actions are view or view+measure") from exc
+        raise ShareInvalid(_("actions are view or view+measure")) from exc
     if ShareAction.VIEW not in chosen:
-        raise ShareInvalid("a share always includes view")
+        raise ShareInvalid(_("a share always includes view"))
     return chosen
 
 
 def _expiry(now: dt.datetime, hours: float, ceiling: dt.datetime) -> dt.datetime:
     if not 0 < hours <= conf.max_days() * 24:
-        raise ShareInvalid(f"expiry is between 1 hour and {conf.max_days()} days")
+        raise ShareInvalid(ngettext("expiry is between 1 hour and %(days)d day",
+                                    "expiry is between 1 hour and %(days)d days",
+                                    conf.max_days()) % {"days": conf.max_days()})
     expires = (now + dt.timedelta(hours=hours)).replace(microsecond=0)
     if expires > ceiling:
-        raise ShareInvalid("the expiry may not be later than the share it derives from")
+        raise ShareInvalid(_("the expiry may not be later than the share it derives from"))
     return expires
 
 
@@ -228,7 +235,7 @@ def share_mint(*, doctor: Any, study_uid: str, scope: Scope, actions: Any, hours
     network = _network(client_cidr)
     recipient = (recipient or "").strip()[:120]
     if not recipient:
-        raise ShareInvalid("name the recipient")
+        raise ShareInvalid(_("name the recipient"))
     now = timezone.now().replace(microsecond=0)
     expires = _expiry(now, hours, now + dt.timedelta(days=conf.max_days()))
     share_id = _new_id()
@@ -527,20 +534,20 @@ def share_forward(*, holder: ConsultantPrincipal, token: str, study_uid: str | N
     if idempotency_key:
         _minted_before(**once)
     if len(holder.chain) > conf.MAX_DELEGATION_DEPTH:
-        raise ShareInvalid("this share cannot be forwarded further")
+        raise ShareInvalid(_("this share cannot be forwarded further"))
     chosen = _actions(actions)
     if not chosen <= holder.actions:
-        raise ShareInvalid("a forwarded share cannot allow more actions")
+        raise ShareInvalid(_("a forwarded share cannot allow more actions"))
     network = _network(client_cidr)
     recipient = (recipient or "").strip()[:120]
     if not recipient:
-        raise ShareInvalid("name the recipient")
+        raise ShareInvalid(_("name the recipient"))
     now = timezone.now().replace(microsecond=0)
     expires = _expiry(now, hours, holder.expires_at)
     study = None
     if study_uid:
         if not holder.grants(Permission.STUDY_VIEW, study_uid):
-            raise ShareInvalid("that study is not part of this share")
+            raise ShareInvalid(_("that study is not part of this share"))
         study = Study.objects.get(study_instance_uid=study_uid)
     child_id = _new_id()
     caveats: list[Caveat] = [Delegate("delegate", session=True, share_id=child_id),
