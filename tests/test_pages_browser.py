@@ -40,6 +40,7 @@ class Walk:
 
     def check(self, name: str) -> None:
         self.page.wait_for_load_state("networkidle")
+        self.problems += [f"{self.who} · {name}: {problem}" for problem in _keyboard_problems(self.page)]
         results = self.axe.run(self.page, options=WCAG).response
         for violation in results["violations"]:
             if violation["impact"] in BLOCKING:
@@ -58,6 +59,52 @@ class Walk:
     def _fits(self) -> bool:
         width = self.page.evaluate("document.documentElement.scrollWidth")
         return int(width) <= int(self.page.viewport_size["width"]) + 1
+
+
+FOCUSABLE = ("a[href], button, input:not([type=hidden]), select, textarea, summary, "
+             "[tabindex]:not([tabindex='-1'])")
+FOCUSED = """() => { const e = document.activeElement;
+  // A date field's own calendar button has the focus inside the field: the browser draws it.
+  if (!e || e === document.body || !e.matches(':focus')) return null;
+  const s = getComputedStyle(e);
+  return {key: e.tagName + ' ' + (e.id || e.name || e.getAttribute('aria-label') || e.textContent.trim()
+                                  .slice(0, 40)),
+          outline: s.outlineStyle, width: parseFloat(s.outlineWidth) || 0, shadow: s.boxShadow}; }"""
+
+
+def _controls(page) -> list[str]:
+    """The page's visible, enabled controls; a group of radio buttons is one (arrows move in it)."""
+    return page.evaluate(f"""() => {{ const radios = new Set();
+        return [...document.querySelectorAll("{FOCUSABLE}")].filter(e => {{
+          if (e.disabled || !e.checkVisibility({{visibilityProperty: true}})) return false;
+          if (e.type !== "radio") return true;
+          const first = !radios.has(e.name); radios.add(e.name); return first; }}).map(e =>
+          e.tagName + ' ' + (e.id || e.name || e.getAttribute('aria-label') || e.textContent.trim()
+                             .slice(0, 40))); }}""")
+
+
+def _keyboard_problems(page) -> list[str]:
+    """Tab through the whole page: every control takes the focus in turn and shows it has it."""
+    controls = _controls(page)
+    page.evaluate("() => { document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0); }")
+    reached: list[str] = []
+    problems: list[str] = []
+    for _ in range(3 * len(controls) + 10):  # a date field takes a stop per part
+        page.keyboard.press("Tab")
+        focused = page.evaluate(FOCUSED)
+        if focused is None:
+            continue
+        if reached and focused["key"] == reached[0]:
+            break
+        reached.append(focused["key"])
+        shown = (focused["outline"] != "none" and focused["width"] >= 2) or focused["shadow"] != "none"
+        if not shown:
+            problems.append(f"{focused['key']!r} takes the focus without showing it")
+    # A control enabled or disabled meanwhile (the viewer's, as frames arrive) is not counted.
+    missed = [control for control in controls if control not in reached and control in _controls(page)]
+    if missed:
+        problems.append(f"the keyboard reaches {len(reached)} of {len(controls)} controls; not {missed[:8]}")
+    return problems
 
 
 def _browser(playwright):

@@ -55,6 +55,11 @@ def _get(name: str, query: dict | None = None):
 
 ROUTE_CASES: dict[str, list[tuple[str, Case]]] = {
     "healthz": [("probe", Case(_get("healthz"), ()))],
+    "i18n:catalogue": [("the page scripts' strings", Case(_get("i18n:catalogue"), ()))],
+    "i18n:language": [("a language chosen", Case(_post("i18n:language", {"language": "hu"}), ()))],
+    "imaging:raw_import": [("the form", Case(lambda c, p: (sign_in(c, p["doctor"], p["clock"]),
+                                                          c.get(reverse("imaging:raw_import"))),
+                                             ("auth.login",)))],
     "accounts:login": [
         ("wrong password", Case(lambda c, p: password_step(c, p["doctor"].username, "wrong " * 3),
                                 ("auth.login-failed",))),
@@ -240,6 +245,8 @@ COMMAND_CASES: dict[str, tuple[Callable, tuple[str, ...]]] = {
     "model_register": (lambda: call_command("model_register", *_one_model()), ("admin.model",)),
     "dicom_destination": (lambda: call_command("dicom_destination", "add", "RIS", "RIS", "10.0.0.9", "104"),
                           ("admin.destination",)),
+    "import_raw": (lambda: call_command("import_raw", str(_one_raw_volume()), patient_id="RAW-1",
+                                        patient_name="Raw^Volume", modality="CT"), ("ingest",)),
     "report_letterhead": (lambda: call_command("report_letterhead", "--hospital", "General"),
                           ("admin.letterhead",)),
 }
@@ -256,6 +263,7 @@ PROVED_ELSEWHERE = {
 SILENT_COMMANDS = {
     "make_phantom": "writes synthetic DICOM files; no patient or account is touched",
     "access_matrix": "writes or checks docs/access-matrix.md from the policy module",
+    "translations": "writes or checks the translation catalogues under locale/ from the source",
     "render_worker": ("renders only on signed requests from gateway processes, which have "
                       "already authorised and audited the render session (render.start/end); "
                       "it holds no principal to audit and no access decision of its own"),
@@ -282,6 +290,15 @@ def _one_instance():
     out = Path(tempfile.mkdtemp(prefix="coverage-phantom-"))
     phantom_write(out_dir=out, slices=32)
     return next(out.rglob("*.dcm"))
+
+
+def _one_raw_volume() -> Path:
+    import numpy as np
+    import SimpleITK as sitk
+
+    path = Path(tempfile.mkdtemp(prefix="coverage-raw-")) / "volume.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.arange(4 * 8 * 8, dtype=np.int16).reshape(4, 8, 8)), str(path))
+    return path
 
 
 def _one_model() -> tuple[str, str]:

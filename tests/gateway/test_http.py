@@ -11,7 +11,10 @@ from tests.security.inventory import http_routes
 pytestmark = pytest.mark.django_db(databases=ZONES)
 
 # dicomweb:stow has no session: devices authenticate with a bearer token in the view (401 otherwise).
-PUBLIC_ROUTES = {"healthz", "accounts:login", "dicomweb:stow", "sharing:open", "sharing:pin"}
+# The page scripts' translated strings and the language choice hold no data: every page needs them,
+# the sign-in page first.
+PUBLIC_ROUTES = {"healthz", "accounts:login", "dicomweb:stow", "sharing:open", "sharing:pin",
+                 "i18n:catalogue", "i18n:language"}
 
 
 def test_healthz_reports_every_zone_without_authentication(client):
