@@ -41,6 +41,8 @@ def healthz(request: HttpRequest) -> JsonResponse:
 START_PAGES: tuple[tuple[str, Promise, Promise], ...] = (
     ("imaging:worklist", _("Worklist"), _("patients and studies, here and in the hospital's PACS")),
     ("imaging:pacs_queue", _("PACS"), _("retrievals, and results sent back to the PACS")),
+    ("imaging:raw_import", _("Raw import"),
+     _("NIfTI, NRRD and MetaImage volumes as DICOM, into a new or an existing study")),
     ("sharing:active", _("Active shares"),
      _("shares with external consultants, their last use, revocation")),
     ("audit:console", _("Audit console"), _("who did what: filter, export, verify the chain")),
