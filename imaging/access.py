@@ -15,6 +15,7 @@ from typing import Any
 import pydicom
 from django.db.models import Sum
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from gateway.policy import Permission, may
 from imaging import storage
@@ -110,7 +111,7 @@ def study_presentations(*, study: Study) -> dict[str, dict[str, Any]]:
 def _refusal(series: Any) -> str:
     if series.volume_state != VolumeState.REFUSED:
         return ""
-    return series.volume_reason or "the images cannot be shown"
+    return series.volume_reason or _("the images cannot be shown")
 
 
 @dataclass(frozen=True)

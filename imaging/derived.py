@@ -17,10 +17,12 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from django.utils import timezone
+from django.utils.translation import gettext_noop
 
 from imaging.models import DerivedSeries, Study
 from rendering.engine.arithmetic import ImageArithmeticError, space_check
 from rendering.engine.filters import FILTERS, FilterError, filter_validate
+from rendering.said import SaidError
 
 LAYER_PREFIX = "drv:"
 ARITHMETIC = {"difference": 2, "ratio": 2, "weighted_sum": 0}
@@ -29,8 +31,9 @@ MAX_INPUTS = 4
 WEIGHT_LIMIT = 1e6
 
 
-class DerivedError(ValueError):
-    """A derived series that cannot be made (unknown operation, wrong inputs, bad parameter)."""
+class DerivedError(SaidError, ValueError):
+    """A derived series that cannot be made (unknown operation, wrong inputs, bad parameter); said to
+    the reader."""
 
 
 def derived_layer_id(derived: DerivedSeries) -> str:
@@ -48,9 +51,9 @@ def _inputs(series: Sequence[str], weights: Sequence[float] | None,
             matrices: Sequence[list[float] | None]) -> list[dict[str, Any]]:
     weights = list(weights) if weights else [1.0] * len(series)
     if len(weights) != len(series):
-        raise DerivedError("give one weight per input series")
+        raise DerivedError(gettext_noop("give one weight per input series"))
     if not all(isinstance(w, int | float) and math.isfinite(w) and abs(w) <= WEIGHT_LIMIT for w in weights):
-        raise DerivedError(f"weights are finite numbers within ±{WEIGHT_LIMIT:g}")
+        raise DerivedError(gettext_noop("weights are finite numbers within ±%(most)g"), most=WEIGHT_LIMIT)
     return [{"series": uid, "weight": float(weight), "matrix": matrix}
             for uid, weight, matrix in zip(series, weights, matrices, strict=True)]
 
@@ -63,33 +66,36 @@ def derived_create(*, study_uid: str, operation: str, series: Sequence[str], aut
     """Record a filter of one series or arithmetic of several (``matrices``: each input into the
     first's frame, None for the same frame; ``space`` and ``box``: the arithmetic's output grid)."""
     if not 1 <= len(series) <= MAX_INPUTS or len(set(series)) != len(series):
-        raise DerivedError(f"a derived series takes 1 to {MAX_INPUTS} different series")
+        raise DerivedError(gettext_noop("a derived series takes 1 to %(most)s different series"),
+                           most=MAX_INPUTS)
     matrices = list(matrices) or [None] * len(series)
     if operation in FILTERS:
         if len(series) != 1:
-            raise DerivedError("a filter takes one series")
+            raise DerivedError(gettext_noop("a filter takes one series"))
         if dims not in (2, 3):
-            raise DerivedError("a filter runs in 2-D (each slice) or 3-D")
+            raise DerivedError(gettext_noop("a filter runs in 2-D (each slice) or 3-D"))
         if space != "reference" or box is not None:
-            raise DerivedError("space and box are for image arithmetic, not a filter")
+            raise DerivedError(gettext_noop("space and box are for image arithmetic, not a filter"))
         try:
             checked = filter_validate(name=operation, params=parameters or {})
         except FilterError as error:
-            raise DerivedError(str(error)) from error
+            raise DerivedError.from_error(error) from error
         kind, parameters = "filter", checked
     elif operation in ARITHMETIC:
         wanted = ARITHMETIC[operation]
         if (wanted and len(series) != wanted) or (not wanted and len(series) < 2):
-            raise DerivedError(f"{operation} takes {wanted or 'two or more'} series")
+            raise DerivedError(gettext_noop("%(operation)s takes %(count)s series") if wanted
+                               else gettext_noop("%(operation)s takes two or more series"),
+                               operation=operation, count=wanted)
         try:
             space_check(space, box)
         except ImageArithmeticError as error:
-            raise DerivedError(str(error)) from error
+            raise DerivedError.from_error(error) from error
         kind, parameters = "arithmetic", {"space": space}
         if box is not None:
             parameters["box"] = [float(v) for v in box]
     else:
-        raise DerivedError(f"unknown operation {operation!r}")
+        raise DerivedError(gettext_noop("unknown operation %(operation)s"), operation=repr(operation))
     return DerivedSeries.objects.create(
         study=Study.objects.get(study_instance_uid=study_uid), kind=kind, operation=operation,
         parameters=parameters, dims=dims if kind == "filter" else 3,
@@ -105,7 +111,7 @@ def derived_of(study_uids: Iterable[str]) -> list[DerivedSeries]:
 def derived_get(derived_id: int) -> DerivedSeries:
     found = DerivedSeries.objects.filter(pk=derived_id, deleted_at__isnull=True).first()
     if found is None:
-        raise DerivedError(f"no derived series {derived_id}")
+        raise DerivedError(gettext_noop("no derived series %(number)s"), number=derived_id)
     return found
 
 

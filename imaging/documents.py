@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from django.utils.translation import gettext as _
 from pydicom.dataset import Dataset
 
 from imaging import storage
@@ -79,7 +80,7 @@ class Group:
 
 
 def _measurement(item: Dataset) -> dict[str, Any]:
-    name = _meaning(item, "ConceptNameCodeSequence") or "value"
+    name = _meaning(item, "ConceptNameCodeSequence") or _("value")
     modifiers = [_meaning(child, "ConceptCodeSequence") for child in _children(item)
                  if content_concept(child) == DERIVATION]
     if modifiers and modifiers[0]:
@@ -95,7 +96,7 @@ def _measurement(item: Dataset) -> dict[str, Any]:
     code = _text(units[0].get("CodeValue"))
     out: dict[str, Any] = {"name": name, "value": value, "unit": UNIT_NAMES.get(code, code)}
     if value is None:
-        out["qualifier"] = _meaning(item, "NumericValueQualifierCodeSequence") or "no value"
+        out["qualifier"] = _meaning(item, "NumericValueQualifierCodeSequence") or _("no value")
     return out
 
 
@@ -135,7 +136,7 @@ def _first_graphic(item: Dataset, depth: int = 0) -> Graphic | None:
 
 
 def _group(item: Dataset, number: int) -> Group:
-    group = Group(label=f"group {number}")
+    group = Group(label=_("group %(number)s") % {"number": number})
     for child in _children(item):
         concept, kind = content_concept(child), child.get("ValueType")
         if concept == TRACKING_IDENTIFIER and kind == "TEXT":
@@ -169,7 +170,8 @@ def document_groups(ds: Dataset) -> list[Group]:
     _walk(ds, groups, loose)
     if groups:
         return groups
-    return [Group(label=_meaning(item, "ConceptNameCodeSequence") or f"value {number}",
+    return [Group(label=(_meaning(item, "ConceptNameCodeSequence")
+                         or _("value %(number)s") % {"number": number}),
                   measurements=[_measurement(item)], graphic=_first_graphic(item))
             for number, item in enumerate(loose[:GROUPS_LIMIT], start=1)]
 
@@ -279,7 +281,7 @@ def document_wire(ds: Dataset, series_uid: str, catalogue: StudyCatalogue) -> di
     groups = [{"label": group.label, "finding": group.finding, "site": group.site,
                "measurements": group.measurements, "graphic": graphic_wire(group.graphic, catalogue)}
               for group in document_groups(ds)]
-    return {"series": series_uid, "title": _meaning(ds, "ConceptNameCodeSequence") or "Structured report",
+    return {"series": series_uid, "title": _meaning(ds, "ConceptNameCodeSequence") or _("Structured report"),
             "date": _date(ds), "class": STRUCTURED_REPORTS.get(str(ds.get("SOPClassUID", "")), "SR"),
             "groups": groups}
 

@@ -32,6 +32,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 from django.db import transaction
+from django.utils.translation import gettext_noop
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -41,6 +42,7 @@ from imaging.findings import findings_of, result_layers
 from imaging.models import Finding, Instance, Series, Study, VolumeState
 from imaging.objects import objects_series_reason
 from imaging.pacs_send import results_queue
+from rendering.said import SaidError
 
 if TYPE_CHECKING:
     from rendering.measure import RegionMask
@@ -72,7 +74,7 @@ STATISTICS = (("mean", codes.SCT.Mean), ("sd", codes.SCT.StandardDeviation), ("m
               ("peak", codes.DCM.PeakValueWithinROI))
 
 
-class FindingsExportError(ValueError):
+class FindingsExportError(SaidError, ValueError):
     """The findings cannot be written as DICOM (nothing is stored)."""
 
 
@@ -118,7 +120,7 @@ def _first_header(series_uid: str) -> Dataset:
     object_id = (Instance.objects.filter(series__series_instance_uid=series_uid).order_by("id")
                  .values_list("object_id", flat=True).first())
     if object_id is None:
-        raise FindingsExportError(f"series {series_uid} has no stored images")
+        raise FindingsExportError(gettext_noop("series %(series)s has no stored images"), series=series_uid)
     return pydicom.dcmread(io.BytesIO(storage.object_get(object_id)), stop_before_pixels=True)
 
 
@@ -128,16 +130,17 @@ def series_headers(series_uid: str) -> list[Dataset]:
                 for object_id in Instance.objects.filter(series__series_instance_uid=series_uid)
                 .order_by("id").values_list("object_id", flat=True)]
     if not datasets:
-        raise FindingsExportError(f"series {series_uid} has no stored images")
+        raise FindingsExportError(gettext_noop("series %(series)s has no stored images"), series=series_uid)
     if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in datasets):
-        raise FindingsExportError("a segmentation of multi-frame images is not written yet")
+        raise FindingsExportError(gettext_noop("a segmentation of multi-frame images is not written yet"))
     orientation = np.asarray(datasets[0].ImageOrientationPatient, dtype=np.float64)
     normal = np.cross(orientation[:3], orientation[3:])
     along = [float(np.asarray(ds.ImagePositionPatient, dtype=np.float64) @ normal) for ds in datasets]
     gaps = np.diff(np.sort(along))
     if len(gaps) and (gaps.min() < 1e-3 or np.any(np.abs(gaps - np.median(gaps)) > 0.1 * np.median(gaps))):
-        raise FindingsExportError("the series' slices are not evenly spaced (dynamic or resampled); "
-                                  "its VOIs are not written as SEG")
+        raise FindingsExportError(gettext_noop("the series' slices are not evenly spaced (dynamic or "
+                                               "resampled); "
+                                               "its VOIs are not written as SEG"))
     return [datasets[n] for n in np.argsort(along)]
 
 
@@ -261,7 +264,7 @@ def findings_dicom_build(*, study: Study, findings: list[Finding], regions: dict
                          author: str) -> tuple[list[Dataset], Dataset]:
     """(one SEG per VOI finding, the SR) for ``findings``, without storing anything."""
     if not findings:
-        raise FindingsExportError("the study has no kept findings")
+        raise FindingsExportError(gettext_noop("the study has no kept findings"))
     measured = {f.series_instance_uid for f in findings}
     measured |= {str(layer["series_id"]) for f in findings for layer in result_layers(f.result)
                  if layer.get("series_id")}
@@ -341,7 +344,8 @@ def findings_dicom_store(*, study_uid: str, regions: dict[int, RegionMask], auth
     findings = [f for f in findings_of(study_uid) if f.study_id == study.pk]
     missing = [f.id for f in findings if f.tool in VOI_TOOLS and f.id not in regions]
     if missing:
-        raise FindingsExportError(f"the regions of findings {missing} are missing")
+        raise FindingsExportError(gettext_noop("the regions of findings %(findings)s are missing"),
+                                  findings=str(missing))
     segmentations, sr = findings_dicom_build(study=study, findings=findings, regions=regions, author=author)
     written: list[str] = []
     try:

@@ -34,6 +34,7 @@ from typing import Any
 
 from django.db import close_old_connections, connections
 from django.utils import timezone
+from django.utils.translation import gettext, gettext_noop
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
@@ -61,6 +62,7 @@ from imaging.identity.models import PatientIdentity, RemoteStudy, StudyIdentity
 from imaging.models import DicomDestination, JobState, Retrieval, RetrieveMethod, Series, Study, VolumeState
 from imaging.pacs_query import PENDING, Criteria, QueryError, find, local_study_of, pacs_answers, pacs_sources
 from imaging.services import IngestBatch, Status, patient_pseudonym, uid_replacement_of
+from rendering.said import SaidError
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ GET_TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, Deflate
 """Every syntax ingest decodes, so the PACS sends what it holds instead of transcoding."""
 
 
-class RetrieveError(RuntimeError):
+class RetrieveError(SaidError, RuntimeError):
     """The retrieval cannot be asked for or cannot go on; the message is for the page."""
 
 
@@ -95,7 +97,7 @@ def retrieval_request(*, principal: Any, remote_study_id: int, reason: str = "op
         audit_record(actor=principal, action=Action.PACS_RETRIEVE, outcome=Outcome.FAILURE,
                      source_ip=source_ip,
                      details={"step": "requested", "why": "the PACS answer is no longer known"})
-        raise RetrieveError("that PACS answer is no longer known: search again")
+        raise RetrieveError(gettext_noop("that PACS answer is no longer known: search again"))
     requested_by = str(getattr(principal, "username", principal))
     return _retrieval_queue(remote, source, reason=reason, requested_by=requested_by, actor=principal,
                             source_ip=source_ip)
@@ -194,13 +196,15 @@ def retrieval_under_way(*, study_uid: str) -> Retrieval | None:
 
 
 def series_arriving(*, study_uid: str) -> dict[str, str]:
-    """Series UID -> 'arriving from the PACS (n of m)' for each series an unfinished retrieval still fills."""
+    """Series UID -> 'arriving from the PACS (n of m)' for each series an unfinished retrieval still fills
+    (in the active language: the viewer says it)."""
     arriving: dict[str, str] = {}
     for retrieval in Retrieval.objects.filter(study_instance_uid=study_uid, state__in=UNFINISHED):
         for entry in retrieval.series:
             if not entry.get("complete"):
-                arriving[entry["uid"]] = (f"arriving from the PACS ({entry.get('received', 0)} of "
-                                          f"{entry.get('expected') or '?'} images)")
+                counts = {"received": entry.get("received", 0), "expected": entry.get("expected") or "?"}
+                arriving[entry["uid"]] = gettext("arriving from the PACS (%(received)s of %(expected)s "
+                                                 "images)") % counts
     return arriving
 
 

@@ -16,6 +16,7 @@ import logging
 import numpy as np
 import pydicom
 from django.db import transaction
+from django.utils.translation import gettext_noop
 from pydicom.uid import generate_uid
 
 from imaging import storage
@@ -41,7 +42,8 @@ def _headers(series_uid: str) -> list[pydicom.Dataset]:
     object_ids = list(Instance.objects.filter(series__series_instance_uid=series_uid).order_by("id")
                       .values_list("object_id", flat=True))
     if not object_ids:
-        raise RegistrationStoreError(f"series {series_uid} has no stored images")
+        raise RegistrationStoreError(gettext_noop("series %(series)s has no stored images"),
+                                     series=series_uid)
     return [pydicom.dcmread(io.BytesIO(storage.object_get(object_id)), stop_before_pixels=True)
             for object_id in object_ids]
 
@@ -55,7 +57,7 @@ def _kind(registration: Registration) -> MatrixType:
 def registration_dicom_store(registration: Registration, *, author: str) -> str:
     """Write the accepted registration into the fixed series' study as a REG; its series UID."""
     if registration.matrix is None:
-        raise RegistrationStoreError("this registration has no transform")
+        raise RegistrationStoreError(gettext_noop("this registration has no transform"))
     fixed, moving = _headers(registration.fixed_series), _headers(registration.moving_series)
     reg = spatial_registration(
         fixed=fixed, moving=moving, matrix=registration.matrix, kind=_kind(registration),

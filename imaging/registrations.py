@@ -23,15 +23,17 @@ from dataclasses import dataclass
 import numpy as np
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext_noop
 
 from imaging.models import Registration, RegistrationState, Study
+from rendering.said import SaidError
 
 CLINICAL = "default"
 METHODS = ("rigid", "affine", "landmarks", "manual", "incoming")
 IDENTITY = tuple(float(v) for v in np.eye(4).ravel())
 
 
-class RegistrationStoreError(ValueError):
+class RegistrationStoreError(SaidError, ValueError):
     """A registration that cannot be recorded or decided (not found, not yours, already decided)."""
 
 
@@ -50,10 +52,11 @@ class FrameLink:
 def matrix_checked(values: Sequence[float]) -> list[float]:
     """16 finite numbers forming an invertible transform whose last row is (0, 0, 0, 1)."""
     if len(values) != 16 or not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
-        raise RegistrationStoreError("a registration matrix is 16 finite numbers")
+        raise RegistrationStoreError(gettext_noop("a registration matrix is 16 finite numbers"))
     matrix = np.asarray(values, dtype=np.float64).reshape(4, 4)
     if not np.allclose(matrix[3], (0, 0, 0, 1)) or abs(np.linalg.det(matrix[:3, :3])) < 1e-6:
-        raise RegistrationStoreError("a registration matrix must be an invertible affine transform")
+        raise RegistrationStoreError(gettext_noop("a registration matrix must be an invertible affine "
+                                                  "transform"))
     return [float(v) for v in matrix.ravel()]
 
 
@@ -62,9 +65,10 @@ def registration_start(*, study_uid: str, fixed: tuple[str, str], moving: tuple[
                        landmarks: list | None = None, error_mm: float | None = None) -> Registration:
     """Record a registration being made: running (a worker's job) or proposed (given a matrix)."""
     if method not in METHODS:
-        raise RegistrationStoreError(f"a registration method is one of {', '.join(METHODS)}")
+        raise RegistrationStoreError(gettext_noop("a registration method is one of %(methods)s"),
+                                     methods=", ".join(METHODS))
     if fixed[0] == moving[0]:
-        raise RegistrationStoreError("a series is not registered onto itself")
+        raise RegistrationStoreError(gettext_noop("a series is not registered onto itself"))
     return Registration.objects.create(
         study=Study.objects.get(study_instance_uid=study_uid), fixed_series=fixed[0], fixed_frame=fixed[1],
         moving_series=moving[0], moving_frame=moving[1], method=method, author=author,
@@ -84,7 +88,9 @@ def registration_found(registration_id: int, *, matrix: Sequence[float],
     with transaction.atomic(using=CLINICAL):
         found = Registration.objects.select_for_update().get(pk=registration_id)
         if found.state != RegistrationState.RUNNING:
-            raise RegistrationStoreError(f"registration {registration_id} is {found.state}")
+            raise RegistrationStoreError(gettext_noop("registration %(number)s is %(state)s"),
+                                         number=registration_id,
+                                         state=found.state)
         found.matrix, found.metric, found.state = matrix_checked(matrix), metric, RegistrationState.PROPOSED
         found.save()
     return found
@@ -100,7 +106,7 @@ def registration_cancel(registration_id: int, *, author: str) -> None:
     asked = Registration.objects.filter(pk=registration_id, author=author,
                                         state=RegistrationState.RUNNING).update(cancel_asked=True)
     if not asked:
-        raise RegistrationStoreError("no running registration of yours to cancel")
+        raise RegistrationStoreError(gettext_noop("no running registration of yours to cancel"))
 
 
 def registration_nudged(registration_id: int, *, author: str, matrix: Sequence[float]) -> Registration:
@@ -117,9 +123,10 @@ def registration_nudged(registration_id: int, *, author: str, matrix: Sequence[f
 def _own_proposal(registration_id: int, author: str) -> Registration:
     found = Registration.objects.select_for_update().filter(pk=registration_id).first()
     if found is None or found.author != author:
-        raise RegistrationStoreError("no such registration of yours")
+        raise RegistrationStoreError(gettext_noop("no such registration of yours"))
     if found.state != RegistrationState.PROPOSED:
-        raise RegistrationStoreError(f"this registration is {found.state}, not a proposal")
+        raise RegistrationStoreError(gettext_noop("this registration is %(state)s, not a proposal"),
+                                     state=found.state)
     return found
 
 
@@ -137,7 +144,7 @@ def registration_get(registration_id: int, study_uids: Iterable[str]) -> Registr
     found = Registration.objects.filter(pk=registration_id,
                                         study__study_instance_uid__in=list(study_uids)).first()
     if found is None:
-        raise RegistrationStoreError("no such registration in this reading")
+        raise RegistrationStoreError(gettext_noop("no such registration in this reading"))
     return found
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 from django.db import transaction
+from django.utils.translation import gettext_noop
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
@@ -32,18 +33,19 @@ from imaging.models import Segmentation
 ALGORITHM = hd.AlgorithmIdentificationSequence(name="Fusion Gateway interactive segmentation", version="1",
                                                family=codes.cid7162.NeighborhoodAnalysis)
 MAX_FRACTIONAL_VALUE = 255
-NOT_FROM_A_MODEL = ("a fractional SEG holds a model's probabilities, and no segment of this "
-                    "segmentation came from a model: store it as binary")
+NOT_FROM_A_MODEL = gettext_noop("a fractional SEG holds a model's probabilities, and no segment of this "
+                                 "segmentation came from a model: store it as binary")
 
 
 def _slices_in_label_order(headers: list[Any], positions: np.ndarray) -> list[Any]:
     """The stored images in the label map's slice order (``positions``: each slice's first voxel, mm)."""
     if len(headers) != len(positions):
-        raise FindingsExportError(f"the series holds {len(headers)} images for {len(positions)} slices")
+        raise FindingsExportError(gettext_noop("the series holds %(images)s images for %(slices)s slices"),
+                                  images=len(headers), slices=len(positions))
     stored = np.asarray([[float(v) for v in ds.ImagePositionPatient] for ds in headers])
     order = [int(np.argmin(np.linalg.norm(stored - point, axis=1))) for point in positions]
     if len(set(order)) != len(order) or np.max(np.linalg.norm(stored[order] - positions, axis=1)) > 0.05:
-        raise FindingsExportError("the segmentation's slices do not match the series' images")
+        raise FindingsExportError(gettext_noop("the segmentation's slices do not match the series' images"))
     return [headers[n] for n in order]
 
 
@@ -84,7 +86,7 @@ def segmentation_dicom_build(segmentation: Segmentation, labels: np.ndarray, sli
     0..255 on the label grid, :func:`rendering.segment_ops.segmentation_fractions`) is given."""
     present = [int(v) for v in np.unique(labels) if v]
     if not present:
-        raise FindingsExportError("the segmentation is empty")
+        raise FindingsExportError(gettext_noop("the segmentation is empty"))
     if fractions is not None and not any(number in fractions for number in present):
         raise FindingsExportError(NOT_FROM_A_MODEL)
     sources = _slices_in_label_order(series_headers(segmentation.series_instance_uid), slice_positions)

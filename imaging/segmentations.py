@@ -15,10 +15,12 @@ from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext_noop
 
 from imaging import storage
 from imaging.models import Segmentation, SegmentationEdit, SegmentationModel, Study
 from imaging.segmentation_models import model_labels
+from rendering.said import SaidError
 
 MAX_SEGMENTS = 32
 MAX_EDITS = 2000
@@ -33,7 +35,7 @@ class SegmentationNotFound(LookupError):
     """No such segmentation of the study (or not one this principal may change)."""
 
 
-class SegmentationError(ValueError):
+class SegmentationError(SaidError, ValueError):
     """A change that cannot be made (said to the reader)."""
 
 
@@ -69,10 +71,10 @@ def segmentation_edit(segmentation_id: int, op: dict[str, Any], *, author: str) 
     with transaction.atomic():
         segmentation = Segmentation.objects.select_for_update().get(pk=segmentation_id)
         if segmentation.revision >= MAX_EDITS:
-            raise SegmentationError(f"a segmentation keeps at most {MAX_EDITS} edits: "
-                                    "save it and start another")
+            raise SegmentationError(gettext_noop("a segmentation keeps at most %(most)s edits: save it and "
+                                                 "start another"), most=MAX_EDITS)
         if int(op.get("segment", 0)) not in {s["number"] for s in segmentation.segments}:
-            raise SegmentationError("no such segment in this segmentation: add it first")
+            raise SegmentationError(gettext_noop("no such segment in this segmentation: add it first"))
         segmentation.edits.filter(revision__gt=segmentation.revision).delete()
         segmentation.revision += 1
         SegmentationEdit.objects.create(segmentation=segmentation, revision=segmentation.revision, op=op,
@@ -87,7 +89,8 @@ def segmentation_step(segmentation_id: int, *, back: bool) -> Segmentation:
         segmentation = Segmentation.objects.select_for_update().get(pk=segmentation_id)
         target = segmentation.revision - 1 if back else segmentation.revision + 1
         if target < 0 or (not back and not segmentation.edits.filter(revision=target).exists()):
-            raise SegmentationError("nothing to undo" if back else "nothing to redo")
+            raise SegmentationError(gettext_noop("nothing to undo") if back
+                                    else gettext_noop("nothing to redo"))
         segmentation.revision = target
         segmentation.save(update_fields=["revision", "updated_at"])
     return segmentation
@@ -106,9 +109,9 @@ def segmentation_forget_last(segmentation_id: int) -> Segmentation:
 def segment_set(segmentation_id: int, number: int, **changes: Any) -> Segmentation:
     """Add segment ``number`` or change its name, colour, visibility or opacity."""
     if not 1 <= number <= MAX_SEGMENTS:
-        raise SegmentationError(f"a segment is numbered 1 to {MAX_SEGMENTS}")
+        raise SegmentationError(gettext_noop("a segment is numbered 1 to %(most)s"), most=MAX_SEGMENTS)
     if "colour" in changes and not _COLOUR.match(str(changes["colour"])):
-        raise SegmentationError("a colour is #rrggbb")
+        raise SegmentationError(gettext_noop("a colour is #rrggbb"))
     with transaction.atomic():
         segmentation = Segmentation.objects.select_for_update().get(pk=segmentation_id)
         segments = {s["number"]: s for s in segmentation.segments}
@@ -178,13 +181,14 @@ def segmentation_from_model(segmentation_id: int, model: SegmentationModel, foun
     values = [value for value in found["values"] if value in named]
     if not values:
         _run_forget(found)
-        raise SegmentationError(f"{model.name} found nothing in this series")
+        raise SegmentationError(gettext_noop("%(model)s found nothing in this series"), model=model.name)
     segmentation = Segmentation.objects.get(pk=segmentation_id)
     taken = {int(s["number"]) for s in segmentation.segments}
     free = [n for n in range(1, MAX_SEGMENTS + 1) if n not in taken][:len(values)]
     if len(free) < len(values):
         _run_forget(found)
-        raise SegmentationError(f"a segmentation has at most {MAX_SEGMENTS} segments")
+        raise SegmentationError(gettext_noop("a segmentation has at most %(most)s segments"),
+                                most=MAX_SEGMENTS)
     for value, number in zip(values, free, strict=True):
         segment_set(segmentation_id, number, name=f"{named[value]['name']} ({model.name})"[:64],
                     colour=str(named[value]["colour"]).lower())

@@ -1,6 +1,8 @@
 """SUVbw from a PET header: the one computation behind every SUV the gateway shows.
 
-Free of Django, so render workers and tools use the same function as ingest.
+Free of Django's setup, so render workers and tools use the same function as ingest. What a
+factor lacks is said to the reader (:class:`rendering.said.Said`, translated where it is shown);
+the calculation kept with a series records it in English.
 """
 
 from __future__ import annotations
@@ -9,7 +11,10 @@ import datetime as dt
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from django.utils.translation import gettext, gettext_noop
 from pydicom.dataset import Dataset
+
+from rendering.said import Said
 
 
 def dicom_datetime(date: str, time: str) -> dt.datetime | None:
@@ -119,11 +124,12 @@ def suv_calculation(ds: Dataset) -> SuvCalculation:
         None, units, _number(ds.get("PatientWeight")), _number(drug.get("RadionuclideTotalDose")),
         _number(drug.get("RadionuclideHalfLife")), correction, elapsed, (),
         _number(ds.get("PatientSize")), *_philips_scales(ds), scan_start=scan_start)
-    factor, missing = _bodyweight_factor(calculation)
+    factor, lacking = _bodyweight_factor(calculation)
+    missing = tuple(str(reason) for reason in lacking)
     if factor is None and units == "CNTS" and calculation.vendor_suv_factor is not None:
-        return replace(calculation, factor=calculation.vendor_suv_factor, missing=tuple(missing),
+        return replace(calculation, factor=calculation.vendor_suv_factor, missing=missing,
                        source="Philips SUV Scale Factor (7053,1000)")
-    return replace(calculation, factor=factor, missing=tuple(missing))
+    return replace(calculation, factor=factor, missing=missing)
 
 
 PHILIPS_PET = "Philips PET Private Group"
@@ -148,39 +154,48 @@ def _philips_scales(ds: Dataset) -> tuple[float | None, float | None]:
     return values[0], values[1]
 
 
-def _bodyweight_factor(calculation: SuvCalculation) -> tuple[float | None, list[str]]:
+def _bodyweight_factor(calculation: SuvCalculation) -> tuple[float | None, list[Said]]:
     units, weight, dose = calculation.units, calculation.weight_kg, calculation.dose_bq
     half_life, correction = calculation.half_life_s, calculation.decay_correction
     elapsed = calculation.elapsed_s
     counts_in_bq = units == "CNTS" and calculation.activity_scale is not None
     missing = [reason for reason, lacking in (
-        (f"Units is {units or 'empty'}, not BQML", units != "BQML" and not counts_in_bq),
-        ("no patient weight", weight is None), ("no injected dose", dose is None),
-        ("no radionuclide half-life", half_life is None),
-        (f"decay correction {correction or 'not given'} (START or ADMIN needed)",
+        (Said.made(gettext_noop("Units is %(units)s, not BQML"),
+                   {"units": units or Said(gettext_noop("empty"))}), units != "BQML" and not counts_in_bq),
+        (Said(gettext_noop("no patient weight")), weight is None),
+        (Said(gettext_noop("no injected dose")), dose is None),
+        (Said(gettext_noop("no radionuclide half-life")), half_life is None),
+        (Said.made(gettext_noop("decay correction %(correction)s (START or ADMIN needed)"),
+                   {"correction": correction or Said(gettext_noop("not given"))}),
          correction not in {"START", "ADMIN"}),
-        ("no injection or series time", correction == "START" and elapsed is None)) if lacking]
+        (Said(gettext_noop("no injection or series time")), correction == "START" and elapsed is None),
+    ) if lacking]
     if missing or not (weight and dose and half_life):
         return None, missing
     decayed = dose if correction == "ADMIN" else dose * 2.0 ** (-(elapsed or 0.0) / half_life)
     return weight * 1000.0 / decayed * (calculation.activity_scale or 1.0 if counts_in_bq else 1.0), []
 
 
-SUV_METHODS = {"bw": "SUVbw", "lbm_james": "SUVlbm (James)", "lbm_janma": "SUVlbm (Janmahasatian)",
-               "bsa": "SUVbsa", "ibw": "SUVibw"}
-"""The normalisations a reader may choose (QIBA / PS3.16 CID 85), and how each is shown."""
+# Translators: SUV normalisations (QIBA names): body weight, lean body mass (two formulas), body
+# surface area, ideal body weight; usually kept as they are.
+SUV_METHODS = {"bw": gettext_noop("SUVbw"), "lbm_james": gettext_noop("SUVlbm (James)"),
+               "lbm_janma": gettext_noop("SUVlbm (Janmahasatian)"), "bsa": gettext_noop("SUVbsa"),
+               "ibw": gettext_noop("SUVibw")}
+"""The normalisations a reader may choose (QIBA / PS3.16 CID 85), and how each is shown (English here,
+the record's; ``gettext`` where a reader is shown one)."""
 
 
 def _body_measure(method: str, weight: float, height_m: float | None,
-                  sex: str) -> tuple[float | None, list[str]]:
+                  sex: str) -> tuple[float | None, list[Said]]:
     """What the decayed dose is divided by: grams of body weight, lean or ideal mass, or cm² of
     body surface (SUVbsa). James (1976) and Janmahasatian (2005) lean body mass; Du Bois
     surface area; ideal body weight 48.0 + 1.06 (45.5 + 0.91 for women) kg per cm above 152 cm."""
     if method == "bw":
         return weight * 1000.0, []
     missing = [reason for reason, lacking in (
-        ("no patient height", height_m is None),
-        ("no patient sex (M or F)", method != "bsa" and sex not in ("M", "F"))) if lacking]
+        (Said(gettext_noop("no patient height")), height_m is None),
+        (Said(gettext_noop("no patient sex (M or F)")), method != "bsa" and sex not in ("M", "F")),
+    ) if lacking]
     if missing or height_m is None:
         return None, missing
     height_cm = height_m * 100.0
@@ -197,13 +212,16 @@ def _body_measure(method: str, weight: float, height_m: float | None,
         return 0.007184 * weight ** 0.425 * height_cm ** 0.725 * 10_000.0, []
     else:
         raise ValueError(f"unknown SUV method {method!r}")
-    return (kg * 1000.0, []) if kg > 0 else (None, ["the formula gives no positive mass for these values"])
+    if kg > 0:
+        return kg * 1000.0, []
+    return None, [Said(gettext_noop("the formula gives no positive mass for these values"))]
 
 
 def suv_method_factor(calculation: dict[str, Any], *, method: str, sex: str = "",
                       weight_kg: float | None = None, dose_bq: float | None = None
-                      ) -> tuple[float | None, list[str]]:
-    """Factor (per Bq/ml) of SUV ``method`` from a series' ``suv_calculation``, or what it lacks.
+                      ) -> tuple[float | None, list[Said]]:
+    """Factor (per Bq/ml) of SUV ``method`` from a series' ``suv_calculation``, or what it lacks
+    (words for the reader: :func:`rendering.said.said` translates each).
 
     ``weight_kg`` and ``dose_bq`` replace the header's where a reader entered them.
     """
@@ -225,25 +243,34 @@ def suv_method_factor(calculation: dict[str, Any], *, method: str, sex: str = ""
 
 
 def suv_facts(calculation: dict[str, Any], entered: dict[str, float] | None = None) -> list[str]:
-    """Every header value the factor used, as the reader is shown it (entered values marked)."""
+    """Every header value the factor used, as the reader is shown it (entered values marked), in the
+    active language."""
     entered = entered or {}
-    facts = [f"Units {calculation.get('units') or 'not given'}"]
-    for name, key, unit, scale in (("weight", "weight_kg", "kg", 1.0), ("height", "height_m", "m", 1.0),
-                                   ("injected dose", "dose_bq", "MBq", 1e-6),
-                                   ("half-life", "half_life_s", "s", 1.0)):
+    not_given = gettext("not given")
+    # Translators: "Units" is the PET header's Units attribute (BQML, CNTS...), shown as it stands.
+    facts = [gettext("Units %(units)s") % {"units": calculation.get("units") or not_given}]
+    for name, key, unit, scale in ((gettext_noop("weight"), "weight_kg", "kg", 1.0),
+                                   (gettext_noop("height"), "height_m", "m", 1.0),
+                                   (gettext_noop("injected dose"), "dose_bq", "MBq", 1e-6),
+                                   (gettext_noop("half-life"), "half_life_s", "s", 1.0)):
         value = entered.get(key) or calculation.get(key)
         if value:
-            mark = " (entered)" if key in entered else ""
-            facts.append(f"{name} {float(value) * scale:.4g} {unit}{mark}")
-    correction = calculation.get("decay_correction") or "not given"
+            shown = {"name": gettext(name), "value": f"{float(value) * scale:.4g}", "unit": unit}
+            facts.append((gettext("%(name)s %(value)s %(unit)s (entered)") if key in entered
+                          else gettext("%(name)s %(value)s %(unit)s")) % shown)
+    correction = calculation.get("decay_correction") or not_given
     elapsed = calculation.get("elapsed_s")
-    facts.append(f"decay correction {correction}" + (
-        f", {float(elapsed):.0f} s from injection to {calculation.get('scan_start') or 'SeriesTime'}"
-        if elapsed is not None else ""))
+    if elapsed is None:
+        facts.append(gettext("decay correction %(correction)s") % {"correction": correction})
+    else:
+        facts.append(gettext("decay correction %(correction)s, %(seconds)s s from injection to %(start)s") % {
+            "correction": correction, "seconds": f"{float(elapsed):.0f}",
+            "start": calculation.get("scan_start") or "SeriesTime"})
     if calculation.get("activity_scale"):
-        facts.append(f"Philips activity concentration scale (7053,1009) {calculation['activity_scale']:.6g}")
+        facts.append(gettext("Philips activity concentration scale (7053,1009) %(scale)s")
+                     % {"scale": f"{calculation['activity_scale']:.6g}"})
     if calculation.get("source") not in (None, "", "header"):
-        facts.append(f"factor from {calculation['source']}")
+        facts.append(gettext("factor from %(source)s") % {"source": calculation["source"]})
     return facts
 
 

@@ -23,7 +23,12 @@ from dataclasses import replace
 from typing import Any
 
 from channels.db import database_sync_to_async
+from django.conf import settings
 from django.urls import reverse
+from django.utils import translation
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
+from django.utils.translation.trans_real import parse_accept_lang_header
 
 from accounts.hanging import (
     HangingRuleNotFound,
@@ -71,6 +76,7 @@ from rendering.operations import operation_named
 from rendering.pool import CLINICAL, render_pool_async
 from rendering.registration_reading import REGISTRATION_HANDLERS, RegistrationReading
 from rendering.reporting import finding_regions
+from rendering.said import said
 from rendering.scheduler import Quality as SchedulerQuality
 from rendering.scheduler import ViewScheduler
 from rendering.segmentation_reading import SEGMENTATION_HANDLERS, SegmentationReading
@@ -124,6 +130,29 @@ def overlay_wire(frame: RenderedFrame, kind: str, viewport_width: int) -> dict[s
     return wire
 
 
+def reader_language(scope: dict[str, Any]) -> str:
+    """The language the socket's reader reads, as ``LocaleMiddleware`` would choose it for a page.
+
+    A websocket has no request for ``translation.get_language_from_request``: the language cookie
+    (the page header's language form sets it) where it names a language offered, else the best
+    match of the browser's Accept-Language, else the site's ``LANGUAGE_CODE``.
+    """
+    offered = {code for code, _name in settings.LANGUAGES}
+    cookie = (scope.get("cookies") or {}).get(settings.LANGUAGE_COOKIE_NAME, "")
+    if cookie in offered:
+        return str(cookie)
+    header = next((value for name, value in scope.get("headers") or () if name.lower() == b"accept-language"),
+                  b"")
+    for code, _quality in parse_accept_lang_header(header.decode("latin-1")):
+        if code == "*":
+            break
+        try:
+            return translation.get_supported_language_variant(code)
+        except LookupError:
+            continue
+    return str(settings.LANGUAGE_CODE)
+
+
 def _unavailable(series: ViewerSeries, reason: str, study: str) -> dict[str, Any]:
     return {"uid": series.uid, "modality": series.modality, "description": series.description,
             "number": series.number, "images": series.images, "study": study, "available": False,
@@ -131,13 +160,23 @@ def _unavailable(series: ViewerSeries, reason: str, study: str) -> dict[str, Any
 
 
 class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, PrincipalGuardedConsumer):
+    """The viewer's socket. Everything it says is in its reader's language (:func:`reader_language`,
+    chosen at connect): each message is handled, and each job's news sent, inside
+    ``translation.override(self.language)``; a consumer runs outside ``LocaleMiddleware``."""
+
     study: ViewerStudy
     session: ViewerSession
+    language: str | None = None
 
     def capability_resource(self) -> str | None:
         return str(self.scope["url_route"]["kwargs"]["study"])
 
     async def session_connect(self) -> bool:
+        self.language = reader_language(self.scope)
+        with translation.override(self.language):
+            return await self._opened()
+
+    async def _opened(self) -> bool:
         user = self.principal
         study_uid = self.scope["url_route"]["kwargs"]["study"]
         try:
@@ -213,16 +252,17 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, P
             return (await self.pool.describe(state, source=CLINICAL))[series_uid], ""
         except (RenderError, MissingVolumeError) as error:
             logger.info("series %s cannot be shown: %s", series_uid, error)
-            return None, str(error) if isinstance(error, RenderError) else "the images cannot be read"
+            return None, said(error) if isinstance(error, RenderError) else _("the images cannot be read")
 
     async def session_ready(self) -> None:
-        await self._registration_links_load()
-        await self._send_ready()
-        self._render(list(range(len(self.session.views))))
-        await self._send_findings()
-        await self._send_documents()
-        await self._send_segmentations()
-        await self._send_registrations()
+        with translation.override(self.language):
+            await self._registration_links_load()
+            await self._send_ready()
+            self._render(list(range(len(self.session.views))))
+            await self._send_findings()
+            await self._send_documents()
+            await self._send_segmentations()
+            await self._send_registrations()
 
     async def _report_wire(self) -> dict[str, Any] | None:
         """The study's latest report for the viewer's link (None for a consultant: no report pages)."""
@@ -268,18 +308,23 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, P
 
         async def failed(sequence: int, error: BaseException) -> None:
             code = "frame_of_reference" if isinstance(error, FrameOfReferenceError) else "render_failed"
-            await self._error(code, str(error) if isinstance(error, RenderError | FrameOfReferenceError)
-                              else "the frame could not be rendered", view=index)
+            with translation.override(self.language):
+                await self._error(code, error if isinstance(error, RenderError | FrameOfReferenceError)
+                                  else _("the frame could not be rendered"), view=index)
 
         return ViewScheduler(render=render, push=push, on_failure=failed)
 
     async def session_receive(self, text_data: str | None, bytes_data: bytes | None) -> None:
+        with translation.override(self.language):
+            await self._received(text_data, bytes_data)
+
+    async def _received(self, text_data: str | None, bytes_data: bytes | None) -> None:
         try:
             message = protocol.message_parse(text_data if text_data is not None else bytes_data,
                                               views=len(self.session.views))
         except protocol.ProtocolError as error:
             if self.budget.take():
-                await self._error(error.code, str(error), of=error.of)
+                await self._error(error.code, error, of=error.of)
             return
         if not isinstance(message, protocol.Acknowledge) and not self.budget.take():
             await self._rate_limited()
@@ -288,15 +333,16 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, P
             await self._handle(message)
         except (SessionError, ViewStateError) as error:
             view = getattr(message, "view", None)
-            await self._error(getattr(error, "code", "refused"), str(error),
+            await self._error(getattr(error, "code", "refused"), error,
                               view=view if isinstance(view, int) else None, of=protocol.message_kind(message))
 
     async def _rate_limited(self) -> None:
         if self.budget.notice_due():
             await self.send(text_data=json.dumps({
                 "type": "error", "code": "rate_limited",
-                "message": f"at most {MESSAGES_PER_SECOND} messages a second (bursts of "
-                           f"{MESSAGE_BURST}); messages beyond it were dropped unprocessed",
+                "message": _("at most %(rate)s messages a second (bursts of %(burst)s); messages beyond it "
+                             "were dropped unprocessed")
+                           % {"rate": MESSAGES_PER_SECOND, "burst": MESSAGE_BURST},
                 "retry_after_ms": self.budget.retry_after_ms()}))
 
     async def _handle(self, message: protocol.Message) -> None:
@@ -338,7 +384,7 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, P
         except StudyNotFound:
             await self._audit(Action.RENDER_START, Outcome.DENIED, study=message.study[:64],
                               details={"reason": "not a study of this patient the principal may view"})
-            await self._error("refused", "no such study of this patient, or not permitted")
+            await self._error("refused", _("no such study of this patient, or not permitted"))
             return
         shown, unavailable = await self._describe_series(other)
         self.session.study_add(other.study_uid, shown, unavailable)
@@ -386,7 +432,7 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, P
         try:
             result = await self.pool.probe(state, source=CLINICAL, x=message.x, y=message.y)
         except (RenderError, FrameOfReferenceError, MissingVolumeError) as error:
-            await self._error("probe_failed", str(error), view=message.view)
+            await self._error("probe_failed", error, view=message.view)
             return
         top = next((item for item in reversed(result.values) if item.value is not None), None)
         unit = top.unit if top else (result.values[-1].unit if result.values else "")
@@ -406,7 +452,7 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, P
     async def _may_measure(self, study: str, asked: str) -> bool:
         if await database_sync_to_async(may)(self.principal, Permission.STUDY_MEASURE, study):
             return True
-        await self._error("refused", "measuring is not part of what you may do here", of=asked)
+        await self._error("refused", _("measuring is not part of what you may do here"), of=asked)
         return False
 
     async def _measure_one(self, message: protocol.Measure) -> None:
@@ -419,7 +465,7 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, P
         try:
             result = await self.pool.request(operation, state, source=CLINICAL, **arguments)
         except (RenderError, FrameOfReferenceError, MissingVolumeError) as error:
-            await self._error("measure_failed", str(error), view=message.view, of="measure")
+            await self._error("measure_failed", error, view=message.view, of="measure")
             return
         wire = operation_named(operation).to_wire(result)
         points = [list(point) for point in message.points]
@@ -453,7 +499,7 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, P
             charts = await self.pool.request(CHART_OPERATIONS[message.kind], state, source=CLINICAL,
                                              tool=region.tool, **arguments)
         except (RenderError, FrameOfReferenceError, MissingVolumeError) as error:
-            await self._error("chart_failed", str(error), view=region.view, of="chart")
+            await self._error("chart_failed", error, view=region.view, of="chart")
             return
         await self.send(text_data=json.dumps({
             "type": "chart", "view": region.view, "kind": message.kind, "tool": region.tool,
@@ -466,7 +512,7 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, P
     async def _on_keep(self, message: protocol.Keep) -> None:
         """The socket's last measurement into the study's findings: the server's numbers, not the client's."""
         if self.last_measurement is None:
-            await self._error("nothing_to_keep", "measure first; the last measurement is what is kept",
+            await self._error("nothing_to_keep", _("measure first; the last measurement is what is kept"),
                               of="keep")
             return
         study, kept = self.last_measurement
@@ -486,7 +532,7 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, P
         study = await database_sync_to_async(finding_study)(finding_id=finding_id,
                                                             study_uids=self.session.studies)
         if study is None:
-            await self._error("refused", "no such finding of these studies", of=asked)
+            await self._error("refused", _("no such finding of these studies"), of=asked)
             return None
         return study if await self._may_measure(study, asked) else None
 
@@ -500,7 +546,7 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, P
                 study_uid=study, finding_id=message.finding, by=self.principal.username,
                 only_author=self.principal.username if consultant else None)
         except FindingNotFound:
-            await self._error("refused", "no such finding of this study that you may delete", of="forget")
+            await self._error("refused", _("no such finding of this study that you may delete"), of="forget")
             return
         await self._audit(Action.FINDING_DELETE, Outcome.SUCCESS, study=study,
                           details={"finding": message.finding})
@@ -516,7 +562,7 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, P
                 study_uid=study, finding_id=message.finding, label=message.label,
                 only_author=self.principal.username if consultant else None)
         except FindingNotFound:
-            await self._error("refused", "no such finding of this study that you may rename", of="relabel")
+            await self._error("refused", _("no such finding of this study that you may rename"), of="relabel")
             return
         await self._audit(Action.FINDING_EDIT, Outcome.SUCCESS, study=study,
                           details={"finding": finding.id, "label": finding.label})
@@ -528,8 +574,8 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, P
         if not await database_sync_to_async(may)(self.principal, Permission.STUDY_REPORT, study):
             await self._audit(Action.FINDINGS_STORE, Outcome.DENIED, study=study,
                               details={"reason": "study.report not granted"})
-            await self._error("refused", "storing findings in the study is part of reporting, "
-                                         "which is not granted here", of="findings_store")
+            await self._error("refused", _("storing findings in the study is part of reporting, "
+                                           "which is not granted here"), of="findings_store")
             return
         try:
             regions = await finding_regions(self.pool, study)
@@ -538,7 +584,7 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, P
         except (RenderError, MissingVolumeError, FindingsExportError) as error:
             await self._audit(Action.FINDINGS_STORE, Outcome.FAILURE, study=study,
                               details={"reason": str(error)[:200]})
-            await self._error("store_failed", str(error), of="findings_store")
+            await self._error("store_failed", error, of="findings_store")
             return
         await self._audit(Action.FINDINGS_STORE, Outcome.SUCCESS, study=study, details=stored.wire())
         await self.send(text_data=json.dumps({"type": "findings_stored", **stored.wire()}))
@@ -549,7 +595,7 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, P
         if not await database_sync_to_async(may)(self.principal, Permission.STUDY_REPORT, study):
             await self._audit(Action.REPORT_EDIT, Outcome.DENIED,
                               details={"reason": "study.report not granted"})
-            await self._error("refused", "reporting is not granted here", of="report_capture")
+            await self._error("refused", _("reporting is not granted here"), of="report_capture")
             return
         kept = self.session.key_image(message.view)
         try:
@@ -557,7 +603,7 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, P
                 study_uid=study, author=self.principal.username, state=kept["state"],
                 caption=message.caption or kept["caption"], normal=kept["normal"], step_mm=kept["step_mm"])
         except (ReportError, ReportSigned) as error:
-            await self._error("refused", str(error), of="report_capture")
+            await self._error("refused", error, of="report_capture")
             return
         if created:
             await self._audit(Action.REPORT_CREATE, Outcome.SUCCESS, details={"version": report.version})
@@ -571,7 +617,7 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, P
         try:
             changed = self.session.suv_choose(message.method)
         except SessionError as error:
-            await self._error("refused", str(error), of="suv")
+            await self._error("refused", error, of="suv")
             return
         await self.send(text_data=json.dumps({"type": "suv", **self.session.suv_wire()}))
         self._render(changed)
@@ -586,7 +632,7 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, P
                 message.series, weight_kg=message.weight_kg,
                 dose_bq=None if message.dose_mbq is None else message.dose_mbq * 1e6)
         except SessionError as error:
-            await self._error("refused", str(error), of="suv_inputs")
+            await self._error("refused", error, of="suv_inputs")
             return
         entered = [name for name, value in (("weight_kg", message.weight_kg), ("dose_mbq", message.dose_mbq))
                    if value is not None]
@@ -623,10 +669,10 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, P
         saved = next((saved for saved in self.hanging or [] if saved.id == message.rule), None)
         try:
             if saved is None:
-                raise SessionError("no such hanging rule of yours")
+                raise SessionError(gettext_noop("no such hanging rule of yours"))
             self.session.hanging_apply(saved.hanging, description=self.study.description)
         except SessionError as error:
-            await self._error("refused", str(error), of="hang")
+            await self._error("refused", error, of="hang")
             return
         await self._send_ready()
         self._render(list(range(len(self.session.views))))
@@ -634,7 +680,7 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, P
     async def _on_hang_save(self, message: protocol.HangSave) -> None:
         """The views on screen become the reader's newest rule; a share has no account to keep it."""
         if self.hanging_user is None:
-            await self._error("refused", "hanging rules are kept with a user account; a share has none",
+            await self._error("refused", _("hanging rules are kept with a user account; a share has none"),
                               of="hang_save")
             return
         try:
@@ -642,19 +688,19 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, P
             await database_sync_to_async(hanging_rule_save)(user=self.hanging_user, name=message.name,
                                                             rule=rule)
         except (SessionError, HangingRuleError) as error:
-            await self._error("refused", str(error), of="hang_save")
+            await self._error("refused", error, of="hang_save")
             return
         await self._hanging_sent(self.hanging_user)
 
     async def _on_hang_delete(self, message: protocol.HangDelete) -> None:
         if self.hanging_user is None:
-            await self._error("refused", "hanging rules are kept with a user account; a share has none",
+            await self._error("refused", _("hanging rules are kept with a user account; a share has none"),
                               of="hang_delete")
             return
         try:
             await database_sync_to_async(hanging_rule_delete)(user=self.hanging_user, rule_id=message.rule)
         except HangingRuleNotFound:
-            await self._error("refused", "no such hanging rule of yours", of="hang_delete")
+            await self._error("refused", _("no such hanging rule of yours"), of="hang_delete")
             return
         await self._hanging_sent(self.hanging_user)
 
@@ -669,9 +715,11 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, P
             *self.session.studies, exclude_manufacturer=MANUFACTURER)
         await self.send(text_data=json.dumps({"type": "documents", "documents": documents}))
 
-    async def _error(self, code: str, text: str, *, view: int | None = None, of: str | None = None) -> None:
-        """``of``: the message type the error answers, where a client may have several in flight."""
-        body: dict[str, Any] = {"type": "error", "code": code, "message": text}
+    async def _error(self, code: str, text: str | BaseException, *, view: int | None = None,
+                     of: str | None = None) -> None:
+        """``of``: the message type the error answers, where a client may have several in flight;
+        ``text`` an error's words (:func:`rendering.said.said`, in the active language) or a text."""
+        body: dict[str, Any] = {"type": "error", "code": code, "message": said(text)}
         if view is not None:
             body["view"] = view
         if of is not None:

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from channels.db import database_sync_to_async
+from django.utils import translation
+from django.utils.translation import gettext_noop
 
 from gateway.audit.catalogue import Action, Outcome
 from imaging.derived import (
@@ -34,6 +36,7 @@ from rendering import protocol
 from rendering.engine.filters import FILTERS, filters_vocabulary
 from rendering.pool import CLINICAL
 from rendering.reading_host import ReadingHost
+from rendering.said import said
 from rendering.session import SeriesInfo, SessionError
 from rendering.viewstate import viewstate_from_dict
 from rendering.workers import RenderError
@@ -41,7 +44,8 @@ from rendering.workers import RenderError
 if TYPE_CHECKING:
     from rendering.session import ViewerSession
 
-DERIVING_IS_REPORTING = "filters and image arithmetic are part of reporting, which is not granted here"
+DERIVING_IS_REPORTING = gettext_noop("filters and image arithmetic are part of reporting, which is not "
+                                     "granted here")
 SHOWN_KEYS = ("shape", "spacing", "origin", "direction", "center", "modality", "frame_of_reference_uid",
               "range", "plane", "mpr", "colour", "suv", "units", "kind")
 
@@ -71,15 +75,16 @@ class DerivedReading(ReadingHost):
         for uid in series:
             info = self.session.series.get(uid)
             if info is None or info.kind != "volume" or not info.mpr:
-                raise SessionError("derived series are made of volume series of this reading")
+                raise SessionError(gettext_noop("derived series are made of volume series of this reading"))
             infos.append(info)
         matrices: list[list[float] | None] = [None]
         for info in infos[1:]:
             try:
                 transform = self.session.series_transform(info.uid, infos[0].uid)
             except KeyError:
-                raise SessionError(f"{info.description or info.uid} is in another frame of reference: "
-                                   "register it onto the first series first") from None
+                raise SessionError(gettext_noop("%(series)s is in another frame of reference: register it "
+                                                "onto the first series first"),
+                                   series=info.description or info.uid) from None
             matrices.append(None if transform is None else [float(v) for v in np.asarray(transform).ravel()])
         return matrices
 
@@ -95,7 +100,7 @@ class DerivedReading(ReadingHost):
                 matrices=matrices, dims=message.dims, description=_description(message, self.session),
                 space=message.space, box=list(message.box) if message.box is not None else None)
         except DerivedError as error:
-            raise SessionError(str(error)) from error
+            raise SessionError.from_error(error) from error
         await self._send_derived(recipe, "running")
         jobs = self.derived_jobs if self.derived_jobs is not None else {}
         self.derived_jobs = jobs
@@ -103,6 +108,10 @@ class DerivedReading(ReadingHost):
         jobs[recipe.id].add_done_callback(lambda _: jobs.pop(recipe.id, None))
 
     async def _derived_made(self, recipe: DerivedSeries) -> None:
+        with translation.override(self.language):
+            await self._derived_making(recipe)
+
+    async def _derived_making(self, recipe: DerivedSeries) -> None:
         uid = derived_layer_id(recipe)
         state = viewstate_from_dict({"view": "native", "layers": [
             {"series_id": uid, "window_center": 0, "window_width": 1}]})
@@ -115,7 +124,7 @@ class DerivedReading(ReadingHost):
             await database_sync_to_async(derived_forget)(recipe.id)
             await self._audit(Action.DERIVED_CREATE, Outcome.FAILURE, study=_study_of(recipe),
                               details={**details, "reason": str(error)[:200]})
-            await self._send_derived(recipe, "failed", reason=str(error))
+            await self._send_derived(recipe, "failed", reason=said(error))
             return
         recipe.shown = {key: described[key] for key in SHOWN_KEYS if key in described}
         await database_sync_to_async(derived_made)(recipe.id, recipe.shown)
@@ -133,13 +142,13 @@ class DerivedReading(ReadingHost):
     async def _on_filter_preview(self, message: protocol.FilterPreview) -> None:
         await self._deriving()
         if message.filter not in FILTERS:
-            raise SessionError(f"unknown filter {message.filter!r}")
+            raise SessionError(gettext_noop("unknown filter %(filter)s"), filter=repr(message.filter))
         state = self.session.state(message.view, quality="interactive")
         try:
             preview = await self.pool.request("filter_preview", state, source=CLINICAL,
                                               filter=message.filter, parameters=dict(message.parameters))
         except RenderError as error:
-            raise SessionError(str(error)) from error
+            raise SessionError.from_error(error) from error
         frame = preview.frame
         answer = {"type": "filter_preview", "view": message.view, "filter": message.filter,
                   "encoding": frame.encoding.value, "width": frame.width, "height": frame.height,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+from django.utils.translation import gettext_noop
 
 from rendering.encoding import Encoding
 from rendering.engine.arithmetic import Grid, arithmetic, arithmetic_grid, derived_volume
@@ -46,7 +47,8 @@ class DerivedVolumes:
             return derived_volume(values, volumes[0], series_id=layer_id, description=recipe.description,
                                   operation=recipe.operation, inputs=volumes, grid=grid)
         except (FilterError, VolumeError, ValueError) as error:
-            raise RenderError(f"the derived series cannot be made: {error}") from error
+            raise RenderError(gettext_noop("the derived series cannot be made: %(error)s"),
+                              error=error) from error
 
     @staticmethod
     def _values(recipe, volumes: list[Volume]) -> tuple[np.ndarray, Grid | None]:
@@ -110,12 +112,13 @@ def _filter_preview(context: WorkerContext, state: ViewState, volumes: Mapping[s
     layer = state.layers[0]
     base = volumes[layer.series_id].at_time(layer.time_point)
     if not _on_slice_plane(state, base) or state.focus_mm is None:
-        raise RenderError("a preview shows the series' own slices: turn the view to its acquisition plane")
+        raise RenderError(gettext_noop("a preview shows the series' own slices: turn the view to its "
+                                       "acquisition plane"))
     try:
         slab, reduced = preview_slab(base, state.focus_mm, name=str(arguments["filter"]),
                                      params=dict(arguments["parameters"]), series_id=PREVIEW_ID)
     except (FilterError, VolumeError) as error:
-        raise RenderError(str(error)) from error
+        raise RenderError.from_error(error) from error
     shown = replace(state, quality=Quality.INTERACTIVE,
                     layers=(replace(layer, series_id=PREVIEW_ID, time_point=0), *state.layers[1:]))
     return PreviewFrame(context.engine.render(shown, {**volumes, PREVIEW_ID: slab}, encoding=Encoding.JPEG),

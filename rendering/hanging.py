@@ -23,7 +23,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from django.utils.translation import gettext_noop
+
 from rendering.protocol import HANGING_NAME, MAX_VIEWS, SETTINGS, Text
+from rendering.said import Said, SaidError
 from rendering.viewstate import MAX_LAYERS
 
 RULES_PER_USER = 20
@@ -48,8 +51,9 @@ PALETTES = _choices("palette")
 PRESETS_3D = _choices("volume_preset")
 
 
-class HangingRuleError(ValueError):
-    """A rule, or a rule's name, that cannot be kept: the message says which part and why."""
+class HangingRuleError(SaidError, ValueError):
+    """A rule, or a rule's name, that cannot be kept: the message says which part and why (said to the
+    reader; ``where`` is the part's path in the JSON form, or words for it)."""
 
 
 @dataclass(frozen=True)
@@ -105,46 +109,54 @@ class Hanging:
         return {"match": match, "views": views}
 
 
-def _object(value: Any, where: str, allowed: set[str], required: set[str]) -> dict[str, Any]:
+Where = str | Said
+
+
+def _object(value: Any, where: Where, allowed: set[str], required: set[str]) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise HangingRuleError(f"{where} must be an object")
+        raise HangingRuleError(gettext_noop("%(where)s must be an object"), where=where)
     unknown = sorted(str(key)[:32] for key in set(value) - allowed)
     if unknown:
-        raise HangingRuleError(f"{where} has unknown field(s): {', '.join(unknown[:3])}")
+        raise HangingRuleError(gettext_noop("%(where)s has unknown field(s): %(fields)s"), where=where,
+                               fields=", ".join(unknown[:3]))
     missing = sorted(required - set(value))
     if missing:
-        raise HangingRuleError(f"{where} needs {', '.join(missing)}")
+        raise HangingRuleError(gettext_noop("%(where)s needs %(fields)s"), where=where,
+                               fields=", ".join(missing))
     return value
 
 
-def _list(value: Any, where: str, low: int, high: int) -> list[Any]:
+def _list(value: Any, where: Where, low: int, high: int) -> list[Any]:
     if not isinstance(value, list) or not low <= len(value) <= high:
-        raise HangingRuleError(f"{where} must be a list of {low} to {high} items")
+        raise HangingRuleError(gettext_noop("%(where)s must be a list of %(low)s to %(high)s items"),
+                               where=where, low=low, high=high)
     return value
 
 
-def _text(value: Any, where: str, length: int) -> str:
+def _text(value: Any, where: Where, length: int) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= length or not value.isprintable():
-        raise HangingRuleError(f"{where} must be 1 to {length} printable characters")
+        raise HangingRuleError(gettext_noop("%(where)s must be 1 to %(most)s printable characters"),
+                               where=where, most=length)
     return value
 
 
-def _modality(value: Any, where: str) -> str:
+def _modality(value: Any, where: Where) -> str:
     if not isinstance(value, str) or not MODALITY.fullmatch(value):
-        raise HangingRuleError(f"{where} must be a DICOM modality (CT, PT, MR…)")
+        raise HangingRuleError(gettext_noop("%(where)s must be a DICOM modality (CT, PT, MR…)"), where=where)
     return value
 
 
-def _choice(value: Any, where: str, choices: tuple[str, ...]) -> str:
+def _choice(value: Any, where: Where, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in choices:
-        raise HangingRuleError(f"{where} must be one of {list(choices)}")
+        raise HangingRuleError(gettext_noop("%(where)s must be one of %(choices)s"), where=where,
+                               choices=str(list(choices)))
     return value
 
 
-def _opacity(value: Any, where: str) -> float:
+def _opacity(value: Any, where: Where) -> float:
     if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
             or not 0 <= value <= 1):
-        raise HangingRuleError(f"{where} must be a number from 0 to 1")
+        raise HangingRuleError(gettext_noop("%(where)s must be a number from 0 to 1"), where=where)
     return float(value)
 
 
@@ -165,7 +177,7 @@ def _view(value: Any, where: str) -> ViewRule:
     preset = None
     if "preset3d" in data:
         if kind != "3d":
-            raise HangingRuleError(f"{where}.preset3d is for 3d views only")
+            raise HangingRuleError(gettext_noop("%(where)s.preset3d is for 3d views only"), where=where)
         preset = _choice(data["preset3d"], f"{where}.preset3d", PRESETS_3D)
     return ViewRule(kind, tuple(_layer(layer, f"{where}.layers[{i}]") for i, layer in enumerate(layers)),
                     preset)
@@ -173,13 +185,13 @@ def _view(value: Any, where: str) -> ViewRule:
 
 def hanging_parse(*, data: Any) -> Hanging:
     """Validate a rule's JSON form; raises :class:`HangingRuleError` naming the first fault."""
-    top = _object(data, "the rule", {"match", "views"}, {"match", "views"})
+    top = _object(data, Said(gettext_noop("the rule")), {"match", "views"}, {"match", "views"})
     match = _object(top["match"], "match", {"modalities", "description"}, {"modalities"})
     modalities = [_modality(value, f"match.modalities[{i}]")
                   for i, value in enumerate(_list(match["modalities"], "match.modalities", 1,
                                                   MAX_MODALITIES))]
     if len(set(modalities)) != len(modalities):
-        raise HangingRuleError("match.modalities names a modality twice")
+        raise HangingRuleError(gettext_noop("match.modalities names a modality twice"))
     description = (_text(match["description"], "match.description", DESCRIPTION_LENGTH)
                    if "description" in match else "")
     views = _list(top["views"], "views", 1, MAX_VIEWS)
@@ -196,5 +208,5 @@ def description_fragment(text: str) -> str:
 def hanging_name_clean(*, name: Any) -> str:
     """A rule's name as shown in the menu: trimmed, 1 to 64 printable characters."""
     if not isinstance(name, str):
-        raise HangingRuleError("a rule's name is text")
-    return _text(name.strip(), "the name", NAME_LENGTH)
+        raise HangingRuleError(gettext_noop("a rule's name is text"))
+    return _text(name.strip(), Said(gettext_noop("the name")), NAME_LENGTH)

@@ -51,10 +51,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from django.utils.translation import gettext_noop
 
 from rendering.engine.core import RenderError, layer_values
 from rendering.operations import WorkerContext, operation
 from rendering.protocol import GROW_BOX_MM, GROW_MODES
+from rendering.said import Said
 from rendering.viewstate import ViewState
 from rendering.volume import Volume
 
@@ -95,9 +97,10 @@ def region_box(volume: Volume, center: np.ndarray, reach: float, *, centres_only
     low = np.maximum(first.astype(int), 0)
     high = np.minimum(last.astype(int) + 1, np.array(volume.shape))
     if np.any(high <= low):
-        raise RenderError("the region lies outside the series")
+        raise RenderError(gettext_noop("the region lies outside the series"))
     if int(np.prod(high - low)) > MAX_REGION_VOXELS:
-        raise RenderError("the region is too large for this series' resolution; make it smaller")
+        raise RenderError(gettext_noop("the region is too large for this series' resolution; make it "
+                                       "smaller"))
     return slice(low[0], high[0]), slice(low[1], high[1]), slice(low[2], high[2])
 
 
@@ -168,12 +171,12 @@ def sphere_statistics(volume: Volume, factor: float, unit: str, center_mm: Any,
                       radius_mm: float) -> RegionStatistics:
     """Statistics of the sphere on one volume whose values times ``factor`` are in ``unit``."""
     if volume.colour:
-        raise RenderError("a colour picture has no values to measure")
+        raise RenderError(gettext_noop("a colour picture has no values to measure"))
     center = np.asarray(center_mm, dtype=np.float64)
     box = region_box(volume, center, radius_mm)
     share, inside = sphere_coverage(volume, box, center, radius_mm)
     if not inside.any():
-        raise RenderError("the sphere holds no voxel centre of the series; make it larger")
+        raise RenderError(gettext_noop("the sphere holds no voxel centre of the series; make it larger"))
     values = volume.voxels[box].astype(np.float64) * factor
     mean, sd = _weighted(values, share)
     chosen = values[inside]
@@ -203,10 +206,11 @@ def _statistics_from_wire(wire: list[dict[str, Any]]) -> list[RegionStatistics]:
 @operation("measure_sphere", to_wire=_statistics_to_wire, from_wire=_statistics_from_wire)
 def _measure_sphere(context: WorkerContext, state: ViewState, volumes: Mapping[str, Volume],
                     arguments: dict[str, Any]) -> list[RegionStatistics]:
-    center = region_center(state, volumes, arguments, "the sphere's centre")
+    center = region_center(state, volumes, arguments, gettext_noop("the sphere's centre"))
     radius = float(arguments["radius_mm"])
     if not 0 < radius <= MAX_RADIUS_MM:
-        raise RenderError(f"the sphere's radius must be between 0 and {MAX_RADIUS_MM:g} mm")
+        raise RenderError(gettext_noop("the sphere's radius must be between 0 and %(most)g mm"),
+                          most=MAX_RADIUS_MM)
     results = []
     for volume, factor, unit, transform in layer_values(state, volumes):
         here = center if transform is None else (np.linalg.inv(transform) @ [*center, 1.0])[:3]
@@ -247,12 +251,13 @@ class LineMeasurement:
 def viewport_points(arguments: dict[str, Any], least: int) -> list[tuple[float, float]]:
     raw = arguments.get("points")
     if not isinstance(raw, list) or not least <= len(raw) <= MAX_POINTS:
-        raise RenderError(f"a measurement needs {least} to {MAX_POINTS} points")
+        raise RenderError(gettext_noop("a measurement needs %(least)s to %(most)s points"), least=least,
+                          most=MAX_POINTS)
     points = []
     for point in raw:
         if not (isinstance(point, list | tuple) and len(point) == 2
                 and all(isinstance(v, int | float) and math.isfinite(v) for v in point)):
-            raise RenderError("each point is [x, y] in viewport pixels")
+            raise RenderError(gettext_noop("each point is [x, y] in viewport pixels"))
         points.append((float(point[0]), float(point[1])))
     return points
 
@@ -305,7 +310,7 @@ def measuring_plane(state: ViewState, base: Volume) -> Any:
     from rendering.engine import planes
 
     if state.view.value == "3d":
-        raise RenderError("measure on a 2-D view: a 3-D view has no single plane")
+        raise RenderError(gettext_noop("measure on a 2-D view: a 3-D view has no single plane"))
     return planes.view_plane(state, base)
 
 
@@ -321,13 +326,13 @@ def area_statistics(state: ViewState, volumes: Mapping[str, Volume], shape: str,
     results = []
     for volume, factor, unit, transform in layers:
         if volume.colour:
-            raise RenderError("a colour picture has no values to measure")
+            raise RenderError(gettext_noop("a colour picture has no values to measure"))
         sampled = planes.sample(plane, volume, mode=SlabMode.NONE, thickness_mm=0.0, linear=False,
                                 transform=transform)
         shown = inside if sampled.valid is None else inside & sampled.valid
         covered = share if sampled.valid is None else share * sampled.valid
         if not shown.any():
-            raise RenderError("the region holds no pixel centre of the series; make it larger")
+            raise RenderError(gettext_noop("the region holds no pixel centre of the series; make it larger"))
         scaled = sampled.values.astype(np.float64) * factor
         mean, sd = _weighted(scaled, covered)
         values = scaled[shown]
@@ -370,7 +375,7 @@ def _measure_area(context: WorkerContext, state: ViewState, volumes: Mapping[str
                   arguments: dict[str, Any]) -> list[AreaStatistics]:
     shape = arguments.get("shape")
     if shape not in ROI_SHAPES:
-        raise RenderError(f"an ROI is one of {', '.join(ROI_SHAPES)}")
+        raise RenderError(gettext_noop("an ROI is one of %(shapes)s"), shapes=", ".join(ROI_SHAPES))
     return area_statistics(state, volumes, shape, viewport_points(arguments, 3 if shape == "polygon" else 2))
 
 
@@ -384,7 +389,7 @@ def _measure_line(context: WorkerContext, state: ViewState, volumes: Mapping[str
                   arguments: dict[str, Any]) -> LineMeasurement:
     points = viewport_points(arguments, 2)
     if len(points) != 2:
-        raise RenderError("a line has two points")
+        raise RenderError(gettext_noop("a line has two points"))
     return line_measurement(state, volumes, points)
 
 
@@ -430,7 +435,7 @@ def _threshold_of(mode: str, value: float, local_max: float, volume: Volume, fac
                   reference_mm: Any) -> tuple[float, str]:
     if mode == "fraction":
         if not 0 < value < 1:
-            raise RenderError("the fraction of the maximum is between 0 and 1 (0.41, 0.5)")
+            raise RenderError(gettext_noop("the fraction of the maximum is between 0 and 1 (0.41, 0.5)"))
         return value * local_max, f"{value:.0%} of the local maximum"
     if mode == "suv":
         return value, f"fixed {value:g}"
@@ -456,7 +461,8 @@ def threshold_volume(state: ViewState, volumes: Mapping[str, Volume], center_mm:
     seed = tuple(int(v) for v in np.unravel_index(int(np.argmax(values)), values.shape))
     threshold, how = _threshold_of(mode, value, float(values[seed]), volume, factor, reference_mm)
     if values[seed] < threshold:
-        raise RenderError(f"nothing in the box reaches the threshold ({threshold:.3g} {unit})")
+        raise RenderError(gettext_noop("nothing in the box reaches the threshold (%(threshold).3g %(unit)s)"),
+                          threshold=threshold, unit=unit)
     inside = _component(values >= threshold, seed)
     if not want_statistics:
         return RegionMask.of(volume.series_id, box, inside.astype(np.uint8) * np.uint8(255), fractional=False)
@@ -481,7 +487,7 @@ def _voi_volume(volume: Volume, factor: float, unit: str, box: tuple[slice, slic
 def _vector(raw: Any, what: str) -> list[float]:
     if not (isinstance(raw, list | tuple) and len(raw) == 3
             and all(isinstance(v, int | float) and math.isfinite(v) for v in raw)):
-        raise RenderError(f"{what} must be three millimetre values")
+        raise RenderError(gettext_noop("%(what)s must be three millimetre values"), what=Said(what))
     return [float(v) for v in raw]
 
 
@@ -536,25 +542,26 @@ def _region_from_wire(wire: dict[str, Any]) -> RegionMask:
 def _region_mask(context: WorkerContext, state: ViewState, volumes: Mapping[str, Volume],
                  arguments: dict[str, Any]) -> RegionMask:
     """A kept VOI's voxels on layer 0's series (a sphere) or the SUV layer's (a threshold or grown region)."""
-    center = _vector(arguments.get("center_mm"), "the region's centre")
+    center = _vector(arguments.get("center_mm"), gettext_noop("the region's centre"))
     if arguments.get("tool") == "sphere":
         radius = float(arguments.get("radius_mm", 0.0))
         if not 0 < radius <= MAX_RADIUS_MM:
-            raise RenderError(f"the sphere's radius must be between 0 and {MAX_RADIUS_MM:g} mm")
+            raise RenderError(gettext_noop("the sphere's radius must be between 0 and %(most)g mm"),
+                              most=MAX_RADIUS_MM)
         return sphere_region(layer_values(state, volumes)[0][0], center, radius)
     if arguments.get("tool") == "threshold":
         return threshold_volume(state, volumes, center, *_threshold_settings(arguments),
                                 want_statistics=False)
     if arguments.get("tool") == "grow":
         return grow_volume(state, volumes, center, *_grow_settings(arguments), want_statistics=False)
-    raise RenderError("a region is a sphere, a threshold VOI or a VOI grown from a seed")
+    raise RenderError(gettext_noop("a region is a sphere, a threshold VOI or a VOI grown from a seed"))
 
 
 @operation("measure_threshold", to_wire=asdict,
            from_wire=lambda wire: ThresholdVolume(**{**wire, "max_point_mm": tuple(wire["max_point_mm"])}))
 def _measure_threshold(context: WorkerContext, state: ViewState, volumes: Mapping[str, Volume],
                        arguments: dict[str, Any]) -> ThresholdVolume:
-    center = region_center(state, volumes, arguments, "the box's centre")
+    center = region_center(state, volumes, arguments, gettext_noop("the box's centre"))
     return threshold_volume(state, volumes, center, *_threshold_settings(arguments))
 
 
@@ -562,11 +569,13 @@ def _threshold_settings(arguments: dict[str, Any]) -> tuple[float, str, float, l
     """(box half-side mm, mode, value, liver reference mm or None), checked."""
     mode = arguments.get("mode", "fraction")
     if mode not in THRESHOLD_MODES:
-        raise RenderError(f"a threshold is one of {', '.join(THRESHOLD_MODES)}")
+        raise RenderError(gettext_noop("a threshold is one of %(modes)s"), modes=", ".join(THRESHOLD_MODES))
     box = float(arguments.get("box_mm", 30.0))
     if not 1 <= box <= MAX_BOX_MM:
-        raise RenderError(f"the box reaches 1 to {MAX_BOX_MM:g} mm from its centre")
-    reference = _vector(arguments.get("reference_mm"), "the liver reference") if mode == "percist" else None
+        raise RenderError(gettext_noop("the box reaches 1 to %(most)g mm from its centre"), most=MAX_BOX_MM)
+    reference = None
+    if mode == "percist":
+        reference = _vector(arguments.get("reference_mm"), gettext_noop("the liver reference"))
     return box, mode, float(arguments.get("value", 0.41)), reference
 
 
@@ -608,8 +617,9 @@ def _grow(values: np.ndarray, seed: tuple[int, ...], mode: str, value: float,
                                        f"{start - reach:.4g} to {start + reach:.4g} {unit}")
     mean, variance = float(grower.GetMean()), float(grower.GetVariance())
     if not inside[seed] or not math.isfinite(mean) or not math.isfinite(variance):
-        raise RenderError("nothing grew from the seed: its neighbourhood is (nearly) uniform, which gives "
-                          "confidence growing no spread to go by; grow by range instead")
+        raise RenderError(gettext_noop("nothing grew from the seed: its neighbourhood is (nearly) uniform, "
+                                       "which gives confidence growing no spread to go by; grow by range "
+                                       "instead"))
     sd = math.sqrt(max(variance, 0.0))
     lower, upper = min(mean - value * sd, start), max(mean + value * sd, start)
     return inside, lower, (f"region mean {mean:.4g} ± {value:g} x SD {sd:.3g} {unit} after {GROW_ITERATIONS} "
@@ -625,29 +635,32 @@ def grow_volume(state: ViewState, volumes: Mapping[str, Volume], seed_mm: Any, b
     ``want_statistics=False`` the region itself as a binary :class:`RegionMask`.
     """
     if mode not in GROW_MODES:
-        raise RenderError(f"a region grows by one of {', '.join(GROW_MODES)}")
+        raise RenderError(gettext_noop("a region grows by one of %(modes)s"), modes=", ".join(GROW_MODES))
     rule, _ = GROW_MODES[mode]
     if not rule.low <= value <= rule.high:
-        raise RenderError(f"growing by {mode} takes a value from {rule.low:g} to {rule.high:g}")
+        raise RenderError(gettext_noop("growing by %(mode)s takes a value from %(low)g to %(high)g"),
+                          mode=mode,
+                          low=rule.low, high=rule.high)
     if not 1 <= box_mm <= MAX_BOX_MM:
-        raise RenderError(f"the box reaches 1 to {MAX_BOX_MM:g} mm from the seed")
+        raise RenderError(gettext_noop("the box reaches 1 to %(most)g mm from the seed"), most=MAX_BOX_MM)
     volume, factor, unit, transform = suv_layer(state, volumes)
     if volume.colour:
-        raise RenderError("a colour picture has no values to measure")
+        raise RenderError(gettext_noop("a colour picture has no values to measure"))
     point = np.asarray(seed_mm, dtype=np.float64)
     if transform is not None:
         point = (np.linalg.inv(transform) @ [*point, 1.0])[:3]
     at = np.rint(volume.patient_to_index(point)).astype(int)
     if np.any(at < 0) or np.any(at >= np.array(volume.shape)):
-        raise RenderError("the seed lies outside the series")
+        raise RenderError(gettext_noop("the seed lies outside the series"))
     box = region_box(volume, volume.index_to_patient(at.astype(np.float64)), box_mm, centres_only=True)
     values = volume.voxels[box].astype(np.float64) * factor
     seed = tuple(int(v) for v in at - np.array([s.start for s in box]))
     inside, lowest, how = _grow(values, seed, mode, value, unit)
     faces = _faces_reached(inside)
     if faces == 6:
-        raise RenderError("the region grew to every face of the box: it leaks into its surroundings "
-                          "(or the box is smaller than the lesion); narrow the range or enlarge the box")
+        raise RenderError(gettext_noop("the region grew to every face of the box: it leaks into its "
+                                       "surroundings (or the box is smaller than the lesion); narrow the "
+                                       "range or enlarge the box"))
     if faces:
         how += f"; it reaches {faces} of the box's 6 faces, which may cut it"
     if not want_statistics:
@@ -659,10 +672,10 @@ def _grow_settings(arguments: dict[str, Any]) -> tuple[float, str, float]:
     """(box half-side mm, mode, value), defaults filled in as the protocol fills them."""
     mode = arguments.get("mode") or "range"
     if not isinstance(mode, str) or mode not in GROW_MODES:
-        raise RenderError(f"a region grows by one of {', '.join(GROW_MODES)}")
+        raise RenderError(gettext_noop("a region grows by one of %(modes)s"), modes=", ".join(GROW_MODES))
     box, value = arguments.get("box_mm", GROW_BOX_MM), arguments.get("value", GROW_MODES[mode][1])
     if any(isinstance(v, bool) or not isinstance(v, int | float) for v in (box, value)):
-        raise RenderError("a grown region's box and value are numbers")
+        raise RenderError(gettext_noop("a grown region's box and value are numbers"))
     return float(box), mode, float(value)
 
 
@@ -670,5 +683,5 @@ def _grow_settings(arguments: dict[str, Any]) -> tuple[float, str, float]:
            from_wire=lambda wire: ThresholdVolume(**{**wire, "max_point_mm": tuple(wire["max_point_mm"])}))
 def _measure_grow(context: WorkerContext, state: ViewState, volumes: Mapping[str, Volume],
                   arguments: dict[str, Any]) -> ThresholdVolume:
-    seed = region_center(state, volumes, arguments, "the seed")
+    seed = region_center(state, volumes, arguments, gettext_noop("the seed"))
     return grow_volume(state, volumes, seed, *_grow_settings(arguments))

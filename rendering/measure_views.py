@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from django.utils.translation import gettext_noop
 from PIL import Image, ImageDraw, ImageFont
 
 from rendering.engine.core import RenderError, layer_values
@@ -102,18 +103,19 @@ def _here(center: Sequence[float], transform: np.ndarray | None) -> np.ndarray:
 def _radius(arguments: dict[str, Any]) -> float:
     radius = arguments.get("radius_mm")
     if not isinstance(radius, int | float) or not 0 < radius <= MAX_RADIUS_MM:
-        raise RenderError(f"the sphere's radius must be between 0 and {MAX_RADIUS_MM:g} mm")
+        raise RenderError(gettext_noop("the sphere's radius must be between 0 and %(most)g mm"),
+                          most=MAX_RADIUS_MM)
     return float(radius)
 
 
 def _measurable(volume: Volume) -> None:
     if volume.colour:
-        raise RenderError("a colour picture has no values to measure")
+        raise RenderError(gettext_noop("a colour picture has no values to measure"))
 
 
 def _sphere_values(state: ViewState, volumes: Mapping[str, Volume],
                    arguments: dict[str, Any]) -> list[tuple[Volume, str, np.ndarray]]:
-    center = region_center(state, volumes, arguments, "the sphere's centre")
+    center = region_center(state, volumes, arguments, gettext_noop("the sphere's centre"))
     radius = _radius(arguments)
     found = []
     for volume, factor, unit, transform in layer_values(state, volumes):
@@ -122,7 +124,7 @@ def _sphere_values(state: ViewState, volumes: Mapping[str, Volume],
         box = region_box(volume, here, radius)
         _, inside = sphere_coverage(volume, box, here, radius)
         if not inside.any():
-            raise RenderError("the sphere holds no voxel centre of the series; make it larger")
+            raise RenderError(gettext_noop("the sphere holds no voxel centre of the series; make it larger"))
         found.append((volume, unit, volume.voxels[box][inside].astype(np.float64) * factor))
     return found
 
@@ -144,7 +146,7 @@ def _area_values(state: ViewState, volumes: Mapping[str, Volume],
                                 transform=transform)
         shown = inside if sampled.valid is None else inside & sampled.valid
         if not shown.any():
-            raise RenderError("the region holds no pixel centre of the series; make it larger")
+            raise RenderError(gettext_noop("the region holds no pixel centre of the series; make it larger"))
         found.append((volume, unit, sampled.values[shown].astype(np.float64) * factor))
     return found
 
@@ -152,11 +154,12 @@ def _area_values(state: ViewState, volumes: Mapping[str, Volume],
 def _voi_values(context: WorkerContext, state: ViewState, volumes: Mapping[str, Volume],
                 arguments: dict[str, Any]) -> list[tuple[Volume, str, np.ndarray]]:
     """A VOI contoured on the view's SUV layer (as ``measure_threshold`` contours it)."""
-    center = region_center(state, volumes, arguments, "the region's centre")
+    center = region_center(state, volumes, arguments, gettext_noop("the region's centre"))
     region = operation_named("region_mask").run(context, state, volumes, {**arguments, "center_mm": center})
     volume, factor, unit, _ = suv_layer(state, volumes)
     if region.series_id != volume.series_id:
-        raise RenderError("the region was contoured on another series than the view's SUV layer")
+        raise RenderError(gettext_noop("the region was contoured on another series than the view's SUV "
+                                       "layer"))
     box = tuple(slice(start, start + size) for start, size in zip(region.offset, region.shape, strict=True))
     inside = region.array() > 0
     return [(volume, unit, volume.voxels[box][inside].astype(np.float64) * factor)]
@@ -172,7 +175,8 @@ def region_values(context: WorkerContext, state: ViewState, volumes: Mapping[str
         return _area_values(state, volumes, arguments)
     if tool in VOI_TOOLS:
         return _voi_values(context, state, volumes, arguments)
-    raise RenderError(f"a histogram is of one of {', '.join(CHART_KINDS['histogram'])}")
+    raise RenderError(gettext_noop("a histogram is of one of %(tools)s"),
+                      tools=", ".join(CHART_KINDS["histogram"]))
 
 
 def histogram_bins(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -314,8 +318,8 @@ def region_tac(state: ViewState, volumes: Mapping[str, Volume],
                arguments: dict[str, Any]) -> list[RegionChart]:
     """A sphere's mean and maximum at every time point of each dynamic layer."""
     if arguments.get("tool", "sphere") != "sphere":
-        raise RenderError("a time-activity curve is of a sphere")
-    center = region_center(state, volumes, arguments, "the sphere's centre")
+        raise RenderError(gettext_noop("a time-activity curve is of a sphere"))
+    center = region_center(state, volumes, arguments, gettext_noop("the sphere's centre"))
     radius = _radius(arguments)
     charts = []
     layers = layer_values(state, volumes)
@@ -326,17 +330,17 @@ def region_tac(state: ViewState, volumes: Mapping[str, Volume],
             continue
         _measurable(volume)
         if count > MAX_TAC_TIME_POINTS:
-            raise RenderError(f"the series has {count} time points; a curve takes at most "
-                              f"{MAX_TAC_TIME_POINTS}")
+            raise RenderError(gettext_noop("the series has %(count)s time points; a curve takes at most "
+                                           "%(most)s"), count=count, most=MAX_TAC_TIME_POINTS)
         here = _here(center, transform)
         box = region_box(volume, here, radius)
         share, inside = sphere_coverage(volume, box, here, radius)
         if not inside.any():
-            raise RenderError("the sphere holds no voxel centre of the series; make it larger")
+            raise RenderError(gettext_noop("the sphere holds no voxel centre of the series; make it larger"))
         counted = share > 0
         if int(counted.sum()) * count > MAX_TAC_SAMPLES:
-            raise RenderError("the sphere is too large for a curve over this many time points; "
-                              "make it smaller")
+            raise RenderError(gettext_noop("the sphere is too large for a curve over this many time points; "
+                                           "make it smaller"))
         weights = share[counted]
         means, maxima = [], []
         for index in range(count):
@@ -351,7 +355,8 @@ def region_tac(state: ViewState, volumes: Mapping[str, Volume],
                              {"time": times, "time_unit": time_unit, "mean": means, "max": maxima},
                              tac_picture(volume, unit, times, means, maxima, voxels, time_unit)))
     if not charts:
-        raise RenderError("no layer of this view is a dynamic series (one with several time points)")
+        raise RenderError(gettext_noop("no layer of this view is a dynamic series (one with several time "
+                                       "points)"))
     return charts
 
 

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
+from django.utils.translation import gettext_noop
+
 from rendering.encoding import Encoding
 from rendering.engine.core import (
     LayerInfo,
@@ -103,7 +105,7 @@ def operation_named(name: object) -> Operation:
     _registrations_loaded()
     found = OPERATIONS.get(name) if isinstance(name, str) else None
     if found is None:
-        raise RenderError(f"unknown operation {name!r}")
+        raise RenderError(gettext_noop("unknown operation %(name)s"), name=repr(name))
     return found
 
 

@@ -19,8 +19,11 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, get_type_hints
 
+from django.utils.translation import gettext_noop
+
 from imaging.suv import SUV_METHODS
 from rendering.engine.arithmetic import MAX_BOX_MM, SPACES
+from rendering.said import Said, SaidError
 from rendering.viewstate import MAX_FILE_WINDOWS
 
 MAX_MESSAGE_BYTES = 8192
@@ -38,11 +41,12 @@ class Encoding(IntEnum):
     WEBP = 3
 
 
-class ProtocolError(ValueError):
-    """A client message that cannot be acted on; ``code`` is stable for clients."""
+class ProtocolError(SaidError, ValueError):
+    """A client message that cannot be acted on; ``code`` is stable for clients, the message said to
+    the reader (a template marked ``gettext_noop`` and its values, as for :class:`SaidError`)."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, code: str, message: str | Said, /, **params: Any) -> None:
+        super().__init__(message, **params)
         self.code = code
         self.of: str | None = None
         """The message type refused, once known (a client may have several kinds in flight)."""
@@ -425,30 +429,35 @@ Message = (Acknowledge | Input | Setting | Layout | Probe | Resize | Thumbnails 
 
 def _field(message: dict[str, Any], name: str, rule: FieldRule) -> Any:
     if name not in message:
-        raise ProtocolError("missing_field", f"{name!r} is required")
+        raise ProtocolError("missing_field", gettext_noop("%(name)s is required"), name=repr(name))
     value = message[name]
     if isinstance(rule, Identifier):
         if not isinstance(value, str) or not rule.pattern.fullmatch(value):
-            raise ProtocolError("bad_value", f"{name!r} must be an identifier the server gave")
+            raise ProtocolError("bad_value", gettext_noop("%(name)s must be an identifier the server gave"),
+                                name=repr(name))
         return value
     if isinstance(rule, Label):
         if not isinstance(value, str) or not 0 < len(value) <= rule.max_length or not value.isprintable():
-            raise ProtocolError("bad_value", f"{name!r} must be 1 to {rule.max_length} printable characters")
+            raise ProtocolError("bad_value", gettext_noop("%(name)s must be 1 to %(most)s printable "
+                                                          "characters"),
+                                name=repr(name), most=rule.max_length)
         return value
     if isinstance(rule, Flag):
         if not isinstance(value, bool):
-            raise ProtocolError("bad_value", f"{name!r} must be true or false")
+            raise ProtocolError("bad_value", gettext_noop("%(name)s must be true or false"), name=repr(name))
         return value
     if isinstance(rule, Text):
         if not isinstance(value, str) or value not in rule.choices:
-            raise ProtocolError("bad_value", f"{name!r} must be one of {list(rule.choices)}")
+            raise ProtocolError("bad_value", gettext_noop("%(name)s must be one of %(choices)s"),
+                                name=repr(name), choices=str(list(rule.choices)))
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ProtocolError("bad_value", f"{name!r} must be a number")
+        raise ProtocolError("bad_value", gettext_noop("%(name)s must be a number"), name=repr(name))
     if not math.isfinite(value) or not rule.low <= value <= rule.high:
-        raise ProtocolError("bad_value", f"{name!r} must be between {rule.low} and {rule.high}")
+        raise ProtocolError("bad_value", gettext_noop("%(name)s must be between %(low)s and %(high)s"),
+                            name=repr(name), low=str(rule.low), high=str(rule.high))
     if rule.integer and value != int(value):
-        raise ProtocolError("bad_value", f"{name!r} must be a whole number")
+        raise ProtocolError("bad_value", gettext_noop("%(name)s must be a whole number"), name=repr(name))
     return int(value) if rule.integer else float(value)
 
 
@@ -462,8 +471,11 @@ def _exact_keys(message: dict[str, Any], allowed: set[str]) -> None:
     unknown = sorted(set(message) - allowed)
     if unknown:
         listed = ", ".join(shown(name) for name in unknown[:3])
-        more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
-        raise ProtocolError("unknown_field", f"unknown field(s): {listed}{more}")
+        if len(unknown) > 3:
+            raise ProtocolError("unknown_field",
+                                gettext_noop("unknown field(s): %(fields)s and %(more)s more"),
+                                fields=listed, more=len(unknown) - 3)
+        raise ProtocolError("unknown_field", gettext_noop("unknown field(s): %(fields)s"), fields=listed)
 
 
 def _view(message: dict[str, Any], views: int) -> int:
@@ -473,18 +485,20 @@ def _view(message: dict[str, Any], views: int) -> int:
 def message_parse(raw: str | bytes | None, *, views: int) -> Message:
     """Validate one client message against the protocol; raises :class:`ProtocolError`."""
     if raw is None:
-        raise ProtocolError("not_text", "messages are JSON text")
+        raise ProtocolError("not_text", gettext_noop("messages are JSON text"))
     if len(raw) > MAX_MESSAGE_BYTES:
-        raise ProtocolError("too_large", f"messages are limited to {MAX_MESSAGE_BYTES} bytes")
+        raise ProtocolError("too_large", gettext_noop("messages are limited to %(most)s bytes"),
+                            most=MAX_MESSAGE_BYTES)
     try:
         message = json.loads(raw, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:
-        raise ProtocolError("not_json", "the message is not valid JSON") from exc
+        raise ProtocolError("not_json", gettext_noop("the message is not valid JSON")) from exc
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-        raise ProtocolError("bad_message", "a message is a JSON object with a string 'type'")
+        raise ProtocolError("bad_message", gettext_noop("a message is a JSON object with a string 'type'"))
     parser = _PARSERS.get(message["type"])
     if parser is None:
-        raise ProtocolError("unknown_type", f"unknown message type {shown(message['type'])}")
+        raise ProtocolError("unknown_type", gettext_noop("unknown message type %(type)s"),
+                            type=shown(message["type"]))
     try:
         return parser(message, views)
     except ProtocolError as error:
@@ -505,7 +519,8 @@ def _parse_ack(message: dict[str, Any], views: int) -> Acknowledge:
 def _parse_input(message: dict[str, Any], views: int) -> Input:
     operation = message.get("op")
     if not isinstance(operation, str) or operation not in OPERATIONS:
-        raise ProtocolError("unknown_operation", f"unknown input operation {shown(operation)}")
+        raise ProtocolError("unknown_operation", gettext_noop("unknown input operation %(operation)s"),
+                            operation=shown(operation))
     rules = OPERATIONS[operation]
     _exact_keys(message, {"type", "view", "op", *rules})
     arguments = {name: _field(message, name, rule) for name, rule in rules.items()}
@@ -516,7 +531,8 @@ def _parse_set(message: dict[str, Any], views: int) -> Setting:
     _exact_keys(message, {"type", "view", "name", "value", "layer"})
     name = message.get("name")
     if not isinstance(name, str) or name not in SETTINGS:
-        raise ProtocolError("unknown_setting", f"unknown setting {shown(name)}")
+        raise ProtocolError("unknown_setting", gettext_noop("unknown setting %(setting)s"),
+                            setting=shown(name))
     layer = _field(message, "layer", Number(0, 3, True)) if "layer" in message else 0
     return Setting(_view(message, views), name, _field(message, "value", SETTINGS[name]), layer)
 
@@ -556,12 +572,13 @@ def _parse_measure(message: dict[str, Any], views: int) -> Measure:
     low, high = MEASURE_TOOLS[tool]
     raw = message.get("points")
     if not isinstance(raw, list) or not low <= len(raw) <= high:
-        raise ProtocolError("bad_value", f"a {tool} takes {low} to {high} points")
+        raise ProtocolError("bad_value", gettext_noop("a %(tool)s takes %(low)s to %(high)s points"),
+                            tool=tool, low=low, high=high)
     coordinate = Number(-4096, 8192)
     points = []
     for point in raw:
         if not isinstance(point, list) or len(point) != 2:
-            raise ProtocolError("bad_value", "each point is [x, y] in viewport pixels")
+            raise ProtocolError("bad_value", gettext_noop("each point is [x, y] in viewport pixels"))
         points.append((_field({"x": point[0]}, "x", coordinate), _field({"y": point[1]}, "y", coordinate)))
     radius = _field(message, "radius_mm", Number(0.5, 150)) if tool in SIZED_TOOLS else None
     fraction = None
@@ -611,7 +628,7 @@ DOSE_MBQ = Number(1, 100_000)
 def _parse_suv_inputs(message: dict[str, Any], views: int) -> SuvInputs:
     _exact_keys(message, {"type", "series", "weight_kg", "dose_mbq"})
     if "weight_kg" not in message and "dose_mbq" not in message:
-        raise ProtocolError("missing_field", "give weight_kg, dose_mbq or both")
+        raise ProtocolError("missing_field", gettext_noop("give weight_kg, dose_mbq or both"))
     return SuvInputs(_field(message, "series", SERIES_UID),
                      _field(message, "weight_kg", WEIGHT_KG) if "weight_kg" in message else None,
                      _field(message, "dose_mbq", DOSE_MBQ) if "dose_mbq" in message else None)
@@ -672,16 +689,17 @@ SEGMENT_CHANGES: dict[str, FieldRule] = {"name": Label(64), "colour": Identifier
                                          "visible": Flag(), "opacity": Number(0, 1)}
 
 
-def _points(raw: Any, low: int, high: int, what: str) -> tuple[tuple[float, float], ...]:
+def _points(raw: Any, low: int, high: int, what: Said) -> tuple[tuple[float, float], ...]:
     if raw is None and low == 0:
         return ()
     if not isinstance(raw, list) or not low <= len(raw) <= high:
-        raise ProtocolError("bad_value", f"{what} takes {low} to {high} points")
+        raise ProtocolError("bad_value", gettext_noop("%(what)s takes %(low)s to %(high)s points"), what=what,
+                            low=low, high=high)
     coordinate = Number(-4096, 8192)
     points = []
     for point in raw:
         if not isinstance(point, list) or len(point) != 2:
-            raise ProtocolError("bad_value", "each point is [x, y] in viewport pixels")
+            raise ProtocolError("bad_value", gettext_noop("each point is [x, y] in viewport pixels"))
         points.append((_field({"x": point[0]}, "x", coordinate), _field({"y": point[1]}, "y", coordinate)))
     return tuple(points)
 
@@ -699,10 +717,12 @@ def _parse_reg_run(message: dict[str, Any], views: int) -> RegRun:
 
 def _parse_reg_landmarks(message: dict[str, Any], views: int) -> RegLandmarks:
     _exact_keys(message, {"type", "fixed_view", "moving_view", "fixed_points", "moving_points", "refine"})
-    fixed = _points(message.get("fixed_points"), 3, LANDMARKS_MAX, "a landmark registration")
-    moving = _points(message.get("moving_points"), 3, LANDMARKS_MAX, "a landmark registration")
+    what = Said(gettext_noop("a landmark registration"))
+    fixed = _points(message.get("fixed_points"), 3, LANDMARKS_MAX, what)
+    moving = _points(message.get("moving_points"), 3, LANDMARKS_MAX, what)
     if len(fixed) != len(moving):
-        raise ProtocolError("bad_value", "landmarks come in pairs: as many fixed points as moving points")
+        raise ProtocolError("bad_value", gettext_noop("landmarks come in pairs: as many fixed points as "
+                                                      "moving points"))
     view = Number(0, max(0, views - 1), integer=True)
     refine = bool(_field(message, "refine", Flag())) if "refine" in message else False
     return RegLandmarks(_field(message, "fixed_view", view), _field(message, "moving_view", view),
@@ -712,7 +732,7 @@ def _parse_reg_landmarks(message: dict[str, Any], views: int) -> RegLandmarks:
 def _triple(message: dict[str, Any], name: str, rule: Number) -> tuple[float, float, float]:
     raw = message.get(name, [0, 0, 0])
     if not isinstance(raw, list) or len(raw) != 3:
-        raise ProtocolError("bad_value", f"{name} is three numbers (x, y, z)")
+        raise ProtocolError("bad_value", gettext_noop("%(name)s is three numbers (x, y, z)"), name=name)
     x, y, z = (_field({name: value}, name, rule) for value in raw)
     return (x, y, z)
 
@@ -739,9 +759,11 @@ PARAMETER_VALUE = Number(-1e7, 1e7)
 def _parameters(message: dict[str, Any]) -> tuple[tuple[str, float], ...]:
     raw = message.get("parameters", {})
     if not isinstance(raw, dict) or len(raw) > PARAMETERS_MAX:
-        raise ProtocolError("bad_value", f"parameters is an object of at most {PARAMETERS_MAX} numbers")
+        raise ProtocolError("bad_value", gettext_noop("parameters is an object of at most %(most)s numbers"),
+                            most=PARAMETERS_MAX)
     if not all(isinstance(name, str) and PARAMETER_NAME.fullmatch(name) for name in raw):
-        raise ProtocolError("bad_value", "a parameter's name is lower-case letters and underscores")
+        raise ProtocolError("bad_value", gettext_noop("a parameter's name is lower-case letters and "
+                                                      "underscores"))
     return tuple(sorted((name, float(_field(raw, name, PARAMETER_VALUE))) for name in raw))
 
 
@@ -752,20 +774,22 @@ def _box(message: dict[str, Any], space: str) -> tuple[float, ...] | None:
     """The ``box`` of the space ``box`` (required there, refused elsewhere): six mm, min below max."""
     if space != "box":
         if "box" in message:
-            raise ProtocolError("bad_value", "'box' is given only with the space 'box'")
+            raise ProtocolError("bad_value", gettext_noop("'box' is given only with the space 'box'"))
         return None
     raw = message.get("box")
     if raw is None:
-        raise ProtocolError("missing_field", "'box' is required with the space 'box'")
+        raise ProtocolError("missing_field", gettext_noop("'box' is required with the space 'box'"))
     if not isinstance(raw, list) or len(raw) != 6:
-        raise ProtocolError("bad_value",
-                            "'box' is six numbers: i_min, i_max, j_min, j_max, k_min, k_max (mm)")
+        raise ProtocolError("bad_value", gettext_noop("'box' is six numbers: i_min, i_max, j_min, j_max, "
+                                                      "k_min, k_max (mm)"))
     box = tuple(float(_field({"box": value}, "box", BOX_EDGE)) for value in raw)
     for axis, low, high in zip("ijk", box[0::2], box[1::2], strict=True):
         if not low < high:
-            raise ProtocolError("bad_value", f"'box': {axis}_min must be below {axis}_max")
+            raise ProtocolError("bad_value", gettext_noop("'box': %(axis)s_min must be below %(axis)s_max"),
+                                axis=axis)
         if high - low > MAX_BOX_MM:
-            raise ProtocolError("bad_value", f"'box': the {axis} side is at most {MAX_BOX_MM:g} mm")
+            raise ProtocolError("bad_value", gettext_noop("'box': the %(axis)s side is at most %(most)g mm"),
+                                axis=axis, most=MAX_BOX_MM)
     return box
 
 
@@ -773,11 +797,11 @@ def _parse_derive(message: dict[str, Any], views: int) -> Derive:
     _exact_keys(message, {"type", "operation", "series", "parameters", "weights", "dims", "space", "box"})
     series = message.get("series")
     if not isinstance(series, list) or not 1 <= len(series) <= 4:
-        raise ProtocolError("bad_value", "series is a list of 1 to 4 series uids")
+        raise ProtocolError("bad_value", gettext_noop("series is a list of 1 to 4 series uids"))
     uids = tuple(_field({"series": uid}, "series", SERIES_UID) for uid in series)
     weights = message.get("weights", [])
     if not isinstance(weights, list) or len(weights) > 4:
-        raise ProtocolError("bad_value", "weights is a list of at most 4 numbers")
+        raise ProtocolError("bad_value", gettext_noop("weights is a list of at most 4 numbers"))
     checked = tuple(float(_field({"weight": w}, "weight", Number(-1e6, 1e6))) for w in weights)
     dims = int(_field(message, "dims", Number(2, 3, integer=True))) if "dims" in message else 3
     space = str(_field(message, "space", Text(SPACES))) if "space" in message else "reference"
@@ -812,13 +836,15 @@ def _parse_seg_edit(message: dict[str, Any], views: int) -> SegEdit:
     _exact_keys(message, {"type", "view", "tool", "segment", "points", *rules})
     missing = SEG_REQUIRED.get(tool, set()) - set(message)
     if missing:
-        raise ProtocolError("missing_field", f"a {tool} edit needs {', '.join(sorted(missing))}")
+        raise ProtocolError("missing_field", gettext_noop("a %(tool)s edit needs %(fields)s"), tool=tool,
+                            fields=", ".join(sorted(missing)))
     settings = {name: _field(message, name, rule) for name, rule in rules.items() if name in message}
     if "low" in settings and settings["low"] > settings["high"]:
-        raise ProtocolError("bad_value", "low must not be above high")
+        raise ProtocolError("bad_value", gettext_noop("low must not be above high"))
     low, high = SEG_POINTS[tool]
     return SegEdit(_view(message, views), tool, _field(message, "segment", SEGMENT_NUMBER),
-                   _points(message.get("points"), low, high, f"a {tool} edit"), settings)
+                   _points(message.get("points"), low, high,
+                           Said.made(gettext_noop("a %(tool)s edit"), {"tool": tool})), settings)
 
 
 def _parse_seg_undo(message: dict[str, Any], views: int) -> SegUndo:

@@ -21,6 +21,7 @@ class ReadingHost:
 
     if TYPE_CHECKING:
         principal: Any
+        language: str | None
         study: ViewerStudy
         session: ViewerSession
         pool: Any
@@ -30,7 +31,7 @@ class ReadingHost:
                        close: bool = False) -> None: ...
         async def _audit(self, action: Action, outcome: Outcome, *, study: str | None = None,
                          details: dict[str, Any] | None = None) -> None: ...
-        async def _error(self, code: str, text: str, *, view: int | None = None,
+        async def _error(self, code: str, text: str | BaseException, *, view: int | None = None,
                          of: str | None = None) -> None: ...
         async def _send_ready(self) -> None: ...
         def _render(self, views: list[int]) -> None: ...
@@ -42,6 +43,7 @@ class ReadingHost:
             self.principal, Permission.STUDY_REPORT, self.study.study_uid)
 
     async def _reporting(self, refusal: str) -> None:
-        """Refused with ``refusal`` unless the reader may report, asked of the policy per message."""
+        """Refused with ``refusal`` (a template marked ``gettext_noop``: said to the reader) unless the
+        reader may report, asked of the policy per message."""
         if not await self._may_report():
             raise SessionError(refusal)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+from django.utils.translation import gettext_noop
 
 from rendering.engine.core import RenderError
 from rendering.engine.registration import RegistrationCancelled, RegistrationError, register_automatic
@@ -52,8 +53,8 @@ def _register(context: WorkerContext, state: ViewState, volumes: Mapping[str, Vo
                                     initial=None if initial is None else np.asarray(initial).reshape(4, 4),
                                     progress=progress, cancelled=cancelled)
     except RegistrationCancelled as error:
-        raise RenderError(f"registration cancelled: {error}") from error
+        raise RenderError(gettext_noop("registration cancelled: %(error)s"), error=error) from error
     except RegistrationError as error:
-        raise RenderError(str(error)) from error
+        raise RenderError.from_error(error) from error
     return {"matrix": [float(v) for v in np.asarray(result.matrix).ravel()], "metric": result.metric,
             "iterations": result.iterations, "seconds": round(result.seconds, 2)}

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 from channels.db import database_sync_to_async
+from django.utils import translation
+from django.utils.translation import gettext_noop
 
 from gateway.audit.catalogue import Action, Outcome
 from imaging.models import Registration, RegistrationState
@@ -41,12 +43,13 @@ from rendering import protocol
 from rendering.engine.registration import RegistrationError, register_landmarks
 from rendering.pool import CLINICAL
 from rendering.reading_host import ReadingHost
+from rendering.said import said
 from rendering.session import SessionError
 from rendering.viewstate import viewstate_from_dict
 from rendering.workers import RenderError
 
 PROGRESS_EVERY_S = 1.0
-REGISTERING_IS_REPORTING = "registering series is part of reporting, which is not granted here"
+REGISTERING_IS_REPORTING = gettext_noop("registering series is part of reporting, which is not granted here")
 
 
 class RegistrationReading(ReadingHost):
@@ -71,18 +74,22 @@ class RegistrationReading(ReadingHost):
                   await database_sync_to_async(registrations_of)(list(self.session.studies))]
         await self.send(text_data=json.dumps({"type": "registrations", "registrations": listed}))
 
-    async def _send_registration(self, registration: Registration) -> None:
-        await self.send(text_data=json.dumps({"type": "registration", **registration_wire(registration)}))
+    async def _send_registration(self, registration: Registration, *, reason: str | None = None) -> None:
+        """``reason``: why a job of this socket ended, in the reader's words (the record keeps English)."""
+        wire = registration_wire(registration)
+        if reason is not None:
+            wire["reason"] = reason
+        await self.send(text_data=json.dumps({"type": "registration", **wire}))
 
     def _series_pair(self, fixed: str, moving: str) -> tuple[tuple[str, str], tuple[str, str]]:
         pair = []
         for uid in (fixed, moving):
             series = self.session.series.get(uid)
             if series is None or series.kind != "volume" or not series.mpr:
-                raise SessionError("registration takes two volume series of this reading")
+                raise SessionError(gettext_noop("registration takes two volume series of this reading"))
             pair.append((uid, series.frame_of_reference))
         if pair[0][0] == pair[1][0]:
-            raise SessionError("a series is not registered onto itself")
+            raise SessionError(gettext_noop("a series is not registered onto itself"))
         return pair[0], pair[1]
 
     def _study_of(self, series_uid: str) -> str:
@@ -93,7 +100,7 @@ class RegistrationReading(ReadingHost):
         try:
             return await database_sync_to_async(change)(*args, **kwargs)
         except RegistrationStoreError as error:
-            raise SessionError(str(error)) from error
+            raise SessionError.from_error(error) from error
 
     # --- automatic ----------------------------------------------------------------------------
 
@@ -112,6 +119,10 @@ class RegistrationReading(ReadingHost):
         jobs[registration.id].add_done_callback(lambda _: jobs.pop(registration.id, None))
 
     async def _job_followed(self, registration: Registration, kind: str, initial: list[float] | None) -> None:
+        with translation.override(self.language):
+            await self._job_run(registration, kind, initial)
+
+    async def _job_run(self, registration: Registration, kind: str, initial: list[float] | None) -> None:
         state = viewstate_from_dict({"view": "axial", "layers": [
             {"series_id": registration.fixed_series, "window_center": 0, "window_width": 1},
             {"series_id": registration.moving_series, "window_center": 0, "window_width": 1}]})
@@ -141,12 +152,12 @@ class RegistrationReading(ReadingHost):
                           details={"registration": registration.id, "method": registration.method,
                                    "reason": str(error)[:200]})
         ended = await database_sync_to_async(Registration.objects.get)(pk=registration.id)
-        await self._send_registration(ended)
+        await self._send_registration(ended, reason=said(error))
 
     async def _proposal_shown(self, registration: Registration, *,
                               audit: dict[str, Any] | None = None) -> None:
         if registration.matrix is None:
-            raise SessionError("this registration has no transform yet")
+            raise SessionError(gettext_noop("this registration has no transform yet"))
         self._render(self.session.proposal_show(registration.moving_series, registration.fixed_series,
                                                 registration.matrix))
         if audit is not None:
@@ -174,7 +185,7 @@ class RegistrationReading(ReadingHost):
         try:
             result = register_landmarks(fixed_mm, moving_mm)
         except RegistrationError as error:
-            raise SessionError(str(error)) from error
+            raise SessionError.from_error(error) from error
         matrix = [float(v) for v in np.asarray(result.matrix).ravel()]
         registration = await self._reg_recorded(
             registration_start, study_uid=self._study_of(fixed[0]), fixed=fixed, moving=moving,
@@ -194,7 +205,7 @@ class RegistrationReading(ReadingHost):
         await self._registering()
         registration = await self._reg_recorded(registration_get, message.registration, self.session.studies)
         if registration.matrix is None:
-            raise SessionError("this registration has no transform yet")
+            raise SessionError(gettext_noop("this registration has no transform yet"))
         centre = self.session.series[registration.moving_series].geometry["center"]
         moved = nudged(registration.matrix, centre, message.translate_mm, message.rotate_deg)
         changed = await self._reg_recorded(registration_nudged, registration.id,
@@ -211,19 +222,19 @@ class RegistrationReading(ReadingHost):
                 await database_sync_to_async(registration_cancel)(registration.id,
                                                                   author=self.principal.username)
             except RegistrationStoreError as error:
-                raise SessionError(str(error)) from error
+                raise SessionError.from_error(error) from error
             return
         accept = message.decision == "accept"
         reg_series = ""
         if accept:
             mine = registration.author == self.principal.username
             if registration.state != RegistrationState.PROPOSED or not mine:
-                raise SessionError("no such proposal of yours")
+                raise SessionError(gettext_noop("no such proposal of yours"))
             try:
                 reg_series = await database_sync_to_async(registration_dicom_store)(
                     registration, author=self.principal.username)
             except (RegistrationStoreError, ValueError) as error:
-                await self._error("store_failed", str(error), of="reg_decide")
+                await self._error("store_failed", error, of="reg_decide")
                 return
         decided = await self._reg_recorded(registration_decide, registration.id,
                                            author=self.principal.username, accept=accept,

@@ -42,16 +42,26 @@ from typing import Any
 import msgpack
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer, get_channel_layer
+from django.utils.translation import gettext_noop
 
 from rendering.engine.core import RenderError
 from rendering.operations import Operation, OperationClient, operation_named
+from rendering.said import SaidError
 from rendering.viewstate import ViewState, viewstate_from_dict, viewstate_to_dict
-from rendering.workers import ERRORS, PoolClosed, RenderPool, RenderTimeout, WorkerCrashed
+from rendering.workers import (
+    ERRORS,
+    PoolClosed,
+    RenderPool,
+    RenderTimeout,
+    WorkerCrashed,
+    error_from_wire,
+    error_wire,
+)
 
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_S = 0.25
-REMOTE_ERRORS: dict[str, type[Exception]] = {
+REMOTE_ERRORS: dict[str, type[SaidError]] = {
     **ERRORS, "RenderTimeout": RenderTimeout, "WorkerCrashed": WorkerCrashed,
 }
 
@@ -191,7 +201,7 @@ class RemoteRenderPool(OperationClient):
                 try:
                     await loop_state.layer.send(self.channel, message)
                 except ChannelFull:
-                    raise RenderError("the render queue is full; try again") from None
+                    raise RenderError(gettext_noop("the render queue is full; try again")) from None
                 outcome = await self._await_reply(inbox, operation)
             finally:
                 loop_state.waiters.pop(request_id, None)
@@ -199,7 +209,8 @@ class RemoteRenderPool(OperationClient):
                 return outcome.value
             self.retries += 1
             logger.warning("render request %s (%s) got no live worker; sending it again", request_id, name)
-        raise RemoteUnavailable(f"no render worker served the request after {self.attempts} tries")
+        raise RemoteUnavailable(gettext_noop("no render worker served the request after %(tries)s tries"),
+                                tries=self.attempts)
 
     async def _await_reply(self, inbox: asyncio.Queue, operation: Operation) -> _Outcome | None:
         accepted = False
@@ -218,7 +229,8 @@ class RemoteRenderPool(OperationClient):
                 continue
             if message.get("ok"):
                 return _Outcome(operation.from_wire(message["result"]))
-            raise REMOTE_ERRORS.get(message.get("error", ""), RenderError)(message.get("message", ""))
+            raise error_from_wire(REMOTE_ERRORS, str(message.get("error", "")),
+                                  str(message.get("message", "")), message.get("said"))
 
 
 @dataclass(frozen=True)
@@ -322,12 +334,8 @@ async def _serve_request(layer: BaseChannelLayer, pool: RenderPool, key: bytes, 
     except PoolClosed:
         raise
     except Exception as exc:
-        known = type(exc).__name__ in REMOTE_ERRORS
-        if not known:
-            logger.exception("render worker: request failed")
-        body = {"type": "render.reply", "ok": False,
-                "error": type(exc).__name__ if known else "RenderError",
-                "message": str(exc) if known else f"render failed ({type(exc).__name__})"}
+        name, text, words = error_wire(exc, REMOTE_ERRORS)
+        body = {"type": "render.reply", "ok": False, "error": name, "message": text, "said": words}
         stats.failed += 1
     finally:
         beating.cancel()

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+from django.utils.translation import gettext_noop
 
 from rendering.engine.core import RenderError
 from rendering.engine.onnx_models import (
@@ -65,7 +66,7 @@ def _model_run(context: WorkerContext, state: ViewState, volumes: Mapping[str, V
 
     model = SegmentationModel.objects.filter(pk=int(arguments["model"]), active=True).first()
     if model is None:
-        raise RenderError("no such model, or it was withdrawn")
+        raise RenderError(gettext_noop("no such model, or it was withdrawn"))
     reference = volumes[state.layers[0].series_id]
     progress = _progress(int(arguments["run"])) if arguments.get("run") else None
     try:
@@ -73,7 +74,7 @@ def _model_run(context: WorkerContext, state: ViewState, volumes: Mapping[str, V
         found = segment_volume_scored(reference.voxels, reference.spacing, manifest_parse(model.manifest),
                                       session, progress=progress)
     except ModelError as error:
-        raise RenderError(str(error)) from error
+        raise RenderError.from_error(error) from error
     object_id = f"segmodel-{uuid.uuid4().hex}"
     storage.object_put(object_id, labels_encode(found.labels))
     values = [int(v) for v in np.unique(found.labels) if v]

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
+from django.utils.translation import gettext_noop
 
 from rendering.engine.core import RenderError
 from rendering.measure import region_box
@@ -40,7 +41,8 @@ def _values(volume: Volume, op: dict[str, Any], name: str) -> float:
     value = float(op[name])
     if op.get("unit") == "suv":
         if not volume.suv_factor:
-            raise SegmentError("this series has no SUV calibration: give the threshold in its own units")
+            raise SegmentError(gettext_noop("this series has no SUV calibration: give the threshold in its "
+                                            "own units"))
         return value / volume.suv_factor
     return value
 
@@ -57,7 +59,7 @@ def _seeds(volume: Volume, op: dict[str, Any]) -> list[tuple[int, int, int]]:
     for point in op["seeds_mm"]:
         k, j, i = (int(v) for v in np.rint(volume.patient_to_index(np.asarray(point, dtype=np.float64))))
         if not (0 <= k < volume.shape[0] and 0 <= j < volume.shape[1] and 0 <= i < volume.shape[2]):
-            raise SegmentError("a seed lies outside the series")
+            raise SegmentError(gettext_noop("a seed lies outside the series"))
         seeds.append((i, j, k))
     return seeds
 
@@ -90,8 +92,8 @@ def _grow(volume: Volume, op: dict[str, Any]) -> tuple[tuple[slice, ...], np.nda
     low, high = _values(volume, op, "low"), _values(volume, op, "high")
     if not any(low <= float(volume.voxels[k, j, i]) <= high for i, j, k in seeds):
         # SimpleITK would grow nothing and say nothing: the reader would see an empty segment.
-        raise SegmentError(f"no seed lies inside the range {op['low']:g} to {op['high']:g}: "
-                           "widen it or click inside the structure")
+        raise SegmentError(gettext_noop("no seed lies inside the range %(low)g to %(high)g: widen it or "
+                                        "click inside the structure"), low=op["low"], high=op["high"])
     grown = sitk.ConnectedThreshold(_image(volume), seedList=seeds, lower=low, upper=high)
     return _whole(volume), _mask_array(grown)
 
@@ -110,7 +112,7 @@ def _suv_fraction(volume: Volume, op: dict[str, Any]) -> tuple[tuple[slice, ...]
     values = volume.voxels[box]
     hottest = np.unravel_index(int(np.argmax(values)), values.shape)
     if not values[hottest] > 0:
-        raise SegmentError("the box holds no uptake")
+        raise SegmentError(gettext_noop("the box holds no uptake"))
     above = values >= float(op["fraction"]) * float(values[hottest])
     connected = sitk.ConnectedComponent(sitk.GetImageFromArray(above.astype(np.uint8)))
     components = sitk.GetArrayFromImage(connected)
@@ -259,7 +261,7 @@ def labels_decode(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
     with np.load(io.BytesIO(data), allow_pickle=False) as stored:
         labels = stored["labels"]
     if labels.shape != tuple(shape) or labels.dtype != np.uint8:
-        raise SegmentError("the stored label map does not fit this series")
+        raise SegmentError(gettext_noop("the stored label map does not fit this series"))
     return labels
 
 
@@ -277,14 +279,14 @@ def probabilities_decode(data: bytes, shape: tuple[int, ...], values: Iterable[i
     with np.load(io.BytesIO(data), allow_pickle=False) as stored:
         probabilities = {value: stored[f"value_{value}"] for value in values}
     if any(p.shape != tuple(shape) or p.dtype != np.uint8 for p in probabilities.values()):
-        raise SegmentError("the stored probabilities do not fit this series")
+        raise SegmentError(gettext_noop("the stored probabilities do not fit this series"))
     return probabilities
 
 
 def _paint_labels(labels: np.ndarray, volume: Volume, op: dict[str, Any], load: ObjectLoader | None) -> None:
     """A stored label map (a model's result) painted in: each of its values as the segment it maps to."""
     if load is None:
-        raise SegmentError("a stored label map cannot be read here")
+        raise SegmentError(gettext_noop("a stored label map cannot be read here"))
     stored = labels_decode(load(str(op["object"])), volume.shape)
     for value, segment in op["segments"].items():
         labels[stored == int(value)] = int(segment)
@@ -296,7 +298,7 @@ def segmentation_apply(labels: np.ndarray, volume: Volume, op: dict[str, Any],
     a stored label map by object id (the ``labels`` edit)."""
     tool, segment = op["tool"], int(op["segment"])
     if not 1 <= segment <= MAX_SEGMENTS:
-        raise SegmentError(f"a segment is numbered 1 to {MAX_SEGMENTS}")
+        raise SegmentError(gettext_noop("a segment is numbered 1 to %(most)s"), most=MAX_SEGMENTS)
     if tool == "labels":
         _paint_labels(labels, volume, op, load)
         return
@@ -310,7 +312,7 @@ def segmentation_apply(labels: np.ndarray, volume: Volume, op: dict[str, Any],
         _morphology(labels, volume, op)
         return
     if tool not in MASKS:
-        raise SegmentError(f"unknown segmentation tool {tool!r}")
+        raise SegmentError(gettext_noop("unknown segmentation tool %(tool)s"), tool=repr(tool))
     box, mask = MASKS[tool](volume, op)
     patch = labels[box]
     if tool == "erase":
@@ -409,7 +411,7 @@ def _segmentation_store(context: WorkerContext, state: ViewState, volumes: Mappi
         return segmentation_dicom_store(segmentation_id=int(arguments["segmentation"]), labels=labels,
                                         slice_positions=positions, fractions=fractions)
     except FindingsExportError as error:
-        raise RenderError(str(error)) from error
+        raise RenderError.from_error(error) from error
 
 
 def _stored_fractions(reference: Volume, layer_id: str, labels: np.ndarray) -> dict[int, np.ndarray]:
@@ -419,6 +421,6 @@ def _stored_fractions(reference: Volume, layer_id: str, labels: np.ndarray) -> d
 
     parsed = segmentation_layer_parse(layer_id)
     if parsed is None:
-        raise RenderError(f"{layer_id!r} is not a segmentation")
+        raise RenderError(gettext_noop("%(layer)s is not a segmentation"), layer=repr(layer_id))
     edits = [op for _, op in segmentation_edits(*parsed)]
     return segmentation_fractions(reference, edits, labels, load=storage.object_get)

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from channels.db import database_sync_to_async
+from django.utils.translation import gettext_noop
 
 from gateway.audit.catalogue import Action, Outcome
 from imaging.segmentation_models import model_offered, model_run_progress, model_run_start, models_offered
@@ -50,7 +51,7 @@ class SegmentFailed(SessionError):
     code = "segment_failed"
 
 
-REPORTING_ONLY = "segmenting is part of reporting, which is not granted here"
+REPORTING_ONLY = gettext_noop("segmenting is part of reporting, which is not granted here")
 
 
 class SegmentationReading(ReadingHost):
@@ -66,7 +67,7 @@ class SegmentationReading(ReadingHost):
         try:
             return await database_sync_to_async(change)(*args, **kwargs)
         except SegmentationError as error:
-            raise SessionError(str(error)) from error
+            raise SessionError.from_error(error) from error
 
     async def _segmentation_may_see(self) -> bool:
         consultant = getattr(self.principal, "is_capability", False) is True
@@ -86,13 +87,14 @@ class SegmentationReading(ReadingHost):
         session = self.session
         series = session.series[session.views[message.view].layers[0]["series_id"]]
         if series.kind != "volume" or not series.mpr:
-            raise SessionError("a segmentation is drawn on a volume series (CT, MR, PET, SPECT)")
+            raise SessionError(gettext_noop("a segmentation is drawn on a volume series (CT, MR, PET, "
+                                            "SPECT)"))
         try:
             created = await database_sync_to_async(segmentation_create)(
                 study_uid=series.study or self.study.study_uid, series_uid=series.uid,
                 label=message.label, author=self.principal.username)
         except SegmentationNotFound as error:
-            raise SessionError("that series is not one of this reading's studies") from error
+            raise SessionError(gettext_noop("that series is not one of this reading's studies")) from error
         await self._audit(Action.SEGMENTATION_CREATE, Outcome.SUCCESS,
                           study=created.study.study_instance_uid,
                           details={"segmentation": created.id, "series": series.uid})
@@ -101,7 +103,7 @@ class SegmentationReading(ReadingHost):
 
     async def _on_seg_open(self, message: protocol.SegOpen) -> None:
         if not await self._segmentation_may_see():
-            raise SessionError("seeing segmentations needs a share that carries measure")
+            raise SessionError(gettext_noop("seeing segmentations needs a share that carries measure"))
         await self._segmentation_show(message.segmentation)
 
     async def _on_seg_close(self, message: protocol.SegClose) -> None:
@@ -111,19 +113,19 @@ class SegmentationReading(ReadingHost):
 
     async def _segmentation_open(self) -> Segmentation:
         if self.segmentation_id is None:
-            raise SessionError("no segmentation is open")
+            raise SessionError(gettext_noop("no segmentation is open"))
         try:
             return await database_sync_to_async(segmentation_get)(
                 self.segmentation_id, *self.session.studies)
         except SegmentationNotFound as error:
-            raise SessionError("no such segmentation of this reading") from error
+            raise SessionError(gettext_noop("no such segmentation of this reading")) from error
 
     async def _segmentation_show(self, segmentation_id: int) -> None:
         try:
             segmentation = await database_sync_to_async(segmentation_get)(
                 segmentation_id, *self.session.studies)
         except SegmentationNotFound as error:
-            raise SessionError("no such segmentation of this reading") from error
+            raise SessionError(gettext_noop("no such segmentation of this reading")) from error
         await self._segmentation_changed(segmentation, editable=await self._may_report())
         self.segmentation_id = segmentation.id
 
@@ -139,7 +141,7 @@ class SegmentationReading(ReadingHost):
             statistics = await self.pool.request("segment_statistics", self._segmentation_state(segmentation),
                                                  source=CLINICAL)
         except RenderError as error:  # MissingVolumeError, a crash, a timeout: all are RenderErrors
-            raise SegmentFailed(str(error)) from error
+            raise SegmentFailed.from_error(error) from error
         views = self.session.segmentation_show(
             segmentation_layer_id(segmentation), segmentation.series_instance_uid)
         wire = await database_sync_to_async(segmentation_wire)(segmentation)
@@ -150,7 +152,8 @@ class SegmentationReading(ReadingHost):
     def _edit_op(self, message: protocol.SegEdit, frame_of_reference: str) -> dict[str, Any]:
         session = self.session
         if message.points and session.view_frame_of_reference(message.view) != frame_of_reference:
-            raise SessionError("that view shows another frame of reference than the segmentation's")
+            raise SessionError(gettext_noop("that view shows another frame of reference than the "
+                                            "segmentation's"))
         points = [session.view_point_mm(message.view, point) for point in message.points]
         op: dict[str, Any] = {"tool": message.tool, "segment": message.segment, **message.settings}
         planar = op.pop("planar", False)
@@ -163,7 +166,8 @@ class SegmentationReading(ReadingHost):
         elif points:
             op["center_mm"] = points[0]
         if message.tool == "threshold" and points and "box_mm" not in op:
-            raise SessionError("a threshold at a point needs box_mm (else it covers the whole series)")
+            raise SessionError(gettext_noop("a threshold at a point needs box_mm (else it covers the whole "
+                                            "series)"))
         return op
 
     async def _on_seg_edit(self, message: protocol.SegEdit) -> None:
@@ -199,8 +203,8 @@ class SegmentationReading(ReadingHost):
         if not await self._may_report():
             await self._audit(Action.SEGMENTATION_STORE, Outcome.DENIED,
                               details={"reason": "study.report not granted"})
-            raise SessionError("storing a segmentation in the study is part of reporting, "
-                               "which is not granted here")
+            raise SessionError(gettext_noop("storing a segmentation in the study is part of reporting, "
+                                            "which is not granted here"))
         segmentation = await self._segmentation_open()
         study = segmentation.study.study_instance_uid
         try:
@@ -211,7 +215,7 @@ class SegmentationReading(ReadingHost):
             await self._audit(Action.SEGMENTATION_STORE, Outcome.FAILURE, study=study,
                               details={"segmentation": segmentation.id, "fractional": message.fractional,
                                        "reason": str(error)[:200]})
-            await self._error("store_failed", str(error), of="seg_store")
+            await self._error("store_failed", error, of="seg_store")
             return
         await self._audit(Action.SEGMENTATION_STORE, Outcome.SUCCESS, study=study,
                           details={"segmentation": segmentation.id, **stored})
@@ -225,7 +229,7 @@ class SegmentationReading(ReadingHost):
         segmentation = await self._segmentation_open()
         model = await database_sync_to_async(model_offered)(message.model)
         if model is None:
-            raise SessionError("no such model, or it was withdrawn")
+            raise SessionError(gettext_noop("no such model, or it was withdrawn"))
         about = {"segmentation": segmentation.id, "model": model.id, "name": model.name,
                  "version": model.version, "sha256": model.sha256, "registered_by": model.registered_by}
         study = segmentation.study.study_instance_uid
@@ -238,7 +242,7 @@ class SegmentationReading(ReadingHost):
         except (RenderError, SegmentationError) as error:
             await self._audit(Action.SEGMENTATION_MODEL, Outcome.FAILURE, study=study,
                               details={**about, "reason": str(error)[:200]})
-            await self._error("model_failed", str(error), of="seg_model")
+            await self._error("model_failed", error, of="seg_model")
             return
         await self._audit(Action.SEGMENTATION_MODEL, Outcome.SUCCESS, study=study,
                           details={**about, "voxels": found["voxels"]})
@@ -251,7 +255,7 @@ class SegmentationReading(ReadingHost):
             segmentation = await database_sync_to_async(segmentation_get)(
                 message.segmentation, *self.session.studies)
         except SegmentationNotFound as error:
-            raise SessionError("no such segmentation of this reading") from error
+            raise SessionError(gettext_noop("no such segmentation of this reading")) from error
         await database_sync_to_async(segmentation_delete)(segmentation.id)
         await self._audit(Action.SEGMENTATION_DELETE, Outcome.SUCCESS,
                           study=segmentation.study.study_instance_uid,

@@ -15,11 +15,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from django.utils.translation import gettext, gettext_noop
 
 from imaging.registrations import FrameLink, frame_transform, layer_transform
 from imaging.suv import SUV_METHODS
 from rendering.hanging import PALETTES, Hanging, LayerRule, ViewRule, description_fragment
 from rendering.protocol import LAYOUTS, Input, Setting
+from rendering.said import Said, SaidError
 from rendering.suv_reading import SuvReading, SuvReadingError
 from rendering.viewstate import (
     MAX_LAYERS,
@@ -49,8 +51,8 @@ class ShownSegmentation:
     frame_of_reference: str
 
 
-class SessionError(ValueError):
-    """A request the session cannot honour (no such series, no PET for fusion...)."""
+class SessionError(SaidError, ValueError):
+    """A request the session cannot honour (no such series, no PET for fusion...); said to the reader."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,8 @@ class SeriesInfo:
         windows = []
         for index, (center, width) in enumerate(self.geometry.get("windows") or []):
             voi = vois[index] if index < len(vois) and isinstance(vois[index], dict) else {}
-            windows.append({"name": str(voi.get("name") or f"window {index + 1}"),
+            name = voi.get("name") or gettext("window %(number)s") % {"number": index + 1}
+            windows.append({"name": str(name),
                             "function": str(voi.get("function") or "LINEAR"),
                             "center": float(center), "width": float(width)})
         return windows
@@ -232,13 +235,28 @@ def _drawn(layer: dict[str, Any]) -> dict[str, Any]:
     return {**drawn, "opacity": 0.0} if layer["hidden"] else drawn
 
 
+def _series_lacking(view: int, layer: LayerRule, *, reformats: bool) -> Said:
+    """Why a hanging rule's view finds no series for ``layer``: one sentence per case, for translators."""
+    values = {"view": view, "modality": layer.modality, "description": repr(layer.description)}
+    if layer.description and reformats:
+        return Said.made(gettext_noop("view %(view)s needs a %(modality)s series described %(description)s "
+                                      "that reformats; this study has none"), values)
+    if layer.description:
+        return Said.made(gettext_noop("view %(view)s needs a %(modality)s series described %(description)s; "
+                                      "this study has none"), values)
+    if reformats:
+        return Said.made(gettext_noop("view %(view)s needs a %(modality)s series that reformats; this study "
+                                      "has none"), values)
+    return Said.made(gettext_noop("view %(view)s needs a %(modality)s series; this study has none"), values)
+
+
 class ViewerSession:
     """Layout, per-view settings and one focus point per frame of reference."""
 
     def __init__(self, *, study_uid: str, series: list[SeriesInfo],
                  unavailable: list[dict[str, Any]] | None = None) -> None:
         if not series:
-            raise SessionError("this study has no series that can be shown")
+            raise SessionError(gettext_noop("this study has no series that can be shown"))
         self.study_uid = study_uid
         self.studies = [study_uid]
         self.series: dict[str, SeriesInfo] = {}
@@ -267,7 +285,7 @@ class ViewerSession:
         if study_uid in self.studies:
             return
         if not series:
-            raise SessionError("that study has no series that can be shown")
+            raise SessionError(gettext_noop("that study has no series that can be shown"))
         self.studies.append(study_uid)
         self._series_add(series, unavailable)
 
@@ -282,7 +300,7 @@ class ViewerSession:
     def _volume_base(self) -> SeriesInfo:
         base = self._first({"CT"}) or next((s for s in self.series.values() if s.mpr), None)
         if base is None:
-            raise SessionError("this layout needs a volume; the study has only 2-D images")
+            raise SessionError(gettext_noop("this layout needs a volume; the study has only 2-D images"))
         return base
 
     def _default_layout(self) -> str:
@@ -290,13 +308,13 @@ class ViewerSession:
 
     def layout_apply(self, name: str) -> list[int]:
         if name not in LAYOUTS:
-            raise SessionError(f"unknown layout {name!r}")
+            raise SessionError(gettext_noop("unknown layout %(layout)s"), layout=repr(name))
         ct = self._first({"CT"})
         pet = self._first(SUV_MODALITIES)
         first = next(iter(self.series.values()))
         if name == "petct":
             if ct is None or pet is None:
-                raise SessionError("the PET/CT layout needs a CT and a PET series")
+                raise SessionError(gettext_noop("the PET/CT layout needs a CT and a PET series"))
             views = [
                 ViewModel("axial", [_layer(ct)]),
                 ViewModel("axial", [_layer(pet, palette="inverted")]),
@@ -334,7 +352,8 @@ class ViewerSession:
     def _compare_views(self) -> list[ViewModel]:
         """The first study's main series beside the latest other study's series most like it."""
         if len(self.studies) < 2:
-            raise SessionError("the compare layout needs another study of the patient: open one first")
+            raise SessionError(gettext_noop("the compare layout needs another study of the patient: open one "
+                                            "first"))
         current = self._of_study(self.studies[0])
         other = self._of_study(self.studies[-1])
         left = next((s for s in current if s.modality == "CT" and s.mpr), current[0])
@@ -344,7 +363,7 @@ class ViewerSession:
 
     # --- hanging rules (rendering.hanging) --------------------------------------------------
 
-    def _hanging_fit(self, rule: Hanging, *, description: str) -> tuple[list[ViewModel] | None, str]:
+    def _hanging_fit(self, rule: Hanging, *, description: str) -> tuple[list[ViewModel] | None, Said]:
         """The views ``rule`` hangs on the first study, or None and why it does not fit.
 
         Each layer takes the first series of its modality whose description holds the
@@ -355,9 +374,11 @@ class ViewerSession:
         own = self._of_study(self.studies[0])
         missing = [modality for modality in rule.modalities if modality not in {s.modality for s in own}]
         if missing:
-            return None, f"this study has no {', '.join(missing)} series that can be shown"
+            return None, Said.made(gettext_noop("this study has no %(modalities)s series that can be shown"),
+                                   {"modalities": ", ".join(missing)})
         if rule.description and rule.description.casefold() not in description.casefold():
-            return None, f"the rule is for studies described {rule.description!r}"
+            return None, Said.made(gettext_noop("the rule is for studies described %(description)s"),
+                                   {"description": repr(rule.description)})
         used: set[str] = set()
         views = []
         for number, view in enumerate(rule.views, start=1):
@@ -368,10 +389,7 @@ class ViewerSession:
                 candidates = [s for s in own if s.modality == layer.modality
                               and fragment in s.description.casefold() and (s.mpr or not volume)]
                 if not candidates:
-                    described = f" described {layer.description!r}" if layer.description else ""
-                    reformats = " that reformats" if volume else ""
-                    return None, (f"view {number} needs a {layer.modality} series{described}{reformats}; "
-                                  "this study has none")
+                    return None, _series_lacking(number, layer, reformats=volume)
                 series = next((s for s in candidates if s.uid not in used), candidates[0])
                 used.add(series.uid)
                 layers.append(_layer(series, palette=layer.palette, opacity=layer.opacity))
@@ -382,7 +400,7 @@ class ViewerSession:
                 default = "pet_mip" if base.modality in SUV_MODALITIES else "ct_bone"
                 shown.preset3d = view.preset3d or default
             views.append(shown)
-        return views, ""
+        return views, Said("")
 
     def hanging_fits(self, rule: Hanging, *, description: str) -> bool:
         """Whether ``rule`` can hang this session's first study (described ``description``)."""
@@ -393,7 +411,7 @@ class ViewerSession:
         why, where it does not fit."""
         views, why = self._hanging_fit(rule, description=description)
         if views is None:
-            raise SessionError(f"this hanging rule does not fit this study: {why}")
+            raise SessionError(gettext_noop("this hanging rule does not fit this study: %(why)s"), why=why)
         self._views_set(views, rule.grid)
         return list(range(len(views)))
 
@@ -417,7 +435,8 @@ class ViewerSession:
             for layer in view.layers:
                 series = self.series[layer["series_id"]]
                 if (series.study or self.study_uid) != self.studies[0]:
-                    raise SessionError("a hanging rule hangs one study: a view shows another study's series")
+                    raise SessionError(gettext_noop("a hanging rule hangs one study: a view shows another "
+                                                    "study's series"))
                 modalities.setdefault(series.modality)
                 palette = layer["palette"] if layer["palette"] in PALETTES else None
                 layers.append(LayerRule(series.modality, description_fragment(series.description), palette,
@@ -435,7 +454,7 @@ class ViewerSession:
         reference series' frame of reference; the views to render again."""
         reference = self.series.get(series_uid)
         if reference is None or reference.kind != "volume" or not reference.mpr:
-            raise SessionError("a segmentation is drawn on a volume series of this reading")
+            raise SessionError(gettext_noop("a segmentation is drawn on a volume series of this reading"))
         shown = ShownSegmentation(layer_id, reference.frame_of_reference)
         views = sorted(set(self._segmented_views(self.segmentation)) | set(self._segmented_views(shown)))
         self.segmentation = shown
@@ -456,7 +475,8 @@ class ViewerSession:
         view = self.views[index]
         plane = view.plane
         if plane is None or view.kind not in MPR_KINDS:
-            raise SessionError("the view has no plane to place that on yet (a 2-D view with a frame shown)")
+            raise SessionError(gettext_noop("the view has no plane to place that on yet (a 2-D view with a "
+                                            "frame shown)"))
         step = float(plane["mm_per_pixel"])
         at = (np.asarray(plane["center_mm"], dtype=np.float64)
               + (point[0] - view.width / 2) * step * np.asarray(plane["right"], dtype=np.float64)
@@ -588,7 +608,7 @@ class ViewerSession:
         series of one frame: in every fused view showing the moving series)."""
         moving, fixed = self._frame_of(moving_series), self._frame_of(fixed_series)
         if moving is None or fixed is None:
-            raise SessionError("both series of a registration must be in this reading")
+            raise SessionError(gettext_noop("both series of a registration must be in this reading"))
         earlier = self._touched([self.proposal] if self.proposal is not None else [])
         self.proposal = FrameLink(moving, fixed, np.asarray(matrix, dtype=np.float64).reshape(4, 4),
                                   series=moving_series if moving == fixed else "")
@@ -607,18 +627,18 @@ class ViewerSession:
         of reference than the view's is fused only through a registration."""
         view, series = self.views[index], self.series.get(uid)
         if series is None or series.kind != "volume" or not series.mpr:
-            raise SessionError("only a volume series of this reading can be fused")
+            raise SessionError(gettext_noop("only a volume series of this reading can be fused"))
         if any(layer["series_id"] == uid for layer in view.layers[1:]):
             view.layers = [view.layers[0], *(layer for layer in view.layers[1:] if layer["series_id"] != uid)]
             return [index]
         if uid == view.layers[0]["series_id"]:
-            raise SessionError("a series is not fused with itself")
+            raise SessionError(gettext_noop("a series is not fused with itself"))
         base = self._base(view).frame_of_reference
         if series.frame_of_reference != base and self._transform(series.frame_of_reference, base) is None:
-            raise SessionError("that series is in another frame of reference: register it onto "
-                               "this view's series first")
+            raise SessionError(gettext_noop("that series is in another frame of reference: register it onto "
+                                            "this view's series first"))
         if len(view.layers) >= MAX_LAYERS:
-            raise SessionError(f"a view shows at most {MAX_LAYERS} layers")
+            raise SessionError(gettext_noop("a view shows at most %(most)s layers"), most=MAX_LAYERS)
         palette = "hot_iron" if series.modality in SUV_MODALITIES else "grey"
         view.layers.append(_layer(series, palette=palette, opacity=OVERLAY_OPACITY))
         return [index]
@@ -778,7 +798,8 @@ class ViewerSession:
     def apply_setting(self, message: Setting) -> list[int]:
         view = self.views[message.view]
         if message.layer >= len(view.layers):
-            raise SessionError(f"view {message.view} has no layer {message.layer}")
+            raise SessionError(gettext_noop("view %(view)s has no layer %(layer)s"), view=message.view,
+                               layer=message.layer)
         layer = view.layers[message.layer]
         name, value = message.name, message.value
         if name == "series":
@@ -788,14 +809,14 @@ class ViewerSession:
         if name == "fuse":
             return self.fuse_toggle(message.view, str(value))
         if name in {"visible", "order"} and message.layer == 0:
-            raise SessionError("the base layer is always shown, first: choose a fused layer "
-                               "(layer 1 or more)")
+            raise SessionError(gettext_noop("the base layer is always shown, first: choose a fused layer "
+                                            "(layer 1 or more)"))
         if name == "order":
             return self._layer_move(message.view, message.layer, int(value))
         if name == "kind":
             if value != "native" and not self._base(view).mpr:
-                raise SessionError("this series is shown in its own plane only "
-                                   "(no reformat or 3-D of 2-D images, cine or colour)")
+                raise SessionError(gettext_noop("this series is shown in its own plane only "
+                                                "(no reformat or 3-D of 2-D images, cine or colour)"))
             view.kind, view.plane = str(value), None
             if view.kind == "3d":
                 view.preset3d = "pet_mip" if self._base(view).modality in SUV_MODALITIES else "ct_bone"
@@ -819,7 +840,8 @@ class ViewerSession:
         """Move a fused layer to position ``to`` among the fused layers (drawn in that order)."""
         layers = self.views[index].layers
         if to >= len(layers):
-            raise SessionError(f"view {index} has {len(layers) - 1} fused layer(s)")
+            raise SessionError(gettext_noop("view %(view)s has %(count)s fused layer(s)"), view=index,
+                               count=len(layers) - 1)
         layers.insert(to, layers.pop(layer))
         return [index]
 
@@ -827,14 +849,15 @@ class ViewerSession:
         """Lay segmentation ``uid`` over view ``index`` (its frame of reference), or take it off."""
         view, series = self.views[index], self.series.get(uid)
         if series is None or series.kind != "label":
-            raise SessionError("an overlay is a segmentation of this study")
+            raise SessionError(gettext_noop("an overlay is a segmentation of this study"))
         if any(layer["series_id"] == uid for layer in view.layers):
             view.layers = [layer for layer in view.layers if layer["series_id"] != uid]
             return [index]
         if series.frame_of_reference != self._base(view).frame_of_reference:
-            raise SessionError("that segmentation was drawn on another frame of reference than this view's")
+            raise SessionError(gettext_noop("that segmentation was drawn on another frame of reference than "
+                                            "this view's"))
         if len(view.layers) >= MAX_LAYERS:
-            raise SessionError(f"a view shows at most {MAX_LAYERS} layers")
+            raise SessionError(gettext_noop("a view shows at most %(most)s layers"), most=MAX_LAYERS)
         view.layers.append({"series_id": uid, "window_center": 0.5, "window_width": 1.0,
                             "window_unit": "native", "palette": "grey", "opacity": OVERLAY_OPACITY})
         return [index]
@@ -843,7 +866,7 @@ class ViewerSession:
         """Put series ``uid`` alone in view ``index``, in its acquisition plane."""
         series = self.series.get(uid)
         if series is None:
-            raise SessionError("no such series in this study, or it cannot be shown")
+            raise SessionError(gettext_noop("no such series in this study, or it cannot be shown"))
         old = self.views[index]
         self.views[index] = ViewModel(series.opening_kind, [_layer(series)],
                                       width=old.width, height=old.height)
@@ -852,15 +875,15 @@ class ViewerSession:
     def _window_preset(self, layer: dict[str, Any], name: str) -> None:
         preset = WINDOW_PRESETS.get(PRESET_NAMES.get(name, name))
         if preset is None:
-            raise SessionError(f"unknown window preset {name!r}")
+            raise SessionError(gettext_noop("unknown window preset %(preset)s"), preset=repr(name))
         series = self.series[layer["series_id"]]
         calibrated = series.suv or (
             series.modality in SUV_MODALITIES
             and self.suv.factor(series.geometry.get("suv_calculation"), series.uid)[0] is not None)
         if preset.unit.value == "suv" and not calibrated:
-            raise SessionError("this series has no SUV calibration")
+            raise SessionError(gettext_noop("this series has no SUV calibration"))
         if preset.unit.value == "native" and series.modality in SUV_MODALITIES and calibrated:
-            raise SessionError("a CT window does not apply to a PET layer")
+            raise SessionError(gettext_noop("a CT window does not apply to a PET layer"))
         layer.update(window_center=preset.center, window_width=preset.width,
                      window_unit=preset.unit.value, voi=None)
 
@@ -868,7 +891,8 @@ class ViewerSession:
         """One of the series' own presets: its window, mapped to grey as the file says (``voi``)."""
         windows = self.series[layer["series_id"]].geometry.get("windows") or []
         if not 0 <= index < len(windows):
-            raise SessionError(f"this series has no window preset {index + 1} of its own")
+            raise SessionError(gettext_noop("this series has no window preset %(preset)s of its own"),
+                               preset=index + 1)
         center, width = windows[index]
         layer.update(window_center=float(center), window_width=float(width), window_unit="native",
                      voi=index)
@@ -895,11 +919,12 @@ class ViewerSession:
         try:
             trial.choose(method)
         except SuvReadingError as error:
-            raise SessionError(str(error)) from error
+            raise SessionError.from_error(error) from error
         gaps = sorted({reason for uid, calculation in self._suv_calculations().items() if calculation
-                       for reason in trial.factor(calculation, uid)[1]})
+                       for reason in trial.factor(calculation, uid)[1]}, key=str)
         if gaps:
-            raise SessionError(f"{SUV_METHODS[method]} cannot be computed here: {'; '.join(gaps)}")
+            raise SessionError(gettext_noop("%(method)s cannot be computed here: %(gaps)s"),
+                               method=Said(SUV_METHODS[method]), gaps=Said.joined("; ", gaps))
         self.suv = trial
         return self._suv_views()
 
@@ -907,12 +932,13 @@ class ViewerSession:
         """A weight or injected dose the reader entered for a series, used for this reading only."""
         series = self.series.get(series_uid)
         if series is None or series.modality not in SUV_MODALITIES:
-            raise SessionError("a weight or dose is entered for a PET or NM series of this study")
+            raise SessionError(gettext_noop("a weight or dose is entered for a PET or NM series of this "
+                                            "study"))
         try:
             self.suv.enter(series_uid, series.geometry.get("suv_calculation"), weight_kg=weight_kg,
                            dose_bq=dose_bq)
         except SuvReadingError as error:
-            raise SessionError(str(error)) from error
+            raise SessionError.from_error(error) from error
         if self.suv.factor(series.geometry.get("suv_calculation"), series_uid)[0] is not None:
             for view in self.views:
                 for layer in view.layers:

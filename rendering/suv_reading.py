@@ -13,10 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.utils.translation import gettext, gettext_noop
+
 from imaging.suv import SUV_METHODS, suv_facts, suv_method_factor
+from rendering.said import Said, SaidError, said
 
 
-class SuvReadingError(ValueError):
+class SuvReadingError(SaidError, ValueError):
     """A method or an entered value that cannot be used (said to the reader)."""
 
 
@@ -27,9 +30,9 @@ class SuvReading:
     entered: dict[str, dict[str, float]] = field(default_factory=dict)
     """Series UID -> the values a reader entered for this reading (``weight_kg``, ``dose_bq``)."""
 
-    def factor(self, calculation: dict[str, Any] | None, series_uid: str) -> tuple[float | None, list[str]]:
+    def factor(self, calculation: dict[str, Any] | None, series_uid: str) -> tuple[float | None, list[Said]]:
         if not calculation:
-            return None, ["the series has no SUV header facts"]
+            return None, [Said(gettext_noop("the series has no SUV header facts"))]
         entered = self.entered.get(series_uid, {})
         return suv_method_factor(calculation, method=self.method, sex=self.sex,
                                  weight_kg=entered.get("weight_kg"), dose_bq=entered.get("dose_bq"))
@@ -51,26 +54,30 @@ class SuvReading:
 
     def choose(self, method: str) -> None:
         if method not in SUV_METHODS:
-            raise SuvReadingError(f"an SUV method is one of {', '.join(SUV_METHODS)}")
+            raise SuvReadingError(gettext_noop("an SUV method is one of %(methods)s"),
+                                  methods=", ".join(SUV_METHODS))
         self.method = method
 
     def enter(self, series_uid: str, calculation: dict[str, Any] | None, *, weight_kg: float | None,
               dose_bq: float | None) -> None:
         if not calculation:
-            raise SuvReadingError("only a PET series with SUV header facts takes a weight or dose")
+            raise SuvReadingError(gettext_noop("only a PET series with SUV header facts takes a weight or "
+                                               "dose"))
         values = {**self.entered.get(series_uid, {}),
                   **{k: v for k, v in (("weight_kg", weight_kg), ("dose_bq", dose_bq)) if v is not None}}
         self.entered[series_uid] = values
 
     def wire(self, calculations: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
-        """For ``ready`` and ``suv``: the method, the choices and each PET series' factor or gaps."""
+        """For ``ready`` and ``suv``: the method, the choices and each PET series' factor or gaps, its
+        words in the active language (the reader's)."""
         series = {}
         for uid, calculation in calculations.items():
             if calculation is None:
                 continue
             factor, missing = self.factor(calculation, uid)
-            series[uid] = {"factor": factor, "missing": missing, "entered": self.entered.get(uid, {}),
+            series[uid] = {"factor": factor, "missing": [said(reason) for reason in missing],
+                           "entered": self.entered.get(uid, {}),
                            "used": suv_facts(calculation, self.entered.get(uid))}
-        return {"method": self.method, "label": SUV_METHODS[self.method],
-                "methods": [{"name": name, "label": label} for name, label in SUV_METHODS.items()],
+        return {"method": self.method, "label": gettext(SUV_METHODS[self.method]),
+                "methods": [{"name": name, "label": gettext(label)} for name, label in SUV_METHODS.items()],
                 "series": series}

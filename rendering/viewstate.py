@@ -18,8 +18,12 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from django.utils.translation import gettext_noop
 
-class ViewStateError(ValueError):
+from rendering.said import Said, SaidError
+
+
+class ViewStateError(SaidError, ValueError):
     """The view state is malformed; the message says which field and why (no data echoed at length)."""
 
 
@@ -157,44 +161,45 @@ class ViewState:
 # --- validation -------------------------------------------------------------------------------
 
 
-def _fail(path: str, why: str) -> ViewStateError:
-    return ViewStateError(f"{path}: {why}")
+def _fail(path: str, why: str, **params: Any) -> ViewStateError:
+    """``why`` is a template (``gettext_noop``) of ``params``; the path is the field's, as sent."""
+    return ViewStateError(gettext_noop("%(path)s: %(why)s"), path=path, why=Said.made(why, params))
 
 
 def _mapping(value: Any, path: str, allowed: Set[str], required: Set[str] = frozenset()) -> dict:
     if not isinstance(value, Mapping):
-        raise _fail(path, "must be an object")
+        raise _fail(path, gettext_noop("must be an object"))
     for key in value:
         if not isinstance(key, str):
-            raise _fail(path, "keys must be strings")
+            raise _fail(path, gettext_noop("keys must be strings"))
         if key not in allowed:
-            raise _fail(path, f"unknown key {key[:40]!r}")
+            raise _fail(path, gettext_noop("unknown key %(key)s"), key=repr(key[:40]))
     missing = sorted(required - set(value))
     if missing:
-        raise _fail(path, f"missing {', '.join(missing)}")
+        raise _fail(path, gettext_noop("missing %(keys)s"), keys=", ".join(missing))
     return dict(value)
 
 
 def _number(value: Any, path: str, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _fail(path, "must be a number")
+        raise _fail(path, gettext_noop("must be a number"))
     number = float(value)
     if not math.isfinite(number) or not low <= number <= high:
-        raise _fail(path, f"must be between {low:g} and {high:g}")
+        raise _fail(path, gettext_noop("must be between %(low)g and %(high)g"), low=low, high=high)
     return number
 
 
 def _integer(value: Any, path: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(path, "must be an integer")
+        raise _fail(path, gettext_noop("must be an integer"))
     if not low <= value <= high:
-        raise _fail(path, f"must be between {low} and {high}")
+        raise _fail(path, gettext_noop("must be between %(low)s and %(high)s"), low=low, high=high)
     return int(value)
 
 
 def _vector(value: Any, path: str, n: int, low: float, high: float) -> tuple[float, ...]:
     if not isinstance(value, list | tuple) or len(value) != n:
-        raise _fail(path, f"must be a list of {n} numbers")
+        raise _fail(path, gettext_noop("must be a list of %(n)s numbers"), n=n)
     return tuple(_number(v, f"{path}[{i}]", low, high) for i, v in enumerate(value))
 
 
@@ -202,12 +207,12 @@ def _enum(kind: type[Enum], value: Any, path: str) -> Any:
     if isinstance(value, kind):
         return value
     if not isinstance(value, str):
-        raise _fail(path, "must be a string")
+        raise _fail(path, gettext_noop("must be a string"))
     for member in kind:
         if member.value == value:
             return member
     choices = ", ".join(str(member.value) for member in kind)
-    raise _fail(path, f"must be one of {choices}")
+    raise _fail(path, gettext_noop("must be one of %(choices)s"), choices=choices)
 
 
 def _layer(value: Any, path: str) -> Layer:
@@ -219,19 +224,20 @@ def _layer(value: Any, path: str) -> Layer:
     )
     series_id = data["series_id"]
     if not isinstance(series_id, str) or not SERIES_ID.fullmatch(series_id):
-        raise _fail(f"{path}.series_id", "must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+        raise _fail(f"{path}.series_id", gettext_noop("must be 1-128 characters of A-Z a-z 0-9 . _ : -"))
     unit = _enum(WindowUnit, data.get("window_unit", "native"), f"{path}.window_unit")
     if "window_preset" in data:
         if "window_center" in data or "window_width" in data:
-            raise _fail(path, "give window_preset or window_center/window_width, not both")
+            raise _fail(path, gettext_noop("give window_preset or window_center/window_width, not both"))
         name = data["window_preset"]
         if not isinstance(name, str) or name not in WINDOW_PRESETS:
-            raise _fail(f"{path}.window_preset", f"must be one of {', '.join(WINDOW_PRESETS)}")
+            raise _fail(f"{path}.window_preset", gettext_noop("must be one of %(choices)s"),
+                        choices=", ".join(WINDOW_PRESETS))
         preset = WINDOW_PRESETS[name]
         center, width, unit = preset.center, preset.width, preset.unit
     else:
         if "window_center" not in data or "window_width" not in data:
-            raise _fail(path, "missing window_center/window_width (or window_preset)")
+            raise _fail(path, gettext_noop("missing window_center/window_width (or window_preset)"))
         center = _number(data["window_center"], f"{path}.window_center", -WINDOW_LIMIT, WINDOW_LIMIT)
         width = _number(data["window_width"], f"{path}.window_width", 1e-6, WINDOW_LIMIT)
     registration = None
@@ -239,18 +245,19 @@ def _layer(value: Any, path: str) -> Layer:
         registration = _vector(data["registration"], f"{path}.registration", 16, -COORD_LIMIT_MM,
                                COORD_LIMIT_MM)
         if registration[12:] != (0.0, 0.0, 0.0, 1.0):
-            raise _fail(f"{path}.registration", "last row must be 0 0 0 1")
+            raise _fail(f"{path}.registration", gettext_noop("last row must be 0 0 0 1"))
         linear = [registration[0:3], registration[4:7], registration[8:11]]
         det = (linear[0][0] * (linear[1][1] * linear[2][2] - linear[1][2] * linear[2][1])
                - linear[0][1] * (linear[1][0] * linear[2][2] - linear[1][2] * linear[2][0])
                + linear[0][2] * (linear[1][0] * linear[2][1] - linear[1][1] * linear[2][0]))
         if not 1e-3 <= abs(det) <= 1e3:
-            raise _fail(f"{path}.registration", "matrix must be invertible and near-rigid")
+            raise _fail(f"{path}.registration", gettext_noop("matrix must be invertible and near-rigid"))
     voi = None
     if data.get("voi") is not None:
         voi = _integer(data["voi"], f"{path}.voi", 0, MAX_FILE_WINDOWS - 1)
         if "window_preset" in data or unit is not WindowUnit.NATIVE:
-            raise _fail(f"{path}.voi", "a file window goes with a native window_center/window_width")
+            raise _fail(f"{path}.voi",
+                        gettext_noop("a file window goes with a native window_center/window_width"))
     return Layer(
         series_id=series_id,
         window_center=center,
@@ -284,14 +291,15 @@ def viewstate_from_dict(data: Any) -> ViewState:
     except ViewStateError:
         raise
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-        raise ViewStateError(f"malformed view state ({type(exc).__name__})") from None
+        raise ViewStateError(gettext_noop("malformed view state (%(kind)s)"),
+                             kind=type(exc).__name__) from None
 
 
 def _viewstate(data: Any) -> ViewState:
     top = _mapping(data, "state", TOP_KEYS, {"view", "layers"})
     layers_raw = top["layers"]
     if not isinstance(layers_raw, list | tuple) or not 1 <= len(layers_raw) <= MAX_LAYERS:
-        raise _fail("layers", f"must be a list of 1 to {MAX_LAYERS} layers")
+        raise _fail("layers", gettext_noop("must be a list of 1 to %(most)s layers"), most=MAX_LAYERS)
     layers = tuple(_layer(layer, f"layers[{i}]") for i, layer in enumerate(layers_raw))
     focus = None
     if top.get("focus_mm") is not None:

@@ -50,6 +50,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from django.utils.translation import gettext_noop
+
 from rendering.encoding import Encoding
 from rendering.engine.core import (
     FrameOfReferenceError,
@@ -58,6 +60,7 @@ from rendering.engine.core import (
     RenderError,
 )
 from rendering.operations import OperationClient, Urgency, WorkerContext, operation_named
+from rendering.said import Said, SaidError
 from rendering.viewstate import ViewState, ViewStateError, viewstate_from_dict, viewstate_to_dict
 from rendering.volume import Volume, VolumeSource
 
@@ -80,7 +83,7 @@ class PoolClosed(RenderError):
     """The pool is not running."""
 
 
-ERRORS: dict[str, type[Exception]] = {
+ERRORS: dict[str, type[SaidError]] = {
     "ViewStateError": ViewStateError,
     "RenderError": RenderError,
     "FrameOfReferenceError": FrameOfReferenceError,
@@ -187,13 +190,28 @@ def _worker_main(conn: Connection, sources: dict[str, SourceSpec], cache_bytes: 
                 reply = operation.run(context, state, volumes, payload["arguments"])
             conn.send(("ok", reply))
         except Exception as exc:
-            # A RenderError of any kind (an operation's own, such as an edit that cannot be made)
-            # is meant for the reader: its words cross; anything else is logged and named only.
-            said = isinstance(exc, RenderError | ViewStateError)
-            if not said:
-                logger.exception("render worker: request failed")
-            name = type(exc).__name__ if type(exc).__name__ in ERRORS else "RenderError"
-            conn.send(("error", name, str(exc) if said else f"render failed ({type(exc).__name__})"))
+            conn.send(("error", *error_wire(exc, ERRORS)))
+
+
+def error_wire(exc: Exception, known: Mapping[str, type[SaidError]]) -> tuple[str, str, dict[str, Any]]:
+    """(its kind, its English, its words as data) for an error that crosses to the asker.
+
+    A ``RenderError`` or ``ViewStateError`` of any kind (an operation's own, such as an edit that
+    cannot be made) is meant for the reader: its words cross, to be translated where they are
+    shown. Anything else is logged here and named only.
+    """
+    if not isinstance(exc, SaidError) or not isinstance(exc, RenderError | ViewStateError):
+        logger.exception("render worker: request failed")
+        words = Said.made(gettext_noop("render failed (%(kind)s)"), {"kind": type(exc).__name__})
+        return "RenderError", str(words), words.wire()
+    name = type(exc).__name__ if type(exc).__name__ in known else "RenderError"
+    return name, str(exc), exc.said.wire()
+
+
+def error_from_wire(known: Mapping[str, type[SaidError]], name: str, text: str,
+                    words: Mapping[str, Any] | None) -> SaidError:
+    """The error :func:`error_wire` described (its words, where it sent them)."""
+    return known.get(name, RenderError)(Said.from_wire(words) if isinstance(words, Mapping) else text)
 
 
 def _sources_built(sources: dict[str, SourceSpec]) -> dict[str, VolumeSource]:
@@ -356,7 +374,7 @@ class RenderPool(OperationClient):
 
     def _submit(self, name: str, state: ViewState, source: str, arguments: dict) -> Future:
         if not self._running:
-            raise PoolClosed("the render pool is not running")
+            raise PoolClosed(gettext_noop("the render pool is not running"))
         if source not in self.sources:
             raise RenderError(f"unknown volume source {source!r}")
         operation = operation_named(name)
@@ -398,17 +416,20 @@ class RenderPool(OperationClient):
             except _Timeout:
                 logger.error("render worker %s timed out; replacing it", slot.index)
                 self._replace(slot)
-                job.future.set_exception(RenderTimeout(f"render took longer than {limit:g} s"))
+                job.future.set_exception(RenderTimeout(gettext_noop("render took longer than %(limit)g s"),
+                                                       limit=limit))
                 return
             except _Crash:
                 logger.error("render worker %s died (attempt %s); replacing it", slot.index, job.attempts + 1)
                 try:
                     self._replace(slot)
                 except Exception as exc:
-                    job.future.set_exception(WorkerCrashed(f"render worker could not restart: {exc}"))
+                    job.future.set_exception(WorkerCrashed(gettext_noop("render worker could not restart: "
+                                                                        "%(error)s"), error=exc))
                     return
                 if job.attempts >= 1:
-                    job.future.set_exception(WorkerCrashed("render worker died twice on this request"))
+                    job.future.set_exception(WorkerCrashed(gettext_noop("render worker died twice on this "
+                                                                        "request")))
                     return
                 job.attempts += 1
                 continue
@@ -416,8 +437,7 @@ class RenderPool(OperationClient):
             if reply[0] == "ok":
                 job.future.set_result(reply[1])
             else:
-                _, name, message = reply
-                job.future.set_exception(ERRORS.get(name, RenderError)(message))
+                job.future.set_exception(error_from_wire(ERRORS, *reply[1:]))
             return
 
     def _limit(self, name: str) -> float:

@@ -62,7 +62,9 @@ from typing import Literal
 
 import numpy as np
 import SimpleITK as sitk
+from django.utils.translation import gettext_noop
 
+from rendering.said import SaidError
 from rendering.volume import Presentation, Volume, VolumeError
 
 Operation = Literal["difference", "weighted_sum", "ratio"]
@@ -87,8 +89,8 @@ DEFAULT_EPSILON = 1e-6
 OTHER_MODALITY = "OT"
 
 
-class ImageArithmeticError(ValueError):
-    """The inputs cannot be combined; the message is safe to show the user."""
+class ImageArithmeticError(SaidError, ValueError):
+    """The inputs cannot be combined; the message is safe to show the user (said)."""
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,8 @@ def arithmetic_grid(reference: Volume, others: Sequence[tuple[Volume, np.ndarray
         low = np.ceil(edges[::-1, 0] - LATTICE_TOLERANCE)
         high = np.floor(edges[::-1, 1] + LATTICE_TOLERANCE)
         if np.any(high < low):
-            raise ImageArithmeticError("the box holds no voxel centre of the reference: make it larger")
+            raise ImageArithmeticError(gettext_noop("the box holds no voxel centre of the reference: make it "
+                                                    "larger"))
     else:
         extents = [input_extent(volume, _to_reference(volume, matrix, reference), reference)
                    for volume, matrix in [(reference, None), *others]]
@@ -153,13 +156,15 @@ def arithmetic_grid(reference: Volume, others: Sequence[tuple[Volume, np.ndarray
             low = np.ceil(lows.max(axis=0) - LATTICE_TOLERANCE)
             high = np.floor(highs.min(axis=0) + LATTICE_TOLERANCE)
             if np.any(high < low):
-                raise ImageArithmeticError("the series have no extent in common: their intersection is empty "
-                                           "(check the registration, or use the union)")
+                raise ImageArithmeticError(gettext_noop("the series have no extent in common: their "
+                                                        "intersection is empty (check the registration, or "
+                                                        "use the union)"))
     size = high - low + 1
     if np.any(size > MAX_AXIS_VOXELS) or float(np.prod(size)) > MAX_VOXELS:
         voxels = " x ".join(str(int(n)) for n in size)
-        raise ImageArithmeticError(f"the {space} space would be {voxels} voxels: at most"
-                                   f" {MAX_AXIS_VOXELS} along an axis and {MAX_VOXELS} in all")
+        raise ImageArithmeticError(gettext_noop("the %(space)s space would be %(voxels)s voxels: at most "
+                                                "%(axis_most)s along an axis and %(most)s in all"),
+                                   space=space, voxels=voxels, axis_most=MAX_AXIS_VOXELS, most=MAX_VOXELS)
     offset = (int(low[0]), int(low[1]), int(low[2]))
     origin = reference.index_to_patient(np.asarray(offset, dtype=np.float64))
     return Grid(offset, (int(size[0]), int(size[1]), int(size[2])),
@@ -178,19 +183,23 @@ def input_extent(volume: Volume, to_reference: np.ndarray, reference: Volume
 def space_check(space: str, box: Sequence[float] | None) -> None:
     """Refuse an unknown space, a box without ``box`` space (or the reverse), or a bad box."""
     if space not in SPACES:
-        raise ImageArithmeticError(f"unknown space {space!r}: one of {', '.join(SPACES)}")
+        raise ImageArithmeticError(gettext_noop("unknown space %(space)s: one of %(spaces)s"),
+                                   space=repr(space), spaces=", ".join(SPACES))
     if space != "box":
         if box is not None:
-            raise ImageArithmeticError("box is given only with the space box")
+            raise ImageArithmeticError(gettext_noop("box is given only with the space box"))
         return
     if box is None or len(box) != 6 or not all(isinstance(v, int | float) and np.isfinite(v) for v in box):
-        raise ImageArithmeticError("box is six finite numbers: i_min, i_max, j_min, j_max, k_min, k_max (mm)")
+        raise ImageArithmeticError(gettext_noop("box is six finite numbers: i_min, i_max, j_min, j_max, "
+                                                "k_min, k_max (mm)"))
     for axis, (low, high) in zip("ijk", (box[0:2], box[2:4], box[4:6]), strict=True):
         if not low < high:
-            raise ImageArithmeticError(f"box: {axis}_min must be below {axis}_max")
+            raise ImageArithmeticError(gettext_noop("box: %(axis)s_min must be below %(axis)s_max"),
+                                       axis=axis)
         if high - low > MAX_BOX_MM or max(abs(low), abs(high)) > 2 * MAX_BOX_MM:
-            raise ImageArithmeticError(f"box: the {axis} side is at most {MAX_BOX_MM:g} mm, within "
-                                       f"±{2 * MAX_BOX_MM:g} mm of the reference's origin")
+            raise ImageArithmeticError(gettext_noop("box: the %(axis)s side is at most %(most)g mm, within "
+                                                    "±%(reach)g mm of the reference's origin"),
+                                       axis=axis, most=MAX_BOX_MM, reach=2 * MAX_BOX_MM)
 
 
 def _background(volume: Volume) -> float:
@@ -212,39 +221,45 @@ def _combine(operation: str, into: np.ndarray, values: np.ndarray, epsilon: floa
 def _check(operation: str, reference: Volume, others: Sequence[Other], reference_weight: float,
            epsilon: float) -> None:
     if operation not in OPERATIONS:
-        raise ImageArithmeticError(f"unknown operation {operation!r}: one of {', '.join(OPERATIONS)}")
-    wanted = "one or more" if operation == "weighted_sum" else "exactly one"
+        raise ImageArithmeticError(gettext_noop("unknown operation %(operation)s: one of %(operations)s"),
+                                   operation=repr(operation), operations=", ".join(OPERATIONS))
     if not others or (operation != "weighted_sum" and len(others) != 1):
-        raise ImageArithmeticError(f"a {operation.replace('_', ' ')} takes {wanted} other series, "
-                               f"not {len(others)}")
+        wanted = (gettext_noop("a %(operation)s takes one or more other series, not %(given)s")
+                  if operation == "weighted_sum" else
+                  gettext_noop("a %(operation)s takes exactly one other series, not %(given)s"))
+        raise ImageArithmeticError(wanted, operation=operation.replace("_", " "), given=len(others))
     weights = [reference_weight, *(weight for _, _, weight in others)]
     if not all(np.isfinite(weights)):
-        raise ImageArithmeticError("weights must be finite numbers")
+        raise ImageArithmeticError(gettext_noop("weights must be finite numbers"))
     if not (np.isfinite(epsilon) and epsilon >= 0):
-        raise ImageArithmeticError("epsilon must be a finite number, zero or more")
+        raise ImageArithmeticError(gettext_noop("epsilon must be a finite number, zero or more"))
     for volume in (reference, *(volume for volume, _, _ in others)):
         _check_volume(volume)
 
 
 def _check_volume(volume: Volume) -> None:
     if volume.colour or volume.labels or volume.time_points > 1 or volume.presentation.kind != "volume":
-        raise ImageArithmeticError(f"series {volume.series_id} is not one greyscale volume (colour, labels, "
-                                   "pictures or dynamic: pick one time point of a dynamic series)")
+        raise ImageArithmeticError(gettext_noop("series %(series)s is not one greyscale volume (colour, "
+                                                "labels, pictures or dynamic: pick one time point of a "
+                                                "dynamic series)"),
+                                   series=volume.series_id)
 
 
 def _to_reference(volume: Volume, matrix: np.ndarray | None, reference: Volume) -> np.ndarray:
     """The checked 4x4 moving -> reference matrix; the identity for the same frame."""
     if matrix is None:
         if volume.frame_of_reference_uid != reference.frame_of_reference_uid:
-            raise ImageArithmeticError(f"series {volume.series_id} is in another frame of reference: "
-                                   "combining it needs a registration")
+            raise ImageArithmeticError(gettext_noop("series %(series)s is in another frame of reference: "
+                                                    "combining it needs a registration"),
+                                       series=volume.series_id)
         return np.eye(4)
     square = np.asarray(matrix, dtype=np.float64)
     if square.size != 16 or not np.all(np.isfinite(square)):
-        raise ImageArithmeticError("a registration is a 4x4 matrix of finite numbers")
+        raise ImageArithmeticError(gettext_noop("a registration is a 4x4 matrix of finite numbers"))
     square = square.reshape(4, 4)
     if not np.allclose(square[3], (0, 0, 0, 1)) or abs(np.linalg.det(square[:3, :3])) < 1e-9:
-        raise ImageArithmeticError("a registration must be an invertible affine matrix (last row 0 0 0 1)")
+        raise ImageArithmeticError(gettext_noop("a registration must be an invertible affine matrix (last "
+                                                "row 0 0 0 1)"))
     return square
 
 

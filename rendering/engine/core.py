@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+from django.utils.translation import gettext_noop
 
 from rendering.encoding import Encoding, encoder_for
 from rendering.engine import planes
@@ -26,6 +27,7 @@ from rendering.engine.palettes import (
     window_grey,
     window_indices,
 )
+from rendering.said import SaidError
 from rendering.viewstate import Layer, Preset3D, Quality, SlabMode, ViewKind, ViewState, WindowUnit
 from rendering.volume import MODALITIES_SUV, Voi, Volume
 
@@ -33,8 +35,12 @@ if TYPE_CHECKING:
     from rendering.engine.volume3d import FusedLayer, VolumeRenderer
 
 
-class RenderError(Exception):
-    """The state cannot be rendered with these volumes; the message is safe to show the user."""
+class RenderError(SaidError):
+    """The state cannot be rendered with these volumes; the message is safe to show the user.
+
+    Its words are said to the reader (:func:`rendering.said.said`), translated there: a worker
+    raises it with an English template marked ``gettext_noop`` and its values.
+    """
 
 
 class FrameOfReferenceError(RenderError):
@@ -140,8 +146,8 @@ def _file_voi(n: int, layer: Layer, volume: Volume) -> Voi | None:
         return None
     vois = volume.presentation.vois
     if layer.voi >= len(vois):
-        raise RenderError(f"layer {n}: the series has {len(vois)} window preset(s) of its own, "
-                          f"not {layer.voi + 1}")
+        raise RenderError(gettext_noop("layer %(layer)s: the series has %(count)s window preset(s) of its "
+                                       "own, not %(asked)s"), layer=n, count=len(vois), asked=layer.voi + 1)
     voi = vois[layer.voi]
     return voi if voi.function in {"LUT", "SIGMOID"} else None
 
@@ -190,10 +196,12 @@ def _resolve(state: ViewState, volumes: Mapping[str, Volume]) -> list[_Resolved]
     for n, layer in enumerate(state.layers):
         stored = volumes.get(layer.series_id)
         if stored is None:
-            raise MissingVolumeError(f"layer {n}: series {layer.series_id} is not available")
+            raise MissingVolumeError(gettext_noop("layer %(layer)s: series %(series)s is not available"),
+                                     layer=n, series=layer.series_id)
         if layer.time_point >= stored.time_points:
-            raise RenderError(f"layer {n}: the series has {stored.time_points} time point(s), "
-                              f"not {layer.time_point + 1}")
+            raise RenderError(gettext_noop("layer %(layer)s: the series has %(count)s time point(s), "
+                                           "not %(asked)s"),
+                              layer=n, count=stored.time_points, asked=layer.time_point + 1)
         volume = stored.at_time(layer.time_point)
         transform = None
         if layer.registration is not None:
@@ -202,15 +210,16 @@ def _resolve(state: ViewState, volumes: Mapping[str, Volume]) -> list[_Resolved]
             reference = volume.frame_of_reference_uid
         elif transform is None and volume.frame_of_reference_uid != reference:
             raise FrameOfReferenceError(
-                f"layer {n} ({volume.modality}) is in a different frame of reference from layer 0; "
-                "fusing them needs a registration"
-            )
+                gettext_noop("layer %(layer)s (%(modality)s) is in a different frame of reference from "
+                             "layer 0; fusing them needs a registration"),
+                layer=n, modality=volume.modality)
         low = layer.window_center - layer.window_width / 2
         high = layer.window_center + layer.window_width / 2
         if layer.window_unit is WindowUnit.SUV:
             factor, unit = _value_unit(volume, layer.suv_factor)
             if unit != "SUV":
-                raise RenderError(f"layer {n}: an SUV window needs a PET volume with an SUV factor")
+                raise RenderError(gettext_noop("layer %(layer)s: an SUV window needs a PET volume with an "
+                                               "SUV factor"), layer=n)
             low, high = low / factor, high / factor
         resolved.append(_Resolved(layer, volume, transform, low, high, stored.time_points,
                                   _file_voi(n, layer, volume)))
@@ -314,10 +323,11 @@ def _check_pictures(state: ViewState, resolved: list[_Resolved]) -> None:
         if item.volume.reformattable:
             continue
         if state.view is not ViewKind.NATIVE:
-            raise RenderError(f"layer {n}: this series is shown in its own plane only "
-                              "(no reformat of 2-D images, cine or colour)")
+            raise RenderError(gettext_noop("layer %(layer)s: this series is shown in its own plane only "
+                                           "(no reformat of 2-D images, cine or colour)"), layer=n)
         if len(resolved) > 1 and (item.volume.colour or item.volume.presentation.kind != "volume"):
-            raise RenderError(f"layer {n}: 2-D images, cine and colour cannot be fused")
+            raise RenderError(gettext_noop("layer %(layer)s: 2-D images, cine and colour cannot be fused"),
+                              layer=n)
 
 
 def _layer_info(item: _Resolved) -> LayerInfo:
@@ -376,9 +386,9 @@ class RenderEngine:
         For 3-D views there is no single point: raises :class:`RenderError`.
         """
         if state.view is ViewKind.VOLUME_3D:
-            raise RenderError("probe is defined for 2-D views only")
+            raise RenderError(gettext_noop("probe is defined for 2-D views only"))
         if not (0 <= x <= state.width and 0 <= y <= state.height):
-            raise RenderError("probe position is outside the viewport")
+            raise RenderError(gettext_noop("probe position is outside the viewport"))
         resolved = _resolve(state, volumes)
         plane = planes.view_plane(state, resolved[0].volume)
         point = plane.point(x, y)
@@ -424,7 +434,7 @@ class RenderEngine:
             else:
                 image = _blend(image, rgb, item.layer.opacity, _shown_over(indices, sampled.valid))
         if image is None:
-            raise RenderError("no layer to render")
+            raise RenderError(gettext_noop("no layer to render"))
         return image, self._overlay_2d(state, resolved, plane)
 
     def _render_colour(self, state: ViewState, item: _Resolved, plane: planes.Plane,
@@ -468,7 +478,7 @@ class RenderEngine:
 
     def _render_3d(self, state: ViewState, resolved: list[_Resolved]) -> tuple[np.ndarray, Overlay]:
         if not resolved[0].volume.reformattable:
-            raise RenderError("3-D needs a volume; this series is shown in its own plane only")
+            raise RenderError(gettext_noop("3-D needs a volume; this series is shown in its own plane only"))
         wanted = ("PT", "NM") if state.preset3d is Preset3D.PET_MIP else ("CT",)
         shown = [r for r in resolved if not r.volume.labels]
         item = next((r for r in shown if r.volume.modality in wanted), shown[0] if shown else resolved[0])
@@ -497,7 +507,8 @@ def _fused_3d(resolved: list[_Resolved], base: _Resolved) -> list[_Resolved]:
         if n == 0 or item is base or item.volume.labels:
             continue
         if not item.volume.reformattable or item.volume.colour:
-            raise RenderError(f"layer {n}: only a volume is fused in 3-D (not 2-D images, cine or colour)")
+            raise RenderError(gettext_noop("layer %(layer)s: only a volume is fused in 3-D (not 2-D images, "
+                                           "cine or colour)"), layer=n)
         over.append(item)
     return over
 

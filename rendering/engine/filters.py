@@ -27,6 +27,9 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
+from django.utils.translation import gettext, gettext_noop
+
+from rendering.said import SaidError
 
 Params = Mapping[str, float]
 Spacing = tuple[float, float, float]
@@ -42,8 +45,13 @@ _TAIL_TOLERANCE = 1e-3
 _MIN_MARGIN_VOXELS = 4
 
 
-class FilterError(ValueError):
-    """A filter request that cannot run: unknown filter, bad parameter, volume, spacing or dims."""
+def _shown(text: str) -> str:
+    """A registry's words (marked ``gettext_noop`` where written) as the viewer's reader reads them."""
+    return gettext(text) if text else ""
+
+
+class FilterError(SaidError, ValueError):
+    """A filter request that cannot run: unknown filter, bad parameter, volume, spacing or dims (said)."""
 
 
 @dataclass(frozen=True)
@@ -59,8 +67,10 @@ class ParamSpec:
     integer: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "unit": self.unit, "default": self.default, "minimum": self.minimum,
-                "maximum": self.maximum, "integer": self.integer, "description": self.description}
+        """For the viewer's menu: its words (description, unit) in the active language."""
+        return {"name": self.name, "unit": _shown(self.unit), "default": self.default,
+                "minimum": self.minimum, "maximum": self.maximum, "integer": self.integer,
+                "description": _shown(self.description)}
 
 
 class Domain(StrEnum):
@@ -87,7 +97,8 @@ class FilterSpec:
         return {p.name: p.default for p in self.params}
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "domain": self.domain.value, "description": self.description,
+        """For the viewer's menu: its words in the active language."""
+        return {"name": self.name, "domain": self.domain.value, "description": _shown(self.description),
                 "dims": [2, 3], "params": [p.as_dict() for p in self.params]}
 
 
@@ -368,20 +379,27 @@ def _wiener(f: np.ndarray, p: Params) -> np.ndarray:
 
 
 # --- the registry -------------------------------------------------------------------------------
+# Every description and worded unit is marked for translation: the viewer's filter menu shows them
+# in its reader's language (``as_dict``).
 
-_SIGMA = ParamSpec("sigma_mm", "mm", 1.0, 0.05, 50.0, "Standard deviation of the Gaussian.")
-_STEP = ParamSpec("time_step", "x stable step", 0.5, 0.01, 1.0,
-                  "Fraction of ITK's stable step, min spacing / 2^(dims+1) mm.")
-_ITERATIONS = ParamSpec("iterations", "", 5, 1, 100, "Number of explicit update steps.", integer=True)
-_CONDUCTANCE = ParamSpec("conductance", "x mean gradient", 3.0, 0.1, 50.0,
-                         "Edges stronger than this multiple of the mean gradient magnitude are kept.")
+_IMAGE_UNITS = gettext_noop("image units")
+_SIGMA = ParamSpec("sigma_mm", "mm", 1.0, 0.05, 50.0, gettext_noop("Standard deviation of the Gaussian."))
+_STEP = ParamSpec("time_step", gettext_noop("x stable step"), 0.5, 0.01, 1.0,
+                  gettext_noop("Fraction of ITK's stable step, min spacing / 2^(dims+1) mm."))
+_ITERATIONS = ParamSpec("iterations", "", 5, 1, 100, gettext_noop("Number of explicit update steps."),
+                        integer=True)
+_CONDUCTANCE = ParamSpec("conductance", gettext_noop("x mean gradient"), 3.0, 0.1, 50.0,
+                         gettext_noop("Edges stronger than this multiple of the mean gradient magnitude "
+                                      "are kept."))
 _RADIUS = ParamSpec("radius_mm", "mm", 1.0, 0.0, 10.0,
-                    "Half-width: the voxels whose centres lie within it, per axis.")
+                    gettext_noop("Half-width: the voxels whose centres lie within it, per axis."))
 _BALL = ParamSpec("radius_mm", "mm", 2.0, 0.0, 20.0,
-                  "Ball radius: the voxels whose centres lie within it, per axis.")
+                  gettext_noop("Ball radius: the voxels whose centres lie within it, per axis."))
 _CUTOFF = ParamSpec("cutoff", "cycles/mm", 0.1, 0.001, 10.0,
-                    "Cut-off frequency (Nyquist is 1 / (2 x spacing) along each axis).")
-_FWHM = ParamSpec("fwhm_mm", "mm", 8.0, 0.1, 100.0, "FWHM of the system PSF, modelled as a Gaussian.")
+                    gettext_noop("Cut-off frequency (Nyquist is 1 / (2 x spacing) along each axis)."))
+# Translators: FWHM (full width at half maximum) and PSF (point spread function) are usually kept.
+_FWHM = ParamSpec("fwhm_mm", "mm", 8.0, 0.1, 100.0,
+                  gettext_noop("FWHM of the system PSF, modelled as a Gaussian."))
 _DIFFUSION_PARAMS = (_STEP, _CONDUCTANCE, _ITERATIONS)
 # Preview factor of the filters whose 2-D filter of a 512 x 512 slice at 0.7 mm costs more than the
 # 50 ms preview budget with their defaults (bilateral ~207 ms, the diffusions ~48-61 ms, every
@@ -390,54 +408,68 @@ _DIFFUSION_PARAMS = (_STEP, _CONDUCTANCE, _ITERATIONS)
 _SLOW_PREVIEW = 2
 
 FILTERS: Mapping[str, FilterSpec] = {spec.name: spec for spec in (
-    FilterSpec("gaussian", Domain.SPATIAL, "Gaussian smoothing (recursive, ITK).",
+    FilterSpec("gaussian", Domain.SPATIAL, gettext_noop("Gaussian smoothing (recursive, ITK)."),
                (_SIGMA,), _spatial(_gaussian)),
-    FilterSpec("median", Domain.SPATIAL, "Median of a box neighbourhood.",
+    FilterSpec("median", Domain.SPATIAL, gettext_noop("Median of a box neighbourhood."),
                (_RADIUS,), _spatial(_median)),
-    FilterSpec("mean", Domain.SPATIAL, "Mean of a box neighbourhood.",
+    FilterSpec("mean", Domain.SPATIAL, gettext_noop("Mean of a box neighbourhood."),
                (_RADIUS,), _spatial(_mean)),
-    FilterSpec("bilateral", Domain.SPATIAL, "Edge-preserving smoothing: Gaussian in space and in value.", (
-        ParamSpec("domain_sigma_mm", "mm", 2.0, 0.1, 20.0, "Spatial standard deviation."),
-        ParamSpec("range_sigma", "image units", 50.0, 0.001, 1.0e6, "Standard deviation in value."),
+    FilterSpec("bilateral", Domain.SPATIAL,
+               gettext_noop("Edge-preserving smoothing: Gaussian in space and in value."), (
+        ParamSpec("domain_sigma_mm", "mm", 2.0, 0.1, 20.0, gettext_noop("Spatial standard deviation.")),
+        ParamSpec("range_sigma", _IMAGE_UNITS, 50.0, 0.001, 1.0e6,
+                  gettext_noop("Standard deviation in value.")),
     ), _spatial(_bilateral), preview_reduction=_SLOW_PREVIEW),
-    FilterSpec("curvature_flow", Domain.SPATIAL, "Level-set curvature flow smoothing.",
+    FilterSpec("curvature_flow", Domain.SPATIAL, gettext_noop("Level-set curvature flow smoothing."),
                (_STEP, _ITERATIONS), _spatial(_curvature_flow)),
-    FilterSpec("curvature_anisotropic_diffusion", Domain.SPATIAL, "Modified curvature diffusion.",
+    FilterSpec("curvature_anisotropic_diffusion", Domain.SPATIAL,
+               gettext_noop("Modified curvature diffusion."),
                _DIFFUSION_PARAMS, _spatial(_curvature_anisotropic), preview_reduction=_SLOW_PREVIEW),
-    FilterSpec("gradient_anisotropic_diffusion", Domain.SPATIAL, "Perona-Malik diffusion.",
+    FilterSpec("gradient_anisotropic_diffusion", Domain.SPATIAL, gettext_noop("Perona-Malik diffusion."),
                _DIFFUSION_PARAMS, _spatial(_gradient_anisotropic), preview_reduction=_SLOW_PREVIEW),
-    FilterSpec("gradient_magnitude", Domain.SPATIAL, "|gradient| of the smoothed image, per mm.",
+    FilterSpec("gradient_magnitude", Domain.SPATIAL,
+               gettext_noop("|gradient| of the smoothed image, per mm."),
                (_SIGMA,), _spatial(_gradient_magnitude)),
-    FilterSpec("laplacian", Domain.SPATIAL, "Laplacian of the Gaussian-smoothed image, per mm^2.",
+    FilterSpec("laplacian", Domain.SPATIAL,
+               gettext_noop("Laplacian of the Gaussian-smoothed image, per mm^2."),
                (_SIGMA,), _spatial(_laplacian)),
-    FilterSpec("unsharp", Domain.SPATIAL, "Unsharp mask: image + amount x (image - Gaussian).", (
-        ParamSpec("sigma_mm", "mm", 2.0, 0.05, 50.0, "Standard deviation of the blur subtracted."),
-        ParamSpec("amount", "", 0.5, 0.0, 10.0, "Weight of the detail added back."),
+    FilterSpec("unsharp", Domain.SPATIAL,
+               gettext_noop("Unsharp mask: image + amount x (image - Gaussian)."), (
+        ParamSpec("sigma_mm", "mm", 2.0, 0.05, 50.0,
+                  gettext_noop("Standard deviation of the blur subtracted.")),
+        ParamSpec("amount", "", 0.5, 0.0, 10.0, gettext_noop("Weight of the detail added back.")),
     ), _spatial(_unsharp)),
-    FilterSpec("morphological_open", Domain.SPATIAL, "Grey-scale opening (bright detail).",
+    FilterSpec("morphological_open", Domain.SPATIAL, gettext_noop("Grey-scale opening (bright detail)."),
                (_BALL,), _spatial(_opening)),
-    FilterSpec("morphological_close", Domain.SPATIAL, "Grey-scale closing (dark detail).",
+    FilterSpec("morphological_close", Domain.SPATIAL, gettext_noop("Grey-scale closing (dark detail)."),
                (_BALL,), _spatial(_closing)),
-    FilterSpec("otsu_threshold", Domain.SPATIAL, "1 above Otsu's threshold, 0 at or below.", (
-        ParamSpec("bins", "", 128, 2, 4096, "Histogram bins.", integer=True),
+    FilterSpec("otsu_threshold", Domain.SPATIAL, gettext_noop("1 above Otsu's threshold, 0 at or below."), (
+        ParamSpec("bins", "", 128, 2, 4096, gettext_noop("Histogram bins."), integer=True),
     ), _spatial(_otsu)),
-    FilterSpec("threshold", Domain.SPATIAL, "1 where low <= value <= high, else 0.", (
-        ParamSpec("low", "image units", 0.0, -1.0e7, 1.0e7, "Lowest value kept."),
-        ParamSpec("high", "image units", 1000.0, -1.0e7, 1.0e7, "Highest value kept."),
+    FilterSpec("threshold", Domain.SPATIAL, gettext_noop("1 where low <= value <= high, else 0."), (
+        ParamSpec("low", _IMAGE_UNITS, 0.0, -1.0e7, 1.0e7, gettext_noop("Lowest value kept.")),
+        ParamSpec("high", _IMAGE_UNITS, 1000.0, -1.0e7, 1.0e7, gettext_noop("Highest value kept.")),
     ), _spatial(_threshold)),
-    FilterSpec("butterworth_lowpass", Domain.FREQUENCY, "1 / sqrt(1 + (f / cutoff)^(2 order)).", (
-        _CUTOFF, ParamSpec("order", "", 5, 1, 20, "Steepness of the roll-off.", integer=True),
+    FilterSpec("butterworth_lowpass", Domain.FREQUENCY,
+               gettext_noop("1 / sqrt(1 + (f / cutoff)^(2 order))."), (
+        _CUTOFF, ParamSpec("order", "", 5, 1, 20, gettext_noop("Steepness of the roll-off."), integer=True),
     ), _frequency(_butterworth)),
-    FilterSpec("hann", Domain.FREQUENCY, "0.5 (1 + cos(pi f / cutoff)) up to the cut-off, 0 beyond.",
+    FilterSpec("hann", Domain.FREQUENCY,
+               gettext_noop("0.5 (1 + cos(pi f / cutoff)) up to the cut-off, 0 beyond."),
                (_CUTOFF,), _frequency(_raised_cosine(0.5))),
-    FilterSpec("hamming", Domain.FREQUENCY, "0.54 + 0.46 cos(pi f / cutoff) up to the cut-off, 0 beyond.",
+    FilterSpec("hamming", Domain.FREQUENCY,
+               gettext_noop("0.54 + 0.46 cos(pi f / cutoff) up to the cut-off, 0 beyond."),
                (_CUTOFF,), _frequency(_raised_cosine(0.54))),
-    FilterSpec("metz", Domain.FREQUENCY, "Resolution recovery: [1 - (1 - MTF^2)^X] / MTF, Gaussian MTF.", (
+    FilterSpec("metz", Domain.FREQUENCY,
+               gettext_noop("Resolution recovery: [1 - (1 - MTF^2)^X] / MTF, Gaussian MTF."), (
         _FWHM, ParamSpec("power", "", 10.0, 1.0, 100.0,
-                         "X: 1 is the MTF itself (a blur); larger restores toward the inverse filter."),
+                         gettext_noop("X: 1 is the MTF itself (a blur); larger restores toward the inverse "
+                                      "filter.")),
     ), _frequency(_metz)),
-    FilterSpec("wiener", Domain.FREQUENCY, "Resolution recovery: MTF / (MTF^2 + NSR), Gaussian MTF.", (
-        _FWHM, ParamSpec("nsr", "", 0.01, 1.0e-6, 10.0, "Noise-to-signal power ratio, flat in frequency."),
+    FilterSpec("wiener", Domain.FREQUENCY,
+               gettext_noop("Resolution recovery: MTF / (MTF^2 + NSR), Gaussian MTF."), (
+        _FWHM, ParamSpec("nsr", "", 0.01, 1.0e-6, 10.0,
+                         gettext_noop("Noise-to-signal power ratio, flat in frequency.")),
     ), _frequency(_wiener)),
 )}
 
@@ -453,28 +485,33 @@ def filter_validate(*, name: str, params: Mapping[str, object]) -> dict[str, flo
     """Every parameter of ``name``, checked against its spec; the viewer sends them all."""
     spec = FILTERS.get(name)
     if spec is None:
-        raise FilterError(f"unknown filter {name!r}; known: {', '.join(FILTERS)}")
+        raise FilterError(gettext_noop("unknown filter %(name)s; known: %(known)s"), name=repr(name),
+                          known=", ".join(FILTERS))
     unknown = set(params) - {p.name for p in spec.params}
     if unknown:
-        raise FilterError(f"{name}: unknown parameter(s) {', '.join(sorted(unknown))}")
+        raise FilterError(gettext_noop("%(name)s: unknown parameter(s) %(parameters)s"), name=name,
+                          parameters=", ".join(sorted(unknown)))
     values = {p.name: _param_value(name, p, params) for p in spec.params}
     if name == "threshold" and values["low"] > values["high"]:
-        raise FilterError("threshold: low must not exceed high")
+        raise FilterError(gettext_noop("threshold: low must not exceed high"))
     return values
 
 
 def _param_value(filter_name: str, spec: ParamSpec, params: Mapping[str, object]) -> float:
     where = f"{filter_name}: {spec.name}"
     if spec.name not in params:
-        raise FilterError(f"{where} is missing")
+        raise FilterError(gettext_noop("%(where)s is missing"), where=where)
     value = params[spec.name]
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise FilterError(f"{where} must be a finite number, got {value!r}")
+        raise FilterError(gettext_noop("%(where)s must be a finite number, got %(value)s"), where=where,
+                          value=repr(value))
     if spec.integer and value != int(value):
-        raise FilterError(f"{where} must be a whole number, got {value!r}")
+        raise FilterError(gettext_noop("%(where)s must be a whole number, got %(value)s"), where=where,
+                          value=repr(value))
     if not spec.minimum <= value <= spec.maximum:
         bounds = f"[{spec.minimum}, {spec.maximum}] {spec.unit}".rstrip()
-        raise FilterError(f"{where} = {value} is outside {bounds}")
+        raise FilterError(gettext_noop("%(where)s = %(value)s is outside %(bounds)s"),
+                          where=where, value=str(value), bounds=bounds)
     return int(value) if spec.integer else float(value)
 
 
@@ -552,8 +589,9 @@ def _checked_volume(volume: np.ndarray, dims: int) -> np.ndarray:
         raise FilterError(f"volume must hold real numbers, got {array.dtype}")
     filtered_axes = array.shape[3 - dims:]
     if min(filtered_axes) < _MIN_AXIS_VOXELS:
-        raise FilterError(f"each filtered axis needs >= {_MIN_AXIS_VOXELS} voxels, got shape {array.shape} "
-                          f"with dims={dims} (filter a single slice with dims=2)")
+        raise FilterError(gettext_noop("each filtered axis needs >= %(least)s voxels, got shape %(shape)s "
+                                       "with dims=%(dims)s (filter a single slice with dims=2)"),
+                          least=_MIN_AXIS_VOXELS, shape=str(array.shape), dims=dims)
     return np.ascontiguousarray(array, dtype=np.float32)
 
 

@@ -20,7 +20,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import SimpleITK as sitk
+from django.utils.translation import gettext_noop
 
+from rendering.said import SaidError
 from rendering.volume import Volume
 
 KINDS = ("rigid", "affine")
@@ -47,8 +49,8 @@ RIGID_TOLERANCE = 1e-4
 _ItkLinear = sitk.Euler3DTransform | sitk.AffineTransform
 
 
-class RegistrationError(ValueError):
-    """The series or points cannot be registered; the message is safe to show the user."""
+class RegistrationError(SaidError, ValueError):
+    """The series or points cannot be registered; the message is safe to show the user (said)."""
 
 
 class RegistrationCancelled(RegistrationError):
@@ -89,7 +91,7 @@ def invert(matrix: np.ndarray) -> np.ndarray:
     """B -> A from A -> B."""
     square = _square(matrix)
     if abs(np.linalg.det(square[:3, :3])) < 1e-9:
-        raise RegistrationError("the matrix is singular and cannot be inverted")
+        raise RegistrationError(gettext_noop("the matrix is singular and cannot be inverted"))
     return np.linalg.inv(square)
 
 
@@ -105,10 +107,10 @@ def is_rigid(matrix: np.ndarray, tolerance: float = RIGID_TOLERANCE) -> bool:
 def _square(matrix: np.ndarray | Sequence[float]) -> np.ndarray:
     square = np.asarray(matrix, dtype=np.float64)
     if square.size != 16 or not np.all(np.isfinite(square)):
-        raise RegistrationError("a registration is a 4x4 matrix of finite numbers")
+        raise RegistrationError(gettext_noop("a registration is a 4x4 matrix of finite numbers"))
     square = square.reshape(4, 4)
     if not np.allclose(square[3], (0, 0, 0, 1)):
-        raise RegistrationError("a registration matrix's last row must be 0 0 0 1")
+        raise RegistrationError(gettext_noop("a registration matrix's last row must be 0 0 0 1"))
     return square
 
 
@@ -130,14 +132,15 @@ def register_landmarks(fixed_points_mm: Sequence[Sequence[float]] | np.ndarray,
     started = time.perf_counter()
     fixed_points, moving_points = _landmark_pairs(fixed_points_mm, moving_points_mm)
     if kind != "rigid" and not refine:
-        raise RegistrationError("landmarks give a rigid registration; an affine one needs refine=True")
+        raise RegistrationError(gettext_noop("landmarks give a rigid registration; an affine one needs "
+                                             "refine=True"))
     matrix = _kabsch(fixed_points, moving_points)
     result = RegistrationResult(matrix=matrix, kind="rigid", seconds=time.perf_counter() - started,
                                 fre_mm=_fre(matrix, fixed_points, moving_points))
     if not refine:
         return result
     if fixed is None or moving is None:
-        raise RegistrationError("refining landmarks needs the fixed and moving volumes")
+        raise RegistrationError(gettext_noop("refining landmarks needs the fixed and moving volumes"))
     refined = register_automatic(fixed, moving, kind=kind, initial=matrix, progress=progress,
                                  cancelled=cancelled)
     return RegistrationResult(matrix=refined.matrix, kind=refined.kind, metric=refined.metric,
@@ -150,17 +153,21 @@ def _landmark_pairs(fixed_points_mm, moving_points_mm) -> tuple[np.ndarray, np.n
     moving_points = np.asarray(moving_points_mm, dtype=np.float64)
     for points in (fixed_points, moving_points):
         if points.ndim != 2 or points.shape[1] != 3 or not np.all(np.isfinite(points)):
-            raise RegistrationError("landmarks are lists of (x, y, z) patient mm")
+            raise RegistrationError(gettext_noop("landmarks are lists of (x, y, z) patient mm"))
     if len(fixed_points) != len(moving_points):
-        raise RegistrationError(f"{len(fixed_points)} fixed landmarks but {len(moving_points)} moving ones; "
-                                "each point needs its partner")
+        raise RegistrationError(gettext_noop("%(fixed)s fixed landmarks but %(moving)s moving ones; each "
+                                             "point needs its partner"),
+                                fixed=len(fixed_points), moving=len(moving_points))
     if len(fixed_points) < MIN_LANDMARKS:
-        raise RegistrationError(f"a rigid registration needs at least {MIN_LANDMARKS} landmark pairs, "
-                                f"not {len(fixed_points)}")
-    for name, points in (("fixed", fixed_points), ("moving", moving_points)):
+        raise RegistrationError(gettext_noop("a rigid registration needs at least %(least)s landmark pairs, "
+                                             "not %(given)s"), least=MIN_LANDMARKS, given=len(fixed_points))
+    on_a_line = ((gettext_noop("the fixed landmarks lie on a line, so the rotation about it is unknown; "
+                               "add a point at least %(least)g mm off that line"), fixed_points),
+                 (gettext_noop("the moving landmarks lie on a line, so the rotation about it is unknown; "
+                               "add a point at least %(least)g mm off that line"), moving_points))
+    for which, points in on_a_line:
         if _off_line_mm(points) < MIN_OFF_LINE_MM:
-            raise RegistrationError(f"the {name} landmarks lie on a line, so the rotation about it is "
-                                    f"unknown; add a point at least {MIN_OFF_LINE_MM:g} mm off that line")
+            raise RegistrationError(which, least=MIN_OFF_LINE_MM)
     return fixed_points, moving_points
 
 
@@ -206,7 +213,8 @@ def register_automatic(fixed: Volume, moving: Volume, *, kind: str = "rigid",
     started from the bodies' centres alone, ended 3-5 mm off on the phantom.
     """
     if kind not in KINDS:
-        raise RegistrationError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+        raise RegistrationError(gettext_noop("kind must be one of %(kinds)s, not %(kind)s"),
+                                kinds=", ".join(KINDS), kind=repr(kind))
     started = time.perf_counter()
     if kind == "affine" and initial is None:
         first, second = _halves(progress)
@@ -226,8 +234,8 @@ def register_automatic(fixed: Volume, moving: Volume, *, kind: str = "rigid",
     try:
         method.Execute(fixed_series.around_body(), moving_series.image)
     except RuntimeError as error:
-        raise RegistrationError(f"the series could not be registered (do they overlap?): "
-                                f"{_itk_reason(error)}") from error
+        raise RegistrationError(gettext_noop("the series could not be registered (do they overlap?): "
+                                             "%(reason)s"), reason=_itk_reason(error)) from error
     watch.finish()
     return RegistrationResult(matrix=invert(_from_itk(transform)), kind=kind,
                               metric=float(method.GetMetricValue()), iterations=watch.iterations,
@@ -256,7 +264,7 @@ class _Watch:
     def check(self) -> None:
         if self.stopped or (self.cancelled is not None and self.cancelled()):
             self.stopped = True
-            raise RegistrationCancelled("the registration was cancelled")
+            raise RegistrationCancelled(gettext_noop("the registration was cancelled"))
 
     def attach(self, method: sitk.ImageRegistrationMethod) -> None:
         method.AddCommand(sitk.sitkIterationEvent, lambda: self._iteration(method))
@@ -341,9 +349,10 @@ def _series(volume: Volume) -> _Series:
     """The volume on a grid no finer than :data:`GRID_MM` (block means), clipped to its
     bulk of values so a few very hot or dense voxels do not squeeze the histogram."""
     if not volume.reformattable or volume.labels:
-        raise RegistrationError(f"a {volume.modality} series that is not a 3-D volume cannot be registered")
+        raise RegistrationError(gettext_noop("a %(modality)s series that is not a 3-D volume cannot be "
+                                             "registered"), modality=volume.modality)
     if volume.time_points > 1:
-        raise RegistrationError("register one time point of a dynamic series, not all of them")
+        raise RegistrationError(gettext_noop("register one time point of a dynamic series, not all of them"))
     image = sitk.GetImageFromArray(volume.voxels)
     image.SetSpacing(tuple(reversed(volume.spacing)))
     image.SetOrigin(volume.origin)
@@ -377,7 +386,8 @@ def _initial_transform(kind: str, fixed: _Series, moving: _Series, initial: np.n
         itk[:3, 3] = moving.centre_mm() - centre
     else:
         if kind == "rigid" and not is_rigid(initial, 1e-3):
-            raise RegistrationError("a rigid registration cannot start from a matrix that scales or shears")
+            raise RegistrationError(gettext_noop("a rigid registration cannot start from a matrix that "
+                                                 "scales or shears"))
         itk = invert(initial)
     transform: _ItkLinear = sitk.Euler3DTransform() if kind == "rigid" else sitk.AffineTransform(3)
     transform.SetCenter(tuple(float(v) for v in centre))

@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import polib
 import pytest
 from PIL import Image
 
@@ -16,6 +17,27 @@ from rendering.viewstate import viewstate_from_dict
 from tests.rendering.moved import pet_move
 
 SLICES = 40
+READER_LANGUAGE = "hu"
+
+
+@pytest.fixture
+def reader_catalogue(tmp_path: Path, settings):
+    """Install a Hungarian catalogue in which each given msgid reads ``⟦msgid⟧``: a text shown in
+    brackets went through gettext in the reader's language, one without did not."""
+
+    def install(*msgids: str) -> str:
+        catalogue = polib.POFile()
+        catalogue.metadata = {"Content-Type": "text/plain; charset=UTF-8", "Language": READER_LANGUAGE,
+                              "Plural-Forms": "nplurals=2; plural=(n != 1);"}
+        for msgid in msgids:
+            catalogue.append(polib.POEntry(msgid=msgid, msgstr=f"⟦{msgid}⟧"))
+        target = tmp_path / "locale" / READER_LANGUAGE / "LC_MESSAGES" / "django.mo"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        catalogue.save_as_mofile(str(target))
+        settings.LOCALE_PATHS = [tmp_path / "locale"]
+        return READER_LANGUAGE
+
+    return install
 
 
 @pytest.fixture(scope="session")

@@ -209,6 +209,26 @@ async def test_malformed_messages_get_errors_and_the_viewer_keeps_working(client
     await communicator.disconnect()
 
 
+async def test_the_socket_speaks_the_reader_s_language_its_workers_errors_too(client, signed_in, study,
+                                                                             reader_catalogue):
+    language = reader_catalogue("the message is not valid JSON", "probe is defined for 2-D views only")
+    await database_sync_to_async(signed_in)("nurse")
+    record, _ = study
+    cookie = f"gateway-session={client.cookies['gateway-session'].value}; django_language={language}"
+    headers = [*HOST, (b"cookie", cookie.encode()), (b"accept-language", b"en-GB,en;q=0.9")]
+    communicator, connected, _ = await _open(client, record.study_instance_uid, headers=headers)
+    assert connected
+    await _next(communicator)
+    await communicator.send_to(text_data="{not json")
+    error = await _until(communicator, lambda item: isinstance(item, dict) and item["type"] == "error")
+    assert error["message"] == "⟦the message is not valid JSON⟧"
+    await communicator.send_json_to({"type": "set", "view": 0, "name": "kind", "value": "3d"})
+    await communicator.send_json_to({"type": "probe", "view": 0, "x": 10, "y": 10})
+    error = await _until(communicator, lambda item: isinstance(item, dict) and item["type"] == "error")
+    assert (error["code"], error["message"]) == ("probe_failed", "⟦probe is defined for 2-D views only⟧")
+    await communicator.disconnect()
+
+
 async def test_latest_input_wins_and_unacknowledged_frames_are_bounded(client, signed_in, study):
     await database_sync_to_async(signed_in)("doctor")
     record, _ = study

@@ -36,10 +36,15 @@ def test_each_method_divides_the_decayed_dose_by_its_published_body_measure(meth
     assert factor == pytest.approx(REFERENCE[(method, sex)] / DECAYED, rel=2e-3)
 
 
+def _lacking(calculation: dict, **choice: object) -> list[str]:
+    """What the method lacks, in English (the words are translated where a reader is shown them)."""
+    return [str(reason) for reason in suv_method_factor(calculation, **choice)[1]]
+
+
 def test_what_a_method_lacks_is_named_and_nothing_is_guessed():
-    assert suv_method_factor(HEADER, method="lbm_james", sex="")[1] == ["no patient sex (M or F)"]
-    assert suv_method_factor({**HEADER, "height_m": None}, method="bsa", sex="M")[1] == ["no patient height"]
-    assert suv_method_factor({**HEADER, "weight_kg": None}, method="bw")[1] == ["no patient weight"]
+    assert _lacking(HEADER, method="lbm_james", sex="") == ["no patient sex (M or F)"]
+    assert _lacking({**HEADER, "height_m": None}, method="bsa", sex="M") == ["no patient height"]
+    assert _lacking({**HEADER, "weight_kg": None}, method="bw") == ["no patient weight"]
     entered, missing = suv_method_factor({**HEADER, "weight_kg": None}, method="bw", weight_kg=80.0)
     assert missing == [] and entered == pytest.approx(80_000.0 / DECAYED)
 
