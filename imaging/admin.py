@@ -18,7 +18,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern
-from django.utils.translation import ngettext
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, ngettext
 
 from accounts.admin import PolicyAdmin, confirmation_page, confirmed, site
 from gateway.net import client_address
@@ -39,15 +40,15 @@ class DeviceEndpointAdmin(PolicyAdmin):
     readonly_fields = fields
     actions = ("disable", "rotate_token")
 
-    @admin.display(description="device account", ordering="user__username")
+    @admin.display(description=gettext_lazy("device account"), ordering="user__username")
     def device_account(self, endpoint: DeviceEndpoint) -> str:
         return endpoint.user.username
 
-    @admin.display(description="account active", boolean=True, ordering="user__is_active")
+    @admin.display(description=gettext_lazy("account active"), boolean=True, ordering="user__is_active")
     def account_active(self, endpoint: DeviceEndpoint) -> bool:
         return endpoint.user.is_active
 
-    @admin.display(description="STOW-RS token", boolean=True)
+    @admin.display(description=gettext_lazy("STOW-RS token"), boolean=True)
     def has_token(self, endpoint: DeviceEndpoint) -> bool:
         return bool(endpoint.token_hash)
 
@@ -71,7 +72,7 @@ class DeviceEndpointAdmin(PolicyAdmin):
     def save_model(self, request: HttpRequest, obj: DeviceEndpoint, form: Any, change: bool) -> None:
         """Every field is read-only: nothing to save."""
 
-    @admin.action(description="Disable (refused at C-STORE and STOW-RS from now on)")
+    @admin.action(description=gettext_lazy("Disable (refused at C-STORE and STOW-RS from now on)"))
     def disable(self, request: HttpRequest, queryset: QuerySet[DeviceEndpoint]) -> None:
         endpoints = list(queryset.select_related("user"))
         disabled = [endpoint for endpoint in endpoints
@@ -86,19 +87,19 @@ class DeviceEndpointAdmin(PolicyAdmin):
             messages.info(request, ngettext("%(count)d was disabled already.",
                                             "%(count)d were disabled already.", skipped) % {"count": skipped})
 
-    @admin.action(description="Rotate the STOW-RS token (the new one is shown once)")
+    @admin.action(description=gettext_lazy("Rotate the STOW-RS token (the new one is shown once)"))
     def rotate_token(self, request: HttpRequest, queryset: QuerySet[DeviceEndpoint]) -> TemplateResponse:
         count = queryset.count()
         if not confirmed(request):
             return confirmation_page(
-                self, request, queryset, action="rotate_token", title="Rotate STOW-RS token",
+                self, request, queryset, action="rotate_token", title=_("Rotate STOW-RS token"),
                 question=ngettext("Give this device endpoint a new STOW-RS token?",
                                   "Give these %(count)d device endpoints new STOW-RS tokens?",
                                   count) % {"count": count},
-                consequence="The current token is refused from the moment you confirm: the device "
-                            "cannot send over STOW-RS until it is configured with the new one, which "
-                            "is shown once, on the next page. C-STORE by AE title is not affected.",
-                confirm_label="Yes, rotate")
+                consequence=_("The current token is refused from the moment you confirm: the device "
+                              "cannot send over STOW-RS until it is configured with the new one, which "
+                              "is shown once, on the next page. C-STORE by AE title is not affected."),
+                confirm_label=_("Yes, rotate"))
         endpoints = list(queryset.select_related("user"))
         rotated = [(endpoint, devices.device_endpoint_token_rotate(endpoint=endpoint, actor=request.user,
                                                                    source_ip=client_address(request)))

@@ -1,6 +1,7 @@
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
 
 
 class ImagingConfig(AppConfig):
     name = "imaging"
-    verbose_name = "Imaging: ingest, de-identification, encrypted storage"
+    verbose_name = _("Imaging: ingest, de-identification, encrypted storage")

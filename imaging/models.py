@@ -12,6 +12,10 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import gettext_noop
+
+from rendering.said import SaidError
 
 
 class Patient(models.Model):
@@ -94,11 +98,15 @@ class DeviceEndpoint(models.Model):
     """
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
-                             related_name="device_endpoints")
-    ae_title = models.CharField(max_length=16, unique=True)
-    token_hash = models.CharField(max_length=64, unique=True, null=True, blank=True)
-    active = models.BooleanField(default=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+                             related_name="device_endpoints", verbose_name=_("user"))
+    ae_title = models.CharField(_("ae title"), max_length=16, unique=True)
+    token_hash = models.CharField(_("token hash"), max_length=64, unique=True, null=True, blank=True)
+    active = models.BooleanField(_("active"), default=True)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("device endpoint")
+        verbose_name_plural = _("device endpoints")
 
     def __str__(self) -> str:
         return f"device {self.ae_title}"
@@ -210,12 +218,12 @@ class ModelRun(models.Model):
 
 
 class ReportStatus(models.TextChoices):
-    DRAFT = "draft", "draft"
-    SIGNED = "signed", "signed"
+    DRAFT = "draft", _("draft")
+    SIGNED = "signed", _("signed")
 
 
-class ReportSigned(ValueError):
-    """A signed report is final: it is never changed, only followed by an addendum."""
+class ReportSigned(SaidError, ValueError):
+    """A signed report is final: it is never changed, only followed by an addendum (said to the reader)."""
 
 
 class Report(models.Model):
@@ -254,7 +262,7 @@ class Report(models.Model):
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         if self.pk is not None and Report.objects.filter(pk=self.pk, status=ReportStatus.SIGNED).exists():
-            raise ReportSigned("this report is signed; write an addendum instead")
+            raise ReportSigned(gettext_noop("this report is signed; write an addendum instead"))
         super().save(*args, **kwargs)
 
 
@@ -274,9 +282,9 @@ class ReportLetterhead(models.Model):
 
 
 class RetrieveMethod(models.TextChoices):
-    NONE = "", "none (send only)"
+    NONE = "", _("none (send only)")
     C_GET = "c-get", "C-GET"
-    C_MOVE = "c-move", "C-MOVE to the gateway's SCP"
+    C_MOVE = "c-move", _("C-MOVE to the gateway's SCP")
     WADO_RS = "wado-rs", "WADO-RS (DICOMweb)"
 
 
@@ -308,12 +316,13 @@ class DicomDestination(models.Model):
 
 
 class RegistrationState(models.TextChoices):
-    RUNNING = "running", "running"
-    PROPOSED = "proposed", "proposed"
-    ACCEPTED = "accepted", "accepted"
-    REJECTED = "rejected", "rejected"
-    FAILED = "failed", "failed"
-    CANCELLED = "cancelled", "cancelled"
+    RUNNING = "running", _("running")
+    # Translators: a registration the computer proposes, not yet accepted or rejected by a doctor.
+    PROPOSED = "proposed", _("proposed")
+    ACCEPTED = "accepted", _("accepted")
+    REJECTED = "rejected", _("rejected")
+    FAILED = "failed", _("failed")
+    CANCELLED = "cancelled", _("cancelled")
 
 
 class Registration(models.Model):
@@ -381,11 +390,11 @@ class DerivedSeries(models.Model):
 
 
 class JobState(models.TextChoices):
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
+    QUEUED = "queued", _("Queued")
+    RUNNING = "running", _("Running")
+    DONE = "done", _("Done")
+    FAILED = "failed", _("Failed")
+    CANCELLED = "cancelled", _("Cancelled")
 
 
 class Retrieval(models.Model):

@@ -18,6 +18,8 @@ from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
@@ -28,6 +30,7 @@ from imaging.dicom_net import STUDY_ROOT_FIND, Peer, SendError, associated, enti
 from imaging.dicomweb_client import DicomwebError, qido_series, qido_studies
 from imaging.identity.models import RemoteStudy, StudyIdentity
 from imaging.models import DicomDestination, JobState, Retrieval
+from rendering.said import SaidError, said
 
 ANSWER_LIMIT = 200
 """The most studies one search takes from one PACS; the rest are cancelled."""
@@ -40,8 +43,8 @@ STUDY_KEYS = ("StudyInstanceUID", "StudyDate", "StudyDescription", "AccessionNum
               "IssuerOfPatientID", "PatientBirthDate", "PatientSex")
 
 
-class QueryError(RuntimeError):
-    """The PACS could not be searched; the message says why (for the page)."""
+class QueryError(SaidError, RuntimeError):
+    """The PACS could not be searched; the message says why (for the page: said to the reader)."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,7 @@ def pacs_search(*, principal: Any, criteria: Criteria,
         try:
             found = pacs_answers(source, criteria)
         except QueryError as error:
-            problems.append(f"{source.name}: {error}")
+            problems.append(_("%(pacs)s: %(problem)s") % {"pacs": source.name, "problem": said(error)})
             found, failed = [], True
         answers.extend(found)
         audit_record(actor=principal, action=Action.PACS_QUERY,
@@ -167,7 +170,7 @@ def find(source: DicomDestination, query: Dataset, *, limit: int, level: str) ->
             for status, identifier in answers:
                 code = getattr(status, "Status", None)
                 if code is None:
-                    raise QueryError("no answer: association aborted or timed out")
+                    raise QueryError(gettext_noop("no answer: association aborted or timed out"))
                 if code in PENDING and identifier is not None:
                     count += 1
                     yield identifier
@@ -175,9 +178,9 @@ def find(source: DicomDestination, query: Dataset, *, limit: int, level: str) ->
                         association.abort()  # C-CANCEL is optional for a PACS; an abort always ends it
                         return
                 elif code not in PENDING and code != 0x0000:
-                    raise QueryError(f"the PACS answered C-FIND with 0x{code:04X}")
+                    raise QueryError(gettext_noop("the PACS answered C-FIND with 0x%(code)04X"), code=code)
     except SendError as error:
-        raise QueryError(str(error)) from error
+        raise QueryError.from_error(error) from error
 
 
 def _qido(base: str, query: Dataset, *, limit: int, level: str) -> Iterator[Dataset]:
@@ -185,7 +188,7 @@ def _qido(base: str, query: Dataset, *, limit: int, level: str) -> Iterator[Data
         answers = (qido_studies(base, query, limit=limit) if level == "studies"
                    else qido_series(base, str(query.StudyInstanceUID)))
     except DicomwebError as error:
-        raise QueryError(str(error)) from error
+        raise QueryError.from_error(error) from error
     yield from answers[:limit]
 
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from django.utils.translation import gettext as _
+
 from gateway import keys
 from gateway.audit.catalogue import Action, Outcome
 from gateway.audit.services import audit_record
@@ -193,7 +195,9 @@ def _attach_report_states(rows: list[PatientRow]) -> None:
         row.reports = []
     for uid, summary in sorted(report_summaries(studies).items(), key=lambda item: str(dates.get(item[0]))):
         by_pseudonym[studies[uid]].reports.append(  # type: ignore[union-attr]
-            f"{dates.get(uid) or 'undated'}: report {summary.label}")
+            # Translators: a line of the worklist: a study's date, then its report's status.
+            _("%(date)s: report %(state)s") % {"date": dates.get(uid) or _("undated"),
+                                               "state": summary.label})
 
 
 def _attach_studies(rows: list[PatientRow], *, only: set[str] | None = None) -> None:

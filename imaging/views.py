@@ -8,6 +8,8 @@ from typing import Any
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
 from gateway.access import require
@@ -18,11 +20,15 @@ from imaging.models import JobState, PacsSend, Retrieval
 from imaging.pacs_query import Criteria, pacs_search, pacs_sources
 from imaging.pacs_retrieve import RetrieveError, retrieval_cancel, retrieval_request
 from imaging.selectors import patient_search, worklist_merge, worklist_sorted
+from rendering.said import said
 
 TEXT_FIELDS = {"name": 128, "patient_id": 64, "modality": 16, "accession": 64, "report": 8, "sort": 8}
 REPORT_STATES = ("none", "draft", "signed")
 PAGE_ROWS = 25
 DATE_FIELDS = ("birth_date", "date_from", "date_to")
+DATE_NAMES = {"birth_date": gettext_lazy("Birth date"), "date_from": gettext_lazy("Date from"),
+              "date_to": gettext_lazy("Date to")}
+"""Each date field as an error names it."""
 
 
 def _criteria(request: HttpRequest) -> tuple[Criteria, dict[str, str], str]:
@@ -35,9 +41,11 @@ def _criteria(request: HttpRequest) -> tuple[Criteria, dict[str, str], str]:
             dates[key] = date.fromisoformat(raw[key]) if raw[key] else None
         except ValueError:
             dates[key] = None
-            error = f"{key.replace('_', ' ').capitalize()} must be YYYY-MM-DD."
+            # Translators: YYYY-MM-DD is the date format the search form takes; keep it as it is.
+            error = _("%(field)s must be YYYY-MM-DD.") % {"field": DATE_NAMES[key]}
     if raw["report"] not in ("", *REPORT_STATES):
-        error = "Report status must be none, draft or signed."
+        # Translators: none, draft and signed are the values the search takes (kept as they are).
+        error = _("Report status must be none, draft or signed.")
     criteria = Criteria(name=raw["name"], patient_id=raw["patient_id"], birth_date=dates["birth_date"],
                         date_from=dates["date_from"], date_to=dates["date_to"], modality=raw["modality"],
                         accession=raw["accession"], report=raw["report"] if not error else "")
@@ -87,7 +95,7 @@ def retrieve(request: HttpRequest) -> HttpResponse:
         retrieval = retrieval_request(principal=request.user, remote_study_id=int(remote),
                                       source_ip=client_address(request))
     except RetrieveError as why:
-        return render(request, "imaging/retrieval.html", {"retrieval": None, "error": str(why)}, status=409)
+        return render(request, "imaging/retrieval.html", {"retrieval": None, "error": said(why)}, status=409)
     return redirect("imaging:retrieval", retrieval=retrieval.pk)
 
 
