@@ -251,7 +251,7 @@ ROUTES: dict[str, RouteRule] = {
     "sharing:mint": RouteRule(Stage.SIGNED_IN, Permission.STUDY_SHARE,
                               "share a study or its patient with a consultant (token shown once)"),
     "sharing:active": RouteRule(Stage.SIGNED_IN, Permission.SHARE_MANAGE,
-                                "active shares with their last use"),
+                                "active shares with their last use", denied_as=Action.SHARE_LIST),
     "sharing:revoke": RouteRule(Stage.SIGNED_IN, Permission.SHARE_MANAGE,
                                 "revoke a share and all derived from it (POST)"),
     "sharing:open": RouteRule(Stage.PUBLIC, note="share link: the page posts the token from "

@@ -76,6 +76,7 @@ class Action(StrEnum):
     SHARE_USE = "share.use"
     SHARE_DENY = "share.deny"
     SHARE_REVOKE = "share.revoke"
+    SHARE_LIST = "share.list"
     INGEST = "ingest"
     EXPORT = "export"
     ADMIN_USER = "admin.user"
@@ -140,6 +141,7 @@ ACTION_SPECS: dict[Action, ActionSpec] = {
     Action.SHARE_DENY: ActionSpec(SECURITY_ALERT, None, "E", "share refused"),
     Action.SHARE_REVOKE: ActionSpec(SECURITY_ALERT, USER_SECURITY_ATTRIBUTES_CHANGED, "D",
                                     "revoked a share"),
+    Action.SHARE_LIST: ActionSpec(QUERY, None, "R", "listed the active shares"),
     Action.INGEST: ActionSpec(INSTANCES_TRANSFERRED, None, "C", "received DICOM instances"),
     Action.EXPORT: ActionSpec(EXPORT, None, "R", "exported data"),
     Action.ADMIN_USER: ActionSpec(SECURITY_ALERT, USER_SECURITY_ATTRIBUTES_CHANGED, "U",

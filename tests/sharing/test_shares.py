@@ -181,6 +181,8 @@ def test_only_the_issuer_or_an_it_admin_sees_and_revokes(client, signed_in, stud
     client.logout()
     signed_in("nurse")
     assert client.get(reverse("sharing:active")).status_code == 403
+    refused = AuditEvent.objects.filter(outcome="denied").latest("sequence")
+    assert refused.action == "share.list"  # what was attempted: listing, not revoking
     client.logout()
     signed_in("it_admin")
     assert minted.share.public_id in client.get(reverse("sharing:active")).content.decode()
