@@ -16,17 +16,23 @@ from datetime import UTC
 from typing import Any
 
 from django.utils import timezone
+from django.utils.translation import gettext, gettext_noop
 
 from imaging.models import Finding, Study
 from imaging.suv import SUV_METHODS
 
+# Translators: the findings export's column titles; SD is the standard deviation, SUVpeak and TLG
+# (total lesion glycolysis) are PET measures usually kept as they are.
 COLUMNS = (
-    ("finding", "finding"), ("label", "label"), ("tool", "tool"), ("series", "series"),
-    ("unit", "unit"), ("size", "size"), ("size_unit", "size unit"), ("mean", "mean"), ("sd", "SD"),
-    ("minimum", "min"), ("maximum", "max"), ("median", "median"), ("peak", "SUVpeak"),
-    ("total", "TLG (SUV x ml)"), ("max_point_mm", "max at (x, y, z mm)"), ("author", "by"),
-    ("created_at", "kept at (UTC)"),
+    ("finding", gettext_noop("finding")), ("label", gettext_noop("label")), ("tool", gettext_noop("tool")),
+    ("series", gettext_noop("series")), ("unit", gettext_noop("unit")), ("size", gettext_noop("size")),
+    ("size_unit", gettext_noop("size unit")), ("mean", gettext_noop("mean")), ("sd", gettext_noop("SD")),
+    ("minimum", gettext_noop("min")), ("maximum", gettext_noop("max")), ("median", gettext_noop("median")),
+    ("peak", gettext_noop("SUVpeak")), ("total", gettext_noop("TLG (SUV x ml)")),
+    ("max_point_mm", gettext_noop("max at (x, y, z mm)")), ("author", gettext_noop("by")),
+    ("created_at", gettext_noop("kept at (UTC)")),
 )
+"""Each row key and its column title (English; the export titles it in its reader's language)."""
 
 
 class FindingNotFound(LookupError):
@@ -158,7 +164,7 @@ def finding_rows(study_uid: str) -> Iterator[dict[str, Any]]:
 def findings_csv(study_uid: str) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow([title for _, title in COLUMNS])
+    writer.writerow([gettext(title) for _, title in COLUMNS])
     for row in finding_rows(study_uid):
         writer.writerow(["" if row[key] is None else row[key] for key, _ in COLUMNS])
     return out.getvalue()
@@ -171,8 +177,8 @@ def findings_xlsx(study_uid: str) -> bytes:
 
     book = Workbook()
     sheet = book.active
-    sheet.title = "Findings"
-    sheet.append([title for _, title in COLUMNS])
+    sheet.title = gettext("Findings")
+    sheet.append([gettext(title) for _, title in COLUMNS])
     for cell in sheet[1]:
         cell.font = Font(bold=True)
     for row in finding_rows(study_uid):

@@ -21,6 +21,7 @@ from xml.sax.saxutils import escape
 
 import pypdfium2
 import reportlab
+from django.utils.translation import gettext
 from reportlab import rl_config
 from reportlab.lib import colors
 from reportlab.lib.enums import TA_CENTER
@@ -156,7 +157,8 @@ def _export_stamp(document: ReportDocument) -> str:
         raise ValueError("exported_by is set without exported_at")
     at = document.exported_at
     at_utc = at.astimezone(UTC) if at.tzinfo else at
-    return f"Exported by {document.exported_by} on {at_utc:%Y-%m-%d %H:%M} UTC"
+    return gettext("Exported by %(user)s on %(when)s UTC") % {"user": document.exported_by,
+                                                             "when": f"{at_utc:%Y-%m-%d %H:%M}"}
 
 
 def _footer_band(document: ReportDocument, styles: _Styles) -> Table:
@@ -183,7 +185,8 @@ def _section_flowables(document: ReportDocument, styles: _Styles) -> list[Flowab
 
 
 def _findings_table(document: ReportDocument, styles: _Styles) -> Table:
-    head = [Paragraph(name, styles.cell_head) for name in ("Finding", "Series", "Size", "Values")]
+    head = [Paragraph(_markup(name), styles.cell_head)
+            for name in (gettext("Finding"), gettext("Series"), gettext("Size"), gettext("Values"))]
     rows = [[Paragraph(_markup(cell), styles.cell)
              for cell in (line.label, line.series, line.size, line.values)]
             for line in document.findings]
@@ -245,7 +248,8 @@ def _numbered_canvas(font: str, size: float) -> type[Canvas]:
             for number, state in enumerate(self._page_states, start=1):
                 self.__dict__.update(state)
                 self.setFont(font, size)
-                self.drawRightString(PAGE_WIDTH - MARGIN, MARGIN, f"Page {number} of {pages}")
+                label = gettext("Page %(number)s of %(count)s") % {"number": number, "count": pages}
+                self.drawRightString(PAGE_WIDTH - MARGIN, MARGIN, label)
                 super().showPage()
             super().save()
 
@@ -270,7 +274,8 @@ def _band_painter(document: ReportDocument, styles: _Styles) -> Callable[[Canvas
 
 
 def report_pdf(document: ReportDocument) -> bytes:
-    """Lay out the report as an A4 PDF.
+    """Lay out the report as an A4 PDF, its own words (table heads, export stamp, page labels) in the
+    active language.
 
     Every page carries the letterhead and header fields above and the footer, status line,
     export stamp and "Page n of m" below. The body holds the title, the non-blank sections,

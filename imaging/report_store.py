@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pydicom
 from django.db import transaction
+from django.utils.translation import gettext_noop
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
@@ -24,6 +25,7 @@ from imaging.findings_dicom import derived_series_store
 from imaging.models import Instance, Report, Study
 from imaging.report_dicom import encapsulated_pdf, key_object_selection
 from imaging.reports import report_mark_signed
+from rendering.said import SaidError
 
 CLINICAL = "default"
 PDF_SERIES_NUMBER = 9910
@@ -31,7 +33,7 @@ KOS_SERIES_NUMBER = 9911
 DERIVED_LAYER_PREFIX = "seg:"
 
 
-class ReportStoreError(ValueError):
+class ReportStoreError(SaidError, ValueError):
     """The report cannot be added to its study (no stored image to name, say)."""
 
 
@@ -86,7 +88,7 @@ def _study_source(study: Study, instances: list[Dataset]) -> Dataset:
     object_id = Instance.objects.filter(series__study=study).order_by("id").values_list(
         "object_id", flat=True).first()
     if object_id is None:
-        raise ReportStoreError("the study holds no stored instance to take its patient from")
+        raise ReportStoreError(gettext_noop("the study holds no stored instance to take its patient from"))
     return pydicom.dcmread(io.BytesIO(storage.object_get(object_id)), stop_before_pixels=True)
 
 
@@ -117,7 +119,7 @@ def report_sign_store(report: Report, *, pdf: bytes, signer: str, signed_at: dat
 def report_objects(report: Report) -> list[Dataset]:
     """The signed report's DICOM objects as stored: its Encapsulated PDF and its key object selection."""
     if not report.pdf_series_instance_uid:
-        raise ReportStoreError("only a signed report has DICOM objects")
+        raise ReportStoreError(gettext_noop("only a signed report has DICOM objects"))
     pdf_series = Instance.objects.filter(series__series_instance_uid=report.pdf_series_instance_uid)
     pdf_uids = set(pdf_series.values_list("sop_instance_uid", flat=True))
     objects: list[Dataset] = [pydicom.dcmread(io.BytesIO(storage.object_get(object_id)))

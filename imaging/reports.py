@@ -25,18 +25,22 @@ from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext, gettext_noop, pgettext
 
 from imaging.findings import finding_rows
 from imaging.models import Report, ReportLetterhead, ReportSigned, ReportStatus, Study
 from imaging.report_document import FindingLine, KeyPicture, Letterhead, ReportDocument
+from rendering.said import SaidError
 
 CLINICAL = "default"
 SECTIONS: tuple[tuple[str, str], ...] = (
-    ("clinical_information", "Clinical information"),
-    ("findings", "Findings"),
-    ("impression", "Impression"),
-    ("comments", "Comments"),
+    ("clinical_information", gettext_noop("Clinical information")),
+    ("findings", gettext_noop("Findings")),
+    # Translators: the report section with the radiologist's conclusion.
+    ("impression", gettext_noop("Impression")),
+    ("comments", gettext_noop("Comments")),
 )
+"""Each section's key and heading (English; ``gettext`` where a page or PDF shows one)."""
 SECTION_LIMIT = 20_000
 TITLE_LIMIT = 128
 CAPTION_LIMIT = 128
@@ -48,7 +52,7 @@ WINDOW_LIMIT = 1.0e7
 MAX_SLICE_STEPS = 2000
 
 
-class ReportError(ValueError):
+class ReportError(SaidError, ValueError):
     """A change the report cannot take (bad value, someone else's draft, nothing to sign)."""
 
 
@@ -62,7 +66,12 @@ class ReportSummary:
 
     @property
     def label(self) -> str:
-        return "none" if not self.version else f"{self.status} (v{self.version})"
+        """The status as a reader is shown it, in the active language."""
+        if not self.version:
+            return pgettext("report status", "none")
+        # Translators: a report's status and version, e.g. "draft (v2)".
+        return gettext("%(status)s (v%(version)s)") % {"status": ReportStatus(self.status).label,
+                                                      "version": self.version}
 
 
 def reports_of(study_uid: str) -> list[Report]:
@@ -87,7 +96,7 @@ def report_summaries(study_uids: Iterable[str]) -> dict[str, ReportSummary]:
 def report_get(study_uid: str, version: int) -> Report:
     found = Report.objects.filter(study__study_instance_uid=study_uid, version=version).first()
     if found is None:
-        raise ReportError("no such report version")
+        raise ReportError(gettext_noop("no such report version"))
     return found
 
 
@@ -98,7 +107,7 @@ def _owned_draft(report: Report, author: str) -> Report:
     if report.status == ReportStatus.SIGNED:
         raise ReportSigned("this report is signed; write an addendum instead")
     if report.author != author:
-        raise ReportError(f"this draft is being written by {report.author}")
+        raise ReportError(gettext_noop("this draft is being written by %(author)s"), author=report.author)
     return report
 
 
@@ -122,7 +131,7 @@ def report_addendum(*, study_uid: str, author: str) -> Report:
         study = Study.objects.select_for_update().get(study_instance_uid=study_uid)
         latest = study.reports.order_by("-version").first()
         if latest is None or latest.status != ReportStatus.SIGNED:
-            raise ReportError("an addendum follows a signed report")
+            raise ReportError(gettext_noop("an addendum follows a signed report"))
         return Report.objects.create(
             study=study, version=latest.version + 1, author=author, title=latest.title,
             sections=dict(latest.sections), key_images=list(latest.key_images), grid=list(latest.grid),
@@ -155,7 +164,7 @@ def key_image_add(*, study_uid: str, author: str, state: dict[str, Any], caption
 def _key_image_append(report: Report, *, state: dict[str, Any], caption: str, normal: list[float],
                       step_mm: float) -> None:
     if len(report.key_images) >= MAX_KEY_IMAGES:
-        raise ReportError(f"a report holds at most {MAX_KEY_IMAGES} key images")
+        raise ReportError(gettext_noop("a report holds at most %(most)s key images"), most=MAX_KEY_IMAGES)
     report.key_images = [*report.key_images, {
         "id": secrets.token_hex(6), "caption": _text(caption, CAPTION_LIMIT, "caption"),
         "state": state, "normal": [float(v) for v in normal], "step_mm": float(step_mm),
@@ -164,9 +173,9 @@ def _key_image_append(report: Report, *, state: dict[str, Any], caption: str, no
 
 def _text(value: Any, limit: int, what: str) -> str:
     if not isinstance(value, str):
-        raise ReportError(f"{what} must be text")
+        raise ReportError(gettext_noop("%(what)s must be text"), what=what)
     if len(value) > limit:
-        raise ReportError(f"{what} is longer than {limit} characters")
+        raise ReportError(gettext_noop("%(what)s is longer than %(most)s characters"), what=what, most=limit)
     return value.replace("\x00", "")
 
 
@@ -180,10 +189,10 @@ def report_update(report: Report, *, author: str, changes: dict[str, Any]) -> Re
 
 def _changes_apply(report: Report, changes: Any) -> None:
     if not isinstance(changes, dict):
-        raise ReportError("changes must be an object")
+        raise ReportError(gettext_noop("changes must be an object"))
     unknown = set(changes) - {"title", "sections", "grid", "include_findings", "key_images", "removed"}
     if unknown:
-        raise ReportError(f"unknown fields: {', '.join(sorted(unknown))}")
+        raise ReportError(gettext_noop("unknown fields: %(fields)s"), fields=", ".join(sorted(unknown)))
     if "title" in changes:
         report.title = _text(changes["title"], TITLE_LIMIT, "title").strip() or "Report"
     if "sections" in changes:
@@ -192,7 +201,7 @@ def _changes_apply(report: Report, changes: Any) -> None:
         report.grid = _grid(changes["grid"])
     if "include_findings" in changes:
         if not isinstance(changes["include_findings"], bool):
-            raise ReportError("include_findings must be true or false")
+            raise ReportError(gettext_noop("include_findings must be true or false"))
         report.include_findings = changes["include_findings"]
     if "key_images" in changes or "removed" in changes:
         report.key_images = _key_images_arranged(report.key_images, changes.get("key_images", []),
@@ -201,13 +210,15 @@ def _changes_apply(report: Report, changes: Any) -> None:
 
 def _sections(value: Any, current: dict[str, str]) -> dict[str, str]:
     if not isinstance(value, dict) or set(value) - {key for key, _ in SECTIONS}:
-        raise ReportError(f"sections are {', '.join(key for key, _ in SECTIONS)}")
+        raise ReportError(gettext_noop("sections are %(sections)s"),
+                          sections=", ".join(key for key, _ in SECTIONS))
     return {**current, **{key: _text(text, SECTION_LIMIT, key) for key, text in value.items()}}
 
 
 def _grid(value: Any) -> list[int]:
     if not isinstance(value, list) or tuple(value) not in GRIDS:
-        raise ReportError(f"a page grid is one of {', '.join(f'{c}x{r}' for c, r in GRIDS)}")
+        raise ReportError(gettext_noop("a page grid is one of %(grids)s"),
+                          grids=", ".join(f"{c}x{r}" for c, r in GRIDS))
     return list(value)
 
 
@@ -216,12 +227,12 @@ def _key_images_arranged(current: list[dict[str, Any]], wanted: Any, removed: An
     neither (kept from the viewer since the page loaded) follow in their own order."""
     by_id = {image["id"]: image for image in current}
     if not isinstance(wanted, list) or not all(isinstance(item, dict) for item in wanted):
-        raise ReportError("key_images must be a list of {id, caption}")
+        raise ReportError(gettext_noop("key_images must be a list of {id, caption}"))
     if not isinstance(removed, list) or not all(isinstance(key, str) for key in removed):
-        raise ReportError("removed must be a list of key image ids")
+        raise ReportError(gettext_noop("removed must be a list of key image ids"))
     ids = [item.get("id") for item in wanted]
     if len(set(ids)) != len(ids) or any(key not in by_id for key in ids):
-        raise ReportError("key_images names an image this report does not hold")
+        raise ReportError(gettext_noop("key_images names an image this report does not hold"))
     named = [{**by_id[item["id"]], "caption": _text(item.get("caption", by_id[item["id"]]["caption"]),
                                                     CAPTION_LIMIT, "caption")} for item in wanted]
     rest = [image for image in current if image["id"] not in set(ids)]
@@ -234,7 +245,7 @@ def key_image_adjust(report: Report, *, author: str, image_id: str, adjust: dict
     with _draft_locked(report, author) as current:
         images = {image["id"]: image for image in current.key_images}
         if image_id not in images:
-            raise ReportError("no such key image")
+            raise ReportError(gettext_noop("no such key image"))
         image = images[image_id]
         image["state"] = state_adjusted(image, adjust)
         current.key_images = list(images.values())
@@ -247,14 +258,15 @@ def _number(adjust: dict[str, Any], name: str, low: float, high: float) -> float
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
             or not low <= value <= high:
-        raise ReportError(f"{name} must be a number from {low:g} to {high:g}")
+        raise ReportError(gettext_noop("%(name)s must be a number from %(low)g to %(high)g"),
+                          name=name, low=low, high=high)
     return float(value)
 
 
 def state_adjusted(image: dict[str, Any], adjust: Any) -> dict[str, Any]:
     if not isinstance(adjust, dict) or set(adjust) - {"window_center", "window_width", "slices",
                                                       "opacity", "zoom"}:
-        raise ReportError("adjust names window_center, window_width, slices, opacity or zoom")
+        raise ReportError(gettext_noop("adjust names window_center, window_width, slices, opacity or zoom"))
     state = json.loads(json.dumps(image["state"]))
     layers = state["layers"]
     center = _number(adjust, "window_center", -WINDOW_LIMIT, WINDOW_LIMIT)
@@ -294,7 +306,7 @@ def content_digest(content: dict[str, Any]) -> str:
 def report_signable(report: Report, *, signer: str) -> None:
     _owned_draft(report, signer)
     if not any(report.sections.get(key, "").strip() for key, _ in SECTIONS) and not report.key_images:
-        raise ReportError("an empty report cannot be signed")
+        raise ReportError(gettext_noop("an empty report cannot be signed"))
 
 
 def report_mark_signed(report: Report, *, signer: str, signed_at: datetime, series_uid: str) -> Report:
@@ -306,7 +318,7 @@ def report_mark_signed(report: Report, *, signer: str, signed_at: datetime, seri
     with _draft_locked(report, signer) as current:
         report_signable(current, signer=signer)
         if content_digest(report_content(current)) != laid_out:
-            raise ReportError("the report changed while it was being signed; sign it again")
+            raise ReportError(gettext_noop("the report changed while it was being signed; sign it again"))
         current.findings = [asdict(line) for line in report_findings(current)]
         current.status = ReportStatus.SIGNED
         current.signed_by = signer
@@ -333,25 +345,29 @@ def header_fields_shown() -> tuple[str, ...]:
 
 
 def status_line(report: Report) -> str:
+    """Who signed and when, or that it is a draft, in the active language."""
     if report.status == ReportStatus.SIGNED and report.signed_at is not None:
-        return f"Signed by {report.signed_by} on {report.signed_at:%Y-%m-%d %H:%M} UTC"
-    return "DRAFT - not signed"
+        return gettext("Signed by %(signer)s on %(when)s UTC") % {
+            "signer": report.signed_by, "when": f"{report.signed_at:%Y-%m-%d %H:%M}"}
+    return gettext("DRAFT - not signed")
 
 
 def _version_text(report: Report) -> str:
     if report.version == 1:
         return "1"
-    return f"{report.version} (addendum to {report.version - 1})"
+    # Translators: a report's version number, e.g. "2 (addendum to 1)".
+    return gettext("%(version)s (addendum to %(previous)s)") % {"version": report.version,
+                                                                "previous": report.version - 1}
 
 
 def _header_values(report: Report, patient: str) -> dict[str, tuple[str, str]]:
     study = report.study
     return {
-        "patient": ("Patient", patient),
-        "study_date": ("Study date", study.study_date.isoformat() if study.study_date else ""),
-        "study": ("Study", study.study_description),
-        "author": ("Author", report.author),
-        "version": ("Version", _version_text(report)),
+        "patient": (gettext("Patient"), patient),
+        "study_date": (gettext("Study date"), study.study_date.isoformat() if study.study_date else ""),
+        "study": (gettext("Study"), study.study_description),
+        "author": (gettext("Author"), report.author),
+        "version": (gettext("Version"), _version_text(report)),
     }
 
 
@@ -384,13 +400,14 @@ def report_findings(report: Report) -> tuple[FindingLine, ...]:
 def report_document(report: Report, *, patient: str, pictures: list[bytes],
                     exported_by: str = "", exported_at: datetime | None = None) -> ReportDocument:
     """The report as laid out: ``patient`` is what the reader may see (pseudonym or name),
-    ``pictures`` the key images rendered (PNG) in the report's order."""
+    ``pictures`` the key images rendered (PNG) in the report's order; its headings and labels in the
+    active language (the exporter's, or the record's at signing)."""
     header = _header_values(report, patient)
     grid = tuple(report.grid) if tuple(report.grid) in GRIDS else DEFAULT_GRID
     return ReportDocument(
         title=report.title,
         header_fields=tuple(header[name] for name in header_fields_shown() if name in header),
-        sections=tuple((heading, report.sections.get(key, "")) for key, heading in SECTIONS),
+        sections=tuple((gettext(heading), report.sections.get(key, "")) for key, heading in SECTIONS),
         pictures=tuple(KeyPicture(png=png, caption=image["caption"])
                        for png, image in zip(pictures, report.key_images, strict=True)),
         grid=(grid[0], grid[1]),

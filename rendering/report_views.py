@@ -26,6 +26,8 @@ from django.http import (
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 from django.views.decorators.http import require_GET, require_POST
 
 from gateway.audit.catalogue import Action, Outcome
@@ -52,6 +54,7 @@ from imaging.reports import (
 )
 from rendering.pool import render_pool_async
 from rendering.reporting import key_picture, report_page_images, report_pdf_made, report_send, report_sign
+from rendering.said import said
 from rendering.workers import RenderError
 
 BODY_LIMIT = 256 * 1024
@@ -117,7 +120,7 @@ def report_page(request: HttpRequest, study: str) -> HttpResponse:
         "study": found, "versions": versions, "report": shown, "writer": writer,
         "editable": bool(shown and writer and shown.status == ReportStatus.DRAFT
                          and shown.author == request.user.get_username()),
-        "sections": [(key, heading, shown.sections.get(key, "") if shown else "")
+        "sections": [(key, _(heading), shown.sections.get(key, "") if shown else "")
                      for key, heading in SECTIONS],
         "grids": [f"{c}x{r}" for c, r in GRIDS],
         "grid": "x".join(str(n) for n in shown.grid) if shown else "2x2",
@@ -140,7 +143,7 @@ def report_start(request: HttpRequest, study: str) -> HttpResponse:
         else:
             report, created = report_draft(study_uid=found.study_uid, author=author)
     except (ReportError, ReportSigned) as error:
-        return render(request, "rendering/report_refused.html", {"study": found, "reason": str(error)},
+        return render(request, "rendering/report_refused.html", {"study": found, "reason": said(error)},
                       status=409)
     if created:
         _audit(request, Action.REPORT_CREATE, Outcome.SUCCESS, found, {"version": report.version})
@@ -151,16 +154,16 @@ def report_start(request: HttpRequest, study: str) -> HttpResponse:
 def _json_body(request: HttpRequest) -> Any:
     declared = request.META.get("CONTENT_LENGTH") or "0"
     if not declared.isdigit() or int(declared) > BODY_LIMIT:
-        raise ReportError(f"the request body is limited to {BODY_LIMIT} bytes")
+        raise ReportError(gettext_noop("the request body is limited to %(most)s bytes"), most=BODY_LIMIT)
     try:
         return json.loads(request.body or b"null")
     except (ValueError, UnicodeDecodeError):
-        raise ReportError("the request body is not JSON") from None
+        raise ReportError(gettext_noop("the request body is not JSON")) from None
 
 
 def _refusal(error: Exception) -> JsonResponse:
     status = 409 if isinstance(error, ReportSigned) else 400
-    return JsonResponse({"error": str(error)}, status=status)
+    return JsonResponse({"error": said(error)}, status=status)
 
 
 @require_POST
@@ -209,8 +212,8 @@ async def report_image(request: HttpRequest, study: str, version: int, image: st
     try:
         png = await key_picture(await render_pool_async(), kept["state"])
     except RenderError as error:
-        return HttpResponse(f"The key image cannot be rendered: {error}", status=503,
-                            content_type="text/plain; charset=utf-8")
+        return HttpResponse(_("The key image cannot be rendered: %(error)s") % {"error": said(error)},
+                            status=503, content_type="text/plain; charset=utf-8")
     return HttpResponse(png, content_type="image/png", headers={"Cache-Control": "no-store"})
 
 
@@ -244,8 +247,8 @@ async def report_export(request: HttpRequest, study: str, version: int, extensio
                 raise Http404("No such page.")
             body = pages[page - 1]
     except RenderError as error:
-        return HttpResponse(f"The report cannot be rendered: {error}", status=503,
-                            content_type="text/plain; charset=utf-8")
+        return HttpResponse(_("The report cannot be rendered: %(error)s") % {"error": said(error)},
+                            status=503, content_type="text/plain; charset=utf-8")
     digest = hashlib.sha256(body).hexdigest()
     await sync_to_async(_audit)(request, Action.REPORT_EXPORT, Outcome.SUCCESS, found, {
         "version": version, "format": extension, "page": page, "sha256": digest, "bytes": len(body)})
@@ -272,7 +275,7 @@ async def report_sign_view(request: HttpRequest, study: str, version: int) -> Ht
         await sync_to_async(_audit)(request, Action.REPORT_SIGN, Outcome.FAILURE, found,
                                     {"version": version, "reason": str(error)[:200]})
         return await sync_to_async(render)(request, "rendering/report_refused.html",
-                                           {"study": found, "reason": str(error)}, status=409)
+                                           {"study": found, "reason": said(error)}, status=409)
     await sync_to_async(_audit)(request, Action.REPORT_SIGN, Outcome.SUCCESS, found, {
         "version": version, "content_sha256": signed.content_sha256,
         "series": signed.pdf_series_instance_uid})
@@ -294,7 +297,7 @@ def report_send_view(request: HttpRequest, study: str, version: int) -> HttpResp
     report = _version(request, found, version, Action.REPORT_SEND)
     destination = _destination(request)
     if destination is None or report.status != ReportStatus.SIGNED:
-        reason = "no such destination" if destination is None else "only a signed report is sent"
+        reason = _("no such destination") if destination is None else _("only a signed report is sent")
         return render(request, "rendering/report_refused.html", {"study": found, "reason": reason},
                       status=409)
     details: dict[str, Any] = {"version": version, "destination": destination.name,
@@ -303,7 +306,7 @@ def report_send_view(request: HttpRequest, study: str, version: int) -> HttpResp
         result = report_send(report, destination)
     except (SendError, ReportStoreError) as error:
         _audit(request, Action.REPORT_SEND, Outcome.FAILURE, found, {**details, "reason": str(error)[:200]})
-        return render(request, "rendering/report_refused.html", {"study": found, "reason": str(error)},
+        return render(request, "rendering/report_refused.html", {"study": found, "reason": said(error)},
                       status=502)
     outcome = Outcome.SUCCESS if not result.failed else Outcome.FAILURE
     _audit(request, Action.REPORT_SEND, outcome, found,

@@ -13,7 +13,8 @@ from datetime import datetime
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.utils import timezone
+from django.utils import timezone, translation
+from django.utils.translation import gettext_noop
 
 from imaging.dicom_net import SendResult, dicom_send
 from imaging.findings import findings_of
@@ -27,6 +28,10 @@ from rendering.engine.core import MissingVolumeError
 from rendering.operations import OperationClient
 from rendering.pool import CLINICAL
 from rendering.viewstate import Quality, viewstate_from_dict
+
+RECORD_LANGUAGE = "en"
+"""The copy of record (the PDF added to the study at signing) is laid out in English, like everything
+the gateway writes into DICOM; an export is laid out in its reader's language."""
 
 
 async def finding_regions(pool: OperationClient, study: str) -> dict[int, Any]:
@@ -77,8 +82,8 @@ async def _findings_stored(pool: OperationClient, report: Report, *, signer: str
         regions = await finding_regions(pool, study)
         await sync_to_async(findings_dicom_store)(study_uid=study, regions=regions, author=signer)
     except (FindingsExportError, MissingVolumeError) as error:
-        raise ReportError(f"the findings cannot be added to the study as DICOM SR ({error}); "
-                          "leave them out of the report to sign it") from error
+        raise ReportError(gettext_noop("the findings cannot be added to the study as DICOM SR (%(error)s); "
+                                       "leave them out of the report to sign it"), error=error) from error
 
 
 async def report_sign(pool: OperationClient, report: Report, *, signer: str, patient: str) -> Report:
@@ -90,7 +95,8 @@ async def report_sign(pool: OperationClient, report: Report, *, signer: str, pat
     provisional = Report(**{field.attname: getattr(report, field.attname)
                             for field in Report._meta.concrete_fields})
     provisional.status, provisional.signed_by, provisional.signed_at = ReportStatus.SIGNED, signer, signed_at
-    pdf = await report_pdf_made(pool, provisional, patient=patient)
+    with translation.override(RECORD_LANGUAGE):
+        pdf = await report_pdf_made(pool, provisional, patient=patient)
     return await sync_to_async(report_sign_store)(report, pdf=pdf, signer=signer, signed_at=signed_at)
 
 

@@ -22,15 +22,15 @@ READER_LANGUAGE = "hu"
 
 @pytest.fixture
 def reader_catalogue(tmp_path: Path, settings):
-    """Install a Hungarian catalogue in which each given msgid reads ``⟦msgid⟧``: a text shown in
-    brackets went through gettext in the reader's language, one without did not."""
+    """Install a Hungarian catalogue in which each given msgid reads ``⟦msgid⟧`` (or ``wrap`` of it): a
+    text shown so went through gettext in the reader's language, one without did not."""
 
-    def install(*msgids: str) -> str:
+    def install(*msgids: str, wrap: str = "⟦{}⟧") -> str:
         catalogue = polib.POFile()
         catalogue.metadata = {"Content-Type": "text/plain; charset=UTF-8", "Language": READER_LANGUAGE,
                               "Plural-Forms": "nplurals=2; plural=(n != 1);"}
         for msgid in msgids:
-            catalogue.append(polib.POEntry(msgid=msgid, msgstr=f"⟦{msgid}⟧"))
+            catalogue.append(polib.POEntry(msgid=msgid, msgstr=wrap.format(msgid)))
         target = tmp_path / "locale" / READER_LANGUAGE / "LC_MESSAGES" / "django.mo"
         target.parent.mkdir(parents=True, exist_ok=True)
         catalogue.save_as_mofile(str(target))

@@ -193,14 +193,18 @@ def _free_port() -> int:
 
 
 async def test_signing_is_final_adds_pdf_and_kos_to_the_study_and_an_addendum_is_version_two(
-        client, signed_in, study, tmp_path):  # noqa: F811
+        client, signed_in, study, tmp_path, reader_catalogue):  # noqa: F811
     doctor = await database_sync_to_async(signed_in)("doctor")
     record, truth = study
     lesion = max(truth["lesions"], key=lambda item: item["radius_mm"])
     await _reading_kept(client, record, lesion)
     uid = record.study_instance_uid
+    language = reader_catalogue("Signed by %(signer)s on %(when)s UTC",
+                                "Exported by %(user)s on %(when)s UTC", "Page %(number)s of %(count)s",
+                                wrap="HU {}")
     sign = await database_sync_to_async(client.post)(reverse("rendering:report_sign",
-                                                             kwargs={"study": uid, "version": 1}))
+                                                             kwargs={"study": uid, "version": 1}),
+                                                     HTTP_ACCEPT_LANGUAGE=language)
     assert sign.status_code == 302, sign.content
     report = await database_sync_to_async(Report.objects.get)(study=record, version=1)
     assert report.status == ReportStatus.SIGNED and report.signed_by == doctor.username
@@ -220,8 +224,14 @@ async def test_signing_is_final_adds_pdf_and_kos_to_the_study_and_an_addendum_is
         output = _dciodvfy(ds, tmp_path / f"{name}.dcm")
         assert not [line for line in output.splitlines() if "Error" in line], output
     pdf = bytes(document.EncapsulatedDocument)[:int(document.EncapsulatedDocumentLength)]
-    assert "Signed by doctor-user" in _pdf_text(pdf, tmp_path)
-    assert "Exported by" not in _pdf_text(pdf, tmp_path)
+    record_text = _pdf_text(pdf, tmp_path)
+    assert "Signed by doctor-user" in record_text and "Page 1 of" in record_text
+    assert "Exported by" not in record_text and "HU " not in record_text, "the copy of record is English"
+    export = await database_sync_to_async(client.get)(
+        reverse("rendering:report_pdf", kwargs={"study": uid, "version": 1}), HTTP_ACCEPT_LANGUAGE=language)
+    exported_text = _pdf_text(export.content, tmp_path)
+    for translated in ("HU Signed by doctor-user", "HU Exported by doctor-user", "HU Page 1 of"):
+        assert translated in exported_text, "an export is in its reader's language"
     referenced = {str(item.ReferencedSOPInstanceUID)
                   for study_item in selection.CurrentRequestedProcedureEvidenceSequence
                   for series in study_item.ReferencedSeriesSequence for item in series.ReferencedSOPSequence}
