@@ -100,6 +100,14 @@ OPERATIONS: dict[str, dict[str, FieldRule]] = {
     "frame": {"index": Number(0, 100_000, integer=True)},
     "time": {"index": Number(0, 4095, integer=True)},
     "reset": {},
+    # Quick functions: each toggles or sets one thing of the view (docs/protocol.md).
+    "invert": {},
+    "flip_h": {},
+    "flip_v": {},
+    "rotate_cw": {},
+    "rotate_ccw": {},
+    "fit": {},
+    "one_to_one": {},
 }
 SETTINGS: dict[str, FieldRule] = {
     "kind": Text(("native", "axial", "coronal", "sagittal", "oblique", "3d")),

@@ -203,6 +203,11 @@ class ViewModel:
     plane: dict[str, Any] | None = None
     presented: bool = True
     """The camera follows the series' presentation state until the reader zooms or pans."""
+    rotation: int = 0
+    """Quick functions (2-D): turned clockwise on screen (degrees), then mirrored, grey inverted."""
+    flip_h: bool = False
+    flip_v: bool = False
+    invert: bool = False
 
 
 def _layer(series: SeriesInfo, *, palette: str | None = None, opacity: float = 1.0) -> dict[str, Any]:
@@ -518,7 +523,7 @@ class ViewerSession:
             "oblique_deg": list(view.oblique_deg), "slab": view.slab,
             "camera2d": self._camera2d(view),
             "camera3d": view.camera3d, "preset3d": view.preset3d,
-            "width": view.width, "height": view.height, "quality": quality,
+            "width": view.width, "height": view.height, "quality": quality, "invert": view.invert,
         })
 
     def key_image(self, index: int) -> dict[str, Any]:
@@ -753,7 +758,8 @@ class ViewerSession:
 
     def _camera2d(self, view: ViewModel) -> dict[str, Any]:
         zoom, pan_mm = self._camera(view)
-        return {"zoom": zoom, "pan_mm": list(pan_mm)}
+        return {"zoom": zoom, "pan_mm": list(pan_mm), "rotation": view.rotation, "flip_h": view.flip_h,
+                "flip_v": view.flip_v}
 
     def _camera_take(self, view: ViewModel) -> None:
         """The reader moves the picture from where the presentation state put it."""
@@ -789,11 +795,66 @@ class ViewerSession:
         fresh = [_layer(self.series[layer["series_id"]], palette=layer["palette"],
                         opacity=layer["opacity"]) for layer in view.layers]
         self.views[index] = replace(view, layers=fresh, zoom=1.0, pan_mm=(0.0, 0.0),
-                                    oblique_deg=(0.0, 0.0), presented=True,
+                                    oblique_deg=(0.0, 0.0), presented=True, rotation=0, flip_h=False,
+                                    flip_v=False, invert=False,
                                     camera3d={"azimuth": 0.0, "elevation": 0.0, "zoom": 1.0})
         base = self._base(view)
         self.focus[base.frame_of_reference] = np.asarray(base.geometry["center"], np.float64)
         return sorted({index, *self._sharing_focus(index)})
+
+    # --- quick functions (one input each, no arguments) -------------------------------------
+
+    def _input_invert(self, index: int, view: ViewModel, args: dict[str, float]) -> list[int]:
+        view.invert = not view.invert
+        return [index]
+
+    def _input_flip_h(self, index: int, view: ViewModel, args: dict[str, float]) -> list[int]:
+        if view.kind not in MPR_KINDS:
+            return []
+        view.flip_h = not view.flip_h
+        return [index]
+
+    def _input_flip_v(self, index: int, view: ViewModel, args: dict[str, float]) -> list[int]:
+        if view.kind not in MPR_KINDS:
+            return []
+        view.flip_v = not view.flip_v
+        return [index]
+
+    def _turn(self, index: int, view: ViewModel, degrees: int) -> list[int]:
+        """Turn the picture on screen. The turn applies before the mirrors, so turning a mirrored
+        picture swaps which mirror it shows (a quarter turn after a left-right mirror is a top-bottom
+        mirror after the turn)."""
+        if view.kind not in MPR_KINDS:
+            return []
+        view.rotation = (view.rotation + degrees) % 360
+        view.flip_h, view.flip_v = view.flip_v, view.flip_h
+        return [index]
+
+    def _input_rotate_cw(self, index: int, view: ViewModel, args: dict[str, float]) -> list[int]:
+        return self._turn(index, view, 90)
+
+    def _input_rotate_ccw(self, index: int, view: ViewModel, args: dict[str, float]) -> list[int]:
+        return self._turn(index, view, -90)
+
+    def _input_fit(self, index: int, view: ViewModel, args: dict[str, float]) -> list[int]:
+        """Zoom so the whole image fits the view, centred."""
+        if view.kind == "3d":
+            view.camera3d["zoom"] = 1.0
+            return [index]
+        self._camera_take(view)
+        view.zoom, view.pan_mm = 1.0, (0.0, 0.0)
+        return [index]
+
+    def _input_one_to_one(self, index: int, view: ViewModel, args: dict[str, float]) -> list[int]:
+        """One image pixel per screen pixel (the base series' spacing along the screen's right)."""
+        if view.kind not in MPR_KINDS or view.plane is None:
+            return []
+        zoom, _ = self._camera(view)
+        self._camera_take(view)
+        fitted = float(view.plane["mm_per_pixel"]) * zoom
+        spacing = self._base(view).slice_step(np.asarray(view.plane["right"], dtype=np.float64))
+        view.zoom = float(np.clip(fitted / spacing, ZOOM_MIN, ZOOM_MAX))
+        return [index]
 
     def apply_setting(self, message: Setting) -> list[int]:
         view = self.views[message.view]

@@ -91,6 +91,7 @@ VIEWPORT_MIN, VIEWPORT_MAX = 64, 2048
 COORD_LIMIT_MM = 100_000.0
 WINDOW_LIMIT = 1.0e7
 ZOOM_MIN, ZOOM_MAX = 0.05, 50.0
+ROTATIONS = (0, 90, 180, 270)
 SLAB_MAX_MM = 1000.0
 SERIES_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 MAX_FILE_WINDOWS = 8
@@ -128,6 +129,12 @@ class Camera2D:
     zoom: float = 1.0
     pan_mm: tuple[float, float] = (0.0, 0.0)
     """Offset of the view centre along the screen's right and down directions, in mm."""
+    rotation: int = 0
+    """The picture turned clockwise on screen by this many degrees (0, 90, 180 or 270), first."""
+    flip_h: bool = False
+    """Then mirrored left-right on screen."""
+    flip_v: bool = False
+    """Then mirrored top-bottom on screen."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +159,8 @@ class ViewState:
     width: int = 512
     height: int = 512
     quality: Quality = Quality.STILL
+    invert: bool = False
+    """The final grey scale inverted (255 - value), after window and palette."""
 
     @property
     def series_ids(self) -> tuple[str, ...]:
@@ -195,6 +204,12 @@ def _integer(value: Any, path: str, low: int, high: int) -> int:
     if not low <= value <= high:
         raise _fail(path, gettext_noop("must be between %(low)s and %(high)s"), low=low, high=high)
     return int(value)
+
+
+def _flag(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(path, gettext_noop("must be true or false"))
+    return value
 
 
 def _vector(value: Any, path: str, n: int, low: float, high: float) -> tuple[float, ...]:
@@ -274,7 +289,7 @@ def _layer(value: Any, path: str) -> Layer:
 
 
 TOP_KEYS = {"view", "layers", "focus_mm", "oblique_deg", "slab", "camera2d", "camera3d", "preset3d",
-            "width", "height", "quality"}
+            "width", "height", "quality", "invert"}
 
 
 def viewstate_from_dict(data: Any) -> ViewState:
@@ -312,11 +327,18 @@ def _viewstate(data: Any) -> ViewState:
         slab = Slab(mode, thickness)
     camera2d = Camera2D()
     if "camera2d" in top:
-        raw = _mapping(top["camera2d"], "camera2d", {"zoom", "pan_mm"})
+        raw = _mapping(top["camera2d"], "camera2d", {"zoom", "pan_mm", "rotation", "flip_h", "flip_v"})
+        rotation = _integer(raw.get("rotation", 0), "camera2d.rotation", 0, 270)
+        if rotation not in ROTATIONS:
+            raise _fail("camera2d.rotation", gettext_noop("must be one of %(choices)s"),
+                        choices=", ".join(str(r) for r in ROTATIONS))
         camera2d = Camera2D(
             zoom=_number(raw.get("zoom", 1.0), "camera2d.zoom", ZOOM_MIN, ZOOM_MAX),
             pan_mm=_vector(raw.get("pan_mm", [0, 0]), "camera2d.pan_mm", 2, -COORD_LIMIT_MM,
                            COORD_LIMIT_MM),  # type: ignore[arg-type]
+            rotation=rotation,
+            flip_h=_flag(raw.get("flip_h", False), "camera2d.flip_h"),
+            flip_v=_flag(raw.get("flip_v", False), "camera2d.flip_v"),
         )
     camera3d = Camera3D()
     if "camera3d" in top:
@@ -338,6 +360,7 @@ def _viewstate(data: Any) -> ViewState:
         width=_integer(top.get("width", 512), "width", VIEWPORT_MIN, VIEWPORT_MAX),
         height=_integer(top.get("height", 512), "height", VIEWPORT_MIN, VIEWPORT_MAX),
         quality=_enum(Quality, top.get("quality", "still"), "quality"),
+        invert=_flag(top.get("invert", False), "invert"),
     )
 
 
@@ -362,7 +385,10 @@ def viewstate_to_dict(state: ViewState) -> dict[str, Any]:
         ],
         "oblique_deg": list(state.oblique_deg),
         "slab": {"mode": state.slab.mode.value, "thickness_mm": state.slab.thickness_mm},
-        "camera2d": {"zoom": state.camera2d.zoom, "pan_mm": list(state.camera2d.pan_mm)},
+        "camera2d": {"zoom": state.camera2d.zoom, "pan_mm": list(state.camera2d.pan_mm),
+                     **({"rotation": state.camera2d.rotation} if state.camera2d.rotation else {}),
+                     **({"flip_h": True} if state.camera2d.flip_h else {}),
+                     **({"flip_v": True} if state.camera2d.flip_v else {})},
         "camera3d": {"azimuth": state.camera3d.azimuth, "elevation": state.camera3d.elevation,
                      "zoom": state.camera3d.zoom},
         "preset3d": state.preset3d.value,
@@ -370,6 +396,8 @@ def viewstate_to_dict(state: ViewState) -> dict[str, Any]:
         "height": state.height,
         "quality": state.quality.value,
     }
+    if state.invert:
+        out["invert"] = True
     if state.focus_mm is not None:
         out["focus_mm"] = list(state.focus_mm)
     return out

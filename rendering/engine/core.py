@@ -362,6 +362,7 @@ class RenderEngine:
             pixels, overlay = self._render_3d(state, resolved)
         else:
             pixels, overlay = self._render_2d(state, resolved)
+        pixels = _inverted(state, pixels)
         rendered = time.perf_counter()
         encoder = encoder_for(state.quality, encoding)
         data = encoder.encode(pixels)
@@ -376,8 +377,8 @@ class RenderEngine:
         """The unencoded 8-bit image (grey (H, W) or RGB (H, W, 3)); for tests and tools."""
         resolved = _resolve(state, volumes)
         if state.view is ViewKind.VOLUME_3D:
-            return self._render_3d(state, resolved)[0]
-        return self._render_2d(state, resolved)[0]
+            return _inverted(state, self._render_3d(state, resolved)[0])
+        return _inverted(state, self._render_2d(state, resolved)[0])
 
     def probe(self, state: ViewState, volumes: Mapping[str, Volume], x: float, y: float) -> ProbeResult:
         """Patient point and nearest-voxel value of every layer under viewport pixel (x, y).
@@ -521,6 +522,14 @@ def _fused_layer(item: _Resolved) -> FusedLayer:
 
 
 _default: RenderEngine | None = None
+
+
+_INVERT_LUT = np.arange(255, -1, -1, dtype=np.uint8)
+
+
+def _inverted(state: ViewState, pixels: np.ndarray) -> np.ndarray:
+    """The reader's invert quick function: every 8-bit value v shown as 255 - v (a LUT)."""
+    return _INVERT_LUT[pixels] if state.invert else pixels
 
 
 def default_engine() -> RenderEngine:

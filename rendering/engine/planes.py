@@ -49,7 +49,28 @@ def edge_letters(right: np.ndarray, down: np.ndarray) -> dict[str, str]:
 
 
 def plane_axes(state: ViewState, base: Volume) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(right, down, normal) unit vectors in patient LPS for a 2-D view."""
+    """(right, down, normal) unit vectors in patient LPS for a 2-D view, turned and mirrored on
+    screen as ``camera2d`` says (:func:`screen_turned`)."""
+    right, down, normal = _plane_axes(state, base)
+    return (*screen_turned(right, down, state.camera2d.rotation, state.camera2d.flip_h,
+                           state.camera2d.flip_v), normal)
+
+
+def screen_turned(right: np.ndarray, down: np.ndarray, rotation: int, flip_h: bool,
+                  flip_v: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The screen axes of a picture turned ``rotation`` degrees clockwise, then mirrored.
+
+    Turning and mirroring the sampling axes, rather than the sampled pixels, keeps every user of
+    the plane (probe, measurements, crosshair, orientation letters, the session's pixel-to-mm
+    mapping) right by construction; on a square viewport the frame is exactly ``np.rot90`` /
+    ``np.flip`` of the unturned one, since pixel centres map onto each other.
+    """
+    for _ in range(rotation // 90 % 4):
+        right, down = -down, right
+    return (-right if flip_h else right), (-down if flip_v else down)
+
+
+def _plane_axes(state: ViewState, base: Volume) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if state.view is ViewKind.NATIVE:
         direction = np.asarray(base.direction, dtype=np.float64)
         return direction[:, 0].copy(), direction[:, 1].copy(), direction[:, 2].copy()
