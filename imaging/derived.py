@@ -1,4 +1,4 @@
-"""Derived series: filters and image arithmetic a reader asked for, recorded as recipes.
+"""Derived series: filters, image arithmetic and reorientations a reader asked for, recorded as recipes.
 
 A derived series is its inputs and its operation, not voxels: a render worker makes it when it is
 shown (:mod:`rendering.derived_volumes`) and keeps it in its cache. It is marked derived
@@ -7,7 +7,9 @@ never stored as an acquired series. Arithmetic resamples every input onto a grid
 one's lattice (its ``space``: the first's own grid, the union or intersection of the inputs'
 extents, or a reader's box; :mod:`rendering.engine.arithmetic`) through the registration that
 connects their frames, frozen into the recipe when it is made; the space (and box) are the
-recipe's ``parameters``, ``{}`` in recipes made before spaces: the first's grid.
+recipe's ``parameters``, ``{}`` in recipes made before spaces: the first's grid. A
+reorientation (kind ``reorient``, :mod:`rendering.engine.reorient`) re-indexes one series'
+voxels exactly: the same anatomy at the same patient mm on a turned, swapped or flipped grid.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from django.utils.translation import gettext_noop
 from imaging.models import DerivedSeries, Study
 from rendering.engine.arithmetic import ImageArithmeticError, space_check
 from rendering.engine.filters import FILTERS, FilterError, filter_validate
+from rendering.engine.reorient import OPERATIONS as REORIENT
+from rendering.engine.reorient import ReorientError, reorient_validate
 from rendering.said import SaidError
 
 LAYER_PREFIX = "drv:"
@@ -94,6 +98,16 @@ def derived_create(*, study_uid: str, operation: str, series: Sequence[str], aut
         kind, parameters = "arithmetic", {"space": space}
         if box is not None:
             parameters["box"] = [float(v) for v in box]
+    elif operation in REORIENT:
+        if len(series) != 1:
+            raise DerivedError(gettext_noop("a reorientation takes one series"))
+        if space != "reference" or box is not None:
+            raise DerivedError(gettext_noop("space and box are for image arithmetic, not a reorientation"))
+        try:
+            turns = reorient_validate(name=operation, params=parameters or {})
+        except ReorientError as error:
+            raise DerivedError.from_error(error) from error
+        kind, parameters = "reorient", dict(turns)
     else:
         raise DerivedError(gettext_noop("unknown operation %(operation)s"), operation=repr(operation))
     return DerivedSeries.objects.create(

@@ -34,6 +34,8 @@ from imaging.derived import (
 from imaging.models import DerivedSeries
 from rendering import protocol
 from rendering.engine.filters import FILTERS, filters_vocabulary
+from rendering.engine.reorient import OPERATIONS as REORIENT
+from rendering.engine.reorient import reorient_vocabulary
 from rendering.pool import CLINICAL
 from rendering.reading_host import ReadingHost
 from rendering.said import said
@@ -51,7 +53,8 @@ SHOWN_KEYS = ("shape", "spacing", "origin", "direction", "center", "modality", "
 
 
 def derive_vocabulary() -> dict[str, Any]:
-    return {"filters": filters_vocabulary(), "arithmetic": list(ARITHMETIC)}
+    return {"filters": filters_vocabulary(), "arithmetic": list(ARITHMETIC),
+            "reorient": reorient_vocabulary()}
 
 
 class DerivedReading(ReadingHost):
@@ -167,6 +170,10 @@ def _description(message: protocol.Derive, session: ViewerSession) -> str:
     if message.operation in FILTERS:
         settings = ", ".join(f"{name} {value:g}" for name, value in message.parameters)
         return f"Derived: {message.operation} ({settings}) of {names[0]}"[:128]
+    if message.operation in REORIENT:
+        turns = dict(message.parameters).get("turns")
+        settings = f" {turns:g}x90°" if turns is not None else ""
+        return f"Derived: {message.operation}{settings} of {names[0]}"[:128]
     space = "" if message.space == "reference" else f" ({message.space})"
     return f"Derived: {message.operation} of {' and '.join(names)}{space}"[:128]
 

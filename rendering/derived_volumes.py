@@ -19,6 +19,7 @@ from rendering.encoding import Encoding
 from rendering.engine.arithmetic import Grid, arithmetic, arithmetic_grid, derived_volume
 from rendering.engine.core import RenderedFrame, RenderError
 from rendering.engine.filters import FilterError, filter_apply, filter_preview
+from rendering.engine.reorient import ReorientError, reorient_volume
 from rendering.operations import WorkerContext, frame_from_wire, frame_to_wire, operation
 from rendering.viewstate import Quality, ViewKind, ViewState
 from rendering.volume import Volume, VolumeError
@@ -43,10 +44,13 @@ class DerivedVolumes:
         recipe = derived_get(number)
         volumes = [self._load(item["series"]).at_time(0) for item in recipe.inputs]
         try:
+            if recipe.kind == "reorient":
+                return reorient_volume(volumes[0], name=recipe.operation, params=recipe.parameters,
+                                       series_id=layer_id, description=recipe.description)
             values, grid = self._values(recipe, volumes)
             return derived_volume(values, volumes[0], series_id=layer_id, description=recipe.description,
                                   operation=recipe.operation, inputs=volumes, grid=grid)
-        except (FilterError, VolumeError, ValueError) as error:
+        except (FilterError, ReorientError, VolumeError, ValueError) as error:
             raise RenderError(gettext_noop("the derived series cannot be made: %(error)s"),
                               error=error) from error
 

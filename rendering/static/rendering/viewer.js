@@ -4532,6 +4532,12 @@ const deriveArithmeticMake = document.getElementById("derive-arithmetic-make");
 const deriveSpaceSelect = document.getElementById("derive-space");
 const deriveStatus = document.getElementById("derive-status");
 const deriveResults = document.getElementById("derive-results");
+const deriveReorientPart = document.getElementById("derive-reorient-part");
+const deriveReorientSelect = document.getElementById("derive-reorient");
+const deriveReorientAbout = document.getElementById("derive-reorient-about");
+const deriveTurnsField = document.getElementById("derive-turns-field");
+const deriveTurnsSelect = document.getElementById("derive-turns");
+const deriveReorientMake = document.getElementById("derive-reorient-make");
 
 // As the protocol bounds them (rendering/protocol.py _parse_derive): up to four series, weights ±1e6.
 const TERM_NAMES = ["A", "B", "C", "D"];
@@ -4789,6 +4795,7 @@ function receiveDeriveOffer(offer) {
     deriveOperationSelect.replaceChildren(...operations.map((name) => option(name, label(name))));
     if (!operations.includes(arithmeticOperation)) arithmeticOperation = operations[0] || "";
     deriveOperationSelect.value = arithmeticOperation;
+    buildReorientMenu();
   }
   if (!deriveOffer) { hidePreviews(); deriveLive.checked = false; }
   fillArithmeticSeries();
@@ -4816,6 +4823,7 @@ function showDerive() {
   deriveArithmeticMake.title = arithmetic.problem
     || gettext("Make a new series of these series, each resampled onto the first");
   deriveHideButton.disabled = !views.some((view) => view.preview);
+  showReorient(base, asking);
   showMeasurePanel();
 }
 
@@ -5042,6 +5050,73 @@ deriveOperationSelect.addEventListener("change", () => {
   showDerive();
 });
 deriveArithmeticMake.addEventListener("click", makeArithmeticSeries);
+
+// --- reorientation: a derived series on a turned, swapped or flipped grid ---------------------
+// `ready.derive.reorient` lists the operations ({name, description, params}); a rotation's one
+// parameter, `turns`, is offered as the quarter turns its announced range allows.
+
+function reorientSpecs() {
+  const listed = deriveOffer && Array.isArray(deriveOffer.reorient) ? deriveOffer.reorient : [];
+  return listed.filter((spec) => isRecord(spec) && textOf(spec.name));
+}
+
+function reorientSpec() {
+  return reorientSpecs().find((spec) => spec.name === deriveReorientSelect.value) || null;
+}
+
+function turnsRule(spec) {
+  const params = spec && Array.isArray(spec.params) ? spec.params : [];
+  return params.find((rule) => isRecord(rule) && rule.name === "turns") || null;
+}
+
+function buildReorientMenu() {
+  const chosen = deriveReorientSelect.value;
+  const specs = reorientSpecs();
+  deriveReorientSelect.replaceChildren(...specs.map((spec) => {
+    const item = option(spec.name, textOf(spec.description) || label(spec.name));
+    item.title = textOf(spec.description);
+    return item;
+  }));
+  if (specs.some((spec) => spec.name === chosen)) deriveReorientSelect.value = chosen;
+  buildTurns();
+}
+
+function buildTurns() {
+  const spec = reorientSpec();
+  const rule = turnsRule(spec);
+  deriveTurnsField.hidden = !rule;
+  deriveReorientAbout.textContent = spec ? textOf(spec.description) : "";
+  if (!rule) { deriveTurnsSelect.replaceChildren(); return; }
+  const chosen = deriveTurnsSelect.value || String(rule.default);
+  const low = Math.max(1, Math.ceil(Number(rule.minimum) || 1));
+  const high = Math.min(3, Math.floor(Number(rule.maximum) || 3));
+  const turns = [];
+  for (let count = low; count <= high; count += 1) {
+    turns.push(option(String(count), interpolate(gettext("%(degrees)s°"), { degrees: count * 90 }, true)));
+  }
+  deriveTurnsSelect.replaceChildren(...turns);
+  if (turns.some((item) => item.value === chosen)) deriveTurnsSelect.value = chosen;
+}
+
+function showReorient(base, asking) {
+  deriveReorientPart.hidden = reorientSpecs().length === 0;
+  const volume = registrable(seriesByUid.get(base));
+  deriveReorientMake.disabled = asking || !volume || !reorientSpec();
+  deriveReorientMake.title = base && !volume
+    ? gettext("the active view's series is not a volume: only volume series are reoriented")
+    : gettext("Make a new series: the active view's series on a new grid orientation, every voxel kept where it is in the patient");
+}
+
+function makeReorientedSeries() {
+  const base = baseOfActiveView();
+  const spec = reorientSpec();
+  if (deriveReorientMake.disabled || !spec || !registrable(seriesByUid.get(base))) return;
+  const parameters = turnsRule(spec) ? { turns: Number(deriveTurnsSelect.value) } : {};
+  askDerive({ type: "derive", operation: spec.name, series: [base], parameters });
+}
+
+deriveReorientSelect.addEventListener("change", () => { buildTurns(); showDerive(); });
+deriveReorientMake.addEventListener("click", makeReorientedSeries);
 
 // --- toolbar -----------------------------------------------------------------
 

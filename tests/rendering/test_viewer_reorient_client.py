@@ -1,0 +1,57 @@
+"""The derive panel's "Reorient" part, against a scripted server (as test_viewer_derive_client.py).
+
+The gateway announces ``ready.derive.reorient`` as ``reorient_vocabulary()`` describes it; the panel
+offers exactly those operations, the quarter turns only for a rotation, and sends a ``derive`` of
+the active view's series. No part when the server announces none.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from rendering.engine.reorient import reorient_vocabulary
+from tests.rendering.scripted import until as _until
+from tests.rendering.test_viewer_derive_client import (  # noqa: F401
+    DERIVE,
+    DeriveGateway,
+    _asked,
+    _one_view,
+    derive_page,
+)
+from tests.rendering.test_viewer_measure_client import CT, _options
+
+pytestmark = pytest.mark.browser
+
+REORIENT = reorient_vocabulary()
+
+
+def test_the_reorient_part_offers_the_announced_operations_and_sends_a_derive(derive_page):  # noqa: F811
+    gateway = DeriveGateway(_one_view(), derive={**DERIVE, "reorient": REORIENT})
+    page = derive_page(gateway)
+    try:
+        _until(page, lambda: page.locator("#derive-reorient-part").is_visible(), what="the reorient part")
+        assert _options(page, "#derive-reorient") == [spec["name"] for spec in REORIENT]
+        page.locator("#derive-reorient").select_option("flip_j")
+        assert page.locator("#derive-turns-field").is_hidden()
+        page.locator("#derive-reorient").select_option("rotate_z")
+        assert page.locator("#derive-turns-field").is_visible()
+        assert _options(page, "#derive-turns") == ["1", "2", "3"]
+        page.locator("#derive-turns").select_option("2")
+        page.locator("#derive-reorient-make").click()
+        assert _asked(page, gateway, "derive") == [{"type": "derive", "operation": "rotate_z", "series": [CT],
+                                                    "parameters": {"turns": 2}}]
+        assert page.locator("#derive-reorient-make").is_disabled(), "a second while the first is unanswered"
+        assert not gateway.page_errors
+    finally:
+        page.close()
+
+
+def test_no_reorient_part_when_none_is_announced(derive_page):  # noqa: F811
+    gateway = DeriveGateway(_one_view())
+    page = derive_page(gateway)
+    try:
+        _until(page, lambda: page.locator("#derive-section").is_visible(), what="the panel")
+        assert page.locator("#derive-reorient-part").is_hidden()
+        assert not gateway.page_errors
+    finally:
+        page.close()
