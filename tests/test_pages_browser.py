@@ -151,6 +151,31 @@ def _keyboard_sign_in(page, base: str, username: str, credentials: dict) -> None
     page.wait_for_url(f"{base}/")
 
 
+def _raw_volume_imported(page, folder: Path) -> None:
+    """A small NIfTI through the form: the page says it is at work, then what it imported."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    volume = folder / "phantom.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.arange(12 * 32 * 32, dtype=np.int16).reshape(12, 32, 32)),
+                    str(volume))
+    page.set_input_files("input[type=file]", str(volume))
+    page.fill("input[name=patient_name]", "Raw^Walk")
+    page.fill("input[name=patient_id]", "RAW-WALK-1")
+    page.select_option("select[name=modality]", "CT")
+    busy = page.locator("#raw-import-busy")
+    assert busy.is_hidden()
+    # Held once after the page's own handler ran: it must have said it is at work.
+    page.evaluate("() => document.querySelector('form.raw-import').addEventListener('submit',"
+                  " event => event.preventDefault(), {once: true})")
+    page.click("form.raw-import button[type=submit]")
+    assert busy.is_visible() and page.locator("form.raw-import button[type=submit]").is_disabled()
+    with page.expect_navigation():
+        page.evaluate("() => document.querySelector('form.raw-import').submit()")
+    assert page.locator("#raw-import-result").count() == 1
+    assert "12" in page.inner_text("#raw-import-result")
+
+
 def _links(page) -> set[str]:
     return {text.strip() for text in page.locator("nav[aria-label='your pages'] a").all_inner_texts()}
 
@@ -196,6 +221,8 @@ def test_each_role_walks_its_daily_path_and_every_page_passes_axe(demo_gateway, 
         doctor.check("pacs")
         doctor.page.goto(f"{base}/imaging/raw-import")
         doctor.check("raw-import")
+        _raw_volume_imported(doctor.page, tmp_path)
+        doctor.check("raw-imported")
         doctor.page.goto(f"{base}/accounts/security/")
         doctor.check("security")
         problems += doctor.problems
