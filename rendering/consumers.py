@@ -81,6 +81,7 @@ from rendering.scheduler import Quality as SchedulerQuality
 from rendering.scheduler import ViewScheduler
 from rendering.segmentation_reading import SEGMENTATION_HANDLERS, SegmentationReading
 from rendering.session import SUV_MODALITIES, SeriesInfo, SessionError, ViewerSession
+from rendering.toolbox import toolbox_wire
 from rendering.viewstate import Quality, ViewStateError, viewstate_from_dict
 from rendering.workers import RenderError
 
@@ -283,7 +284,8 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, P
             "limits": {"max_message_bytes": protocol.MAX_MESSAGE_BYTES,
                        "messages_per_second": MESSAGES_PER_SECOND, "message_burst": MESSAGE_BURST},
             "vocabulary": {**(VOCABULARY if self.may_measure else VOCABULARY_WITHOUT_MEASURING),
-                           "hanging_rules": self._hanging_wire()},
+                           "hanging_rules": self._hanging_wire(),
+                           "toolbox": toolbox_wire(measuring=self.may_measure)},
             "related": [study.wire() for study in self.related],
             "findings_store": self.may_report,
             "derive": derive_vocabulary() if self.may_report else None,

@@ -108,6 +108,7 @@ OPERATIONS: dict[str, dict[str, FieldRule]] = {
     "rotate_ccw": {},
     "fit": {},
     "one_to_one": {},
+    "link_all": {},
 }
 SETTINGS: dict[str, FieldRule] = {
     "kind": Text(("native", "axial", "coronal", "sagittal", "oblique", "3d")),

@@ -41,6 +41,7 @@ PRESET_NAMES = {"suv_0_5": "pet_suv_0_5", "suv_0_10": "pet_suv_0_10"}
 SUV_MODALITIES = {"PT", "NM"}
 OVERLAY_OPACITY = 0.5
 TRUE_SIZE_MM_PER_PIXEL = 25.4 / 96
+LINKED_INPUTS = frozenset({"scroll", "window", "zoom", "pan"})
 
 
 @dataclass(frozen=True)
@@ -274,6 +275,8 @@ class ViewerSession:
         self.segmentation: ShownSegmentation | None = None
         self.links: list[FrameLink] = []
         self.proposal: FrameLink | None = None
+        self.linked = False
+        """Link all (a quick function): scroll, window, zoom and pan in one view move the others."""
         self.layout_apply(self._default_layout())
 
     def _series_add(self, series: list[SeriesInfo], unavailable: list[dict[str, Any]]) -> None:
@@ -688,7 +691,37 @@ class ViewerSession:
     def apply_input(self, message: Input) -> list[int]:
         index, view, args = message.view, self.views[message.view], message.arguments
         handler = getattr(self, f"_input_{message.operation}")
-        return handler(index, view, args)
+        changed = handler(index, view, args)
+        if self.linked and message.operation in LINKED_INPUTS:
+            changed = sorted({*changed, *self._linked_follow(index, message.operation, args)})
+        return changed
+
+    def _input_link_all(self, index: int, view: ViewModel, args: dict[str, float]) -> list[int]:
+        self.linked = not self.linked
+        return []
+
+    def _linked_follow(self, index: int, operation: str, args: dict[str, float]) -> list[int]:
+        """The other views of the layout take the same input: a scroll where they do not already
+        follow the focus (another frame of reference) and show the same kind of plane, a window
+        where their base is of the same modality, a zoom or pan where they are of the same
+        dimension (2-D or 3-D)."""
+        source = self.views[index]
+        base = self._base(source)
+        changed: list[int] = []
+        for other_index, other in enumerate(self.views):
+            if other_index == index:
+                continue
+            other_base = self._base(other)
+            if operation == "scroll":
+                follows = (other.kind == source.kind
+                           and other_base.frame_of_reference != base.frame_of_reference)
+            elif operation == "window":
+                follows = other_base.modality == base.modality
+            else:
+                follows = (other.kind == "3d") == (source.kind == "3d")
+            if follows:
+                changed += getattr(self, f"_input_{operation}")(other_index, other, args)
+        return changed
 
     def _input_scroll(self, index: int, view: ViewModel, args: dict[str, float]) -> list[int]:
         if view.kind == "3d":

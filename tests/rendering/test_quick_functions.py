@@ -161,3 +161,48 @@ def test_view_state_refuses_bad_turns(volume, camera):
 def test_protocol_refuses_bad_quick_functions(message):
     with pytest.raises(ProtocolError):
         message_parse(message, views=1)
+
+
+def test_link_all_moves_every_view_of_the_layout_and_unlinks(volume):
+    other = {**_geometry(volume), "frame_of_reference_uid": "for.other"}
+    session = ViewerSession(study_uid="9.9", series=[
+        SeriesInfo(volume.series_id, "CT", "q", _geometry(volume), number=1),
+        SeriesInfo("q.2", "CT", "other frame", other, number=2)])
+    session.layout_apply("1x2")
+    assert [view.kind for view in session.views] == ["axial", "axial"]
+    assert {session.view_frame_of_reference(0), session.view_frame_of_reference(1)} == {"for.q", "for.other"}
+
+    def scroll_window_zoom() -> list[list[int]]:
+        return [session.apply_input(message_parse(raw, views=2)) for raw in (  # type: ignore[arg-type]
+            '{"type": "input", "view": 0, "op": "scroll", "delta": 1}',
+            '{"type": "input", "view": 0, "op": "window", "dc": 0, "dw": 512}',
+            '{"type": "input", "view": 0, "op": "zoom", "factor": 2}')]
+
+    other_focus = session.focus["for.other"].copy()
+    assert scroll_window_zoom() == [[0], [0], [0]]
+    assert np.array_equal(session.focus["for.other"], other_focus) and session.views[1].zoom == 1.0
+    _press(session, "link_all")
+    width = session.views[1].layers[0]["window_width"]
+    assert scroll_window_zoom() == [[0, 1], [0, 1], [0, 1]]
+    assert session.focus["for.other"][2] == pytest.approx(other_focus[2] + 1.0)
+    assert session.views[1].layers[0]["window_width"] == pytest.approx(2 * width)
+    assert session.views[0].zoom == 4.0 and session.views[1].zoom == 2.0
+    _press(session, "link_all")
+    assert scroll_window_zoom() == [[0], [0], [0]]
+
+
+def test_the_toolbox_table_is_whole_and_its_keys_are_unique():
+    from django.utils.functional import Promise
+
+    from rendering.protocol import OPERATIONS
+    from rendering.toolbox import MODES, QUICK, toolbox_wire
+
+    keys = [item.key for item in (*MODES, *QUICK)]
+    assert len(keys) == len(set(keys))
+    assert all(mode.input is None or mode.input in OPERATIONS for mode in MODES)
+    assert all(quick.name in OPERATIONS and OPERATIONS[quick.name] == {} for quick in QUICK)
+    assert all(isinstance(item.label, Promise) for item in (*MODES, *QUICK)), "labels marked for translation"
+    wire = toolbox_wire(measuring=False)
+    assert "measure" not in [mode["name"] for mode in wire["modes"]]
+    assert "measure" in [mode["name"] for mode in toolbox_wire(measuring=True)["modes"]]
+    assert all(isinstance(item["label"], str) for item in (*wire["modes"], *wire["quick"]))

@@ -30,6 +30,10 @@ const volumePresetSelect = document.getElementById("volume-preset");
 const help = document.getElementById("help");
 const keyMapList = document.getElementById("key-map");
 const mouseMapList = document.getElementById("mouse-map");
+const modeBar = document.getElementById("mode-bar");
+const quickBar = document.getElementById("quick-bar");
+let mouseMode = null;  // the left button's mode (rendering/toolbox.py); null: the first announced
+let linkedAll = false;
 const playButton = document.getElementById("cine-play");
 const fpsInput = document.getElementById("cine-fps");
 const timeControl = document.getElementById("time-control");
@@ -146,6 +150,7 @@ const FALLBACK_VOCABULARY = {
   },
   layouts: ["1x1", "1x2", "1x3", "2x2", "petct"],
   palettes: { grey: ["#000000", "#ffffff"] },
+  toolbox: { modes: [], quick: [] },
 };
 let vocabulary = FALLBACK_VOCABULARY;
 let vocabularyAnnounced = false;
@@ -159,6 +164,7 @@ function receiveVocabulary(announced) {
     measure_tools: Array.isArray(announced.measure_tools) ? announced.measure_tools : [],
     charts: announced.charts && typeof announced.charts === "object" ? announced.charts : {},
     segment_tools: isRecord(announced.segment_tools) ? announced.segment_tools : {},
+    toolbox: toolboxOf(announced.toolbox),
   };
 }
 
@@ -1301,7 +1307,8 @@ function wheelSlices(deltaY) {
 const MOUSE_GESTURES = [
   { shown: gettext("wheel"), input: "scroll",
     text: gettext("scroll (wheel down: towards the feet; “reverse wheel” flips it)") },
-  { shown: gettext("drag"), input: "window", text: gettext("window / level") },
+  { shown: gettext("drag"), input: "window",
+    text: gettext("what the mouse mode chosen does (window / level unless another is chosen)") },
   { shown: gettext("shift- or middle-drag"), input: "pan", text: gettext("pan") },
   { shown: gettext("ctrl-wheel"), input: "zoom", text: gettext("zoom") },
   { shown: gettext("right-drag"), input: "rotate", text: gettext("rotate (3-D) / tilt (oblique)") },
@@ -1390,7 +1397,7 @@ function attachInput(view) {
     } else if (drag.button === 2) {
       queueInput(index, "rotate", { dazimuth: dx * 0.5, delevation: dy * 0.5 });
     } else {
-      queueInput(index, "window", { dc: dy * 2, dw: dx * 4 });
+      leftDrag(view, drag, dx, dy, event);
     }
   });
   canvas.addEventListener("pointerup", (event) => {
@@ -1743,6 +1750,7 @@ function chooseTool(name) {
   measureTool = tool;
   if (tool !== "none") { chooseSegmentTool("none"); setLandmarking(false); }  // one click, one tool
   showMeasureControls();
+  showModeBar();
 }
 
 // A control changed while a grown VOI is on screen: that seed is grown again with it.
@@ -2668,6 +2676,14 @@ function keyEntries() {
   ].filter(keyAnnounced);
 }
 
+// The server's toolbox (mouse modes and quick functions) first; a key of the client's own table
+// that the toolbox takes is the toolbox's.
+function allKeyEntries() {
+  const toolbox = toolboxKeyEntries();
+  const taken = new Set(toolbox.map((entry) => entry.key));
+  return [...toolbox, ...keyEntries().filter((entry) => !taken.has(entry.key))];
+}
+
 function keyAnnounced(entry) {
   if (entry.requires && !inputAnnounced(entry.requires)) return false;
   if (entry.input) return inputAnnounced(entry.input);
@@ -2702,18 +2718,20 @@ function helpRow(shown, text) {
 }
 
 function buildKeyMap() {
-  const entries = keyEntries();
+  const entries = allKeyEntries();
   // A chord (Ctrl+Z) is handled by segmentationKey: the map holds keys pressed alone.
   keyMap = new Map(entries.filter((entry) => !entry.chord).map((entry) => [entry.key, entry]));
   keyMapList.replaceChildren(...entries.map((entry) => {
     const row = helpRow(entry.shown || entry.key, keyText(entry));
     row.dataset.key = entry.key;
+    if (entry.toolbox) row.dataset.toolbox = entry.toolbox;
     const sends = keySends(entry);
     if (sends) row.dataset.sends = JSON.stringify(sends);
     return row;
   }));
   mouseMapList.replaceChildren(...MOUSE_GESTURES.filter(gestureAnnounced)
     .map((gesture) => helpRow(gesture.shown, gesture.text)));
+  buildToolbox();
 }
 
 function runKey(entry, view) {
@@ -2735,6 +2753,128 @@ function toggleCrosshair(view) {
 
 function toggleHelp() {
   help.open = !help.open;
+}
+
+// --- mouse modes and quick functions: `ready.vocabulary.toolbox` (rendering/toolbox.py) -------
+// One table: the mode bar, the quick-function buttons, their keys and their rows in the key map
+// are all made from it. A mode binds the left button (the others keep theirs); a quick
+// function sends its input operation to the active view.
+
+const ZOOM_PER_PIXEL = 0.01;
+const PIXELS_PER_SLICE = 4;
+
+function toolboxOf(announced) {
+  const listed = (items) => (Array.isArray(items) ? items : [])
+    .filter((item) => isRecord(item) && typeof item.name === "string" && typeof item.key === "string");
+  return isRecord(announced) ? { modes: listed(announced.modes), quick: listed(announced.quick) }
+    : { modes: [], quick: [] };
+}
+
+function toolboxModes() {
+  return vocabulary.toolbox.modes.filter((mode) => (mode.name === "measure" ? measuringOffered()
+    : !mode.input || inputAnnounced(mode.input)));
+}
+
+function toolboxQuick() {
+  return vocabulary.toolbox.quick.filter((quick) => inputAnnounced(quick.name));
+}
+
+function keyShown(key) {
+  return /^[A-Z]$/.test(key) ? interpolate(pgettext("keyboard key", "Shift+%(key)s"), { key }, true) : key;
+}
+
+function toolboxKeyEntries() {
+  return [
+    ...toolboxModes().map((mode) => ({
+      key: mode.key, shown: keyShown(mode.key), toolbox: mode.name, act: () => chooseMode(mode.name),
+      text: interpolate(gettext("left button: %(mode)s"), { mode: String(mode.label || mode.name) }, true) })),
+    ...toolboxQuick().map((quick) => ({
+      key: quick.key, shown: keyShown(quick.key), toolbox: quick.name, quick: true,
+      act: (view) => runQuick(view, quick.name), sends: { type: "input", op: quick.name },
+      text: String(quick.label || quick.name) })),
+  ];
+}
+
+function currentMode() {
+  if (measureTool !== "none") return "measure";
+  const modes = toolboxModes();
+  return modes.some((mode) => mode.name === mouseMode) ? mouseMode : (modes[0] ? modes[0].name : "window");
+}
+
+function chooseMode(name) {
+  if (name === "measure") {
+    if (measureTool === "none") chooseTool(offeredTools()[0] || "none");
+  } else {
+    mouseMode = name;
+    if (measureTool !== "none") chooseTool("none");
+  }
+  showModeBar();
+}
+
+function runQuick(view, name) {
+  if (!view || !inputAnnounced(name)) return;
+  if (name === "link_all") linkedAll = !linkedAll;
+  sendInput(view.index, name, {});
+  showModeBar();
+}
+
+function toolboxButton(item, pressed) {
+  const button = element("button", "", String(item.label || item.name));
+  button.type = "button";
+  button.dataset.toolbox = item.name;
+  button.title = interpolate(gettext("%(function)s (key %(key)s)"),
+                             { function: String(item.label || item.name), key: keyShown(item.key) }, true);
+  if (pressed !== undefined) button.setAttribute("aria-pressed", String(pressed));
+  return button;
+}
+
+function buildToolbox() {
+  const modes = toolboxModes();
+  modeBar.replaceChildren(...modes.map((mode) => {
+    const button = toolboxButton(mode, false);
+    button.addEventListener("click", () => chooseMode(mode.name));
+    return button;
+  }));
+  modeBar.hidden = modes.length === 0;
+  const quick = toolboxQuick();
+  quickBar.replaceChildren(...quick.map((item) => {
+    const button = toolboxButton(item, item.name === "link_all" ? linkedAll : undefined);
+    button.addEventListener("click", () => runQuick(views[activeView], item.name));
+    return button;
+  }));
+  quickBar.hidden = quick.length === 0;
+  showModeBar();
+}
+
+function showModeBar() {
+  const mode = currentMode();
+  modeBar.querySelectorAll("button").forEach((button) => {
+    button.setAttribute("aria-pressed", String(button.dataset.toolbox === mode));
+  });
+  const link = quickBar.querySelector('button[data-toolbox="link_all"]');
+  if (link) link.setAttribute("aria-pressed", String(linkedAll));
+}
+
+// A left-button drag in the chosen mode (measuring draws from the press: see pointerdown).
+function leftDrag(view, drag, dx, dy, event) {
+  const { index, canvas } = view;
+  const mode = currentMode();
+  if (mode === "zoom") {
+    queueInput(index, "zoom", { factor: Math.exp(-dy * ZOOM_PER_PIXEL) });
+  } else if (mode === "pan") {
+    queueInput(index, "pan", { dx: dx / canvas.width, dy: dy / canvas.height });
+  } else if (mode === "scroll") {
+    drag.rest = (drag.rest || 0) + dy / PIXELS_PER_SLICE;
+    const whole = Math.trunc(drag.rest);
+    drag.rest -= whole;
+    if (whole) queueInput(index, "scroll", { delta: whole });
+  } else if (mode === "rotate") {
+    queueInput(index, "rotate", { dazimuth: dx * 0.5, delevation: dy * 0.5 });
+  } else if (mode === "crosshair") {
+    queueLatestInput(index, "focus", { x: Math.round(event.offsetX), y: Math.round(event.offsetY) });
+  } else {
+    queueInput(index, "window", { dc: dy * 2, dw: dx * 4 });
+  }
 }
 
 // --- SUV of this reading: the method, and a weight or dose the header lacks ---------------
