@@ -67,6 +67,7 @@ from imaging.identity.selectors import patient_sex_of
 from imaging.models import ReportSigned
 from imaging.reports import ReportError, key_image_add, report_summaries
 from rendering import protocol
+from rendering.crop_reading import CROP_HANDLERS
 from rendering.derived_reading import DERIVED_HANDLERS, DerivedReading, derive_vocabulary
 from rendering.engine.core import FrameOfReferenceError, MissingVolumeError, RenderedFrame
 from rendering.engine.palettes import palette_stops
@@ -774,6 +775,7 @@ MESSAGE_HANDLERS: dict[type, Callable[[ViewerConsumer, Any], Awaitable[None]]] =
     **SEGMENTATION_HANDLERS,
     **REGISTRATION_HANDLERS,
     **DERIVED_HANDLERS,
+    **CROP_HANDLERS,
 }
 
 

@@ -340,6 +340,15 @@ class Derive:
 
 
 @dataclass(frozen=True)
+class Crop:
+    """Crop view ``view``'s base series to ``box`` (i_min, i_max, j_min, j_max, k_min, k_max mm along
+    its own axes from its origin, :mod:`rendering.engine.crop`), in 2-D and 3-D; None: uncropped."""
+
+    view: int
+    box: tuple[float, float, float, float, float, float] | None
+
+
+@dataclass(frozen=True)
 class FilterPreview:
     """View ``view`` as it is, its base layer's shown slice filtered (2-D) with ``parameters``."""
 
@@ -433,7 +442,7 @@ Message = (Acknowledge | Input | Setting | Layout | Probe | Resize | Thumbnails 
            | Keep | Forget | Relabel | StoreFindings | SuvMethod | SuvInputs | Hang | HangSave | HangDelete
            | Chart | SegNew | SegOpen | SegClose | SegEdit | SegUndo | SegRedo | SegSegment | SegStore
            | SegModel | SegDelete | ReportCapture | RegRun | RegLandmarks | RegNudge | RegDecide | Derive
-           | FilterPreview)
+           | FilterPreview | Crop)
 
 
 def _field(message: dict[str, Any], name: str, rule: FieldRule) -> Any:
@@ -818,6 +827,25 @@ def _parse_derive(message: dict[str, Any], views: int) -> Derive:
                   space, _box(message, space))
 
 
+def _parse_crop(message: dict[str, Any], views: int) -> Crop:
+    _exact_keys(message, {"type", "view", "box"})
+    view = _view(message, views)
+    if "box" not in message:
+        raise ProtocolError("missing_field", gettext_noop("%(name)s is required"), name=repr("box"))
+    raw = message["box"]
+    if raw is None:
+        return Crop(view, None)
+    if not isinstance(raw, list) or len(raw) != 6:
+        raise ProtocolError("bad_value", gettext_noop("'box' is six numbers: i_min, i_max, j_min, j_max, "
+                                                      "k_min, k_max (mm)"))
+    box = tuple(float(_field({"box": value}, "box", BOX_EDGE)) for value in raw)
+    for axis, low, high in zip("ijk", box[0::2], box[1::2], strict=True):
+        if not low < high:
+            raise ProtocolError("bad_value", gettext_noop("'box': %(axis)s_min must be below %(axis)s_max"),
+                                axis=axis)
+    return Crop(view, box)  # type: ignore[arg-type]
+
+
 def _parse_filter_preview(message: dict[str, Any], views: int) -> FilterPreview:
     _exact_keys(message, {"type", "view", "filter", "parameters"})
     return FilterPreview(_view(message, views), _field(message, "filter", OPERATION_NAME),
@@ -902,6 +930,7 @@ _PARSERS: dict[str, Callable[[dict[str, Any], int], Message]] = {
     "seg_delete": _parse_seg_delete,
     "reg_run": _parse_reg_run, "reg_landmarks": _parse_reg_landmarks, "reg_nudge": _parse_reg_nudge,
     "reg_decide": _parse_reg_decide, "derive": _parse_derive, "filter_preview": _parse_filter_preview,
+    "crop": _parse_crop,
 }
 
 

@@ -209,6 +209,8 @@ class ViewModel:
     flip_h: bool = False
     flip_v: bool = False
     invert: bool = False
+    crop_mm: tuple[float, ...] | None = None
+    """Crop box of the base series (along its axes, mm from its origin; rendering.engine.crop)."""
 
 
 def _layer(series: SeriesInfo, *, palette: str | None = None, opacity: float = 1.0) -> dict[str, Any]:
@@ -527,7 +529,16 @@ class ViewerSession:
             "camera2d": self._camera2d(view),
             "camera3d": view.camera3d, "preset3d": view.preset3d,
             "width": view.width, "height": view.height, "quality": quality, "invert": view.invert,
+            "crop_mm": None if view.crop_mm is None else list(view.crop_mm),
         })
+
+    def crop_set(self, index: int, box: tuple[float, ...] | None) -> list[int]:
+        """Crop view ``index``'s base series to ``box`` (None: uncropped); the views to render again."""
+        view = self.views[index]
+        if box is not None and not self._base(view).mpr:
+            raise SessionError(gettext_noop("a crop box is for volume series"))
+        view.crop_mm = None if box is None else tuple(float(v) for v in box)
+        return [index]
 
     def key_image(self, index: int) -> dict[str, Any]:
         """What a report keeps of view ``index``: its still state (segmentation shown), the

@@ -161,6 +161,9 @@ class ViewState:
     quality: Quality = Quality.STILL
     invert: bool = False
     """The final grey scale inverted (255 - value), after window and palette."""
+    crop_mm: tuple[float, float, float, float, float, float] | None = None
+    """Crop box of the base series: i_min, i_max, j_min, j_max, k_min, k_max mm along its own axes
+    from its origin (:mod:`rendering.engine.crop`); None: the whole series."""
 
     @property
     def series_ids(self) -> tuple[str, ...]:
@@ -289,7 +292,7 @@ def _layer(value: Any, path: str) -> Layer:
 
 
 TOP_KEYS = {"view", "layers", "focus_mm", "oblique_deg", "slab", "camera2d", "camera3d", "preset3d",
-            "width", "height", "quality", "invert"}
+            "width", "height", "quality", "invert", "crop_mm"}
 
 
 def viewstate_from_dict(data: Any) -> ViewState:
@@ -361,7 +364,19 @@ def _viewstate(data: Any) -> ViewState:
         height=_integer(top.get("height", 512), "height", VIEWPORT_MIN, VIEWPORT_MAX),
         quality=_enum(Quality, top.get("quality", "still"), "quality"),
         invert=_flag(top.get("invert", False), "invert"),
+        crop_mm=None if top.get("crop_mm") is None else crop_box(top["crop_mm"], "crop_mm"),
     )
+
+
+def crop_box(value: Any, path: str) -> tuple[float, float, float, float, float, float]:
+    """A crop box checked: six finite mm within ±COORD_LIMIT_MM, each min below its max."""
+    if not isinstance(value, list | tuple) or len(value) != 6:
+        raise _fail(path, gettext_noop("must be six numbers: i_min, i_max, j_min, j_max, k_min, k_max (mm)"))
+    box = tuple(_number(v, f"{path}[{n}]", -COORD_LIMIT_MM, COORD_LIMIT_MM) for n, v in enumerate(value))
+    for axis, low, high in zip("ijk", box[0::2], box[1::2], strict=True):
+        if not low < high:
+            raise _fail(path, gettext_noop("%(axis)s_min must be below %(axis)s_max"), axis=axis)
+    return box  # type: ignore[return-value]
 
 
 def viewstate_to_dict(state: ViewState) -> dict[str, Any]:
@@ -398,6 +413,8 @@ def viewstate_to_dict(state: ViewState) -> dict[str, Any]:
     }
     if state.invert:
         out["invert"] = True
+    if state.crop_mm is not None:
+        out["crop_mm"] = list(state.crop_mm)
     if state.focus_mm is not None:
         out["focus_mm"] = list(state.focus_mm)
     return out

@@ -16,6 +16,7 @@ from django.utils.translation import gettext_noop
 
 from rendering.encoding import Encoding, encoder_for
 from rendering.engine import planes
+from rendering.engine.crop import box_onto, crop_2d
 from rendering.engine.palettes import (
     GREYSCALE,
     LUTS,
@@ -436,6 +437,7 @@ class RenderEngine:
                 image = _blend(image, rgb, item.layer.opacity, _shown_over(indices, sampled.valid))
         if image is None:
             raise RenderError(gettext_noop("no layer to render"))
+        image = crop_2d(image, plane, resolved[0].volume, state.crop_mm)
         return image, self._overlay_2d(state, resolved, plane)
 
     def _render_colour(self, state: ViewState, item: _Resolved, plane: planes.Plane,
@@ -448,6 +450,7 @@ class RenderEngine:
         if sampled.valid is not None:
             image = image.copy()
             image[~sampled.valid] = 0
+        image = crop_2d(image, plane, item.volume, state.crop_mm)
         return np.ascontiguousarray(image), self._overlay_2d(state, [item], plane)
 
     def _overlay_2d(self, state: ViewState, resolved: list[_Resolved], plane: planes.Plane) -> Overlay:
@@ -490,6 +493,7 @@ class RenderEngine:
             width=state.width, height=state.height, quality=state.quality,
             window=(item.low, item.high), lut=LUTS[item.layer.palette], segmentation=segmentation,
             transform=item.transform, fused=[_fused_layer(r) for r in over],
+            crop=None if state.crop_mm is None else box_onto(state.crop_mm, resolved[0].volume, item.volume),
         )
         overlay = Overlay(
             orientation=planes.edge_letters(right, down), mm_per_pixel=None, slice_position_mm=None,

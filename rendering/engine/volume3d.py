@@ -51,6 +51,7 @@ from vtkmodules.vtkRenderingOpenGL2 import vtkEGLRenderWindow
 from vtkmodules.vtkRenderingVolume import vtkFixedPointVolumeRayCastMapper, vtkVolumeMapper
 from vtkmodules.vtkRenderingVolumeOpenGL2 import vtkOpenGLGPUVolumeRayCastMapper
 
+from rendering.engine.crop import cropping_planes
 from rendering.engine.palettes import palette_rgb
 from rendering.viewstate import MAX_LAYERS, Camera3D, Palette, Preset3D, Quality
 from rendering.volume import Volume
@@ -177,6 +178,17 @@ def composite_over(image: np.ndarray, ramp: np.ndarray, palette: Palette, opacit
     mixed += np.uint16(128)
     mixed >>= 8
     return mixed.astype(np.uint8)
+
+
+def _cropped(mapper: vtkVolumeMapper, crop: Sequence[float] | None, volume: Volume,
+             level_spacing: Sequence[float]) -> None:
+    """The mapper keeps only the voxels inside ``crop`` (None: all of them); mappers are cached."""
+    if crop is None:
+        mapper.SetCropping(0)
+        return
+    mapper.SetCropping(1)
+    mapper.SetCroppingRegionPlanes(*cropping_planes(crop, volume, level_spacing))
+    mapper.SetCroppingRegionFlagsToSubVolume()
 
 
 def camera_vectors(camera: Camera3D) -> tuple[np.ndarray, np.ndarray]:
@@ -310,20 +322,23 @@ class VolumeRenderer:
                quality: Quality, window: tuple[float, float] | None = None,
                lut: np.ndarray | None = None,
                segmentation: Volume | None = None, transform: np.ndarray | None = None,
-               fused: Sequence[FusedLayer] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               fused: Sequence[FusedLayer] = (),
+               crop: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """RGB image (h, w, 3) uint8 plus the screen's right and down vectors in LPS.
 
         ``window`` (low, high in native units) and ``lut`` (256x3 uint8) colour the PET MIP;
         ``segmentation`` (a reader's label volume) adds each shown segment as a surface;
         ``transform`` carries ``volume`` into the frame the camera looks at (None: its own).
         ``fused`` are laid over the base in order (see the module docstring); one whose
-        opacity is 0 is not rendered at all.
+        opacity is 0 is not rendered at all. ``crop`` (a box along ``volume``'s axes,
+        :mod:`rendering.engine.crop`) keeps only the voxels inside it.
         """
         self._show_surfaces(segmentation)
         self.actor.VisibilityOn()
         self.fused_actor.VisibilityOff()
         mip = preset is Preset3D.PET_MIP
-        mapper, matrix, _, _ = self._level(volume, quality, mip)
+        mapper, matrix, _, image = self._level(volume, quality, mip)
+        _cropped(mapper, crop, volume, image.GetSpacing()[::-1])
         self.actor.SetMapper(mapper)
         self.actor.SetUserMatrix(composed(transform, matrix))
         colour, opacity = vtkColorTransferFunction(), vtkPiecewiseFunction()
