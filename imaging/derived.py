@@ -9,7 +9,8 @@ extents, or a reader's box; :mod:`rendering.engine.arithmetic`) through the regi
 connects their frames, frozen into the recipe when it is made; the space (and box) are the
 recipe's ``parameters``, ``{}`` in recipes made before spaces: the first's grid. A
 reorientation (kind ``reorient``, :mod:`rendering.engine.reorient`) re-indexes one series'
-voxels exactly: the same anatomy at the same patient mm on a turned, swapped or flipped grid.
+voxels exactly: the same anatomy at the same patient mm on a turned, swapped or flipped grid; a
+crop (kind ``crop``, :func:`rendering.engine.crop.crop_volume`) keeps the voxels in a box.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from rendering.engine.reorient import ReorientError, reorient_validate
 from rendering.said import SaidError
 
 LAYER_PREFIX = "drv:"
+CROP = "crop"
 ARITHMETIC = {"difference": 2, "ratio": 2, "weighted_sum": 0}
 """Each operation and how many inputs it takes (0: two or more)."""
 MAX_INPUTS = 4
@@ -98,6 +100,16 @@ def derived_create(*, study_uid: str, operation: str, series: Sequence[str], aut
         kind, parameters = "arithmetic", {"space": space}
         if box is not None:
             parameters["box"] = [float(v) for v in box]
+    elif operation == CROP:
+        if len(series) != 1:
+            raise DerivedError(gettext_noop("a crop takes one series"))
+        if space != "box" or box is None:
+            raise DerivedError(gettext_noop("a crop takes the space box and its box"))
+        try:
+            space_check(space, box)
+        except ImageArithmeticError as error:
+            raise DerivedError.from_error(error) from error
+        kind, parameters = "crop", {"box": [float(v) for v in box]}
     elif operation in REORIENT:
         if len(series) != 1:
             raise DerivedError(gettext_noop("a reorientation takes one series"))

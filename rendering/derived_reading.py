@@ -24,6 +24,7 @@ from django.utils.translation import gettext_noop
 from gateway.audit.catalogue import Action, Outcome
 from imaging.derived import (
     ARITHMETIC,
+    CROP,
     DerivedError,
     derived_create,
     derived_forget,
@@ -54,7 +55,7 @@ SHOWN_KEYS = ("shape", "spacing", "origin", "direction", "center", "modality", "
 
 def derive_vocabulary() -> dict[str, Any]:
     return {"filters": filters_vocabulary(), "arithmetic": list(ARITHMETIC),
-            "reorient": reorient_vocabulary()}
+            "reorient": reorient_vocabulary(), "crop": {"operation": CROP, "space": "box"}}
 
 
 class DerivedReading(ReadingHost):

@@ -18,6 +18,7 @@ from django.utils.translation import gettext_noop
 from rendering.encoding import Encoding
 from rendering.engine.arithmetic import Grid, arithmetic, arithmetic_grid, derived_volume
 from rendering.engine.core import RenderedFrame, RenderError
+from rendering.engine.crop import CropError, crop_volume
 from rendering.engine.filters import FilterError, filter_apply, filter_preview
 from rendering.engine.reorient import ReorientError, reorient_volume
 from rendering.operations import WorkerContext, frame_from_wire, frame_to_wire, operation
@@ -44,13 +45,16 @@ class DerivedVolumes:
         recipe = derived_get(number)
         volumes = [self._load(item["series"]).at_time(0) for item in recipe.inputs]
         try:
+            if recipe.kind == "crop":
+                return crop_volume(volumes[0], box=recipe.parameters["box"], series_id=layer_id,
+                                   description=recipe.description)
             if recipe.kind == "reorient":
                 return reorient_volume(volumes[0], name=recipe.operation, params=recipe.parameters,
                                        series_id=layer_id, description=recipe.description)
             values, grid = self._values(recipe, volumes)
             return derived_volume(values, volumes[0], series_id=layer_id, description=recipe.description,
                                   operation=recipe.operation, inputs=volumes, grid=grid)
-        except (FilterError, ReorientError, VolumeError, ValueError) as error:
+        except (FilterError, ReorientError, CropError, VolumeError, ValueError) as error:
             raise RenderError(gettext_noop("the derived series cannot be made: %(error)s"),
                               error=error) from error
 

@@ -11,18 +11,29 @@ own axes ``i`` (along a row), ``j`` (down a column) and ``k`` (across slices) fr
   along its thickness.
 * 3-D: the box is the volume mapper's cropping region (``vtkVolumeMapper`` sub-volume), so
   the rendering shows only the voxels inside it; fused layers are not cropped.
+* Crop to a new series (:func:`crop_volume`, a derived series of kind ``crop``): the series'
+  voxels whose centres lie in the box, cut out exactly (no resampling, its own dtype), at their
+  own patient positions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
+from django.utils.translation import gettext_noop
 
+from rendering.engine.arithmetic import ImageArithmeticError, arithmetic_grid
 from rendering.engine.planes import Plane
+from rendering.said import SaidError
 from rendering.volume import Volume
 
 Box = tuple[float, float, float, float, float, float]
+
+
+class CropError(SaidError, ValueError):
+    """A crop that cannot be made (a box that holds none of the series' voxels)."""
 
 
 def box_axes_mm(volume: Volume, points: np.ndarray) -> np.ndarray:
@@ -71,3 +82,22 @@ def cropping_planes(box: Sequence[float], volume: Volume, level_spacing: Sequenc
     """
     shift = [(level - own) / 2 for level, own in zip(level_spacing[::-1], volume.spacing[::-1], strict=True)]
     return [float(box[2 * axis + side]) - shift[axis] for axis in range(3) for side in (0, 1)]
+
+
+def crop_volume(volume: Volume, *, box: Sequence[float], series_id: str, description: str = "") -> Volume:
+    """The voxels of ``volume`` (one time point) whose centres lie in ``box``, at their own mm."""
+    try:
+        grid = arithmetic_grid(volume, [], space="box", box=box)
+    except ImageArithmeticError as error:
+        raise CropError.from_error(error) from error
+    low = np.maximum(np.asarray(grid.offset), 0)
+    high = np.minimum(np.asarray(grid.offset) + np.asarray(grid.shape), np.asarray(volume.shape))
+    if np.any(high <= low):
+        raise CropError(gettext_noop("the box holds none of the series' voxels: draw it over the series"))
+    (k0, j0, i0), (k1, j1, i1) = (int(v) for v in low), (int(v) for v in high)
+    x, y, z = (float(v) for v in volume.index_to_patient((k0, j0, i0)))
+    return replace(volume, voxels=np.ascontiguousarray(volume.voxels[k0:k1, j0:j1, i0:i1]), origin=(x, y, z),
+                   series_id=series_id, presentation=replace(volume.presentation, time_points=1),
+                   display={"derived": True, "operation": "crop", "box": [float(v) for v in box],
+                            "description": description, "inputs": [volume.series_id],
+                            "suv_calculation": volume.display.get("suv_calculation")})

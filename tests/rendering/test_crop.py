@@ -107,3 +107,20 @@ def test_the_crop_message_is_parsed_and_malformed_boxes_refused():
                     {"type": "crop", "view": 0, "box": None, "space": "mm"}):
         with pytest.raises(protocol.ProtocolError):
             protocol.message_parse(json.dumps(message), views=1)
+
+
+def test_crop_to_a_new_series_keeps_the_voxels_in_the_box_at_their_mm(phantom):
+    from rendering.engine.crop import CropError, crop_volume
+
+    ct = phantom[0]
+    dz, dy, dx = ct.spacing
+    box = [10 * dx - 0.1, 20 * dx + 0.1, 5 * dy - 0.1, 30 * dy + 0.1, 2 * dz - 0.1, 4 * dz + 0.1]
+    made = crop_volume(ct, box=box, series_id="drv:2", description="crop")
+    assert np.array_equal(made.voxels, ct.voxels[2:5, 5:31, 10:21]) and made.voxels.dtype == ct.voxels.dtype
+    assert np.allclose(made.index_to_patient((0, 0, 0)), ct.index_to_patient((2, 5, 10)))
+    assert np.allclose(made.index_to_patient((2, 25, 10)), ct.index_to_patient((4, 30, 20)))
+    assert made.display["derived"] is True and made.frame_of_reference_uid == ct.frame_of_reference_uid
+    beyond = crop_volume(ct, box=[-50, 3 * dx + 0.1, -50, 1e-3, -50, 1e-3], series_id="drv:3")
+    assert beyond.shape == (1, 1, 4), "clamped to the series"
+    with pytest.raises(CropError):
+        crop_volume(ct, box=[-50, -40, -50, -40, -50, -40], series_id="drv:4")
