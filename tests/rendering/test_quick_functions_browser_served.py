@@ -121,3 +121,55 @@ def test_zoom_mode_drag_rotate_key_and_the_complete_key_map(served_demo, viewer)
         f"max {difference.max()}, {float((difference > 0).mean()):.4f} of pixels differ"
     assert not np.array_equal(shown, _central_square(_pixels(fitted))), "the picture did not turn"
     assert turned.overlay["orientation"] != fitted.overlay["orientation"]
+
+
+class AllFrames(PageSocket):
+    """Every frame of every view, in order (a movie's interactive frames too)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.every: list = []
+
+    def _received(self, payload: str | bytes) -> None:
+        super()._received(payload)
+        if isinstance(payload, bytes):
+            from rendering.protocol import frame_unpack
+
+            self.every.append(frame_unpack(payload))
+
+
+def test_a_movie_of_slices_bounces_in_its_range_and_a_3d_view_turns(served_demo, viewer):  # noqa: F811
+    open_page, _ = viewer
+    page, _socket = open_page()
+    socket = AllFrames()
+    socket.attach(page)
+    page.reload()
+    _still(page, socket)
+    _canvas(page).focus()
+    page.select_option("#cine-repeat", "bounce")
+    page.fill("#cine-first", "10")
+    page.locator("#cine-first").press("Enter")
+    page.fill("#cine-last", "12")
+    page.locator("#cine-last").press("Enter")
+    page.fill("#cine-fps", "5")
+    page.locator("#cine-fps").press("Enter")
+    start = len(socket.every)
+    page.click("#cine-play")
+    _until(page, lambda: len({tuple(f.overlay.get("slice", ())) for f in socket.every[start:]
+                              if f.view == CT_VIEW}) >= 3, "three slices of the movie")
+    page.wait_for_timeout(1500)
+    page.click("#cine-play")
+    shown = [f.overlay["slice"][0] for f in socket.every[start:]
+             if f.view == CT_VIEW and "slice" in f.overlay]
+    changes = [n for i, n in enumerate(shown) if i == 0 or n != shown[i - 1]]
+    assert set(changes) <= {10, 11, 12}, changes
+    assert any(a == c != b for a, b, c in zip(changes, changes[1:], changes[2:], strict=False)), \
+        f"no bounce in {changes}"
+
+    turning = page.locator("canvas[data-view='3']")
+    turning.focus()
+    start = len(socket.every)
+    page.click("#cine-play")
+    _until(page, lambda: len({f.image for f in socket.every[start:] if f.view == 3}) >= 3,
+           "three different frames of the turning 3-D view")
+    page.click("#cine-play")

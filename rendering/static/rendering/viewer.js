@@ -36,6 +36,10 @@ let mouseMode = null;  // the left button's mode (rendering/toolbox.py); null: t
 let linkedAll = false;
 const playButton = document.getElementById("cine-play");
 const fpsInput = document.getElementById("cine-fps");
+const cineRepeatSelect = document.getElementById("cine-repeat");
+const cineFirstInput = document.getElementById("cine-first");
+const cineLastInput = document.getElementById("cine-last");
+let inputRate = 120;  // ready.limits.messages_per_second: a movie's frames/s stay under it
 const timeControl = document.getElementById("time-control");
 const timeSlider = document.getElementById("time-slider");
 const timeShown = document.getElementById("time-value");
@@ -616,6 +620,7 @@ function showSeries(index, uid) {
   view.slice = null;
   view.timeCount = null;
   view.fps = defaultFps(series);
+  view.cineRange = [null, null];
   layersGone(index);
   send({ type: "set", view: index, name: "series", value: uid });
   refreshControls();
@@ -646,7 +651,8 @@ function buildViews(viewSpecs) {
                     since: performance.now(), showCrosshair: true,
                     kind: spec.kind, ...splitLayers(spec.layers), slice: null,
                     settings: { slab_mode: "none" }, asked: {},
-                    cine: null, cineIndex: null, fps: DEFAULT_CINE_FPS, timeCount: null };
+                    cine: null, cineIndex: null, fps: DEFAULT_CINE_FPS, timeCount: null,
+                    cineRepeat: "loop", cineRange: [null, null], cineStep: 1, cineTurn: 0 };
     state.fps = defaultFps(seriesOfView(state));
     views.push(state);
     attachInput(state);
@@ -683,6 +689,7 @@ function refreshControls() {
     for (const option of kindSelect.options) option.disabled = option.value !== "native" && !reformat;
     kindSelect.value = view.kind;
     fpsInput.value = String(view.fps);
+    showCineSettings(view);
     showSettings(view);
   }
   fillWindowPresets(view);
@@ -800,7 +807,70 @@ function frameCount(view) {
 
 function nextFrameIndex(view) {
   const shown = view.cineIndex ?? (view.slice ? view.slice[0] - 1 : -1);
-  return (shown + 1) % frameCount(view);
+  return cineNext(view, shown, frameCount(view));
+}
+
+// The frames a movie plays (0-based, inclusive): the reader's range, within the series.
+function cineBounds(view, count) {
+  const [first, last] = view.cineRange;
+  const low = Math.max(1, Math.min(count, first || 1));
+  const high = Math.max(low, Math.min(count, last || count));
+  return [low - 1, high - 1];
+}
+
+// The frame after `shown` (0-based) of `count`: on through the range, then from its start again
+// (loop) or back the other way (bounce); from outside the range, its first frame.
+function cineNext(view, shown, count) {
+  const [first, last] = cineBounds(view, count);
+  if (shown < first || shown > last) { view.cineStep = 1; return first; }
+  if (first === last) return first;
+  let step = view.cineStep || 1;
+  let next = shown + step;
+  if (next < first || next > last) {
+    if (view.cineRepeat === "bounce") { step = -step; next = shown + step; } else next = step > 0 ? first : last;
+  }
+  view.cineStep = step;
+  return next;
+}
+
+// A reformat plays its slices along the view's normal (the `frame` input); a 3-D view turns
+// 5° a frame (a turntable; bounce: back and forth over half a turn); an oblique view scrolls.
+const TURNTABLE_BOUNCE_STEPS = 36;
+
+function cineScroll(view) {
+  if (view.kind !== "3d" || view.cineRepeat !== "bounce") return 1;
+  view.cineTurn += view.cineStep || 1;
+  if (Math.abs(view.cineTurn) >= TURNTABLE_BOUNCE_STEPS / 2) view.cineStep = -(view.cineStep || 1);
+  return view.cineStep || 1;
+}
+
+function cineFpsMax() {
+  const playing = views.filter((each) => each && each.cine).length;
+  return Math.max(1, Math.min(60, Math.floor(inputRate / Math.max(1, playing))));
+}
+
+function showCineSettings(view) {
+  fpsInput.max = String(cineFpsMax());
+  cineRepeatSelect.value = view.cineRepeat;
+  const count = isDynamic(view) ? timeCount(view) : frameCount(view);
+  for (const input of [cineFirstInput, cineLastInput]) input.max = String(count);
+  cineFirstInput.value = view.cineRange[0] ? String(view.cineRange[0]) : "";
+  cineLastInput.value = view.cineRange[1] ? String(view.cineRange[1]) : "";
+  cineLastInput.placeholder = String(count);
+}
+
+function changeCineSettings() {
+  const view = views[activeView];
+  if (!view) return;
+  view.cineRepeat = cineRepeatSelect.value === "bounce" ? "bounce" : "loop";
+  const read = (input) => {
+    const value = Math.round(Number(input.value));
+    return input.value !== "" && Number.isFinite(value) && value >= 1 ? value : null;
+  };
+  let [first, last] = [read(cineFirstInput), read(cineLastInput)];
+  if (first && last && first > last) [first, last] = [last, first];
+  view.cineRange = [first, last];
+  showCineSettings(view);
 }
 
 // --- time points of a dynamic series (1-based on screen, 0-based on the wire) -------------
@@ -849,21 +919,26 @@ function cineTick(view) {
   if (isDynamic(view)) {
     if (inputHeld()) return;
     const shown = view.cineIndex ?? timePointShown(view) - 1;
-    view.cineIndex = (shown + 1) % timeCount(view);
+    view.cineIndex = cineNext(view, shown, timeCount(view));
     showTimePoint(view, view.cineIndex + 1);
-  } else if (cineByFrame(view)) {
+  } else if (cineByFrame(view) || (view.kind !== "3d" && view.kind !== "oblique" && view.slice)) {
     if (inputHeld()) return;
     view.cineIndex = nextFrameIndex(view);
     sendInput(view.index, "frame", { index: view.cineIndex });
   } else {
-    queueInput(view.index, "scroll", { delta: 1 });
+    queueInput(view.index, "scroll", { delta: cineScroll(view) });
   }
 }
 
 function startCine(view) {
   stopCine(view);
   view.cineIndex = null;
+  view.cineStep = 1;
+  view.cineTurn = 0;
+  view.cine = true;  // counted by cineFpsMax while the rate is set
+  view.fps = Math.min(view.fps, cineFpsMax());
   view.cine = setInterval(() => cineTick(view), 1000 / view.fps);
+  if (view.index === activeView) fpsInput.value = String(view.fps);
   if (view.index === activeView) showCineState(view);
 }
 
@@ -889,7 +964,7 @@ function changeFps() {
   const view = views[activeView];
   const fps = Math.round(Number(fpsInput.value));
   if (!view || !Number.isFinite(fps)) return;
-  view.fps = Math.max(1, Math.min(60, fps));
+  view.fps = Math.max(1, Math.min(cineFpsMax(), fps));
   fpsInput.value = String(view.fps);
   if (view.cine) startCine(view);
 }
@@ -1104,6 +1179,8 @@ function probeAgainAfterMove(view, overlay) {
 
 function receiveReady(message) {
   receiveVocabulary(message.vocabulary);
+  const rate = message.limits && Number(message.limits.messages_per_second);
+  if (Number.isFinite(rate) && rate > 0) inputRate = rate;
   mayStoreFindings = message.findings_store === true;
   showReport(message.report);
   buildMenus();
@@ -5308,6 +5385,9 @@ timeSlider.addEventListener("input", () => {
   showTimePoint(view, Number(timeSlider.value));
 });
 fpsInput.addEventListener("change", changeFps);
+cineRepeatSelect.addEventListener("change", changeCineSettings);
+cineFirstInput.addEventListener("change", changeCineSettings);
+cineLastInput.addEventListener("change", changeCineSettings);
 measureSelect.addEventListener("change", () => chooseTool(measureSelect.value));
 radiusInput.value = String(SPHERE_RADIUS_MM.initial);
 radiusInput.addEventListener("change", changeRadius);
