@@ -172,8 +172,10 @@ def _description(message: protocol.Derive, session: ViewerSession) -> str:
         settings = ", ".join(f"{name} {value:g}" for name, value in message.parameters)
         return f"Derived: {message.operation} ({settings}) of {names[0]}"[:128]
     if message.operation in REORIENT:
-        turns = dict(message.parameters).get("turns")
-        settings = f" {turns:g}x90°" if turns is not None else ""
+        given = dict(message.parameters)
+        turns, degrees = given.get("turns"), given.get("degrees")
+        settings = (f" {turns:g}x90°" if turns is not None else f" {degrees:g}°" if degrees is not None
+                    else "")
         return f"Derived: {message.operation}{settings} of {names[0]}"[:128]
     space = "" if message.space == "reference" else f" ({message.space})"
     return f"Derived: {message.operation} of {' and '.join(names)}{space}"[:128]

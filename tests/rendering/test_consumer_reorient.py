@@ -45,6 +45,11 @@ async def test_a_turned_ct_is_a_derived_series_probing_like_the_ct(client, signe
     values = {float(volume.voxels[k, j, i]) for k in near[0] for j in near[1] for i in near[2]}
     assert probe["value"] in values, (probe, at, values)
 
+    tilted, ready = await _derived(communicator, {"type": "derive", "operation": "tilt_x",
+                                                  "series": [ct["uid"]], "parameters": {"degrees": 15}})
+    listed = next(s for s in ready["series"] if s["uid"] == tilted["series"])
+    assert listed["description"].startswith("Derived: tilt_x 15°") and listed["mpr"] is True, listed
+
     await communicator.send_json_to({"type": "derive", "operation": "rotate_x", "series": [ct["uid"]],
                                      "parameters": {"turns": 5}})
     refused = await _until(communicator, lambda m: isinstance(m, dict) and m["type"] == "error")

@@ -46,6 +46,25 @@ def test_the_reorient_part_offers_the_announced_operations_and_sends_a_derive(de
         page.close()
 
 
+def test_a_tilt_sends_its_angle_and_refuses_zero(derive_page):  # noqa: F811
+    gateway = DeriveGateway(_one_view(), derive={**DERIVE, "reorient": REORIENT})
+    page = derive_page(gateway)
+    try:
+        _until(page, lambda: page.locator("#derive-reorient-part").is_visible(), what="the reorient part")
+        page.locator("#derive-reorient").select_option("tilt_x")
+        assert page.locator("#derive-turns-field").is_hidden()
+        assert page.locator("#derive-degrees-field").is_visible()
+        page.locator("#derive-degrees").fill("0")
+        assert page.locator("#derive-reorient-make").is_disabled()
+        page.locator("#derive-degrees").fill("-12.5")
+        page.locator("#derive-reorient-make").click()
+        assert _asked(page, gateway, "derive") == [{"type": "derive", "operation": "tilt_x", "series": [CT],
+                                                    "parameters": {"degrees": -12.5}}]
+        assert not gateway.page_errors
+    finally:
+        page.close()
+
+
 def test_no_reorient_part_when_none_is_announced(derive_page):  # noqa: F811
     gateway = DeriveGateway(_one_view())
     page = derive_page(gateway)

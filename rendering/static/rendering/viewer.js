@@ -4754,6 +4754,8 @@ const deriveReorientSelect = document.getElementById("derive-reorient");
 const deriveReorientAbout = document.getElementById("derive-reorient-about");
 const deriveTurnsField = document.getElementById("derive-turns-field");
 const deriveTurnsSelect = document.getElementById("derive-turns");
+const deriveDegreesField = document.getElementById("derive-degrees-field");
+const deriveDegreesInput = document.getElementById("derive-degrees");
 const deriveReorientMake = document.getElementById("derive-reorient-make");
 
 // As the protocol bounds them (rendering/protocol.py _parse_derive): up to four series, weights ±1e6.
@@ -5286,6 +5288,20 @@ function turnsRule(spec) {
   return params.find((rule) => isRecord(rule) && rule.name === "turns") || null;
 }
 
+// A tilt's angle (`degrees`, any angle within its announced range but 0), or null when none is valid.
+function degreesRule(spec) {
+  const params = spec && Array.isArray(spec.params) ? spec.params : [];
+  return params.find((rule) => isRecord(rule) && rule.name === "degrees") || null;
+}
+
+function degreesChosen(rule) {
+  const degrees = deriveDegreesInput.value.trim() === "" ? NaN : Number(deriveDegreesInput.value);
+  const ok = Number.isFinite(degrees) && degrees !== 0 && degrees >= Number(rule.minimum)
+    && degrees <= Number(rule.maximum);
+  deriveDegreesInput.setAttribute("aria-invalid", String(!ok));
+  return ok ? degrees : null;
+}
+
 function buildReorientMenu() {
   const chosen = deriveReorientSelect.value;
   const specs = reorientSpecs();
@@ -5302,6 +5318,13 @@ function buildTurns() {
   const spec = reorientSpec();
   const rule = turnsRule(spec);
   deriveTurnsField.hidden = !rule;
+  const angle = degreesRule(spec);
+  deriveDegreesField.hidden = !angle;
+  if (angle) {
+    deriveDegreesInput.min = String(angle.minimum);
+    deriveDegreesInput.max = String(angle.maximum);
+    if (deriveDegreesInput.value === "") deriveDegreesInput.value = String(angle.default);
+  }
   deriveReorientAbout.textContent = spec ? textOf(spec.description) : "";
   if (!rule) { deriveTurnsSelect.replaceChildren(); return; }
   const chosen = deriveTurnsSelect.value || String(rule.default);
@@ -5318,7 +5341,8 @@ function buildTurns() {
 function showReorient(base, asking) {
   deriveReorientPart.hidden = reorientSpecs().length === 0;
   const volume = registrable(seriesByUid.get(base));
-  deriveReorientMake.disabled = asking || !volume || !reorientSpec();
+  const angle = degreesRule(reorientSpec());
+  deriveReorientMake.disabled = asking || !volume || !reorientSpec() || (angle !== null && degreesChosen(angle) === null);
   deriveReorientMake.title = base && !volume
     ? gettext("the active view's series is not a volume: only volume series are reoriented")
     : gettext("Make a new series: the active view's series on a new grid orientation, every voxel kept where it is in the patient");
@@ -5328,12 +5352,16 @@ function makeReorientedSeries() {
   const base = baseOfActiveView();
   const spec = reorientSpec();
   if (deriveReorientMake.disabled || !spec || !registrable(seriesByUid.get(base))) return;
-  const parameters = turnsRule(spec) ? { turns: Number(deriveTurnsSelect.value) } : {};
+  const angle = degreesRule(spec);
+  if (angle && degreesChosen(angle) === null) return;
+  const parameters = turnsRule(spec) ? { turns: Number(deriveTurnsSelect.value) }
+    : angle ? { degrees: degreesChosen(angle) } : {};
   askDerive({ type: "derive", operation: spec.name, series: [base], parameters });
 }
 
 deriveReorientSelect.addEventListener("change", () => { buildTurns(); showDerive(); });
 deriveReorientMake.addEventListener("click", makeReorientedSeries);
+deriveDegreesInput.addEventListener("input", () => showDerive());
 
 // --- toolbar -----------------------------------------------------------------
 
