@@ -2,7 +2,8 @@
 
 The gateway announces ``ready.derive.reorient`` as ``reorient_vocabulary()`` describes it; the panel
 offers exactly those operations, the quarter turns only for a rotation, and sends a ``derive`` of
-the active view's series. No part when the server announces none.
+the active view's series (a tilt its angle). No part when the server announces none. The crop
+box part sends ``crop`` for the active view (null to uncrop) and a ``derive`` of ``crop``.
 """
 
 from __future__ import annotations
@@ -71,6 +72,31 @@ def test_no_reorient_part_when_none_is_announced(derive_page):  # noqa: F811
     try:
         _until(page, lambda: page.locator("#derive-section").is_visible(), what="the panel")
         assert page.locator("#derive-reorient-part").is_hidden()
+        assert not gateway.page_errors
+    finally:
+        page.close()
+
+
+def test_the_crop_box_crops_the_view_uncrops_it_and_makes_a_series(derive_page):  # noqa: F811
+    gateway = DeriveGateway(_one_view(), derive={**DERIVE, "reorient": REORIENT,
+                                                 "crop": {"operation": "crop", "space": "box"}})
+    page = derive_page(gateway)
+    try:
+        _until(page, lambda: page.locator("#derive-crop-part").is_visible(), what="the crop part")
+        assert page.locator("#derive-crop-view").is_disabled(), "no box yet"
+        edges = page.locator("#derive-crop-box input[data-edge]")
+        for at, value in enumerate(["10", "90", "0", "80", "5", "2"]):
+            edges.nth(at).fill(value)
+        assert page.locator("#derive-crop-view").is_disabled(), "k_min above k_max"
+        edges.nth(5).fill("45.5")
+        page.locator("#derive-crop-view").click()
+        box = [10, 90, 0, 80, 5, 45.5]
+        assert _asked(page, gateway, "crop") == [{"type": "crop", "view": 0, "box": box}]
+        page.locator("#derive-uncrop").click()
+        assert _asked(page, gateway, "crop", 2)[1] == {"type": "crop", "view": 0, "box": None}
+        page.locator("#derive-crop-make").click()
+        assert _asked(page, gateway, "derive") == [{"type": "derive", "operation": "crop", "series": [CT],
+                                                    "space": "box", "box": box}]
         assert not gateway.page_errors
     finally:
         page.close()

@@ -4756,6 +4756,10 @@ const deriveTurnsField = document.getElementById("derive-turns-field");
 const deriveTurnsSelect = document.getElementById("derive-turns");
 const deriveDegreesField = document.getElementById("derive-degrees-field");
 const deriveDegreesInput = document.getElementById("derive-degrees");
+const deriveCropInputs = [...document.querySelectorAll("#derive-crop-box input[data-edge]")];
+const deriveCropView = document.getElementById("derive-crop-view");
+const deriveUncrop = document.getElementById("derive-uncrop");
+const deriveCropMake = document.getElementById("derive-crop-make");
 const deriveReorientMake = document.getElementById("derive-reorient-make");
 
 // As the protocol bounds them (rendering/protocol.py _parse_derive): up to four series, weights ±1e6.
@@ -5043,6 +5047,7 @@ function showDerive() {
     || gettext("Make a new series of these series, each resampled onto the first");
   deriveHideButton.disabled = !views.some((view) => view.preview);
   showReorient(base, asking);
+  showCrop(base, asking);
   showMeasurePanel();
 }
 
@@ -5362,6 +5367,54 @@ function makeReorientedSeries() {
 deriveReorientSelect.addEventListener("change", () => { buildTurns(); showDerive(); });
 deriveReorientMake.addEventListener("click", makeReorientedSeries);
 deriveDegreesInput.addEventListener("input", () => showDerive());
+
+// --- crop box: the active view cropped (a `crop` message), or a new series of the box (`derive`) ---
+// Six mm along the base series' own axes from its first voxel, as the protocol takes them.
+const CROP_EDGE_MM = 4000;
+
+function cropBox() {
+  const values = deriveCropInputs.map((input) => (input.value.trim() === "" ? NaN : Number(input.value)));
+  let problem = "";
+  if (values.some((v) => !Number.isFinite(v) || Math.abs(v) > CROP_EDGE_MM)) {
+    problem = interpolate(gettext("each edge of the box is a number of mm within ±%(most)s"), { most: CROP_EDGE_MM }, true);
+  } else if ([0, 2, 4].some((at) => !(values[at] < values[at + 1]))) {
+    problem = gettext("each min of the box must be below its max");
+  }
+  deriveCropInputs.forEach((input, at) => {
+    input.setAttribute("aria-invalid", String(!Number.isFinite(values[at])));
+  });
+  return problem ? { problem } : { box: values };
+}
+
+function showCrop(base, asking) {
+  const volume = registrable(seriesByUid.get(base));
+  const { problem } = cropBox();
+  deriveCropView.disabled = !volume || Boolean(problem);
+  deriveCropView.title = problem || gettext("Show only what lies in the box, in this view (2-D and 3-D)");
+  deriveUncrop.disabled = !views[activeView];
+  const offered = deriveOffer && isRecord(deriveOffer.crop) ? deriveOffer.crop : null;
+  deriveCropMake.hidden = !offered;
+  deriveCropMake.disabled = asking || !volume || Boolean(problem);
+}
+
+function cropView() {
+  const { box } = cropBox();
+  if (deriveCropView.disabled || !box) return;
+  send({ type: "crop", view: activeView, box });
+}
+
+function makeCropSeries() {
+  const base = baseOfActiveView();
+  const { box } = cropBox();
+  const offered = deriveOffer && isRecord(deriveOffer.crop) ? deriveOffer.crop : null;
+  if (deriveCropMake.disabled || !box || !offered) return;
+  askDerive({ type: "derive", operation: textOf(offered.operation), series: [base], space: textOf(offered.space), box });
+}
+
+deriveCropInputs.forEach((input) => input.addEventListener("input", () => showDerive()));
+deriveCropView.addEventListener("click", cropView);
+deriveUncrop.addEventListener("click", () => { if (views[activeView]) send({ type: "crop", view: activeView, box: null }); });
+deriveCropMake.addEventListener("click", makeCropSeries);
 
 // --- toolbar -----------------------------------------------------------------
 
