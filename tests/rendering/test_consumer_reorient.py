@@ -3,7 +3,8 @@
 A doctor turns the phantom CT 90° about the patient's x axis: the new series joins the reading
 marked derived (``Derived: rotate_x``), opens in its new acquisition plane (coronal), and a probe
 of it finds the value of the CT's voxel at the probed point, read here from the CT (every voxel
-keeps its patient position). A fifth quarter turn is refused with a reason.
+keeps its patient position); it fuses over the CT without a registration. A tilt by 15° is made
+too; a fifth quarter turn is refused with a reason.
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ async def test_a_turned_ct_is_a_derived_series_probing_like_the_ct(client, signe
     near = [sorted({int(np.floor(v + 0.5 - 0.02)), int(np.floor(v + 0.5 + 0.02))}) for v in at]
     values = {float(volume.voxels[k, j, i]) for k in near[0] for j in near[1] for i in near[2]}
     assert probe["value"] in values, (probe, at, values)
+
+    # fused over the CT without a registration: the same frame of reference
+    await communicator.send_json_to({"type": "set", "view": 0, "name": "series", "value": ct["uid"]})
+    await communicator.send_json_to({"type": "set", "view": 0, "name": "fuse", "value": turned["series"]})
+    fused = await _until(communicator, lambda m: (isinstance(m, dict) and m["type"] == "error") or (
+        not isinstance(m, dict) and m.view == 0 and len(m.overlay.get("windows", [])) == 2))
+    assert not isinstance(fused, dict), fused
 
     tilted, ready = await _derived(communicator, {"type": "derive", "operation": "tilt_x",
                                                   "series": [ct["uid"]], "parameters": {"degrees": 15}})
