@@ -20,8 +20,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from django.utils import timezone
-from django.utils.translation import gettext_noop
 
+from gateway.i18n import gettext_noop
 from imaging.models import DerivedSeries, Study
 from rendering.engine.arithmetic import ImageArithmeticError, space_check
 from rendering.engine.filters import FILTERS, FilterError, filter_validate

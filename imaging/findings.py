@@ -16,8 +16,9 @@ from datetime import UTC
 from typing import Any
 
 from django.utils import timezone
-from django.utils.translation import gettext, gettext_noop
+from django.utils.translation import gettext
 
+from gateway.i18n import gettext_noop
 from imaging.models import Finding, Study
 from imaging.suv import SUV_METHODS
 

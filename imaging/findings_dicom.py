@@ -32,11 +32,11 @@ import highdicom as hd
 import numpy as np
 import pydicom
 from django.db import transaction
-from django.utils.translation import gettext_noop
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from gateway.i18n import gettext_noop
 from imaging import storage
 from imaging.findings import findings_of, result_layers
 from imaging.models import Finding, Instance, Series, Study, VolumeState

@@ -13,8 +13,8 @@ from typing import Any
 from django.conf import settings
 from django.db import models
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import gettext_noop
 
+from gateway.i18n import gettext_noop
 from rendering.said import SaidError
 
 

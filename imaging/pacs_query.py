@@ -19,12 +19,12 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_noop
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from gateway.audit.catalogue import Action, Outcome
 from gateway.audit.services import audit_record
+from gateway.i18n import gettext_noop
 from gateway.policy import Permission, may
 from imaging.dicom_net import STUDY_ROOT_FIND, Peer, SendError, associated, entity
 from imaging.dicomweb_client import DicomwebError, qido_series, qido_studies

@@ -34,7 +34,7 @@ from typing import Any
 
 from django.db import close_old_connections, connections
 from django.utils import timezone
-from django.utils.translation import gettext, gettext_noop
+from django.utils.translation import gettext
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
@@ -54,6 +54,7 @@ from pynetdicom import build_role, evt
 
 from gateway.audit.catalogue import Action, Outcome
 from gateway.audit.services import audit_record
+from gateway.i18n import gettext_noop
 from gateway.policy import Permission, may
 from imaging import conf
 from imaging.dicom_net import STUDY_ROOT_GET, STUDY_ROOT_MOVE, Peer, SendError, associated, entity

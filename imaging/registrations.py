@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from django.db import transaction
 from django.utils import timezone
-from django.utils.translation import gettext_noop
 
+from gateway.i18n import gettext_noop
 from imaging.models import Registration, RegistrationState, Study
 from rendering.said import SaidError
 

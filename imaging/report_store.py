@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import pydicom
 from django.db import transaction
-from django.utils.translation import gettext_noop
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from gateway.i18n import gettext_noop
 from imaging import storage
 from imaging.findings_dicom import derived_series_store
 from imaging.models import Instance, Report, Study

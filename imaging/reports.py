@@ -25,8 +25,9 @@ from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
-from django.utils.translation import gettext, gettext_noop, pgettext
+from django.utils.translation import gettext, pgettext
 
+from gateway.i18n import gettext_noop
 from imaging.findings import finding_rows
 from imaging.models import Report, ReportLetterhead, ReportSigned, ReportStatus, Study
 from imaging.report_document import FindingLine, KeyPicture, Letterhead, ReportDocument

@@ -16,10 +16,10 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 from django.db import transaction
-from django.utils.translation import gettext_noop
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
+from gateway.i18n import gettext_noop
 from imaging import storage
 from imaging.findings_dicom import (
     CLINICAL,

@@ -15,8 +15,8 @@ from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
-from django.utils.translation import gettext_noop
 
+from gateway.i18n import gettext_noop
 from imaging import storage
 from imaging.models import Segmentation, SegmentationEdit, SegmentationModel, Study
 from imaging.segmentation_models import model_labels

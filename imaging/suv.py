@@ -11,9 +11,10 @@ import datetime as dt
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from django.utils.translation import gettext, gettext_noop
+from django.utils.translation import gettext
 from pydicom.dataset import Dataset
 
+from gateway.i18n import gettext_noop
 from rendering.said import Said
 
 

@@ -27,7 +27,6 @@ from django.conf import settings
 from django.urls import reverse
 from django.utils import translation
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_noop
 from django.utils.translation.trans_real import parse_accept_lang_header
 
 from accounts.hanging import (
@@ -41,6 +40,7 @@ from accounts.hanging import (
 from accounts.models import User
 from gateway.audit.catalogue import Action, Outcome
 from gateway.audit.services import audit_record
+from gateway.i18n import gettext_noop
 from gateway.net import scope_address
 from gateway.policy import Permission, may
 from gateway.sharing.principal import audit_fields

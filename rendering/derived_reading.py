@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from channels.db import database_sync_to_async
 from django.utils import translation
-from django.utils.translation import gettext_noop
 
 from gateway.audit.catalogue import Action, Outcome
+from gateway.i18n import gettext_noop
 from imaging.derived import (
     ARITHMETIC,
     CROP,

@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from django.utils.translation import gettext_noop
 
+from gateway.i18n import gettext_noop
 from rendering.encoding import Encoding
 from rendering.engine.arithmetic import Grid, arithmetic, arithmetic_grid, derived_volume
 from rendering.engine.core import RenderedFrame, RenderError

@@ -23,8 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from django.utils.translation import gettext_noop
-
+from gateway.i18n import gettext_noop
 from rendering.protocol import HANGING_NAME, MAX_VIEWS, SETTINGS, Text
 from rendering.said import Said, SaidError
 from rendering.viewstate import MAX_LAYERS

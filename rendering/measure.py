@@ -51,8 +51,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from django.utils.translation import gettext_noop
 
+from gateway.i18n import gettext_noop
 from rendering.engine.core import RenderError, layer_values
 from rendering.operations import WorkerContext, operation
 from rendering.protocol import GROW_BOX_MM, GROW_MODES

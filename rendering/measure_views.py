@@ -42,9 +42,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from django.utils.translation import gettext_noop
 from PIL import Image, ImageDraw, ImageFont
 
+from gateway.i18n import gettext_noop
 from rendering.engine.core import RenderError, layer_values
 from rendering.measure import (
     MAX_RADIUS_MM,

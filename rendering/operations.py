@@ -18,8 +18,7 @@ from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
-from django.utils.translation import gettext_noop
-
+from gateway.i18n import gettext_noop
 from rendering.encoding import Encoding
 from rendering.engine.core import (
     LayerInfo,

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, get_type_hints
 
-from django.utils.translation import gettext_noop
-
+from gateway.i18n import gettext_noop
 from imaging.suv import SUV_METHODS
 from rendering.engine.arithmetic import MAX_BOX_MM, SPACES
 from rendering.said import Said, SaidError

@@ -9,8 +9,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-from django.utils.translation import gettext_noop
 
+from gateway.i18n import gettext_noop
 from rendering.engine.core import RenderError
 from rendering.engine.registration import RegistrationCancelled, RegistrationError, register_automatic
 from rendering.operations import Urgency, WorkerContext, operation

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 from channels.db import database_sync_to_async
 from django.utils import translation
-from django.utils.translation import gettext_noop
 
 from gateway.audit.catalogue import Action, Outcome
+from gateway.i18n import gettext_noop
 from imaging.models import Registration, RegistrationState
 from imaging.registration_store import incoming_links, registration_dicom_store
 from imaging.registrations import (

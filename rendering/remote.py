@@ -42,8 +42,8 @@ from typing import Any
 import msgpack
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer, get_channel_layer
-from django.utils.translation import gettext_noop
 
+from gateway.i18n import gettext_noop
 from rendering.engine.core import RenderError
 from rendering.operations import Operation, OperationClient, operation_named
 from rendering.said import SaidError

@@ -27,11 +27,11 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_noop
 from django.views.decorators.http import require_GET, require_POST
 
 from gateway.audit.catalogue import Action, Outcome
 from gateway.audit.services import audit_record
+from gateway.i18n import gettext_noop
 from gateway.net import client_address
 from gateway.policy import Permission, may
 from imaging.access import StudyNotFound, ViewerStudy, study_for_viewer

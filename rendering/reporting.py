@@ -14,8 +14,8 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.utils import timezone, translation
-from django.utils.translation import gettext_noop
 
+from gateway.i18n import gettext_noop
 from imaging.dicom_net import SendResult, dicom_send
 from imaging.findings import findings_of
 from imaging.findings_dicom import FindingsExportError, findings_dicom_store, region_request, region_series

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
-from django.utils.translation import gettext_noop
 
+from gateway.i18n import gettext_noop
 from rendering.engine.core import RenderError
 from rendering.measure import region_box
 from rendering.operations import WorkerContext, operation

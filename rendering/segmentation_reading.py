@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from channels.db import database_sync_to_async
-from django.utils.translation import gettext_noop
 
 from gateway.audit.catalogue import Action, Outcome
+from gateway.i18n import gettext_noop
 from imaging.segmentation_models import model_offered, model_run_progress, model_run_start, models_offered
 from imaging.segmentations import (
     SegmentationError,

@@ -13,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.utils.translation import gettext, gettext_noop
+from django.utils.translation import gettext
 
+from gateway.i18n import gettext_noop
 from imaging.suv import SUV_METHODS, suv_facts, suv_method_factor
 from rendering.said import Said, SaidError, said
 

@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from django.utils.translation import gettext_noop
-
+from gateway.i18n import gettext_noop
 from rendering.said import Said, SaidError
 
 

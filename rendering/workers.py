@@ -50,8 +50,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from django.utils.translation import gettext_noop
-
+from gateway.i18n import gettext_noop
 from rendering.encoding import Encoding
 from rendering.engine.core import (
     FrameOfReferenceError,

@@ -62,8 +62,8 @@ from typing import Literal
 
 import numpy as np
 import SimpleITK as sitk
-from django.utils.translation import gettext_noop
 
+from gateway.i18n import gettext_noop
 from rendering.said import SaidError
 from rendering.volume import Presentation, Volume, VolumeError
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-from django.utils.translation import gettext_noop
 
+from gateway.i18n import gettext_noop
 from rendering.encoding import Encoding, encoder_for
 from rendering.engine import planes
 from rendering.engine.crop import box_onto, crop_2d

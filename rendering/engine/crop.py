@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
-from django.utils.translation import gettext_noop
 
+from gateway.i18n import gettext_noop
 from rendering.engine.arithmetic import ImageArithmeticError, arithmetic_grid
 from rendering.engine.planes import Plane
 from rendering.said import SaidError

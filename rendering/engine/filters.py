@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
-from django.utils.translation import gettext, gettext_noop
+from django.utils.translation import gettext
 
+from gateway.i18n import gettext_noop
 from rendering.said import SaidError
 
 Params = Mapping[str, float]

@@ -20,8 +20,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import SimpleITK as sitk
-from django.utils.translation import gettext_noop
 
+from gateway.i18n import gettext_noop
 from rendering.said import SaidError
 from rendering.volume import Volume
 

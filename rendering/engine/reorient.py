@@ -29,8 +29,9 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-from django.utils.translation import gettext, gettext_noop
+from django.utils.translation import gettext
 
+from gateway.i18n import gettext_noop
 from rendering.said import SaidError
 from rendering.volume import Volume
 
