@@ -1060,6 +1060,7 @@ class ViewerSession:
         """The ``ready`` message body: views and series, no identifying data."""
         return {
             "layout": self.layout, "studies": list(self.studies), "suv": self.suv_wire(),
+            "linked": self.linked,
             "views": [{"kind": view.kind, "layers": [layer["series_id"] for layer in view.layers]}
                       for view in self.views],
             "series": sorted([*(s.wire() for s in self.series.values()), *self.unavailable],

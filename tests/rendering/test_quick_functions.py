@@ -181,7 +181,9 @@ def test_link_all_moves_every_view_of_the_layout_and_unlinks(volume):
     other_focus = session.focus["for.other"].copy()
     assert scroll_window_zoom() == [[0], [0], [0]]
     assert np.array_equal(session.focus["for.other"], other_focus) and session.views[1].zoom == 1.0
+    assert session.describe()["linked"] is False
     _press(session, "link_all")
+    assert session.describe()["linked"] is True, "ready says it, so a client's button shows it"
     width = session.views[1].layers[0]["window_width"]
     assert scroll_window_zoom() == [[0, 1], [0, 1], [0, 1]]
     assert session.focus["for.other"][2] == pytest.approx(other_focus[2] + 1.0)

@@ -1181,6 +1181,7 @@ function receiveReady(message) {
   receiveVocabulary(message.vocabulary);
   const rate = message.limits && Number(message.limits.messages_per_second);
   if (Number.isFinite(rate) && rate > 0) inputRate = rate;
+  linkedAll = message.linked === true;  // "link all" is the session's: a new socket starts unlinked
   mayStoreFindings = message.findings_store === true;
   showReport(message.report);
   buildMenus();
