@@ -15,8 +15,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from django.utils.translation import gettext, gettext_noop
+from django.utils.translation import gettext
 
+from gateway.i18n import gettext_noop
 from imaging.registrations import FrameLink, frame_transform, layer_transform
 from imaging.suv import SUV_METHODS
 from rendering.hanging import PALETTES, Hanging, LayerRule, ViewRule, description_fragment
