@@ -282,3 +282,34 @@ def test_each_role_walks_its_daily_path_and_every_page_passes_axe(demo_gateway, 
         problems += admin.problems
         browser.close()
     assert problems == [], "\n".join(problems)
+
+
+def test_a_hungarian_doctor_reads_the_pages_the_viewer_and_its_server_in_hungarian(demo_gateway):
+    """The browser asks for Hungarian: the page, the page script's words and the socket's announced
+    menu all come in it (each compared with the committed catalogue, not with text written here)."""
+    import polib
+    from playwright.sync_api import sync_playwright
+
+    from gateway.translations import catalogue_path
+
+    pages, scripts = (polib.pofile(str(catalogue_path("hu", domain))) for domain in ("django", "djangojs"))
+
+    def hungarian(catalogue, msgid: str) -> str:
+        entry = catalogue.find(msgid)
+        assert entry is not None and entry.msgstr and entry.msgstr != msgid, msgid
+        return entry.msgstr
+
+    base, study_uid, credentials, _ = demo_gateway
+    with sync_playwright() as playwright:
+        browser = _browser(playwright)
+        page = browser.new_context(viewport={"width": 1280, "height": 900}, locale="hu-HU").new_page()
+        page.goto(f"{base}/accounts/login/")
+        assert page.get_attribute("html", "lang") == "hu"
+        assert hungarian(pages, "Sign in") in page.inner_text("main")
+        page_sign_in(page, base, "dr.ada", credentials)
+        page.goto(f"{base}/viewer/{study_uid}/")
+        _wait_for_sequence(page.locator("canvas[data-view='0']"), above=0, seconds=60)
+        assert hungarian(scripts, "No finding kept yet.") in page.inner_text("body")
+        modes = page.locator("#mode-bar button").all_inner_texts()
+        assert hungarian(pages, "zoom") in [text.strip() for text in modes], modes
+        browser.close()
