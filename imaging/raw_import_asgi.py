@@ -24,7 +24,6 @@ and the view decide again on the request itself.
 
 from __future__ import annotations
 
-import asyncio
 import io
 from importlib import import_module
 from typing import Any
@@ -47,7 +46,7 @@ from gateway.net import scope_address
 from gateway.policy import Permission, may
 from imaging import conf
 from imaging.raw_import import DOOR
-from imaging.stow_asgi import _refused_by_middleware
+from imaging.stow_asgi import _refused_by_middleware, empty_body
 
 RAW_IMPORT_VIEW = "imaging:raw_import"
 FORM_OVERHEAD = 1 << 20  # the form's other fields and the multipart framing, beside the file
@@ -117,21 +116,6 @@ def _bodiless(scope: dict[str, Any]) -> dict[str, Any]:
     return {**scope, "headers": [*headers, (b"content-length", b"0")]}
 
 
-def _empty_body() -> Any:
-    """Django's receive: an empty body, then nothing until the response is done."""
-    sent = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
-
-    return receive
-
-
 async def _answer(send: Any, status: int, text: str, *extra: tuple[bytes, bytes]) -> None:
     body = f"{text}\n".encode()
     await send({"type": "http.response.start", "status": status, "headers": [
@@ -153,7 +137,7 @@ class RawImportGate:
             return
         user = await database_sync_to_async(raw_import_admitted)(scope)
         if user is None:  # the route's own refusal (sign-in, 403 audited), the body left unread
-            await self.application(_bodiless(scope), _empty_body(), send)
+            await self.application(_bodiless(scope), empty_body(), send)
             return
         limit = raw_import_body_limit()
         declared = _declared_length(scope)

@@ -95,7 +95,7 @@ async def _receive_body(receipt: StowReceipt, receive: Any) -> bool:
             return True
 
 
-def _empty_body() -> Any:
+def empty_body() -> Any:
     """Django's receive: an empty body, then nothing (see StowGate.__call__)."""
     sent = False
 
@@ -134,6 +134,6 @@ class StowGate:
         try:
             if receipt.refusal is None and not await _receive_body(receipt, receive):
                 return  # the client went away mid-body: nothing to answer, nothing stored
-            await self.application({**scope, SCOPE_KEY: receipt}, _empty_body(), send)
+            await self.application({**scope, SCOPE_KEY: receipt}, empty_body(), send)
         finally:
             receipt.close_unclaimed()

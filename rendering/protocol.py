@@ -796,6 +796,16 @@ def _box(message: dict[str, Any], space: str) -> tuple[float, ...] | None:
     raw = message.get("box")
     if raw is None:
         raise ProtocolError("missing_field", gettext_noop("'box' is required with the space 'box'"))
+    box = _box_edges(raw)
+    for axis, low, high in zip("ijk", box[0::2], box[1::2], strict=True):
+        if high - low > MAX_BOX_MM:
+            raise ProtocolError("bad_value", gettext_noop("'box': the %(axis)s side is at most %(most)g mm"),
+                                axis=axis, most=MAX_BOX_MM)
+    return box
+
+
+def _box_edges(raw: Any) -> tuple[float, ...]:
+    """Six edges in mm, each side's low below its high (a derive's box and a view's crop)."""
     if not isinstance(raw, list) or len(raw) != 6:
         raise ProtocolError("bad_value", gettext_noop("'box' is six numbers: i_min, i_max, j_min, j_max, "
                                                       "k_min, k_max (mm)"))
@@ -804,9 +814,6 @@ def _box(message: dict[str, Any], space: str) -> tuple[float, ...] | None:
         if not low < high:
             raise ProtocolError("bad_value", gettext_noop("'box': %(axis)s_min must be below %(axis)s_max"),
                                 axis=axis)
-        if high - low > MAX_BOX_MM:
-            raise ProtocolError("bad_value", gettext_noop("'box': the %(axis)s side is at most %(most)g mm"),
-                                axis=axis, most=MAX_BOX_MM)
     return box
 
 
@@ -834,15 +841,7 @@ def _parse_crop(message: dict[str, Any], views: int) -> Crop:
     raw = message["box"]
     if raw is None:
         return Crop(view, None)
-    if not isinstance(raw, list) or len(raw) != 6:
-        raise ProtocolError("bad_value", gettext_noop("'box' is six numbers: i_min, i_max, j_min, j_max, "
-                                                      "k_min, k_max (mm)"))
-    box = tuple(float(_field({"box": value}, "box", BOX_EDGE)) for value in raw)
-    for axis, low, high in zip("ijk", box[0::2], box[1::2], strict=True):
-        if not low < high:
-            raise ProtocolError("bad_value", gettext_noop("'box': %(axis)s_min must be below %(axis)s_max"),
-                                axis=axis)
-    return Crop(view, box)  # type: ignore[arg-type]
+    return Crop(view, _box_edges(raw))  # type: ignore[arg-type]
 
 
 def _parse_filter_preview(message: dict[str, Any], views: int) -> FilterPreview:
