@@ -12,6 +12,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from gateway.i18n import gettext_noop
@@ -454,3 +455,42 @@ class PacsSend(models.Model):
 
     def __str__(self) -> str:
         return f"send {self.sop_instance_uid} to {self.destination_id} ({self.state})"
+
+
+class ReadingBookmark(models.Model):
+    """A reader's whole reading state of one study (tabs, layouts, every view), kept under a name.
+
+    A viewing preference of one account, like a hanging rule, so saving and deleting one is not
+    audited; sharing one with a consultant's share is (``imaging.bookmarks``).
+    """
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                              related_name="reading_bookmarks")
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="reading_bookmarks")
+    name = models.CharField(max_length=64)
+    state = models.JSONField(help_text="the viewer's reading state, a JSON object of at most 64 KiB")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ("-updated_at", "-id")
+        constraints = [models.UniqueConstraint(fields=["owner", "study", "name"],
+                                               name="imaging_bookmark_name_once")]
+
+    def __str__(self) -> str:
+        return f"bookmark {self.pk} of user {self.owner_id} on study {self.study_id}"
+
+
+class ReadingBookmarkShare(models.Model):
+    """A bookmark shown to the holders of one share (and of the shares forwarded from it)."""
+
+    bookmark = models.ForeignKey(ReadingBookmark, on_delete=models.CASCADE, related_name="shared")
+    share = models.ForeignKey("sharing.Share", on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["bookmark", "share"],
+                                               name="imaging_bookmark_shared_once")]
+
+    def __str__(self) -> str:
+        return f"bookmark {self.bookmark_id} shared with share {self.share_id}"

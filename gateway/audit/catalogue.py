@@ -114,6 +114,8 @@ class Action(StrEnum):
     PACS_RETRIEVE = "pacs.retrieve"
     PACS_SEND = "pacs.send"
     STORE_EVICT = "store.evict"
+    BOOKMARK_SHARE = "bookmark.share"
+    BOOKMARK_UNSHARE = "bookmark.unshare"
 
     @property
     def spec(self) -> ActionSpec:
@@ -197,4 +199,8 @@ ACTION_SPECS: dict[Action, ActionSpec] = {
                                  "sent a result to the PACS, re-identified for it"),
     Action.STORE_EVICT: ActionSpec(INSTANCES_TRANSFERRED, None, "D",
                                    "evicted a retrieved study from the local store (still in the PACS)"),
+    Action.BOOKMARK_SHARE: ActionSpec(PATIENT_RECORD, None, "C",
+                                      "showed a reading bookmark to a consultant's share"),
+    Action.BOOKMARK_UNSHARE: ActionSpec(PATIENT_RECORD, None, "D",
+                                        "stopped showing a reading bookmark to a consultant's share"),
 }
