@@ -85,6 +85,7 @@ from rendering.session import SUV_MODALITIES, SeriesInfo, SessionError, ViewerSe
 from rendering.toolbox import toolbox_wire
 from rendering.viewstate import Quality, ViewStateError, viewstate_from_dict
 from rendering.workers import RenderError
+from rendering.workspace_reading import WORKSPACE_HANDLERS, bookmarks_send
 
 logger = logging.getLogger("rendering.viewer")
 
@@ -265,6 +266,7 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, P
             await self._send_documents()
             await self._send_segmentations()
             await self._send_registrations()
+            await bookmarks_send(self)
 
     async def _report_wire(self) -> dict[str, Any] | None:
         """The study's latest report for the viewer's link (None for a consultant: no report pages)."""
@@ -776,6 +778,7 @@ MESSAGE_HANDLERS: dict[type, Callable[[ViewerConsumer, Any], Awaitable[None]]] =
     **REGISTRATION_HANDLERS,
     **DERIVED_HANDLERS,
     **CROP_HANDLERS,
+    **WORKSPACE_HANDLERS,
 }
 
 

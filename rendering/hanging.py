@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.i18n import gettext_noop
-from rendering.protocol import HANGING_NAME, MAX_VIEWS, SETTINGS, Text
+from rendering.protocol import HANGING_NAME, SETTINGS, Text
 from rendering.said import Said, SaidError
 from rendering.viewstate import MAX_LAYERS
 
@@ -34,6 +34,7 @@ DESCRIPTION_LENGTH = 64
 MAX_MODALITIES = 8
 MODALITY = re.compile(r"[A-Z0-9_]{1,16}")
 GRIDS = {1: "1x1", 2: "1x2", 3: "1x3", 4: "2x2"}
+MAX_VIEWS = len(GRIDS)
 """The layout a rule's views fill, by their count."""
 
 

@@ -22,11 +22,12 @@ from typing import Any, get_type_hints
 from gateway.i18n import gettext_noop
 from imaging.suv import SUV_METHODS
 from rendering.engine.arithmetic import MAX_BOX_MM, SPACES
+from rendering.grids import Grid, GridError, grid_parse
 from rendering.said import Said, SaidError
 from rendering.viewstate import MAX_FILE_WINDOWS
+from rendering.workspaces import MAX_TABS, MAX_VIEWS, TAB_NAME_LENGTH
 
 MAX_MESSAGE_BYTES = 8192
-MAX_VIEWS = 4
 SHOWN_CHARS = 40
 FRAME_MAGIC = b"FGF1"
 FRAME_VERSION = 1
@@ -348,6 +349,38 @@ class Crop:
 
 
 @dataclass(frozen=True)
+class TabChange:
+    """A workspace tab added (in ``layout``), selected, closed, renamed, linked, or a view duplicated
+    into a new tab (rendering.workspaces); fields an action does not use are left at their defaults."""
+
+    action: str
+    tab: int = 0
+    layout: str = "1x1"
+    name: str = ""
+    linked: bool = False
+    view: int = 0
+
+
+@dataclass(frozen=True)
+class GridChange:
+    """The tab on screen drawn in a grid of the reader's (rendering.grids)."""
+
+    grid: Grid
+
+
+@dataclass(frozen=True)
+class BookmarkChange:
+    """A bookmark of the reading state: ``save`` under ``name``; ``open``, ``delete``, or ``share``
+    with (``shared``) or take back from a consultant's share ``share`` the bookmark ``bookmark``."""
+
+    action: str
+    bookmark: int = 0
+    name: str = ""
+    share: str = ""
+    shared: bool = False
+
+
+@dataclass(frozen=True)
 class FilterPreview:
     """View ``view`` as it is, its base layer's shown slice filtered (2-D) with ``parameters``."""
 
@@ -441,7 +474,7 @@ Message = (Acknowledge | Input | Setting | Layout | Probe | Resize | Thumbnails 
            | Keep | Forget | Relabel | StoreFindings | SuvMethod | SuvInputs | Hang | HangSave | HangDelete
            | Chart | SegNew | SegOpen | SegClose | SegEdit | SegUndo | SegRedo | SegSegment | SegStore
            | SegModel | SegDelete | ReportCapture | RegRun | RegLandmarks | RegNudge | RegDecide | Derive
-           | FilterPreview | Crop)
+           | FilterPreview | Crop | TabChange | GridChange | BookmarkChange)
 
 
 def _field(message: dict[str, Any], name: str, rule: FieldRule) -> Any:
@@ -844,6 +877,51 @@ def _parse_crop(message: dict[str, Any], views: int) -> Crop:
     return Crop(view, _box_edges(raw))  # type: ignore[arg-type]
 
 
+TAB_FIELDS = {"add": {"layout"}, "select": {"tab"}, "close": {"tab"}, "rename": {"tab", "name"},
+              "link": {"tab", "linked"}, "duplicate": {"view"}}
+TAB_NUMBER = Number(0, MAX_TABS - 1, integer=True)
+TAB_NAME = Label(TAB_NAME_LENGTH)
+BOOKMARK_FIELDS = {"save": {"name"}, "open": {"bookmark"}, "delete": {"bookmark"},
+                   "share": {"bookmark", "share", "shared"}}
+BOOKMARK_NAME = Label(64)
+SHARE_ID = Identifier(re.compile(r"[A-Za-z0-9_\-]{1,24}"))
+
+
+def _parse_tab(message: dict[str, Any], views: int) -> TabChange:
+    action = _field(message, "action", Text(tuple(TAB_FIELDS)))
+    _exact_keys(message, {"type", "action", *TAB_FIELDS[action]})
+    if action == "add":
+        return TabChange(action, layout=_field(message, "layout", Text(tuple(LAYOUTS))))
+    if action == "duplicate":
+        return TabChange(action, view=_view(message, views))
+    tab = int(_field(message, "tab", TAB_NUMBER))
+    if action == "rename":
+        return TabChange(action, tab, name=_field(message, "name", TAB_NAME))
+    if action == "link":
+        return TabChange(action, tab, linked=bool(_field(message, "linked", Flag())))
+    return TabChange(action, tab)
+
+
+def _parse_grid(message: dict[str, Any], views: int) -> GridChange:
+    _exact_keys(message, {"type", "rows", "columns", "cells"})
+    try:
+        return GridChange(grid_parse({key: message.get(key) for key in ("rows", "columns", "cells")}))
+    except GridError as error:
+        raise ProtocolError("bad_value", error.said) from error
+
+
+def _parse_bookmark(message: dict[str, Any], views: int) -> BookmarkChange:
+    action = _field(message, "action", Text(tuple(BOOKMARK_FIELDS)))
+    _exact_keys(message, {"type", "action", *BOOKMARK_FIELDS[action]})
+    if action == "save":
+        return BookmarkChange(action, name=_field(message, "name", BOOKMARK_NAME))
+    bookmark = int(_field(message, "bookmark", RULE_ID))
+    if action == "share":
+        return BookmarkChange(action, bookmark, share=_field(message, "share", SHARE_ID),
+                              shared=bool(_field(message, "shared", Flag())))
+    return BookmarkChange(action, bookmark)
+
+
 def _parse_filter_preview(message: dict[str, Any], views: int) -> FilterPreview:
     _exact_keys(message, {"type", "view", "filter", "parameters"})
     return FilterPreview(_view(message, views), _field(message, "filter", OPERATION_NAME),
@@ -928,7 +1006,7 @@ _PARSERS: dict[str, Callable[[dict[str, Any], int], Message]] = {
     "seg_delete": _parse_seg_delete,
     "reg_run": _parse_reg_run, "reg_landmarks": _parse_reg_landmarks, "reg_nudge": _parse_reg_nudge,
     "reg_decide": _parse_reg_decide, "derive": _parse_derive, "filter_preview": _parse_filter_preview,
-    "crop": _parse_crop,
+    "crop": _parse_crop, "tab": _parse_tab, "grid": _parse_grid, "bookmark": _parse_bookmark,
 }
 
 

@@ -11,6 +11,8 @@ render workers' ``describe``.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from copy import deepcopy
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -20,6 +22,7 @@ from django.utils.translation import gettext
 from gateway.i18n import gettext_noop
 from imaging.registrations import FrameLink, frame_transform, layer_transform
 from imaging.suv import SUV_METHODS
+from rendering.grids import NAMED_GRIDS, Grid
 from rendering.hanging import PALETTES, Hanging, LayerRule, ViewRule, description_fragment
 from rendering.protocol import LAYOUTS, Input, Setting
 from rendering.said import Said, SaidError
@@ -31,8 +34,19 @@ from rendering.viewstate import (
     ZOOM_MAX,
     ZOOM_MIN,
     ViewState,
+    ViewStateError,
     viewstate_from_dict,
     viewstate_to_dict,
+)
+from rendering.workspaces import (
+    MAX_TABS,
+    MAX_VIEWS,
+    TAB_NAME_LENGTH,
+    KeptTab,
+    ReadingStateError,
+    Workspace,
+    reading_snapshot,
+    reading_tabs,
 )
 
 MPR_KINDS = {"native", "axial", "coronal", "sagittal", "oblique"}
@@ -43,6 +57,8 @@ SUV_MODALITIES = {"PT", "NM"}
 OVERLAY_OPACITY = 0.5
 TRUE_SIZE_MM_PER_PIXEL = 25.4 / 96
 LINKED_INPUTS = frozenset({"scroll", "window", "zoom", "pan"})
+TAB_LINKED_INPUTS = frozenset({"window", "zoom"})
+BOOKMARK_REFUSED = gettext_noop("the bookmark cannot be shown here: %(why)s")
 
 
 @dataclass(frozen=True)
@@ -55,6 +71,12 @@ class ShownSegmentation:
 
 class SessionError(SaidError, ValueError):
     """A request the session cannot honour (no such series, no PET for fusion...); said to the reader."""
+
+
+class ViewLimitError(SessionError):
+    """More views than a reading may hold (rendering.workspaces.MAX_VIEWS)."""
+
+    code = "too_many_views"
 
 
 @dataclass(frozen=True)
@@ -244,6 +266,10 @@ def _drawn(layer: dict[str, Any]) -> dict[str, Any]:
     return {**drawn, "opacity": 0.0} if layer["hidden"] else drawn
 
 
+def _focus_copy(focus: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {frame: point.copy() for frame, point in focus.items()}
+
+
 def _series_lacking(view: int, layer: LayerRule, *, reformats: bool) -> Said:
     """Why a hanging rule's view finds no series for ``layer``: one sentence per case, for translators."""
     values = {"view": view, "modality": layer.modality, "description": repr(layer.description)}
@@ -270,10 +296,11 @@ class ViewerSession:
         self.studies = [study_uid]
         self.series: dict[str, SeriesInfo] = {}
         self.unavailable: list[dict[str, Any]] = []
-        self.focus: dict[str, np.ndarray] = {}
+        self.centers: dict[str, np.ndarray] = {}
+        """Each frame of reference's first focus point: a new tab starts there."""
+        self.tabs = [Workspace(NAMED_GRIDS["1x1"], "", [], {})]
+        self.tab = 0
         self._series_add(series, unavailable or [])
-        self.views: list[ViewModel] = []
-        self.layout = ""
         self.suv = SuvReading()
         self.segmentation: ShownSegmentation | None = None
         self.links: list[FrameLink] = []
@@ -285,9 +312,26 @@ class ViewerSession:
     def _series_add(self, series: list[SeriesInfo], unavailable: list[dict[str, Any]]) -> None:
         for info in series:
             self.series.setdefault(info.uid, info)
-            self.focus.setdefault(info.frame_of_reference,
-                                  np.asarray(info.geometry["center"], dtype=np.float64))
+            self.centers.setdefault(info.frame_of_reference,
+                                    np.asarray(info.geometry["center"], dtype=np.float64))
+        for tab in self.tabs:
+            for frame, center in self.centers.items():
+                tab.focus.setdefault(frame, center.copy())
         self.unavailable.extend(unavailable)
+
+    @property
+    def views(self) -> list[ViewModel]:
+        """The views of the tab on screen (a message's ``view`` counts among these)."""
+        return self.tabs[self.tab].views
+
+    @property
+    def layout(self) -> str:
+        return self.tabs[self.tab].layout
+
+    @property
+    def focus(self) -> dict[str, np.ndarray]:
+        """The tab on screen's focus point per frame of reference (shared by linked tabs)."""
+        return self.tabs[self.tab].focus
 
     def study_add(self, study_uid: str, series: list[SeriesInfo],
                   unavailable: list[dict[str, Any]]) -> None:
@@ -354,11 +398,22 @@ class ViewerSession:
         self._views_set(views, name)
         return list(range(len(views)))
 
-    def _views_set(self, views: list[ViewModel], layout: str) -> None:
-        """Show ``views`` in ``layout``; each keeps the size of the view it replaces."""
+    def _views_set(self, views: list[ViewModel], layout: str, grid: Grid | None = None) -> None:
+        """Show ``views`` in ``layout`` (a named one, else ``grid``) on the tab on screen; each keeps
+        the size of the view it replaces."""
+        self._views_allowed(len(views), replacing=self.tab)
         for old, new in zip(self.views, views, strict=False):
             new.width, new.height = old.width, old.height
-        self.views, self.layout = views, layout
+        tab = self.tabs[self.tab]
+        tab.views, tab.layout, tab.grid = views, layout, grid or NAMED_GRIDS[layout]
+
+    def _views_allowed(self, count: int, *, replacing: int | None = None) -> None:
+        others = sum(len(tab.views) for number, tab in enumerate(self.tabs) if number != replacing)
+        if others + count > MAX_VIEWS:
+            raise ViewLimitError(gettext_noop("a reading shows at most %(most)s views at once (%(open)s are "
+                                            "open in the other tabs): close a tab or choose a smaller "
+                                            "layout"),
+                               most=MAX_VIEWS, open=others)
 
     def _compare_views(self) -> list[ViewModel]:
         """The first study's main series beside the latest other study's series most like it."""
@@ -371,6 +426,143 @@ class ViewerSession:
         right = max(other, key=lambda s: (s.modality == left.modality, s.mpr == left.mpr,
                                           s.geometry.get("plane") == left.geometry.get("plane")))
         return [ViewModel(left.opening_kind, [_layer(left)]), ViewModel(right.opening_kind, [_layer(right)])]
+
+    # --- tabs (rendering.workspaces) ---------------------------------------------------------
+
+    def _tab_open(self, fill: Callable[[], object]) -> list[int]:
+        """A new tab after the others, on screen, filled by ``fill``; none if ``fill`` is refused."""
+        if len(self.tabs) >= MAX_TABS:
+            raise SessionError(gettext_noop("a reading has at most %(most)s tabs"), most=MAX_TABS)
+        previous = self.tab
+        self.tabs.append(Workspace(NAMED_GRIDS["1x1"], "", [], _focus_copy(self.focus)))
+        self.tab = len(self.tabs) - 1
+        try:
+            fill()
+        except SessionError:
+            self.tabs.pop()
+            self.tab = previous
+            raise
+        return list(range(len(self.views)))
+
+    def tab_add(self, layout: str) -> list[int]:
+        return self._tab_open(lambda: self.layout_apply(layout))
+
+    def view_duplicate(self, index: int) -> list[int]:
+        """A new tab showing a copy of view ``index`` alone, at the same place."""
+        copy = deepcopy(self.views[index])
+        return self._tab_open(lambda: self._views_set([copy], "1x1"))
+
+    def _tab_number(self, number: int) -> Workspace:
+        if not 0 <= number < len(self.tabs):
+            raise SessionError(gettext_noop("there is no tab %(tab)s"), tab=number + 1)
+        return self.tabs[number]
+
+    def tab_select(self, number: int) -> list[int]:
+        self._tab_number(number)
+        self.tab = number
+        return list(range(len(self.views)))
+
+    def tab_close(self, number: int) -> list[int]:
+        """Close a tab and forget its views; the last tab stays."""
+        self._tab_number(number)
+        if len(self.tabs) == 1:
+            raise SessionError(gettext_noop("the last tab stays open"))
+        del self.tabs[number]
+        if number < self.tab or self.tab == len(self.tabs):
+            self.tab -= 1
+        return list(range(len(self.views)))
+
+    def tab_rename(self, number: int, name: str) -> None:
+        self._tab_number(number).name = name.strip()[:TAB_NAME_LENGTH]
+
+    def tab_link(self, number: int, linked: bool) -> list[int]:
+        """Link a tab to the other linked tabs (it takes their focus points) or let it go."""
+        tab = self._tab_number(number)
+        if linked and not tab.linked:
+            group = next((other for other in self.tabs if other.linked), None)
+            if group is not None:
+                tab.focus = group.focus
+        elif tab.linked and not linked:
+            tab.focus = _focus_copy(tab.focus)
+        tab.linked = linked
+        return list(range(len(self.views))) if number == self.tab else []
+
+    def _tabs_follow(self, operation: str, source: ViewModel, args: dict[str, float]) -> None:
+        """Linked tabs off screen take a window where their view's base is of the same modality, a zoom
+        where their view is of the same dimension; a scroll moves them through the focus they share."""
+        base = self._base(source)
+        for number, tab in enumerate(self.tabs):
+            if number == self.tab or not tab.linked:
+                continue
+            for other in tab.views:
+                if operation == "window":
+                    follows = self._base(other).modality == base.modality
+                else:
+                    follows = (other.kind == "3d") == (source.kind == "3d")
+                if follows:
+                    getattr(self, f"_input_{operation}")(0, other, args)
+
+    def grid_apply(self, grid: Grid) -> list[int]:
+        """Draw the tab on screen in ``grid``: its views keep their cells in order, a cell more shows
+        a series not yet in the tab (else the last view's series in another plane)."""
+        views = self.views[:len(grid.cells)]
+        while len(views) < len(grid.cells):
+            views.append(self._view_more(views))
+        self._views_set(views, "grid", grid)
+        return list(range(len(views)))
+
+    def _view_more(self, views: list[ViewModel]) -> ViewModel:
+        shown = {layer["series_id"] for view in views for layer in view.layers}
+        fresh = next((s for s in self._of_study(self.studies[0]) if s.uid not in shown), None)
+        if fresh is not None:
+            return ViewModel(fresh.opening_kind, [_layer(fresh)])
+        base = self._base(views[-1]) if views else next(iter(self.series.values()))
+        kinds = ("axial", "coronal", "sagittal")
+        kind = kinds[len(views) % 3] if base.mpr else base.opening_kind
+        return ViewModel(kind, [_layer(base)])
+
+    def reading_snapshot(self) -> dict[str, Any]:
+        """The whole reading state, as a bookmark keeps it."""
+        return reading_snapshot(self.tabs, self.tab, linked_all=self.linked)
+
+    def reading_restore(self, state: Any) -> list[int]:
+        """Show a bookmark's reading state; refused whole, the reading unchanged, if any part is not
+        one this reading can show."""
+        try:
+            kept, active, linked_all = reading_tabs(state, lambda uid: uid in self.series, set(self.centers))
+        except ReadingStateError as error:
+            raise SessionError(BOOKMARK_REFUSED, why=error.said) from error
+        tabs = self._tabs_kept(kept)
+        previous = self.tabs, self.tab, self.linked
+        self.tabs, self.linked = tabs, linked_all
+        try:
+            for self.tab, shown in enumerate(tabs):
+                for index in range(len(shown.views)):
+                    self.state(index)
+        except (ViewStateError, KeyError, ValueError) as error:
+            self.tabs, self.tab, self.linked = previous
+            raise SessionError(BOOKMARK_REFUSED,
+                               why=error.said if isinstance(error, SaidError) else Said("")) from error
+        self.tab = active
+        return list(range(len(self.views)))
+
+    def _tabs_kept(self, kept: list[KeptTab]) -> list[Workspace]:
+        tabs = [Workspace(tab.grid, tab.layout, [self._view_kept(fields) for fields in tab.views],
+                          {**_focus_copy(self.centers), **tab.focus}, tab.name, tab.linked) for tab in kept]
+        shared = next((tab.focus for tab in tabs if tab.linked), None)
+        for tab in tabs:
+            if tab.linked and shared is not None:
+                tab.focus = shared
+        return tabs
+
+    def _view_kept(self, fields: dict[str, Any]) -> ViewModel:
+        view = ViewModel(**fields)
+        if view.kind not in MPR_KINDS | {"3d"} or (view.kind != "native" and not self._base(view).mpr) \
+                or view.rotation % 90 or view.width != int(view.width) or view.height != int(view.height):
+            raise SessionError(BOOKMARK_REFUSED,
+                               why=Said(gettext_noop("a view's kind or size does not fit its series")))
+        view.width, view.height, view.rotation = int(view.width), int(view.height), int(view.rotation)
+        return view
 
     # --- hanging rules (rendering.hanging) --------------------------------------------------
 
@@ -706,6 +898,8 @@ class ViewerSession:
         changed = handler(index, view, args)
         if self.linked and message.operation in LINKED_INPUTS:
             changed = sorted({*changed, *self._linked_follow(index, message.operation, args)})
+        if self.tabs[self.tab].linked and message.operation in TAB_LINKED_INPUTS:
+            self._tabs_follow(message.operation, view, args)
         return changed
 
     def _input_link_all(self, index: int, view: ViewModel, args: dict[str, float]) -> list[int]:
@@ -1046,7 +1240,7 @@ class ViewerSession:
         except SuvReadingError as error:
             raise SessionError.from_error(error) from error
         if self.suv.factor(series.geometry.get("suv_calculation"), series_uid)[0] is not None:
-            for view in self.views:
+            for view in (view for tab in self.tabs for view in tab.views):
                 for layer in view.layers:
                     if layer["series_id"] == series_uid and layer["window_unit"] != "suv":
                         preset = WINDOW_PRESETS["pet_suv_0_5"]
@@ -1061,6 +1255,8 @@ class ViewerSession:
         """The ``ready`` message body: views and series, no identifying data."""
         return {
             "layout": self.layout, "studies": list(self.studies), "suv": self.suv_wire(),
+            "tabs": [tab.wire() for tab in self.tabs], "tab": self.tab,
+            "grid": self.tabs[self.tab].grid.wire(), "max_views": MAX_VIEWS,
             "linked": self.linked,
             "views": [{"kind": view.kind, "layers": [layer["series_id"] for layer in view.layers]}
                       for view in self.views],

@@ -64,7 +64,7 @@ def test_valid_messages_parse(raw, expected):
     ("[1,2]", "bad_message"),
     ('{"type": 3}', "bad_message"),
     ('{"type":"download","series":"1"}', "unknown_type"),
-    ('{"type":"ack","view":4,"seq":1}', "bad_value"),
+    ('{"type":"ack","view":16,"seq":1}', "bad_value"),
     ('{"type":"ack","view":-1,"seq":1}', "bad_value"),
     ('{"type":"ack","view":0}', "missing_field"),
     ('{"type":"ack","view":0,"seq":1,"extra":1}', "unknown_field"),

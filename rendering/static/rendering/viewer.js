@@ -1199,6 +1199,7 @@ function receiveReady(message) {
   overlayAsked = null;  // the views' layers are the server's now
   fuseAsked = null;
   buildViews(message.views || []);
+  receiveWorkspace(message);
   layersReady();
   fillRegistrationSeries();
   showRegistration();
@@ -1290,6 +1291,8 @@ function handleText(message) {
   else if (message.type === "filter_preview") receiveFilterPreview(message);
   else if (message.type === "suv") showSuv(message);
   else if (message.type === "hanging_rules") showHanging(message.rules);
+  else if (message.type === "tabs") receiveTabs(message);
+  else if (message.type === "bookmarks") receiveBookmarks(message);
   else if (message.type === "error") receiveError(message);
   else if (message.type === "closing") {
     end(interpolate(gettext("access ended: %(reason)s"), { reason: message.reason }, true));
@@ -5440,6 +5443,229 @@ function changeOpacity() {
   opacityShown.textContent = `${Math.round(value * 100)}%`;
   queueSetting({ type: "set", view: view.index, name: "opacity", value, layer: 1 });
 }
+
+// --- workspaces: tabs, grids and bookmarks (rendering/workspaces.py) -------------------------
+// The server keeps every tab; only the tab on screen has views here. `ready` names the tabs,
+// the one shown and its grid; a `tabs` message changes the tab bar alone.
+
+const tabList = document.getElementById("tabs");
+const tabAddButton = document.getElementById("tab-add");
+const tabNameInput = document.getElementById("tab-name");
+const tabLinkedBox = document.getElementById("tab-linked");
+const tabCloseButton = document.getElementById("tab-close");
+const viewDuplicateButton = document.getElementById("view-duplicate");
+const viewCount = document.getElementById("view-count");
+const gridRowsInput = document.getElementById("grid-rows");
+const gridColumnsInput = document.getElementById("grid-columns");
+const gridCellsBox = document.getElementById("grid-cells");
+const gridMergeButton = document.getElementById("grid-merge");
+const gridSplitButton = document.getElementById("grid-split");
+const gridApplyButton = document.getElementById("grid-apply");
+const gridEditor = document.getElementById("grid-editor");
+const bookmarkList = document.getElementById("bookmark-list");
+const bookmarkNone = document.getElementById("bookmark-none");
+const bookmarkForm = document.getElementById("bookmark-save");
+const bookmarkName = document.getElementById("bookmark-name");
+const GRID_SIDE = 4;
+let tabs = [];
+let shownTab = 0;
+let maxViews = 16;
+let shownGrid = { rows: 1, columns: 1, cells: [[0, 0, 1, 1]] };
+let draftCells = [];
+let draftPicked = [];
+
+function tabTitle(tab, number) {
+  return tab.name || interpolate(gettext("Tab %(number)s"), { number: number + 1 }, true);
+}
+
+function receiveTabs(message) {
+  tabs = Array.isArray(message.tabs) ? message.tabs : [];
+  shownTab = Number.isInteger(message.tab) ? message.tab : 0;
+  if (Number.isInteger(message.max_views)) maxViews = message.max_views;
+  tabList.replaceChildren(...tabs.map((tab, number) => {
+    const button = element("button", tab.linked ? "linked" : "", tabTitle(tab, number));
+    button.type = "button";
+    button.setAttribute("role", "tab");
+    button.setAttribute("aria-selected", String(number === shownTab));
+    button.dataset.tab = String(number);
+    if (tab.linked) button.title = gettext("linked");
+    button.addEventListener("click", () => { if (number !== shownTab) send({ type: "tab", action: "select", tab: number }); });
+    return button;
+  }));
+  const tab = tabs[shownTab];
+  if (tab && document.activeElement !== tabNameInput) tabNameInput.value = tab.name;
+  tabLinkedBox.checked = Boolean(tab && tab.linked);
+  tabCloseButton.disabled = tabs.length < 2;
+  const open = tabs.reduce((sum, each) => sum + (Number(each.views) || 0), 0);
+  viewCount.textContent = interpolate(gettext("%(open)s of %(most)s views open"), { open, most: maxViews }, true);
+}
+
+function gridOf(announced) {
+  const usable = announced && Number.isInteger(announced.rows) && Number.isInteger(announced.columns)
+    && Array.isArray(announced.cells);
+  return usable ? announced : { rows: 1, columns: Math.max(1, views.length), cells: [] };
+}
+
+// Each view takes its cell of the tab's grid, in order.
+function placeViews() {
+  grid.style.gridTemplateRows = `repeat(${shownGrid.rows}, minmax(0, 1fr))`;
+  grid.style.gridTemplateColumns = `repeat(${shownGrid.columns}, minmax(0, 1fr))`;
+  views.forEach((view, index) => {
+    const cell = shownGrid.cells[index];
+    view.canvas.parentElement.style.gridArea = cell
+      ? `${cell[0] + 1} / ${cell[1] + 1} / span ${cell[2]} / span ${cell[3]}` : "";
+  });
+}
+
+function receiveWorkspace(message) {
+  shownGrid = gridOf(message.grid);
+  receiveTabs(message);
+  placeViews();
+}
+
+// --- the grid editor: the reader picks two cells and merges the rectangle between them ---
+
+function draftEven(rows, columns) {
+  draftCells = [];
+  for (let row = 0; row < rows; row += 1) {
+    for (let column = 0; column < columns; column += 1) draftCells.push([row, column, 1, 1]);
+  }
+  draftPicked = [];
+}
+
+function gridSide(input) {
+  const value = Math.round(Number(input.value));
+  return Math.min(GRID_SIDE, Math.max(1, Number.isFinite(value) ? value : 1));
+}
+
+function drawDraft() {
+  const rows = gridSide(gridRowsInput);
+  const columns = gridSide(gridColumnsInput);
+  gridCellsBox.style.gridTemplateRows = `repeat(${rows}, 1fr)`;
+  gridCellsBox.style.gridTemplateColumns = `repeat(${columns}, 1fr)`;
+  gridCellsBox.replaceChildren(...draftCells.map((cell, index) => {
+    const button = element("button", "", String(index + 1));
+    button.type = "button";
+    button.style.gridArea = `${cell[0] + 1} / ${cell[1] + 1} / span ${cell[2]} / span ${cell[3]}`;
+    button.setAttribute("aria-pressed", String(draftPicked.includes(index)));
+    button.setAttribute("aria-label", interpolate(gettext("cell %(number)s"), { number: index + 1 }, true));
+    button.addEventListener("click", () => pickDraftCell(index));
+    return button;
+  }));
+  gridMergeButton.disabled = draftPicked.length !== 2;
+}
+
+function pickDraftCell(index) {
+  draftPicked = draftPicked.includes(index) ? draftPicked.filter((each) => each !== index)
+    : [...draftPicked, index].slice(-2);
+  drawDraft();
+}
+
+// The rectangle spanning both picked cells becomes one cell, if no other cell sticks out of it.
+function mergeDraft() {
+  const [a, b] = draftPicked.map((index) => draftCells[index]);
+  const top = Math.min(a[0], b[0]);
+  const left = Math.min(a[1], b[1]);
+  const bottom = Math.max(a[0] + a[2], b[0] + b[2]);
+  const right = Math.max(a[1] + a[3], b[1] + b[3]);
+  const inside = (cell) => cell[0] >= top && cell[1] >= left && cell[0] + cell[2] <= bottom && cell[1] + cell[3] <= right;
+  const apart = (cell) => cell[0] >= bottom || cell[1] >= right || cell[0] + cell[2] <= top || cell[1] + cell[3] <= left;
+  if (!draftCells.every((cell) => inside(cell) || apart(cell))) {
+    showError(gettext("those cells cannot merge: another merged cell sticks out of the rectangle"));
+    return;
+  }
+  draftCells = [...draftCells.filter(apart), [top, left, bottom - top, right - left]]
+    .sort((x, y) => x[0] - y[0] || x[1] - y[1]);
+  draftPicked = [];
+  drawDraft();
+}
+
+function resetDraft() {
+  draftEven(gridSide(gridRowsInput), gridSide(gridColumnsInput));
+  drawDraft();
+}
+
+function openGridEditor() {
+  if (!gridEditor.open) return;
+  gridRowsInput.value = String(shownGrid.rows);
+  gridColumnsInput.value = String(shownGrid.columns);
+  draftCells = shownGrid.cells.map((cell) => [...cell]);
+  if (!draftCells.length) draftEven(shownGrid.rows, shownGrid.columns);
+  draftPicked = [];
+  drawDraft();
+}
+
+function applyDraft() {
+  send({ type: "grid", rows: gridSide(gridRowsInput), columns: gridSide(gridColumnsInput), cells: draftCells });
+  gridEditor.open = false;
+}
+
+// --- bookmarks: the whole reading state, kept by the server under a name ---
+
+function bookmarkShareControl(bookmark, shares) {
+  const select = element("select", "bookmark-share");
+  select.setAttribute("aria-label", interpolate(gettext("show %(name)s to a consultant's share"), { name: bookmark.name }, true));
+  select.append(option("", gettext("show to…")));
+  for (const share of shares) {
+    const shown = (bookmark.shared_with || []).includes(share.id);
+    const text = interpolate(shown ? gettext("✓ %(recipient)s (take back)") : gettext("%(recipient)s"), { recipient: share.recipient }, true);
+    select.append(option(share.id, text));
+  }
+  select.addEventListener("change", () => {
+    const share = select.value;
+    if (!share) return;
+    const shared = !(bookmark.shared_with || []).includes(share);
+    send({ type: "bookmark", action: "share", bookmark: bookmark.id, share, shared });
+  });
+  return select;
+}
+
+function receiveBookmarks(message) {
+  const bookmarks = Array.isArray(message.bookmarks) ? message.bookmarks : [];
+  const shares = Array.isArray(message.shares) ? message.shares : [];
+  bookmarkForm.hidden = message.keeps !== true;
+  bookmarkList.replaceChildren(...bookmarks.map((bookmark) => {
+    const item = element("li", "bookmark-item");
+    const open = hangingButton("bookmark-open", bookmark.name, () => send({ type: "bookmark", action: "open", bookmark: bookmark.id }));
+    open.dataset.bookmark = String(bookmark.id);
+    item.append(open);
+    if (message.keeps === true) {
+      if (shares.length) item.append(bookmarkShareControl(bookmark, shares));
+      const remove = hangingButton("bookmark-delete", "×", () => send({ type: "bookmark", action: "delete", bookmark: bookmark.id }));
+      remove.setAttribute("aria-label", interpolate(gettext("delete the bookmark %(name)s"), { name: bookmark.name }, true));
+      item.append(remove);
+    }
+    return item;
+  }));
+  bookmarkNone.hidden = bookmarks.length > 0;
+}
+
+function saveBookmark(event) {
+  event.preventDefault();
+  const name = bookmarkName.value.trim().slice(0, 64);
+  if (!name) { bookmarkName.focus(); return; }
+  send({ type: "bookmark", action: "save", name });
+  bookmarkName.value = "";
+}
+
+tabAddButton.addEventListener("click", () => {
+  const wanted = vocabulary.layouts.includes(layoutSelect.value) ? layoutSelect.value : "1x1";
+  send({ type: "tab", action: "add", layout: wanted });
+});
+tabNameInput.addEventListener("change", () => {
+  const name = tabNameInput.value.trim().slice(0, 40);
+  if (name) send({ type: "tab", action: "rename", tab: shownTab, name });
+});
+tabLinkedBox.addEventListener("change", () => send({ type: "tab", action: "link", tab: shownTab, linked: tabLinkedBox.checked }));
+tabCloseButton.addEventListener("click", () => { if (tabs.length > 1) send({ type: "tab", action: "close", tab: shownTab }); });
+viewDuplicateButton.addEventListener("click", () => { if (views[activeView]) send({ type: "tab", action: "duplicate", view: activeView }); });
+gridEditor.addEventListener("toggle", openGridEditor);
+gridRowsInput.addEventListener("change", resetDraft);
+gridColumnsInput.addEventListener("change", resetDraft);
+gridMergeButton.addEventListener("click", mergeDraft);
+gridSplitButton.addEventListener("click", resetDraft);
+gridApplyButton.addEventListener("click", applyDraft);
+bookmarkForm.addEventListener("submit", saveBookmark);
 
 layoutSelect.addEventListener("change", () => {
   if (vocabulary.layouts.includes(layoutSelect.value)) send({ type: "layout", layout: layoutSelect.value });
