@@ -110,6 +110,8 @@ class PageSocket:
 
     frames: dict[int, Any] = field(default_factory=dict)  # view -> the latest still frame
     texts: list[dict[str, Any]] = field(default_factory=list)
+    shown: dict[int, Any] = field(default_factory=dict)
+    """View -> the latest still frame since the last ``ready`` (a tab or layout restarts the views)."""
 
     def attach(self, page) -> None:
         page.on("websocket", lambda ws: ws.on("framereceived", self._received)
@@ -121,8 +123,13 @@ class PageSocket:
             if frame.quality == 1 and (frame.view not in self.frames
                                        or frame.sequence > self.frames[frame.view].sequence):
                 self.frames[frame.view] = frame
+            if frame.quality == 1 and (frame.view not in self.shown
+                                       or frame.sequence > self.shown[frame.view].sequence):
+                self.shown[frame.view] = frame
         else:
             self.texts.append(json.loads(payload))
+            if self.texts[-1].get("type") == "ready":
+                self.shown.clear()
 
     def last(self, kind: str) -> dict[str, Any] | None:
         return next((m for m in reversed(self.texts) if m.get("type") == kind), None)

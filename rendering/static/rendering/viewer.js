@@ -5649,8 +5649,7 @@ function saveBookmark(event) {
 }
 
 tabAddButton.addEventListener("click", () => {
-  const wanted = vocabulary.layouts.includes(layoutSelect.value) ? layoutSelect.value : "1x1";
-  send({ type: "tab", action: "add", layout: wanted });
+  send({ type: "tab", action: "add", layout: vocabulary.layouts.includes(layout) ? layout : "1x1" });
 });
 tabNameInput.addEventListener("change", () => {
   const name = tabNameInput.value.trim().slice(0, 40);
