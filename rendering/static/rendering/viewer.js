@@ -5608,7 +5608,8 @@ function bookmarkShareControl(bookmark, shares) {
   select.append(option("", gettext("show to…")));
   for (const share of shares) {
     const shown = (bookmark.shared_with || []).includes(share.id);
-    const text = interpolate(shown ? gettext("✓ %(recipient)s (take back)") : gettext("%(recipient)s"), { recipient: share.recipient }, true);
+    const text = shown ? interpolate(gettext("✓ %(recipient)s (take back)"), { recipient: share.recipient }, true)
+      : share.recipient;
     select.append(option(share.id, text));
   }
   select.addEventListener("change", () => {
