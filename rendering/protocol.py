@@ -362,6 +362,14 @@ class TabChange:
 
 
 @dataclass(frozen=True)
+class Swap:
+    """Views ``view`` and ``other`` of the tab on screen exchange cells (one dragged onto the other)."""
+
+    view: int
+    other: int
+
+
+@dataclass(frozen=True)
 class GridChange:
     """The tab on screen drawn in a grid of the reader's (rendering.grids)."""
 
@@ -474,7 +482,7 @@ Message = (Acknowledge | Input | Setting | Layout | Probe | Resize | Thumbnails 
            | Keep | Forget | Relabel | StoreFindings | SuvMethod | SuvInputs | Hang | HangSave | HangDelete
            | Chart | SegNew | SegOpen | SegClose | SegEdit | SegUndo | SegRedo | SegSegment | SegStore
            | SegModel | SegDelete | ReportCapture | RegRun | RegLandmarks | RegNudge | RegDecide | Derive
-           | FilterPreview | Crop | TabChange | GridChange | BookmarkChange)
+           | FilterPreview | Crop | TabChange | GridChange | BookmarkChange | Swap)
 
 
 def _field(message: dict[str, Any], name: str, rule: FieldRule) -> Any:
@@ -902,6 +910,12 @@ def _parse_tab(message: dict[str, Any], views: int) -> TabChange:
     return TabChange(action, tab)
 
 
+def _parse_swap(message: dict[str, Any], views: int) -> Swap:
+    _exact_keys(message, {"type", "view", "other"})
+    other = _field(message, "other", Number(0, max(0, views - 1), integer=True))
+    return Swap(_view(message, views), int(other))
+
+
 def _parse_grid(message: dict[str, Any], views: int) -> GridChange:
     _exact_keys(message, {"type", "rows", "columns", "cells"})
     try:
@@ -1007,6 +1021,7 @@ _PARSERS: dict[str, Callable[[dict[str, Any], int], Message]] = {
     "reg_run": _parse_reg_run, "reg_landmarks": _parse_reg_landmarks, "reg_nudge": _parse_reg_nudge,
     "reg_decide": _parse_reg_decide, "derive": _parse_derive, "filter_preview": _parse_filter_preview,
     "crop": _parse_crop, "tab": _parse_tab, "grid": _parse_grid, "bookmark": _parse_bookmark,
+    "swap": _parse_swap,
 }
 
 

@@ -502,6 +502,15 @@ class ViewerSession:
                 if follows:
                     getattr(self, f"_input_{operation}")(0, other, args)
 
+    def views_swap(self, index: int, other: int) -> list[int]:
+        """Views ``index`` and ``other`` exchange cells; each takes the size of the cell it moves to."""
+        views = self.views
+        first, second = views[index], views[other]
+        first.width, second.width = second.width, first.width
+        first.height, second.height = second.height, first.height
+        views[index], views[other] = second, first
+        return list(range(len(views)))
+
     def grid_apply(self, grid: Grid) -> list[int]:
         """Draw the tab on screen in ``grid``: its views keep their cells in order, a cell more shows
         a series not yet in the tab (else the last view's series in another plane)."""

@@ -67,6 +67,10 @@ async def tab_on(consumer: Any, message: protocol.TabChange) -> None:
     await views_restart(consumer, changes[message.action]())
 
 
+async def swap_on(consumer: Any, message: protocol.Swap) -> None:
+    await views_restart(consumer, consumer.session.views_swap(message.view, message.other))
+
+
 async def grid_on(consumer: Any, message: protocol.GridChange) -> None:
     await views_restart(consumer, consumer.session.grid_apply(message.grid))
 
@@ -126,4 +130,5 @@ async def bookmark_on(consumer: Any, message: protocol.BookmarkChange) -> None:
 
 WORKSPACE_HANDLERS: dict[type, Callable[[Any, Any], Awaitable[None]]] = {
     protocol.TabChange: tab_on, protocol.GridChange: grid_on, protocol.BookmarkChange: bookmark_on,
+    protocol.Swap: swap_on,
 }

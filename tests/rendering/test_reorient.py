@@ -162,3 +162,23 @@ def test_a_tilt_by_90_degrees_equals_the_exact_quarter_turn():
 def test_bad_tilts_are_refused(params):
     with pytest.raises(ReorientError):
         reorient_volume(_blob_volume(), name="tilt_x", params=params, series_id="drv:1")
+
+
+@pytest.mark.parametrize("name, along, across, start, end", [
+    ("tilt_x", 1, 2, (10.0, 30.0, 25.0), (10.0, -20.0, 5.0)),  # a line on a sagittal view (AC-PC)
+    ("tilt_y", 0, 2, (-40.0, 5.0, 10.0), (35.0, 5.0, 22.0)),  # on a coronal view
+    ("tilt_z", 0, 1, (-30.0, -10.0, 0.0), (20.0, 15.0, 0.0)),  # on an axial view
+])
+def test_a_tilt_by_a_drawn_lines_angle_lays_a_grid_axis_along_the_line(name, along, across, start, end):
+    """The viewer's "align to the measured line": the turn about the view's normal by the angle of the
+    line (its first in-plane component made positive) puts the line along grid axis ``along``, so
+    each slice across the other in-plane axis contains the line's direction."""
+    line = np.subtract(end, start)
+    if line[along] < 0:
+        line = -line
+    degrees = float(np.degrees(np.arctan2(line[across], line[along])))
+    made = _reoriented(_blob_volume(), name, degrees=degrees)
+    axis = np.asarray(made.direction)[:, along]
+    assert np.allclose(np.cross(axis, line / np.linalg.norm(line)), 0, atol=1e-9)
+    normal = np.asarray(made.direction)[:, 3 - along - across]  # the view's normal stays a grid axis
+    assert abs(float(np.dot(normal, line))) < 1e-9

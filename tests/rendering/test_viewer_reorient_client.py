@@ -8,6 +8,8 @@ box part sends ``crop`` for the active view (null to uncrop) and a ``derive`` of
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from rendering.engine.reorient import reorient_vocabulary
@@ -19,7 +21,19 @@ from tests.rendering.test_viewer_derive_client import (  # noqa: F401
     _one_view,
     derive_page,
 )
-from tests.rendering.test_viewer_measure_client import CT, _options
+from tests.rendering.test_viewer_measure_client import (
+    ANSWERS,
+    CT,
+    LINE,
+    _at,
+    _box,
+    _canvas,
+    _drag,
+    _measured,
+    _options,
+    _ready,
+    _text,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -97,6 +111,36 @@ def test_the_crop_box_crops_the_view_uncrops_it_and_makes_a_series(derive_page):
         page.locator("#derive-crop-make").click()
         assert _asked(page, gateway, "derive") == [{"type": "derive", "operation": "crop", "series": [CT],
                                                     "space": "box", "box": box}]
+        assert not gateway.page_errors
+    finally:
+        page.close()
+
+
+def test_align_to_the_measured_line_turns_about_the_views_normal_by_the_lines_angle(derive_page, monkeypatch):  # noqa: F811
+    start, end = [10.0, 30.0, 25.0], [10.0, -20.0, 5.0]  # on a sagittal plane: 50 mm back, 20 mm down
+    monkeypatch.setitem(ANSWERS, "line", {**LINE, "start_mm": start, "end_mm": end})
+    gateway = DeriveGateway(_ready(views=[{"kind": "sagittal", "layers": [CT]}]),
+                            derive={**DERIVE, "reorient": REORIENT})
+    page = derive_page(gateway)
+    try:
+        _until(page, lambda: page.locator("#derive-reorient-part").is_visible(), what="the reorient part")
+        page.locator("#derive-reorient-line").click()
+        assert "measure a line" in _text(page, "#derive-status")
+        _canvas(page, 0).focus()
+        page.keyboard.press("l")
+        box = _box(page, 0)
+        _drag(page, _at(box, .3, .4), _at(box, .7, .6))
+        _measured(page, gateway, "line")
+        page.locator("#derive-reorient-line").click()
+        along, across = end[1] - start[1], end[2] - start[2]
+        if along < 0:
+            along, across = -along, -across
+        degrees = round(math.degrees(math.atan2(across, along)), 1)
+        assert page.locator("#derive-reorient").input_value() == "tilt_x"
+        assert float(page.locator("#derive-degrees").input_value()) == degrees
+        page.locator("#derive-reorient-make").click()
+        assert _asked(page, gateway, "derive") == [{"type": "derive", "operation": "tilt_x", "series": [CT],
+                                                    "parameters": {"degrees": degrees}}]
         assert not gateway.page_errors
     finally:
         page.close()

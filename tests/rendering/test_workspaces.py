@@ -177,3 +177,16 @@ def test_a_bookmark_that_names_another_series_or_is_malformed_is_refused_and_cha
     with pytest.raises(SessionError):
         reading.reading_restore(kept)
     assert _all_states(reading) == before and len(reading.tabs) == 1
+
+
+def test_two_views_exchange_cells_each_taking_the_size_of_its_new_cell():
+    session = _session()
+    session.grid_apply(grid_parse({"rows": 1, "columns": 2, "cells": [[0, 0, 1, 1], [0, 1, 1, 1]]}))
+    session.resize(0, 300, 200)
+    session.resize(1, 500, 400)
+    first, second = (viewstate_to_dict(session.state(i)) for i in (0, 1))
+    assert session.views_swap(0, 1) == [0, 1]
+    swapped = [viewstate_to_dict(session.state(i)) for i in (0, 1)]
+    assert swapped[0]["layers"] == second["layers"] and swapped[1]["layers"] == first["layers"]
+    assert (swapped[0]["width"], swapped[0]["height"]) == (300, 200)
+    assert (swapped[1]["width"], swapped[1]["height"]) == (500, 400)

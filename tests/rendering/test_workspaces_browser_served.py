@@ -5,7 +5,8 @@ scrolls the CT view in one and finds the other at the same slice (pixel-equal fr
 unlinked tab stays where it was. The reading is kept as a bookmark, the page reloaded, the bookmark
 opened: every view of the tab comes back pixel-equal. A 17th view is refused with a message that
 says the limit; a grid with a merged cell draws its first view twice as tall; a view duplicated
-into a new tab shows the same series; closing a tab frees its views.
+into a new tab shows the same series; a view dragged onto another exchanges cells with it; closing a
+tab frees its views.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def test_sixteen_views_in_tabs_a_linked_scroll_and_a_bookmark_restored_after_rel
     assert len(ready["tabs"]) == 3 and sum(tab["views"] for tab in ready["tabs"]) == 12
     page.locator("#grid-editor summary").click()
     cells = page.locator("#grid-cells button")
-    assert cells.count() == 4
+    _until(page, lambda: cells.count() == 4, "the grid editor showing the tab's 2 x 2 grid")
     cells.nth(0).click()
     cells.nth(2).click()
     page.locator("#grid-merge").click()
@@ -160,6 +161,11 @@ def test_sixteen_views_in_tabs_a_linked_scroll_and_a_bookmark_restored_after_rel
     assert ready["grid"] == {"rows": 2, "columns": 2, "cells": [[0, 0, 2, 1], [0, 1, 1, 1], [1, 1, 1, 1]]}
     tall, short = (_canvas(page, view).bounding_box() for view in (0, 1))
     assert tall is not None and short is not None and tall["height"] > 1.8 * short["height"]
+    order = ready["views"]
+    count = _readies(socket)
+    page.locator(".view-handle[data-view='0']").drag_to(_canvas(page, 1))
+    ready = _ready_after(page, socket, count)
+    assert ready["views"] == [order[1], order[0], order[2]], "a dragged view exchanges cells with its target"
     shown = ready["views"][1]
     _canvas(page, 1).click()
     count = _readies(socket)

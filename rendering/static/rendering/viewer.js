@@ -645,7 +645,9 @@ function buildViews(viewSpecs) {
     const overlay = document.createElement("div");
     overlay.className = "overlay";
     const shapes = svgNode("svg", { class: "shapes", preserveAspectRatio: "none", "aria-hidden": "true" });
-    cell.append(canvas, shapes, overlay);
+    cell.append(canvas, shapes, overlay, viewHandle(index));
+    cell.addEventListener("dragover", (event) => { if (draggedView !== null) event.preventDefault(); });
+    cell.addEventListener("drop", (event) => { event.preventDefault(); swapViews(draggedView, index); });
     grid.append(cell);
     const state = { index, canvas, overlay, shapes, picture: null, lastSequence: 0, shownRank: -1, frames: 0,
                     since: performance.now(), showCrosshair: true,
@@ -660,6 +662,42 @@ function buildViews(viewSpecs) {
   activeView = Math.min(activeView, Math.max(0, views.length - 1));
   refreshControls();
   requestAnimationFrame(sendSizes);
+}
+
+// A view's handle: drag it onto another view, or press it and then the other view's handle, and the
+// two views exchange their cells.
+let draggedView = null;
+let pickedView = null;
+
+function viewHandle(index) {
+  const handle = element("button", "view-handle", "⇄");
+  handle.type = "button";
+  handle.draggable = true;
+  handle.dataset.view = String(index);
+  handle.setAttribute("aria-pressed", "false");
+  handle.setAttribute("aria-label", interpolate(gettext("move view %(number)s: drag it onto another view, or press it and then another view's handle"), { number: index + 1 }, true));
+  handle.addEventListener("dragstart", (event) => {
+    draggedView = index;
+    event.dataTransfer.setData("text/plain", String(index));
+    event.dataTransfer.effectAllowed = "move";
+  });
+  handle.addEventListener("dragend", () => { draggedView = null; });
+  handle.addEventListener("click", () => {
+    if (pickedView === null || pickedView === index) {
+      pickedView = pickedView === index ? null : index;
+      handle.setAttribute("aria-pressed", String(pickedView === index));
+      return;
+    }
+    swapViews(pickedView, index);
+  });
+  return handle;
+}
+
+function swapViews(from, to) {
+  draggedView = null;
+  pickedView = null;
+  if (from === null || from === to || !views[from] || !views[to]) return;
+  send({ type: "swap", view: from, other: to });
 }
 
 function sendSizes() {
@@ -5368,7 +5406,42 @@ function makeReorientedSeries() {
   askDerive({ type: "derive", operation: spec.name, series: [base], parameters });
 }
 
+// Align to a drawn line: the turn about the measured view's normal that lays the grid axis of
+// that plane nearest the line along it (a sagittal view turns j, anterior-posterior, onto the line;
+// a coronal or axial view turns i). The line's two directions give the same plane: the one whose
+// first component is positive is taken, so the angle lies within ±90°.
+const TILT_OF_KIND = { sagittal: ["tilt_x", 1, 2], coronal: ["tilt_y", 0, 2], axial: ["tilt_z", 0, 1] };
+
+function lineTilt() {
+  const result = measurement && isRecord(measurement.result) ? measurement.result : null;
+  const view = measurement ? views[measurement.view] : null;
+  const axes = view ? TILT_OF_KIND[view.kind] : null;
+  if (!result || !axes || measurement.tool !== "line") return null;
+  const [start, end] = [result.start_mm, result.end_mm];
+  if (!Array.isArray(start) || !Array.isArray(end)) return null;
+  let along = Number(end[axes[1]]) - Number(start[axes[1]]);
+  let across = Number(end[axes[2]]) - Number(start[axes[2]]);
+  if (along < 0 || (along === 0 && across < 0)) { along = -along; across = -across; }
+  if (!(Math.hypot(along, across) > 1e-6)) return null;
+  return { operation: axes[0], degrees: Math.round(Math.atan2(across, along) * 1800 / Math.PI) / 10 };
+}
+
+function alignToLine() {
+  const tilt = lineTilt();
+  if (!tilt || tilt.degrees === 0) {
+    showDeriveStatus(tilt ? gettext("the line already lies along the grid: nothing to turn")
+      : gettext("measure a line in an axial, coronal or sagittal view first"), true);
+    return;
+  }
+  deriveReorientSelect.value = tilt.operation;
+  buildTurns();
+  deriveDegreesInput.value = String(tilt.degrees);
+  showDeriveStatus("");
+  showDerive();
+}
+
 deriveReorientSelect.addEventListener("change", () => { buildTurns(); showDerive(); });
+document.getElementById("derive-reorient-line").addEventListener("click", alignToLine);
 deriveReorientMake.addEventListener("click", makeReorientedSeries);
 deriveDegreesInput.addEventListener("input", () => showDerive());
 
@@ -5500,10 +5573,16 @@ function receiveTabs(message) {
   viewCount.textContent = interpolate(gettext("%(open)s of %(most)s views open"), { open, most: maxViews }, true);
 }
 
+// A server that names no grid: the layout's own (rendering/grids.py NAMED_GRIDS), else one row.
+const NAMED_GRIDS = { "1x1": [1, 1], "1x2": [1, 2], "1x3": [1, 3], "2x2": [2, 2], petct: [2, 2], compare: [1, 2] };
+
 function gridOf(announced) {
   const usable = announced && Number.isInteger(announced.rows) && Number.isInteger(announced.columns)
     && Array.isArray(announced.cells);
-  return usable ? announced : { rows: 1, columns: Math.max(1, views.length), cells: [] };
+  if (usable) return announced;
+  const [rows, columns] = NAMED_GRIDS[layout] || [1, Math.max(1, views.length)];
+  const cells = views.map((view, index) => [Math.floor(index / columns), index % columns, 1, 1]);
+  return { rows, columns, cells };
 }
 
 // Each view takes its cell of the tab's grid, in order.
