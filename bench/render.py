@@ -6,15 +6,19 @@ password + TOTP over HTTP, and drives viewer websockets with the `websockets` cl
 Prints one JSON document:
 
     python bench/render.py [--slices 300] [--inputs 60] [--sessions 16] [--processes 0] [--workers 0]
-                           [--series | --series-only] [--rounds 9] [--no-peer]
+                           [--series | --series-only | --views-only] [--rounds 9] [--no-peer]
 
 Figures per view type: input-to-frame latency (p50/p95, ms) measured one input
 at a time, frames/s, bytes per interactive frame; time to first image cold
 (fresh workers) and warm; memory per session (PSS growth of the server's process
 tree / sessions) and the tree's RSS and PSS with that many sessions open;
-and many sessions scrolling at once. ``--series`` adds, and ``--series-only``
-measures alone, radiographs, ultrasound cine and a 10-series thumbnail strip
-(``bench/series.py``), with Orthanc's rendered radiograph as a peer.
+many sessions scrolling at once; and one session holding 16 views (a 4x4 grid, issue
+#20): the grid's opening to every view's first frame, a scroll of view 0 to the last
+view's frame of it, beside the same scroll with one view, and the server's memory with
+the session at its default layout and at 16 views (``--views-only``: that figure alone).
+``--series`` adds, and ``--series-only`` measures alone, radiographs, ultrasound cine and
+a 10-series thumbnail strip (``bench/series.py``), with Orthanc's rendered radiograph as a
+peer.
 """
 
 from __future__ import annotations
@@ -45,6 +49,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rendering.protocol import frame_unpack  # noqa: E402
+
+VIEWS_SCROLL_TARGET_MS = 300.0
+FRAME_TIMEOUT_S = 30.0
+QUIET_S = 0.5
+PLANE_KINDS = frozenset({"native", "axial", "coronal", "sagittal", "oblique"})
+GRID_4X4 = {"type": "grid", "rows": 4, "columns": 4,
+            "cells": [[row, column, 1, 1] for row in range(4) for column in range(4)]}
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -243,10 +254,18 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _memory_kb(pid: int) -> dict[str, int]:
-    """RSS and PSS (shared pages divided among their users) of ``pid`` and all its descendants."""
+def _is_render_worker(process: int) -> bool:
+    try:
+        return b"worker_entry" in Path(f"/proc/{process}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _memory_kb(pid: int, *, where=lambda process: True) -> dict[str, int]:
+    """RSS and PSS (shared pages divided among their users) of ``pid`` and all its descendants
+    (those ``where`` takes)."""
     totals = {"rss_kb": 0, "pss_kb": 0}
-    for process in _descendants(pid):
+    for process in filter(where, _descendants(pid)):
         try:
             rollup = Path(f"/proc/{process}/smaps_rollup").read_text()
         except (FileNotFoundError, ProcessLookupError):
@@ -257,6 +276,124 @@ def _memory_kb(pid: int) -> dict[str, int]:
             elif line.startswith("Pss:"):
                 totals["pss_kb"] += int(line.split()[1])
     return totals
+
+
+def _memory_by_role(pid: int) -> dict[str, dict[str, int]]:
+    """The server's memory: the web tier (supervisor and daphne) and the render workers apart."""
+    return {"web": _memory_kb(pid, where=lambda process: not _is_render_worker(process)),
+            "render_workers": _memory_kb(pid, where=_is_render_worker),
+            "whole_tree": _memory_kb(pid)}
+
+
+async def _next_frame(viewer: Viewer, timeout: float):
+    """The next frame, acknowledged (text skipped, an error raised); None once quiet for ``timeout``."""
+    while True:
+        try:
+            message = await asyncio.wait_for(viewer.socket.recv(), timeout=timeout)
+        except TimeoutError:
+            return None
+        if isinstance(message, str):
+            if json.loads(message)["type"] == "error":
+                raise RuntimeError(message)
+            continue
+        frame = frame_unpack(message)
+        await viewer.ack(frame)
+        return frame
+
+
+async def _every_view_framed(viewer: Viewer, views: int) -> None:
+    framed: set[int] = set()
+    while len(framed) < views:
+        frame = await _next_frame(viewer, FRAME_TIMEOUT_S)
+        if frame is None:
+            raise RuntimeError(f"views {sorted(set(range(views)) - framed)} got no frame")
+        framed.add(frame.view)
+
+
+async def _scroll_arrivals(viewer: Viewer, step: int) -> dict[int, tuple[float, float]]:
+    """One scroll of view 0 on a quiet socket: per view, seconds to its (interactive) frame of it
+    and the worker's render + encode ms of that frame; collected until the socket is quiet again
+    (the stills that follow drained)."""
+    started = time.perf_counter()
+    await viewer.send(_scroll(0)(step))
+    arrived: dict[int, tuple[float, float]] = {}
+    while (frame := await _next_frame(viewer, QUIET_S)) is not None:
+        if frame.quality == 0 and frame.view not in arrived:
+            arrived[frame.view] = (time.perf_counter() - started, frame.overlay.get("render_ms", 0.0))
+    return arrived
+
+
+def _spread_ms(seconds: list[float]) -> dict[str, float]:
+    return {"median_ms": round(statistics.median(seconds) * 1000, 1),
+            "p95_ms": round(percentile(seconds, 0.95) * 1000, 1), "samples": len(seconds)}
+
+
+def _scrolls_summary(rounds: list[dict[int, tuple[float, float]]]) -> dict:
+    """Over the rounds: scroll to the last view's frame, how many views moved, and the worker time
+    (render + encode) of those frames added up."""
+    moved = [len(arrived) for arrived in rounds]
+    last = [max(seconds for seconds, _ in arrived.values()) for arrived in rounds]
+    worker_ms = [sum(ms for _, ms in arrived.values()) for arrived in rounds]
+    return {"scroll_to_last_view_frame": _spread_ms(last),
+            "views_moved": {"min": min(moved), "max": max(moved)},
+            "worker_ms_per_scroll_median": round(statistics.median(worker_ms), 1)}
+
+
+def _modalities(ready: dict) -> dict[str, str]:
+    return {series["uid"]: series["modality"] for series in ready["series"]}
+
+
+def _shown(ready: dict) -> dict[str, int]:
+    """How many views show each kind of view of each series (``axial PT``, ``axial CT+PT``)."""
+    modality = _modalities(ready)
+    shown = [f"{view['kind']} {'+'.join(modality[uid] for uid in view['layers'])}" for view in ready["views"]]
+    return {label: shown.count(label) for label in sorted(set(shown))}
+
+
+async def _planes_to_ct(viewer: Viewer, ready: dict) -> int:
+    """Show the CT in every plane view that shows another series alone; how many changed."""
+    modality = _modalities(ready)
+    ct = next(uid for uid, name in modality.items() if name == "CT")
+    changed = [index for index, view in enumerate(ready["views"])
+               if view["kind"] in PLANE_KINDS and view["layers"] != [ct] and len(view["layers"]) == 1]
+    for index in changed:
+        await viewer.send({"type": "set", "view": index, "name": "series", "value": ct})
+    await viewer.settle(1.0)
+    return len(changed)
+
+
+async def _sixteen_views(base: str, study: str, cookie: str, inputs: int, server_pid: int) -> dict:
+    """One session: its default layout, then a 4x4 grid with link all on, then one view."""
+    viewer, ready = await Viewer.open(base, study, cookie)
+    await _every_view_framed(viewer, len(ready["views"]))
+    await viewer.settle()
+    at_default = _memory_by_role(server_pid)
+    started = time.perf_counter()
+    await viewer.send(GRID_4X4)
+    grid = await viewer.text("ready")
+    await _every_view_framed(viewer, len(grid["views"]))
+    open_s = time.perf_counter() - started
+    await viewer.settle()
+    await viewer.send({"type": "input", "view": 0, "op": "link_all"})
+    sixteen = _scrolls_summary([await _scroll_arrivals(viewer, step) for step in range(inputs)])
+    at_sixteen = _memory_by_role(server_pid)
+    to_ct = await _planes_to_ct(viewer, grid)
+    ct = _scrolls_summary([await _scroll_arrivals(viewer, step) for step in range(inputs)])
+    await viewer.layout("1x1")
+    one = _scrolls_summary([await _scroll_arrivals(viewer, step) for step in range(inputs)])
+    await viewer.socket.close()
+    latency = sixteen["scroll_to_last_view_frame"]
+    return {"views": len(grid["views"]), "shown": _shown(grid),
+            "plane_views": sum(view["kind"] in PLANE_KINDS for view in grid["views"]),
+            "link_all": True, "open_ms": round(open_s * 1000, 1), **sixteen,
+            "target_ms": VIEWS_SCROLL_TARGET_MS, "pass": latency["median_ms"] <= VIEWS_SCROLL_TARGET_MS,
+            "p95_within_target": latency["p95_ms"] <= VIEWS_SCROLL_TARGET_MS,
+            "ct_in_every_plane_view": {"views_set_to_ct": to_ct, **ct},
+            "peer_one_view": one,
+            "ratio_16_views_to_1_view": round(
+                latency["median_ms"] / one["scroll_to_last_view_frame"]["median_ms"], 2),
+            "memory_kb": {f"default_layout_{len(ready['views'])}_views": at_default,
+                          f"grid_{len(grid['views'])}_views": at_sixteen}}
 
 
 async def _run(base: str, study: str, cookie: str, arguments, server_pid: int) -> dict:
@@ -292,6 +429,7 @@ async def _run(base: str, study: str, cookie: str, arguments, server_pid: int) -
         await holder.socket.close()
     figures["crowd_scrolling"] = await _crowd(base, study, cookie, arguments.sessions,
                                               max(10, arguments.inputs // 3))
+    figures["sixteen_views"] = await _sixteen_views(base, study, cookie, arguments.inputs, server_pid)
     return figures
 
 
@@ -307,6 +445,8 @@ def _arguments() -> argparse.Namespace:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--series", action="store_true", help="add the radiograph, cine and thumbnail figures")
     which.add_argument("--series-only", action="store_true", help="only those figures")
+    which.add_argument("--views-only", action="store_true",
+                       help="only the 16 views in one session figure (a 4x4 grid)")
     parser.add_argument("--rounds", type=int, default=9, help="rounds of each series figure")
     parser.add_argument("--no-peer", action="store_true", help="no Orthanc peer for the radiograph")
     arguments = parser.parse_args()
@@ -372,7 +512,10 @@ def main() -> None:
         client.sign_in("dr.ada", credentials["dr.ada"], credentials["totp"]["dr.ada"])
         cookie, figures = client.cookie_header(), {}
         load_at_measuring = os.getloadavg()
-        if not arguments.series_only:
+        if arguments.views_only:
+            figures["sixteen_views"] = asyncio.run(
+                _sixteen_views(base, study, cookie, arguments.inputs, server_pid))
+        elif not arguments.series_only:
             figures.update(asyncio.run(_run(base, study, cookie, arguments, server_pid)))
         if studies is not None:
             figures["series"] = {"fresh_workers": arguments.series_only,
