@@ -43,6 +43,7 @@ DENIAL_ACTIONS: dict[Permission, Action] = {
     Permission.USER_MANAGE: Action.ADMIN_USER,
     Permission.DEVICE_MANAGE: Action.ADMIN_DEVICE,
     Permission.KEY_MANAGE: Action.ADMIN_KEY,
+    Permission.LAYOUT_MANAGE: Action.ADMIN_LAYOUT,
     Permission.PATIENT_DEMOGRAPHICS: Action.PATIENT_SEARCH,
     Permission.SCHEDULE_MANAGE: Action.PATIENT_SEARCH,
 }

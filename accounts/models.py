@@ -194,14 +194,17 @@ class LoginThrottle(models.Model):
 
 
 class HangingRule(models.Model):
-    """One of a reader's own hanging rules: which series go in which view, as data.
+    """One hanging rule: which series go in which view, as data.
 
     ``rule`` is the JSON form that ``rendering.hanging.hanging_parse`` reads
-    (and ``accounts.hanging.hanging_rule_save`` checks before every write);
-    the first rule, by ``position``, that fits a study hangs it when it opens.
+    (and ``accounts.hanging`` checks before every write). ``user`` null is a
+    hospital-wide rule, set by IT; a reader's own rules come first, then the
+    hospital's, each by ``position``, and the first that fits a study hangs it
+    when it opens.
     """
 
-    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="hanging_rules")
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="hanging_rules", null=True,
+                             blank=True)
     name = models.CharField(max_length=64)
     position = models.PositiveIntegerField(default=0)
     rule = models.JSONField()
@@ -214,3 +217,28 @@ class HangingRule(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} (rule {self.pk} of user {self.user_id})"
+
+
+class GridLayout(models.Model):
+    """A saved grid layout (rows x columns, merged cells) as data: a reader's own, or the hospital's.
+
+    ``grid`` is the JSON form that ``rendering.grids.grid_parse`` reads (checked by
+    ``accounts.grids`` before every write and again when read back); ``user`` null is a
+    hospital-wide layout, set by IT.
+    """
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="grid_layouts", null=True,
+                             blank=True)
+    name = models.CharField(max_length=64)
+    position = models.PositiveIntegerField(default=0)
+    grid = models.JSONField()
+    created_at = models.DateTimeField(default=clock.now)
+    updated_at = models.DateTimeField(default=clock.now)
+
+    class Meta:
+        ordering = ["position", "id"]
+        indexes = [models.Index(fields=["user", "position"], name="accounts_grid_user_pos")]
+
+    def __str__(self) -> str:
+        owner = "the hospital" if self.user_id is None else f"user {self.user_id}"
+        return f"{self.name} (grid {self.pk} of {owner})"

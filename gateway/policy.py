@@ -42,6 +42,7 @@ class Permission(StrEnum):
     USER_MANAGE = "user.manage"
     DEVICE_MANAGE = "device.manage"
     KEY_MANAGE = "key.manage"
+    LAYOUT_MANAGE = "layout.manage"
 
 
 PERMISSION_MEANING: dict[Permission, str] = {
@@ -65,6 +66,8 @@ PERMISSION_MEANING: dict[Permission, str] = {
     Permission.USER_MANAGE: "manage user accounts, roles, second factors, unlocks",
     Permission.DEVICE_MANAGE: "manage imaging device accounts",
     Permission.KEY_MANAGE: "rotate keys",
+    Permission.LAYOUT_MANAGE: "set the hospital-wide hanging rules and grid layouts every reader gets "
+                              "(audited; they hold no patient data)",
 }
 
 ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
@@ -79,7 +82,8 @@ ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
     Role.AUDITOR: frozenset({Permission.AUDIT_READ, Permission.AUDIT_EXPORT,
                              Permission.AUDIT_VERIFY}),
     Role.IT_ADMIN: frozenset({Permission.USER_MANAGE, Permission.DEVICE_MANAGE,
-                              Permission.KEY_MANAGE, Permission.SHARE_MANAGE, Permission.STUDY_IMPORT_RAW}),
+                              Permission.KEY_MANAGE, Permission.SHARE_MANAGE, Permission.STUDY_IMPORT_RAW,
+                              Permission.LAYOUT_MANAGE}),
 }
 
 # Granted to individual auditors on top of their role (Django permission
@@ -248,6 +252,12 @@ ROUTES: dict[str, RouteRule] = {
     "rendering:report_page": RouteRule(Stage.SIGNED_IN, Permission.STUDY_REPORT,
                                        "download one report page as PNG or JPG, stamped and audited",
                                        denied_as=Action.REPORT_EXPORT),
+    "rendering:layouts": RouteRule(Stage.SIGNED_IN, Permission.STUDY_VIEW,
+                                   "the reader's own hanging rules and grid layouts as JSON (edit, add, "
+                                   "delete); the hospital's read-only"),
+    "rendering:layouts_hospital": RouteRule(Stage.SIGNED_IN, Permission.LAYOUT_MANAGE,
+                                            "IT: the hospital-wide hanging rules and grid layouts as JSON "
+                                            "(changes audited as admin.layout)"),
     "sharing:mint": RouteRule(Stage.SIGNED_IN, Permission.STUDY_SHARE,
                               "share a study or its patient with a consultant (token shown once)"),
     "sharing:active": RouteRule(Stage.SIGNED_IN, Permission.SHARE_MANAGE,

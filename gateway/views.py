@@ -45,6 +45,10 @@ START_PAGES: tuple[tuple[str, Promise, Promise], ...] = (
      _("NIfTI, NRRD and MetaImage volumes as DICOM, into a new or an existing study")),
     ("sharing:active", _("Active shares"),
      _("shares with external consultants, their last use, revocation")),
+    ("rendering:layouts", _("Layouts and rules"),
+     _("your hanging rules and grids as data; the hospital's, read-only")),
+    ("rendering:layouts_hospital", _("Hospital layouts"),
+     _("hanging rules and grids every reader gets (audited)")),
     ("audit:console", _("Audit console"), _("who did what: filter, export, verify the chain")),
     ("admin:index", _("Administration"), _("accounts, roles, second factors, devices")),
 )

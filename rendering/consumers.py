@@ -35,7 +35,7 @@ from accounts.hanging import (
     hanging_owner,
     hanging_rule_delete,
     hanging_rule_save,
-    hanging_rules_of,
+    hanging_rules_for,
 )
 from accounts.models import User
 from gateway.audit.catalogue import Action, Outcome
@@ -649,25 +649,27 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, P
     # --- hanging rules (accounts.hanging, rendering.hanging) ---------------------------------
 
     async def _hanging_open(self, principal: Any) -> None:
-        """The reader's rules, and the first that fits hangs the study; a share keeps the default."""
+        """The reader's rules then the hospital's, and the first that fits hangs the study;
+        a share keeps the default."""
         self.hanging_user = hanging_owner(principal)
         self.hanging: list[SavedHanging] | None = None
         if self.hanging_user is None:
             return
-        self.hanging = await database_sync_to_async(hanging_rules_of)(user=self.hanging_user)
+        self.hanging = await database_sync_to_async(hanging_rules_for)(user=self.hanging_user)
         self.session.hanging_first([saved.hanging for saved in self.hanging],
                                    description=self.study.description)
 
     def _hanging_wire(self) -> list[dict[str, Any]] | None:
-        """The reader's rules for the menu, each with whether it fits this study; None: a share."""
+        """The reader's rules then the hospital's (``hospital``: IT's, not deletable here) for the menu,
+        each with whether it fits this study; None: a share."""
         if self.hanging is None:
             return None
-        return [{"id": saved.id, "name": saved.name,
+        return [{"id": saved.id, "name": saved.name, "hospital": saved.hospital,
                  "applies": self.session.hanging_fits(saved.hanging, description=self.study.description)}
                 for saved in self.hanging]
 
     async def _hanging_sent(self, user: User) -> None:
-        self.hanging = await database_sync_to_async(hanging_rules_of)(user=user)
+        self.hanging = await database_sync_to_async(hanging_rules_for)(user=user)
         await self.send(text_data=json.dumps({"type": "hanging_rules", "rules": self._hanging_wire()}))
 
     async def _on_hang(self, message: protocol.Hang) -> None:

@@ -1,6 +1,6 @@
 from django.urls import path, re_path, register_converter
 
-from rendering import report_views, views
+from rendering import layout_views, report_views, views
 
 
 class StudyUidConverter:
@@ -26,6 +26,8 @@ urlpatterns = [
     re_path(r"^viewer/(?P<study>[0-9.]{1,64})/$", views.viewer, name="viewer"),
     re_path(r"^viewer/(?P<study>[0-9.]{1,64})/findings\.(?P<extension>xlsx|csv)$", views.findings_export,
             name="findings"),
+    path("viewer/layouts/", layout_views.layouts, name="layouts"),
+    path("viewer/layouts/hospital/", layout_views.layouts_hospital, name="layouts_hospital"),
     path("reports/<study_uid:study>/", report_views.report_page, name="report"),
     path("reports/<study_uid:study>/start", report_views.report_start, name="report_start"),
     path("reports/<study_uid:study>/v<int:version>/save", report_views.report_save, name="report_save"),

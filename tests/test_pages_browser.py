@@ -197,7 +197,7 @@ def test_each_role_walks_its_daily_path_and_every_page_passes_axe(demo_gateway, 
 
         doctor = _walk(browser, tmp_path, "doctor")
         _keyboard_sign_in(doctor.page, base, "dr.ada", credentials)
-        assert _links(doctor.page) == {"Worklist", "PACS", "Raw import", "Active shares"}
+        assert _links(doctor.page) == {"Worklist", "PACS", "Raw import", "Active shares", "Layouts and rules"}
         doctor.check("home")
         doctor.page.goto(f"{base}/imaging/worklist")
         assert "Recent studies" in doctor.page.inner_text("main")
@@ -225,13 +225,16 @@ def test_each_role_walks_its_daily_path_and_every_page_passes_axe(demo_gateway, 
         doctor.check("raw-import")
         _raw_volume_imported(doctor.page, tmp_path)
         doctor.check("raw-imported")
+        doctor.page.goto(f"{base}/viewer/layouts/")
+        assert "Hospital-wide rules and grids" in doctor.page.inner_text("main")
+        doctor.check("layouts")
         doctor.page.goto(f"{base}/accounts/security/")
         doctor.check("security")
         problems += doctor.problems
 
         nurse = _walk(browser, tmp_path, "nurse")
         page_sign_in(nurse.page, base, "nurse.florence", credentials)
-        assert _links(nurse.page) == {"Worklist", "PACS"}
+        assert _links(nurse.page) == {"Worklist", "PACS", "Layouts and rules"}
         nurse.page.goto(f"{base}/imaging/worklist?name=*")
         assert re.search(r"\d+ patients? found", nurse.page.inner_text("main"))
         nurse.check("worklist")
@@ -269,10 +272,13 @@ def test_each_role_walks_its_daily_path_and_every_page_passes_axe(demo_gateway, 
 
         admin = _walk(browser, tmp_path, "it-admin")
         page_sign_in(admin.page, base, "it.linus", credentials)
-        assert _links(admin.page) == {"Raw import", "Active shares", "Administration"}
+        assert _links(admin.page) == {"Raw import", "Active shares", "Hospital layouts", "Administration"}
         admin.check("home")
         admin.page.goto(f"{base}/share/active/")
         admin.check("active-shares")
+        admin.page.goto(f"{base}/viewer/layouts/hospital/")
+        assert "Hospital-wide hanging rules" in admin.page.inner_text("main")
+        admin.check("hospital-layouts")
         for name, path in (("admin", "admin/"), ("admin-users", "admin/accounts/user/"),
                            ("admin-devices", "admin/imaging/deviceendpoint/"),
                            ("admin-throttles", "admin/accounts/loginthrottle/")):

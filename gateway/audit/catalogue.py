@@ -116,6 +116,7 @@ class Action(StrEnum):
     STORE_EVICT = "store.evict"
     BOOKMARK_SHARE = "bookmark.share"
     BOOKMARK_UNSHARE = "bookmark.unshare"
+    ADMIN_LAYOUT = "admin.layout"
 
     @property
     def spec(self) -> ActionSpec:
@@ -203,4 +204,6 @@ ACTION_SPECS: dict[Action, ActionSpec] = {
                                       "showed a reading bookmark to a consultant's share"),
     Action.BOOKMARK_UNSHARE: ActionSpec(PATIENT_RECORD, None, "D",
                                         "stopped showing a reading bookmark to a consultant's share"),
+    Action.ADMIN_LAYOUT: ActionSpec(SECURITY_ALERT, SECURITY_CONFIGURATION, "U",
+                                    "changed a hospital-wide hanging rule or grid layout"),
 }

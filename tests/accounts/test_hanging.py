@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from accounts.hanging import (
+    HOSPITAL_RULES,
     HangingRuleNotFound,
+    hanging_hospital_delete,
+    hanging_hospital_rules,
+    hanging_hospital_save,
+    hanging_hospital_update,
     hanging_owner,
     hanging_rule_delete,
     hanging_rule_save,
+    hanging_rule_update,
+    hanging_rules_for,
     hanging_rules_of,
 )
 from accounts.models import HangingRule
 from rendering.hanging import RULES_PER_USER, HangingRuleError, hanging_parse
+from tests.conftest import ZONES
 
 pytestmark = pytest.mark.django_db
 
@@ -81,3 +91,79 @@ def test_only_an_account_owns_rules(person):
     assert hanging_owner(reader) is reader
     assert hanging_owner(CapabilitySketch()) is None
     assert hanging_owner(None) is None
+
+
+# --- hospital-wide rules -------------------------------------------------------------------------
+
+PT_RULE = {"match": {"modalities": ["PT"]}, "views": [{"kind": "coronal", "layers": [{"modality": "PT"}]}]}
+
+
+def _layout_events():
+    from gateway.audit.models import AuditEvent
+
+    return list(AuditEvent.objects.filter(action="admin.layout").order_by("sequence"))
+
+
+@pytest.mark.django_db(databases=ZONES)
+def test_hospital_rules_come_after_the_reader_s_own_and_each_change_is_audited(
+        person, django_capture_on_commit_callbacks):
+    reader, it = person(), person("it.admin", "it_admin")
+    with django_capture_on_commit_callbacks(execute=True):
+        hospital = hanging_hospital_save(actor=it, name="PET coronal", rule=PT_RULE)
+    own = hanging_rule_save(user=reader, name="CT axial", rule=RULE)
+    assert [(saved.id, saved.hospital) for saved in hanging_rules_for(user=reader)] == [
+        (own.id, False), (hospital.id, True)]
+    assert [saved.id for saved in hanging_rules_of(user=reader)] == [own.id]
+    assert [saved.id for saved in hanging_hospital_rules()] == [hospital.id]
+    assert HangingRule.objects.get(pk=hospital.id).user is None
+    with django_capture_on_commit_callbacks(execute=True):
+        hanging_hospital_update(actor=it, rule_id=hospital.id, name="PET coronal 2", rule=PT_RULE)
+        hanging_hospital_delete(actor=it, rule_id=hospital.id)
+    events = _layout_events()
+    assert [event.actor for event in events] == ["it.admin"] * 3
+    assert [json.loads(event.details)["change"] for event in events] == ["added", "changed", "deleted"]
+    assert json.loads(events[0].details)["rule"] == hanging_parse(data=PT_RULE).wire()
+    assert hanging_rules_for(user=reader) == [hanging_rules_of(user=reader)[0]]
+
+
+@pytest.mark.django_db(databases=ZONES)
+def test_a_reader_cannot_reach_a_hospital_rule_nor_the_hospital_a_reader_s(person):
+    reader, it = person(), person("it.admin", "it_admin")
+    hospital = hanging_hospital_save(actor=it, name="PET", rule=PT_RULE)
+    own = hanging_rule_save(user=reader, name="mine", rule=RULE)
+    with pytest.raises(HangingRuleNotFound):
+        hanging_rule_delete(user=reader, rule_id=hospital.id)
+    with pytest.raises(HangingRuleNotFound):
+        hanging_rule_update(user=reader, rule_id=hospital.id, name="taken", rule=RULE)
+    with pytest.raises(HangingRuleNotFound):
+        hanging_hospital_delete(actor=it, rule_id=own.id)
+    with pytest.raises(HangingRuleNotFound):
+        hanging_hospital_update(actor=it, rule_id=own.id, name="taken", rule=PT_RULE)
+    assert HangingRule.objects.get(pk=hospital.id).name == "PET"
+    assert HangingRule.objects.get(pk=own.id).name == "mine"
+
+
+@pytest.mark.django_db(databases=ZONES)
+def test_hospital_rules_are_checked_and_bounded(person):
+    it = person("it.admin", "it_admin")
+    with pytest.raises(HangingRuleError):
+        hanging_hospital_save(actor=it, name="bad", rule={**PT_RULE, "extra": 1})
+    for number in range(HOSPITAL_RULES):
+        hanging_hospital_save(actor=it, name=f"rule {number}", rule=PT_RULE)
+    with pytest.raises(HangingRuleError, match="at most 40 hospital-wide"):
+        hanging_hospital_save(actor=it, name="one too many", rule=PT_RULE)
+    first = hanging_hospital_rules()[0]
+    with pytest.raises(HangingRuleError):
+        hanging_hospital_update(actor=it, rule_id=first.id, name="x", rule={"views": []})
+    assert HangingRule.objects.get(pk=first.id).name == "rule 0"
+
+
+def test_a_reader_s_rule_is_edited_in_place_checked_as_a_new_one(person):
+    reader = person()
+    saved = hanging_rule_save(user=reader, name="CT", rule=RULE)
+    with pytest.raises(HangingRuleError):
+        hanging_rule_update(user=reader, rule_id=saved.id, name="CT", rule={**RULE, "views": []})
+    hanging_rule_update(user=reader, rule_id=saved.id, name=" PET ", rule=PT_RULE)
+    [listed] = hanging_rules_of(user=reader)
+    assert (listed.id, listed.name) == (saved.id, "PET")
+    assert listed.hanging.wire() == hanging_parse(data=PT_RULE).wire()

@@ -53,6 +53,8 @@ def _get(name: str, query: dict | None = None):
     return lambda client, people: client.get(reverse(name), query or {})
 
 
+LAYOUT_GRID_ADDED = {"kind": "grid", "op": "add", "name": "wide",
+                     "text": '{"rows": 1, "columns": 2, "cells": [[0, 0, 1, 1], [0, 1, 1, 1]]}'}
 ROUTE_CASES: dict[str, list[tuple[str, Case]]] = {
     "healthz": [("probe", Case(_get("healthz"), ()))],
     "i18n:catalogue": [("the page scripts' strings", Case(_get("i18n:catalogue"), ()))],
@@ -158,6 +160,24 @@ ROUTE_CASES: dict[str, list[tuple[str, Case]]] = {
         lambda c, p: c.post(reverse("dicomweb:stow"), b"--x--",
                             content_type="multipart/related; type=\"application/dicom\"; boundary=x"),
         ("ingest",)))],
+    # A reader's own rules and grids hold no patient data: nothing to audit. The hospital's change every
+    # reader's viewer: each change is audited, and so is a refusal.
+    "rendering:layouts": [
+        ("the page", Case(lambda c, p: (sign_in(c, p["doctor"], p["clock"]),
+                                        c.get(reverse("rendering:layouts"))), ("auth.login",))),
+        ("a grid added", Case(lambda c, p: (sign_in(c, p["doctor"], p["clock"]),
+                                            c.post(reverse("rendering:layouts"), LAYOUT_GRID_ADDED)),
+                              ("auth.login",))),
+    ],
+    "rendering:layouts_hospital": [
+        ("refused to a doctor", Case(lambda c, p: (sign_in(c, p["doctor"], p["clock"]),
+                                                   c.get(reverse("rendering:layouts_hospital"))),
+                                     ("auth.login", "admin.layout"))),
+        ("a hospital grid added", Case(lambda c, p: (sign_in(c, p["it"], p["clock"]),
+                                                     c.post(reverse("rendering:layouts_hospital"),
+                                                            LAYOUT_GRID_ADDED)),
+                                       ("auth.login", "admin.layout"))),
+    ],
     "audit:console": [("read", Case(lambda c, p: (sign_in(c, p["auditor"], p["clock"]),
                                                   c.get(reverse("audit:console"))),
                                     ("auth.login", "audit.read")))],
@@ -277,7 +297,8 @@ SILENT_COMMANDS = {
 @pytest.fixture
 def people(person, clock, keys_dir, checkpoint_dir):
     return {"doctor": person("dr.case", "doctor"), "auditor": person("audit.case", "auditor"),
-            "newcomer": person("new.case", "nurse", device=False), "clock": clock}
+            "newcomer": person("new.case", "nurse", device=False), "it": person("it.case", "it_admin"),
+            "clock": clock}
 
 
 def named_routes() -> set[str]:

@@ -149,11 +149,11 @@ def _unmarked(page: str) -> list[str]:
 PAGES = {
     None: ["accounts:login"],
     "doctor": ["home", "imaging:worklist", "imaging:pacs_queue", "sharing:active", "accounts:security",
-               "accounts:password_change"],
+               "accounts:password_change", "rendering:layouts"],
     "nurse": ["home", "imaging:worklist"],
     "admin_staff": ["home", "imaging:worklist"],
     "auditor": ["home", "audit:console"],
-    "it_admin": ["home", "sharing:active"],
+    "it_admin": ["home", "sharing:active", "rendering:layouts_hospital"],
 }
 
 

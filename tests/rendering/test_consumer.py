@@ -107,6 +107,39 @@ async def _stills(communicator, views: set[int], at: tuple[int, int]) -> dict:
     return found
 
 
+
+async def test_at_open_the_reader_s_own_rule_comes_before_the_hospital_s(client, signed_in, study):
+    from accounts.hanging import hanging_hospital_save, hanging_rule_save
+    from accounts.models import User
+
+    doctor = await database_sync_to_async(signed_in)("doctor")
+    admin = await database_sync_to_async(User.objects.create_user)(username="it.admin", role="it_admin")
+    ct = {"match": {"modalities": ["CT"]}, "views": [{"kind": "coronal", "layers": [{"modality": "CT"}]}]}
+    hospital = await database_sync_to_async(hanging_hospital_save)(actor=admin, name="Hospital CT", rule=ct)
+    record, _ = study
+    communicator, connected, _ = await _open(client, record.study_instance_uid)
+    assert connected
+    ready = await _next(communicator)
+    assert ready["layout"] == "1x1" and [view["kind"] for view in ready["views"]] == ["coronal"]
+    assert ready["vocabulary"]["hanging_rules"] == [
+        {"id": hospital.id, "name": "Hospital CT", "hospital": True, "applies": True}]
+    await communicator.disconnect()
+
+    own = {"match": {"modalities": ["CT", "PT"]},
+           "views": [{"kind": "sagittal", "layers": [{"modality": "CT"}]},
+                     {"kind": "axial", "layers": [{"modality": "PT"}]}]}
+    mine = await database_sync_to_async(hanging_rule_save)(user=doctor, name="Mine", rule=own)
+    communicator, connected, _ = await _open(client, record.study_instance_uid)
+    assert connected
+    ready = await _next(communicator)
+    assert ready["layout"] == "1x2" and [view["kind"] for view in ready["views"]] == ["sagittal", "axial"]
+    assert [(rule["id"], rule["hospital"]) for rule in ready["vocabulary"]["hanging_rules"]] == [
+        (mine.id, False), (hospital.id, True)]
+    await communicator.send_json_to({"type": "hang_delete", "rule": hospital.id})
+    refused = await _until(communicator, lambda item: isinstance(item, dict) and item["type"] == "error")
+    assert refused["code"] == "refused"
+    await communicator.disconnect()
+
 def _rgb(frame) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(frame.image)).convert("RGB"))
 
