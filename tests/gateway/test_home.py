@@ -12,11 +12,11 @@ from tests.conftest import ZONES
 pytestmark = pytest.mark.django_db(databases=ZONES, transaction=True)
 
 ROLE_PAGES = {
-    "doctor": {"Worklist", "PACS", "Raw import", "Active shares"},
-    "nurse": {"Worklist", "PACS"},
+    "doctor": {"Worklist", "PACS", "Raw import", "Active shares", "Layouts and rules"},
+    "nurse": {"Worklist", "PACS", "Layouts and rules"},
     "admin_staff": {"Worklist"},
     "auditor": {"Audit console"},
-    "it_admin": {"Raw import", "Active shares", "Administration"},
+    "it_admin": {"Raw import", "Active shares", "Hospital layouts", "Administration"},
 }
 LINK = re.compile(r'<li><a href="([^"]+)">([^<]+)</a>')
 
