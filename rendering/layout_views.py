@@ -175,7 +175,7 @@ def _posted(request: HttpRequest, store: Store) -> tuple[str, int | None, ItemFo
 def _page(request: HttpRequest, store: Store, route: str) -> HttpResponse:
     refused = _posted(request, store) if request.method == "POST" else None
     if request.method == "POST" and refused is None:
-        messages.success(request, _("Saved."))
+        messages.success(request, _("Deleted.") if request.POST.get("op") == "delete" else _("Saved."))
         return HttpResponseRedirect(reverse(route))
     sections: dict[str, list[Item]] = {"rule": _items("rule", store.rules()),
                                        "grid": _items("grid", store.grids())}

@@ -81,6 +81,7 @@ def test_a_doctor_adds_and_deletes_a_grid(client, signed_in):
     assert "two grid cells overlap" in answer.content.decode()
     assert _post(client, PAGE, kind="grid", op="delete", item=saved["id"]).status_code == 302
     assert grids_of(user=doctor) == []
+    assert "Deleted." in client.get(PAGE).content.decode()
 
 
 def test_a_doctor_cannot_change_a_hospital_rule_or_grid(client, signed_in):
