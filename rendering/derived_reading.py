@@ -49,8 +49,8 @@ if TYPE_CHECKING:
 
 DERIVING_IS_REPORTING = gettext_noop("filters and image arithmetic are part of reporting, which is not "
                                      "granted here")
-SHOWN_KEYS = ("shape", "spacing", "origin", "direction", "center", "modality", "frame_of_reference_uid",
-              "range", "plane", "mpr", "colour", "suv", "units", "kind")
+SHOWN_KEYS = ("shape", "spacing", "origin", "direction", "center", "opening", "modality",
+              "frame_of_reference_uid", "range", "plane", "mpr", "colour", "suv", "units", "kind")
 
 
 def derive_vocabulary() -> dict[str, Any]:

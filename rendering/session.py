@@ -108,6 +108,12 @@ class SeriesInfo:
         return plane if self.mpr and plane in PLANE_KINDS else "native"
 
     @property
+    def opening(self) -> list[float]:
+        """Where a view of the series opens: the voxel centre nearest the middle, so the first slice
+        shown is an acquired one, not a blend of the two either side of an even stack's middle."""
+        return self.geometry.get("opening", self.geometry["center"])
+
+    @property
     def time_points(self) -> int:
         return int(self.geometry.get("time_points") or 1)
 
@@ -313,7 +319,7 @@ class ViewerSession:
         for info in series:
             self.series.setdefault(info.uid, info)
             self.centers.setdefault(info.frame_of_reference,
-                                    np.asarray(info.geometry["center"], dtype=np.float64))
+                                    np.asarray(info.opening, dtype=np.float64))
         for tab in self.tabs:
             for frame, center in self.centers.items():
                 tab.focus.setdefault(frame, center.copy())
@@ -868,7 +874,7 @@ class ViewerSession:
         """The view state of a series' thumbnail: its middle image, in its own plane, whole."""
         series = self.series[uid]
         return {"view": series.opening_kind, "layers": [_layer(series)],
-                "focus_mm": [float(v) for v in series.geometry["center"]],
+                "focus_mm": [float(v) for v in series.opening],
                 "width": size, "height": size, "quality": "interactive"}
 
     def rendered(self, index: int, plane: dict[str, Any] | None) -> None:
@@ -1047,7 +1053,7 @@ class ViewerSession:
                                     flip_v=False, invert=False,
                                     camera3d={"azimuth": 0.0, "elevation": 0.0, "zoom": 1.0})
         base = self._base(view)
-        self.focus[base.frame_of_reference] = np.asarray(base.geometry["center"], np.float64)
+        self.focus[base.frame_of_reference] = np.asarray(base.opening, np.float64)
         return sorted({index, *self._sharing_focus(index)})
 
     # --- quick functions (one input each, no arguments) -------------------------------------

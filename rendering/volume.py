@@ -318,6 +318,7 @@ def volume_describe(container: Volume) -> dict:
         "origin": [float(o) for o in volume.origin],
         "direction": [[float(v) for v in row] for row in np.asarray(volume.direction)],
         "center": [float(c) for c in volume.center()],
+        "opening": [float(c) for c in volume.index_to_patient(np.array(volume.shape, dtype=np.float64) // 2)],
         "modality": volume.modality,
         "frame_of_reference_uid": volume.frame_of_reference_uid,
         "suv": volume.suv_factor is not None,
