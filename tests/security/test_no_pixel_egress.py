@@ -218,7 +218,7 @@ async def test_every_websocket_message_yields_only_pictures_and_small_json(clien
         assert body["type"] in {"ready", "error", "probe", "thumbnail", "measurement", "findings",
                                 "hanging_rules", "chart", "suv", "findings_stored", "documents",
                                 "segmentations", "report_captured", "registrations", "registration",
-                                "derived", "filter_preview"}, body
+                                "derived", "filter_preview", "tabs", "bookmarks"}, body
         if body["type"] == "thumbnail":
             _assert_thumbnail_is_a_picture(body)
         if body["type"] == "filter_preview":
@@ -232,6 +232,8 @@ async def test_every_websocket_message_yields_only_pictures_and_small_json(clien
                 _assert_measurement_is_a_few_numbers(finding)
         if body["type"] == "documents":
             _assert_documents_are_numbers_and_outlines(body)
+        if body["type"] == "bookmarks":  # names of kept readings, never the kept state itself
+            assert all(set(item) == {"id", "name", "updated_at", "shared_with"} for item in body["bookmarks"])
         kinds.add(body["type"])
     assert frames > 10
     assert {"ready", "probe", "thumbnail", "measurement", "findings", "chart", "filter_preview"} <= kinds
