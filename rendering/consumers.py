@@ -85,7 +85,7 @@ from rendering.session import SUV_MODALITIES, SeriesInfo, SessionError, ViewerSe
 from rendering.toolbox import toolbox_wire
 from rendering.viewstate import Quality, ViewStateError, viewstate_from_dict
 from rendering.workers import RenderError
-from rendering.workspace_reading import WORKSPACE_HANDLERS, bookmarks_send
+from rendering.workspace_reading import WORKSPACE_HANDLERS, bookmarks_send, grids_send
 
 logger = logging.getLogger("rendering.viewer")
 
@@ -267,6 +267,7 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, P
             await self._send_segmentations()
             await self._send_registrations()
             await bookmarks_send(self)
+            await grids_send(self)
 
     async def _report_wire(self) -> dict[str, Any] | None:
         """The study's latest report for the viewer's link (None for a consultant: no report pages)."""

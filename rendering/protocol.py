@@ -362,6 +362,14 @@ class TabChange:
 
 
 @dataclass(frozen=True)
+class GridSave:
+    """Keep ``grid`` under ``name`` as one of the reader's own grids (accounts.grids)."""
+
+    name: str
+    grid: Grid
+
+
+@dataclass(frozen=True)
 class Swap:
     """Views ``view`` and ``other`` of the tab on screen exchange cells (one dragged onto the other)."""
 
@@ -482,7 +490,8 @@ Message = (Acknowledge | Input | Setting | Layout | Probe | Resize | Thumbnails 
            | Keep | Forget | Relabel | StoreFindings | SuvMethod | SuvInputs | Hang | HangSave | HangDelete
            | Chart | SegNew | SegOpen | SegClose | SegEdit | SegUndo | SegRedo | SegSegment | SegStore
            | SegModel | SegDelete | ReportCapture | RegRun | RegLandmarks | RegNudge | RegDecide | Derive
-           | FilterPreview | Crop | TabChange | GridChange | BookmarkChange | Swap)
+           | FilterPreview | Crop | TabChange | GridChange | BookmarkChange | Swap
+           | GridSave)
 
 
 def _field(message: dict[str, Any], name: str, rule: FieldRule) -> Any:
@@ -924,6 +933,12 @@ def _parse_grid(message: dict[str, Any], views: int) -> GridChange:
         raise ProtocolError("bad_value", error.said) from error
 
 
+def _parse_grid_save(message: dict[str, Any], views: int) -> GridSave:
+    _exact_keys(message, {"type", "name", "rows", "columns", "cells"})
+    grid = _parse_grid({key: value for key, value in message.items() if key != "name"}, views).grid
+    return GridSave(_field(message, "name", BOOKMARK_NAME), grid)
+
+
 def _parse_bookmark(message: dict[str, Any], views: int) -> BookmarkChange:
     action = _field(message, "action", Text(tuple(BOOKMARK_FIELDS)))
     _exact_keys(message, {"type", "action", *BOOKMARK_FIELDS[action]})
@@ -1021,7 +1036,7 @@ _PARSERS: dict[str, Callable[[dict[str, Any], int], Message]] = {
     "reg_run": _parse_reg_run, "reg_landmarks": _parse_reg_landmarks, "reg_nudge": _parse_reg_nudge,
     "reg_decide": _parse_reg_decide, "derive": _parse_derive, "filter_preview": _parse_filter_preview,
     "crop": _parse_crop, "tab": _parse_tab, "grid": _parse_grid, "bookmark": _parse_bookmark,
-    "swap": _parse_swap,
+    "swap": _parse_swap, "grid_save": _parse_grid_save,
 }
 
 

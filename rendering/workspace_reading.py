@@ -18,6 +18,8 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 
+from accounts.grids import GridError, grid_save, grids_of
+from accounts.hanging import hanging_owner
 from gateway.i18n import gettext_noop
 from gateway.net import scope_address
 from imaging.access import StudyNotFound
@@ -33,6 +35,7 @@ from imaging.bookmarks import (
     shares_for_bookmarks,
 )
 from rendering import protocol
+from rendering.hanging import HangingRuleError
 from rendering.session import SessionError
 
 
@@ -128,7 +131,28 @@ async def bookmark_on(consumer: Any, message: protocol.BookmarkChange) -> None:
     await views_restart(consumer, consumer.session.reading_restore(state))
 
 
+def _grids(consumer: Any) -> dict[str, Any]:
+    """The reader's own grids then the hospital's; a consultant's share has none."""
+    user = hanging_owner(consumer.principal)
+    return {"type": "grids", "grids": grids_of(user=user) if user is not None else None}
+
+
+async def grids_send(consumer: Any) -> None:
+    await consumer.send(text_data=json.dumps(await database_sync_to_async(_grids)(consumer)))
+
+
+async def grid_save_on(consumer: Any, message: protocol.GridSave) -> None:
+    user = hanging_owner(consumer.principal)
+    if user is None:
+        raise SessionError(gettext_noop("a consultant's share keeps no grids"))
+    try:
+        await database_sync_to_async(grid_save)(user=user, name=message.name, grid=message.grid)
+    except (GridError, HangingRuleError) as error:
+        raise SessionError.from_error(error) from error
+    await grids_send(consumer)
+
+
 WORKSPACE_HANDLERS: dict[type, Callable[[Any, Any], Awaitable[None]]] = {
     protocol.TabChange: tab_on, protocol.GridChange: grid_on, protocol.BookmarkChange: bookmark_on,
-    protocol.Swap: swap_on,
+    protocol.Swap: swap_on, protocol.GridSave: grid_save_on,
 }

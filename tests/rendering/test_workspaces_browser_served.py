@@ -155,6 +155,11 @@ def test_sixteen_views_in_tabs_a_linked_scroll_and_a_bookmark_restored_after_rel
     cells.nth(2).click()
     page.locator("#grid-merge").click()
     assert page.locator("#grid-cells button").count() == 3
+    page.locator("#grid-name").fill("tall left")
+    page.locator("#grid-name").press("Enter")
+    kept = _until(page, lambda: (grids := socket.last("grids")) and grids["grids"] and grids, "the grid kept")
+    assert kept["grids"][0]["name"] == "tall left" and len(kept["grids"][0]["grid"]["cells"]) == 3
+    _until(page, lambda: page.locator("#grid-saved .grid-kept").count() == 1, "the kept grid listed")
     count = _readies(socket)
     page.locator("#grid-apply").click()
     ready = _ready_after(page, socket, count)

@@ -218,7 +218,7 @@ async def test_every_websocket_message_yields_only_pictures_and_small_json(clien
         assert body["type"] in {"ready", "error", "probe", "thumbnail", "measurement", "findings",
                                 "hanging_rules", "chart", "suv", "findings_stored", "documents",
                                 "segmentations", "report_captured", "registrations", "registration",
-                                "derived", "filter_preview", "tabs", "bookmarks"}, body
+                                "derived", "filter_preview", "tabs", "bookmarks", "grids"}, body
         if body["type"] == "thumbnail":
             _assert_thumbnail_is_a_picture(body)
         if body["type"] == "filter_preview":

@@ -1331,6 +1331,7 @@ function handleText(message) {
   else if (message.type === "hanging_rules") showHanging(message.rules);
   else if (message.type === "tabs") receiveTabs(message);
   else if (message.type === "bookmarks") receiveBookmarks(message);
+  else if (message.type === "grids") receiveGrids(message);
   else if (message.type === "error") receiveError(message);
   else if (message.type === "closing") {
     end(interpolate(gettext("access ended: %(reason)s"), { reason: message.reason }, true));
@@ -3265,6 +3266,10 @@ function showHanging(announced) {
     apply.dataset.rule = String(rule.id);
     apply.disabled = rule.applies !== true;
     if (apply.disabled) apply.title = gettext("does not fit this study");
+    if (rule.hospital === true) {
+      apply.textContent = interpolate(gettext("%(name)s (hospital)"), { name: rule.name }, true);
+      return hangingItem(apply);
+    }
     const remove = hangingButton("hanging-delete", "×", () => send({ type: "hang_delete", rule: rule.id }));
     remove.dataset.rule = String(rule.id);
     remove.setAttribute("aria-label", interpolate(gettext("delete the rule %(name)s"), { name: rule.name }, true));
@@ -5679,6 +5684,35 @@ function applyDraft() {
   gridEditor.open = false;
 }
 
+// Kept grids (`grids`): the reader's own, then the hospital's; a click draws the tab in one.
+const gridSavedList = document.getElementById("grid-saved");
+const gridSaveForm = document.getElementById("grid-save");
+const gridNameInput = document.getElementById("grid-name");
+
+function receiveGrids(message) {
+  const grids = Array.isArray(message.grids) ? message.grids : null;
+  gridSaveForm.hidden = grids === null;
+  gridSavedList.replaceChildren(...(grids || []).filter((kept) => isRecord(kept) && isRecord(kept.grid)).map((kept) => {
+    const name = kept.hospital ? interpolate(gettext("%(name)s (hospital)"), { name: kept.name }, true) : kept.name;
+    const apply = hangingButton("grid-kept", name, () => {
+      send({ type: "grid", rows: kept.grid.rows, columns: kept.grid.columns, cells: kept.grid.cells });
+      gridEditor.open = false;
+    });
+    apply.dataset.grid = String(kept.id);
+    const item = element("li", "bookmark-item");
+    item.append(apply);
+    return item;
+  }));
+}
+
+function saveGrid(event) {
+  event.preventDefault();
+  const name = gridNameInput.value.trim().slice(0, 64);
+  if (!name) { gridNameInput.focus(); return; }
+  send({ type: "grid_save", name, rows: gridSide(gridRowsInput), columns: gridSide(gridColumnsInput), cells: draftCells });
+  gridNameInput.value = "";
+}
+
 // --- bookmarks: the whole reading state, kept by the server under a name ---
 
 function bookmarkShareControl(bookmark, shares) {
@@ -5745,6 +5779,7 @@ gridMergeButton.addEventListener("click", mergeDraft);
 gridSplitButton.addEventListener("click", resetDraft);
 gridApplyButton.addEventListener("click", applyDraft);
 bookmarkForm.addEventListener("submit", saveBookmark);
+gridSaveForm.addEventListener("submit", saveGrid);
 
 layoutSelect.addEventListener("change", () => {
   if (vocabulary.layouts.includes(layoutSelect.value)) send({ type: "layout", layout: layoutSelect.value });
