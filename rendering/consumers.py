@@ -72,7 +72,7 @@ from rendering.derived_reading import DERIVED_HANDLERS, DerivedReading, derive_v
 from rendering.engine.core import FrameOfReferenceError, MissingVolumeError, RenderedFrame
 from rendering.engine.palettes import palette_stops
 from rendering.flow import LatestWins, MessageBudget
-from rendering.hanging import HangingRuleError
+from rendering.hanging import Hanging, HangingRuleError
 from rendering.operations import operation_named
 from rendering.pool import CLINICAL, render_pool_async
 from rendering.registration_reading import REGISTRATION_HANDLERS, RegistrationReading
@@ -382,16 +382,29 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, P
         """A prior beside the study: the policy decides, the audit records, then the compare layout."""
         if message.study in self.session.studies:
             return
-        try:
-            if message.study not in {study.study_uid for study in self.related}:
-                raise StudyNotFound(message.study)
-            other = await database_sync_to_async(study_for_viewer)(principal=self.principal,
-                                                                   study_uid=message.study)
-        except StudyNotFound:
-            await self._audit(Action.RENDER_START, Outcome.DENIED, study=message.study[:64],
-                              details={"reason": "not a study of this patient the principal may view"})
+        if not await self._study_beside(message.study):
             await self._error("refused", _("no such study of this patient, or not permitted"))
             return
+        self.session.layout_apply("compare")
+        await self._registration_links_load()
+        await self._send_ready()
+        self._render(list(range(len(self.session.views))))
+        await self._send_findings()
+        await self._send_documents()
+        await self._send_registrations()
+
+    async def _study_beside(self, study_uid: str) -> bool:
+        """Open another study of the patient beside the first, if the policy lets this principal view
+        it; audited either way."""
+        try:
+            if study_uid not in {study.study_uid for study in self.related}:
+                raise StudyNotFound(study_uid)
+            other = await database_sync_to_async(study_for_viewer)(principal=self.principal,
+                                                                   study_uid=study_uid)
+        except StudyNotFound:
+            await self._audit(Action.RENDER_START, Outcome.DENIED, study=study_uid[:64],
+                              details={"reason": "not a study of this patient the principal may view"})
+            return False
         shown, unavailable = await self._describe_series(other)
         self.session.study_add(other.study_uid, shown, unavailable)
         await self._audit(Action.RENDER_START, Outcome.SUCCESS, study=other.study_uid,
@@ -401,13 +414,7 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, P
                 principal=self.principal, source_ip=scope_address(self.scope), what="viewer",
                 study=other.study_uid, pseudonym=other.patient_pseudonym)
         await self._derived_open()
-        self.session.layout_apply("compare")
-        await self._registration_links_load()
-        await self._send_ready()
-        self._render(list(range(len(self.session.views))))
-        await self._send_findings()
-        await self._send_documents()
-        await self._send_registrations()
+        return True
 
     async def _thumbnails(self) -> None:
         """One small interactive-quality picture of each wanted series: a frame like any other, as text."""
@@ -657,8 +664,24 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, P
         if self.hanging_user is None:
             return
         self.hanging = await database_sync_to_async(hanging_rules_for)(user=self.hanging_user)
-        self.session.hanging_first([saved.hanging for saved in self.hanging],
-                                   description=self.study.description)
+        await self._hanging_first([saved.hanging for saved in self.hanging])
+
+    async def _hanging_first(self, rules: list[Hanging]) -> None:
+        """The first rule that fits hangs the study. A rule that takes a prior first opens beside it the
+        patient's newest other study holding its prior modalities (audited), where there is one."""
+        description = self.study.description
+        for rule in rules:
+            if rule.prior_modalities and len(self.session.studies) == 1:
+                prior = next((study for study in self.related
+                              if rule.prior_modalities <= set(study.modalities)), None)
+                try:
+                    if prior is None or not await self._study_beside(prior.study_uid):
+                        continue
+                except SessionError:
+                    continue
+            if self.session.hanging_fits(rule, description=description):
+                self.session.hanging_apply(rule, description=description)
+                return
 
     def _hanging_wire(self) -> list[dict[str, Any]] | None:
         """The reader's rules then the hospital's (``hospital``: IT's, not deletable here) for the menu,

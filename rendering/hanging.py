@@ -14,6 +14,10 @@ The JSON form::
      "views": [{"kind": "axial", "layers": [{"modality": "CT", "description": "AC",
                                              "palette": "grey", "opacity": 1.0}]},
                {"kind": "3d", "layers": [{"modality": "PT"}], "preset3d": "pet_mip"}]}
+
+A layer with ``"prior": true`` takes its series from the patient's newest other study that has
+its modality (CT with priors: the same kind of view of this CT and of the last one); the viewer
+opens that study beside the first, as *Open beside* does, when such a rule is the first to fit.
 """
 
 from __future__ import annotations
@@ -64,6 +68,8 @@ class LayerRule:
     palette: str | None = None
     """None: the series' own default (grey, or inverted for MONOCHROME1 pictures)."""
     opacity: float = 1.0
+    prior: bool = False
+    """From the patient's newest other study that has this modality (a prior), not the one opened."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,11 @@ class Hanging:
     def grid(self) -> str:
         return GRIDS[len(self.views)]
 
+    @property
+    def prior_modalities(self) -> frozenset[str]:
+        """The modalities its prior layers take from another study (none: it hangs one study)."""
+        return frozenset(layer.modality for view in self.views for layer in view.layers if layer.prior)
+
     def wire(self) -> dict[str, Any]:
         """The JSON form, as stored (and as :func:`hanging_parse` reads it back)."""
         match: dict[str, Any] = {"modalities": list(self.modalities)}
@@ -101,6 +112,8 @@ class Hanging:
                 if layer.palette is not None:
                     item["palette"] = layer.palette
                 item["opacity"] = layer.opacity
+                if layer.prior:
+                    item["prior"] = True
                 layers.append(item)
             shown: dict[str, Any] = {"kind": view.kind, "layers": layers}
             if view.preset3d is not None:
@@ -161,13 +174,16 @@ def _opacity(value: Any, where: Where) -> float:
 
 
 def _layer(value: Any, where: str) -> LayerRule:
-    data = _object(value, where, {"modality", "description", "palette", "opacity"}, {"modality"})
+    data = _object(value, where, {"modality", "description", "palette", "opacity", "prior"}, {"modality"})
+    if "prior" in data and not isinstance(data["prior"], bool):
+        raise HangingRuleError(gettext_noop("%(where)s.prior must be true or false"), where=where)
     return LayerRule(
         modality=_modality(data["modality"], f"{where}.modality"),
         description=(_text(data["description"], f"{where}.description", DESCRIPTION_LENGTH)
                      if "description" in data else ""),
         palette=_choice(data["palette"], f"{where}.palette", PALETTES) if "palette" in data else None,
-        opacity=_opacity(data["opacity"], f"{where}.opacity") if "opacity" in data else 1.0)
+        opacity=_opacity(data["opacity"], f"{where}.opacity") if "opacity" in data else 1.0,
+        prior=bool(data.get("prior", False)))
 
 
 def _view(value: Any, where: str) -> ViewRule:

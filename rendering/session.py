@@ -597,6 +597,7 @@ class ViewerSession:
         if rule.description and rule.description.casefold() not in description.casefold():
             return None, Said.made(gettext_noop("the rule is for studies described %(description)s"),
                                    {"description": repr(rule.description)})
+        prior = self._of_study(self.studies[-1]) if len(self.studies) > 1 else []
         used: set[str] = set()
         views = []
         for number, view in enumerate(rule.views, start=1):
@@ -604,8 +605,12 @@ class ViewerSession:
             layers = []
             for layer in view.layers:
                 fragment = layer.description.casefold()
-                candidates = [s for s in own if s.modality == layer.modality
+                candidates = [s for s in (prior if layer.prior else own) if s.modality == layer.modality
                               and fragment in s.description.casefold() and (s.mpr or not volume)]
+                if not candidates and layer.prior:
+                    return None, Said.made(gettext_noop("view %(view)s needs a %(modality)s series of a "
+                                                        "prior study of the patient; none is open"),
+                                           {"view": number, "modality": layer.modality})
                 if not candidates:
                     return None, _series_lacking(number, layer, reformats=volume)
                 series = next((s for s in candidates if s.uid not in used), candidates[0])
@@ -652,14 +657,16 @@ class ViewerSession:
             layers = []
             for layer in view.layers:
                 series = self.series[layer["series_id"]]
-                if (series.study or self.study_uid) != self.studies[0]:
-                    raise SessionError(gettext_noop("a hanging rule hangs one study: a view shows another "
-                                                    "study's series"))
-                modalities.setdefault(series.modality)
+                prior = (series.study or self.study_uid) != self.studies[0]
+                if not prior:
+                    modalities.setdefault(series.modality)
                 palette = layer["palette"] if layer["palette"] in PALETTES else None
                 layers.append(LayerRule(series.modality, description_fragment(series.description), palette,
-                                        float(layer["opacity"])))
+                                        float(layer["opacity"]), prior=prior))
             views.append(ViewRule(view.kind, tuple(layers), view.preset3d if view.kind == "3d" else None))
+        if not modalities:
+            raise SessionError(gettext_noop("a hanging rule needs a view of the study opened, not only "
+                                            "of its priors"))
         return Hanging(tuple(modalities), tuple(views))
 
     # --- state ------------------------------------------------------------------------------

@@ -726,3 +726,36 @@ async def test_measurements_of_a_report_from_another_system_reach_the_viewer(
     assert groups["Hot spot"]["measurements"][0]["value"] == pytest.approx(SUV_MAX)
     assert groups["Hot spot"]["graphic"]["shape"] == "point"
     await communicator.disconnect()
+
+
+async def test_a_rule_with_a_prior_opens_the_newest_prior_beside_the_study_and_hangs_both(
+        client, signed_in, study, phantom_dir):
+    from accounts.hanging import hanging_rule_save
+
+    doctor = await database_sync_to_async(signed_in)("doctor")
+    record, _ = study
+    with_prior = {"match": {"modalities": ["CT"]},
+                  "views": [{"kind": "axial", "layers": [{"modality": "CT"}]},
+                            {"kind": "axial", "layers": [{"modality": "CT", "prior": True}]}]}
+    await database_sync_to_async(hanging_rule_save)(user=doctor, name="CT with prior", rule=with_prior)
+    communicator, _, _ = await _open(client, record.study_instance_uid)
+    ready = await _next(communicator)
+    assert ready["layout"] == "petct" and ready["studies"] == [record.study_instance_uid], "no prior: default"
+    await communicator.disconnect()
+
+    await database_sync_to_async(_prior_of)(phantom_dir[0])
+    prior = await database_sync_to_async(lambda: Study.objects.filter(
+        patient=record.patient).exclude(id=record.id).get().study_instance_uid)()
+    communicator, _, _ = await _open(client, record.study_instance_uid)
+    ready = await _next(communicator)
+    assert ready["layout"] == "1x2" and ready["studies"] == [record.study_instance_uid, prior]
+    by_uid = {s["uid"]: s for s in ready["series"]}
+    shown = [by_uid[view["layers"][0]]["study"] for view in ready["views"]]
+    assert shown == [record.study_instance_uid, prior]
+    assert all(by_uid[view["layers"][0]]["modality"] == "CT" for view in ready["views"])
+    await _frames(communicator, 2)
+    await communicator.disconnect()
+    await asyncio.sleep(0.2)
+    events = await database_sync_to_async(lambda: list(AuditEvent.objects.filter(
+        actor=doctor.username, action="render.start", study=prior).values_list("outcome", flat=True)))()
+    assert events == ["success"], "opening the prior for the rule is audited"

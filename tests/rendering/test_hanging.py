@@ -245,7 +245,7 @@ def test_the_views_on_screen_become_a_rule_that_hangs_them_again():
     assert after == before and again.layout == "2x2"
 
 
-def test_a_rule_is_one_study_s_views_and_matches_that_study_only():
+def test_a_rule_matches_the_study_opened_and_keeps_a_prior_s_view_as_a_prior_layer():
     session = _petct()
     prior = [SeriesInfo("3.1", "MR", "old", _geometry(kind="volume", plane="axial", mpr=True),
                         number=1, study="8.8")]
@@ -253,5 +253,23 @@ def test_a_rule_is_one_study_s_views_and_matches_that_study_only():
     mr = _rule(MR_AXIAL)
     assert not session.hanging_fits(mr, description=""), "a prior's series are not this study's"
     session.layout_apply("compare")
-    with pytest.raises(SessionError, match="another study"):
+    kept = session.hanging_of_views()
+    assert [[layer.prior for layer in view.layers] for view in kept.views] == [[False], [True]]
+    assert kept.modalities == ("CT",) and kept.prior_modalities == {"MR"}
+    assert session.hanging_fits(kept, description="")
+    alone = _petct()
+    assert not alone.hanging_fits(kept, description=""), "no prior open: the rule does not fit"
+    session.layout_apply("1x1")
+    session.apply_setting(Setting(0, "series", "3.1", 0))
+    with pytest.raises(SessionError, match="priors"):
         session.hanging_of_views()
+
+
+def test_a_prior_layer_round_trips_and_must_be_a_flag():
+    rule = {"match": {"modalities": ["CT"]},
+            "views": [{"kind": "axial", "layers": [{"modality": "CT"}]},
+                      {"kind": "axial", "layers": [{"modality": "CT", "prior": True}]}]}
+    parsed = hanging_parse(data=rule)
+    assert parsed.prior_modalities == {"CT"} and hanging_parse(data=parsed.wire()) == parsed
+    with pytest.raises(HangingRuleError):
+        hanging_parse(data={**rule, "views": [{"kind": "axial", "layers": [{"modality": "CT", "prior": 1}]}]})
