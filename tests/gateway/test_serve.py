@@ -12,7 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.served import closed_code, gateway_serve, serving_pid, viewer_ready, viewer_socket
+from tests.served import (
+    closed_code,
+    gateway_serve,
+    is_frame,
+    serving_pid,
+    viewer_ready,
+    viewer_socket,
+    viewer_until,
+)
+
+FUSED_VIEW = 2  # the PET/CT layout: CT, PET, CT + PET, PET MIP
 
 
 def _viewers_on_every_process(gateway, browser, stack: contextlib.ExitStack) -> list:
@@ -91,7 +101,8 @@ def _mapped_volume_files(pid: int) -> set[str]:
 def test_render_workers_of_every_process_map_one_shared_copy_of_each_volume(served_demo):
     browser = served_demo.doctor()
     with contextlib.ExitStack() as stack:
-        _viewers_on_every_process(served_demo, browser, stack)  # each process rendered the PET/CT
+        for ws in _viewers_on_every_process(served_demo, browser, stack):
+            viewer_until(ws, lambda m: is_frame(m) and m.view == FUSED_VIEW)  # CT and PET rendered
         workers = [int(pid) for server in served_demo.server_pids()
                    for task in Path(f"/proc/{server}/task").iterdir()
                    for pid in (task / "children").read_text().split()]
