@@ -159,6 +159,9 @@ def _posted(request: HttpRequest, store: Store) -> tuple[str, int | None, ItemFo
         return kind, item, form
     try:
         data = json.loads(form.cleaned_data["text"])
+    except RecursionError:
+        form.add_error("text", _("This is not JSON: %(why)s") % {"why": _("nested too deeply")})
+        return kind, item, form
     except ValueError as error:
         form.add_error("text", _("This is not JSON: %(why)s") % {"why": str(error)})
         return kind, item, form

@@ -52,6 +52,9 @@ def test_invalid_json_or_rule_is_refused_next_to_the_field_keeping_what_was_type
     text = answer.content.decode()
     assert "This is not JSON" in text and "Nothing was changed" in text
     assert '{&quot;match&quot;: {&quot;modalities&quot;: [&quot;CT&quot;]}, &quot;views&quot;: [' in text
+    deep = "[" * 8000 + "]" * 8000  # JSON nested deeper than Python's parser goes: refused, not a 500
+    answer = _post(client, PAGE, kind="rule", op="save", item=saved.id, name="CT axial", text=deep)
+    assert answer.status_code == 200 and "This is not JSON" in answer.content.decode()
     unknown = json.dumps({**RULE, "colour": "red"})
     answer = _post(client, PAGE, kind="rule", op="save", item=saved.id, name="CT axial", text=unknown)
     assert "unknown field(s): colour" in answer.content.decode()
