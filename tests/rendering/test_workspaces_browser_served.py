@@ -64,10 +64,17 @@ def _select(page, socket: PageSocket, tab: int) -> dict:
     return ready
 
 
+def _tab_menu(page) -> None:
+    if page.locator("#tab-menu").get_attribute("open") is None:
+        page.locator("#tab-menu summary").click()
+
+
 def _link(page, socket: PageSocket, tab: int) -> None:
     _select(page, socket, tab)
+    _tab_menu(page)
     page.locator("#tab-linked").check()
     _until(page, lambda: (tabs := socket.last("tabs")) and tabs["tabs"][tab]["linked"], f"tab {tab} linked")
+    page.locator("#tab-menu summary").click()  # closed again, off the views
 
 
 def _add_tab(page, socket: PageSocket) -> dict:
@@ -145,6 +152,7 @@ def test_sixteen_views_in_tabs_a_linked_scroll_and_a_bookmark_restored_after_rel
 
     # Closing a tab frees its views; a grid with a merged cell; a view duplicated into a new tab.
     count = _readies(socket)
+    _tab_menu(page)
     page.locator("#tab-close").click()
     ready = _ready_after(page, socket, count)
     assert len(ready["tabs"]) == 3 and sum(tab["views"] for tab in ready["tabs"]) == 12
@@ -174,6 +182,7 @@ def test_sixteen_views_in_tabs_a_linked_scroll_and_a_bookmark_restored_after_rel
     shown = ready["views"][1]
     _canvas(page, 1).click()
     count = _readies(socket)
+    _tab_menu(page)
     page.locator("#view-duplicate").click()
     ready = _ready_after(page, socket, count)
     assert ready["views"] == [shown] and len(ready["tabs"]) == 4

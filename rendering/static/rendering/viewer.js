@@ -5770,8 +5770,15 @@ tabNameInput.addEventListener("change", () => {
   if (name) send({ type: "tab", action: "rename", tab: shownTab, name });
 });
 tabLinkedBox.addEventListener("change", () => send({ type: "tab", action: "link", tab: shownTab, linked: tabLinkedBox.checked }));
-tabCloseButton.addEventListener("click", () => { if (tabs.length > 1) send({ type: "tab", action: "close", tab: shownTab }); });
-viewDuplicateButton.addEventListener("click", () => { if (views[activeView]) send({ type: "tab", action: "duplicate", view: activeView }); });
+const tabMenu = document.getElementById("tab-menu");
+tabCloseButton.addEventListener("click", () => {
+  if (tabs.length > 1) send({ type: "tab", action: "close", tab: shownTab });
+  tabMenu.open = false;
+});
+viewDuplicateButton.addEventListener("click", () => {
+  if (views[activeView]) send({ type: "tab", action: "duplicate", view: activeView });
+  tabMenu.open = false;
+});
 gridEditor.addEventListener("toggle", openGridEditor);
 gridRowsInput.addEventListener("change", resetDraft);
 gridColumnsInput.addEventListener("change", resetDraft);
