@@ -23,6 +23,7 @@ from django.utils.translation import ngettext
 
 from accounts import clock
 from accounts.models import HangingRule, User
+from accounts.services import account_of
 from gateway.audit.catalogue import Action, Outcome
 from gateway.audit.services import audit_record
 from rendering.hanging import (
@@ -54,7 +55,7 @@ class SavedHanging:
 
 def hanging_owner(principal: Any) -> User | None:
     """The account whose rules apply to ``principal``: a signed-in user; a share has none."""
-    return principal if isinstance(principal, User) and principal.pk is not None else None
+    return account_of(principal)
 
 
 def _rows(owner: User | None) -> QuerySet[HangingRule]:

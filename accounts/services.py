@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
@@ -188,6 +189,11 @@ def user_password_change(*, user: User, current_password: str, new_password: str
 
 
 # --- throttling and lockout --------------------------------------------------
+
+
+def account_of(principal: Any) -> User | None:
+    """The account behind ``principal``: a signed-in user; a consultant's share has none."""
+    return principal if isinstance(principal, User) and principal.pk is not None else None
 
 @dataclass(frozen=True)
 class ThrottleVerdict:

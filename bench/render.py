@@ -285,7 +285,7 @@ def _memory_by_role(pid: int) -> dict[str, dict[str, int]]:
             "whole_tree": _memory_kb(pid)}
 
 
-async def _next_frame(viewer: Viewer, timeout: float):
+async def next_frame(viewer: Viewer, timeout: float):
     """The next frame, acknowledged (text skipped, an error raised); None once quiet for ``timeout``."""
     while True:
         try:
@@ -304,7 +304,7 @@ async def _next_frame(viewer: Viewer, timeout: float):
 async def _every_view_framed(viewer: Viewer, views: int) -> None:
     framed: set[int] = set()
     while len(framed) < views:
-        frame = await _next_frame(viewer, FRAME_TIMEOUT_S)
+        frame = await next_frame(viewer, FRAME_TIMEOUT_S)
         if frame is None:
             raise RuntimeError(f"views {sorted(set(range(views)) - framed)} got no frame")
         framed.add(frame.view)
@@ -317,7 +317,7 @@ async def _scroll_arrivals(viewer: Viewer, step: int) -> dict[int, tuple[float, 
     started = time.perf_counter()
     await viewer.send(_scroll(0)(step))
     arrived: dict[int, tuple[float, float]] = {}
-    while (frame := await _next_frame(viewer, QUIET_S)) is not None:
+    while (frame := await next_frame(viewer, QUIET_S)) is not None:
         if frame.quality == 0 and frame.view not in arrived:
             arrived[frame.view] = (time.perf_counter() - started, frame.overlay.get("render_ms", 0.0))
     return arrived

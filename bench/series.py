@@ -48,7 +48,7 @@ from pydicom.uid import (
     UltrasoundMultiFrameImageStorage,
     generate_uid,
 )
-from render import Viewer, frame_unpack, manage, percentile
+from render import Viewer, manage, next_frame, percentile
 
 RADIOGRAPH_TARGET_MS = 300.0
 CINE_TARGET_FPS = 30.0
@@ -354,16 +354,9 @@ async def _play(viewer: Tracked, frame_s: float, frames: int) -> tuple[dict[int,
         while frames - 1 not in shown and time.perf_counter() < deadline:
             if len(sent) == frames:
                 deadline = min(deadline, time.perf_counter() + 2.0)
-            try:
-                message = await asyncio.wait_for(viewer.socket.recv(), 0.1)
-            except TimeoutError:
+            frame = await next_frame(viewer, 0.1)
+            if frame is None:
                 continue
-            if isinstance(message, str):
-                if json.loads(message)["type"] == "error":
-                    raise RuntimeError(message)
-                continue
-            frame = frame_unpack(message)
-            await viewer.ack(frame)
             if frame.view == 0 and frame.quality == 0 and "slice" in frame.overlay:
                 shown.setdefault(frame.overlay["slice"][0] - 1, time.perf_counter())
 

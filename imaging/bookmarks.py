@@ -29,6 +29,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import User
+from accounts.services import account_of
 from gateway.audit.catalogue import Action, Outcome
 from gateway.audit.services import audit_record
 from gateway.i18n import gettext_noop
@@ -92,11 +93,6 @@ def bookmark_state_clean(*, state: Any) -> dict[str, Any]:
     return json.loads(text)
 
 
-def _reader(principal: Any) -> User | None:
-    """The account behind ``principal``: a signed-in user; a consultant's share has none."""
-    return principal if isinstance(principal, User) and principal.pk is not None else None
-
-
 def _live_chain(principal: ConsultantPrincipal) -> list[int]:
     """The pks of the consultant's share chain, or none when any share of it has ended since."""
     pks = [link.pk for link in principal.chain]
@@ -106,7 +102,7 @@ def _live_chain(principal: ConsultantPrincipal) -> list[int]:
 
 def _visible(principal: Any) -> QuerySet[ReadingBookmark]:
     """The bookmarks ``principal`` may see, before the per-study check of the policy."""
-    reader = _reader(principal)
+    reader = account_of(principal)
     if reader is not None:
         return ReadingBookmark.objects.filter(owner_id=reader.pk)
     if isinstance(principal, ConsultantPrincipal):
@@ -143,7 +139,7 @@ def bookmarks_of(*, principal: Any, study_uid: str) -> list[SavedBookmark]:
         return []
     rows = list(_visible(principal).filter(study__study_instance_uid=study_uid)
                 .select_related("study").order_by("-updated_at", "-id"))
-    return _saved(rows, owner=_reader(principal) is not None)
+    return _saved(rows, owner=account_of(principal) is not None)
 
 
 def bookmark_get(*, principal: Any, bookmark_id: int) -> SavedBookmark:
@@ -151,12 +147,12 @@ def bookmark_get(*, principal: Any, bookmark_id: int) -> SavedBookmark:
     row = _visible(principal).filter(pk=bookmark_id).select_related("study").first()
     if row is None or not may(principal, Permission.STUDY_VIEW, row.study.study_instance_uid):
         raise BookmarkNotFound(bookmark_id)
-    return _saved([row], owner=_reader(principal) is not None)[0]
+    return _saved([row], owner=account_of(principal) is not None)[0]
 
 
 def _study_to_keep(user: Any, study_uid: str) -> Study:
     """The study a user keeps a bookmark of: one they may view, else :class:`StudyNotFound`."""
-    if _reader(user) is None or not may(user, Permission.STUDY_VIEW, study_uid):
+    if account_of(user) is None or not may(user, Permission.STUDY_VIEW, study_uid):
         raise StudyNotFound(study_uid)
     study = Study.objects.filter(study_instance_uid=study_uid).first()
     if study is None:
@@ -195,7 +191,7 @@ def bookmark_save(*, user: User, study_uid: str, name: Any, state: Any) -> Saved
 @transaction.atomic
 def bookmark_delete(*, user: User, bookmark_id: int) -> None:
     """Delete one of the user's bookmarks (and its sharing: no consultant sees it any more)."""
-    owner = _reader(user)
+    owner = account_of(user)
     deleted = 0
     if owner is not None:
         deleted, _ = ReadingBookmark.objects.filter(owner_id=owner.pk, pk=bookmark_id).delete()
@@ -204,7 +200,7 @@ def bookmark_delete(*, user: User, bookmark_id: int) -> None:
 
 
 def _own_bookmark(user: Any, bookmark_id: int) -> ReadingBookmark:
-    owner = _reader(user)
+    owner = account_of(user)
     row = None
     if owner is not None:
         row = (ReadingBookmark.objects.select_for_update(of=("self",))
@@ -276,7 +272,7 @@ def shares_for_bookmarks(*, user: User, study_uid: str) -> list[dict[str, str]]:
 
     Their own live shares, root or forwarded, whose scope covers the study, newest first.
     """
-    if _reader(user) is None or not may(user, Permission.STUDY_SHARE, study_uid):
+    if account_of(user) is None or not may(user, Permission.STUDY_SHARE, study_uid):
         return []
     study = Study.objects.filter(study_instance_uid=study_uid).first()
     if study is None:

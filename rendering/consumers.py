@@ -679,8 +679,7 @@ class ViewerConsumer(SegmentationReading, RegistrationReading, DerivedReading, P
                         continue
                 except SessionError:
                     continue
-            if self.session.hanging_fits(rule, description=description):
-                self.session.hanging_apply(rule, description=description)
+            if self.session.hanging_first([rule], description=description) is not None:
                 return
 
     def _hanging_wire(self) -> list[dict[str, Any]] | None:

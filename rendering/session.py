@@ -494,19 +494,13 @@ class ViewerSession:
         return list(range(len(self.views))) if number == self.tab else []
 
     def _tabs_follow(self, operation: str, source: ViewModel, args: dict[str, float]) -> None:
-        """Linked tabs off screen take a window where their view's base is of the same modality, a zoom
-        where their view is of the same dimension; a scroll moves them through the focus they share."""
-        base = self._base(source)
+        """Linked tabs off screen take a window or zoom where :meth:`_follows` says so; a scroll
+        moves them through the focus they share."""
         for number, tab in enumerate(self.tabs):
-            if number == self.tab or not tab.linked:
-                continue
-            for other in tab.views:
-                if operation == "window":
-                    follows = self._base(other).modality == base.modality
-                else:
-                    follows = (other.kind == "3d") == (source.kind == "3d")
-                if follows:
-                    getattr(self, f"_input_{operation}")(0, other, args)
+            if number != self.tab and tab.linked:
+                for other in tab.views:
+                    if self._follows(operation, source, other):
+                        getattr(self, f"_input_{operation}")(0, other, args)
 
     def views_swap(self, index: int, other: int) -> list[int]:
         """Views ``index`` and ``other`` exchange cells; each takes the size of the cell it moves to."""
@@ -573,10 +567,9 @@ class ViewerSession:
     def _view_kept(self, fields: dict[str, Any]) -> ViewModel:
         view = ViewModel(**fields)
         if view.kind not in MPR_KINDS | {"3d"} or (view.kind != "native" and not self._base(view).mpr) \
-                or view.rotation % 90 or view.width != int(view.width) or view.height != int(view.height):
+                or view.rotation % 90:
             raise SessionError(BOOKMARK_REFUSED,
-                               why=Said(gettext_noop("a view's kind or size does not fit its series")))
-        view.width, view.height, view.rotation = int(view.width), int(view.height), int(view.rotation)
+                               why=Said(gettext_noop("a view's kind or turn does not fit its series")))
         return view
 
     # --- hanging rules (rendering.hanging) --------------------------------------------------
@@ -929,27 +922,24 @@ class ViewerSession:
         return []
 
     def _linked_follow(self, index: int, operation: str, args: dict[str, float]) -> list[int]:
-        """The other views of the layout take the same input: a scroll where they do not already
-        follow the focus (another frame of reference) and show the same kind of plane, a window
-        where their base is of the same modality, a zoom or pan where they are of the same
-        dimension (2-D or 3-D)."""
+        """The other views of the layout take the same input where :meth:`_follows` says so."""
         source = self.views[index]
-        base = self._base(source)
         changed: list[int] = []
         for other_index, other in enumerate(self.views):
-            if other_index == index:
-                continue
-            other_base = self._base(other)
-            if operation == "scroll":
-                follows = (other.kind == source.kind
-                           and other_base.frame_of_reference != base.frame_of_reference)
-            elif operation == "window":
-                follows = other_base.modality == base.modality
-            else:
-                follows = (other.kind == "3d") == (source.kind == "3d")
-            if follows:
+            if other_index != index and self._follows(operation, source, other):
                 changed += getattr(self, f"_input_{operation}")(other_index, other, args)
         return changed
+
+    def _follows(self, operation: str, source: ViewModel, other: ViewModel) -> bool:
+        """Whether a linked view takes ``source``'s input: a scroll where it does not already follow
+        the focus (another frame of reference) and shows the same kind of plane, a window where its
+        base is of the same modality, a zoom or pan where it is of the same dimension (2-D or 3-D)."""
+        base, other_base = self._base(source), self._base(other)
+        if operation == "scroll":
+            return other.kind == source.kind and other_base.frame_of_reference != base.frame_of_reference
+        if operation == "window":
+            return other_base.modality == base.modality
+        return (other.kind == "3d") == (source.kind == "3d")
 
     def _input_scroll(self, index: int, view: ViewModel, args: dict[str, float]) -> list[int]:
         if view.kind == "3d":

@@ -19,7 +19,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 
 from accounts.grids import GridError, grid_save, grids_of
-from accounts.hanging import hanging_owner
+from accounts.services import account_of
 from gateway.i18n import gettext_noop
 from gateway.net import scope_address
 from imaging.access import StudyNotFound
@@ -80,7 +80,7 @@ async def grid_on(consumer: Any, message: protocol.GridChange) -> None:
 
 def _keeps(consumer: Any) -> bool:
     """A reader with an account keeps bookmarks; a consultant's share only opens those shown to it."""
-    return getattr(consumer.principal, "is_capability", False) is not True
+    return account_of(consumer.principal) is not None
 
 
 def _bookmarks(consumer: Any) -> dict[str, Any]:
@@ -133,7 +133,7 @@ async def bookmark_on(consumer: Any, message: protocol.BookmarkChange) -> None:
 
 def _grids(consumer: Any) -> dict[str, Any]:
     """The reader's own grids then the hospital's; a consultant's share has none."""
-    user = hanging_owner(consumer.principal)
+    user = account_of(consumer.principal)
     return {"type": "grids", "grids": grids_of(user=user) if user is not None else None}
 
 
@@ -142,7 +142,7 @@ async def grids_send(consumer: Any) -> None:
 
 
 async def grid_save_on(consumer: Any, message: protocol.GridSave) -> None:
-    user = hanging_owner(consumer.principal)
+    user = account_of(consumer.principal)
     if user is None:
         raise SessionError(gettext_noop("a consultant's share keeps no grids"))
     try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -49,19 +49,12 @@ class Workspace:
         return {"name": self.name, "layout": self.layout, "views": len(self.views), "linked": self.linked}
 
 
-@dataclass(frozen=True)
-class ViewFields:
-    """How each kept field of a view is checked when a bookmark comes back."""
-
-    numbers: dict[str, tuple[float, float]] = field(default_factory=lambda: {
-        "zoom": (0.01, 100.0), "width": (64, 2048), "height": (64, 2048), "rotation": (0, 270)})
-    flags: tuple[str, ...] = ("presented", "flip_h", "flip_v", "invert")
-    pairs: tuple[str, ...] = ("pan_mm", "oblique_deg")
-
-
-VIEW_FIELDS = ViewFields()
-VIEW_KEYS = {"kind", "layers", "slab", "camera3d", "preset3d", "crop_mm", *VIEW_FIELDS.numbers,
-             *VIEW_FIELDS.flags, *VIEW_FIELDS.pairs}
+VIEW_NUMBERS = {"zoom": (0.01, 100.0)}
+VIEW_WHOLE_NUMBERS = {"width": (64, 2048), "height": (64, 2048), "rotation": (0, 270)}
+VIEW_FLAGS = ("presented", "flip_h", "flip_v", "invert")
+VIEW_PAIRS = ("pan_mm", "oblique_deg")
+VIEW_KEYS = {"kind", "layers", "slab", "camera3d", "preset3d", "crop_mm", *VIEW_NUMBERS, *VIEW_WHOLE_NUMBERS,
+             *VIEW_FLAGS, *VIEW_PAIRS}
 LAYER_KEYS = {"series_id", "window_center", "window_width", "window_unit", "palette", "opacity", "voi",
               "hidden", "time_point"}
 
@@ -71,9 +64,9 @@ def view_snapshot(view: Any) -> dict[str, Any]:
         "kind": view.kind, "layers": [dict(layer) for layer in view.layers], "slab": dict(view.slab),
         "camera3d": dict(view.camera3d), "preset3d": view.preset3d,
         "crop_mm": None if view.crop_mm is None else list(view.crop_mm),
-        **{name: getattr(view, name) for name in VIEW_FIELDS.numbers},
-        **{name: bool(getattr(view, name)) for name in VIEW_FIELDS.flags},
-        **{name: list(getattr(view, name)) for name in VIEW_FIELDS.pairs},
+        **{name: getattr(view, name) for name in (*VIEW_NUMBERS, *VIEW_WHOLE_NUMBERS)},
+        **{name: bool(getattr(view, name)) for name in VIEW_FLAGS},
+        **{name: list(getattr(view, name)) for name in VIEW_PAIRS},
     }
 
 
@@ -146,13 +139,16 @@ def view_fields(value: Any, where: str, series: Callable[[str], bool]) -> dict[s
         "crop_mm": None if view["crop_mm"] is None else tuple(
             _number(v, f"{where} crop box") for v in _list(view["crop_mm"], 6, f"{where} crop box")),
     }
-    for name, (low, high) in VIEW_FIELDS.numbers.items():
+    for name, (low, high) in VIEW_NUMBERS.items():
         fields[name] = _number(view[name], f"{where} {name}", low, high)
-        if isinstance(view[name], int):
-            fields[name] = int(view[name])
-    for name in VIEW_FIELDS.flags:
+    for name, (low, high) in VIEW_WHOLE_NUMBERS.items():
+        if not isinstance(view[name], int):
+            raise ReadingStateError(gettext_noop("%(where)s is not a number the viewer can use"),
+                                    where=f"{where} {name}")
+        fields[name] = int(_number(view[name], f"{where} {name}", low, high))
+    for name in VIEW_FLAGS:
         fields[name] = bool(view[name])
-    for name in VIEW_FIELDS.pairs:
+    for name in VIEW_PAIRS:
         fields[name] = tuple(_number(v, f"{where} {name}") for v in _list(view[name], 2, f"{where} {name}"))
     return fields
 

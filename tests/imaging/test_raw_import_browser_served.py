@@ -33,6 +33,9 @@ from tests.rendering.test_measure_browser_served import (  # noqa: F401 (viewer:
     _on_page,
     _to_canvas,
     _until,
+    settled_still,
+    view_canvas,
+    view_size,
     viewer,
 )
 
@@ -86,28 +89,11 @@ def _reader_number(value: float) -> str:
 
 
 def _canvas(page):
-    return page.locator(f"canvas[data-view='{VIEW}']")
-
-
-def _size(page) -> dict[str, float]:
-    return _canvas(page).evaluate("""canvas => { const r = canvas.getBoundingClientRect();
-        return {left: r.left, top: r.top, width: r.width, height: r.height,
-                pixels: canvas.width, rows: canvas.height}; }""")
+    return view_canvas(page, VIEW)
 
 
 def _settled_still(page, socket: PageSocket, *, after: int = 0):
-    """The still frame of the first view that is on its canvas, at the canvas's size, once quiet."""
-    def painted():
-        frame = socket.shown.get(VIEW)
-        size = _size(page)
-        return (frame if frame is not None and frame.sequence > after
-                and _canvas(page).get_attribute("data-sequence") == str(frame.sequence)
-                and "plane" in frame.overlay and (frame.width, frame.height) == (size["pixels"], size["rows"])
-                else None)
-
-    _until(page, painted, "a still of the first view at its size")
-    page.wait_for_timeout(500)  # a later still (a resize, a second still of the same state), if any
-    return _until(page, painted, "the first view quiet")
+    return settled_still(page, socket, VIEW, after=after, since_ready=True)
 
 
 def _import(page, base: str, path: Path, patient_id: str) -> None:
@@ -173,7 +159,7 @@ def test_a_nifti_imported_through_the_page_shows_its_own_voxel_values_under_the_
 
     # Voxels well inside that slice, aimed at at their centres (the nearest voxel is plain), put on
     # the canvas by the frame's own plane.
-    shown_size = _size(page)
+    shown_size = view_size(page, VIEW)
     for fraction in ((0.3, 0.4), (0.55, 0.7), (0.8, 0.25)):
         voxel = [0, 0, 0]
         voxel[depth_axis] = depth

@@ -146,29 +146,43 @@ def _until(page, condition, what: str, seconds: float = WAIT_S) -> Any:
     raise AssertionError(f"{what}: not within {seconds} s; status: {page.text_content('#status')}")
 
 
-def _canvas(page):
-    return page.locator(f"canvas[data-view='{FUSED}']")
+def view_canvas(page, view: int = FUSED):
+    return page.locator(f"canvas[data-view='{view}']")
 
 
-def _size(page) -> dict[str, float]:
-    return _canvas(page).evaluate("""canvas => { const r = canvas.getBoundingClientRect();
+def view_size(page, view: int = FUSED) -> dict[str, float]:
+    return view_canvas(page, view).evaluate("""canvas => { const r = canvas.getBoundingClientRect();
         return {left: r.left, top: r.top, width: r.width, height: r.height,
                 pixels: canvas.width, rows: canvas.height}; }""")
 
 
-def _settled_still(page, socket: PageSocket, *, after: int = 0):
-    """The still frame of the fused view that is on the canvas, at the canvas's size, once quiet."""
+def settled_still(page, socket: PageSocket, view: int = FUSED, *, after: int = 0, since_ready: bool = False,
+                  plane: bool = True, quiet_ms: int = 500):
+    """View ``view``'s latest still frame (``since_ready``: since the last ``ready``), once it is on the
+    canvas at the canvas's size (with its ``plane`` in the overlay, where asked) and stays so."""
     def painted():
-        frame = socket.frames.get(FUSED)
-        shown = _canvas(page).get_attribute("data-sequence")
-        size = _size(page)
+        frame = (socket.shown if since_ready else socket.frames).get(view)
+        shown = view_canvas(page, view).get_attribute("data-sequence")
+        size = view_size(page, view)
         return (frame if frame is not None and frame.sequence > after and shown == str(frame.sequence)
-                and "plane" in frame.overlay
+                and (not plane or "plane" in frame.overlay)
                 and (frame.width, frame.height) == (size["pixels"], size["rows"]) else None)
 
-    _until(page, painted, "a still of the fused view at its size")
-    page.wait_for_timeout(500)  # a later still (a resize, a second still of the same state), if any
-    return _until(page, painted, "the fused view quiet")
+    _until(page, painted, f"a still of view {view} at its size")
+    page.wait_for_timeout(quiet_ms)  # a later still (a resize, a second still of the same state), if any
+    return _until(page, painted, f"view {view} quiet")
+
+
+def _canvas(page):
+    return view_canvas(page)
+
+
+def _size(page) -> dict[str, float]:
+    return view_size(page)
+
+
+def _settled_still(page, socket: PageSocket, *, after: int = 0):
+    return settled_still(page, socket, after=after)
 
 
 def _depth(frame, point: np.ndarray) -> float:

@@ -15,7 +15,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.rendering.test_measure_browser_served import PageSocket, _on_page, _until, viewer  # noqa: F401
+from tests.rendering.test_measure_browser_served import (  # noqa: F401 (viewer: a fixture)
+    PageSocket,
+    _on_page,
+    _until,
+    settled_still,
+    view_canvas,
+    view_size,
+    viewer,
+)
 
 pytestmark = [pytest.mark.server, pytest.mark.browser]
 
@@ -23,27 +31,16 @@ CT_VIEW = 0  # the PET/CT layout: CT, PET, CT + PET, PET MIP
 
 
 def _canvas(page):
-    return page.locator(f"canvas[data-view='{CT_VIEW}']")
+    return view_canvas(page, CT_VIEW)
 
 
 def _size(page) -> dict[str, float]:
-    return _canvas(page).evaluate("""canvas => { const r = canvas.getBoundingClientRect();
-        return {left: r.left, top: r.top, width: r.width, height: r.height,
-                pixels: canvas.width, rows: canvas.height}; }""")
+    return view_size(page, CT_VIEW)
 
 
 def _still(page, socket: PageSocket, *, after: int = -1):
     """The CT view's latest still frame at the canvas's size, once it is on the canvas and quiet."""
-    def painted():
-        frame = socket.frames.get(CT_VIEW)
-        size = _size(page)
-        return (frame if frame is not None and frame.sequence > after
-                and _canvas(page).get_attribute("data-sequence") == str(frame.sequence)
-                and (frame.width, frame.height) == (size["pixels"], size["rows"]) else None)
-
-    _until(page, painted, "a still frame of the CT view")
-    page.wait_for_timeout(600)
-    return _until(page, painted, "the CT view quiet")
+    return settled_still(page, socket, CT_VIEW, after=after, plane=False, quiet_ms=600)
 
 
 def _pixels(frame) -> np.ndarray:

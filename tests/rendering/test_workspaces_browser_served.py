@@ -17,7 +17,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.rendering.test_measure_browser_served import PageSocket, _until, viewer  # noqa: F401
+from tests.rendering.test_measure_browser_served import (  # noqa: F401 (viewer: a fixture)
+    PageSocket,
+    _until,
+    settled_still,
+    view_canvas,
+    viewer,
+)
 
 pytestmark = [pytest.mark.server, pytest.mark.browser]
 
@@ -33,23 +39,12 @@ def _ready_after(page, socket: PageSocket, count: int) -> dict:
 
 
 def _canvas(page, view: int):
-    return page.locator(f"canvas[data-view='{view}']")
+    return view_canvas(page, view)
 
 
 def _settled(page, socket: PageSocket, view: int):
     """View ``view``'s still frame since the last ready, on its canvas at the canvas's size, once quiet."""
-    def painted():
-        frame = socket.shown.get(view)
-        canvas = _canvas(page, view)
-        if frame is None or canvas.count() != 1:
-            return None
-        size = canvas.evaluate("canvas => [canvas.width, canvas.height]")
-        return (frame if canvas.get_attribute("data-sequence") == str(frame.sequence)
-                and [frame.width, frame.height] == size else None)
-
-    _until(page, painted, f"a still frame of view {view}")
-    page.wait_for_timeout(600)
-    return _until(page, painted, f"view {view} quiet")
+    return settled_still(page, socket, view, since_ready=True, plane=False, quiet_ms=600)
 
 
 def _pixels(frame) -> np.ndarray:
